@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# bench/run.sh: loyalty benchmarks on a throwaway cluster.
+#
+#   bash bench/run.sh [--scale CUSTOMERS] [--clients N] [--seconds S] [NAME ...]
+#
+# Installs missing packages, builds and installs the extension, starts a
+# throwaway cluster (or uses PGHOST/PGPORT), generates the benchmark data
+# (bench/data.sql: CUSTOMERS customers, about ten orders each, heavy-tailed,
+# over three years) and runs the named benchmarks (default: all of
+# bench/*.bench.sh).  Each benchmark times loyalty against a baseline in the
+# same run and prints the ratio: absolute times are not comparable between
+# runs on a noisy machine, ratios are.
+#
+# The default scale (100000 customers, ~1M orders) runs in a few minutes on
+# two cores; the issues' bars are stated for --scale 1000000.
+
+. "$(dirname "$0")/../test/lib.sh"
+
+BENCH_SCALE=100000
+BENCH_CLIENTS=8
+BENCH_SECONDS=15
+names=()
+while [ $# -gt 0 ]; do
+	case $1 in
+		--scale) BENCH_SCALE=$2; shift 2 ;;
+		--clients) BENCH_CLIENTS=$2; shift 2 ;;
+		--seconds) BENCH_SECONDS=$2; shift 2 ;;
+		-h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+		*) names+=("$1"); shift ;;
+	esac
+done
+export BENCH_SCALE BENCH_CLIENTS BENCH_SECONDS
+
+loyalty_packages
+loyalty_build
+# benchmark settings: a realistic server, not the test suite's
+loyalty_cluster "shared_buffers = 2GB" "work_mem = 256MB" "maintenance_work_mem = 1GB" \
+	"max_parallel_workers_per_gather = 2" "checkpoint_timeout = 30min"
+cd "$LOYALTY_ROOT"
+
+export PGDATABASE=loyalty_bench
+loyalty_psql -d postgres -c "DROP DATABASE IF EXISTS $PGDATABASE" -c "CREATE DATABASE $PGDATABASE"
+loyalty_psql -c "CREATE EXTENSION loyalty"
+loyalty_log "generating bench data: $BENCH_SCALE customers"
+t0=$(date +%s)
+loyalty_psql -v customers="$BENCH_SCALE" -f bench/data.sql
+loyalty_log "data ready in $(( $(date +%s) - t0 )) s: $(psql -XAt -c 'SELECT count(*) FROM bench.orders') orders"
+
+if [ ${#names[@]} -eq 0 ]; then
+	for f in bench/*.bench.sh; do names+=("$(basename "$f" .bench.sh)"); done
+fi
+
+. bench/lib.sh
+for name in "${names[@]}"; do
+	f=bench/$name.bench.sh
+	[ -f "$f" ] || { echo "unknown benchmark: $name (see bench/*.bench.sh)" >&2; exit 2; }
+	echo
+	echo "### $name"
+	. "$f"
+done

@@ -1,0 +1,35 @@
+/*
+ * loyalty.c
+ *		Module initialisation and version reporting.
+ */
+#include "loyalty.h"
+
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+
+PG_MODULE_MAGIC;
+
+/*
+ * Module load: reserve the loyalty.* configuration namespace so that a
+ * misspelt setting is reported instead of silently creating a placeholder.
+ * Feature modules register their own parameters before the reservation.
+ */
+void
+_PG_init(void)
+{
+	MarkGUCPrefixReserved(LOYALTY_GUC_PREFIX);
+}
+
+PG_FUNCTION_INFO_V1(loyalty_version);
+
+/*
+ * loyalty.version(): the version of the loaded shared library.  Tests compare
+ * it with pg_extension.extversion to catch a library that does not match the
+ * installed SQL objects (a forgotten ALTER EXTENSION UPDATE or make install).
+ */
+Datum
+loyalty_version(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(LOYALTY_VERSION));
+}

@@ -1,0 +1,23 @@
+/*
+ * loyalty.h
+ *		Declarations shared by the loyalty C modules.
+ */
+#ifndef LOYALTY_H
+#define LOYALTY_H
+
+#include "compat.h"
+
+/*
+ * Version of this shared library; loyalty.version() reports it.  The Makefile
+ * passes it from default_version in loyalty.control.
+ */
+#ifndef LOYALTY_VERSION
+#error "LOYALTY_VERSION must be defined by the build (see Makefile)"
+#endif
+
+/* Reserved prefix of every loyalty configuration parameter. */
+#define LOYALTY_GUC_PREFIX "loyalty"
+
+extern void _PG_init(void);
+
+#endif							/* LOYALTY_H */
