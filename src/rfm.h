@@ -1,0 +1,82 @@
+/*
+ * rfm.h
+ *		RFM semantics and the scoring API shared by the batch path
+ *		(rfm_segmentation, rfm_stats aggregates) and the live path
+ *		(track_orders, refresh_segments).  Both paths MUST give the same
+ *		result for the same orders; this header is their contract.
+ *
+ * Per customer, as of a time as_of, with a window (default 12 months):
+ *	- an order is a row with non-null customer and time, and amount >= 0
+ *	  (a null amount counts as an order with amount 0);
+ *	- a row with a negative amount is a refund: it lowers spend in its window
+ *	  but is not an order (no frequency, no recency);
+ *	- rows dated after as_of are ignored;
+ *	- recency_days = floor((as_of - last order) / 1 day), -1 when the customer
+ *	  has no order up to as_of;
+ *	- frequency = number of orders with as_of - window <= time <= as_of;
+ *	- monetary = sum of amounts (orders and refunds) in that window, exact
+ *	  numeric; or, on request, the average basket: monetary / frequency
+ *	  (0 when frequency = 0).
+ *
+ * Scoring (5 = best, bins in 2..9):
+ *	- quantile: with L(v) = number of customers whose key is strictly worse
+ *	  than v and n customers, score = 1 + floor(bins * L(v) / n).  Equal keys
+ *	  always get equal scores; SQL gives the same with
+ *	  1 + floor(bins * (rank() OVER (ORDER BY key) - 1) / count(*) OVER ()).
+ *	- thresholds: ascending cut points per dimension; see RfmThresholdScore.
+ *	Keys: recency = -recency_days (customers without orders rank worst),
+ *	frequency, monetary (converted to double for ranking only; equal numerics
+ *	give equal doubles, so ties are exact).
+ */
+#ifndef LOYALTY_RFM_H
+#define LOYALTY_RFM_H
+
+#include "postgres.h"
+
+#include "rfm_score.h"
+
+#define RFM_MIN_BINS	2
+#define RFM_MAX_BINS	9
+#define RFM_DEFAULT_BINS 5
+
+/* Number of days in recency / cut points for threshold scoring */
+#define RFM_MAX_THRESHOLDS (RFM_MAX_BINS - 1)
+
+typedef enum RfmDimension
+{
+	RFM_RECENCY = 0,
+	RFM_FREQUENCY = 1,
+	RFM_MONETARY = 2
+} RfmDimension;
+
+/* Ranking keys of one customer (higher is better in every dimension). */
+typedef struct RfmKeys
+{
+	double		key[3];			/* indexed by RfmDimension */
+} RfmKeys;
+
+/* How to turn keys into scores. */
+typedef struct RfmScoring
+{
+	int			bins;			/* 2..9 */
+	bool		use_thresholds; /* false: quantiles */
+	/*
+	 * Threshold cut points per dimension, ascending, bins - 1 of them, in the
+	 * dimension's natural unit (recency: days, frequency: orders, monetary:
+	 * currency).  See RfmThresholdScore for their meaning.
+	 */
+	int			nthresholds[3];
+	double		thresholds[3][RFM_MAX_THRESHOLDS];
+} RfmScoring;
+
+/*
+ * Score n customers at once: out[i] is the rfm_score of keys[i].  Quantile
+ * scoring sorts each dimension once (O(n log n)); memory is O(n).
+ */
+extern void RfmScoreAll(const RfmScoring *scoring, const RfmKeys *keys, int n,
+						RfmScore *out);
+
+/* Validate a scoring specification, raising a clear error if unusable. */
+extern void RfmCheckScoring(const RfmScoring *scoring);
+
+#endif							/* LOYALTY_RFM_H */
