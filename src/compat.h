@@ -45,4 +45,30 @@
 #include "varatt.h"
 #endif
 
+/*
+ * Numeric infinity exists from PostgreSQL 14; before that no numeric is
+ * infinite.
+ */
+#if PG_VERSION_NUM >= 140000
+#define numeric_is_inf_compat(n) numeric_is_inf(n)
+#else
+#define numeric_is_inf_compat(n) ((void) (n), false)
+#endif
+
+/*
+ * initReadOnlyStringInfo() appeared in PostgreSQL 17: a StringInfo reading
+ * an existing buffer without copying it.
+ */
+#if PG_VERSION_NUM >= 170000
+#define initReadOnlyStringInfo_compat(str, d, l) initReadOnlyStringInfo(str, d, l)
+#else
+#define initReadOnlyStringInfo_compat(str, d, l) \
+	do { \
+		(str)->data = (d); \
+		(str)->len = (l); \
+		(str)->maxlen = (l); \
+		(str)->cursor = 0; \
+	} while (0)
+#endif
+
 #endif							/* LOYALTY_COMPAT_H */

@@ -1,0 +1,1667 @@
+/*
+ * rfm_track.c
+ *		Live tracking of an application's orders table: track_orders,
+ *		untrack_orders, rebuild_tracking and the statement-level trigger that
+ *		keeps loyalty.customer_stats exact inside the application's own
+ *		transaction.
+ *
+ * Every change reaches the statistics as a delta: the trigger reads the
+ * statement's transition tables (OLD rows subtracted, NEW rows added),
+ * aggregates them per customer and per UTC day in C, and applies one upsert
+ * per statement with one row per customer, in customer order (so that
+ * concurrent statements lock statistics rows in the same order and cannot
+ * deadlock on them).  Back-filling a table and rebuilding after TRUNCATE
+ * stream the table's rows through the same aggregation.
+ *
+ * Totals, counts and buckets are additive and need nothing else.  The first
+ * and last order times are not: when a statement removes a customer's
+ * earliest or latest order, those are read again from the tracked tables
+ * for that customer (an index on the customer column keeps this cheap).
+ */
+#include "loyalty.h"
+
+#include <math.h>
+
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/catalog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_inherits.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "common/hashfn.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+
+#include "rfm_live.h"
+
+PG_FUNCTION_INFO_V1(rfm_track_trigger);
+PG_FUNCTION_INFO_V1(rfm_track_orders);
+PG_FUNCTION_INFO_V1(rfm_untrack_orders);
+PG_FUNCTION_INFO_V1(rfm_rebuild_tracking);
+PG_FUNCTION_INFO_V1(rfm_check_tracked);
+
+/* Names of the triggers track_orders installs on a tracked table. */
+#define RFM_TRIGGER_PREFIX "loyalty_rfm_track_"
+
+/* Rows read per cursor fetch while back-filling. */
+#define RFM_BACKFILL_BATCH 10000
+
+/* One customer's aggregated delta. */
+typedef struct RfmCustDelta
+{
+	char	   *key;			/* customer id as text: hash key */
+	int64		rows;			/* tracked rows added - removed */
+	int64		orders;			/* orders added - removed */
+	bool		has_added;		/* an order was added: min/max_added valid */
+	bool		has_removed;	/* an order was removed: min/max_removed valid */
+	TimestampTz min_added;
+	TimestampTz max_added;
+	TimestampTz min_removed;
+	TimestampTz max_removed;
+	int			ndays;
+	int			maxdays;
+	RfmDayEntry *days;			/* sorted by day */
+} RfmCustDelta;
+
+/* A statement's (or a back-fill chunk's) delta over all customers. */
+typedef struct RfmDelta
+{
+	MemoryContext cxt;			/* holds everything below */
+	MemoryContext rowcxt;		/* per-row scratch, reset often */
+	HTAB	   *customers;
+	int64		rows_seen;		/* rows read (counted or not) */
+	int64		rows_counted;	/* rows that passed the filters */
+} RfmDelta;
+
+/* Prepared statements, kept for the life of the backend. */
+static SPIPlanPtr upsert_plan[2][2];	/* [array form][returning] */
+static SPIPlanPtr fix_times_plan = NULL;
+static Oid	plans_days_type = InvalidOid;
+
+/*
+ * The live path reads statistics and tables with fresh snapshots after
+ * taking its locks; under REPEATABLE READ or SERIALIZABLE the transaction
+ * snapshot predates those locks and rows committed in between would be
+ * missed.  Such callers get a clear error instead.
+ */
+void
+RfmLiveRequireReadCommitted(const char *what)
+{
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("%s cannot run in a REPEATABLE READ or SERIALIZABLE transaction", what),
+				 errhint("Run it in a READ COMMITTED transaction (the default).")));
+}
+
+/* ---------------------------------------------------------------------
+ * Columns
+ * ---------------------------------------------------------------------
+ */
+
+/* Find a column by name, raising 42703 naming the table when it is absent. */
+static AttrNumber
+RfmFindColumn(TupleDesc desc, const char *relname, const char *role, const char *colname)
+{
+	int			i;
+
+	if (colname == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s column must not be null", role)));
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), colname) == 0)
+			return att->attnum;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_COLUMN),
+			 errmsg("column \"%s\" does not exist in \"%s\"", colname, relname),
+			 errdetail("It was given as the %s column.", role)));
+	return InvalidAttrNumber;	/* keep compiler quiet */
+}
+
+/*
+ * Resolve and type-check the columns of a tracked table from its tuple
+ * descriptor.  Raises 42703 for a missing column and 42804 for a column
+ * whose type cannot serve (naming the column, its type and what is
+ * accepted).  statuses may be NULL when status_col is NULL.
+ */
+static void
+RfmResolveColumns(TupleDesc desc, const char *relname,
+				  const char *cust_col, const char *time_col,
+				  const char *amount_col, const char *status_col,
+				  int nstatuses, char **statuses, RfmTrackCols *cols)
+{
+	Oid			typ;
+	Oid			outfn;
+	bool		isvarlena;
+	TypeCacheEntry *tce;
+
+	memset(cols, 0, sizeof(RfmTrackCols));
+	cols->cust = RfmFindColumn(desc, relname, "customer", cust_col);
+	cols->time = RfmFindColumn(desc, relname, "ordered_at", time_col);
+	cols->amount = RfmFindColumn(desc, relname, "amount", amount_col);
+
+	cols->cust_type = TupleDescAttr(desc, cols->cust - 1)->atttypid;
+	tce = lookup_type_cache(cols->cust_type, TYPECACHE_EQ_OPR);
+	if (!OidIsValid(tce->eq_opr) || !OidIsValid(get_array_type(getBaseType(cols->cust_type))))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("customer column \"%s\" of \"%s\" has type %s, which has no equality operator",
+						cust_col, relname, format_type_be(cols->cust_type)),
+				 errhint("Track a customer column of a type with an equality operator, such as bigint, text or uuid.")));
+	getTypeOutputInfo(cols->cust_type, &outfn, &isvarlena);
+	fmgr_info(outfn, &cols->cust_out);
+
+	typ = getBaseType(TupleDescAttr(desc, cols->time - 1)->atttypid);
+	if (typ == TIMESTAMPTZOID)
+		cols->time_kind = RFM_TRACK_TIMESTAMPTZ;
+	else if (typ == TIMESTAMPOID)
+		cols->time_kind = RFM_TRACK_TIMESTAMP;
+	else if (typ == DATEOID)
+		cols->time_kind = RFM_TRACK_DATE;
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("ordered_at column \"%s\" of \"%s\" has type %s",
+						time_col, relname, format_type_be(TupleDescAttr(desc, cols->time - 1)->atttypid)),
+				 errdetail("The order time must be of type timestamp with time zone, timestamp or date.")));
+
+	typ = getBaseType(TupleDescAttr(desc, cols->amount - 1)->atttypid);
+	switch (typ)
+	{
+		case NUMERICOID:
+			cols->amount_kind = RFM_TRACK_NUMERIC;
+			break;
+		case INT2OID:
+			cols->amount_kind = RFM_TRACK_INT2;
+			break;
+		case INT4OID:
+			cols->amount_kind = RFM_TRACK_INT4;
+			break;
+		case INT8OID:
+			cols->amount_kind = RFM_TRACK_INT8;
+			break;
+		case FLOAT4OID:
+			cols->amount_kind = RFM_TRACK_FLOAT4;
+			break;
+		case FLOAT8OID:
+			cols->amount_kind = RFM_TRACK_FLOAT8;
+			break;
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("amount column \"%s\" of \"%s\" has type %s",
+							amount_col, relname, format_type_be(TupleDescAttr(desc, cols->amount - 1)->atttypid)),
+					 errdetail("The amount must be of type numeric, bigint, integer, smallint, real or double precision.")));
+	}
+
+	cols->status = InvalidAttrNumber;
+	if (status_col != NULL)
+	{
+		cols->status = RfmFindColumn(desc, relname, "status", status_col);
+		getTypeOutputInfo(TupleDescAttr(desc, cols->status - 1)->atttypid, &outfn, &isvarlena);
+		fmgr_info(outfn, &cols->status_out);
+		cols->nstatuses = nstatuses;
+		cols->statuses = statuses;
+	}
+}
+
+/*
+ * Text of a status value as compared with counted_statuses: the type's
+ * output, with the trailing blanks of character(n) removed as the cast to
+ * text does.
+ */
+static bool
+RfmStatusCounts(RfmTrackCols *cols, Datum value, bool isnull, Oid typ)
+{
+	char	   *s;
+	int			len;
+	int			i;
+
+	if (isnull)
+		return false;
+	s = OutputFunctionCall(&cols->status_out, value);
+	len = strlen(s);
+	if (getBaseType(typ) == BPCHAROID)
+		while (len > 0 && s[len - 1] == ' ')
+			len--;
+	for (i = 0; i < cols->nstatuses; i++)
+		if ((int) strlen(cols->statuses[i]) == len && memcmp(cols->statuses[i], s, len) == 0)
+			return true;
+	return false;
+}
+
+/* ---------------------------------------------------------------------
+ * Delta aggregation
+ * ---------------------------------------------------------------------
+ */
+
+/* Hash of a customer key (the key field is a pointer to a C string). */
+static uint32
+RfmKeyHash(const void *key, Size keysize)
+{
+	const char *s = *(char *const *) key;
+
+	return string_hash(s, strlen(s) + 1);
+}
+
+/* Equality of two customer keys, dynahash style (0 = equal). */
+static int
+RfmKeyMatch(const void *key1, const void *key2, Size keysize)
+{
+	return strcmp(*(char *const *) key1, *(char *const *) key2);
+}
+
+/* Start an empty delta in a child of the current memory context. */
+static RfmDelta *
+RfmDeltaCreate(void)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty rfm delta",
+											  ALLOCSET_DEFAULT_SIZES);
+	RfmDelta   *delta = MemoryContextAllocZero(cxt, sizeof(RfmDelta));
+	HASHCTL		ctl;
+
+	delta->cxt = cxt;
+	delta->rowcxt = AllocSetContextCreate(cxt, "loyalty rfm delta row",
+										  ALLOCSET_SMALL_SIZES);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(char *);
+	ctl.entrysize = sizeof(RfmCustDelta);
+	ctl.hash = RfmKeyHash;
+	ctl.match = RfmKeyMatch;
+	ctl.hcxt = cxt;
+	delta->customers = hash_create("loyalty rfm delta customers", 256, &ctl,
+								   HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	return delta;
+}
+
+/* Memory held by a delta, to decide when a back-fill flushes it. */
+static Size
+RfmDeltaMemory(RfmDelta *delta)
+{
+	return MemoryContextMemAllocated(delta->cxt, true);
+}
+
+/* Bucket of one day in a customer's delta, created empty when missing. */
+static RfmDayEntry *
+RfmCustDay(RfmDelta *delta, RfmCustDelta *c, DateADT day)
+{
+	int			lo = 0,
+				hi = c->ndays;
+
+	/* rows of one customer usually come in time order: try the end first */
+	if (c->ndays > 0 && c->days[c->ndays - 1].day == day)
+		return &c->days[c->ndays - 1];
+	while (lo < hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (c->days[mid].day < day)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < c->ndays && c->days[lo].day == day)
+		return &c->days[lo];
+	if (c->ndays == c->maxdays)
+	{
+		c->maxdays = c->maxdays ? c->maxdays * 2 : 4;
+		c->days = c->days
+			? repalloc(c->days, sizeof(RfmDayEntry) * c->maxdays)
+			: MemoryContextAlloc(delta->cxt, sizeof(RfmDayEntry) * c->maxdays);
+	}
+	memmove(&c->days[lo + 1], &c->days[lo], sizeof(RfmDayEntry) * (c->ndays - lo));
+	c->ndays++;
+	c->days[lo].day = day;
+	c->days[lo].orders = 0;
+	c->days[lo].spend = NULL;	/* zero */
+	return &c->days[lo];
+}
+
+/* The error of rfm_segmentation for amounts that are not money. */
+static void
+RfmNotFiniteAmount(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+			 errmsg("order amount must be a finite number"),
+			 errdetail("NaN and infinite amounts cannot be summed as money.")));
+}
+
+/*
+ * The amount of a row as an exact numeric.  Floating-point amounts convert
+ * as the cast to numeric does.  NaN and infinite amounts are rejected, as
+ * the batch path rejects them: they would poison every sum.
+ */
+static Numeric
+RfmAmountNumeric(RfmTrackCols *cols, Datum value)
+{
+	switch (cols->amount_kind)
+	{
+		case RFM_TRACK_NUMERIC:
+			{
+				Numeric		n = DatumGetNumeric(value);
+
+				if (numeric_is_nan(n) || numeric_is_inf_compat(n))
+					RfmNotFiniteAmount();
+				return n;
+			}
+		case RFM_TRACK_INT2:
+			return DatumGetNumeric(DirectFunctionCall1(int2_numeric, value));
+		case RFM_TRACK_INT4:
+			return DatumGetNumeric(DirectFunctionCall1(int4_numeric, value));
+		case RFM_TRACK_INT8:
+			return DatumGetNumeric(DirectFunctionCall1(int8_numeric, value));
+		case RFM_TRACK_FLOAT4:
+			if (isnan(DatumGetFloat4(value)) || isinf(DatumGetFloat4(value)))
+				RfmNotFiniteAmount();
+			return DatumGetNumeric(DirectFunctionCall1(float4_numeric, value));
+		case RFM_TRACK_FLOAT8:
+			if (isnan(DatumGetFloat8(value)) || isinf(DatumGetFloat8(value)))
+				RfmNotFiniteAmount();
+			return DatumGetNumeric(DirectFunctionCall1(float8_numeric, value));
+	}
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * Order time of a row, false when the row has no usable time (null or
+ * infinite: such rows are ignored).  A date is the order time at 00:00 UTC
+ * of that day and a timestamp without time zone is read as UTC: the
+ * statistics must not depend on the TimeZone of the session that wrote the
+ * order (batch rfm_segmentation reads them in the session's TimeZone, the
+ * same when that is UTC).
+ */
+static bool
+RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t)
+{
+	if (cols->time_kind == RFM_TRACK_DATE)
+	{
+		DateADT		d = DatumGetDateADT(value);
+
+		if (DATE_NOT_FINITE(d))
+			return false;
+		*t = (TimestampTz) d * USECS_PER_DAY;
+	}
+	else
+	{
+		*t = DatumGetTimestampTz(value);
+		if (TIMESTAMP_NOT_FINITE(*t))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Add (sign = +1) or remove (sign = -1) one row, given its column values.
+ * Rows without customer or time, and rows the status filter excludes, are
+ * ignored; a negative amount is a refund (spend only), anything else is an
+ * order (a null amount an order of 0).
+ */
+static void
+RfmDeltaAddRow(RfmDelta *delta, RfmTrackCols *cols,
+			   Datum cust, bool cust_null, Datum time, bool time_null,
+			   Datum amount, bool amount_null, Datum status, bool status_null,
+			   Oid status_type, int sign)
+{
+	MemoryContext old;
+	TimestampTz t;
+	char	   *key;
+	RfmCustDelta *c;
+	RfmDayEntry *e;
+	bool		found;
+	Numeric		amt = NULL;
+	bool		is_order = true;
+
+	delta->rows_seen++;
+	if (cust_null || time_null || !RfmRowTime(cols, time, &t))
+		return;
+	old = MemoryContextSwitchTo(delta->rowcxt);
+	if (cols->status != InvalidAttrNumber &&
+		!RfmStatusCounts(cols, status, status_null, status_type))
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	key = OutputFunctionCall(&cols->cust_out, cust);
+	if (!amount_null)
+	{
+		amt = RfmAmountNumeric(cols, amount);
+		if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(amt),
+											  NumericGetDatum(RfmNumericZero()))) < 0)
+			is_order = false;
+	}
+
+	MemoryContextSwitchTo(delta->cxt);
+	c = (RfmCustDelta *) hash_search(delta->customers, &key, HASH_ENTER, &found);
+	if (!found)
+	{
+		char	   *k = pstrdup(key);
+
+		memset(c, 0, sizeof(RfmCustDelta));
+		c->key = k;
+	}
+	delta->rows_counted++;
+	c->rows += sign;
+	e = RfmCustDay(delta, c, RfmUtcDay(t));
+	if (is_order)
+	{
+		c->orders += sign;
+		e->orders += sign;
+		if (sign > 0)
+		{
+			if (!c->has_added || t < c->min_added)
+				c->min_added = t;
+			if (!c->has_added || t > c->max_added)
+				c->max_added = t;
+			c->has_added = true;
+		}
+		else
+		{
+			if (!c->has_removed || t < c->min_removed)
+				c->min_removed = t;
+			if (!c->has_removed || t > c->max_removed)
+				c->max_removed = t;
+			c->has_removed = true;
+		}
+	}
+	if (amt != NULL)
+	{
+		Numeric		prev = e->spend ? e->spend : RfmNumericZero();
+		Numeric		next = sign > 0 ? RfmNumericAdd(prev, amt) : RfmNumericSub(prev, amt);
+
+		if (e->spend)
+			pfree(e->spend);
+		e->spend = next;
+	}
+	MemoryContextSwitchTo(old);
+	if ((delta->rows_seen & 1023) == 0)
+		MemoryContextReset(delta->rowcxt);
+}
+
+/* Add every row of a tuplestore (a transition table) with the given sign. */
+static void
+RfmDeltaAddTuplestore(RfmDelta *delta, RfmTrackCols *cols, Tuplestorestate *ts,
+					  TupleDesc desc, int sign)
+{
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	Oid			status_type = cols->status ? TupleDescAttr(desc, cols->status - 1)->atttypid : InvalidOid;
+
+	tuplestore_rescan(ts);
+	while (tuplestore_gettupleslot(ts, true, false, slot))
+	{
+		Datum		cust,
+					time,
+					amount,
+					status = (Datum) 0;
+		bool		cn,
+					tn,
+					an,
+					sn = true;
+
+		cust = slot_getattr(slot, cols->cust, &cn);
+		time = slot_getattr(slot, cols->time, &tn);
+		amount = slot_getattr(slot, cols->amount, &an);
+		if (cols->status)
+			status = slot_getattr(slot, cols->status, &sn);
+		RfmDeltaAddRow(delta, cols, cust, cn, time, tn, amount, an, status, sn,
+					   status_type, sign);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+}
+
+/* qsort comparator: customers in byte order (COLLATE "C"). */
+static int
+RfmCustCmp(const void *a, const void *b)
+{
+	return strcmp((*(RfmCustDelta *const *) a)->key, (*(RfmCustDelta *const *) b)->key);
+}
+
+/*
+ * Whether a customer's delta changes nothing: no row or order added or
+ * removed on balance, no bucket changed, and first/last order times that
+ * cannot have moved (an UPDATE of columns loyalty does not track).
+ */
+static bool
+RfmCustIsNoop(RfmCustDelta *c)
+{
+	int			i;
+
+	if (c->rows != 0 || c->orders != 0)
+		return false;
+	for (i = 0; i < c->ndays; i++)
+		if (c->days[i].orders != 0 || (c->days[i].spend && !RfmNumericIsZero(c->days[i].spend)))
+			return false;
+	if (c->has_added != c->has_removed)
+		return false;
+	if (c->has_added &&
+		(c->min_added != c->min_removed || c->max_added != c->max_removed))
+		return false;
+	return true;
+}
+
+/* Whether removing orders may have taken away the customer's last order. */
+static inline bool
+RfmNeedsLastCheck(RfmCustDelta *c)
+{
+	return c->has_removed && (!c->has_added || c->max_added < c->max_removed);
+}
+
+/* Whether removing orders may have taken away the customer's first order. */
+static inline bool
+RfmNeedsFirstCheck(RfmCustDelta *c)
+{
+	return c->has_removed && (!c->has_added || c->min_added > c->min_removed);
+}
+
+/* ---------------------------------------------------------------------
+ * Applying a delta to loyalty.customer_stats
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Prepare (once) the upsert of customer deltas: the scalar form for one
+ * customer and the unnest() form for many, each with or without RETURNING.
+ * Plans are re-prepared if loyalty.day_buckets was re-created (extension
+ * dropped and created again in this backend).
+ */
+static SPIPlanPtr
+RfmUpsertPlan(bool array_form, bool returning)
+{
+	Oid			daysoid = RfmDaysTypeOid();
+	SPIPlanPtr *pp = &upsert_plan[array_form][returning];
+
+	if (daysoid != plans_days_type)
+	{
+		int			i,
+					j;
+
+		for (i = 0; i < 2; i++)
+			for (j = 0; j < 2; j++)
+				if (upsert_plan[i][j])
+				{
+					SPI_freeplan(upsert_plan[i][j]);
+					upsert_plan[i][j] = NULL;
+				}
+		if (fix_times_plan)
+		{
+			SPI_freeplan(fix_times_plan);
+			fix_times_plan = NULL;
+		}
+		plans_days_type = daysoid;
+	}
+	if (*pp == NULL)
+	{
+		Oid			argtypes[7];
+		StringInfoData sql;
+		SPIPlanPtr	plan;
+
+		initStringInfo(&sql);
+		appendStringInfoString(&sql,
+							   "INSERT INTO loyalty.customer_stats AS s"
+							   " (customer_id, row_count, order_count, spend_total,"
+							   " first_order, last_order, days) ");
+		if (array_form)
+		{
+			argtypes[0] = TEXTARRAYOID;
+			argtypes[1] = INT8ARRAYOID;
+			argtypes[2] = INT8ARRAYOID;
+			argtypes[3] = NUMERICARRAYOID;
+			argtypes[4] = TIMESTAMPTZARRAYOID;
+			argtypes[5] = TIMESTAMPTZARRAYOID;
+			argtypes[6] = get_array_type(daysoid);
+			appendStringInfoString(&sql,
+								   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+								   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+								   " pg_catalog.unnest($6), pg_catalog.unnest($7)) ");
+		}
+		else
+		{
+			argtypes[0] = TEXTOID;
+			argtypes[1] = INT8OID;
+			argtypes[2] = INT8OID;
+			argtypes[3] = NUMERICOID;
+			argtypes[4] = TIMESTAMPTZOID;
+			argtypes[5] = TIMESTAMPTZOID;
+			argtypes[6] = daysoid;
+			appendStringInfoString(&sql, "VALUES ($1, $2, $3, $4, $5, $6, $7) ");
+		}
+		appendStringInfoString(&sql,
+							   "ON CONFLICT (customer_id) DO UPDATE SET"
+							   " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
+							   " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
+							   " spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
+							   " first_order = LEAST(s.first_order, excluded.first_order),"
+							   " last_order = GREATEST(s.last_order, excluded.last_order),"
+							   " days = loyalty._rfm_days_merge(s.days, excluded.days)");
+		if (returning)
+			appendStringInfoString(&sql, " RETURNING s.customer_id, s.first_order, s.last_order");
+		plan = SPI_prepare(sql.data, 7, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		*pp = plan;
+	}
+	return *pp;
+}
+
+/* Build a one-dimensional array from datums (NULLs allowed). */
+static ArrayType *
+RfmMakeArray(Datum *values, bool *nulls, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return construct_md_array(values, nulls, 1, dims, lbs, elemtype, typlen, typbyval, typalign);
+}
+
+/*
+ * Read the first and last order times of some customers again from every
+ * tracked table (after a statement removed what may have been one of them)
+ * and store them.  Rows of these customers are locked by the caller's
+ * upsert, so nothing can change them in between.
+ */
+static void
+RfmFixOrderTimes(char **keys, int n)
+{
+	Datum	   *first = palloc(sizeof(Datum) * n);
+	Datum	   *last = palloc(sizeof(Datum) * n);
+	bool	   *first_null = palloc(sizeof(bool) * n);
+	bool	   *last_null = palloc(sizeof(bool) * n);
+	Datum	   *keyd = palloc(sizeof(Datum) * n);
+	HTAB	   *pos;
+	HASHCTL		ctl;
+	int			i;
+	uint64		t;
+	SPITupleTable *tracked;
+	uint64		ntracked;
+	Datum		args[3];
+	Oid			argtypes[3];
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(char *);
+	ctl.entrysize = sizeof(char *) + sizeof(int);
+	ctl.hash = RfmKeyHash;
+	ctl.match = RfmKeyMatch;
+	ctl.hcxt = CurrentMemoryContext;
+	pos = hash_create("loyalty rfm fix times", n, &ctl,
+					  HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	for (i = 0; i < n; i++)
+	{
+		bool		found;
+		char	  **ent = hash_search(pos, &keys[i], HASH_ENTER, &found);
+
+		*(int *) (ent + 1) = i;
+		first_null[i] = last_null[i] = true;
+		keyd[i] = CStringGetTextDatum(keys[i]);
+	}
+
+	if (SPI_execute("SELECT orders::pg_catalog.oid, customer_column, ordered_at_column,"
+					" amount_column, status_column, counted_statuses"
+					" FROM loyalty.tracked_table ORDER BY orders::pg_catalog.oid",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.tracked_table");
+	tracked = SPI_tuptable;
+	ntracked = SPI_processed;
+	for (t = 0; t < ntracked; t++)
+	{
+		HeapTuple	tup = tracked->vals[t];
+		TupleDesc	tdesc = tracked->tupdesc;
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, tdesc, 1, &isnull));
+		char	   *cust_col = SPI_getvalue(tup, tdesc, 2);
+		char	   *time_col = SPI_getvalue(tup, tdesc, 3);
+		char	   *amount_col = SPI_getvalue(tup, tdesc, 4);
+		char	   *status_col = SPI_getvalue(tup, tdesc, 5);
+		Datum		statuses = SPI_getbinval(tup, tdesc, 6, &isnull);
+		Relation	rel = table_open(relid, AccessShareLock);
+		RfmTrackCols cols;
+		char	  **sts = NULL;
+		int			nsts = 0;
+		StringInfoData sql;
+		uint64		r;
+		SPITupleTable *res;
+		Oid			custarr;
+
+		if (!isnull)
+		{
+			Datum	   *elems;
+			bool	   *enulls;
+			int			k;
+
+			deconstruct_array(DatumGetArrayTypeP(statuses), TEXTOID, -1, false, TYPALIGN_INT,
+							  &elems, &enulls, &nsts);
+			sts = palloc(sizeof(char *) * Max(nsts, 1));
+			for (k = 0; k < nsts; k++)
+				sts[k] = TextDatumGetCString(elems[k]);
+		}
+		RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
+						  cust_col, time_col, amount_col, status_col, nsts, sts, &cols);
+		custarr = get_array_type(getBaseType(cols.cust_type));
+
+		/*
+		 * Order times per customer, status and sign of the amount; the
+		 * status filter and the refund test are applied below in C with the
+		 * same rules as the trigger.
+		 */
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT %s, %s, pg_catalog.min(%s), pg_catalog.max(%s) FROM %s"
+						 " WHERE %s OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]::%s)"
+						 " AND %s IS NOT NULL"
+						 " AND (%s IS NULL OR NOT %s OPERATOR(pg_catalog.<) 0)"
+						 " GROUP BY 1, 2",
+						 quote_identifier(cust_col),
+						 status_col ? quote_identifier(status_col) : "NULL::pg_catalog.text",
+						 quote_identifier(time_col), quote_identifier(time_col),
+						 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+													RelationGetRelationName(rel)),
+						 quote_identifier(cust_col), format_type_be_qualified(custarr),
+						 quote_identifier(time_col),
+						 quote_identifier(amount_col), quote_identifier(amount_col));
+		argtypes[0] = TEXTARRAYOID;
+		args[0] = PointerGetDatum(RfmMakeArray(keyd, NULL, n, TEXTOID));
+		if (SPI_execute_with_args(sql.data, 1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read order times of \"%s\"", RelationGetRelationName(rel));
+		res = SPI_tuptable;
+		for (r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	rt = res->vals[r];
+			bool		cnull,
+						snull,
+						mnull,
+						xnull;
+			Datum		cust = SPI_getbinval(rt, res->tupdesc, 1, &cnull);
+			Datum		st = SPI_getbinval(rt, res->tupdesc, 2, &snull);
+			Datum		mn = SPI_getbinval(rt, res->tupdesc, 3, &mnull);
+			Datum		mx = SPI_getbinval(rt, res->tupdesc, 4, &xnull);
+			char	   *key;
+			char	  **ent;
+			TimestampTz tmin,
+						tmax;
+			bool		okmin,
+						okmax;
+
+			if (cnull || mnull || xnull)
+				continue;
+			if (cols.status && !RfmStatusCounts(&cols, st, snull, SPI_gettypeid(res->tupdesc, 2)))
+				continue;
+			key = OutputFunctionCall(&cols.cust_out, cust);
+			ent = hash_search(pos, &key, HASH_FIND, NULL);
+			if (ent == NULL)
+				continue;
+			i = *(int *) (ent + 1);
+			okmin = RfmRowTime(&cols, mn, &tmin);
+			okmax = RfmRowTime(&cols, mx, &tmax);
+
+			/*
+			 * min/max are finite unless infinite times exist; those rows are
+			 * ignored by tracking, so look for finite ones only then.
+			 */
+			if (!okmin || !okmax)
+			{
+				if (!okmin && !okmax)
+					continue;
+				if (!okmin)
+					tmin = tmax;
+				else
+					tmax = tmin;
+			}
+			if (first_null[i] || tmin < DatumGetTimestampTz(first[i]))
+				first[i] = TimestampTzGetDatum(tmin);
+			if (last_null[i] || tmax > DatumGetTimestampTz(last[i]))
+				last[i] = TimestampTzGetDatum(tmax);
+			first_null[i] = last_null[i] = false;
+		}
+		table_close(rel, AccessShareLock);
+	}
+
+	if (fix_times_plan == NULL)
+	{
+		SPIPlanPtr	plan;
+
+		argtypes[0] = TEXTARRAYOID;
+		argtypes[1] = TIMESTAMPTZARRAYOID;
+		argtypes[2] = TIMESTAMPTZARRAYOID;
+		plan = SPI_prepare("UPDATE loyalty.customer_stats AS s"
+						   " SET first_order = u.f, last_order = u.l"
+						   " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+						   " pg_catalog.unnest($3)) AS u(c, f, l)"
+						   " WHERE s.customer_id OPERATOR(pg_catalog.=) u.c",
+						   3, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		fix_times_plan = plan;
+	}
+	args[0] = PointerGetDatum(RfmMakeArray(keyd, NULL, n, TEXTOID));
+	args[1] = PointerGetDatum(RfmMakeArray(first, first_null, n, TIMESTAMPTZOID));
+	args[2] = PointerGetDatum(RfmMakeArray(last, last_null, n, TIMESTAMPTZOID));
+	if (SPI_execute_plan(fix_times_plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update order times in loyalty.customer_stats");
+}
+
+/*
+ * Apply a delta: one upsert for all customers that changed, in customer
+ * order, then re-read first/last order times where a removal may have
+ * taken them away.  Must run inside SPI.  Returns the number of customers
+ * written.
+ */
+static int64
+RfmDeltaApply(RfmDelta *delta)
+{
+	MemoryContext old = MemoryContextSwitchTo(delta->cxt);
+	long		ncust = hash_get_num_entries(delta->customers);
+	RfmCustDelta **list;
+	HASH_SEQ_STATUS seq;
+	RfmCustDelta *c;
+	int			n = 0;
+	int			i;
+	bool		any_check = false;
+	Datum	   *v[7];
+	bool	   *nulls[7];
+	Datum		args[7];
+	char		argnulls[7];
+	int			ret;
+	SPIPlanPtr	plan;
+	Oid			daysoid = RfmDaysTypeOid();
+	char	  **fix;
+	int			nfix = 0;
+
+	if (ncust == 0)
+	{
+		MemoryContextSwitchTo(old);
+		return 0;
+	}
+	list = palloc(sizeof(RfmCustDelta *) * ncust);
+	hash_seq_init(&seq, delta->customers);
+	while ((c = hash_seq_search(&seq)) != NULL)
+	{
+		if (RfmCustIsNoop(c))
+			continue;
+		list[n++] = c;
+		if (RfmNeedsLastCheck(c) || RfmNeedsFirstCheck(c))
+			any_check = true;
+	}
+	if (n == 0)
+	{
+		MemoryContextSwitchTo(old);
+		return 0;
+	}
+	qsort(list, n, sizeof(RfmCustDelta *), RfmCustCmp);
+
+	for (i = 0; i < 7; i++)
+	{
+		v[i] = palloc(sizeof(Datum) * n);
+		nulls[i] = palloc0(sizeof(bool) * n);
+	}
+	for (i = 0; i < n; i++)
+	{
+		RfmDays    *days;
+		Numeric		spend = RfmNumericZero();
+		int			k;
+
+		c = list[i];
+		for (k = 0; k < c->ndays; k++)
+		{
+			if (c->days[k].spend == NULL)
+				c->days[k].spend = RfmNumericZero();
+			else
+				spend = RfmNumericAdd(spend, c->days[k].spend);
+		}
+		days = RfmDaysBuild(c->days, c->ndays);
+		v[0][i] = CStringGetTextDatum(c->key);
+		v[1][i] = Int64GetDatum(c->rows);
+		v[2][i] = Int64GetDatum(c->orders);
+		v[3][i] = NumericGetDatum(spend);
+		v[4][i] = TimestampTzGetDatum(c->min_added);
+		nulls[4][i] = !c->has_added;
+		v[5][i] = TimestampTzGetDatum(c->max_added);
+		nulls[5][i] = !c->has_added;
+		v[6][i] = PointerGetDatum(days);
+		nulls[6][i] = (days == NULL);
+	}
+
+	plan = RfmUpsertPlan(n > 1, any_check);
+	if (n > 1)
+	{
+		Oid			elemtypes[7] = {TEXTOID, INT8OID, INT8OID, NUMERICOID,
+		TIMESTAMPTZOID, TIMESTAMPTZOID, daysoid};
+
+		for (i = 0; i < 7; i++)
+		{
+			args[i] = PointerGetDatum(RfmMakeArray(v[i], nulls[i], n, elemtypes[i]));
+			argnulls[i] = ' ';
+		}
+	}
+	else
+	{
+		for (i = 0; i < 7; i++)
+		{
+			args[i] = v[i][0];
+			argnulls[i] = nulls[i][0] ? 'n' : ' ';
+		}
+	}
+	ret = SPI_execute_plan(plan, args, argnulls, false, 0);
+	if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
+		elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
+
+	if (any_check)
+	{
+		/*
+		 * RETURNING gives the times after the upsert; the customer's last
+		 * order may be gone when the upsert kept a removed time.
+		 */
+		HTAB	   *bykey;
+		HASHCTL		ctl;
+		uint64		r;
+		SPITupleTable *res = SPI_tuptable;
+		uint64		nres = SPI_processed;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(char *);
+		ctl.entrysize = sizeof(RfmCustDelta *) + sizeof(char *);
+		ctl.hash = RfmKeyHash;
+		ctl.match = RfmKeyMatch;
+		ctl.hcxt = CurrentMemoryContext;
+		bykey = hash_create("loyalty rfm returned", n, &ctl,
+							HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+		for (i = 0; i < n; i++)
+		{
+			char	  **ent = hash_search(bykey, &list[i]->key, HASH_ENTER, NULL);
+
+			*(RfmCustDelta **) (ent + 1) = list[i];
+		}
+		fix = palloc(sizeof(char *) * n);
+		for (r = 0; r < nres; r++)
+		{
+			HeapTuple	tup = res->vals[r];
+			char	   *key = SPI_getvalue(tup, res->tupdesc, 1);
+			bool		fnull,
+						lnull;
+			TimestampTz f = DatumGetTimestampTz(SPI_getbinval(tup, res->tupdesc, 2, &fnull));
+			TimestampTz l = DatumGetTimestampTz(SPI_getbinval(tup, res->tupdesc, 3, &lnull));
+			char	  **ent = hash_search(bykey, &key, HASH_FIND, NULL);
+
+			if (ent == NULL)
+				continue;
+			c = *(RfmCustDelta **) (ent + 1);
+			if ((RfmNeedsLastCheck(c) && (lnull || l <= c->max_removed)) ||
+				(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed)))
+				fix[nfix++] = c->key;
+		}
+		if (nfix > 0)
+			RfmFixOrderTimes(fix, nfix);
+	}
+	MemoryContextSwitchTo(old);
+	return n;
+}
+
+/* Forget a delta's customers after it was applied (back-fill chunks). */
+static void
+RfmDeltaReset(RfmDelta **delta)
+{
+	MemoryContextDelete((*delta)->cxt);
+	*delta = RfmDeltaCreate();
+}
+
+/* ---------------------------------------------------------------------
+ * Back-fill and rebuild
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Add every row of a tracked table to the statistics in one pass, flushing
+ * the delta whenever it holds more than maintenance_work_mem (deltas are
+ * additive, so a customer met in several chunks is simply merged several
+ * times).  Returns the number of rows counted.
+ */
+static int64
+RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
+			const char *amount_col, const char *status_col,
+			int nstatuses, char **statuses)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	RfmTrackCols tcols;
+	RfmTrackCols cols;
+	StringInfoData sql;
+	SPIPlanPtr	plan;
+	Portal		portal;
+	RfmDelta   *delta = RfmDeltaCreate();
+	int64		counted = 0;
+	Oid			status_type = InvalidOid;
+
+	RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
+					  cust_col, time_col, amount_col, status_col, nstatuses, statuses, &tcols);
+	if (status_col)
+		status_type = TupleDescAttr(RelationGetDescr(rel), tcols.status - 1)->atttypid;
+	cols = tcols;
+	cols.cust = 1;
+	cols.time = 2;
+	cols.amount = 3;
+	cols.status = status_col ? 4 : InvalidAttrNumber;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s, %s, %s",
+					 quote_identifier(cust_col), quote_identifier(time_col),
+					 quote_identifier(amount_col));
+	if (status_col)
+		appendStringInfo(&sql, ", %s", quote_identifier(status_col));
+	appendStringInfo(&sql, " FROM %s",
+					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												RelationGetRelationName(rel)));
+	table_close(rel, NoLock);
+
+	plan = SPI_prepare(sql.data, 0, NULL);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, false);
+	for (;;)
+	{
+		uint64		r;
+		SPITupleTable *tt;
+
+		SPI_cursor_fetch(portal, true, RFM_BACKFILL_BATCH);
+		if (SPI_processed == 0)
+			break;
+		tt = SPI_tuptable;
+		for (r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	tup = tt->vals[r];
+			bool		cn,
+						tn,
+						an,
+						sn = true;
+			Datum		cust = SPI_getbinval(tup, tt->tupdesc, 1, &cn);
+			Datum		time = SPI_getbinval(tup, tt->tupdesc, 2, &tn);
+			Datum		amount = SPI_getbinval(tup, tt->tupdesc, 3, &an);
+			Datum		status = (Datum) 0;
+
+			if (status_col)
+				status = SPI_getbinval(tup, tt->tupdesc, 4, &sn);
+			RfmDeltaAddRow(delta, &cols, cust, cn, time, tn, amount, an, status, sn,
+						   status_type, +1);
+		}
+		SPI_freetuptable(tt);
+		if (RfmDeltaMemory(delta) > (Size) maintenance_work_mem * 1024)
+		{
+			counted += delta->rows_counted;
+			RfmDeltaApply(delta);
+			RfmDeltaReset(&delta);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_cursor_close(portal);
+	SPI_freeplan(plan);
+	counted += delta->rows_counted;
+	RfmDeltaApply(delta);
+	MemoryContextDelete(delta->cxt);
+	return counted;
+}
+
+/* counted_statuses array of a config row as C strings. */
+static char **
+RfmStatusList(Datum arr, bool isnull, int *n)
+{
+	Datum	   *elems;
+	bool	   *enulls;
+	char	  **out;
+	int			k;
+
+	*n = 0;
+	if (isnull)
+		return NULL;
+	deconstruct_array(DatumGetArrayTypeP(arr), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &enulls, n);
+	out = palloc(sizeof(char *) * Max(*n, 1));
+	for (k = 0; k < *n; k++)
+		out[k] = TextDatumGetCString(elems[k]);
+	return out;
+}
+
+/*
+ * Recompute every customer's statistics from the tracked tables: zero all
+ * rows (customers left without rows stay as tombstones until the next
+ * refresh records that they left their segment), then back-fill each
+ * tracked table.  Runs under a SHARE ROW EXCLUSIVE lock on the statistics,
+ * which waits for the triggers of transactions in flight and holds new ones
+ * off until commit.  Must run inside SPI.  Returns rows counted.
+ */
+static int64
+RfmRebuild(void)
+{
+	SPITupleTable *tracked;
+	uint64		ntracked;
+	uint64		t;
+	int64		rows = 0;
+
+	if (SPI_execute("LOCK TABLE loyalty.customer_stats IN SHARE ROW EXCLUSIVE MODE",
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not lock loyalty.customer_stats");
+	if (SPI_execute("UPDATE loyalty.customer_stats SET row_count = 0, order_count = 0,"
+					" spend_total = 0, first_order = NULL, last_order = NULL, days = NULL"
+					" WHERE row_count OPERATOR(pg_catalog.<>) 0 OR days IS NOT NULL"
+					" OR spend_total OPERATOR(pg_catalog.<>) 0 OR last_order IS NOT NULL",
+					false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not reset loyalty.customer_stats");
+	if (SPI_execute("SELECT orders::pg_catalog.oid, customer_column, ordered_at_column,"
+					" amount_column, status_column, counted_statuses"
+					" FROM loyalty.tracked_table ORDER BY orders::pg_catalog.oid",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.tracked_table");
+	tracked = SPI_tuptable;
+	ntracked = SPI_processed;
+	for (t = 0; t < ntracked; t++)
+	{
+		HeapTuple	tup = tracked->vals[t];
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, tracked->tupdesc, 1, &isnull));
+		Datum		st = SPI_getbinval(tup, tracked->tupdesc, 6, &isnull);
+		int			nst;
+		char	  **sts = RfmStatusList(st, isnull, &nst);
+
+		rows += RfmBackfill(relid,
+							SPI_getvalue(tup, tracked->tupdesc, 2),
+							SPI_getvalue(tup, tracked->tupdesc, 3),
+							SPI_getvalue(tup, tracked->tupdesc, 4),
+							SPI_getvalue(tup, tracked->tupdesc, 5),
+							nst, sts);
+	}
+	return rows;
+}
+
+/* Number of customers with tracked rows. */
+static int64
+RfmCountCustomers(void)
+{
+	bool		isnull;
+
+	if (SPI_execute("SELECT pg_catalog.count(*) FROM loyalty.customer_stats"
+					" WHERE row_count OPERATOR(pg_catalog.>) 0", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not count customers");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/* ---------------------------------------------------------------------
+ * The trigger
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Error context of a tracking trigger whose columns no longer resolve (a
+ * tracked column renamed, dropped or retyped behind loyalty's back).
+ */
+static void
+RfmTriggerErrorContext(void *arg)
+{
+	errcontext("loyalty tracking of table \"%s\"; call loyalty.untrack_orders() and loyalty.track_orders() again",
+			   (const char *) arg);
+}
+
+/*
+ * loyalty._rfm_track_trigger(): AFTER ... FOR EACH STATEMENT on a tracked
+ * table.  Arguments: customer, ordered_at and amount column names, then
+ * optionally the status column and the counted statuses.  INSERT, UPDATE
+ * and DELETE apply the transition tables' delta; TRUNCATE rebuilds the
+ * statistics from the tracked tables (the truncated one is empty now).
+ * Runs SECURITY DEFINER: the application's role needs no right on loyalty.
+ */
+Datum
+rfm_track_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Trigger    *tg;
+	Relation	rel;
+	RfmTrackCols cols;
+	RfmDelta   *delta;
+	ErrorContextCallback errcb;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("loyalty._rfm_track_trigger() must be called as a trigger")));
+	if (!TRIGGER_FIRED_FOR_STATEMENT(td->tg_event) || !TRIGGER_FIRED_AFTER(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("loyalty._rfm_track_trigger() must be an AFTER ... FOR EACH STATEMENT trigger")));
+	tg = td->tg_trigger;
+	rel = td->tg_relation;
+
+	SPI_connect();
+	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+	{
+		RfmRebuild();
+		SPI_finish();
+		return PointerGetDatum(NULL);
+	}
+	if (tg->tgnargs < 3 || tg->tgnargs == 4)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("loyalty._rfm_track_trigger() on \"%s\" has wrong arguments",
+						RelationGetRelationName(rel)),
+				 errhint("Call loyalty.untrack_orders() and loyalty.track_orders() again.")));
+	if (td->tg_oldtable == NULL && td->tg_newtable == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("loyalty._rfm_track_trigger() on \"%s\" needs a transition table",
+						RelationGetRelationName(rel))));
+	errcb.callback = RfmTriggerErrorContext;
+	errcb.arg = (void *) RelationGetRelationName(rel);
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
+					  tg->tgargs[0], tg->tgargs[1], tg->tgargs[2],
+					  tg->tgnargs > 3 ? tg->tgargs[3] : NULL,
+					  tg->tgnargs > 3 ? tg->tgnargs - 4 : 0,
+					  tg->tgnargs > 3 ? tg->tgargs + 4 : NULL, &cols);
+	error_context_stack = errcb.previous;
+
+	delta = RfmDeltaCreate();
+	if (td->tg_oldtable)
+		RfmDeltaAddTuplestore(delta, &cols, td->tg_oldtable, RelationGetDescr(rel), -1);
+	if (td->tg_newtable)
+		RfmDeltaAddTuplestore(delta, &cols, td->tg_newtable, RelationGetDescr(rel), +1);
+	RfmDeltaApply(delta);
+	MemoryContextDelete(delta->cxt);
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/* ---------------------------------------------------------------------
+ * track_orders / untrack_orders / rebuild_tracking
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Check that the calling role (the one outside this SECURITY DEFINER
+ * function) may put triggers on the table and read it: tracking must not
+ * let an admin-level role read or instrument tables it has no right to.
+ */
+static void
+RfmCheckTablePrivileges(Oid relid)
+{
+	Oid			caller = GetOuterUserId();
+	AclResult	acl = pg_class_aclcheck(relid, caller, ACL_TRIGGER | ACL_SELECT);
+
+	if (acl != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to track table \"%s\"", get_rel_name(relid)),
+				 errdetail("Tracking needs the TRIGGER and SELECT privileges on the table.")));
+}
+
+/*
+ * Open a table to be tracked or untracked, with the lock CREATE TRIGGER
+ * takes (it also waits for writers in flight and keeps new ones out until
+ * commit, so a back-fill sees every committed row and no trigger-less row
+ * sneaks in), and check it is a plain or partitioned table that can carry
+ * our triggers.
+ */
+static Relation
+RfmOpenTrackable(Oid relid, LOCKMODE lockmode)
+{
+	Relation	rel;
+	char		kind;
+
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+	rel = table_open(relid, lockmode);
+	kind = rel->rd_rel->relkind;
+	if (kind != RELKIND_RELATION && kind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
+				 errdetail("Only plain and partitioned tables can be tracked: a view or other relation cannot carry the triggers that keep statistics current."),
+				 errhint("Use loyalty.rfm_segmentation() for views, or track the table under the view (see the status filter of loyalty.track_orders).")));
+	if (rel->rd_rel->relispartition)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is a partition", RelationGetRelationName(rel)),
+				 errhint("Track the partitioned table it belongs to.")));
+	if (kind == RELKIND_RELATION && has_subclass(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" has inheritance children", RelationGetRelationName(rel)),
+				 errdetail("Statement triggers on an inheritance parent do not see writes to its children.")));
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("cannot track temporary table \"%s\"", RelationGetRelationName(rel))));
+	if (IsCatalogRelation(rel) || RelationGetNamespace(rel) == get_namespace_oid("loyalty", false))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("cannot track \"%s\"", RelationGetRelationName(rel)),
+				 errdetail("System catalogs and loyalty's own tables cannot be tracked.")));
+	return rel;
+}
+
+/* Whether the table has a row in loyalty.tracked_table. */
+static bool
+RfmIsTracked(Oid relid)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+
+	if (SPI_execute_with_args("SELECT 1 FROM loyalty.tracked_table"
+							  " WHERE orders OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+							  1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.tracked_table");
+	return SPI_processed > 0;
+}
+
+/*
+ * loyalty.track_orders(orders, customer_column, ordered_at_column,
+ * amount_column, status_column DEFAULT NULL, counted_statuses DEFAULT NULL):
+ * validate, record the configuration, install the four statement triggers
+ * and back-fill the statistics from the rows already there.  Returns the
+ * rows counted and the customers now tracked (over all tracked tables).
+ */
+Datum
+rfm_track_orders(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	char	   *cust_col,
+			   *time_col,
+			   *amount_col,
+			   *status_col = NULL;
+	int			nst = 0;
+	char	  **sts = NULL;
+	Relation	rel;
+	RfmTrackCols cols;
+	char	   *qualname;
+	StringInfoData targs;
+	static const char *const events[4] = {"insert", "update", "delete", "truncate"};
+	int			i;
+	int64		rows;
+	TupleDesc	rdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	Oid			argtypes[6];
+	Datum		args[6];
+	char		argnulls[6];
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("orders table must not be null")));
+	relid = PG_GETARG_OID(0);
+	cust_col = PG_ARGISNULL(1) ? NULL : NameStr(*PG_GETARG_NAME(1));
+	time_col = PG_ARGISNULL(2) ? NULL : NameStr(*PG_GETARG_NAME(2));
+	amount_col = PG_ARGISNULL(3) ? NULL : NameStr(*PG_GETARG_NAME(3));
+	if (!PG_ARGISNULL(4))
+		status_col = NameStr(*PG_GETARG_NAME(4));
+	if (PG_ARGISNULL(4) != PG_ARGISNULL(5))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("status_column and counted_statuses go together"),
+				 errhint("Give both to count only rows with some statuses, or neither to count every row.")));
+	if (!PG_ARGISNULL(5))
+	{
+		ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(5);
+		Datum	   *elems;
+		bool	   *enulls;
+
+		if (ARR_NDIM(arr) > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("counted_statuses must be a one-dimensional array")));
+		deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &enulls, &nst);
+		if (nst == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("counted_statuses must not be empty")));
+		sts = palloc(sizeof(char *) * nst);
+		for (i = 0; i < nst; i++)
+		{
+			if (enulls[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("counted_statuses must not contain nulls")));
+			sts[i] = TextDatumGetCString(elems[i]);
+		}
+	}
+	RfmLiveRequireReadCommitted("loyalty.track_orders()");
+
+	rel = RfmOpenTrackable(relid, ShareRowExclusiveLock);
+	RfmCheckTablePrivileges(relid);
+	RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
+					  cust_col, time_col, amount_col, status_col, nst, sts, &cols);
+	qualname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+										  RelationGetRelationName(rel));
+
+	SPI_connect();
+	if (RfmIsTracked(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("table \"%s\" is already tracked", RelationGetRelationName(rel)),
+				 errhint("Call loyalty.untrack_orders() first to track it with other columns.")));
+
+	argtypes[0] = OIDOID;
+	argtypes[1] = NAMEOID;
+	argtypes[2] = NAMEOID;
+	argtypes[3] = NAMEOID;
+	argtypes[4] = NAMEOID;
+	argtypes[5] = TEXTARRAYOID;
+	for (i = 0; i < 6; i++)
+	{
+		args[i] = PG_GETARG_DATUM(i);
+		argnulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	if (SPI_execute_with_args("INSERT INTO loyalty.tracked_table (orders, customer_column,"
+							  " ordered_at_column, amount_column, status_column, counted_statuses)"
+							  " VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5, $6)",
+							  6, argtypes, args, argnulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the tracked table");
+
+	initStringInfo(&targs);
+	appendStringInfo(&targs, "%s, %s, %s", quote_literal_cstr(cust_col),
+					 quote_literal_cstr(time_col), quote_literal_cstr(amount_col));
+	if (status_col)
+	{
+		appendStringInfo(&targs, ", %s", quote_literal_cstr(status_col));
+		for (i = 0; i < nst; i++)
+			appendStringInfo(&targs, ", %s", quote_literal_cstr(sts[i]));
+	}
+	for (i = 0; i < 4; i++)
+	{
+		StringInfoData sql;
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "CREATE TRIGGER %s AFTER %s ON %s",
+						 quote_identifier(psprintf(RFM_TRIGGER_PREFIX "%s", events[i])),
+						 events[i], qualname);
+		if (i == 0)
+			appendStringInfoString(&sql, " REFERENCING NEW TABLE AS loyalty_new");
+		else if (i == 1)
+			appendStringInfoString(&sql, " REFERENCING OLD TABLE AS loyalty_old NEW TABLE AS loyalty_new");
+		else if (i == 2)
+			appendStringInfoString(&sql, " REFERENCING OLD TABLE AS loyalty_old");
+		appendStringInfo(&sql, " FOR EACH STATEMENT EXECUTE FUNCTION loyalty._rfm_track_trigger(%s)",
+						 targs.data);
+		if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not create trigger on \"%s\"", RelationGetRelationName(rel));
+	}
+
+	rows = RfmBackfill(relid, cust_col, time_col, amount_col, status_col, nst, sts);
+	values[0] = Int64GetDatum(rows);
+	values[1] = Int64GetDatum(RfmCountCustomers());
+	SPI_finish();
+	table_close(rel, NoLock);
+
+	if (get_call_result_type(fcinfo, NULL, &rdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(rdesc), values, nulls)));
+}
+
+/*
+ * loyalty.untrack_orders(orders): drop the triggers, forget the table and
+ * take its rows out of the statistics (by rebuilding them from the tables
+ * still tracked).  Customers left without rows keep their last segment
+ * until the next refresh_segments, which records that they left it.
+ */
+Datum
+rfm_untrack_orders(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	Relation	rel;
+	char	   *qualname;
+	static const char *const events[4] = {"insert", "update", "delete", "truncate"};
+	int			i;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1];
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("orders table must not be null")));
+	relid = PG_GETARG_OID(0);
+	RfmLiveRequireReadCommitted("loyalty.untrack_orders()");
+	rel = RfmOpenTrackable(relid, AccessExclusiveLock);
+	RfmCheckTablePrivileges(relid);
+	qualname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+										  RelationGetRelationName(rel));
+	SPI_connect();
+	if (!RfmIsTracked(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("table \"%s\" is not tracked", RelationGetRelationName(rel))));
+	args[0] = ObjectIdGetDatum(relid);
+	if (SPI_execute_with_args("DELETE FROM loyalty.tracked_table"
+							  " WHERE orders OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not forget the tracked table");
+	for (i = 0; i < 4; i++)
+	{
+		char	   *sql = psprintf("DROP TRIGGER IF EXISTS %s ON %s",
+								   quote_identifier(psprintf(RFM_TRIGGER_PREFIX "%s", events[i])),
+								   qualname);
+
+		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not drop trigger on \"%s\"", RelationGetRelationName(rel));
+	}
+	RfmRebuild();
+	SPI_finish();
+	table_close(rel, NoLock);
+	PG_RETURN_VOID();
+}
+
+/*
+ * loyalty.rebuild_tracking(): recompute all statistics from the tracked
+ * tables.  For repairs after changes that bypassed the triggers (rows
+ * written with session_replication_role = replica or with the triggers
+ * disabled, partitions attached or detached).  Returns rows counted and
+ * customers tracked.
+ */
+Datum
+rfm_rebuild_tracking(PG_FUNCTION_ARGS)
+{
+	TupleDesc	rdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	SPITupleTable *tt;
+	uint64		k;
+
+	RfmLiveRequireReadCommitted("loyalty.rebuild_tracking()");
+	SPI_connect();
+
+	/* the tracked tables' lock first, as track_orders and TRUNCATE take it */
+	if (SPI_execute("SELECT orders::pg_catalog.oid FROM loyalty.tracked_table"
+					" ORDER BY orders::pg_catalog.oid", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.tracked_table");
+	tt = SPI_tuptable;
+	for (k = 0; k < SPI_processed; k++)
+	{
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(tt->vals[k], tt->tupdesc, 1, &isnull));
+
+		RfmCheckTablePrivileges(relid);
+		LockRelationOid(relid, ShareRowExclusiveLock);
+	}
+	values[0] = Int64GetDatum(RfmRebuild());
+	values[1] = Int64GetDatum(RfmCountCustomers());
+	SPI_finish();
+	if (get_call_result_type(fcinfo, NULL, &rdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(rdesc), values, nulls)));
+}
+
+/* Error context of an ALTER TABLE that breaks a tracked table's columns. */
+static void
+RfmAlterErrorContext(void *arg)
+{
+	errcontext("table \"%s\" is tracked by loyalty; call loyalty.untrack_orders() before changing its tracked columns",
+			   (const char *) arg);
+}
+
+/*
+ * loyalty._rfm_check_tracked(): resolve the columns of every tracked table
+ * again, raising the usual column errors if one was renamed, dropped or
+ * retyped.  Called by the ddl_command_end event trigger after ALTER TABLE,
+ * so that such a change fails instead of breaking every later write to the
+ * table.
+ */
+Datum
+rfm_check_tracked(PG_FUNCTION_ARGS)
+{
+	SPITupleTable *tt;
+	uint64		k;
+
+	SPI_connect();
+	if (SPI_execute("SELECT orders::pg_catalog.oid, customer_column, ordered_at_column,"
+					" amount_column, status_column, counted_statuses"
+					" FROM loyalty.tracked_table", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.tracked_table");
+	tt = SPI_tuptable;
+	for (k = 0; k < SPI_processed; k++)
+	{
+		HeapTuple	tup = tt->vals[k];
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, tt->tupdesc, 1, &isnull));
+		Datum		st = SPI_getbinval(tup, tt->tupdesc, 6, &isnull);
+		int			nst;
+		char	  **sts = RfmStatusList(st, isnull, &nst);
+		Relation	rel = try_relation_open(relid, AccessShareLock);
+		RfmTrackCols cols;
+		ErrorContextCallback errcb;
+
+		if (rel == NULL)
+			continue;
+		errcb.callback = RfmAlterErrorContext;
+		errcb.arg = (void *) RelationGetRelationName(rel);
+		errcb.previous = error_context_stack;
+		error_context_stack = &errcb;
+		RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
+						  SPI_getvalue(tup, tt->tupdesc, 2),
+						  SPI_getvalue(tup, tt->tupdesc, 3),
+						  SPI_getvalue(tup, tt->tupdesc, 4),
+						  SPI_getvalue(tup, tt->tupdesc, 5), nst, sts, &cols);
+		error_context_stack = errcb.previous;
+		relation_close(rel, AccessShareLock);
+	}
+	SPI_finish();
+	PG_RETURN_VOID();
+}
