@@ -20,6 +20,7 @@ SQL_PARTS = \
 	src/loyalty.sql \
 	src/access.sql \
 	src/rfm_score.sql \
+	src/segment.sql \
 	src/grants.sql
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
