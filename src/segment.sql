@@ -199,9 +199,11 @@ COMMENT ON FUNCTION loyalty._segment_map_row() IS
 	'Internal: keep the builtin flag of the segment map right, and let a restored map replace the default one';
 
 /*
- * Statement trigger (AFTER INSERT, UPDATE or DELETE) on both map tables:
- * once the user has edited the map, no row of either table is builtin, so
- * pg_dump saves the whole map.
+ * Row trigger (AFTER INSERT, UPDATE or DELETE) on both map tables: once the
+ * user has changed a row of the map, no row of either table is builtin, so
+ * pg_dump saves the whole map.  Row-level because statement triggers also
+ * fire for statements that change nothing, such as the empty COPY a restore
+ * of an untouched map runs.
  */
 CREATE FUNCTION loyalty._segment_map_take_over()
 RETURNS trigger
@@ -235,7 +237,7 @@ CREATE TRIGGER segment_row
 	FOR EACH ROW EXECUTE FUNCTION loyalty._segment_map_row();
 CREATE TRIGGER segment_take_over
 	AFTER INSERT OR UPDATE OR DELETE ON loyalty.segment
-	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._segment_map_take_over();
+	FOR EACH ROW EXECUTE FUNCTION loyalty._segment_map_take_over();
 CREATE TRIGGER segment_invalidate
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.segment
 	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._segment_map_invalidate();
@@ -251,7 +253,7 @@ CREATE TRIGGER segment_rule_row
 	FOR EACH ROW EXECUTE FUNCTION loyalty._segment_map_row();
 CREATE TRIGGER segment_rule_take_over
 	AFTER INSERT OR UPDATE OR DELETE ON loyalty.segment_rule
-	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._segment_map_take_over();
+	FOR EACH ROW EXECUTE FUNCTION loyalty._segment_map_take_over();
 CREATE TRIGGER segment_rule_invalidate
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.segment_rule
 	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._segment_map_invalidate();
