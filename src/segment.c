@@ -16,8 +16,9 @@
  * Snapshot used for loading: the latest one, taken after locking the table
  * (which processes pending invalidations), so a commit is either visible to
  * the load or its invalidation is still to come; the cache can therefore
- * never keep a map older than the last commit.  Like a catalog lookup, this
- * means a REPEATABLE READ transaction sees a map committed after it started.
+ * never keep a map older than the last commit.  Like a catalog lookup, the
+ * cache is not tied to a transaction snapshot: a REPEATABLE READ transaction
+ * that (re)loads the map sees edits committed after it started.
  * In parallel mode no new snapshot may be taken: workers and the leader then
  * load with the query's snapshot and keep the result for that transaction
  * only.
