@@ -12,7 +12,6 @@
 
 #include "fmgr.h"
 #include "libpq/pqformat.h"
-#include "nodes/nodes.h"
 
 #include "compat.h"
 #include "rfm_score.h"
