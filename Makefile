@@ -21,6 +21,7 @@ SQL_PARTS = \
 	src/access.sql \
 	src/rfm_score.sql \
 	src/segment.sql \
+	src/rfm.sql \
 	src/rfm_track.sql \
 	src/grants.sql
 
