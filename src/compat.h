@@ -155,4 +155,27 @@ LoyaltySPIExecuteToDest(SPIPlanPtr plan, bool read_only, DestReceiver *dest)
 #endif
 }
 
+/*
+ * table_tuple_update() reports which indexes need new entries as a bool
+ * before PostgreSQL 16 and as TU_UpdateIndexes from 16 on (TU_Summarizing:
+ * only summarizing indexes such as BRIN).
+ */
+#if PG_VERSION_NUM >= 160000
+#include "access/tableam.h"
+typedef TU_UpdateIndexes LoyaltyUpdateIndexes;
+#define LoyaltyUpdateNeedsIndexInserts(u) ((u) == TU_All)
+#else
+typedef bool LoyaltyUpdateIndexes;
+#define LoyaltyUpdateNeedsIndexInserts(u) (u)
+#endif
+
+/* index_insert() gained the indexUnchanged hint in PostgreSQL 14. */
+#if PG_VERSION_NUM >= 140000
+#define index_insert_unchanged_compat(rel, v, n, tid, heap, chk, info) \
+	index_insert(rel, v, n, tid, heap, chk, true, info)
+#else
+#define index_insert_unchanged_compat(rel, v, n, tid, heap, chk, info) \
+	index_insert(rel, v, n, tid, heap, chk, info)
+#endif
+
 #endif							/* LOYALTY_COMPAT_H */

@@ -356,27 +356,42 @@ RfmCheckRetained(DateADT start_day, DateADT retained_from, RfmLiveConfig *cfg)
 }
 
 /*
- * A customer's RFM inputs as of as_of: recency from the exact last order
- * when it is not after as_of, otherwise from the latest day with an order
- * up to as_of (day granularity, that day taken at 00:00 UTC); frequency and
- * spend from the buckets of the window's days.
+ * A customer's RFM inputs as of as_of: frequency and spend from the buckets
+ * of the window's days; recency from the exact last order when it is not
+ * after as_of.  When it is (orders dated after as_of), recency comes from
+ * the latest day with an order up to as_of, taken at 00:00 UTC, looking no
+ * further back than floor_day (the retention horizon: older buckets may be
+ * pruned, and the result must not depend on whether they already are); a
+ * customer whose first order is up to as_of but who has no such day counts
+ * as having ordered on the day before floor_day.
  */
 static void
-RfmCustomerInputs(RfmDays *days, bool last_null, TimestampTz last_order,
+RfmCustomerInputs(RfmDays *days, bool first_null, TimestampTz first_order,
+				  bool last_null, TimestampTz last_order,
 				  TimestampTz as_of, DateADT start_day, DateADT end_day,
-				  RfmDaysSum *sum, bool *has_order, TimestampTz *last)
+				  DateADT floor_day, RfmDaysSum *sum, bool *has_order,
+				  TimestampTz *last)
 {
 	RfmDaysWindow(days, start_day, end_day, sum);
 	*has_order = false;
-	if (!last_null && last_order <= as_of)
+	if (last_null)
+		return;
+	if (last_order <= as_of)
 	{
 		*has_order = true;
 		*last = last_order;
 	}
-	else if (!last_null && sum->has_order)
+	else if (sum->has_order && sum->last_order_day >= floor_day)
 	{
 		*has_order = true;
 		*last = Min((TimestampTz) sum->last_order_day * USECS_PER_DAY, as_of);
+	}
+	else if (!first_null && first_order <= as_of)
+	{
+		*has_order = true;
+		*last = first_order;
+		if (floor_day != DATEVAL_NOBEGIN)
+			*last = Max(*last, (TimestampTz) (floor_day - 1) * USECS_PER_DAY);
 	}
 }
 
@@ -482,6 +497,9 @@ RfmKeyOrderPlans(void)
 							 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	/* the disabled plans' costs would otherwise trigger JIT compilation */
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	return nestlevel;
 }
 
@@ -520,6 +538,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	TupleDesc	desc;
 	int			a_id,
 				a_rows,
+				a_first,
 				a_last,
 				a_days,
 				a_score,
@@ -598,6 +617,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	desc = RelationGetDescr(rel);
 	a_id = RfmAttno(desc, "customer_id");
 	a_rows = RfmAttno(desc, "row_count");
+	a_first = RfmAttno(desc, "first_order");
 	a_last = RfmAttno(desc, "last_order");
 	a_days = RfmAttno(desc, "days");
 	a_score = RfmAttno(desc, "score");
@@ -648,8 +668,9 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		}
 		c = &custs[n];
 		days = nl[a_days] ? NULL : DatumGetRfmDays(v[a_days]);
-		RfmCustomerInputs(days, nl[a_last], DatumGetTimestampTz(v[a_last]), as_of,
-						  start_day, end_day, &sum, &c->has_order, &c->last);
+		RfmCustomerInputs(days, nl[a_first], DatumGetTimestampTz(v[a_first]),
+						  nl[a_last], DatumGetTimestampTz(v[a_last]), as_of,
+						  start_day, end_day, new_retained, &sum, &c->has_order, &c->last);
 		monetary = RfmMonetary(&cfg, sum.spend, sum.orders);
 		keys[n].key[RFM_RECENCY] = RfmRecencyKey(RfmRecencyDaysOf(c->has_order, as_of, c->last));
 		keys[n].key[RFM_FREQUENCY] = (double) sum.orders;
@@ -999,6 +1020,7 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 		bool		has_order;
 		TimestampTz last = 0;
 		DateADT		start_day;
+		DateADT		retained_from;
 		TimestampTz start;
 		RfmDays    *days;
 
@@ -1020,7 +1042,8 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 		RfmReadConfig(&cfg);
 		start = RfmMinus(as_of, &cfg.window);
 		start_day = RfmUtcDay(start);
-		RfmCheckRetained(start_day, RfmRetainedFrom(), &cfg);
+		retained_from = RfmRetainedFrom();
+		RfmCheckRetained(start_day, retained_from, &cfg);
 		args[0] = PointerGetDatum(cust);
 		if (SPI_execute_with_args("SELECT s.customer_id, s.order_count, s.spend_total, s.first_order,"
 								  " s.last_order, s.days, s.score, s.segment, s.since,"
@@ -1045,11 +1068,13 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 			days = isnull ? NULL : DatumGetRfmDays(d);
 		}
 		{
-			bool		lnull;
+			bool		fnull,
+						lnull;
+			TimestampTz fo = DatumGetTimestampTz(SPI_getbinval(row, rowdesc, 4, &fnull));
 			TimestampTz lo = DatumGetTimestampTz(SPI_getbinval(row, rowdesc, 5, &lnull));
 
-			RfmCustomerInputs(days, lnull, lo, as_of, start_day, RfmUtcDay(as_of),
-							  &sum, &has_order, &last);
+			RfmCustomerInputs(days, fnull, fo, lnull, lo, as_of, start_day, RfmUtcDay(as_of),
+							  retained_from, &sum, &has_order, &last);
 		}
 
 		/* customer_id, orders_total, spend_total, first_order, last_order */

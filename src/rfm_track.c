@@ -23,14 +23,20 @@
 #include <math.h>
 
 #include "access/htup_details.h"
+#include "access/genam.h"
 #include "access/relation.h"
+#include "access/tableam.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/catalog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_inherits.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
+#include "catalog/index.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
@@ -40,10 +46,12 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "common/hashfn.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 
@@ -83,13 +91,13 @@ typedef struct RfmDelta
 {
 	MemoryContext cxt;			/* holds everything below */
 	MemoryContext rowcxt;		/* per-row scratch, reset often */
-	HTAB	   *customers;
+	RfmCustDelta *single;		/* the only customer so far (no hash yet) */
+	HTAB	   *customers;		/* created at the second customer */
 	int64		rows_seen;		/* rows read (counted or not) */
 	int64		rows_counted;	/* rows that passed the filters */
 } RfmDelta;
 
 /* Prepared statements, kept for the life of the backend. */
-static SPIPlanPtr upsert_plan[2][2];	/* [array form][returning] */
 static SPIPlanPtr fix_times_plan = NULL;
 static Oid	plans_days_type = InvalidOid;
 
@@ -278,20 +286,59 @@ RfmDeltaCreate(void)
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty rfm delta",
 											  ALLOCSET_DEFAULT_SIZES);
 	RfmDelta   *delta = MemoryContextAllocZero(cxt, sizeof(RfmDelta));
-	HASHCTL		ctl;
 
 	delta->cxt = cxt;
 	delta->rowcxt = AllocSetContextCreate(cxt, "loyalty rfm delta row",
 										  ALLOCSET_SMALL_SIZES);
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(char *);
-	ctl.entrysize = sizeof(RfmCustDelta);
-	ctl.hash = RfmKeyHash;
-	ctl.match = RfmKeyMatch;
-	ctl.hcxt = cxt;
-	delta->customers = hash_create("loyalty rfm delta customers", 256, &ctl,
-								   HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
 	return delta;
+}
+
+/*
+ * The delta of one customer, created empty when new.  Most statements touch
+ * one customer (an order inserted by the application): the first customer
+ * is held aside and the hash table only built when a second one shows up.
+ * Runs in the delta's context; key may be a temporary string.
+ */
+static RfmCustDelta *
+RfmDeltaCustomer(RfmDelta *delta, char *key)
+{
+	RfmCustDelta *c;
+	bool		found;
+
+	if (delta->customers == NULL)
+	{
+		HASHCTL		ctl;
+
+		if (delta->single == NULL)
+		{
+			c = palloc0(sizeof(RfmCustDelta));
+			c->key = pstrdup(key);
+			delta->single = c;
+			return c;
+		}
+		if (strcmp(delta->single->key, key) == 0)
+			return delta->single;
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(char *);
+		ctl.entrysize = sizeof(RfmCustDelta);
+		ctl.hash = RfmKeyHash;
+		ctl.match = RfmKeyMatch;
+		ctl.hcxt = delta->cxt;
+		delta->customers = hash_create("loyalty rfm delta customers", 256, &ctl,
+									   HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+		c = (RfmCustDelta *) hash_search(delta->customers, &delta->single->key, HASH_ENTER, &found);
+		*c = *delta->single;
+		delta->single = NULL;
+	}
+	c = (RfmCustDelta *) hash_search(delta->customers, &key, HASH_ENTER, &found);
+	if (!found)
+	{
+		char	   *k = pstrdup(key);
+
+		memset(c, 0, sizeof(RfmCustDelta));
+		c->key = k;
+	}
+	return c;
 }
 
 /* Memory held by a delta, to decide when a back-fill flushes it. */
@@ -428,7 +475,6 @@ RfmDeltaAddRow(RfmDelta *delta, RfmTrackCols *cols,
 	char	   *key;
 	RfmCustDelta *c;
 	RfmDayEntry *e;
-	bool		found;
 	Numeric		amt = NULL;
 	bool		is_order = true;
 
@@ -452,14 +498,7 @@ RfmDeltaAddRow(RfmDelta *delta, RfmTrackCols *cols,
 	}
 
 	MemoryContextSwitchTo(delta->cxt);
-	c = (RfmCustDelta *) hash_search(delta->customers, &key, HASH_ENTER, &found);
-	if (!found)
-	{
-		char	   *k = pstrdup(key);
-
-		memset(c, 0, sizeof(RfmCustDelta));
-		c->key = k;
-	}
+	c = RfmDeltaCustomer(delta, key);
 	delta->rows_counted++;
 	c->rows += sign;
 	e = RfmCustDay(delta, c, RfmUtcDay(t));
@@ -578,29 +617,43 @@ RfmNeedsFirstCheck(RfmCustDelta *c)
  * ---------------------------------------------------------------------
  */
 
+/* Forms of the statement that applies customer deltas. */
+typedef enum RfmApplyForm
+{
+	RFM_APPLY_UPSERT_ONE,		/* INSERT ... VALUES ... ON CONFLICT DO UPDATE */
+	RFM_APPLY_UPSERT_MANY,		/* INSERT ... SELECT unnest() ... ON CONFLICT */
+	RFM_APPLY_UPDATE_ONE,		/* UPDATE ... WHERE customer_id = $1 */
+	RFM_APPLY_FORMS
+} RfmApplyForm;
+
+static SPIPlanPtr apply_plan[RFM_APPLY_FORMS][2];	/* [form][returning] */
+
 /*
- * Prepare (once) the upsert of customer deltas: the scalar form for one
- * customer and the unnest() form for many, each with or without RETURNING.
- * Plans are re-prepared if loyalty.day_buckets was re-created (extension
- * dropped and created again in this backend).
+ * Prepare (once) a statement applying customer deltas, with or without
+ * RETURNING of the new first and last order times.  One customer is first
+ * tried with a plain UPDATE (an existing customer, the usual case: no
+ * speculative insertion and no separate row-lock record), then with the
+ * upsert; many customers go through one upsert whose rows come in customer
+ * order.  Plans are re-prepared if loyalty.day_buckets was re-created
+ * (extension dropped and created again in this backend).
  */
 static SPIPlanPtr
-RfmUpsertPlan(bool array_form, bool returning)
+RfmApplyPlan(RfmApplyForm form, bool returning)
 {
 	Oid			daysoid = RfmDaysTypeOid();
-	SPIPlanPtr *pp = &upsert_plan[array_form][returning];
+	SPIPlanPtr *pp = &apply_plan[form][returning];
 
 	if (daysoid != plans_days_type)
 	{
 		int			i,
 					j;
 
-		for (i = 0; i < 2; i++)
+		for (i = 0; i < RFM_APPLY_FORMS; i++)
 			for (j = 0; j < 2; j++)
-				if (upsert_plan[i][j])
+				if (apply_plan[i][j])
 				{
-					SPI_freeplan(upsert_plan[i][j]);
-					upsert_plan[i][j] = NULL;
+					SPI_freeplan(apply_plan[i][j]);
+					apply_plan[i][j] = NULL;
 				}
 		if (fix_times_plan)
 		{
@@ -616,11 +669,7 @@ RfmUpsertPlan(bool array_form, bool returning)
 		SPIPlanPtr	plan;
 
 		initStringInfo(&sql);
-		appendStringInfoString(&sql,
-							   "INSERT INTO loyalty.customer_stats AS s"
-							   " (customer_id, row_count, order_count, spend_total,"
-							   " first_order, last_order, days) ");
-		if (array_form)
+		if (form == RFM_APPLY_UPSERT_MANY)
 		{
 			argtypes[0] = TEXTARRAYOID;
 			argtypes[1] = INT8ARRAYOID;
@@ -629,10 +678,6 @@ RfmUpsertPlan(bool array_form, bool returning)
 			argtypes[4] = TIMESTAMPTZARRAYOID;
 			argtypes[5] = TIMESTAMPTZARRAYOID;
 			argtypes[6] = get_array_type(daysoid);
-			appendStringInfoString(&sql,
-								   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-								   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
-								   " pg_catalog.unnest($6), pg_catalog.unnest($7)) ");
 		}
 		else
 		{
@@ -643,16 +688,39 @@ RfmUpsertPlan(bool array_form, bool returning)
 			argtypes[4] = TIMESTAMPTZOID;
 			argtypes[5] = TIMESTAMPTZOID;
 			argtypes[6] = daysoid;
-			appendStringInfoString(&sql, "VALUES ($1, $2, $3, $4, $5, $6, $7) ");
 		}
-		appendStringInfoString(&sql,
-							   "ON CONFLICT (customer_id) DO UPDATE SET"
-							   " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
-							   " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
-							   " spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
-							   " first_order = LEAST(s.first_order, excluded.first_order),"
-							   " last_order = GREATEST(s.last_order, excluded.last_order),"
-							   " days = loyalty._rfm_days_merge(s.days, excluded.days)");
+		if (form == RFM_APPLY_UPDATE_ONE)
+			appendStringInfoString(&sql,
+								   "UPDATE loyalty.customer_stats AS s SET"
+								   " row_count = s.row_count OPERATOR(pg_catalog.+) $2,"
+								   " order_count = s.order_count OPERATOR(pg_catalog.+) $3,"
+								   " spend_total = s.spend_total OPERATOR(pg_catalog.+) $4,"
+								   " first_order = LEAST(s.first_order, $5),"
+								   " last_order = GREATEST(s.last_order, $6),"
+								   " days = loyalty._rfm_days_merge(s.days, $7)"
+								   " WHERE s.customer_id OPERATOR(pg_catalog.=) $1");
+		else
+		{
+			appendStringInfoString(&sql,
+								   "INSERT INTO loyalty.customer_stats AS s"
+								   " (customer_id, row_count, order_count, spend_total,"
+								   " first_order, last_order, days) ");
+			if (form == RFM_APPLY_UPSERT_MANY)
+				appendStringInfoString(&sql,
+									   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+									   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+									   " pg_catalog.unnest($6), pg_catalog.unnest($7)) ");
+			else
+				appendStringInfoString(&sql, "VALUES ($1, $2, $3, $4, $5, $6, $7) ");
+			appendStringInfoString(&sql,
+								   "ON CONFLICT (customer_id) DO UPDATE SET"
+								   " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
+								   " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
+								   " spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
+								   " first_order = LEAST(s.first_order, excluded.first_order),"
+								   " last_order = GREATEST(s.last_order, excluded.last_order),"
+								   " days = loyalty._rfm_days_merge(s.days, excluded.days)");
+		}
 		if (returning)
 			appendStringInfoString(&sql, " RETURNING s.customer_id, s.first_order, s.last_order");
 		plan = SPI_prepare(sql.data, 7, argtypes);
@@ -662,6 +730,173 @@ RfmUpsertPlan(bool array_form, bool returning)
 		*pp = plan;
 	}
 	return *pp;
+}
+
+/*
+ * Apply one customer's delta without the executor, for the statement that
+ * touches a single customer (an application inserting or changing one
+ * order: the case whose cost every checkout pays).  It does what the UPDATE
+ * form would: find the row through the primary key in a fresh snapshot,
+ * lock its latest version (waiting for a concurrent writer, as UPDATE does
+ * under READ COMMITTED; a serialization failure under REPEATABLE READ),
+ * compute the new values in C and update that version.  Returns false, with
+ * nothing changed, when the customer has no row (a new customer, or one
+ * deleted meanwhile) or the table has other indexes than its primary key:
+ * the caller then goes through SQL.  On success *first / *last receive the
+ * new first and last order times.
+ */
+static bool
+RfmDirectUpdate(RfmCustDelta *c, Numeric spend, RfmDays *delta,
+				bool *first_null, TimestampTz *first,
+				bool *last_null, TimestampTz *last)
+{
+	Oid			relid = get_relname_relid("customer_stats", get_namespace_oid("loyalty", false));
+	Relation	rel;
+	Relation	idx;
+	Oid			idxoid;
+	List	   *indexes;
+	Snapshot	snap;
+	IndexScanDesc scan;
+	ScanKeyData key;
+	TupleTableSlot *found;
+	TupleTableSlot *locked;
+	TupleTableSlot *newslot;
+	TupleDesc	desc;
+	ItemPointerData tid;
+	TM_FailureData tmfd;
+	TM_Result	res;
+	LockTupleMode lockmode;
+	LoyaltyUpdateIndexes update_indexes;
+	CommandId	cid;
+	Datum	   *v;
+	bool	   *nl;
+	Datum		keydatum = CStringGetTextDatum(c->key);
+	int			a_rows,
+				a_orders,
+				a_spend,
+				a_first,
+				a_last,
+				a_days;
+	bool		ok = false;
+	int			i;
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "table loyalty.customer_stats does not exist");
+	rel = table_open(relid, RowExclusiveLock);
+	indexes = RelationGetIndexList(rel);
+	idxoid = RelationGetPrimaryKeyIndex(rel);
+	if (list_length(indexes) != 1 || !OidIsValid(idxoid))
+	{
+		table_close(rel, NoLock);
+		return false;
+	}
+	idx = index_open(idxoid, RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+
+	/* like SPI before a statement: see our own earlier changes */
+	CommandCounterIncrement();
+	snap = RegisterSnapshot(GetTransactionSnapshot());
+	cid = GetCurrentCommandId(true);
+
+	found = table_slot_create(rel, NULL);
+	locked = table_slot_create(rel, NULL);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, keydatum);
+	key.sk_collation = C_COLLATION_OID;
+	scan = index_beginscan(rel, idx, snap, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	if (!index_getnext_slot(scan, ForwardScanDirection, found))
+		goto done;
+	tid = found->tts_tid;
+	res = table_tuple_lock(rel, &tid, snap, locked, cid, LockTupleNoKeyExclusive,
+						   LockWaitBlock,
+						   IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
+						   &tmfd);
+	switch (res)
+	{
+		case TM_Ok:
+			break;
+		case TM_Deleted:
+		case TM_Updated:
+			if (IsolationUsesXactSnapshot())
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to concurrent update")));
+			/* deleted meanwhile (a refresh removed a customer who had left) */
+			goto done;
+		default:
+			elog(ERROR, "unexpected result %d locking customer statistics", (int) res);
+	}
+	tid = locked->tts_tid;
+
+	/* the new values, from the latest version */
+	slot_getallattrs(locked);
+	newslot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+	ExecClearTuple(newslot);
+	v = newslot->tts_values;
+	nl = newslot->tts_isnull;
+	for (i = 0; i < desc->natts; i++)
+	{
+		v[i] = locked->tts_values[i];
+		nl[i] = locked->tts_isnull[i];
+	}
+	a_rows = SPI_fnumber(desc, "row_count") - 1;
+	a_orders = SPI_fnumber(desc, "order_count") - 1;
+	a_spend = SPI_fnumber(desc, "spend_total") - 1;
+	a_first = SPI_fnumber(desc, "first_order") - 1;
+	a_last = SPI_fnumber(desc, "last_order") - 1;
+	a_days = SPI_fnumber(desc, "days") - 1;
+	if (a_rows < 0 || a_orders < 0 || a_spend < 0 || a_first < 0 || a_last < 0 || a_days < 0)
+		elog(ERROR, "loyalty.customer_stats lacks a column");
+	v[a_rows] = Int64GetDatum(DatumGetInt64(v[a_rows]) + c->rows);
+	v[a_orders] = Int64GetDatum(DatumGetInt64(v[a_orders]) + c->orders);
+	v[a_spend] = NumericGetDatum(RfmNumericAdd(DatumGetNumeric(v[a_spend]), spend));
+	if (c->has_added)
+	{
+		if (nl[a_first] || c->min_added < DatumGetTimestampTz(v[a_first]))
+			v[a_first] = TimestampTzGetDatum(c->min_added);
+		if (nl[a_last] || c->max_added > DatumGetTimestampTz(v[a_last]))
+			v[a_last] = TimestampTzGetDatum(c->max_added);
+		nl[a_first] = nl[a_last] = false;
+	}
+	{
+		RfmDays    *old = nl[a_days] ? NULL : DatumGetRfmDays(v[a_days]);
+		RfmDays    *merged;
+
+		if (old != NULL && old->n == 0)
+			old = NULL;
+		merged = RfmDaysMerge(old, delta);
+		nl[a_days] = (merged == NULL || merged->n == 0);
+		v[a_days] = nl[a_days] ? (Datum) 0 : PointerGetDatum(merged);
+	}
+	*first_null = nl[a_first];
+	*first = nl[a_first] ? 0 : DatumGetTimestampTz(v[a_first]);
+	*last_null = nl[a_last];
+	*last = nl[a_last] ? 0 : DatumGetTimestampTz(v[a_last]);
+	ExecStoreVirtualTuple(newslot);
+
+	res = table_tuple_update(rel, &tid, newslot, cid, snap, InvalidSnapshot, true,
+							 &tmfd, &lockmode, &update_indexes);
+	if (res != TM_Ok)
+		elog(ERROR, "unexpected result %d updating locked customer statistics", (int) res);
+	if (LoyaltyUpdateNeedsIndexInserts(update_indexes))
+	{
+		bool		isnull = false;
+		IndexInfo  *info = BuildIndexInfo(idx);
+
+		index_insert_unchanged_compat(idx, &keydatum, &isnull, &newslot->tts_tid, rel,
+									  UNIQUE_CHECK_NO, info);
+	}
+	ExecDropSingleTupleTableSlot(newslot);
+	ok = true;
+
+done:
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(found);
+	ExecDropSingleTupleTableSlot(locked);
+	UnregisterSnapshot(snap);
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
+	return ok;
 }
 
 /* Build a one-dimensional array from datums (NULLs allowed). */
@@ -676,6 +911,27 @@ RfmMakeArray(Datum *values, bool *nulls, int n, Oid elemtype)
 
 	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
 	return construct_md_array(values, nulls, 1, dims, lbs, elemtype, typlen, typbyval, typalign);
+}
+
+/*
+ * OPERATOR(schema.name) naming an operator exactly, whatever the
+ * search_path (the equality operator of a customer column's type may live
+ * outside pg_catalog, e.g. citext's).
+ */
+static char *
+RfmQualifiedOperator(Oid opno)
+{
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
+	Form_pg_operator op;
+	char	   *result;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", opno);
+	op = (Form_pg_operator) GETSTRUCT(tup);
+	result = psprintf("OPERATOR(%s.%s)", quote_identifier(get_namespace_name(op->oprnamespace)),
+					  NameStr(op->oprname));
+	ReleaseSysCache(tup);
+	return result;
 }
 
 /*
@@ -769,7 +1025,7 @@ RfmFixOrderTimes(char **keys, int n)
 		 */
 		initStringInfo(&sql);
 		appendStringInfo(&sql, "SELECT %s, %s, pg_catalog.min(%s), pg_catalog.max(%s) FROM %s"
-						 " WHERE %s OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[]::%s)"
+						 " WHERE %s %s ANY ($1::pg_catalog.text[]::%s)"
 						 " AND %s IS NOT NULL"
 						 " AND (%s IS NULL OR NOT %s OPERATOR(pg_catalog.<) 0)"
 						 " GROUP BY 1, 2",
@@ -778,7 +1034,9 @@ RfmFixOrderTimes(char **keys, int n)
 						 quote_identifier(time_col), quote_identifier(time_col),
 						 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 													RelationGetRelationName(rel)),
-						 quote_identifier(cust_col), format_type_be_qualified(custarr),
+						 quote_identifier(cust_col),
+						 RfmQualifiedOperator(lookup_type_cache(cols.cust_type, TYPECACHE_EQ_OPR)->eq_opr),
+						 format_type_be_qualified(custarr),
 						 quote_identifier(time_col),
 						 quote_identifier(amount_col), quote_identifier(amount_col));
 		argtypes[0] = TEXTARRAYOID;
@@ -873,7 +1131,8 @@ static int64
 RfmDeltaApply(RfmDelta *delta)
 {
 	MemoryContext old = MemoryContextSwitchTo(delta->cxt);
-	long		ncust = hash_get_num_entries(delta->customers);
+	long		ncust = delta->customers ? hash_get_num_entries(delta->customers)
+		: (delta->single ? 1 : 0);
 	RfmCustDelta **list;
 	HASH_SEQ_STATUS seq;
 	RfmCustDelta *c;
@@ -896,9 +1155,17 @@ RfmDeltaApply(RfmDelta *delta)
 		return 0;
 	}
 	list = palloc(sizeof(RfmCustDelta *) * ncust);
-	hash_seq_init(&seq, delta->customers);
-	while ((c = hash_seq_search(&seq)) != NULL)
+	if (delta->customers)
 	{
+		hash_seq_init(&seq, delta->customers);
+		while ((c = hash_seq_search(&seq)) != NULL)
+			list[n++] = c;
+	}
+	else
+		list[n++] = delta->single;
+	for (i = 0, ncust = n, n = 0; i < ncust; i++)
+	{
+		c = list[i];
 		if (RfmCustIsNoop(c))
 			continue;
 		list[n++] = c;
@@ -944,7 +1211,6 @@ RfmDeltaApply(RfmDelta *delta)
 		nulls[6][i] = (days == NULL);
 	}
 
-	plan = RfmUpsertPlan(n > 1, any_check);
 	if (n > 1)
 	{
 		Oid			elemtypes[7] = {TEXTOID, INT8OID, INT8OID, NUMERICOID,
@@ -964,9 +1230,44 @@ RfmDeltaApply(RfmDelta *delta)
 			argnulls[i] = nulls[i][0] ? 'n' : ' ';
 		}
 	}
-	ret = SPI_execute_plan(plan, args, argnulls, false, 0);
-	if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
-		elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
+	if (n > 1)
+	{
+		plan = RfmApplyPlan(RFM_APPLY_UPSERT_MANY, any_check);
+		ret = SPI_execute_plan(plan, args, argnulls, false, 0);
+		if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
+			elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
+	}
+	else
+	{
+		bool		fnull,
+					lnull;
+		TimestampTz f,
+					l;
+
+		c = list[0];
+		if (RfmDirectUpdate(c, DatumGetNumeric(v[3][0]),
+							nulls[6][0] ? NULL : (RfmDays *) DatumGetPointer(v[6][0]),
+							&fnull, &f, &lnull, &l))
+		{
+			if ((RfmNeedsLastCheck(c) && (lnull || l <= c->max_removed)) ||
+				(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed)))
+				RfmFixOrderTimes(&c->key, 1);
+			MemoryContextSwitchTo(old);
+			return 1;
+		}
+		plan = RfmApplyPlan(RFM_APPLY_UPDATE_ONE, any_check);
+		ret = SPI_execute_plan(plan, args, argnulls, false, 0);
+		if (ret != (any_check ? SPI_OK_UPDATE_RETURNING : SPI_OK_UPDATE))
+			elog(ERROR, "could not update loyalty.customer_stats: %s", SPI_result_code_string(ret));
+		if (SPI_processed == 0)
+		{
+			/* a new customer (or one inserted concurrently: the upsert waits) */
+			plan = RfmApplyPlan(RFM_APPLY_UPSERT_ONE, any_check);
+			ret = SPI_execute_plan(plan, args, argnulls, false, 0);
+			if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
+				elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
+		}
+	}
 
 	if (any_check)
 	{
@@ -1209,6 +1510,21 @@ RfmCountCustomers(void)
  * ---------------------------------------------------------------------
  */
 
+/* Owner of loyalty's schema and tables: the role that created the extension. */
+static Oid
+RfmLoyaltyOwner(void)
+{
+	Oid			nsp = get_namespace_oid("loyalty", false);
+	HeapTuple	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for namespace %u", nsp);
+	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
 /*
  * Error context of a tracking trigger whose columns no longer resolve (a
  * tracked column renamed, dropped or retyped behind loyalty's back).
@@ -1226,7 +1542,9 @@ RfmTriggerErrorContext(void *arg)
  * optionally the status column and the counted statuses.  INSERT, UPDATE
  * and DELETE apply the transition tables' delta; TRUNCATE rebuilds the
  * statistics from the tracked tables (the truncated one is empty now).
- * Runs SECURITY DEFINER: the application's role needs no right on loyalty.
+ * It switches to the owner of loyalty's tables itself, which is what
+ * SECURITY DEFINER would do without the cost of saving and restoring
+ * settings around every statement of the application.
  */
 Datum
 rfm_track_trigger(PG_FUNCTION_ARGS)
@@ -1237,6 +1555,8 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 	RfmTrackCols cols;
 	RfmDelta   *delta;
 	ErrorContextCallback errcb;
+	Oid			save_userid;
+	int			save_sec_context;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
@@ -1249,11 +1569,22 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 	tg = td->tg_trigger;
 	rel = td->tg_relation;
 
+	/*
+	 * Work as the owner of loyalty's tables, as RI triggers run as the owner
+	 * of the referenced table: the application's role needs no right on
+	 * loyalty.  Every name in the SQL run from here is schema-qualified, so
+	 * the application's search_path cannot redirect it.  An error restores
+	 * the user with the (sub)transaction abort.
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(RfmLoyaltyOwner(), save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+
 	SPI_connect();
 	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
 	{
 		RfmRebuild();
 		SPI_finish();
+		SetUserIdAndSecContext(save_userid, save_sec_context);
 		return PointerGetDatum(NULL);
 	}
 	if (tg->tgnargs < 3 || tg->tgnargs == 4)
@@ -1286,6 +1617,7 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 	RfmDeltaApply(delta);
 	MemoryContextDelete(delta->cxt);
 	SPI_finish();
+	SetUserIdAndSecContext(save_userid, save_sec_context);
 	return PointerGetDatum(NULL);
 }
 
