@@ -13,6 +13,7 @@
 
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "funcapi.h"
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -306,18 +307,20 @@ RfmDaysPrune(RfmDays *a, DateADT before)
 /*
  * Orders and spend of the days from..to (inclusive), and the latest day up
  * to `to` with an order (recency when the last order lies after as-of).
+ * The spend is sum->cum_end - sum->cum_before (either NULL: zero, the
+ * pointers point into d); it is computed as a numeric only if want_spend.
  * d may be NULL.
  */
 void
-RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum)
+RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum, bool want_spend)
 {
-	Numeric		cum_before = NULL;
-	Numeric		cum_end = NULL;
 	char	   *p;
 	int			i;
 
 	sum->orders = 0;
 	sum->spend = RfmNumericZero();
+	sum->cum_before = NULL;
+	sum->cum_end = NULL;
 	sum->has_order = false;
 	sum->last_order_day = 0;
 	if (d == NULL)
@@ -335,16 +338,17 @@ RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum)
 			sum->last_order_day = day;
 		}
 		if (day < from)
-			cum_before = (Numeric) p;
+			sum->cum_before = (Numeric) p;
 		else
 		{
 			sum->orders += RfmDaysOrders(d)[i];
-			cum_end = (Numeric) p;
+			sum->cum_end = (Numeric) p;
 		}
 		p = RfmDaysNextSpend(p);
 	}
-	if (cum_end != NULL)
-		sum->spend = cum_before ? RfmNumericSub(cum_end, cum_before) : cum_end;
+	if (want_spend && sum->cum_end != NULL)
+		sum->spend = sum->cum_before ? RfmNumericSub(sum->cum_end, sum->cum_before)
+			: sum->cum_end;
 }
 
 /* ---------------------------------------------------------------------
@@ -616,4 +620,36 @@ rfm_days_prune(PG_FUNCTION_ARGS)
 	if (r == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_RFM_DAYS(r);
+}
+
+PG_FUNCTION_INFO_V1(day_buckets_entries);
+
+/*
+ * loyalty.day_buckets_entries(buckets): the buckets as rows (day, orders,
+ * spend of that day), for inspection and for checks that compare the live
+ * statistics with the orders they come from.
+ */
+Datum
+day_buckets_entries(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	RfmDays    *d = PG_GETARG_RFM_DAYS(0);
+	Numeric    *cums;
+	Numeric		prev = RfmNumericZero();
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	cums = RfmDaysCums(d);
+	for (i = 0; i < d->n; i++)
+	{
+		Datum		values[3];
+		bool		nulls[3] = {false, false, false};
+
+		values[0] = DateADTGetDatum(RfmDaysDay(d)[i]);
+		values[1] = Int32GetDatum(RfmDaysOrders(d)[i]);
+		values[2] = NumericGetDatum(RfmNumericSub(cums[i], prev));
+		prev = cums[i];
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

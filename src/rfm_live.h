@@ -69,6 +69,8 @@ typedef struct RfmDaysSum
 {
 	int64		orders;			/* orders in [from, to] */
 	Numeric		spend;			/* spend in [from, to] (never NULL) */
+	Numeric		cum_before;		/* cumulative spend before from, or NULL */
+	Numeric		cum_end;		/* cumulative spend up to to, or NULL */
 	DateADT		last_order_day; /* latest day <= to with an order */
 	bool		has_order;		/* false: no order day <= to */
 } RfmDaysSum;
@@ -78,7 +80,7 @@ extern RfmDays *RfmDaysBuild(RfmDayEntry *entries, int n);
 extern RfmDays *RfmDaysMerge(RfmDays *a, RfmDays *delta);
 extern RfmDays *RfmDaysPrune(RfmDays *a, DateADT before);
 extern void RfmDaysWindow(RfmDays *d, DateADT from, DateADT to,
-						  RfmDaysSum *sum);
+						  RfmDaysSum *sum, bool want_spend);
 extern Numeric RfmNumericZero(void);
 extern bool RfmNumericIsZero(Numeric n);
 extern Numeric RfmNumericAdd(Numeric a, Numeric b);

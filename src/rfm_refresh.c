@@ -38,6 +38,7 @@
 
 #include "rfm.h"
 #include "rfm_live.h"
+#include "rfm_stats.h"
 #include "segment.h"
 
 PG_FUNCTION_INFO_V1(rfm_refresh_segments);
@@ -77,7 +78,7 @@ enum
 typedef struct RfmLiveCust
 {
 	char	   *id;
-	Numeric		spend;			/* spend in the window: the revenue */
+	RfmMoney	spend;			/* spend in the window: the revenue */
 	TimestampTz last;			/* last order up to as_of, if has_order */
 	int16		old_score;		/* -1: never scored */
 	int16		old_seg;		/* index in the segment names, -1: none */
@@ -90,7 +91,7 @@ typedef struct RfmLiveCust
 typedef struct RfmSegSummary
 {
 	int64		customers;
-	Numeric		revenue;
+	RfmMoney	revenue;
 	int64		recent;			/* last order less than 3 months ago */
 	int64		mid;			/* 3 to 6 months ago */
 	int64		old;			/* more than 6 months ago */
@@ -105,6 +106,7 @@ typedef struct RfmSegNames
 {
 	int			n;
 	char	   *name[RFM_MAX_SEGMENTS];
+	int			len[RFM_MAX_SEGMENTS];
 } RfmSegNames;
 
 /* ---------------------------------------------------------------------
@@ -366,13 +368,10 @@ RfmCheckRetained(DateADT start_day, DateADT retained_from, RfmLiveConfig *cfg)
  * as having ordered on the day before floor_day.
  */
 static void
-RfmCustomerInputs(RfmDays *days, bool first_null, TimestampTz first_order,
-				  bool last_null, TimestampTz last_order,
-				  TimestampTz as_of, DateADT start_day, DateADT end_day,
-				  DateADT floor_day, RfmDaysSum *sum, bool *has_order,
-				  TimestampTz *last)
+RfmCustomerInputs(RfmDaysSum *sum, bool first_null, TimestampTz first_order,
+				  bool last_null, TimestampTz last_order, TimestampTz as_of,
+				  DateADT floor_day, bool *has_order, TimestampTz *last)
 {
-	RfmDaysWindow(days, start_day, end_day, sum);
 	*has_order = false;
 	if (last_null)
 		return;
@@ -393,6 +392,32 @@ RfmCustomerInputs(RfmDays *days, bool first_null, TimestampTz first_order,
 		if (floor_day != DATEVAL_NOBEGIN)
 			*last = Max(*last, (TimestampTz) (floor_day - 1) * USECS_PER_DAY);
 	}
+}
+
+/*
+ * The window's spend as an exact running sum (rfm_money.c): the stored
+ * cumulative spends decoded to scaled integers and subtracted, without
+ * numeric arithmetic, as the batch path sums amounts.
+ */
+static void
+RfmWindowMoney(RfmDaysSum *sum, RfmMoney *m, MemoryContext cxt)
+{
+	RfmAmount	a;
+
+	memset(m, 0, sizeof(RfmMoney));
+	if (sum->cum_end == NULL)
+		return;
+	RfmDecodeAmount(RFM_AMOUNT_NUMERIC, NumericGetDatum(sum->cum_end), &a);
+	RfmMoneyAdd(m, &a, cxt);
+	if (sum->cum_before == NULL)
+		return;
+	RfmDecodeAmount(RFM_AMOUNT_NUMERIC, NumericGetDatum(sum->cum_before), &a);
+	if (a.is_big)
+		a.num = DatumGetNumeric(DirectFunctionCall1(numeric_uminus, NumericGetDatum(a.num)));
+	else
+		a.i = -a.i;
+	a.negative = !a.negative;
+	RfmMoneyAdd(m, &a, cxt);
 }
 
 /* Monetary as configured: the window's spend, or the average basket. */
@@ -431,7 +456,50 @@ RfmSegIndex(RfmSegNames *names, const char *name)
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("more than %d distinct segment names", RFM_MAX_SEGMENTS)));
 	names->name[names->n] = pstrdup(name);
+	names->len[names->n] = strlen(name);
 	return names->n++;
+}
+
+/* Index of a segment name given as a text datum, added when new. */
+static int
+RfmSegIndexText(RfmSegNames *names, Datum value)
+{
+	text	   *t = DatumGetTextPP(value);
+	int			len = VARSIZE_ANY_EXHDR(t);
+	int			i;
+	char	   *s;
+
+	for (i = 0; i < names->n; i++)
+		if (names->len[i] == len &&
+			memcmp(names->name[i], VARDATA_ANY(t), len) == 0)
+			return i;
+	s = text_to_cstring(t);
+	i = RfmSegIndex(names, s);
+	pfree(s);
+	return i;
+}
+
+/* Copy a text datum into a bump-allocated arena as a C string. */
+static char *
+RfmArenaText(char **arena, Size *left, Datum value)
+{
+	text	   *t = DatumGetTextPP(value);
+	int			len = VARSIZE_ANY_EXHDR(t);
+	char	   *s;
+
+	if ((Size) len + 1 > *left)
+	{
+		Size		sz = Max(64 * 1024, (Size) len + 1);
+
+		*arena = palloc(sz);
+		*left = sz;
+	}
+	s = *arena;
+	memcpy(s, VARDATA_ANY(t), len);
+	s[len] = '\0';
+	*arena += len + 1;
+	*left -= len + 1;
+	return s;
 }
 
 /* Attribute number of a column of customer_stats. */
@@ -446,6 +514,17 @@ RfmAttno(TupleDesc desc, const char *name)
 			return i;
 	elog(ERROR, "column loyalty.customer_stats.%s does not exist", name);
 	return -1;
+}
+
+/* Milliseconds elapsed since t0 (for DEBUG1 timings). */
+static double
+RfmMsSince(TimestampTz t0)
+{
+	long		secs;
+	int			usecs;
+
+	TimestampDifference(t0, GetCurrentTimestamp(), &secs, &usecs);
+	return secs * 1000.0 + usecs / 1000.0;
 }
 
 /* qsort comparator of write-set positions by customer id (byte order). */
@@ -552,6 +631,8 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	int			ntombs = 0,
 				captombs = 64;
 	RfmSegNames names;
+	char	   *arena = NULL;
+	Size		arena_left = 0;
 	int16		segof[1000];
 	RfmSegSummary *summary;
 	int		   *writes;
@@ -615,6 +696,13 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	rel = table_open(get_relname_relid("customer_stats", get_namespace_oid("loyalty", false)),
 					 AccessShareLock);
 	desc = RelationGetDescr(rel);
+	if (rel->rd_rel->reltuples > cap)
+	{
+		/* size the arrays once from the planner's estimate (plus growth) */
+		cap = (int) Min(rel->rd_rel->reltuples * 1.1 + 1024, (double) (MaxAllocHugeSize / sizeof(RfmLiveCust)));
+		custs = repalloc_huge(custs, sizeof(RfmLiveCust) * cap);
+		keys = repalloc_huge(keys, sizeof(RfmKeys) * cap);
+	}
 	a_id = RfmAttno(desc, "customer_id");
 	a_rows = RfmAttno(desc, "row_count");
 	a_first = RfmAttno(desc, "first_order");
@@ -633,13 +721,11 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		RfmDaysSum	sum;
 		RfmLiveCust *c;
 		RfmDays    *days;
-		Numeric		monetary;
 
 		slot_getallattrs(slot);
 		v = slot->tts_values;
 		nl = slot->tts_isnull;
 		rows = DatumGetInt64(v[a_rows]);
-		MemoryContextSwitchTo(rowcxt);
 		if (rows <= 0)
 		{
 			if (rows < 0)
@@ -648,51 +734,45 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 						 errmsg("live statistics of customer \"%s\" are out of sync with the tracked tables",
 								TextDatumGetCString(v[a_id])),
 						 errhint("Run loyalty.rebuild_tracking().")));
-			MemoryContextSwitchTo(work);
 			if (ntombs == captombs)
 			{
 				captombs *= 2;
 				tombs = repalloc_huge(tombs, sizeof(char *) * captombs);
 			}
-			tombs[ntombs++] = TextDatumGetCString(v[a_id]);
-			MemoryContextReset(rowcxt);
+			tombs[ntombs++] = RfmArenaText(&arena, &arena_left, v[a_id]);
 			continue;
 		}
 		if (n == cap)
 		{
-			MemoryContextSwitchTo(work);
 			cap *= 2;
 			custs = repalloc_huge(custs, sizeof(RfmLiveCust) * cap);
 			keys = repalloc_huge(keys, sizeof(RfmKeys) * cap);
-			MemoryContextSwitchTo(rowcxt);
 		}
 		c = &custs[n];
+
+		/* buckets may need a detoasted copy: that goes to the row context */
+		MemoryContextSwitchTo(rowcxt);
 		days = nl[a_days] ? NULL : DatumGetRfmDays(v[a_days]);
-		RfmCustomerInputs(days, nl[a_first], DatumGetTimestampTz(v[a_first]),
+		RfmDaysWindow(days, start_day, end_day, &sum, false);
+		RfmCustomerInputs(&sum, nl[a_first], DatumGetTimestampTz(v[a_first]),
 						  nl[a_last], DatumGetTimestampTz(v[a_last]), as_of,
-						  start_day, end_day, new_retained, &sum, &c->has_order, &c->last);
-		monetary = RfmMonetary(&cfg, sum.spend, sum.orders);
+						  new_retained, &c->has_order, &c->last);
+		RfmWindowMoney(&sum, &c->spend, work);
 		keys[n].key[RFM_RECENCY] = RfmRecencyKey(RfmRecencyDaysOf(c->has_order, as_of, c->last));
 		keys[n].key[RFM_FREQUENCY] = (double) sum.orders;
-		keys[n].key[RFM_MONETARY] = RfmMonetaryKey(monetary);
-		c->prune = days != NULL && days->n > 0 && RfmDaysDay(days)[0] < new_retained;
-
-		MemoryContextSwitchTo(work);
-		c->id = TextDatumGetCString(v[a_id]);
-		c->spend = (Numeric) palloc(VARSIZE(sum.spend));
-		memcpy(c->spend, sum.spend, VARSIZE(sum.spend));
-		c->old_score = nl[a_score] ? -1 : DatumGetInt16(v[a_score]);
-		if (nl[a_segment])
-			c->old_seg = -1;
+		if (!cfg.average)
+			keys[n].key[RFM_MONETARY] = RfmMoneyKey(&c->spend);
 		else
-		{
-			char	   *s = TextDatumGetCString(v[a_segment]);
-
-			c->old_seg = RfmSegIndex(&names, s);
-			pfree(s);
-		}
-		n++;
+			keys[n].key[RFM_MONETARY] =
+				RfmMonetaryKey(RfmMonetary(&cfg, RfmMoneyToNumeric(&c->spend), sum.orders));
+		c->prune = days != NULL && days->n > 0 && RfmDaysDay(days)[0] < new_retained;
+		MemoryContextSwitchTo(work);
 		MemoryContextReset(rowcxt);
+
+		c->id = RfmArenaText(&arena, &arena_left, v[a_id]);
+		c->old_score = nl[a_score] ? -1 : DatumGetInt16(v[a_score]);
+		c->old_seg = nl[a_segment] ? -1 : RfmSegIndexText(&names, v[a_segment]);
+		n++;
 		if ((n & 4095) == 0)
 			CHECK_FOR_INTERRUPTS();
 	}
@@ -700,6 +780,8 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	table_endscan(scan);
 	UnregisterSnapshot(snap);
 	table_close(rel, AccessShareLock);
+
+	elog(DEBUG1, "refresh_segments: read %d customers in %.1f ms", n, RfmMsSince(t0));
 
 	/* score, name, compare */
 	scores = palloc_extended(sizeof(RfmScore) * Max(n, 1), MCXT_ALLOC_HUGE);
@@ -740,7 +822,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 
 		sm = &summary[seg];
 		sm->customers++;
-		sm->revenue = sm->revenue ? RfmNumericAdd(sm->revenue, c->spend) : c->spend;
+		RfmMoneyAddMoney(&sm->revenue, &c->spend, work);
 		if (!c->has_order)
 			sm->no_order++;
 		else if (c->last > b3)
@@ -752,6 +834,8 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		if (!c->has_order || c->last <= binactive)
 			sm->inactive++;
 	}
+
+	elog(DEBUG1, "refresh_segments: scored, %d rows to write, at %.1f ms", nwrites, RfmMsSince(t0));
 
 	/* the snapshot header first: the change log refers to it */
 	argtypes[0] = TIMESTAMPTZOID;
@@ -830,6 +914,8 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 								  7, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update loyalty.customer_stats");
 		AtEOXact_GUC(true, nestlevel);
+
+		elog(DEBUG1, "refresh_segments: wrote scores at %.1f ms", RfmMsSince(t0));
 
 		/* change log: customers whose segment changed */
 		for (i = 0; i < nwrites; i++)
@@ -914,6 +1000,8 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		AtEOXact_GUC(true, nestlevel);
 	}
 
+	elog(DEBUG1, "refresh_segments: change log and leavers at %.1f ms", RfmMsSince(t0));
+
 	/* per-segment summary for the BI views */
 	for (i = 0; i < names.n; i++)
 	{
@@ -933,7 +1021,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		args[0] = Int64GetDatum(snapshot_id);
 		args[1] = CStringGetTextDatum(names.name[i]);
 		args[2] = Int64GetDatum(sm->customers);
-		args[3] = NumericGetDatum(sm->revenue);
+		args[3] = NumericGetDatum(RfmMoneyToNumeric(&sm->revenue));
 		args[4] = Int64GetDatum(sm->recent);
 		args[5] = Int64GetDatum(sm->mid);
 		args[6] = Int64GetDatum(sm->old);
@@ -953,13 +1041,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	values[3] = Int64GetDatum(seg_changes);
 	values[4] = Int64GetDatum(score_changes);
 	values[5] = Int64GetDatum(left);
-	{
-		long		secs;
-		int			usecs;
-
-		TimestampDifference(t0, GetCurrentTimestamp(), &secs, &usecs);
-		values[6] = Float8GetDatum(secs * 1000.0 + usecs / 1000.0);
-	}
+	values[6] = Float8GetDatum(RfmMsSince(t0));
 	argtypes[0] = INT8OID;
 	argtypes[1] = INT8OID;
 	argtypes[2] = INT8OID;
@@ -1073,8 +1155,9 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 			TimestampTz fo = DatumGetTimestampTz(SPI_getbinval(row, rowdesc, 4, &fnull));
 			TimestampTz lo = DatumGetTimestampTz(SPI_getbinval(row, rowdesc, 5, &lnull));
 
-			RfmCustomerInputs(days, fnull, fo, lnull, lo, as_of, start_day, RfmUtcDay(as_of),
-							  retained_from, &sum, &has_order, &last);
+			RfmDaysWindow(days, start_day, RfmUtcDay(as_of), &sum, true);
+			RfmCustomerInputs(&sum, fnull, fo, lnull, lo, as_of, retained_from,
+							  &has_order, &last);
 		}
 
 		/* customer_id, orders_total, spend_total, first_order, last_order */

@@ -63,6 +63,15 @@ SELECT loyalty._register_function('all', 'loyalty.day_buckets_out(loyalty.day_bu
 SELECT loyalty._register_function('all', 'loyalty.day_buckets_recv(internal)');
 SELECT loyalty._register_function('all', 'loyalty.day_buckets_send(loyalty.day_buckets)');
 
+CREATE FUNCTION loyalty.day_buckets_entries(buckets loyalty.day_buckets)
+RETURNS TABLE (day date, orders integer, spend numeric)
+AS 'MODULE_PATHNAME', 'day_buckets_entries'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.day_buckets_entries(loyalty.day_buckets) IS
+	'The buckets of a day_buckets value as rows: UTC day, orders and spend of that day';
+SELECT loyalty._register_function('all', 'loyalty.day_buckets_entries(loyalty.day_buckets)');
+
 CREATE FUNCTION loyalty._rfm_days_merge(loyalty.day_buckets, loyalty.day_buckets)
 RETURNS loyalty.day_buckets
 AS 'MODULE_PATHNAME', 'rfm_days_merge'
