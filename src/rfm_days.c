@@ -11,6 +11,8 @@
  */
 #include "loyalty.h"
 
+#include <ctype.h>
+
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
@@ -389,9 +391,79 @@ RfmDaysCheckEntry(const char *input, RfmDayEntry *e, RfmDayEntry *prev)
 		RfmDaysSyntaxError(input, "A bucket cannot be empty (no order and zero spend).");
 }
 
+/* Parse YYYY-MM-DD[ BC] into a date, false if it is not a valid date. */
+static bool
+RfmParseDay(const char *s, DateADT *day)
+{
+	int			y,
+				m,
+				d,
+				n = 0;
+	int			jd;
+	int			y2,
+				m2,
+				d2;
+	bool		bc = false;
+
+	if (sscanf(s, "%d-%d-%d%n", &y, &m, &d, &n) != 3 || y < 1 || n == 0)
+		return false;
+	if (strcmp(s + n, " BC") == 0)
+		bc = true;
+	else if (s[n] != '\0')
+		return false;
+	if (bc)
+		y = -(y - 1);
+	if (!IS_VALID_JULIAN(y, m, d))
+		return false;
+	jd = date2j(y, m, d);
+	j2date(jd, &y2, &m2, &d2);
+	if (y2 != y || m2 != m || d2 != d)
+		return false;
+	*day = jd - POSTGRES_EPOCH_JDATE;
+	return !DATE_NOT_FINITE(*day) && IS_VALID_DATE(*day);
+}
+
+/* Parse an optionally signed decimal int32, false on anything else. */
+static bool
+RfmParseCount(const char *s, int32 *out)
+{
+	char	   *end;
+	long		v;
+
+	if (*s == '\0')
+		return false;
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < PG_INT32_MIN || v > PG_INT32_MAX ||
+		!(isdigit((unsigned char) *s) || *s == '-' || *s == '+'))
+		return false;
+	*out = (int32) v;
+	return true;
+}
+
+/* Whether s is [+-]digits[.digits], what numeric_in then reads without fail. */
+static bool
+RfmLooksDecimal(const char *s)
+{
+	bool		digits = false;
+
+	if (*s == '+' || *s == '-')
+		s++;
+	while (isdigit((unsigned char) *s))
+		s++, digits = true;
+	if (*s == '.')
+	{
+		s++;
+		while (isdigit((unsigned char) *s))
+			s++, digits = true;
+	}
+	return digits && *s == '\0';
+}
+
 /*
- * day_buckets_in: parse the text form.  Dates go through date_in (ISO
- * YYYY-MM-DD is read whatever DateStyle says), spends through numeric_in.
+ * day_buckets_in: parse the text form.  Days are ISO dates, counts
+ * integers, spends plain decimal numbers; anything else is a syntax error
+ * of day_buckets naming the part at fault.
  */
 Datum
 day_buckets_in(PG_FUNCTION_ARGS)
@@ -433,8 +505,12 @@ day_buckets_in(PG_FUNCTION_ARGS)
 			*c2 = '\0';
 			if (*p == '\0' || c1[1] == '\0' || c2[1] == '\0')
 				RfmDaysSyntaxError(input, "Each bucket is day:orders:spend.");
-			e.day = DatumGetDateADT(DirectFunctionCall1(date_in, CStringGetDatum(p)));
-			orders = pg_strtoint32(c1 + 1);
+			if (!RfmParseDay(p, &e.day))
+				RfmDaysSyntaxError(input, "A bucket day is a valid date written YYYY-MM-DD (with \" BC\" for years before 1).");
+			if (!RfmParseCount(c1 + 1, &orders))
+				RfmDaysSyntaxError(input, "An order count is an integer.");
+			if (!RfmLooksDecimal(c2 + 1))
+				RfmDaysSyntaxError(input, "A spend is a decimal number such as -12.50.");
 			e.orders = orders;
 			e.spend = DatumGetNumeric(DirectFunctionCall3(numeric_in,
 														  CStringGetDatum(c2 + 1),
