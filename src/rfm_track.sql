@@ -567,11 +567,13 @@ BEGIN
 	)
 	SELECT c.from_segment, c.to_segment, c.n FROM cells c
 	UNION ALL
-	SELECT ss.segment, ss.segment,
-		   ss.customers - coalesce((SELECT sum(c.n)::bigint FROM cells c
-									WHERE c.from_segment = ss.segment), 0)
-	FROM loyalty.segment_summary ss
-	WHERE ss.snapshot_id = from_snapshot;
+	SELECT d.segment, d.segment, d.stayed
+	FROM (SELECT ss.segment,
+				 ss.customers - coalesce((SELECT sum(c.n)::bigint FROM cells c
+										  WHERE c.from_segment = ss.segment), 0) AS stayed
+		  FROM loyalty.segment_summary ss
+		  WHERE ss.snapshot_id = from_snapshot) d
+	WHERE d.stayed > 0;
 END;
 $$;
 
