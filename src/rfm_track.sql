@@ -439,14 +439,18 @@ BEGIN
 			frequency_thresholds = NEW.frequency_thresholds,
 			monetary_thresholds = NEW.monetary_thresholds,
 			bucket_retention = NEW.bucket_retention,
-			inactive_after = NEW.inactive_after;
+			inactive_after = NEW.inactive_after,
+			updated_at = NEW.updated_at;
 		RETURN NULL;
 	END IF;
 	PERFORM loyalty._rfm_config_validate(NEW.bins, NEW.scoring_window, NEW.monetary,
 										 NEW.method, NEW.recency_thresholds,
 										 NEW.frequency_thresholds, NEW.monetary_thresholds,
 										 NEW.bucket_retention, NEW.inactive_after);
-	NEW.updated_at := pg_catalog.now();
+	/* an UPDATE that does not set updated_at itself stamps the change */
+	IF TG_OP = 'UPDATE' AND NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+		NEW.updated_at := pg_catalog.now();
+	END IF;
 	RETURN NEW;
 END;
 $$;
