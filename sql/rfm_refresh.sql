@@ -132,6 +132,7 @@ FROM b FULL JOIN loyalty.customer_segment l USING (customer_id)
 WHERE b.score::text IS DISTINCT FROM l.score::text OR b.segment IS DISTINCT FROM l.segment;
 
 -- configuration errors name the problem
+\set SHOW_CONTEXT never
 UPDATE loyalty.rfm_config SET bins = 10;
 UPDATE loyalty.rfm_config SET bins = 4;			-- thresholds now have a wrong length
 UPDATE loyalty.rfm_config SET recency_thresholds = '{30,20,180,365}';
@@ -144,6 +145,7 @@ UPDATE loyalty.rfm_config SET bucket_retention = '6 months';
 UPDATE loyalty.rfm_config SET inactive_after = '0';
 DELETE FROM loyalty.rfm_config;
 TRUNCATE loyalty.rfm_config;
+\set SHOW_CONTEXT errors
 -- an INSERT replaces the row (what restoring a dump does)
 INSERT INTO loyalty.rfm_config (bins, scoring_window) VALUES (3, '6 months');
 SELECT count(*), min(bins), min(scoring_window), min(method) FROM loyalty.rfm_config;
