@@ -17,10 +17,12 @@
  */
 #include "loyalty.h"
 
+#include "access/genam.h"
 #include "access/relscan.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -74,18 +76,35 @@ enum
 	"bins, scoring_window, monetary, method, recency_thresholds," \
 	" frequency_thresholds, monetary_thresholds, bucket_retention, inactive_after"
 
-/* Per-customer state of a refresh (the keys live in a parallel array). */
+/*
+ * Per-customer state of a refresh, kept small (24 bytes): a refresh holds
+ * one per customer (the keys live in a parallel array).  The window's spend
+ * is a scaled integer when it fits, else an index into the overflow list.
+ */
 typedef struct RfmLiveCust
 {
-	char	   *id;
-	RfmMoney	spend;			/* spend in the window: the revenue */
-	TimestampTz last;			/* last order up to as_of, if has_order */
+	ItemPointerData tid;		/* the row version scored */
 	int16		old_score;		/* -1: never scored */
 	int16		old_seg;		/* index in the segment names, -1: none */
 	int16		new_seg;		/* index of the segment now */
-	bool		has_order;
-	bool		prune;			/* has buckets older than the retention */
+	uint8		flags;			/* RFM_CUST_* */
+	int8		spend_scale;	/* -1: spend indexes the overflow list */
+	int64		spend;			/* spend in the window * 10^spend_scale */
 } RfmLiveCust;
+
+#define RFM_CUST_PRUNE		0x01	/* has buckets older than the retention */
+#define RFM_CUST_RECENT		0x02	/* last order less than 3 months ago */
+#define RFM_CUST_MID		0x04	/* 3 to 6 months ago */
+#define RFM_CUST_OLD		0x08	/* more than 6 months ago */
+#define RFM_CUST_NO_ORDER	0x10	/* no order up to as_of */
+#define RFM_CUST_INACTIVE	0x20	/* no order for inactive_after */
+
+/* One customer to write: position in the customer array and id. */
+typedef struct RfmWrite
+{
+	int			pos;
+	char	   *id;
+} RfmWrite;
 
 /* Per-segment aggregates of a refresh (loyalty.segment_summary). */
 typedef struct RfmSegSummary
@@ -527,13 +546,21 @@ RfmMsSince(TimestampTz t0)
 	return secs * 1000.0 + usecs / 1000.0;
 }
 
-/* qsort comparator of write-set positions by customer id (byte order). */
-static RfmLiveCust *sort_custs;
-
+/* qsort comparator of writes by customer id (byte order). */
 static int
-RfmPosCmp(const void *a, const void *b)
+RfmWriteIdCmp(const void *a, const void *b)
 {
-	return strcmp(sort_custs[*(const int *) a].id, sort_custs[*(const int *) b].id);
+	return strcmp(((const RfmWrite *) a)->id, ((const RfmWrite *) b)->id);
+}
+
+static RfmLiveCust *sort_custs_tid;
+
+/* qsort comparator of writes by row location. */
+static int
+RfmTidCmp(const void *a, const void *b)
+{
+	return ItemPointerCompare(&sort_custs_tid[((const RfmWrite *) a)->pos].tid,
+							  &sort_custs_tid[((const RfmWrite *) b)->pos].tid);
 }
 
 /* qsort comparator of C strings (byte order). */
@@ -580,6 +607,146 @@ RfmKeyOrderPlans(void)
 	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	return nestlevel;
+}
+
+/*
+ * Read the customer ids of the rows to write, from the versions scored (in
+ * physical order, which is cheap), so that they can be sorted by customer.
+ */
+static void
+RfmFetchIds(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes, int nwrites,
+			int a_id)
+{
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	char	   *arena = NULL;
+	Size		left = 0;
+	int			i;
+
+	sort_custs_tid = custs;
+	qsort(writes, nwrites, sizeof(RfmWrite), RfmTidCmp);
+	for (i = 0; i < nwrites; i++)
+	{
+		RfmLiveCust *c = &custs[writes[i].pos];
+		bool		isnull;
+
+		if (!table_tuple_fetch_row_version(rel, &c->tid, snap, slot))
+			elog(ERROR, "could not fetch a scored customer statistics row");
+		writes[i].id = RfmArenaText(&arena, &left, slot_getattr(slot, a_id + 1, &isnull));
+	}
+	ExecDropSingleTupleTableSlot(slot);
+}
+
+/*
+ * Write new scores, segments (with since) and pruned buckets into the
+ * statistics rows of writes[] (sorted by customer, the order the tracking
+ * triggers lock rows in), without the executor: each row is updated at the
+ * version scored; if an order changed it since, its latest version is
+ * locked (waiting for the writer) and updated instead, keeping the new
+ * statistics.  Only the primary key index exists; it gets an entry when the
+ * update is not HOT.
+ */
+static void
+RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes, int nwrites,
+			   RfmScore *scores, Datum *segnames, TimestampTz as_of, DateADT prune_before)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Oid			idxoid = RelationGetPrimaryKeyIndex(rel);
+	Relation	idx;
+	IndexInfo  *info;
+	TupleTableSlot *oldslot = table_slot_create(rel, NULL);
+	TupleTableSlot *newslot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+	CommandId	cid = GetCurrentCommandId(true);
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty refresh write",
+												 ALLOCSET_DEFAULT_SIZES);
+	int			a_id = RfmAttno(desc, "customer_id");
+	int			a_days = RfmAttno(desc, "days");
+	int			a_score = RfmAttno(desc, "score");
+	int			a_segment = RfmAttno(desc, "segment");
+	int			a_since = RfmAttno(desc, "since");
+	int			i;
+
+	if (list_length(RelationGetIndexList(rel)) != 1 || !OidIsValid(idxoid))
+		elog(ERROR, "loyalty.customer_stats must have its primary key as only index");
+	idx = index_open(idxoid, RowExclusiveLock);
+	info = BuildIndexInfo(idx);
+	for (i = 0; i < nwrites; i++)
+	{
+		RfmLiveCust *c = &custs[writes[i].pos];
+		ItemPointerData tid = c->tid;
+		TM_FailureData tmfd;
+		TM_Result	res;
+		LockTupleMode lockmode;
+		LoyaltyUpdateIndexes update_indexes;
+		bool		seg_changed = (c->old_seg != c->new_seg);
+		bool		relocked = false;
+		MemoryContext old = MemoryContextSwitchTo(rowcxt);
+
+		if (!table_tuple_fetch_row_version(rel, &tid, snap, oldslot))
+			elog(ERROR, "could not fetch a scored customer statistics row");
+		for (;;)
+		{
+			int			k;
+
+			slot_getallattrs(oldslot);
+			ExecClearTuple(newslot);
+			for (k = 0; k < desc->natts; k++)
+			{
+				newslot->tts_values[k] = oldslot->tts_values[k];
+				newslot->tts_isnull[k] = oldslot->tts_isnull[k];
+			}
+			newslot->tts_values[a_score] = Int16GetDatum(scores[writes[i].pos]);
+			newslot->tts_isnull[a_score] = false;
+			newslot->tts_values[a_segment] = segnames[c->new_seg];
+			newslot->tts_isnull[a_segment] = false;
+			if (seg_changed || oldslot->tts_isnull[a_since])
+			{
+				newslot->tts_values[a_since] = TimestampTzGetDatum(as_of);
+				newslot->tts_isnull[a_since] = false;
+			}
+			if ((c->flags & RFM_CUST_PRUNE) && !oldslot->tts_isnull[a_days])
+			{
+				RfmDays    *pruned = RfmDaysPrune(DatumGetRfmDays(oldslot->tts_values[a_days]),
+												  prune_before);
+
+				newslot->tts_isnull[a_days] = (pruned == NULL);
+				newslot->tts_values[a_days] = PointerGetDatum(pruned);
+			}
+			ExecStoreVirtualTuple(newslot);
+			res = table_tuple_update(rel, &tid, newslot, cid, snap, InvalidSnapshot, true,
+									 &tmfd, &lockmode, &update_indexes);
+			if (res != TM_Updated || relocked)
+				break;
+
+			/* an order changed the row since the scan: take its latest version */
+			res = table_tuple_lock(rel, &tid, snap, oldslot, cid, LockTupleNoKeyExclusive,
+								   LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
+			if (res != TM_Ok)
+				break;
+			tid = oldslot->tts_tid;
+			relocked = true;
+		}
+		if (res == TM_Ok)
+		{
+			if (LoyaltyUpdateNeedsIndexInserts(update_indexes))
+			{
+				bool		isnull = false;
+				Datum		key = newslot->tts_values[a_id];
+
+				index_insert_unchanged_compat(idx, &key, &isnull, &newslot->tts_tid, rel,
+											  UNIQUE_CHECK_NO, info);
+			}
+		}
+		else if (res != TM_Deleted)
+			elog(ERROR, "unexpected result %d updating customer statistics", (int) res);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(rowcxt);
+		if ((i & 1023) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
+	index_close(idx, NoLock);
+	ExecDropSingleTupleTableSlot(oldslot);
+	ExecDropSingleTupleTableSlot(newslot);
+	MemoryContextDelete(rowcxt);
 }
 
 /* ---------------------------------------------------------------------
@@ -635,7 +802,10 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	Size		arena_left = 0;
 	int16		segof[1000];
 	RfmSegSummary *summary;
-	int		   *writes;
+	RfmWrite   *writes;
+	RfmMoney   *overflow = NULL;
+	int			noverflow = 0,
+				capoverflow = 0;
 	int			nwrites = 0;
 	int64		seg_changes = 0,
 				score_changes = 0,
@@ -694,7 +864,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 
 	/* one pass over the statistics, in a snapshot taken after the lock */
 	rel = table_open(get_relname_relid("customer_stats", get_namespace_oid("loyalty", false)),
-					 AccessShareLock);
+					 RowExclusiveLock);
 	desc = RelationGetDescr(rel);
 	if (rel->rd_rel->reltuples > cap)
 	{
@@ -721,6 +891,9 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		RfmDaysSum	sum;
 		RfmLiveCust *c;
 		RfmDays    *days;
+		RfmMoney	spend;
+		bool		has_order;
+		TimestampTz last = 0;
 
 		slot_getallattrs(slot);
 		v = slot->tts_values;
@@ -756,20 +929,47 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		RfmDaysWindow(days, start_day, end_day, &sum, false);
 		RfmCustomerInputs(&sum, nl[a_first], DatumGetTimestampTz(v[a_first]),
 						  nl[a_last], DatumGetTimestampTz(v[a_last]), as_of,
-						  new_retained, &c->has_order, &c->last);
-		RfmWindowMoney(&sum, &c->spend, work);
-		keys[n].key[RFM_RECENCY] = RfmRecencyKey(RfmRecencyDaysOf(c->has_order, as_of, c->last));
+						  new_retained, &has_order, &last);
+		RfmWindowMoney(&sum, &spend, work);
+		keys[n].key[RFM_RECENCY] = RfmRecencyKey(RfmRecencyDaysOf(has_order, as_of, last));
 		keys[n].key[RFM_FREQUENCY] = (double) sum.orders;
 		if (!cfg.average)
-			keys[n].key[RFM_MONETARY] = RfmMoneyKey(&c->spend);
+			keys[n].key[RFM_MONETARY] = RfmMoneyKey(&spend);
 		else
 			keys[n].key[RFM_MONETARY] =
-				RfmMonetaryKey(RfmMonetary(&cfg, RfmMoneyToNumeric(&c->spend), sum.orders));
-		c->prune = days != NULL && days->n > 0 && RfmDaysDay(days)[0] < new_retained;
+				RfmMonetaryKey(RfmMonetary(&cfg, RfmMoneyToNumeric(&spend), sum.orders));
+		c->flags = 0;
+		if (days != NULL && days->n > 0 && RfmDaysDay(days)[0] < new_retained)
+			c->flags |= RFM_CUST_PRUNE;
+		if (!has_order)
+			c->flags |= RFM_CUST_NO_ORDER | RFM_CUST_INACTIVE;
+		else
+		{
+			c->flags |= last > b3 ? RFM_CUST_RECENT : last > b6 ? RFM_CUST_MID : RFM_CUST_OLD;
+			if (last <= binactive)
+				c->flags |= RFM_CUST_INACTIVE;
+		}
 		MemoryContextSwitchTo(work);
 		MemoryContextReset(rowcxt);
-
-		c->id = RfmArenaText(&arena, &arena_left, v[a_id]);
+		if (spend.kind == RFM_MONEY_INT && spend.scale <= PG_INT8_MAX &&
+			spend.v.i <= PG_INT64_MAX && spend.v.i >= PG_INT64_MIN)
+		{
+			c->spend = (int64) spend.v.i;
+			c->spend_scale = (int8) spend.scale;
+		}
+		else
+		{
+			if (noverflow == capoverflow)
+			{
+				capoverflow = capoverflow ? capoverflow * 2 : 64;
+				overflow = overflow ? repalloc(overflow, sizeof(RfmMoney) * capoverflow)
+					: palloc(sizeof(RfmMoney) * capoverflow);
+			}
+			overflow[noverflow] = spend;
+			c->spend = noverflow++;
+			c->spend_scale = -1;
+		}
+		c->tid = slot->tts_tid;
 		c->old_score = nl[a_score] ? -1 : DatumGetInt16(v[a_score]);
 		c->old_seg = nl[a_segment] ? -1 : RfmSegIndexText(&names, v[a_segment]);
 		n++;
@@ -778,8 +978,6 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	table_endscan(scan);
-	UnregisterSnapshot(snap);
-	table_close(rel, AccessShareLock);
 
 	elog(DEBUG1, "refresh_segments: read %d customers in %.1f ms", n, RfmMsSince(t0));
 
@@ -788,7 +986,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	RfmScoreAll(&cfg.scoring, keys, n, scores);
 	for (i = 0; i < 1000; i++)
 		segof[i] = -1;
-	writes = palloc_extended(sizeof(int) * Max(n, 1), MCXT_ALLOC_HUGE);
+	writes = palloc_extended(sizeof(RfmWrite) * Max(n, 1), MCXT_ALLOC_HUGE);
 	summary = palloc0(sizeof(RfmSegSummary) * RFM_MAX_SEGMENTS);
 	for (i = 0; i < n; i++)
 	{
@@ -816,23 +1014,32 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 			seg_changes++;
 		if (score_changed)
 			score_changes++;
-		if (seg_changed || score_changed || c->prune)
-			writes[nwrites++] = i;
+		if (seg_changed || score_changed || (c->flags & RFM_CUST_PRUNE))
+		{
+			writes[nwrites].pos = i;
+			writes[nwrites++].id = NULL;
+		}
 		c->new_seg = seg;
 
 		sm = &summary[seg];
 		sm->customers++;
-		RfmMoneyAddMoney(&sm->revenue, &c->spend, work);
-		if (!c->has_order)
-			sm->no_order++;
-		else if (c->last > b3)
-			sm->recent++;
-		else if (c->last > b6)
-			sm->mid++;
+		if (c->spend_scale >= 0)
+		{
+			RfmMoney	m;
+
+			memset(&m, 0, sizeof(m));
+			m.kind = RFM_MONEY_INT;
+			m.v.i = c->spend;
+			m.scale = c->spend_scale;
+			RfmMoneyAddMoney(&sm->revenue, &m, work);
+		}
 		else
-			sm->old++;
-		if (!c->has_order || c->last <= binactive)
-			sm->inactive++;
+			RfmMoneyAddMoney(&sm->revenue, &overflow[c->spend], work);
+		sm->recent += (c->flags & RFM_CUST_RECENT) != 0;
+		sm->mid += (c->flags & RFM_CUST_MID) != 0;
+		sm->old += (c->flags & RFM_CUST_OLD) != 0;
+		sm->no_order += (c->flags & RFM_CUST_NO_ORDER) != 0;
+		sm->inactive += (c->flags & RFM_CUST_INACTIVE) != 0;
 	}
 
 	elog(DEBUG1, "refresh_segments: scored, %d rows to write, at %.1f ms", nwrites, RfmMsSince(t0));
@@ -862,65 +1069,28 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		Datum	   *ids = palloc_extended(sizeof(Datum) * nwrites, MCXT_ALLOC_HUGE);
 		Datum	   *sc = palloc_extended(sizeof(Datum) * nwrites, MCXT_ALLOC_HUGE);
 		Datum	   *sg = palloc_extended(sizeof(Datum) * nwrites, MCXT_ALLOC_HUGE);
-		Datum	   *setscore = palloc_extended(sizeof(Datum) * nwrites, MCXT_ALLOC_HUGE);
-		Datum	   *segchg = palloc_extended(sizeof(Datum) * nwrites, MCXT_ALLOC_HUGE);
-		Datum	   *prune = palloc_extended(sizeof(Datum) * nwrites, MCXT_ALLOC_HUGE);
 		Datum	   *segnames = palloc(sizeof(Datum) * Max(names.n, 1));
 		int			nchg = 0;
-		int			nestlevel;
 
 		for (i = 0; i < names.n; i++)
 			segnames[i] = CStringGetTextDatum(names.name[i]);
-		sort_custs = custs;
-		qsort(writes, nwrites, sizeof(int), RfmPosCmp);
+		RfmFetchIds(rel, snap, custs, writes, nwrites, a_id);
+		qsort(writes, nwrites, sizeof(RfmWrite), RfmWriteIdCmp);
+		RfmWriteScores(rel, snap, custs, writes, nwrites, scores, segnames, as_of, new_retained);
 		for (i = 0; i < nwrites; i++)
 		{
-			RfmLiveCust *c = &custs[writes[i]];
-			int			seg = c->new_seg;
-			bool		chg = (c->old_seg != c->new_seg);
+			RfmLiveCust *c = &custs[writes[i].pos];
 
-			ids[i] = CStringGetTextDatum(c->id);
-			sc[i] = Int16GetDatum(scores[writes[i]]);
-			sg[i] = segnames[seg];
-			setscore[i] = BoolGetDatum(true);
-			segchg[i] = BoolGetDatum(chg);
-			prune[i] = BoolGetDatum(c->prune);
+			ids[i] = CStringGetTextDatum(writes[i].id);
+			sc[i] = Int16GetDatum(scores[writes[i].pos]);
+			sg[i] = segnames[c->new_seg];
 		}
-
-		nestlevel = RfmKeyOrderPlans();
-		argtypes[0] = TEXTARRAYOID;
-		argtypes[1] = get_array_type(scoretype);
-		argtypes[2] = TEXTARRAYOID;
-		argtypes[3] = BOOLARRAYOID;
-		argtypes[4] = BOOLARRAYOID;
-		argtypes[5] = TIMESTAMPTZOID;
-		argtypes[6] = DATEOID;
-		args[0] = RfmArray(ids, NULL, nwrites, TEXTOID);
-		args[1] = RfmArray(sc, NULL, nwrites, scoretype);
-		args[2] = RfmArray(sg, NULL, nwrites, TEXTOID);
-		args[3] = RfmArray(segchg, NULL, nwrites, BOOLOID);
-		args[4] = RfmArray(prune, NULL, nwrites, BOOLOID);
-		args[5] = TimestampTzGetDatum(as_of);
-		args[6] = DateADTGetDatum(new_retained);
-		if (SPI_execute_with_args("UPDATE loyalty.customer_stats AS s"
-								  " SET score = u.score, segment = u.segment,"
-								  " since = CASE WHEN u.changed OR s.since IS NULL THEN $6 ELSE s.since END,"
-								  " days = CASE WHEN u.prune THEN loyalty._rfm_days_prune(s.days, $7)"
-								  " ELSE s.days END"
-								  " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-								  " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
-								  " AS u(id, score, segment, changed, prune)"
-								  " WHERE s.customer_id OPERATOR(pg_catalog.=) u.id",
-								  7, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not update loyalty.customer_stats");
-		AtEOXact_GUC(true, nestlevel);
-
 		elog(DEBUG1, "refresh_segments: wrote scores at %.1f ms", RfmMsSince(t0));
 
 		/* change log: customers whose segment changed */
 		for (i = 0; i < nwrites; i++)
 		{
-			RfmLiveCust *c = &custs[writes[i]];
+			RfmLiveCust *c = &custs[writes[i].pos];
 
 			if (c->old_seg != c->new_seg)
 			{
@@ -948,6 +1118,9 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 				elog(ERROR, "could not insert into loyalty.segment_change");
 		}
 	}
+
+	UnregisterSnapshot(snap);
+	table_close(rel, NoLock);
 
 	/*
 	 * Customers without rows left: delete them (a concurrent order may have
