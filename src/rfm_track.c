@@ -56,6 +56,7 @@
 #include "utils/typcache.h"
 
 #include "rfm_live.h"
+#include "rfm_stats.h"
 
 PG_FUNCTION_INFO_V1(rfm_track_trigger);
 PG_FUNCTION_INFO_V1(rfm_track_orders);
@@ -68,6 +69,14 @@ PG_FUNCTION_INFO_V1(rfm_check_tracked);
 
 /* Rows read per cursor fetch while back-filling. */
 #define RFM_BACKFILL_BATCH 10000
+
+/* One day of one customer's delta: orders and exact spend (rfm_money.c). */
+typedef struct RfmDayAcc
+{
+	DateADT		day;
+	int32		orders;
+	RfmMoney	spend;
+} RfmDayAcc;
 
 /* One customer's aggregated delta. */
 typedef struct RfmCustDelta
@@ -83,7 +92,7 @@ typedef struct RfmCustDelta
 	TimestampTz max_removed;
 	int			ndays;
 	int			maxdays;
-	RfmDayEntry *days;			/* sorted by day */
+	RfmDayAcc  *days;			/* sorted by day */
 } RfmCustDelta;
 
 /* A statement's (or a back-fill chunk's) delta over all customers. */
@@ -349,7 +358,7 @@ RfmDeltaMemory(RfmDelta *delta)
 }
 
 /* Bucket of one day in a customer's delta, created empty when missing. */
-static RfmDayEntry *
+static RfmDayAcc *
 RfmCustDay(RfmDelta *delta, RfmCustDelta *c, DateADT day)
 {
 	int			lo = 0,
@@ -373,61 +382,67 @@ RfmCustDay(RfmDelta *delta, RfmCustDelta *c, DateADT day)
 	{
 		c->maxdays = c->maxdays ? c->maxdays * 2 : 4;
 		c->days = c->days
-			? repalloc(c->days, sizeof(RfmDayEntry) * c->maxdays)
-			: MemoryContextAlloc(delta->cxt, sizeof(RfmDayEntry) * c->maxdays);
+			? repalloc(c->days, sizeof(RfmDayAcc) * c->maxdays)
+			: MemoryContextAlloc(delta->cxt, sizeof(RfmDayAcc) * c->maxdays);
 	}
-	memmove(&c->days[lo + 1], &c->days[lo], sizeof(RfmDayEntry) * (c->ndays - lo));
+	memmove(&c->days[lo + 1], &c->days[lo], sizeof(RfmDayAcc) * (c->ndays - lo));
 	c->ndays++;
+	memset(&c->days[lo], 0, sizeof(RfmDayAcc));	/* all-zero money is zero */
 	c->days[lo].day = day;
-	c->days[lo].orders = 0;
-	c->days[lo].spend = NULL;	/* zero */
 	return &c->days[lo];
 }
 
-/* The error of rfm_segmentation for amounts that are not money. */
-static void
-RfmNotFiniteAmount(void)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-			 errmsg("order amount must be a finite number"),
-			 errdetail("NaN and infinite amounts cannot be summed as money.")));
-}
-
 /*
- * The amount of a row as an exact numeric.  Floating-point amounts convert
- * as the cast to numeric does.  NaN and infinite amounts are rejected, as
- * the batch path rejects them: they would poison every sum.
+ * Decode the amount of a row into an exact scaled integer (rfm_money.c, as
+ * the batch path does).  Floating-point amounts are first converted as the
+ * cast to numeric does, so that live sums stay exact.  NaN and infinite
+ * amounts are rejected with rfm_segmentation's error: they would poison
+ * every sum.
  */
-static Numeric
-RfmAmountNumeric(RfmTrackCols *cols, Datum value)
+static void
+RfmDecodeRowAmount(RfmTrackCols *cols, Datum value, RfmAmount *a)
 {
 	switch (cols->amount_kind)
 	{
 		case RFM_TRACK_NUMERIC:
-			{
-				Numeric		n = DatumGetNumeric(value);
-
-				if (numeric_is_nan(n) || numeric_is_inf_compat(n))
-					RfmNotFiniteAmount();
-				return n;
-			}
+			RfmDecodeAmount(RFM_AMOUNT_NUMERIC, value, a);
+			return;
 		case RFM_TRACK_INT2:
-			return DatumGetNumeric(DirectFunctionCall1(int2_numeric, value));
+			RfmDecodeAmount(RFM_AMOUNT_INT2, value, a);
+			return;
 		case RFM_TRACK_INT4:
-			return DatumGetNumeric(DirectFunctionCall1(int4_numeric, value));
+			RfmDecodeAmount(RFM_AMOUNT_INT4, value, a);
+			return;
 		case RFM_TRACK_INT8:
-			return DatumGetNumeric(DirectFunctionCall1(int8_numeric, value));
+			RfmDecodeAmount(RFM_AMOUNT_INT8, value, a);
+			return;
 		case RFM_TRACK_FLOAT4:
-			if (isnan(DatumGetFloat4(value)) || isinf(DatumGetFloat4(value)))
-				RfmNotFiniteAmount();
-			return DatumGetNumeric(DirectFunctionCall1(float4_numeric, value));
 		case RFM_TRACK_FLOAT8:
-			if (isnan(DatumGetFloat8(value)) || isinf(DatumGetFloat8(value)))
-				RfmNotFiniteAmount();
-			return DatumGetNumeric(DirectFunctionCall1(float8_numeric, value));
+			{
+				double		f = cols->amount_kind == RFM_TRACK_FLOAT4
+					? (double) DatumGetFloat4(value) : DatumGetFloat8(value);
+
+				if (isnan(f) || isinf(f))
+					ereport(ERROR,
+							(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+							 errmsg("order amount must be a finite number"),
+							 errdetail("NaN and infinite amounts cannot be summed as money.")));
+				RfmDecodeAmount(RFM_AMOUNT_NUMERIC,
+								cols->amount_kind == RFM_TRACK_FLOAT4
+								? DirectFunctionCall1(float4_numeric, value)
+								: DirectFunctionCall1(float8_numeric, value), a);
+				return;
+			}
 	}
-	return NULL;				/* keep compiler quiet */
+}
+
+/* Whether an exact sum is zero. */
+static bool
+RfmMoneyIsZero(const RfmMoney *m)
+{
+	if (m->kind == RFM_MONEY_INT)
+		return m->v.i == 0;
+	return RfmNumericIsZero(RfmMoneyToNumeric(m));
 }
 
 /*
@@ -474,8 +489,8 @@ RfmDeltaAddRow(RfmDelta *delta, RfmTrackCols *cols,
 	TimestampTz t;
 	char	   *key;
 	RfmCustDelta *c;
-	RfmDayEntry *e;
-	Numeric		amt = NULL;
+	RfmDayAcc  *e;
+	RfmAmount	amt;
 	bool		is_order = true;
 
 	delta->rows_seen++;
@@ -491,10 +506,17 @@ RfmDeltaAddRow(RfmDelta *delta, RfmTrackCols *cols,
 	key = OutputFunctionCall(&cols->cust_out, cust);
 	if (!amount_null)
 	{
-		amt = RfmAmountNumeric(cols, amount);
-		if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(amt),
-											  NumericGetDatum(RfmNumericZero()))) < 0)
-			is_order = false;
+		RfmDecodeRowAmount(cols, amount, &amt);
+		is_order = !amt.negative;
+		if (sign < 0)
+		{
+			/* removing a row adds the opposite amount */
+			if (amt.is_big)
+				amt.num = DatumGetNumeric(DirectFunctionCall1(numeric_uminus,
+															  NumericGetDatum(amt.num)));
+			else
+				amt.i = -amt.i;
+		}
 	}
 
 	MemoryContextSwitchTo(delta->cxt);
@@ -523,15 +545,8 @@ RfmDeltaAddRow(RfmDelta *delta, RfmTrackCols *cols,
 			c->has_removed = true;
 		}
 	}
-	if (amt != NULL)
-	{
-		Numeric		prev = e->spend ? e->spend : RfmNumericZero();
-		Numeric		next = sign > 0 ? RfmNumericAdd(prev, amt) : RfmNumericSub(prev, amt);
-
-		if (e->spend)
-			pfree(e->spend);
-		e->spend = next;
-	}
+	if (!amount_null)
+		RfmMoneyAddFast(&e->spend, &amt, delta->cxt);
 	MemoryContextSwitchTo(old);
 	if ((delta->rows_seen & 1023) == 0)
 		MemoryContextReset(delta->rowcxt);
@@ -588,7 +603,7 @@ RfmCustIsNoop(RfmCustDelta *c)
 	if (c->rows != 0 || c->orders != 0)
 		return false;
 	for (i = 0; i < c->ndays; i++)
-		if (c->days[i].orders != 0 || (c->days[i].spend && !RfmNumericIsZero(c->days[i].spend)))
+		if (c->days[i].orders != 0 || !RfmMoneyIsZero(&c->days[i].spend))
 			return false;
 	if (c->has_added != c->has_removed)
 		return false;
@@ -622,20 +637,17 @@ typedef enum RfmApplyForm
 {
 	RFM_APPLY_UPSERT_ONE,		/* INSERT ... VALUES ... ON CONFLICT DO UPDATE */
 	RFM_APPLY_UPSERT_MANY,		/* INSERT ... SELECT unnest() ... ON CONFLICT */
-	RFM_APPLY_UPDATE_ONE,		/* UPDATE ... WHERE customer_id = $1 */
 	RFM_APPLY_FORMS
 } RfmApplyForm;
 
 static SPIPlanPtr apply_plan[RFM_APPLY_FORMS][2];	/* [form][returning] */
 
 /*
- * Prepare (once) a statement applying customer deltas, with or without
- * RETURNING of the new first and last order times.  One customer is first
- * tried with a plain UPDATE (an existing customer, the usual case: no
- * speculative insertion and no separate row-lock record), then with the
- * upsert; many customers go through one upsert whose rows come in customer
- * order.  Plans are re-prepared if loyalty.day_buckets was re-created
- * (extension dropped and created again in this backend).
+ * Prepare (once) the upsert of customer deltas that the executor-free path
+ * did not apply (new customers), for one customer or many (rows in customer
+ * order), with or without RETURNING of the new first and last order times.
+ * Plans are re-prepared if loyalty.day_buckets was re-created (extension
+ * dropped and created again in this backend).
  */
 static SPIPlanPtr
 RfmApplyPlan(RfmApplyForm form, bool returning)
@@ -689,38 +701,25 @@ RfmApplyPlan(RfmApplyForm form, bool returning)
 			argtypes[5] = TIMESTAMPTZOID;
 			argtypes[6] = daysoid;
 		}
-		if (form == RFM_APPLY_UPDATE_ONE)
+		appendStringInfoString(&sql,
+							   "INSERT INTO loyalty.customer_stats AS s"
+							   " (customer_id, row_count, order_count, spend_total,"
+							   " first_order, last_order, days) ");
+		if (form == RFM_APPLY_UPSERT_MANY)
 			appendStringInfoString(&sql,
-								   "UPDATE loyalty.customer_stats AS s SET"
-								   " row_count = s.row_count OPERATOR(pg_catalog.+) $2,"
-								   " order_count = s.order_count OPERATOR(pg_catalog.+) $3,"
-								   " spend_total = s.spend_total OPERATOR(pg_catalog.+) $4,"
-								   " first_order = LEAST(s.first_order, $5),"
-								   " last_order = GREATEST(s.last_order, $6),"
-								   " days = loyalty._rfm_days_merge(s.days, $7)"
-								   " WHERE s.customer_id OPERATOR(pg_catalog.=) $1");
+								   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+								   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+								   " pg_catalog.unnest($6), pg_catalog.unnest($7)) ");
 		else
-		{
-			appendStringInfoString(&sql,
-								   "INSERT INTO loyalty.customer_stats AS s"
-								   " (customer_id, row_count, order_count, spend_total,"
-								   " first_order, last_order, days) ");
-			if (form == RFM_APPLY_UPSERT_MANY)
-				appendStringInfoString(&sql,
-									   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-									   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
-									   " pg_catalog.unnest($6), pg_catalog.unnest($7)) ");
-			else
-				appendStringInfoString(&sql, "VALUES ($1, $2, $3, $4, $5, $6, $7) ");
-			appendStringInfoString(&sql,
-								   "ON CONFLICT (customer_id) DO UPDATE SET"
-								   " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
-								   " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
-								   " spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
-								   " first_order = LEAST(s.first_order, excluded.first_order),"
-								   " last_order = GREATEST(s.last_order, excluded.last_order),"
-								   " days = loyalty._rfm_days_merge(s.days, excluded.days)");
-		}
+			appendStringInfoString(&sql, "VALUES ($1, $2, $3, $4, $5, $6, $7) ");
+		appendStringInfoString(&sql,
+							   "ON CONFLICT (customer_id) DO UPDATE SET"
+							   " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
+							   " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
+							   " spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
+							   " first_order = LEAST(s.first_order, excluded.first_order),"
+							   " last_order = GREATEST(s.last_order, excluded.last_order),"
+							   " days = loyalty._rfm_days_merge(s.days, excluded.days)");
 		if (returning)
 			appendStringInfoString(&sql, " RETURNING s.customer_id, s.first_order, s.last_order");
 		plan = SPI_prepare(sql.data, 7, argtypes);
@@ -733,170 +732,208 @@ RfmApplyPlan(RfmApplyForm form, bool returning)
 }
 
 /*
- * Apply one customer's delta without the executor, for the statement that
- * touches a single customer (an application inserting or changing one
- * order: the case whose cost every checkout pays).  It does what the UPDATE
- * form would: find the row through the primary key in a fresh snapshot,
- * lock its latest version (waiting for a concurrent writer, as UPDATE does
- * under READ COMMITTED; a serialization failure under REPEATABLE READ),
- * compute the new values in C and update that version.  Returns false, with
- * nothing changed, when the customer has no row (a new customer, or one
- * deleted meanwhile) or the table has other indexes than its primary key:
- * the caller then goes through SQL.  On success *first / *last receive the
- * new first and last order times.
+ * State of the executor-free updates of one statement: customer_stats and
+ * its primary key open, a snapshot taken after our own earlier changes
+ * (as SPI takes one before each statement), slots and column positions.
  */
-static bool
-RfmDirectUpdate(RfmCustDelta *c, Numeric spend, RfmDays *delta,
-				bool *first_null, TimestampTz *first,
-				bool *last_null, TimestampTz *last)
+typedef struct RfmDirect
 {
-	Oid			relid = get_relname_relid("customer_stats", get_namespace_oid("loyalty", false));
 	Relation	rel;
 	Relation	idx;
-	Oid			idxoid;
-	List	   *indexes;
+	IndexInfo  *info;
 	Snapshot	snap;
+	CommandId	cid;
 	IndexScanDesc scan;
-	ScanKeyData key;
 	TupleTableSlot *found;
 	TupleTableSlot *locked;
 	TupleTableSlot *newslot;
-	TupleDesc	desc;
-	ItemPointerData tid;
-	TM_FailureData tmfd;
-	TM_Result	res;
-	LockTupleMode lockmode;
-	LoyaltyUpdateIndexes update_indexes;
-	CommandId	cid;
-	Datum	   *v;
-	bool	   *nl;
-	Datum		keydatum = CStringGetTextDatum(c->key);
 	int			a_rows,
 				a_orders,
 				a_spend,
 				a_first,
 				a_last,
 				a_days;
-	bool		ok = false;
-	int			i;
+} RfmDirect;
+
+/*
+ * Open the statistics for executor-free updates.  Returns false (nothing
+ * opened) if the table has other indexes than its primary key: the caller
+ * then goes through SQL for everything.
+ */
+static bool
+RfmDirectBegin(RfmDirect *d)
+{
+	Oid			relid = get_relname_relid("customer_stats", get_namespace_oid("loyalty", false));
+	Oid			idxoid;
+	TupleDesc	desc;
 
 	if (!OidIsValid(relid))
 		elog(ERROR, "table loyalty.customer_stats does not exist");
-	rel = table_open(relid, RowExclusiveLock);
-	indexes = RelationGetIndexList(rel);
-	idxoid = RelationGetPrimaryKeyIndex(rel);
-	if (list_length(indexes) != 1 || !OidIsValid(idxoid))
+	d->rel = table_open(relid, RowExclusiveLock);
+	idxoid = RelationGetPrimaryKeyIndex(d->rel);
+	if (list_length(RelationGetIndexList(d->rel)) != 1 || !OidIsValid(idxoid))
 	{
-		table_close(rel, NoLock);
+		table_close(d->rel, NoLock);
 		return false;
 	}
-	idx = index_open(idxoid, RowExclusiveLock);
-	desc = RelationGetDescr(rel);
+	d->idx = index_open(idxoid, RowExclusiveLock);
+	d->info = NULL;
+	desc = RelationGetDescr(d->rel);
+	d->a_rows = SPI_fnumber(desc, "row_count") - 1;
+	d->a_orders = SPI_fnumber(desc, "order_count") - 1;
+	d->a_spend = SPI_fnumber(desc, "spend_total") - 1;
+	d->a_first = SPI_fnumber(desc, "first_order") - 1;
+	d->a_last = SPI_fnumber(desc, "last_order") - 1;
+	d->a_days = SPI_fnumber(desc, "days") - 1;
+	if (d->a_rows < 0 || d->a_orders < 0 || d->a_spend < 0 || d->a_first < 0 ||
+		d->a_last < 0 || d->a_days < 0)
+		elog(ERROR, "loyalty.customer_stats lacks a column");
 
 	/* like SPI before a statement: see our own earlier changes */
 	CommandCounterIncrement();
-	snap = RegisterSnapshot(GetTransactionSnapshot());
-	cid = GetCurrentCommandId(true);
+	d->snap = RegisterSnapshot(GetTransactionSnapshot());
+	d->cid = GetCurrentCommandId(true);
+	d->found = table_slot_create(d->rel, NULL);
+	d->locked = table_slot_create(d->rel, NULL);
+	d->newslot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+	d->scan = index_beginscan(d->rel, d->idx, d->snap, 1, 0);
+	return true;
+}
 
-	found = table_slot_create(rel, NULL);
-	locked = table_slot_create(rel, NULL);
+/* Close what RfmDirectBegin opened (locks stay until commit). */
+static void
+RfmDirectEnd(RfmDirect *d)
+{
+	index_endscan(d->scan);
+	ExecDropSingleTupleTableSlot(d->found);
+	ExecDropSingleTupleTableSlot(d->locked);
+	ExecDropSingleTupleTableSlot(d->newslot);
+	UnregisterSnapshot(d->snap);
+	index_close(d->idx, NoLock);
+	table_close(d->rel, NoLock);
+}
+
+/*
+ * Apply one customer's delta without the executor, which is what the
+ * statement touching a single customer (an application inserting or
+ * changing one order: the case whose cost every checkout pays) and bulk
+ * statements spend most of their time in otherwise.  It does what an
+ * UPDATE would: find the row through the primary key, compute the new
+ * values in C and update that version; if another transaction changed the
+ * row meanwhile, wait for it, lock the latest version and recompute from it
+ * (as UPDATE does under READ COMMITTED; a serialization failure under
+ * REPEATABLE READ).  Returns false, with nothing
+ * changed, when the customer has no row (a new customer, or one deleted
+ * meanwhile): the caller inserts it through SQL.  On success *first / *last
+ * receive the new first and last order times.
+ */
+static bool
+RfmDirectUpdate(RfmDirect *d, RfmCustDelta *c, Numeric spend, RfmDays *delta,
+				bool *first_null, TimestampTz *first,
+				bool *last_null, TimestampTz *last)
+{
+	TupleDesc	desc = RelationGetDescr(d->rel);
+	ScanKeyData key;
+	ItemPointerData tid;
+	TM_FailureData tmfd;
+	TM_Result	res;
+	LockTupleMode lockmode;
+	LoyaltyUpdateIndexes update_indexes;
+	Datum	   *v;
+	bool	   *nl;
+	Datum		keydatum = CStringGetTextDatum(c->key);
+	TupleTableSlot *src;
+	int			i;
+
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, keydatum);
 	key.sk_collation = C_COLLATION_OID;
-	scan = index_beginscan(rel, idx, snap, 1, 0);
-	index_rescan(scan, &key, 1, NULL, 0);
-	if (!index_getnext_slot(scan, ForwardScanDirection, found))
-		goto done;
-	tid = found->tts_tid;
-	res = table_tuple_lock(rel, &tid, snap, locked, cid, LockTupleNoKeyExclusive,
-						   LockWaitBlock,
-						   IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
-						   &tmfd);
-	switch (res)
+	index_rescan(d->scan, &key, 1, NULL, 0);
+	if (!index_getnext_slot(d->scan, ForwardScanDirection, d->found))
+		return false;
+	tid = d->found->tts_tid;
+	src = d->found;
+	for (;;)
 	{
-		case TM_Ok:
+		/* the new values, from the version at hand */
+		slot_getallattrs(src);
+		ExecClearTuple(d->newslot);
+		v = d->newslot->tts_values;
+		nl = d->newslot->tts_isnull;
+		for (i = 0; i < desc->natts; i++)
+		{
+			v[i] = src->tts_values[i];
+			nl[i] = src->tts_isnull[i];
+		}
+		v[d->a_rows] = Int64GetDatum(DatumGetInt64(v[d->a_rows]) + c->rows);
+		v[d->a_orders] = Int64GetDatum(DatumGetInt64(v[d->a_orders]) + c->orders);
+		v[d->a_spend] = NumericGetDatum(RfmNumericAdd(DatumGetNumeric(v[d->a_spend]), spend));
+		if (c->has_added)
+		{
+			if (nl[d->a_first] || c->min_added < DatumGetTimestampTz(v[d->a_first]))
+				v[d->a_first] = TimestampTzGetDatum(c->min_added);
+			if (nl[d->a_last] || c->max_added > DatumGetTimestampTz(v[d->a_last]))
+				v[d->a_last] = TimestampTzGetDatum(c->max_added);
+			nl[d->a_first] = nl[d->a_last] = false;
+		}
+		{
+			RfmDays    *old = nl[d->a_days] ? NULL : DatumGetRfmDays(v[d->a_days]);
+			RfmDays    *merged;
+
+			if (old != NULL && old->n == 0)
+				old = NULL;
+			merged = RfmDaysMerge(old, delta);
+			nl[d->a_days] = (merged == NULL || merged->n == 0);
+			v[d->a_days] = nl[d->a_days] ? (Datum) 0 : PointerGetDatum(merged);
+		}
+		ExecStoreVirtualTuple(d->newslot);
+
+		/*
+		 * Update the version found, which is the latest unless an order
+		 * changed the row after our snapshot; then (or if it is being
+		 * changed now: heap_update waits) lock the latest version, as
+		 * UPDATE's recheck does, and recompute from it.
+		 */
+		res = table_tuple_update(d->rel, &tid, d->newslot, d->cid, d->snap, InvalidSnapshot,
+								 true, &tmfd, &lockmode, &update_indexes);
+		if (res != TM_Updated || src == d->locked)
 			break;
-		case TM_Deleted:
-		case TM_Updated:
-			if (IsolationUsesXactSnapshot())
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("could not serialize access due to concurrent update")));
-			/* deleted meanwhile (a refresh removed a customer who had left) */
-			goto done;
-		default:
-			elog(ERROR, "unexpected result %d locking customer statistics", (int) res);
+		if (IsolationUsesXactSnapshot())
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent update")));
+		res = table_tuple_lock(d->rel, &tid, d->snap, d->locked, d->cid, LockTupleNoKeyExclusive,
+							   LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
+		if (res != TM_Ok)
+			break;
+		tid = d->locked->tts_tid;
+		src = d->locked;
 	}
-	tid = locked->tts_tid;
-
-	/* the new values, from the latest version */
-	slot_getallattrs(locked);
-	newslot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
-	ExecClearTuple(newslot);
-	v = newslot->tts_values;
-	nl = newslot->tts_isnull;
-	for (i = 0; i < desc->natts; i++)
+	if (res == TM_Deleted)
 	{
-		v[i] = locked->tts_values[i];
-		nl[i] = locked->tts_isnull[i];
+		/* deleted meanwhile (a refresh removed a customer who had left) */
+		if (IsolationUsesXactSnapshot())
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent delete")));
+		return false;
 	}
-	a_rows = SPI_fnumber(desc, "row_count") - 1;
-	a_orders = SPI_fnumber(desc, "order_count") - 1;
-	a_spend = SPI_fnumber(desc, "spend_total") - 1;
-	a_first = SPI_fnumber(desc, "first_order") - 1;
-	a_last = SPI_fnumber(desc, "last_order") - 1;
-	a_days = SPI_fnumber(desc, "days") - 1;
-	if (a_rows < 0 || a_orders < 0 || a_spend < 0 || a_first < 0 || a_last < 0 || a_days < 0)
-		elog(ERROR, "loyalty.customer_stats lacks a column");
-	v[a_rows] = Int64GetDatum(DatumGetInt64(v[a_rows]) + c->rows);
-	v[a_orders] = Int64GetDatum(DatumGetInt64(v[a_orders]) + c->orders);
-	v[a_spend] = NumericGetDatum(RfmNumericAdd(DatumGetNumeric(v[a_spend]), spend));
-	if (c->has_added)
-	{
-		if (nl[a_first] || c->min_added < DatumGetTimestampTz(v[a_first]))
-			v[a_first] = TimestampTzGetDatum(c->min_added);
-		if (nl[a_last] || c->max_added > DatumGetTimestampTz(v[a_last]))
-			v[a_last] = TimestampTzGetDatum(c->max_added);
-		nl[a_first] = nl[a_last] = false;
-	}
-	{
-		RfmDays    *old = nl[a_days] ? NULL : DatumGetRfmDays(v[a_days]);
-		RfmDays    *merged;
-
-		if (old != NULL && old->n == 0)
-			old = NULL;
-		merged = RfmDaysMerge(old, delta);
-		nl[a_days] = (merged == NULL || merged->n == 0);
-		v[a_days] = nl[a_days] ? (Datum) 0 : PointerGetDatum(merged);
-	}
-	*first_null = nl[a_first];
-	*first = nl[a_first] ? 0 : DatumGetTimestampTz(v[a_first]);
-	*last_null = nl[a_last];
-	*last = nl[a_last] ? 0 : DatumGetTimestampTz(v[a_last]);
-	ExecStoreVirtualTuple(newslot);
-
-	res = table_tuple_update(rel, &tid, newslot, cid, snap, InvalidSnapshot, true,
-							 &tmfd, &lockmode, &update_indexes);
 	if (res != TM_Ok)
-		elog(ERROR, "unexpected result %d updating locked customer statistics", (int) res);
+		elog(ERROR, "unexpected result %d updating customer statistics", (int) res);
+	*first_null = nl[d->a_first];
+	*first = nl[d->a_first] ? 0 : DatumGetTimestampTz(v[d->a_first]);
+	*last_null = nl[d->a_last];
+	*last = nl[d->a_last] ? 0 : DatumGetTimestampTz(v[d->a_last]);
 	if (LoyaltyUpdateNeedsIndexInserts(update_indexes))
 	{
 		bool		isnull = false;
-		IndexInfo  *info = BuildIndexInfo(idx);
 
-		index_insert_unchanged_compat(idx, &keydatum, &isnull, &newslot->tts_tid, rel,
-									  UNIQUE_CHECK_NO, info);
+		if (d->info == NULL)
+			d->info = BuildIndexInfo(d->idx);
+		index_insert_unchanged_compat(d->idx, &keydatum, &isnull, &d->newslot->tts_tid, d->rel,
+									  UNIQUE_CHECK_NO, d->info);
 	}
-	ExecDropSingleTupleTableSlot(newslot);
-	ok = true;
-
-done:
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(found);
-	ExecDropSingleTupleTableSlot(locked);
-	UnregisterSnapshot(snap);
-	index_close(idx, NoLock);
-	table_close(rel, NoLock);
-	return ok;
+	ExecClearTuple(d->locked);
+	return true;
 }
 
 /* Build a one-dimensional array from datums (NULLs allowed). */
@@ -1122,12 +1159,12 @@ RfmFixOrderTimes(char **keys, int n)
 }
 
 /*
- * Apply a delta: one upsert for all customers that changed, in customer
- * order, then re-read first/last order times where a removal may have
- * taken them away.  Must run inside SPI.  Returns the number of customers
- * written.
+ * Apply a delta: every customer that changed, in customer order (existing
+ * ones updated without the executor, new ones in one upsert), then re-read
+ * first/last order times where a removal may have taken them away.  Must
+ * run inside SPI.
  */
-static int64
+static void
 RfmDeltaApply(RfmDelta *delta)
 {
 	MemoryContext old = MemoryContextSwitchTo(delta->cxt);
@@ -1148,11 +1185,13 @@ RfmDeltaApply(RfmDelta *delta)
 	Oid			daysoid = RfmDaysTypeOid();
 	char	  **fix;
 	int			nfix = 0;
+	int			k;
+	RfmDirect	direct;
 
 	if (ncust == 0)
 	{
 		MemoryContextSwitchTo(old);
-		return 0;
+		return;
 	}
 	list = palloc(sizeof(RfmCustDelta *) * ncust);
 	if (delta->customers)
@@ -1175,7 +1214,7 @@ RfmDeltaApply(RfmDelta *delta)
 	if (n == 0)
 	{
 		MemoryContextSwitchTo(old);
-		return 0;
+		return;
 	}
 	qsort(list, n, sizeof(RfmCustDelta *), RfmCustCmp);
 
@@ -1187,18 +1226,23 @@ RfmDeltaApply(RfmDelta *delta)
 	for (i = 0; i < n; i++)
 	{
 		RfmDays    *days;
-		Numeric		spend = RfmNumericZero();
+		RfmMoney	total;
+		Numeric		spend;
+		RfmDayEntry *entries;
 		int			k;
 
 		c = list[i];
+		entries = palloc(sizeof(RfmDayEntry) * Max(c->ndays, 1));
+		memset(&total, 0, sizeof(total));
 		for (k = 0; k < c->ndays; k++)
 		{
-			if (c->days[k].spend == NULL)
-				c->days[k].spend = RfmNumericZero();
-			else
-				spend = RfmNumericAdd(spend, c->days[k].spend);
+			entries[k].day = c->days[k].day;
+			entries[k].orders = c->days[k].orders;
+			entries[k].spend = RfmMoneyToNumeric(&c->days[k].spend);
+			RfmMoneyAddMoney(&total, &c->days[k].spend, delta->cxt);
 		}
-		days = RfmDaysBuild(c->days, c->ndays);
+		spend = RfmMoneyToNumeric(&total);
+		days = RfmDaysBuild(entries, c->ndays);
 		v[0][i] = CStringGetTextDatum(c->key);
 		v[1][i] = Int64GetDatum(c->rows);
 		v[2][i] = Int64GetDatum(c->orders);
@@ -1211,6 +1255,45 @@ RfmDeltaApply(RfmDelta *delta)
 		nulls[6][i] = (days == NULL);
 	}
 
+	/*
+	 * Existing customers first, in customer order, without the executor;
+	 * the others (new customers) then in one SQL upsert, in customer order.
+	 */
+	fix = palloc(sizeof(char *) * n);
+	if (RfmDirectBegin(&direct))
+	{
+		int			m = 0;
+
+		for (i = 0; i < n; i++)
+		{
+			bool		fnull,
+						lnull;
+			TimestampTz f,
+						l;
+
+			c = list[i];
+			if (RfmDirectUpdate(&direct, c, DatumGetNumeric(v[3][i]),
+								nulls[6][i] ? NULL : (RfmDays *) DatumGetPointer(v[6][i]),
+								&fnull, &f, &lnull, &l))
+			{
+				if ((RfmNeedsLastCheck(c) && (lnull || l <= c->max_removed)) ||
+					(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed)))
+					fix[nfix++] = c->key;
+				continue;
+			}
+			/* keep this one for SQL */
+			list[m] = c;
+			for (k = 0; k < 7; k++)
+			{
+				v[k][m] = v[k][i];
+				nulls[k][m] = nulls[k][i];
+			}
+			m++;
+		}
+		RfmDirectEnd(&direct);
+		n = m;
+	}
+
 	if (n > 1)
 	{
 		Oid			elemtypes[7] = {TEXTOID, INT8OID, INT8OID, NUMERICOID,
@@ -1221,55 +1304,25 @@ RfmDeltaApply(RfmDelta *delta)
 			args[i] = PointerGetDatum(RfmMakeArray(v[i], nulls[i], n, elemtypes[i]));
 			argnulls[i] = ' ';
 		}
+		plan = RfmApplyPlan(RFM_APPLY_UPSERT_MANY, any_check);
+		ret = SPI_execute_plan(plan, args, argnulls, false, 0);
+		if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
+			elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
 	}
-	else
+	else if (n == 1)
 	{
 		for (i = 0; i < 7; i++)
 		{
 			args[i] = v[i][0];
 			argnulls[i] = nulls[i][0] ? 'n' : ' ';
 		}
-	}
-	if (n > 1)
-	{
-		plan = RfmApplyPlan(RFM_APPLY_UPSERT_MANY, any_check);
+		plan = RfmApplyPlan(RFM_APPLY_UPSERT_ONE, any_check);
 		ret = SPI_execute_plan(plan, args, argnulls, false, 0);
 		if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
 			elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
 	}
-	else
-	{
-		bool		fnull,
-					lnull;
-		TimestampTz f,
-					l;
 
-		c = list[0];
-		if (RfmDirectUpdate(c, DatumGetNumeric(v[3][0]),
-							nulls[6][0] ? NULL : (RfmDays *) DatumGetPointer(v[6][0]),
-							&fnull, &f, &lnull, &l))
-		{
-			if ((RfmNeedsLastCheck(c) && (lnull || l <= c->max_removed)) ||
-				(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed)))
-				RfmFixOrderTimes(&c->key, 1);
-			MemoryContextSwitchTo(old);
-			return 1;
-		}
-		plan = RfmApplyPlan(RFM_APPLY_UPDATE_ONE, any_check);
-		ret = SPI_execute_plan(plan, args, argnulls, false, 0);
-		if (ret != (any_check ? SPI_OK_UPDATE_RETURNING : SPI_OK_UPDATE))
-			elog(ERROR, "could not update loyalty.customer_stats: %s", SPI_result_code_string(ret));
-		if (SPI_processed == 0)
-		{
-			/* a new customer (or one inserted concurrently: the upsert waits) */
-			plan = RfmApplyPlan(RFM_APPLY_UPSERT_ONE, any_check);
-			ret = SPI_execute_plan(plan, args, argnulls, false, 0);
-			if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
-				elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
-		}
-	}
-
-	if (any_check)
+	if (any_check && n > 0)
 	{
 		/*
 		 * RETURNING gives the times after the upsert; the customer's last
@@ -1295,7 +1348,6 @@ RfmDeltaApply(RfmDelta *delta)
 
 			*(RfmCustDelta **) (ent + 1) = list[i];
 		}
-		fix = palloc(sizeof(char *) * n);
 		for (r = 0; r < nres; r++)
 		{
 			HeapTuple	tup = res->vals[r];
@@ -1313,11 +1365,11 @@ RfmDeltaApply(RfmDelta *delta)
 				(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed)))
 				fix[nfix++] = c->key;
 		}
-		if (nfix > 0)
-			RfmFixOrderTimes(fix, nfix);
 	}
+	if (nfix > 0)
+		RfmFixOrderTimes(fix, nfix);
 	MemoryContextSwitchTo(old);
-	return n;
+
 }
 
 /* Forget a delta's customers after it was applied (back-fill chunks). */
