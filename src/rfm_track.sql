@@ -375,7 +375,8 @@ CREATE TABLE loyalty.segment_change (
 	PRIMARY KEY (customer_id, snapshot_id)
 );
 
-CREATE INDEX segment_change_snapshot ON loyalty.segment_change (snapshot_id);
+/* snapshot ids only grow as rows are appended: a BRIN index costs nothing to keep */
+CREATE INDEX segment_change_snapshot ON loyalty.segment_change USING brin (snapshot_id);
 
 COMMENT ON TABLE loyalty.segment_change IS
 	'Segment changes per refresh: a customer''s segment at a snapshot is the one of their latest row up to it (segment NULL: no longer a customer)';
