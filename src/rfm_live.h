@@ -44,7 +44,6 @@ typedef struct RfmDays
 	/* int32 day[n], int32 orders[n], cumulative spend numerics follow */
 } RfmDays;
 
-#define RFM_DAYS_HDRSZ		MAXALIGN(sizeof(RfmDays))
 #define RfmDaysDay(d)		((int32 *) ((char *) (d) + sizeof(RfmDays)))
 #define RfmDaysOrders(d)	(RfmDaysDay(d) + (d)->n)
 #define RfmDaysFirstSpend(d) \
@@ -129,6 +128,24 @@ typedef struct RfmTrackCols
 	char	  **statuses;
 } RfmTrackCols;
 
+/* rfm_track_admin.c */
+extern void RfmResolveColumns(TupleDesc desc, const char *relname,
+							  const char *cust_col, const char *time_col,
+							  const char *amount_col, const char *status_col,
+							  int nstatuses, char **statuses, RfmTrackCols *cols);
+extern bool RfmStatusCounts(RfmTrackCols *cols, Datum value, bool isnull, Oid typ);
+extern char **RfmStatusList(Datum arr, bool isnull, int *n);
+extern void RfmFixOrderTimes(char **keys, int n);
+
+/* rfm_track.c */
 extern void RfmLiveRequireReadCommitted(const char *what);
+extern int64 RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
+						 const char *amount_col, const char *status_col,
+						 int nstatuses, char **statuses);
+extern int64 RfmRebuild(void);
+extern bool RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t);
+extern uint32 RfmKeyHash(const void *key, Size keysize);
+extern int	RfmKeyMatch(const void *key1, const void *key2, Size keysize);
+extern struct ArrayType *RfmMakeArray(Datum *values, bool *nulls, int n, Oid elemtype);
 
 #endif							/* LOYALTY_RFM_LIVE_H */

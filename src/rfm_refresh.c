@@ -650,7 +650,7 @@ RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes
 			   RfmScore *scores, Datum *segnames, TimestampTz as_of, DateADT prune_before)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
-	Oid			idxoid = RelationGetPrimaryKeyIndex(rel);
+	List	   *indexes = RelationGetIndexList(rel);
 	Relation	idx;
 	IndexInfo  *info;
 	TupleTableSlot *oldslot = table_slot_create(rel, NULL);
@@ -665,9 +665,9 @@ RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes
 	int			a_since = RfmAttno(desc, "since");
 	int			i;
 
-	if (list_length(RelationGetIndexList(rel)) != 1 || !OidIsValid(idxoid))
+	if (list_length(indexes) != 1)
 		elog(ERROR, "loyalty.customer_stats must have its primary key as only index");
-	idx = index_open(idxoid, RowExclusiveLock);
+	idx = index_open(linitial_oid(indexes), RowExclusiveLock);
 	info = BuildIndexInfo(idx);
 	for (i = 0; i < nwrites; i++)
 	{
