@@ -167,7 +167,7 @@ extern bool CouponCodeParse(const char *str, size_t len,
  */
 extern int	CouponCodeKey(const char *display, int display_len, char *key);
 
-/* Order of two display texts by key: <0, 0, >0 (equal keys = same code). */
+/* Order of two display texts by key: -1, 0, 1 (equal keys = same code). */
 extern int	CouponCodeCompare(const char *a, int alen, const char *b, int blen);
 
 /*

@@ -446,7 +446,7 @@ CouponCodeCompare(const char *a, int alen, const char *b, int blen)
 		nb = 0;
 	r = memcmp(ka, kb, (size_t) (na < nb ? na : nb));
 	if (r != 0)
-		return r;
+		return (r > 0) - (r < 0);
 	return (na > nb) - (na < nb);
 }
 
