@@ -404,6 +404,48 @@ CouponCodeParse(const char *str, size_t len, CouponCodeValue *out,
 }
 
 /*
+ * Byte -> key character: upper case, O as '0', I and L as '1'; KEY_SKIP for
+ * separators, KEY_BAD for anything else.  A table, because comparisons (and
+ * so every btree step over a coupon_code index) go through it.
+ */
+#define KEY_SKIP		0
+#define KEY_BAD			1
+static const unsigned char key_char[256] = {
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_SKIP, KEY_SKIP, KEY_SKIP, KEY_SKIP, KEY_SKIP, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_SKIP, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_SKIP, KEY_SKIP, KEY_BAD,
+	'0', '1', '2', '3', '4', '5', '6', '7',
+	'8', '9', KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, 'A', 'B', 'C', 'D', 'E', 'F', 'G',
+	'H', '1', 'J', 'K', '1', 'M', 'N', '0',
+	'P', 'Q', 'R', 'S', 'T', 'U', 'V', 'W',
+	'X', 'Y', 'Z', KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_SKIP,
+	KEY_BAD, 'A', 'B', 'C', 'D', 'E', 'F', 'G',
+	'H', '1', 'J', 'K', '1', 'M', 'N', '0',
+	'P', 'Q', 'R', 'S', 'T', 'U', 'V', 'W',
+	'X', 'Y', 'Z', KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+	KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD, KEY_BAD,
+};
+
+/*
  * The identity key: folded characters without separators.
  */
 int
@@ -414,13 +456,13 @@ CouponCodeKey(const char *display, int display_len, char *key)
 
 	for (i = 0; i < display_len; i++)
 	{
-		int			cls = ClassifyByte((unsigned char) display[i]);
+		unsigned char k = key_char[(unsigned char) display[i]];
 
-		if (cls == CLASS_SEPARATOR)
+		if (k == KEY_SKIP)
 			continue;
-		if (cls == CLASS_INVALID || n >= COUPON_CODE_MAX_CHARS)
+		if (k == KEY_BAD || n >= COUPON_CODE_MAX_CHARS)
 			return -1;
-		key[n++] = (cls == SYMBOL_U) ? 'U' : COUPON_CODE_ALPHABET[cls];
+		key[n++] = (char) k;
 	}
 	return n;
 }
@@ -428,26 +470,32 @@ CouponCodeKey(const char *display, int display_len, char *key)
 /*
  * Order two display texts by their keys: byte order of the folded
  * characters (digits before letters), a prefix before its extensions.
- * Keys of stored values are always valid; an invalid one (cannot happen for
- * values made by the input functions) sorts as empty.
+ * Streams over both texts and stops at the first difference, without
+ * building the keys.  (Bytes that cannot occur in a valid value order
+ * before every character, so the order stays total on any input.)
  */
 int
 CouponCodeCompare(const char *a, int alen, const char *b, int blen)
 {
-	char		ka[COUPON_CODE_MAX_CHARS];
-	char		kb[COUPON_CODE_MAX_CHARS];
-	int			na = CouponCodeKey(a, alen, ka);
-	int			nb = CouponCodeKey(b, blen, kb);
-	int			r;
+	int			i = 0;
+	int			j = 0;
 
-	if (na < 0)
-		na = 0;
-	if (nb < 0)
-		nb = 0;
-	r = memcmp(ka, kb, (size_t) (na < nb ? na : nb));
-	if (r != 0)
-		return (r > 0) - (r < 0);
-	return (na > nb) - (na < nb);
+	for (;;)
+	{
+		unsigned char ka = KEY_SKIP;
+		unsigned char kb = KEY_SKIP;
+
+		while (i < alen && (ka = key_char[(unsigned char) a[i]]) == KEY_SKIP)
+			i++;
+		while (j < blen && (kb = key_char[(unsigned char) b[j]]) == KEY_SKIP)
+			j++;
+		if (i >= alen || j >= blen)
+			return (j < blen) ? -1 : (i < alen) ? 1 : 0;
+		if (ka != kb)
+			return (ka < kb) ? -1 : 1;
+		i++;
+		j++;
+	}
 }
 
 /*
