@@ -19,6 +19,7 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 SQL_PARTS = \
 	src/loyalty.sql \
 	src/access.sql \
+	src/coupon_code.sql \
 	src/coupon.sql \
 	src/grants.sql
 

@@ -46,9 +46,16 @@ SELECT pg_catalog.pg_extension_config_dump('loyalty.access_grant', '');
 /* functions */
 
 /*
- * Register objects in access_rule under their schema-qualified names (a plain
- * regprocedure::text would drop the schema while CREATE EXTENSION runs with
- * search_path = loyalty).  Used by every part of the install script.
+ * Register objects in access_rule under their schema-qualified names.  A
+ * function is recorded as its regprocedure text computed with search_path =
+ * pg_catalog (the SET below), so the name and every argument type outside
+ * pg_catalog are schema-qualified and argument names are left out:
+ * 'loyalty.f(loyalty.rfm_score,integer)'.  That is the spelling
+ * oid::regprocedure::text gives outside the install script, which the checks
+ * in sql/loyalty.sql and test/pgtap compare with, and which GRANT,
+ * has_function_privilege() and to_regprocedure() all accept (identity
+ * arguments would carry argument names and ", " separators, which the last
+ * two reject).  Used by every part of the install script.
  */
 CREATE FUNCTION loyalty._register_function(level text, fn regprocedure, privileges text DEFAULT 'EXECUTE')
 RETURNS void
@@ -56,13 +63,7 @@ LANGUAGE sql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 	INSERT INTO loyalty.access_rule (level, object_type, object_name, privileges)
-	SELECT $1, 'function',
-		   pg_catalog.format('%I.%I(%s)', n.nspname, p.proname,
-							 pg_catalog.pg_get_function_identity_arguments(p.oid)),
-		   $3
-	FROM pg_catalog.pg_proc p
-	JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-	WHERE p.oid = $2
+	VALUES ($1, 'function', $2::pg_catalog.text, $3)
 $$;
 
 COMMENT ON FUNCTION loyalty._register_function(text, regprocedure, text) IS

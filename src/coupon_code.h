@@ -32,6 +32,10 @@
  * (32n + 1) / 32768 for n letters (0.4% at 4, 1% at 10, 3% at 31), and only
  * those words are refused as vanity codes.
  *
+ * SQL: the operators live in schema loyalty; code with search_path =
+ * pg_catalog, pg_temp writes "c.code OPERATOR(loyalty.=) $1" (the default
+ * btree opclass then serves a unique index on the column).
+ *
  * The pure part (everything not under "PostgreSQL side" below) uses no
  * palloc and no ereport, and compiles without PostgreSQL when
  * COUPON_CODE_STANDALONE is defined (the fuzz driver in test/fuzz/ does so).
@@ -118,7 +122,9 @@ typedef struct CouponCodeError
 {
 	CouponCodeStatus status;
 	int			position;		/* 1-based: input byte (bad character) or
-								 * code character (check), 0 if unknown */
+								 * code character (check), 0 if unknown;
+								 * random positions of the pattern for
+								 * COUPON_PATTERN_ERR_COUNT */
 	int			position2;		/* second character of a swapped pair, or 0 */
 	unsigned char ch;			/* offending byte (bad character) */
 	int64		value;			/* what was found (length, count) */
@@ -161,7 +167,7 @@ extern bool CouponCodeParse(const char *str, size_t len,
  */
 extern int	CouponCodeKey(const char *display, int display_len, char *key);
 
-/* Order of two display texts by key: <0, 0, >0 (equal keys = same code). */
+/* Order of two display texts by key: -1, 0, 1 (equal keys = same code). */
 extern int	CouponCodeCompare(const char *a, int alen, const char *b, int blen);
 
 /*
