@@ -459,6 +459,8 @@ $$;
 COMMENT ON FUNCTION loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean) IS
 	'Create a coupon campaign (use named arguments); returns its id';
 
+SELECT loyalty._register_function('admin', 'loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean)');
+
 /*
  * Change a running campaign: keys of changes are column names, values the
  * new values (null clears).  kind and currency never change (redemptions
@@ -535,6 +537,8 @@ $$;
 COMMENT ON FUNCTION loyalty.update_campaign(bigint, jsonb) IS
 	'Change campaign fields given as a JSON object (null clears); effective for every redemption that starts after the commit';
 
+SELECT loyalty._register_function('admin', 'loyalty.update_campaign(bigint, jsonb)');
+
 /*
  * The kill switch.  The exclusive gate makes the pause wait for the
  * redemptions in flight (they commit before it) and makes every redemption
@@ -568,6 +572,8 @@ $$;
 COMMENT ON FUNCTION loyalty.pause_campaign(bigint) IS
 	'Pause a campaign at once (kill switch); false if it was already paused';
 
+SELECT loyalty._register_function('admin', 'loyalty.pause_campaign(bigint)');
+
 CREATE FUNCTION loyalty.resume_campaign(campaign_id bigint)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -595,6 +601,8 @@ $$;
 
 COMMENT ON FUNCTION loyalty.resume_campaign(bigint) IS
 	'Resume a paused campaign at once; false if it was not paused';
+
+SELECT loyalty._register_function('admin', 'loyalty.resume_campaign(bigint)');
 
 /*
  * Add an eligibility rule.  Built-in kinds have their parameters checked
@@ -653,6 +661,8 @@ $$;
 COMMENT ON FUNCTION loyalty.add_campaign_rule(bigint, text, jsonb) IS
 	'Add an eligibility rule (kind from loyalty.eligibility_kind) to a campaign; returns the rule id';
 
+SELECT loyalty._register_function('admin', 'loyalty.add_campaign_rule(bigint, text, jsonb)');
+
 CREATE FUNCTION loyalty.drop_campaign_rule(rule_id bigint)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -680,6 +690,8 @@ $$;
 COMMENT ON FUNCTION loyalty.drop_campaign_rule(bigint) IS
 	'Remove an eligibility rule; false if there was none with this id';
 
+SELECT loyalty._register_function('admin', 'loyalty.drop_campaign_rule(bigint)');
+
 /* functions: codes (admin) */
 
 CREATE FUNCTION loyalty.generate_codes(campaign_id bigint, count integer, pattern text,
@@ -691,6 +703,8 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.generate_codes(bigint, integer, text, text[]) IS
 	'Create count single-use random codes from a pattern (''SMR-####-####''), never equal to a stored code; with customer_ids, one code bound to each';
+
+SELECT loyalty._register_function('admin', 'loyalty.generate_codes(bigint, integer, text, text[])');
 
 CREATE FUNCTION loyalty.add_public_code(campaign_id bigint, code text,
 										max_uses bigint DEFAULT NULL,
@@ -706,7 +720,7 @@ BEGIN
 		RAISE EXCEPTION 'campaign_id and code must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	c := code::loyalty.coupon_code;
+	c := loyalty.vanity_code(code);
 	IF max_uses IS NOT NULL AND max_uses < 1 THEN
 		RAISE EXCEPTION 'max_uses must be at least 1 (null: no limit of its own)'
 			USING ERRCODE = 'invalid_parameter_value';
@@ -734,6 +748,8 @@ $$;
 COMMENT ON FUNCTION loyalty.add_public_code(bigint, text, bigint, text) IS
 	'Add a public (vanity) code such as SUMMER25 to a campaign; max_uses null = limited only by the campaign''s caps';
 
+SELECT loyalty._register_function('admin', 'loyalty.add_public_code(bigint, text, bigint, text)');
+
 /* functions: lifecycle (app) */
 
 CREATE FUNCTION loyalty.validate_coupon(code text, customer_id text, order_context jsonb,
@@ -748,6 +764,8 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.validate_coupon(text, text, jsonb, text) IS
 	'Read-only check of a code for a customer and an order: (valid, reason, discount); reason is a stable token';
 
+SELECT loyalty._register_function('app', 'loyalty.validate_coupon(text, text, jsonb, text)');
+
 CREATE FUNCTION loyalty.validate_coupon(code text, customer_id text, amount numeric,
 										order_ref text DEFAULT NULL,
 										OUT valid boolean, OUT reason text,
@@ -759,6 +777,8 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.validate_coupon(text, text, numeric, text) IS
 	'Read-only check of a code for an order given by its amount only';
+
+SELECT loyalty._register_function('app', 'loyalty.validate_coupon(text, text, numeric, text)');
 
 CREATE FUNCTION loyalty.reserve_coupon(code text, customer_id text, order_ref text,
 									   order_context jsonb,
@@ -772,6 +792,8 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.reserve_coupon(text, text, text, jsonb, interval) IS
 	'Hold one unit of every cap of a code for a checkout until expires_at; redeem_coupon of the same order consumes it';
 
+SELECT loyalty._register_function('app', 'loyalty.reserve_coupon(text, text, text, jsonb, interval)');
+
 CREATE FUNCTION loyalty.reserve_coupon(code text, customer_id text, order_ref text,
 									   amount numeric,
 									   ttl interval DEFAULT '15 minutes',
@@ -784,6 +806,8 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.reserve_coupon(text, text, text, numeric, interval) IS
 	'Reserve a code for an order given by its amount only';
 
+SELECT loyalty._register_function('app', 'loyalty.reserve_coupon(text, text, text, numeric, interval)');
+
 CREATE FUNCTION loyalty.redeem_coupon(code text, customer_id text, order_ref text,
 									  order_context jsonb)
 RETURNS numeric
@@ -793,6 +817,8 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.redeem_coupon(text, text, text, jsonb) IS
 	'Redeem a code for an order, atomically; returns the discount; a repeat for the same order and code returns the first discount; failures raise LY0nn';
+
+SELECT loyalty._register_function('app', 'loyalty.redeem_coupon(text, text, text, jsonb)');
 
 CREATE FUNCTION loyalty.redeem_coupon(code text, customer_id text, order_ref text,
 									  amount numeric)
@@ -804,6 +830,8 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.redeem_coupon(text, text, text, numeric) IS
 	'Redeem a code for an order given by its amount only';
 
+SELECT loyalty._register_function('app', 'loyalty.redeem_coupon(text, text, text, numeric)');
+
 CREATE FUNCTION loyalty.rollback_redemption(order_ref text)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'coupon_rollback'
@@ -812,6 +840,8 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.rollback_redemption(text) IS
 	'Cancel / refund: reverse an order''s redemptions (uses given back, history kept), release its reservations, close the order; false if nothing to give back';
+
+SELECT loyalty._register_function('app', 'loyalty.rollback_redemption(text)');
 
 /* views */
 
@@ -856,21 +886,4 @@ LEFT JOIN (SELECT campaign_id, count(*) AS active_reservations
 COMMENT ON VIEW loyalty.campaign_stats IS
 	'Per campaign: codes, redemptions, rollbacks, active redemptions, customers, net discount total, active reservations, remaining cap';
 
-/* registrations */
-
-SELECT loyalty._register_function('admin', 'loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean)');
-SELECT loyalty._register_function('admin', 'loyalty.update_campaign(bigint, jsonb)');
-SELECT loyalty._register_function('admin', 'loyalty.pause_campaign(bigint)');
-SELECT loyalty._register_function('admin', 'loyalty.resume_campaign(bigint)');
-SELECT loyalty._register_function('admin', 'loyalty.add_campaign_rule(bigint, text, jsonb)');
-SELECT loyalty._register_function('admin', 'loyalty.drop_campaign_rule(bigint)');
-SELECT loyalty._register_function('admin', 'loyalty.generate_codes(bigint, integer, text, text[])');
-SELECT loyalty._register_function('admin', 'loyalty.add_public_code(bigint, text, bigint, text)');
-SELECT loyalty._register_function('app', 'loyalty.validate_coupon(text, text, jsonb, text)');
-SELECT loyalty._register_function('app', 'loyalty.validate_coupon(text, text, numeric, text)');
-SELECT loyalty._register_function('app', 'loyalty.reserve_coupon(text, text, text, jsonb, interval)');
-SELECT loyalty._register_function('app', 'loyalty.reserve_coupon(text, text, text, numeric, interval)');
-SELECT loyalty._register_function('app', 'loyalty.redeem_coupon(text, text, text, jsonb)');
-SELECT loyalty._register_function('app', 'loyalty.redeem_coupon(text, text, text, numeric)');
-SELECT loyalty._register_function('app', 'loyalty.rollback_redemption(text)');
 SELECT loyalty._register_relation('analyst', 'loyalty.campaign_stats');
