@@ -89,7 +89,7 @@ PrepareInserts(Oid code_type)
 	insert_bound_plan = SPI_prepare(
 		"INSERT INTO loyalty.coupon (code, campaign_id, customer_id, max_uses, created_at)"
 		" SELECT u.c, $2, u.customer, 1, $3"
-		" FROM pg_catalog.unnest($1, $4) AS u(c, customer)"
+		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($4)) AS u(c, customer)"
 		" ON CONFLICT (code) DO NOTHING RETURNING code, customer_id", 4, bound_types);
 	if (insert_unbound_plan == NULL || insert_bound_plan == NULL)
 		elog(ERROR, "SPI_prepare failed for generate_codes");
