@@ -24,6 +24,7 @@
 #include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/inval.h"
 #include "utils/timestamp.h"
 
 /* Stable reason tokens, their SQLSTATEs and the detail shown with them. */
@@ -264,7 +265,7 @@ CheckUnderLocks(CallState *st)
 	int64		campaign_uses = 0;
 
 	CouponGateShared(st->cp.campaign_id);
-	CouponReadCampaign(st->cp.campaign_id, true, &st->cm);
+	CouponReadCampaign(st->cp.campaign_id, &st->cm);
 	r = CheckCoupon(st);
 	if (r != COUPON_OK)
 		RaiseReason(st, r);
@@ -534,7 +535,8 @@ CouponValidate(FunctionCallInfo fcinfo, bool amount_context)
 		}
 		else
 		{
-			CouponReadCampaign(st.cp.campaign_id, false, &st.cm);
+			AcceptInvalidationMessages();
+			CouponReadCampaign(st.cp.campaign_id, &st.cm);
 			r = CheckCoupon(&st);
 			if (r == COUPON_OK)
 			{

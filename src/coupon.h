@@ -243,7 +243,7 @@ extern bool CouponRulesAllow(const Campaign *cm, const char *customer_id,
 
 extern void CouponStoreBegin(bool read_only);
 extern bool CouponLookup(Datum code, bool lock, Coupon *cp);
-extern void CouponReadCampaign(int64 campaign_id, bool latest, Campaign *cm);
+extern void CouponReadCampaign(int64 campaign_id, Campaign *cm);
 extern void CouponLockOrder(const char *order_ref, const char *customer_id,
 							const OrderContext *ctx, TimestampTz now,
 							CouponOrder *order);

@@ -1,8 +1,9 @@
 /*
  * coupon_admin.c
- *		Admin-level C functions: bulk code generation, and the two helpers
- *		the campaign admin functions (coupon.sql) need from C: the exclusive
- *		campaign gate and a fresh count of a campaign's redemptions.
+ *		Admin-level C functions: bulk code generation, the two helpers the
+ *		campaign admin functions (coupon.sql) need from C (the exclusive
+ *		campaign gate and a fresh count of a campaign's redemptions), and the
+ *		trigger that keeps the backends' campaign caches current.
  *
  * generate_codes makes codes in batches: cryptographically random symbols
  * (coupon_code.h's generator), inserted with ON CONFLICT (code) DO NOTHING
@@ -15,9 +16,11 @@
 #include "coupon.h"
 
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -388,4 +391,27 @@ coupon_campaign_active_uses(PG_FUNCTION_ARGS)
 	uses = CouponCampaignActiveUses(PG_GETARG_INT64(0));
 	SPI_finish();
 	PG_RETURN_INT64(uses);
+}
+
+PG_FUNCTION_INFO_V1(coupon_campaign_changed);
+
+/*
+ * Trigger loyalty._campaign_changed(): a campaign, a rule or a rule kind
+ * changed, so every backend's campaign cache must be flushed.  Sends a
+ * relcache invalidation of loyalty.campaign at commit (see the campaign
+ * cache in coupon_store.c); statement level, so a bulk change costs one.
+ */
+Datum
+coupon_campaign_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Oid			campaign;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "loyalty._campaign_changed() must be called as a trigger");
+	campaign = get_relname_relid("campaign",
+								 RelationGetNamespace(trigdata->tg_relation));
+	if (OidIsValid(campaign))
+		CacheInvalidateRelcacheByRelid(campaign);
+	return PointerGetDatum(NULL);
 }

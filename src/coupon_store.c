@@ -28,15 +28,20 @@
  */
 #include "coupon.h"
 
+#include "access/heaptoast.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
+#include "lib/stringinfo.h"
 #include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
@@ -54,7 +59,6 @@ typedef enum PlanId
 	P_ATTACHED,
 	P_CAMPAIGN_LOCK,
 	P_COUNTS,
-	P_INSERT_REDEMPTION,
 	P_FIND_HOLD,
 	P_EXPIRE_HOLD,
 	P_INSERT_HOLD,
@@ -160,23 +164,6 @@ static const PlanDef PlanDefs[NPLANS] = {
 		"     AND expires_at > $4 AND order_ref IS DISTINCT FROM $5) ELSE 0 END",
 		8, {INT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, BOOLOID, BOOLOID}
 	},
-	[P_INSERT_REDEMPTION] = {
-		"WITH ins AS ("
-		"  INSERT INTO loyalty.redemption (kind, coupon_id, campaign_id, customer_id,"
-		"    order_ref, uses, discount, on_shipping, currency, created_at)"
-		"  VALUES ('redeem', $1, $2, $3, $4, 1, $5, $6, $7, $8)"
-		"  RETURNING redemption_id),"
-		" cu AS (UPDATE loyalty.coupon SET uses = uses + 1 WHERE coupon_id = $1),"
-		" ca AS (UPDATE loyalty.campaign SET uses = uses + 1"
-		"        WHERE campaign_id = $2 AND $9),"
-		" ho AS (UPDATE loyalty.reservation SET state = 'consumed', ended_at = $8"
-		"        WHERE order_ref = $4 AND coupon_id = $1 AND state = 'held' AND $10),"
-		" od AS (UPDATE loyalty.coupon_order SET updated_at = $8"
-		"        WHERE order_ref = $4 AND $11)"
-		" SELECT redemption_id FROM ins",
-		11, {INT8OID, INT8OID, TEXTOID, TEXTOID, NUMERICOID, BOOLOID, TEXTOID,
-		TIMESTAMPTZOID, BOOLOID, BOOLOID, BOOLOID}
-	},
 	[P_FIND_HOLD] = {
 		"SELECT discount, expires_at FROM loyalty.reservation"
 		" WHERE order_ref = $1 AND coupon_id = $2 AND state = 'held'",
@@ -271,7 +258,9 @@ static Oid	cached_code_type = InvalidOid;
 static Oid	cached_campaign_rel = InvalidOid;
 static Oid	cached_redemption_rel = InvalidOid;
 static SPIPlanPtr plans[NPLANS];
+static SPIPlanPtr redeem_plans[8];
 static bool store_read_only = false;
+static bool campaign_cache_stale = false;
 
 /*
  * Start a call: check that the cached plans belong to the installed
@@ -294,6 +283,13 @@ CouponStoreBegin(bool read_only)
 			SPI_freeplan(plans[i]);
 		plans[i] = NULL;
 	}
+	for (i = 0; i < (int) lengthof(redeem_plans); i++)
+	{
+		if (redeem_plans[i] != NULL)
+			SPI_freeplan(redeem_plans[i]);
+		redeem_plans[i] = NULL;
+	}
+	campaign_cache_stale = true;
 	cached_code_type = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
 									   CStringGetDatum("coupon_code"),
 									   ObjectIdGetDatum(nsp));
@@ -338,7 +334,8 @@ GetPlan(PlanId id)
 /*
  * Run a statement.  latest: read with the newest snapshot (rows committed
  * by competitors after the caller's snapshot included); used for reads done
- * under the locks that decide caps and the paused flag.
+ * under the locks that decide caps, and for the campaign cache (which must
+ * never hold a state older than the invalidations already processed).
  */
 static int
 Exec(PlanId id, Datum *values, const char *nulls, bool latest)
@@ -346,9 +343,9 @@ Exec(PlanId id, Datum *values, const char *nulls, bool latest)
 	SPIPlanPtr	plan = GetPlan(id);
 	int			rc;
 
-	if (latest && !store_read_only)
+	if (latest)
 		rc = SPI_execute_snapshot(plan, values, nulls, GetLatestSnapshot(),
-								  InvalidSnapshot, false, true, 0);
+								  InvalidSnapshot, store_read_only, true, 0);
 	else
 		rc = SPI_execute_plan(plan, values, nulls, store_read_only, 0);
 	if (rc < 0)
@@ -359,18 +356,33 @@ Exec(PlanId id, Datum *values, const char *nulls, bool latest)
 
 /* ---- reading result columns ---- */
 
-static Datum
-Col(int row, int col, bool *isnull)
+/* One row of a result, or a cached tuple, with its descriptor. */
+typedef struct Row
 {
-	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col,
-						 isnull);
+	HeapTuple	tuple;
+	TupleDesc	desc;
+} Row;
+
+/* Row i of the last SPI result. */
+static Row
+ResultRow(uint64 i)
+{
+	Row			r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
+
+	return r;
+}
+
+static Datum
+Col(Row r, int col, bool *isnull)
+{
+	return heap_getattr(r.tuple, col, r.desc, isnull);
 }
 
 static int64
-ColInt64(int row, int col, int64 if_null, bool *was_null)
+ColInt64(Row r, int col, int64 if_null, bool *was_null)
 {
 	bool		isnull;
-	Datum		d = Col(row, col, &isnull);
+	Datum		d = Col(r, col, &isnull);
 
 	if (was_null)
 		*was_null = isnull;
@@ -378,54 +390,54 @@ ColInt64(int row, int col, int64 if_null, bool *was_null)
 }
 
 static int32
-ColInt32(int row, int col)
+ColInt32(Row r, int col)
 {
 	bool		isnull;
-	Datum		d = Col(row, col, &isnull);
+	Datum		d = Col(r, col, &isnull);
 
 	return isnull ? 0 : DatumGetInt32(d);
 }
 
 static bool
-ColBool(int row, int col)
+ColBool(Row r, int col)
 {
 	bool		isnull;
-	Datum		d = Col(row, col, &isnull);
+	Datum		d = Col(r, col, &isnull);
 
 	return !isnull && DatumGetBool(d);
 }
 
 static Numeric
-ColNumeric(int row, int col)
+ColNumeric(Row r, int col)
 {
 	bool		isnull;
-	Datum		d = Col(row, col, &isnull);
+	Datum		d = Col(r, col, &isnull);
 
 	return isnull ? NULL : DatumGetNumeric(d);
 }
 
 static char *
-ColText(int row, int col)
+ColText(Row r, int col)
 {
 	bool		isnull;
-	Datum		d = Col(row, col, &isnull);
+	Datum		d = Col(r, col, &isnull);
 
 	return isnull ? NULL : TextDatumGetCString(d);
 }
 
 static void
-ColCurrency(int row, int col, char *out)
+ColCurrency(Row r, int col, char *out)
 {
-	char	   *s = ColText(row, col);
+	char	   *s = ColText(r, col);
 
 	strlcpy(out, s ? s : "", 4);
 }
 
 static TimestampTz
-ColTimestamp(int row, int col, bool *has)
+ColTimestamp(Row r, int col, bool *has)
 {
 	bool		isnull;
-	Datum		d = Col(row, col, &isnull);
+	Datum		d = Col(r, col, &isnull);
 
 	*has = !isnull;
 	return isnull ? 0 : DatumGetTimestampTz(d);
@@ -433,10 +445,10 @@ ColTimestamp(int row, int col, bool *has)
 
 /* A text[] column as a sorted name list. */
 static void
-ColNameList(int row, int col, CouponNameList *list)
+ColNameList(Row r, int col, CouponNameList *list)
 {
 	bool		isnull;
-	Datum		d = Col(row, col, &isnull);
+	Datum		d = Col(r, col, &isnull);
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
@@ -491,13 +503,13 @@ CouponLookup(Datum code, bool lock, Coupon *cp)
 	Exec(lock ? P_LOOKUP_LOCK : P_LOOKUP, values, NULL, false);
 	if (SPI_processed == 0)
 		return false;
-	cp->id = ColInt64(0, 1, 0, NULL);
-	cp->campaign_id = ColInt64(0, 2, 0, NULL);
-	cp->customer_id = ColText(0, 3);
-	cp->max_uses = ColInt64(0, 4, 0, &cp->has_max_uses);
+	cp->id = ColInt64(ResultRow(0), 1, 0, NULL);
+	cp->campaign_id = ColInt64(ResultRow(0), 2, 0, NULL);
+	cp->customer_id = ColText(ResultRow(0), 3);
+	cp->max_uses = ColInt64(ResultRow(0), 4, 0, &cp->has_max_uses);
 	cp->has_max_uses = !cp->has_max_uses;
-	cp->uses = ColInt64(0, 5, 0, NULL);
-	cp->reservations = ColInt64(0, 6, 0, NULL);
+	cp->uses = ColInt64(ResultRow(0), 5, 0, NULL);
+	cp->reservations = ColInt64(ResultRow(0), 6, 0, NULL);
 	return true;
 }
 
@@ -518,49 +530,40 @@ KindFromText(const char *s)
 	return CAMPAIGN_PERCENT;	/* keep compiler quiet */
 }
 
-/*
- * Read a campaign and its eligibility rules.  latest: with the newest
- * snapshot, after the campaign gate is held (so a committed pause or change
- * is always seen).
- */
-void
-CouponReadCampaign(int64 campaign_id, bool latest, Campaign *cm)
+/* Parse a campaign row (P_CAMPAIGN's columns) into *cm. */
+static void
+ParseCampaign(Row row, int64 campaign_id, Campaign *cm)
 {
-	Datum		values[1] = {Int64GetDatum(campaign_id)};
 	bool		isnull;
 	Datum		d;
 
-	Exec(P_CAMPAIGN, values, NULL, latest);
-	if (SPI_processed != 1)
-		elog(ERROR, "campaign " INT64_FORMAT " of a coupon does not exist",
-			 campaign_id);
 	memset(cm, 0, sizeof(*cm));
 	cm->id = campaign_id;
-	cm->kind = KindFromText(ColText(0, 1));
-	ColCurrency(0, 2, cm->currency);
-	cm->percent_off = ColNumeric(0, 3);
-	cm->max_discount = ColNumeric(0, 4);
-	cm->amount_off = ColNumeric(0, 5);
-	cm->buy_quantity = ColInt32(0, 6);
-	cm->get_quantity = ColInt32(0, 7);
-	cm->free_sku = ColText(0, 8);
-	cm->free_quantity = ColInt32(0, 9);
-	cm->starts_at = ColTimestamp(0, 10, &cm->has_starts_at);
-	cm->ends_at = ColTimestamp(0, 11, &cm->has_ends_at);
-	cm->paused = ColBool(0, 12);
-	cm->total_cap = ColInt64(0, 13, 0, &isnull);
+	cm->kind = KindFromText(ColText(row, 1));
+	ColCurrency(row, 2, cm->currency);
+	cm->percent_off = ColNumeric(row, 3);
+	cm->max_discount = ColNumeric(row, 4);
+	cm->amount_off = ColNumeric(row, 5);
+	cm->buy_quantity = ColInt32(row, 6);
+	cm->get_quantity = ColInt32(row, 7);
+	cm->free_sku = ColText(row, 8);
+	cm->free_quantity = ColInt32(row, 9);
+	cm->starts_at = ColTimestamp(row, 10, &cm->has_starts_at);
+	cm->ends_at = ColTimestamp(row, 11, &cm->has_ends_at);
+	cm->paused = ColBool(row, 12);
+	cm->total_cap = ColInt64(row, 13, 0, &isnull);
 	cm->has_total_cap = !isnull;
-	cm->per_customer_cap = ColInt32(0, 14);
-	cm->min_order_amount = ColNumeric(0, 15);
-	ColNameList(0, 16, &cm->include_skus);
-	ColNameList(0, 17, &cm->exclude_skus);
-	ColNameList(0, 18, &cm->include_categories);
-	ColNameList(0, 19, &cm->exclude_categories);
-	cm->exclusive = ColBool(0, 20);
-	cm->max_coupons_per_order = ColInt32(0, 21);
-	cm->uses = ColInt64(0, 25, 0, NULL);
+	cm->per_customer_cap = ColInt32(row, 14);
+	cm->min_order_amount = ColNumeric(row, 15);
+	ColNameList(row, 16, &cm->include_skus);
+	ColNameList(row, 17, &cm->exclude_skus);
+	ColNameList(row, 18, &cm->include_categories);
+	ColNameList(row, 19, &cm->exclude_categories);
+	cm->exclusive = ColBool(row, 20);
+	cm->max_coupons_per_order = ColInt32(row, 21);
+	cm->uses = ColInt64(row, 25, 0, NULL);
 
-	d = Col(0, 22, &isnull);
+	d = Col(row, 22, &isnull);
 	if (!isnull)
 	{
 		Datum	   *kinds;
@@ -573,11 +576,12 @@ CouponReadCampaign(int64 campaign_id, bool latest, Campaign *cm)
 
 		deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false,
 						  TYPALIGN_INT, &kinds, NULL, &n);
-		deconstruct_array(DatumGetArrayTypeP(Col(0, 23, &isnull)), JSONBOID,
+		deconstruct_array(DatumGetArrayTypeP(Col(row, 23, &isnull)), JSONBOID,
 						  -1, false, TYPALIGN_INT, &params, NULL, &n2);
-		deconstruct_array(DatumGetArrayTypeP(Col(0, 24, &isnull)), OIDOID,
+		deconstruct_array(DatumGetArrayTypeP(Col(row, 24, &isnull)), OIDOID,
 						  sizeof(Oid), true, TYPALIGN_INT, &funcs, NULL, &n3);
-		Assert(n == n2 && n == n3);
+		if (n != n2 || n != n3)
+			elog(ERROR, "inconsistent rules of campaign " INT64_FORMAT, campaign_id);
 		cm->nrules = n;
 		cm->rules = palloc(sizeof(CouponRule) * n);
 		for (i = 0; i < n; i++)
@@ -589,6 +593,119 @@ CouponReadCampaign(int64 campaign_id, bool latest, Campaign *cm)
 	}
 }
 
+/*
+ * The campaign cache: campaign rows (with their rules), as last read with
+ * the newest snapshot, kept per backend so that a redemption does not read
+ * its campaign again.  Every change to loyalty.campaign (except the cap
+ * counter), loyalty.campaign_rule or loyalty.eligibility_kind fires a
+ * trigger (coupon_campaign_changed) that sends a relcache invalidation of
+ * loyalty.campaign; each backend receives it when it next acquires a lock,
+ * which a redemption always does on the campaign gate before it reads the
+ * campaign, and flushes the cache.  A change therefore reaches every
+ * redemption that takes the gate after the change committed - the same
+ * guarantee as reading the row.  On abort, PostgreSQL replays the aborted
+ * transaction's invalidations locally, so uncommitted data never stays.
+ */
+typedef struct CampaignCacheEntry
+{
+	int64		campaign_id;	/* hash key */
+	HeapTuple	tuple;
+} CampaignCacheEntry;
+
+static HTAB *campaign_cache = NULL;
+static MemoryContext campaign_cache_cxt = NULL;
+static TupleDesc campaign_cache_desc = NULL;
+static bool campaign_cache_callback = false;
+
+/* Relcache invalidation callback: loyalty.campaign changed (or all did). */
+static void
+CampaignCacheInvalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == cached_campaign_rel)
+		campaign_cache_stale = true;
+}
+
+/* Drop every cached campaign (outside of any use of their tuples). */
+static void
+CampaignCacheReset(void)
+{
+	HASHCTL		ctl;
+
+	if (!campaign_cache_callback)
+	{
+		CacheRegisterRelcacheCallback(CampaignCacheInvalidate, (Datum) 0);
+		campaign_cache_callback = true;
+	}
+	if (campaign_cache_cxt == NULL)
+		campaign_cache_cxt = AllocSetContextCreate(TopMemoryContext,
+												   "loyalty campaign cache",
+												   ALLOCSET_SMALL_SIZES);
+	else
+		MemoryContextReset(campaign_cache_cxt);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(CampaignCacheEntry);
+	ctl.hcxt = campaign_cache_cxt;
+	campaign_cache = hash_create("loyalty campaign cache", 64, &ctl,
+								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	campaign_cache_desc = NULL;
+	campaign_cache_stale = false;
+}
+
+/*
+ * Read a campaign and its eligibility rules, from the cache or with the
+ * newest snapshot.  The lifecycle calls read it after taking the campaign
+ * gate (whose acquisition processes pending invalidations); validate calls
+ * AcceptInvalidationMessages first.  The tuple is copied into the caller's
+ * memory before it is parsed, so a flush during the call cannot pull it
+ * away.
+ */
+void
+CouponReadCampaign(int64 campaign_id, Campaign *cm)
+{
+	CampaignCacheEntry *entry;
+	bool		found;
+	Row			row;
+
+	if (campaign_cache == NULL || campaign_cache_stale)
+		CampaignCacheReset();
+	entry = hash_search(campaign_cache, &campaign_id, HASH_FIND, NULL);
+	if (entry == NULL)
+	{
+		Datum		values[1] = {Int64GetDatum(campaign_id)};
+		MemoryContext old;
+		HeapTuple	copy;
+
+		Exec(P_CAMPAIGN, values, NULL, true);
+		if (SPI_processed != 1)
+			elog(ERROR, "campaign " INT64_FORMAT " of a coupon does not exist",
+				 campaign_id);
+
+		/*
+		 * An invalidation processed while the statement opened its tables
+		 * may concern a change newer than the snapshot it read with: use the
+		 * row for this call only, and cache nothing.
+		 */
+		if (campaign_cache_stale)
+		{
+			CampaignCacheReset();
+			ParseCampaign(ResultRow(0), campaign_id, cm);
+			return;
+		}
+		old = MemoryContextSwitchTo(campaign_cache_cxt);
+		if (campaign_cache_desc == NULL)
+			campaign_cache_desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+		/* flat: no pointer into TOAST, which a later update could vacuum */
+		copy = toast_flatten_tuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc);
+		MemoryContextSwitchTo(old);
+		entry = hash_search(campaign_cache, &campaign_id, HASH_ENTER, &found);
+		entry->tuple = copy;
+	}
+	row.tuple = heap_copytuple(entry->tuple);
+	row.desc = campaign_cache_desc;
+	ParseCampaign(row, campaign_id, cm);
+}
+
 /* ---- orders ---- */
 
 static void
@@ -596,9 +713,9 @@ ReadOrderRow(CouponOrder *order)
 {
 	char	   *state;
 
-	order->customer_id = ColText(0, 1);
-	order->context_hash = ColInt64(0, 2, 0, NULL);
-	state = ColText(0, 3);
+	order->customer_id = ColText(ResultRow(0), 1);
+	order->context_hash = ColInt64(ResultRow(0), 2, 0, NULL);
+	state = ColText(ResultRow(0), 3);
 	order->rolled_back = strcmp(state, "rolled_back") == 0;
 }
 
@@ -683,14 +800,14 @@ CouponReadAttached(const char *order_ref, TimestampTz now, bool latest,
 	{
 		CouponAttached *a = &order->attached[i];
 
-		a->coupon_id = ColInt64(i, 1, 0, NULL);
-		a->campaign_id = ColInt64(i, 2, 0, NULL);
-		a->redeemed = ColBool(i, 3);
-		a->discount = ColNumeric(i, 4);
-		a->on_shipping = ColBool(i, 5);
-		a->exclusive = ColBool(i, 6);
-		a->max_coupons_per_order = ColInt32(i, 7);
-		ColCurrency(i, 8, a->currency);
+		a->coupon_id = ColInt64(ResultRow(i), 1, 0, NULL);
+		a->campaign_id = ColInt64(ResultRow(i), 2, 0, NULL);
+		a->redeemed = ColBool(ResultRow(i), 3);
+		a->discount = ColNumeric(ResultRow(i), 4);
+		a->on_shipping = ColBool(ResultRow(i), 5);
+		a->exclusive = ColBool(ResultRow(i), 6);
+		a->max_coupons_per_order = ColInt32(ResultRow(i), 7);
+		ColCurrency(ResultRow(i), 8, a->currency);
 	}
 }
 
@@ -728,7 +845,7 @@ CouponLockCampaignRow(int64 campaign_id)
 	Exec(P_CAMPAIGN_LOCK, values, NULL, false);
 	if (SPI_processed != 1)
 		elog(ERROR, "campaign " INT64_FORMAT " does not exist", campaign_id);
-	return ColInt64(0, 1, 0, NULL);
+	return ColInt64(ResultRow(0), 1, 0, NULL);
 }
 
 /*
@@ -782,27 +899,80 @@ CouponCountUsage(const Coupon *cp, const Campaign *cm, const char *customer_id,
 	values[6] = BoolGetDatum(campaign_holds);
 	values[7] = BoolGetDatum(customer);
 	Exec(P_COUNTS, values, nulls, latest);
-	usage->coupon_holds = ColInt64(0, 1, 0, NULL);
-	usage->campaign_holds = ColInt64(0, 2, 0, NULL);
-	usage->customer_uses = ColInt64(0, 3, 0, NULL);
-	usage->customer_holds = ColInt64(0, 4, 0, NULL);
+	usage->coupon_holds = ColInt64(ResultRow(0), 1, 0, NULL);
+	usage->campaign_holds = ColInt64(ResultRow(0), 2, 0, NULL);
+	usage->customer_uses = ColInt64(ResultRow(0), 3, 0, NULL);
+	usage->customer_holds = ColInt64(ResultRow(0), 4, 0, NULL);
 }
 
 /* ---- writes ---- */
 
 /*
- * Record a redemption: the ledger row, the code's counter, the campaign's
- * counter (capped campaigns), the caller's reservation consumed, and the
- * order row touched (so that a REPEATABLE READ rollback of the same order
- * sees a serialization failure rather than missing this redemption).
+ * The statement that records a redemption, in the variant this call needs:
+ * the ledger row and the code's counter always; the campaign's counter for
+ * capped campaigns; the caller's reservation consumed when the order may
+ * have one; the order row touched when it existed before (so that a
+ * REPEATABLE READ rollback of the same order gets a serialization failure
+ * rather than missing this redemption).  Parts a call does not need are
+ * left out rather than filtered at run time: every table a statement
+ * writes costs opening it and its indexes.
  */
+static SPIPlanPtr
+RedeemPlan(bool capped, bool consume_hold, bool order_existed)
+{
+	int			v = (capped ? 1 : 0) | (consume_hold ? 2 : 0) | (order_existed ? 4 : 0);
+
+	if (redeem_plans[v] == NULL)
+	{
+		StringInfoData sql;
+		Oid			types[8] = {INT8OID, INT8OID, TEXTOID, TEXTOID, NUMERICOID,
+		BOOLOID, TEXTOID, TIMESTAMPTZOID};
+		SPIPlanPtr	plan;
+
+		initStringInfo(&sql);
+		appendStringInfoString(&sql,
+							   "WITH ins AS ("
+							   "  INSERT INTO loyalty.redemption (kind, coupon_id, campaign_id,"
+							   "    customer_id, order_ref, uses, discount, on_shipping, currency,"
+							   "    created_at)"
+							   "  VALUES ('redeem', $1, $2, $3, $4, 1, $5, $6, $7, $8)"
+							   "  RETURNING redemption_id),"
+							   " cu AS (UPDATE loyalty.coupon SET uses = uses + 1"
+							   "        WHERE coupon_id = $1)");
+		if (capped)
+			appendStringInfoString(&sql,
+								   ", ca AS (UPDATE loyalty.campaign SET uses = uses + 1"
+								   "         WHERE campaign_id = $2)");
+		if (consume_hold)
+			appendStringInfoString(&sql,
+								   ", ho AS (UPDATE loyalty.reservation"
+								   "         SET state = 'consumed', ended_at = $8"
+								   "         WHERE order_ref = $4 AND coupon_id = $1"
+								   "           AND state = 'held')");
+		if (order_existed)
+			appendStringInfoString(&sql,
+								   ", od AS (UPDATE loyalty.coupon_order SET updated_at = $8"
+								   "         WHERE order_ref = $4)");
+		appendStringInfoString(&sql, " SELECT redemption_id FROM ins");
+		plan = SPI_prepare(sql.data, 8, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for the redemption statement: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		redeem_plans[v] = plan;
+	}
+	return redeem_plans[v];
+}
+
+/* Record a redemption (see RedeemPlan for what is written). */
 void
 CouponInsertRedemption(const Coupon *cp, const Campaign *cm,
 					   const char *customer_id, const char *order_ref,
 					   Numeric discount, bool on_shipping, bool consume_hold,
 					   bool order_existed, TimestampTz now)
 {
-	Datum		values[11];
+	Datum		values[8];
+	int			rc;
 
 	values[0] = Int64GetDatum(cp->id);
 	values[1] = Int64GetDatum(cm->id);
@@ -812,12 +982,11 @@ CouponInsertRedemption(const Coupon *cp, const Campaign *cm,
 	values[5] = BoolGetDatum(on_shipping);
 	values[6] = TextArg(cm->currency);
 	values[7] = TimestampTzGetDatum(now);
-	values[8] = BoolGetDatum(cm->has_total_cap);
-	values[9] = BoolGetDatum(consume_hold);
-	values[10] = BoolGetDatum(order_existed);
-	Exec(P_INSERT_REDEMPTION, values, NULL, false);
-	if (SPI_processed != 1)
-		elog(ERROR, "redemption was not recorded");
+	rc = SPI_execute_plan(RedeemPlan(cm->has_total_cap, consume_hold,
+									 order_existed),
+						  values, NULL, false, 0);
+	if (rc < 0 || SPI_processed != 1)
+		elog(ERROR, "redemption was not recorded: %s", SPI_result_code_string(rc));
 }
 
 /*
@@ -834,8 +1003,8 @@ CouponFindHold(const char *order_ref, int64 coupon_id, TimestampTz now,
 	Exec(P_FIND_HOLD, values, NULL, false);
 	if (SPI_processed == 0)
 		return false;
-	*discount = ColNumeric(0, 1);
-	*expires_at = ColTimestamp(0, 2, &has);
+	*discount = ColNumeric(ResultRow(0), 1);
+	*expires_at = ColTimestamp(ResultRow(0), 2, &has);
 	*expired = *expires_at <= now;
 	return true;
 }
@@ -873,7 +1042,7 @@ CouponInsertHold(const Coupon *cp, const Campaign *cm, const char *customer_id,
 	Exec(P_INSERT_HOLD, values, NULL, false);
 	if (SPI_processed != 1)
 		elog(ERROR, "reservation was not recorded");
-	return ColTimestamp(0, 1, &has);
+	return ColTimestamp(ResultRow(0), 1, &has);
 }
 
 /* qsort comparator for int64 */
@@ -911,7 +1080,7 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 	Exec(P_RB_LOCK_ORDER, key, NULL, false);
 	if (SPI_processed == 0)
 		return false;
-	if (strcmp(ColText(0, 1), "rolled_back") == 0)
+	if (strcmp(ColText(ResultRow(0), 1), "rolled_back") == 0)
 		return false;
 
 	Exec(P_RB_REDEMPTIONS, key, NULL, false);
@@ -921,9 +1090,9 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 	campaigns = palloc(sizeof(int64) * Max(n, 1));
 	for (i = 0; i < n; i++)
 	{
-		redemptions[i] = ColInt64(i, 1, 0, NULL);
-		coupons[i] = ColInt64(i, 2, 0, NULL);
-		campaigns[i] = ColInt64(i, 3, 0, NULL);
+		redemptions[i] = ColInt64(ResultRow(i), 1, 0, NULL);
+		coupons[i] = ColInt64(ResultRow(i), 2, 0, NULL);
+		campaigns[i] = ColInt64(ResultRow(i), 3, 0, NULL);
 	}
 
 	/* step 2: the coupon rows, in coupon_id order (the query sorts) */
@@ -949,7 +1118,7 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 		values[0] = Int8Array(campaigns, ncampaigns);
 		Exec(P_RB_LOCK_CAMPAIGNS, values, NULL, false);
 		for (i = 0; i < (int) SPI_processed; i++)
-			capped[ncapped++] = ColInt64(i, 1, 0, NULL);
+			capped[ncapped++] = ColInt64(ResultRow(i), 1, 0, NULL);
 	}
 
 	values[0] = TextArg(order_ref);
@@ -957,7 +1126,7 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 	values[2] = Int8Array(capped, ncapped);
 	values[3] = TimestampTzGetDatum(now);
 	Exec(P_RB_WRITE, values, NULL, false);
-	released = ColInt64(0, 1, 0, NULL);
+	released = ColInt64(ResultRow(0), 1, 0, NULL);
 	return n > 0 || released > 0;
 }
 
@@ -972,7 +1141,7 @@ CouponCampaignActiveUses(int64 campaign_id)
 	Datum		values[1] = {Int64GetDatum(campaign_id)};
 
 	Exec(P_ACTIVE_USES, values, NULL, true);
-	return ColInt64(0, 1, 0, NULL);
+	return ColInt64(ResultRow(0), 1, 0, NULL);
 }
 
 /*
@@ -991,5 +1160,5 @@ CouponCustomerSegment(const char *customer_id)
 	Exec(P_SEGMENT, values, NULL, false);
 	if (SPI_processed == 0)
 		return NULL;
-	return ColText(0, 1);
+	return ColText(ResultRow(0), 1);
 }
