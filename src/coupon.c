@@ -544,7 +544,8 @@ CouponValidate(FunctionCallInfo fcinfo, bool amount_context)
 
 				CouponCountUsage(&st.cp, &st.cm, st.customer_id, st.order_ref,
 								 st.now, false, &usage);
-				r = CheckCaps(&st, st.cm.uses, &usage);
+				r = CheckCaps(&st, st.cm.has_total_cap ?
+							  CouponCampaignUses(st.cm.id) : 0, &usage);
 			}
 			if (r == COUPON_OK)
 				discount = CopyNumeric(st.discount, caller);

@@ -163,7 +163,6 @@ typedef struct Campaign
 	CouponNameList exclude_categories;
 	bool		exclusive;
 	int32		max_coupons_per_order;	/* 0 = no limit */
-	int64		uses;			/* active redemptions, kept while capped */
 	int			nrules;
 	CouponRule *rules;
 } Campaign;
@@ -253,6 +252,7 @@ extern void CouponReadAttached(const char *order_ref, TimestampTz now,
 extern void CouponGateShared(int64 campaign_id);
 extern void CouponGateExclusive(int64 campaign_id);
 extern int64 CouponLockCampaignRow(int64 campaign_id);
+extern int64 CouponCampaignUses(int64 campaign_id);
 extern void CouponLockCustomer(int64 campaign_id, const char *customer_id);
 extern void CouponCountUsage(const Coupon *cp, const Campaign *cm,
 							 const char *customer_id, const char *order_ref,

@@ -76,7 +76,7 @@ CouponIdentifier(const char *what, text *value)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid %s", what),
-				 errdetail("A %s must have 1 to %d bytes; this one has %d.",
+				 errdetail("The %s must have 1 to %d bytes; this one has %d.",
 						   what, COUPON_MAX_ID_LEN, len)));
 	return text_to_cstring(value);
 }

@@ -58,6 +58,7 @@ typedef enum PlanId
 	P_ORDER_READ,
 	P_ATTACHED,
 	P_CAMPAIGN_LOCK,
+	P_CAMPAIGN_USES,
 	P_COUNTS,
 	P_FIND_HOLD,
 	P_EXPIRE_HOLD,
@@ -98,7 +99,7 @@ static const PlanDef PlanDefs[NPLANS] = {
 		" c.starts_at, c.ends_at, c.paused, c.total_cap, c.per_customer_cap,"
 		" c.min_order_amount, c.include_skus, c.exclude_skus,"
 		" c.include_categories, c.exclude_categories, c.exclusive,"
-		" c.max_coupons_per_order, r.kinds, r.params, r.funcs, c.uses"
+		" c.max_coupons_per_order, r.kinds, r.params, r.funcs"
 		" FROM loyalty.campaign c"
 		" LEFT JOIN LATERAL ("
 		"  SELECT array_agg(cr.kind ORDER BY cr.rule_id) AS kinds,"
@@ -147,6 +148,10 @@ static const PlanDef PlanDefs[NPLANS] = {
 	[P_CAMPAIGN_LOCK] = {
 		"SELECT uses FROM loyalty.campaign WHERE campaign_id = $1"
 		" FOR NO KEY UPDATE",
+		1, {INT8OID}
+	},
+	[P_CAMPAIGN_USES] = {
+		"SELECT uses FROM loyalty.campaign WHERE campaign_id = $1",
 		1, {INT8OID}
 	},
 	[P_COUNTS] = {
@@ -561,7 +566,6 @@ ParseCampaign(Row row, int64 campaign_id, Campaign *cm)
 	ColNameList(row, 19, &cm->exclude_categories);
 	cm->exclusive = ColBool(row, 20);
 	cm->max_coupons_per_order = ColInt32(row, 21);
-	cm->uses = ColInt64(row, 25, 0, NULL);
 
 	d = Col(row, 22, &isnull);
 	if (!isnull)
@@ -843,6 +847,22 @@ CouponLockCampaignRow(int64 campaign_id)
 	Datum		values[1] = {Int64GetDatum(campaign_id)};
 
 	Exec(P_CAMPAIGN_LOCK, values, NULL, false);
+	if (SPI_processed != 1)
+		elog(ERROR, "campaign " INT64_FORMAT " does not exist", campaign_id);
+	return ColInt64(ResultRow(0), 1, 0, NULL);
+}
+
+/*
+ * A capped campaign's active-redemption counter, without a lock (validate:
+ * the counter is not part of the cached campaign, it changes with every
+ * redemption).
+ */
+int64
+CouponCampaignUses(int64 campaign_id)
+{
+	Datum		values[1] = {Int64GetDatum(campaign_id)};
+
+	Exec(P_CAMPAIGN_USES, values, NULL, false);
 	if (SPI_processed != 1)
 		elog(ERROR, "campaign " INT64_FORMAT " does not exist", campaign_id);
 	return ColInt64(ResultRow(0), 1, 0, NULL);
