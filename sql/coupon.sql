@@ -118,6 +118,17 @@ FROM loyalty.coupon WHERE campaign_id = :c_gen;
 SELECT loyalty.generate_codes(:c_gen, 4, 'B-####-####', ARRAY['ann', 'bob', 'cid', 'ann']) AS made;
 SELECT customer_id, count(*) AS codes FROM loyalty.coupon
 WHERE campaign_id = :c_gen AND customer_id IS NOT NULL GROUP BY 1 ORDER BY 1;
+-- big batches are inserted plainly when a collision is improbable, and
+-- again with ON CONFLICT DO NOTHING when one happens anyway.  Here most of
+-- a small pattern's codes are stored in this transaction (the table's size
+-- estimate does not know them), so single codes drawn one by one often
+-- collide: each is drawn again until it is new.
+SELECT loyalty.create_campaign('t collisions', 'fixed', amount_off => 1) AS c_coll \gset
+BEGIN;
+SELECT loyalty.generate_codes(:c_coll, 3000, 'Q###') AS made;
+SELECT sum(loyalty.generate_codes(:c_coll, 1, 'Q###')) AS made_one_by_one FROM generate_series(1, 200);
+COMMIT;
+SELECT count(*) AS codes, count(DISTINCT code) AS distinct_codes FROM loyalty.coupon WHERE campaign_id = :c_coll;
 SELECT loyalty.generate_codes(:c_gen, 0, 'Z-####') AS made_none;
 SELECT pg_temp.try(format($$SELECT loyalty.generate_codes(%s, 3, 'B-####', ARRAY['a', 'b'])$$, :c_gen));
 SELECT pg_temp.try(format($$SELECT loyalty.generate_codes(%s, 2, 'B-####', ARRAY['a', NULL])$$, :c_gen));

@@ -402,6 +402,10 @@ CouponReserve(FunctionCallInfo fcinfo, bool amount_context)
 
 	memset(&st, 0, sizeof(st));
 	st.verb = "reserved";
+	RequireArg(fcinfo, 0, "code");
+	RequireArg(fcinfo, 1, "customer_id");
+	RequireArg(fcinfo, 2, "order_ref");
+	RequireArg(fcinfo, 3, amount_context ? "amount" : "order_context");
 	RequireArg(fcinfo, 4, "ttl");
 	ttl = PG_GETARG_INTERVAL_P(4);
 	st.now = GetCurrentTimestamp();

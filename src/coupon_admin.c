@@ -15,6 +15,7 @@
  */
 #include "coupon.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -24,6 +25,8 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+
+#include <math.h>
 
 /* Codes generated and inserted per statement. */
 #define GENERATE_BATCH	100000
@@ -61,44 +64,106 @@ ReturnedCmp(const void *a, const void *b)
 
 static SPIPlanPtr insert_unbound_plan = NULL;
 static SPIPlanPtr insert_bound_plan = NULL;
+static SPIPlanPtr plain_unbound_plan = NULL;
+static SPIPlanPtr plain_bound_plan = NULL;
 static Oid	plans_code_type = InvalidOid;
 
-/* The two insert statements, kept; prepared again if the type changed. */
+/*
+ * Prepare and keep one statement (freeing the previous plan, if any).
+ */
+static SPIPlanPtr
+KeepPlan(SPIPlanPtr old, const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan;
+
+	if (old != NULL)
+		SPI_freeplan(old);
+	plan = SPI_prepare(sql, nargs, types);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for generate_codes: %s",
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+/*
+ * The insert statements, kept; prepared again if the type changed (the
+ * extension was created again).  The "plain" ones fail on a duplicate code;
+ * the others skip it (ON CONFLICT DO NOTHING), at the price of probing the
+ * unique index once more per row.
+ */
 static void
 PrepareInserts(Oid code_type)
 {
-	Oid			unbound_types[3];
-	Oid			bound_types[4];
+	Oid			types[4] = {get_array_type(code_type), INT8OID, TIMESTAMPTZOID,
+	TEXTARRAYOID};
 
 	if (plans_code_type == code_type && insert_unbound_plan != NULL)
 		return;
-	if (insert_unbound_plan != NULL)
-		SPI_freeplan(insert_unbound_plan);
-	if (insert_bound_plan != NULL)
-		SPI_freeplan(insert_bound_plan);
-	insert_unbound_plan = insert_bound_plan = NULL;
-
-	unbound_types[0] = get_array_type(code_type);
-	unbound_types[1] = INT8OID;
-	unbound_types[2] = TIMESTAMPTZOID;
-	insert_unbound_plan = SPI_prepare(
-		"INSERT INTO loyalty.coupon (code, campaign_id, max_uses, created_at)"
-		" SELECT u.c, $2, 1, $3 FROM pg_catalog.unnest($1) AS u(c)"
-		" ON CONFLICT (code) DO NOTHING", 3, unbound_types);
-	bound_types[0] = get_array_type(code_type);
-	bound_types[1] = INT8OID;
-	bound_types[2] = TIMESTAMPTZOID;
-	bound_types[3] = TEXTARRAYOID;
-	insert_bound_plan = SPI_prepare(
-		"INSERT INTO loyalty.coupon (code, campaign_id, customer_id, max_uses, created_at)"
-		" SELECT u.c, $2, u.customer, 1, $3"
-		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($4)) AS u(c, customer)"
-		" ON CONFLICT (code) DO NOTHING RETURNING code, customer_id", 4, bound_types);
-	if (insert_unbound_plan == NULL || insert_bound_plan == NULL)
-		elog(ERROR, "SPI_prepare failed for generate_codes");
-	SPI_keepplan(insert_unbound_plan);
-	SPI_keepplan(insert_bound_plan);
+	insert_unbound_plan = KeepPlan(insert_unbound_plan,
+								   "INSERT INTO loyalty.coupon (code, campaign_id, max_uses, created_at)"
+								   " SELECT u.c, $2, 1, $3 FROM pg_catalog.unnest($1) AS u(c)"
+								   " ON CONFLICT (code) DO NOTHING", 3, types);
+	plain_unbound_plan = KeepPlan(plain_unbound_plan,
+								  "INSERT INTO loyalty.coupon (code, campaign_id, max_uses, created_at)"
+								  " SELECT u.c, $2, 1, $3 FROM pg_catalog.unnest($1) AS u(c)",
+								  3, types);
+	insert_bound_plan = KeepPlan(insert_bound_plan,
+								 "INSERT INTO loyalty.coupon (code, campaign_id, customer_id, max_uses, created_at)"
+								 " SELECT u.c, $2, u.customer, 1, $3"
+								 " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($4)) AS u(c, customer)"
+								 " ON CONFLICT (code) DO NOTHING RETURNING code, customer_id",
+								 4, types);
+	plain_bound_plan = KeepPlan(plain_bound_plan,
+								"INSERT INTO loyalty.coupon (code, campaign_id, customer_id, max_uses, created_at)"
+								" SELECT u.c, $2, u.customer, 1, $3"
+								" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($4)) AS u(c, customer)",
+								4, types);
 	plans_code_type = code_type;
+}
+
+/*
+ * Insert a batch with a plain INSERT in a subtransaction.  Returns false,
+ * having rolled the subtransaction back, if a code was already stored (or
+ * twice in the batch); any other error is raised.  When collisions are
+ * improbable this saves the second index probe per row that ON CONFLICT
+ * costs; when one happens, the caller inserts the batch again with ON
+ * CONFLICT DO NOTHING.
+ */
+static bool
+TryPlainInsert(SPIPlanPtr plan, Datum *values)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "generate_codes insert failed");
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
 }
 
 /* Check that a campaign exists (22023 otherwise). */
@@ -118,13 +183,34 @@ RequireCampaign(int64 campaign_id)
 }
 
 /*
- * Insert one batch of pending codes.  Marks the stored ones done and returns
+ * About how many codes are stored (the planner's estimate), to judge the
+ * odds that a new random code collides with one of them.
+ */
+static double
+StoredCodesEstimate(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute("SELECT greatest(c.reltuples, 0)::pg_catalog.float8"
+					" FROM pg_catalog.pg_class c"
+					" WHERE c.oid = 'loyalty.coupon'::pg_catalog.regclass",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the size of loyalty.coupon");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetFloat8(d);
+}
+
+/*
+ * Insert one batch of pending codes: plainly when optimistic (see
+ * TryPlainInsert), else, or when that meets a duplicate, skipping the codes
+ * that are already stored.  Marks the stored ones done and returns
  * how many were stored.
  */
 static int64
 InsertBatch(PendingCode *batch, int n, char **customers, int64 campaign_id,
 			TimestampTz now, Oid code_type, int16 typlen, bool typbyval,
-			char typalign)
+			char typalign, bool optimistic)
 {
 	Datum	   *codes = palloc(sizeof(Datum) * n);
 	Datum		values[4];
@@ -137,6 +223,24 @@ InsertBatch(PendingCode *batch, int n, char **customers, int64 campaign_id,
 												typbyval, typalign));
 	values[1] = Int64GetDatum(campaign_id);
 	values[2] = TimestampTzGetDatum(now);
+	if (customers != NULL)
+	{
+		Datum	   *cust = palloc(sizeof(Datum) * n);
+
+		for (i = 0; i < n; i++)
+			cust[i] = CStringGetTextDatum(customers[batch[i].customer]);
+		values[3] = PointerGetDatum(construct_array(cust, n, TEXTOID, -1,
+													false, TYPALIGN_INT));
+	}
+
+	if (optimistic &&
+		TryPlainInsert(customers == NULL ? plain_unbound_plan : plain_bound_plan,
+					   values))
+	{
+		for (i = 0; i < n; i++)
+			batch[i].done = true;
+		return n;
+	}
 
 	if (customers == NULL)
 	{
@@ -149,14 +253,9 @@ InsertBatch(PendingCode *batch, int n, char **customers, int64 campaign_id,
 	}
 	else
 	{
-		Datum	   *cust = palloc(sizeof(Datum) * n);
 		Returned   *ret;
 		uint64		k;
 
-		for (i = 0; i < n; i++)
-			cust[i] = CStringGetTextDatum(customers[batch[i].customer]);
-		values[3] = PointerGetDatum(construct_array(cust, n, TEXTOID, -1,
-													false, TYPALIGN_INT));
 		if (SPI_execute_plan(insert_bound_plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "generate_codes insert failed");
 		stored = (int64) SPI_processed;
@@ -223,6 +322,8 @@ coupon_generate_codes(PG_FUNCTION_ARGS)
 	bool		typbyval;
 	char		typalign;
 	uint8	   *random;
+	double		stored_before;
+	double		space;
 	int			i;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
@@ -281,6 +382,8 @@ coupon_generate_codes(PG_FUNCTION_ARGS)
 	code_type = CouponCodeTypeOid();
 	get_typlenbyvalalign(code_type, &typlen, &typbyval, &typalign);
 	PrepareInserts(code_type);
+	stored_before = StoredCodesEstimate();
+	space = pow((double) COUPON_CODE_RADIX, pattern.nrandom);
 
 	/*
 	 * queue: the customers (indices) still waiting for a code; unbound codes
@@ -317,6 +420,7 @@ coupon_generate_codes(PG_FUNCTION_ARGS)
 															ALLOCSET_DEFAULT_SIZES);
 			MemoryContext old = MemoryContextSwitchTo(batch_cxt);
 			int64		stored;
+			bool		optimistic;
 
 			CouponRandomBytes(random, (size_t) n * pattern.nrandom);
 			for (i = 0; i < n; i++)
@@ -328,8 +432,12 @@ coupon_generate_codes(PG_FUNCTION_ARGS)
 				pending[i].customer = queue != NULL ? queue[pos + i] : -1;
 				pending[i].done = false;
 			}
+			/* a plain insert when a collision is improbable (< 1%) */
+			optimistic = round == 0 &&
+				(double) n * (stored_before + (double) created + n) / space < 0.01;
 			stored = InsertBatch(pending, n, customers, campaign_id, now,
-								 code_type, typlen, typbyval, typalign);
+								 code_type, typlen, typbyval, typalign,
+								 optimistic);
 			created += stored;
 			if (queue != NULL)
 			{
