@@ -243,6 +243,22 @@ SELECT pg_temp.rfm_differences('rfm_parted', '2026-11-01', 5) AS partitioned,
 	   pg_temp.rfm_differences('rfm_mat', '2026-11-01', 5) AS materialized_view,
 	   pg_temp.rfm_differences('rfm_temp', '2026-11-01', 5) AS temporary_table;
 
+-- money stays exact whatever the amounts: mixed scales, sums beyond 64 and
+-- 128 bits, amounts of 42 digits; the same as sum(numeric), to the digit
+CREATE TABLE rfm_big (cust int, t timestamptz, amount numeric);
+INSERT INTO rfm_big
+SELECT g % 7, '2026-10-01',
+	   CASE g % 5 WHEN 0 THEN 9e18 WHEN 1 THEN 0.001 WHEN 2 THEN 4e37 WHEN 3 THEN -1.5
+			ELSE 123456789012345678901234567890123456789012 END
+FROM generate_series(1, 200) g;
+INSERT INTO rfm_big SELECT 10, '2026-10-01', 9e18 FROM generate_series(1, 5);
+INSERT INTO rfm_big SELECT 11, '2026-10-01', x FROM unnest('{1, 0.5, 0.25, 0.125, -3}'::numeric[]) x;
+SELECT r.customer_id, r.monetary, r.monetary::text = s.total::text AS same_as_sum
+FROM loyalty.rfm_segmentation('rfm_big', 'cust', 't', 'amount', '2026-11-01') r
+JOIN (SELECT cust::text AS customer_id, sum(amount) AS total FROM rfm_big GROUP BY 1) s
+	USING (customer_id)
+ORDER BY r.customer_id::int;
+
 -- no customer at all: no rows
 SELECT count(*) FROM loyalty.rfm_segmentation('rfm_orders', 'cust', 't', 'amount', '2000-01-01');
 
@@ -332,5 +348,5 @@ REVOKE ALL ON rfm_orders FROM rfm_t_analyst;
 DROP ROLE rfm_t_analyst;
 DROP VIEW rfm_completed;
 DROP MATERIALIZED VIEW rfm_mat;
-DROP TABLE rfm_orders, rfm_rand, "Odd Orders", rfm_kinds, rfm_parted, rfm_temp, rfm_json;
+DROP TABLE rfm_orders, rfm_rand, "Odd Orders", rfm_kinds, rfm_parted, rfm_temp, rfm_json, rfm_big;
 DROP DOMAIN rfm_money;

@@ -6,15 +6,19 @@
  * One sequential pass over (customer, time, amount), run through SPI with the
  * caller's rights and snapshot, feeds a C hash table keyed by customer: per
  * customer only the last order, the orders in the window and the spend in the
- * window are kept (48 bytes plus the key), so memory grows with customers,
- * never with orders.  Rows reach the table through a DestReceiver, without
- * being copied.  Then every customer is scored at once (RfmScoreAll), named
- * (RfmSegmentOf) and returned through a tuplestore.
+ * window are kept, inline in the 40-byte hash entry (plus the key's bytes for
+ * by-reference key types), so memory grows with customers, never with
+ * orders, and a row costs one cache miss in the table.  Rows reach the table
+ * through a DestReceiver, without being copied.  Then every customer is
+ * scored at once (RfmScoreAll), named (RfmSegmentOf) and returned through a
+ * tuplestore.
  *
  * The per-row path allocates nothing: the key is hashed in its binary form
  * (integers, text and uuid directly, any other type through its hash
- * opclass), amounts are added as scaled integers (rfm_money.c) and the key is
- * turned into text once per customer, at the end.
+ * opclass), amounts are added as scaled 64-bit integers (a customer's sum
+ * moves to rfm_money.c's RfmMoney only if it overflows, changes kind or meets
+ * a huge amount) and the key is turned into text once per customer, at the
+ * end.
  */
 #include "rfm_stats.h"
 
@@ -23,6 +27,7 @@
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "common/int.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -47,30 +52,37 @@ typedef enum RfmKeyKind
 	RFM_KEY_GENERIC				/* the type's hash opclass and equality */
 } RfmKeyKind;
 
-/* One customer's running statistics (what the output needs, nothing more). */
+/* How RfmCustomer holds its spend in the window. */
+typedef enum RfmSumKind
+{
+	RFM_SUM_INT64 = 0,			/* sum.i: spend * 10^scale (zeroed: 0) */
+	RFM_SUM_FLOAT = 1,			/* sum.f: double precision amounts */
+	RFM_SUM_MONEY = 2			/* sum.money: overflow or mixed, exact */
+} RfmSumKind;
+
+/*
+ * One customer: hash table entry and running statistics (what the output
+ * needs, nothing more).  Entries move when the table grows: nothing keeps a
+ * pointer to one across an insertion.
+ */
 typedef struct RfmCustomer
 {
 	Datum		key;			/* owned copy of the customer key */
 	TimestampTz last_order;		/* RFM_NO_LAST_ORDER when none */
 	int64		frequency;		/* orders in the window */
-	RfmMoney	monetary;		/* amounts in the window */
+	union
+	{
+		int64		i;
+		double		f;
+		RfmMoney   *money;
+	}			sum;			/* amounts in the window, see RfmSumKind */
+	int16		scale;			/* RFM_SUM_INT64: display scale */
+	uint8		sum_kind;		/* RfmSumKind */
+	char		status;			/* simplehash */
 } RfmCustomer;
-
-/* Customers live in fixed-size chunks so that growing never copies them. */
-#define RFM_CHUNK_BITS		14
-#define RFM_CHUNK_SIZE		(1 << RFM_CHUNK_BITS)
-#define RFM_CHUNK_MASK		(RFM_CHUNK_SIZE - 1)
 
 /* Keys of by-reference types are copied into blocks of this size. */
 #define RFM_KEY_BLOCK_SIZE	(64 * 1024)
-
-/* Hash table entry: customer key -> index of its RfmCustomer. */
-typedef struct RfmHashEntry
-{
-	Datum		key;
-	uint32		index;
-	char		status;
-} RfmHashEntry;
 
 struct RfmScan;
 
@@ -78,7 +90,7 @@ static inline uint32 RfmKeyHash(struct RfmScan *scan, Datum key);
 static inline bool RfmKeyEqual(struct RfmScan *scan, Datum a, Datum b);
 
 #define SH_PREFIX			rfmcust
-#define SH_ELEMENT_TYPE		RfmHashEntry
+#define SH_ELEMENT_TYPE		RfmCustomer
 #define SH_KEY_TYPE			Datum
 #define SH_KEY				key
 #define SH_HASH_KEY(tb, k)	RfmKeyHash((struct RfmScan *) (tb)->private_data, k)
@@ -105,13 +117,9 @@ typedef struct RfmScan
 	RfmPeriod	period;
 
 	/* results */
-	MemoryContext cxt;			/* customers, keys, big sums, hash table */
+	MemoryContext cxt;			/* hash table, keys, overflowed sums */
 	MemoryContext rowcxt;		/* scratch, reset per row */
 	rfmcust_hash *table;
-	RfmCustomer **chunks;
-	uint32		nchunks;
-	uint32		maxchunks;
-	uint32		ncustomers;
 	uint64		nrows;
 	RfmCustomer *recent;		/* customer of the previous row */
 
@@ -211,41 +219,108 @@ RfmKeyCopy(RfmScan *scan, Datum key)
 	return PointerGetDatum(dst);
 }
 
-/* The customer with this index. */
-static inline RfmCustomer *
-RfmCustomerAt(RfmScan *scan, uint32 index)
+/* Largest power of ten below 2^63 is 10^18. */
+static const int64 rfm_pow10_64[] = {
+	INT64CONST(1), INT64CONST(10), INT64CONST(100), INT64CONST(1000),
+	INT64CONST(10000), INT64CONST(100000), INT64CONST(1000000),
+	INT64CONST(10000000), INT64CONST(100000000), INT64CONST(1000000000),
+	INT64CONST(10000000000), INT64CONST(100000000000),
+	INT64CONST(1000000000000), INT64CONST(10000000000000),
+	INT64CONST(100000000000000), INT64CONST(1000000000000000),
+	INT64CONST(10000000000000000), INT64CONST(100000000000000000),
+	INT64CONST(1000000000000000000)
+};
+
+/* A customer's sum as an RfmMoney (a copy, or the overflowed one). */
+static void
+RfmCustomerSum(const RfmCustomer *c, RfmMoney *out)
 {
-	return &scan->chunks[index >> RFM_CHUNK_BITS][index & RFM_CHUNK_MASK];
+	memset(out, 0, sizeof(RfmMoney));
+	switch ((RfmSumKind) c->sum_kind)
+	{
+		case RFM_SUM_INT64:
+			out->kind = RFM_MONEY_INT;
+			out->v.i = c->sum.i;
+			out->scale = c->scale;
+			break;
+		case RFM_SUM_FLOAT:
+			out->kind = RFM_MONEY_FLOAT;
+			out->v.f = c->sum.f;
+			break;
+		case RFM_SUM_MONEY:
+			*out = *c->sum.money;
+			break;
+	}
 }
 
-/* Append a new customer (zeroed, no order yet) and return its index. */
-static uint32
-RfmCustomerNew(RfmScan *scan, Datum key)
+/*
+ * Add an amount the inline fast path could not take: rescale the 64-bit sum
+ * if that fits, start a double sum for float amounts, else move the sum to an
+ * RfmMoney (exact, 128-bit or numeric) allocated in the scan's context.
+ */
+static void
+RfmCustomerAddSlow(RfmScan *scan, RfmCustomer *c, const RfmAmount *a)
 {
-	uint32		index = scan->ncustomers;
-	RfmCustomer *c;
-
-	if (index == PG_UINT32_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("too many customers for rfm_segmentation")));
-	if ((index & RFM_CHUNK_MASK) == 0)
+	if (c->sum_kind == RFM_SUM_INT64 && !a->is_big && !a->is_float &&
+		a->i >= PG_INT64_MIN && a->i <= PG_INT64_MAX &&
+		a->scale <= 18 && c->scale <= 18)
 	{
-		if (scan->nchunks == scan->maxchunks)
+		int64		sum = c->sum.i;
+		int64		add = (int64) a->i;
+		int16		scale = Max(c->scale, a->scale);
+
+		if (!pg_mul_s64_overflow(sum, rfm_pow10_64[scale - c->scale], &sum) &&
+			!pg_mul_s64_overflow(add, rfm_pow10_64[scale - a->scale], &add) &&
+			!pg_add_s64_overflow(sum, add, &sum))
 		{
-			scan->maxchunks *= 2;
-			scan->chunks = repalloc(scan->chunks,
-									scan->maxchunks * sizeof(RfmCustomer *));
+			c->sum.i = sum;
+			c->scale = scale;
+			return;
 		}
-		scan->chunks[scan->nchunks++] =
-			MemoryContextAlloc(scan->cxt, RFM_CHUNK_SIZE * sizeof(RfmCustomer));
 	}
-	scan->ncustomers++;
-	c = RfmCustomerAt(scan, index);
-	memset(c, 0, sizeof(RfmCustomer));
-	c->key = key;
-	c->last_order = RFM_NO_LAST_ORDER;
-	return index;
+	if (a->is_float && c->sum_kind == RFM_SUM_INT64 &&
+		c->sum.i == 0 && c->scale == 0)
+	{
+		c->sum_kind = RFM_SUM_FLOAT;
+		c->sum.f = a->f;
+		return;
+	}
+	if (a->is_float && c->sum_kind == RFM_SUM_FLOAT)
+	{
+		c->sum.f += a->f;
+		return;
+	}
+	if (c->sum_kind != RFM_SUM_MONEY)
+	{
+		RfmMoney   *money = MemoryContextAlloc(scan->cxt, sizeof(RfmMoney));
+
+		RfmCustomerSum(c, money);
+		c->sum.money = money;
+		c->sum_kind = RFM_SUM_MONEY;
+	}
+	RfmMoneyAdd(c->sum.money, a, scan->cxt);
+}
+
+/*
+ * sum += amount: one 64-bit addition in the common case.  (The overflow
+ * builtins store the wrapped result: add into a local, keep it on success.)
+ */
+static inline void
+RfmCustomerAdd(RfmScan *scan, RfmCustomer *c, const RfmAmount *a)
+{
+	int64		sum;
+
+	if (a->isnull)
+		return;
+	if (likely(c->sum_kind == RFM_SUM_INT64 && !a->is_big && !a->is_float &&
+			   a->scale == c->scale &&
+			   a->i >= PG_INT64_MIN && a->i <= PG_INT64_MAX &&
+			   !pg_add_s64_overflow(c->sum.i, (int64) a->i, &sum)))
+	{
+		c->sum.i = sum;
+		return;
+	}
+	RfmCustomerAddSlow(scan, c, a);
 }
 
 /* DestReceiver startup: nothing to do, the receiver is set up beforehand. */
@@ -292,18 +367,25 @@ RfmScanReceive(TupleTableSlot *slot, DestReceiver *self)
 	if (scan->key_typlen == -1)
 		key = PointerGetDatum(pg_detoast_datum_packed((struct varlena *) DatumGetPointer(key)));
 
+	/*
+	 * The previous row's entry is still valid: only an insertion moves
+	 * entries, and the only insertion since was the one that returned it.
+	 */
 	c = scan->recent;
 	if (c == NULL || !RfmKeyEqual(scan, c->key, key))
 	{
 		bool		found;
-		RfmHashEntry *entry = rfmcust_insert(scan->table, key, &found);
 
+		c = rfmcust_insert(scan->table, key, &found);
 		if (!found)
 		{
-			entry->key = RfmKeyCopy(scan, key);
-			entry->index = RfmCustomerNew(scan, entry->key);
+			c->key = RfmKeyCopy(scan, key);
+			c->last_order = RFM_NO_LAST_ORDER;
+			c->frequency = 0;
+			c->sum.i = 0;
+			c->scale = 0;
+			c->sum_kind = RFM_SUM_INT64;
 		}
-		c = RfmCustomerAt(scan, entry->index);
 		scan->recent = c;
 	}
 
@@ -311,7 +393,7 @@ RfmScanReceive(TupleTableSlot *slot, DestReceiver *self)
 	{
 		if (!amount.negative)
 			c->frequency++;
-		RfmMoneyAddFast(&c->monetary, &amount, scan->cxt);
+		RfmCustomerAdd(scan, c, &amount);
 	}
 	if (!amount.negative && t > c->last_order)
 		c->last_order = t;
@@ -586,6 +668,11 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	bool		key_is_text;
 	RfmSegmentCache *segcache;
 	MemoryContext outcxt;
+	Size		scan_bytes;
+	Size		scoring_bytes;
+	rfmcust_iterator iter;
+	RfmCustomer *c;
+	uint32		ncustomers;
 	uint32		i;
 	int			k;
 	static const char *const params[3] = {"customer_column", "ordered_at_column", "amount_column"};
@@ -673,8 +760,6 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	scan.cxt = workcxt;
 	scan.rowcxt = AllocSetContextCreate(workcxt, "rfm_segmentation row",
 										ALLOCSET_SMALL_SIZES);
-	scan.maxchunks = 16;
-	scan.chunks = palloc(scan.maxchunks * sizeof(RfmCustomer *));
 	scan.table = rfmcust_create(workcxt, 1024, &scan);
 
 	/*
@@ -700,36 +785,53 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	SPI_freeplan(plan);
 	SPI_finish();
 
+	/*
+	 * Working memory, reported at DEBUG1 (the benchmark prints it): the
+	 * context's blocks at the end of the scan, and while scoring, plus the
+	 * scratch RfmScoreAll takes.  Neither depends on the number of orders.
+	 */
+	ncustomers = scan.table->members;
+	scan_bytes = MemoryContextMemAllocated(workcxt, true);
 	elog(DEBUG1, "rfm_segmentation: %llu rows, %u customers, %zu bytes after the scan",
-		 (unsigned long long) scan.nrows, scan.ncustomers,
-		 MemoryContextMemAllocated(workcxt, true));
+		 (unsigned long long) scan.nrows, ncustomers, scan_bytes);
 
-	/* score everyone at once; the hash table is no longer needed */
-	rfmcust_destroy(scan.table);
+	/*
+	 * Score everyone at once.  Customers are visited in the table's order,
+	 * here and for the output (the table does not change in between).
+	 */
 	old = MemoryContextSwitchTo(workcxt);
-	keys = palloc_extended(sizeof(RfmKeys) * Max(scan.ncustomers, 1), MCXT_ALLOC_HUGE);
-	scores = palloc_extended(sizeof(RfmScore) * Max(scan.ncustomers, 1), MCXT_ALLOC_HUGE);
-	for (i = 0; i < scan.ncustomers; i++)
+	keys = palloc_extended(sizeof(RfmKeys) * Max(ncustomers, 1), MCXT_ALLOC_HUGE);
+	scores = palloc_extended(sizeof(RfmScore) * Max(ncustomers, 1), MCXT_ALLOC_HUGE);
+	i = 0;
+	rfmcust_start_iterate(scan.table, &iter);
+	while ((c = rfmcust_iterate(scan.table, &iter)) != NULL)
 	{
-		RfmCustomer *c = RfmCustomerAt(&scan, i);
+		RfmMoney	sum;
 
+		RfmCustomerSum(c, &sum);
 		keys[i].key[RFM_RECENCY] =
 			RfmRecencyKey(RfmRecencyDays(scan.period.as_of, c->last_order));
 		keys[i].key[RFM_FREQUENCY] = (double) c->frequency;
 		if (!average)
-			keys[i].key[RFM_MONETARY] = RfmMoneyKey(&c->monetary);
+			keys[i].key[RFM_MONETARY] = RfmMoneyKey(&sum);
 		else
 		{
-			Numeric		avg = RfmAverageBasket(RfmMoneyToNumeric(&c->monetary),
+			MemoryContext keycxt = MemoryContextSwitchTo(scan.rowcxt);
+			Numeric		avg = RfmAverageBasket(RfmMoneyToNumeric(&sum),
 											   c->frequency);
 
 			keys[i].key[RFM_MONETARY] = RfmMonetaryKey(avg);
+			MemoryContextSwitchTo(keycxt);
 			MemoryContextReset(scan.rowcxt);
 		}
+		i++;
 	}
-	RfmScoreAll(&scoring, keys, (int) scan.ncustomers, scores);
-	elog(DEBUG1, "rfm_segmentation: %zu bytes after scoring",
-		 MemoryContextMemAllocated(workcxt, true));
+	Assert(i == ncustomers);
+	scoring_bytes = MemoryContextMemAllocated(workcxt, true) +
+		RfmScoreAllMemory(&scoring, (int) ncustomers);
+	elog(DEBUG1, "rfm_segmentation: %zu bytes while scoring; peak %zu bytes for %u customers",
+		 scoring_bytes, Max(scan_bytes, scoring_bytes), ncustomers);
+	RfmScoreAll(&scoring, keys, (int) ncustomers, scores);
 	pfree(keys);
 	MemoryContextSwitchTo(old);
 
@@ -749,17 +851,20 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	segcache = MemoryContextAllocZero(workcxt, sizeof(RfmSegmentCache));
 	outcxt = AllocSetContextCreate(workcxt, "rfm_segmentation output",
 								   ALLOCSET_DEFAULT_SIZES);
-	for (i = 0; i < scan.ncustomers; i++)
+	i = 0;
+	rfmcust_start_iterate(scan.table, &iter);
+	while ((c = rfmcust_iterate(scan.table, &iter)) != NULL)
 	{
-		RfmCustomer *c = RfmCustomerAt(&scan, i);
 		Datum		values[OUT_NATTS];
 		bool		nulls[OUT_NATTS];
 		text	   *segment;
 		Numeric		monetary;
+		RfmMoney	sum;
 
 		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(workcxt);
 		segment = RfmSegmentText(segcache, scores[i], scoring.bins);
-		old = MemoryContextSwitchTo(outcxt);
+		MemoryContextSwitchTo(outcxt);
 		memset(nulls, false, sizeof(nulls));
 		if (key_is_text)
 			values[OUT_CUSTOMER_ID] = c->key;
@@ -771,7 +876,8 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 		values[OUT_RECENCY_DAYS] =
 			Int32GetDatum(RfmRecencyDays(scan.period.as_of, c->last_order));
 		values[OUT_FREQUENCY] = Int64GetDatum(c->frequency);
-		monetary = RfmMoneyToNumeric(&c->monetary);
+		RfmCustomerSum(c, &sum);
+		monetary = RfmMoneyToNumeric(&sum);
 		if (average)
 			monetary = RfmAverageBasket(monetary, c->frequency);
 		values[OUT_MONETARY] = NumericGetDatum(monetary);
@@ -781,6 +887,7 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(outcxt);
+		i++;
 	}
 
 	MemoryContextDelete(workcxt);
