@@ -34,6 +34,7 @@
 #include "miscadmin.h"
 #include "rfm.h"
 #include "segment.h"
+#include "storage/lmgr.h"
 #include "tcop/dest.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -106,6 +107,7 @@ typedef struct RfmScan
 	DestReceiver pub;			/* must be first */
 
 	/* input description */
+	Oid			coltypes[3];	/* declared types of the three columns */
 	RfmKeyKind key_kind;
 	int16		key_typlen;
 	bool		key_byval;
@@ -323,10 +325,25 @@ RfmCustomerAdd(RfmScan *scan, RfmCustomer *c, const RfmAmount *a)
 	RfmCustomerAddSlow(scan, c, a);
 }
 
-/* DestReceiver startup: nothing to do, the receiver is set up beforehand. */
+/*
+ * DestReceiver startup: the rows must have the column types validated
+ * beforehand (the relation is locked since, so this is a safety net: a
+ * Datum of another type must never reach the decoders).
+ */
 static void
 RfmScanStartup(DestReceiver *self, int operation, TupleDesc typeinfo)
 {
+	RfmScan    *scan = (RfmScan *) self;
+	int			k;
+
+	if (typeinfo->natts != 3)
+		elog(ERROR, "rfm_segmentation: the scan returns %d columns, not 3",
+			 typeinfo->natts);
+	for (k = 0; k < 3; k++)
+		if (TupleDescAttr(typeinfo, k)->atttypid != scan->coltypes[k])
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the orders relation changed while rfm_segmentation read it")));
 }
 
 /*
@@ -718,8 +735,13 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	RfmMakePeriod(PG_GETARG_TIMESTAMPTZ(ARG_AS_OF),
 				  PG_GETARG_INTERVAL_P(ARG_WINDOW_LENGTH), &scan.period);
 
-	/* the relation and its columns */
+	/*
+	 * The relation and its columns.  Lock it first (the lock the scan takes
+	 * anyway), so that its columns cannot change between the checks and the
+	 * scan.
+	 */
 	relid = PG_GETARG_OID(ARG_ORDERS);
+	LockRelationOid(relid, AccessShareLock);
 	relkind = get_rel_relkind(relid);
 	if (relkind == '\0')
 		ereport(ERROR,
@@ -752,6 +774,7 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 									ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(workcxt);
 	RfmChooseKeyKind(&scan, relid, &cols[0], coltypes[0], colcolls[0]);
+	memcpy(scan.coltypes, coltypes, sizeof(coltypes));
 	scan.pub.receiveSlot = RfmScanReceive;
 	scan.pub.rStartup = RfmScanStartup;
 	scan.pub.rShutdown = RfmScanShutdown;
