@@ -92,6 +92,15 @@ FROM (VALUES (1e-40), (123456789012345678901234567890.123456789), (-5), (0.000))
 SELECT (loyalty.rfm_stats(now(), x, now())).monetary AS big_bigints
 FROM (VALUES (9223372036854775807::bigint), (9223372036854775807), (9223372036854775807)) v(x);
 
+-- one amount comes back unchanged, digit for digit, whatever its size and
+-- scale (from 1e-20 to 5e24, 0 to 29 decimals, both signs)
+SELECT count(*) AS amounts,
+	   count(*) FILTER (WHERE (s).monetary::text <> x::text) AS changed
+FROM (SELECT x, loyalty.rfm_stats(now(), x, now()) OVER (PARTITION BY g) AS s
+	  FROM (SELECT g, round(((g * 7919) % 100003 - 50000)::numeric
+							* power(10::numeric, g % 41 - 20), g % 30) AS x
+			FROM generate_series(1, 5000) g) v) q;
+
 -- random amounts with mixed scales and signs: equal to sum() in value and text
 CREATE TABLE rfm_money AS
 SELECT g % 500 AS customer,

@@ -25,6 +25,7 @@
 #include "access/htup_details.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_statistic.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "common/int.h"
@@ -41,6 +42,7 @@
 #include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
 
@@ -417,7 +419,8 @@ RfmScanReceive(TupleTableSlot *slot, DestReceiver *self)
 	scan->nrows++;
 
 	MemoryContextSwitchTo(old);
-	MemoryContextReset(scan->rowcxt);
+	if (!scan->rowcxt->isReset)
+		MemoryContextReset(scan->rowcxt);
 	return true;
 }
 
@@ -430,6 +433,39 @@ RfmScanShutdown(DestReceiver *self)
 static void
 RfmScanDestroy(DestReceiver *self)
 {
+}
+
+/*
+ * Initial size of the customer table: the planner's estimate of distinct
+ * customer keys (pg_statistic, as ANALYZE left it), so that the table does
+ * not grow, rehash and zero itself ten times on the way.  Without statistics
+ * (views, never analyzed tables) it starts small and grows.  Capped so that
+ * a wild estimate cannot allocate much more than the real table would.
+ */
+static uint32
+RfmEstimateCustomers(Oid relid, char relkind, AttrNumber attnum)
+{
+	HeapTuple	tp;
+	double		ndistinct = 0;
+	double		reltuples = 0;
+
+	tp = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (HeapTupleIsValid(tp))
+	{
+		reltuples = ((Form_pg_class) GETSTRUCT(tp))->reltuples;
+		ReleaseSysCache(tp);
+	}
+	tp = SearchSysCache3(STATRELATTINH, ObjectIdGetDatum(relid),
+						 Int16GetDatum(attnum),
+						 BoolGetDatum(relkind == RELKIND_PARTITIONED_TABLE));
+	if (HeapTupleIsValid(tp))
+	{
+		ndistinct = ((Form_pg_statistic) GETSTRUCT(tp))->stadistinct;
+		ReleaseSysCache(tp);
+	}
+	if (ndistinct < 0)
+		ndistinct = -ndistinct * Max(reltuples, 0);
+	return (uint32) Min(Max(ndistinct, 1024), 64 * 1024 * 1024);
 }
 
 /* Name of a relation for messages, schema-qualified. */
@@ -783,7 +819,9 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	scan.cxt = workcxt;
 	scan.rowcxt = AllocSetContextCreate(workcxt, "rfm_segmentation row",
 										ALLOCSET_SMALL_SIZES);
-	scan.table = rfmcust_create(workcxt, 1024, &scan);
+	scan.table = rfmcust_create(workcxt,
+								RfmEstimateCustomers(relid, relkind, attnums[0]),
+								&scan);
 
 	/*
 	 * The scan: identifiers quoted, no value in the text (as_of and the
