@@ -295,6 +295,7 @@ RfmBuildNumeric(const RfmNumericDigit *digits, int ndigits, int weight,
 	return result;
 }
 
+/* floor(x / 4) for negative x too (C division truncates toward zero). */
 static inline int
 RfmFloorDiv4(int x)
 {

@@ -424,12 +424,13 @@ RfmScanReceive(TupleTableSlot *slot, DestReceiver *self)
 	return true;
 }
 
-/* DestReceiver shutdown / destroy: the receiver lives on the stack. */
+/* DestReceiver shutdown: the results stay in the receiver for the caller. */
 static void
 RfmScanShutdown(DestReceiver *self)
 {
 }
 
+/* DestReceiver destroy: the receiver lives on the caller's stack. */
 static void
 RfmScanDestroy(DestReceiver *self)
 {
@@ -646,6 +647,11 @@ typedef struct RfmSegmentCache
 	text	   *name[1000];
 } RfmSegmentCache;
 
+/*
+ * The segment of a score as text (null: none), copied out of segment.c's
+ * cache at once, as segment.h asks, and kept for the other customers with
+ * the same score: at most 729 lookups however many customers.
+ */
 static text *
 RfmSegmentText(RfmSegmentCache *cache, RfmScore score, int bins)
 {
