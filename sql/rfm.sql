@@ -307,6 +307,10 @@ SELECT * FROM loyalty.rfm_segmentation('rfm_orders', 'cust', 't', 'amount', 'inf
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM loyalty.rfm_segmentation('rfm_orders', 'cust', 't', 'amount', '2026-11-01', NULL);
 \echo :LAST_ERROR_SQLSTATE
+SELECT * FROM loyalty.rfm_segmentation('rfm_orders', 'cust', 't', 'amount', '2026-11-01', window_length => NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM loyalty.rfm_segmentation('rfm_orders', 'cust', 't', 'amount', '2026-11-01', monetary_mode => NULL);
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM loyalty.rfm_segmentation('rfm_orders', 'cust', 't', 'amount', '2026-11-01', window_length => '0');
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM loyalty.rfm_segmentation('rfm_orders', 'cust', 't', 'amount', '2026-11-01', monetary_mode => 'median');

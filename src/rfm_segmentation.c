@@ -675,7 +675,7 @@ enum
 	ARG_AS_OF,
 	ARG_BINS,
 	ARG_WINDOW_LENGTH,
-	ARG_MONETARY,
+	ARG_MONETARY_MODE,
 	ARG_RECENCY_THRESHOLDS,
 	ARG_FREQUENCY_THRESHOLDS,
 	ARG_MONETARY_THRESHOLDS
@@ -698,10 +698,10 @@ PG_FUNCTION_INFO_V1(rfm_segmentation);
 
 /*
  * loyalty.rfm_segmentation(orders, customer_column, ordered_at_column,
- * amount_column, as_of, bins, window_length, monetary, recency_thresholds,
- * frequency_thresholds, monetary_thresholds): one row per customer with at
- * least one row dated up to as_of.  Validates everything before reading a
- * row, scans once, scores once.
+ * amount_column, as_of, bins, window_length, monetary_mode,
+ * recency_thresholds, frequency_thresholds, monetary_thresholds): one row
+ * per customer with at least one row dated up to as_of.  Validates
+ * everything before reading a row, scans once, scores once.
  */
 Datum
 rfm_segmentation(PG_FUNCTION_ARGS)
@@ -743,7 +743,7 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	RfmNotNull(fcinfo, ARG_AS_OF, "as_of");
 	RfmNotNull(fcinfo, ARG_BINS, "bins");
 	RfmNotNull(fcinfo, ARG_WINDOW_LENGTH, "window_length");
-	RfmNotNull(fcinfo, ARG_MONETARY, "monetary");
+	RfmNotNull(fcinfo, ARG_MONETARY_MODE, "monetary_mode");
 
 	memset(&scoring, 0, sizeof(scoring));
 	scoring.bins = PG_GETARG_INT32(ARG_BINS);
@@ -753,7 +753,7 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 				 errmsg("bins must be between %d and %d, not %d",
 						RFM_MIN_BINS, RFM_MAX_BINS, scoring.bins)));
 	{
-		char	   *mode = text_to_cstring(PG_GETARG_TEXT_PP(ARG_MONETARY));
+		char	   *mode = text_to_cstring(PG_GETARG_TEXT_PP(ARG_MONETARY_MODE));
 
 		if (strcmp(mode, "total") == 0)
 			average = false;
