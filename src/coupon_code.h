@@ -27,8 +27,9 @@
  * (COUPON_CODE_ERR_CHECK): that is a mistyped generated code, never a vanity
  * code.  Everything else made of letters and digits (up to
  * COUPON_CODE_MAX_CHARS) is a vanity code.  Wrong and swapped characters are
- * always caught (distance 4); a missing or extra character is caught unless
- * the result happens to be another valid code (probability 1 in 32768).
+ * always caught (distance 4); a missing or extra character always in the
+ * first two and last two positions, elsewhere unless the result happens to
+ * be another valid code (probability 1 in 32768).
  * With a single check character every string of a generated length would
  * be a code or a typo of one, so vanity codes could not coexist with
  * generated codes; with three, about (64n + 32) / 32768 of all n-letter

@@ -23,10 +23,12 @@
  * Missing and extra characters: without the frame, X c(X) would be a code
  * whenever c(X) is (Reed-Solomon codes are cyclic), so zeros could be added
  * at the start or the end, or dropped at the end, unnoticed.  With it, a
- * missing or extra character next to an end leaves conditions of the form
- * "a polynomial of degree <= 2 with constant term 1 vanishes at alpha,
- * alpha^2, alpha^3", which no such polynomial does; elsewhere the result is
- * another valid code only by chance (1 in 32768, measured by the fuzz test).
+ * missing or extra character in the first two or last two positions turns
+ * the validity condition into "a fixed nonzero polynomial of degree <= 2 in
+ * alpha^k vanishes for k = 1, 2, 3", which cannot hold (e.g. a symbol v
+ * inserted before the last symbol s needs (s + v) y^2 + (s + 1) y + 1 = 0
+ * at three points y), so it is always caught; elsewhere the result is another valid
+ * code only by chance, 1 in 32768 (the fuzz test measures both).
  */
 #ifdef COUPON_CODE_STANDALONE
 #include <string.h>

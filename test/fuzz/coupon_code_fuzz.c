@@ -12,8 +12,11 @@
  *	   generated code with the same text, and matches its pattern;
  *	2. exhaustively, for many generated codes: every single substitution by
  *	   any letter or digit and every adjacent transposition is rejected as a
- *	   check mismatch that names the right position(s) (100% detection), and
- *	   no transposition at any distance reads as a generated code;
+ *	   check mismatch that names the right position(s) (100% detection); no
+ *	   transposition at any distance reads as a generated code; a missing or
+ *	   extra character never reads as a vanity code, is always rejected in
+ *	   the first two and last two positions, and elsewhere is missed at about
+ *	   the expected rate of 1 in 32768;
  *	3. random and mutated inputs never crash, and whatever parses
  *	   round-trips (in -> display -> in gives the same display, kind and
  *	   key); vanity results are at least two edits from every generated code
@@ -370,6 +373,8 @@ CheckDetection(int ncodes, long *nsubst, long *nswap, long *nfar,
 			{
 				if (w.kind != COUPON_CODE_GENERATED)
 					FAIL("deletion \"%s\" of \"%s\" read as a vanity code", m, code);
+				if (i <= 1 || i >= n - 2)
+					FAIL("deletion \"%s\" of \"%s\" next to an end went undetected", m, code);
 				(*nlen_missed)++;
 			}
 			else if (err.status != COUPON_CODE_ERR_CHECK)
@@ -386,6 +391,8 @@ CheckDetection(int ncodes, long *nsubst, long *nswap, long *nfar,
 				{
 					if (w.kind != COUPON_CODE_GENERATED)
 						FAIL("insertion \"%s\" of \"%s\" read as a vanity code", m, code);
+					if (i <= 1 || i >= n - 1)
+						FAIL("insertion \"%s\" of \"%s\" next to an end went undetected", m, code);
 					(*nlen_missed)++;
 				}
 				else if (err.status != COUPON_CODE_ERR_CHECK)
