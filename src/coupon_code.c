@@ -308,7 +308,7 @@ coupon_code_send(PG_FUNCTION_ARGS)
 
 /* ------------------------------------------------------------------------
  * Comparison and hashing: on the key (no separators, O/I/L folded), so that
- * 'K7QM-X2PD-A1B' = 'k7qmx2pda1b'
+ * 'AS1V-N5C0-VB8' = 'as1v n5co vb8'
  * ------------------------------------------------------------------------ */
 
 /*
