@@ -19,6 +19,8 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 SQL_PARTS = \
 	src/loyalty.sql \
 	src/access.sql \
+	src/rfm_score.sql \
+	src/segment.sql \
 	src/coupon_code.sql \
 	src/grants.sql
 

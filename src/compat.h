@@ -10,6 +10,8 @@
 
 #include "postgres.h"
 
+#include "nodes/nodes.h"
+
 #if PG_VERSION_NUM < 130000
 #error "loyalty requires PostgreSQL 13 or later"
 #endif
