@@ -22,6 +22,7 @@ SQL_PARTS = \
 	src/rfm_score.sql \
 	src/segment.sql \
 	src/rfm.sql \
+	src/coupon_code.sql \
 	src/grants.sql
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql
