@@ -19,6 +19,9 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 SQL_PARTS = \
 	src/loyalty.sql \
 	src/access.sql \
+	src/rfm_score.sql \
+	src/segment.sql \
+	src/rfm.sql \
 	src/coupon_code.sql \
 	src/coupon.sql \
 	src/grants.sql

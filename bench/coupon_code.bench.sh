@@ -15,8 +15,15 @@ DROP TABLE IF EXISTS bench.cc_codes, bench.cc_md5, bench.cc_typed, bench.cc_md5_
 CREATE TABLE bench.cc_codes (code loyalty.coupon_code PRIMARY KEY);
 CREATE TABLE bench.cc_md5 (code text PRIMARY KEY);
 SQL
-mine=$(bench_time_sql "TRUNCATE bench.cc_codes; INSERT INTO bench.cc_codes SELECT c FROM loyalty.random_codes('####-####-####', $n) c")
-base=$(bench_time_sql "TRUNCATE bench.cc_md5; INSERT INTO bench.cc_md5 SELECT md5(random()::text) FROM generate_series(1, $n)")
+# alternate the two twice and keep each one's best: a burst of load on the
+# shared machine then cannot decide the ratio alone
+mine= base=
+for round in 1 2; do
+	t=$(bench_time_sql "TRUNCATE bench.cc_codes; INSERT INTO bench.cc_codes SELECT c FROM loyalty.random_codes('####-####-####', $n) c")
+	if [ -z "$mine" ] || [ "$t" -lt "$mine" ]; then mine=$t; fi
+	t=$(bench_time_sql "TRUNCATE bench.cc_md5; INSERT INTO bench.cc_md5 SELECT md5(random()::text) FROM generate_series(1, $n)")
+	if [ -z "$base" ] || [ "$t" -lt "$base" ]; then base=$t; fi
+done
 bench_report "random_codes $n into unique index vs md5 insert" "$mine" "$base" ms "<= 1.5"
 
 psql -X -q -v ON_ERROR_STOP=1 <<SQL

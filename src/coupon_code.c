@@ -76,20 +76,37 @@ CouponCodeReportError(const char *input, const CouponCodeError *err,
 							   err->value, err->limit)));
 			break;
 		case COUPON_CODE_ERR_CHECK:
-			if (err->position2 > 0)
+			{
+				char		typo[128];
+
+				switch (err->typo)
+				{
+					case COUPON_TYPO_SWAPPED:
+						snprintf(typo, sizeof(typo), "characters %d and %d appear to be swapped",
+								 err->position, err->position2);
+						break;
+					case COUPON_TYPO_MISSING:
+						if (err->position == 1)
+							snprintf(typo, sizeof(typo), "a character appears to be missing at the start");
+						else
+							snprintf(typo, sizeof(typo), "a character appears to be missing after character %d",
+									 err->position - 1);
+						break;
+					case COUPON_TYPO_EXTRA:
+						snprintf(typo, sizeof(typo), "character %d appears to be one too many",
+								 err->position);
+						break;
+					default:
+						snprintf(typo, sizeof(typo), "character %d appears to be wrong",
+								 err->position);
+						break;
+				}
 				ereturn(escontext,,
 						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 						 errmsg("invalid input syntax for type coupon_code: \"%s\"", input),
-						 errdetail("The check characters do not match: characters %d and %d appear to be swapped.",
-								   err->position, err->position2),
+						 errdetail("The check characters do not match: %s.", typo),
 						 errhint("Positions count letters and digits only. The code was mistyped; it was not looked up.")));
-			else
-				ereturn(escontext,,
-						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
-						 errmsg("invalid input syntax for type coupon_code: \"%s\"", input),
-						 errdetail("The check characters do not match: character %d appears to be wrong.",
-								   err->position),
-						 errhint("Positions count letters and digits only. The code was mistyped; it was not looked up.")));
+			}
 			break;
 		default:
 			elog(ERROR, "unexpected coupon code parse status %d", (int) err->status);
@@ -291,7 +308,7 @@ coupon_code_send(PG_FUNCTION_ARGS)
 
 /* ------------------------------------------------------------------------
  * Comparison and hashing: on the key (no separators, O/I/L folded), so that
- * 'K7QM-X2PD-A1B' = 'k7qmx2pda1b'
+ * 'AS1V-N5C0-VB8' = 'as1v n5co vb8'
  * ------------------------------------------------------------------------ */
 
 /*
@@ -484,7 +501,7 @@ coupon_code_vanity(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("\"%s\" cannot be a vanity code", str),
-					 errdetail("It differs from a generated code by one character or two swapped characters, so typing it would be rejected as a mistyped code."),
+					 errdetail("It is one typo (a wrong, swapped, missing or extra character) away from a generated code, so typing it would be rejected as a mistyped code."),
 					 errhint("Change, add or remove a character.")));
 		CouponCodeReportError(str, &err, NULL);
 	}

@@ -21,17 +21,21 @@
  * with O read as 0 and I, L read as 1.
  *
  * Which kind a text is: its key is a generated code when it has 4..31
- * characters, all in the alphabet, and the check holds.  If it is one wrong
- * character or one adjacent transposition away from a generated code, it is
- * rejected (COUPON_CODE_ERR_CHECK): that is a mistyped generated code, never
- * a vanity code.  Everything else made of letters and digits (up to
- * COUPON_CODE_MAX_CHARS) is a vanity code.  With a single check character
- * every string of a generated length would be a code or a typo of one, so
- * vanity codes could not coexist with generated codes; with three, a word
- * is a generated code or one typo away from one with probability
- * (32n + 1) / 32768 for n letters (0.4% at 4, 1% at 10, 3% at 31), and only
- * those words are refused as vanity codes.
- *
+ * characters, all in the alphabet, and the check holds.  If it is one typo
+ * away from a generated code -- one wrong character, two adjacent characters
+ * swapped, one character missing or one too many -- it is rejected
+ * (COUPON_CODE_ERR_CHECK): that is a mistyped generated code, never a vanity
+ * code.  Everything else made of letters and digits (up to
+ * COUPON_CODE_MAX_CHARS) is a vanity code.  Wrong and swapped characters are
+ * always caught (distance 4); a missing or extra character always in the
+ * first two and last two positions, elsewhere unless the result happens to
+ * be another valid code (probability 1 in 32768).
+ * With a single check character every string of a generated length would
+ * be a code or a typo of one, so vanity codes could not coexist with
+ * generated codes; with three, about (64n + 32) / 32768 of all n-letter
+ * words are a code or one typo from one (2% at 10 letters, at most 4%), and
+ * only those are refused as vanity codes.
+
  * SQL: the operators live in schema loyalty; code with search_path =
  * pg_catalog, pg_temp writes "c.code OPERATOR(loyalty.=) $1" (the default
  * btree opclass then serves a unique index on the column).
@@ -105,7 +109,8 @@ typedef enum CouponCodeStatus
 	COUPON_CODE_ERR_TOO_LONG,	/* "too_long": more than
 								 * COUPON_CODE_MAX_CHARS */
 	COUPON_CODE_ERR_CHECK,		/* "check_mismatch": a generated code with a
-								 * wrong or swapped character */
+								 * wrong, swapped, missing or extra
+								 * character (see typo) */
 	/* patterns */
 	COUPON_PATTERN_ERR_EMPTY,	/* "pattern_empty" */
 	COUPON_PATTERN_ERR_BAD_CHAR,	/* "pattern_invalid_character" */
@@ -117,10 +122,23 @@ typedef enum CouponCodeStatus
 								 * positions for the count */
 } CouponCodeStatus;
 
+/* The typo found behind a COUPON_CODE_ERR_CHECK. */
+typedef enum CouponCodeTypo
+{
+	COUPON_TYPO_NONE = 0,
+	COUPON_TYPO_WRONG,			/* character position is wrong */
+	COUPON_TYPO_SWAPPED,		/* characters position, position2 swapped */
+	COUPON_TYPO_MISSING,		/* a character is missing before character
+								 * position (position = length + 1: at the
+								 * end) */
+	COUPON_TYPO_EXTRA			/* character position is one too many */
+} CouponCodeTypo;
+
 /* Details of a failure, for messages. */
 typedef struct CouponCodeError
 {
 	CouponCodeStatus status;
+	CouponCodeTypo typo;		/* for COUPON_CODE_ERR_CHECK */
 	int			position;		/* 1-based: input byte (bad character) or
 								 * code character (check), 0 if unknown;
 								 * random positions of the pattern for

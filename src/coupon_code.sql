@@ -3,10 +3,11 @@
  *
  * Generated codes: Crockford base32 (0-9, A-Z without I, L, O, U) with three
  * check characters (a Reed-Solomon code over GF(32): any one, two or three
- * wrong characters and any transposition are caught).  Vanity codes: any
- * letters and digits, no check.  Input upper-cases, drops separators
- * ('-', '_', '.', spaces) and reads O as 0, I and L as 1; a mistyped
- * generated code is rejected at input (22P02).  See src/coupon_code.h.
+ * wrong characters and any transposition are caught, a missing or extra
+ * character nearly always).  Vanity codes: any letters and digits, no
+ * check.  Input upper-cases, drops separators ('-', '_', '.', spaces) and
+ * reads O as 0, I and L as 1; a mistyped generated code is rejected at
+ * input (22P02).  See src/coupon_code.h.
  * ------------------------------------------------------------------------ */
 
 /* types */

@@ -8,14 +8,27 @@
  *
  * The check.  Symbols are elements of GF(32) = GF(2)[x] / (x^5 + x^2 + 1),
  * alpha = x is primitive (order 31).  A code of n symbols s_0 .. s_{n-1}
- * (n <= 31) is read as the polynomial c(X) = sum s_j X^(n-1-j); it is valid
- * iff c(alpha) = c(alpha^2) = c(alpha^3) = 0, i.e. iff it is a multiple of
- * g(X) = (X + alpha)(X + alpha^2)(X + alpha^3).  The parity-check matrix has
- * columns alpha^p * (1, alpha^p, alpha^2p), p = n-1-j: any three of them
- * form a Vandermonde matrix with distinct alpha^p, so are independent, and
- * the minimum distance is 4.  Hence every change of one, two or three
- * characters is detected; a transposition changes two.  The three check
- * symbols are the remainder of data(X) * X^3 divided by g(X).
+ * (n <= 31) is framed by a virtual 1 on each side and read as the
+ * polynomial W(X) = X^(n+1) + sum s_j X^(n-j) + 1; it is valid iff
+ * W(alpha^k) = 0 for k = 1, 2, 3, i.e. iff W(X) is a multiple of
+ * g(X) = (X + alpha)(X + alpha^2)(X + alpha^3): a Reed-Solomon code.
+ *
+ * Wrong and swapped characters: two strings of the same length differ by
+ * E(X) = sum e_j X^(n-j), and both are valid only if E(alpha^k) = 0.  The
+ * parity-check matrix has columns alpha^p * (1, alpha^p, alpha^2p), p = n-j
+ * in 1..31, all alpha^p distinct; any three columns form a Vandermonde
+ * matrix, so are independent, and the minimum distance is 4.  Every change
+ * of one, two or three characters is detected; a transposition changes two.
+ *
+ * Missing and extra characters: without the frame, X c(X) would be a code
+ * whenever c(X) is (Reed-Solomon codes are cyclic), so zeros could be added
+ * at the start or the end, or dropped at the end, unnoticed.  With it, a
+ * missing or extra character in the first two or last two positions turns
+ * the validity condition into "a fixed nonzero polynomial of degree <= 2 in
+ * alpha^k vanishes for k = 1, 2, 3", which cannot hold (e.g. a symbol v
+ * inserted before the last symbol s needs (s + v) y^2 + (s + 1) y + 1 = 0
+ * at three points y), so it is always caught; elsewhere the result is another valid
+ * code only by chance, 1 in 32768 (the fuzz test measures both).
  */
 #ifdef COUPON_CODE_STANDALONE
 #include <string.h>
@@ -153,7 +166,9 @@ CouponCodeSymbol(unsigned char c)
 }
 
 /*
- * The three syndromes S_k = c(alpha^k), k = 1..3, by Horner's rule.
+ * The three syndromes S_k = W(alpha^k), k = 1..3, by Horner's rule from the
+ * leading virtual 1 to the trailing one.  Zero for a valid code; for a
+ * string with error E(X) against a valid code, S_k = E(alpha^k).
  */
 static void
 Syndromes(const uint8 *sym, int n, uint8 *s)
@@ -163,19 +178,34 @@ Syndromes(const uint8 *sym, int n, uint8 *s)
 	for (k = 0; k < COUPON_CODE_CHECK_CHARS; k++)
 	{
 		uint8		ak = gf_exp[k + 1];
-		uint8		acc = 0;
+		uint8		acc = 1;
 		int			j;
 
 		for (j = 0; j < n; j++)
 			acc = GfMul(acc, ak) ^ sym[j];
-		s[k] = acc;
+		s[k] = GfMul(acc, ak) ^ 1;
 	}
 }
 
 /*
- * Check symbols: remainder of data(X) * X^3 modulo g(X), computed with the
- * usual shift register, highest coefficient first (which is also the order
- * in which they are written after the data).
+ * One step of the shift register dividing by g(X).
+ */
+static inline void
+LfsrStep(uint8 *reg, uint8 in)
+{
+	uint8		fb = in ^ reg[0];
+
+	reg[0] = reg[1] ^ GfMul(fb, gen_poly[0]);
+	reg[1] = reg[2] ^ GfMul(fb, gen_poly[1]);
+	reg[2] = GfMul(fb, gen_poly[2]);
+}
+
+/*
+ * Check symbols R(X) (written highest coefficient first) with
+ * W(X) = X^(n+1) + D(X) X^4 + R(X) X + 1 = 0 mod g(X):
+ * R = (X^n + D(X) X^3) mod g + X^-1 mod g.  The shift register fed with the
+ * leading 1 and the data gives the first term; X^-1 = (X^2 + g2 X + g1) / g0
+ * because X (X^2 + g2 X + g1) = g(X) + g0.
  */
 void
 CouponCodeCheckSymbols(const uint8 *data, int ndata, uint8 *check)
@@ -183,15 +213,12 @@ CouponCodeCheckSymbols(const uint8 *data, int ndata, uint8 *check)
 	uint8		reg[COUPON_CODE_CHECK_CHARS] = {0, 0, 0};
 	int			j;
 
+	LfsrStep(reg, 1);
 	for (j = 0; j < ndata; j++)
-	{
-		uint8		fb = data[j] ^ reg[0];
-
-		reg[0] = reg[1] ^ GfMul(fb, gen_poly[0]);
-		reg[1] = reg[2] ^ GfMul(fb, gen_poly[1]);
-		reg[2] = GfMul(fb, gen_poly[2]);
-	}
-	memcpy(check, reg, COUPON_CODE_CHECK_CHARS);
+		LfsrStep(reg, data[j]);
+	check[0] = reg[0] ^ GfDiv(1, gen_poly[2]);
+	check[1] = reg[1] ^ GfDiv(gen_poly[0], gen_poly[2]);
+	check[2] = reg[2] ^ GfDiv(gen_poly[1], gen_poly[2]);
 }
 
 /*
@@ -209,27 +236,167 @@ CouponCodeSymbolsValid(const uint8 *sym, int n)
 	return (s[0] | s[1] | s[2]) == 0;
 }
 
+/* Record a typo in err; returns 0 (the "no kind" result of ClassifyKey). */
+static int
+Typo(CouponCodeError *err, CouponCodeTypo typo, int position, int position2)
+{
+	err->status = COUPON_CODE_ERR_CHECK;
+	err->typo = typo;
+	err->position = position;
+	err->position2 = position2;
+	return 0;
+}
+
+/*
+ * Same length: one wrong symbol, or two adjacent symbols swapped, given the
+ * syndromes s of the n symbols.  Returns 0 with err filled if one is
+ * found, -1 if not.
+ */
+static int
+SameLengthTypo(const uint8 *sym, int n, const uint8 *s, CouponCodeError *err)
+{
+	int			j;
+	int			k;
+
+	/* one wrong symbol e at degree p = n - j: S_k = e alpha^(kp) */
+	if (s[0] != 0 && s[1] != 0)
+	{
+		uint8		a = GfDiv(s[1], s[0]);	/* alpha^p */
+
+		if (s[2] == GfMul(s[1], a))
+		{
+			int			p = (gf_log[a] == 0) ? 31 : gf_log[a];
+
+			if (p <= n)
+				return Typo(err, COUPON_TYPO_WRONG, n - p + 1, 0);
+		}
+	}
+
+	/*
+	 * Characters j, j+1 swapped: the error is e = s_j ^ s_{j+1} at the
+	 * degrees p+1 and p (p = n-1-j), so S_k = e alpha^(kp) (1 + alpha^k).
+	 */
+	for (j = 0; j + 1 < n; j++)
+	{
+		uint8		e = sym[j] ^ sym[j + 1];
+		int			p = n - 1 - j;
+
+		if (e == 0)
+			continue;
+		for (k = 0; k < COUPON_CODE_CHECK_CHARS; k++)
+		{
+			uint8		w = GfMul(GfPow((k + 1) * p), 1 ^ GfPow(k + 1));
+
+			if (s[k] != GfMul(e, w))
+				break;
+		}
+		if (k == COUPON_CODE_CHECK_CHARS)
+			return Typo(err, COUPON_TYPO_SWAPPED, j + 1, j + 2);
+	}
+	return -1;
+}
+
+/*
+ * One symbol missing: is there a j (0..m) and a symbol v such that
+ * inserting v before sym[j] gives a code of m+1 symbols?  With H_j(X) =
+ * X^(m+1) + sum_{i<j} s_i X^(m-i) (the part before the gap, leading 1
+ * included) and W(X) the string's own polynomial, that code is
+ * (X + 1) H_j(X) + W(X) + v X^(m+1-j), which must vanish at alpha^k:
+ * v follows from k = 1, and k = 2, 3 must agree.  O(m).
+ */
+static int
+MissingTypo(const uint8 *sym, int m, const uint8 *s, CouponCodeError *err)
+{
+	uint8		h[COUPON_CODE_CHECK_CHARS];
+	int			j;
+	int			k;
+
+	for (k = 0; k < COUPON_CODE_CHECK_CHARS; k++)
+		h[k] = GfPow((k + 1) * (m + 1));	/* the leading 1 */
+
+	for (j = 0; j <= m; j++)
+	{
+		uint8		v = GfDiv(GfMul(1 ^ GfPow(1), h[0]) ^ s[0], GfPow(m + 1 - j));
+
+		for (k = 1; k < COUPON_CODE_CHECK_CHARS; k++)
+		{
+			uint8		ak = GfPow(k + 1);
+
+			if ((GfMul(ak ^ 1, h[k]) ^ s[k] ^ GfMul(v, GfPow((k + 1) * (m + 1 - j)))) != 0)
+				break;
+		}
+		if (k == COUPON_CODE_CHECK_CHARS)
+			return Typo(err, COUPON_TYPO_MISSING, j + 1, 0);
+		if (j < m)
+			for (k = 0; k < COUPON_CODE_CHECK_CHARS; k++)
+				h[k] ^= GfMul(sym[j], GfPow((k + 1) * (m - j)));
+	}
+	return -1;
+}
+
+/*
+ * One symbol too many: is there a j such that removing sym[j] leaves a code
+ * of m-1 symbols?  Removing it divides the part before it by X:
+ * X^-1 H_j(X) + W(X) + H_j(X) + s_j X^(m-j) must vanish at alpha^k.
+ * only_j >= 0 restricts the search to that position (where a U is).
+ */
+static int
+ExtraTypo(const uint8 *sym, int m, const uint8 *s, int only_j,
+		  CouponCodeError *err)
+{
+	uint8		h[COUPON_CODE_CHECK_CHARS];
+	int			j;
+	int			k;
+
+	for (k = 0; k < COUPON_CODE_CHECK_CHARS; k++)
+		h[k] = GfPow((k + 1) * (m + 1));	/* the leading 1 */
+
+	for (j = 0; j < m; j++)
+	{
+		if (only_j < 0 || j == only_j)
+		{
+			for (k = 0; k < COUPON_CODE_CHECK_CHARS; k++)
+			{
+				uint8		ak = GfPow(k + 1);
+				uint8		t = GfDiv(h[k], ak) ^ s[k] ^ h[k] ^
+					GfMul(sym[j], GfPow((k + 1) * (m - j)));
+
+				if (t != 0)
+					break;
+			}
+			if (k == COUPON_CODE_CHECK_CHARS)
+				return Typo(err, COUPON_TYPO_EXTRA, j + 1, 0);
+		}
+		for (k = 0; k < COUPON_CODE_CHECK_CHARS; k++)
+			h[k] ^= GfMul(sym[j], GfPow((k + 1) * (m - j)));
+	}
+	return -1;
+}
+
 /*
  * Decide the kind of a key of n folded symbols (SYMBOL_U for U).  Returns
  * COUPON_CODE_GENERATED for a valid generated code, COUPON_CODE_VANITY for
  * anything that is neither a generated code nor one typo away from one, and
- * 0 (with err filled) for a mistyped generated code: one wrong character
- * (including a U where an alphabet symbol belongs) or two adjacent
- * characters swapped.  The distance-4 code makes these cases exclusive: a
- * string one substitution from code c and one transposition from code c'
+ * 0 (with err filled) for a mistyped generated code.  Typos looked for, in
+ * this order: one wrong character (a U where an alphabet symbol belongs
+ * included), two adjacent characters swapped, one character missing, one
+ * character too many.  The distance-4 code makes the first two exclusive:
+ * a string one substitution from code c and one transposition from code c'
  * would put c and c' at most 3 apart.
  */
 static int
 ClassifyKey(const uint8 *key, int n, CouponCodeError *err)
 {
-	uint8		sym[COUPON_CODE_MAX_GENERATED];
+	uint8		sym[COUPON_CODE_MAX_CHARS];
 	uint8		s[COUPON_CODE_CHECK_CHARS];
 	int			nu = 0;
 	int			upos = -1;
 	int			j;
 	int			k;
+	bool		same_length = (n >= COUPON_CODE_MIN_GENERATED &&
+							   n <= COUPON_CODE_MAX_GENERATED);
 
-	if (n < COUPON_CODE_MIN_GENERATED || n > COUPON_CODE_MAX_GENERATED)
+	if (n < COUPON_CODE_MIN_GENERATED - 1 || n > COUPON_CODE_MAX_GENERATED + 1)
 		return COUPON_CODE_VANITY;
 
 	for (j = 0; j < n; j++)
@@ -244,78 +411,46 @@ ClassifyKey(const uint8 *key, int n, CouponCodeError *err)
 			sym[j] = key[j];
 	}
 	if (nu > 1)
-		return COUPON_CODE_VANITY;	/* two substitutions from any code */
+		return COUPON_CODE_VANITY;	/* two edits from any code */
 
 	Syndromes(sym, n, s);
 
 	if (nu == 1)
 	{
 		/*
-		 * The U stands for an unknown symbol v at coefficient p: the string
+		 * The U stands for an unknown symbol v at degree p: the string
 		 * is one substitution from a code iff some v makes every syndrome
-		 * vanish, i.e. S_k = v alpha^(kp) for k = 1..3.
+		 * vanish, i.e. S_k = v alpha^(kp) for k = 1..3.  Or the U is one
+		 * character too many.
 		 */
-		int			p = n - 1 - upos;
-		uint8		v = GfDiv(s[0], GfPow(p));
-
-		for (k = 1; k < COUPON_CODE_CHECK_CHARS; k++)
-			if (s[k] != GfMul(v, GfPow((k + 1) * p)))
-				return COUPON_CODE_VANITY;
-		err->status = COUPON_CODE_ERR_CHECK;
-		err->position = upos + 1;
-		err->position2 = 0;
-		return 0;
-	}
-
-	if ((s[0] | s[1] | s[2]) == 0)
-		return COUPON_CODE_GENERATED;
-
-	/* one wrong symbol e at coefficient p: S_k = e alpha^(kp) */
-	if (s[0] != 0 && s[1] != 0)
-	{
-		uint8		a = GfDiv(s[1], s[0]);	/* alpha^p */
-
-		if (s[2] == GfMul(s[1], a))
+		if (same_length)
 		{
-			int			p = gf_log[a];
+			int			p = n - upos;
+			uint8		v = GfDiv(s[0], GfPow(p));
 
-			if (p < n)
-			{
-				err->status = COUPON_CODE_ERR_CHECK;
-				err->position = n - p;
-				err->position2 = 0;
-				return 0;
-			}
+			for (k = 1; k < COUPON_CODE_CHECK_CHARS; k++)
+				if (s[k] != GfMul(v, GfPow((k + 1) * p)))
+					break;
+			if (k == COUPON_CODE_CHECK_CHARS)
+				return Typo(err, COUPON_TYPO_WRONG, upos + 1, 0);
 		}
-	}
-
-	/*
-	 * Characters j, j+1 swapped: the error is e = s_j ^ s_{j+1} at the
-	 * coefficients p+1 and p (p = n-2-j), so S_k = e alpha^(kp) (1 +
-	 * alpha^k).
-	 */
-	for (j = 0; j + 1 < n; j++)
-	{
-		uint8		e = sym[j] ^ sym[j + 1];
-		int			p = n - 2 - j;
-
-		if (e == 0)
-			continue;
-		for (k = 0; k < COUPON_CODE_CHECK_CHARS; k++)
-		{
-			uint8		w = GfMul(GfPow((k + 1) * p), 1 ^ GfPow(k + 1));
-
-			if (s[k] != GfMul(e, w))
-				break;
-		}
-		if (k == COUPON_CODE_CHECK_CHARS)
-		{
-			err->status = COUPON_CODE_ERR_CHECK;
-			err->position = j + 1;
-			err->position2 = j + 2;
+		if (n - 1 >= COUPON_CODE_MIN_GENERATED &&
+			ExtraTypo(sym, n, s, upos, err) == 0)
 			return 0;
-		}
+		return COUPON_CODE_VANITY;
 	}
+
+	if (same_length)
+	{
+		if ((s[0] | s[1] | s[2]) == 0)
+			return COUPON_CODE_GENERATED;
+		if (SameLengthTypo(sym, n, s, err) == 0)
+			return 0;
+	}
+	if (n + 1 <= COUPON_CODE_MAX_GENERATED && MissingTypo(sym, n, s, err) == 0)
+		return 0;
+	if (n - 1 >= COUPON_CODE_MIN_GENERATED && ExtraTypo(sym, n, s, -1, err) == 0)
+		return 0;
 	return COUPON_CODE_VANITY;
 }
 

@@ -8,6 +8,8 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
+#include "segment.h"
+
 PG_MODULE_MAGIC;
 
 /*
@@ -18,6 +20,7 @@ PG_MODULE_MAGIC;
 void
 _PG_init(void)
 {
+	SegmentInit();
 	MarkGUCPrefixReserved(LOYALTY_GUC_PREFIX);
 }
 

@@ -17,4 +17,7 @@
  */
 extern const char *RfmSegmentOf(RfmScore score, int bins);
 
+/* Register the cache's invalidation callbacks; called once from _PG_init. */
+extern void SegmentInit(void);
+
 #endif							/* LOYALTY_SEGMENT_H */

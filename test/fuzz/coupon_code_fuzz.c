@@ -12,8 +12,11 @@
  *	   generated code with the same text, and matches its pattern;
  *	2. exhaustively, for many generated codes: every single substitution by
  *	   any letter or digit and every adjacent transposition is rejected as a
- *	   check mismatch that names the right position(s) (100% detection), and
- *	   no transposition at any distance reads as a generated code;
+ *	   check mismatch that names the right position(s) (100% detection); no
+ *	   transposition at any distance reads as a generated code; a missing or
+ *	   extra character never reads as a vanity code, is always rejected in
+ *	   the first two and last two positions, and elsewhere is missed at about
+ *	   the expected rate of 1 in 32768;
  *	3. random and mutated inputs never crash, and whatever parses
  *	   round-trips (in -> display -> in gives the same display, kind and
  *	   key); vanity results are at least two edits from every generated code
@@ -85,76 +88,125 @@ Strip(const char *s, int len, char *out)
 	return n;
 }
 
+/*
+ * Reference check, independent of the implementation's tables: GF(32)
+ * multiplication by shift-and-add modulo x^5 + x^2 + 1, and W(alpha^k) = 0
+ * for k = 1..3 with W(X) = X^(n+1) + sum s_j X^(n-j) + 1.
+ */
+static int
+RefMul(int a, int b)
+{
+	int			r = 0;
+
+	while (b)
+	{
+		if (b & 1)
+			r ^= a;
+		b >>= 1;
+		a <<= 1;
+		if (a & 32)
+			a ^= 0x25;
+	}
+	return r;
+}
+
 /* Whether n folded symbols (32 = U) form a generated code. */
 static bool
 IsCode(const int *sym, int n)
 {
-	uint8		s[COUPON_CODE_MAX_CHARS];
-	int			i;
+	int			k,
+				i,
+				ak = 1;
 
+	if (n < COUPON_CODE_MIN_GENERATED || n > COUPON_CODE_MAX_GENERATED)
+		return false;
 	for (i = 0; i < n; i++)
-	{
 		if (sym[i] < 0 || sym[i] > 31)
 			return false;
-		s[i] = (uint8) sym[i];
+	for (k = 1; k <= COUPON_CODE_CHECK_CHARS; k++)
+	{
+		int			v = 1;
+
+		ak = RefMul(ak, 2);		/* alpha^k */
+		for (i = 0; i < n; i++)
+			v = RefMul(v, ak) ^ sym[i];
+		if ((RefMul(v, ak) ^ 1) != 0)
+			return false;
 	}
-	return CouponCodeSymbolsValid(s, n);
+	return true;
 }
 
 /*
- * Brute force: is the folded string within one substitution or one
- * adjacent transposition of a generated code?  Reports where.
+ * Brute force: is the folded string one typo from a generated code?  Tries,
+ * in the implementation's order of precedence, every substitution, adjacent
+ * transposition, insertion and deletion; reports the first found.
  */
 static bool
-NearCode(const char *chars, int n, int *pos, int *pos2)
+NearCode(const char *chars, int n, int *typo, int *pos, int *pos2)
 {
-	int			sym[COUPON_CODE_MAX_CHARS];
-	int			i;
-	int			v;
+	int			sym[COUPON_CODE_MAX_CHARS + 1] = {0};
+	int			t[COUPON_CODE_MAX_CHARS + 1];
+	int			i,
+				j,
+				v;
 
-	if (n < COUPON_CODE_MIN_GENERATED || n > COUPON_CODE_MAX_GENERATED)
+	if (n > COUPON_CODE_MAX_CHARS)
 		return false;
 	for (i = 0; i < n; i++)
 		sym[i] = Fold(chars[i]);
 	if (IsCode(sym, n))
 		return false;			/* a code, not near one */
+	*pos2 = 0;
 	for (i = 0; i < n; i++)
-	{
-		int			keep = sym[i];
-
 		for (v = 0; v < 32; v++)
 		{
-			if (v == keep)
-				continue;
-			sym[i] = v;
-			if (IsCode(sym, n))
+			memcpy(t, sym, sizeof(int) * n);
+			t[i] = v;
+			if (v != sym[i] && IsCode(t, n))
 			{
-				sym[i] = keep;
+				*typo = COUPON_TYPO_WRONG;
 				*pos = i + 1;
-				*pos2 = 0;
 				return true;
 			}
 		}
-		sym[i] = keep;
-	}
 	for (i = 0; i + 1 < n; i++)
 	{
-		int			t = sym[i];
-
 		if (sym[i] == sym[i + 1])
 			continue;
-		sym[i] = sym[i + 1];
-		sym[i + 1] = t;
-		if (IsCode(sym, n))
+		memcpy(t, sym, sizeof(int) * n);
+		t[i] = sym[i + 1];
+		t[i + 1] = sym[i];
+		if (IsCode(t, n))
 		{
-			sym[i + 1] = sym[i];
-			sym[i] = t;
+			*typo = COUPON_TYPO_SWAPPED;
 			*pos = i + 1;
 			*pos2 = i + 2;
 			return true;
 		}
-		sym[i + 1] = sym[i];
-		sym[i] = t;
+	}
+	for (j = 0; j <= n && n + 1 <= COUPON_CODE_MAX_GENERATED; j++)
+		for (v = 0; v < 32; v++)
+		{
+			memcpy(t, sym, sizeof(int) * j);
+			t[j] = v;
+			memcpy(t + j + 1, sym + j, sizeof(int) * (n - j));
+			if (IsCode(t, n + 1))
+			{
+				*typo = COUPON_TYPO_MISSING;
+				*pos = j + 1;
+				return true;
+			}
+		}
+	for (j = 0; j < n; j++)
+	{
+		memcpy(t, sym, sizeof(int) * j);
+		memcpy(t + j, sym + j + 1, sizeof(int) * (n - j - 1));
+		if (IsCode(t, n - 1))
+		{
+			*typo = COUPON_TYPO_EXTRA;
+			*pos = j + 1;
+			return true;
+		}
 	}
 	return false;
 }
@@ -235,6 +287,14 @@ CheckGenerated(int iterations)
 		}
 		if (!CouponCodeSymbolsValid(sym, n))
 			FAIL("\"%s\" does not validate", v.display);
+		{
+			int			isym[COUPON_CODE_MAX_GENERATED];
+
+			for (i = 0; i < n; i++)
+				isym[i] = sym[i];
+			if (!IsCode(isym, n))
+				FAIL("\"%s\" fails the reference check", v.display);
+		}
 		if (!CouponCodeParse(v.display, (size_t) v.display_len, &w, &err))
 			FAIL("generated \"%s\" rejected: %s", v.display, CouponCodeReason(err.status));
 		if (w.kind != COUPON_CODE_GENERATED || strcmp(w.display, v.display) != 0)
@@ -247,7 +307,8 @@ CheckGenerated(int iterations)
  * transpositions of each code are check mismatches at the right place.
  */
 static void
-CheckDetection(int ncodes, long *nsubst, long *nswap, long *nfar)
+CheckDetection(int ncodes, long *nsubst, long *nswap, long *nfar,
+			   long *nlen, long *nlen_missed)
 {
 	int			c;
 
@@ -258,7 +319,7 @@ CheckDetection(int ncodes, long *nsubst, long *nswap, long *nfar)
 					w;
 		CouponCodeError err;
 		char		code[COUPON_CODE_MAX_CHARS + 1];
-		char		m[COUPON_CODE_MAX_CHARS + 1];
+		char		m[COUPON_CODE_MAX_CHARS + 2];
 		int			n,
 					i,
 					j,
@@ -299,6 +360,45 @@ CheckDetection(int ncodes, long *nsubst, long *nswap, long *nfar)
 					 m, code, CouponCodeReason(err.status), err.position, err.position2, i + 1, i + 2);
 			(*nswap)++;
 		}
+
+		/*
+		 * a missing or an extra character: never a vanity code; rejected
+		 * unless the result is another valid code (1 in 32768)
+		 */
+		for (i = 0; i < n; i++)
+		{
+			memcpy(m, code, (size_t) i);
+			memcpy(m + i, code + i + 1, (size_t) (n - i));
+			if (CouponCodeParse(m, (size_t) n - 1, &w, &err))
+			{
+				if (w.kind != COUPON_CODE_GENERATED)
+					FAIL("deletion \"%s\" of \"%s\" read as a vanity code", m, code);
+				if (i <= 1 || i >= n - 2)
+					FAIL("deletion \"%s\" of \"%s\" next to an end went undetected", m, code);
+				(*nlen_missed)++;
+			}
+			else if (err.status != COUPON_CODE_ERR_CHECK)
+				FAIL("deletion \"%s\" of \"%s\": %s", m, code, CouponCodeReason(err.status));
+			(*nlen)++;
+		}
+		for (i = 0; i <= n; i++)
+			for (k = 0; k < 36; k += 1 + (i & 1))
+			{
+				memcpy(m, code, (size_t) i);
+				m[i] = alnum[k];
+				memcpy(m + i + 1, code + i, (size_t) (n - i) + 1);
+				if (CouponCodeParse(m, (size_t) n + 1, &w, &err))
+				{
+					if (w.kind != COUPON_CODE_GENERATED)
+						FAIL("insertion \"%s\" of \"%s\" read as a vanity code", m, code);
+					if (i <= 1 || i >= n - 1)
+						FAIL("insertion \"%s\" of \"%s\" next to an end went undetected", m, code);
+					(*nlen_missed)++;
+				}
+				else if (err.status != COUPON_CODE_ERR_CHECK)
+					FAIL("insertion \"%s\" of \"%s\": %s", m, code, CouponCodeReason(err.status));
+				(*nlen)++;
+			}
 
 		/* transpositions at any distance never read as a generated code */
 		for (i = 0; i < n; i++)
@@ -405,6 +505,7 @@ CheckInputs(int iterations, long *nok, long *nvanity, long *nrejected)
 			int			n,
 						k1,
 						k2,
+						typo,
 						pos,
 						pos2;
 
@@ -440,8 +541,8 @@ CheckInputs(int iterations, long *nok, long *nvanity, long *nrejected)
 			else
 			{
 				(*nvanity)++;
-				if ((it & 31) == 0 && NearCode(chars, n, &pos, &pos2))
-					FAIL("vanity \"%s\" is one typo (%d/%d) from a generated code", v.display, pos, pos2);
+				if ((it & 31) == 0 && NearCode(chars, n, &typo, &pos, &pos2))
+					FAIL("vanity \"%s\" is one typo (%d at %d/%d) from a generated code", v.display, typo, pos, pos2);
 			}
 		}
 		else
@@ -483,19 +584,22 @@ CheckInputs(int iterations, long *nok, long *nvanity, long *nrejected)
 					{
 						char		chars[COUPON_CODE_MAX_CHARS + 1];
 						int			n = 0,
+									typo,
 									pos,
 									pos2;
 
 						if (bad)
 							FAIL("check reported for an input with a bad character");
-						for (i = 0; i < len; i++)
+						if ((it & 3) != 0)
+							break;	/* brute force on a quarter: it is slow */
+						for (i = 0; i < len && n <= COUPON_CODE_MAX_CHARS; i++)
 							if (Fold(in[i]) >= 0)
 								chars[n++] = in[i];
-						if (!NearCode(chars, n, &pos, &pos2))
+						if (!NearCode(chars, n, &typo, &pos, &pos2))
 							FAIL("check mismatch reported for a string far from any code");
-						if (pos != err.position || pos2 != err.position2)
-							FAIL("check mismatch at %d/%d, brute force says %d/%d",
-								 err.position, err.position2, pos, pos2);
+						if (typo != (int) err.typo || pos != err.position || pos2 != err.position2)
+							FAIL("check mismatch %d at %d/%d, brute force says %d at %d/%d",
+								 (int) err.typo, err.position, err.position2, typo, pos, pos2);
 					}
 					break;
 				default:
@@ -635,10 +739,12 @@ main(int argc, char **argv)
 	long		nsubst = 0,
 				nswap = 0,
 				nfar = 0,
+				nlen = 0,
+				nlen_missed = 0,
 				nok = 0,
 				nvanity = 0,
 				nrejected = 0;
-	int			ndetect = iterations / 100;
+	int			ndetect = iterations / 120;
 	clock_t		t0 = clock();
 
 	rng_state = seed ? seed : 1;
@@ -650,11 +756,15 @@ main(int argc, char **argv)
 	printf("[%.1f s] ", (double) (clock() - t0) / CLOCKS_PER_SEC);
 	printf("generated codes: %d valid and read back\n", iterations / 3);
 
-	CheckDetection(ndetect, &nsubst, &nswap, &nfar);
+	CheckDetection(ndetect, &nsubst, &nswap, &nfar, &nlen, &nlen_missed);
 	printf("[%.1f s] ", (double) (clock() - t0) / CLOCKS_PER_SEC);
 	printf("detection over %d codes: %ld/%ld single substitutions and %ld/%ld adjacent transpositions rejected (100%%); "
-		   "%ld other transpositions never read as generated codes\n",
-		   ndetect, nsubst, nsubst, nswap, nswap, nfar);
+		   "%ld other transpositions never read as generated codes; "
+		   "%ld/%ld missing or extra characters rejected, none read as a vanity code\n",
+		   ndetect, nsubst, nsubst, nswap, nswap, nfar, nlen - nlen_missed, nlen);
+	/* expected misses: nlen / 32768; fail far above that */
+	if (nlen_missed > 10 + nlen / 3000)
+		FAIL("%ld of %ld missing/extra characters went undetected", nlen_missed, nlen);
 
 	CheckInputs(iterations, &nok, &nvanity, &nrejected);
 	printf("[%.1f s] ", (double) (clock() - t0) / CLOCKS_PER_SEC);

@@ -1,0 +1,357 @@
+
+/* ---------------------------------------------------------------------------
+ * segment.sql: named RFM segments
+ *
+ * The map from scores to segments is user configuration: loyalty.segment
+ * (the names) and loyalty.segment_rule (boxes of scores on the 1..5 scale).
+ * Every score 111..555 must fall in exactly one rule; a deferred constraint
+ * trigger checks it at commit, so a re-partition may take several
+ * statements.  loyalty.segment_of() answers from a per-backend cache of the
+ * map (segment.c), dropped in every backend when the map changes.
+ *
+ * Default map and dump/restore: the rows shipped here carry builtin = true.
+ * The first edit of either table (any INSERT, UPDATE or DELETE) turns every
+ * row of both tables into the user's (builtin = false): the map is then the
+ * user's as a whole.  pg_dump saves only rows with builtin = false, so an
+ * untouched map is not dumped (CREATE EXTENSION recreates it on restore) and
+ * an edited map is dumped whole.  Restoring it inserts rows that carry
+ * builtin = false explicitly into the freshly created default map; the first
+ * such row replaces the default map instead of adding to it.  Dump/restore
+ * thus neither loses edits (deleted or renamed defaults included) nor
+ * duplicates defaults.
+ * ------------------------------------------------------------------------ */
+
+/* tables */
+
+CREATE TABLE loyalty.segment (
+	name		text PRIMARY KEY
+		CHECK (name = btrim(name) AND name <> ''),
+	display_order integer NOT NULL UNIQUE,
+	description text,
+	builtin		boolean NOT NULL
+);
+
+COMMENT ON TABLE loyalty.segment IS
+	'RFM segments (Champions, Lost, ...): the names loyalty.segment_rule maps scores to';
+COMMENT ON COLUMN loyalty.segment.name IS 'Segment name, as segment_of() returns it';
+COMMENT ON COLUMN loyalty.segment.display_order IS 'Order in reports (1 first)';
+COMMENT ON COLUMN loyalty.segment.description IS 'What the segment means and what to offer it';
+COMMENT ON COLUMN loyalty.segment.builtin IS
+	'True while the map is the untouched default shipped with loyalty; the first edit of the map sets it to false on every row. Leave it out of INSERTs.';
+
+CREATE TABLE loyalty.segment_rule (
+	segment		text NOT NULL
+		REFERENCES loyalty.segment (name) ON UPDATE CASCADE,
+	r_min		smallint NOT NULL CHECK (r_min BETWEEN 1 AND 5),
+	r_max		smallint NOT NULL CHECK (r_max BETWEEN 1 AND 5),
+	f_min		smallint NOT NULL CHECK (f_min BETWEEN 1 AND 5),
+	f_max		smallint NOT NULL CHECK (f_max BETWEEN 1 AND 5),
+	m_min		smallint NOT NULL CHECK (m_min BETWEEN 1 AND 5),
+	m_max		smallint NOT NULL CHECK (m_max BETWEEN 1 AND 5),
+	builtin		boolean NOT NULL,
+	CHECK (r_min <= r_max),
+	CHECK (f_min <= f_max),
+	CHECK (m_min <= m_max)
+);
+
+CREATE INDEX segment_rule_segment ON loyalty.segment_rule (segment);
+
+COMMENT ON TABLE loyalty.segment_rule IS
+	'Segment map on the 1..5 scale: scores with r_min <= R <= r_max, f_min <= F <= f_max and m_min <= M <= m_max belong to the segment; every score 111..555 in exactly one rule (checked at commit)';
+COMMENT ON COLUMN loyalty.segment_rule.segment IS 'Segment of the scores in this box';
+COMMENT ON COLUMN loyalty.segment_rule.builtin IS
+	'True while the map is the untouched default shipped with loyalty; the first edit of the map sets it to false on every row. Leave it out of INSERTs.';
+
+/* only the user's rows: an untouched default map is recreated by CREATE EXTENSION */
+SELECT pg_catalog.pg_extension_config_dump('loyalty.segment', 'WHERE NOT builtin');
+SELECT pg_catalog.pg_extension_config_dump('loyalty.segment_rule', 'WHERE NOT builtin');
+
+/* functions */
+
+CREATE FUNCTION loyalty.segment_of(loyalty.rfm_score)
+RETURNS text
+AS 'MODULE_PATHNAME', 'segment_of'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+/*
+ * STABLE: reads the map table (through the cache).  PARALLEL SAFE: a worker
+ * reads the map with one read-only SPI query under the query's snapshot,
+ * which parallel workers share with the leader, and keeps it only for that
+ * transaction; nothing is written and no new snapshot is taken.
+ */
+COMMENT ON FUNCTION loyalty.segment_of(loyalty.rfm_score) IS
+	'Segment of a score on the 1..5 scale, from the map in loyalty.segment_rule (cached per session)';
+SELECT loyalty._register_function('all', 'loyalty.segment_of(loyalty.rfm_score)');
+
+CREATE FUNCTION loyalty.segment_of(score loyalty.rfm_score, bins integer)
+RETURNS text
+AS 'MODULE_PATHNAME', 'segment_of_bins'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.segment_of(loyalty.rfm_score, integer) IS
+	'Segment of a score of 1..bins (bins 2..9): each part is rescaled to 1..5 as round(1 + (s - 1) * 4 / (bins - 1)), halves up';
+SELECT loyalty._register_function('all', 'loyalty.segment_of(loyalty.rfm_score, integer)');
+
+CREATE FUNCTION loyalty._segment_rule_check()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'segment_rule_check'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION loyalty._segment_rule_check() IS
+	'Internal: deferred check that every score 111..555 matches exactly one segment rule';
+
+CREATE FUNCTION loyalty._segment_map_invalidate()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'segment_map_invalidate'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION loyalty._segment_map_invalidate() IS
+	'Internal: drop the cached segment map in every session when the map changes';
+
+/*
+ * Serialise edits of the map, so that the check at commit judges the map
+ * that is committed.  segment_of() readers are not blocked.
+ */
+CREATE FUNCTION loyalty._segment_map_lock()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	LOCK TABLE loyalty.segment_rule IN SHARE ROW EXCLUSIVE MODE;
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._segment_map_lock() IS
+	'Internal: serialise edits of the segment map';
+
+/*
+ * TRUNCATE fires no row triggers, so it would bypass the coverage check;
+ * refuse it (except from our own trigger, which replaces the default map
+ * during a restore).
+ */
+CREATE FUNCTION loyalty._segment_map_no_truncate()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF pg_catalog.pg_trigger_depth() > 1 THEN
+		RETURN NULL;
+	END IF;
+	RAISE EXCEPTION 'cannot truncate %.%', TG_TABLE_SCHEMA, TG_TABLE_NAME
+		USING ERRCODE = 'feature_not_supported',
+			  DETAIL = 'TRUNCATE would bypass the check that every score has exactly one segment.',
+			  HINT = 'Use DELETE, and insert the new map in the same transaction.';
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._segment_map_no_truncate() IS
+	'Internal: refuse TRUNCATE of the segment map tables';
+
+/*
+ * Row trigger (BEFORE INSERT OR UPDATE) on both map tables: maintain
+ * builtin (see the top of this file).  A row inserted with builtin left out
+ * is the user's; one inserted with builtin = false explicitly while the
+ * default map is untouched belongs to a saved map being loaded (pg_restore),
+ * which replaces the default map.
+ */
+CREATE FUNCTION loyalty._segment_map_row()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.builtin THEN
+		IF TG_OP = 'UPDATE' AND OLD.builtin THEN
+			NEW.builtin := false;	-- editing a default row makes the map the user's
+			RETURN NEW;
+		END IF;
+		RAISE EXCEPTION 'builtin rows of %.% are created only by the loyalty extension', TG_TABLE_SCHEMA, TG_TABLE_NAME
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Leave the builtin column out of INSERT and UPDATE.';
+	END IF;
+	IF TG_OP = 'UPDATE' OR NEW.builtin IS NULL THEN
+		NEW.builtin := false;
+		RETURN NEW;
+	END IF;
+
+	-- builtin = false given explicitly: a saved map is being loaded
+	IF EXISTS (SELECT 1 FROM loyalty.segment WHERE builtin)
+	   OR EXISTS (SELECT 1 FROM loyalty.segment_rule WHERE builtin) THEN
+		IF TG_TABLE_NAME = 'segment' THEN
+			-- segments are loaded first (segment_rule references them):
+			-- drop the default map; its rules go without a coverage check,
+			-- the loaded rules that follow are checked at their commit
+			TRUNCATE loyalty.segment_rule;
+			DELETE FROM loyalty.segment WHERE builtin;
+		ELSE
+			DELETE FROM loyalty.segment_rule WHERE builtin;
+			UPDATE loyalty.segment SET builtin = false WHERE builtin;
+		END IF;
+	END IF;
+	RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._segment_map_row() IS
+	'Internal: keep the builtin flag of the segment map right, and let a restored map replace the default one';
+
+/*
+ * Row trigger (AFTER INSERT, UPDATE or DELETE) on both map tables: once the
+ * user has changed a row of the map, no row of either table is builtin, so
+ * pg_dump saves the whole map.  Row-level because statement triggers also
+ * fire for statements that change nothing, such as the empty COPY a restore
+ * of an untouched map runs.
+ */
+CREATE FUNCTION loyalty._segment_map_take_over()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM loyalty.segment_rule WHERE builtin) THEN
+		UPDATE loyalty.segment_rule SET builtin = false WHERE builtin;
+	END IF;
+	IF EXISTS (SELECT 1 FROM loyalty.segment WHERE builtin) THEN
+		UPDATE loyalty.segment SET builtin = false WHERE builtin;
+	END IF;
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._segment_map_take_over() IS
+	'Internal: after the first edit of the segment map, every row of it is the user''s';
+
+/* triggers */
+
+CREATE TRIGGER segment_lock
+	BEFORE INSERT OR UPDATE OR DELETE ON loyalty.segment
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._segment_map_lock();
+CREATE TRIGGER segment_no_truncate
+	BEFORE TRUNCATE ON loyalty.segment
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._segment_map_no_truncate();
+CREATE TRIGGER segment_row
+	BEFORE INSERT OR UPDATE ON loyalty.segment
+	FOR EACH ROW EXECUTE FUNCTION loyalty._segment_map_row();
+CREATE TRIGGER segment_take_over
+	AFTER INSERT OR UPDATE OR DELETE ON loyalty.segment
+	FOR EACH ROW EXECUTE FUNCTION loyalty._segment_map_take_over();
+CREATE TRIGGER segment_invalidate
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.segment
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._segment_map_invalidate();
+
+CREATE TRIGGER segment_rule_lock
+	BEFORE INSERT OR UPDATE OR DELETE ON loyalty.segment_rule
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._segment_map_lock();
+CREATE TRIGGER segment_rule_no_truncate
+	BEFORE TRUNCATE ON loyalty.segment_rule
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._segment_map_no_truncate();
+CREATE TRIGGER segment_rule_row
+	BEFORE INSERT OR UPDATE ON loyalty.segment_rule
+	FOR EACH ROW EXECUTE FUNCTION loyalty._segment_map_row();
+CREATE TRIGGER segment_rule_take_over
+	AFTER INSERT OR UPDATE OR DELETE ON loyalty.segment_rule
+	FOR EACH ROW EXECUTE FUNCTION loyalty._segment_map_take_over();
+CREATE TRIGGER segment_rule_invalidate
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.segment_rule
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._segment_map_invalidate();
+CREATE CONSTRAINT TRIGGER segment_rule_coverage
+	AFTER INSERT OR UPDATE OR DELETE ON loyalty.segment_rule
+	DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW EXECUTE FUNCTION loyalty._segment_rule_check();
+
+COMMENT ON TRIGGER segment_rule_coverage ON loyalty.segment_rule IS
+	'At commit: every score 111..555 matches exactly one rule (SQLSTATE 23514 otherwise)';
+
+/*
+ * The default map over recency and frequency (monetary 1..5 throughout),
+ * with recency as rows and frequency as columns:
+ *
+ *	R5 | New               Potential Loyalist  Potential Loyalist  Champions   Champions
+ *	R4 | Promising         Potential Loyalist  Potential Loyalist  Loyal       Champions
+ *	R3 | About to Sleep    About to Sleep      Need Attention      Loyal       Loyal
+ *	R2 | Hibernating       Hibernating         At Risk             At Risk     Cannot Lose Them
+ *	R1 | Lost              Lost                At Risk             At Risk     Cannot Lose Them
+ *	     F1                F2                  F3                  F4          F5
+ *
+ * loyalty.reset_segment_map() (re)installs it; the install script calls it.
+ * The rows it writes are the only builtin ones, so it runs with
+ * session_replication_role = replica, which silences the triggers that refuse
+ * builtin rows (the invalidation triggers fire ALWAYS).
+ */
+CREATE FUNCTION loyalty.reset_segment_map()
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET session_replication_role = replica
+AS $$
+BEGIN
+	LOCK TABLE loyalty.segment_rule IN SHARE ROW EXCLUSIVE MODE;
+	DELETE FROM loyalty.segment_rule;
+	DELETE FROM loyalty.segment;
+	INSERT INTO loyalty.segment (name, display_order, description, builtin) VALUES
+		('Champions', 1, 'Bought recently and buy often: reward them, they become advocates and early adopters', true),
+		('Loyal', 2, 'Buy often and fairly recently: upsell, ask for reviews, offer the loyalty programme', true),
+		('Potential Loyalist', 3, 'Recent customers with a few orders: offer membership and recommendations', true),
+		('New', 4, 'First orders very recently: onboard them and build the relationship early', true),
+		('Promising', 5, 'Recent buyers with a single order or few: build awareness, offer a second purchase', true),
+		('Need Attention', 6, 'Middling recency and frequency: limited-time offers based on past purchases', true),
+		('About to Sleep', 7, 'Fading recency and few orders: reactivate with popular products and discounts', true),
+		('At Risk', 8, 'Used to buy fairly often but not for a long time: personalised win-back offers', true),
+		('Cannot Lose Them', 9, 'Were the most frequent buyers but have not returned for long: win them back now', true),
+		('Hibernating', 10, 'Long since the last order and few orders: low-cost generic offers', true),
+		('Lost', 11, 'Longest since the last order and fewest orders: last revival campaign or let go', true);
+
+	INSERT INTO loyalty.segment_rule (segment, r_min, r_max, f_min, f_max, m_min, m_max, builtin) VALUES
+		('Champions',          4, 5, 5, 5, 1, 5, true),
+		('Champions',          5, 5, 4, 4, 1, 5, true),
+		('Loyal',              3, 3, 4, 5, 1, 5, true),
+		('Loyal',              4, 4, 4, 4, 1, 5, true),
+		('Potential Loyalist', 4, 5, 2, 3, 1, 5, true),
+		('New',                5, 5, 1, 1, 1, 5, true),
+		('Promising',          4, 4, 1, 1, 1, 5, true),
+		('Need Attention',     3, 3, 3, 3, 1, 5, true),
+		('About to Sleep',     3, 3, 1, 2, 1, 5, true),
+		('At Risk',            1, 2, 3, 4, 1, 5, true),
+		('Cannot Lose Them',   1, 2, 5, 5, 1, 5, true),
+		('Hibernating',        2, 2, 1, 2, 1, 5, true),
+		('Lost',               1, 1, 1, 2, 1, 5, true);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.reset_segment_map() IS
+	'Replace the segment map with the default one shipped with loyalty (builtin again, so upgrades may refresh it)';
+SELECT loyalty._register_function('admin', 'loyalty.reset_segment_map()');
+
+ALTER TABLE loyalty.segment ENABLE ALWAYS TRIGGER segment_invalidate;
+ALTER TABLE loyalty.segment_rule ENABLE ALWAYS TRIGGER segment_rule_invalidate;
+
+SELECT loyalty.reset_segment_map();
+
+/* views */
+
+CREATE VIEW loyalty.segment_map AS
+SELECT loyalty.rfm_score(r.r, f.f, m.m) AS score,
+	   r.r AS recency, f.f AS frequency, m.m AS monetary,
+	   sr.segment, s.display_order
+FROM pg_catalog.generate_series(1, 5) AS r(r)
+CROSS JOIN pg_catalog.generate_series(1, 5) AS f(f)
+CROSS JOIN pg_catalog.generate_series(1, 5) AS m(m)
+LEFT JOIN loyalty.segment_rule sr
+	   ON r.r BETWEEN sr.r_min AND sr.r_max
+	  AND f.f BETWEEN sr.f_min AND sr.f_max
+	  AND m.m BETWEEN sr.m_min AND sr.m_max
+LEFT JOIN loyalty.segment s ON s.name = sr.segment;
+
+COMMENT ON VIEW loyalty.segment_map IS
+	'The segment of each of the 125 scores 111..555 (for BI tools and documentation)';
+
+/* registrations */
+
+SELECT loyalty._register_relation('all', 'loyalty.segment', 'SELECT');
+SELECT loyalty._register_relation('admin', 'loyalty.segment', 'SELECT, INSERT, UPDATE, DELETE');
+SELECT loyalty._register_relation('all', 'loyalty.segment_rule', 'SELECT');
+SELECT loyalty._register_relation('admin', 'loyalty.segment_rule', 'SELECT, INSERT, UPDATE, DELETE');
+SELECT loyalty._register_relation('analyst', 'loyalty.segment_map', 'SELECT');
