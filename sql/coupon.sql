@@ -93,7 +93,7 @@ SELECT loyalty.add_public_code(:c_ship, 'shipfree') AS code;
 SELECT loyalty.add_public_code(:c_bxgy, 'threefortwo') AS code;
 SELECT loyalty.add_public_code(:c_free, 'freesocks') AS code;
 SELECT pg_temp.try(format($$SELECT loyalty.add_public_code(%s, 'SUMMER-25')$$, :c_fix));
-SELECT pg_temp.try(format($$SELECT loyalty.add_public_code(%s, 'LASTB')$$, :c_fix));
+SELECT pg_temp.try(format($$SELECT loyalty.add_public_code(%s, 'SALE21')$$, :c_fix));
 SELECT pg_temp.try(format($$SELECT loyalty.add_public_code(%s, 'bad code!')$$, :c_fix));
 SELECT pg_temp.try(format($$SELECT loyalty.add_public_code(%s, 'NEWCODE', max_uses => 0)$$, :c_fix));
 SELECT pg_temp.try(format($$SELECT loyalty.add_public_code(%s, 'NEWCODE', customer_id => '')$$, :c_fix));

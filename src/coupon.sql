@@ -422,6 +422,10 @@ BEGIN
 	c.exclusive := create_campaign.exclusive;
 	c.max_coupons_per_order := create_campaign.max_coupons_per_order;
 	PERFORM loyalty._campaign_check(c);
+	IF EXISTS (SELECT 1 FROM loyalty.campaign t WHERE t.name = c.name) THEN
+		RAISE EXCEPTION 'campaign "%" already exists', c.name
+			USING ERRCODE = 'unique_violation';
+	END IF;
 	IF create_campaign.paused IS NULL OR new_customers_only IS NULL THEN
 		RAISE EXCEPTION 'invalid campaign: paused and new_customers_only must be true or false'
 			USING ERRCODE = 'invalid_parameter_value';

@@ -9,7 +9,11 @@
 
 -- Who is At Risk: the live segments (loyalty.customer_segment) when they
 -- are there, else a batch RFM run over the completed orders as of
--- 2026-11-01, else the same idea spelt out in SQL.
+-- 2026-11-01, else the same idea spelt out in SQL.  The batch run scores
+-- recency on business thresholds (30 / 90 / 180 / 365 days): with quantile
+-- recency and a 12-month frequency window, customers who used to buy often
+-- but stopped a while ago score F = 1 and land in Lost or Hibernating, so
+-- At Risk would be empty in the sample shop.
 SELECT to_regclass('loyalty.customer_segment') IS NOT NULL AS has_segment_table,
 	   to_regproc('loyalty.rfm_segmentation') IS NOT NULL AS has_rfm \gset
 \set has_segments false
@@ -23,11 +27,13 @@ CREATE TEMP TABLE at_risk (customer_id text PRIMARY KEY);
 INSERT INTO at_risk
 SELECT customer_id FROM loyalty.customer_segment WHERE segment = 'At Risk';
 \elif :has_rfm
-\echo '(At Risk customers from loyalty.rfm_segmentation of shop.completed_orders as of 2026-11-01)'
+\echo '(At Risk customers from loyalty.rfm_segmentation of shop.completed_orders as of 2026-11-01,'
+\echo ' recency thresholds 30 / 90 / 180 / 365 days)'
 INSERT INTO at_risk
 SELECT customer_id
 FROM loyalty.rfm_segmentation('shop.completed_orders', 'customer_id', 'ordered_at', 'amount',
-							  '2026-11-01')
+							  as_of => '2026-11-01',
+							  recency_thresholds => ARRAY[30, 90, 180, 365])
 WHERE segment = 'At Risk';
 \else
 \echo '(At Risk approximated in SQL: 3 or more completed orders, the last one 6 to 12 months before 2026-11-01)'
