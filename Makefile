@@ -62,6 +62,9 @@ include $(PGXS)
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS) $(EXTENSION).control
 	cat $(SQL_PARTS) > $@
 
+# the library reports the version it was built for
+src/loyalty.o: $(EXTENSION).control
+
 $(UPGRADE_SCRIPT): src/upgrade/$(PREV_VERSION)--$(EXTVERSION).sql $(SQL_PARTS) $(EXTENSION).control
 	{ cat $< $(filter-out $(PREV_PARTS),$(SQL_PARTS)) src/grants.sql; \
 	  echo; echo 'SELECT loyalty.reapply_grants();'; } > $@
