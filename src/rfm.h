@@ -77,6 +77,9 @@ typedef struct RfmScoring
 extern void RfmScoreAll(const RfmScoring *scoring, const RfmKeys *keys, int n,
 						RfmScore *out);
 
+/* Bytes of scratch memory RfmScoreAll takes for n customers. */
+extern Size RfmScoreAllMemory(const RfmScoring *scoring, int n);
+
 /* Validate a scoring specification, raising a clear error if unusable. */
 extern void RfmCheckScoring(const RfmScoring *scoring);
 

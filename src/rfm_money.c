@@ -173,24 +173,59 @@ RfmNumericToScaled(struct varlena *v, int128 *value, int16 *scale,
 	if (RFM_DEC_DIGITS * (weight + 1) + dscale > RFM_MAX_FAST_DIGITS)
 		return false;
 
-	for (i = 0; i < ndigits; i++)
-	{
-		RfmNumericDigit d;
-
-		memcpy(&d, digits + i * sizeof(RfmNumericDigit), sizeof(d));
-		acc = acc * RFM_NBASE + d;
-	}
 	/* the last digit stands for 10000^(weight - ndigits + 1) */
 	exponent = RFM_DEC_DIGITS * (weight - ndigits + 1) + dscale;
-	if (exponent >= 0)
-		acc *= RfmPow10()[exponent];
+	if (ndigits <= 4 && exponent <= 0)
+	{
+		/* the common case (up to 16 digits): 64-bit arithmetic only */
+		uint64		acc64 = 0;
+
+		for (i = 0; i < ndigits; i++)
+		{
+			RfmNumericDigit d;
+
+			memcpy(&d, digits + i * sizeof(RfmNumericDigit), sizeof(d));
+			acc64 = acc64 * RFM_NBASE + d;
+		}
+		switch (exponent)
+		{
+			case -3:
+				if (acc64 % 1000 != 0)
+					return false;	/* digits beyond dscale: not canonical */
+				acc64 /= 1000;
+				break;
+			case -2:
+				if (acc64 % 100 != 0)
+					return false;
+				acc64 /= 100;
+				break;
+			case -1:
+				if (acc64 % 10 != 0)
+					return false;
+				acc64 /= 10;
+				break;
+		}
+		acc = (int128) acc64;
+	}
 	else
 	{
-		int128		p10 = RfmPow10()[-exponent];
+		for (i = 0; i < ndigits; i++)
+		{
+			RfmNumericDigit d;
 
-		if (acc % p10 != 0)
-			return false;		/* digits beyond dscale: not canonical */
-		acc /= p10;
+			memcpy(&d, digits + i * sizeof(RfmNumericDigit), sizeof(d));
+			acc = acc * RFM_NBASE + d;
+		}
+		if (exponent >= 0)
+			acc *= RfmPow10()[exponent];
+		else
+		{
+			int128		p10 = RfmPow10()[-exponent];
+
+			if (acc % p10 != 0)
+				return false;	/* digits beyond dscale: not canonical */
+			acc /= p10;
+		}
 	}
 	*value = negative ? -acc : acc;
 	return true;
@@ -260,6 +295,7 @@ RfmBuildNumeric(const RfmNumericDigit *digits, int ndigits, int weight,
 	return result;
 }
 
+/* floor(x / 4) for negative x too (C division truncates toward zero). */
 static inline int
 RfmFloorDiv4(int x)
 {

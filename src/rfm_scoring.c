@@ -19,9 +19,9 @@
  * customers than n / bins, and a score may even be empty.
  *
  * Each dimension is ranked by one LSD radix sort of (key, index) pairs on an
- * order-preserving 64-bit image of the double key: O(n) time, 16 bytes per
- * customer of scratch memory, and byte passes where every key agrees are
- * skipped (frequencies are small integers, so most passes are).
+ * order-preserving 64-bit image of the double key: O(n) time, two arrays of
+ * 16 bytes per customer of scratch memory, and byte passes where every key
+ * agrees are skipped (frequencies are small integers, so most passes are).
  *
  * Threshold scoring: see RfmThresholdScore.
  */
@@ -281,9 +281,26 @@ RfmCheckScoring(const RfmScoring *scoring)
 }
 
 /*
+ * Scratch memory RfmScoreAll takes for n customers (freed before it
+ * returns): one byte per customer and dimension, plus two arrays of sort
+ * items when some dimension is scored by quantile.  Callers report it.
+ */
+Size
+RfmScoreAllMemory(const RfmScoring *scoring, int n)
+{
+	Size		bytes = 3 * (Size) Max(n, 0);
+	int			dim;
+
+	for (dim = 0; dim < 3; dim++)
+		if (!scoring->use_thresholds || scoring->nthresholds[dim] == 0)
+			return bytes + 2 * sizeof(RfmSortItem) * (Size) Max(n, 0);
+	return bytes;
+}
+
+/*
  * Score n customers at once (rfm.h).  Dimensions with thresholds are scored
  * per customer; the others by quantile, one radix sort each.  Scratch memory
- * (33 bytes per customer) is freed before returning.
+ * (RfmScoreAllMemory: 35 bytes per customer) is freed before returning.
  */
 void
 RfmScoreAll(const RfmScoring *scoring, const RfmKeys *keys, int n,

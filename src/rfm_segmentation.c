@@ -6,35 +6,43 @@
  * One sequential pass over (customer, time, amount), run through SPI with the
  * caller's rights and snapshot, feeds a C hash table keyed by customer: per
  * customer only the last order, the orders in the window and the spend in the
- * window are kept (48 bytes plus the key), so memory grows with customers,
- * never with orders.  Rows reach the table through a DestReceiver, without
- * being copied.  Then every customer is scored at once (RfmScoreAll), named
- * (RfmSegmentOf) and returned through a tuplestore.
+ * window are kept, inline in the 40-byte hash entry (plus the key's bytes for
+ * by-reference key types), so memory grows with customers, never with
+ * orders, and a row costs one cache miss in the table.  Rows reach the table
+ * through a DestReceiver, without being copied.  Then every customer is
+ * scored at once (RfmScoreAll), named (RfmSegmentOf) and returned through a
+ * tuplestore.
  *
  * The per-row path allocates nothing: the key is hashed in its binary form
  * (integers, text and uuid directly, any other type through its hash
- * opclass), amounts are added as scaled integers (rfm_money.c) and the key is
- * turned into text once per customer, at the end.
+ * opclass), amounts are added as scaled 64-bit integers (a customer's sum
+ * moves to rfm_money.c's RfmMoney only if it overflows, changes kind or meets
+ * a huge amount) and the key is turned into text once per customer, at the
+ * end.
  */
 #include "rfm_stats.h"
 
 #include "access/htup_details.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_statistic.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "common/int.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "rfm.h"
 #include "segment.h"
+#include "storage/lmgr.h"
 #include "tcop/dest.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
 
@@ -47,30 +55,37 @@ typedef enum RfmKeyKind
 	RFM_KEY_GENERIC				/* the type's hash opclass and equality */
 } RfmKeyKind;
 
-/* One customer's running statistics (what the output needs, nothing more). */
+/* How RfmCustomer holds its spend in the window. */
+typedef enum RfmSumKind
+{
+	RFM_SUM_INT64 = 0,			/* sum.i: spend * 10^scale (zeroed: 0) */
+	RFM_SUM_FLOAT = 1,			/* sum.f: double precision amounts */
+	RFM_SUM_MONEY = 2			/* sum.money: overflow or mixed, exact */
+} RfmSumKind;
+
+/*
+ * One customer: hash table entry and running statistics (what the output
+ * needs, nothing more).  Entries move when the table grows: nothing keeps a
+ * pointer to one across an insertion.
+ */
 typedef struct RfmCustomer
 {
 	Datum		key;			/* owned copy of the customer key */
 	TimestampTz last_order;		/* RFM_NO_LAST_ORDER when none */
 	int64		frequency;		/* orders in the window */
-	RfmMoney	monetary;		/* amounts in the window */
+	union
+	{
+		int64		i;
+		double		f;
+		RfmMoney   *money;
+	}			sum;			/* amounts in the window, see RfmSumKind */
+	int16		scale;			/* RFM_SUM_INT64: display scale */
+	uint8		sum_kind;		/* RfmSumKind */
+	char		status;			/* simplehash */
 } RfmCustomer;
-
-/* Customers live in fixed-size chunks so that growing never copies them. */
-#define RFM_CHUNK_BITS		14
-#define RFM_CHUNK_SIZE		(1 << RFM_CHUNK_BITS)
-#define RFM_CHUNK_MASK		(RFM_CHUNK_SIZE - 1)
 
 /* Keys of by-reference types are copied into blocks of this size. */
 #define RFM_KEY_BLOCK_SIZE	(64 * 1024)
-
-/* Hash table entry: customer key -> index of its RfmCustomer. */
-typedef struct RfmHashEntry
-{
-	Datum		key;
-	uint32		index;
-	char		status;
-} RfmHashEntry;
 
 struct RfmScan;
 
@@ -78,7 +93,7 @@ static inline uint32 RfmKeyHash(struct RfmScan *scan, Datum key);
 static inline bool RfmKeyEqual(struct RfmScan *scan, Datum a, Datum b);
 
 #define SH_PREFIX			rfmcust
-#define SH_ELEMENT_TYPE		RfmHashEntry
+#define SH_ELEMENT_TYPE		RfmCustomer
 #define SH_KEY_TYPE			Datum
 #define SH_KEY				key
 #define SH_HASH_KEY(tb, k)	RfmKeyHash((struct RfmScan *) (tb)->private_data, k)
@@ -94,6 +109,7 @@ typedef struct RfmScan
 	DestReceiver pub;			/* must be first */
 
 	/* input description */
+	Oid			coltypes[3];	/* declared types of the three columns */
 	RfmKeyKind key_kind;
 	int16		key_typlen;
 	bool		key_byval;
@@ -105,13 +121,9 @@ typedef struct RfmScan
 	RfmPeriod	period;
 
 	/* results */
-	MemoryContext cxt;			/* customers, keys, big sums, hash table */
+	MemoryContext cxt;			/* hash table, keys, overflowed sums */
 	MemoryContext rowcxt;		/* scratch, reset per row */
 	rfmcust_hash *table;
-	RfmCustomer **chunks;
-	uint32		nchunks;
-	uint32		maxchunks;
-	uint32		ncustomers;
 	uint64		nrows;
 	RfmCustomer *recent;		/* customer of the previous row */
 
@@ -211,47 +223,129 @@ RfmKeyCopy(RfmScan *scan, Datum key)
 	return PointerGetDatum(dst);
 }
 
-/* The customer with this index. */
-static inline RfmCustomer *
-RfmCustomerAt(RfmScan *scan, uint32 index)
-{
-	return &scan->chunks[index >> RFM_CHUNK_BITS][index & RFM_CHUNK_MASK];
-}
+/* Largest power of ten below 2^63 is 10^18. */
+static const int64 rfm_pow10_64[] = {
+	INT64CONST(1), INT64CONST(10), INT64CONST(100), INT64CONST(1000),
+	INT64CONST(10000), INT64CONST(100000), INT64CONST(1000000),
+	INT64CONST(10000000), INT64CONST(100000000), INT64CONST(1000000000),
+	INT64CONST(10000000000), INT64CONST(100000000000),
+	INT64CONST(1000000000000), INT64CONST(10000000000000),
+	INT64CONST(100000000000000), INT64CONST(1000000000000000),
+	INT64CONST(10000000000000000), INT64CONST(100000000000000000),
+	INT64CONST(1000000000000000000)
+};
 
-/* Append a new customer (zeroed, no order yet) and return its index. */
-static uint32
-RfmCustomerNew(RfmScan *scan, Datum key)
+/* A customer's sum as an RfmMoney (a copy, or the overflowed one). */
+static void
+RfmCustomerSum(const RfmCustomer *c, RfmMoney *out)
 {
-	uint32		index = scan->ncustomers;
-	RfmCustomer *c;
-
-	if (index == PG_UINT32_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("too many customers for rfm_segmentation")));
-	if ((index & RFM_CHUNK_MASK) == 0)
+	memset(out, 0, sizeof(RfmMoney));
+	switch ((RfmSumKind) c->sum_kind)
 	{
-		if (scan->nchunks == scan->maxchunks)
-		{
-			scan->maxchunks *= 2;
-			scan->chunks = repalloc(scan->chunks,
-									scan->maxchunks * sizeof(RfmCustomer *));
-		}
-		scan->chunks[scan->nchunks++] =
-			MemoryContextAlloc(scan->cxt, RFM_CHUNK_SIZE * sizeof(RfmCustomer));
+		case RFM_SUM_INT64:
+			out->kind = RFM_MONEY_INT;
+			out->v.i = c->sum.i;
+			out->scale = c->scale;
+			break;
+		case RFM_SUM_FLOAT:
+			out->kind = RFM_MONEY_FLOAT;
+			out->v.f = c->sum.f;
+			break;
+		case RFM_SUM_MONEY:
+			*out = *c->sum.money;
+			break;
 	}
-	scan->ncustomers++;
-	c = RfmCustomerAt(scan, index);
-	memset(c, 0, sizeof(RfmCustomer));
-	c->key = key;
-	c->last_order = RFM_NO_LAST_ORDER;
-	return index;
 }
 
-/* DestReceiver startup: nothing to do, the receiver is set up beforehand. */
+/*
+ * Add an amount the inline fast path could not take: rescale the 64-bit sum
+ * if that fits, start a double sum for float amounts, else move the sum to an
+ * RfmMoney (exact, 128-bit or numeric) allocated in the scan's context.
+ */
+static void
+RfmCustomerAddSlow(RfmScan *scan, RfmCustomer *c, const RfmAmount *a)
+{
+	if (c->sum_kind == RFM_SUM_INT64 && !a->is_big && !a->is_float &&
+		a->i >= PG_INT64_MIN && a->i <= PG_INT64_MAX &&
+		a->scale <= 18 && c->scale <= 18)
+	{
+		int64		sum = c->sum.i;
+		int64		add = (int64) a->i;
+		int16		scale = Max(c->scale, a->scale);
+
+		if (!pg_mul_s64_overflow(sum, rfm_pow10_64[scale - c->scale], &sum) &&
+			!pg_mul_s64_overflow(add, rfm_pow10_64[scale - a->scale], &add) &&
+			!pg_add_s64_overflow(sum, add, &sum))
+		{
+			c->sum.i = sum;
+			c->scale = scale;
+			return;
+		}
+	}
+	if (a->is_float && c->sum_kind == RFM_SUM_INT64 &&
+		c->sum.i == 0 && c->scale == 0)
+	{
+		c->sum_kind = RFM_SUM_FLOAT;
+		c->sum.f = a->f;
+		return;
+	}
+	if (a->is_float && c->sum_kind == RFM_SUM_FLOAT)
+	{
+		c->sum.f += a->f;
+		return;
+	}
+	if (c->sum_kind != RFM_SUM_MONEY)
+	{
+		RfmMoney   *money = MemoryContextAlloc(scan->cxt, sizeof(RfmMoney));
+
+		RfmCustomerSum(c, money);
+		c->sum.money = money;
+		c->sum_kind = RFM_SUM_MONEY;
+	}
+	RfmMoneyAdd(c->sum.money, a, scan->cxt);
+}
+
+/*
+ * sum += amount: one 64-bit addition in the common case.  (The overflow
+ * builtins store the wrapped result: add into a local, keep it on success.)
+ */
+static inline void
+RfmCustomerAdd(RfmScan *scan, RfmCustomer *c, const RfmAmount *a)
+{
+	int64		sum;
+
+	if (a->isnull)
+		return;
+	if (likely(c->sum_kind == RFM_SUM_INT64 && !a->is_big && !a->is_float &&
+			   a->scale == c->scale &&
+			   a->i >= PG_INT64_MIN && a->i <= PG_INT64_MAX &&
+			   !pg_add_s64_overflow(c->sum.i, (int64) a->i, &sum)))
+	{
+		c->sum.i = sum;
+		return;
+	}
+	RfmCustomerAddSlow(scan, c, a);
+}
+
+/*
+ * DestReceiver startup: the rows must have the column types validated
+ * beforehand (the relation is locked since, so this is a safety net: a
+ * Datum of another type must never reach the decoders).
+ */
 static void
 RfmScanStartup(DestReceiver *self, int operation, TupleDesc typeinfo)
 {
+	RfmScan    *scan = (RfmScan *) self;
+	int			k;
+
+	if (typeinfo->natts != 3)
+		elog(ERROR, "rfm_segmentation: the scan returns %d columns, not 3",
+			 typeinfo->natts);
+	for (k = 0; k < 3; k++)
+		if (TupleDescAttr(typeinfo, k)->atttypid != scan->coltypes[k])
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the orders relation changed while rfm_segmentation read it")));
 }
 
 /*
@@ -292,18 +386,25 @@ RfmScanReceive(TupleTableSlot *slot, DestReceiver *self)
 	if (scan->key_typlen == -1)
 		key = PointerGetDatum(pg_detoast_datum_packed((struct varlena *) DatumGetPointer(key)));
 
+	/*
+	 * The previous row's entry is still valid: only an insertion moves
+	 * entries, and the only insertion since was the one that returned it.
+	 */
 	c = scan->recent;
 	if (c == NULL || !RfmKeyEqual(scan, c->key, key))
 	{
 		bool		found;
-		RfmHashEntry *entry = rfmcust_insert(scan->table, key, &found);
 
+		c = rfmcust_insert(scan->table, key, &found);
 		if (!found)
 		{
-			entry->key = RfmKeyCopy(scan, key);
-			entry->index = RfmCustomerNew(scan, entry->key);
+			c->key = RfmKeyCopy(scan, key);
+			c->last_order = RFM_NO_LAST_ORDER;
+			c->frequency = 0;
+			c->sum.i = 0;
+			c->scale = 0;
+			c->sum_kind = RFM_SUM_INT64;
 		}
-		c = RfmCustomerAt(scan, entry->index);
 		scan->recent = c;
 	}
 
@@ -311,26 +412,61 @@ RfmScanReceive(TupleTableSlot *slot, DestReceiver *self)
 	{
 		if (!amount.negative)
 			c->frequency++;
-		RfmMoneyAddFast(&c->monetary, &amount, scan->cxt);
+		RfmCustomerAdd(scan, c, &amount);
 	}
 	if (!amount.negative && t > c->last_order)
 		c->last_order = t;
 	scan->nrows++;
 
 	MemoryContextSwitchTo(old);
-	MemoryContextReset(scan->rowcxt);
+	if (!scan->rowcxt->isReset)
+		MemoryContextReset(scan->rowcxt);
 	return true;
 }
 
-/* DestReceiver shutdown / destroy: the receiver lives on the stack. */
+/* DestReceiver shutdown: the results stay in the receiver for the caller. */
 static void
 RfmScanShutdown(DestReceiver *self)
 {
 }
 
+/* DestReceiver destroy: the receiver lives on the caller's stack. */
 static void
 RfmScanDestroy(DestReceiver *self)
 {
+}
+
+/*
+ * Initial size of the customer table: the planner's estimate of distinct
+ * customer keys (pg_statistic, as ANALYZE left it), so that the table does
+ * not grow, rehash and zero itself ten times on the way.  Without statistics
+ * (views, never analyzed tables) it starts small and grows.  Capped so that
+ * a wild estimate cannot allocate much more than the real table would.
+ */
+static uint32
+RfmEstimateCustomers(Oid relid, char relkind, AttrNumber attnum)
+{
+	HeapTuple	tp;
+	double		ndistinct = 0;
+	double		reltuples = 0;
+
+	tp = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (HeapTupleIsValid(tp))
+	{
+		reltuples = ((Form_pg_class) GETSTRUCT(tp))->reltuples;
+		ReleaseSysCache(tp);
+	}
+	tp = SearchSysCache3(STATRELATTINH, ObjectIdGetDatum(relid),
+						 Int16GetDatum(attnum),
+						 BoolGetDatum(relkind == RELKIND_PARTITIONED_TABLE));
+	if (HeapTupleIsValid(tp))
+	{
+		ndistinct = ((Form_pg_statistic) GETSTRUCT(tp))->stadistinct;
+		ReleaseSysCache(tp);
+	}
+	if (ndistinct < 0)
+		ndistinct = -ndistinct * Max(reltuples, 0);
+	return (uint32) Min(Max(ndistinct, 1024), 64 * 1024 * 1024);
 }
 
 /* Name of a relation for messages, schema-qualified. */
@@ -511,6 +647,11 @@ typedef struct RfmSegmentCache
 	text	   *name[1000];
 } RfmSegmentCache;
 
+/*
+ * The segment of a score as text (null: none), copied out of segment.c's
+ * cache at once, as segment.h asks, and kept for the other customers with
+ * the same score: at most 729 lookups however many customers.
+ */
 static text *
 RfmSegmentText(RfmSegmentCache *cache, RfmScore score, int bins)
 {
@@ -534,7 +675,7 @@ enum
 	ARG_AS_OF,
 	ARG_BINS,
 	ARG_WINDOW_LENGTH,
-	ARG_MONETARY,
+	ARG_MONETARY_MODE,
 	ARG_RECENCY_THRESHOLDS,
 	ARG_FREQUENCY_THRESHOLDS,
 	ARG_MONETARY_THRESHOLDS
@@ -557,10 +698,10 @@ PG_FUNCTION_INFO_V1(rfm_segmentation);
 
 /*
  * loyalty.rfm_segmentation(orders, customer_column, ordered_at_column,
- * amount_column, as_of, bins, window_length, monetary, recency_thresholds,
- * frequency_thresholds, monetary_thresholds): one row per customer with at
- * least one row dated up to as_of.  Validates everything before reading a
- * row, scans once, scores once.
+ * amount_column, as_of, bins, window_length, monetary_mode,
+ * recency_thresholds, frequency_thresholds, monetary_thresholds): one row
+ * per customer with at least one row dated up to as_of.  Validates
+ * everything before reading a row, scans once, scores once.
  */
 Datum
 rfm_segmentation(PG_FUNCTION_ARGS)
@@ -586,6 +727,11 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	bool		key_is_text;
 	RfmSegmentCache *segcache;
 	MemoryContext outcxt;
+	Size		scan_bytes;
+	Size		scoring_bytes;
+	rfmcust_iterator iter;
+	RfmCustomer *c;
+	uint32		ncustomers;
 	uint32		i;
 	int			k;
 	static const char *const params[3] = {"customer_column", "ordered_at_column", "amount_column"};
@@ -597,7 +743,7 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	RfmNotNull(fcinfo, ARG_AS_OF, "as_of");
 	RfmNotNull(fcinfo, ARG_BINS, "bins");
 	RfmNotNull(fcinfo, ARG_WINDOW_LENGTH, "window_length");
-	RfmNotNull(fcinfo, ARG_MONETARY, "monetary");
+	RfmNotNull(fcinfo, ARG_MONETARY_MODE, "monetary_mode");
 
 	memset(&scoring, 0, sizeof(scoring));
 	scoring.bins = PG_GETARG_INT32(ARG_BINS);
@@ -607,7 +753,7 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 				 errmsg("bins must be between %d and %d, not %d",
 						RFM_MIN_BINS, RFM_MAX_BINS, scoring.bins)));
 	{
-		char	   *mode = text_to_cstring(PG_GETARG_TEXT_PP(ARG_MONETARY));
+		char	   *mode = text_to_cstring(PG_GETARG_TEXT_PP(ARG_MONETARY_MODE));
 
 		if (strcmp(mode, "total") == 0)
 			average = false;
@@ -631,8 +777,13 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	RfmMakePeriod(PG_GETARG_TIMESTAMPTZ(ARG_AS_OF),
 				  PG_GETARG_INTERVAL_P(ARG_WINDOW_LENGTH), &scan.period);
 
-	/* the relation and its columns */
+	/*
+	 * The relation and its columns.  Lock it first (the lock the scan takes
+	 * anyway), so that its columns cannot change between the checks and the
+	 * scan.
+	 */
 	relid = PG_GETARG_OID(ARG_ORDERS);
+	LockRelationOid(relid, AccessShareLock);
 	relkind = get_rel_relkind(relid);
 	if (relkind == '\0')
 		ereport(ERROR,
@@ -665,6 +816,7 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 									ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(workcxt);
 	RfmChooseKeyKind(&scan, relid, &cols[0], coltypes[0], colcolls[0]);
+	memcpy(scan.coltypes, coltypes, sizeof(coltypes));
 	scan.pub.receiveSlot = RfmScanReceive;
 	scan.pub.rStartup = RfmScanStartup;
 	scan.pub.rShutdown = RfmScanShutdown;
@@ -673,9 +825,9 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	scan.cxt = workcxt;
 	scan.rowcxt = AllocSetContextCreate(workcxt, "rfm_segmentation row",
 										ALLOCSET_SMALL_SIZES);
-	scan.maxchunks = 16;
-	scan.chunks = palloc(scan.maxchunks * sizeof(RfmCustomer *));
-	scan.table = rfmcust_create(workcxt, 1024, &scan);
+	scan.table = rfmcust_create(workcxt,
+								RfmEstimateCustomers(relid, relkind, attnums[0]),
+								&scan);
 
 	/*
 	 * The scan: identifiers quoted, no value in the text (as_of and the
@@ -700,36 +852,53 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	SPI_freeplan(plan);
 	SPI_finish();
 
+	/*
+	 * Working memory, reported at DEBUG1 (the benchmark prints it): the
+	 * context's blocks at the end of the scan, and while scoring, plus the
+	 * scratch RfmScoreAll takes.  Neither depends on the number of orders.
+	 */
+	ncustomers = scan.table->members;
+	scan_bytes = MemoryContextMemAllocated(workcxt, true);
 	elog(DEBUG1, "rfm_segmentation: %llu rows, %u customers, %zu bytes after the scan",
-		 (unsigned long long) scan.nrows, scan.ncustomers,
-		 MemoryContextMemAllocated(workcxt, true));
+		 (unsigned long long) scan.nrows, ncustomers, scan_bytes);
 
-	/* score everyone at once; the hash table is no longer needed */
-	rfmcust_destroy(scan.table);
+	/*
+	 * Score everyone at once.  Customers are visited in the table's order,
+	 * here and for the output (the table does not change in between).
+	 */
 	old = MemoryContextSwitchTo(workcxt);
-	keys = palloc_extended(sizeof(RfmKeys) * Max(scan.ncustomers, 1), MCXT_ALLOC_HUGE);
-	scores = palloc_extended(sizeof(RfmScore) * Max(scan.ncustomers, 1), MCXT_ALLOC_HUGE);
-	for (i = 0; i < scan.ncustomers; i++)
+	keys = palloc_extended(sizeof(RfmKeys) * Max(ncustomers, 1), MCXT_ALLOC_HUGE);
+	scores = palloc_extended(sizeof(RfmScore) * Max(ncustomers, 1), MCXT_ALLOC_HUGE);
+	i = 0;
+	rfmcust_start_iterate(scan.table, &iter);
+	while ((c = rfmcust_iterate(scan.table, &iter)) != NULL)
 	{
-		RfmCustomer *c = RfmCustomerAt(&scan, i);
+		RfmMoney	sum;
 
+		RfmCustomerSum(c, &sum);
 		keys[i].key[RFM_RECENCY] =
 			RfmRecencyKey(RfmRecencyDays(scan.period.as_of, c->last_order));
 		keys[i].key[RFM_FREQUENCY] = (double) c->frequency;
 		if (!average)
-			keys[i].key[RFM_MONETARY] = RfmMoneyKey(&c->monetary);
+			keys[i].key[RFM_MONETARY] = RfmMoneyKey(&sum);
 		else
 		{
-			Numeric		avg = RfmAverageBasket(RfmMoneyToNumeric(&c->monetary),
+			MemoryContext keycxt = MemoryContextSwitchTo(scan.rowcxt);
+			Numeric		avg = RfmAverageBasket(RfmMoneyToNumeric(&sum),
 											   c->frequency);
 
 			keys[i].key[RFM_MONETARY] = RfmMonetaryKey(avg);
+			MemoryContextSwitchTo(keycxt);
 			MemoryContextReset(scan.rowcxt);
 		}
+		i++;
 	}
-	RfmScoreAll(&scoring, keys, (int) scan.ncustomers, scores);
-	elog(DEBUG1, "rfm_segmentation: %zu bytes after scoring",
-		 MemoryContextMemAllocated(workcxt, true));
+	Assert(i == ncustomers);
+	scoring_bytes = MemoryContextMemAllocated(workcxt, true) +
+		RfmScoreAllMemory(&scoring, (int) ncustomers);
+	elog(DEBUG1, "rfm_segmentation: %zu bytes while scoring; peak %zu bytes for %u customers",
+		 scoring_bytes, Max(scan_bytes, scoring_bytes), ncustomers);
+	RfmScoreAll(&scoring, keys, (int) ncustomers, scores);
 	pfree(keys);
 	MemoryContextSwitchTo(old);
 
@@ -749,17 +918,20 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	segcache = MemoryContextAllocZero(workcxt, sizeof(RfmSegmentCache));
 	outcxt = AllocSetContextCreate(workcxt, "rfm_segmentation output",
 								   ALLOCSET_DEFAULT_SIZES);
-	for (i = 0; i < scan.ncustomers; i++)
+	i = 0;
+	rfmcust_start_iterate(scan.table, &iter);
+	while ((c = rfmcust_iterate(scan.table, &iter)) != NULL)
 	{
-		RfmCustomer *c = RfmCustomerAt(&scan, i);
 		Datum		values[OUT_NATTS];
 		bool		nulls[OUT_NATTS];
 		text	   *segment;
 		Numeric		monetary;
+		RfmMoney	sum;
 
 		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(workcxt);
 		segment = RfmSegmentText(segcache, scores[i], scoring.bins);
-		old = MemoryContextSwitchTo(outcxt);
+		MemoryContextSwitchTo(outcxt);
 		memset(nulls, false, sizeof(nulls));
 		if (key_is_text)
 			values[OUT_CUSTOMER_ID] = c->key;
@@ -771,7 +943,8 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 		values[OUT_RECENCY_DAYS] =
 			Int32GetDatum(RfmRecencyDays(scan.period.as_of, c->last_order));
 		values[OUT_FREQUENCY] = Int64GetDatum(c->frequency);
-		monetary = RfmMoneyToNumeric(&c->monetary);
+		RfmCustomerSum(c, &sum);
+		monetary = RfmMoneyToNumeric(&sum);
 		if (average)
 			monetary = RfmAverageBasket(monetary, c->frequency);
 		values[OUT_MONETARY] = NumericGetDatum(monetary);
@@ -781,6 +954,7 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(outcxt);
+		i++;
 	}
 
 	MemoryContextDelete(workcxt);

@@ -18,6 +18,7 @@
 #include "rfm.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 /* Transition state of loyalty.rfm_stats. */
@@ -198,10 +199,10 @@ RfmStatsStart(FunctionCallInfo fcinfo, MemoryContext aggcxt,
 	state->as_of = as_of;
 	state->window = *window;
 	RfmMakePeriod(as_of, window, &state->period);
-	state->time_kind = RfmTimeKindOf(get_fn_expr_argtype(fcinfo->flinfo, 1), &ok);
+	state->time_kind = RfmTimeKindOf(getBaseType(get_fn_expr_argtype(fcinfo->flinfo, 1)), &ok);
 	if (!ok)
 		elog(ERROR, "rfm_stats: unexpected order time type");
-	state->amount_kind = RfmAmountKindOf(get_fn_expr_argtype(fcinfo->flinfo, 2), &ok);
+	state->amount_kind = RfmAmountKindOf(getBaseType(get_fn_expr_argtype(fcinfo->flinfo, 2)), &ok);
 	if (!ok)
 		elog(ERROR, "rfm_stats: unexpected amount type");
 	state->last_order = RFM_NO_LAST_ORDER;
