@@ -314,7 +314,7 @@ CREATE TABLE loyalty.rfm_config (
 	monetary_thresholds	numeric[],
 	bucket_retention	interval NOT NULL DEFAULT '13 months',
 	inactive_after		interval NOT NULL DEFAULT '6 months',
-	updated_at			timestamptz NOT NULL DEFAULT pg_catalog.now()
+	updated_at			timestamptz
 );
 
 COMMENT ON TABLE loyalty.rfm_config IS
@@ -336,6 +336,8 @@ COMMENT ON COLUMN loyalty.rfm_config.bucket_retention IS
 	'How far back per-day buckets are kept (at least scoring_window): the earliest as_of a refresh accepts';
 COMMENT ON COLUMN loyalty.rfm_config.inactive_after IS
 	'A customer without an order for this long is inactive (segment_inactivity)';
+COMMENT ON COLUMN loyalty.rfm_config.updated_at IS
+	'When the configuration was last changed (NULL: the defaults shipped with loyalty)';
 
 INSERT INTO loyalty.rfm_config DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('loyalty.rfm_config', '');
@@ -448,8 +450,15 @@ BEGIN
 										 NEW.method, NEW.recency_thresholds,
 										 NEW.frequency_thresholds, NEW.monetary_thresholds,
 										 NEW.bucket_retention, NEW.inactive_after);
-	/* an UPDATE that does not set updated_at itself stamps the change */
-	IF TG_OP = 'UPDATE' AND NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
+	/* a change of the settings that does not set updated_at itself is stamped */
+	IF TG_OP = 'UPDATE' AND NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at
+	   AND (NEW.bins, NEW.scoring_window, NEW.monetary, NEW.method, NEW.recency_thresholds,
+			NEW.frequency_thresholds, NEW.monetary_thresholds, NEW.bucket_retention,
+			NEW.inactive_after)
+		   IS DISTINCT FROM
+		   (OLD.bins, OLD.scoring_window, OLD.monetary, OLD.method, OLD.recency_thresholds,
+			OLD.frequency_thresholds, OLD.monetary_thresholds, OLD.bucket_retention,
+			OLD.inactive_after) THEN
 		NEW.updated_at := pg_catalog.now();
 	END IF;
 	RETURN NEW;
