@@ -21,6 +21,8 @@ SQL_PARTS = \
 	src/access.sql \
 	src/rfm_score.sql \
 	src/segment.sql \
+	src/points.sql \
+	src/points_tier.sql \
 	src/grants.sql
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql

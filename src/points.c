@@ -1,0 +1,1470 @@
+/*
+ * points.c
+ *		The points ledger core: argument checks, the locked account, settling
+ *		due lots, idempotent requests, the one statement that writes a change,
+ *		and the earn_points, spend_points and points_balance entry points.
+ *
+ * Every mutating call runs the same steps inside the caller's transaction:
+ *	1. lock the account row (FOR NO KEY UPDATE; created on first credit);
+ *	2. look the reference up (after the lock, with a new snapshot, so a
+ *	   concurrent call with the same reference is seen once it committed):
+ *	   a repeat returns the first result, a different request raises LP002;
+ *	3. settle the account if a lot became available or expired (next_event_at
+ *	   is due): the same statement expire_points runs in batches;
+ *	4. compute the change in C and write it with one statement: ledger entry,
+ *	   lot changes, new lots, account, qualifying bucket, rule usage, tier.
+ * Any error aborts the caller's transaction, so nothing is half-written.
+ * Plans are prepared once per backend and kept (SPI_keepplan).
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "common/int.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "compat.h"
+#include "points.h"
+
+PG_FUNCTION_INFO_V1(points_earn);
+PG_FUNCTION_INFO_V1(points_spend);
+PG_FUNCTION_INFO_V1(points_balance);
+
+/* ------------------------------------------------------------------------
+ * SPI helpers
+ * ------------------------------------------------------------------------ */
+
+/*
+ * Prepare a statement once per backend and keep it: the hot paths then pay
+ * neither parsing nor (after the first executions) planning.
+ */
+SPIPlanPtr
+PointsPrepare(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes)
+{
+	if (*cache == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, (Oid *) argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		*cache = plan;
+	}
+	return *cache;
+}
+
+/* Execute a kept plan (never read-only: the functions write) and check the result code. */
+void
+PointsExec(SPIPlanPtr plan, Datum *values, const char *nulls, int expected)
+{
+	int			ret = SPI_execute_plan(plan, values, nulls, false, 0);
+
+	if (ret != expected)
+		elog(ERROR, "loyalty points statement failed: %s", SPI_result_code_string(ret));
+}
+
+/* Column helpers for the current SPI result. */
+static int64
+ColInt64(int row, int col, bool *isnull)
+{
+	bool		n;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &n);
+
+	if (isnull)
+		*isnull = n;
+	return n ? 0 : DatumGetInt64(d);
+}
+
+static Datum
+ColDatum(int row, int col, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
+}
+
+static char *
+ColText(int row, int col)
+{
+	return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
+}
+
+/* Arrays passed to the statements; NULL (no rows) when empty. */
+static Datum
+Int64Array(int n, const int64 *vals, char *null)
+{
+	Datum	   *d;
+
+	*null = (n == 0) ? 'n' : ' ';
+	if (n == 0)
+		return (Datum) 0;
+	d = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		d[i] = Int64GetDatum(vals[i]);
+	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+static Datum
+TimestampArray(int n, const TimestampTz *vals, const bool *isnull, char *null)
+{
+	Datum	   *d;
+	bool	   *nulls;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	*null = (n == 0) ? 'n' : ' ';
+	if (n == 0)
+		return (Datum) 0;
+	d = palloc(sizeof(Datum) * n);
+	nulls = palloc(sizeof(bool) * n);
+	for (int i = 0; i < n; i++)
+	{
+		nulls[i] = isnull ? isnull[i] : false;
+		d[i] = TimestampTzGetDatum(vals[i]);
+	}
+	return PointerGetDatum(construct_md_array(d, nulls, 1, dims, lbs, TIMESTAMPTZOID,
+											  8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+static Datum
+DateArray(int n, const DateADT *vals, char *null)
+{
+	Datum	   *d;
+
+	*null = (n == 0) ? 'n' : ' ';
+	if (n == 0)
+		return (Datum) 0;
+	d = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		d[i] = DateADTGetDatum(vals[i]);
+	return PointerGetDatum(construct_array(d, n, DATEOID, 4, true, TYPALIGN_INT));
+}
+
+/* ------------------------------------------------------------------------
+ * Arguments
+ * ------------------------------------------------------------------------ */
+
+/* A required argument: NULL is an error, never a silent NULL result. */
+void
+PointsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+}
+
+/* A customer id or reference: required, not empty, at most 200 characters. */
+text *
+PointsArgKey(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	text	   *t;
+	int			len;
+
+	PointsArgNotNull(fcinfo, argno, name);
+	t = PG_GETARG_TEXT_PP(argno);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", name)));
+	if (len > POINTS_MAX_KEY_LENGTH &&
+		pg_mbstrlen_with_len(VARDATA_ANY(t), len) > POINTS_MAX_KEY_LENGTH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be at most %d characters long", name, POINTS_MAX_KEY_LENGTH)));
+	return t;
+}
+
+/* A number of points: required and positive. */
+int64
+PointsArgPositive(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	int64		v;
+
+	PointsArgNotNull(fcinfo, argno, name);
+	v = PG_GETARG_INT64(argno);
+	if (v <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be positive, not " INT64_FORMAT, name, v)));
+	return v;
+}
+
+/* The business time of a call: required and finite. */
+TimestampTz
+PointsArgTime(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	TimestampTz t;
+
+	PointsArgNotNull(fcinfo, argno, name);
+	t = PG_GETARG_TIMESTAMPTZ(argno);
+	if (TIMESTAMP_NOT_FINITE(t))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a finite time", name)));
+	return t;
+}
+
+/* a + b, or the documented out-of-range error. */
+int64
+PointsAdd(int64 a, int64 b, const char *what)
+{
+	int64		r;
+
+	if (pg_add_s64_overflow(a, b, &r))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s out of range", what),
+				 errdetail("Points are bigint; " INT64_FORMAT " + " INT64_FORMAT " does not fit.", a, b)));
+	return r;
+}
+
+/*
+ * Fingerprint of a request: kind, customer and every argument that makes up
+ * its content (not the time, which differs on a retry).  Parts are length-
+ * prefixed so that no two different requests serialise alike.
+ */
+uint64
+PointsHash(const char *kind, const char *customer_id, int nparts, const char **parts)
+{
+	StringInfoData buf;
+	uint64		h;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "%zu:%s%zu:%s", strlen(kind), kind, strlen(customer_id), customer_id);
+	for (int i = 0; i < nparts; i++)
+	{
+		if (parts[i] == NULL)
+			appendStringInfoChar(&buf, 'N');
+		else
+			appendStringInfo(&buf, "%zu:%s", strlen(parts[i]), parts[i]);
+	}
+	h = hash_bytes_extended((const unsigned char *) buf.data, buf.len, UINT64CONST(0x4c4f59414c5459));
+	pfree(buf.data);
+	return h;
+}
+
+/* ------------------------------------------------------------------------
+ * Numeric helpers
+ * ------------------------------------------------------------------------ */
+
+Datum
+PointsNumericFromInt64(int64 v)
+{
+	return DirectFunctionCall1(int8_numeric, Int64GetDatum(v));
+}
+
+int
+PointsNumericCmp(Datum a, Datum b)
+{
+	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, a, b));
+}
+
+/* ------------------------------------------------------------------------
+ * Time, in the program's time zone
+ * ------------------------------------------------------------------------ */
+
+static void
+PointsToTm(TimestampTz t, pg_tz *tz, struct pg_tm *tm, fsec_t *fsec)
+{
+	int			tzoff;
+
+	if (TIMESTAMP_NOT_FINITE(t) || timestamp2tm(t, &tzoff, tm, fsec, NULL, tz) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+}
+
+static TimestampTz
+PointsFromTm(struct pg_tm *tm, fsec_t fsec, pg_tz *tz)
+{
+	int			tzoff = DetermineTimeZoneOffset(tm, tz);
+	TimestampTz result;
+
+	if (tm2timestamp(tm, fsec, &tzoff, &result) != 0 || !IS_VALID_TIMESTAMP(result))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range")));
+	return result;
+}
+
+/*
+ * t plus a number of calendar months in the zone, like timestamptz +
+ * interval (a day past the end of the shorter month becomes its last day),
+ * then rounded up to the end of that month or year: the first instant of the
+ * next month or year, local time.
+ */
+TimestampTz
+PointsAddMonths(TimestampTz t, int months, PointsRounding rounding, pg_tz *tz)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			m;
+	int			years;
+
+	PointsToTm(t, tz, &tm, &fsec);
+	/* zero-based month count, floor division for negative months */
+	m = tm.tm_mon - 1 + months;
+	years = (m >= 0) ? m / MONTHS_PER_YEAR : -((-m + MONTHS_PER_YEAR - 1) / MONTHS_PER_YEAR);
+	tm.tm_year += years;
+	tm.tm_mon = m - years * MONTHS_PER_YEAR + 1;
+	switch (rounding)
+	{
+		case POINTS_ROUND_NONE:
+			if (tm.tm_mday > day_tab[isleap(tm.tm_year)][tm.tm_mon - 1])
+				tm.tm_mday = day_tab[isleap(tm.tm_year)][tm.tm_mon - 1];
+			break;
+		case POINTS_ROUND_MONTH:
+			tm.tm_mday = 1;
+			tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+			fsec = 0;
+			if (++tm.tm_mon > MONTHS_PER_YEAR)
+			{
+				tm.tm_mon = 1;
+				tm.tm_year++;
+			}
+			break;
+		case POINTS_ROUND_YEAR:
+			tm.tm_mon = 1;
+			tm.tm_mday = 1;
+			tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+			fsec = 0;
+			tm.tm_year++;
+			break;
+	}
+	return PointsFromTm(&tm, fsec, tz);
+}
+
+/* t plus a number of calendar days, local time of day kept (DST-safe). */
+TimestampTz
+PointsAddDays(TimestampTz t, int days, pg_tz *tz)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	PointsToTm(t, tz, &tm, &fsec);
+	j2date(date2j(tm.tm_year, tm.tm_mon, tm.tm_mday) + days, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
+	return PointsFromTm(&tm, fsec, tz);
+}
+
+/* First day of the local calendar month of t. */
+DateADT
+PointsMonthOf(TimestampTz t, pg_tz *tz)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	PointsToTm(t, tz, &tm, &fsec);
+	return date2j(tm.tm_year, tm.tm_mon, 1) - POSTGRES_EPOCH_JDATE;
+}
+
+/* First day of the cap period (day, ISO week, month, year, lifetime) containing t. */
+DateADT
+PointsPeriodStart(TimestampTz t, const char *period, pg_tz *tz)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			j;
+
+	if (strcmp(period, "lifetime") == 0)
+	{
+		DateADT		d;
+
+		DATE_NOBEGIN(d);
+		return d;
+	}
+	PointsToTm(t, tz, &tm, &fsec);
+	if (strcmp(period, "year") == 0)
+		j = date2j(tm.tm_year, 1, 1);
+	else if (strcmp(period, "month") == 0)
+		j = date2j(tm.tm_year, tm.tm_mon, 1);
+	else
+	{
+		j = date2j(tm.tm_year, tm.tm_mon, tm.tm_mday);
+		if (strcmp(period, "week") == 0)
+			j -= (j2day(j) + 6) % 7;	/* back to Monday */
+	}
+	return j - POSTGRES_EPOCH_JDATE;
+}
+
+/* ISO day of the week of t in the zone, 1 = Monday .. 7 = Sunday. */
+int
+PointsIsoDow(TimestampTz t, pg_tz *tz)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			dow;
+
+	PointsToTm(t, tz, &tm, &fsec);
+	dow = j2day(date2j(tm.tm_year, tm.tm_mon, tm.tm_mday));
+	return dow == 0 ? 7 : dow;
+}
+
+/* Local date of the last instant before t (the last day points expiring at t are usable). */
+static DateADT
+PointsLastDayBefore(TimestampTz t, pg_tz *tz)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	PointsToTm(t - 1, tz, &tm, &fsec);
+	return date2j(tm.tm_year, tm.tm_mon, tm.tm_mday) - POSTGRES_EPOCH_JDATE;
+}
+
+PointsRounding
+PointsParseRounding(const char *s)
+{
+	if (s == NULL || strcmp(s, "none") == 0)
+		return POINTS_ROUND_NONE;
+	if (strcmp(s, "month") == 0)
+		return POINTS_ROUND_MONTH;
+	if (strcmp(s, "year") == 0)
+		return POINTS_ROUND_YEAR;
+	elog(ERROR, "unknown expiry rounding \"%s\"", s);
+	return POINTS_ROUND_NONE;	/* keep compiler quiet */
+}
+
+static pg_tz *
+PointsZone(const char *name)
+{
+	pg_tz	   *tz = pg_tzset(name ? name : "UTC");
+
+	if (tz == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("time zone \"%s\" not recognized", name),
+				 errhint("Set a valid zone in loyalty.points_program.timezone.")));
+	return tz;
+}
+
+/* ------------------------------------------------------------------------
+ * The account
+ * ------------------------------------------------------------------------ */
+
+static SPIPlanPtr lock_plan = NULL;
+static SPIPlanPtr create_plan = NULL;
+static SPIPlanPtr settle_plan = NULL;
+static SPIPlanPtr request_plan = NULL;
+static SPIPlanPtr upgrade_plan = NULL;
+static SPIPlanPtr write_plan = NULL;
+static SPIPlanPtr debit_lots_plan = NULL;
+static SPIPlanPtr balance_plan = NULL;
+
+/*
+ * The account with its tier, the next tier's threshold and the program
+ * settings.  Only the account row is locked; FOR NO KEY UPDATE does not
+ * block foreign-key checks of other tables.
+ */
+static const char *const lock_sql =
+"SELECT a.available, a.pending, a.debt, a.lifetime_earned, a.qualifying, a.qualifying_spend,"
+"       a.tier, t.rank, t.multiplier, a.tier_since, a.next_event_at, nt.threshold,"
+"       p.timezone, p.tier_basis, p.tier_window_months, p.expiry_months, p.expiry_rounding"
+"  FROM loyalty.points_account a"
+"  LEFT JOIN loyalty.tier t ON t.name = a.tier"
+"  LEFT JOIN loyalty.points_program p ON true"
+"  LEFT JOIN LATERAL (SELECT n.threshold FROM loyalty.tier n"
+"                      WHERE t.rank IS NULL OR n.rank > t.rank"
+"                      ORDER BY n.rank LIMIT 1) nt ON true"
+" WHERE a.customer_id = $1"
+"   FOR NO KEY UPDATE OF a";
+
+/* A new account starts in the highest tier that needs nothing, if any. */
+static const char *const create_sql =
+"WITH a AS ("
+"  INSERT INTO loyalty.points_account (customer_id, tier, tier_since)"
+"  SELECT $1, b.name, CASE WHEN b.name IS NOT NULL THEN $2 END"
+"    FROM (SELECT (SELECT t.name FROM loyalty.tier t WHERE t.threshold <= 0"
+"                   ORDER BY t.rank DESC LIMIT 1) AS name) b"
+"  ON CONFLICT (customer_id) DO NOTHING"
+"  RETURNING customer_id, tier)"
+"INSERT INTO loyalty.tier_history (customer_id, changed_at, from_tier, to_tier, change, qualifying)"
+"SELECT a.customer_id, $2, NULL, a.tier, 'initial', 0 FROM a WHERE a.tier IS NOT NULL";
+
+/* Read the locked row into acct; false if there is none. */
+static bool
+PointsReadAccount(PointsAccount *acct, const char *customer_id)
+{
+	static const Oid types[1] = {TEXTOID};
+	Datum		values[1];
+	bool		isnull;
+	char	   *s;
+	Datum		d;
+
+	values[0] = CStringGetTextDatum(customer_id);
+	PointsExec(PointsPrepare(&lock_plan, lock_sql, 1, types), values, NULL, SPI_OK_SELECT);
+	memset(acct, 0, sizeof(*acct));
+	acct->customer_id = (char *) customer_id;
+	if (SPI_processed == 0)
+		return false;
+
+	acct->found = true;
+	acct->available = ColInt64(0, 1, NULL);
+	acct->pending = ColInt64(0, 2, NULL);
+	acct->debt = ColInt64(0, 3, NULL);
+	acct->lifetime_earned = ColInt64(0, 4, NULL);
+	acct->qualifying = ColInt64(0, 5, NULL);
+	acct->qualifying_spend = ColDatum(0, 6, &isnull);
+	acct->tier = ColText(0, 7);
+	acct->tier_rank = DatumGetInt32(ColDatum(0, 8, &isnull));
+	d = ColDatum(0, 9, &isnull);
+	acct->tier_multiplier = isnull ? PointsNumericFromInt64(1) : d;
+	d = ColDatum(0, 10, &isnull);
+	acct->has_tier_since = !isnull;
+	acct->tier_since = isnull ? 0 : DatumGetTimestampTz(d);
+	d = ColDatum(0, 11, &isnull);
+	acct->has_next_event = !isnull;
+	acct->next_event_at = isnull ? 0 : DatumGetTimestampTz(d);
+	acct->next_threshold = ColDatum(0, 12, &isnull);
+	acct->has_next_tier = !isnull;
+
+	acct->program.tz = PointsZone(ColText(0, 13));
+	s = ColText(0, 14);
+	acct->program.spend_basis = (s != NULL && strcmp(s, "spend") == 0);
+	d = ColDatum(0, 15, &isnull);
+	acct->program.window_months = isnull ? 0 : DatumGetInt32(d);
+	d = ColDatum(0, 16, &isnull);
+	acct->program.expiry_months = isnull ? 0 : DatumGetInt32(d);
+	acct->program.expiry_rounding = PointsParseRounding(ColText(0, 17));
+	return true;
+}
+
+/*
+ * Lock the account of customer_id (must be called inside SPI).  With create,
+ * a missing account is created first (in the lowest tier that needs
+ * nothing); a concurrent creation is waited for, and if that transaction
+ * rolls back, the creation is retried.  Without create, acct->found tells
+ * whether the customer has an account.
+ */
+void
+PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, TimestampTz at)
+{
+	static const Oid types[2] = {TEXTOID, TIMESTAMPTZOID};
+
+	while (!PointsReadAccount(acct, customer_id))
+	{
+		Datum		values[2];
+
+		if (!create)
+			return;
+		CHECK_FOR_INTERRUPTS();
+		values[0] = CStringGetTextDatum(customer_id);
+		values[1] = TimestampTzGetDatum(at);
+		PointsExec(PointsPrepare(&create_plan, create_sql, 2, types), values, NULL, SPI_OK_INSERT);
+	}
+}
+
+/*
+ * Settle the given (locked) accounts as of a time: lots whose expiry passed
+ * are closed with one expire ledger entry per account, pending lots whose
+ * time came become available, and next_event_at is recomputed exactly.
+ * Lot rows are read with the statement's snapshot, taken after the accounts
+ * were locked, so no concurrent change is missed; the subquery for
+ * next_event_at sees the lots before this statement's own updates and so
+ * leaves out what it expires and counts activated lots by expiry only.
+ */
+static const char *const settle_sql =
+"WITH due AS ("
+"  SELECT l.lot_id, l.customer_id, l.remaining, l.state,"
+"         (l.expires_at IS NOT NULL AND l.expires_at <= $2) AS expiring"
+"    FROM loyalty.points_lot l"
+"   WHERE l.customer_id = ANY ($1) AND l.state <> 'closed'"
+"     AND (l.expires_at <= $2 OR (l.state = 'pending' AND l.available_at <= $2))"
+"), settled AS ("
+"  UPDATE loyalty.points_lot l"
+"     SET state = CASE WHEN d.expiring THEN 'closed' ELSE 'available' END,"
+"         remaining = CASE WHEN d.expiring THEN 0 ELSE l.remaining END,"
+"         expired = l.expired + CASE WHEN d.expiring THEN l.remaining ELSE 0 END"
+"    FROM due d WHERE l.lot_id = d.lot_id"
+"), per AS ("
+"  SELECT d.customer_id,"
+"         coalesce(sum(d.remaining) FILTER (WHERE d.expiring AND d.state = 'available'), 0)::int8 AS exp_available,"
+"         coalesce(sum(d.remaining) FILTER (WHERE d.expiring AND d.state = 'pending'), 0)::int8 AS exp_pending,"
+"         coalesce(sum(d.remaining) FILTER (WHERE NOT d.expiring), 0)::int8 AS activated,"
+"         count(*) FILTER (WHERE d.expiring) AS exp_lots,"
+"         array_agg(d.lot_id ORDER BY d.lot_id) FILTER (WHERE d.expiring) AS exp_ids,"
+"         array_agg(-d.remaining ORDER BY d.lot_id) FILTER (WHERE d.expiring) AS exp_deltas"
+"    FROM due d GROUP BY d.customer_id"
+"), account AS ("
+"  UPDATE loyalty.points_account a"
+"     SET available = a.available - coalesce(p.exp_available, 0) + coalesce(p.activated, 0),"
+"         pending = a.pending - coalesce(p.exp_pending, 0) - coalesce(p.activated, 0),"
+"         next_event_at = (SELECT min(LEAST(CASE WHEN l.state = 'pending' AND l.available_at > $2"
+"                                                THEN l.available_at END, l.expires_at))"
+"                            FROM loyalty.points_lot l"
+"                           WHERE l.customer_id = a.customer_id AND l.state <> 'closed'"
+"                             AND (l.expires_at IS NULL OR l.expires_at > $2)),"
+"         updated_at = pg_catalog.now()"
+"    FROM unnest($1::text[]) c(customer_id) LEFT JOIN per p ON p.customer_id = c.customer_id"
+"   WHERE a.customer_id = c.customer_id"
+"  RETURNING a.customer_id, a.available, a.pending, a.debt, a.next_event_at,"
+"            coalesce(p.exp_lots, 0) AS exp_lots,"
+"            coalesce(p.exp_available + p.exp_pending, 0) AS exp_points,"
+"            coalesce(p.activated, 0) AS activated, p.exp_ids, p.exp_deltas"
+"), entries AS ("
+"  INSERT INTO loyalty.points_ledger (customer_id, kind, points, reason, lot_ids, lot_points,"
+"                                     available_after, pending_after, debt_after, effective_at)"
+"  SELECT x.customer_id, 'expire', -x.exp_points, 'expired', x.exp_ids, x.exp_deltas,"
+"         x.available, x.pending, x.debt, $2"
+"    FROM account x WHERE x.exp_points > 0"
+")"
+"SELECT customer_id, available, pending, next_event_at, exp_lots, exp_points, activated FROM account";
+
+/*
+ * Run the settle statement for an array of locked accounts; the result rows
+ * are left in SPI_tuptable (customer_id, available, pending, next_event_at,
+ * expired lots, expired points, activated points).
+ */
+void
+PointsSettle(Datum customers, TimestampTz as_of)
+{
+	static const Oid types[2] = {TEXTARRAYOID, TIMESTAMPTZOID};
+	Datum		values[2];
+
+	values[0] = customers;
+	values[1] = TimestampTzGetDatum(as_of);
+	PointsExec(PointsPrepare(&settle_plan, settle_sql, 2, types), values, NULL, SPI_OK_SELECT);
+}
+
+/* Settle one locked account if a lot of it became available or expired by at. */
+void
+PointsSettleIfDue(PointsAccount *acct, TimestampTz at)
+{
+	Datum		elem;
+	bool		isnull;
+	Datum		d;
+
+	if (!acct->found || !acct->has_next_event || acct->next_event_at > at)
+		return;
+
+	elem = CStringGetTextDatum(acct->customer_id);
+	PointsSettle(PointerGetDatum(construct_array(&elem, 1, TEXTOID, -1, false, TYPALIGN_INT)), at);
+	if (SPI_processed != 1)
+		elog(ERROR, "settling the points account of \"%s\" failed", acct->customer_id);
+	acct->available = ColInt64(0, 2, NULL);
+	acct->pending = ColInt64(0, 3, NULL);
+	d = ColDatum(0, 4, &isnull);
+	acct->has_next_event = !isnull;
+	acct->next_event_at = isnull ? 0 : DatumGetTimestampTz(d);
+}
+
+/* The settling hint moves earlier when a lot with an earlier event is created. */
+void
+PointsNoteEvent(PointsAccount *acct, TimestampTz t)
+{
+	if (!acct->has_next_event || t < acct->next_event_at)
+	{
+		acct->has_next_event = true;
+		acct->next_event_at = t;
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * Idempotency
+ * ------------------------------------------------------------------------ */
+
+static const char *const request_sql =
+"SELECT kind, customer_id, request_hash, entry_id, points, available_after, pending_after, debt_after"
+"  FROM loyalty.points_ledger WHERE reference = $1";
+
+/*
+ * Look a reference up once the account is locked.  Returns true with the
+ * first result when the same request (same kind, customer and fingerprint)
+ * was already made; raises LP002 when the reference was used for a
+ * different request of this kind or for another customer, and LP005 when
+ * the reference was reversed (a new earn or spend under it would escape the
+ * reversal).  A repeat is recognised even after a reversal.
+ */
+bool
+PointsFindRequest(const char *reference, const char *kind, const char *customer_id,
+				  uint64 request_hash, PointsReceipt *receipt)
+{
+	static const Oid types[1] = {TEXTOID};
+	Datum		values[1];
+	bool		reversed = false;
+	char	   *other = NULL;
+
+	values[0] = CStringGetTextDatum(reference);
+	PointsExec(PointsPrepare(&request_plan, request_sql, 1, types), values, NULL, SPI_OK_SELECT);
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *k = ColText(i, 1);
+		char	   *c = ColText(i, 2);
+		bool		isnull;
+		int64		h = ColInt64(i, 3, &isnull);
+
+		if (strcmp(k, kind) == 0)
+		{
+			if (strcmp(c, customer_id) != 0 || isnull || (uint64) h != request_hash)
+				ereport(ERROR,
+						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
+						 errmsg("reference \"%s\" was already used for a different %s request", reference, kind),
+						 errdetail("A repeated call must have the same customer and arguments; entry " INT64_FORMAT " has customer \"%s\".",
+								   ColInt64(i, 4, NULL), c),
+						 errhint("Use a new reference for a new request.")));
+			receipt->entry_id = ColInt64(i, 4, NULL);
+			receipt->customer_id = (char *) customer_id;
+			receipt->points = ColInt64(i, 5, NULL);
+			receipt->available = ColInt64(i, 6, NULL);
+			receipt->pending = ColInt64(i, 7, NULL);
+			receipt->debt = ColInt64(i, 8, NULL);
+			return true;
+		}
+		if (strcmp(c, customer_id) != 0)
+			other = c;
+		if (strcmp(k, POINTS_REVERSE) == 0)
+			reversed = true;
+	}
+	if (other != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
+				 errmsg("reference \"%s\" belongs to another customer", reference),
+				 errdetail("It was used for customer \"%s\".", other),
+				 errhint("References (order ids) are unique to one customer.")));
+	if (reversed && (strcmp(kind, POINTS_EARN) == 0 || strcmp(kind, POINTS_SPEND) == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_POINTS_REFERENCE_REVERSED),
+				 errmsg("reference \"%s\" was reversed", reference),
+				 errdetail("Points cannot be earned or spent under a reference after its reversal."),
+				 errhint("Use a new reference.")));
+	return false;
+}
+
+/* ------------------------------------------------------------------------
+ * Changes
+ * ------------------------------------------------------------------------ */
+
+void
+PointsChangeInit(PointsChange *chg, const char *kind, TimestampTz at)
+{
+	memset(chg, 0, sizeof(*chg));
+	chg->kind = kind;
+	chg->at = at;
+}
+
+/*
+ * Credit new lots (chg->lots) to the account.  A debt is repaid first: the
+ * first lots are reduced by it and lots left empty are not created; the
+ * repayment is recorded as a negative debt change.  Updates the account's
+ * available, pending, debt and settling hint; chg->points is left to the
+ * caller (the gross credit).
+ */
+void
+PointsCredit(PointsAccount *acct, PointsChange *chg)
+{
+	int			kept = 0;
+
+	for (int i = 0; i < chg->nlots; i++)
+	{
+		PointsNewLot *lot = &chg->lots[i];
+
+		if (acct->debt > 0)
+		{
+			int64		repay = Min(acct->debt, lot->points);
+
+			acct->debt -= repay;
+			chg->debt_change -= repay;
+			lot->points -= repay;
+		}
+		if (lot->points == 0)
+			continue;
+		if (lot->pending)
+		{
+			acct->pending = PointsAdd(acct->pending, lot->points, "pending points");
+			PointsNoteEvent(acct, lot->available_at);
+		}
+		else
+			acct->available = PointsAdd(acct->available, lot->points, "available points");
+		if (lot->expires)
+			PointsNoteEvent(acct, lot->expires_at);
+		chg->lots[kept++] = *lot;
+	}
+	chg->nlots = kept;
+}
+
+static const char *const debit_lots_sql =
+"SELECT lot_id, remaining, state = 'pending' FROM loyalty.points_lot"
+" WHERE customer_id = $1 AND state <> 'closed' AND NOT (lot_id = ANY ($2))"
+" ORDER BY state = 'pending', CASE WHEN state = 'pending' THEN available_at END,"
+"          expires_at NULLS LAST, earned_at, lot_id";
+
+/*
+ * Take points back from a settled account (reversal shortfall, negative
+ * adjustment): from available lots first in, first out, then from pending
+ * lots in the order they become available, and what is still missing
+ * becomes debt.  Lots listed in exclude were already changed by the caller.
+ * Adds the lot changes to chg (whose move arrays must have room for every
+ * open lot of the account plus the existing moves).
+ */
+void
+PointsDebit(PointsAccount *acct, PointsChange *chg, int64 amount, int nexclude, const int64 *exclude)
+{
+	static const Oid types[2] = {TEXTOID, INT8ARRAYOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	Datum	   *ex = palloc(sizeof(Datum) * Max(nexclude, 1));
+
+	if (amount <= 0)
+		return;
+	for (int i = 0; i < nexclude; i++)
+		ex[i] = Int64GetDatum(exclude[i]);
+	values[0] = CStringGetTextDatum(acct->customer_id);
+	values[1] = PointerGetDatum(construct_array(ex, nexclude, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	PointsExec(PointsPrepare(&debit_lots_plan, debit_lots_sql, 2, types), values, nulls, SPI_OK_SELECT);
+
+	chg->move_lot = repalloc(chg->move_lot, sizeof(int64) * (chg->nmoves + SPI_processed + 1));
+	chg->move_delta = repalloc(chg->move_delta, sizeof(int64) * (chg->nmoves + SPI_processed + 1));
+	for (uint64 i = 0; i < SPI_processed && amount > 0; i++)
+	{
+		int64		lot = ColInt64(i, 1, NULL);
+		int64		remaining = ColInt64(i, 2, NULL);
+		bool		isnull;
+		bool		pending = DatumGetBool(ColDatum(i, 3, &isnull));
+		int64		take = Min(remaining, amount);
+
+		chg->move_lot[chg->nmoves] = lot;
+		chg->move_delta[chg->nmoves] = -take;
+		chg->nmoves++;
+		amount -= take;
+		if (pending)
+			acct->pending -= take;
+		else
+			acct->available -= take;
+	}
+	if (amount > 0)
+	{
+		acct->debt = PointsAdd(acct->debt, amount, "points debt");
+		chg->debt_change += amount;
+	}
+}
+
+static const char *const upgrade_sql =
+"SELECT t.name, v.value"
+"  FROM (SELECT CASE WHEN $2 THEN"
+"                 (SELECT CASE WHEN $3 THEN coalesce(sum(q.spend), 0)"
+"                              ELSE coalesce(sum(q.points), 0) END"
+"                    FROM loyalty.points_qualifying q"
+"                   WHERE q.customer_id = $1 AND q.month BETWEEN $4 AND $5) + $6"
+"               ELSE $7 END AS value) v"
+"  JOIN LATERAL (SELECT n.name, n.rank FROM loyalty.tier n WHERE n.threshold <= v.value"
+"                 ORDER BY n.rank DESC LIMIT 1) t ON true"
+" WHERE $8::integer IS NULL OR t.rank > $8";
+
+/*
+ * Upgrades happen at once, inside the earning transaction.  The account's
+ * lifetime qualifying total (already including this earning) bounds every
+ * window's, so the tier table and the monthly buckets are read only when
+ * that total reaches the next tier's threshold.  The window is the calendar
+ * month of the earning and the window_months - 1 before it; this earning's
+ * bucket is not written yet, so its contribution is added.
+ */
+void
+PointsCheckUpgrade(PointsAccount *acct, PointsChange *chg)
+{
+	static const Oid types[8] = {TEXTOID, BOOLOID, BOOLOID, DATEOID, DATEOID,
+	NUMERICOID, NUMERICOID, INT4OID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		lifetime;
+	bool		windowed = acct->program.window_months > 0;
+	DateADT		month = PointsMonthOf(chg->at, acct->program.tz);
+	Datum		added;
+	bool		isnull;
+
+	if (!acct->has_next_tier)
+		return;
+	if (acct->program.spend_basis)
+	{
+		lifetime = acct->qualifying_spend;
+		added = chg->has_amount ? chg->amount : PointsNumericFromInt64(0);
+	}
+	else
+	{
+		lifetime = PointsNumericFromInt64(acct->qualifying);
+		added = PointsNumericFromInt64(chg->qualifying);
+	}
+	if (PointsNumericCmp(lifetime, acct->next_threshold) < 0)
+		return;
+
+	values[0] = CStringGetTextDatum(acct->customer_id);
+	values[1] = BoolGetDatum(windowed);
+	values[2] = BoolGetDatum(acct->program.spend_basis);
+	values[3] = DateADTGetDatum(PointsMonthOf(PointsAddMonths(chg->at, -(Max(acct->program.window_months, 1) - 1),
+															  POINTS_ROUND_NONE, acct->program.tz),
+											  acct->program.tz));
+	values[4] = DateADTGetDatum(month);
+	values[5] = added;
+	values[6] = lifetime;
+	values[7] = Int32GetDatum(acct->tier_rank);
+	if (acct->tier == NULL)
+		nulls[7] = 'n';
+	PointsExec(PointsPrepare(&upgrade_plan, upgrade_sql, 8, types), values, nulls, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return;
+	chg->tier_changed = true;
+	chg->new_tier = ColText(0, 1);
+	chg->tier_value = ColDatum(0, 2, &isnull);
+}
+
+/*
+ * One statement writes a whole change.  FIFO consumption ($9 points from the
+ * available lots, soonest expiry first, never-expiring last, then earliest
+ * earned, then lot_id) is computed here from the lots as they are under the
+ * account lock; explicit lot changes, new lots, the account's new values,
+ * the month's qualifying bucket, rule usage and an upgrade's history row
+ * are written alongside the ledger entry, whose lot arrays list explicit
+ * changes, then consumed lots, then new lots.
+ */
+static const char *const write_sql =
+"WITH pick AS ("
+"  SELECT l.lot_id, l.remaining, (sum(l.remaining) OVER w)::int8 AS upto, row_number() OVER w AS ord"
+"    FROM loyalty.points_lot l"
+"   WHERE $9 > 0 AND l.customer_id = $1 AND l.state = 'available'"
+"  WINDOW w AS (ORDER BY l.expires_at NULLS LAST, l.earned_at, l.lot_id)"
+"), moves AS ("
+"  SELECT 1 AS grp, m.ord, m.lot_id, m.delta"
+"    FROM unnest($10::int8[], $11::int8[]) WITH ORDINALITY AS m(lot_id, delta, ord)"
+"  UNION ALL"
+"  SELECT 2, p.ord, p.lot_id, -LEAST(p.remaining, $9 - (p.upto - p.remaining))"
+"    FROM pick p WHERE p.upto - p.remaining < $9"
+"), changed AS ("
+"  UPDATE loyalty.points_lot l"
+"     SET remaining = l.remaining + m.delta,"
+"         state = CASE WHEN l.remaining + m.delta = 0 THEN 'closed' ELSE l.state END"
+"    FROM moves m WHERE l.lot_id = m.lot_id"
+"), created AS ("
+"  INSERT INTO loyalty.points_lot (customer_id, state, points, remaining, earned_at, available_at, expires_at)"
+"  SELECT $1, CASE WHEN n.available_at IS NULL THEN 'available' ELSE 'pending' END,"
+"         n.points, n.points, n.earned_at, n.available_at, n.expires_at"
+"    FROM unnest($12::int8[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[])"
+"         WITH ORDINALITY AS n(points, earned_at, available_at, expires_at, ord)"
+"   ORDER BY n.ord"
+"  RETURNING lot_id, points"
+"), account AS ("
+"  UPDATE loyalty.points_account a"
+"     SET available = $19, pending = $20, debt = $21, lifetime_earned = $23, qualifying = $24,"
+"         qualifying_spend = a.qualifying_spend + coalesce($7, 0),"
+"         tier = $25, tier_since = $26, next_event_at = $27, updated_at = pg_catalog.now()"
+"   WHERE a.customer_id = $1"
+"), bucket AS ("
+"  INSERT INTO loyalty.points_qualifying AS q (customer_id, month, points, spend)"
+"  SELECT $1, $28, $6, coalesce($7, 0) WHERE $28 IS NOT NULL"
+"  ON CONFLICT (customer_id, month) DO UPDATE"
+"     SET points = q.points + EXCLUDED.points, spend = q.spend + EXCLUDED.spend"
+"), usage AS ("
+"  INSERT INTO loyalty.points_rule_usage AS u (customer_id, rule_id, period_start, points)"
+"  SELECT $1, x.rule_id, x.period_start, x.points"
+"    FROM unnest($29::int8[], $30::date[], $31::int8[]) AS x(rule_id, period_start, points)"
+"  ON CONFLICT (customer_id, rule_id, period_start) DO UPDATE SET points = u.points + EXCLUDED.points"
+"), history AS ("
+"  INSERT INTO loyalty.tier_history (customer_id, changed_at, from_tier, to_tier, change, qualifying)"
+"  SELECT $1, $22, $32, $25, 'upgrade', $33 WHERE $33 IS NOT NULL"
+"), lots AS ("
+"  SELECT array_agg(x.lot_id ORDER BY x.grp, x.ord) AS ids,"
+"         array_agg(x.delta ORDER BY x.grp, x.ord) AS deltas,"
+"         coalesce(sum(-x.delta) FILTER (WHERE x.grp = 2), 0)::int8 AS consumed"
+"    FROM (SELECT grp, ord, lot_id, delta FROM moves"
+"          UNION ALL SELECT 3, c.lot_id, c.lot_id, c.points FROM created c) x"
+")"
+"INSERT INTO loyalty.points_ledger (customer_id, kind, points, reference, reason, qualifying, amount,"
+"       debt_change, lot_ids, lot_points, reverses, detail, request_hash,"
+"       available_after, pending_after, debt_after, effective_at)"
+"SELECT $1, $2, $3, $4, $5, $6, $7, $8, l.ids, l.deltas, $16, $17, $18, $19, $20, $21, $22"
+"  FROM lots l "
+"RETURNING entry_id, (SELECT consumed FROM lots)";
+
+#define WRITE_NARGS 33
+
+/*
+ * Write a change of a locked account (acct holds its new values) and return
+ * the new ledger entry's id.  A unique violation on the reference (another
+ * customer's concurrent call with the same reference and kind committed
+ * first) becomes LP002.  The FIFO consumption must take exactly chg->consume
+ * points: less would mean the settled balance and the lots disagree, and the
+ * whole call is refused.
+ */
+int64
+PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
+{
+	static const Oid types[WRITE_NARGS] = {
+		TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, INT8OID, NUMERICOID, INT8OID, INT8OID,
+		INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
+		TIMESTAMPTZARRAYOID, INT8ARRAYOID, JSONBOID, INT8OID, INT8OID, INT8OID, INT8OID,
+		TIMESTAMPTZOID, INT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, DATEOID,
+		INT8ARRAYOID, DATEARRAYOID, INT8ARRAYOID, TEXTOID, NUMERICOID
+	};
+	Datum		v[WRITE_NARGS];
+	char		n[WRITE_NARGS];
+	int64	   *lp;
+	TimestampTz *le,
+			   *la,
+			   *lx;
+	bool	   *la_null,
+			   *lx_null;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	int64		entry_id;
+	int64		took;
+	bool		isnull;
+
+	memset(n, ' ', sizeof(n));
+	lp = palloc(sizeof(int64) * (chg->nlots + 1));
+	le = palloc(sizeof(TimestampTz) * (chg->nlots + 1));
+	la = palloc(sizeof(TimestampTz) * (chg->nlots + 1));
+	lx = palloc(sizeof(TimestampTz) * (chg->nlots + 1));
+	la_null = palloc(sizeof(bool) * (chg->nlots + 1));
+	lx_null = palloc(sizeof(bool) * (chg->nlots + 1));
+	for (int i = 0; i < chg->nlots; i++)
+	{
+		lp[i] = chg->lots[i].points;
+		le[i] = chg->lots[i].earned_at;
+		la[i] = chg->lots[i].available_at;
+		la_null[i] = !chg->lots[i].pending;
+		lx[i] = chg->lots[i].expires_at;
+		lx_null[i] = !chg->lots[i].expires;
+	}
+
+	v[0] = CStringGetTextDatum(acct->customer_id);
+	v[1] = CStringGetTextDatum(chg->kind);
+	v[2] = Int64GetDatum(chg->points);
+	v[3] = chg->reference ? CStringGetTextDatum(chg->reference) : (Datum) 0;
+	n[3] = chg->reference ? ' ' : 'n';
+	v[4] = chg->reason ? CStringGetTextDatum(chg->reason) : (Datum) 0;
+	n[4] = chg->reason ? ' ' : 'n';
+	v[5] = Int64GetDatum(chg->qualifying);
+	v[6] = chg->amount;
+	n[6] = chg->has_amount ? ' ' : 'n';
+	v[7] = Int64GetDatum(chg->debt_change);
+	v[8] = Int64GetDatum(chg->consume);
+	v[9] = Int64Array(chg->nmoves, chg->move_lot, &n[9]);
+	v[10] = Int64Array(chg->nmoves, chg->move_delta, &n[10]);
+	v[11] = Int64Array(chg->nlots, lp, &n[11]);
+	v[12] = TimestampArray(chg->nlots, le, NULL, &n[12]);
+	v[13] = TimestampArray(chg->nlots, la, la_null, &n[13]);
+	v[14] = TimestampArray(chg->nlots, lx, lx_null, &n[14]);
+	v[15] = Int64Array(chg->nreverses, chg->reverses, &n[15]);
+	if (chg->detail)
+		v[16] = DirectFunctionCall1(jsonb_in, CStringGetDatum(chg->detail));
+	else
+		n[16] = 'n';
+	v[17] = Int64GetDatum((int64) chg->request_hash);
+	n[17] = chg->request_hash ? ' ' : 'n';
+	v[18] = Int64GetDatum(acct->available);
+	v[19] = Int64GetDatum(acct->pending);
+	v[20] = Int64GetDatum(acct->debt);
+	v[21] = TimestampTzGetDatum(chg->at);
+	v[22] = Int64GetDatum(acct->lifetime_earned);
+	v[23] = Int64GetDatum(acct->qualifying);
+	if (chg->tier_changed)
+	{
+		v[24] = CStringGetTextDatum(chg->new_tier);
+		v[25] = TimestampTzGetDatum(chg->at);
+	}
+	else
+	{
+		v[24] = acct->tier ? CStringGetTextDatum(acct->tier) : (Datum) 0;
+		n[24] = acct->tier ? ' ' : 'n';
+		v[25] = TimestampTzGetDatum(acct->tier_since);
+		n[25] = acct->has_tier_since ? ' ' : 'n';
+	}
+	v[26] = TimestampTzGetDatum(acct->next_event_at);
+	n[26] = acct->has_next_event ? ' ' : 'n';
+	v[27] = DateADTGetDatum(chg->bucket_month);
+	n[27] = (chg->qualifying != 0 || chg->has_amount) ? ' ' : 'n';
+	v[28] = Int64Array(chg->nusage, chg->usage_rule, &n[28]);
+	v[29] = DateArray(chg->nusage, chg->usage_period, &n[29]);
+	v[30] = Int64Array(chg->nusage, chg->usage_points, &n[30]);
+	v[31] = acct->tier ? CStringGetTextDatum(acct->tier) : (Datum) 0;
+	n[31] = acct->tier ? ' ' : 'n';
+	v[32] = chg->tier_changed ? chg->tier_value : (Datum) 0;
+	n[32] = chg->tier_changed ? ' ' : 'n';
+
+	PG_TRY();
+	{
+		PointsExec(PointsPrepare(&write_plan, write_sql, WRITE_NARGS, types), v, n,
+				   SPI_OK_INSERT_RETURNING);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION && edata->constraint_name != NULL &&
+			strcmp(edata->constraint_name, "points_ledger_reference_key") == 0)
+		{
+			FlushErrorState();
+			ereport(ERROR,
+					(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
+					 errmsg("reference \"%s\" was already used for a different %s request",
+							chg->reference, chg->kind),
+					 errdetail("A concurrent call for another customer used the same reference."),
+					 errhint("Use a new reference for a new request.")));
+		}
+		FreeErrorData(edata);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	if (SPI_processed != 1)
+		elog(ERROR, "writing the points ledger entry failed");
+	entry_id = ColInt64(0, 1, NULL);
+	took = ColInt64(0, 2, &isnull);
+	if (took != chg->consume)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("points lots of customer \"%s\" do not cover the settled balance", acct->customer_id),
+				 errdetail("Spending " INT64_FORMAT " points found only " INT64_FORMAT " in available lots.",
+						   chg->consume, took),
+				 errhint("Run loyalty.check_integrity().")));
+	if (consumed)
+		*consumed = took;
+
+	if (chg->tier_changed)
+	{
+		acct->tier = (char *) chg->new_tier;
+		acct->tier_since = chg->at;
+		acct->has_tier_since = true;
+	}
+	return entry_id;
+}
+
+/* ------------------------------------------------------------------------
+ * Receipts
+ * ------------------------------------------------------------------------ */
+
+void
+PointsReceiptFrom(PointsReceipt *r, const PointsAccount *acct, int64 entry_id, int64 points)
+{
+	r->entry_id = entry_id;
+	r->customer_id = acct->customer_id;
+	r->points = points;
+	r->available = acct->available;
+	r->pending = acct->pending;
+	r->debt = acct->debt;
+}
+
+/* The loyalty.points_receipt composite (built after SPI_finish, in the caller's context). */
+Datum
+PointsReceiptDatum(FunctionCallInfo fcinfo, const PointsReceipt *r)
+{
+	TupleDesc	desc;
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	desc = BlessTupleDesc(desc);
+	values[0] = Int64GetDatum(r->entry_id);
+	values[1] = CStringGetTextDatum(r->customer_id);
+	values[2] = Int64GetDatum(r->points);
+	values[3] = Int64GetDatum(r->available);
+	values[4] = Int64GetDatum(r->pending);
+	values[5] = Int64GetDatum(r->debt);
+	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
+}
+
+/* ------------------------------------------------------------------------
+ * earn_points
+ * ------------------------------------------------------------------------ */
+
+static char *
+TimeString(FunctionCallInfo fcinfo, int argno)
+{
+	if (PG_ARGISNULL(argno))
+		return NULL;
+	return psprintf(INT64_FORMAT, (int64) PG_GETARG_TIMESTAMPTZ(argno));
+}
+
+/*
+ * loyalty.earn_points(customer_id, points, reference, reason, pending_until,
+ * expires_at, qualifying, at): credit one lot.  pending_until at or before
+ * the earning time means available at once; expires_at NULL takes the
+ * program's default expiry, infinity means never.
+ */
+Datum
+points_earn(PG_FUNCTION_ARGS)
+{
+	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
+	int64		points = PointsArgPositive(fcinfo, 1, "points");
+	char	   *reference = text_to_cstring(PointsArgKey(fcinfo, 2, "reference"));
+	char	   *reason = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	bool		has_pending = !PG_ARGISNULL(4);
+	TimestampTz pending_until = has_pending ? PG_GETARG_TIMESTAMPTZ(4) : 0;
+	bool		has_expiry = !PG_ARGISNULL(5);
+	TimestampTz expires_at = has_expiry ? PG_GETARG_TIMESTAMPTZ(5) : 0;
+	bool		qualifying;
+	TimestampTz at;
+	const char *parts[5];
+	uint64		hash;
+	PointsAccount acct;
+	PointsChange chg;
+	PointsNewLot lot;
+	PointsReceipt receipt;
+	int64		entry_id;
+
+	PointsArgNotNull(fcinfo, 6, "qualifying");
+	qualifying = PG_GETARG_BOOL(6);
+	at = PointsArgTime(fcinfo, 7, "at");
+	if (has_pending && TIMESTAMP_NOT_FINITE(pending_until))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("pending_until must be a finite time")));
+	if (has_expiry && TIMESTAMP_IS_NOBEGIN(expires_at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("expires_at must not be -infinity")));
+	if (has_expiry && !TIMESTAMP_NOT_FINITE(expires_at) && expires_at <= at)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("expires_at must be later than the earning time")));
+	if (has_pending && pending_until <= at)
+		has_pending = false;	/* available at once */
+	if (has_pending && has_expiry && !TIMESTAMP_NOT_FINITE(expires_at) && pending_until >= expires_at)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("pending_until must be earlier than expires_at")));
+
+	parts[0] = psprintf(INT64_FORMAT, points);
+	parts[1] = reason;
+	parts[2] = TimeString(fcinfo, 4);
+	parts[3] = TimeString(fcinfo, 5);
+	parts[4] = qualifying ? "q" : "n";
+	hash = PointsHash(POINTS_EARN, customer_id, 5, parts);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PointsLockAccount(&acct, customer_id, true, at);
+	if (!PointsFindRequest(reference, POINTS_EARN, customer_id, hash, &receipt))
+	{
+		PointsSettleIfDue(&acct, at);
+
+		lot.points = points;
+		lot.earned_at = at;
+		lot.pending = has_pending;
+		lot.available_at = pending_until;
+		if (has_expiry)
+		{
+			lot.expires = !TIMESTAMP_IS_NOEND(expires_at);
+			lot.expires_at = expires_at;
+		}
+		else
+		{
+			lot.expires = acct.program.expiry_months > 0;
+			if (lot.expires)
+				lot.expires_at = PointsAddMonths(at, acct.program.expiry_months,
+												 acct.program.expiry_rounding, acct.program.tz);
+		}
+		if (lot.pending && lot.expires && lot.available_at >= lot.expires_at)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("pending_until must be earlier than the points' expiry")));
+
+		PointsChangeInit(&chg, POINTS_EARN, at);
+		chg.reference = reference;
+		chg.reason = reason;
+		chg.request_hash = hash;
+		chg.points = points;
+		chg.nlots = 1;
+		chg.lots = &lot;
+		PointsCredit(&acct, &chg);
+		acct.lifetime_earned = PointsAdd(acct.lifetime_earned, points, "lifetime points");
+		if (qualifying)
+		{
+			chg.qualifying = points;
+			acct.qualifying = PointsAdd(acct.qualifying, points, "qualifying points");
+			chg.bucket_month = PointsMonthOf(at, acct.program.tz);
+			PointsCheckUpgrade(&acct, &chg);
+		}
+		entry_id = PointsWrite(&acct, &chg, NULL);
+		PointsReceiptFrom(&receipt, &acct, entry_id, points);
+	}
+	SPI_finish();
+	PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
+}
+
+/* ------------------------------------------------------------------------
+ * spend_points
+ * ------------------------------------------------------------------------ */
+
+/*
+ * loyalty.spend_points(customer_id, points, reference, at): consume
+ * available points first in, first out.  A customer without an account has
+ * nothing to spend (LP001, available 0; no account is created).
+ */
+Datum
+points_spend(PG_FUNCTION_ARGS)
+{
+	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
+	int64		points = PointsArgPositive(fcinfo, 1, "points");
+	char	   *reference = text_to_cstring(PointsArgKey(fcinfo, 2, "reference"));
+	TimestampTz at = PointsArgTime(fcinfo, 3, "at");
+	const char *parts[1];
+	uint64		hash;
+	PointsAccount acct;
+	PointsChange chg;
+	PointsReceipt receipt;
+	int64		entry_id;
+
+	parts[0] = psprintf(INT64_FORMAT, points);
+	hash = PointsHash(POINTS_SPEND, customer_id, 1, parts);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PointsLockAccount(&acct, customer_id, false, at);
+	if (!acct.found)
+	{
+		/* a repeat or a conflict is still reported as such */
+		PointsFindRequest(reference, POINTS_SPEND, customer_id, hash, &receipt);
+		ereport(ERROR,
+				(errcode(ERRCODE_POINTS_INSUFFICIENT),
+				 errmsg("insufficient points: " INT64_FORMAT " requested, 0 available", points),
+				 errdetail("available: 0; customer \"%s\" has no points account.", customer_id)));
+	}
+	if (!PointsFindRequest(reference, POINTS_SPEND, customer_id, hash, &receipt))
+	{
+		PointsSettleIfDue(&acct, at);
+		if (acct.available < points)
+			ereport(ERROR,
+					(errcode(ERRCODE_POINTS_INSUFFICIENT),
+					 errmsg("insufficient points: " INT64_FORMAT " requested, " INT64_FORMAT " available",
+							points, acct.available),
+					 errdetail("available: " INT64_FORMAT "; pending: " INT64_FORMAT "; debt: " INT64_FORMAT ".",
+							   acct.available, acct.pending, acct.debt)));
+
+		PointsChangeInit(&chg, POINTS_SPEND, at);
+		chg.reference = reference;
+		chg.request_hash = hash;
+		chg.points = -points;
+		chg.consume = points;
+		acct.available -= points;
+		entry_id = PointsWrite(&acct, &chg, NULL);
+		PointsReceiptFrom(&receipt, &acct, entry_id, -points);
+	}
+	SPI_finish();
+	PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
+}
+
+/* ------------------------------------------------------------------------
+ * points_balance
+ * ------------------------------------------------------------------------ */
+
+static const char *const balance_sql =
+"SELECT a.debt, a.tier, p.timezone, l.state = 'available', l.remaining, l.available_at, l.expires_at"
+"  FROM loyalty.points_account a"
+"  LEFT JOIN loyalty.points_program p ON true"
+"  LEFT JOIN loyalty.points_lot l ON l.customer_id = a.customer_id AND l.state <> 'closed'"
+" WHERE a.customer_id = $1";
+
+/*
+ * loyalty.points_balance(customer_id, at): computed from the open lots at
+ * read time with the same rule the mutating calls settle by: a pending lot
+ * whose available_at has passed is available, a lot whose expires_at has
+ * passed counts for nothing.  Exact whether or not any settling ran.  The
+ * next expiry is the last local day (program time zone) on which the
+ * soonest-expiring points can be used, with all points expiring on that day.
+ * A customer without an account has a zero balance and no tier.
+ */
+Datum
+points_balance(PG_FUNCTION_ARGS)
+{
+	static const Oid types[1] = {TEXTOID};
+	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
+	TimestampTz at = PointsArgTime(fcinfo, 1, "at");
+	MemoryContext caller = CurrentMemoryContext;
+	int64		available = 0,
+				pending = 0,
+				debt = 0,
+				expiring = 0;
+	bool		has_expiry = false;
+	DateADT		expiry_date = 0;
+	char	   *tier = NULL;
+	TupleDesc	desc;
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, true, true, true};
+	Datum		vals[1];
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	vals[0] = CStringGetTextDatum(customer_id);
+	if (SPI_execute_plan(PointsPrepare(&balance_plan, balance_sql, 1, types), vals, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the points balance failed");
+	if (SPI_processed > 0)
+	{
+		char	   *tz_name = ColText(0, 3);
+		pg_tz	   *tz = PointsZone(tz_name);
+		char	   *t = ColText(0, 2);
+
+		debt = ColInt64(0, 1, NULL);
+		if (t)
+			tier = MemoryContextStrdup(caller, t);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			bool		is_available = DatumGetBool(ColDatum(i, 4, &isnull));
+			int64		remaining;
+			Datum		d;
+
+			if (isnull)
+				continue;		/* no open lot */
+			remaining = ColInt64(i, 5, NULL);
+			d = ColDatum(i, 7, &isnull);
+			if (!isnull)
+			{
+				TimestampTz expires_at = DatumGetTimestampTz(d);
+				DateADT		day;
+
+				if (expires_at <= at)
+					continue;	/* expired */
+				day = PointsLastDayBefore(expires_at, tz);
+				if (!has_expiry || day < expiry_date)
+				{
+					has_expiry = true;
+					expiry_date = day;
+					expiring = 0;
+				}
+				if (day == expiry_date)
+					expiring += remaining;
+			}
+			if (!is_available)
+			{
+				d = ColDatum(i, 6, &isnull);
+				is_available = !isnull && DatumGetTimestampTz(d) <= at;
+			}
+			if (is_available)
+				available += remaining;
+			else
+				pending += remaining;
+		}
+	}
+	SPI_finish();
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	desc = BlessTupleDesc(desc);
+	values[0] = Int64GetDatum(available);
+	values[1] = Int64GetDatum(pending);
+	values[2] = Int64GetDatum(debt);
+	if (has_expiry)
+	{
+		values[3] = DateADTGetDatum(expiry_date);
+		values[4] = Int64GetDatum(expiring);
+		nulls[3] = nulls[4] = false;
+	}
+	if (tier)
+	{
+		values[5] = CStringGetTextDatum(tier);
+		nulls[5] = false;
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
