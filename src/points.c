@@ -692,7 +692,7 @@ PointsFindRequest(const char *reference, const char *kind, const char *customer_
 	static const Oid types[1] = {TEXTOID};
 	Datum		values[1];
 	bool		reversed = false;
-	char	   *other = NULL;
+	bool		other = false;
 
 	values[0] = CStringGetTextDatum(reference);
 	PointsExec(PointsPrepare(&request_plan, request_sql, 1, types), values, NULL, SPI_OK_SELECT);
@@ -706,12 +706,18 @@ PointsFindRequest(const char *reference, const char *kind, const char *customer_
 
 		if (strcmp(k, kind) == 0)
 		{
-			if (strcmp(c, customer_id) != 0 || isnull || (uint64) h != request_hash)
+			if (strcmp(c, customer_id) != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
+						 errmsg("reference \"%s\" belongs to another customer", reference),
+						 errdetail("Ledger entry " INT64_FORMAT " used it.", ColInt64(i, 4, NULL)),
+						 errhint("References (order ids, idempotency keys) are unique to one customer.")));
+			if (isnull || (uint64) h != request_hash)
 				ereport(ERROR,
 						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 						 errmsg("reference \"%s\" was already used for a different %s request", reference, kind),
-						 errdetail("A repeated call must have the same customer and arguments; entry " INT64_FORMAT " has customer \"%s\".",
-								   ColInt64(i, 4, NULL), c),
+						 errdetail("A repeated call must have the same arguments as ledger entry " INT64_FORMAT ".",
+								   ColInt64(i, 4, NULL)),
 						 errhint("Use a new reference for a new request.")));
 			receipt->entry_id = ColInt64(i, 4, NULL);
 			receipt->customer_id = (char *) customer_id;
@@ -722,16 +728,15 @@ PointsFindRequest(const char *reference, const char *kind, const char *customer_
 			return true;
 		}
 		if (strcmp(c, customer_id) != 0)
-			other = c;
+			other = true;
 		if (strcmp(k, POINTS_REVERSE) == 0)
 			reversed = true;
 	}
-	if (other != NULL)
+	if (other)
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 				 errmsg("reference \"%s\" belongs to another customer", reference),
-				 errdetail("It was used for customer \"%s\".", other),
-				 errhint("References (order ids) are unique to one customer.")));
+				 errhint("References (order ids, idempotency keys) are unique to one customer.")));
 	if (reversed && (strcmp(kind, POINTS_EARN) == 0 || strcmp(kind, POINTS_SPEND) == 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_REFERENCE_REVERSED),
@@ -924,7 +929,9 @@ PointsCheckUpgrade(PointsAccount *acct, PointsChange *chg)
  * account lock; explicit lot changes, new lots, the account's new values,
  * the month's qualifying bucket, rule usage and an upgrade's history row
  * are written alongside the ledger entry, whose lot arrays list explicit
- * changes, then consumed lots, then new lots.
+ * changes, then consumed lots, then new lots.  Rule usage is added by upsert
+ * and given back (reversal) by update, so the usage row's CHECK never sees
+ * a negative insert.
  */
 static const char *const write_sql =
 "WITH pick AS ("
@@ -966,7 +973,13 @@ static const char *const write_sql =
 "  INSERT INTO loyalty.points_rule_usage AS u (customer_id, rule_id, period_start, points)"
 "  SELECT $1, x.rule_id, x.period_start, x.points"
 "    FROM unnest($29::int8[], $30::date[], $31::int8[]) AS x(rule_id, period_start, points)"
+"   WHERE x.points > 0"
 "  ON CONFLICT (customer_id, rule_id, period_start) DO UPDATE SET points = u.points + EXCLUDED.points"
+"), unusage AS ("
+"  UPDATE loyalty.points_rule_usage u SET points = u.points + x.points"
+"    FROM unnest($29::int8[], $30::date[], $31::int8[]) AS x(rule_id, period_start, points)"
+"   WHERE x.points < 0 AND u.customer_id = $1 AND u.rule_id = x.rule_id"
+"     AND u.period_start = x.period_start"
 "), history AS ("
 "  INSERT INTO loyalty.tier_history (customer_id, changed_at, from_tier, to_tier, change, qualifying)"
 "  SELECT $1, $22, $32, $25, 'upgrade', $33 WHERE $33 IS NOT NULL"

@@ -498,7 +498,7 @@ CREATE PROCEDURE loyalty.run_points_maintenance(batch_size integer DEFAULT 10000
 LANGUAGE plpgsql
 AS $$
 DECLARE
-	t timestamptz := pg_catalog.coalesce(as_of, pg_catalog.now());
+	t timestamptz := COALESCE(as_of, pg_catalog.now());
 	r record;
 BEGIN
 	IF batch_size IS NULL OR batch_size < 1 THEN

@@ -68,7 +68,7 @@ BEGIN
 	FROM loyalty.points_account a LEFT JOIN loyalty.tier t ON t.name = a.tier
 	WHERE a.customer_id = tier_progress.customer_id;
 	tier := cur.tier;
-	qualifying := coalesce(loyalty._points_tier_value(tier_progress.customer_id, tier_progress.at), 0);
+	qualifying := trim_scale(coalesce(loyalty._points_tier_value(tier_progress.customer_id, tier_progress.at), 0));
 	keeps_tier := cur.threshold IS NULL OR qualifying >= cur.threshold;
 
 	SELECT n.name, n.threshold INTO nxt
@@ -77,10 +77,14 @@ BEGIN
 	ORDER BY n.rank LIMIT 1;
 	IF FOUND THEN
 		next_tier := nxt.name;
-		missing := greatest(nxt.threshold - qualifying, 0);
-		message := CASE basis
-			WHEN 'points' THEN format('%s points to %s', missing, nxt.name)
-			ELSE format('%s more spend to %s', missing, nxt.name) END;
+		missing := trim_scale(greatest(nxt.threshold - qualifying, 0));
+	END IF;
+	IF NOT keeps_tier THEN
+		message := format(CASE basis WHEN 'points' THEN '%s points to keep %s' ELSE '%s more spend to keep %s' END,
+						  trim_scale(cur.threshold - qualifying), tier);
+	ELSIF next_tier IS NOT NULL THEN
+		message := format(CASE basis WHEN 'points' THEN '%s points to %s' ELSE '%s more spend to %s' END,
+						  missing, next_tier);
 	ELSIF tier IS NOT NULL THEN
 		message := format('top tier %s reached', tier);
 	ELSE
@@ -90,7 +94,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION loyalty.tier_progress(text, timestamptz) IS
-	'Tier of a customer, qualifying points (or spend) in the window, the next tier and what is missing ("120 points to Gold"), whether the current tier''s threshold is still met';
+	'Tier of a customer, qualifying points (or spend) in the window, the next tier and what is missing ("120 points to Gold"), whether the current tier''s threshold is still met (else the message says what keeps it)';
 SELECT loyalty._register_function('app', 'loyalty.tier_progress(text, timestamptz)');
 
 /*
@@ -194,7 +198,7 @@ CREATE PROCEDURE loyalty.evaluate_tiers(as_of timestamptz DEFAULT NULL, batch_si
 LANGUAGE plpgsql
 AS $$
 DECLARE
-	t timestamptz := pg_catalog.coalesce(as_of, pg_catalog.now());
+	t timestamptz := COALESCE(as_of, pg_catalog.now());
 	last text;
 	r record;
 	up bigint := 0;
@@ -374,7 +378,7 @@ COMMENT ON VIEW loyalty.tier_distribution IS
 SELECT loyalty._register_relation('analyst', 'loyalty.tier_distribution');
 
 CREATE VIEW loyalty.points_liability AS
-SELECT date_trunc('month', l.expires_at AT TIME ZONE p.timezone)::date AS expiry_month,
+SELECT date_trunc('month', (l.expires_at - interval '1 microsecond') AT TIME ZONE p.timezone)::date AS expiry_month,
 	   count(DISTINCT l.customer_id) AS customers,
 	   sum(l.remaining) FILTER (WHERE l.state = 'available') AS available,
 	   sum(l.remaining) FILTER (WHERE l.state = 'pending') AS pending
@@ -385,5 +389,5 @@ WHERE l.state <> 'closed'
 GROUP BY 1;
 
 COMMENT ON VIEW loyalty.points_liability IS
-	'Outstanding points by month of expiry (NULL: never expire), as last settled: what the program owes and when it lapses';
+	'Outstanding points by the month of their last usable day (program time zone; NULL: never expire), as last settled: what the program owes and when it lapses';
 SELECT loyalty._register_relation('analyst', 'loyalty.points_liability');
