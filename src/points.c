@@ -464,18 +464,25 @@ static SPIPlanPtr balance_plan = NULL;
 /*
  * The account with its tier, the next tier's threshold and the program
  * settings.  Only the account row is locked; FOR NO KEY UPDATE does not
- * block foreign-key checks of other tables.
+ * block foreign-key checks of other tables.  The tier is looked up with
+ * scalar subqueries in the target list, not joined: when the lock waits for
+ * a concurrent update, PostgreSQL re-evaluates the row (EvalPlanQual) and
+ * recomputes the target list from its new version, but would keep a joined
+ * row of another table as first read (the tier before an upgrade).  The
+ * program row is joined on true, so any version of it matches.
  */
 static const char *const lock_sql =
 "SELECT a.available, a.pending, a.debt, a.lifetime_earned, a.qualifying, a.qualifying_spend,"
-"       a.tier, t.rank, t.multiplier, a.tier_since, a.next_event_at, nt.threshold,"
+"       a.tier,"
+"       (SELECT c.rank FROM loyalty.tier c WHERE c.name = a.tier),"
+"       (SELECT c.multiplier FROM loyalty.tier c WHERE c.name = a.tier),"
+"       a.tier_since, a.next_event_at,"
+"       (SELECT n.threshold FROM loyalty.tier n"
+"         WHERE a.tier IS NULL OR n.rank > (SELECT c.rank FROM loyalty.tier c WHERE c.name = a.tier)"
+"         ORDER BY n.rank LIMIT 1),"
 "       p.timezone, p.tier_basis, p.tier_window_months, p.expiry_months, p.expiry_rounding"
 "  FROM loyalty.points_account a"
-"  LEFT JOIN loyalty.tier t ON t.name = a.tier"
 "  LEFT JOIN loyalty.points_program p ON true"
-"  LEFT JOIN LATERAL (SELECT n.threshold FROM loyalty.tier n"
-"                      WHERE t.rank IS NULL OR n.rank > t.rank"
-"                      ORDER BY n.rank LIMIT 1) nt ON true"
 " WHERE a.customer_id = $1"
 "   FOR NO KEY UPDATE OF a";
 
@@ -1119,10 +1126,9 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 			FlushErrorState();
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
-					 errmsg("reference \"%s\" was already used for a different %s request",
-							chg->reference, chg->kind),
-					 errdetail("A concurrent call for another customer used the same reference."),
-					 errhint("Use a new reference for a new request.")));
+					 errmsg("reference \"%s\" belongs to another customer", chg->reference),
+					 errdetail("A concurrent %s call for another customer used it first.", chg->kind),
+					 errhint("References (order ids, idempotency keys) are unique to one customer.")));
 		}
 		FreeErrorData(edata);
 		PG_RE_THROW();
