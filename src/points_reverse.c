@@ -58,10 +58,12 @@ static const char *const lots_sql =
 "  FROM loyalty.points_lot WHERE lot_id = ANY ($1)"
 " ORDER BY expires_at NULLS LAST, earned_at, lot_id";
 
-/* Elements of an int8[] / date[] datum (no nulls in what we store). */
+/* Elements of an int8[] column of a result row; 0 and NULL when it is null. */
 static int
-Int64Elems(Datum d, bool isnull, int64 **out)
+Int64Elems(HeapTuple tup, TupleDesc desc, int col, int64 **out)
 {
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
 	Datum	   *elems;
 	int			n;
 
@@ -76,12 +78,18 @@ Int64Elems(Datum d, bool isnull, int64 **out)
 	return n;
 }
 
+/* Elements of a date[] column (never null: built with ARRAY()). */
 static int
-DateElems(Datum d, DateADT **out)
+DateElems(HeapTuple tup, TupleDesc desc, int col, DateADT **out)
 {
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
 	Datum	   *elems;
 	int			n;
 
+	*out = NULL;
+	if (isnull)
+		return 0;
 	deconstruct_array(DatumGetArrayTypeP(d), DATEOID, 4, true, TYPALIGN_INT, &elems, NULL, &n);
 	*out = palloc(sizeof(DateADT) * (n + 1));
 	for (int i = 0; i < n; i++)
@@ -125,7 +133,6 @@ points_reverse(PG_FUNCTION_ARGS)
 				spend_row = -1,
 				reverse_row = -1;
 	int64	   *earn_lots = NULL,
-			   *earn_deltas = NULL,
 			   *spend_lots = NULL,
 			   *spend_deltas = NULL;
 	int			n_earn_lots = 0,
@@ -234,19 +241,13 @@ points_reverse(PG_FUNCTION_ARGS)
 		chg.bucket_month = PointsMonthOf(DatumGetTimestampTz(SPI_getbinval(t, d, 8, &isnull)),
 										 acct.program.tz);
 		/* rule caps get their room back */
-		{
-			Datum		rules = SPI_getbinval(t, d, 12, &isnull);
-			Datum		periods = SPI_getbinval(t, d, 13, &isnull);
-			Datum		pts = SPI_getbinval(t, d, 14, &isnull);
-
-			chg.nusage = Int64Elems(rules, false, &chg.usage_rule);
-			DateElems(periods, &chg.usage_period);
-			Int64Elems(pts, false, &chg.usage_points);
-		}
+		chg.nusage = Int64Elems(t, d, 12, &chg.usage_rule);
+		if (DateElems(t, d, 13, &chg.usage_period) != chg.nusage ||
+			Int64Elems(t, d, 14, &chg.usage_points) != chg.nusage)
+			elog(ERROR, "inconsistent rule detail in ledger entry " INT64_FORMAT, chg.reverses[0]);
 
 		/* what is left of the earning's own lots is taken back */
-		n_earn_lots = Int64Elems(SPI_getbinval(t, d, 6, &isnull), isnull, &earn_lots);
-		Int64Elems(SPI_getbinval(t, d, 7, &isnull), isnull, &earn_deltas);
+		n_earn_lots = Int64Elems(t, d, 6, &earn_lots);
 		if (n_earn_lots > 0)
 		{
 			ReadLots(n_earn_lots, earn_lots);
@@ -284,8 +285,10 @@ points_reverse(PG_FUNCTION_ARGS)
 		TupleDesc	d = entries->tupdesc;
 
 		chg.reverses[chg.nreverses++] = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
-		n_spend_lots = Int64Elems(SPI_getbinval(t, d, 6, &isnull), isnull, &spend_lots);
-		Int64Elems(SPI_getbinval(t, d, 7, &isnull), isnull, &spend_deltas);
+		n_spend_lots = Int64Elems(t, d, 6, &spend_lots);
+		if (Int64Elems(t, d, 7, &spend_deltas) != n_spend_lots)
+			elog(ERROR, "inconsistent lot arrays in ledger entry " INT64_FORMAT,
+				 chg.reverses[chg.nreverses - 1]);
 		if (n_spend_lots > 0)
 		{
 			ReadLots(n_spend_lots, spend_lots);
