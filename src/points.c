@@ -47,14 +47,19 @@ PG_FUNCTION_INFO_V1(points_balance);
 
 /*
  * Prepare a statement once per backend and keep it: the hot paths then pay
- * neither parsing nor (after the first executions) planning.
+ * neither parsing nor planning.  The plan is generic from the first call:
+ * the statements are index lookups by key whatever the values, and the
+ * plan cache's default would re-plan a statement as large as the write
+ * statement on every call whenever a custom plan looks cheaper (a false
+ * "$9 > 0" prunes a branch).
  */
 SPIPlanPtr
 PointsPrepare(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes)
 {
 	if (*cache == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, (Oid *) argtypes);
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, (Oid *) argtypes,
+											  CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
@@ -458,6 +463,8 @@ static SPIPlanPtr settle_plan = NULL;
 static SPIPlanPtr request_plan = NULL;
 static SPIPlanPtr upgrade_plan = NULL;
 static SPIPlanPtr write_plan = NULL;
+static SPIPlanPtr credit_plan = NULL;
+static SPIPlanPtr spend_plan = NULL;
 static SPIPlanPtr debit_lots_plan = NULL;
 static SPIPlanPtr balance_plan = NULL;
 
@@ -1004,6 +1011,79 @@ static const char *const write_sql =
 "  FROM lots l "
 "RETURNING entry_id, (SELECT consumed FROM lots)";
 
+/*
+ * The two hot paths get leaner statements with the same parameters: every
+ * node of a statement costs executor start-up on each call.  A plain credit
+ * (earn_points, a positive adjustment: new lots, no lot changes, no rule
+ * usage) and a plain spend (FIFO consumption only).  The qualifying bucket
+ * is updated, or inserted when the month has none; the account lock makes
+ * that safe without ON CONFLICT.
+ */
+static const char *const credit_sql =
+"WITH created AS ("
+"  INSERT INTO loyalty.points_lot (customer_id, state, points, remaining, earned_at, available_at, expires_at)"
+"  SELECT $1, CASE WHEN n.available_at IS NULL THEN 'available' ELSE 'pending' END,"
+"         n.points, n.points, n.earned_at, n.available_at, n.expires_at"
+"    FROM unnest($12::int8[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[])"
+"         WITH ORDINALITY AS n(points, earned_at, available_at, expires_at, ord)"
+"   ORDER BY n.ord"
+"  RETURNING lot_id, points"
+"), account AS ("
+"  UPDATE loyalty.points_account a"
+"     SET available = $19, pending = $20, debt = $21, lifetime_earned = $23, qualifying = $24,"
+"         qualifying_spend = a.qualifying_spend + coalesce($7, 0),"
+"         tier = $25, tier_since = $26, next_event_at = $27, updated_at = pg_catalog.now()"
+"   WHERE a.customer_id = $1"
+"), bucket AS ("
+"  UPDATE loyalty.points_qualifying q SET points = q.points + $6, spend = q.spend + coalesce($7, 0)"
+"   WHERE q.customer_id = $1 AND q.month = $28"
+"  RETURNING 1"
+"), new_bucket AS ("
+"  INSERT INTO loyalty.points_qualifying (customer_id, month, points, spend)"
+"  SELECT $1, $28, $6, coalesce($7, 0) WHERE $28 IS NOT NULL AND NOT EXISTS (SELECT FROM bucket)"
+"), history AS ("
+"  INSERT INTO loyalty.tier_history (customer_id, changed_at, from_tier, to_tier, change, qualifying)"
+"  SELECT $1, $22, $32, $25, 'upgrade', $33 WHERE $33 IS NOT NULL"
+")"
+"INSERT INTO loyalty.points_ledger (customer_id, kind, points, reference, reason, qualifying, amount,"
+"       debt_change, lot_ids, lot_points, reverses, detail, request_hash,"
+"       available_after, pending_after, debt_after, effective_at)"
+"SELECT $1, $2, $3, $4, $5, $6, $7, $8,"
+"       (SELECT array_agg(c.lot_id ORDER BY c.lot_id) FROM created c),"
+"       (SELECT array_agg(c.points ORDER BY c.lot_id) FROM created c),"
+"       $16, $17, $18, $19, $20, $21, $22 "
+"RETURNING entry_id, 0::int8";
+
+static const char *const spend_sql =
+"WITH pick AS ("
+"  SELECT l.lot_id, l.remaining, (sum(l.remaining) OVER w)::int8 AS upto, row_number() OVER w AS ord"
+"    FROM loyalty.points_lot l"
+"   WHERE l.customer_id = $1 AND l.state = 'available'"
+"  WINDOW w AS (ORDER BY l.expires_at NULLS LAST, l.earned_at, l.lot_id)"
+"), moves AS ("
+"  SELECT p.ord, p.lot_id, -LEAST(p.remaining, $9 - (p.upto - p.remaining)) AS delta"
+"    FROM pick p WHERE p.upto - p.remaining < $9"
+"), changed AS ("
+"  UPDATE loyalty.points_lot l"
+"     SET remaining = l.remaining + m.delta,"
+"         state = CASE WHEN l.remaining + m.delta = 0 THEN 'closed' ELSE l.state END"
+"    FROM moves m WHERE l.lot_id = m.lot_id"
+"), account AS ("
+"  UPDATE loyalty.points_account a"
+"     SET available = $19, pending = $20, debt = $21, next_event_at = $27, updated_at = pg_catalog.now()"
+"   WHERE a.customer_id = $1"
+"), lots AS ("
+"  SELECT array_agg(m.lot_id ORDER BY m.ord) AS ids, array_agg(m.delta ORDER BY m.ord) AS deltas,"
+"         coalesce(sum(-m.delta), 0)::int8 AS consumed"
+"    FROM moves m"
+")"
+"INSERT INTO loyalty.points_ledger (customer_id, kind, points, reference, reason, qualifying, amount,"
+"       debt_change, lot_ids, lot_points, reverses, detail, request_hash,"
+"       available_after, pending_after, debt_after, effective_at)"
+"SELECT $1, $2, $3, $4, $5, $6, $7, $8, l.ids, l.deltas, $16, $17, $18, $19, $20, $21, $22"
+"  FROM lots l "
+"RETURNING entry_id, (SELECT consumed FROM lots)";
+
 #define WRITE_NARGS 33
 
 /*
@@ -1111,8 +1191,16 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 
 	PG_TRY();
 	{
-		PointsExec(PointsPrepare(&write_plan, write_sql, WRITE_NARGS, types), v, n,
-				   SPI_OK_INSERT_RETURNING);
+		SPIPlanPtr	plan;
+
+		if (chg->nmoves == 0 && chg->consume == 0 && chg->nusage == 0 && !chg->has_amount)
+			plan = PointsPrepare(&credit_plan, credit_sql, WRITE_NARGS, types);
+		else if (chg->nmoves == 0 && chg->nlots == 0 && chg->nusage == 0 && !chg->has_amount &&
+				 chg->qualifying == 0 && !chg->tier_changed)
+			plan = PointsPrepare(&spend_plan, spend_sql, WRITE_NARGS, types);
+		else
+			plan = PointsPrepare(&write_plan, write_sql, WRITE_NARGS, types);
+		PointsExec(plan, v, n, SPI_OK_INSERT_RETURNING);
 	}
 	PG_CATCH();
 	{

@@ -319,6 +319,20 @@ AS $$
 	WHERE l.remaining <> coalesce(m.delta, 0) OR l.expired <> coalesce(m.expired, 0)
 	   OR l.remaining + l.expired > l.points
 	UNION ALL
+	SELECT 'malformed lot', l.customer_id, format('lot %s (%s, %s of %s points)', l.lot_id, l.state, l.remaining, l.points)
+	FROM loyalty.points_lot l
+	WHERE l.state NOT IN ('pending', 'available', 'closed') OR l.points <= 0 OR l.expired < 0
+	   OR (l.state = 'closed') <> (l.remaining = 0)
+	   OR (l.state = 'pending' AND l.available_at IS NULL)
+	   OR l.available_at >= l.expires_at
+	UNION ALL
+	SELECT 'malformed ledger entry', e.customer_id, format('entry %s (%s)', e.entry_id, e.kind)
+	FROM loyalty.points_ledger e
+	WHERE e.kind NOT IN ('earn', 'spend', 'expire', 'reverse', 'adjust')
+	   OR (e.reference IS NULL) <> (e.kind = 'expire')
+	   OR coalesce(cardinality(e.lot_ids) <> cardinality(e.lot_points),
+				   (e.lot_ids IS NULL) <> (e.lot_points IS NULL))
+	UNION ALL
 	SELECT 'ledger entry inconsistent', e.customer_id,
 		   format('entry %s: points %s, lot changes %s, debt change %s',
 				  e.entry_id, e.points, coalesce(x.total, 0), e.debt_change)
@@ -357,7 +371,7 @@ AS $$
 $$;
 
 COMMENT ON FUNCTION loyalty.check_integrity() IS
-	'Every violation of the points invariants (balance = open lots = ledger sum, no negative balance, debt, lots, references, totals, tiers); empty when healthy';
+	'Every violation of the points invariants (balance = open lots = ledger sum, no negative balance, debt, well-formed lots and entries, references, totals, tiers); empty when healthy';
 SELECT loyalty._register_function('admin', 'loyalty.check_integrity()');
 
 /* views */
