@@ -21,6 +21,9 @@ SQL_PARTS = \
 	src/access.sql \
 	src/rfm_score.sql \
 	src/segment.sql \
+	src/rfm.sql \
+	src/coupon_code.sql \
+	src/coupon.sql \
 	src/points.sql \
 	src/points_tier.sql \
 	src/grants.sql

@@ -52,4 +52,86 @@
 #include "varatt.h"
 #endif
 
+/*
+ * InitMaterializedSRF() (set up a materialize-mode set-returning function's
+ * tuplestore) appeared in PostgreSQL 15; before that every function wrote
+ * the same few lines, which this replicates.  Flags are not supported there.
+ */
+#if PG_VERSION_NUM < 150000
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/tuplestore.h"
+
+static inline void
+InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext old;
+	TupleDesc	tupdesc;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = tuplestore_begin_heap(rsinfo->allowedModes & SFRM_Materialize_Random,
+											  false, work_mem);
+	rsinfo->setDesc = CreateTupleDescCopy(tupdesc);
+	MemoryContextSwitchTo(old);
+}
+#endif
+
+/*
+ * Run a prepared, parameterless SPI query and hand every result row to a
+ * DestReceiver without copying it.  PostgreSQL 14 added the dest option of
+ * SPI_execute_plan_extended (the query may then run in parallel); before
+ * that the rows are fetched through a cursor in batches and stored into a
+ * slot one by one.
+ */
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+
+static inline void
+LoyaltySPIExecuteToDest(SPIPlanPtr plan, bool read_only, DestReceiver *dest)
+{
+#if PG_VERSION_NUM >= 140000
+	SPIExecuteOptions options;
+	int			rc;
+
+	memset(&options, 0, sizeof(options));
+	options.read_only = read_only;
+	options.dest = dest;
+	rc = SPI_execute_plan_extended(plan, &options);
+	if (rc != SPI_OK_SELECT && rc != SPI_OK_UTILITY)
+		elog(ERROR, "SPI_execute_plan_extended failed: %s", SPI_result_code_string(rc));
+#else
+	Portal		portal = SPI_cursor_open(NULL, plan, NULL, NULL, read_only);
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(portal->tupDesc, &TTSOpsHeapTuple);
+
+	dest->rStartup(dest, CMD_SELECT, portal->tupDesc);
+	for (;;)
+	{
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		for (i = 0; i < SPI_processed; i++)
+		{
+			ExecStoreHeapTuple(SPI_tuptable->vals[i], slot, false);
+			dest->receiveSlot(slot, dest);
+		}
+		ExecClearTuple(slot);
+		SPI_freetuptable(SPI_tuptable);
+	}
+	dest->rShutdown(dest);
+	ExecDropSingleTupleTableSlot(slot);
+	SPI_cursor_close(portal);
+#endif
+}
+
 #endif							/* LOYALTY_COMPAT_H */

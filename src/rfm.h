@@ -34,6 +34,7 @@
 #include "postgres.h"
 
 #include "rfm_score.h"
+#include "utils/numeric.h"
 
 #define RFM_MIN_BINS	2
 #define RFM_MAX_BINS	9
@@ -76,7 +77,26 @@ typedef struct RfmScoring
 extern void RfmScoreAll(const RfmScoring *scoring, const RfmKeys *keys, int n,
 						RfmScore *out);
 
+/* Bytes of scratch memory RfmScoreAll takes for n customers. */
+extern Size RfmScoreAllMemory(const RfmScoring *scoring, int n);
+
 /* Validate a scoring specification, raising a clear error if unusable. */
 extern void RfmCheckScoring(const RfmScoring *scoring);
+
+/*
+ * Threshold score (1..bins) of one key of one dimension; key as in RfmKeys.
+ * Recency: 1 + number of cut points t with recency_days <= t (no order at
+ * all scores 1).  Frequency, monetary: 1 + number of cut points t with
+ * value >= t.  When use_thresholds is set, a dimension with nthresholds = 0
+ * is scored by quantile (thresholds may be given for some dimensions only).
+ */
+extern int	RfmThresholdScore(const RfmScoring *scoring, RfmDimension dim,
+							  double key);
+
+/* Recency key: -recency_days, or -Infinity when recency_days < 0 (no order). */
+extern double RfmRecencyKey(int32 recency_days);
+
+/* Monetary key: the numeric's float8 value, as numeric::float8 gives it. */
+extern double RfmMonetaryKey(Numeric monetary);
 
 #endif							/* LOYALTY_RFM_H */

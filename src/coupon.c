@@ -1,0 +1,618 @@
+/*
+ * coupon.c
+ *		The coupon lifecycle as SQL functions: validate (read-only), reserve
+ *		(hold one unit of every cap for a checkout), redeem (atomic,
+ *		idempotent on the order), roll back (cancel / refund).
+ *
+ * An order_ref identifies one order of the app.  Each (order_ref, code) is
+ * at most one redemption; redeeming the same pair again returns the first
+ * discount.  Several codes on one order_ref stack, under the campaigns'
+ * stacking rules.  Every call for one order_ref must carry the same customer
+ * and the same order context (compared by fingerprint), else order_conflict.
+ * Rolling an order back reverses all its redemptions, releases its
+ * reservations and closes the order_ref for good.
+ *
+ * The functions run SECURITY DEFINER (the app role cannot write the tables)
+ * and inside the caller's transaction: if the caller rolls back, nothing
+ * happened.  Failures raise SQLSTATE LY0nn with the reason token in the
+ * message (see CouponReasons); validate reports the same reasons as data.
+ */
+#include "coupon.h"
+
+#include "access/htup_details.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/inval.h"
+#include "utils/timestamp.h"
+
+/* Stable reason tokens, their SQLSTATEs and the detail shown with them. */
+static const struct
+{
+	const char *token;
+	const char *sqlstate;
+	const char *detail;
+}			CouponReasons[COUPON_NREASONS] =
+{
+	[COUPON_OK] = {"ok", "00000", ""},
+	[COUPON_INVALID_CODE] = {"invalid_code", "LY001",
+	"The text is not a valid coupon code; a mistyped generated code fails its check characters."},
+	[COUPON_NOT_FOUND] = {"not_found", "LY002", "No coupon has this code."},
+	[COUPON_WRONG_CUSTOMER] = {"wrong_customer", "LY003",
+	"The code is bound to another customer."},
+	[COUPON_CURRENCY_MISMATCH] = {"currency_mismatch", "LY004",
+	"The order's currency differs from the campaign's or from another coupon's on this order."},
+	[COUPON_EXPIRED] = {"expired", "LY005", "The campaign has ended."},
+	[COUPON_NOT_STARTED] = {"not_started", "LY006",
+	"The campaign has not started yet."},
+	[COUPON_PAUSED] = {"paused", "LY007", "The campaign is paused."},
+	[COUPON_NOT_ELIGIBLE] = {"not_eligible", "LY008",
+	"The customer or the order does not meet the campaign's eligibility rules."},
+	[COUPON_MIN_AMOUNT] = {"min_amount", "LY009",
+	"The order amount is below the campaign's minimum."},
+	[COUPON_NO_ELIGIBLE_ITEMS] = {"no_eligible_items", "LY010",
+	"No item of the order qualifies for the campaign."},
+	[COUPON_NOT_STACKABLE] = {"not_stackable", "LY011",
+	"The coupon cannot be combined with the coupons already on this order."},
+	[COUPON_EXHAUSTED] = {"exhausted", "LY012",
+	"The code or its campaign has no uses left."},
+	[COUPON_RESERVED] = {"reserved", "LY013",
+	"The remaining uses are held by reservations of other checkouts."},
+	[COUPON_CUSTOMER_LIMIT] = {"customer_limit", "LY014",
+	"The customer has used this campaign as often as allowed."},
+	[COUPON_ORDER_CONFLICT] = {"order_conflict", "LY020",
+	"This order reference was used with another customer or another order context."},
+	[COUPON_ORDER_ROLLED_BACK] = {"order_rolled_back", "LY021",
+	"This order was rolled back; its reference takes no coupons any more."},
+	[COUPON_ALREADY_REDEEMED] = {"already_redeemed", "LY022",
+	"The coupon is already redeemed for this order."},
+};
+
+/* The stable token of a reason ("exhausted", ...). */
+const char *
+CouponReasonToken(CouponReason r)
+{
+	return CouponReasons[r].token;
+}
+
+/* The SQLSTATE a failed redeem / reserve raises for a reason. */
+int
+CouponReasonSqlstate(CouponReason r)
+{
+	const char *s = CouponReasons[r].sqlstate;
+
+	return MAKE_SQLSTATE(s[0], s[1], s[2], s[3], s[4]);
+}
+
+/* The sentence shown as errdetail for a reason. */
+const char *
+CouponReasonDetail(CouponReason r)
+{
+	return CouponReasons[r].detail;
+}
+
+/* Everything one call works with. */
+typedef struct CallState
+{
+	const char *verb;			/* "redeemed", "reserved" (messages) */
+	char	   *customer_id;
+	char	   *order_ref;		/* NULL: validate without an order */
+	OrderContext ctx;
+	TimestampTz now;
+	Datum		code;
+	char	   *code_display;
+	Coupon		cp;
+	Campaign	cm;
+	CouponOrder order;
+	Numeric		discount;
+	bool		on_shipping;
+} CallState;
+
+/* Raise the documented error of a reason. */
+static void
+pg_attribute_noreturn()
+RaiseReason(const CallState *st, CouponReason r)
+{
+	if (st->code_display != NULL)
+		ereport(ERROR,
+				(errcode(CouponReasonSqlstate(r)),
+				 errmsg("coupon %s cannot be %s: %s", st->code_display,
+						st->verb, CouponReasonToken(r)),
+				 errdetail("%s", CouponReasonDetail(r))));
+	ereport(ERROR,
+			(errcode(CouponReasonSqlstate(r)),
+			 errmsg("coupon cannot be %s: %s", st->verb, CouponReasonToken(r)),
+			 errdetail("%s", CouponReasonDetail(r))));
+}
+
+/* Null arguments are errors (22004), never silent nulls. */
+static void
+RequireArg(FunctionCallInfo fcinfo, int n, const char *name)
+{
+	if (PG_ARGISNULL(n))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+}
+
+/*
+ * Parse the code argument with the coupon_code rules (normalisation, check
+ * characters).  A bad code is a reason (invalid_code), not an input error:
+ * the argument is text, typed by a customer.
+ */
+static bool
+ParseCode(text *t, CallState *st)
+{
+	CouponCodeValue v;
+	CouponCodeError err;
+
+	if (!CouponCodeParse(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), &v, &err))
+		return false;
+	st->code = PointerGetDatum(CouponCodeFromValue(&v));
+	st->code_display = pstrdup(v.display);
+	return true;
+}
+
+/*
+ * The checks that need no lock, in the documented order: bound customer,
+ * currency, dates, pause, eligibility rules, minimum amount, eligible items
+ * and the discount, stacking with the order's other coupons.
+ */
+static CouponReason
+CheckCoupon(CallState *st)
+{
+	const Campaign *cm = &st->cm;
+	CouponReason r;
+
+	if (st->cp.customer_id != NULL &&
+		strcmp(st->cp.customer_id, st->customer_id) != 0)
+		return COUPON_WRONG_CUSTOMER;
+	if (st->ctx.has_currency && strcmp(st->ctx.currency, cm->currency) != 0)
+		return COUPON_CURRENCY_MISMATCH;
+	if (cm->has_ends_at && st->now >= cm->ends_at)
+		return COUPON_EXPIRED;
+	if (cm->has_starts_at && st->now < cm->starts_at)
+		return COUPON_NOT_STARTED;
+	if (cm->paused)
+		return COUPON_PAUSED;
+	if (cm->nrules > 0 && !CouponRulesAllow(cm, st->customer_id, &st->ctx))
+		return COUPON_NOT_ELIGIBLE;
+	if (cm->min_order_amount != NULL &&
+		CouponNumericCmp(st->ctx.amount, cm->min_order_amount) < 0)
+		return COUPON_MIN_AMOUNT;
+	r = CouponComputeDiscount(cm, &st->ctx, &st->discount, &st->on_shipping);
+	if (r != COUPON_OK)
+		return r;
+	return CouponApplyStacking(cm, &st->ctx, &st->order, st->cp.id,
+							   &st->discount, st->on_shipping);
+}
+
+/*
+ * The caps, given the usage of other orders: the code's own cap, the
+ * campaign's total cap, the per-customer cap.  "exhausted" when redemptions
+ * alone use the cap up, "reserved" when unexpired reservations of other
+ * checkouts hold the rest.
+ */
+static CouponReason
+CheckCaps(const CallState *st, int64 campaign_uses, const CouponUsage *u)
+{
+	const Coupon *cp = &st->cp;
+	const Campaign *cm = &st->cm;
+
+	if (cp->has_max_uses)
+	{
+		if (cp->uses >= cp->max_uses)
+			return COUPON_EXHAUSTED;
+		if (cp->uses + u->coupon_holds >= cp->max_uses)
+			return COUPON_RESERVED;
+	}
+	if (cm->has_total_cap)
+	{
+		if (campaign_uses >= cm->total_cap)
+			return COUPON_EXHAUSTED;
+		if (campaign_uses + u->campaign_holds >= cm->total_cap)
+			return COUPON_RESERVED;
+	}
+	if (cm->per_customer_cap > 0 &&
+		u->customer_uses + u->customer_holds >= cm->per_customer_cap)
+		return COUPON_CUSTOMER_LIMIT;
+	return COUPON_OK;
+}
+
+/* Whether a stored order matches this call's customer and context. */
+static bool
+OrderMatches(const CallState *st)
+{
+	return strcmp(st->order.customer_id, st->customer_id) == 0 &&
+		st->order.context_hash == st->ctx.hash;
+}
+
+/* The order's coupon with this code, if it is already redeemed. */
+static const CouponAttached *
+OwnRedemption(const CallState *st)
+{
+	int			i;
+
+	for (i = 0; i < st->order.nattached; i++)
+		if (st->order.attached[i].coupon_id == st->cp.id &&
+			st->order.attached[i].redeemed)
+			return &st->order.attached[i];
+	return NULL;
+}
+
+/* Copy a numeric out of the SPI memory before SPI_finish. */
+static Numeric
+CopyNumeric(Numeric n, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	Numeric		res = DatumGetNumeric(datumCopy(NumericGetDatum(n), false, -1));
+
+	MemoryContextSwitchTo(old);
+	return res;
+}
+
+/*
+ * Take the locks of steps 3-5 (gate, capped campaign row, customer), read
+ * the campaign as it is now, run every check and count usage under the
+ * locks.  Raises the reason on failure.
+ */
+static void
+CheckUnderLocks(CallState *st)
+{
+	CouponReason r;
+	CouponUsage usage;
+	int64		campaign_uses = 0;
+
+	CouponGateShared(st->cp.campaign_id);
+	CouponReadCampaign(st->cp.campaign_id, &st->cm);
+	r = CheckCoupon(st);
+	if (r != COUPON_OK)
+		RaiseReason(st, r);
+	if (st->cm.has_total_cap)
+		campaign_uses = CouponLockCampaignRow(st->cm.id);
+	if (st->cm.per_customer_cap > 0)
+		CouponLockCustomer(st->cm.id, st->customer_id);
+	CouponCountUsage(&st->cp, &st->cm, st->customer_id, st->order_ref,
+					 st->now, true, &usage);
+	r = CheckCaps(st, campaign_uses, &usage);
+	if (r != COUPON_OK)
+		RaiseReason(st, r);
+}
+
+/*
+ * Common start of reserve and redeem: arguments, context, code, then lock
+ * order steps 1 (order) and 2 (coupon).  st->now is set by the caller.
+ * Returns with SPI connected.
+ */
+static void
+BeginWrite(FunctionCallInfo fcinfo, CallState *st, bool amount_context)
+{
+	text	   *code;
+
+	RequireArg(fcinfo, 0, "code");
+	RequireArg(fcinfo, 1, "customer_id");
+	RequireArg(fcinfo, 2, "order_ref");
+	RequireArg(fcinfo, 3, amount_context ? "amount" : "order_context");
+	st->customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(1));
+	st->order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(2));
+	if (amount_context)
+		CouponContextFromAmount(PG_GETARG_NUMERIC(3), &st->ctx);
+	else
+		CouponContextFromJsonb(PG_GETARG_JSONB_P(3), &st->ctx);
+
+	code = PG_GETARG_TEXT_PP(0);
+	if (!ParseCode(code, st))
+		RaiseReason(st, COUPON_INVALID_CODE);
+
+	SPI_connect();
+	CouponStoreBegin(false);
+	CouponLockOrder(st->order_ref, st->customer_id, &st->ctx, st->now,
+					&st->order);
+	if (st->order.rolled_back)
+		RaiseReason(st, COUPON_ORDER_ROLLED_BACK);
+	if (st->order.exists && !OrderMatches(st))
+		RaiseReason(st, COUPON_ORDER_CONFLICT);
+	if (!CouponLookup(st->code, true, &st->cp))
+		RaiseReason(st, COUPON_NOT_FOUND);
+	if (st->order.exists)
+		CouponReadAttached(st->order_ref, st->now, true, &st->order);
+}
+
+/*
+ * redeem_coupon(code, customer_id, order_ref, order_context | amount):
+ * the discount granted.  A repeat for the same order and code returns the
+ * first discount without checking anything again.
+ */
+static Datum
+CouponRedeem(FunctionCallInfo fcinfo, bool amount_context)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	CallState	st;
+	const CouponAttached *own;
+	Numeric		result;
+
+	memset(&st, 0, sizeof(st));
+	st.verb = "redeemed";
+	st.now = GetCurrentTimestamp();
+	BeginWrite(fcinfo, &st, amount_context);
+
+	own = OwnRedemption(&st);
+	if (own != NULL)
+		result = CopyNumeric(own->discount, caller);
+	else
+	{
+		CheckUnderLocks(&st);
+		CouponInsertRedemption(&st.cp, &st.cm, st.customer_id, st.order_ref,
+							   st.discount, st.on_shipping, st.order.exists,
+							   st.order.exists, st.now);
+		result = CopyNumeric(st.discount, caller);
+	}
+	SPI_finish();
+	PG_RETURN_NUMERIC(result);
+}
+
+PG_FUNCTION_INFO_V1(coupon_redeem);
+
+/*
+ * loyalty.redeem_coupon(code text, customer_id text, order_ref text,
+ * order_context jsonb) RETURNS numeric
+ */
+Datum
+coupon_redeem(PG_FUNCTION_ARGS)
+{
+	return CouponRedeem(fcinfo, false);
+}
+
+PG_FUNCTION_INFO_V1(coupon_redeem_amount);
+
+/*
+ * loyalty.redeem_coupon(code text, customer_id text, order_ref text,
+ * amount numeric) RETURNS numeric: for shops without item data.
+ */
+Datum
+coupon_redeem_amount(PG_FUNCTION_ARGS)
+{
+	return CouponRedeem(fcinfo, true);
+}
+
+/*
+ * reserve_coupon(code, customer_id, order_ref, order_context | amount, ttl):
+ * (discount, expires_at).  A repeat while the hold is alive returns it
+ * unchanged; once it has expired, a repeat makes a new hold if the caps
+ * still allow.  Reserving a code already redeemed for the order is
+ * already_redeemed.
+ */
+static Datum
+CouponReserve(FunctionCallInfo fcinfo, bool amount_context)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	CallState	st;
+	Interval   *ttl;
+	TimestampTz expires_at;
+	TimestampTz max_expiry;
+	Numeric		result;
+	Numeric		held_discount;
+	TimestampTz held_until;
+	bool		expired = false;
+	bool		held = false;
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	memset(&st, 0, sizeof(st));
+	st.verb = "reserved";
+	RequireArg(fcinfo, 0, "code");
+	RequireArg(fcinfo, 1, "customer_id");
+	RequireArg(fcinfo, 2, "order_ref");
+	RequireArg(fcinfo, 3, amount_context ? "amount" : "order_context");
+	RequireArg(fcinfo, 4, "ttl");
+	ttl = PG_GETARG_INTERVAL_P(4);
+	st.now = GetCurrentTimestamp();
+	expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+														 TimestampTzGetDatum(st.now),
+														 IntervalPGetDatum(ttl)));
+	max_expiry = st.now + (int64) COUPON_MAX_TTL_DAYS * USECS_PER_DAY;
+	if (expires_at <= st.now || expires_at > max_expiry)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid reservation ttl"),
+				 errdetail("The time-to-live must be positive and at most %d days.",
+						   COUPON_MAX_TTL_DAYS)));
+
+	BeginWrite(fcinfo, &st, amount_context);
+	if (OwnRedemption(&st) != NULL)
+		RaiseReason(&st, COUPON_ALREADY_REDEEMED);
+	if (st.order.exists)
+		held = CouponFindHold(st.order_ref, st.cp.id, st.now, &held_discount,
+							  &held_until, &expired);
+	if (held && !expired)
+	{
+		result = CopyNumeric(held_discount, caller);
+		expires_at = held_until;
+	}
+	else
+	{
+		CheckUnderLocks(&st);
+		expires_at = CouponInsertHold(&st.cp, &st.cm, st.customer_id,
+									  st.order_ref, st.discount,
+									  st.on_shipping, held && expired,
+									  st.order.exists, st.now, expires_at);
+		result = CopyNumeric(st.discount, caller);
+	}
+	SPI_finish();
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "reserve_coupon must return a composite type");
+	values[0] = NumericGetDatum(result);
+	values[1] = TimestampTzGetDatum(expires_at);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(coupon_reserve);
+
+/*
+ * loyalty.reserve_coupon(code text, customer_id text, order_ref text,
+ * order_context jsonb, ttl interval, OUT discount numeric, OUT expires_at
+ * timestamptz)
+ */
+Datum
+coupon_reserve(PG_FUNCTION_ARGS)
+{
+	return CouponReserve(fcinfo, false);
+}
+
+PG_FUNCTION_INFO_V1(coupon_reserve_amount);
+
+/* loyalty.reserve_coupon(code, customer_id, order_ref, amount numeric, ttl) */
+Datum
+coupon_reserve_amount(PG_FUNCTION_ARGS)
+{
+	return CouponReserve(fcinfo, true);
+}
+
+/*
+ * validate_coupon(code, customer_id, order_context | amount, order_ref):
+ * (valid, reason, discount), read-only and without locks: the answer for
+ * this instant, which a later redeem confirms or refutes under its locks.
+ * With order_ref, the order's other coupons count for stacking and a code
+ * already redeemed for it is valid with reason already_redeemed.
+ */
+static Datum
+CouponValidate(FunctionCallInfo fcinfo, bool amount_context)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	CallState	st;
+	CouponReason r = COUPON_OK;
+	Numeric		discount = NULL;
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	memset(&st, 0, sizeof(st));
+	st.verb = "validated";
+	RequireArg(fcinfo, 0, "code");
+	RequireArg(fcinfo, 1, "customer_id");
+	RequireArg(fcinfo, 2, amount_context ? "amount" : "order_context");
+	st.customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(1));
+	if (!PG_ARGISNULL(3))
+		st.order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(3));
+	if (amount_context)
+		CouponContextFromAmount(PG_GETARG_NUMERIC(2), &st.ctx);
+	else
+		CouponContextFromJsonb(PG_GETARG_JSONB_P(2), &st.ctx);
+	st.now = GetCurrentTimestamp();
+
+	SPI_connect();
+	CouponStoreBegin(true);
+	if (!ParseCode(PG_GETARG_TEXT_PP(0), &st))
+		r = COUPON_INVALID_CODE;
+	else if (!CouponLookup(st.code, false, &st.cp))
+		r = COUPON_NOT_FOUND;
+	else
+	{
+		const CouponAttached *own = NULL;
+
+		if (st.order_ref != NULL)
+		{
+			CouponReadOrder(st.order_ref, &st.order);
+			if (st.order.exists)
+			{
+				if (st.order.rolled_back)
+					r = COUPON_ORDER_ROLLED_BACK;
+				else if (!OrderMatches(&st))
+					r = COUPON_ORDER_CONFLICT;
+				else
+				{
+					CouponReadAttached(st.order_ref, st.now, false, &st.order);
+					own = OwnRedemption(&st);
+				}
+			}
+		}
+		if (r != COUPON_OK)
+			 /* reported below */ ;
+		else if (own != NULL)
+		{
+			r = COUPON_ALREADY_REDEEMED;
+			discount = CopyNumeric(own->discount, caller);
+		}
+		else
+		{
+			AcceptInvalidationMessages();
+			CouponReadCampaign(st.cp.campaign_id, &st.cm);
+			r = CheckCoupon(&st);
+			if (r == COUPON_OK)
+			{
+				CouponUsage usage;
+
+				CouponCountUsage(&st.cp, &st.cm, st.customer_id, st.order_ref,
+								 st.now, false, &usage);
+				r = CheckCaps(&st, st.cm.has_total_cap ?
+							  CouponCampaignUses(st.cm.id) : 0, &usage);
+			}
+			if (r == COUPON_OK)
+				discount = CopyNumeric(st.discount, caller);
+		}
+	}
+	SPI_finish();
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "validate_coupon must return a composite type");
+	values[0] = BoolGetDatum(r == COUPON_OK || r == COUPON_ALREADY_REDEEMED);
+	if (r == COUPON_OK)
+		nulls[1] = true;
+	else
+		values[1] = CStringGetTextDatum(CouponReasonToken(r));
+	if (discount == NULL)
+		nulls[2] = true;
+	else
+		values[2] = NumericGetDatum(discount);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(coupon_validate);
+
+/*
+ * loyalty.validate_coupon(code text, customer_id text, order_context jsonb,
+ * order_ref text DEFAULT NULL, OUT valid boolean, OUT reason text,
+ * OUT discount numeric)
+ */
+Datum
+coupon_validate(PG_FUNCTION_ARGS)
+{
+	return CouponValidate(fcinfo, false);
+}
+
+PG_FUNCTION_INFO_V1(coupon_validate_amount);
+
+/* loyalty.validate_coupon(code, customer_id, amount numeric, order_ref) */
+Datum
+coupon_validate_amount(PG_FUNCTION_ARGS)
+{
+	return CouponValidate(fcinfo, true);
+}
+
+PG_FUNCTION_INFO_V1(coupon_rollback);
+
+/*
+ * loyalty.rollback_redemption(order_ref text) RETURNS boolean: reverse the
+ * order's redemptions (uses given back, history kept as reversal rows),
+ * release its reservations, close the order.  true if anything was given
+ * back; false for an unknown order or a repeat.
+ */
+Datum
+coupon_rollback(PG_FUNCTION_ARGS)
+{
+	char	   *order_ref;
+	bool		done;
+
+	RequireArg(fcinfo, 0, "order_ref");
+	order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(0));
+	SPI_connect();
+	CouponStoreBegin(false);
+	done = CouponRollbackOrder(order_ref, GetCurrentTimestamp());
+	SPI_finish();
+	PG_RETURN_BOOL(done);
+}

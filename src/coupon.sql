@@ -1,0 +1,890 @@
+
+/* ---------------------------------------------------------------------------
+ * coupon.sql: campaigns, coupons, reservations, redemptions
+ *
+ * Admin level: campaigns (create / update / pause / resume, eligibility
+ * rules), codes (generate_codes, add_public_code).  App level: the
+ * lifecycle, each a C function running SECURITY DEFINER inside the caller's
+ * transaction: validate_coupon (read-only), reserve_coupon, redeem_coupon,
+ * rollback_redemption.  Analyst level: loyalty.campaign_stats.
+ *
+ * Concurrency (see coupon_store.c): locks are taken in one global order,
+ * order row -> coupon rows -> campaign gates -> capped campaign rows ->
+ * customer locks; caps count active redemptions plus unexpired reservations
+ * under those locks.  The tables back that up: a code's uses can never
+ * exceed its max_uses (CHECK), a campaign's counter never its total_cap
+ * (CHECK), and an (order_ref, code) pair is redeemed at most once (unique
+ * index).
+ * ------------------------------------------------------------------------ */
+
+/* tables */
+
+CREATE TABLE loyalty.campaign (
+	campaign_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	name			text NOT NULL,
+	kind			text NOT NULL,
+	currency		text NOT NULL DEFAULT 'EUR',
+	percent_off		numeric,
+	max_discount	numeric,
+	amount_off		numeric,
+	buy_quantity	integer,
+	get_quantity	integer,
+	free_sku		text,
+	free_quantity	integer,
+	starts_at		timestamptz,
+	ends_at			timestamptz,
+	paused			boolean NOT NULL DEFAULT false,
+	paused_at		timestamptz,
+	total_cap		bigint,
+	per_customer_cap integer,
+	min_order_amount numeric,
+	include_skus	text[],
+	exclude_skus	text[],
+	include_categories text[],
+	exclude_categories text[],
+	exclusive		boolean NOT NULL DEFAULT false,
+	max_coupons_per_order integer,
+	uses			bigint NOT NULL DEFAULT 0,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	CONSTRAINT campaign_name_key UNIQUE (name),
+	CONSTRAINT campaign_uses_within_cap
+		CHECK (uses >= 0 AND (total_cap IS NULL OR uses <= total_cap))
+);
+
+COMMENT ON TABLE loyalty.campaign IS
+	'Coupon campaigns: discount kind, dates, pause switch, caps, eligibility, product lists, stacking (write through the admin functions)';
+COMMENT ON COLUMN loyalty.campaign.paused_at IS 'When the campaign was paused; null while it runs';
+COMMENT ON COLUMN loyalty.campaign.uses IS
+	'Active redemptions counted against total_cap; maintained while total_cap is set, recounted when a cap is set';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.campaign', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('loyalty.campaign', 'campaign_id'), '');
+SELECT loyalty._register_relation('admin', 'loyalty.campaign');
+
+CREATE TABLE loyalty.eligibility_kind (
+	kind			text PRIMARY KEY,
+	check_function	regprocedure,
+	builtin			boolean NOT NULL DEFAULT false,
+	description		text NOT NULL,
+	CONSTRAINT eligibility_kind_name_check CHECK (kind ~ '^[a-z][a-z0-9_]*$'),
+	CONSTRAINT eligibility_kind_function_check
+		CHECK (builtin OR check_function IS NOT NULL)
+);
+
+COMMENT ON TABLE loyalty.eligibility_kind IS
+	'Kinds of campaign eligibility rules; a non-built-in kind names a check function (customer_id text, params jsonb, order_context jsonb) RETURNS boolean, registered by the extension owner (e.g. ''tier'' by the tier module)';
+
+INSERT INTO loyalty.eligibility_kind (kind, check_function, builtin, description) VALUES
+	('segment', NULL, true,
+	 'The customer''s current segment in loyalty.customer_segment is one of params.segments'),
+	('new_customer', NULL, true,
+	 'The order context''s "new_customer" flag equals params.new (default true)');
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.eligibility_kind', 'WHERE NOT builtin');
+SELECT loyalty._register_relation('admin', 'loyalty.eligibility_kind');
+
+CREATE TABLE loyalty.campaign_rule (
+	rule_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	campaign_id		bigint NOT NULL REFERENCES loyalty.campaign,
+	kind			text NOT NULL REFERENCES loyalty.eligibility_kind,
+	params			jsonb NOT NULL DEFAULT '{}',
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	CONSTRAINT campaign_rule_params_check CHECK (pg_catalog.jsonb_typeof(params) = 'object')
+);
+
+CREATE INDEX campaign_rule_campaign_idx ON loyalty.campaign_rule (campaign_id);
+
+COMMENT ON TABLE loyalty.campaign_rule IS
+	'Eligibility rules of campaigns; all rules of a campaign must hold';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.campaign_rule', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('loyalty.campaign_rule', 'rule_id'), '');
+SELECT loyalty._register_relation('admin', 'loyalty.campaign_rule');
+
+/*
+ * Codes.  No foreign key to campaign: generate_codes checks the campaign
+ * once per call instead of once per row (millions of rows), and campaigns
+ * are never deleted by the API.  The one CHECK is the last line of defence
+ * of the per-code cap; the other rules on codes are enforced by the
+ * functions that write them (PostgreSQL re-reads every CHECK expression of
+ * a table on each statement that writes it, so hot tables keep few).
+ */
+CREATE TABLE loyalty.coupon (
+	coupon_id		bigint GENERATED ALWAYS AS IDENTITY (CACHE 100) PRIMARY KEY,
+	code			loyalty.coupon_code NOT NULL,
+	campaign_id		bigint NOT NULL,
+	customer_id		text,
+	max_uses		bigint,
+	uses			bigint NOT NULL DEFAULT 0,
+	reservations	bigint NOT NULL DEFAULT 0,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	CONSTRAINT coupon_code_key UNIQUE (code),
+	CONSTRAINT coupon_uses_within_cap
+		CHECK (uses >= 0 AND (max_uses IS NULL OR (max_uses >= 1 AND uses <= max_uses)))
+);
+
+CREATE INDEX coupon_customer_idx ON loyalty.coupon (customer_id)
+	WHERE customer_id IS NOT NULL;
+
+COMMENT ON TABLE loyalty.coupon IS
+	'Coupon codes: generated (single-use, random, check characters) or public vanity codes; optionally bound to one customer';
+COMMENT ON COLUMN loyalty.coupon.uses IS 'Active redemptions of this code';
+COMMENT ON COLUMN loyalty.coupon.reservations IS 'Reservations ever made on this code';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('loyalty.coupon', 'coupon_id'), '');
+SELECT loyalty._register_relation('admin', 'loyalty.coupon');
+
+CREATE TABLE loyalty.coupon_order (
+	order_ref		text PRIMARY KEY,
+	customer_id		text NOT NULL,
+	context_hash	bigint NOT NULL,
+	amount			numeric NOT NULL,
+	currency		text,
+	state			text NOT NULL DEFAULT 'open',
+	created_at		timestamptz NOT NULL,
+	updated_at		timestamptz NOT NULL,
+	closed_at		timestamptz
+);
+
+COMMENT ON TABLE loyalty.coupon_order IS
+	'Orders that reserved or redeemed coupons: customer and order-context fingerprint every call must repeat; state open or rolled_back (closes the order_ref, closed_at set)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_order', '');
+SELECT loyalty._register_relation('admin', 'loyalty.coupon_order');
+
+/*
+ * The redemption ledger, append-only: kind 'redeem' rows (uses 1, discount
+ * >= 0) and, per rolled-back redemption, one kind 'reversal' row (uses -1,
+ * the discount negated, reverses = the redemption_id it reverses).  Only the
+ * lifecycle functions write it (no role gets INSERT, UPDATE or DELETE on
+ * it); the unique indexes below make a second redemption of one
+ * (order_ref, code) and a second reversal of one redemption impossible.
+ * No CHECK or foreign key: this is the hottest table, and PostgreSQL
+ * re-reads CHECK expressions and runs a trigger per row for a foreign key.
+ */
+CREATE TABLE loyalty.redemption (
+	redemption_id	bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	kind			text NOT NULL,
+	reverses		bigint,
+	coupon_id		bigint NOT NULL,
+	campaign_id		bigint NOT NULL,
+	customer_id		text NOT NULL,
+	order_ref		text NOT NULL,
+	uses			integer NOT NULL,
+	discount		numeric NOT NULL,
+	on_shipping		boolean NOT NULL,
+	currency		text NOT NULL,
+	created_at		timestamptz NOT NULL
+);
+
+CREATE UNIQUE INDEX redemption_order_coupon_key ON loyalty.redemption (order_ref, coupon_id)
+	WHERE kind = 'redeem';
+CREATE UNIQUE INDEX redemption_reverses_key ON loyalty.redemption (reverses)
+	WHERE reverses IS NOT NULL;
+CREATE INDEX redemption_campaign_customer_idx ON loyalty.redemption (campaign_id, customer_id);
+
+COMMENT ON TABLE loyalty.redemption IS
+	'Redemption ledger (append-only): one redeem row per (order_ref, code), one reversal row per rolled-back redemption';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.redemption', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('loyalty.redemption', 'redemption_id'), '');
+SELECT loyalty._register_relation('admin', 'loyalty.redemption');
+
+/*
+ * Reservations: state 'held' until consumed by the redeem of the same
+ * order, released by its rollback, or marked expired when a new hold of the
+ * same order and code replaces it.  A held row counts against the caps only
+ * while expires_at is in the future, so an expired hold frees itself.
+ */
+CREATE TABLE loyalty.reservation (
+	reservation_id	bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	coupon_id		bigint NOT NULL,
+	campaign_id		bigint NOT NULL,
+	customer_id		text NOT NULL,
+	order_ref		text NOT NULL,
+	discount		numeric NOT NULL,
+	on_shipping		boolean NOT NULL,
+	created_at		timestamptz NOT NULL,
+	expires_at		timestamptz NOT NULL,
+	state			text NOT NULL DEFAULT 'held',
+	ended_at		timestamptz,
+	CONSTRAINT reservation_state_check
+		CHECK (state IN ('held', 'consumed', 'released', 'expired')
+			   AND (state = 'held') = (ended_at IS NULL)
+			   AND expires_at > created_at AND discount >= 0)
+);
+
+CREATE UNIQUE INDEX reservation_order_coupon_key ON loyalty.reservation (order_ref, coupon_id)
+	WHERE state = 'held';
+CREATE INDEX reservation_coupon_idx ON loyalty.reservation (coupon_id, expires_at)
+	WHERE state = 'held';
+CREATE INDEX reservation_campaign_idx ON loyalty.reservation (campaign_id, expires_at)
+	WHERE state = 'held';
+CREATE INDEX reservation_customer_idx ON loyalty.reservation (campaign_id, customer_id)
+	WHERE state = 'held';
+
+COMMENT ON TABLE loyalty.reservation IS
+	'Coupon reservations of checkouts; a held row counts against the caps until expires_at';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.reservation', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('loyalty.reservation', 'reservation_id'), '');
+SELECT loyalty._register_relation('admin', 'loyalty.reservation');
+
+/* functions: internal helpers (C) */
+
+CREATE FUNCTION loyalty._campaign_gate(campaign_id bigint)
+RETURNS void
+AS 'MODULE_PATHNAME', 'coupon_campaign_gate'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION loyalty._campaign_gate(bigint) IS
+	'Internal: lock a campaign''s gate exclusively until the end of the transaction (waits for redemptions in flight)';
+
+CREATE FUNCTION loyalty._campaign_active_uses(campaign_id bigint)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'coupon_campaign_active_uses'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION loyalty._campaign_active_uses(bigint) IS
+	'Internal: active redemptions of a campaign, counted with the newest snapshot';
+
+/* triggers: every configuration change flushes the backends' campaign caches */
+
+CREATE FUNCTION loyalty._campaign_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'coupon_campaign_changed'
+LANGUAGE C;
+
+COMMENT ON FUNCTION loyalty._campaign_changed() IS
+	'Internal trigger: a campaign, rule or rule kind changed; invalidate the campaign caches of all backends';
+
+CREATE TRIGGER campaign_changed
+	AFTER INSERT OR DELETE OR TRUNCATE ON loyalty.campaign
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._campaign_changed();
+
+-- every column but the cap counter "uses", which redemptions update
+CREATE TRIGGER campaign_config_changed
+	AFTER UPDATE OF campaign_id, name, kind, currency, percent_off, max_discount,
+		amount_off, buy_quantity, get_quantity, free_sku, free_quantity,
+		starts_at, ends_at, paused, paused_at, total_cap, per_customer_cap,
+		min_order_amount, include_skus, exclude_skus, include_categories,
+		exclude_categories, exclusive, max_coupons_per_order, created_at,
+		updated_at
+	ON loyalty.campaign
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._campaign_changed();
+
+CREATE TRIGGER campaign_rule_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.campaign_rule
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._campaign_changed();
+
+CREATE TRIGGER eligibility_kind_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.eligibility_kind
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._campaign_changed();
+
+/* functions: campaign administration (admin) */
+
+/*
+ * Check a campaign row before it is written, with messages that say which
+ * field is wrong (the table's CHECK constraints back this up).
+ */
+CREATE FUNCTION loyalty._campaign_check(c loyalty.campaign)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	problem text;
+BEGIN
+	problem := CASE
+		WHEN c.name IS NULL OR c.name = '' THEN
+			'name must be a non-empty text'
+		WHEN c.kind IS NULL OR c.kind NOT IN ('percent', 'fixed', 'free_shipping', 'buy_x_get_y', 'free_item') THEN
+			format('kind must be percent, fixed, free_shipping, buy_x_get_y or free_item, not %L', c.kind)
+		WHEN c.currency IS NULL OR c.currency !~ '^[A-Z]{3}$' THEN
+			'currency must be three upper-case letters (ISO 4217)'
+		WHEN c.kind = 'percent' AND (c.percent_off IS NULL OR c.percent_off <= 0 OR c.percent_off > 100) THEN
+			'a percent campaign needs percent_off in (0, 100]'
+		WHEN c.kind <> 'percent' AND c.percent_off IS NOT NULL THEN
+			'percent_off applies to percent campaigns only'
+		WHEN c.kind = 'fixed' AND (c.amount_off IS NULL OR c.amount_off <= 0) THEN
+			'a fixed campaign needs a positive amount_off'
+		WHEN c.kind <> 'fixed' AND c.amount_off IS NOT NULL THEN
+			'amount_off applies to fixed campaigns only'
+		WHEN c.kind = 'fixed' AND c.max_discount IS NOT NULL THEN
+			'max_discount does not apply to fixed campaigns'
+		WHEN c.max_discount IS NOT NULL AND c.max_discount <= 0 THEN
+			'max_discount must be positive'
+		WHEN c.kind = 'buy_x_get_y' AND (c.buy_quantity IS NULL OR c.buy_quantity < 1
+										OR c.get_quantity IS NULL OR c.get_quantity < 1) THEN
+			'a buy_x_get_y campaign needs buy_quantity >= 1 and get_quantity >= 1'
+		WHEN c.kind <> 'buy_x_get_y' AND (c.buy_quantity IS NOT NULL OR c.get_quantity IS NOT NULL) THEN
+			'buy_quantity and get_quantity apply to buy_x_get_y campaigns only'
+		WHEN c.kind = 'free_item' AND (c.free_sku IS NULL OR c.free_sku = '') THEN
+			'a free_item campaign needs free_sku'
+		WHEN c.kind = 'free_item' AND (c.free_quantity IS NULL OR c.free_quantity < 1) THEN
+			'free_quantity must be at least 1'
+		WHEN c.kind <> 'free_item' AND (c.free_sku IS NOT NULL OR c.free_quantity IS NOT NULL) THEN
+			'free_sku and free_quantity apply to free_item campaigns only'
+		WHEN c.starts_at IS NOT NULL AND c.ends_at IS NOT NULL AND c.ends_at <= c.starts_at THEN
+			'ends_at must be after starts_at'
+		WHEN c.total_cap IS NOT NULL AND c.total_cap < 0 THEN
+			'total_cap must not be negative'
+		WHEN c.per_customer_cap IS NOT NULL AND c.per_customer_cap < 1 THEN
+			'per_customer_cap must be at least 1'
+		WHEN c.max_coupons_per_order IS NOT NULL AND c.max_coupons_per_order < 1 THEN
+			'max_coupons_per_order must be at least 1'
+		WHEN c.min_order_amount IS NOT NULL AND c.min_order_amount < 0 THEN
+			'min_order_amount must not be negative'
+		WHEN c.exclusive IS NULL THEN
+			'exclusive must be true or false'
+		WHEN array_position(c.include_skus, NULL) IS NOT NULL
+		  OR array_position(c.exclude_skus, NULL) IS NOT NULL
+		  OR array_position(c.include_categories, NULL) IS NOT NULL
+		  OR array_position(c.exclude_categories, NULL) IS NOT NULL
+		  OR '' = ANY (c.include_skus) OR '' = ANY (c.exclude_skus)
+		  OR '' = ANY (c.include_categories) OR '' = ANY (c.exclude_categories) THEN
+			'sku and category lists must not contain nulls or empty texts'
+		WHEN cardinality(c.include_skus) = 0 OR cardinality(c.exclude_skus) = 0
+		  OR cardinality(c.include_categories) = 0 OR cardinality(c.exclude_categories) = 0 THEN
+			'an empty sku or category list must be null'
+	END;
+	IF problem IS NOT NULL THEN
+		RAISE EXCEPTION 'invalid campaign: %', problem
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_check(loyalty.campaign) IS
+	'Internal: raise 22023 naming the first invalid field of a campaign row';
+
+CREATE FUNCTION loyalty.create_campaign(
+	name text,
+	kind text,
+	percent_off numeric DEFAULT NULL,
+	max_discount numeric DEFAULT NULL,
+	amount_off numeric DEFAULT NULL,
+	buy_quantity integer DEFAULT NULL,
+	get_quantity integer DEFAULT NULL,
+	free_sku text DEFAULT NULL,
+	free_quantity integer DEFAULT NULL,
+	currency text DEFAULT 'EUR',
+	starts_at timestamptz DEFAULT NULL,
+	ends_at timestamptz DEFAULT NULL,
+	total_cap bigint DEFAULT NULL,
+	per_customer_cap integer DEFAULT NULL,
+	min_order_amount numeric DEFAULT NULL,
+	include_skus text[] DEFAULT NULL,
+	exclude_skus text[] DEFAULT NULL,
+	include_categories text[] DEFAULT NULL,
+	exclude_categories text[] DEFAULT NULL,
+	exclusive boolean DEFAULT false,
+	max_coupons_per_order integer DEFAULT NULL,
+	segments text[] DEFAULT NULL,
+	new_customers_only boolean DEFAULT false,
+	paused boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c loyalty.campaign;
+	id bigint;
+BEGIN
+	c.name := create_campaign.name;
+	c.kind := create_campaign.kind;
+	c.currency := create_campaign.currency;
+	c.percent_off := create_campaign.percent_off;
+	c.max_discount := create_campaign.max_discount;
+	c.amount_off := create_campaign.amount_off;
+	c.buy_quantity := create_campaign.buy_quantity;
+	c.get_quantity := create_campaign.get_quantity;
+	c.free_sku := create_campaign.free_sku;
+	c.free_quantity := CASE WHEN create_campaign.kind = 'free_item'
+							THEN coalesce(create_campaign.free_quantity, 1)
+							ELSE create_campaign.free_quantity END;
+	c.starts_at := create_campaign.starts_at;
+	c.ends_at := create_campaign.ends_at;
+	c.total_cap := create_campaign.total_cap;
+	c.per_customer_cap := create_campaign.per_customer_cap;
+	c.min_order_amount := create_campaign.min_order_amount;
+	c.include_skus := create_campaign.include_skus;
+	c.exclude_skus := create_campaign.exclude_skus;
+	c.include_categories := create_campaign.include_categories;
+	c.exclude_categories := create_campaign.exclude_categories;
+	c.exclusive := create_campaign.exclusive;
+	c.max_coupons_per_order := create_campaign.max_coupons_per_order;
+	PERFORM loyalty._campaign_check(c);
+	IF EXISTS (SELECT 1 FROM loyalty.campaign t WHERE t.name = c.name) THEN
+		RAISE EXCEPTION 'campaign "%" already exists', c.name
+			USING ERRCODE = 'unique_violation';
+	END IF;
+	IF create_campaign.paused IS NULL OR new_customers_only IS NULL THEN
+		RAISE EXCEPTION 'invalid campaign: paused and new_customers_only must be true or false'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	INSERT INTO loyalty.campaign AS t
+		(name, kind, currency, percent_off, max_discount, amount_off,
+		 buy_quantity, get_quantity, free_sku, free_quantity, starts_at, ends_at,
+		 paused, paused_at, total_cap, per_customer_cap, min_order_amount,
+		 include_skus, exclude_skus, include_categories, exclude_categories,
+		 exclusive, max_coupons_per_order)
+	VALUES (c.name, c.kind, c.currency, c.percent_off, c.max_discount, c.amount_off,
+			c.buy_quantity, c.get_quantity, c.free_sku, c.free_quantity,
+			c.starts_at, c.ends_at, create_campaign.paused,
+			CASE WHEN create_campaign.paused THEN now() END,
+			c.total_cap, c.per_customer_cap, c.min_order_amount,
+			c.include_skus, c.exclude_skus, c.include_categories,
+			c.exclude_categories, c.exclusive, c.max_coupons_per_order)
+	RETURNING t.campaign_id INTO id;
+
+	IF segments IS NOT NULL THEN
+		PERFORM loyalty.add_campaign_rule(id, 'segment',
+										  jsonb_build_object('segments', to_jsonb(segments)));
+	END IF;
+	IF new_customers_only THEN
+		PERFORM loyalty.add_campaign_rule(id, 'new_customer', '{"new": true}');
+	END IF;
+	RETURN id;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean) IS
+	'Create a coupon campaign (use named arguments); returns its id';
+
+SELECT loyalty._register_function('admin', 'loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean)');
+
+/*
+ * Change a running campaign: keys of changes are column names, values the
+ * new values (null clears).  kind and currency never change (redemptions
+ * are recorded in them); pause with pause_campaign.  Takes the campaign's
+ * gate exclusively, so the change applies to every redemption that starts
+ * after it commits.
+ */
+CREATE FUNCTION loyalty.update_campaign(campaign_id bigint, changes jsonb)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c loyalty.campaign;
+	n loyalty.campaign;
+	bad text;
+BEGIN
+	IF campaign_id IS NULL OR changes IS NULL THEN
+		RAISE EXCEPTION 'campaign_id and changes must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF jsonb_typeof(changes) <> 'object' THEN
+		RAISE EXCEPTION 'changes must be a JSON object'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT string_agg(k, ', ' ORDER BY k) INTO bad
+	FROM jsonb_object_keys(changes) AS k
+	WHERE k NOT IN ('name', 'percent_off', 'max_discount', 'amount_off',
+					'buy_quantity', 'get_quantity', 'free_sku', 'free_quantity',
+					'starts_at', 'ends_at', 'total_cap', 'per_customer_cap',
+					'min_order_amount', 'include_skus', 'exclude_skus',
+					'include_categories', 'exclude_categories', 'exclusive',
+					'max_coupons_per_order');
+	IF bad IS NOT NULL THEN
+		RAISE EXCEPTION 'cannot change campaign field(s): %', bad
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'kind and currency are fixed; use pause_campaign / resume_campaign for the pause switch.';
+	END IF;
+
+	PERFORM loyalty._campaign_gate(update_campaign.campaign_id);
+	SELECT * INTO c FROM loyalty.campaign t
+	WHERE t.campaign_id = update_campaign.campaign_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'campaign % does not exist', update_campaign.campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	n := jsonb_populate_record(c, changes);
+	PERFORM loyalty._campaign_check(n);
+	IF n.total_cap IS NOT NULL AND c.total_cap IS NULL THEN
+		n.uses := loyalty._campaign_active_uses(c.campaign_id);
+	END IF;
+	IF n.total_cap IS NOT NULL AND n.uses > n.total_cap THEN
+		RAISE EXCEPTION 'invalid campaign: total_cap % is below the % active redemptions',
+			n.total_cap, n.uses
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	UPDATE loyalty.campaign t
+	SET name = n.name, percent_off = n.percent_off, max_discount = n.max_discount,
+		amount_off = n.amount_off, buy_quantity = n.buy_quantity,
+		get_quantity = n.get_quantity, free_sku = n.free_sku,
+		free_quantity = n.free_quantity, starts_at = n.starts_at,
+		ends_at = n.ends_at, total_cap = n.total_cap,
+		per_customer_cap = n.per_customer_cap,
+		min_order_amount = n.min_order_amount, include_skus = n.include_skus,
+		exclude_skus = n.exclude_skus, include_categories = n.include_categories,
+		exclude_categories = n.exclude_categories, exclusive = n.exclusive,
+		max_coupons_per_order = n.max_coupons_per_order, uses = n.uses,
+		updated_at = now()
+	WHERE t.campaign_id = c.campaign_id;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.update_campaign(bigint, jsonb) IS
+	'Change campaign fields given as a JSON object (null clears); effective for every redemption that starts after the commit';
+
+SELECT loyalty._register_function('admin', 'loyalty.update_campaign(bigint, jsonb)');
+
+/*
+ * The kill switch.  The exclusive gate makes the pause wait for the
+ * redemptions in flight (they commit before it) and makes every redemption
+ * that starts later wait for the pause and then fail with "paused".
+ */
+CREATE FUNCTION loyalty.pause_campaign(campaign_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF campaign_id IS NULL THEN
+		RAISE EXCEPTION 'campaign_id must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._campaign_gate(pause_campaign.campaign_id);
+	UPDATE loyalty.campaign t
+	SET paused = true, paused_at = now(), updated_at = now()
+	WHERE t.campaign_id = pause_campaign.campaign_id AND NOT t.paused;
+	IF FOUND THEN
+		RETURN true;
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM loyalty.campaign t WHERE t.campaign_id = pause_campaign.campaign_id) THEN
+		RAISE EXCEPTION 'campaign % does not exist', pause_campaign.campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN false;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.pause_campaign(bigint) IS
+	'Pause a campaign at once (kill switch); false if it was already paused';
+
+SELECT loyalty._register_function('admin', 'loyalty.pause_campaign(bigint)');
+
+CREATE FUNCTION loyalty.resume_campaign(campaign_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF campaign_id IS NULL THEN
+		RAISE EXCEPTION 'campaign_id must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._campaign_gate(resume_campaign.campaign_id);
+	UPDATE loyalty.campaign t
+	SET paused = false, paused_at = NULL, updated_at = now()
+	WHERE t.campaign_id = resume_campaign.campaign_id AND t.paused;
+	IF FOUND THEN
+		RETURN true;
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM loyalty.campaign t WHERE t.campaign_id = resume_campaign.campaign_id) THEN
+		RAISE EXCEPTION 'campaign % does not exist', resume_campaign.campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN false;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.resume_campaign(bigint) IS
+	'Resume a paused campaign at once; false if it was not paused';
+
+SELECT loyalty._register_function('admin', 'loyalty.resume_campaign(bigint)');
+
+/*
+ * Add an eligibility rule.  Built-in kinds have their parameters checked
+ * here; a registered kind's parameters are its check function's business.
+ */
+CREATE FUNCTION loyalty.add_campaign_rule(campaign_id bigint, kind text, params jsonb DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	id bigint;
+BEGIN
+	IF campaign_id IS NULL OR kind IS NULL OR params IS NULL THEN
+		RAISE EXCEPTION 'campaign_id, kind and params must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM loyalty.eligibility_kind k WHERE k.kind = add_campaign_rule.kind) THEN
+		RAISE EXCEPTION 'unknown eligibility rule kind: "%"', kind
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Kinds are listed in loyalty.eligibility_kind.';
+	END IF;
+	IF jsonb_typeof(params) <> 'object' THEN
+		RAISE EXCEPTION 'rule params must be a JSON object'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'segment' AND NOT (
+		jsonb_typeof(params -> 'segments') = 'array'
+		AND jsonb_array_length(params -> 'segments') > 0
+		AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(params -> 'segments') e
+						WHERE jsonb_typeof(e) <> 'string')) THEN
+		RAISE EXCEPTION 'a segment rule needs {"segments": [names]}'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'new_customer' AND (
+		EXISTS (SELECT 1 FROM jsonb_object_keys(params) k WHERE k <> 'new')
+		OR coalesce(jsonb_typeof(params -> 'new'), 'boolean') <> 'boolean') THEN
+		RAISE EXCEPTION 'a new_customer rule takes {"new": true} or {"new": false}'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	PERFORM loyalty._campaign_gate(add_campaign_rule.campaign_id);
+	IF NOT EXISTS (SELECT 1 FROM loyalty.campaign t WHERE t.campaign_id = add_campaign_rule.campaign_id) THEN
+		RAISE EXCEPTION 'campaign % does not exist', add_campaign_rule.campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO loyalty.campaign_rule AS r (campaign_id, kind, params)
+	VALUES (add_campaign_rule.campaign_id, add_campaign_rule.kind, add_campaign_rule.params)
+	RETURNING r.rule_id INTO id;
+	UPDATE loyalty.campaign t SET updated_at = now()
+	WHERE t.campaign_id = add_campaign_rule.campaign_id;
+	RETURN id;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.add_campaign_rule(bigint, text, jsonb) IS
+	'Add an eligibility rule (kind from loyalty.eligibility_kind) to a campaign; returns the rule id';
+
+SELECT loyalty._register_function('admin', 'loyalty.add_campaign_rule(bigint, text, jsonb)');
+
+CREATE FUNCTION loyalty.drop_campaign_rule(rule_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cid bigint;
+BEGIN
+	IF rule_id IS NULL THEN
+		RAISE EXCEPTION 'rule_id must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT r.campaign_id INTO cid FROM loyalty.campaign_rule r
+	WHERE r.rule_id = drop_campaign_rule.rule_id;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	PERFORM loyalty._campaign_gate(cid);
+	DELETE FROM loyalty.campaign_rule r WHERE r.rule_id = drop_campaign_rule.rule_id;
+	UPDATE loyalty.campaign t SET updated_at = now() WHERE t.campaign_id = cid;
+	RETURN FOUND;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.drop_campaign_rule(bigint) IS
+	'Remove an eligibility rule; false if there was none with this id';
+
+SELECT loyalty._register_function('admin', 'loyalty.drop_campaign_rule(bigint)');
+
+/* functions: codes (admin) */
+
+CREATE FUNCTION loyalty.generate_codes(campaign_id bigint, count integer, pattern text,
+									   customer_ids text[] DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'coupon_generate_codes'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.generate_codes(bigint, integer, text, text[]) IS
+	'Create count single-use random codes from a pattern (''SMR-####-####''), never equal to a stored code; with customer_ids, one code bound to each';
+
+SELECT loyalty._register_function('admin', 'loyalty.generate_codes(bigint, integer, text, text[])');
+
+CREATE FUNCTION loyalty.add_public_code(campaign_id bigint, code text,
+										max_uses bigint DEFAULT NULL,
+										customer_id text DEFAULT NULL)
+RETURNS loyalty.coupon_code
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	c loyalty.coupon_code;
+BEGIN
+	IF campaign_id IS NULL OR code IS NULL THEN
+		RAISE EXCEPTION 'campaign_id and code must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	c := loyalty.vanity_code(code);
+	IF max_uses IS NOT NULL AND max_uses < 1 THEN
+		RAISE EXCEPTION 'max_uses must be at least 1 (null: no limit of its own)'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF customer_id = '' OR length(customer_id) > 256 THEN
+		RAISE EXCEPTION 'invalid customer_id'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A customer_id must have 1 to 256 bytes.';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM loyalty.campaign t WHERE t.campaign_id = add_public_code.campaign_id) THEN
+		RAISE EXCEPTION 'campaign % does not exist', add_public_code.campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO loyalty.coupon AS k (code, campaign_id, customer_id, max_uses)
+	VALUES (c, add_public_code.campaign_id, add_public_code.customer_id, add_public_code.max_uses)
+	ON CONFLICT ON CONSTRAINT coupon_code_key DO NOTHING;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'coupon code % already exists', c
+			USING ERRCODE = 'unique_violation';
+	END IF;
+	RETURN c;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.add_public_code(bigint, text, bigint, text) IS
+	'Add a public (vanity) code such as SUMMER25 to a campaign; max_uses null = limited only by the campaign''s caps';
+
+SELECT loyalty._register_function('admin', 'loyalty.add_public_code(bigint, text, bigint, text)');
+
+/* functions: lifecycle (app) */
+
+CREATE FUNCTION loyalty.validate_coupon(code text, customer_id text, order_context jsonb,
+										order_ref text DEFAULT NULL,
+										OUT valid boolean, OUT reason text,
+										OUT discount numeric)
+RETURNS record
+AS 'MODULE_PATHNAME', 'coupon_validate'
+LANGUAGE C STABLE PARALLEL RESTRICTED SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.validate_coupon(text, text, jsonb, text) IS
+	'Read-only check of a code for a customer and an order: (valid, reason, discount); reason is a stable token';
+
+SELECT loyalty._register_function('app', 'loyalty.validate_coupon(text, text, jsonb, text)');
+
+CREATE FUNCTION loyalty.validate_coupon(code text, customer_id text, amount numeric,
+										order_ref text DEFAULT NULL,
+										OUT valid boolean, OUT reason text,
+										OUT discount numeric)
+RETURNS record
+AS 'MODULE_PATHNAME', 'coupon_validate_amount'
+LANGUAGE C STABLE PARALLEL RESTRICTED SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.validate_coupon(text, text, numeric, text) IS
+	'Read-only check of a code for an order given by its amount only';
+
+SELECT loyalty._register_function('app', 'loyalty.validate_coupon(text, text, numeric, text)');
+
+CREATE FUNCTION loyalty.reserve_coupon(code text, customer_id text, order_ref text,
+									   order_context jsonb,
+									   ttl interval DEFAULT '15 minutes',
+									   OUT discount numeric, OUT expires_at timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'coupon_reserve'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.reserve_coupon(text, text, text, jsonb, interval) IS
+	'Hold one unit of every cap of a code for a checkout until expires_at; redeem_coupon of the same order consumes it';
+
+SELECT loyalty._register_function('app', 'loyalty.reserve_coupon(text, text, text, jsonb, interval)');
+
+CREATE FUNCTION loyalty.reserve_coupon(code text, customer_id text, order_ref text,
+									   amount numeric,
+									   ttl interval DEFAULT '15 minutes',
+									   OUT discount numeric, OUT expires_at timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'coupon_reserve_amount'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.reserve_coupon(text, text, text, numeric, interval) IS
+	'Reserve a code for an order given by its amount only';
+
+SELECT loyalty._register_function('app', 'loyalty.reserve_coupon(text, text, text, numeric, interval)');
+
+CREATE FUNCTION loyalty.redeem_coupon(code text, customer_id text, order_ref text,
+									  order_context jsonb)
+RETURNS numeric
+AS 'MODULE_PATHNAME', 'coupon_redeem'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.redeem_coupon(text, text, text, jsonb) IS
+	'Redeem a code for an order, atomically; returns the discount; a repeat for the same order and code returns the first discount; failures raise LY0nn';
+
+SELECT loyalty._register_function('app', 'loyalty.redeem_coupon(text, text, text, jsonb)');
+
+CREATE FUNCTION loyalty.redeem_coupon(code text, customer_id text, order_ref text,
+									  amount numeric)
+RETURNS numeric
+AS 'MODULE_PATHNAME', 'coupon_redeem_amount'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.redeem_coupon(text, text, text, numeric) IS
+	'Redeem a code for an order given by its amount only';
+
+SELECT loyalty._register_function('app', 'loyalty.redeem_coupon(text, text, text, numeric)');
+
+CREATE FUNCTION loyalty.rollback_redemption(order_ref text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'coupon_rollback'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.rollback_redemption(text) IS
+	'Cancel / refund: reverse an order''s redemptions (uses given back, history kept), release its reservations, close the order; false if nothing to give back';
+
+SELECT loyalty._register_function('app', 'loyalty.rollback_redemption(text)');
+
+/* views */
+
+CREATE VIEW loyalty.campaign_stats AS
+SELECT c.campaign_id,
+	   c.name,
+	   c.kind,
+	   c.currency,
+	   CASE WHEN c.paused THEN 'paused'
+			WHEN c.ends_at IS NOT NULL AND c.ends_at <= pg_catalog.now() THEN 'ended'
+			WHEN c.starts_at IS NOT NULL AND c.starts_at > pg_catalog.now() THEN 'scheduled'
+			ELSE 'active' END AS status,
+	   coalesce(k.codes, 0) AS codes,
+	   coalesce(r.redemptions, 0) AS redemptions,
+	   coalesce(r.rollbacks, 0) AS rollbacks,
+	   coalesce(r.redemptions, 0) - coalesce(r.rollbacks, 0) AS active_redemptions,
+	   coalesce(r.customers, 0) AS customers,
+	   coalesce(r.discount_total, 0) AS discount_total,
+	   coalesce(h.active_reservations, 0) AS active_reservations,
+	   c.total_cap,
+	   CASE WHEN c.total_cap IS NOT NULL THEN
+			greatest(c.total_cap - (coalesce(r.redemptions, 0) - coalesce(r.rollbacks, 0))
+					 - coalesce(h.active_reservations, 0), 0)
+	   END AS remaining_cap
+FROM loyalty.campaign c
+LEFT JOIN (SELECT campaign_id, count(*) AS codes
+		   FROM loyalty.coupon GROUP BY campaign_id) k
+	   ON k.campaign_id = c.campaign_id
+LEFT JOIN (SELECT campaign_id,
+				  count(*) FILTER (WHERE kind = 'redeem') AS redemptions,
+				  count(*) FILTER (WHERE kind = 'reversal') AS rollbacks,
+				  count(DISTINCT customer_id) FILTER (WHERE kind = 'redeem') AS customers,
+				  sum(discount) AS discount_total
+		   FROM loyalty.redemption GROUP BY campaign_id) r
+	   ON r.campaign_id = c.campaign_id
+LEFT JOIN (SELECT campaign_id, count(*) AS active_reservations
+		   FROM loyalty.reservation
+		   WHERE state = 'held' AND expires_at > pg_catalog.now()
+		   GROUP BY campaign_id) h
+	   ON h.campaign_id = c.campaign_id;
+
+COMMENT ON VIEW loyalty.campaign_stats IS
+	'Per campaign: codes, redemptions, rollbacks, active redemptions, customers, net discount total, active reservations, remaining cap';
+
+SELECT loyalty._register_relation('analyst', 'loyalty.campaign_stats');

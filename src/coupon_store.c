@@ -1,0 +1,1184 @@
+/*
+ * coupon_store.c
+ *		Every statement the coupon lifecycle runs (kept SPI plans with $n
+ *		parameters) and the locks that make it safe under concurrency.
+ *
+ * Lock order, the same in every call (so that no single call can deadlock
+ * with another):
+ *	1. the order row (loyalty.coupon_order), inserted or locked FOR NO KEY
+ *	   UPDATE: serialises everything done to one order_ref (idempotency,
+ *	   stacking, rollback);
+ *	2. the coupon row(s), FOR NO KEY UPDATE: per-code cap, in coupon_id
+ *	   order when there are several;
+ *	3. the campaign gate(s): a heavyweight lock on the campaign as an object
+ *	   (class loyalty.campaign, object id = campaign_id), shared by redeem,
+ *	   reserve and rollback, exclusive for pause / resume / update: a pause
+ *	   waits for redemptions in flight and every redemption that starts after
+ *	   it reads the paused flag;
+ *	4. the campaign row(s), FOR NO KEY UPDATE, only for campaigns with a
+ *	   total cap: the cap counter;
+ *	5. the customer lock: a heavyweight lock on (class loyalty.redemption,
+ *	   object id = hash of campaign and customer), only for campaigns with a
+ *	   per-customer cap.
+ * After the locks, usage is counted with the newest snapshot (so that a
+ * REPEATABLE READ caller cannot miss a competitor that committed after its
+ * snapshot), and written in one statement.  Rows whose change must be seen
+ * by a REPEATABLE READ competitor are updated, not just locked, so that the
+ * competitor gets a serialization failure (40001) instead of a stale view.
+ */
+#include "coupon.h"
+
+#include "access/heaptoast.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "storage/lmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+/* Stands for the loyalty.coupon_code type in the argument lists below. */
+#define CODE_TYPE	((Oid) 1)
+
+typedef enum PlanId
+{
+	P_LOOKUP,
+	P_LOOKUP_LOCK,
+	P_CAMPAIGN,
+	P_ORDER_INSERT,
+	P_ORDER_LOCK,
+	P_ORDER_READ,
+	P_ATTACHED,
+	P_CAMPAIGN_LOCK,
+	P_CAMPAIGN_USES,
+	P_COUNTS,
+	P_FIND_HOLD,
+	P_EXPIRE_HOLD,
+	P_INSERT_HOLD,
+	P_RB_LOCK_ORDER,
+	P_RB_REDEMPTIONS,
+	P_RB_LOCK_COUPONS,
+	P_RB_LOCK_CAMPAIGNS,
+	P_RB_WRITE,
+	P_SEGMENT,
+	P_ACTIVE_USES,
+	NPLANS
+} PlanId;
+
+typedef struct PlanDef
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[12];
+} PlanDef;
+
+#define COUPON_COLS "coupon_id, campaign_id, customer_id, max_uses, uses, reservations"
+
+static const PlanDef PlanDefs[NPLANS] = {
+	[P_LOOKUP] = {
+		"SELECT " COUPON_COLS " FROM loyalty.coupon"
+		" WHERE code OPERATOR(loyalty.=) $1",
+		1, {CODE_TYPE}
+	},
+	[P_LOOKUP_LOCK] = {
+		"SELECT " COUPON_COLS " FROM loyalty.coupon"
+		" WHERE code OPERATOR(loyalty.=) $1 FOR NO KEY UPDATE",
+		1, {CODE_TYPE}
+	},
+	[P_CAMPAIGN] = {
+		"SELECT c.kind, c.currency, c.percent_off, c.max_discount, c.amount_off,"
+		" c.buy_quantity, c.get_quantity, c.free_sku, c.free_quantity,"
+		" c.starts_at, c.ends_at, c.paused, c.total_cap, c.per_customer_cap,"
+		" c.min_order_amount, c.include_skus, c.exclude_skus,"
+		" c.include_categories, c.exclude_categories, c.exclusive,"
+		" c.max_coupons_per_order, r.kinds, r.params, r.funcs"
+		" FROM loyalty.campaign c"
+		" LEFT JOIN LATERAL ("
+		"  SELECT array_agg(cr.kind ORDER BY cr.rule_id) AS kinds,"
+		"         array_agg(cr.params ORDER BY cr.rule_id) AS params,"
+		"         array_agg(coalesce(k.check_function::pg_catalog.oid, 0::pg_catalog.oid)"
+		"                   ORDER BY cr.rule_id) AS funcs"
+		"  FROM loyalty.campaign_rule cr"
+		"  JOIN loyalty.eligibility_kind k ON k.kind = cr.kind"
+		"  WHERE cr.campaign_id = c.campaign_id) r ON true"
+		" WHERE c.campaign_id = $1",
+		1, {INT8OID}
+	},
+	[P_ORDER_INSERT] = {
+		"INSERT INTO loyalty.coupon_order"
+		" (order_ref, customer_id, context_hash, amount, currency, created_at, updated_at)"
+		" VALUES ($1, $2, $3, $4, $5, $6, $6)"
+		" ON CONFLICT (order_ref) DO NOTHING RETURNING 1",
+		6, {TEXTOID, TEXTOID, INT8OID, NUMERICOID, TEXTOID, TIMESTAMPTZOID}
+	},
+	[P_ORDER_LOCK] = {
+		"SELECT customer_id, context_hash, state FROM loyalty.coupon_order"
+		" WHERE order_ref = $1 FOR NO KEY UPDATE",
+		1, {TEXTOID}
+	},
+	[P_ORDER_READ] = {
+		"SELECT customer_id, context_hash, state FROM loyalty.coupon_order"
+		" WHERE order_ref = $1",
+		1, {TEXTOID}
+	},
+	[P_ATTACHED] = {
+		"SELECT r.coupon_id, r.campaign_id, true, r.discount, r.on_shipping,"
+		"       c.exclusive, c.max_coupons_per_order, c.currency"
+		" FROM loyalty.redemption r"
+		" JOIN loyalty.campaign c ON c.campaign_id = r.campaign_id"
+		" WHERE r.order_ref = $1 AND r.kind = 'redeem'"
+		"   AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x"
+		"                   WHERE x.reverses = r.redemption_id)"
+		" UNION ALL "
+		"SELECT h.coupon_id, h.campaign_id, false, h.discount, h.on_shipping,"
+		"       c.exclusive, c.max_coupons_per_order, c.currency"
+		" FROM loyalty.reservation h"
+		" JOIN loyalty.campaign c ON c.campaign_id = h.campaign_id"
+		" WHERE h.order_ref = $1 AND h.state = 'held' AND h.expires_at > $2",
+		2, {TEXTOID, TIMESTAMPTZOID}
+	},
+	[P_CAMPAIGN_LOCK] = {
+		"SELECT uses FROM loyalty.campaign WHERE campaign_id = $1"
+		" FOR NO KEY UPDATE",
+		1, {INT8OID}
+	},
+	[P_CAMPAIGN_USES] = {
+		"SELECT uses FROM loyalty.campaign WHERE campaign_id = $1",
+		1, {INT8OID}
+	},
+	[P_COUNTS] = {
+		"SELECT"
+		" CASE WHEN $6 THEN (SELECT count(*) FROM loyalty.reservation"
+		"   WHERE coupon_id = $1 AND state = 'held' AND expires_at > $4"
+		"     AND order_ref IS DISTINCT FROM $5) ELSE 0 END,"
+		" CASE WHEN $7 THEN (SELECT count(*) FROM loyalty.reservation"
+		"   WHERE campaign_id = $2 AND state = 'held' AND expires_at > $4"
+		"     AND order_ref IS DISTINCT FROM $5) ELSE 0 END,"
+		" CASE WHEN $8 THEN (SELECT coalesce(sum(uses), 0) FROM loyalty.redemption"
+		"   WHERE campaign_id = $2 AND customer_id = $3) ELSE 0 END,"
+		" CASE WHEN $8 THEN (SELECT count(*) FROM loyalty.reservation"
+		"   WHERE campaign_id = $2 AND customer_id = $3 AND state = 'held'"
+		"     AND expires_at > $4 AND order_ref IS DISTINCT FROM $5) ELSE 0 END",
+		8, {INT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, BOOLOID, BOOLOID}
+	},
+	[P_FIND_HOLD] = {
+		"SELECT discount, expires_at FROM loyalty.reservation"
+		" WHERE order_ref = $1 AND coupon_id = $2 AND state = 'held'",
+		2, {TEXTOID, INT8OID}
+	},
+	[P_EXPIRE_HOLD] = {
+		"UPDATE loyalty.reservation SET state = 'expired', ended_at = $3"
+		" WHERE order_ref = $1 AND coupon_id = $2 AND state = 'held'"
+		"   AND expires_at <= $3",
+		3, {TEXTOID, INT8OID, TIMESTAMPTZOID}
+	},
+	[P_INSERT_HOLD] = {
+		"WITH ins AS ("
+		"  INSERT INTO loyalty.reservation (coupon_id, campaign_id, customer_id,"
+		"    order_ref, discount, on_shipping, created_at, expires_at)"
+		"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING expires_at),"
+		" cu AS (UPDATE loyalty.coupon SET reservations = reservations + 1"
+		"        WHERE coupon_id = $1),"
+		" od AS (UPDATE loyalty.coupon_order SET updated_at = $7"
+		"        WHERE order_ref = $4 AND $9)"
+		" SELECT expires_at FROM ins",
+		9, {INT8OID, INT8OID, TEXTOID, TEXTOID, NUMERICOID, BOOLOID,
+		TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID}
+	},
+	[P_RB_LOCK_ORDER] = {
+		"SELECT state FROM loyalty.coupon_order WHERE order_ref = $1"
+		" FOR NO KEY UPDATE",
+		1, {TEXTOID}
+	},
+	[P_RB_REDEMPTIONS] = {
+		"SELECT r.redemption_id, r.coupon_id, r.campaign_id"
+		" FROM loyalty.redemption r"
+		" WHERE r.order_ref = $1 AND r.kind = 'redeem'"
+		"   AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x"
+		"                   WHERE x.reverses = r.redemption_id)"
+		" ORDER BY r.coupon_id",
+		1, {TEXTOID}
+	},
+	[P_RB_LOCK_COUPONS] = {
+		"SELECT coupon_id FROM loyalty.coupon WHERE coupon_id = ANY ($1)"
+		" ORDER BY coupon_id FOR NO KEY UPDATE",
+		1, {INT8ARRAYOID}
+	},
+	[P_RB_LOCK_CAMPAIGNS] = {
+		"SELECT campaign_id FROM loyalty.campaign"
+		" WHERE campaign_id = ANY ($1) AND total_cap IS NOT NULL"
+		" ORDER BY campaign_id FOR NO KEY UPDATE",
+		1, {INT8ARRAYOID}
+	},
+	[P_RB_WRITE] = {
+		"WITH rv AS ("
+		"  INSERT INTO loyalty.redemption (kind, reverses, coupon_id, campaign_id,"
+		"    customer_id, order_ref, uses, discount, on_shipping, currency, created_at)"
+		"  SELECT 'reversal', r.redemption_id, r.coupon_id, r.campaign_id,"
+		"         r.customer_id, r.order_ref, -1, -r.discount, r.on_shipping,"
+		"         r.currency, $4"
+		"  FROM loyalty.redemption r WHERE r.redemption_id = ANY ($2)),"
+		" cu AS (UPDATE loyalty.coupon c SET uses = c.uses - n.n"
+		"        FROM (SELECT r.coupon_id, count(*) AS n FROM loyalty.redemption r"
+		"              WHERE r.redemption_id = ANY ($2) GROUP BY r.coupon_id) n"
+		"        WHERE c.coupon_id = n.coupon_id),"
+		" ca AS (UPDATE loyalty.campaign c SET uses = c.uses - n.n"
+		"        FROM (SELECT r.campaign_id, count(*) AS n FROM loyalty.redemption r"
+		"              WHERE r.redemption_id = ANY ($2) GROUP BY r.campaign_id) n"
+		"        WHERE c.campaign_id = n.campaign_id AND c.campaign_id = ANY ($3)),"
+		" ho AS (UPDATE loyalty.reservation SET state = 'released', ended_at = $4"
+		"        WHERE order_ref = $1 AND state = 'held' RETURNING 1),"
+		" od AS (UPDATE loyalty.coupon_order"
+		"        SET state = 'rolled_back', updated_at = $4, closed_at = $4"
+		"        WHERE order_ref = $1)"
+		" SELECT count(*) FROM ho",
+		4, {TEXTOID, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID}
+	},
+	[P_SEGMENT] = {
+		"SELECT segment FROM loyalty.customer_segment WHERE customer_id = $1",
+		1, {TEXTOID}
+	},
+	[P_ACTIVE_USES] = {
+		"SELECT coalesce(sum(uses), 0)::pg_catalog.int8 FROM loyalty.redemption"
+		" WHERE campaign_id = $1",
+		1, {INT8OID}
+	},
+};
+
+/*
+ * Kept plans and catalog OIDs, valid for one incarnation of the extension:
+ * if the loyalty schema is dropped and created again in this backend, its
+ * OID changes and everything is prepared afresh.
+ */
+static Oid	cached_nsp = InvalidOid;
+static Oid	cached_code_type = InvalidOid;
+static Oid	cached_campaign_rel = InvalidOid;
+static Oid	cached_redemption_rel = InvalidOid;
+static SPIPlanPtr plans[NPLANS];
+static SPIPlanPtr redeem_plans[8];
+static bool store_read_only = false;
+static bool campaign_cache_stale = false;
+
+/*
+ * Start a call: check that the cached plans belong to the installed
+ * extension, and remember whether this call may write (validate may not;
+ * its statements then run read-only on the caller's snapshot).  Must be
+ * called after SPI_connect.
+ */
+void
+CouponStoreBegin(bool read_only)
+{
+	Oid			nsp = get_namespace_oid("loyalty", false);
+	int			i;
+
+	store_read_only = read_only;
+	if (nsp == cached_nsp)
+		return;
+	for (i = 0; i < NPLANS; i++)
+	{
+		if (plans[i] != NULL)
+			SPI_freeplan(plans[i]);
+		plans[i] = NULL;
+	}
+	for (i = 0; i < (int) lengthof(redeem_plans); i++)
+	{
+		if (redeem_plans[i] != NULL)
+			SPI_freeplan(redeem_plans[i]);
+		redeem_plans[i] = NULL;
+	}
+	campaign_cache_stale = true;
+	cached_code_type = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
+									   CStringGetDatum("coupon_code"),
+									   ObjectIdGetDatum(nsp));
+	cached_campaign_rel = get_relname_relid("campaign", nsp);
+	cached_redemption_rel = get_relname_relid("redemption", nsp);
+	if (!OidIsValid(cached_code_type) || !OidIsValid(cached_campaign_rel) ||
+		!OidIsValid(cached_redemption_rel))
+		elog(ERROR, "loyalty coupon objects are missing");
+	cached_nsp = nsp;
+}
+
+/* The OID of loyalty.coupon_code (valid after CouponStoreBegin). */
+Oid
+CouponCodeTypeOid(void)
+{
+	return cached_code_type;
+}
+
+/* The plan of a statement, prepared and kept on first use. */
+static SPIPlanPtr
+GetPlan(PlanId id)
+{
+	if (plans[id] == NULL)
+	{
+		const PlanDef *def = &PlanDefs[id];
+		Oid			types[12];
+		SPIPlanPtr	plan;
+		int			i;
+
+		for (i = 0; i < def->nargs; i++)
+			types[i] = def->argtypes[i] == CODE_TYPE ? cached_code_type : def->argtypes[i];
+		plan = SPI_prepare(def->sql, def->nargs, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for coupon statement %d: %s",
+				 (int) id, SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		plans[id] = plan;
+	}
+	return plans[id];
+}
+
+/*
+ * Run a statement.  latest: read with the newest snapshot (rows committed
+ * by competitors after the caller's snapshot included); used for reads done
+ * under the locks that decide caps, and for the campaign cache (which must
+ * never hold a state older than the invalidations already processed).
+ */
+static int
+Exec(PlanId id, Datum *values, const char *nulls, bool latest)
+{
+	SPIPlanPtr	plan = GetPlan(id);
+	int			rc;
+
+	if (latest)
+		rc = SPI_execute_snapshot(plan, values, nulls, GetLatestSnapshot(),
+								  InvalidSnapshot, store_read_only, true, 0);
+	else
+		rc = SPI_execute_plan(plan, values, nulls, store_read_only, 0);
+	if (rc < 0)
+		elog(ERROR, "coupon statement %d failed: %s", (int) id,
+			 SPI_result_code_string(rc));
+	return rc;
+}
+
+/* ---- reading result columns ---- */
+
+/* One row of a result, or a cached tuple, with its descriptor. */
+typedef struct Row
+{
+	HeapTuple	tuple;
+	TupleDesc	desc;
+} Row;
+
+/* Row i of the last SPI result. */
+static Row
+ResultRow(uint64 i)
+{
+	Row			r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
+
+	return r;
+}
+
+static Datum
+Col(Row r, int col, bool *isnull)
+{
+	return heap_getattr(r.tuple, col, r.desc, isnull);
+}
+
+static int64
+ColInt64(Row r, int col, int64 if_null, bool *was_null)
+{
+	bool		isnull;
+	Datum		d = Col(r, col, &isnull);
+
+	if (was_null)
+		*was_null = isnull;
+	return isnull ? if_null : DatumGetInt64(d);
+}
+
+static int32
+ColInt32(Row r, int col)
+{
+	bool		isnull;
+	Datum		d = Col(r, col, &isnull);
+
+	return isnull ? 0 : DatumGetInt32(d);
+}
+
+static bool
+ColBool(Row r, int col)
+{
+	bool		isnull;
+	Datum		d = Col(r, col, &isnull);
+
+	return !isnull && DatumGetBool(d);
+}
+
+static Numeric
+ColNumeric(Row r, int col)
+{
+	bool		isnull;
+	Datum		d = Col(r, col, &isnull);
+
+	return isnull ? NULL : DatumGetNumeric(d);
+}
+
+static char *
+ColText(Row r, int col)
+{
+	bool		isnull;
+	Datum		d = Col(r, col, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+static void
+ColCurrency(Row r, int col, char *out)
+{
+	char	   *s = ColText(r, col);
+
+	strlcpy(out, s ? s : "", 4);
+}
+
+static TimestampTz
+ColTimestamp(Row r, int col, bool *has)
+{
+	bool		isnull;
+	Datum		d = Col(r, col, &isnull);
+
+	*has = !isnull;
+	return isnull ? 0 : DatumGetTimestampTz(d);
+}
+
+/* A text[] column as a sorted name list. */
+static void
+ColNameList(Row r, int col, CouponNameList *list)
+{
+	bool		isnull;
+	Datum		d = Col(r, col, &isnull);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+	int			k = 0;
+
+	list->n = 0;
+	list->names = NULL;
+	if (isnull)
+		return;
+	deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	list->names = palloc(sizeof(char *) * Max(n, 1));
+	for (i = 0; i < n; i++)
+		if (!nulls[i])
+			list->names[k++] = TextDatumGetCString(elems[i]);
+	list->n = k;
+	CouponSortNames(list);
+}
+
+/* ---- datum helpers ---- */
+
+static Datum
+TextArg(const char *s)
+{
+	return CStringGetTextDatum(s);
+}
+
+static Datum
+Int8Array(const int64 *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		d[i] = Int64GetDatum(v[i]);
+	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL,
+										   TYPALIGN_DOUBLE));
+}
+
+/* ---- coupons and campaigns ---- */
+
+/*
+ * Find a coupon by code; lock: FOR NO KEY UPDATE (lock order step 2).
+ * Returns false if there is no such code.
+ */
+bool
+CouponLookup(Datum code, bool lock, Coupon *cp)
+{
+	Datum		values[1] = {code};
+
+	Exec(lock ? P_LOOKUP_LOCK : P_LOOKUP, values, NULL, false);
+	if (SPI_processed == 0)
+		return false;
+	cp->id = ColInt64(ResultRow(0), 1, 0, NULL);
+	cp->campaign_id = ColInt64(ResultRow(0), 2, 0, NULL);
+	cp->customer_id = ColText(ResultRow(0), 3);
+	cp->max_uses = ColInt64(ResultRow(0), 4, 0, &cp->has_max_uses);
+	cp->has_max_uses = !cp->has_max_uses;
+	cp->uses = ColInt64(ResultRow(0), 5, 0, NULL);
+	cp->reservations = ColInt64(ResultRow(0), 6, 0, NULL);
+	return true;
+}
+
+static CampaignKind
+KindFromText(const char *s)
+{
+	if (strcmp(s, "percent") == 0)
+		return CAMPAIGN_PERCENT;
+	if (strcmp(s, "fixed") == 0)
+		return CAMPAIGN_FIXED;
+	if (strcmp(s, "free_shipping") == 0)
+		return CAMPAIGN_FREE_SHIPPING;
+	if (strcmp(s, "buy_x_get_y") == 0)
+		return CAMPAIGN_BUY_X_GET_Y;
+	if (strcmp(s, "free_item") == 0)
+		return CAMPAIGN_FREE_ITEM;
+	elog(ERROR, "unknown campaign kind \"%s\"", s);
+	return CAMPAIGN_PERCENT;	/* keep compiler quiet */
+}
+
+/* Parse a campaign row (P_CAMPAIGN's columns) into *cm. */
+static void
+ParseCampaign(Row row, int64 campaign_id, Campaign *cm)
+{
+	bool		isnull;
+	Datum		d;
+
+	memset(cm, 0, sizeof(*cm));
+	cm->id = campaign_id;
+	cm->kind = KindFromText(ColText(row, 1));
+	ColCurrency(row, 2, cm->currency);
+	cm->percent_off = ColNumeric(row, 3);
+	cm->max_discount = ColNumeric(row, 4);
+	cm->amount_off = ColNumeric(row, 5);
+	cm->buy_quantity = ColInt32(row, 6);
+	cm->get_quantity = ColInt32(row, 7);
+	cm->free_sku = ColText(row, 8);
+	cm->free_quantity = ColInt32(row, 9);
+	cm->starts_at = ColTimestamp(row, 10, &cm->has_starts_at);
+	cm->ends_at = ColTimestamp(row, 11, &cm->has_ends_at);
+	cm->paused = ColBool(row, 12);
+	cm->total_cap = ColInt64(row, 13, 0, &isnull);
+	cm->has_total_cap = !isnull;
+	cm->per_customer_cap = ColInt32(row, 14);
+	cm->min_order_amount = ColNumeric(row, 15);
+	ColNameList(row, 16, &cm->include_skus);
+	ColNameList(row, 17, &cm->exclude_skus);
+	ColNameList(row, 18, &cm->include_categories);
+	ColNameList(row, 19, &cm->exclude_categories);
+	cm->exclusive = ColBool(row, 20);
+	cm->max_coupons_per_order = ColInt32(row, 21);
+
+	d = Col(row, 22, &isnull);
+	if (!isnull)
+	{
+		Datum	   *kinds;
+		Datum	   *params;
+		Datum	   *funcs;
+		int			n;
+		int			n2;
+		int			n3;
+		int			i;
+
+		deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false,
+						  TYPALIGN_INT, &kinds, NULL, &n);
+		deconstruct_array(DatumGetArrayTypeP(Col(row, 23, &isnull)), JSONBOID,
+						  -1, false, TYPALIGN_INT, &params, NULL, &n2);
+		deconstruct_array(DatumGetArrayTypeP(Col(row, 24, &isnull)), OIDOID,
+						  sizeof(Oid), true, TYPALIGN_INT, &funcs, NULL, &n3);
+		if (n != n2 || n != n3)
+			elog(ERROR, "inconsistent rules of campaign " INT64_FORMAT, campaign_id);
+		cm->nrules = n;
+		cm->rules = palloc(sizeof(CouponRule) * n);
+		for (i = 0; i < n; i++)
+		{
+			cm->rules[i].kind = TextDatumGetCString(kinds[i]);
+			cm->rules[i].params = DatumGetJsonbP(params[i]);
+			cm->rules[i].check_function = DatumGetObjectId(funcs[i]);
+		}
+	}
+}
+
+/*
+ * The campaign cache: campaign rows (with their rules), as last read with
+ * the newest snapshot, kept per backend so that a redemption does not read
+ * its campaign again.  Every change to loyalty.campaign (except the cap
+ * counter), loyalty.campaign_rule or loyalty.eligibility_kind fires a
+ * trigger (coupon_campaign_changed) that sends a relcache invalidation of
+ * loyalty.campaign; each backend receives it when it next acquires a lock,
+ * which a redemption always does on the campaign gate before it reads the
+ * campaign, and flushes the cache.  A change therefore reaches every
+ * redemption that takes the gate after the change committed - the same
+ * guarantee as reading the row.  On abort, PostgreSQL replays the aborted
+ * transaction's invalidations locally, so uncommitted data never stays.
+ */
+typedef struct CampaignCacheEntry
+{
+	int64		campaign_id;	/* hash key */
+	HeapTuple	tuple;
+} CampaignCacheEntry;
+
+static HTAB *campaign_cache = NULL;
+static MemoryContext campaign_cache_cxt = NULL;
+static TupleDesc campaign_cache_desc = NULL;
+static bool campaign_cache_callback = false;
+
+/* Relcache invalidation callback: loyalty.campaign changed (or all did). */
+static void
+CampaignCacheInvalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == cached_campaign_rel)
+		campaign_cache_stale = true;
+}
+
+/* Drop every cached campaign (outside of any use of their tuples). */
+static void
+CampaignCacheReset(void)
+{
+	HASHCTL		ctl;
+
+	if (!campaign_cache_callback)
+	{
+		CacheRegisterRelcacheCallback(CampaignCacheInvalidate, (Datum) 0);
+		campaign_cache_callback = true;
+	}
+	if (campaign_cache_cxt == NULL)
+		campaign_cache_cxt = AllocSetContextCreate(TopMemoryContext,
+												   "loyalty campaign cache",
+												   ALLOCSET_SMALL_SIZES);
+	else
+		MemoryContextReset(campaign_cache_cxt);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(CampaignCacheEntry);
+	ctl.hcxt = campaign_cache_cxt;
+	campaign_cache = hash_create("loyalty campaign cache", 64, &ctl,
+								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	campaign_cache_desc = NULL;
+	campaign_cache_stale = false;
+}
+
+/*
+ * Read a campaign and its eligibility rules, from the cache or with the
+ * newest snapshot.  The lifecycle calls read it after taking the campaign
+ * gate (whose acquisition processes pending invalidations); validate calls
+ * AcceptInvalidationMessages first.  The tuple is copied into the caller's
+ * memory before it is parsed, so a flush during the call cannot pull it
+ * away.
+ */
+void
+CouponReadCampaign(int64 campaign_id, Campaign *cm)
+{
+	CampaignCacheEntry *entry;
+	bool		found;
+	Row			row;
+
+	if (campaign_cache == NULL || campaign_cache_stale)
+		CampaignCacheReset();
+	entry = hash_search(campaign_cache, &campaign_id, HASH_FIND, NULL);
+	if (entry == NULL)
+	{
+		Datum		values[1] = {Int64GetDatum(campaign_id)};
+		MemoryContext old;
+		HeapTuple	copy;
+
+		Exec(P_CAMPAIGN, values, NULL, true);
+		if (SPI_processed != 1)
+			elog(ERROR, "campaign " INT64_FORMAT " of a coupon does not exist",
+				 campaign_id);
+
+		/*
+		 * An invalidation processed while the statement opened its tables
+		 * may concern a change newer than the snapshot it read with: use the
+		 * row for this call only, and cache nothing.
+		 */
+		if (campaign_cache_stale)
+		{
+			CampaignCacheReset();
+			ParseCampaign(ResultRow(0), campaign_id, cm);
+			return;
+		}
+		old = MemoryContextSwitchTo(campaign_cache_cxt);
+		if (campaign_cache_desc == NULL)
+			campaign_cache_desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+		/* flat: no pointer into TOAST, which a later update could vacuum */
+		copy = toast_flatten_tuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc);
+		MemoryContextSwitchTo(old);
+		entry = hash_search(campaign_cache, &campaign_id, HASH_ENTER, &found);
+		entry->tuple = copy;
+	}
+	row.tuple = heap_copytuple(entry->tuple);
+	row.desc = campaign_cache_desc;
+	ParseCampaign(row, campaign_id, cm);
+}
+
+/* ---- orders ---- */
+
+static void
+ReadOrderRow(CouponOrder *order)
+{
+	char	   *state;
+
+	order->customer_id = ColText(ResultRow(0), 1);
+	order->context_hash = ColInt64(ResultRow(0), 2, 0, NULL);
+	state = ColText(ResultRow(0), 3);
+	order->rolled_back = strcmp(state, "rolled_back") == 0;
+}
+
+/*
+ * Lock order step 1: insert the order row or lock the existing one.  An
+ * insert that meets a concurrent uncommitted insert of the same order_ref
+ * waits for it; a row that exists is locked FOR NO KEY UPDATE.  Since order
+ * rows are never deleted, the loop runs at most twice.
+ */
+void
+CouponLockOrder(const char *order_ref, const char *customer_id,
+				const OrderContext *ctx, TimestampTz now, CouponOrder *order)
+{
+	memset(order, 0, sizeof(*order));
+	for (;;)
+	{
+		Datum		values[6];
+		char		nulls[6] = "      ";
+		Datum		key[1];
+
+		values[0] = TextArg(order_ref);
+		values[1] = TextArg(customer_id);
+		values[2] = Int64GetDatum(ctx->hash);
+		values[3] = NumericGetDatum(ctx->amount);
+		if (ctx->has_currency)
+			values[4] = TextArg(ctx->currency);
+		else
+		{
+			values[4] = (Datum) 0;
+			nulls[4] = 'n';
+		}
+		values[5] = TimestampTzGetDatum(now);
+		Exec(P_ORDER_INSERT, values, nulls, false);
+		if (SPI_processed == 1)
+		{
+			order->exists = false;
+			order->customer_id = pstrdup(customer_id);
+			order->context_hash = ctx->hash;
+			return;
+		}
+		key[0] = TextArg(order_ref);
+		Exec(P_ORDER_LOCK, key, NULL, false);
+		if (SPI_processed == 1)
+		{
+			order->exists = true;
+			ReadOrderRow(order);
+			return;
+		}
+	}
+}
+
+/* Read an order without locking (validate). */
+void
+CouponReadOrder(const char *order_ref, CouponOrder *order)
+{
+	Datum		key[1] = {TextArg(order_ref)};
+
+	memset(order, 0, sizeof(*order));
+	Exec(P_ORDER_READ, key, NULL, false);
+	if (SPI_processed == 1)
+	{
+		order->exists = true;
+		ReadOrderRow(order);
+	}
+}
+
+/*
+ * The coupons already on an order: its active redemptions and unexpired
+ * reservations, with what stacking needs of their campaigns.
+ */
+void
+CouponReadAttached(const char *order_ref, TimestampTz now, bool latest,
+				   CouponOrder *order)
+{
+	Datum		values[2] = {TextArg(order_ref), TimestampTzGetDatum(now)};
+	uint64		i;
+
+	Exec(P_ATTACHED, values, NULL, latest);
+	order->nattached = (int) SPI_processed;
+	order->attached = palloc0(sizeof(CouponAttached) * Max(order->nattached, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		CouponAttached *a = &order->attached[i];
+
+		a->coupon_id = ColInt64(ResultRow(i), 1, 0, NULL);
+		a->campaign_id = ColInt64(ResultRow(i), 2, 0, NULL);
+		a->redeemed = ColBool(ResultRow(i), 3);
+		a->discount = ColNumeric(ResultRow(i), 4);
+		a->on_shipping = ColBool(ResultRow(i), 5);
+		a->exclusive = ColBool(ResultRow(i), 6);
+		a->max_coupons_per_order = ColInt32(ResultRow(i), 7);
+		ColCurrency(ResultRow(i), 8, a->currency);
+	}
+}
+
+/* ---- locks ---- */
+
+/*
+ * Lock order step 3: the campaign gate, shared.  campaign_id is folded into
+ * an object id; two campaigns whose ids are equal modulo 2^32 would share a
+ * gate, which costs waiting, never correctness.
+ */
+void
+CouponGateShared(int64 campaign_id)
+{
+	LockDatabaseObject(cached_campaign_rel, (Oid) campaign_id, 0,
+					   AccessShareLock);
+}
+
+/* The campaign gate, exclusive: pause, resume and every campaign change. */
+void
+CouponGateExclusive(int64 campaign_id)
+{
+	LockDatabaseObject(cached_campaign_rel, (Oid) campaign_id, 0,
+					   AccessExclusiveLock);
+}
+
+/*
+ * Lock order step 4: the campaign row of a capped campaign.  Returns its
+ * active-redemption counter.
+ */
+int64
+CouponLockCampaignRow(int64 campaign_id)
+{
+	Datum		values[1] = {Int64GetDatum(campaign_id)};
+
+	Exec(P_CAMPAIGN_LOCK, values, NULL, false);
+	if (SPI_processed != 1)
+		elog(ERROR, "campaign " INT64_FORMAT " does not exist", campaign_id);
+	return ColInt64(ResultRow(0), 1, 0, NULL);
+}
+
+/*
+ * A capped campaign's active-redemption counter, without a lock (validate:
+ * the counter is not part of the cached campaign, it changes with every
+ * redemption).
+ */
+int64
+CouponCampaignUses(int64 campaign_id)
+{
+	Datum		values[1] = {Int64GetDatum(campaign_id)};
+
+	Exec(P_CAMPAIGN_USES, values, NULL, false);
+	if (SPI_processed != 1)
+		elog(ERROR, "campaign " INT64_FORMAT " does not exist", campaign_id);
+	return ColInt64(ResultRow(0), 1, 0, NULL);
+}
+
+/*
+ * Lock order step 5: one customer in one campaign, for the per-customer cap
+ * (two orders of one customer serialise here).  Hash collisions only make
+ * two customers wait for each other.
+ */
+void
+CouponLockCustomer(int64 campaign_id, const char *customer_id)
+{
+	uint32		h = hash_bytes((const unsigned char *) customer_id,
+							   strlen(customer_id));
+
+	h = hash_combine(h, hash_bytes_uint32((uint32) campaign_id));
+	h = hash_combine(h, hash_bytes_uint32((uint32) (campaign_id >> 32)));
+	LockDatabaseObject(cached_redemption_rel, (Oid) h, 0, ExclusiveLock);
+}
+
+/*
+ * Count what the caps need, for other orders than order_ref: reservations
+ * of the code (only if the code was ever reserved), of the campaign (only
+ * with a total cap), and the customer's redemptions and reservations in the
+ * campaign (only with a per-customer cap).
+ */
+void
+CouponCountUsage(const Coupon *cp, const Campaign *cm, const char *customer_id,
+				 const char *order_ref, TimestampTz now, bool latest,
+				 CouponUsage *usage)
+{
+	Datum		values[8];
+	char		nulls[8] = "        ";
+	bool		coupon_holds = cp->has_max_uses && cp->reservations > 0;
+	bool		campaign_holds = cm->has_total_cap;
+	bool		customer = cm->per_customer_cap > 0;
+
+	memset(usage, 0, sizeof(*usage));
+	if (!coupon_holds && !campaign_holds && !customer)
+		return;
+	values[0] = Int64GetDatum(cp->id);
+	values[1] = Int64GetDatum(cm->id);
+	values[2] = TextArg(customer_id);
+	values[3] = TimestampTzGetDatum(now);
+	if (order_ref != NULL)
+		values[4] = TextArg(order_ref);
+	else
+	{
+		values[4] = (Datum) 0;
+		nulls[4] = 'n';
+	}
+	values[5] = BoolGetDatum(coupon_holds);
+	values[6] = BoolGetDatum(campaign_holds);
+	values[7] = BoolGetDatum(customer);
+	Exec(P_COUNTS, values, nulls, latest);
+	usage->coupon_holds = ColInt64(ResultRow(0), 1, 0, NULL);
+	usage->campaign_holds = ColInt64(ResultRow(0), 2, 0, NULL);
+	usage->customer_uses = ColInt64(ResultRow(0), 3, 0, NULL);
+	usage->customer_holds = ColInt64(ResultRow(0), 4, 0, NULL);
+}
+
+/* ---- writes ---- */
+
+/*
+ * The statement that records a redemption, in the variant this call needs:
+ * the ledger row and the code's counter always; the campaign's counter for
+ * capped campaigns; the caller's reservation consumed when the order may
+ * have one; the order row touched when it existed before (so that a
+ * REPEATABLE READ rollback of the same order gets a serialization failure
+ * rather than missing this redemption).  Parts a call does not need are
+ * left out rather than filtered at run time: every table a statement
+ * writes costs opening it and its indexes.
+ */
+static SPIPlanPtr
+RedeemPlan(bool capped, bool consume_hold, bool order_existed)
+{
+	int			v = (capped ? 1 : 0) | (consume_hold ? 2 : 0) | (order_existed ? 4 : 0);
+
+	if (redeem_plans[v] == NULL)
+	{
+		StringInfoData sql;
+		Oid			types[8] = {INT8OID, INT8OID, TEXTOID, TEXTOID, NUMERICOID,
+		BOOLOID, TEXTOID, TIMESTAMPTZOID};
+		SPIPlanPtr	plan;
+
+		initStringInfo(&sql);
+		appendStringInfoString(&sql,
+							   "WITH ins AS ("
+							   "  INSERT INTO loyalty.redemption (kind, coupon_id, campaign_id,"
+							   "    customer_id, order_ref, uses, discount, on_shipping, currency,"
+							   "    created_at)"
+							   "  VALUES ('redeem', $1, $2, $3, $4, 1, $5, $6, $7, $8)"
+							   "  RETURNING redemption_id),"
+							   " cu AS (UPDATE loyalty.coupon SET uses = uses + 1"
+							   "        WHERE coupon_id = $1)");
+		if (capped)
+			appendStringInfoString(&sql,
+								   ", ca AS (UPDATE loyalty.campaign SET uses = uses + 1"
+								   "         WHERE campaign_id = $2)");
+		if (consume_hold)
+			appendStringInfoString(&sql,
+								   ", ho AS (UPDATE loyalty.reservation"
+								   "         SET state = 'consumed', ended_at = $8"
+								   "         WHERE order_ref = $4 AND coupon_id = $1"
+								   "           AND state = 'held')");
+		if (order_existed)
+			appendStringInfoString(&sql,
+								   ", od AS (UPDATE loyalty.coupon_order SET updated_at = $8"
+								   "         WHERE order_ref = $4)");
+		appendStringInfoString(&sql, " SELECT redemption_id FROM ins");
+		plan = SPI_prepare(sql.data, 8, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for the redemption statement: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		redeem_plans[v] = plan;
+	}
+	return redeem_plans[v];
+}
+
+/* Record a redemption (see RedeemPlan for what is written). */
+void
+CouponInsertRedemption(const Coupon *cp, const Campaign *cm,
+					   const char *customer_id, const char *order_ref,
+					   Numeric discount, bool on_shipping, bool consume_hold,
+					   bool order_existed, TimestampTz now)
+{
+	Datum		values[8];
+	int			rc;
+
+	values[0] = Int64GetDatum(cp->id);
+	values[1] = Int64GetDatum(cm->id);
+	values[2] = TextArg(customer_id);
+	values[3] = TextArg(order_ref);
+	values[4] = NumericGetDatum(discount);
+	values[5] = BoolGetDatum(on_shipping);
+	values[6] = TextArg(cm->currency);
+	values[7] = TimestampTzGetDatum(now);
+	rc = SPI_execute_plan(RedeemPlan(cm->has_total_cap, consume_hold,
+									 order_existed),
+						  values, NULL, false, 0);
+	if (rc < 0 || SPI_processed != 1)
+		elog(ERROR, "redemption was not recorded: %s", SPI_result_code_string(rc));
+}
+
+/*
+ * The order's reservation of this code, if one is recorded as held (it may
+ * have expired: *expired says so).
+ */
+bool
+CouponFindHold(const char *order_ref, int64 coupon_id, TimestampTz now,
+			   Numeric *discount, TimestampTz *expires_at, bool *expired)
+{
+	Datum		values[2] = {TextArg(order_ref), Int64GetDatum(coupon_id)};
+	bool		has;
+
+	Exec(P_FIND_HOLD, values, NULL, false);
+	if (SPI_processed == 0)
+		return false;
+	*discount = ColNumeric(ResultRow(0), 1);
+	*expires_at = ColTimestamp(ResultRow(0), 2, &has);
+	*expired = *expires_at <= now;
+	return true;
+}
+
+/*
+ * Record a reservation (after marking the order's expired hold of the same
+ * code as expired, when there is one), count it on the code, touch the
+ * order row.  Returns the expiry time.
+ */
+TimestampTz
+CouponInsertHold(const Coupon *cp, const Campaign *cm, const char *customer_id,
+				 const char *order_ref, Numeric discount, bool on_shipping,
+				 bool expire_old, bool order_existed, TimestampTz now,
+				 TimestampTz expires_at)
+{
+	Datum		values[9];
+	bool		has;
+
+	if (expire_old)
+	{
+		Datum		ev[3] = {TextArg(order_ref), Int64GetDatum(cp->id),
+		TimestampTzGetDatum(now)};
+
+		Exec(P_EXPIRE_HOLD, ev, NULL, false);
+	}
+	values[0] = Int64GetDatum(cp->id);
+	values[1] = Int64GetDatum(cm->id);
+	values[2] = TextArg(customer_id);
+	values[3] = TextArg(order_ref);
+	values[4] = NumericGetDatum(discount);
+	values[5] = BoolGetDatum(on_shipping);
+	values[6] = TimestampTzGetDatum(now);
+	values[7] = TimestampTzGetDatum(expires_at);
+	values[8] = BoolGetDatum(order_existed);
+	Exec(P_INSERT_HOLD, values, NULL, false);
+	if (SPI_processed != 1)
+		elog(ERROR, "reservation was not recorded");
+	return ColTimestamp(ResultRow(0), 1, &has);
+}
+
+/* qsort comparator for int64 */
+static int
+Int64Cmp(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Roll an order back: reverse every active redemption (a reversal row
+ * each, history kept), give the uses back to codes and capped campaigns,
+ * release the order's reservations and close the order.  Locks in the
+ * global order.  Returns false when there was nothing to give back (an
+ * unknown order, or one already rolled back).
+ */
+bool
+CouponRollbackOrder(const char *order_ref, TimestampTz now)
+{
+	Datum		key[1] = {TextArg(order_ref)};
+	int			n;
+	int64	   *redemptions;
+	int64	   *coupons;
+	int64	   *campaigns;
+	int64	   *capped;
+	int			ncapped;
+	int			ncampaigns = 0;
+	int			i;
+	Datum		values[4];
+	int64		released;
+
+	Exec(P_RB_LOCK_ORDER, key, NULL, false);
+	if (SPI_processed == 0)
+		return false;
+	if (strcmp(ColText(ResultRow(0), 1), "rolled_back") == 0)
+		return false;
+
+	Exec(P_RB_REDEMPTIONS, key, NULL, false);
+	n = (int) SPI_processed;
+	redemptions = palloc(sizeof(int64) * Max(n, 1));
+	coupons = palloc(sizeof(int64) * Max(n, 1));
+	campaigns = palloc(sizeof(int64) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		redemptions[i] = ColInt64(ResultRow(i), 1, 0, NULL);
+		coupons[i] = ColInt64(ResultRow(i), 2, 0, NULL);
+		campaigns[i] = ColInt64(ResultRow(i), 3, 0, NULL);
+	}
+
+	/* step 2: the coupon rows, in coupon_id order (the query sorts) */
+	if (n > 0)
+	{
+		values[0] = Int8Array(coupons, n);
+		Exec(P_RB_LOCK_COUPONS, values, NULL, false);
+	}
+
+	/* step 3: the gates, in campaign_id order, each once */
+	qsort(campaigns, n, sizeof(int64), Int64Cmp);
+	for (i = 0; i < n; i++)
+		if (i == 0 || campaigns[i] != campaigns[i - 1])
+			campaigns[ncampaigns++] = campaigns[i];
+	for (i = 0; i < ncampaigns; i++)
+		CouponGateShared(campaigns[i]);
+
+	/* step 4: the rows of the capped campaigns, in campaign_id order */
+	ncapped = 0;
+	capped = palloc(sizeof(int64) * Max(ncampaigns, 1));
+	if (ncampaigns > 0)
+	{
+		values[0] = Int8Array(campaigns, ncampaigns);
+		Exec(P_RB_LOCK_CAMPAIGNS, values, NULL, false);
+		for (i = 0; i < (int) SPI_processed; i++)
+			capped[ncapped++] = ColInt64(ResultRow(i), 1, 0, NULL);
+	}
+
+	values[0] = TextArg(order_ref);
+	values[1] = Int8Array(redemptions, n);
+	values[2] = Int8Array(capped, ncapped);
+	values[3] = TimestampTzGetDatum(now);
+	Exec(P_RB_WRITE, values, NULL, false);
+	released = ColInt64(ResultRow(0), 1, 0, NULL);
+	return n > 0 || released > 0;
+}
+
+/*
+ * Active redemptions of a campaign, counted with the newest snapshot: the
+ * campaign's counter when a total cap is set on a running campaign (the
+ * caller holds the exclusive gate, so nothing changes meanwhile).
+ */
+int64
+CouponCampaignActiveUses(int64 campaign_id)
+{
+	Datum		values[1] = {Int64GetDatum(campaign_id)};
+
+	Exec(P_ACTIVE_USES, values, NULL, true);
+	return ColInt64(ResultRow(0), 1, 0, NULL);
+}
+
+/*
+ * The customer's current segment from loyalty.customer_segment (RFM), or
+ * NULL when the customer has no row there.
+ */
+char *
+CouponCustomerSegment(const char *customer_id)
+{
+	Datum		values[1] = {TextArg(customer_id)};
+
+	if (!OidIsValid(get_relname_relid("customer_segment", cached_nsp)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("segment eligibility rules need loyalty.customer_segment")));
+	Exec(P_SEGMENT, values, NULL, false);
+	if (SPI_processed == 0)
+		return NULL;
+	return ColText(ResultRow(0), 1);
+}

@@ -1,0 +1,350 @@
+/*
+ * rfm_scoring.c
+ *		Turning per-customer RFM keys into scores 1..bins (5 = best), shared by
+ *		the batch path (rfm_segmentation) and the live path (refresh_segments).
+ *
+ * Quantile scoring (rfm.h): with n customers and L(v) the number of customers
+ * whose key is strictly worse (smaller) than v,
+ *
+ *		score = 1 + floor(bins * L(v) / n)
+ *
+ * which is what SQL computes with
+ *
+ *		1 + floor(bins * (rank() OVER (ORDER BY key) - 1) / count(*) OVER ())
+ *
+ * Equal keys have the same L, hence the same score, whatever their number:
+ * a tie never straddles a cut point (SQL ntile() splits ties arbitrarily).
+ * The cut point between score s and s + 1 is the smallest key v with
+ * L(v) >= s * n / bins, so a score may hold more (a big tie) or fewer
+ * customers than n / bins, and a score may even be empty.
+ *
+ * Each dimension is ranked by one LSD radix sort of (key, index) pairs on an
+ * order-preserving 64-bit image of the double key: O(n) time, two arrays of
+ * 16 bytes per customer of scratch memory, and byte passes where every key
+ * agrees are skipped (frequencies are small integers, so most passes are).
+ *
+ * Threshold scoring: see RfmThresholdScore.
+ */
+#include "loyalty.h"
+
+#include <math.h>
+
+#include "miscadmin.h"
+#include "rfm.h"
+#include "utils/builtins.h"
+#include "utils/float.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+
+/* One customer's key in one dimension, in sortable form. */
+typedef struct RfmSortItem
+{
+	uint64		image;			/* order-preserving image of the key */
+	uint32		index;			/* position of the customer in keys[] */
+} RfmSortItem;
+
+static const char *const rfm_dimension_names[3] = {"recency", "frequency", "monetary"};
+
+/*
+ * Map a double to a uint64 whose unsigned order is the double's order, with
+ * -0 equal to +0 and every NaN equal to every other NaN and above +Infinity
+ * (the float8 btree order), so that equal keys map to equal images.
+ */
+static inline uint64
+RfmKeyImage(double key)
+{
+	uint64		bits;
+
+	if (isnan(key))
+		return UINT64CONST(0xFFF8000000000000);
+	if (key == 0.0)
+		key = 0.0;				/* -0 -> +0 */
+	memcpy(&bits, &key, sizeof(bits));
+	if (bits & UINT64CONST(0x8000000000000000))
+		return ~bits;
+	return bits | UINT64CONST(0x8000000000000000);
+}
+
+/*
+ * Sort items[0..n) by image with an LSD radix sort (8 passes of one byte,
+ * stable), ping-ponging with tmp.  Passes in which all images share the byte
+ * are skipped.  Returns the array that holds the sorted result.
+ */
+static RfmSortItem *
+RfmRadixSort(RfmSortItem *items, RfmSortItem *tmp, uint32 n)
+{
+	uint32		counts[8][256];
+	uint32		i;
+	int			pass;
+
+	memset(counts, 0, sizeof(counts));
+	for (i = 0; i < n; i++)
+	{
+		uint64		v = items[i].image;
+
+		for (pass = 0; pass < 8; pass++)
+			counts[pass][(v >> (pass * 8)) & 0xFF]++;
+	}
+
+	for (pass = 0; pass < 8; pass++)
+	{
+		uint32		offsets[256];
+		uint32		sum = 0;
+		int			b;
+		bool		trivial = false;
+		RfmSortItem *swap;
+
+		for (b = 0; b < 256; b++)
+		{
+			if (counts[pass][b] == n)
+			{
+				trivial = true;
+				break;
+			}
+			offsets[b] = sum;
+			sum += counts[pass][b];
+		}
+		if (trivial)
+			continue;
+
+		for (i = 0; i < n; i++)
+		{
+			uint32		bucket = (items[i].image >> (pass * 8)) & 0xFF;
+
+			tmp[offsets[bucket]++] = items[i];
+		}
+		swap = items;
+		items = tmp;
+		tmp = swap;
+	}
+	return items;
+}
+
+/*
+ * Score every customer in one dimension by quantile: sort, then give each run
+ * of equal keys the score of its first position L (the number of customers
+ * strictly worse).
+ */
+static void
+RfmQuantileDimension(const RfmKeys *keys, uint32 n, int dim, int bins,
+					 RfmSortItem *items, RfmSortItem *tmp, uint8 *score)
+{
+	RfmSortItem *sorted;
+	uint32		i;
+	uint32		start = 0;
+	uint8		run_score = 1;
+
+	for (i = 0; i < n; i++)
+	{
+		items[i].image = RfmKeyImage(keys[i].key[dim]);
+		items[i].index = i;
+	}
+	sorted = RfmRadixSort(items, tmp, n);
+
+	for (i = 0; i < n; i++)
+	{
+		if (i == 0 || sorted[i].image != sorted[start].image)
+		{
+			start = i;
+			run_score = (uint8) (1 + ((uint64) bins * start) / n);
+		}
+		score[sorted[i].index] = run_score;
+	}
+}
+
+/*
+ * Threshold score of one key.  The cut points t_1 < ... < t_{bins-1} are in
+ * the dimension's natural unit:
+ *	- recency (key = -recency_days): score = 1 + #{k : recency_days <= t_k};
+ *	  with {30, 90, 180, 365} and 5 bins, <= 30 days -> 5, 31..90 -> 4,
+ *	  91..180 -> 3, 181..365 -> 2, > 365 days or no order at all -> 1;
+ *	- frequency and monetary (key = the value): score = 1 + #{k : value >= t_k};
+ *	  with {2, 4, 8, 16}: 0..1 orders -> 1, 2..3 -> 2, ..., >= 16 -> 5.
+ * A NaN key scores 1.  A dimension without thresholds (nthresholds = 0) is
+ * scored by quantile in RfmScoreAll; here it scores 1.
+ */
+int
+RfmThresholdScore(const RfmScoring *scoring, RfmDimension dim, double key)
+{
+	int			nt = scoring->nthresholds[dim];
+	const double *t = scoring->thresholds[dim];
+	int			score = 1;
+	int			k;
+
+	if (isnan(key))
+		return 1;
+	if (dim == RFM_RECENCY)
+	{
+		double		days = -key;	/* +Infinity when there is no order */
+
+		for (k = 0; k < nt; k++)
+			if (days <= t[k])
+				score++;
+	}
+	else
+	{
+		for (k = 0; k < nt; k++)
+			if (key >= t[k])
+				score++;
+	}
+	return score;
+}
+
+/*
+ * Ranking key of a recency: minus the days since the last order, and
+ * -Infinity for a customer without any order up to as_of (recency_days < 0),
+ * so that such customers rank below everyone.
+ */
+double
+RfmRecencyKey(int32 recency_days)
+{
+	if (recency_days < 0)
+		return -get_float8_infinity();
+	return -(double) recency_days;
+}
+
+/*
+ * Ranking key of a monetary value (total or average basket): its float8 value,
+ * as numeric::float8 gives it (correctly rounded, so equal numerics give
+ * equal keys and the order of distinct numerics is kept or becomes a tie
+ * only beyond 15 significant digits).  NaN maps to NaN (ranked best, like
+ * float8's order); the aggregates never produce it.
+ */
+double
+RfmMonetaryKey(Numeric monetary)
+{
+	return DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow,
+											  NumericGetDatum(monetary)));
+}
+
+/*
+ * Check a scoring specification once, before any customer is scored, so that
+ * callers report a bad argument instead of producing odd scores.
+ */
+void
+RfmCheckScoring(const RfmScoring *scoring)
+{
+	int			dim;
+	int			with_thresholds = 0;
+
+	if (scoring->bins < RFM_MIN_BINS || scoring->bins > RFM_MAX_BINS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("bins must be between %d and %d, not %d",
+						RFM_MIN_BINS, RFM_MAX_BINS, scoring->bins)));
+
+	if (!scoring->use_thresholds)
+		return;
+
+	for (dim = 0; dim < 3; dim++)
+	{
+		int			nt = scoring->nthresholds[dim];
+		int			k;
+
+		if (nt == 0)
+			continue;			/* this dimension is scored by quantile */
+		with_thresholds++;
+		if (nt != scoring->bins - 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s thresholds must have bins - 1 = %d elements, not %d",
+							rfm_dimension_names[dim], scoring->bins - 1, nt),
+					 errdetail("With %d bins, %d ascending cut points separate the scores 1 to %d.",
+							   scoring->bins, scoring->bins - 1, scoring->bins)));
+		for (k = 0; k < nt; k++)
+		{
+			double		t = scoring->thresholds[dim][k];
+
+			if (isnan(t) || isinf(t))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("%s thresholds must be finite numbers",
+								rfm_dimension_names[dim])));
+			if (k > 0 && !(t > scoring->thresholds[dim][k - 1]))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("%s thresholds must be strictly ascending",
+								rfm_dimension_names[dim]),
+						 errdetail("Element %d (%g) is not greater than element %d (%g).",
+								   k + 1, t, k, scoring->thresholds[dim][k - 1])));
+		}
+		if (dim == RFM_RECENCY && scoring->thresholds[dim][0] < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("recency thresholds must not be negative"),
+					 errdetail("They are numbers of days since the last order.")));
+	}
+	if (with_thresholds == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("threshold scoring needs thresholds for at least one dimension")));
+}
+
+/*
+ * Scratch memory RfmScoreAll takes for n customers (freed before it
+ * returns): one byte per customer and dimension, plus two arrays of sort
+ * items when some dimension is scored by quantile.  Callers report it.
+ */
+Size
+RfmScoreAllMemory(const RfmScoring *scoring, int n)
+{
+	Size		bytes = 3 * (Size) Max(n, 0);
+	int			dim;
+
+	for (dim = 0; dim < 3; dim++)
+		if (!scoring->use_thresholds || scoring->nthresholds[dim] == 0)
+			return bytes + 2 * sizeof(RfmSortItem) * (Size) Max(n, 0);
+	return bytes;
+}
+
+/*
+ * Score n customers at once (rfm.h).  Dimensions with thresholds are scored
+ * per customer; the others by quantile, one radix sort each.  Scratch memory
+ * (RfmScoreAllMemory: 35 bytes per customer) is freed before returning.
+ */
+void
+RfmScoreAll(const RfmScoring *scoring, const RfmKeys *keys, int n,
+			RfmScore *out)
+{
+	uint8	   *scores[3];
+	RfmSortItem *items = NULL;
+	RfmSortItem *tmp = NULL;
+	int			dim;
+	int			i;
+
+	RfmCheckScoring(scoring);
+	if (n <= 0)
+		return;
+
+	for (dim = 0; dim < 3; dim++)
+	{
+		scores[dim] = palloc_extended((Size) n, MCXT_ALLOC_HUGE);
+		if (scoring->use_thresholds && scoring->nthresholds[dim] > 0)
+		{
+			for (i = 0; i < n; i++)
+				scores[dim][i] = (uint8) RfmThresholdScore(scoring, dim,
+														   keys[i].key[dim]);
+			continue;
+		}
+		if (items == NULL)
+		{
+			items = palloc_extended(sizeof(RfmSortItem) * (Size) n, MCXT_ALLOC_HUGE);
+			tmp = palloc_extended(sizeof(RfmSortItem) * (Size) n, MCXT_ALLOC_HUGE);
+		}
+		RfmQuantileDimension(keys, (uint32) n, dim, scoring->bins,
+							 items, tmp, scores[dim]);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	for (i = 0; i < n; i++)
+		out[i] = RfmScoreMake(scores[RFM_RECENCY][i], scores[RFM_FREQUENCY][i],
+							  scores[RFM_MONETARY][i]);
+
+	for (dim = 0; dim < 3; dim++)
+		pfree(scores[dim]);
+	if (items != NULL)
+	{
+		pfree(items);
+		pfree(tmp);
+	}
+}

@@ -1,0 +1,132 @@
+/*
+ * rfm_stats.h
+ *		Per-customer RFM statistics as the batch path computes them: exact
+ *		money sums (RfmMoney), the input conversions shared by the
+ *		loyalty.rfm_stats aggregates and loyalty.rfm_segmentation, and the
+ *		rules of rfm.h applied to one order row.
+ *
+ * Money: a numeric or integer amount is held as a 128-bit integer scaled by
+ * 10^scale, scale being the largest display scale seen so far (what SQL
+ * sum(numeric) shows).  Adding is an integer addition; the sum falls back to
+ * a numeric value only if it would overflow 128 bits (about 38 digits) or an
+ * amount has too many digits, so results are exact in every case.  Double
+ * precision amounts are summed as double (documented as such).
+ */
+#ifndef LOYALTY_RFM_STATS_H
+#define LOYALTY_RFM_STATS_H
+
+#include "loyalty.h"
+
+#include "datatype/timestamp.h"
+#include "utils/numeric.h"
+
+#ifndef HAVE_INT128
+#error "loyalty needs a C compiler with 128-bit integers (gcc or clang)"
+#endif
+
+/* How an RfmMoney holds its value. */
+typedef enum RfmMoneyKind
+{
+	RFM_MONEY_INT = 0,			/* v.i: exact, int128 scaled by 10^scale */
+	RFM_MONEY_BIG = 1,			/* v.big: exact numeric (overflow fallback) */
+	RFM_MONEY_FLOAT = 2			/* v.f: double precision sum */
+} RfmMoneyKind;
+
+/* An exact running sum; all-zero bytes are a valid zero. */
+typedef struct RfmMoney
+{
+	union
+	{
+		int128		i;
+		double		f;
+		Numeric		big;
+	}			v;
+	int16		scale;			/* RFM_MONEY_INT: display scale */
+	uint8		kind;			/* RfmMoneyKind */
+} RfmMoney;
+
+/* Kinds of amount columns / arguments. */
+typedef enum RfmAmountKind
+{
+	RFM_AMOUNT_NUMERIC,
+	RFM_AMOUNT_INT2,
+	RFM_AMOUNT_INT4,
+	RFM_AMOUNT_INT8,
+	RFM_AMOUNT_FLOAT4,
+	RFM_AMOUNT_FLOAT8
+} RfmAmountKind;
+
+/* Kinds of order-time columns / arguments. */
+typedef enum RfmTimeKind
+{
+	RFM_TIME_TIMESTAMPTZ,
+	RFM_TIME_TIMESTAMP,
+	RFM_TIME_DATE
+} RfmTimeKind;
+
+/* One decoded amount. */
+typedef struct RfmAmount
+{
+	bool		isnull;			/* null: an order of amount 0 */
+	bool		negative;		/* a refund */
+	bool		is_float;		/* f holds it (float column) */
+	bool		is_big;			/* num holds it (too many digits) */
+	int16		scale;			/* display scale of i */
+	int128		i;				/* value * 10^scale */
+	double		f;
+	Numeric		num;
+} RfmAmount;
+
+/* The as-of time and the window start (as_of - window), both finite. */
+typedef struct RfmPeriod
+{
+	TimestampTz as_of;
+	TimestampTz start;
+} RfmPeriod;
+
+/* Sentinels of "no order yet". */
+#define RFM_NO_LAST_ORDER	DT_NOBEGIN
+#define RFM_NO_FIRST_ORDER	DT_NOEND
+
+/* rfm_money.c */
+extern void RfmDecodeAmount(RfmAmountKind kind, Datum value, RfmAmount *out);
+extern void RfmMoneyAdd(RfmMoney *sum, const RfmAmount *amount,
+						MemoryContext cxt);
+extern void RfmMoneyAddMoney(RfmMoney *sum, const RfmMoney *other,
+							 MemoryContext cxt);
+extern Numeric RfmMoneyToNumeric(const RfmMoney *sum);
+extern double RfmMoneyKey(const RfmMoney *sum);
+extern Numeric RfmNumericFromScaled(int128 value, int scale);
+
+/*
+ * sum += amount, inline for the common case (same scale, no overflow) that
+ * every order row takes; everything else goes through RfmMoneyAdd.
+ */
+static inline void
+RfmMoneyAddFast(RfmMoney *sum, const RfmAmount *amount, MemoryContext cxt)
+{
+	if (likely(sum->kind == RFM_MONEY_INT && !amount->isnull &&
+			   !amount->is_big && !amount->is_float &&
+			   amount->scale == sum->scale))
+	{
+		int128		r = (int128) ((uint128) sum->v.i + (uint128) amount->i);
+
+		if (likely(((sum->v.i ^ r) & (amount->i ^ r)) >= 0))
+		{
+			sum->v.i = r;
+			return;
+		}
+	}
+	RfmMoneyAdd(sum, amount, cxt);
+}
+
+/* rfm_stats.c */
+extern RfmAmountKind RfmAmountKindOf(Oid typid, bool *ok);
+extern RfmTimeKind RfmTimeKindOf(Oid typid, bool *ok);
+extern bool RfmDecodeTime(RfmTimeKind kind, Datum value, TimestampTz *out);
+extern void RfmMakePeriod(TimestampTz as_of, const Interval *window,
+						  RfmPeriod *period);
+extern int32 RfmRecencyDays(TimestampTz as_of, TimestampTz last_order);
+extern Numeric RfmAverageBasket(Numeric monetary, int64 frequency);
+
+#endif							/* LOYALTY_RFM_STATS_H */
