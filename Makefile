@@ -26,6 +26,7 @@ SQL_PARTS = \
 	src/coupon.sql \
 	src/points.sql \
 	src/points_tier.sql \
+	src/points_coupon.sql \
 	src/grants.sql
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql

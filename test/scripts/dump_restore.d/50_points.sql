@@ -19,6 +19,13 @@ BEGIN
 	PERFORM loyalty.reverse_points('d2-order', at => '2026-01-03');
 	PERFORM loyalty.adjust_points('d2', 5, 'd2-fix', 'goodwill', at => '2026-01-04');
 	PERFORM loyalty.expire_points('2026-03-01');
+	-- a reward exchanged for a coupon, a coupon bonus, a tier rule
+	INSERT INTO loyalty.points_reward (campaign_id, points)
+	VALUES (loyalty.create_campaign('Points voucher (dump check)', 'fixed', amount_off => 5), 20);
+	PERFORM loyalty.exchange_points('d1', (SELECT max(campaign_id) FROM loyalty.points_reward), 'd1-swap', at => '2026-03-01');
+	INSERT INTO loyalty.coupon_bonus (campaign_id, points)
+	SELECT max(campaign_id), 15 FROM loyalty.points_reward;
+	PERFORM loyalty.add_campaign_rule((SELECT max(campaign_id) FROM loyalty.points_reward), 'tier', '{"min_tier": "Bronze"}');
 	PERFORM loyalty.evaluate_tiers_batch('2026-03-01', NULL, 100);
 	IF EXISTS (SELECT 1 FROM loyalty.check_integrity()) THEN
 		RAISE EXCEPTION 'points state to dump is not consistent';
