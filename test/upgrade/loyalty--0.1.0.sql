@@ -1,0 +1,290 @@
+-- loyalty install script, built by the Makefile from the src/ SQL parts in order
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION loyalty" to load this file. \quit
+
+/* ---------------------------------------------------------------------------
+ * loyalty.sql: module-level functions
+ * ------------------------------------------------------------------------ */
+
+COMMENT ON SCHEMA loyalty IS
+	'Retail loyalty: RFM segmentation, coupons, points and tiers';
+
+CREATE FUNCTION loyalty.version()
+RETURNS text
+AS 'MODULE_PATHNAME', 'loyalty_version'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.version() IS
+	'Version of the loaded loyalty shared library';
+
+/* ---------------------------------------------------------------------------
+ * access.sql: access levels (app / analyst / admin)
+ *
+ * Nothing in the loyalty schema is granted to PUBLIC (grants.sql revokes the
+ * default EXECUTE at the end of the script).  Rights are handed out per level
+ * with loyalty.grant_access():
+ *   app      may call the API functions (which run SECURITY DEFINER); it can
+ *            never write a loyalty table directly;
+ *   analyst  may read the reporting views;
+ *   admin    both, plus the configuration functions and tables.
+ * Every feature file registers its objects in loyalty.access_rule; the roles
+ * given access are remembered in loyalty.access_grant so that upgrade scripts
+ * can extend their rights to new objects (loyalty.reapply_grants()).
+ * ------------------------------------------------------------------------ */
+
+/* tables */
+
+CREATE TABLE loyalty.access_rule (
+	level		text NOT NULL
+		CHECK (level IN ('all', 'app', 'analyst', 'admin')),
+	object_type	text NOT NULL
+		CHECK (object_type IN ('function', 'table', 'view', 'sequence')),
+	object_name	text NOT NULL,
+	privileges	text NOT NULL
+		CHECK (privileges ~ '^(EXECUTE|SELECT|INSERT|UPDATE|DELETE|USAGE)(, (SELECT|INSERT|UPDATE|DELETE|USAGE))*$'),
+	PRIMARY KEY (level, object_type, object_name)
+);
+
+COMMENT ON TABLE loyalty.access_rule IS
+	'Which privileges each access level receives on each loyalty object (level all = every level)';
+
+CREATE TABLE loyalty.access_grant (
+	role_name	name NOT NULL,
+	level		text NOT NULL CHECK (level IN ('app', 'analyst', 'admin')),
+	granted_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	granted_by	name NOT NULL DEFAULT CURRENT_USER,
+	PRIMARY KEY (role_name, level)
+);
+
+COMMENT ON TABLE loyalty.access_grant IS
+	'Roles given an access level with loyalty.grant_access()';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.access_grant', '');
+
+/* functions */
+
+/*
+ * Register objects in access_rule under their schema-qualified names (a plain
+ * regprocedure::text would drop the schema while CREATE EXTENSION runs with
+ * search_path = loyalty).  Used by every part of the install script.
+ */
+CREATE FUNCTION loyalty._register_function(level text, fn regprocedure, privileges text DEFAULT 'EXECUTE')
+RETURNS void
+LANGUAGE sql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	INSERT INTO loyalty.access_rule (level, object_type, object_name, privileges)
+	SELECT $1, 'function',
+		   pg_catalog.format('%I.%I(%s)', n.nspname, p.proname,
+							 pg_catalog.pg_get_function_identity_arguments(p.oid)),
+		   $3
+	FROM pg_catalog.pg_proc p
+	JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+	WHERE p.oid = $2
+$$;
+
+COMMENT ON FUNCTION loyalty._register_function(text, regprocedure, text) IS
+	'Internal: register the privileges an access level receives on a function';
+
+CREATE FUNCTION loyalty._register_relation(level text, rel regclass, privileges text DEFAULT 'SELECT')
+RETURNS void
+LANGUAGE sql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	INSERT INTO loyalty.access_rule (level, object_type, object_name, privileges)
+	SELECT $1,
+		   CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
+						  WHEN 'm' THEN 'view' ELSE 'table' END,
+		   pg_catalog.format('%I.%I', n.nspname, c.relname),
+		   $3
+	FROM pg_catalog.pg_class c
+	JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+	WHERE c.oid = $2
+$$;
+
+COMMENT ON FUNCTION loyalty._register_relation(text, regclass, text) IS
+	'Internal: register the privileges an access level receives on a table, view or sequence';
+
+/*
+ * Grant the privileges of one level to one role.  Runs with the caller's
+ * rights: only the owner of the loyalty objects (the superuser who created
+ * the extension) or a role holding grant options can hand them out.
+ */
+CREATE FUNCTION loyalty._apply_level(role_name name, level text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	EXECUTE format('GRANT USAGE ON SCHEMA loyalty TO %I', role_name);
+	FOR r IN
+		SELECT ar.object_type, ar.object_name, ar.privileges
+		FROM loyalty.access_rule ar
+		WHERE ar.level = 'all'
+		   OR ar.level = _apply_level.level
+		   OR _apply_level.level = 'admin'
+		ORDER BY ar.object_type, ar.object_name
+	LOOP
+		EXECUTE format('GRANT %s ON %s %s TO %I',
+					   r.privileges,
+					   CASE r.object_type
+						   WHEN 'function' THEN 'FUNCTION'
+						   WHEN 'sequence' THEN 'SEQUENCE'
+						   ELSE 'TABLE' END,
+					   r.object_name, role_name);
+	END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._apply_level(name, text) IS
+	'Internal: grant the registered privileges of one access level to a role';
+
+CREATE FUNCTION loyalty.grant_access(role regrole, level text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	rname name := (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = role);
+BEGIN
+	IF role IS NULL OR level IS NULL THEN
+		RAISE EXCEPTION 'role and level must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF level NOT IN ('app', 'analyst', 'admin') THEN
+		RAISE EXCEPTION 'invalid access level: "%"', level
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Valid levels are app, analyst and admin.';
+	END IF;
+	IF rname IS NULL THEN
+		RAISE EXCEPTION 'role with OID % does not exist', role::oid
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM loyalty._apply_level(rname, level);
+	INSERT INTO loyalty.access_grant AS g (role_name, level)
+	VALUES (rname, level)
+	ON CONFLICT (role_name, level) DO UPDATE
+		SET granted_at = pg_catalog.now(), granted_by = CURRENT_USER;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.grant_access(regrole, text) IS
+	'Give a role the rights of an access level: app (call API functions), analyst (read views) or admin (both plus configuration)';
+
+/*
+ * Take a level away: revoke everything the level gave, then re-apply the
+ * levels the role still holds so that rights shared between levels survive.
+ */
+CREATE FUNCTION loyalty.revoke_access(role regrole, level text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	rname name := (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = role);
+	r record;
+BEGIN
+	IF role IS NULL OR level IS NULL THEN
+		RAISE EXCEPTION 'role and level must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF level NOT IN ('app', 'analyst', 'admin') THEN
+		RAISE EXCEPTION 'invalid access level: "%"', level
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Valid levels are app, analyst and admin.';
+	END IF;
+	DELETE FROM loyalty.access_grant g
+	WHERE g.role_name = rname AND g.level = revoke_access.level;
+
+	FOR r IN
+		SELECT ar.object_type, ar.object_name, ar.privileges
+		FROM loyalty.access_rule ar
+		WHERE ar.level = 'all'
+		   OR ar.level = revoke_access.level
+		   OR revoke_access.level = 'admin'
+	LOOP
+		EXECUTE format('REVOKE %s ON %s %s FROM %I',
+					   r.privileges,
+					   CASE r.object_type
+						   WHEN 'function' THEN 'FUNCTION'
+						   WHEN 'sequence' THEN 'SEQUENCE'
+						   ELSE 'TABLE' END,
+					   r.object_name, rname);
+	END LOOP;
+	EXECUTE format('REVOKE USAGE ON SCHEMA loyalty FROM %I', rname);
+
+	FOR r IN
+		SELECT g.level FROM loyalty.access_grant g WHERE g.role_name = rname
+	LOOP
+		PERFORM loyalty._apply_level(rname, r.level);
+	END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.revoke_access(regrole, text) IS
+	'Take an access level away from a role, keeping the rights of the levels it still holds';
+
+/*
+ * Re-grant every recorded level, e.g. after ALTER EXTENSION UPDATE added new
+ * objects or after a restore into a cluster where the grants were lost.
+ * Roles that no longer exist are skipped and reported.
+ */
+CREATE FUNCTION loyalty.reapply_grants()
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	n integer := 0;
+BEGIN
+	FOR r IN
+		SELECT g.role_name, g.level FROM loyalty.access_grant g
+		ORDER BY g.role_name, g.level
+	LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r.role_name) THEN
+			RAISE WARNING 'role "%" recorded with access level % no longer exists',
+				r.role_name, r.level;
+			CONTINUE;
+		END IF;
+		PERFORM loyalty._apply_level(r.role_name, r.level);
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.reapply_grants() IS
+	'Re-grant every recorded access level (run by upgrade scripts); returns the number of grants applied';
+
+/* views */
+
+CREATE VIEW loyalty.access_overview AS
+SELECT g.role_name, g.level, g.granted_at, g.granted_by,
+	   (r.rolname IS NOT NULL) AS role_exists
+FROM loyalty.access_grant g
+LEFT JOIN pg_catalog.pg_roles r ON r.rolname = g.role_name;
+
+COMMENT ON VIEW loyalty.access_overview IS
+	'Roles holding a loyalty access level';
+
+/* registrations */
+
+SELECT loyalty._register_function('all', 'loyalty.version()');
+SELECT loyalty._register_relation('admin', 'loyalty.access_overview');
+
+/* ---------------------------------------------------------------------------
+ * grants.sql: nothing for PUBLIC (last part of the install script)
+ *
+ * CREATE FUNCTION grants EXECUTE to PUBLIC by default; loyalty hands rights
+ * out only through loyalty.grant_access().
+ * ------------------------------------------------------------------------ */
+
+REVOKE ALL ON SCHEMA loyalty FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA loyalty FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA loyalty FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA loyalty FROM PUBLIC;
