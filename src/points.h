@@ -164,21 +164,28 @@ extern bool PointsFindRequest(const char *reference, const char *kind, const cha
 							  uint64 request_hash, PointsReceipt *receipt);
 extern void PointsCredit(PointsAccount *acct, PointsChange *chg);
 extern void PointsCheckUpgrade(PointsAccount *acct, PointsChange *chg);
-extern int64 PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed);
 extern void PointsChangeInit(PointsChange *chg, const char *kind, TimestampTz at);
 extern Datum PointsReceiptDatum(FunctionCallInfo fcinfo, const PointsReceipt *r);
 extern void PointsReceiptFrom(PointsReceipt *r, const PointsAccount *acct, int64 entry_id, int64 points);
 extern int64 PointsAdd(int64 a, int64 b, const char *what);
 extern uint64 PointsHash(const char *kind, const char *customer_id, int nparts, const char **parts);
 extern void PointsDebit(PointsAccount *acct, PointsChange *chg, int64 amount, int nexclude, const int64 *exclude);
+/* points_time.c */
 extern TimestampTz PointsAddMonths(TimestampTz t, int months, PointsRounding rounding, pg_tz *tz);
 extern TimestampTz PointsAddDays(TimestampTz t, int days, pg_tz *tz);
 extern DateADT PointsMonthOf(TimestampTz t, pg_tz *tz);
 extern DateADT PointsPeriodStart(TimestampTz t, const char *period, pg_tz *tz);
 extern int	PointsIsoDow(TimestampTz t, pg_tz *tz);
 extern PointsRounding PointsParseRounding(const char *s);
+extern pg_tz *PointsZone(const char *name);
+extern DateADT PointsLastDayBefore(TimestampTz t, pg_tz *tz);
+
+/* points.c */
 extern void PointsNoteEvent(PointsAccount *acct, TimestampTz t);
 extern Datum PointsNumericFromInt64(int64 v);
 extern int	PointsNumericCmp(Datum a, Datum b);
+
+/* points_write.c */
+extern int64 PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed);
 
 #endif							/* LOYALTY_POINTS_H */
