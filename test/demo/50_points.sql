@@ -147,6 +147,33 @@ SELECT * FROM spend_points(:'top_customer', 1000000, 'order-900002', at => '2026
 \set ON_ERROR_STOP on
 
 \echo
+\echo '--- points for a coupon: the reward catalogue offers a 10 EUR voucher for 800 points ---'
+SELECT create_campaign('Points voucher 10 EUR', 'fixed', amount_off => 10) AS voucher \gset
+INSERT INTO points_reward (campaign_id, points, code_pattern, description)
+VALUES (:voucher, 800, 'PTS-####-####', '10 EUR off for 800 points');
+\echo 'the exchange spends the points and issues a single-use code bound to the customer (code not shown: random):'
+SELECT points, available, code ~ '^PTS-' AS code_issued
+FROM exchange_points(:'top_customer', :voucher, 'reward-1', at => '2026-11-06 09:00+01');
+SELECT code AS voucher_code FROM points_exchange WHERE reference = 'reward-1' \gset
+
+\echo
+\echo '--- a members-only coupon (Gold and up) that also earns 100 bonus points, used at checkout ---'
+SELECT create_campaign('Gold members 15%', 'percent', percent_off => 15) AS members \gset
+SELECT add_campaign_rule(:members, 'tier', '{"min_tier": "Gold"}') IS NOT NULL AS tier_rule;
+SELECT add_public_code(:members, 'GOLD15') AS public_code;
+INSERT INTO coupon_bonus (campaign_id, points, description) VALUES (:members, 100, '100 points for using GOLD15');
+SELECT customer_id AS bronze_customer FROM points_account WHERE tier = 'Bronze' ORDER BY customer_id LIMIT 1 \gset
+SELECT c AS customer, (SELECT tier FROM points_account WHERE customer_id = c) AS tier, v.valid, v.reason
+FROM (VALUES (:'top_customer'), (:'bronze_customer')) t(c), validate_coupon('GOLD15', c, 150.00) v;
+\echo 'BEGIN; redeem_coupon(voucher); redeem_coupon(GOLD15); earn_for_order(...); earn_coupon_bonus(...); COMMIT;'
+BEGIN;
+SELECT redeem_coupon(:'voucher_code', :'top_customer', 'order-900003', 150.00) AS voucher_discount,
+	   redeem_coupon('GOLD15', :'top_customer', 'order-900003', 150.00) AS members_discount;
+SELECT points, available, pending FROM earn_for_order(:'top_customer', 'order-900003', 125.00, 'EUR', at => '2026-11-06 10:00+01');
+SELECT points, available, pending FROM earn_coupon_bonus(:'top_customer', 'order-900003', at => '2026-11-06 10:00+01');
+COMMIT;
+
+\echo
 \echo '--- integrity: balance = open lots = ledger sum, for every account ---'
 SELECT count(*) AS accounts, sum(available) AS available, sum(pending) AS pending, sum(debt) AS debt,
 	   (SELECT count(*) FROM check_integrity()) AS problems
