@@ -10,7 +10,10 @@
  *	1. lock the account row (FOR NO KEY UPDATE; created on first credit);
  *	2. look the reference up (after the lock, with a new snapshot, so a
  *	   concurrent call with the same reference is seen once it committed):
- *	   a repeat returns the first result, a different request raises LP002;
+ *	   a repeat returns the first result, a different request raises LP002.
+ *	   earn_points and spend_points fold this into their write statement,
+ *	   which writes nothing when the ledger has the reference already; only
+ *	   then (or when the balance is short) is the reference looked up;
  *	3. settle the account if a lot became available or expired (next_event_at
  *	   is due): the same statement expire_points runs in batches;
  *	4. compute the change in C and write it with one statement: ledger entry,
@@ -33,6 +36,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/datum.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
@@ -244,27 +248,16 @@ static SPIPlanPtr debit_lots_plan = NULL;
 static SPIPlanPtr balance_plan = NULL;
 
 /*
- * The account with its tier, the next tier's threshold and the program
- * settings.  Only the account row is locked; FOR NO KEY UPDATE does not
- * block foreign-key checks of other tables.  The tier is looked up with
- * scalar subqueries in the target list, not joined: when the lock waits for
- * a concurrent update, PostgreSQL re-evaluates the row (EvalPlanQual) and
- * recomputes the target list from its new version, but would keep a joined
- * row of another table as first read (the tier before an upgrade).  The
- * program row is joined on true, so any version of it matches.
+ * The account row, locked.  Only the account row is locked; FOR NO KEY
+ * UPDATE does not block foreign-key checks of other tables.  Its tier's rank
+ * and multiplier, the next tier's threshold and the program settings come
+ * from the per-backend cache (points_config.c), by the tier name of the
+ * locked row's newest version.
  */
 static const char *const lock_sql =
 "SELECT a.available, a.pending, a.debt, a.lifetime_earned, a.qualifying, a.qualifying_spend,"
-"       a.tier,"
-"       (SELECT c.rank FROM loyalty.tier c WHERE c.name = a.tier),"
-"       (SELECT c.multiplier FROM loyalty.tier c WHERE c.name = a.tier),"
-"       a.tier_since, a.next_event_at,"
-"       (SELECT n.threshold FROM loyalty.tier n"
-"         WHERE a.tier IS NULL OR n.rank > (SELECT c.rank FROM loyalty.tier c WHERE c.name = a.tier)"
-"         ORDER BY n.rank LIMIT 1),"
-"       p.timezone, p.tier_basis, p.tier_window_months, p.expiry_months, p.expiry_rounding"
+"       a.tier, a.tier_since, a.next_event_at"
 "  FROM loyalty.points_account a"
-"  LEFT JOIN loyalty.points_program p ON true"
 " WHERE a.customer_id = $1"
 "   FOR NO KEY UPDATE OF a";
 
@@ -287,8 +280,9 @@ PointsReadAccount(PointsAccount *acct, const char *customer_id)
 	static const Oid types[1] = {TEXTOID};
 	Datum		values[1];
 	bool		isnull;
-	char	   *s;
 	Datum		d;
+	const PointsConfig *config;
+	int			next;
 
 	values[0] = CStringGetTextDatum(customer_id);
 	PointsExec(PointsPrepare(&lock_plan, lock_sql, 1, types), values, NULL, SPI_OK_SELECT);
@@ -305,26 +299,34 @@ PointsReadAccount(PointsAccount *acct, const char *customer_id)
 	acct->qualifying = ColInt64(0, 5, NULL);
 	acct->qualifying_spend = ColDatum(0, 6, &isnull);
 	acct->tier = ColText(0, 7);
-	acct->tier_rank = DatumGetInt32(ColDatum(0, 8, &isnull));
-	d = ColDatum(0, 9, &isnull);
-	acct->tier_multiplier = isnull ? PointsNumericFromInt64(1) : d;
-	d = ColDatum(0, 10, &isnull);
+	d = ColDatum(0, 8, &isnull);
 	acct->has_tier_since = !isnull;
 	acct->tier_since = isnull ? 0 : DatumGetTimestampTz(d);
-	d = ColDatum(0, 11, &isnull);
+	d = ColDatum(0, 9, &isnull);
 	acct->has_next_event = !isnull;
 	acct->next_event_at = isnull ? 0 : DatumGetTimestampTz(d);
-	acct->next_threshold = ColDatum(0, 12, &isnull);
-	acct->has_next_tier = !isnull;
 
-	acct->program.tz = PointsZone(ColText(0, 13));
-	s = ColText(0, 14);
-	acct->program.spend_basis = (s != NULL && strcmp(s, "spend") == 0);
-	d = ColDatum(0, 15, &isnull);
-	acct->program.window_months = isnull ? 0 : DatumGetInt32(d);
-	d = ColDatum(0, 16, &isnull);
-	acct->program.expiry_months = isnull ? 0 : DatumGetInt32(d);
-	acct->program.expiry_rounding = PointsParseRounding(ColText(0, 17));
+	/* the tier, the next one up and the settings, copied out of the cache */
+	config = PointsConfigGet();
+	acct->program = config->program;
+	acct->tier_multiplier = PointsNumericFromInt64(1);
+	next = 0;
+	if (acct->tier != NULL)
+	{
+		next = -1;
+		for (int i = 0; i < config->ntiers; i++)
+			if (strcmp(config->tiers[i].name, acct->tier) == 0)
+			{
+				acct->tier_rank = config->tiers[i].rank;
+				acct->tier_multiplier = datumCopy(config->tiers[i].multiplier, false, -1);
+				next = i + 1;
+				break;
+			}
+	}
+	/* (a tier the cache does not know yet is never upgraded from) */
+	acct->has_next_tier = next >= 0 && next < config->ntiers;
+	if (acct->has_next_tier)
+		acct->next_threshold = datumCopy(config->tiers[next].threshold, false, -1);
 	return true;
 }
 
@@ -820,9 +822,8 @@ points_earn(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PointsLockAccount(&acct, customer_id, true, at);
-	if (!PointsFindRequest(reference, POINTS_EARN, customer_id, hash, &receipt))
+	PointsSettleIfDue(&acct, at);
 	{
-		PointsSettleIfDue(&acct, at);
 
 		lot.points = points;
 		lot.earned_at = at;
@@ -861,8 +862,16 @@ points_earn(PG_FUNCTION_ARGS)
 			chg.bucket_month = PointsMonthOf(at, acct.program.tz);
 			PointsCheckUpgrade(&acct, &chg);
 		}
+		/* written unless the reference has entries; then a repeat or not */
+		chg.guarded = true;
 		entry_id = PointsWrite(&acct, &chg, NULL);
-		PointsReceiptFrom(&receipt, &acct, entry_id, points);
+		if (entry_id != 0)
+			PointsReceiptFrom(&receipt, &acct, entry_id, points);
+		else if (!PointsFindRequest(reference, POINTS_EARN, customer_id, hash, &receipt))
+		{
+			chg.guarded = false;
+			PointsReceiptFrom(&receipt, &acct, PointsWrite(&acct, &chg, NULL), points);
+		}
 	}
 	SPI_finish();
 	PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
@@ -906,25 +915,35 @@ points_spend(PG_FUNCTION_ARGS)
 				 errmsg("insufficient points: " INT64_FORMAT " requested, 0 available", points),
 				 errdetail("available: 0; customer \"%s\" has no points account.", customer_id)));
 	}
-	if (!PointsFindRequest(reference, POINTS_SPEND, customer_id, hash, &receipt))
+	PointsSettleIfDue(&acct, at);
+	if (acct.available < points)
 	{
-		PointsSettleIfDue(&acct, at);
-		if (acct.available < points)
+		/* a repeat of a spend made when the points were there is no error */
+		if (!PointsFindRequest(reference, POINTS_SPEND, customer_id, hash, &receipt))
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_INSUFFICIENT),
 					 errmsg("insufficient points: " INT64_FORMAT " requested, " INT64_FORMAT " available",
 							points, acct.available),
 					 errdetail("available: " INT64_FORMAT "; pending: " INT64_FORMAT "; debt: " INT64_FORMAT ".",
 							   acct.available, acct.pending, acct.debt)));
-
+	}
+	else
+	{
 		PointsChangeInit(&chg, POINTS_SPEND, at);
 		chg.reference = reference;
 		chg.request_hash = hash;
 		chg.points = -points;
 		chg.consume = points;
+		chg.guarded = true;
 		acct.available -= points;
 		entry_id = PointsWrite(&acct, &chg, NULL);
-		PointsReceiptFrom(&receipt, &acct, entry_id, -points);
+		if (entry_id != 0)
+			PointsReceiptFrom(&receipt, &acct, entry_id, -points);
+		else if (!PointsFindRequest(reference, POINTS_SPEND, customer_id, hash, &receipt))
+		{
+			chg.guarded = false;
+			PointsReceiptFrom(&receipt, &acct, PointsWrite(&acct, &chg, NULL), -points);
+		}
 	}
 	SPI_finish();
 	PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
@@ -935,9 +954,8 @@ points_spend(PG_FUNCTION_ARGS)
  * ------------------------------------------------------------------------ */
 
 static const char *const balance_sql =
-"SELECT a.debt, a.tier, p.timezone, l.state = 'available', l.remaining, l.available_at, l.expires_at"
+"SELECT a.debt, a.tier, NULL, l.state = 'available', l.remaining, l.available_at, l.expires_at"
 "  FROM loyalty.points_account a"
-"  LEFT JOIN loyalty.points_program p ON true"
 "  LEFT JOIN loyalty.points_lot l ON l.customer_id = a.customer_id AND l.state <> 'closed'"
 " WHERE a.customer_id = $1";
 
@@ -964,6 +982,7 @@ points_balance(PG_FUNCTION_ARGS)
 	bool		has_expiry = false;
 	DateADT		expiry_date = 0;
 	char	   *tier = NULL;
+	pg_tz	   *tz;
 	TupleDesc	desc;
 	Datum		values[6];
 	bool		nulls[6] = {false, false, false, true, true, true};
@@ -971,13 +990,12 @@ points_balance(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	tz = PointsConfigGet()->program.tz;	/* before the query: it may run one */
 	vals[0] = CStringGetTextDatum(customer_id);
 	if (SPI_execute_plan(PointsPrepare(&balance_plan, balance_sql, 1, types), vals, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading the points balance failed");
 	if (SPI_processed > 0)
 	{
-		char	   *tz_name = ColText(0, 3);
-		pg_tz	   *tz = PointsZone(tz_name);
 		char	   *t = ColText(0, 2);
 
 		debt = ColInt64(0, 1, NULL);

@@ -64,6 +64,24 @@ typedef struct PointsProgram
 	PointsRounding expiry_rounding;
 } PointsProgram;
 
+/* A tier of the ladder, as cached (points_config.c). */
+typedef struct PointsTierInfo
+{
+	char	   *name;
+	int32		rank;
+	Datum		threshold;		/* numeric */
+	Datum		multiplier;		/* numeric */
+} PointsTierInfo;
+
+/* The cached settings and ladder (tiers in rank order). */
+typedef struct PointsConfig
+{
+	PointsProgram program;
+	char	   *timezone;
+	int			ntiers;
+	PointsTierInfo *tiers;
+} PointsConfig;
+
 /* One account, read under its row lock. */
 typedef struct PointsAccount
 {
@@ -133,6 +151,8 @@ typedef struct PointsChange
 	uint64		request_hash;
 	TimestampTz at;
 	DateADT		bucket_month;	/* qualifying bucket to change */
+	/* write only if no entry has this reference yet (credit and spend plans) */
+	bool		guarded;
 	/* tier change, if any */
 	bool		tier_changed;
 	const char *new_tier;
@@ -184,6 +204,9 @@ extern DateADT PointsLastDayBefore(TimestampTz t, pg_tz *tz);
 extern void PointsNoteEvent(PointsAccount *acct, TimestampTz t);
 extern Datum PointsNumericFromInt64(int64 v);
 extern int	PointsNumericCmp(Datum a, Datum b);
+
+/* points_config.c */
+extern const PointsConfig *PointsConfigGet(void);
 
 /* points_write.c */
 extern int64 PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed);

@@ -328,6 +328,23 @@ SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('loyalty.tier_history', 'history_id'), '');
 SELECT loyalty._register_relation('admin', 'loyalty.tier_history');
 
+/* settings and ladder are cached per session (points_config.c) */
+
+CREATE FUNCTION loyalty._points_config_invalidate()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'points_config_invalidate'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION loyalty._points_config_invalidate() IS
+	'Internal: drop the cached points settings and tier ladder in every session when they change';
+
+CREATE TRIGGER tier_config_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.tier
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._points_config_invalidate();
+CREATE TRIGGER points_program_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.points_program
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._points_config_invalidate();
+
 /* the ledger is append-only, for every role including the owner */
 
 CREATE FUNCTION loyalty._points_ledger_immutable()
@@ -470,9 +487,13 @@ CREATE FUNCTION loyalty.points_balance(customer_id text, at timestamptz DEFAULT 
 									   OUT tier text)
 RETURNS record
 AS 'MODULE_PATHNAME', 'points_balance'
-LANGUAGE C STABLE SECURITY DEFINER PARALLEL SAFE
+LANGUAGE C STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp;
 
+/*
+ * PARALLEL RESTRICTED: it may load the per-session settings cache, which
+ * takes a new snapshot (not allowed in a parallel worker).
+ */
 COMMENT ON FUNCTION loyalty.points_balance(text, timestamptz) IS
 	'Balance at a time, exact without any batch job: available and pending points, debt, the next expiry date (program time zone) and the points expiring that day, tier';
 SELECT loyalty._register_function('app', 'loyalty.points_balance(text, timestamptz)');

@@ -156,47 +156,52 @@ static const char *const write_sql =
 
 /*
  * The two hot paths get leaner statements with the same parameters: every
- * node of a statement costs executor start-up on each call.  A plain credit
- * (earn_points, a positive adjustment: new lots, no lot changes, no rule
- * usage) and a plain spend (FIFO consumption only).  The qualifying bucket
- * is updated, or inserted when the month has none; the account lock makes
- * that safe without ON CONFLICT.
+ * node of a statement costs executor start-up on each call.  The ledger
+ * entry is inserted first, and every other write hangs off its RETURNING:
+ * when the guard finds the reference already in the ledger ($34), nothing
+ * at all is written.
+ *
+ * A plain credit (earn_points, a positive adjustment, or a credit that only
+ * repays debt: at most one new lot, no lot changes, no rule usage, no tier
+ * change).  The lot's id is drawn in the ledger insert so the entry can name
+ * it; the month's qualifying bucket is upserted.
  */
 static const char *const credit_sql =
-"WITH created AS ("
-"  INSERT INTO loyalty.points_lot (customer_id, state, points, remaining, earned_at, available_at, expires_at)"
-"  SELECT $1, CASE WHEN n.available_at IS NULL THEN 'available' ELSE 'pending' END,"
-"         n.points, n.points, n.earned_at, n.available_at, n.expires_at"
-"    FROM unnest($12::int8[], $13::timestamptz[], $14::timestamptz[], $15::timestamptz[])"
-"         WITH ORDINALITY AS n(points, earned_at, available_at, expires_at, ord)"
-"   ORDER BY n.ord"
-"  RETURNING lot_id, points"
+"WITH entry AS ("
+"  INSERT INTO loyalty.points_ledger (customer_id, kind, points, reference, reason, qualifying, amount,"
+"         debt_change, lot_ids, lot_points, reverses, detail, request_hash,"
+"         available_after, pending_after, debt_after, effective_at)"
+"  SELECT $1, $2, $3, $4, $5, $6, $7, $8,"
+"         CASE WHEN $12::int8[] IS NOT NULL"
+"              THEN ARRAY[pg_catalog.nextval('loyalty.points_lot_lot_id_seq'::regclass)] END,"
+"         $12, $16, $17, $18, $19, $20, $21, $22"
+"   WHERE NOT ($34 AND EXISTS (SELECT 1 FROM loyalty.points_ledger g WHERE g.reference = $4))"
+"  RETURNING entry_id, lot_ids"
+"), created AS ("
+"  INSERT INTO loyalty.points_lot (lot_id, customer_id, state, points, remaining, earned_at, available_at, expires_at)"
+"  OVERRIDING SYSTEM VALUE"
+"  SELECT e.lot_ids[1], $1, CASE WHEN ($14::timestamptz[])[1] IS NULL THEN 'available' ELSE 'pending' END,"
+"         ($12::int8[])[1], ($12::int8[])[1], ($13::timestamptz[])[1], ($14::timestamptz[])[1],"
+"         ($15::timestamptz[])[1]"
+"    FROM entry e WHERE e.lot_ids IS NOT NULL"
 "), account AS ("
 "  UPDATE loyalty.points_account a"
 "     SET available = $19, pending = $20, debt = $21, lifetime_earned = $23, qualifying = $24,"
 "         qualifying_spend = a.qualifying_spend + coalesce($7, 0),"
-"         tier = $25, tier_since = $26, next_event_at = $27, updated_at = pg_catalog.now()"
-"   WHERE a.customer_id = $1"
+"         next_event_at = $27, updated_at = pg_catalog.now()"
+"    FROM entry e WHERE a.customer_id = $1"
 "), bucket AS ("
-"  UPDATE loyalty.points_qualifying q SET points = q.points + $6, spend = q.spend + coalesce($7, 0)"
-"   WHERE q.customer_id = $1 AND q.month = $28"
-"  RETURNING 1"
-"), new_bucket AS ("
-"  INSERT INTO loyalty.points_qualifying (customer_id, month, points, spend)"
-"  SELECT $1, $28, $6, coalesce($7, 0) WHERE $28 IS NOT NULL AND NOT EXISTS (SELECT FROM bucket)"
-"), history AS ("
-"  INSERT INTO loyalty.tier_history (customer_id, changed_at, from_tier, to_tier, change, qualifying)"
-"  SELECT $1, $22, $32, $25, 'upgrade', $33 WHERE $33 IS NOT NULL"
+"  INSERT INTO loyalty.points_qualifying AS q (customer_id, month, points, spend)"
+"  SELECT $1, $28, $6, coalesce($7, 0) FROM entry e WHERE $28 IS NOT NULL"
+"  ON CONFLICT (customer_id, month) DO UPDATE"
+"     SET points = q.points + EXCLUDED.points, spend = q.spend + EXCLUDED.spend"
 ")"
-"INSERT INTO loyalty.points_ledger (customer_id, kind, points, reference, reason, qualifying, amount,"
-"       debt_change, lot_ids, lot_points, reverses, detail, request_hash,"
-"       available_after, pending_after, debt_after, effective_at)"
-"SELECT $1, $2, $3, $4, $5, $6, $7, $8,"
-"       (SELECT array_agg(c.lot_id ORDER BY c.lot_id) FROM created c),"
-"       (SELECT array_agg(c.points ORDER BY c.lot_id) FROM created c),"
-"       $16, $17, $18, $19, $20, $21, $22 "
-"RETURNING entry_id, 0::int8";
+"SELECT entry_id, 0::int8 FROM entry";
 
+/*
+ * A plain spend: FIFO consumption of available lots and nothing else.  The
+ * consumption is computed from the lots as they are under the account lock.
+ */
 static const char *const spend_sql =
 "WITH pick AS ("
 "  SELECT l.lot_id, l.remaining, (sum(l.remaining) OVER w)::int8 AS upto, row_number() OVER w AS ord"
@@ -206,32 +211,36 @@ static const char *const spend_sql =
 "), moves AS ("
 "  SELECT p.ord, p.lot_id, -LEAST(p.remaining, $9 - (p.upto - p.remaining)) AS delta"
 "    FROM pick p WHERE p.upto - p.remaining < $9"
+"), entry AS ("
+"  INSERT INTO loyalty.points_ledger (customer_id, kind, points, reference, reason, qualifying, amount,"
+"         debt_change, lot_ids, lot_points, reverses, detail, request_hash,"
+"         available_after, pending_after, debt_after, effective_at)"
+"  SELECT $1, $2, $3, $4, $5, $6, $7, $8,"
+"         (SELECT array_agg(m.lot_id ORDER BY m.ord) FROM moves m),"
+"         (SELECT array_agg(m.delta ORDER BY m.ord) FROM moves m),"
+"         $16, $17, $18, $19, $20, $21, $22"
+"   WHERE NOT ($34 AND EXISTS (SELECT 1 FROM loyalty.points_ledger g WHERE g.reference = $4))"
+"  RETURNING entry_id"
 "), changed AS ("
 "  UPDATE loyalty.points_lot l"
 "     SET remaining = l.remaining + m.delta,"
 "         state = CASE WHEN l.remaining + m.delta = 0 THEN 'closed' ELSE l.state END"
-"    FROM moves m WHERE l.lot_id = m.lot_id"
+"    FROM moves m, entry e WHERE l.lot_id = m.lot_id"
 "), account AS ("
 "  UPDATE loyalty.points_account a"
 "     SET available = $19, pending = $20, debt = $21, next_event_at = $27, updated_at = pg_catalog.now()"
-"   WHERE a.customer_id = $1"
-"), lots AS ("
-"  SELECT array_agg(m.lot_id ORDER BY m.ord) AS ids, array_agg(m.delta ORDER BY m.ord) AS deltas,"
-"         coalesce(sum(-m.delta), 0)::int8 AS consumed"
-"    FROM moves m"
+"    FROM entry e WHERE a.customer_id = $1"
 ")"
-"INSERT INTO loyalty.points_ledger (customer_id, kind, points, reference, reason, qualifying, amount,"
-"       debt_change, lot_ids, lot_points, reverses, detail, request_hash,"
-"       available_after, pending_after, debt_after, effective_at)"
-"SELECT $1, $2, $3, $4, $5, $6, $7, $8, l.ids, l.deltas, $16, $17, $18, $19, $20, $21, $22"
-"  FROM lots l "
-"RETURNING entry_id, (SELECT consumed FROM lots)";
+"SELECT entry_id, (SELECT coalesce(sum(-m.delta), 0)::int8 FROM moves m) FROM entry";
 
-#define WRITE_NARGS 33
+#define WRITE_NARGS 34
 
 /*
  * Write a change of a locked account (acct holds its new values) and return
- * the new ledger entry's id.  A unique violation on the reference (another
+ * the new ledger entry's id.  A guarded change (a plain credit or spend not
+ * looked up yet) writes nothing and returns 0 when the ledger already has an
+ * entry with its reference: the caller then looks the request up and, if it
+ * is not a repeat, writes again unguarded.  A unique violation on the reference (another
  * customer's concurrent call with the same reference and kind committed
  * first) becomes LP002.  The FIFO consumption must take exactly chg->consume
  * points: less would mean the settled balance and the lots disagree, and the
@@ -245,7 +254,7 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 		INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
 		TIMESTAMPTZARRAYOID, INT8ARRAYOID, JSONBOID, INT8OID, INT8OID, INT8OID, INT8OID,
 		TIMESTAMPTZOID, INT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, DATEOID,
-		INT8ARRAYOID, DATEARRAYOID, INT8ARRAYOID, TEXTOID, NUMERICOID
+		INT8ARRAYOID, DATEARRAYOID, INT8ARRAYOID, TEXTOID, NUMERICOID, BOOLOID
 	};
 	Datum		v[WRITE_NARGS];
 	char		n[WRITE_NARGS];
@@ -331,19 +340,26 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 	n[31] = acct->tier ? ' ' : 'n';
 	v[32] = chg->tier_changed ? chg->tier_value : (Datum) 0;
 	n[32] = chg->tier_changed ? ' ' : 'n';
+	v[33] = BoolGetDatum(chg->guarded);
 
 	PG_TRY();
 	{
 		SPIPlanPtr	plan;
+		int			expected = SPI_OK_SELECT;
 
-		if (chg->nmoves == 0 && chg->consume == 0 && chg->nusage == 0 && !chg->has_amount)
+		if (chg->nmoves == 0 && chg->consume == 0 && chg->nusage == 0 && chg->nlots <= 1 &&
+			!chg->tier_changed && chg->nreverses == 0 && chg->detail == NULL)
 			plan = PointsPrepare(&credit_plan, credit_sql, WRITE_NARGS, types);
 		else if (chg->nmoves == 0 && chg->nlots == 0 && chg->nusage == 0 && !chg->has_amount &&
 				 chg->qualifying == 0 && !chg->tier_changed)
 			plan = PointsPrepare(&spend_plan, spend_sql, WRITE_NARGS, types);
 		else
+		{
+			Assert(!chg->guarded);
 			plan = PointsPrepare(&write_plan, write_sql, WRITE_NARGS, types);
-		PointsExec(plan, v, n, SPI_OK_INSERT_RETURNING);
+			expected = SPI_OK_INSERT_RETURNING;
+		}
+		PointsExec(plan, v, n, expected);
 	}
 	PG_CATCH();
 	{
@@ -366,6 +382,8 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 	}
 	PG_END_TRY();
 
+	if (SPI_processed == 0 && chg->guarded)
+		return 0;				/* the reference has entries: nothing written */
 	if (SPI_processed != 1)
 		elog(ERROR, "writing the points ledger entry failed");
 	entry_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
