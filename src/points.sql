@@ -345,6 +345,11 @@ CREATE TRIGGER points_program_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.points_program
 	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._points_config_invalidate();
 
+COMMENT ON TRIGGER tier_config_changed ON loyalty.tier IS
+	'Drop the cached tier ladder in every session when it changes';
+COMMENT ON TRIGGER points_program_changed ON loyalty.points_program IS
+	'Drop the cached points settings in every session when they change';
+
 /* the ledger is append-only, for every role including the owner */
 
 CREATE FUNCTION loyalty._points_ledger_immutable()
@@ -369,6 +374,10 @@ CREATE TRIGGER points_ledger_no_update
 CREATE TRIGGER points_ledger_no_truncate
 	BEFORE TRUNCATE ON loyalty.points_ledger
 	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._points_ledger_immutable();
+COMMENT ON TRIGGER points_ledger_no_update ON loyalty.points_ledger IS
+	'The ledger is append-only: no UPDATE or DELETE, for any role';
+COMMENT ON TRIGGER points_ledger_no_truncate ON loyalty.points_ledger IS
+	'The ledger is append-only: no TRUNCATE, for any role';
 -- also with session_replication_role = replica
 ALTER TABLE loyalty.points_ledger ENABLE ALWAYS TRIGGER points_ledger_no_update;
 ALTER TABLE loyalty.points_ledger ENABLE ALWAYS TRIGGER points_ledger_no_truncate;
@@ -406,6 +415,9 @@ CREATE CONSTRAINT TRIGGER tier_ladder_check
 	AFTER INSERT OR UPDATE ON loyalty.tier
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION loyalty._tier_ladder_check();
+
+COMMENT ON TRIGGER tier_ladder_check ON loyalty.tier IS
+	'At commit: thresholds rise strictly with rank';
 
 /* functions: the API, in C (points.c, points_rules.c, points_reverse.c, points_expire.c) */
 

@@ -297,3 +297,6 @@ CREATE TRIGGER campaign_rule_tier_check
 	BEFORE INSERT OR UPDATE ON loyalty.campaign_rule
 	FOR EACH ROW WHEN (NEW.kind = 'tier')
 	EXECUTE FUNCTION loyalty._tier_rule_check();
+
+COMMENT ON TRIGGER campaign_rule_tier_check ON loyalty.campaign_rule IS
+	'Check the parameters of a tier eligibility rule when it is added or changed';
