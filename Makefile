@@ -22,6 +22,7 @@ SQL_PARTS = \
 	src/rfm_score.sql \
 	src/segment.sql \
 	src/rfm.sql \
+	src/rfm_track.sql \
 	src/coupon_code.sql \
 	src/coupon.sql \
 	src/points.sql \

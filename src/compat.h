@@ -53,6 +53,32 @@
 #endif
 
 /*
+ * Numeric infinity exists from PostgreSQL 14; before that no numeric is
+ * infinite.
+ */
+#if PG_VERSION_NUM >= 140000
+#define numeric_is_inf_compat(n) numeric_is_inf(n)
+#else
+#define numeric_is_inf_compat(n) ((void) (n), false)
+#endif
+
+/*
+ * initReadOnlyStringInfo() appeared in PostgreSQL 17: a StringInfo reading
+ * an existing buffer without copying it.
+ */
+#if PG_VERSION_NUM >= 170000
+#define initReadOnlyStringInfo_compat(str, d, l) initReadOnlyStringInfo(str, d, l)
+#else
+#define initReadOnlyStringInfo_compat(str, d, l) \
+	do { \
+		(str)->data = (d); \
+		(str)->len = (l); \
+		(str)->maxlen = (l); \
+		(str)->cursor = 0; \
+	} while (0)
+#endif
+
+/*
  * InitMaterializedSRF() (set up a materialize-mode set-returning function's
  * tuplestore) appeared in PostgreSQL 15; before that every function wrote
  * the same few lines, which this replicates.  Flags are not supported there.
@@ -133,5 +159,28 @@ LoyaltySPIExecuteToDest(SPIPlanPtr plan, bool read_only, DestReceiver *dest)
 	SPI_cursor_close(portal);
 #endif
 }
+
+/*
+ * table_tuple_update() reports which indexes need new entries as a bool
+ * before PostgreSQL 16 and as TU_UpdateIndexes from 16 on (TU_Summarizing:
+ * only summarizing indexes such as BRIN).
+ */
+#if PG_VERSION_NUM >= 160000
+#include "access/tableam.h"
+typedef TU_UpdateIndexes LoyaltyUpdateIndexes;
+#define LoyaltyUpdateNeedsIndexInserts(u) ((u) == TU_All)
+#else
+typedef bool LoyaltyUpdateIndexes;
+#define LoyaltyUpdateNeedsIndexInserts(u) (u)
+#endif
+
+/* index_insert() gained the indexUnchanged hint in PostgreSQL 14. */
+#if PG_VERSION_NUM >= 140000
+#define index_insert_unchanged_compat(rel, v, n, tid, heap, chk, info) \
+	index_insert(rel, v, n, tid, heap, chk, true, info)
+#else
+#define index_insert_unchanged_compat(rel, v, n, tid, heap, chk, info) \
+	index_insert(rel, v, n, tid, heap, chk, info)
+#endif
 
 #endif							/* LOYALTY_COMPAT_H */

@@ -1,0 +1,118 @@
+# rfm_live: live RFM tracking and refresh (sourced by bench/run.sh).
+#
+#   1. refresh_segments over every tracked customer vs the typical SQL
+#      (GROUP BY over all orders, then three ntile(5) windows, materialised):
+#      the first refresh after tracking (writes every customer's segment)
+#      and a nightly one (as_of one day later, after a day of new orders);
+#      bar <= 0.1.
+#   2. single-order INSERT transactions from BENCH_CLIENTS clients into a
+#      tracked orders table vs an identical untracked one (TPS over
+#      2 x BENCH_SECONDS, and over the second half alone: the steady state
+#      of the connections); bar >= 0.75.
+#   3. one INSERT ... SELECT of min(1,000,000, orders) orders into a tracked
+#      table vs an untracked one (time); bar <= 2.5.
+#
+# bench.orders itself is tracked first (the back-fill is timed for
+# information), so that the insert benchmarks update the statistics of
+# customers that already have some (as a live shop does).
+
+live_psql() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+# TPS of a pgbench run over the whole run and over its second half (the
+# connections' steady state: a fresh backend first pays a page fault for
+# every shared buffer it touches, which the tracked insert does on random
+# statistics pages): prints "whole steady"
+live_tps() {
+	local clients=$1 seconds=$2
+	shift 2
+	pgbench -n -c "$clients" -j "$clients" -T $((2 * seconds)) -P 1 "$@" 2>&1 | awk -v half="$seconds" '
+		/^progress:/ { t = $2 + 0; if (t > half) { sum += $4; n++ } }
+		/^tps = / { whole = $3 }
+		END { printf "%s %s\n", whole, (n ? sum / n : 0) }'
+}
+live_ms() {		# wall-clock ms of one SQL command, run once
+	local t0 t1
+	t0=$(date +%s%N)
+	live_psql -c "$1" >/dev/null
+	t1=$(date +%s%N)
+	echo $(( (t1 - t0) / 1000000 ))
+}
+
+live_psql <<'SQL'
+SET client_min_messages = warning;
+DROP TABLE IF EXISTS bench.live_orders, bench.plain_orders, bench.bulk_tracked,
+	bench.bulk_plain, bench.rfm_sql;
+CREATE TABLE bench.live_orders (
+	order_id	bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	customer_id	bigint NOT NULL,
+	ordered_at	timestamptz NOT NULL,
+	amount		numeric(12,2) NOT NULL
+);
+CREATE INDEX ON bench.live_orders (customer_id);
+CREATE TABLE bench.plain_orders (LIKE bench.live_orders INCLUDING ALL);
+CREATE TABLE bench.bulk_tracked (LIKE bench.live_orders INCLUDING ALL);
+CREATE TABLE bench.bulk_plain (LIKE bench.live_orders INCLUDING ALL);
+CREATE INDEX IF NOT EXISTS orders_customer_id ON bench.orders (customer_id);
+SQL
+
+norders=$(psql -XAt -c "SELECT count(*) FROM bench.orders")
+ncust=$(psql -XAt -c "SELECT count(DISTINCT customer_id) FROM bench.orders")
+bulk=$(( norders < 1000000 ? norders : 1000000 ))
+
+ms=$(live_ms "SELECT loyalty.track_orders('bench.orders', 'customer_id', 'ordered_at', 'amount')")
+echo "track_orders back-fill of $norders orders ($ncust customers): $ms ms"
+live_psql -c "VACUUM ANALYZE loyalty.customer_stats" -c "CHECKPOINT"
+
+# 1. refresh vs the typical SQL
+typical="DROP TABLE IF EXISTS bench.rfm_sql;
+CREATE TABLE bench.rfm_sql AS
+WITH s AS (
+	SELECT customer_id, max(ordered_at) AS last_order,
+		   count(*) FILTER (WHERE ordered_at >= timestamptz '2026-11-01 00:00+00' - interval '12 months') AS frequency,
+		   coalesce(sum(amount) FILTER (WHERE ordered_at >= timestamptz '2026-11-01 00:00+00' - interval '12 months'), 0) AS monetary
+	FROM bench.orders
+	WHERE ordered_at <= timestamptz '2026-11-01 00:00+00'
+	GROUP BY customer_id)
+SELECT customer_id, last_order, frequency, monetary,
+	   ntile(5) OVER (ORDER BY last_order) AS r,
+	   ntile(5) OVER (ORDER BY frequency) AS f,
+	   ntile(5) OVER (ORDER BY monetary) AS m
+FROM s;"
+base=$(bench_time_sql "$typical")
+first=$(live_ms "SELECT loyalty.refresh_segments('2026-11-01 00:00+00')")
+bench_report "refresh_segments, first ($ncust customers) vs typical SQL" "$first" "$base" ms "<= 0.1"
+
+# a day passes: autovacuum cleans up after the first refresh (which rewrote
+# every customer's row), about 1% of the customers order, then the nightly
+# refresh runs
+live_psql -c "VACUUM loyalty.customer_stats"
+live_psql -c "INSERT INTO bench.live_orders (customer_id, ordered_at, amount)
+	SELECT 1 + (g * 7919) % $ncust, timestamptz '2026-11-01 08:00+00' + (g % 600) * interval '1 minute', 20 + g % 80
+	FROM generate_series(1, greatest($ncust / 100, 10)) g" \
+	-c "SELECT loyalty.track_orders('bench.live_orders', 'customer_id', 'ordered_at', 'amount')" >/dev/null
+nightly=$(live_ms "SELECT loyalty.refresh_segments('2026-11-02 00:00+00')")
+bench_report "refresh_segments, nightly ($ncust customers) vs typical SQL" "$nightly" "$base" ms "<= 0.1"
+psql -XAt -c "SELECT 'nightly refresh: ' || segment_changes || ' segment changes, ' || score_changes || ' score changes'
+	FROM loyalty.segment_snapshot ORDER BY snapshot_id DESC LIMIT 1"
+
+# 2. single-order insert transactions, tracked vs untracked
+f1=$(mktemp); f2=$(mktemp)
+cat >"$f1" <<EOF
+\set c random(1, $ncust)
+INSERT INTO bench.live_orders (customer_id, ordered_at, amount) VALUES (:c, now(), 10.00 + :c % 90);
+EOF
+sed 's/bench.live_orders/bench.plain_orders/' "$f1" >"$f2"
+read -r base base_steady < <(live_tps "$BENCH_CLIENTS" "$BENCH_SECONDS" -f "$f2")
+read -r mine mine_steady < <(live_tps "$BENCH_CLIENTS" "$BENCH_SECONDS" -f "$f1")
+rm -f "$f1" "$f2"
+bench_report "single-order insert TPS, tracked vs untracked (whole run)" "$mine" "$base" tps ">= 0.75"
+bench_report "single-order insert TPS, tracked vs untracked (2nd half)" "$mine_steady" "$base_steady" tps ">= 0.75"
+
+# 3. bulk INSERT ... SELECT, tracked vs untracked
+live_psql -c "SELECT loyalty.track_orders('bench.bulk_tracked', 'customer_id', 'ordered_at', 'amount')" \
+	-c "CHECKPOINT" >/dev/null
+base=$(live_ms "INSERT INTO bench.bulk_plain (customer_id, ordered_at, amount)
+	SELECT customer_id, ordered_at, amount FROM bench.orders ORDER BY order_id LIMIT $bulk")
+live_psql -c "CHECKPOINT" >/dev/null
+mine=$(live_ms "INSERT INTO bench.bulk_tracked (customer_id, ordered_at, amount)
+	SELECT customer_id, ordered_at, amount FROM bench.orders ORDER BY order_id LIMIT $bulk")
+bench_report "bulk INSERT ... SELECT of $bulk orders, tracked vs untracked" "$mine" "$base" ms "<= 2.5"

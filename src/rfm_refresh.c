@@ -1,0 +1,1367 @@
+/*
+ * rfm_refresh.c
+ *		Re-scoring every tracked customer from the live statistics alone
+ *		(loyalty.refresh_segments), one customer's live view
+ *		(loyalty.customer_rfm) and the validation of loyalty.rfm_config.
+ *
+ * refresh_segments reads loyalty.customer_stats in one sequential scan
+ * (never the orders), computes each customer's recency, windowed frequency
+ * and monetary from the day buckets, scores everyone with RfmScoreAll and
+ * names segments with RfmSegmentOf.  It writes only what changed: the score
+ * and segment of customers whose score or segment moved, one change-log row
+ * per customer whose segment moved (loyalty.segment_change), the customers
+ * who left, a snapshot header and a per-segment summary that the BI views
+ * read.  Writes go in customer order, the order the tracking triggers lock
+ * rows in, so a refresh and concurrent orders never deadlock; refreshes
+ * serialize on an EXCLUSIVE lock of loyalty.segment_snapshot.
+ */
+#include "loyalty.h"
+
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+#include "rfm.h"
+#include "rfm_live.h"
+#include "rfm_stats.h"
+#include "segment.h"
+
+PG_FUNCTION_INFO_V1(rfm_refresh_segments);
+PG_FUNCTION_INFO_V1(rfm_customer_rfm);
+PG_FUNCTION_INFO_V1(rfm_config_validate);
+
+/* The live scoring configuration (one row of loyalty.rfm_config). */
+typedef struct RfmLiveConfig
+{
+	RfmScoring	scoring;
+	Interval	window;
+	bool		average;		/* monetary = average basket */
+	Interval	retention;		/* day buckets kept this far back */
+	Interval	inactive_after; /* no order for this long = inactive */
+} RfmLiveConfig;
+
+/* Column order of the configuration as read and validated. */
+enum
+{
+	CFG_BINS,
+	CFG_WINDOW,
+	CFG_MONETARY,
+	CFG_METHOD,
+	CFG_RECENCY_T,
+	CFG_FREQUENCY_T,
+	CFG_MONETARY_T,
+	CFG_RETENTION,
+	CFG_INACTIVE,
+	CFG_NATTS
+};
+
+#define RFM_CONFIG_COLUMNS \
+	"bins, scoring_window, monetary, method, recency_thresholds," \
+	" frequency_thresholds, monetary_thresholds, bucket_retention, inactive_after"
+
+/*
+ * Per-customer state of a refresh, kept small (24 bytes): a refresh holds
+ * one per customer (the keys live in a parallel array).  The window's spend
+ * is a scaled integer when it fits, else an index into the overflow list.
+ */
+typedef struct RfmLiveCust
+{
+	ItemPointerData tid;		/* the row version scored */
+	int16		old_score;		/* -1: never scored */
+	int16		old_seg;		/* index in the segment names, -1: none */
+	int16		new_seg;		/* index of the segment now */
+	uint8		flags;			/* RFM_CUST_* */
+	int8		spend_scale;	/* -1: spend indexes the overflow list */
+	int64		spend;			/* spend in the window * 10^spend_scale */
+} RfmLiveCust;
+
+#define RFM_CUST_PRUNE		0x01	/* has buckets older than the retention */
+#define RFM_CUST_RECENT		0x02	/* last order less than 3 months ago */
+#define RFM_CUST_MID		0x04	/* 3 to 6 months ago */
+#define RFM_CUST_OLD		0x08	/* more than 6 months ago */
+#define RFM_CUST_NO_ORDER	0x10	/* no order up to as_of */
+#define RFM_CUST_INACTIVE	0x20	/* no order for inactive_after */
+
+/* One customer to write: position in the customer array and id. */
+typedef struct RfmWrite
+{
+	int			pos;
+	char	   *id;
+} RfmWrite;
+
+/* Per-segment aggregates of a refresh (loyalty.segment_summary). */
+typedef struct RfmSegSummary
+{
+	int64		customers;
+	RfmMoney	revenue;
+	int64		recent;			/* last order less than 3 months ago */
+	int64		mid;			/* 3 to 6 months ago */
+	int64		old;			/* more than 6 months ago */
+	int64		no_order;		/* no order up to as_of */
+	int64		inactive;		/* no order for inactive_after */
+} RfmSegSummary;
+
+#define RFM_MAX_SEGMENTS 256
+
+/* Distinct segment names met during a refresh. */
+typedef struct RfmSegNames
+{
+	int			n;
+	char	   *name[RFM_MAX_SEGMENTS];
+	int			len[RFM_MAX_SEGMENTS];
+} RfmSegNames;
+
+/* ---------------------------------------------------------------------
+ * Configuration
+ * ---------------------------------------------------------------------
+ */
+
+/* Compare two intervals as interval_cmp does. */
+static int
+RfmIntervalCmp(Interval *a, Interval *b)
+{
+	return DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(a),
+											 IntervalPGetDatum(b)));
+}
+
+/* Read one threshold array into the scoring specification. */
+static void
+RfmThresholdsFrom(Datum arr, bool isnull, RfmScoring *s, RfmDimension dim,
+				  const char *column)
+{
+	ArrayType  *a;
+	Datum	   *elems;
+	bool	   *enulls;
+	int			n;
+	int			k;
+	Oid			elemtype;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	s->nthresholds[dim] = 0;
+	if (isnull)
+		return;
+	a = DatumGetArrayTypeP(arr);
+	elemtype = ARR_ELEMTYPE(a);
+	if (ARR_NDIM(a) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a one-dimensional array", column)));
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	deconstruct_array(a, elemtype, typlen, typbyval, typalign, &elems, &enulls, &n);
+	if (n > RFM_MAX_THRESHOLDS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s has %d elements, at most %d are allowed", column, n, RFM_MAX_THRESHOLDS),
+				 errdetail("bins - 1 cut points separate the scores, and bins is at most %d.", RFM_MAX_BINS)));
+	for (k = 0; k < n; k++)
+	{
+		if (enulls[k])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not contain nulls", column)));
+		if (elemtype == INT4OID)
+			s->thresholds[dim][k] = (double) DatumGetInt32(elems[k]);
+		else
+			s->thresholds[dim][k] = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
+																	   elems[k]));
+	}
+	s->nthresholds[dim] = n;
+}
+
+/*
+ * Build and validate a configuration from the columns of loyalty.rfm_config
+ * (in the order of RFM_CONFIG_COLUMNS).  Raises 22023 naming the problem.
+ */
+static void
+RfmConfigFrom(Datum *v, bool *isnull, RfmLiveConfig *cfg)
+{
+	Interval	zero;
+	char	   *method;
+	char	   *monetary;
+	int			i;
+
+	memset(cfg, 0, sizeof(RfmLiveConfig));
+	memset(&zero, 0, sizeof(Interval));
+	for (i = 0; i < CFG_NATTS; i++)
+		if (isnull[i] && i != CFG_RECENCY_T && i != CFG_FREQUENCY_T && i != CFG_MONETARY_T)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("RFM configuration values must not be null")));
+	cfg->scoring.bins = DatumGetInt32(v[CFG_BINS]);
+	cfg->window = *DatumGetIntervalP(v[CFG_WINDOW]);
+	cfg->retention = *DatumGetIntervalP(v[CFG_RETENTION]);
+	cfg->inactive_after = *DatumGetIntervalP(v[CFG_INACTIVE]);
+	monetary = TextDatumGetCString(v[CFG_MONETARY]);
+	method = TextDatumGetCString(v[CFG_METHOD]);
+
+	if (strcmp(monetary, "total") == 0)
+		cfg->average = false;
+	else if (strcmp(monetary, "average") == 0)
+		cfg->average = true;
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("monetary must be 'total' or 'average', not \"%s\"", monetary)));
+
+	if (strcmp(method, "thresholds") == 0)
+	{
+		cfg->scoring.use_thresholds = true;
+		RfmThresholdsFrom(v[CFG_RECENCY_T], isnull[CFG_RECENCY_T], &cfg->scoring,
+						  RFM_RECENCY, "recency_thresholds");
+		RfmThresholdsFrom(v[CFG_FREQUENCY_T], isnull[CFG_FREQUENCY_T], &cfg->scoring,
+						  RFM_FREQUENCY, "frequency_thresholds");
+		RfmThresholdsFrom(v[CFG_MONETARY_T], isnull[CFG_MONETARY_T], &cfg->scoring,
+						  RFM_MONETARY, "monetary_thresholds");
+	}
+	else if (strcmp(method, "quantile") == 0)
+	{
+		if (!isnull[CFG_RECENCY_T] || !isnull[CFG_FREQUENCY_T] || !isnull[CFG_MONETARY_T])
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("thresholds are used only with method 'thresholds'"),
+					 errhint("Set method = 'thresholds', or set the threshold arrays to NULL.")));
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("method must be 'quantile' or 'thresholds', not \"%s\"", method)));
+	RfmCheckScoring(&cfg->scoring);
+
+	if (RfmIntervalCmp(&cfg->window, &zero) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("scoring_window must be positive")));
+	if (RfmIntervalCmp(&cfg->retention, &cfg->window) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("bucket_retention must be at least scoring_window"),
+				 errdetail("Day buckets older than bucket_retention are pruned; windowed statistics need them for the whole window.")));
+	if (RfmIntervalCmp(&cfg->inactive_after, &zero) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("inactive_after must be positive")));
+}
+
+/*
+ * loyalty._rfm_config_validate(bins, scoring_window, monetary, method,
+ * recency_thresholds, frequency_thresholds, monetary_thresholds,
+ * bucket_retention, inactive_after): raise an error if the values do not
+ * make a usable configuration.  Called by the trigger on rfm_config.
+ */
+Datum
+rfm_config_validate(PG_FUNCTION_ARGS)
+{
+	Datum		v[CFG_NATTS];
+	bool		isnull[CFG_NATTS];
+	RfmLiveConfig cfg;
+	int			i;
+
+	for (i = 0; i < CFG_NATTS; i++)
+	{
+		isnull[i] = PG_ARGISNULL(i);
+		v[i] = isnull[i] ? (Datum) 0 : PG_GETARG_DATUM(i);
+	}
+	RfmConfigFrom(v, isnull, &cfg);
+	PG_RETURN_VOID();
+}
+
+/* Read the configuration (defaults when the row was deleted).  In SPI. */
+static void
+RfmReadConfig(RfmLiveConfig *cfg)
+{
+	Datum		v[CFG_NATTS];
+	bool		isnull[CFG_NATTS];
+	int			i;
+
+	if (SPI_execute("SELECT " RFM_CONFIG_COLUMNS " FROM loyalty.rfm_config", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.rfm_config");
+	if (SPI_processed == 0 &&
+		SPI_execute("SELECT 5, interval '12 months', 'total'::text, 'quantile'::text,"
+					" NULL::integer[], NULL::integer[], NULL::numeric[],"
+					" interval '13 months', interval '6 months'", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not build the default configuration");
+	for (i = 0; i < CFG_NATTS; i++)
+		v[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1, &isnull[i]);
+	RfmConfigFrom(v, isnull, cfg);
+}
+
+/* ---------------------------------------------------------------------
+ * Shared pieces
+ * ---------------------------------------------------------------------
+ */
+
+/* OID of a type of schema loyalty. */
+static Oid
+RfmLoyaltyType(const char *name)
+{
+	Oid			typoid = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
+										 CStringGetDatum(name),
+										 ObjectIdGetDatum(get_namespace_oid("loyalty", false)));
+
+	if (!OidIsValid(typoid))
+		elog(ERROR, "type loyalty.%s does not exist", name);
+	return typoid;
+}
+
+/* as_of - interval, in the session's TimeZone as SQL computes it. */
+static TimestampTz
+RfmMinus(TimestampTz t, Interval *iv)
+{
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+												   TimestampTzGetDatum(t),
+												   IntervalPGetDatum(iv)));
+}
+
+/* An interval of some months. */
+static Interval *
+RfmMonths(int months)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+
+	iv->month = months;
+	return iv;
+}
+
+/*
+ * The first day whose buckets are still complete: every bucket of a later
+ * day exists (pruning never went past it).  DATEVAL_NOBEGIN before the
+ * first refresh.  In SPI.
+ */
+static DateADT
+RfmRetainedFrom(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute("SELECT pg_catalog.max(retained_from) FROM loyalty.segment_snapshot",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.segment_snapshot");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return DATEVAL_NOBEGIN;
+	return DatumGetDateADT(d);
+}
+
+/* Refuse a window that starts before the buckets still kept. */
+static void
+RfmCheckRetained(DateADT start_day, DateADT retained_from, RfmLiveConfig *cfg)
+{
+	if (start_day < retained_from)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("as_of is too early for the live statistics"),
+				 errdetail("The window starts on %s, but day buckets are kept only from %s on (bucket_retention = %s).",
+						   DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(start_day))),
+						   DatumGetCString(DirectFunctionCall1(date_out, DateADTGetDatum(retained_from))),
+						   DatumGetCString(DirectFunctionCall1(interval_out, IntervalPGetDatum(&cfg->retention)))),
+				 errhint("Use loyalty.rfm_segmentation() on the orders table for earlier dates.")));
+}
+
+/*
+ * A customer's RFM inputs as of as_of: frequency and spend from the buckets
+ * of the window's days; recency from the exact last order when it is not
+ * after as_of.  When it is (orders dated after as_of), recency comes from
+ * the latest day with an order up to as_of, taken at 00:00 UTC, looking no
+ * further back than floor_day (the retention horizon: older buckets may be
+ * pruned, and the result must not depend on whether they already are); a
+ * customer whose first order is up to as_of but who has no such day counts
+ * as having ordered on the day before floor_day.
+ */
+static void
+RfmCustomerInputs(RfmDaysSum *sum, bool first_null, TimestampTz first_order,
+				  bool last_null, TimestampTz last_order, TimestampTz as_of,
+				  DateADT floor_day, bool *has_order, TimestampTz *last)
+{
+	*has_order = false;
+	if (last_null)
+		return;
+	if (last_order <= as_of)
+	{
+		*has_order = true;
+		*last = last_order;
+	}
+	else if (sum->has_order && sum->last_order_day >= floor_day)
+	{
+		*has_order = true;
+		*last = Min((TimestampTz) sum->last_order_day * USECS_PER_DAY, as_of);
+	}
+	else if (!first_null && first_order <= as_of)
+	{
+		*has_order = true;
+		*last = first_order;
+		if (floor_day != DATEVAL_NOBEGIN)
+			*last = Max(*last, (TimestampTz) (floor_day - 1) * USECS_PER_DAY);
+	}
+}
+
+/*
+ * The window's spend as an exact running sum (rfm_money.c): the stored
+ * cumulative spends decoded to scaled integers and subtracted, without
+ * numeric arithmetic, as the batch path sums amounts.
+ */
+static void
+RfmWindowMoney(RfmDaysSum *sum, RfmMoney *m, MemoryContext cxt)
+{
+	RfmAmount	a;
+
+	memset(m, 0, sizeof(RfmMoney));
+	if (sum->cum_end == NULL)
+		return;
+	RfmDecodeAmount(RFM_AMOUNT_NUMERIC, NumericGetDatum(sum->cum_end), &a);
+	RfmMoneyAdd(m, &a, cxt);
+	if (sum->cum_before == NULL)
+		return;
+	RfmDecodeAmount(RFM_AMOUNT_NUMERIC, NumericGetDatum(sum->cum_before), &a);
+	if (a.is_big)
+		a.num = DatumGetNumeric(DirectFunctionCall1(numeric_uminus, NumericGetDatum(a.num)));
+	else
+		a.i = -a.i;
+	a.negative = !a.negative;
+	RfmMoneyAdd(m, &a, cxt);
+}
+
+/* Monetary as configured: the window's spend, or the average basket. */
+static Numeric
+RfmMonetary(RfmLiveConfig *cfg, Numeric spend, int64 frequency)
+{
+	if (!cfg->average)
+		return spend;
+	if (frequency == 0)
+		return RfmNumericZero();
+	return DatumGetNumeric(DirectFunctionCall2(numeric_div, NumericGetDatum(spend),
+											   DirectFunctionCall1(int8_numeric,
+																   Int64GetDatum(frequency))));
+}
+
+/* floor((as_of - last) / 1 day), -1 without an order: as rfm.h says. */
+static int32
+RfmRecencyDaysOf(bool has_order, TimestampTz as_of, TimestampTz last)
+{
+	if (!has_order)
+		return -1;
+	return (int32) ((as_of - last) / USECS_PER_DAY);
+}
+
+/* Index of a segment name, added when new. */
+static int
+RfmSegIndex(RfmSegNames *names, const char *name)
+{
+	int			i;
+
+	for (i = 0; i < names->n; i++)
+		if (strcmp(names->name[i], name) == 0)
+			return i;
+	if (names->n == RFM_MAX_SEGMENTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("more than %d distinct segment names", RFM_MAX_SEGMENTS)));
+	names->name[names->n] = pstrdup(name);
+	names->len[names->n] = strlen(name);
+	return names->n++;
+}
+
+/* Index of a segment name given as a text datum, added when new. */
+static int
+RfmSegIndexText(RfmSegNames *names, Datum value)
+{
+	text	   *t = DatumGetTextPP(value);
+	int			len = VARSIZE_ANY_EXHDR(t);
+	int			i;
+	char	   *s;
+
+	for (i = 0; i < names->n; i++)
+		if (names->len[i] == len &&
+			memcmp(names->name[i], VARDATA_ANY(t), len) == 0)
+			return i;
+	s = text_to_cstring(t);
+	i = RfmSegIndex(names, s);
+	pfree(s);
+	return i;
+}
+
+/* Copy a text datum into a bump-allocated arena as a C string. */
+static char *
+RfmArenaText(char **arena, Size *left, Datum value)
+{
+	text	   *t = DatumGetTextPP(value);
+	int			len = VARSIZE_ANY_EXHDR(t);
+	char	   *s;
+
+	if ((Size) len + 1 > *left)
+	{
+		Size		sz = Max(64 * 1024, (Size) len + 1);
+
+		*arena = palloc(sz);
+		*left = sz;
+	}
+	s = *arena;
+	memcpy(s, VARDATA_ANY(t), len);
+	s[len] = '\0';
+	*arena += len + 1;
+	*left -= len + 1;
+	return s;
+}
+
+/* Attribute number of a column of customer_stats. */
+static int
+RfmAttno(TupleDesc desc, const char *name)
+{
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped &&
+			strcmp(NameStr(TupleDescAttr(desc, i)->attname), name) == 0)
+			return i;
+	elog(ERROR, "column loyalty.customer_stats.%s does not exist", name);
+	return -1;
+}
+
+/* Milliseconds elapsed since t0 (for DEBUG1 timings). */
+static double
+RfmMsSince(TimestampTz t0)
+{
+	long		secs;
+	int			usecs;
+
+	TimestampDifference(t0, GetCurrentTimestamp(), &secs, &usecs);
+	return secs * 1000.0 + usecs / 1000.0;
+}
+
+/* qsort comparator of writes by customer id (byte order). */
+static int
+RfmWriteIdCmp(const void *a, const void *b)
+{
+	return strcmp(((const RfmWrite *) a)->id, ((const RfmWrite *) b)->id);
+}
+
+static RfmLiveCust *sort_custs_tid;
+
+/* qsort comparator of writes by row location. */
+static int
+RfmTidCmp(const void *a, const void *b)
+{
+	return ItemPointerCompare(&sort_custs_tid[((const RfmWrite *) a)->pos].tid,
+							  &sort_custs_tid[((const RfmWrite *) b)->pos].tid);
+}
+
+/* qsort comparator of C strings (byte order). */
+static int
+RfmStrCmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* Build a one-dimensional array from datums (NULLs allowed). */
+static Datum
+RfmArray(Datum *values, bool *nulls, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, elemtype,
+											  typlen, typbyval, typalign));
+}
+
+/*
+ * Plan the writes of a refresh so that they visit statistics rows in key
+ * order (nested loop or merge join over the primary key, never a hash join
+ * or a heap-order scan): the tracking triggers lock rows in that order, so
+ * neither side can wait for the other in a cycle.  Returns the GUC nest
+ * level to pass to AtEOXact_GUC.
+ */
+static int
+RfmKeyOrderPlans(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option("enable_hashjoin", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	/* the disabled plans' costs would otherwise trigger JIT compilation */
+	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
+/*
+ * Read the customer ids of the rows to write, from the versions scored (in
+ * physical order, which is cheap), so that they can be sorted by customer.
+ */
+static void
+RfmFetchIds(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes, int nwrites,
+			int a_id)
+{
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	char	   *arena = NULL;
+	Size		left = 0;
+	int			i;
+
+	sort_custs_tid = custs;
+	qsort(writes, nwrites, sizeof(RfmWrite), RfmTidCmp);
+	for (i = 0; i < nwrites; i++)
+	{
+		RfmLiveCust *c = &custs[writes[i].pos];
+		bool		isnull;
+
+		if (!table_tuple_fetch_row_version(rel, &c->tid, snap, slot))
+			elog(ERROR, "could not fetch a scored customer statistics row");
+		writes[i].id = RfmArenaText(&arena, &left, slot_getattr(slot, a_id + 1, &isnull));
+	}
+	ExecDropSingleTupleTableSlot(slot);
+}
+
+/*
+ * Write new scores, segments (with since) and pruned buckets into the
+ * statistics rows of writes[] (sorted by customer, the order the tracking
+ * triggers lock rows in), without the executor: each row is updated at the
+ * version scored; if an order changed it since, its latest version is
+ * locked (waiting for the writer) and updated instead, keeping the new
+ * statistics.  Only the primary key index exists; it gets an entry when the
+ * update is not HOT.
+ */
+static void
+RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes, int nwrites,
+			   RfmScore *scores, Datum *segnames, TimestampTz as_of, DateADT prune_before)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *indexes = RelationGetIndexList(rel);
+	Relation	idx;
+	IndexInfo  *info;
+	TupleTableSlot *oldslot = table_slot_create(rel, NULL);
+	TupleTableSlot *newslot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+	CommandId	cid = GetCurrentCommandId(true);
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty refresh write",
+												 ALLOCSET_DEFAULT_SIZES);
+	int			a_id = RfmAttno(desc, "customer_id");
+	int			a_days = RfmAttno(desc, "days");
+	int			a_score = RfmAttno(desc, "score");
+	int			a_segment = RfmAttno(desc, "segment");
+	int			a_since = RfmAttno(desc, "since");
+	int			i;
+
+	if (list_length(indexes) != 1)
+		elog(ERROR, "loyalty.customer_stats must have its primary key as only index");
+	idx = index_open(linitial_oid(indexes), RowExclusiveLock);
+	info = BuildIndexInfo(idx);
+	for (i = 0; i < nwrites; i++)
+	{
+		RfmLiveCust *c = &custs[writes[i].pos];
+		ItemPointerData tid = c->tid;
+		TM_FailureData tmfd;
+		TM_Result	res;
+		LockTupleMode lockmode;
+		LoyaltyUpdateIndexes update_indexes;
+		bool		seg_changed = (c->old_seg != c->new_seg);
+		bool		relocked = false;
+		MemoryContext old = MemoryContextSwitchTo(rowcxt);
+
+		if (!table_tuple_fetch_row_version(rel, &tid, snap, oldslot))
+			elog(ERROR, "could not fetch a scored customer statistics row");
+		for (;;)
+		{
+			int			k;
+
+			slot_getallattrs(oldslot);
+			ExecClearTuple(newslot);
+			for (k = 0; k < desc->natts; k++)
+			{
+				newslot->tts_values[k] = oldslot->tts_values[k];
+				newslot->tts_isnull[k] = oldslot->tts_isnull[k];
+			}
+			newslot->tts_values[a_score] = Int16GetDatum(scores[writes[i].pos]);
+			newslot->tts_isnull[a_score] = false;
+			newslot->tts_values[a_segment] = segnames[c->new_seg];
+			newslot->tts_isnull[a_segment] = false;
+			if (seg_changed || oldslot->tts_isnull[a_since])
+			{
+				newslot->tts_values[a_since] = TimestampTzGetDatum(as_of);
+				newslot->tts_isnull[a_since] = false;
+			}
+			if ((c->flags & RFM_CUST_PRUNE) && !oldslot->tts_isnull[a_days])
+			{
+				RfmDays    *pruned = RfmDaysPrune(DatumGetRfmDays(oldslot->tts_values[a_days]),
+												  prune_before);
+
+				newslot->tts_isnull[a_days] = (pruned == NULL);
+				newslot->tts_values[a_days] = PointerGetDatum(pruned);
+			}
+			ExecStoreVirtualTuple(newslot);
+			res = table_tuple_update(rel, &tid, newslot, cid, snap, InvalidSnapshot, true,
+									 &tmfd, &lockmode, &update_indexes);
+			if (res != TM_Updated || relocked)
+				break;
+
+			/* an order changed the row since the scan: take its latest version */
+			res = table_tuple_lock(rel, &tid, snap, oldslot, cid, LockTupleNoKeyExclusive,
+								   LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
+			if (res != TM_Ok)
+				break;
+			tid = oldslot->tts_tid;
+			relocked = true;
+		}
+		if (res == TM_Ok)
+		{
+			if (LoyaltyUpdateNeedsIndexInserts(update_indexes))
+			{
+				bool		isnull = false;
+				Datum		key = newslot->tts_values[a_id];
+
+				index_insert_unchanged_compat(idx, &key, &isnull, &newslot->tts_tid, rel,
+											  UNIQUE_CHECK_NO, info);
+			}
+		}
+		else if (res != TM_Deleted)
+			elog(ERROR, "unexpected result %d updating customer statistics", (int) res);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(rowcxt);
+		if ((i & 1023) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
+	index_close(idx, NoLock);
+	ExecDropSingleTupleTableSlot(oldslot);
+	ExecDropSingleTupleTableSlot(newslot);
+	MemoryContextDelete(rowcxt);
+}
+
+/* ---------------------------------------------------------------------
+ * refresh_segments
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * loyalty.refresh_segments(as_of DEFAULT now()): rescore every tracked
+ * customer from the statistics and record a snapshot.  Returns the
+ * snapshot id, as_of, customers scored, segment changes, score changes,
+ * customers who left, and the time taken in milliseconds.
+ */
+Datum
+rfm_refresh_segments(PG_FUNCTION_ARGS)
+{
+	TimestampTz as_of;
+	TimestampTz t0 = GetCurrentTimestamp();
+	RfmLiveConfig cfg;
+	TimestampTz start;
+	DateADT		start_day,
+				end_day,
+				retained_from,
+				new_retained;
+	TimestampTz b3,
+				b6,
+				binactive;
+	MemoryContext work,
+				rowcxt,
+				old;
+	Relation	rel;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	Snapshot	snap;
+	TupleDesc	desc;
+	int			a_id,
+				a_rows,
+				a_first,
+				a_last,
+				a_days,
+				a_score,
+				a_segment;
+	RfmLiveCust *custs;
+	RfmKeys    *keys;
+	RfmScore   *scores;
+	int			n = 0,
+				cap = 1024;
+	char	  **tombs;
+	int			ntombs = 0,
+				captombs = 64;
+	RfmSegNames names;
+	char	   *arena = NULL;
+	Size		arena_left = 0;
+	int16		segof[1000];
+	RfmSegSummary *summary;
+	RfmWrite   *writes;
+	RfmMoney   *overflow = NULL;
+	int			noverflow = 0,
+				capoverflow = 0;
+	int			nwrites = 0;
+	int64		seg_changes = 0,
+				score_changes = 0,
+				left = 0;
+	int64		snapshot_id;
+	Oid			scoretype = RfmLoyaltyType("rfm_score");
+	int			i;
+	TupleDesc	rdesc;
+	Datum		values[7];
+	bool		nulls[7] = {false, false, false, false, false, false, false};
+	Oid			argtypes[10];
+	Datum		args[10];
+	bool		isnull;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("as_of must not be null")));
+	as_of = PG_GETARG_TIMESTAMPTZ(0);
+	if (TIMESTAMP_NOT_FINITE(as_of))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("as_of must be a finite time")));
+	RfmLiveRequireReadCommitted("loyalty.refresh_segments()");
+
+	SPI_connect();
+	if (SPI_execute("LOCK TABLE loyalty.segment_snapshot IN EXCLUSIVE MODE", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not lock loyalty.segment_snapshot");
+	RfmReadConfig(&cfg);
+
+	start = RfmMinus(as_of, &cfg.window);
+	if (!(start < as_of))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("scoring_window must be positive")));
+	start_day = RfmUtcDay(start);
+	end_day = RfmUtcDay(as_of);
+	retained_from = RfmRetainedFrom();
+	RfmCheckRetained(start_day, retained_from, &cfg);
+	new_retained = RfmUtcDay(RfmMinus(Min(as_of, GetCurrentTransactionStartTimestamp()),
+									  &cfg.retention));
+	new_retained = Min(new_retained, start_day);
+	if (retained_from != DATEVAL_NOBEGIN && retained_from > new_retained)
+		new_retained = retained_from;
+	b3 = RfmMinus(as_of, RfmMonths(3));
+	b6 = RfmMinus(as_of, RfmMonths(6));
+	binactive = RfmMinus(as_of, &cfg.inactive_after);
+
+	work = AllocSetContextCreate(CurrentMemoryContext, "loyalty refresh", ALLOCSET_DEFAULT_SIZES);
+	rowcxt = AllocSetContextCreate(work, "loyalty refresh row", ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(work);
+	custs = palloc_extended(sizeof(RfmLiveCust) * cap, MCXT_ALLOC_HUGE);
+	keys = palloc_extended(sizeof(RfmKeys) * cap, MCXT_ALLOC_HUGE);
+	tombs = palloc(sizeof(char *) * captombs);
+	memset(&names, 0, sizeof(names));
+
+	/* one pass over the statistics, in a snapshot taken after the lock */
+	rel = table_open(get_relname_relid("customer_stats", get_namespace_oid("loyalty", false)),
+					 RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+	if (rel->rd_rel->reltuples > cap)
+	{
+		/* size the arrays once from the planner's estimate (plus growth) */
+		cap = (int) Min(rel->rd_rel->reltuples * 1.1 + 1024, (double) (MaxAllocHugeSize / sizeof(RfmLiveCust)));
+		custs = repalloc_huge(custs, sizeof(RfmLiveCust) * cap);
+		keys = repalloc_huge(keys, sizeof(RfmKeys) * cap);
+	}
+	a_id = RfmAttno(desc, "customer_id");
+	a_rows = RfmAttno(desc, "row_count");
+	a_first = RfmAttno(desc, "first_order");
+	a_last = RfmAttno(desc, "last_order");
+	a_days = RfmAttno(desc, "days");
+	a_score = RfmAttno(desc, "score");
+	a_segment = RfmAttno(desc, "segment");
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snap, 0, NULL);
+	slot = table_slot_create(rel, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		Datum	   *v;
+		bool	   *nl;
+		int64		rows;
+		RfmDaysSum	sum;
+		RfmLiveCust *c;
+		RfmDays    *days;
+		RfmMoney	spend;
+		bool		has_order;
+		TimestampTz last = 0;
+
+		slot_getallattrs(slot);
+		v = slot->tts_values;
+		nl = slot->tts_isnull;
+		rows = DatumGetInt64(v[a_rows]);
+		if (rows <= 0)
+		{
+			if (rows < 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_CORRUPTED),
+						 errmsg("live statistics of customer \"%s\" are out of sync with the tracked tables",
+								TextDatumGetCString(v[a_id])),
+						 errhint("Run loyalty.rebuild_tracking().")));
+			if (ntombs == captombs)
+			{
+				captombs *= 2;
+				tombs = repalloc_huge(tombs, sizeof(char *) * captombs);
+			}
+			tombs[ntombs++] = RfmArenaText(&arena, &arena_left, v[a_id]);
+			continue;
+		}
+		if (n == cap)
+		{
+			cap *= 2;
+			custs = repalloc_huge(custs, sizeof(RfmLiveCust) * cap);
+			keys = repalloc_huge(keys, sizeof(RfmKeys) * cap);
+		}
+		c = &custs[n];
+
+		/* buckets may need a detoasted copy: that goes to the row context */
+		MemoryContextSwitchTo(rowcxt);
+		days = nl[a_days] ? NULL : DatumGetRfmDays(v[a_days]);
+		RfmDaysWindow(days, start_day, end_day, &sum, false);
+		RfmCustomerInputs(&sum, nl[a_first], DatumGetTimestampTz(v[a_first]),
+						  nl[a_last], DatumGetTimestampTz(v[a_last]), as_of,
+						  new_retained, &has_order, &last);
+		RfmWindowMoney(&sum, &spend, work);
+		keys[n].key[RFM_RECENCY] = RfmRecencyKey(RfmRecencyDaysOf(has_order, as_of, last));
+		keys[n].key[RFM_FREQUENCY] = (double) sum.orders;
+		if (!cfg.average)
+			keys[n].key[RFM_MONETARY] = RfmMoneyKey(&spend);
+		else
+			keys[n].key[RFM_MONETARY] =
+				RfmMonetaryKey(RfmMonetary(&cfg, RfmMoneyToNumeric(&spend), sum.orders));
+		c->flags = 0;
+		if (days != NULL && days->n > 0 && RfmDaysDay(days)[0] < new_retained)
+			c->flags |= RFM_CUST_PRUNE;
+		if (!has_order)
+			c->flags |= RFM_CUST_NO_ORDER | RFM_CUST_INACTIVE;
+		else
+		{
+			c->flags |= last > b3 ? RFM_CUST_RECENT : last > b6 ? RFM_CUST_MID : RFM_CUST_OLD;
+			if (last <= binactive)
+				c->flags |= RFM_CUST_INACTIVE;
+		}
+		MemoryContextSwitchTo(work);
+		MemoryContextReset(rowcxt);
+		if (spend.kind == RFM_MONEY_INT && spend.scale <= PG_INT8_MAX &&
+			spend.v.i <= PG_INT64_MAX && spend.v.i >= PG_INT64_MIN)
+		{
+			c->spend = (int64) spend.v.i;
+			c->spend_scale = (int8) spend.scale;
+		}
+		else
+		{
+			if (noverflow == capoverflow)
+			{
+				capoverflow = capoverflow ? capoverflow * 2 : 64;
+				overflow = overflow ? repalloc(overflow, sizeof(RfmMoney) * capoverflow)
+					: palloc(sizeof(RfmMoney) * capoverflow);
+			}
+			overflow[noverflow] = spend;
+			c->spend = noverflow++;
+			c->spend_scale = -1;
+		}
+		c->tid = slot->tts_tid;
+		c->old_score = nl[a_score] ? -1 : DatumGetInt16(v[a_score]);
+		c->old_seg = nl[a_segment] ? -1 : RfmSegIndexText(&names, v[a_segment]);
+		n++;
+		if ((n & 4095) == 0)
+			CHECK_FOR_INTERRUPTS();
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+
+	elog(DEBUG1, "refresh_segments: read %d customers in %.1f ms", n, RfmMsSince(t0));
+
+	/* score, name, compare */
+	scores = palloc_extended(sizeof(RfmScore) * Max(n, 1), MCXT_ALLOC_HUGE);
+	RfmScoreAll(&cfg.scoring, keys, n, scores);
+	for (i = 0; i < 1000; i++)
+		segof[i] = -1;
+	writes = palloc_extended(sizeof(RfmWrite) * Max(n, 1), MCXT_ALLOC_HUGE);
+	summary = palloc0(sizeof(RfmSegSummary) * RFM_MAX_SEGMENTS);
+	for (i = 0; i < n; i++)
+	{
+		RfmLiveCust *c = &custs[i];
+		RfmScore	s = scores[i];
+		int			seg = segof[s];
+		RfmSegSummary *sm;
+		bool		seg_changed,
+					score_changed;
+
+		if (seg < 0)
+		{
+			const char *name = RfmSegmentOf(s, cfg.scoring.bins);
+
+			if (name == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("score %d%d%d has no segment in the segment map",
+								RfmScoreRecency(s), RfmScoreFrequency(s), RfmScoreMonetary(s))));
+			seg = segof[s] = RfmSegIndex(&names, name);
+		}
+		seg_changed = (c->old_seg != seg);
+		score_changed = (c->old_score != s);
+		if (seg_changed)
+			seg_changes++;
+		if (score_changed)
+			score_changes++;
+		if (seg_changed || score_changed || (c->flags & RFM_CUST_PRUNE))
+		{
+			writes[nwrites].pos = i;
+			writes[nwrites++].id = NULL;
+		}
+		c->new_seg = seg;
+
+		sm = &summary[seg];
+		sm->customers++;
+		if (c->spend_scale >= 0)
+		{
+			RfmMoney	m;
+
+			memset(&m, 0, sizeof(m));
+			m.kind = RFM_MONEY_INT;
+			m.v.i = c->spend;
+			m.scale = c->spend_scale;
+			RfmMoneyAddMoney(&sm->revenue, &m, work);
+		}
+		else
+			RfmMoneyAddMoney(&sm->revenue, &overflow[c->spend], work);
+		sm->recent += (c->flags & RFM_CUST_RECENT) != 0;
+		sm->mid += (c->flags & RFM_CUST_MID) != 0;
+		sm->old += (c->flags & RFM_CUST_OLD) != 0;
+		sm->no_order += (c->flags & RFM_CUST_NO_ORDER) != 0;
+		sm->inactive += (c->flags & RFM_CUST_INACTIVE) != 0;
+	}
+
+	elog(DEBUG1, "refresh_segments: scored, %d rows to write, at %.1f ms", nwrites, RfmMsSince(t0));
+
+	/* the snapshot header first: the change log refers to it */
+	argtypes[0] = TIMESTAMPTZOID;
+	argtypes[1] = INT4OID;
+	argtypes[2] = INTERVALOID;
+	argtypes[3] = TEXTOID;
+	argtypes[4] = TEXTOID;
+	argtypes[5] = DATEOID;
+	args[0] = TimestampTzGetDatum(as_of);
+	args[1] = Int32GetDatum(cfg.scoring.bins);
+	args[2] = IntervalPGetDatum(&cfg.window);
+	args[3] = CStringGetTextDatum(cfg.average ? "average" : "total");
+	args[4] = CStringGetTextDatum(cfg.scoring.use_thresholds ? "thresholds" : "quantile");
+	args[5] = DateADTGetDatum(new_retained);
+	if (SPI_execute_with_args("INSERT INTO loyalty.segment_snapshot"
+							  " (as_of, bins, scoring_window, monetary, method, retained_from)"
+							  " VALUES ($1, $2, $3, $4, $5, $6) RETURNING snapshot_id",
+							  6, argtypes, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not insert into loyalty.segment_snapshot");
+	snapshot_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	if (nwrites > 0)
+	{
+		Datum	   *ids = palloc_extended(sizeof(Datum) * nwrites, MCXT_ALLOC_HUGE);
+		Datum	   *sc = palloc_extended(sizeof(Datum) * nwrites, MCXT_ALLOC_HUGE);
+		Datum	   *sg = palloc_extended(sizeof(Datum) * nwrites, MCXT_ALLOC_HUGE);
+		Datum	   *segnames = palloc(sizeof(Datum) * Max(names.n, 1));
+		int			nchg = 0;
+
+		for (i = 0; i < names.n; i++)
+			segnames[i] = CStringGetTextDatum(names.name[i]);
+		RfmFetchIds(rel, snap, custs, writes, nwrites, a_id);
+		qsort(writes, nwrites, sizeof(RfmWrite), RfmWriteIdCmp);
+		RfmWriteScores(rel, snap, custs, writes, nwrites, scores, segnames, as_of, new_retained);
+		for (i = 0; i < nwrites; i++)
+		{
+			RfmLiveCust *c = &custs[writes[i].pos];
+
+			ids[i] = CStringGetTextDatum(writes[i].id);
+			sc[i] = Int16GetDatum(scores[writes[i].pos]);
+			sg[i] = segnames[c->new_seg];
+		}
+		elog(DEBUG1, "refresh_segments: wrote scores at %.1f ms", RfmMsSince(t0));
+
+		/* change log: customers whose segment changed */
+		for (i = 0; i < nwrites; i++)
+		{
+			RfmLiveCust *c = &custs[writes[i].pos];
+
+			if (c->old_seg != c->new_seg)
+			{
+				ids[nchg] = ids[i];
+				sc[nchg] = sc[i];
+				sg[nchg] = sg[i];
+				nchg++;
+			}
+		}
+		if (nchg > 0)
+		{
+			argtypes[0] = INT8OID;
+			argtypes[1] = TEXTARRAYOID;
+			argtypes[2] = TEXTARRAYOID;
+			argtypes[3] = get_array_type(scoretype);
+			args[0] = Int64GetDatum(snapshot_id);
+			args[1] = RfmArray(ids, NULL, nchg, TEXTOID);
+			args[2] = RfmArray(sg, NULL, nchg, TEXTOID);
+			args[3] = RfmArray(sc, NULL, nchg, scoretype);
+			if (SPI_execute_with_args("INSERT INTO loyalty.segment_change"
+									  " (snapshot_id, customer_id, segment, score)"
+									  " SELECT $1, u.* FROM ROWS FROM (pg_catalog.unnest($2),"
+									  " pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u",
+									  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not insert into loyalty.segment_change");
+		}
+	}
+
+	UnregisterSnapshot(snap);
+	table_close(rel, NoLock);
+
+	/*
+	 * Customers without rows left: delete them (a concurrent order may have
+	 * brought one back; it then stays, unscored until the next refresh) and
+	 * log that they left their segment.
+	 */
+	if (ntombs > 0)
+	{
+		Datum	   *ids = palloc_extended(sizeof(Datum) * ntombs, MCXT_ALLOC_HUGE);
+		int			nestlevel;
+		int			ret;
+
+		qsort(tombs, ntombs, sizeof(char *), RfmStrCmp);
+		for (i = 0; i < ntombs; i++)
+			ids[i] = CStringGetTextDatum(tombs[i]);
+		nestlevel = RfmKeyOrderPlans();
+		argtypes[0] = TEXTARRAYOID;
+		argtypes[1] = INT8OID;
+		args[0] = RfmArray(ids, NULL, ntombs, TEXTOID);
+		args[1] = Int64GetDatum(snapshot_id);
+		ret = SPI_execute_with_args("WITH gone AS ("
+									"  DELETE FROM loyalty.customer_stats s"
+									"  WHERE s.customer_id OPERATOR(pg_catalog.=) ANY ($1)"
+									"  AND s.row_count OPERATOR(pg_catalog.=) 0"
+									"  RETURNING s.customer_id, s.segment)"
+									" INSERT INTO loyalty.segment_change (snapshot_id, customer_id, segment, score)"
+									" SELECT $2, g.customer_id, NULL, NULL FROM gone g WHERE g.segment IS NOT NULL",
+									2, argtypes, args, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "could not remove customers who left: %s", SPI_result_code_string(ret));
+		left = SPI_processed;
+
+		/*
+		 * Those brought back by an order committed meanwhile were absent
+		 * from this snapshot too: they leave their segment now and enter a
+		 * new one at the next refresh (a new statement sees them).
+		 */
+		ret = SPI_execute_with_args("WITH back AS ("
+									"  UPDATE loyalty.customer_stats s"
+									"  SET score = NULL, segment = NULL, since = NULL"
+									"  WHERE s.customer_id OPERATOR(pg_catalog.=) ANY ($1)"
+									"  AND s.segment IS NOT NULL"
+									"  RETURNING s.customer_id)"
+									" INSERT INTO loyalty.segment_change (snapshot_id, customer_id, segment, score)"
+									" SELECT $2, b.customer_id, NULL, NULL FROM back b",
+									2, argtypes, args, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "could not update customers who came back: %s", SPI_result_code_string(ret));
+		left += SPI_processed;
+		AtEOXact_GUC(true, nestlevel);
+	}
+
+	elog(DEBUG1, "refresh_segments: change log and leavers at %.1f ms", RfmMsSince(t0));
+
+	/* per-segment summary for the BI views */
+	for (i = 0; i < names.n; i++)
+	{
+		RfmSegSummary *sm = &summary[i];
+
+		if (sm->customers == 0)
+			continue;
+		argtypes[0] = INT8OID;
+		argtypes[1] = TEXTOID;
+		argtypes[2] = INT8OID;
+		argtypes[3] = NUMERICOID;
+		argtypes[4] = INT8OID;
+		argtypes[5] = INT8OID;
+		argtypes[6] = INT8OID;
+		argtypes[7] = INT8OID;
+		argtypes[8] = INT8OID;
+		args[0] = Int64GetDatum(snapshot_id);
+		args[1] = CStringGetTextDatum(names.name[i]);
+		args[2] = Int64GetDatum(sm->customers);
+		args[3] = NumericGetDatum(RfmMoneyToNumeric(&sm->revenue));
+		args[4] = Int64GetDatum(sm->recent);
+		args[5] = Int64GetDatum(sm->mid);
+		args[6] = Int64GetDatum(sm->old);
+		args[7] = Int64GetDatum(sm->no_order);
+		args[8] = Int64GetDatum(sm->inactive);
+		if (SPI_execute_with_args("INSERT INTO loyalty.segment_summary (snapshot_id, segment,"
+								  " customers, revenue, recency_under_3_months, recency_3_to_6_months,"
+								  " recency_over_6_months, no_order, inactive)"
+								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+								  9, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not insert into loyalty.segment_summary");
+	}
+
+	values[0] = Int64GetDatum(snapshot_id);
+	values[1] = TimestampTzGetDatum(as_of);
+	values[2] = Int64GetDatum(n);
+	values[3] = Int64GetDatum(seg_changes);
+	values[4] = Int64GetDatum(score_changes);
+	values[5] = Int64GetDatum(left);
+	values[6] = Float8GetDatum(RfmMsSince(t0));
+	argtypes[0] = INT8OID;
+	argtypes[1] = INT8OID;
+	argtypes[2] = INT8OID;
+	argtypes[3] = INT8OID;
+	argtypes[4] = INT8OID;
+	argtypes[5] = FLOAT8OID;
+	args[0] = values[0];
+	args[1] = values[2];
+	args[2] = values[3];
+	args[3] = values[4];
+	args[4] = values[5];
+	args[5] = values[6];
+	if (SPI_execute_with_args("UPDATE loyalty.segment_snapshot SET customers = $2,"
+							  " segment_changes = $3, score_changes = $4, left_customers = $5,"
+							  " took_ms = $6 WHERE snapshot_id OPERATOR(pg_catalog.=) $1",
+							  6, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update loyalty.segment_snapshot");
+
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(work);
+	SPI_finish();
+	if (get_call_result_type(fcinfo, NULL, &rdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(rdesc), values, nulls)));
+}
+
+/* ---------------------------------------------------------------------
+ * customer_rfm
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * loyalty.customer_rfm(customer_id, as_of DEFAULT now()): one customer's
+ * live statistics as of as_of (recency, windowed frequency and monetary
+ * computed from the day buckets now), with the score and segment of the
+ * last refresh.  No row for a customer without tracked rows.
+ */
+Datum
+rfm_customer_rfm(PG_FUNCTION_ARGS)
+{
+	FuncCallContext *funcctx;
+
+	if (SRF_IS_FIRSTCALL())
+	{
+		MemoryContext oldcxt;
+		TupleDesc	rdesc;
+		text	   *cust;
+		TimestampTz as_of;
+		RfmLiveConfig cfg;
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		args[1];
+		HeapTuple	row;
+		TupleDesc	rowdesc;
+		Datum		v[12];
+		bool		nl[12];
+		bool		isnull;
+		RfmDaysSum	sum;
+		bool		has_order;
+		TimestampTz last = 0;
+		DateADT		start_day;
+		DateADT		retained_from;
+		TimestampTz start;
+		RfmDays    *days;
+
+		funcctx = SRF_FIRSTCALL_INIT();
+		if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+			SRF_RETURN_DONE(funcctx);
+		cust = PG_GETARG_TEXT_PP(0);
+		as_of = PG_GETARG_TIMESTAMPTZ(1);
+		if (TIMESTAMP_NOT_FINITE(as_of))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("as_of must be a finite time")));
+		oldcxt = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
+		if (get_call_result_type(fcinfo, NULL, &rdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		funcctx->tuple_desc = BlessTupleDesc(rdesc);
+
+		SPI_connect();
+		RfmReadConfig(&cfg);
+		start = RfmMinus(as_of, &cfg.window);
+		start_day = RfmUtcDay(start);
+		retained_from = RfmRetainedFrom();
+		RfmCheckRetained(start_day, retained_from, &cfg);
+		args[0] = PointerGetDatum(cust);
+		if (SPI_execute_with_args("SELECT s.customer_id, s.order_count, s.spend_total, s.first_order,"
+								  " s.last_order, s.days, s.score, s.segment, s.since,"
+								  " (SELECT p.as_of FROM loyalty.segment_snapshot p"
+								  "  ORDER BY p.snapshot_id DESC LIMIT 1)"
+								  " FROM loyalty.customer_stats s"
+								  " WHERE s.customer_id OPERATOR(pg_catalog.=) $1"
+								  " AND s.row_count OPERATOR(pg_catalog.>) 0",
+								  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read loyalty.customer_stats");
+		if (SPI_processed == 0)
+		{
+			SPI_finish();
+			MemoryContextSwitchTo(oldcxt);
+			SRF_RETURN_DONE(funcctx);
+		}
+		row = SPI_tuptable->vals[0];
+		rowdesc = SPI_tuptable->tupdesc;
+		{
+			Datum		d = SPI_getbinval(row, rowdesc, 6, &isnull);
+
+			days = isnull ? NULL : DatumGetRfmDays(d);
+		}
+		{
+			bool		fnull,
+						lnull;
+			TimestampTz fo = DatumGetTimestampTz(SPI_getbinval(row, rowdesc, 4, &fnull));
+			TimestampTz lo = DatumGetTimestampTz(SPI_getbinval(row, rowdesc, 5, &lnull));
+
+			RfmDaysWindow(days, start_day, RfmUtcDay(as_of), &sum, true);
+			RfmCustomerInputs(&sum, fnull, fo, lnull, lo, as_of, retained_from,
+							  &has_order, &last);
+		}
+
+		/* customer_id, orders_total, spend_total, first_order, last_order */
+		v[0] = SPI_getbinval(row, rowdesc, 1, &nl[0]);
+		v[1] = SPI_getbinval(row, rowdesc, 2, &nl[1]);
+		v[2] = SPI_getbinval(row, rowdesc, 3, &nl[2]);
+		v[3] = SPI_getbinval(row, rowdesc, 4, &nl[3]);
+		v[4] = SPI_getbinval(row, rowdesc, 5, &nl[4]);
+		/* recency_days, frequency, monetary as of as_of */
+		v[5] = Int32GetDatum(RfmRecencyDaysOf(has_order, as_of, last));
+		nl[5] = false;
+		v[6] = Int64GetDatum(sum.orders);
+		nl[6] = false;
+		v[7] = NumericGetDatum(RfmMonetary(&cfg, sum.spend, sum.orders));
+		nl[7] = false;
+		/* score, segment, segment_since, scored_as_of */
+		v[8] = SPI_getbinval(row, rowdesc, 7, &nl[8]);
+		v[9] = SPI_getbinval(row, rowdesc, 8, &nl[9]);
+		v[10] = SPI_getbinval(row, rowdesc, 9, &nl[10]);
+		v[11] = SPI_getbinval(row, rowdesc, 10, &nl[11]);
+		if (nl[8])
+			nl[11] = true;		/* never scored */
+
+		MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
+		funcctx->user_fctx = heap_form_tuple(funcctx->tuple_desc, v, nl);
+		SPI_finish();
+		MemoryContextSwitchTo(oldcxt);
+		funcctx->max_calls = 1;
+	}
+	funcctx = SRF_PERCALL_SETUP();
+	if (funcctx->call_cntr < funcctx->max_calls)
+		SRF_RETURN_NEXT(funcctx, HeapTupleGetDatum((HeapTuple) funcctx->user_fctx));
+	SRF_RETURN_DONE(funcctx);
+}

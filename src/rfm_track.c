@@ -1,0 +1,1279 @@
+/*
+ * rfm_track.c
+ *		The statement-level trigger that keeps loyalty.customer_stats exact
+ *		inside the application's own transaction, and the delta engine it
+ *		shares with back-fills and rebuilds (track_orders and friends are in
+ *		rfm_track_admin.c).
+ *
+ * Every change reaches the statistics as a delta: the trigger reads the
+ * statement's transition tables (OLD rows subtracted, NEW rows added),
+ * aggregates them per customer and per UTC day in C, and applies one upsert
+ * per statement with one row per customer, in customer order (so that
+ * concurrent statements lock statistics rows in the same order and cannot
+ * deadlock on them).  Back-filling a table and rebuilding after TRUNCATE
+ * stream the table's rows through the same aggregation.
+ *
+ * Totals, counts and buckets are additive and need nothing else.  The first
+ * and last order times are not: when a statement removes a customer's
+ * earliest or latest order, those are read again from the tracked tables
+ * for that customer (an index on the customer column keeps this cheap).
+ */
+#include "loyalty.h"
+
+#include <math.h>
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+
+#include "rfm_live.h"
+#include "rfm_stats.h"
+
+PG_FUNCTION_INFO_V1(rfm_track_trigger);
+
+/* Rows read per cursor fetch while back-filling. */
+#define RFM_BACKFILL_BATCH 10000
+
+/* One day of one customer's delta: orders and exact spend (rfm_money.c). */
+typedef struct RfmDayAcc
+{
+	DateADT		day;
+	int32		orders;
+	RfmMoney	spend;
+} RfmDayAcc;
+
+/* One customer's aggregated delta. */
+typedef struct RfmCustDelta
+{
+	char	   *key;			/* customer id as text: hash key */
+	int64		rows;			/* tracked rows added - removed */
+	int64		orders;			/* orders added - removed */
+	bool		has_added;		/* an order was added: min/max_added valid */
+	bool		has_removed;	/* an order was removed: min/max_removed valid */
+	TimestampTz min_added;
+	TimestampTz max_added;
+	TimestampTz min_removed;
+	TimestampTz max_removed;
+	int			ndays;
+	int			maxdays;
+	RfmDayAcc  *days;			/* sorted by day */
+} RfmCustDelta;
+
+/* A statement's (or a back-fill chunk's) delta over all customers. */
+typedef struct RfmDelta
+{
+	MemoryContext cxt;			/* holds everything below */
+	MemoryContext rowcxt;		/* per-row scratch, reset often */
+	RfmCustDelta *single;		/* the only customer so far (no hash yet) */
+	HTAB	   *customers;		/* created at the second customer */
+	int64		rows_seen;		/* rows read (counted or not) */
+	int64		rows_counted;	/* rows that passed the filters */
+} RfmDelta;
+
+/* Prepared statements are re-prepared when this OID changes. */
+static Oid	plans_days_type = InvalidOid;
+
+/*
+ * The live path reads statistics and tables with fresh snapshots after
+ * taking its locks; under REPEATABLE READ or SERIALIZABLE the transaction
+ * snapshot predates those locks and rows committed in between would be
+ * missed.  Such callers get a clear error instead.
+ */
+void
+RfmLiveRequireReadCommitted(const char *what)
+{
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("%s cannot run in a REPEATABLE READ or SERIALIZABLE transaction", what),
+				 errhint("Run it in a READ COMMITTED transaction (the default).")));
+}
+
+/* ---------------------------------------------------------------------
+ * Delta aggregation
+ * ---------------------------------------------------------------------
+ */
+
+/* Hash of a customer key (the key field is a pointer to a C string). */
+uint32
+RfmKeyHash(const void *key, Size keysize)
+{
+	const char *s = *(char *const *) key;
+
+	return string_hash(s, strlen(s) + 1);
+}
+
+/* Equality of two customer keys, dynahash style (0 = equal). */
+int
+RfmKeyMatch(const void *key1, const void *key2, Size keysize)
+{
+	return strcmp(*(char *const *) key1, *(char *const *) key2);
+}
+
+/* Start an empty delta in a child of the current memory context. */
+static RfmDelta *
+RfmDeltaCreate(void)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty rfm delta",
+											  ALLOCSET_DEFAULT_SIZES);
+	RfmDelta   *delta = MemoryContextAllocZero(cxt, sizeof(RfmDelta));
+
+	delta->cxt = cxt;
+	delta->rowcxt = AllocSetContextCreate(cxt, "loyalty rfm delta row",
+										  ALLOCSET_SMALL_SIZES);
+	return delta;
+}
+
+/*
+ * The delta of one customer, created empty when new.  Most statements touch
+ * one customer (an order inserted by the application): the first customer
+ * is held aside and the hash table only built when a second one shows up.
+ * Runs in the delta's context; key may be a temporary string.
+ */
+static RfmCustDelta *
+RfmDeltaCustomer(RfmDelta *delta, char *key)
+{
+	RfmCustDelta *c;
+	bool		found;
+
+	if (delta->customers == NULL)
+	{
+		HASHCTL		ctl;
+
+		if (delta->single == NULL)
+		{
+			c = palloc0(sizeof(RfmCustDelta));
+			c->key = pstrdup(key);
+			delta->single = c;
+			return c;
+		}
+		if (strcmp(delta->single->key, key) == 0)
+			return delta->single;
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(char *);
+		ctl.entrysize = sizeof(RfmCustDelta);
+		ctl.hash = RfmKeyHash;
+		ctl.match = RfmKeyMatch;
+		ctl.hcxt = delta->cxt;
+		delta->customers = hash_create("loyalty rfm delta customers", 256, &ctl,
+									   HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+		c = (RfmCustDelta *) hash_search(delta->customers, &delta->single->key, HASH_ENTER, &found);
+		*c = *delta->single;
+		delta->single = NULL;
+	}
+	c = (RfmCustDelta *) hash_search(delta->customers, &key, HASH_ENTER, &found);
+	if (!found)
+	{
+		char	   *k = pstrdup(key);
+
+		memset(c, 0, sizeof(RfmCustDelta));
+		c->key = k;
+	}
+	return c;
+}
+
+/* Memory held by a delta, to decide when a back-fill flushes it. */
+static Size
+RfmDeltaMemory(RfmDelta *delta)
+{
+	return MemoryContextMemAllocated(delta->cxt, true);
+}
+
+/* Bucket of one day in a customer's delta, created empty when missing. */
+static RfmDayAcc *
+RfmCustDay(RfmDelta *delta, RfmCustDelta *c, DateADT day)
+{
+	int			lo = 0,
+				hi = c->ndays;
+
+	/* rows of one customer usually come in time order: try the end first */
+	if (c->ndays > 0 && c->days[c->ndays - 1].day == day)
+		return &c->days[c->ndays - 1];
+	while (lo < hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (c->days[mid].day < day)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < c->ndays && c->days[lo].day == day)
+		return &c->days[lo];
+	if (c->ndays == c->maxdays)
+	{
+		c->maxdays = c->maxdays ? c->maxdays * 2 : 4;
+		c->days = c->days
+			? repalloc(c->days, sizeof(RfmDayAcc) * c->maxdays)
+			: MemoryContextAlloc(delta->cxt, sizeof(RfmDayAcc) * c->maxdays);
+	}
+	memmove(&c->days[lo + 1], &c->days[lo], sizeof(RfmDayAcc) * (c->ndays - lo));
+	c->ndays++;
+	memset(&c->days[lo], 0, sizeof(RfmDayAcc));	/* all-zero money is zero */
+	c->days[lo].day = day;
+	return &c->days[lo];
+}
+
+/*
+ * Decode the amount of a row into an exact scaled integer (rfm_money.c, as
+ * the batch path does).  Floating-point amounts are first converted as the
+ * cast to numeric does, so that live sums stay exact.  NaN and infinite
+ * amounts are rejected with rfm_segmentation's error: they would poison
+ * every sum.
+ */
+static void
+RfmDecodeRowAmount(RfmTrackCols *cols, Datum value, RfmAmount *a)
+{
+	switch (cols->amount_kind)
+	{
+		case RFM_TRACK_NUMERIC:
+			RfmDecodeAmount(RFM_AMOUNT_NUMERIC, value, a);
+			return;
+		case RFM_TRACK_INT2:
+			RfmDecodeAmount(RFM_AMOUNT_INT2, value, a);
+			return;
+		case RFM_TRACK_INT4:
+			RfmDecodeAmount(RFM_AMOUNT_INT4, value, a);
+			return;
+		case RFM_TRACK_INT8:
+			RfmDecodeAmount(RFM_AMOUNT_INT8, value, a);
+			return;
+		case RFM_TRACK_FLOAT4:
+		case RFM_TRACK_FLOAT8:
+			{
+				double		f = cols->amount_kind == RFM_TRACK_FLOAT4
+					? (double) DatumGetFloat4(value) : DatumGetFloat8(value);
+
+				if (isnan(f) || isinf(f))
+					ereport(ERROR,
+							(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+							 errmsg("order amount must be a finite number"),
+							 errdetail("NaN and infinite amounts cannot be summed as money.")));
+				RfmDecodeAmount(RFM_AMOUNT_NUMERIC,
+								cols->amount_kind == RFM_TRACK_FLOAT4
+								? DirectFunctionCall1(float4_numeric, value)
+								: DirectFunctionCall1(float8_numeric, value), a);
+				return;
+			}
+	}
+}
+
+/* Whether an exact sum is zero. */
+static bool
+RfmMoneyIsZero(const RfmMoney *m)
+{
+	if (m->kind == RFM_MONEY_INT)
+		return m->v.i == 0;
+	return RfmNumericIsZero(RfmMoneyToNumeric(m));
+}
+
+/*
+ * Order time of a row, false when the row has no usable time (null or
+ * infinite: such rows are ignored).  A date is the order time at 00:00 UTC
+ * of that day and a timestamp without time zone is read as UTC: the
+ * statistics must not depend on the TimeZone of the session that wrote the
+ * order (batch rfm_segmentation reads them in the session's TimeZone, the
+ * same when that is UTC).
+ */
+bool
+RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t)
+{
+	if (cols->time_kind == RFM_TRACK_DATE)
+	{
+		DateADT		d = DatumGetDateADT(value);
+
+		if (DATE_NOT_FINITE(d))
+			return false;
+		*t = (TimestampTz) d * USECS_PER_DAY;
+	}
+	else
+	{
+		*t = DatumGetTimestampTz(value);
+		if (TIMESTAMP_NOT_FINITE(*t))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Add (sign = +1) or remove (sign = -1) one row, given its column values.
+ * Rows without customer or time, and rows the status filter excludes, are
+ * ignored; a negative amount is a refund (spend only), anything else is an
+ * order (a null amount an order of 0).
+ */
+static void
+RfmDeltaAddRow(RfmDelta *delta, RfmTrackCols *cols,
+			   Datum cust, bool cust_null, Datum time, bool time_null,
+			   Datum amount, bool amount_null, Datum status, bool status_null,
+			   Oid status_type, int sign)
+{
+	MemoryContext old;
+	TimestampTz t;
+	char	   *key;
+	RfmCustDelta *c;
+	RfmDayAcc  *e;
+	RfmAmount	amt;
+	bool		is_order = true;
+
+	delta->rows_seen++;
+	if (cust_null || time_null || !RfmRowTime(cols, time, &t))
+		return;
+	old = MemoryContextSwitchTo(delta->rowcxt);
+	if (cols->status != InvalidAttrNumber &&
+		!RfmStatusCounts(cols, status, status_null, status_type))
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	key = OutputFunctionCall(&cols->cust_out, cust);
+	if (!amount_null)
+	{
+		RfmDecodeRowAmount(cols, amount, &amt);
+		is_order = !amt.negative;
+		if (sign < 0)
+		{
+			/* removing a row adds the opposite amount */
+			if (amt.is_big)
+				amt.num = DatumGetNumeric(DirectFunctionCall1(numeric_uminus,
+															  NumericGetDatum(amt.num)));
+			else
+				amt.i = -amt.i;
+		}
+	}
+
+	MemoryContextSwitchTo(delta->cxt);
+	c = RfmDeltaCustomer(delta, key);
+	delta->rows_counted++;
+	c->rows += sign;
+	e = RfmCustDay(delta, c, RfmUtcDay(t));
+	if (is_order)
+	{
+		c->orders += sign;
+		e->orders += sign;
+		if (sign > 0)
+		{
+			if (!c->has_added || t < c->min_added)
+				c->min_added = t;
+			if (!c->has_added || t > c->max_added)
+				c->max_added = t;
+			c->has_added = true;
+		}
+		else
+		{
+			if (!c->has_removed || t < c->min_removed)
+				c->min_removed = t;
+			if (!c->has_removed || t > c->max_removed)
+				c->max_removed = t;
+			c->has_removed = true;
+		}
+	}
+	if (!amount_null)
+		RfmMoneyAddFast(&e->spend, &amt, delta->cxt);
+	MemoryContextSwitchTo(old);
+	if ((delta->rows_seen & 1023) == 0)
+		MemoryContextReset(delta->rowcxt);
+}
+
+/* Add every row of a tuplestore (a transition table) with the given sign. */
+static void
+RfmDeltaAddTuplestore(RfmDelta *delta, RfmTrackCols *cols, Tuplestorestate *ts,
+					  TupleDesc desc, int sign)
+{
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	Oid			status_type = cols->status ? TupleDescAttr(desc, cols->status - 1)->atttypid : InvalidOid;
+
+	tuplestore_rescan(ts);
+	while (tuplestore_gettupleslot(ts, true, false, slot))
+	{
+		Datum		cust,
+					time,
+					amount,
+					status = (Datum) 0;
+		bool		cn,
+					tn,
+					an,
+					sn = true;
+
+		cust = slot_getattr(slot, cols->cust, &cn);
+		time = slot_getattr(slot, cols->time, &tn);
+		amount = slot_getattr(slot, cols->amount, &an);
+		if (cols->status)
+			status = slot_getattr(slot, cols->status, &sn);
+		RfmDeltaAddRow(delta, cols, cust, cn, time, tn, amount, an, status, sn,
+					   status_type, sign);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+}
+
+/* qsort comparator: customers in byte order (COLLATE "C"). */
+static int
+RfmCustCmp(const void *a, const void *b)
+{
+	return strcmp((*(RfmCustDelta *const *) a)->key, (*(RfmCustDelta *const *) b)->key);
+}
+
+/*
+ * Whether a customer's delta changes nothing: no row or order added or
+ * removed on balance, no bucket changed, and first/last order times that
+ * cannot have moved (an UPDATE of columns loyalty does not track).
+ */
+static bool
+RfmCustIsNoop(RfmCustDelta *c)
+{
+	int			i;
+
+	if (c->rows != 0 || c->orders != 0)
+		return false;
+	for (i = 0; i < c->ndays; i++)
+		if (c->days[i].orders != 0 || !RfmMoneyIsZero(&c->days[i].spend))
+			return false;
+	if (c->has_added != c->has_removed)
+		return false;
+	if (c->has_added &&
+		(c->min_added != c->min_removed || c->max_added != c->max_removed))
+		return false;
+	return true;
+}
+
+/* Whether removing orders may have taken away the customer's last order. */
+static inline bool
+RfmNeedsLastCheck(RfmCustDelta *c)
+{
+	return c->has_removed && (!c->has_added || c->max_added < c->max_removed);
+}
+
+/* Whether removing orders may have taken away the customer's first order. */
+static inline bool
+RfmNeedsFirstCheck(RfmCustDelta *c)
+{
+	return c->has_removed && (!c->has_added || c->min_added > c->min_removed);
+}
+
+/* ---------------------------------------------------------------------
+ * Applying a delta to loyalty.customer_stats
+ * ---------------------------------------------------------------------
+ */
+
+/* Forms of the statement that applies customer deltas. */
+typedef enum RfmApplyForm
+{
+	RFM_APPLY_UPSERT_ONE,		/* INSERT ... VALUES ... ON CONFLICT DO UPDATE */
+	RFM_APPLY_UPSERT_MANY,		/* INSERT ... SELECT unnest() ... ON CONFLICT */
+	RFM_APPLY_FORMS
+} RfmApplyForm;
+
+static SPIPlanPtr apply_plan[RFM_APPLY_FORMS][2];	/* [form][returning] */
+
+/*
+ * Prepare (once) the upsert of customer deltas that the executor-free path
+ * did not apply (new customers), for one customer or many (rows in customer
+ * order), with or without RETURNING of the new first and last order times.
+ * Plans are re-prepared if loyalty.day_buckets was re-created (extension
+ * dropped and created again in this backend).
+ */
+static SPIPlanPtr
+RfmApplyPlan(RfmApplyForm form, bool returning)
+{
+	Oid			daysoid = RfmDaysTypeOid();
+	SPIPlanPtr *pp = &apply_plan[form][returning];
+
+	if (daysoid != plans_days_type)
+	{
+		int			i,
+					j;
+
+		for (i = 0; i < RFM_APPLY_FORMS; i++)
+			for (j = 0; j < 2; j++)
+				if (apply_plan[i][j])
+				{
+					SPI_freeplan(apply_plan[i][j]);
+					apply_plan[i][j] = NULL;
+				}
+		plans_days_type = daysoid;
+	}
+	if (*pp == NULL)
+	{
+		Oid			argtypes[7];
+		StringInfoData sql;
+		SPIPlanPtr	plan;
+
+		initStringInfo(&sql);
+		if (form == RFM_APPLY_UPSERT_MANY)
+		{
+			argtypes[0] = TEXTARRAYOID;
+			argtypes[1] = INT8ARRAYOID;
+			argtypes[2] = INT8ARRAYOID;
+			argtypes[3] = NUMERICARRAYOID;
+			argtypes[4] = TIMESTAMPTZARRAYOID;
+			argtypes[5] = TIMESTAMPTZARRAYOID;
+			argtypes[6] = get_array_type(daysoid);
+		}
+		else
+		{
+			argtypes[0] = TEXTOID;
+			argtypes[1] = INT8OID;
+			argtypes[2] = INT8OID;
+			argtypes[3] = NUMERICOID;
+			argtypes[4] = TIMESTAMPTZOID;
+			argtypes[5] = TIMESTAMPTZOID;
+			argtypes[6] = daysoid;
+		}
+		appendStringInfoString(&sql,
+							   "INSERT INTO loyalty.customer_stats AS s"
+							   " (customer_id, row_count, order_count, spend_total,"
+							   " first_order, last_order, days) ");
+		if (form == RFM_APPLY_UPSERT_MANY)
+			appendStringInfoString(&sql,
+								   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+								   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+								   " pg_catalog.unnest($6), pg_catalog.unnest($7)) ");
+		else
+			appendStringInfoString(&sql, "VALUES ($1, $2, $3, $4, $5, $6, $7) ");
+		appendStringInfoString(&sql,
+							   "ON CONFLICT (customer_id) DO UPDATE SET"
+							   " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
+							   " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
+							   " spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
+							   " first_order = LEAST(s.first_order, excluded.first_order),"
+							   " last_order = GREATEST(s.last_order, excluded.last_order),"
+							   " days = loyalty._rfm_days_merge(s.days, excluded.days)");
+		if (returning)
+			appendStringInfoString(&sql, " RETURNING s.customer_id, s.first_order, s.last_order");
+		plan = SPI_prepare(sql.data, 7, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		*pp = plan;
+	}
+	return *pp;
+}
+
+/*
+ * State of the executor-free updates of one statement: customer_stats and
+ * its primary key open, a snapshot taken after our own earlier changes
+ * (as SPI takes one before each statement), slots and column positions.
+ */
+typedef struct RfmDirect
+{
+	Relation	rel;
+	Relation	idx;
+	IndexInfo  *info;
+	Snapshot	snap;
+	CommandId	cid;
+	IndexScanDesc scan;
+	TupleTableSlot *found;
+	TupleTableSlot *locked;
+	TupleTableSlot *newslot;
+	int			a_rows,
+				a_orders,
+				a_spend,
+				a_first,
+				a_last,
+				a_days;
+} RfmDirect;
+
+/*
+ * Open the statistics for executor-free updates.  Returns false (nothing
+ * opened) if the table has other indexes than its primary key: the caller
+ * then goes through SQL for everything.
+ */
+static bool
+RfmDirectBegin(RfmDirect *d)
+{
+	Oid			relid = get_relname_relid("customer_stats", get_namespace_oid("loyalty", false));
+	Oid			idxoid;
+	List	   *indexes;
+	TupleDesc	desc;
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "table loyalty.customer_stats does not exist");
+	d->rel = table_open(relid, RowExclusiveLock);
+	indexes = RelationGetIndexList(d->rel);
+	if (list_length(indexes) != 1)
+	{
+		table_close(d->rel, NoLock);
+		return false;
+	}
+	idxoid = linitial_oid(indexes);
+	d->idx = index_open(idxoid, RowExclusiveLock);
+	d->info = NULL;
+	desc = RelationGetDescr(d->rel);
+	d->a_rows = SPI_fnumber(desc, "row_count") - 1;
+	d->a_orders = SPI_fnumber(desc, "order_count") - 1;
+	d->a_spend = SPI_fnumber(desc, "spend_total") - 1;
+	d->a_first = SPI_fnumber(desc, "first_order") - 1;
+	d->a_last = SPI_fnumber(desc, "last_order") - 1;
+	d->a_days = SPI_fnumber(desc, "days") - 1;
+	if (d->a_rows < 0 || d->a_orders < 0 || d->a_spend < 0 || d->a_first < 0 ||
+		d->a_last < 0 || d->a_days < 0)
+		elog(ERROR, "loyalty.customer_stats lacks a column");
+
+	/* like SPI before a statement: see our own earlier changes */
+	CommandCounterIncrement();
+	d->snap = RegisterSnapshot(GetTransactionSnapshot());
+	d->cid = GetCurrentCommandId(true);
+	d->found = table_slot_create(d->rel, NULL);
+	d->locked = table_slot_create(d->rel, NULL);
+	d->newslot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+	d->scan = index_beginscan(d->rel, d->idx, d->snap, 1, 0);
+	return true;
+}
+
+/* Close what RfmDirectBegin opened (locks stay until commit). */
+static void
+RfmDirectEnd(RfmDirect *d)
+{
+	index_endscan(d->scan);
+	ExecDropSingleTupleTableSlot(d->found);
+	ExecDropSingleTupleTableSlot(d->locked);
+	ExecDropSingleTupleTableSlot(d->newslot);
+	UnregisterSnapshot(d->snap);
+	index_close(d->idx, NoLock);
+	table_close(d->rel, NoLock);
+}
+
+/*
+ * Apply one customer's delta without the executor, which is what the
+ * statement touching a single customer (an application inserting or
+ * changing one order: the case whose cost every checkout pays) and bulk
+ * statements spend most of their time in otherwise.  It does what an
+ * UPDATE would: find the row through the primary key, compute the new
+ * values in C and update that version; if another transaction changed the
+ * row meanwhile, wait for it, lock the latest version and recompute from it
+ * (as UPDATE does under READ COMMITTED; a serialization failure under
+ * REPEATABLE READ).  Returns false, with nothing
+ * changed, when the customer has no row (a new customer, or one deleted
+ * meanwhile): the caller inserts it through SQL.  On success *first / *last
+ * receive the new first and last order times.
+ */
+static bool
+RfmDirectUpdate(RfmDirect *d, RfmCustDelta *c, Numeric spend, RfmDays *delta,
+				bool *first_null, TimestampTz *first,
+				bool *last_null, TimestampTz *last)
+{
+	TupleDesc	desc = RelationGetDescr(d->rel);
+	ScanKeyData key;
+	ItemPointerData tid;
+	TM_FailureData tmfd;
+	TM_Result	res;
+	LockTupleMode lockmode;
+	LoyaltyUpdateIndexes update_indexes;
+	Datum	   *v;
+	bool	   *nl;
+	Datum		keydatum = CStringGetTextDatum(c->key);
+	TupleTableSlot *src;
+	int			i;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, keydatum);
+	key.sk_collation = C_COLLATION_OID;
+	index_rescan(d->scan, &key, 1, NULL, 0);
+	if (!index_getnext_slot(d->scan, ForwardScanDirection, d->found))
+		return false;
+	tid = d->found->tts_tid;
+	src = d->found;
+	for (;;)
+	{
+		/* the new values, from the version at hand */
+		slot_getallattrs(src);
+		ExecClearTuple(d->newslot);
+		v = d->newslot->tts_values;
+		nl = d->newslot->tts_isnull;
+		for (i = 0; i < desc->natts; i++)
+		{
+			v[i] = src->tts_values[i];
+			nl[i] = src->tts_isnull[i];
+		}
+		v[d->a_rows] = Int64GetDatum(DatumGetInt64(v[d->a_rows]) + c->rows);
+		v[d->a_orders] = Int64GetDatum(DatumGetInt64(v[d->a_orders]) + c->orders);
+		v[d->a_spend] = NumericGetDatum(RfmNumericAdd(DatumGetNumeric(v[d->a_spend]), spend));
+		if (c->has_added)
+		{
+			if (nl[d->a_first] || c->min_added < DatumGetTimestampTz(v[d->a_first]))
+				v[d->a_first] = TimestampTzGetDatum(c->min_added);
+			if (nl[d->a_last] || c->max_added > DatumGetTimestampTz(v[d->a_last]))
+				v[d->a_last] = TimestampTzGetDatum(c->max_added);
+			nl[d->a_first] = nl[d->a_last] = false;
+		}
+		{
+			RfmDays    *old = nl[d->a_days] ? NULL : DatumGetRfmDays(v[d->a_days]);
+			RfmDays    *merged;
+
+			if (old != NULL && old->n == 0)
+				old = NULL;
+			merged = RfmDaysMerge(old, delta);
+			nl[d->a_days] = (merged == NULL || merged->n == 0);
+			v[d->a_days] = nl[d->a_days] ? (Datum) 0 : PointerGetDatum(merged);
+		}
+		ExecStoreVirtualTuple(d->newslot);
+
+		/*
+		 * Update the version found, which is the latest unless an order
+		 * changed the row after our snapshot; then (or if it is being
+		 * changed now: heap_update waits) lock the latest version, as
+		 * UPDATE's recheck does, and recompute from it.
+		 */
+		res = table_tuple_update(d->rel, &tid, d->newslot, d->cid, d->snap, InvalidSnapshot,
+								 true, &tmfd, &lockmode, &update_indexes);
+		if (res != TM_Updated || src == d->locked)
+			break;
+		if (IsolationUsesXactSnapshot())
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent update")));
+		res = table_tuple_lock(d->rel, &tid, d->snap, d->locked, d->cid, LockTupleNoKeyExclusive,
+							   LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
+		if (res != TM_Ok)
+			break;
+		tid = d->locked->tts_tid;
+		src = d->locked;
+	}
+	if (res == TM_Deleted)
+	{
+		/* deleted meanwhile (a refresh removed a customer who had left) */
+		if (IsolationUsesXactSnapshot())
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent delete")));
+		return false;
+	}
+	if (res != TM_Ok)
+		elog(ERROR, "unexpected result %d updating customer statistics", (int) res);
+	*first_null = nl[d->a_first];
+	*first = nl[d->a_first] ? 0 : DatumGetTimestampTz(v[d->a_first]);
+	*last_null = nl[d->a_last];
+	*last = nl[d->a_last] ? 0 : DatumGetTimestampTz(v[d->a_last]);
+	if (LoyaltyUpdateNeedsIndexInserts(update_indexes))
+	{
+		bool		isnull = false;
+
+		if (d->info == NULL)
+			d->info = BuildIndexInfo(d->idx);
+		index_insert_unchanged_compat(d->idx, &keydatum, &isnull, &d->newslot->tts_tid, d->rel,
+									  UNIQUE_CHECK_NO, d->info);
+	}
+	ExecClearTuple(d->locked);
+	return true;
+}
+
+/* Build a one-dimensional array from datums (NULLs allowed). */
+ArrayType *
+RfmMakeArray(Datum *values, bool *nulls, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return construct_md_array(values, nulls, 1, dims, lbs, elemtype, typlen, typbyval, typalign);
+}
+
+/*
+ * Apply a delta: every customer that changed, in customer order (existing
+ * ones updated without the executor, new ones in one upsert), then re-read
+ * first/last order times where a removal may have taken them away.  Must
+ * run inside SPI.
+ */
+static void
+RfmDeltaApply(RfmDelta *delta)
+{
+	MemoryContext old = MemoryContextSwitchTo(delta->cxt);
+	long		ncust = delta->customers ? hash_get_num_entries(delta->customers)
+		: (delta->single ? 1 : 0);
+	RfmCustDelta **list;
+	HASH_SEQ_STATUS seq;
+	RfmCustDelta *c;
+	int			n = 0;
+	int			i;
+	bool		any_check = false;
+	Datum	   *v[7];
+	bool	   *nulls[7];
+	Datum		args[7];
+	char		argnulls[7];
+	int			ret;
+	SPIPlanPtr	plan;
+	Oid			daysoid = RfmDaysTypeOid();
+	char	  **fix;
+	int			nfix = 0;
+	int			k;
+	RfmDirect	direct;
+
+	if (ncust == 0)
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	list = palloc(sizeof(RfmCustDelta *) * ncust);
+	if (delta->customers)
+	{
+		hash_seq_init(&seq, delta->customers);
+		while ((c = hash_seq_search(&seq)) != NULL)
+			list[n++] = c;
+	}
+	else
+		list[n++] = delta->single;
+	for (i = 0, ncust = n, n = 0; i < ncust; i++)
+	{
+		c = list[i];
+		if (RfmCustIsNoop(c))
+			continue;
+		list[n++] = c;
+		if (RfmNeedsLastCheck(c) || RfmNeedsFirstCheck(c))
+			any_check = true;
+	}
+	if (n == 0)
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	qsort(list, n, sizeof(RfmCustDelta *), RfmCustCmp);
+
+	for (i = 0; i < 7; i++)
+	{
+		v[i] = palloc(sizeof(Datum) * n);
+		nulls[i] = palloc0(sizeof(bool) * n);
+	}
+	for (i = 0; i < n; i++)
+	{
+		RfmDays    *days;
+		RfmMoney	total;
+		Numeric		spend;
+		RfmDayEntry *entries;
+		int			k;
+
+		c = list[i];
+		entries = palloc(sizeof(RfmDayEntry) * Max(c->ndays, 1));
+		memset(&total, 0, sizeof(total));
+		for (k = 0; k < c->ndays; k++)
+		{
+			entries[k].day = c->days[k].day;
+			entries[k].orders = c->days[k].orders;
+			entries[k].spend = RfmMoneyToNumeric(&c->days[k].spend);
+			RfmMoneyAddMoney(&total, &c->days[k].spend, delta->cxt);
+		}
+		spend = RfmMoneyToNumeric(&total);
+		days = RfmDaysBuild(entries, c->ndays);
+		v[0][i] = CStringGetTextDatum(c->key);
+		v[1][i] = Int64GetDatum(c->rows);
+		v[2][i] = Int64GetDatum(c->orders);
+		v[3][i] = NumericGetDatum(spend);
+		v[4][i] = TimestampTzGetDatum(c->min_added);
+		nulls[4][i] = !c->has_added;
+		v[5][i] = TimestampTzGetDatum(c->max_added);
+		nulls[5][i] = !c->has_added;
+		v[6][i] = PointerGetDatum(days);
+		nulls[6][i] = (days == NULL);
+	}
+
+	/*
+	 * Existing customers first, in customer order, without the executor;
+	 * the others (new customers) then in one SQL upsert, in customer order.
+	 */
+	fix = palloc(sizeof(char *) * n);
+	if (RfmDirectBegin(&direct))
+	{
+		int			m = 0;
+
+		for (i = 0; i < n; i++)
+		{
+			bool		fnull,
+						lnull;
+			TimestampTz f,
+						l;
+
+			c = list[i];
+			if (RfmDirectUpdate(&direct, c, DatumGetNumeric(v[3][i]),
+								nulls[6][i] ? NULL : (RfmDays *) DatumGetPointer(v[6][i]),
+								&fnull, &f, &lnull, &l))
+			{
+				if ((RfmNeedsLastCheck(c) && (lnull || l <= c->max_removed)) ||
+					(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed)))
+					fix[nfix++] = c->key;
+				continue;
+			}
+			/* keep this one for SQL */
+			list[m] = c;
+			for (k = 0; k < 7; k++)
+			{
+				v[k][m] = v[k][i];
+				nulls[k][m] = nulls[k][i];
+			}
+			m++;
+		}
+		RfmDirectEnd(&direct);
+		n = m;
+	}
+
+	if (n > 1)
+	{
+		Oid			elemtypes[7] = {TEXTOID, INT8OID, INT8OID, NUMERICOID,
+		TIMESTAMPTZOID, TIMESTAMPTZOID, daysoid};
+
+		for (i = 0; i < 7; i++)
+		{
+			args[i] = PointerGetDatum(RfmMakeArray(v[i], nulls[i], n, elemtypes[i]));
+			argnulls[i] = ' ';
+		}
+		plan = RfmApplyPlan(RFM_APPLY_UPSERT_MANY, any_check);
+		ret = SPI_execute_plan(plan, args, argnulls, false, 0);
+		if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
+			elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
+	}
+	else if (n == 1)
+	{
+		for (i = 0; i < 7; i++)
+		{
+			args[i] = v[i][0];
+			argnulls[i] = nulls[i][0] ? 'n' : ' ';
+		}
+		plan = RfmApplyPlan(RFM_APPLY_UPSERT_ONE, any_check);
+		ret = SPI_execute_plan(plan, args, argnulls, false, 0);
+		if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
+			elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
+	}
+
+	if (any_check && n > 0)
+	{
+		/*
+		 * RETURNING gives the times after the upsert; the customer's last
+		 * order may be gone when the upsert kept a removed time.
+		 */
+		HTAB	   *bykey;
+		HASHCTL		ctl;
+		uint64		r;
+		SPITupleTable *res = SPI_tuptable;
+		uint64		nres = SPI_processed;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(char *);
+		ctl.entrysize = sizeof(RfmCustDelta *) + sizeof(char *);
+		ctl.hash = RfmKeyHash;
+		ctl.match = RfmKeyMatch;
+		ctl.hcxt = CurrentMemoryContext;
+		bykey = hash_create("loyalty rfm returned", n, &ctl,
+							HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+		for (i = 0; i < n; i++)
+		{
+			char	  **ent = hash_search(bykey, &list[i]->key, HASH_ENTER, NULL);
+
+			*(RfmCustDelta **) (ent + 1) = list[i];
+		}
+		for (r = 0; r < nres; r++)
+		{
+			HeapTuple	tup = res->vals[r];
+			char	   *key = SPI_getvalue(tup, res->tupdesc, 1);
+			bool		fnull,
+						lnull;
+			TimestampTz f = DatumGetTimestampTz(SPI_getbinval(tup, res->tupdesc, 2, &fnull));
+			TimestampTz l = DatumGetTimestampTz(SPI_getbinval(tup, res->tupdesc, 3, &lnull));
+			char	  **ent = hash_search(bykey, &key, HASH_FIND, NULL);
+
+			if (ent == NULL)
+				continue;
+			c = *(RfmCustDelta **) (ent + 1);
+			if ((RfmNeedsLastCheck(c) && (lnull || l <= c->max_removed)) ||
+				(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed)))
+				fix[nfix++] = c->key;
+		}
+	}
+	if (nfix > 0)
+		RfmFixOrderTimes(fix, nfix);
+	MemoryContextSwitchTo(old);
+
+}
+
+/* Forget a delta's customers after it was applied (back-fill chunks). */
+static void
+RfmDeltaReset(RfmDelta **delta)
+{
+	MemoryContextDelete((*delta)->cxt);
+	*delta = RfmDeltaCreate();
+}
+
+/* ---------------------------------------------------------------------
+ * Back-fill and rebuild
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Add every row of a tracked table to the statistics in one pass, flushing
+ * the delta whenever it holds more than maintenance_work_mem (deltas are
+ * additive, so a customer met in several chunks is simply merged several
+ * times).  Returns the number of rows counted.
+ */
+int64
+RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
+			const char *amount_col, const char *status_col,
+			int nstatuses, char **statuses)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	RfmTrackCols tcols;
+	RfmTrackCols cols;
+	StringInfoData sql;
+	SPIPlanPtr	plan;
+	Portal		portal;
+	RfmDelta   *delta = RfmDeltaCreate();
+	int64		counted = 0;
+	Oid			status_type = InvalidOid;
+
+	RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
+					  cust_col, time_col, amount_col, status_col, nstatuses, statuses, &tcols);
+	if (status_col)
+		status_type = TupleDescAttr(RelationGetDescr(rel), tcols.status - 1)->atttypid;
+	cols = tcols;
+	cols.cust = 1;
+	cols.time = 2;
+	cols.amount = 3;
+	cols.status = status_col ? 4 : InvalidAttrNumber;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s, %s, %s",
+					 quote_identifier(cust_col), quote_identifier(time_col),
+					 quote_identifier(amount_col));
+	if (status_col)
+		appendStringInfo(&sql, ", %s", quote_identifier(status_col));
+	appendStringInfo(&sql, " FROM %s",
+					 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												RelationGetRelationName(rel)));
+	table_close(rel, NoLock);
+
+	plan = SPI_prepare(sql.data, 0, NULL);
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	portal = SPI_cursor_open(NULL, plan, NULL, NULL, false);
+	for (;;)
+	{
+		uint64		r;
+		SPITupleTable *tt;
+
+		SPI_cursor_fetch(portal, true, RFM_BACKFILL_BATCH);
+		if (SPI_processed == 0)
+			break;
+		tt = SPI_tuptable;
+		for (r = 0; r < SPI_processed; r++)
+		{
+			HeapTuple	tup = tt->vals[r];
+			bool		cn,
+						tn,
+						an,
+						sn = true;
+			Datum		cust = SPI_getbinval(tup, tt->tupdesc, 1, &cn);
+			Datum		time = SPI_getbinval(tup, tt->tupdesc, 2, &tn);
+			Datum		amount = SPI_getbinval(tup, tt->tupdesc, 3, &an);
+			Datum		status = (Datum) 0;
+
+			if (status_col)
+				status = SPI_getbinval(tup, tt->tupdesc, 4, &sn);
+			RfmDeltaAddRow(delta, &cols, cust, cn, time, tn, amount, an, status, sn,
+						   status_type, +1);
+		}
+		SPI_freetuptable(tt);
+		if (RfmDeltaMemory(delta) > (Size) maintenance_work_mem * 1024)
+		{
+			counted += delta->rows_counted;
+			RfmDeltaApply(delta);
+			RfmDeltaReset(&delta);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_cursor_close(portal);
+	SPI_freeplan(plan);
+	counted += delta->rows_counted;
+	RfmDeltaApply(delta);
+	MemoryContextDelete(delta->cxt);
+	return counted;
+}
+
+
+/*
+ * Recompute every customer's statistics from the tracked tables: zero all
+ * rows (customers left without rows stay as tombstones until the next
+ * refresh records that they left their segment), then back-fill each
+ * tracked table.  Runs under a SHARE ROW EXCLUSIVE lock on the statistics,
+ * which waits for the triggers of transactions in flight and holds new ones
+ * off until commit.  Must run inside SPI.  Returns rows counted.
+ */
+int64
+RfmRebuild(void)
+{
+	SPITupleTable *tracked;
+	uint64		ntracked;
+	uint64		t;
+	int64		rows = 0;
+
+	if (SPI_execute("LOCK TABLE loyalty.customer_stats IN SHARE ROW EXCLUSIVE MODE",
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not lock loyalty.customer_stats");
+	if (SPI_execute("UPDATE loyalty.customer_stats SET row_count = 0, order_count = 0,"
+					" spend_total = 0, first_order = NULL, last_order = NULL, days = NULL"
+					" WHERE row_count OPERATOR(pg_catalog.<>) 0 OR days IS NOT NULL"
+					" OR spend_total OPERATOR(pg_catalog.<>) 0 OR last_order IS NOT NULL",
+					false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not reset loyalty.customer_stats");
+	if (SPI_execute("SELECT orders::pg_catalog.oid, customer_column, ordered_at_column,"
+					" amount_column, status_column, counted_statuses"
+					" FROM loyalty.tracked_table ORDER BY orders::pg_catalog.oid",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.tracked_table");
+	tracked = SPI_tuptable;
+	ntracked = SPI_processed;
+	for (t = 0; t < ntracked; t++)
+	{
+		HeapTuple	tup = tracked->vals[t];
+		bool		isnull;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(tup, tracked->tupdesc, 1, &isnull));
+		Datum		st = SPI_getbinval(tup, tracked->tupdesc, 6, &isnull);
+		int			nst;
+		char	  **sts = RfmStatusList(st, isnull, &nst);
+
+		rows += RfmBackfill(relid,
+							SPI_getvalue(tup, tracked->tupdesc, 2),
+							SPI_getvalue(tup, tracked->tupdesc, 3),
+							SPI_getvalue(tup, tracked->tupdesc, 4),
+							SPI_getvalue(tup, tracked->tupdesc, 5),
+							nst, sts);
+	}
+	return rows;
+}
+
+
+/* ---------------------------------------------------------------------
+ * The trigger
+ * ---------------------------------------------------------------------
+ */
+
+/* Owner of loyalty's schema and tables: the role that created the extension. */
+static Oid
+RfmLoyaltyOwner(void)
+{
+	Oid			nsp = get_namespace_oid("loyalty", false);
+	HeapTuple	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for namespace %u", nsp);
+	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+/*
+ * Error context of a tracking trigger whose columns no longer resolve (a
+ * tracked column renamed, dropped or retyped behind loyalty's back).
+ */
+static void
+RfmTriggerErrorContext(void *arg)
+{
+	errcontext("loyalty tracking of table \"%s\"; call loyalty.untrack_orders() and loyalty.track_orders() again",
+			   (const char *) arg);
+}
+
+/*
+ * loyalty._rfm_track_trigger(): AFTER ... FOR EACH STATEMENT on a tracked
+ * table.  Arguments: customer, ordered_at and amount column names, then
+ * optionally the status column and the counted statuses.  INSERT, UPDATE
+ * and DELETE apply the transition tables' delta; TRUNCATE rebuilds the
+ * statistics from the tracked tables (the truncated one is empty now).
+ * It switches to the owner of loyalty's tables itself, which is what
+ * SECURITY DEFINER would do without the cost of saving and restoring
+ * settings around every statement of the application.
+ */
+Datum
+rfm_track_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Trigger    *tg;
+	Relation	rel;
+	RfmTrackCols cols;
+	RfmDelta   *delta;
+	ErrorContextCallback errcb;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("loyalty._rfm_track_trigger() must be called as a trigger")));
+	if (!TRIGGER_FIRED_FOR_STATEMENT(td->tg_event) || !TRIGGER_FIRED_AFTER(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("loyalty._rfm_track_trigger() must be an AFTER ... FOR EACH STATEMENT trigger")));
+	tg = td->tg_trigger;
+	rel = td->tg_relation;
+
+	/*
+	 * Work as the owner of loyalty's tables, as RI triggers run as the owner
+	 * of the referenced table: the application's role needs no right on
+	 * loyalty.  Every name in the SQL run from here is schema-qualified, so
+	 * the application's search_path cannot redirect it.  An error restores
+	 * the user with the (sub)transaction abort.
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(RfmLoyaltyOwner(), save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+
+	SPI_connect();
+	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+	{
+		RfmRebuild();
+		SPI_finish();
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+		return PointerGetDatum(NULL);
+	}
+	if (tg->tgnargs < 3 || tg->tgnargs == 4)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("loyalty._rfm_track_trigger() on \"%s\" has wrong arguments",
+						RelationGetRelationName(rel)),
+				 errhint("Call loyalty.untrack_orders() and loyalty.track_orders() again.")));
+	if (td->tg_oldtable == NULL && td->tg_newtable == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("loyalty._rfm_track_trigger() on \"%s\" needs a transition table",
+						RelationGetRelationName(rel))));
+	errcb.callback = RfmTriggerErrorContext;
+	errcb.arg = (void *) RelationGetRelationName(rel);
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
+					  tg->tgargs[0], tg->tgargs[1], tg->tgargs[2],
+					  tg->tgnargs > 3 ? tg->tgargs[3] : NULL,
+					  tg->tgnargs > 3 ? tg->tgnargs - 4 : 0,
+					  tg->tgnargs > 3 ? tg->tgargs + 4 : NULL, &cols);
+	error_context_stack = errcb.previous;
+
+	delta = RfmDeltaCreate();
+	if (td->tg_oldtable)
+		RfmDeltaAddTuplestore(delta, &cols, td->tg_oldtable, RelationGetDescr(rel), -1);
+	if (td->tg_newtable)
+		RfmDeltaAddTuplestore(delta, &cols, td->tg_newtable, RelationGetDescr(rel), +1);
+	RfmDeltaApply(delta);
+	MemoryContextDelete(delta->cxt);
+	SPI_finish();
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	return PointerGetDatum(NULL);
+}

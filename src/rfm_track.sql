@@ -1,0 +1,732 @@
+/* ---------------------------------------------------------------------------
+ * rfm_track.sql: live RFM tracking of the application's orders table
+ *
+ * loyalty.track_orders() installs statement-level triggers (with transition
+ * tables) on the application's orders table; they keep per-customer
+ * statistics in loyalty.customer_stats exact inside the application's own
+ * transaction.  The statistics carry per-UTC-day buckets (type
+ * loyalty.day_buckets), so that windowed frequency and monetary can be
+ * computed for any as-of time without reading the orders again.
+ * ------------------------------------------------------------------------ */
+
+/* types */
+
+CREATE TYPE loyalty.day_buckets;
+
+CREATE FUNCTION loyalty.day_buckets_in(cstring)
+RETURNS loyalty.day_buckets
+AS 'MODULE_PATHNAME', 'day_buckets_in'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.day_buckets_in(cstring) IS
+	'Text input of day_buckets: {YYYY-MM-DD:orders:spend,...}, days ascending';
+
+CREATE FUNCTION loyalty.day_buckets_out(loyalty.day_buckets)
+RETURNS cstring
+AS 'MODULE_PATHNAME', 'day_buckets_out'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.day_buckets_out(loyalty.day_buckets) IS
+	'Text output of day_buckets: {YYYY-MM-DD:orders:spend,...}';
+
+CREATE FUNCTION loyalty.day_buckets_recv(internal)
+RETURNS loyalty.day_buckets
+AS 'MODULE_PATHNAME', 'day_buckets_recv'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.day_buckets_recv(internal) IS
+	'Binary input of day_buckets, validated like the text input';
+
+CREATE FUNCTION loyalty.day_buckets_send(loyalty.day_buckets)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'day_buckets_send'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.day_buckets_send(loyalty.day_buckets) IS
+	'Binary output of day_buckets';
+
+CREATE TYPE loyalty.day_buckets (
+	INPUT = loyalty.day_buckets_in,
+	OUTPUT = loyalty.day_buckets_out,
+	RECEIVE = loyalty.day_buckets_recv,
+	SEND = loyalty.day_buckets_send,
+	INTERNALLENGTH = VARIABLE,
+	ALIGNMENT = int4,
+	STORAGE = extended
+);
+
+COMMENT ON TYPE loyalty.day_buckets IS
+	'One customer''s orders and spend per UTC day (live RFM statistics)';
+
+SELECT loyalty._register_function('all', 'loyalty.day_buckets_in(cstring)');
+SELECT loyalty._register_function('all', 'loyalty.day_buckets_out(loyalty.day_buckets)');
+SELECT loyalty._register_function('all', 'loyalty.day_buckets_recv(internal)');
+SELECT loyalty._register_function('all', 'loyalty.day_buckets_send(loyalty.day_buckets)');
+
+CREATE FUNCTION loyalty.day_buckets_entries(buckets loyalty.day_buckets)
+RETURNS TABLE (day date, orders integer, spend numeric)
+AS 'MODULE_PATHNAME', 'day_buckets_entries'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.day_buckets_entries(loyalty.day_buckets) IS
+	'The buckets of a day_buckets value as rows: UTC day, orders and spend of that day';
+SELECT loyalty._register_function('all', 'loyalty.day_buckets_entries(loyalty.day_buckets)');
+
+CREATE FUNCTION loyalty._rfm_days_merge(loyalty.day_buckets, loyalty.day_buckets)
+RETURNS loyalty.day_buckets
+AS 'MODULE_PATHNAME', 'rfm_days_merge'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_days_merge(loyalty.day_buckets, loyalty.day_buckets) IS
+	'Internal: stored day buckets plus a statement''s delta (NULL = no bucket)';
+
+CREATE FUNCTION loyalty._rfm_days_prune(loyalty.day_buckets, date)
+RETURNS loyalty.day_buckets
+AS 'MODULE_PATHNAME', 'rfm_days_prune'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_days_prune(loyalty.day_buckets, date) IS
+	'Internal: the day buckets of days on or after the given date';
+
+/* tables */
+
+CREATE TABLE loyalty.tracked_table (
+	orders				regclass PRIMARY KEY,
+	customer_column		name NOT NULL,
+	ordered_at_column	name NOT NULL,
+	amount_column		name NOT NULL,
+	status_column		name,
+	counted_statuses	text[],
+	tracked_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	CHECK ((status_column IS NULL) = (counted_statuses IS NULL))
+);
+
+COMMENT ON TABLE loyalty.tracked_table IS
+	'Orders tables whose rows feed the live RFM statistics (see loyalty.track_orders)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.tracked_table', '');
+SELECT loyalty._register_relation('admin', 'loyalty.tracked_table');
+
+CREATE TABLE loyalty.customer_stats (
+	customer_id		text COLLATE "C" PRIMARY KEY,
+	row_count		bigint NOT NULL DEFAULT 0,
+	order_count		bigint NOT NULL DEFAULT 0,
+	spend_total		numeric NOT NULL DEFAULT 0,
+	first_order		timestamptz,
+	last_order		timestamptz,
+	days			loyalty.day_buckets,
+	score			loyalty.rfm_score,
+	segment			text,
+	since			timestamptz
+) WITH (fillfactor = 90);
+
+COMMENT ON TABLE loyalty.customer_stats IS
+	'Live per-customer statistics of the tracked orders tables, kept current by their triggers';
+COMMENT ON COLUMN loyalty.customer_stats.row_count IS
+	'Tracked rows of the customer (orders and refunds); 0 = left, removed by the next refresh';
+COMMENT ON COLUMN loyalty.customer_stats.order_count IS
+	'Orders (rows with an amount >= 0 or null), all time';
+COMMENT ON COLUMN loyalty.customer_stats.spend_total IS
+	'Sum of all amounts (orders and refunds), all time';
+COMMENT ON COLUMN loyalty.customer_stats.days IS
+	'Orders and spend per UTC day, from the retention horizon on';
+COMMENT ON COLUMN loyalty.customer_stats.score IS
+	'RFM score at the last refresh_segments (NULL: not scored yet)';
+COMMENT ON COLUMN loyalty.customer_stats.segment IS
+	'Segment at the last refresh_segments';
+COMMENT ON COLUMN loyalty.customer_stats.since IS
+	'as_of of the refresh that put the customer into this segment';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.customer_stats', '');
+
+/* functions */
+
+/*
+ * Not SECURITY DEFINER: the C code switches to the owner of loyalty's
+ * tables itself (as PostgreSQL's foreign-key triggers do), which costs far
+ * less per statement than the settings save/restore of a SECURITY DEFINER
+ * ... SET search_path function; every name it uses is schema-qualified.
+ */
+CREATE FUNCTION loyalty._rfm_track_trigger()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'rfm_track_trigger'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION loyalty._rfm_track_trigger() IS
+	'Internal: statement trigger of a tracked orders table; applies the statement''s delta to loyalty.customer_stats as the extension''s owner';
+
+CREATE FUNCTION loyalty.track_orders(
+	orders regclass,
+	customer_column name,
+	ordered_at_column name,
+	amount_column name,
+	status_column name DEFAULT NULL,
+	counted_statuses text[] DEFAULT NULL,
+	OUT tracked_rows bigint,
+	OUT customers bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rfm_track_orders'
+LANGUAGE C VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.track_orders(regclass, name, name, name, name, text[]) IS
+	'Keep live RFM statistics of an orders table: back-fill them now and install triggers that keep them exact (optionally counting only rows whose status is in counted_statuses)';
+SELECT loyalty._register_function('admin', 'loyalty.track_orders(regclass,name,name,name,name,text[])');
+
+CREATE FUNCTION loyalty.untrack_orders(orders regclass)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rfm_untrack_orders'
+LANGUAGE C VOLATILE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.untrack_orders(regclass) IS
+	'Stop tracking an orders table: drop its triggers and take its rows out of the live statistics';
+SELECT loyalty._register_function('admin', 'loyalty.untrack_orders(regclass)');
+
+CREATE FUNCTION loyalty.rebuild_tracking(OUT tracked_rows bigint, OUT customers bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rfm_rebuild_tracking'
+LANGUAGE C VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.rebuild_tracking() IS
+	'Recompute the live statistics from the tracked tables (after writes that bypassed the triggers)';
+SELECT loyalty._register_function('admin', 'loyalty.rebuild_tracking()');
+
+CREATE FUNCTION loyalty._rfm_check_tracked()
+RETURNS void
+AS 'MODULE_PATHNAME', 'rfm_check_tracked'
+LANGUAGE C VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty._rfm_check_tracked() IS
+	'Internal: raise an error if a tracked table lost or retyped a tracked column';
+
+/*
+ * Event triggers: a tracked table, one of its tracked columns or one of the
+ * tracking triggers cannot be dropped, and an ALTER TABLE cannot rename or
+ * retype a tracked column, while the table is tracked (the statistics would
+ * silently stop following the orders, or every later write would fail).
+ */
+CREATE FUNCTION loyalty._rfm_guard_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	t record;
+BEGIN
+	IF pg_catalog.to_regclass('loyalty.tracked_table') IS NULL THEN
+		RETURN;
+	END IF;
+	FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() LOOP
+		IF r.object_type = 'table' THEN
+			SELECT * INTO t FROM loyalty.tracked_table tt
+			WHERE tt.orders::pg_catalog.oid = r.objid;
+			IF FOUND THEN
+				RAISE EXCEPTION 'cannot drop table % because loyalty tracks it', r.object_identity
+					USING ERRCODE = 'dependent_objects_still_exist',
+						  HINT = pg_catalog.format('Call loyalty.untrack_orders(%L) first.', r.object_identity);
+			END IF;
+		ELSIF r.object_type = 'table column' THEN
+			SELECT * INTO t FROM loyalty.tracked_table tt
+			WHERE tt.orders::pg_catalog.oid = r.objid
+			  AND r.address_names[3] IN (tt.customer_column, tt.ordered_at_column,
+										 tt.amount_column, tt.status_column);
+			IF FOUND THEN
+				RAISE EXCEPTION 'cannot drop column % because loyalty tracks it', r.object_identity
+					USING ERRCODE = 'dependent_objects_still_exist',
+						  HINT = 'Call loyalty.untrack_orders() on its table first.';
+			END IF;
+		ELSIF r.object_type = 'trigger' AND r.address_names[3] LIKE 'loyalty\_rfm\_track\_%' THEN
+			SELECT * INTO t FROM loyalty.tracked_table tt
+			WHERE tt.orders::pg_catalog.oid = pg_catalog.to_regclass(
+				pg_catalog.format('%I.%I', r.address_names[1], r.address_names[2]));
+			IF FOUND THEN
+				RAISE EXCEPTION 'cannot drop trigger % because loyalty tracking needs it', r.object_identity
+					USING ERRCODE = 'dependent_objects_still_exist',
+						  HINT = 'Call loyalty.untrack_orders() on its table instead.';
+			END IF;
+		END IF;
+	END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._rfm_guard_drop() IS
+	'Internal: event trigger refusing to drop a tracked table, column or tracking trigger';
+
+CREATE FUNCTION loyalty._rfm_guard_alter()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF pg_catalog.to_regclass('loyalty.tracked_table') IS NOT NULL
+	   AND EXISTS (SELECT 1 FROM loyalty.tracked_table) THEN
+		PERFORM loyalty._rfm_check_tracked();
+	END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._rfm_guard_alter() IS
+	'Internal: event trigger refusing an ALTER TABLE that breaks a tracked column';
+
+CREATE EVENT TRIGGER loyalty_rfm_guard_drop ON sql_drop
+	EXECUTE FUNCTION loyalty._rfm_guard_drop();
+
+CREATE EVENT TRIGGER loyalty_rfm_guard_alter ON ddl_command_end
+	WHEN TAG IN ('ALTER TABLE')
+	EXECUTE FUNCTION loyalty._rfm_guard_alter();
+
+COMMENT ON EVENT TRIGGER loyalty_rfm_guard_drop IS
+	'Refuses to drop a table, column or trigger that loyalty tracking depends on';
+COMMENT ON EVENT TRIGGER loyalty_rfm_guard_alter IS
+	'Refuses an ALTER TABLE that renames or retypes a column loyalty tracks';
+
+/* ---------------------------------------------------------------------------
+ * Live segmentation: loyalty.refresh_segments() rescores every tracked
+ * customer from loyalty.customer_stats alone, with the configuration of
+ * loyalty.rfm_config, and records a snapshot: a header
+ * (loyalty.segment_snapshot), the customers whose segment changed
+ * (loyalty.segment_change: a change log, so that a refresh writes only what
+ * moved and the segment of any customer at any snapshot is its latest change
+ * up to that snapshot) and per-segment aggregates (loyalty.segment_summary)
+ * that the BI views read.
+ * ------------------------------------------------------------------------ */
+
+/* tables */
+
+CREATE TABLE loyalty.rfm_config (
+	singleton			boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+	bins				integer NOT NULL DEFAULT 5,
+	scoring_window		interval NOT NULL DEFAULT '12 months',
+	monetary			text NOT NULL DEFAULT 'total',
+	method				text NOT NULL DEFAULT 'quantile',
+	recency_thresholds	integer[],
+	frequency_thresholds integer[],
+	monetary_thresholds	numeric[],
+	bucket_retention	interval NOT NULL DEFAULT '13 months',
+	inactive_after		interval NOT NULL DEFAULT '6 months',
+	updated_at			timestamptz
+);
+
+COMMENT ON TABLE loyalty.rfm_config IS
+	'Scoring configuration of refresh_segments (one row; edit it with UPDATE)';
+COMMENT ON COLUMN loyalty.rfm_config.bins IS 'Scores per dimension, 2 to 9 (5: scores 1..5)';
+COMMENT ON COLUMN loyalty.rfm_config.scoring_window IS
+	'Frequency and monetary count the orders of [as_of - scoring_window, as_of], whole UTC days';
+COMMENT ON COLUMN loyalty.rfm_config.monetary IS
+	'total: spend in the window; average: spend / orders in the window';
+COMMENT ON COLUMN loyalty.rfm_config.method IS
+	'quantile: equal values score equal, 1 + floor(bins * worse / customers); thresholds: fixed cut points';
+COMMENT ON COLUMN loyalty.rfm_config.recency_thresholds IS
+	'Days since the last order, ascending, bins - 1 of them (method thresholds; NULL: quantile)';
+COMMENT ON COLUMN loyalty.rfm_config.frequency_thresholds IS
+	'Orders in the window, ascending, bins - 1 of them (method thresholds; NULL: quantile)';
+COMMENT ON COLUMN loyalty.rfm_config.monetary_thresholds IS
+	'Monetary values, ascending, bins - 1 of them (method thresholds; NULL: quantile)';
+COMMENT ON COLUMN loyalty.rfm_config.bucket_retention IS
+	'How far back per-day buckets are kept (at least scoring_window): the earliest as_of a refresh accepts';
+COMMENT ON COLUMN loyalty.rfm_config.inactive_after IS
+	'A customer without an order for this long is inactive (segment_inactivity)';
+COMMENT ON COLUMN loyalty.rfm_config.updated_at IS
+	'When the configuration was last changed (NULL: the defaults shipped with loyalty)';
+
+INSERT INTO loyalty.rfm_config DEFAULT VALUES;
+SELECT pg_catalog.pg_extension_config_dump('loyalty.rfm_config', '');
+SELECT loyalty._register_relation('admin', 'loyalty.rfm_config', 'SELECT, INSERT, UPDATE');
+
+CREATE TABLE loyalty.segment_snapshot (
+	snapshot_id		bigserial PRIMARY KEY,
+	as_of			timestamptz NOT NULL,
+	taken_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	customers		bigint NOT NULL DEFAULT 0,
+	segment_changes	bigint NOT NULL DEFAULT 0,
+	score_changes	bigint NOT NULL DEFAULT 0,
+	left_customers	bigint NOT NULL DEFAULT 0,
+	bins			integer NOT NULL,
+	scoring_window	interval NOT NULL,
+	monetary		text NOT NULL,
+	method			text NOT NULL,
+	retained_from	date NOT NULL,
+	took_ms			double precision
+);
+
+CREATE INDEX segment_snapshot_as_of ON loyalty.segment_snapshot (as_of);
+
+COMMENT ON TABLE loyalty.segment_snapshot IS
+	'One row per refresh_segments: when, as of when, with which configuration, how much changed';
+COMMENT ON COLUMN loyalty.segment_snapshot.retained_from IS
+	'Day buckets are complete from this day on after this refresh (earlier ones may be pruned)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.segment_snapshot', '');
+SELECT pg_catalog.pg_extension_config_dump('loyalty.segment_snapshot_snapshot_id_seq', '');
+
+CREATE TABLE loyalty.segment_change (
+	customer_id		text COLLATE "C" NOT NULL,
+	snapshot_id		bigint NOT NULL,
+	segment			text,
+	score			loyalty.rfm_score,
+	PRIMARY KEY (customer_id, snapshot_id)
+);
+
+/* snapshot ids only grow as rows are appended: a BRIN index costs nothing to keep */
+CREATE INDEX segment_change_snapshot ON loyalty.segment_change USING brin (snapshot_id);
+
+COMMENT ON TABLE loyalty.segment_change IS
+	'Segment changes per refresh: a customer''s segment at a snapshot is the one of their latest row up to it (segment NULL: no longer a customer)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.segment_change', '');
+
+CREATE TABLE loyalty.segment_summary (
+	snapshot_id				bigint NOT NULL,
+	segment					text NOT NULL,
+	customers				bigint NOT NULL,
+	revenue					numeric NOT NULL,
+	recency_under_3_months	bigint NOT NULL,
+	recency_3_to_6_months	bigint NOT NULL,
+	recency_over_6_months	bigint NOT NULL,
+	no_order				bigint NOT NULL,
+	inactive				bigint NOT NULL,
+	PRIMARY KEY (snapshot_id, segment)
+);
+
+COMMENT ON TABLE loyalty.segment_summary IS
+	'Per snapshot and segment: customers, revenue (spend in the scoring window), recency buckets and inactive customers';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.segment_summary', '');
+
+/* functions */
+
+CREATE FUNCTION loyalty._rfm_config_validate(
+	bins integer, scoring_window interval, monetary text, method text,
+	recency_thresholds integer[], frequency_thresholds integer[],
+	monetary_thresholds numeric[], bucket_retention interval, inactive_after interval)
+RETURNS void
+AS 'MODULE_PATHNAME', 'rfm_config_validate'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_config_validate(integer, interval, text, text, integer[], integer[], numeric[], interval, interval) IS
+	'Internal: raise an error unless the values make a usable RFM configuration';
+
+/*
+ * The configuration is one row.  An INSERT updates that row instead of
+ * adding one, so that restoring a dump (which inserts the dumped row into
+ * the row CREATE EXTENSION made) keeps the user's values; every change is
+ * validated like rfm_segmentation's arguments.
+ */
+CREATE FUNCTION loyalty._rfm_config_trigger()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'DELETE' THEN
+		RAISE EXCEPTION 'the RFM configuration row cannot be deleted'
+			USING ERRCODE = 'restrict_violation',
+				  HINT = 'UPDATE loyalty.rfm_config to change it.';
+	END IF;
+	IF TG_OP = 'INSERT' AND EXISTS (SELECT 1 FROM loyalty.rfm_config) THEN
+		UPDATE loyalty.rfm_config c
+		SET bins = NEW.bins, scoring_window = NEW.scoring_window,
+			monetary = NEW.monetary, method = NEW.method,
+			recency_thresholds = NEW.recency_thresholds,
+			frequency_thresholds = NEW.frequency_thresholds,
+			monetary_thresholds = NEW.monetary_thresholds,
+			bucket_retention = NEW.bucket_retention,
+			inactive_after = NEW.inactive_after,
+			updated_at = NEW.updated_at;
+		RETURN NULL;
+	END IF;
+	PERFORM loyalty._rfm_config_validate(NEW.bins, NEW.scoring_window, NEW.monetary,
+										 NEW.method, NEW.recency_thresholds,
+										 NEW.frequency_thresholds, NEW.monetary_thresholds,
+										 NEW.bucket_retention, NEW.inactive_after);
+	/* a change of the settings that does not set updated_at itself is stamped */
+	IF TG_OP = 'UPDATE' AND NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at
+	   AND (NEW.bins, NEW.scoring_window, NEW.monetary, NEW.method, NEW.recency_thresholds,
+			NEW.frequency_thresholds, NEW.monetary_thresholds, NEW.bucket_retention,
+			NEW.inactive_after)
+		   IS DISTINCT FROM
+		   (OLD.bins, OLD.scoring_window, OLD.monetary, OLD.method, OLD.recency_thresholds,
+			OLD.frequency_thresholds, OLD.monetary_thresholds, OLD.bucket_retention,
+			OLD.inactive_after) THEN
+		NEW.updated_at := pg_catalog.now();
+	END IF;
+	RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._rfm_config_trigger() IS
+	'Internal: keeps loyalty.rfm_config a single validated row';
+
+CREATE TRIGGER rfm_config_check
+	BEFORE INSERT OR UPDATE OR DELETE ON loyalty.rfm_config
+	FOR EACH ROW EXECUTE FUNCTION loyalty._rfm_config_trigger();
+
+CREATE FUNCTION loyalty._rfm_config_no_truncate()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RAISE EXCEPTION 'the RFM configuration row cannot be deleted'
+		USING ERRCODE = 'restrict_violation',
+			  HINT = 'UPDATE loyalty.rfm_config to change it.';
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._rfm_config_no_truncate() IS
+	'Internal: refuses TRUNCATE of loyalty.rfm_config';
+
+CREATE TRIGGER rfm_config_no_truncate
+	BEFORE TRUNCATE ON loyalty.rfm_config
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._rfm_config_no_truncate();
+
+CREATE FUNCTION loyalty.refresh_segments(
+	as_of timestamptz DEFAULT pg_catalog.now(),
+	OUT snapshot_id bigint,
+	OUT scored_as_of timestamptz,
+	OUT customers bigint,
+	OUT segment_changes bigint,
+	OUT score_changes bigint,
+	OUT left_customers bigint,
+	OUT took_ms double precision)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rfm_refresh_segments'
+LANGUAGE C VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.refresh_segments(timestamptz) IS
+	'Rescore every tracked customer from the live statistics (never reading orders) and record a snapshot';
+SELECT loyalty._register_function('admin', 'loyalty.refresh_segments(timestamptz)');
+
+CREATE FUNCTION loyalty.customer_rfm(
+	customer_id text,
+	as_of timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (
+	customer_id text,
+	orders_total bigint,
+	spend_total numeric,
+	first_order timestamptz,
+	last_order timestamptz,
+	recency_days integer,
+	frequency bigint,
+	monetary numeric,
+	score loyalty.rfm_score,
+	segment text,
+	segment_since timestamptz,
+	scored_as_of timestamptz)
+AS 'MODULE_PATHNAME', 'rfm_customer_rfm'
+LANGUAGE C STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+ROWS 1;
+
+COMMENT ON FUNCTION loyalty.customer_rfm(text, timestamptz) IS
+	'One customer''s live RFM statistics as of a time, with the score and segment of the last refresh (no row for an unknown customer)';
+SELECT loyalty._register_function('app', 'loyalty.customer_rfm(text, timestamptz)');
+
+/*
+ * Segment migration between two snapshots: only customers with a change
+ * log row between them are read; the customers who kept their segment are
+ * the segment's size at the first snapshot minus those who moved out.
+ */
+CREATE FUNCTION loyalty.segment_migration_by_id(from_snapshot bigint, to_snapshot bigint)
+RETURNS TABLE (from_segment text, to_segment text, customers bigint)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF from_snapshot IS NULL OR to_snapshot IS NULL THEN
+		RAISE EXCEPTION 'snapshot ids must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM loyalty.segment_snapshot s WHERE s.snapshot_id = from_snapshot)
+	   OR NOT EXISTS (SELECT 1 FROM loyalty.segment_snapshot s WHERE s.snapshot_id = to_snapshot) THEN
+		RAISE EXCEPTION 'snapshot % or % does not exist', from_snapshot, to_snapshot
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF from_snapshot > to_snapshot THEN
+		RAISE EXCEPTION 'from_snapshot % is later than to_snapshot %', from_snapshot, to_snapshot
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+	WITH moved AS (
+		SELECT DISTINCT ON (c.customer_id) c.customer_id, c.segment AS to_segment
+		FROM loyalty.segment_change c
+		WHERE c.snapshot_id > from_snapshot AND c.snapshot_id <= to_snapshot
+		ORDER BY c.customer_id, c.snapshot_id DESC
+	), pairs AS (
+		SELECT (SELECT p.segment FROM loyalty.segment_change p
+				WHERE p.customer_id = m.customer_id AND p.snapshot_id <= from_snapshot
+				ORDER BY p.snapshot_id DESC LIMIT 1) AS from_segment,
+			   m.to_segment
+		FROM moved m
+	), cells AS (
+		SELECT p.from_segment, p.to_segment, count(*) AS n
+		FROM pairs p
+		WHERE p.from_segment IS DISTINCT FROM p.to_segment
+		GROUP BY 1, 2
+	)
+	SELECT c.from_segment, c.to_segment, c.n FROM cells c
+	UNION ALL
+	SELECT d.segment, d.segment, d.stayed
+	FROM (SELECT ss.segment,
+				 ss.customers - coalesce((SELECT sum(c.n)::bigint FROM cells c
+										  WHERE c.from_segment = ss.segment), 0) AS stayed
+		  FROM loyalty.segment_summary ss
+		  WHERE ss.snapshot_id = from_snapshot) d
+	WHERE d.stayed > 0;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.segment_migration_by_id(bigint, bigint) IS
+	'Segment migration matrix between two snapshots (NULL segment: not a customer at that snapshot)';
+SELECT loyalty._register_function('analyst', 'loyalty.segment_migration_by_id(bigint, bigint)');
+
+CREATE FUNCTION loyalty.segment_migration(from_date timestamptz, to_date timestamptz)
+RETURNS TABLE (from_segment text, to_segment text, customers bigint)
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	f bigint;
+	t bigint;
+BEGIN
+	IF from_date IS NULL OR to_date IS NULL THEN
+		RAISE EXCEPTION 'dates must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT s.snapshot_id INTO f FROM loyalty.segment_snapshot s
+	WHERE s.as_of <= from_date ORDER BY s.as_of DESC, s.snapshot_id DESC LIMIT 1;
+	SELECT s.snapshot_id INTO t FROM loyalty.segment_snapshot s
+	WHERE s.as_of <= to_date ORDER BY s.as_of DESC, s.snapshot_id DESC LIMIT 1;
+	IF f IS NULL OR t IS NULL THEN
+		RAISE EXCEPTION 'no snapshot as of % or earlier', CASE WHEN f IS NULL THEN from_date ELSE to_date END
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'loyalty.segment_snapshots lists the snapshots taken by refresh_segments().';
+	END IF;
+	IF f > t THEN
+		RAISE EXCEPTION 'the snapshot as of % was taken after the one as of %', from_date, to_date
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY SELECT * FROM loyalty.segment_migration_by_id(f, t);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.segment_migration(timestamptz, timestamptz) IS
+	'Segment migration matrix between the latest snapshots as of two dates: from_segment, to_segment, customers';
+SELECT loyalty._register_function('analyst', 'loyalty.segment_migration(timestamptz, timestamptz)');
+
+/* views */
+
+CREATE VIEW loyalty.customer_segment AS
+SELECT s.customer_id, s.score, s.segment, s.since,
+	   (SELECT p.taken_at FROM loyalty.segment_snapshot p
+		ORDER BY p.snapshot_id DESC LIMIT 1) AS refreshed_at
+FROM loyalty.customer_stats s
+WHERE s.score IS NOT NULL;
+
+COMMENT ON VIEW loyalty.customer_segment IS
+	'Every scored customer''s score and segment at the last refresh, and since when they are in it';
+SELECT loyalty._register_relation('analyst', 'loyalty.customer_segment');
+
+CREATE VIEW loyalty.segment_snapshots AS
+SELECT snapshot_id, as_of, taken_at, customers, segment_changes, score_changes,
+	   left_customers, bins, scoring_window, monetary, method, took_ms
+FROM loyalty.segment_snapshot;
+
+COMMENT ON VIEW loyalty.segment_snapshots IS
+	'Snapshots taken by refresh_segments: as_of, size and changes';
+SELECT loyalty._register_relation('analyst', 'loyalty.segment_snapshots');
+
+CREATE VIEW loyalty.segment_trend AS
+SELECT p.snapshot_id, p.as_of, ss.segment, g.display_order, ss.customers, ss.revenue
+FROM loyalty.segment_snapshot p
+JOIN loyalty.segment_summary ss ON ss.snapshot_id = p.snapshot_id
+LEFT JOIN loyalty.segment g ON g.name = ss.segment;
+
+COMMENT ON VIEW loyalty.segment_trend IS
+	'Customers and revenue of every segment at every snapshot';
+SELECT loyalty._register_relation('analyst', 'loyalty.segment_trend');
+
+CREATE VIEW loyalty.segment_overview AS
+WITH last AS (
+	SELECT p.snapshot_id, p.as_of, p.customers
+	FROM loyalty.segment_snapshot p
+	ORDER BY p.snapshot_id DESC LIMIT 1
+), tot AS (
+	SELECT sum(ss.revenue) AS revenue
+	FROM loyalty.segment_summary ss JOIN last ON ss.snapshot_id = last.snapshot_id
+)
+SELECT last.snapshot_id, last.as_of, ss.segment, g.display_order,
+	   ss.customers,
+	   round(ss.customers::numeric / NULLIF(last.customers, 0), 4) AS customer_share,
+	   ss.revenue,
+	   round(ss.revenue / NULLIF(tot.revenue, 0), 4) AS revenue_share,
+	   round(ss.revenue / NULLIF(ss.customers, 0), 2) AS revenue_per_customer
+FROM last
+JOIN loyalty.segment_summary ss ON ss.snapshot_id = last.snapshot_id
+CROSS JOIN tot
+LEFT JOIN loyalty.segment g ON g.name = ss.segment;
+
+COMMENT ON VIEW loyalty.segment_overview IS
+	'Segments at the last refresh: customers, share of customers, revenue (spend in the scoring window), share of revenue';
+SELECT loyalty._register_relation('analyst', 'loyalty.segment_overview');
+
+CREATE VIEW loyalty.segment_recency AS
+SELECT p.snapshot_id, p.as_of, ss.segment, g.display_order,
+	   b.recency_bucket, b.bucket_order, b.customers,
+	   round(b.customers::numeric / NULLIF(ss.customers, 0), 4) AS segment_share
+FROM (SELECT * FROM loyalty.segment_snapshot ORDER BY snapshot_id DESC LIMIT 1) p
+JOIN loyalty.segment_summary ss ON ss.snapshot_id = p.snapshot_id
+LEFT JOIN loyalty.segment g ON g.name = ss.segment
+CROSS JOIN LATERAL (VALUES
+	('< 3 months', 1, ss.recency_under_3_months),
+	('3-6 months', 2, ss.recency_3_to_6_months),
+	('> 6 months', 3, ss.recency_over_6_months),
+	('no order', 4, ss.no_order)) AS b(recency_bucket, bucket_order, customers);
+
+COMMENT ON VIEW loyalty.segment_recency IS
+	'Customers of each segment at the last refresh by time since their last order: < 3 months, 3-6 months, > 6 months, no order';
+SELECT loyalty._register_relation('analyst', 'loyalty.segment_recency');
+
+CREATE VIEW loyalty.segment_inactivity AS
+SELECT p.snapshot_id, p.as_of, ss.segment, g.display_order, ss.customers,
+	   ss.inactive AS inactive_customers,
+	   round(ss.inactive::numeric / NULLIF(ss.customers, 0), 4) AS inactive_share
+FROM (SELECT * FROM loyalty.segment_snapshot ORDER BY snapshot_id DESC LIMIT 1) p
+JOIN loyalty.segment_summary ss ON ss.snapshot_id = p.snapshot_id
+LEFT JOIN loyalty.segment g ON g.name = ss.segment;
+
+COMMENT ON VIEW loyalty.segment_inactivity IS
+	'Share of inactive customers (no order for rfm_config.inactive_after) of each segment at the last refresh';
+SELECT loyalty._register_relation('analyst', 'loyalty.segment_inactivity');
+
+CREATE VIEW loyalty.segment_migration_latest AS
+WITH ids AS (
+	SELECT (SELECT max(snapshot_id) FROM loyalty.segment_snapshot
+			WHERE snapshot_id < (SELECT max(snapshot_id) FROM loyalty.segment_snapshot)) AS from_id,
+		   (SELECT max(snapshot_id) FROM loyalty.segment_snapshot) AS to_id
+)
+SELECT ids.from_id AS from_snapshot_id, ids.to_id AS to_snapshot_id,
+	   m.from_segment, m.to_segment, m.customers
+FROM ids
+CROSS JOIN LATERAL loyalty.segment_migration_by_id(ids.from_id, ids.to_id) m
+WHERE ids.from_id IS NOT NULL;
+
+COMMENT ON VIEW loyalty.segment_migration_latest IS
+	'Segment migration matrix between the last two snapshots';
+SELECT loyalty._register_relation('analyst', 'loyalty.segment_migration_latest');
