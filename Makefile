@@ -25,6 +25,9 @@ SQL_PARTS = \
 	src/rfm_track.sql \
 	src/coupon_code.sql \
 	src/coupon.sql \
+	src/points.sql \
+	src/points_tier.sql \
+	src/points_coupon.sql \
 	src/grants.sql
 
 # Upgrade scripts.  Released ones are frozen files src/loyalty--A--B.sql.

@@ -30,8 +30,8 @@ SELECT has_schema_privilege('public', 'loyalty', 'USAGE') AS public_schema_usage
 -- every access rule names an existing object
 SELECT count(*) AS dangling_rules
 FROM loyalty.access_rule r
-WHERE (r.object_type = 'function' AND to_regprocedure(r.object_name) IS NULL)
-   OR (r.object_type <> 'function' AND to_regclass(r.object_name) IS NULL);
+WHERE CASE WHEN r.object_type = 'function' THEN to_regprocedure(r.object_name) IS NULL
+		   ELSE to_regclass(r.object_name) IS NULL END;
 
 -- every function and relation in the schema is covered by some level
 SELECT p.oid::regprocedure AS unregistered_function

@@ -113,7 +113,7 @@ BEGIN
 		EXECUTE format('GRANT %s ON %s %s TO %I',
 					   r.privileges,
 					   CASE r.object_type
-						   WHEN 'function' THEN 'FUNCTION'
+						   WHEN 'function' THEN 'ROUTINE'
 						   WHEN 'sequence' THEN 'SEQUENCE'
 						   ELSE 'TABLE' END,
 					   r.object_name, role_name);
@@ -192,7 +192,7 @@ BEGIN
 		EXECUTE format('REVOKE %s ON %s %s FROM %I',
 					   r.privileges,
 					   CASE r.object_type
-						   WHEN 'function' THEN 'FUNCTION'
+						   WHEN 'function' THEN 'ROUTINE'
 						   WHEN 'sequence' THEN 'SEQUENCE'
 						   ELSE 'TABLE' END,
 					   r.object_name, rname);

@@ -42,6 +42,11 @@
 	} while (0)
 #endif
 
+/* Numeric infinities exist from PostgreSQL 14. */
+#if PG_VERSION_NUM < 140000
+#define numeric_is_inf(num) ((void) (num), false)
+#endif
+
 /* varatt.h was split out of postgres.h in PostgreSQL 16. */
 #if PG_VERSION_NUM >= 160000
 #include "varatt.h"

@@ -1,0 +1,1063 @@
+/*
+ * points.c
+ *		The points ledger core: argument checks, the locked account, settling
+ *		due lots, idempotent requests, credits, debits and upgrades (the
+ *		statements that write them are in points_write.c, the calendar in
+ *		points_time.c), and the earn_points, spend_points and points_balance
+ *		entry points.
+ *
+ * Every mutating call runs the same steps inside the caller's transaction:
+ *	1. lock the account row (FOR NO KEY UPDATE; created on first credit);
+ *	2. look the reference up (after the lock, with a new snapshot, so a
+ *	   concurrent call with the same reference is seen once it committed):
+ *	   a repeat returns the first result, a different request raises LP002.
+ *	   earn_points and spend_points fold this into their write statement,
+ *	   which writes nothing when the ledger has the reference already; only
+ *	   then (or when the balance is short) is the reference looked up;
+ *	3. settle the account if a lot became available or expired (next_event_at
+ *	   is due): the same statement expire_points runs in batches;
+ *	4. compute the change in C and write it with one statement: ledger entry,
+ *	   lot changes, new lots, account, qualifying bucket, rule usage, tier.
+ * Any error aborts the caller's transaction, so nothing is half-written.
+ * Plans are prepared once per backend and kept (SPI_keepplan).
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "common/int.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/datum.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "compat.h"
+#include "points.h"
+
+PG_FUNCTION_INFO_V1(points_earn);
+PG_FUNCTION_INFO_V1(points_spend);
+PG_FUNCTION_INFO_V1(points_balance);
+
+/* ------------------------------------------------------------------------
+ * SPI helpers
+ * ------------------------------------------------------------------------ */
+
+/*
+ * Prepare a statement once per backend and keep it: the hot paths then pay
+ * neither parsing nor planning.  The plan is generic from the first call:
+ * the statements are index lookups by key whatever the values, and the
+ * plan cache's default would re-plan a statement as large as the write
+ * statement on every call whenever a custom plan looks cheaper (a false
+ * "$9 > 0" prunes a branch).
+ */
+SPIPlanPtr
+PointsPrepare(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes)
+{
+	if (*cache == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, (Oid *) argtypes,
+											  CURSOR_OPT_GENERIC_PLAN);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		*cache = plan;
+	}
+	return *cache;
+}
+
+/* Execute a kept plan (never read-only: the functions write) and check the result code. */
+void
+PointsExec(SPIPlanPtr plan, Datum *values, const char *nulls, int expected)
+{
+	int			ret = SPI_execute_plan(plan, values, nulls, false, 0);
+
+	if (ret != expected)
+		elog(ERROR, "loyalty points statement failed: %s", SPI_result_code_string(ret));
+}
+
+/* A bigint column of a row of the current SPI result (0 when null). */
+static int64
+ColInt64(int row, int col, bool *isnull)
+{
+	bool		n;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &n);
+
+	if (isnull)
+		*isnull = n;
+	return n ? 0 : DatumGetInt64(d);
+}
+
+/* Any column of a row of the current SPI result, as a Datum. */
+static Datum
+ColDatum(int row, int col, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
+}
+
+/* A column of the current SPI result as text (NULL when null). */
+static char *
+ColText(int row, int col)
+{
+	return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
+}
+
+/* ------------------------------------------------------------------------
+ * Arguments
+ * ------------------------------------------------------------------------ */
+
+/* A required argument: NULL is an error, never a silent NULL result. */
+void
+PointsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+}
+
+/* A customer id or reference: required, not empty, at most 200 characters. */
+text *
+PointsArgKey(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	text	   *t;
+	int			len;
+
+	PointsArgNotNull(fcinfo, argno, name);
+	t = PG_GETARG_TEXT_PP(argno);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", name)));
+	if (len > POINTS_MAX_KEY_LENGTH &&
+		pg_mbstrlen_with_len(VARDATA_ANY(t), len) > POINTS_MAX_KEY_LENGTH)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be at most %d characters long", name, POINTS_MAX_KEY_LENGTH)));
+	return t;
+}
+
+/* A number of points: required and positive. */
+int64
+PointsArgPositive(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	int64		v;
+
+	PointsArgNotNull(fcinfo, argno, name);
+	v = PG_GETARG_INT64(argno);
+	if (v <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be positive, not " INT64_FORMAT, name, v)));
+	return v;
+}
+
+/* The business time of a call: required and finite. */
+TimestampTz
+PointsArgTime(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	TimestampTz t;
+
+	PointsArgNotNull(fcinfo, argno, name);
+	t = PG_GETARG_TIMESTAMPTZ(argno);
+	if (TIMESTAMP_NOT_FINITE(t))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a finite time", name)));
+	return t;
+}
+
+/* a + b, or the documented out-of-range error. */
+int64
+PointsAdd(int64 a, int64 b, const char *what)
+{
+	int64		r;
+
+	if (pg_add_s64_overflow(a, b, &r))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s out of range", what),
+				 errdetail("Points are bigint; " INT64_FORMAT " + " INT64_FORMAT " does not fit.", a, b)));
+	return r;
+}
+
+/*
+ * Fingerprint of a request: kind, customer and every argument that makes up
+ * its content (not the time, which differs on a retry).  Parts are length-
+ * prefixed so that no two different requests serialise alike.
+ */
+uint64
+PointsHash(const char *kind, const char *customer_id, int nparts, const char **parts)
+{
+	StringInfoData buf;
+	uint64		h;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "%zu:%s%zu:%s", strlen(kind), kind, strlen(customer_id), customer_id);
+	for (int i = 0; i < nparts; i++)
+	{
+		if (parts[i] == NULL)
+			appendStringInfoChar(&buf, 'N');
+		else
+			appendStringInfo(&buf, "%zu:%s", strlen(parts[i]), parts[i]);
+	}
+	h = hash_bytes_extended((const unsigned char *) buf.data, buf.len, UINT64CONST(0x4c4f59414c5459));
+	pfree(buf.data);
+	return h;
+}
+
+/* ------------------------------------------------------------------------
+ * Numeric helpers
+ * ------------------------------------------------------------------------ */
+
+/* A bigint as numeric, for comparisons with thresholds and amounts. */
+Datum
+PointsNumericFromInt64(int64 v)
+{
+	return DirectFunctionCall1(int8_numeric, Int64GetDatum(v));
+}
+
+/* numeric comparison: negative, zero or positive. */
+int
+PointsNumericCmp(Datum a, Datum b)
+{
+	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, a, b));
+}
+
+/* ------------------------------------------------------------------------
+ * The account
+ * ------------------------------------------------------------------------ */
+
+static SPIPlanPtr lock_plan = NULL;
+static SPIPlanPtr create_plan = NULL;
+static SPIPlanPtr settle_plan = NULL;
+static SPIPlanPtr request_plan = NULL;
+static SPIPlanPtr upgrade_plan = NULL;
+static SPIPlanPtr debit_lots_plan = NULL;
+static SPIPlanPtr balance_plan = NULL;
+
+/*
+ * The account row, locked.  Only the account row is locked; FOR NO KEY
+ * UPDATE does not block foreign-key checks of other tables.  Its tier's rank
+ * and multiplier, the next tier's threshold and the program settings come
+ * from the per-backend cache (points_config.c), by the tier name of the
+ * locked row's newest version.
+ */
+static const char *const lock_sql =
+"SELECT a.available, a.pending, a.debt, a.lifetime_earned, a.qualifying, a.qualifying_spend,"
+"       a.tier, a.tier_since, a.next_event_at"
+"  FROM loyalty.points_account a"
+" WHERE a.customer_id = $1"
+"   FOR NO KEY UPDATE OF a";
+
+/* A new account starts in the highest tier that needs nothing, if any. */
+static const char *const create_sql =
+"WITH a AS ("
+"  INSERT INTO loyalty.points_account (customer_id, tier, tier_since)"
+"  SELECT $1, b.name, CASE WHEN b.name IS NOT NULL THEN $2 END"
+"    FROM (SELECT (SELECT t.name FROM loyalty.tier t WHERE t.threshold <= 0"
+"                   ORDER BY t.rank DESC LIMIT 1) AS name) b"
+"  ON CONFLICT (customer_id) DO NOTHING"
+"  RETURNING customer_id, tier)"
+"INSERT INTO loyalty.tier_history (customer_id, changed_at, from_tier, to_tier, change, qualifying)"
+"SELECT a.customer_id, $2, NULL, a.tier, 'initial', 0 FROM a WHERE a.tier IS NOT NULL";
+
+/* Read the locked row into acct; false if there is none. */
+static bool
+PointsReadAccount(PointsAccount *acct, const char *customer_id)
+{
+	static const Oid types[1] = {TEXTOID};
+	Datum		values[1];
+	bool		isnull;
+	Datum		d;
+	const PointsConfig *config;
+	int			next;
+
+	values[0] = CStringGetTextDatum(customer_id);
+	PointsExec(PointsPrepare(&lock_plan, lock_sql, 1, types), values, NULL, SPI_OK_SELECT);
+	memset(acct, 0, sizeof(*acct));
+	acct->customer_id = (char *) customer_id;
+	if (SPI_processed == 0)
+		return false;
+
+	acct->found = true;
+	acct->available = ColInt64(0, 1, NULL);
+	acct->pending = ColInt64(0, 2, NULL);
+	acct->debt = ColInt64(0, 3, NULL);
+	acct->lifetime_earned = ColInt64(0, 4, NULL);
+	acct->qualifying = ColInt64(0, 5, NULL);
+	acct->qualifying_spend = ColDatum(0, 6, &isnull);
+	acct->tier = ColText(0, 7);
+	d = ColDatum(0, 8, &isnull);
+	acct->has_tier_since = !isnull;
+	acct->tier_since = isnull ? 0 : DatumGetTimestampTz(d);
+	d = ColDatum(0, 9, &isnull);
+	acct->has_next_event = !isnull;
+	acct->next_event_at = isnull ? 0 : DatumGetTimestampTz(d);
+
+	/* the tier, the next one up and the settings, copied out of the cache */
+	config = PointsConfigGet();
+	acct->program = config->program;
+	acct->tier_multiplier = PointsNumericFromInt64(1);
+	next = 0;
+	if (acct->tier != NULL)
+	{
+		next = -1;
+		for (int i = 0; i < config->ntiers; i++)
+			if (strcmp(config->tiers[i].name, acct->tier) == 0)
+			{
+				acct->tier_rank = config->tiers[i].rank;
+				acct->tier_multiplier = datumCopy(config->tiers[i].multiplier, false, -1);
+				next = i + 1;
+				break;
+			}
+	}
+	/* (a tier the cache does not know yet is never upgraded from) */
+	acct->has_next_tier = next >= 0 && next < config->ntiers;
+	if (acct->has_next_tier)
+		acct->next_threshold = datumCopy(config->tiers[next].threshold, false, -1);
+	return true;
+}
+
+/*
+ * Lock the account of customer_id (must be called inside SPI).  With create,
+ * a missing account is created first (in the lowest tier that needs
+ * nothing); a concurrent creation is waited for, and if that transaction
+ * rolls back, the creation is retried.  Without create, acct->found tells
+ * whether the customer has an account.
+ */
+void
+PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, TimestampTz at)
+{
+	static const Oid types[2] = {TEXTOID, TIMESTAMPTZOID};
+
+	while (!PointsReadAccount(acct, customer_id))
+	{
+		Datum		values[2];
+
+		if (!create)
+			return;
+		CHECK_FOR_INTERRUPTS();
+		values[0] = CStringGetTextDatum(customer_id);
+		values[1] = TimestampTzGetDatum(at);
+		PointsExec(PointsPrepare(&create_plan, create_sql, 2, types), values, NULL, SPI_OK_INSERT);
+	}
+}
+
+/*
+ * Settle the given (locked) accounts as of a time: lots whose expiry passed
+ * are closed with one expire ledger entry per account, pending lots whose
+ * time came become available, and next_event_at is recomputed exactly.
+ * Lot rows are read with the statement's snapshot, taken after the accounts
+ * were locked, so no concurrent change is missed; the subquery for
+ * next_event_at sees the lots before this statement's own updates and so
+ * leaves out what it expires and counts activated lots by expiry only.
+ */
+static const char *const settle_sql =
+"WITH due AS ("
+"  SELECT l.lot_id, l.customer_id, l.remaining, l.state,"
+"         (l.expires_at IS NOT NULL AND l.expires_at <= $2) AS expiring"
+"    FROM loyalty.points_lot l"
+"   WHERE l.customer_id = ANY ($1) AND l.state <> 'closed'"
+"     AND (l.expires_at <= $2 OR (l.state = 'pending' AND l.available_at <= $2))"
+"), settled AS ("
+"  UPDATE loyalty.points_lot l"
+"     SET state = CASE WHEN d.expiring THEN 'closed' ELSE 'available' END,"
+"         remaining = CASE WHEN d.expiring THEN 0 ELSE l.remaining END,"
+"         expired = l.expired + CASE WHEN d.expiring THEN l.remaining ELSE 0 END"
+"    FROM due d WHERE l.lot_id = d.lot_id"
+"), per AS ("
+"  SELECT d.customer_id,"
+"         coalesce(sum(d.remaining) FILTER (WHERE d.expiring AND d.state = 'available'), 0)::int8 AS exp_available,"
+"         coalesce(sum(d.remaining) FILTER (WHERE d.expiring AND d.state = 'pending'), 0)::int8 AS exp_pending,"
+"         coalesce(sum(d.remaining) FILTER (WHERE NOT d.expiring), 0)::int8 AS activated,"
+"         count(*) FILTER (WHERE d.expiring) AS exp_lots,"
+"         array_agg(d.lot_id ORDER BY d.lot_id) FILTER (WHERE d.expiring) AS exp_ids,"
+"         array_agg(-d.remaining ORDER BY d.lot_id) FILTER (WHERE d.expiring) AS exp_deltas"
+"    FROM due d GROUP BY d.customer_id"
+"), account AS ("
+"  UPDATE loyalty.points_account a"
+"     SET available = a.available - coalesce(p.exp_available, 0) + coalesce(p.activated, 0),"
+"         pending = a.pending - coalesce(p.exp_pending, 0) - coalesce(p.activated, 0),"
+"         next_event_at = (SELECT min(LEAST(CASE WHEN l.state = 'pending' AND l.available_at > $2"
+"                                                THEN l.available_at END, l.expires_at))"
+"                            FROM loyalty.points_lot l"
+"                           WHERE l.customer_id = a.customer_id AND l.state <> 'closed'"
+"                             AND (l.expires_at IS NULL OR l.expires_at > $2)),"
+"         updated_at = pg_catalog.now()"
+"    FROM unnest($1::text[]) c(customer_id) LEFT JOIN per p ON p.customer_id = c.customer_id"
+"   WHERE a.customer_id = c.customer_id"
+"  RETURNING a.customer_id, a.available, a.pending, a.debt, a.next_event_at,"
+"            coalesce(p.exp_lots, 0) AS exp_lots,"
+"            coalesce(p.exp_available + p.exp_pending, 0) AS exp_points,"
+"            coalesce(p.activated, 0) AS activated, p.exp_ids, p.exp_deltas"
+"), entries AS ("
+"  INSERT INTO loyalty.points_ledger (customer_id, kind, points, reason, lot_ids, lot_points,"
+"                                     available_after, pending_after, debt_after, effective_at)"
+"  SELECT x.customer_id, 'expire', -x.exp_points, 'expired', x.exp_ids, x.exp_deltas,"
+"         x.available, x.pending, x.debt, $2"
+"    FROM account x WHERE x.exp_points > 0"
+")"
+"SELECT customer_id, available, pending, next_event_at, exp_lots, exp_points, activated FROM account";
+
+/*
+ * Run the settle statement for an array of locked accounts; the result rows
+ * are left in SPI_tuptable (customer_id, available, pending, next_event_at,
+ * expired lots, expired points, activated points).
+ */
+void
+PointsSettle(Datum customers, TimestampTz as_of)
+{
+	static const Oid types[2] = {TEXTARRAYOID, TIMESTAMPTZOID};
+	Datum		values[2];
+
+	values[0] = customers;
+	values[1] = TimestampTzGetDatum(as_of);
+	PointsExec(PointsPrepare(&settle_plan, settle_sql, 2, types), values, NULL, SPI_OK_SELECT);
+}
+
+/* Settle one locked account if a lot of it became available or expired by at. */
+void
+PointsSettleIfDue(PointsAccount *acct, TimestampTz at)
+{
+	Datum		elem;
+	bool		isnull;
+	Datum		d;
+
+	if (!acct->found || !acct->has_next_event || acct->next_event_at > at)
+		return;
+
+	elem = CStringGetTextDatum(acct->customer_id);
+	PointsSettle(PointerGetDatum(construct_array(&elem, 1, TEXTOID, -1, false, TYPALIGN_INT)), at);
+	if (SPI_processed != 1)
+		elog(ERROR, "settling the points account of \"%s\" failed", acct->customer_id);
+	acct->available = ColInt64(0, 2, NULL);
+	acct->pending = ColInt64(0, 3, NULL);
+	d = ColDatum(0, 4, &isnull);
+	acct->has_next_event = !isnull;
+	acct->next_event_at = isnull ? 0 : DatumGetTimestampTz(d);
+}
+
+/* The settling hint moves earlier when a lot with an earlier event is created. */
+void
+PointsNoteEvent(PointsAccount *acct, TimestampTz t)
+{
+	if (!acct->has_next_event || t < acct->next_event_at)
+	{
+		acct->has_next_event = true;
+		acct->next_event_at = t;
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * Idempotency
+ * ------------------------------------------------------------------------ */
+
+static const char *const request_sql =
+"SELECT kind, customer_id, request_hash, entry_id, points, available_after, pending_after, debt_after"
+"  FROM loyalty.points_ledger WHERE reference = $1";
+
+/*
+ * Look a reference up once the account is locked.  Returns true with the
+ * first result when the same request (same kind, customer and fingerprint)
+ * was already made; raises LP002 when the reference was used for a
+ * different request of this kind or for another customer, and LP005 when
+ * the reference was reversed (a new earn or spend under it would escape the
+ * reversal).  A repeat is recognised even after a reversal.
+ */
+bool
+PointsFindRequest(const char *reference, const char *kind, const char *customer_id,
+				  uint64 request_hash, PointsReceipt *receipt)
+{
+	static const Oid types[1] = {TEXTOID};
+	Datum		values[1];
+	bool		reversed = false;
+	bool		other = false;
+
+	values[0] = CStringGetTextDatum(reference);
+	PointsExec(PointsPrepare(&request_plan, request_sql, 1, types), values, NULL, SPI_OK_SELECT);
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *k = ColText(i, 1);
+		char	   *c = ColText(i, 2);
+		bool		isnull;
+		int64		h = ColInt64(i, 3, &isnull);
+
+		if (strcmp(k, kind) == 0)
+		{
+			if (strcmp(c, customer_id) != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
+						 errmsg("reference \"%s\" belongs to another customer", reference),
+						 errdetail("Ledger entry " INT64_FORMAT " used it.", ColInt64(i, 4, NULL)),
+						 errhint("References (order ids, idempotency keys) are unique to one customer.")));
+			if (isnull || (uint64) h != request_hash)
+				ereport(ERROR,
+						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
+						 errmsg("reference \"%s\" was already used for a different %s request", reference, kind),
+						 errdetail("A repeated call must have the same arguments as ledger entry " INT64_FORMAT ".",
+								   ColInt64(i, 4, NULL)),
+						 errhint("Use a new reference for a new request.")));
+			receipt->entry_id = ColInt64(i, 4, NULL);
+			receipt->customer_id = (char *) customer_id;
+			receipt->points = ColInt64(i, 5, NULL);
+			receipt->available = ColInt64(i, 6, NULL);
+			receipt->pending = ColInt64(i, 7, NULL);
+			receipt->debt = ColInt64(i, 8, NULL);
+			return true;
+		}
+		if (strcmp(c, customer_id) != 0)
+			other = true;
+		if (strcmp(k, POINTS_REVERSE) == 0)
+			reversed = true;
+	}
+	if (other)
+		ereport(ERROR,
+				(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
+				 errmsg("reference \"%s\" belongs to another customer", reference),
+				 errhint("References (order ids, idempotency keys) are unique to one customer.")));
+	if (reversed && (strcmp(kind, POINTS_EARN) == 0 || strcmp(kind, POINTS_SPEND) == 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_POINTS_REFERENCE_REVERSED),
+				 errmsg("reference \"%s\" was reversed", reference),
+				 errdetail("Points cannot be earned or spent under a reference after its reversal."),
+				 errhint("Use a new reference.")));
+	return false;
+}
+
+/* ------------------------------------------------------------------------
+ * Changes
+ * ------------------------------------------------------------------------ */
+
+/* An empty change of the given kind at a business time. */
+void
+PointsChangeInit(PointsChange *chg, const char *kind, TimestampTz at)
+{
+	memset(chg, 0, sizeof(*chg));
+	chg->kind = kind;
+	chg->at = at;
+}
+
+/*
+ * Credit new lots (chg->lots) to the account.  A debt is repaid first: the
+ * first lots are reduced by it and lots left empty are not created; the
+ * repayment is recorded as a negative debt change.  Updates the account's
+ * available, pending, debt and settling hint; chg->points is left to the
+ * caller (the gross credit).
+ */
+void
+PointsCredit(PointsAccount *acct, PointsChange *chg)
+{
+	int			kept = 0;
+
+	for (int i = 0; i < chg->nlots; i++)
+	{
+		PointsNewLot *lot = &chg->lots[i];
+
+		if (acct->debt > 0)
+		{
+			int64		repay = Min(acct->debt, lot->points);
+
+			acct->debt -= repay;
+			chg->debt_change -= repay;
+			lot->points -= repay;
+		}
+		if (lot->points == 0)
+			continue;
+		if (lot->pending)
+		{
+			acct->pending = PointsAdd(acct->pending, lot->points, "pending points");
+			PointsNoteEvent(acct, lot->available_at);
+		}
+		else
+			acct->available = PointsAdd(acct->available, lot->points, "available points");
+		if (lot->expires)
+			PointsNoteEvent(acct, lot->expires_at);
+		chg->lots[kept++] = *lot;
+	}
+	chg->nlots = kept;
+}
+
+static const char *const debit_lots_sql =
+"SELECT lot_id, remaining, state = 'pending' FROM loyalty.points_lot"
+" WHERE customer_id = $1 AND state <> 'closed' AND NOT (lot_id = ANY ($2))"
+" ORDER BY state = 'pending', CASE WHEN state = 'pending' THEN available_at END,"
+"          expires_at NULLS LAST, earned_at, lot_id";
+
+/*
+ * Take points back from a settled account (reversal shortfall, negative
+ * adjustment): from available lots first in, first out, then from pending
+ * lots in the order they become available, and what is still missing
+ * becomes debt.  Lots listed in exclude were already changed by the caller.
+ * Adds the lot changes to chg (whose move arrays must have room for every
+ * open lot of the account plus the existing moves).
+ */
+void
+PointsDebit(PointsAccount *acct, PointsChange *chg, int64 amount, int nexclude, const int64 *exclude)
+{
+	static const Oid types[2] = {TEXTOID, INT8ARRAYOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	Datum	   *ex = palloc(sizeof(Datum) * Max(nexclude, 1));
+
+	if (amount <= 0)
+		return;
+	for (int i = 0; i < nexclude; i++)
+		ex[i] = Int64GetDatum(exclude[i]);
+	values[0] = CStringGetTextDatum(acct->customer_id);
+	values[1] = PointerGetDatum(construct_array(ex, nexclude, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	PointsExec(PointsPrepare(&debit_lots_plan, debit_lots_sql, 2, types), values, nulls, SPI_OK_SELECT);
+
+	chg->move_lot = repalloc(chg->move_lot, sizeof(int64) * (chg->nmoves + SPI_processed + 1));
+	chg->move_delta = repalloc(chg->move_delta, sizeof(int64) * (chg->nmoves + SPI_processed + 1));
+	for (uint64 i = 0; i < SPI_processed && amount > 0; i++)
+	{
+		int64		lot = ColInt64(i, 1, NULL);
+		int64		remaining = ColInt64(i, 2, NULL);
+		bool		isnull;
+		bool		pending = DatumGetBool(ColDatum(i, 3, &isnull));
+		int64		take = Min(remaining, amount);
+
+		chg->move_lot[chg->nmoves] = lot;
+		chg->move_delta[chg->nmoves] = -take;
+		chg->nmoves++;
+		amount -= take;
+		if (pending)
+			acct->pending -= take;
+		else
+			acct->available -= take;
+	}
+	if (amount > 0)
+	{
+		acct->debt = PointsAdd(acct->debt, amount, "points debt");
+		chg->debt_change += amount;
+	}
+}
+
+static const char *const upgrade_sql =
+"SELECT t.name, v.value"
+"  FROM (SELECT CASE WHEN $2 THEN"
+"                 (SELECT CASE WHEN $3 THEN coalesce(sum(q.spend), 0)"
+"                              ELSE coalesce(sum(q.points), 0) END"
+"                    FROM loyalty.points_qualifying q"
+"                   WHERE q.customer_id = $1 AND q.month BETWEEN $4 AND $5) + $6"
+"               ELSE $7 END AS value) v"
+"  JOIN LATERAL (SELECT n.name, n.rank FROM loyalty.tier n WHERE n.threshold <= v.value"
+"                 ORDER BY n.rank DESC LIMIT 1) t ON true"
+" WHERE $8::integer IS NULL OR t.rank > $8";
+
+/*
+ * Upgrades happen at once, inside the earning transaction.  The account's
+ * lifetime qualifying total (already including this earning) bounds every
+ * window's, so the tier table and the monthly buckets are read only when
+ * that total reaches the next tier's threshold.  The window is the calendar
+ * month of the earning and the window_months - 1 before it; this earning's
+ * bucket is not written yet, so its contribution is added.
+ */
+void
+PointsCheckUpgrade(PointsAccount *acct, PointsChange *chg)
+{
+	static const Oid types[8] = {TEXTOID, BOOLOID, BOOLOID, DATEOID, DATEOID,
+	NUMERICOID, NUMERICOID, INT4OID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		lifetime;
+	bool		windowed = acct->program.window_months > 0;
+	DateADT		month = PointsMonthOf(chg->at, acct->program.tz);
+	Datum		added;
+	bool		isnull;
+
+	if (!acct->has_next_tier)
+		return;
+	if (acct->program.spend_basis)
+	{
+		lifetime = acct->qualifying_spend;
+		added = chg->has_amount ? chg->amount : PointsNumericFromInt64(0);
+	}
+	else
+	{
+		lifetime = PointsNumericFromInt64(acct->qualifying);
+		added = PointsNumericFromInt64(chg->qualifying);
+	}
+	if (PointsNumericCmp(lifetime, acct->next_threshold) < 0)
+		return;
+
+	values[0] = CStringGetTextDatum(acct->customer_id);
+	values[1] = BoolGetDatum(windowed);
+	values[2] = BoolGetDatum(acct->program.spend_basis);
+	values[3] = DateADTGetDatum(PointsMonthOf(PointsAddMonths(chg->at, -(Max(acct->program.window_months, 1) - 1),
+															  POINTS_ROUND_NONE, acct->program.tz),
+											  acct->program.tz));
+	values[4] = DateADTGetDatum(month);
+	values[5] = added;
+	values[6] = lifetime;
+	values[7] = Int32GetDatum(acct->tier_rank);
+	if (acct->tier == NULL)
+		nulls[7] = 'n';
+	PointsExec(PointsPrepare(&upgrade_plan, upgrade_sql, 8, types), values, nulls, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		return;
+	chg->tier_changed = true;
+	chg->new_tier = ColText(0, 1);
+	chg->tier_value = ColDatum(0, 2, &isnull);
+}
+
+/* ------------------------------------------------------------------------
+ * Receipts
+ * ------------------------------------------------------------------------ */
+
+/* The receipt of a change just written: the entry and the account after it. */
+void
+PointsReceiptFrom(PointsReceipt *r, const PointsAccount *acct, int64 entry_id, int64 points)
+{
+	r->entry_id = entry_id;
+	r->customer_id = acct->customer_id;
+	r->points = points;
+	r->available = acct->available;
+	r->pending = acct->pending;
+	r->debt = acct->debt;
+}
+
+/* The loyalty.points_receipt composite (built after SPI_finish, in the caller's context). */
+Datum
+PointsReceiptDatum(FunctionCallInfo fcinfo, const PointsReceipt *r)
+{
+	TupleDesc	desc;
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	desc = BlessTupleDesc(desc);
+	values[0] = Int64GetDatum(r->entry_id);
+	values[1] = CStringGetTextDatum(r->customer_id);
+	values[2] = Int64GetDatum(r->points);
+	values[3] = Int64GetDatum(r->available);
+	values[4] = Int64GetDatum(r->pending);
+	values[5] = Int64GetDatum(r->debt);
+	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
+}
+
+/* ------------------------------------------------------------------------
+ * earn_points
+ * ------------------------------------------------------------------------ */
+
+/* An optional timestamptz argument as text for the request fingerprint (NULL stays NULL). */
+static char *
+TimeString(FunctionCallInfo fcinfo, int argno)
+{
+	if (PG_ARGISNULL(argno))
+		return NULL;
+	return psprintf(INT64_FORMAT, (int64) PG_GETARG_TIMESTAMPTZ(argno));
+}
+
+/*
+ * loyalty.earn_points(customer_id, points, reference, reason, pending_until,
+ * expires_at, qualifying, at): credit one lot.  pending_until at or before
+ * the earning time means available at once; expires_at NULL takes the
+ * program's default expiry, infinity means never.
+ */
+Datum
+points_earn(PG_FUNCTION_ARGS)
+{
+	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
+	int64		points = PointsArgPositive(fcinfo, 1, "points");
+	char	   *reference = text_to_cstring(PointsArgKey(fcinfo, 2, "reference"));
+	char	   *reason = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	bool		has_pending = !PG_ARGISNULL(4);
+	TimestampTz pending_until = has_pending ? PG_GETARG_TIMESTAMPTZ(4) : 0;
+	bool		has_expiry = !PG_ARGISNULL(5);
+	TimestampTz expires_at = has_expiry ? PG_GETARG_TIMESTAMPTZ(5) : 0;
+	bool		qualifying;
+	TimestampTz at;
+	const char *parts[5];
+	uint64		hash;
+	PointsAccount acct;
+	PointsChange chg;
+	PointsNewLot lot;
+	PointsReceipt receipt;
+	int64		entry_id;
+
+	PointsArgNotNull(fcinfo, 6, "qualifying");
+	qualifying = PG_GETARG_BOOL(6);
+	at = PointsArgTime(fcinfo, 7, "at");
+	if (has_pending && TIMESTAMP_NOT_FINITE(pending_until))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("pending_until must be a finite time")));
+	if (has_expiry && TIMESTAMP_IS_NOBEGIN(expires_at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("expires_at must not be -infinity")));
+	if (has_expiry && !TIMESTAMP_NOT_FINITE(expires_at) && expires_at <= at)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("expires_at must be later than the earning time")));
+	if (has_pending && pending_until <= at)
+		has_pending = false;	/* available at once */
+	if (has_pending && has_expiry && !TIMESTAMP_NOT_FINITE(expires_at) && pending_until >= expires_at)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("pending_until must be earlier than expires_at")));
+
+	parts[0] = psprintf(INT64_FORMAT, points);
+	parts[1] = reason;
+	parts[2] = TimeString(fcinfo, 4);
+	parts[3] = TimeString(fcinfo, 5);
+	parts[4] = qualifying ? "q" : "n";
+	hash = PointsHash(POINTS_EARN, customer_id, 5, parts);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PointsLockAccount(&acct, customer_id, true, at);
+	PointsSettleIfDue(&acct, at);
+	{
+
+		lot.points = points;
+		lot.earned_at = at;
+		lot.pending = has_pending;
+		lot.available_at = pending_until;
+		if (has_expiry)
+		{
+			lot.expires = !TIMESTAMP_IS_NOEND(expires_at);
+			lot.expires_at = expires_at;
+		}
+		else
+		{
+			lot.expires = acct.program.expiry_months > 0;
+			if (lot.expires)
+				lot.expires_at = PointsAddMonths(at, acct.program.expiry_months,
+												 acct.program.expiry_rounding, acct.program.tz);
+		}
+		if (lot.pending && lot.expires && lot.available_at >= lot.expires_at)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("pending_until must be earlier than the points' expiry")));
+
+		PointsChangeInit(&chg, POINTS_EARN, at);
+		chg.reference = reference;
+		chg.reason = reason;
+		chg.request_hash = hash;
+		chg.points = points;
+		chg.nlots = 1;
+		chg.lots = &lot;
+		PointsCredit(&acct, &chg);
+		acct.lifetime_earned = PointsAdd(acct.lifetime_earned, points, "lifetime points");
+		if (qualifying)
+		{
+			chg.qualifying = points;
+			acct.qualifying = PointsAdd(acct.qualifying, points, "qualifying points");
+			chg.bucket_month = PointsMonthOf(at, acct.program.tz);
+			PointsCheckUpgrade(&acct, &chg);
+		}
+		/* written unless the reference has entries; then a repeat or not */
+		chg.guarded = true;
+		entry_id = PointsWrite(&acct, &chg, NULL);
+		if (entry_id != 0)
+			PointsReceiptFrom(&receipt, &acct, entry_id, points);
+		else if (!PointsFindRequest(reference, POINTS_EARN, customer_id, hash, &receipt))
+		{
+			chg.guarded = false;
+			PointsReceiptFrom(&receipt, &acct, PointsWrite(&acct, &chg, NULL), points);
+		}
+	}
+	SPI_finish();
+	PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
+}
+
+/* ------------------------------------------------------------------------
+ * spend_points
+ * ------------------------------------------------------------------------ */
+
+/*
+ * loyalty.spend_points(customer_id, points, reference, at): consume
+ * available points first in, first out.  A customer without an account has
+ * nothing to spend (LP001, available 0; no account is created).
+ */
+Datum
+points_spend(PG_FUNCTION_ARGS)
+{
+	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
+	int64		points = PointsArgPositive(fcinfo, 1, "points");
+	char	   *reference = text_to_cstring(PointsArgKey(fcinfo, 2, "reference"));
+	TimestampTz at = PointsArgTime(fcinfo, 3, "at");
+	const char *parts[1];
+	uint64		hash;
+	PointsAccount acct;
+	PointsChange chg;
+	PointsReceipt receipt;
+	int64		entry_id;
+
+	parts[0] = psprintf(INT64_FORMAT, points);
+	hash = PointsHash(POINTS_SPEND, customer_id, 1, parts);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PointsLockAccount(&acct, customer_id, false, at);
+	if (!acct.found)
+	{
+		/* a repeat or a conflict is still reported as such */
+		PointsFindRequest(reference, POINTS_SPEND, customer_id, hash, &receipt);
+		ereport(ERROR,
+				(errcode(ERRCODE_POINTS_INSUFFICIENT),
+				 errmsg("insufficient points: " INT64_FORMAT " requested, 0 available", points),
+				 errdetail("available: 0; customer \"%s\" has no points account.", customer_id)));
+	}
+	PointsSettleIfDue(&acct, at);
+	if (acct.available < points)
+	{
+		/* a repeat of a spend made when the points were there is no error */
+		if (!PointsFindRequest(reference, POINTS_SPEND, customer_id, hash, &receipt))
+			ereport(ERROR,
+					(errcode(ERRCODE_POINTS_INSUFFICIENT),
+					 errmsg("insufficient points: " INT64_FORMAT " requested, " INT64_FORMAT " available",
+							points, acct.available),
+					 errdetail("available: " INT64_FORMAT "; pending: " INT64_FORMAT "; debt: " INT64_FORMAT ".",
+							   acct.available, acct.pending, acct.debt)));
+	}
+	else
+	{
+		PointsChangeInit(&chg, POINTS_SPEND, at);
+		chg.reference = reference;
+		chg.request_hash = hash;
+		chg.points = -points;
+		chg.consume = points;
+		chg.guarded = true;
+		acct.available -= points;
+		entry_id = PointsWrite(&acct, &chg, NULL);
+		if (entry_id != 0)
+			PointsReceiptFrom(&receipt, &acct, entry_id, -points);
+		else if (!PointsFindRequest(reference, POINTS_SPEND, customer_id, hash, &receipt))
+		{
+			chg.guarded = false;
+			PointsReceiptFrom(&receipt, &acct, PointsWrite(&acct, &chg, NULL), -points);
+		}
+	}
+	SPI_finish();
+	PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
+}
+
+/* ------------------------------------------------------------------------
+ * points_balance
+ * ------------------------------------------------------------------------ */
+
+static const char *const balance_sql =
+"SELECT a.debt, a.tier, NULL, l.state = 'available', l.remaining, l.available_at, l.expires_at"
+"  FROM loyalty.points_account a"
+"  LEFT JOIN loyalty.points_lot l ON l.customer_id = a.customer_id AND l.state <> 'closed'"
+" WHERE a.customer_id = $1";
+
+/*
+ * loyalty.points_balance(customer_id, at): computed from the open lots at
+ * read time with the same rule the mutating calls settle by: a pending lot
+ * whose available_at has passed is available, a lot whose expires_at has
+ * passed counts for nothing.  Exact whether or not any settling ran.  The
+ * next expiry is the last local day (program time zone) on which the
+ * soonest-expiring points can be used, with all points expiring on that day.
+ * A customer without an account has a zero balance and no tier.
+ */
+Datum
+points_balance(PG_FUNCTION_ARGS)
+{
+	static const Oid types[1] = {TEXTOID};
+	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
+	TimestampTz at = PointsArgTime(fcinfo, 1, "at");
+	MemoryContext caller = CurrentMemoryContext;
+	int64		available = 0,
+				pending = 0,
+				debt = 0,
+				expiring = 0;
+	bool		has_expiry = false;
+	DateADT		expiry_date = 0;
+	char	   *tier = NULL;
+	pg_tz	   *tz;
+	TupleDesc	desc;
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, true, true, true};
+	Datum		vals[1];
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	tz = PointsConfigGet()->program.tz;	/* before the query: it may run one */
+	vals[0] = CStringGetTextDatum(customer_id);
+	if (SPI_execute_plan(PointsPrepare(&balance_plan, balance_sql, 1, types), vals, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the points balance failed");
+	if (SPI_processed > 0)
+	{
+		char	   *t = ColText(0, 2);
+
+		debt = ColInt64(0, 1, NULL);
+		if (t)
+			tier = MemoryContextStrdup(caller, t);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			bool		is_available = DatumGetBool(ColDatum(i, 4, &isnull));
+			int64		remaining;
+			Datum		d;
+
+			if (isnull)
+				continue;		/* no open lot */
+			remaining = ColInt64(i, 5, NULL);
+			d = ColDatum(i, 7, &isnull);
+			if (!isnull)
+			{
+				TimestampTz expires_at = DatumGetTimestampTz(d);
+				DateADT		day;
+
+				if (expires_at <= at)
+					continue;	/* expired */
+				day = PointsLastDayBefore(expires_at, tz);
+				if (!has_expiry || day < expiry_date)
+				{
+					has_expiry = true;
+					expiry_date = day;
+					expiring = 0;
+				}
+				if (day == expiry_date)
+					expiring += remaining;
+			}
+			if (!is_available)
+			{
+				d = ColDatum(i, 6, &isnull);
+				is_available = !isnull && DatumGetTimestampTz(d) <= at;
+			}
+			if (is_available)
+				available += remaining;
+			else
+				pending += remaining;
+		}
+	}
+	SPI_finish();
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	desc = BlessTupleDesc(desc);
+	values[0] = Int64GetDatum(available);
+	values[1] = Int64GetDatum(pending);
+	values[2] = Int64GetDatum(debt);
+	if (has_expiry)
+	{
+		values[3] = DateADTGetDatum(expiry_date);
+		values[4] = Int64GetDatum(expiring);
+		nulls[3] = nulls[4] = false;
+	}
+	if (tier)
+	{
+		values[5] = CStringGetTextDatum(tier);
+		nulls[5] = false;
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}

@@ -1,0 +1,197 @@
+/*
+ * points_config.c
+ *		A per-backend cache of the points program settings and the tier
+ *		ladder, read by every points call.
+ *
+ * Both tables are small and change rarely; reading them with the account
+ * lock on every call cost subqueries in the hottest statement.  A statement
+ * trigger on loyalty.tier and loyalty.points_program announces every change
+ * with a relcache invalidation of loyalty.tier, which PostgreSQL delivers to
+ * this backend at its next command and to the others when the change
+ * commits (and again locally on rollback); the callback then drops the
+ * cache.  The cache is loaded with the latest snapshot after locking
+ * loyalty.tier (which processes pending invalidations), so it is never older
+ * than the last committed change: a change applies to every call that starts
+ * after it committed, in every session, whatever the isolation level.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/catcache.h"
+#include "utils/datum.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/snapmgr.h"
+
+#include "compat.h"
+#include "points.h"
+
+PG_FUNCTION_INFO_V1(points_config_invalidate);
+
+static MemoryContext PointsConfigContext = NULL;
+static PointsConfig config;
+static bool config_valid = false;
+static bool callback_registered = false;
+static Oid	tier_relid = InvalidOid;
+static SPIPlanPtr config_plan = NULL;
+
+/*
+ * One query: the program row (or the defaults) and the ladder in rank order.
+ * The first row carries the program; tier columns are NULL when there is no
+ * tier.
+ */
+static const char *const config_sql =
+"SELECT coalesce(p.timezone, 'UTC'), coalesce(p.tier_basis, 'points'),"
+"       p.tier_window_months, p.expiry_months, coalesce(p.expiry_rounding, 'none'),"
+"       t.name, t.rank, t.threshold, t.multiplier"
+"  FROM (SELECT 1) one"
+"  LEFT JOIN loyalty.points_program p ON true"
+"  LEFT JOIN loyalty.tier t ON true"
+" ORDER BY t.rank";
+
+/* Relcache callback: a change of the ladder or the program, or a full reset, drops the cache. */
+static void
+PointsConfigCallback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || (OidIsValid(tier_relid) && relid == tier_relid))
+		config_valid = false;
+}
+
+/*
+ * Read the settings and the ladder into the cache's memory with the given
+ * snapshot.  Runs inside the caller's SPI connection.
+ */
+static void
+PointsConfigRead(Snapshot snapshot)
+{
+	int			ret;
+	MemoryContext old;
+	uint64		n;
+
+	PointsPrepare(&config_plan, config_sql, 0, NULL);
+	ret = SPI_execute_snapshot(config_plan, NULL, NULL, snapshot, InvalidSnapshot, true, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed == 0)
+		elog(ERROR, "reading the points settings failed: %s", SPI_result_code_string(ret));
+
+	MemoryContextReset(PointsConfigContext);
+	old = MemoryContextSwitchTo(PointsConfigContext);
+	memset(&config, 0, sizeof(config));
+	n = SPI_processed;
+	config.tiers = palloc0(sizeof(PointsTierInfo) * n);
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		d;
+
+		if (i == 0)
+		{
+			char	   *s;
+
+			config.timezone = pstrdup(SPI_getvalue(tup, desc, 1));
+			s = SPI_getvalue(tup, desc, 2);
+			config.program.spend_basis = strcmp(s, "spend") == 0;
+			d = SPI_getbinval(tup, desc, 3, &isnull);
+			config.program.window_months = isnull ? 0 : DatumGetInt32(d);
+			d = SPI_getbinval(tup, desc, 4, &isnull);
+			config.program.expiry_months = isnull ? 0 : DatumGetInt32(d);
+			config.program.expiry_rounding = PointsParseRounding(SPI_getvalue(tup, desc, 5));
+		}
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		if (isnull)
+			continue;			/* no tier */
+		config.tiers[config.ntiers].name = pstrdup(SPI_getvalue(tup, desc, 6));
+		config.tiers[config.ntiers].rank = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+		config.tiers[config.ntiers].threshold = datumCopy(SPI_getbinval(tup, desc, 8, &isnull), false, -1);
+		config.tiers[config.ntiers].multiplier = datumCopy(SPI_getbinval(tup, desc, 9, &isnull), false, -1);
+		config.ntiers++;
+	}
+	MemoryContextSwitchTo(old);
+	/* the zone is looked up outside the cache context: pg_tzset has its own */
+	config.program.tz = PointsZone(config.timezone);
+}
+
+/*
+ * The settings and the ladder (must be called inside SPI).  The result
+ * stays valid until the next SQL statement runs (an invalidation may then
+ * drop it): callers copy what they keep.
+ */
+const PointsConfig *
+PointsConfigGet(void)
+{
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(PointsConfigCallback, (Datum) 0);
+		callback_registered = true;
+	}
+	if (PointsConfigContext == NULL)
+	{
+		if (CacheMemoryContext == NULL)
+			CreateCacheMemoryContext();
+		PointsConfigContext = AllocSetContextCreate(CacheMemoryContext,
+													"loyalty points settings",
+													ALLOCSET_SMALL_SIZES);
+	}
+	if (!OidIsValid(tier_relid) || !config_valid)
+	{
+		Oid			nsp = get_namespace_oid("loyalty", false);
+
+		tier_relid = get_relname_relid("tier", nsp);
+		if (!OidIsValid(tier_relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("relation \"loyalty.tier\" does not exist"),
+					 errhint("Install the loyalty extension in this database.")));
+	}
+	if (config_valid)
+		return &config;
+
+	/* locking processes the invalidations that arrived so far */
+	LockRelationOid(tier_relid, AccessShareLock);
+	do
+	{
+		Snapshot	snapshot;
+
+		config_valid = true;
+		snapshot = RegisterSnapshot(GetLatestSnapshot());
+		PG_TRY();
+		{
+			PointsConfigRead(snapshot);
+		}
+		PG_CATCH();
+		{
+			config_valid = false;
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		UnregisterSnapshot(snapshot);
+	} while (!config_valid);
+	return &config;
+}
+
+/*
+ * Statement trigger on loyalty.tier and loyalty.points_program: announce the
+ * change so that every backend drops its cache (this one at the next
+ * command, the others at commit; this one again on rollback).
+ */
+Datum
+points_config_invalidate(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("points_config_invalidate must be called as a trigger")));
+	/* looked up each time: the extension may have been created again */
+	CacheInvalidateRelcacheByRelid(get_relname_relid("tier", get_namespace_oid("loyalty", false)));
+	return PointerGetDatum(NULL);
+}

@@ -1,0 +1,302 @@
+
+/* ---------------------------------------------------------------------------
+ * points_coupon.sql: points and coupons together
+ *
+ *	- exchange: loyalty.points_reward offers a campaign's coupon for a number
+ *	  of points; loyalty.exchange_points() spends them and issues a
+ *	  single-use code bound to the customer, in the caller's transaction;
+ *	- bonus: loyalty.coupon_bonus gives points for using a campaign's coupon;
+ *	  loyalty.earn_coupon_bonus() credits them for an order's active
+ *	  redemptions, in the same transaction as redeem_coupon();
+ *	- tier eligibility: the coupon module's eligibility rule kind "tier",
+ *	  answered from the customer's points tier.
+ * ------------------------------------------------------------------------ */
+
+/* tables */
+
+CREATE TABLE loyalty.points_reward (
+	campaign_id		bigint PRIMARY KEY,
+	points			bigint NOT NULL CHECK (points > 0),
+	code_pattern	text NOT NULL DEFAULT 'RWD-####-####',
+	active			boolean NOT NULL DEFAULT true,
+	description		text
+);
+
+COMMENT ON TABLE loyalty.points_reward IS
+	'Reward catalogue: a coupon of the campaign costs this many points (exchange_points); codes are generated from code_pattern and bound to the customer';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.points_reward', '');
+SELECT loyalty._register_relation('admin', 'loyalty.points_reward', 'SELECT, INSERT, UPDATE, DELETE');
+
+CREATE TABLE loyalty.points_exchange (
+	reference		text PRIMARY KEY,
+	customer_id		text NOT NULL,
+	campaign_id		bigint NOT NULL,
+	points			bigint NOT NULL,
+	coupon_id		bigint NOT NULL,
+	code			text NOT NULL,
+	entry_id		bigint NOT NULL,
+	available_after	bigint NOT NULL,
+	effective_at	timestamptz NOT NULL,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+CREATE INDEX points_exchange_customer_idx ON loyalty.points_exchange (customer_id);
+
+COMMENT ON TABLE loyalty.points_exchange IS
+	'Every exchange of points for a coupon: the spend entry (reference exchange:<reference>) and the code issued';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.points_exchange', '');
+SELECT loyalty._register_relation('admin', 'loyalty.points_exchange');
+
+CREATE TABLE loyalty.coupon_bonus (
+	campaign_id		bigint PRIMARY KEY,
+	points			bigint NOT NULL CHECK (points > 0),
+	description		text
+);
+
+COMMENT ON TABLE loyalty.coupon_bonus IS
+	'Bonus points for using a coupon of the campaign (earn_coupon_bonus); non-qualifying';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_bonus', '');
+SELECT loyalty._register_relation('admin', 'loyalty.coupon_bonus', 'SELECT, INSERT, UPDATE, DELETE');
+
+/* functions */
+
+/*
+ * Exchange points for a coupon.  The points are spent under reference
+ * 'exchange:' || reference (locking the account, idempotent); the code is
+ * generated only after the spend, so a repeat that waited for a concurrent
+ * first call finds that call's exchange and returns it.  A spend under the
+ * derived reference made by another call (not an exchange) is a conflict.
+ */
+CREATE FUNCTION loyalty.exchange_points(customer_id text, campaign_id bigint, reference text,
+										at timestamptz DEFAULT pg_catalog.now(),
+										OUT code text, OUT points bigint, OUT available bigint)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	p_customer text := customer_id;
+	p_campaign bigint := campaign_id;
+	p_reference text := reference;
+	reward record;
+	camp record;
+	ex record;
+	spent record;
+	issued record;
+BEGIN
+	IF p_customer IS NULL OR p_campaign IS NULL OR p_reference IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, campaign_id, reference and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF length(p_reference) NOT BETWEEN 1 AND 191 THEN
+		RAISE EXCEPTION 'reference must have 1 to 191 characters'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	-- a repeat returns the first exchange
+	SELECT * INTO ex FROM loyalty.points_exchange e WHERE e.reference = p_reference;
+	IF FOUND THEN
+		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
+			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
+				USING ERRCODE = 'LP002';
+		END IF;
+		code := ex.code; points := ex.points; available := ex.available_after;
+		RETURN;
+	END IF;
+
+	SELECT * INTO reward FROM loyalty.points_reward r WHERE r.campaign_id = p_campaign AND r.active;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'campaign % is not offered for points', p_campaign
+			USING ERRCODE = 'LP007',
+				  HINT = 'Offer it with a row in loyalty.points_reward.';
+	END IF;
+	SELECT c.paused, c.starts_at, c.ends_at INTO camp FROM loyalty.campaign c WHERE c.campaign_id = p_campaign;
+	IF NOT FOUND OR camp.paused OR camp.ends_at <= at THEN
+		RAISE EXCEPTION 'campaign % cannot be exchanged for points now', p_campaign
+			USING ERRCODE = 'LP008',
+				  DETAIL = CASE WHEN NOT FOUND THEN 'The campaign does not exist.'
+								WHEN camp.paused THEN 'The campaign is paused.'
+								ELSE 'The campaign has ended.' END;
+	END IF;
+
+	SELECT s.* INTO spent FROM loyalty.spend_points(p_customer, reward.points, 'exchange:' || p_reference, at) s;
+	-- a concurrent first call with this reference committed while the spend waited
+	SELECT * INTO ex FROM loyalty.points_exchange e WHERE e.reference = p_reference;
+	IF FOUND THEN
+		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
+			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
+				USING ERRCODE = 'LP002';
+		END IF;
+		code := ex.code; points := ex.points; available := ex.available_after;
+		RETURN;
+	END IF;
+	IF (SELECT e.created_at FROM loyalty.points_ledger e WHERE e.entry_id = spent.entry_id) <> now() THEN
+		RAISE EXCEPTION 'reference "exchange:%" was already used by a spend that is not an exchange', p_reference
+			USING ERRCODE = 'LP002';
+	END IF;
+
+	PERFORM loyalty.generate_codes(p_campaign, 1, reward.code_pattern, ARRAY[p_customer]);
+	SELECT c.coupon_id, c.code::text AS code INTO issued
+	FROM loyalty.coupon c
+	WHERE c.campaign_id = p_campaign AND c.customer_id = p_customer
+	ORDER BY c.coupon_id DESC LIMIT 1;
+
+	INSERT INTO loyalty.points_exchange (reference, customer_id, campaign_id, points, coupon_id, code,
+										 entry_id, available_after, effective_at)
+	VALUES (p_reference, p_customer, p_campaign, reward.points, issued.coupon_id, issued.code,
+			spent.entry_id, spent.available, at);
+	code := issued.code; points := reward.points; available := spent.available;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.exchange_points(text, bigint, text, timestamptz) IS
+	'Spend the points a campaign''s coupon costs (loyalty.points_reward) and issue a single-use code bound to the customer; idempotent on reference; LP001 short, LP007 not offered, LP008 campaign paused or ended';
+SELECT loyalty._register_function('app', 'loyalty.exchange_points(text, bigint, text, timestamptz)');
+
+/*
+ * Bonus points for the coupons an order used: the order's redemptions that
+ * are not rolled back, by this customer, of campaigns with a bonus.  Credited
+ * under reference order_ref || ':coupon-bonus', so a repeat returns the first
+ * result and reverse_points(order_ref || ':coupon-bonus') takes the bonus
+ * back on a refund.  NULL when no coupon of the order earns a bonus.
+ */
+CREATE FUNCTION loyalty.earn_coupon_bonus(customer_id text, order_ref text,
+										  at timestamptz DEFAULT pg_catalog.now())
+RETURNS loyalty.points_receipt
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	total bigint;
+	codes text;
+	receipt loyalty.points_receipt;
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT sum(b.points), string_agg(c.code::text, ', ' ORDER BY c.code::text)
+	INTO total, codes
+	FROM loyalty.redemption r
+	JOIN loyalty.coupon_bonus b ON b.campaign_id = r.campaign_id
+	JOIN loyalty.coupon c ON c.coupon_id = r.coupon_id
+	WHERE r.order_ref = earn_coupon_bonus.order_ref AND r.kind = 'redeem'
+	  AND r.customer_id = earn_coupon_bonus.customer_id
+	  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id);
+	IF total IS NULL THEN
+		RETURN NULL;
+	END IF;
+	SELECT * INTO receipt
+	FROM loyalty.earn_points(earn_coupon_bonus.customer_id, total, earn_coupon_bonus.order_ref || ':coupon-bonus',
+							 reason => 'coupon bonus: ' || codes, qualifying => false, at => at);
+	RETURN receipt;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.earn_coupon_bonus(text, text, timestamptz) IS
+	'Credit the bonus points (loyalty.coupon_bonus) of the coupons an order redeemed, under reference <order_ref>:coupon-bonus; NULL when none earns a bonus';
+SELECT loyalty._register_function('app', 'loyalty.earn_coupon_bonus(text, text, timestamptz)');
+
+/*
+ * The coupon module's eligibility rule kind "tier": {"tiers": [...]} admits
+ * the listed tiers, {"min_tier": "Gold"} that tier and every higher one.  A
+ * customer without a points account has the tier a new account would get.
+ */
+CREATE FUNCTION loyalty._tier_eligible(customer_id text, params jsonb, order_context jsonb)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cur_name text;
+	cur_rank integer;
+	min_rank integer;
+	unknown text;
+BEGIN
+	SELECT a.tier, t.rank INTO cur_name, cur_rank
+	FROM loyalty.points_account a LEFT JOIN loyalty.tier t ON t.name = a.tier
+	WHERE a.customer_id = _tier_eligible.customer_id;
+	IF NOT FOUND THEN
+		SELECT t.name, t.rank INTO cur_name, cur_rank
+		FROM loyalty.tier t WHERE t.threshold <= 0 ORDER BY t.rank DESC LIMIT 1;
+	END IF;
+
+	IF params ? 'min_tier' THEN
+		SELECT t.rank INTO min_rank FROM loyalty.tier t WHERE t.name = params ->> 'min_tier';
+		IF min_rank IS NULL THEN
+			RAISE EXCEPTION 'tier rule names unknown tier "%"', params ->> 'min_tier'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Correct the campaign rule (tiers are in loyalty.tier).';
+		END IF;
+		RETURN coalesce(cur_rank >= min_rank, false);
+	END IF;
+	SELECT e INTO unknown FROM jsonb_array_elements_text(params -> 'tiers') e
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.tier t WHERE t.name = e) LIMIT 1;
+	IF unknown IS NOT NULL THEN
+		RAISE EXCEPTION 'tier rule names unknown tier "%"', unknown
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Correct the campaign rule (tiers are in loyalty.tier).';
+	END IF;
+	RETURN coalesce(params -> 'tiers' ? cur_name, false);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._tier_eligible(text, jsonb, jsonb) IS
+	'Internal: coupon eligibility rule kind "tier" ({"tiers": [...]} or {"min_tier": "..."}) from the points tier';
+
+INSERT INTO loyalty.eligibility_kind (kind, check_function, builtin, description) VALUES
+	('tier', 'loyalty._tier_eligible(text, jsonb, jsonb)', true,
+	 'The customer''s points tier is one of params.tiers, or ranks at least params.min_tier (no points account: the tier a new account gets)');
+
+/*
+ * A tier rule's parameters are checked when the rule is added or changed:
+ * their shape always, the tier names once a tier ladder exists (a restore
+ * may load campaign rules before tiers; a name unknown at redemption time
+ * is an error there).
+ */
+CREATE FUNCTION loyalty._tier_rule_check()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p jsonb := NEW.params;
+	unknown text;
+BEGIN
+	IF NOT ((p ? 'tiers') <> (p ? 'min_tier'))
+	   OR (p ? 'min_tier' AND jsonb_typeof(p -> 'min_tier') <> 'string')
+	   OR (p ? 'tiers' AND (jsonb_typeof(p -> 'tiers') <> 'array' OR jsonb_array_length(p -> 'tiers') = 0
+							OR EXISTS (SELECT 1 FROM jsonb_array_elements(p -> 'tiers') e
+									   WHERE jsonb_typeof(e) <> 'string'))) THEN
+		RAISE EXCEPTION 'tier rule params must be {"tiers": ["name", ...]} or {"min_tier": "name"}'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- names are checked against the ladder once there is one: pg_restore
+	-- may load the campaign rules before the tiers
+	SELECT e INTO unknown
+	FROM (SELECT p ->> 'min_tier' AS e UNION ALL SELECT jsonb_array_elements_text(p -> 'tiers')) s
+	WHERE e IS NOT NULL AND NOT EXISTS (SELECT 1 FROM loyalty.tier t WHERE t.name = e)
+	  AND EXISTS (SELECT 1 FROM loyalty.tier) LIMIT 1;
+	IF unknown IS NOT NULL THEN
+		RAISE EXCEPTION 'unknown tier "%" in tier rule', unknown
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Tiers are listed in loyalty.tier.';
+	END IF;
+	RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._tier_rule_check() IS
+	'Internal: check the parameters of a coupon campaign''s tier rule when it is added or changed';
+
+CREATE TRIGGER campaign_rule_tier_check
+	BEFORE INSERT OR UPDATE ON loyalty.campaign_rule
+	FOR EACH ROW WHEN (NEW.kind = 'tier')
+	EXECUTE FUNCTION loyalty._tier_rule_check();
+
+COMMENT ON TRIGGER campaign_rule_tier_check ON loyalty.campaign_rule IS
+	'Check the parameters of a tier eligibility rule when it is added or changed';

@@ -1,0 +1,449 @@
+/*
+ * points_reverse.c
+ *		Refunds and corrections: loyalty.reverse_points() and
+ *		loyalty.adjust_points().
+ *
+ * Reversal policy (a refund of the order behind a reference):
+ *	- Earned points are taken back: first what is left of the earning's own
+ *	  lots (available or pending).  What the earning contributed that is gone
+ *	  (spent, or used to repay a debt) is the shortfall; points of the earning
+ *	  that expired are not taken back a second time.
+ *	- Spent points are returned as new lots with the expiry and earning time
+ *	  of the lots they were spent from, so they are used again in the same
+ *	  order; points whose original expiry has passed are not returned.
+ *	- The shortfall is netted against the returned points first (the lots
+ *	  that would be consumed first are reduced); the rest is taken from the
+ *	  account's available lots first in, first out, then from its pending
+ *	  lots, and what is still missing becomes debt, repaid first from the
+ *	  next credits.  Available points are never negative.
+ *	- Qualifying points and spend of the earning are subtracted from the
+ *	  account and from the month they were counted in; rule caps get their
+ *	  room back.  A tier is not lowered here: only evaluate_tiers downgrades.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+#include "utils/numeric.h"
+
+#include "compat.h"
+#include "points.h"
+
+PG_FUNCTION_INFO_V1(points_reverse);
+PG_FUNCTION_INFO_V1(points_adjust);
+
+static SPIPlanPtr owner_plan = NULL;
+static SPIPlanPtr entries_plan = NULL;
+static SPIPlanPtr lots_plan = NULL;
+
+static const char *const owner_sql =
+"SELECT DISTINCT customer_id FROM loyalty.points_ledger"
+" WHERE reference = $1 AND kind IN ('earn', 'spend', 'reverse') LIMIT 2";
+
+static const char *const entries_sql =
+"SELECT e.entry_id, e.kind, e.points, e.qualifying, e.amount, e.lot_ids, e.lot_points,"
+"       e.effective_at, e.available_after, e.pending_after, e.debt_after,"
+"       ARRAY(SELECT (d ->> 'rule_id')::int8 FROM jsonb_array_elements(e.detail) d WHERE d ? 'period'),"
+"       ARRAY(SELECT (d ->> 'period')::date FROM jsonb_array_elements(e.detail) d WHERE d ? 'period'),"
+"       ARRAY(SELECT -(d ->> 'points')::int8 FROM jsonb_array_elements(e.detail) d WHERE d ? 'period')"
+"  FROM loyalty.points_ledger e"
+" WHERE e.reference = $1 AND e.customer_id = $2 AND e.kind IN ('earn', 'spend', 'reverse')";
+
+static const char *const lots_sql =
+"SELECT lot_id, remaining, expired, state = 'pending', earned_at, expires_at"
+"  FROM loyalty.points_lot WHERE lot_id = ANY ($1)"
+" ORDER BY expires_at NULLS LAST, earned_at, lot_id";
+
+/* Elements of an int8[] column of a result row; 0 and NULL when it is null. */
+static int
+Int64Elems(HeapTuple tup, TupleDesc desc, int col, int64 **out)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+	Datum	   *elems;
+	int			n;
+
+	*out = NULL;
+	if (isnull)
+		return 0;
+	deconstruct_array(DatumGetArrayTypeP(d), INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, NULL, &n);
+	*out = palloc(sizeof(int64) * (n + 1));
+	for (int i = 0; i < n; i++)
+		(*out)[i] = DatumGetInt64(elems[i]);
+	return n;
+}
+
+/* Elements of a date[] column (never null: built with ARRAY()). */
+static int
+DateElems(HeapTuple tup, TupleDesc desc, int col, DateADT **out)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+	Datum	   *elems;
+	int			n;
+
+	*out = NULL;
+	if (isnull)
+		return 0;
+	deconstruct_array(DatumGetArrayTypeP(d), DATEOID, 4, true, TYPALIGN_INT, &elems, NULL, &n);
+	*out = palloc(sizeof(DateADT) * (n + 1));
+	for (int i = 0; i < n; i++)
+		(*out)[i] = DatumGetDateADT(elems[i]);
+	return n;
+}
+
+/* Read the lots with the given ids (FIFO order) into the current SPI result. */
+static void
+ReadLots(int n, const int64 *ids)
+{
+	static const Oid types[1] = {INT8ARRAYOID};
+	Datum	   *d = palloc(sizeof(Datum) * (n + 1));
+	Datum		v[1];
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int64GetDatum(ids[i]);
+	v[0] = PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	PointsExec(PointsPrepare(&lots_plan, lots_sql, 1, types), v, NULL, SPI_OK_SELECT);
+}
+
+/*
+ * loyalty.reverse_points(reference, customer_id, at).  customer_id may be
+ * left NULL when the reference belongs to one customer (LP006 otherwise).
+ * LP003 when nothing was earned or spent under the reference.  A repeat
+ * returns the first reversal's result.
+ */
+Datum
+points_reverse(PG_FUNCTION_ARGS)
+{
+	static const Oid two_text[2] = {TEXTOID, TEXTOID};
+	char	   *reference = text_to_cstring(PointsArgKey(fcinfo, 0, "reference"));
+	char	   *customer_id = PG_ARGISNULL(1) ? NULL : text_to_cstring(PointsArgKey(fcinfo, 1, "customer_id"));
+	TimestampTz at = PointsArgTime(fcinfo, 2, "at");
+	MemoryContext caller = CurrentMemoryContext;
+	PointsAccount acct;
+	PointsChange chg;
+	PointsReceipt receipt;
+	Datum		v[2];
+	int			earn_row = -1,
+				spend_row = -1,
+				reverse_row = -1;
+	int64	   *earn_lots = NULL,
+			   *spend_lots = NULL,
+			   *spend_deltas = NULL;
+	int			n_earn_lots = 0,
+				n_spend_lots = 0;
+	int64		earned = 0,
+				shortfall = 0,
+				returned = 0;
+	SPITupleTable *entries;
+	const char *parts[1];
+	bool		isnull;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	if (customer_id == NULL)
+	{
+		v[0] = CStringGetTextDatum(reference);
+		PointsExec(PointsPrepare(&owner_plan, owner_sql, 1, two_text), v, NULL, SPI_OK_SELECT);
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
+					 errmsg("no points were earned or spent under reference \"%s\"", reference)));
+		if (SPI_processed > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_POINTS_AMBIGUOUS_REFERENCE),
+					 errmsg("reference \"%s\" was used for more than one customer", reference),
+					 errhint("Pass the customer_id to reverse one customer's entries.")));
+		customer_id = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	}
+	parts[0] = reference;
+
+	PointsLockAccount(&acct, customer_id, false, at);
+	if (!acct.found)
+		ereport(ERROR,
+				(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
+				 errmsg("no points were earned or spent under reference \"%s\" for customer \"%s\"",
+						reference, customer_id)));
+
+	/* read the entries after the lock: a concurrent call has committed or not started */
+	v[0] = CStringGetTextDatum(reference);
+	v[1] = CStringGetTextDatum(customer_id);
+	PointsExec(PointsPrepare(&entries_plan, entries_sql, 2, two_text), v, NULL, SPI_OK_SELECT);
+	entries = SPI_tuptable;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *kind = SPI_getvalue(entries->vals[i], entries->tupdesc, 2);
+
+		if (strcmp(kind, POINTS_EARN) == 0)
+			earn_row = i;
+		else if (strcmp(kind, POINTS_SPEND) == 0)
+			spend_row = i;
+		else
+			reverse_row = i;
+	}
+	if (reverse_row >= 0)
+	{
+		HeapTuple	t = entries->vals[reverse_row];
+		TupleDesc	d = entries->tupdesc;
+
+		receipt.entry_id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+		receipt.customer_id = customer_id;
+		receipt.points = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
+		receipt.available = DatumGetInt64(SPI_getbinval(t, d, 9, &isnull));
+		receipt.pending = DatumGetInt64(SPI_getbinval(t, d, 10, &isnull));
+		receipt.debt = DatumGetInt64(SPI_getbinval(t, d, 11, &isnull));
+		SPI_finish();
+		PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
+	}
+	if (earn_row < 0 && spend_row < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
+				 errmsg("no points were earned or spent under reference \"%s\" for customer \"%s\"",
+						reference, customer_id)));
+
+	PointsSettleIfDue(&acct, at);
+
+	PointsChangeInit(&chg, POINTS_REVERSE, at);
+	chg.reference = reference;
+	chg.reason = "reversal";
+	chg.request_hash = PointsHash(POINTS_REVERSE, customer_id, 1, parts);
+	chg.reverses = palloc(sizeof(int64) * 2);
+	chg.move_lot = palloc(sizeof(int64));
+	chg.move_delta = palloc(sizeof(int64));
+
+	if (earn_row >= 0)
+	{
+		HeapTuple	t = entries->vals[earn_row];
+		TupleDesc	d = entries->tupdesc;
+		Datum		amount;
+		int64		qualifying;
+		int64		left = 0,
+					expired = 0;
+
+		chg.reverses[chg.nreverses++] = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+		earned = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
+		qualifying = DatumGetInt64(SPI_getbinval(t, d, 4, &isnull));
+		amount = SPI_getbinval(t, d, 5, &isnull);
+		if (!isnull)
+		{
+			chg.amount = DirectFunctionCall1(numeric_uminus, amount);
+			chg.has_amount = true;
+		}
+		chg.qualifying = -qualifying;
+		acct.qualifying -= qualifying;
+		acct.lifetime_earned -= earned;
+		chg.bucket_month = PointsMonthOf(DatumGetTimestampTz(SPI_getbinval(t, d, 8, &isnull)),
+										 acct.program.tz);
+		/* rule caps get their room back */
+		chg.nusage = Int64Elems(t, d, 12, &chg.usage_rule);
+		if (DateElems(t, d, 13, &chg.usage_period) != chg.nusage ||
+			Int64Elems(t, d, 14, &chg.usage_points) != chg.nusage)
+			elog(ERROR, "inconsistent rule detail in ledger entry " INT64_FORMAT, chg.reverses[0]);
+
+		/* what is left of the earning's own lots is taken back */
+		n_earn_lots = Int64Elems(t, d, 6, &earn_lots);
+		if (n_earn_lots > 0)
+		{
+			ReadLots(n_earn_lots, earn_lots);
+			chg.move_lot = repalloc(chg.move_lot, sizeof(int64) * (SPI_processed + 1));
+			chg.move_delta = repalloc(chg.move_delta, sizeof(int64) * (SPI_processed + 1));
+			for (uint64 i = 0; i < SPI_processed; i++)
+			{
+				HeapTuple	lt = SPI_tuptable->vals[i];
+				TupleDesc	ld = SPI_tuptable->tupdesc;
+				int64		lot = DatumGetInt64(SPI_getbinval(lt, ld, 1, &isnull));
+				int64		remaining = DatumGetInt64(SPI_getbinval(lt, ld, 2, &isnull));
+				bool		pending = DatumGetBool(SPI_getbinval(lt, ld, 4, &isnull));
+
+				expired += DatumGetInt64(SPI_getbinval(lt, ld, 3, &isnull));
+				if (remaining == 0)
+					continue;
+				left += remaining;
+				chg.move_lot[chg.nmoves] = lot;
+				chg.move_delta[chg.nmoves] = -remaining;
+				chg.nmoves++;
+				if (pending)
+					acct.pending -= remaining;
+				else
+					acct.available -= remaining;
+			}
+		}
+		shortfall = earned - expired - left;
+		if (shortfall < 0)
+			elog(ERROR, "points lots of entry " INT64_FORMAT " hold more than it earned", chg.reverses[0]);
+	}
+
+	if (spend_row >= 0)
+	{
+		HeapTuple	t = entries->vals[spend_row];
+		TupleDesc	d = entries->tupdesc;
+
+		chg.reverses[chg.nreverses++] = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+		n_spend_lots = Int64Elems(t, d, 6, &spend_lots);
+		if (Int64Elems(t, d, 7, &spend_deltas) != n_spend_lots)
+			elog(ERROR, "inconsistent lot arrays in ledger entry " INT64_FORMAT,
+				 chg.reverses[chg.nreverses - 1]);
+		if (n_spend_lots > 0)
+		{
+			ReadLots(n_spend_lots, spend_lots);
+			chg.lots = palloc0(sizeof(PointsNewLot) * (SPI_processed + 1));
+			/* rows come in FIFO order: the lots a spend would take first come first */
+			for (uint64 i = 0; i < SPI_processed; i++)
+			{
+				HeapTuple	lt = SPI_tuptable->vals[i];
+				TupleDesc	ld = SPI_tuptable->tupdesc;
+				int64		lot = DatumGetInt64(SPI_getbinval(lt, ld, 1, &isnull));
+				Datum		exp = SPI_getbinval(lt, ld, 6, &isnull);
+				bool		expires = !isnull;
+				int64		spent = 0;
+				PointsNewLot *nl;
+
+				for (int k = 0; k < n_spend_lots; k++)
+					if (spend_lots[k] == lot)
+						spent -= spend_deltas[k];
+				if (spent <= 0 || (expires && DatumGetTimestampTz(exp) <= at))
+					continue;	/* expired meanwhile: not returned */
+				nl = &chg.lots[chg.nlots++];
+				nl->points = spent;
+				nl->earned_at = DatumGetTimestampTz(SPI_getbinval(lt, ld, 5, &isnull));
+				nl->pending = false;
+				nl->expires = expires;
+				nl->expires_at = expires ? DatumGetTimestampTz(exp) : 0;
+				returned = PointsAdd(returned, spent, "returned points");
+			}
+		}
+	}
+
+	/* net the shortfall against the returned points, first lots first */
+	{
+		int64		cancel = Min(shortfall, returned);
+
+		shortfall -= cancel;
+		for (int i = 0; i < chg.nlots && cancel > 0; i++)
+		{
+			int64		take = Min(cancel, chg.lots[i].points);
+
+			chg.lots[i].points -= take;
+			cancel -= take;
+		}
+	}
+	PointsCredit(&acct, &chg);	/* repays a debt first; drops emptied lots */
+	PointsDebit(&acct, &chg, shortfall, n_earn_lots, earn_lots);
+
+	/* the entry's points: every lot change, net of the debt change */
+	chg.points = -chg.debt_change;
+	for (int i = 0; i < chg.nmoves; i++)
+		chg.points = PointsAdd(chg.points, chg.move_delta[i], "reversed points");
+	for (int i = 0; i < chg.nlots; i++)
+		chg.points = PointsAdd(chg.points, chg.lots[i].points, "reversed points");
+
+	PointsReceiptFrom(&receipt, &acct, PointsWrite(&acct, &chg, NULL), chg.points);
+	SPI_finish();
+	PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
+}
+
+/*
+ * loyalty.adjust_points(customer_id, points, reference, reason, expires_at,
+ * at): a manual correction.  A positive adjustment is a non-qualifying
+ * credit (repaying any debt first) with the given expiry (NULL: program
+ * default; infinity: never); a negative one takes points back like a
+ * reversal shortfall (available, then pending, then debt).  Adjustments are
+ * not reversed by reverse_points: correct them with another adjustment.
+ */
+Datum
+points_adjust(PG_FUNCTION_ARGS)
+{
+	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
+	int64		points;
+	char	   *reference = text_to_cstring(PointsArgKey(fcinfo, 2, "reference"));
+	char	   *reason;
+	bool		has_expiry = !PG_ARGISNULL(4);
+	TimestampTz expires_at = has_expiry ? PG_GETARG_TIMESTAMPTZ(4) : 0;
+	TimestampTz at;
+	const char *parts[3];
+	PointsAccount acct;
+	PointsChange chg;
+	PointsNewLot lot;
+	PointsReceipt receipt;
+
+	PointsArgNotNull(fcinfo, 1, "points");
+	points = PG_GETARG_INT64(1);
+	if (points == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("points must not be 0")));
+	if (points == PG_INT64_MIN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("points out of range")));
+	PointsArgNotNull(fcinfo, 3, "reason");
+	reason = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	if (reason[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("reason must not be empty"),
+				 errhint("Say why the balance is corrected.")));
+	at = PointsArgTime(fcinfo, 5, "at");
+	if (has_expiry && TIMESTAMP_IS_NOBEGIN(expires_at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("expires_at must not be -infinity")));
+	if (has_expiry && !TIMESTAMP_NOT_FINITE(expires_at) && expires_at <= at)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("expires_at must be later than the adjustment time")));
+
+	parts[0] = psprintf(INT64_FORMAT, points);
+	parts[1] = reason;
+	parts[2] = has_expiry ? psprintf(INT64_FORMAT, (int64) expires_at) : NULL;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PointsLockAccount(&acct, customer_id, true, at);
+	if (!PointsFindRequest(reference, POINTS_ADJUST, customer_id,
+						   PointsHash(POINTS_ADJUST, customer_id, 3, parts), &receipt))
+	{
+		PointsSettleIfDue(&acct, at);
+		PointsChangeInit(&chg, POINTS_ADJUST, at);
+		chg.reference = reference;
+		chg.reason = reason;
+		chg.request_hash = PointsHash(POINTS_ADJUST, customer_id, 3, parts);
+		chg.points = points;
+		if (points > 0)
+		{
+			lot.points = points;
+			lot.earned_at = at;
+			lot.pending = false;
+			if (has_expiry)
+			{
+				lot.expires = !TIMESTAMP_IS_NOEND(expires_at);
+				lot.expires_at = expires_at;
+			}
+			else
+			{
+				lot.expires = acct.program.expiry_months > 0;
+				if (lot.expires)
+					lot.expires_at = PointsAddMonths(at, acct.program.expiry_months,
+													 acct.program.expiry_rounding, acct.program.tz);
+			}
+			chg.lots = &lot;
+			chg.nlots = 1;
+			PointsCredit(&acct, &chg);
+		}
+		else
+		{
+			chg.move_lot = palloc(sizeof(int64));
+			chg.move_delta = palloc(sizeof(int64));
+			PointsDebit(&acct, &chg, -points, 0, NULL);
+		}
+		PointsReceiptFrom(&receipt, &acct, PointsWrite(&acct, &chg, NULL), points);
+	}
+	SPI_finish();
+	PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
+}
