@@ -255,8 +255,10 @@ static const PlanDef PlanDefs[NPLANS] = {
 
 /*
  * Kept plans and catalog OIDs, valid for one incarnation of the extension:
- * if the loyalty schema is dropped and created again in this backend, its
- * OID changes and everything is prepared afresh.
+ * if the extension is dropped and created again in this backend, the schema
+ * may survive (DROP EXTENSION keeps a schema it did not create) but the
+ * coupon_code type gets a new OID, so both are checked and everything is
+ * prepared afresh when either changed.
  */
 static Oid	cached_nsp = InvalidOid;
 static Oid	cached_code_type = InvalidOid;
@@ -280,7 +282,8 @@ CouponStoreBegin(bool read_only)
 	int			i;
 
 	store_read_only = read_only;
-	if (nsp == cached_nsp)
+	if (nsp == cached_nsp &&
+		SearchSysCacheExists1(TYPEOID, ObjectIdGetDatum(cached_code_type)))
 		return;
 	for (i = 0; i < NPLANS; i++)
 	{
