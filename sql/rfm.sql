@@ -75,7 +75,10 @@ BEGIN
 						ELSE floor(extract(epoch FROM $1 - s.last_order) / 86400)::int END AS recency_days,
 				   CASE WHEN NOT $4 THEN s.spend
 						WHEN s.frequency = 0 THEN 0
-						ELSE s.spend / s.frequency END AS monetary
+						-- the quotient with the amounts' scale, or more digits when needed
+						ELSE round(trim_scale(s.spend / s.frequency),
+								   greatest(scale(trim_scale(s.spend / s.frequency)), scale(s.spend)))
+				   END AS monetary
 			FROM s)
 		SELECT customer_id, last_order, recency_days, frequency, monetary,
 			   (1 + ($2 * (rank() OVER (ORDER BY CASE WHEN recency_days < 0 THEN '-infinity'::float8

@@ -163,16 +163,31 @@ RfmRecencyDays(TimestampTz as_of, TimestampTz last_order)
 	return (int32) ((as_of - last_order) / USECS_PER_DAY);
 }
 
-/* monetary / frequency as numeric division gives it; 0 without orders. */
+/*
+ * monetary / frequency, exact where the quotient has a finite decimal form:
+ * shown with the scale of monetary (2294.77 / 1 is 2294.77, 100.00 / 4 is
+ * 25.00) or more digits when needed (100.02 / 4 is 25.005); a quotient
+ * without a finite form keeps numeric division's rounding (175.00 / 3 is
+ * 58.3333333333333333).  0 without orders.
+ */
 Numeric
 RfmAverageBasket(Numeric monetary, int64 frequency)
 {
+	Datum		avg;
+	Datum		trimmed;
+	int32		scale;
+
 	if (frequency == 0)
 		return DatumGetNumeric(DirectFunctionCall1(int4_numeric, Int32GetDatum(0)));
-	return DatumGetNumeric(DirectFunctionCall2(numeric_div,
-											   NumericGetDatum(monetary),
-											   DirectFunctionCall1(int8_numeric,
-																   Int64GetDatum(frequency))));
+	avg = DirectFunctionCall2(numeric_div,
+							  NumericGetDatum(monetary),
+							  DirectFunctionCall1(int8_numeric, Int64GetDatum(frequency)));
+	trimmed = DirectFunctionCall1(numeric_trim_scale, avg);
+	scale = DatumGetInt32(DirectFunctionCall1(numeric_scale, NumericGetDatum(monetary)));
+	if (DatumGetInt32(DirectFunctionCall1(numeric_scale, trimmed)) >= scale)
+		return DatumGetNumeric(trimmed);
+	/* fewer digits than the amounts: pad back to their scale (exact) */
+	return DatumGetNumeric(DirectFunctionCall2(numeric_round, trimmed, Int32GetDatum(scale)));
 }
 
 /* The default window of rfm.h: 12 months. */
