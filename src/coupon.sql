@@ -543,11 +543,13 @@ SELECT loyalty._register_function('admin', 'loyalty.update_campaign(bigint, json
 /*
  * The kill switch.  The exclusive gate makes the pause wait for the
  * redemptions in flight (they commit before it) and makes every redemption
- * that starts later wait for the pause and then fail with "paused".
+ * that starts later wait for the pause and then fail with "paused".  Resume
+ * goes through the same gate.  Returns false when the campaign already was in
+ * the requested state.
  */
-CREATE FUNCTION loyalty.pause_campaign(campaign_id bigint)
+CREATE FUNCTION loyalty._set_campaign_paused(campaign_id bigint, paused boolean)
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -555,20 +557,32 @@ BEGIN
 		RAISE EXCEPTION 'campaign_id must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	PERFORM loyalty._campaign_gate(pause_campaign.campaign_id);
+	PERFORM loyalty._campaign_gate(_set_campaign_paused.campaign_id);
 	UPDATE loyalty.campaign t
-	SET paused = true, paused_at = now(), updated_at = now()
-	WHERE t.campaign_id = pause_campaign.campaign_id AND NOT t.paused;
+	SET paused = _set_campaign_paused.paused,
+		paused_at = CASE WHEN _set_campaign_paused.paused THEN now() END,
+		updated_at = now()
+	WHERE t.campaign_id = _set_campaign_paused.campaign_id
+	  AND t.paused <> _set_campaign_paused.paused;
 	IF FOUND THEN
 		RETURN true;
 	END IF;
-	IF NOT EXISTS (SELECT 1 FROM loyalty.campaign t WHERE t.campaign_id = pause_campaign.campaign_id) THEN
-		RAISE EXCEPTION 'campaign % does not exist', pause_campaign.campaign_id
+	IF NOT EXISTS (SELECT 1 FROM loyalty.campaign t WHERE t.campaign_id = _set_campaign_paused.campaign_id) THEN
+		RAISE EXCEPTION 'campaign % does not exist', _set_campaign_paused.campaign_id
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	RETURN false;
 END;
 $$;
+
+COMMENT ON FUNCTION loyalty._set_campaign_paused(bigint, boolean) IS
+	'Internal: pause or resume a campaign behind its gate (pause_campaign, resume_campaign)';
+
+CREATE FUNCTION loyalty.pause_campaign(campaign_id bigint)
+RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT loyalty._set_campaign_paused($1, true) $$;
 
 COMMENT ON FUNCTION loyalty.pause_campaign(bigint) IS
 	'Pause a campaign at once (kill switch); false if it was already paused';
@@ -577,28 +591,9 @@ SELECT loyalty._register_function('admin', 'loyalty.pause_campaign(bigint)');
 
 CREATE FUNCTION loyalty.resume_campaign(campaign_id bigint)
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF campaign_id IS NULL THEN
-		RAISE EXCEPTION 'campaign_id must not be null'
-			USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	PERFORM loyalty._campaign_gate(resume_campaign.campaign_id);
-	UPDATE loyalty.campaign t
-	SET paused = false, paused_at = NULL, updated_at = now()
-	WHERE t.campaign_id = resume_campaign.campaign_id AND t.paused;
-	IF FOUND THEN
-		RETURN true;
-	END IF;
-	IF NOT EXISTS (SELECT 1 FROM loyalty.campaign t WHERE t.campaign_id = resume_campaign.campaign_id) THEN
-		RAISE EXCEPTION 'campaign % does not exist', resume_campaign.campaign_id
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	RETURN false;
-END;
-$$;
+AS $$ SELECT loyalty._set_campaign_paused($1, false) $$;
 
 COMMENT ON FUNCTION loyalty.resume_campaign(bigint) IS
 	'Resume a paused campaign at once; false if it was not paused';
