@@ -541,6 +541,30 @@ PointsFindRequest(const char *reference, const char *kind, const char *customer_
  * Changes
  * ------------------------------------------------------------------------ */
 
+/*
+ * The expiry of a lot credited at "at": the caller's expires_at when given
+ * (infinity: never expires), else the program's default validity in months
+ * (none when 0).  Shared by earn_points and positive adjustments so that both
+ * apply one rule.
+ */
+void
+PointsSetLotExpiry(PointsNewLot *lot, const PointsProgram *program, TimestampTz at,
+				   bool has_expiry, TimestampTz expires_at)
+{
+	if (has_expiry)
+	{
+		lot->expires = !TIMESTAMP_IS_NOEND(expires_at);
+		lot->expires_at = expires_at;
+	}
+	else
+	{
+		lot->expires = program->expiry_months > 0;
+		if (lot->expires)
+			lot->expires_at = PointsAddMonths(at, program->expiry_months,
+											  program->expiry_rounding, program->tz);
+	}
+}
+
 /* An empty change of the given kind at a business time. */
 void
 PointsChangeInit(PointsChange *chg, const char *kind, TimestampTz at)
@@ -829,18 +853,7 @@ points_earn(PG_FUNCTION_ARGS)
 		lot.earned_at = at;
 		lot.pending = has_pending;
 		lot.available_at = pending_until;
-		if (has_expiry)
-		{
-			lot.expires = !TIMESTAMP_IS_NOEND(expires_at);
-			lot.expires_at = expires_at;
-		}
-		else
-		{
-			lot.expires = acct.program.expiry_months > 0;
-			if (lot.expires)
-				lot.expires_at = PointsAddMonths(at, acct.program.expiry_months,
-												 acct.program.expiry_rounding, acct.program.tz);
-		}
+		PointsSetLotExpiry(&lot, &acct.program, at, has_expiry, expires_at);
 		if (lot.pending && lot.expires && lot.available_at >= lot.expires_at)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

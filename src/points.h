@@ -185,6 +185,8 @@ extern bool PointsFindRequest(const char *reference, const char *kind, const cha
 extern void PointsCredit(PointsAccount *acct, PointsChange *chg);
 extern void PointsCheckUpgrade(PointsAccount *acct, PointsChange *chg);
 extern void PointsChangeInit(PointsChange *chg, const char *kind, TimestampTz at);
+extern void PointsSetLotExpiry(PointsNewLot *lot, const PointsProgram *program, TimestampTz at,
+							   bool has_expiry, TimestampTz expires_at);
 extern Datum PointsReceiptDatum(FunctionCallInfo fcinfo, const PointsReceipt *r);
 extern void PointsReceiptFrom(PointsReceipt *r, const PointsAccount *acct, int64 entry_id, int64 points);
 extern int64 PointsAdd(int64 a, int64 b, const char *what);

@@ -420,18 +420,7 @@ points_adjust(PG_FUNCTION_ARGS)
 			lot.points = points;
 			lot.earned_at = at;
 			lot.pending = false;
-			if (has_expiry)
-			{
-				lot.expires = !TIMESTAMP_IS_NOEND(expires_at);
-				lot.expires_at = expires_at;
-			}
-			else
-			{
-				lot.expires = acct.program.expiry_months > 0;
-				if (lot.expires)
-					lot.expires_at = PointsAddMonths(at, acct.program.expiry_months,
-													 acct.program.expiry_rounding, acct.program.tz);
-			}
+			PointsSetLotExpiry(&lot, &acct.program, at, has_expiry, expires_at);
 			chg.lots = &lot;
 			chg.nlots = 1;
 			PointsCredit(&acct, &chg);
