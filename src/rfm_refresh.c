@@ -570,21 +570,6 @@ RfmStrCmp(const void *a, const void *b)
 	return strcmp(*(char *const *) a, *(char *const *) b);
 }
 
-/* Build a one-dimensional array from datums (NULLs allowed). */
-static Datum
-RfmArray(Datum *values, bool *nulls, int n, Oid elemtype)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs, elemtype,
-											  typlen, typbyval, typalign));
-}
-
 /*
  * Plan the writes of a refresh so that they visit statistics rows in key
  * order (nested loop or merge join over the primary key, never a hash join
@@ -1107,9 +1092,9 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 			argtypes[2] = TEXTARRAYOID;
 			argtypes[3] = get_array_type(scoretype);
 			args[0] = Int64GetDatum(snapshot_id);
-			args[1] = RfmArray(ids, NULL, nchg, TEXTOID);
-			args[2] = RfmArray(sg, NULL, nchg, TEXTOID);
-			args[3] = RfmArray(sc, NULL, nchg, scoretype);
+			args[1] = PointerGetDatum(RfmMakeArray(ids, NULL, nchg, TEXTOID));
+			args[2] = PointerGetDatum(RfmMakeArray(sg, NULL, nchg, TEXTOID));
+			args[3] = PointerGetDatum(RfmMakeArray(sc, NULL, nchg, scoretype));
 			if (SPI_execute_with_args("INSERT INTO loyalty.segment_change"
 									  " (snapshot_id, customer_id, segment, score)"
 									  " SELECT $1, u.* FROM ROWS FROM (pg_catalog.unnest($2),"
@@ -1139,7 +1124,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		nestlevel = RfmKeyOrderPlans();
 		argtypes[0] = TEXTARRAYOID;
 		argtypes[1] = INT8OID;
-		args[0] = RfmArray(ids, NULL, ntombs, TEXTOID);
+		args[0] = PointerGetDatum(RfmMakeArray(ids, NULL, ntombs, TEXTOID));
 		args[1] = Int64GetDatum(snapshot_id);
 		ret = SPI_execute_with_args("WITH gone AS ("
 									"  DELETE FROM loyalty.customer_stats s"
