@@ -18,10 +18,12 @@
  * L(v) >= s * n / bins, so a score may hold more (a big tie) or fewer
  * customers than n / bins, and a score may even be empty.
  *
- * Each dimension is ranked by one LSD radix sort of (key, index) pairs on an
- * order-preserving 64-bit image of the double key: O(n) time, two arrays of
- * 16 bytes per customer of scratch memory, and byte passes where every key
- * agrees are skipped (frequencies are small integers, so most passes are).
+ * A dimension whose keys are all integers in a narrow range (recency in
+ * days, frequency) is ranked by counting the customers of each value.  Any
+ * other (monetary) is ranked by one LSD radix sort of (key, index) pairs on
+ * an order-preserving 64-bit image of the double key: O(n) time, two arrays
+ * of 16 bytes per customer of scratch memory, and byte passes where every
+ * key agrees are skipped.
  *
  * Threshold scoring: see RfmThresholdScore.
  */
@@ -118,6 +120,82 @@ RfmRadixSort(RfmSortItem *items, RfmSortItem *tmp, uint32 n)
 		tmp = swap;
 	}
 	return items;
+}
+
+/*
+ * Keys that are all integers in a range of at most this many values (or
+ * -Infinity) are ranked by counting instead of sorting.
+ */
+#define RFM_COUNTING_MAX_RANGE (1 << 20)
+/* ... and of at most this many values for n customers (memory stays O(n)) */
+#define RFM_COUNTING_RANGE_PER(n) (4 * (double) (n) + 1024)
+
+/*
+ * Score every customer in one dimension by quantile when every key is an
+ * integer in a narrow range, or -Infinity (recency in days, with -Infinity
+ * for no order; frequency as an order count): count each value, turn the
+ * counts into the number of customers strictly worse than each value, and
+ * score each customer from its value's entry.  Three passes over the keys
+ * and one array entry per value in the range, no sort.  Returns false,
+ * having done nothing, when the keys do not qualify.
+ */
+static bool
+RfmQuantileByCounting(const RfmKeys *keys, uint32 n, int dim, int bins, uint8 *score)
+{
+	double		lo = 0.0;
+	double		hi = 0.0;
+	bool		any = false;
+	uint32		range = 0;
+	uint32	   *counts;
+	uint8	   *table;
+	uint64		worse = 0;
+	uint32		i;
+
+	for (i = 0; i < n; i++)
+	{
+		double		k = keys[i].key[dim];
+
+		if (isinf(k) && k < 0)
+			continue;
+		/* NaN and +Infinity fail here too */
+		if (!(k == floor(k)) || fabs(k) > (double) PG_INT32_MAX)
+			return false;
+		if (!any || k < lo)
+			lo = k;
+		if (!any || k > hi)
+			hi = k;
+		any = true;
+	}
+	if (any)
+	{
+		if (hi - lo >= RFM_COUNTING_MAX_RANGE || hi - lo >= RFM_COUNTING_RANGE_PER(n))
+			return false;
+		range = (uint32) (hi - lo) + 1;
+	}
+
+	/* entry 0 counts -Infinity, entry 1 + (k - lo) the value k */
+	counts = palloc0(sizeof(uint32) * (range + 1));
+	table = palloc(range + 1);
+	for (i = 0; i < n; i++)
+	{
+		double		k = keys[i].key[dim];
+
+		counts[isinf(k) ? 0 : 1 + (uint32) (int64) (k - lo)]++;
+	}
+	for (i = 0; i <= range; i++)
+	{
+		table[i] = (uint8) (1 + ((uint64) bins * worse) / n);
+		worse += counts[i];
+	}
+	for (i = 0; i < n; i++)
+	{
+		double		k = keys[i].key[dim];
+
+		score[i] = table[isinf(k) ? 0 : 1 + (uint32) (int64) (k - lo)];
+	}
+	pfree(counts);
+	pfree(table);
+	return true;
 }
 
 /*
@@ -282,8 +360,9 @@ RfmCheckScoring(const RfmScoring *scoring)
 
 /*
  * Scratch memory RfmScoreAll takes for n customers (freed before it
- * returns): one byte per customer and dimension, plus two arrays of sort
- * items when some dimension is scored by quantile.  Callers report it.
+ * returns): one byte per customer and dimension, plus, when some dimension
+ * is scored by quantile, two arrays of sort items or a count per value of a
+ * narrow range, whichever is larger.  Callers report it.
  */
 Size
 RfmScoreAllMemory(const RfmScoring *scoring, int n)
@@ -293,7 +372,8 @@ RfmScoreAllMemory(const RfmScoring *scoring, int n)
 
 	for (dim = 0; dim < 3; dim++)
 		if (!scoring->use_thresholds || scoring->nthresholds[dim] == 0)
-			return bytes + 2 * sizeof(RfmSortItem) * (Size) Max(n, 0);
+			return bytes + Max(2 * sizeof(RfmSortItem) * (Size) Max(n, 0),
+							   (sizeof(uint32) + 1) * ((Size) RFM_COUNTING_RANGE_PER(Max(n, 0)) + 1));
 	return bytes;
 }
 
@@ -326,6 +406,8 @@ RfmScoreAll(const RfmScoring *scoring, const RfmKeys *keys, int n,
 														   keys[i].key[dim]);
 			continue;
 		}
+		if (RfmQuantileByCounting(keys, (uint32) n, dim, scoring->bins, scores[dim]))
+			continue;
 		if (items == NULL)
 		{
 			items = palloc_extended(sizeof(RfmSortItem) * (Size) n, MCXT_ALLOC_HUGE);
