@@ -137,8 +137,8 @@ SELECT pg_temp.rfm_differences('rfm_rand', '2026-11-01', 5, '90 days') AS window
 	   pg_temp.rfm_differences('rfm_rand', '2026-11-01', 5, average => true) AS average_basket,
 	   pg_temp.rfm_differences('rfm_rand', '2026-11-01', 7, '6 months', true) AS average_7_bins;
 
--- recency spread over more days than 4 x customers + 1024 is ranked by
--- sorting, not by counting the customers of each day: same as the reference
+-- recency spread over more days than 4 x customers + 1024 is scored by
+-- selecting cut keys, not by counting the customers of each day: same as the reference
 CREATE TABLE rfm_wide AS
 SELECT g % 7 AS cust, timestamptz '2026-11-01' - (g * 397) * interval '1 day' AS t,
 	   (10 * g)::numeric(8,2) AS amount

@@ -791,7 +791,8 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	RfmMoney   *overflow = NULL;
 	int			noverflow = 0,
 				capoverflow = 0;
-	int			nwrites = 0;
+	int			nwrites = 0,
+				capwrites;
 	int64		seg_changes = 0,
 				score_changes = 0,
 				left = 0;
@@ -971,7 +972,8 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	RfmScoreAll(&cfg.scoring, keys, n, scores);
 	for (i = 0; i < 1000; i++)
 		segof[i] = -1;
-	writes = palloc_extended(sizeof(RfmWrite) * Max(n, 1), MCXT_ALLOC_HUGE);
+	capwrites = 1024;
+	writes = palloc(sizeof(RfmWrite) * capwrites);
 	summary = palloc0(sizeof(RfmSegSummary) * RFM_MAX_SEGMENTS);
 	for (i = 0; i < n; i++)
 	{
@@ -1001,6 +1003,11 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 			score_changes++;
 		if (seg_changed || score_changed || (c->flags & RFM_CUST_PRUNE))
 		{
+			if (nwrites == capwrites)
+			{
+				capwrites *= 2;
+				writes = repalloc_huge(writes, sizeof(RfmWrite) * capwrites);
+			}
 			writes[nwrites].pos = i;
 			writes[nwrites++].id = NULL;
 		}

@@ -18,12 +18,11 @@
  * L(v) >= s * n / bins, so a score may hold more (a big tie) or fewer
  * customers than n / bins, and a score may even be empty.
  *
- * A dimension whose keys are all integers in a narrow range (recency in
- * days, frequency) is ranked by counting the customers of each value.  Any
- * other (monetary) is ranked by one LSD radix sort of (key, index) pairs on
- * an order-preserving 64-bit image of the double key: O(n) time, two arrays
- * of 16 bytes per customer of scratch memory, and byte passes where every
- * key agrees are skipped.
+ * Nobody is sorted: a dimension whose keys are all integers in a narrow
+ * range (recency in days, frequency) is scored by counting the customers of
+ * each value; any other (monetary) by selecting the bins - 1 cut keys on an
+ * order-preserving 64-bit image of the double key (RfmQuantileBySelection).
+ * Both take O(n) time and at most 8 bytes per customer of scratch memory.
  *
  * Threshold scoring: see RfmThresholdScore.
  */
@@ -37,13 +36,6 @@
 #include "utils/float.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
-
-/* One customer's key in one dimension, in sortable form. */
-typedef struct RfmSortItem
-{
-	uint64		image;			/* order-preserving image of the key */
-	uint32		index;			/* position of the customer in keys[] */
-} RfmSortItem;
 
 static const char *const rfm_dimension_names[3] = {"recency", "frequency", "monetary"};
 
@@ -65,61 +57,6 @@ RfmKeyImage(double key)
 	if (bits & UINT64CONST(0x8000000000000000))
 		return ~bits;
 	return bits | UINT64CONST(0x8000000000000000);
-}
-
-/*
- * Sort items[0..n) by image with an LSD radix sort (8 passes of one byte,
- * stable), ping-ponging with tmp.  Passes in which all images share the byte
- * are skipped.  Returns the array that holds the sorted result.
- */
-static RfmSortItem *
-RfmRadixSort(RfmSortItem *items, RfmSortItem *tmp, uint32 n)
-{
-	uint32		counts[8][256];
-	uint32		i;
-	int			pass;
-
-	memset(counts, 0, sizeof(counts));
-	for (i = 0; i < n; i++)
-	{
-		uint64		v = items[i].image;
-
-		for (pass = 0; pass < 8; pass++)
-			counts[pass][(v >> (pass * 8)) & 0xFF]++;
-	}
-
-	for (pass = 0; pass < 8; pass++)
-	{
-		uint32		offsets[256];
-		uint32		sum = 0;
-		int			b;
-		bool		trivial = false;
-		RfmSortItem *swap;
-
-		for (b = 0; b < 256; b++)
-		{
-			if (counts[pass][b] == n)
-			{
-				trivial = true;
-				break;
-			}
-			offsets[b] = sum;
-			sum += counts[pass][b];
-		}
-		if (trivial)
-			continue;
-
-		for (i = 0; i < n; i++)
-		{
-			uint32		bucket = (items[i].image >> (pass * 8)) & 0xFF;
-
-			tmp[offsets[bucket]++] = items[i];
-		}
-		swap = items;
-		items = tmp;
-		tmp = swap;
-	}
-	return items;
 }
 
 /*
@@ -198,36 +135,103 @@ RfmQuantileByCounting(const RfmKeys *keys, uint32 n, int dim, int bins, uint8 *s
 	return true;
 }
 
+/* Buckets of the first selection pass: the top 16 bits of a key image. */
+#define RFM_SELECT_BITS 16
+#define RFM_SELECT_BUCKETS (1 << RFM_SELECT_BITS)
+
+/* qsort comparator of key images. */
+static int
+RfmImageCmp(const void *a, const void *b)
+{
+	uint64		x = *(const uint64 *) a;
+	uint64		y = *(const uint64 *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
 /*
- * Score every customer in one dimension by quantile: sort, then give each run
- * of equal keys the score of its first position L (the number of customers
- * strictly worse).
+ * Score every customer in one dimension by quantile without sorting them.
+ * With the keys in ascending order k_0 <= ... <= k_{n-1}, a key v has
+ * L(v) >= T exactly when v > k_{T-1}, so
+ *
+ *		score(v) = 1 + #{s in 1..bins-1 : v > k_{T_s - 1}},  T_s = ceil(s n / bins)
+ *
+ * which needs only the bins - 1 cut keys k_{T_s - 1}.  They are selected by
+ * key image: a histogram of the top 16 bits locates the bucket holding each
+ * cut rank, the keys of those buckets (at most bins - 1 of them) are copied
+ * out and sorted, and a last pass scores every customer against the cuts.
+ * Three passes over the keys; scratch memory is the histogram and the keys
+ * of the cut buckets.
  */
 static void
-RfmQuantileDimension(const RfmKeys *keys, uint32 n, int dim, int bins,
-					 RfmSortItem *items, RfmSortItem *tmp, uint8 *score)
+RfmQuantileBySelection(const RfmKeys *keys, uint32 n, int dim, int bins, uint8 *score)
 {
-	RfmSortItem *sorted;
+	uint32	   *start = palloc0(sizeof(uint32) * (RFM_SELECT_BUCKETS + 1));
+	int8	   *slot_of = palloc(RFM_SELECT_BUCKETS);
+	uint64	   *picked[RFM_MAX_BINS];
+	uint32		fill[RFM_MAX_BINS];
+	uint32		cut_bucket[RFM_MAX_BINS];
+	uint32		cut_rank[RFM_MAX_BINS];
+	uint64		cuts[RFM_MAX_BINS];
+	int			ncuts = bins - 1;
+	int			nslots = 0;
+	int			s;
 	uint32		i;
-	uint32		start = 0;
-	uint8		run_score = 1;
+	uint32		b;
 
+	/* histogram, then bucket starts (start[b] = keys in buckets before b) */
 	for (i = 0; i < n; i++)
-	{
-		items[i].image = RfmKeyImage(keys[i].key[dim]);
-		items[i].index = i;
-	}
-	sorted = RfmRadixSort(items, tmp, n);
+		start[(RfmKeyImage(keys[i].key[dim]) >> (64 - RFM_SELECT_BITS)) + 1]++;
+	for (b = 1; b <= RFM_SELECT_BUCKETS; b++)
+		start[b] += start[b - 1];
 
-	for (i = 0; i < n; i++)
+	/* the bucket of each cut rank, and the buckets to copy out */
+	memset(slot_of, -1, RFM_SELECT_BUCKETS);
+	b = 0;
+	for (s = 1; s <= ncuts; s++)
 	{
-		if (i == 0 || sorted[i].image != sorted[start].image)
+		uint32		rank = (uint32) (((uint64) s * n + bins - 1) / bins) - 1;
+
+		while (start[b + 1] <= rank)
+			b++;
+		cut_bucket[s] = b;
+		cut_rank[s] = rank - start[b];
+		if (slot_of[b] < 0)
 		{
-			start = i;
-			run_score = (uint8) (1 + ((uint64) bins * start) / n);
+			slot_of[b] = (int8) nslots;
+			picked[nslots] = palloc_extended(sizeof(uint64) * Max(start[b + 1] - start[b], 1),
+											 MCXT_ALLOC_HUGE);
+			fill[nslots] = 0;
+			nslots++;
 		}
-		score[sorted[i].index] = run_score;
 	}
+	for (i = 0; i < n; i++)
+	{
+		uint64		image = RfmKeyImage(keys[i].key[dim]);
+		int			k = slot_of[image >> (64 - RFM_SELECT_BITS)];
+
+		if (k >= 0)
+			picked[k][fill[k]++] = image;
+	}
+	for (s = 0; s < nslots; s++)
+		qsort(picked[s], fill[s], sizeof(uint64), RfmImageCmp);
+	for (s = 1; s <= ncuts; s++)
+		cuts[s] = picked[slot_of[cut_bucket[s]]][cut_rank[s]];
+
+	for (i = 0; i < n; i++)
+	{
+		uint64		image = RfmKeyImage(keys[i].key[dim]);
+		uint8		sc = 1;
+
+		for (s = 1; s <= ncuts; s++)
+			sc += (image > cuts[s]);
+		score[i] = sc;
+	}
+
+	for (s = 0; s < nslots; s++)
+		pfree(picked[s]);
+	pfree(slot_of);
+	pfree(start);
 }
 
 /*
@@ -361,8 +365,9 @@ RfmCheckScoring(const RfmScoring *scoring)
 /*
  * Scratch memory RfmScoreAll takes for n customers (freed before it
  * returns): one byte per customer and dimension, plus, when some dimension
- * is scored by quantile, two arrays of sort items or a count per value of a
- * narrow range, whichever is larger.  Callers report it.
+ * is scored by quantile, at most a key image per customer and a histogram,
+ * or a count per value of a narrow range, whichever is larger.  Callers
+ * report it.
  */
 Size
 RfmScoreAllMemory(const RfmScoring *scoring, int n)
@@ -372,23 +377,23 @@ RfmScoreAllMemory(const RfmScoring *scoring, int n)
 
 	for (dim = 0; dim < 3; dim++)
 		if (!scoring->use_thresholds || scoring->nthresholds[dim] == 0)
-			return bytes + Max(2 * sizeof(RfmSortItem) * (Size) Max(n, 0),
+			return bytes + Max(sizeof(uint64) * (Size) Max(n, 0) +
+							   (sizeof(uint32) + 1) * (RFM_SELECT_BUCKETS + 1),
 							   (sizeof(uint32) + 1) * ((Size) RFM_COUNTING_RANGE_PER(Max(n, 0)) + 1));
 	return bytes;
 }
 
 /*
  * Score n customers at once (rfm.h).  Dimensions with thresholds are scored
- * per customer; the others by quantile, one radix sort each.  Scratch memory
- * (RfmScoreAllMemory: 35 bytes per customer) is freed before returning.
+ * per customer; the others by quantile, by counting or selection.  Scratch
+ * memory (RfmScoreAllMemory: at most 11 bytes per customer and a histogram)
+ * is freed before returning.
  */
 void
 RfmScoreAll(const RfmScoring *scoring, const RfmKeys *keys, int n,
 			RfmScore *out)
 {
 	uint8	   *scores[3];
-	RfmSortItem *items = NULL;
-	RfmSortItem *tmp = NULL;
 	int			dim;
 	int			i;
 
@@ -406,15 +411,8 @@ RfmScoreAll(const RfmScoring *scoring, const RfmKeys *keys, int n,
 														   keys[i].key[dim]);
 			continue;
 		}
-		if (RfmQuantileByCounting(keys, (uint32) n, dim, scoring->bins, scores[dim]))
-			continue;
-		if (items == NULL)
-		{
-			items = palloc_extended(sizeof(RfmSortItem) * (Size) n, MCXT_ALLOC_HUGE);
-			tmp = palloc_extended(sizeof(RfmSortItem) * (Size) n, MCXT_ALLOC_HUGE);
-		}
-		RfmQuantileDimension(keys, (uint32) n, dim, scoring->bins,
-							 items, tmp, scores[dim]);
+		if (!RfmQuantileByCounting(keys, (uint32) n, dim, scoring->bins, scores[dim]))
+			RfmQuantileBySelection(keys, (uint32) n, dim, scoring->bins, scores[dim]);
 		CHECK_FOR_INTERRUPTS();
 	}
 
@@ -424,9 +422,4 @@ RfmScoreAll(const RfmScoring *scoring, const RfmKeys *keys, int n,
 
 	for (dim = 0; dim < 3; dim++)
 		pfree(scores[dim]);
-	if (items != NULL)
-	{
-		pfree(items);
-		pfree(tmp);
-	}
 }
