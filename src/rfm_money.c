@@ -232,6 +232,36 @@ RfmNumericToScaled(struct varlena *v, int128 *value, int16 *scale,
 }
 
 /*
+ * A finite numeric as value * 10^dscale in 64 bits, for the compact form of
+ * loyalty.day_buckets.  *dscale is always set (0 for NaN and infinities);
+ * the result is false when the numeric is special, has digits beyond its
+ * display scale or does not fit int64 at its display scale.
+ */
+bool
+RfmNumericToInt64(Numeric num, int64 *value, int *dscale)
+{
+	struct varlena *v = (struct varlena *) num;
+	uint16		header;
+	int128		i;
+	int16		scale;
+	bool		special;
+
+	memcpy(&header, VARDATA_ANY(v), sizeof(uint16));
+	if ((header & RFM_NUMERIC_SIGN_MASK) == RFM_NUMERIC_SPECIAL)
+		*dscale = 0;
+	else if (header & RFM_NUMERIC_SHORT)
+		*dscale = (header & RFM_SHORT_DSCALE_MASK) >> RFM_SHORT_DSCALE_SHIFT;
+	else
+		*dscale = header & RFM_NUMERIC_DSCALE_MASK;
+	if (!RfmNumericToScaled(v, &i, &scale, &special) ||
+		i > PG_INT64_MAX || i < PG_INT64_MIN)
+		return false;
+	Assert(scale == *dscale);
+	*value = (int64) i;
+	return true;
+}
+
+/*
  * Build a numeric from base-10000 digits, most significant first, exactly as
  * numeric.c's make_result() would (so the datum is the canonical one).
  */

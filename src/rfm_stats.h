@@ -97,6 +97,7 @@ extern void RfmMoneyAddMoney(RfmMoney *sum, const RfmMoney *other,
 extern Numeric RfmMoneyToNumeric(const RfmMoney *sum);
 extern double RfmMoneyKey(const RfmMoney *sum);
 extern Numeric RfmNumericFromScaled(int128 value, int scale);
+extern bool RfmNumericToInt64(Numeric num, int64 *value, int *dscale);
 
 /*
  * sum += amount, inline for the common case (same scale, no overflow) that
