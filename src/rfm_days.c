@@ -106,18 +106,6 @@ RfmDaysTypeOid(void)
  * ---------------------------------------------------------------------
  */
 
-/* 10^k as int64, k = 0..18. */
-static const int64 rfm_days_pow10[19] = {
-	INT64CONST(1), INT64CONST(10), INT64CONST(100), INT64CONST(1000),
-	INT64CONST(10000), INT64CONST(100000), INT64CONST(1000000),
-	INT64CONST(10000000), INT64CONST(100000000), INT64CONST(1000000000),
-	INT64CONST(10000000000), INT64CONST(100000000000),
-	INT64CONST(1000000000000), INT64CONST(10000000000000),
-	INT64CONST(100000000000000), INT64CONST(1000000000000000),
-	INT64CONST(10000000000000000), INT64CONST(100000000000000000),
-	INT64CONST(1000000000000000000)
-};
-
 /*
  * One decoded bucket.  In a compact set the day's spend is `spend` scaled by
  * the set's scale; in a numeric set it is `num`.  dscale is the display
@@ -352,8 +340,8 @@ RfmBucketNumeric(RfmBuckets *set, RfmBucket *b)
 {
 	if (set->numeric)
 		return b->num;
-	Assert(b->spend % rfm_days_pow10[set->scale - b->dscale] == 0);
-	return RfmNumericFromScaled(b->spend / rfm_days_pow10[set->scale - b->dscale],
+	Assert(b->spend % RfmPow10Int64[set->scale - b->dscale] == 0);
+	return RfmNumericFromScaled(b->spend / RfmPow10Int64[set->scale - b->dscale],
 								b->dscale);
 }
 
@@ -384,7 +372,7 @@ RfmBucketsRescale(RfmBuckets *set, int scale)
 	Assert(!set->numeric && scale >= set->scale && scale <= RFM_DAYS_MAX_SCALE);
 	if (scale == set->scale)
 		return true;
-	f = rfm_days_pow10[scale - set->scale];
+	f = RfmPow10Int64[scale - set->scale];
 	spends = palloc(sizeof(int64) * Max(set->n, 1));
 	for (i = 0; i < set->n; i++)
 		if (pg_mul_s64_overflow(set->b[i].spend, f, &spends[i]))
@@ -419,8 +407,8 @@ RfmBucketsCompactSpends(RfmBuckets *set, int scale, int64 *out)
 		{
 			/* a compact set: its scale only shrinks to the largest dscale */
 			Assert(set->scale >= scale &&
-				   b->spend % rfm_days_pow10[set->scale - scale] == 0);
-			out[i] = b->spend / rfm_days_pow10[set->scale - scale];
+				   b->spend % RfmPow10Int64[set->scale - scale] == 0);
+			out[i] = b->spend / RfmPow10Int64[set->scale - scale];
 		}
 		else
 		{
@@ -428,7 +416,7 @@ RfmBucketsCompactSpends(RfmBuckets *set, int scale, int64 *out)
 			int			ds;
 
 			if (!RfmNumericToInt64(b->num, &v, &ds) || ds > scale ||
-				pg_mul_s64_overflow(v, rfm_days_pow10[scale - ds], &out[i]))
+				pg_mul_s64_overflow(v, RfmPow10Int64[scale - ds], &out[i]))
 				return false;
 		}
 	}
@@ -725,6 +713,8 @@ RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum,
 	RfmBucket	b;
 	bool		in_window = false;
 	int			dscale = 0;
+	int128		acc = 0;		/* compact form: the window's scaled spend */
+	Numeric		num = RfmNumericZero(); /* numeric form: its spend */
 
 	sum->orders = 0;
 	sum->spend = RfmNumericZero();
@@ -734,61 +724,38 @@ RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum,
 	if (d == NULL)
 		return;
 	RfmDaysIterInit(d, &it);
-	if (!it.numeric)
+	while (RfmDaysIterNext(&it, &b) && b.day <= to)
 	{
-		int128		acc = 0;
-
-		while (RfmDaysIterNext(&it, &b) && b.day <= to)
+		if (b.orders > 0)
 		{
-			if (b.orders > 0)
-			{
-				sum->has_order = true;
-				sum->last_order_day = b.day;
-			}
-			if (b.day >= from)
-			{
-				sum->orders += b.orders;
-				acc += b.spend;
-				dscale = b.dscale;
-				in_window = true;
-			}
+			sum->has_order = true;
+			sum->last_order_day = b.day;
 		}
-		if (in_window)
+		if (b.day >= from)
 		{
-			sum->money.v.i = it.scale == dscale ? acc
-				: acc / rfm_days_pow10[it.scale - dscale];
-			sum->money.scale = (int16) dscale;
+			sum->orders += b.orders;
+			if (!it.numeric)
+				acc += b.spend;
+			else
+				num = RfmNumericAdd(num, b.num);
+			dscale = b.dscale;
+			in_window = true;
 		}
 	}
-	else
+	if (in_window && !it.numeric)
 	{
-		Numeric		acc = RfmNumericZero();
+		sum->money.v.i = it.scale == dscale ? acc
+			: acc / RfmPow10Int64[it.scale - dscale];
+		sum->money.scale = (int16) dscale;
+	}
+	else if (in_window)
+	{
+		RfmAmount	amount;
 
-		while (RfmDaysIterNext(&it, &b) && b.day <= to)
-		{
-			if (b.orders > 0)
-			{
-				sum->has_order = true;
-				sum->last_order_day = b.day;
-			}
-			if (b.day >= from)
-			{
-				sum->orders += b.orders;
-				acc = RfmNumericAdd(acc, b.num);
-				dscale = b.dscale;
-				in_window = true;
-			}
-		}
-		if (in_window)
-		{
-			RfmAmount	amount;
-
-			acc = DatumGetNumeric(DirectFunctionCall2(numeric_round,
-													  NumericGetDatum(acc),
-													  Int32GetDatum(dscale)));
-			RfmDecodeAmount(RFM_AMOUNT_NUMERIC, NumericGetDatum(acc), &amount);
-			RfmMoneyAdd(&sum->money, &amount, cxt);
-		}
+		num = DatumGetNumeric(DirectFunctionCall2(numeric_round, NumericGetDatum(num),
+												  Int32GetDatum(dscale)));
+		RfmDecodeAmount(RFM_AMOUNT_NUMERIC, NumericGetDatum(num), &amount);
+		RfmMoneyAdd(&sum->money, &amount, cxt);
 	}
 	if (want_spend && in_window)
 		sum->spend = RfmMoneyToNumeric(&sum->money);

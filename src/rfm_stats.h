@@ -89,6 +89,8 @@ typedef struct RfmPeriod
 #define RFM_NO_FIRST_ORDER	DT_NOEND
 
 /* rfm_money.c */
+#define RFM_POW10_INT64_COUNT	19
+extern const int64 RfmPow10Int64[RFM_POW10_INT64_COUNT];
 extern void RfmDecodeAmount(RfmAmountKind kind, Datum value, RfmAmount *out);
 extern void RfmMoneyAdd(RfmMoney *sum, const RfmAmount *amount,
 						MemoryContext cxt);
