@@ -4,10 +4,13 @@
  *		day, the part of the live statistics that makes windowed frequency
  *		and monetary computable for any as-of time without reading orders.
  *
- * Buckets are kept sorted by day with their spend stored cumulatively, so a
- * window is a range of buckets and its spend is one subtraction; adding a
- * statement's delta (usually one bucket, usually the last day) rewrites only
- * the buckets from the first changed day on.  See rfm_live.h for the layout.
+ * Buckets are kept sorted by day, each with that day's spend.  Stored values
+ * are compact: day deltas, order counts and spends as scaled integers in
+ * varints, read in place; a window's spend is an integer sum over its
+ * buckets, with no numeric built.  Spends that do not fit 64 bits at the
+ * value's decimal scale keep numerics (the numeric form), so money stays
+ * exact.  Merging a statement's delta and pruning decode the value, work on
+ * the decoded buckets and encode the result.  See rfm_live.h for the layout.
  */
 #include "loyalty.h"
 
@@ -18,6 +21,7 @@
 #include "funcapi.h"
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
+#include "common/int.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/lsyscache.h"
@@ -97,260 +101,664 @@ RfmDaysTypeOid(void)
 	return typoid;
 }
 
-/*
- * Size of a value with n buckets whose cumulative spends are cums[]: the
- * fixed part, then each numeric at an int-aligned offset.
+/* ---------------------------------------------------------------------
+ * The stored form (layout in rfm_live.h)
+ * ---------------------------------------------------------------------
  */
-static Size
-RfmDaysSize(int n, Numeric *cums)
-{
-	Size		sz = INTALIGN(sizeof(RfmDays) + 2 * sizeof(int32) * n);
-	int			i;
 
-	for (i = 0; i < n; i++)
-		sz += INTALIGN(VARSIZE(cums[i]));
-	return sz;
+/*
+ * One decoded bucket.  In a compact set the day's spend is `spend` scaled by
+ * the set's scale; in a numeric set it is `num`.  dscale is the display
+ * scale of the day's spend (see rfm_live.h).
+ */
+typedef struct RfmBucket
+{
+	DateADT		day;
+	int32		orders;
+	int32		dscale;
+	int64		spend;
+	Numeric		num;
+} RfmBucket;
+
+/* A decoded value: what merge, prune and the output functions work on. */
+typedef struct RfmBuckets
+{
+	int			n;
+	bool		numeric;		/* spends in num, else in spend */
+	int			scale;			/* compact: spend = day's spend * 10^scale */
+	RfmBucket  *b;
+} RfmBuckets;
+
+/* A cursor over the bytes of a stored value. */
+typedef struct RfmDaysIter
+{
+	const uint8 *p;
+	const uint8 *end;
+	bool		numeric;
+	int			scale;
+	int			n;				/* buckets in the value */
+	int			left;			/* buckets not read yet */
+	DateADT		day;			/* day of the last bucket read */
+	int			runs_left;		/* display-scale runs not started yet */
+	int			run_left;		/* buckets left in the current run */
+	int			dscale;			/* display scale of the current run */
+} RfmDaysIter;
+
+/* A stored value that does not parse: only corruption can cause this. */
+static pg_noinline void
+RfmDaysCorrupt(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("corrupted day_buckets value")));
+}
+
+/* Read an unsigned LEB128 varint. */
+static inline uint64
+RfmGetVarint(RfmDaysIter *it)
+{
+	uint64		v = 0;
+	int			shift = 0;
+
+	for (;;)
+	{
+		uint8		b;
+
+		if (unlikely(it->p >= it->end || shift > 63))
+			RfmDaysCorrupt();
+		b = *it->p++;
+		v |= (uint64) (b & 0x7F) << shift;
+		if (!(b & 0x80))
+			return v;
+		shift += 7;
+	}
+}
+
+/* Write an unsigned LEB128 varint (at most 10 bytes). */
+static inline uint8 *
+RfmPutVarint(uint8 *p, uint64 v)
+{
+	while (v >= 0x80)
+	{
+		*p++ = (uint8) (v | 0x80);
+		v >>= 7;
+	}
+	*p++ = (uint8) v;
+	return p;
+}
+
+static inline uint64
+RfmZigzag(int64 v)
+{
+	return ((uint64) v << 1) ^ (uint64) (v >> 63);
+}
+
+static inline int64
+RfmUnzigzag(uint64 v)
+{
+	return (int64) (v >> 1) ^ -(int64) (v & 1);
 }
 
 /*
- * Lay out a value from parallel arrays of days, orders and cumulative
- * spends (already free of empty buckets).  Returns NULL for no buckets: a
- * customer without buckets stores NULL.
+ * Start reading a value: parse its header up to the first bucket.  d may
+ * have a short varlena header (it is read in place).
  */
-static RfmDays *
-RfmDaysAssemble(int n, int32 *days, int32 *orders, Numeric *cums)
+static void
+RfmDaysIterInit(RfmDays *d, RfmDaysIter *it)
 {
-	Size		sz;
-	RfmDays    *d;
-	char	   *p;
+	uint8		flags;
+	uint64		n;
+
+	it->p = (const uint8 *) VARDATA_ANY(d);
+	it->end = it->p + VARSIZE_ANY_EXHDR(d);
+	if (it->end - it->p < 2)
+		RfmDaysCorrupt();
+	flags = *it->p++;
+	if ((flags & RFM_DAYS_FORMAT_MASK) != RFM_DAYS_FORMAT_1)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("unsupported day_buckets format %d", flags & RFM_DAYS_FORMAT_MASK)));
+	it->numeric = (flags & RFM_DAYS_NUMERIC) != 0;
+	it->scale = *it->p++;
+	n = RfmGetVarint(it);
+	if (n > PG_INT32_MAX || it->scale > RFM_DAYS_MAX_SCALE)
+		RfmDaysCorrupt();
+	it->n = it->left = (int) n;
+	it->day = 0;
+	if (n > 0)
+		it->day = (DateADT) RfmUnzigzag(RfmGetVarint(it));
+	it->runs_left = (flags & RFM_DAYS_RUNS) ? (int) RfmGetVarint(it) : 0;
+	it->run_left = 0;
+	it->dscale = it->scale;
+}
+
+/*
+ * Read the next bucket into *b (b->num is palloc'd in the numeric form).
+ * False when every bucket has been read.
+ */
+static inline bool
+RfmDaysIterNext(RfmDaysIter *it, RfmBucket *b)
+{
+	uint64		tag;
+
+	if (it->left == 0)
+		return false;
+	tag = RfmGetVarint(it);
+	if (it->left < it->n)
+		it->day += (DateADT) (tag >> 2);
+	it->left--;
+	b->day = it->day;
+	b->orders = (tag & 3) ? (int32) (tag & 3) : (int32) RfmUnzigzag(RfmGetVarint(it));
+	if (!it->numeric)
+	{
+		if (unlikely(it->run_left == 0))
+		{
+			if (it->runs_left > 0)
+			{
+				it->run_left = (int) RfmGetVarint(it);
+				if (it->p >= it->end || it->run_left <= 0)
+					RfmDaysCorrupt();
+				it->dscale = *it->p++;
+				it->runs_left--;
+			}
+			else
+			{
+				it->run_left = PG_INT32_MAX;
+				it->dscale = it->scale;
+			}
+		}
+		it->run_left--;
+		b->dscale = it->dscale;
+		b->spend = RfmUnzigzag(RfmGetVarint(it));
+		b->num = NULL;
+	}
+	else
+	{
+		uint64		len = RfmGetVarint(it);
+		int64		unused;
+
+		if (len < sizeof(uint16) || len > (uint64) (it->end - it->p))
+			RfmDaysCorrupt();
+		b->num = (Numeric) palloc(VARHDRSZ + len);
+		SET_VARSIZE(b->num, VARHDRSZ + len);
+		memcpy(VARDATA(b->num), it->p, len);
+		it->p += len;
+		(void) RfmNumericToInt64(b->num, &unused, &b->dscale);
+		b->spend = 0;
+	}
+	return true;
+}
+
+/* Decode a value (NULL: no bucket) into a set. */
+static void
+RfmBucketsDecode(RfmDays *d, RfmBuckets *set)
+{
+	RfmDaysIter it;
+	int			i = 0;
+
+	set->n = 0;
+	set->numeric = false;
+	set->scale = 0;
+	set->b = NULL;
+	if (d == NULL)
+		return;
+	RfmDaysIterInit(d, &it);
+	set->numeric = it.numeric;
+	set->scale = it.scale;
+	set->b = palloc(sizeof(RfmBucket) * Max(it.n, 1));
+	while (RfmDaysIterNext(&it, &set->b[i]))
+		i++;
+	set->n = i;
+}
+
+/* Number of buckets of a value (NULL: none). */
+int
+RfmDaysCount(RfmDays *d)
+{
+	RfmDaysIter it;
+
+	if (d == NULL)
+		return 0;
+	RfmDaysIterInit(d, &it);
+	return it.n;
+}
+
+/* Day of the first bucket of a value with at least one bucket. */
+DateADT
+RfmDaysFirstDay(RfmDays *d)
+{
+	RfmDaysIter it;
+
+	RfmDaysIterInit(d, &it);
+	Assert(it.n > 0);
+	return it.day;
+}
+
+/* The day's spend of bucket b of a compact set as a numeric. */
+static Numeric
+RfmBucketNumeric(RfmBuckets *set, RfmBucket *b)
+{
+	if (set->numeric)
+		return b->num;
+	Assert(b->spend % RfmPow10Int64[set->scale - b->dscale] == 0);
+	return RfmNumericFromScaled(b->spend / RfmPow10Int64[set->scale - b->dscale],
+								b->dscale);
+}
+
+/* Turn a compact set into a numeric one. */
+static void
+RfmBucketsToNumeric(RfmBuckets *set)
+{
 	int			i;
 
-	if (n == 0)
-		return NULL;
-	sz = RfmDaysSize(n, cums);
-	d = (RfmDays *) palloc0(sz);
-	SET_VARSIZE(d, sz);
-	d->n = n;
-	memcpy(RfmDaysDay(d), days, sizeof(int32) * n);
-	memcpy(RfmDaysOrders(d), orders, sizeof(int32) * n);
-	p = RfmDaysFirstSpend(d);
-	for (i = 0; i < n; i++)
+	if (set->numeric)
+		return;
+	for (i = 0; i < set->n; i++)
+		set->b[i].num = RfmBucketNumeric(set, &set->b[i]);
+	set->numeric = true;
+}
+
+/*
+ * Raise a compact set's scale to `scale`; false on int64 overflow, the set
+ * then left as it was.
+ */
+static bool
+RfmBucketsRescale(RfmBuckets *set, int scale)
+{
+	int64		f;
+	int64	   *spends;
+	int			i;
+
+	Assert(!set->numeric && scale >= set->scale && scale <= RFM_DAYS_MAX_SCALE);
+	if (scale == set->scale)
+		return true;
+	f = RfmPow10Int64[scale - set->scale];
+	spends = palloc(sizeof(int64) * Max(set->n, 1));
+	for (i = 0; i < set->n; i++)
+		if (pg_mul_s64_overflow(set->b[i].spend, f, &spends[i]))
+		{
+			pfree(spends);
+			return false;
+		}
+	for (i = 0; i < set->n; i++)
+		set->b[i].spend = spends[i];
+	pfree(spends);
+	set->scale = scale;
+	return true;
+}
+
+/*
+ * The compact spends of a set at its largest display scale, into out[];
+ * false when that scale exceeds RFM_DAYS_MAX_SCALE or a spend does not fit
+ * int64 at it.
+ */
+static bool
+RfmBucketsCompactSpends(RfmBuckets *set, int scale, int64 *out)
+{
+	int			i;
+
+	if (scale > RFM_DAYS_MAX_SCALE)
+		return false;
+	for (i = 0; i < set->n; i++)
 	{
-		memcpy(p, cums[i], VARSIZE(cums[i]));
-		p = RfmDaysNextSpend(p);
+		RfmBucket  *b = &set->b[i];
+
+		if (!set->numeric)
+		{
+			/* a compact set: its scale only shrinks to the largest dscale */
+			Assert(set->scale >= scale &&
+				   b->spend % RfmPow10Int64[set->scale - scale] == 0);
+			out[i] = b->spend / RfmPow10Int64[set->scale - scale];
+		}
+		else
+		{
+			int64		v;
+			int			ds;
+
+			if (!RfmNumericToInt64(b->num, &v, &ds) || ds > scale ||
+				pg_mul_s64_overflow(v, RfmPow10Int64[scale - ds], &out[i]))
+				return false;
+		}
 	}
+	return true;
+}
+
+/*
+ * Lay out a set; NULL for no buckets (a customer without buckets stores
+ * NULL).  The compact form whenever it is exact, else the numeric form.
+ */
+static RfmDays *
+RfmBucketsEncode(RfmBuckets *set)
+{
+	int64	   *spends;
+	Numeric    *nums = NULL;
+	int			scale = 0;
+	bool		compact;
+	Size		cap;
+	RfmDays    *d;
+	uint8	   *p;
+	int			nruns = 0;
+	int			i;
+
+	if (set->n == 0)
+		return NULL;
+	for (i = 0; i < set->n; i++)
+		scale = Max(scale, set->b[i].dscale);
+	spends = palloc(sizeof(int64) * set->n);
+	compact = RfmBucketsCompactSpends(set, scale, spends);
+
+	/* header, then at most 10 + 10 + 10 bytes a bucket (+ a run header) */
+	cap = VARHDRSZ + 2 + 10 + 10 + 10 + (Size) set->n * 41;
+	if (!compact)
+	{
+		RfmBucketsToNumeric(set);
+		nums = palloc(sizeof(Numeric) * set->n);
+		for (i = 0; i < set->n; i++)
+		{
+			Numeric		num = set->b[i].num;
+			int64		unused;
+			int			ds;
+
+			/* carry the display scale in the numeric itself */
+			(void) RfmNumericToInt64(num, &unused, &ds);
+			if (ds != set->b[i].dscale)
+				num = DatumGetNumeric(DirectFunctionCall2(numeric_round,
+														  NumericGetDatum(num),
+														  Int32GetDatum(set->b[i].dscale)));
+			nums[i] = num;
+			cap += VARSIZE_ANY_EXHDR(num);
+		}
+	}
+
+	d = (RfmDays *) palloc(cap);
+	p = d->data;
+	*p++ = RFM_DAYS_FORMAT_1 | (compact ? 0 : RFM_DAYS_NUMERIC);
+	*p++ = (uint8) (compact ? scale : 0);
+	p = RfmPutVarint(p, (uint64) set->n);
+	p = RfmPutVarint(p, RfmZigzag(set->b[0].day));
+	if (compact)
+	{
+		/* display-scale runs, unless every bucket has the value's scale */
+		bool		uniform = true;
+
+		for (i = 0; i < set->n; i++)
+		{
+			if (i == 0 || set->b[i].dscale != set->b[i - 1].dscale)
+				nruns++;
+			uniform &= set->b[i].dscale == scale;
+		}
+		if (uniform)
+			nruns = 0;
+		else
+		{
+			d->data[0] |= RFM_DAYS_RUNS;
+			p = RfmPutVarint(p, (uint64) nruns);
+		}
+	}
+	for (i = 0; i < set->n; i++)
+	{
+		RfmBucket  *b = &set->b[i];
+		uint64		delta = i == 0 ? 0 : (uint64) ((int64) b->day - set->b[i - 1].day);
+		uint64		ocode = (b->orders >= 1 && b->orders <= 3) ? (uint64) b->orders : 0;
+
+		Assert(i == 0 || b->day > set->b[i - 1].day);
+		p = RfmPutVarint(p, (delta << 2) | ocode);
+		if (ocode == 0)
+			p = RfmPutVarint(p, RfmZigzag(b->orders));
+		if (compact)
+		{
+			if (nruns > 0 && (i == 0 || b->dscale != set->b[i - 1].dscale))
+			{
+				/* a run header: how many buckets share this display scale */
+				int			k = i;
+
+				while (k < set->n && set->b[k].dscale == b->dscale)
+					k++;
+				p = RfmPutVarint(p, (uint64) (k - i));
+				*p++ = (uint8) b->dscale;
+			}
+			p = RfmPutVarint(p, RfmZigzag(spends[i]));
+		}
+		else
+		{
+			Size		len = VARSIZE_ANY_EXHDR(nums[i]);
+
+			p = RfmPutVarint(p, (uint64) len);
+			memcpy(p, VARDATA_ANY(nums[i]), len);
+			p += len;
+		}
+	}
+	Assert((Size) (p - (uint8 *) d) <= cap);
+	SET_VARSIZE(d, p - (uint8 *) d);
 	return d;
 }
 
 /*
  * Build a value from buckets sorted by day, each day at most once, with the
  * spend of that day alone; empty buckets (no order, zero spend) are left
- * out.
+ * out, though their display scale carries over to later days as it would
+ * in a running sum.
  */
 RfmDays *
 RfmDaysBuild(RfmDayEntry *entries, int n)
 {
-	int32	   *days = palloc(sizeof(int32) * Max(n, 1));
-	int32	   *orders = palloc(sizeof(int32) * Max(n, 1));
-	Numeric    *cums = palloc(sizeof(Numeric) * Max(n, 1));
-	Numeric		cum = RfmNumericZero();
-	int			m = 0;
+	RfmBuckets	set;
+	int			dscale = 0;
 	int			i;
 
+	set.n = 0;
+	set.numeric = true;
+	set.scale = 0;
+	set.b = palloc(sizeof(RfmBucket) * Max(n, 1));
 	for (i = 0; i < n; i++)
 	{
+		RfmBucket  *b = &set.b[set.n];
+		int64		unused;
+		int			ds;
+
+		(void) RfmNumericToInt64(entries[i].spend, &unused, &ds);
+		dscale = Max(dscale, ds);
 		if (entries[i].orders == 0 && RfmNumericIsZero(entries[i].spend))
 			continue;
-		Assert(m == 0 || entries[i].day > days[m - 1]);
-		cum = RfmNumericAdd(cum, entries[i].spend);
-		days[m] = entries[i].day;
-		orders[m] = entries[i].orders;
-		cums[m] = cum;
-		m++;
+		Assert(set.n == 0 || entries[i].day > set.b[set.n - 1].day);
+		b->day = entries[i].day;
+		b->orders = entries[i].orders;
+		b->dscale = dscale;
+		b->spend = 0;
+		b->num = entries[i].spend;
+		set.n++;
 	}
-	return RfmDaysAssemble(m, days, orders, cums);
-}
-
-/* Pointers to the n cumulative spends of a value, in bucket order. */
-static Numeric *
-RfmDaysCums(RfmDays *d)
-{
-	Numeric    *cums = palloc(sizeof(Numeric) * Max(d->n, 1));
-	char	   *p = RfmDaysFirstSpend(d);
-	int			i;
-
-	for (i = 0; i < d->n; i++)
-	{
-		cums[i] = (Numeric) p;
-		p = RfmDaysNextSpend(p);
-	}
-	return cums;
+	return RfmBucketsEncode(&set);
 }
 
 /*
- * Add a delta to a stored value.  A bucket of a present before the first
- * day of the delta keeps its cumulative spend as is; every later bucket
- * gets the delta's cumulative spend up to its day added.  Buckets that the
- * delta empties are dropped (their spend is zero, so later cumulative
- * spends do not change).  Either argument may be NULL (no buckets).
+ * Merge two sets of one form (compact ones at one scale) into *out, as
+ * RfmDaysMerge describes.  False when a compact day's spend overflows int64.
+ */
+static bool
+RfmBucketsMerge(RfmBuckets *a, RfmBuckets *delta, RfmBuckets *out)
+{
+	int			dscale_a = 0;	/* display scale of a up to here */
+	int			dscale_d = 0;	/* display scale of delta up to here */
+	int			i = 0,
+				j = 0;
+
+	Assert(a->numeric == delta->numeric && (a->numeric || a->scale == delta->scale));
+	out->n = 0;
+	out->numeric = a->numeric;
+	out->scale = a->scale;
+	out->b = palloc(sizeof(RfmBucket) * Max(a->n + delta->n, 1));
+	while (i < a->n || j < delta->n)
+	{
+		RfmBucket  *x = NULL;
+		RfmBucket  *y = NULL;
+		RfmBucket  *o = &out->b[out->n];
+		int64		orders;
+
+		if (j >= delta->n || (i < a->n && a->b[i].day < delta->b[j].day))
+			x = &a->b[i++];
+		else if (i >= a->n || delta->b[j].day < a->b[i].day)
+			y = &delta->b[j++];
+		else
+		{
+			x = &a->b[i++];
+			y = &delta->b[j++];
+		}
+		if (x)
+			dscale_a = x->dscale;
+		if (y)
+			dscale_d = y->dscale;
+		orders = (int64) (x ? x->orders : 0) + (y ? y->orders : 0);
+		if (orders > PG_INT32_MAX || orders < PG_INT32_MIN)
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("too many orders on one day for one customer")));
+		o->day = x ? x->day : y->day;
+		o->orders = (int32) orders;
+		o->dscale = Max(dscale_a, dscale_d);
+		o->spend = 0;
+		o->num = NULL;
+		if (!out->numeric)
+		{
+			if (x && y)
+			{
+				if (pg_add_s64_overflow(x->spend, y->spend, &o->spend))
+					return false;
+			}
+			else
+				o->spend = x ? x->spend : y->spend;
+		}
+		else if (x && y)
+			o->num = RfmNumericAdd(x->num, y->num);
+		else
+			o->num = x ? x->num : y->num;
+		/* a bucket the delta empties has no order and no spend of its own */
+		if (y && o->orders == 0 &&
+			(out->numeric ? RfmNumericIsZero(o->num) : o->spend == 0))
+			continue;
+		out->n++;
+	}
+	return true;
+}
+
+/*
+ * Add a delta to a stored value: per day, orders and spends add up; buckets
+ * that the delta empties are dropped.  Either argument may be NULL (no
+ * buckets).  Compact values merge in int64 at the larger of their scales;
+ * when a spend would overflow, both sides are merged as numerics and the
+ * result keeps the numeric form if it needs it.
  */
 RfmDays *
 RfmDaysMerge(RfmDays *a, RfmDays *delta)
 {
-	int			na = a ? a->n : 0;
-	int			nd = delta ? delta->n : 0;
-	int32	   *days;
-	int32	   *orders;
-	Numeric    *cums;
-	Numeric    *ca = a ? RfmDaysCums(a) : NULL;
-	Numeric    *cd = delta ? RfmDaysCums(delta) : NULL;
-	Numeric		zero = RfmNumericZero();
-	Numeric		run_a = zero;	/* cumulative spend of a up to here */
-	Numeric		run_d = zero;	/* cumulative spend of delta up to here */
-	Numeric		prev_out = zero;
-	int			i = 0,
-				j = 0,
-				m = 0;
+	RfmBuckets	sa;
+	RfmBuckets	sd;
+	RfmBuckets	out;
 
-	if (nd == 0)
+	if (delta == NULL || RfmDaysCount(delta) == 0)
 		return a;
-	days = palloc(sizeof(int32) * (na + nd));
-	orders = palloc(sizeof(int32) * (na + nd));
-	cums = palloc(sizeof(Numeric) * (na + nd));
-
-	while (i < na || j < nd)
+	RfmBucketsDecode(a, &sa);
+	RfmBucketsDecode(delta, &sd);
+	if (!sa.numeric && !sd.numeric)
 	{
-		int32		day;
-		int64		o;
-		Numeric		cum;
-		bool		from_a = (j >= nd || (i < na && RfmDaysDay(a)[i] < RfmDaysDay(delta)[j]));
-		bool		from_d = (i >= na || (j < nd && RfmDaysDay(delta)[j] < RfmDaysDay(a)[i]));
+		int			scale = Max(sa.scale, sd.scale);
 
-		if (from_a)
-		{
-			day = RfmDaysDay(a)[i];
-			o = RfmDaysOrders(a)[i];
-			run_a = ca[i];
-			i++;
-		}
-		else if (from_d)
-		{
-			day = RfmDaysDay(delta)[j];
-			o = RfmDaysOrders(delta)[j];
-			run_d = cd[j];
-			j++;
-		}
-		else
-		{
-			day = RfmDaysDay(a)[i];
-			o = (int64) RfmDaysOrders(a)[i] + RfmDaysOrders(delta)[j];
-			run_a = ca[i];
-			run_d = cd[j];
-			i++;
-			j++;
-		}
-		if (o > PG_INT32_MAX || o < PG_INT32_MIN)
-			ereport(ERROR,
-					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-					 errmsg("too many orders on one day for one customer")));
-		/* untouched prefix: keep the stored cumulative spend */
-		if (run_d == zero)
-			cum = run_a;
-		else if (run_a == zero)
-			cum = run_d;
-		else
-			cum = RfmNumericAdd(run_a, run_d);
-		/* an emptied bucket has no order and no spend of its own */
-		if (o == 0 && !from_a)
-		{
-			Numeric		own = RfmNumericSub(cum, prev_out);
-
-			if (RfmNumericIsZero(own))
-				continue;
-		}
-		days[m] = day;
-		orders[m] = (int32) o;
-		cums[m] = cum;
-		prev_out = cum;
-		m++;
+		if (RfmBucketsRescale(&sa, scale) && RfmBucketsRescale(&sd, scale) &&
+			RfmBucketsMerge(&sa, &sd, &out))
+			return RfmBucketsEncode(&out);
 	}
-	return RfmDaysAssemble(m, days, orders, cums);
+	RfmBucketsToNumeric(&sa);
+	RfmBucketsToNumeric(&sd);
+	(void) RfmBucketsMerge(&sa, &sd, &out);
+	return RfmBucketsEncode(&out);
 }
 
 /*
- * Drop the buckets of days before `before`.  Later cumulative spends are
- * rebased on the first bucket kept so that they stay sums of kept buckets.
+ * Drop the buckets of days before `before`.  The buckets kept keep their
+ * spends and display scales.
  */
 RfmDays *
 RfmDaysPrune(RfmDays *a, DateADT before)
 {
-	Numeric    *ca;
-	Numeric		base;
+	RfmBuckets	set;
 	int			k = 0;
-	int			i;
-	Numeric    *cums;
 
 	if (a == NULL)
 		return NULL;
-	while (k < a->n && RfmDaysDay(a)[k] < before)
-		k++;
-	if (k == 0)
+	if (RfmDaysCount(a) == 0 || RfmDaysFirstDay(a) >= before)
 		return a;
-	if (k == a->n)
-		return NULL;
-	ca = RfmDaysCums(a);
-	base = ca[k - 1];
-	cums = palloc(sizeof(Numeric) * (a->n - k));
-	for (i = k; i < a->n; i++)
-		cums[i - k] = RfmNumericSub(ca[i], base);
-	return RfmDaysAssemble(a->n - k, RfmDaysDay(a) + k, RfmDaysOrders(a) + k, cums);
+	RfmBucketsDecode(a, &set);
+	while (k < set.n && set.b[k].day < before)
+		k++;
+	set.b += k;
+	set.n -= k;
+	return RfmBucketsEncode(&set);
 }
 
 /*
  * Orders and spend of the days from..to (inclusive), and the latest day up
  * to `to` with an order (recency when the last order lies after as-of).
- * The spend is sum->cum_end - sum->cum_before (either NULL: zero, the
- * pointers point into d); it is computed as a numeric only if want_spend.
- * d may be NULL.
+ * sum->money is the spend as an exact sum with the display scale of the
+ * last bucket in the window (zero, scale 0, without one), what the
+ * difference of two cumulative numerics gave; allocations it needs (a
+ * numeric beyond 128 bits) go to cxt.  For a compact value this is integer
+ * arithmetic only, without allocation.  sum->spend is the same as a
+ * numeric, computed only if want_spend.  d may be NULL.
  */
 void
-RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum, bool want_spend)
+RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum,
+			  bool want_spend, MemoryContext cxt)
 {
-	char	   *p;
-	int			i;
+	RfmDaysIter it;
+	RfmBucket	b;
+	bool		in_window = false;
+	int			dscale = 0;
+	int128		acc = 0;		/* compact form: the window's scaled spend */
+	Numeric		num = RfmNumericZero(); /* numeric form: its spend */
 
 	sum->orders = 0;
 	sum->spend = RfmNumericZero();
-	sum->cum_before = NULL;
-	sum->cum_end = NULL;
+	memset(&sum->money, 0, sizeof(RfmMoney));
 	sum->has_order = false;
 	sum->last_order_day = 0;
 	if (d == NULL)
 		return;
-	p = RfmDaysFirstSpend(d);
-	for (i = 0; i < d->n; i++)
+	RfmDaysIterInit(d, &it);
+	while (RfmDaysIterNext(&it, &b) && b.day <= to)
 	{
-		int32		day = RfmDaysDay(d)[i];
-
-		if (day > to)
-			break;
-		if (RfmDaysOrders(d)[i] > 0)
+		if (b.orders > 0)
 		{
 			sum->has_order = true;
-			sum->last_order_day = day;
+			sum->last_order_day = b.day;
 		}
-		if (day < from)
-			sum->cum_before = (Numeric) p;
-		else
+		if (b.day >= from)
 		{
-			sum->orders += RfmDaysOrders(d)[i];
-			sum->cum_end = (Numeric) p;
+			sum->orders += b.orders;
+			if (!it.numeric)
+				acc += b.spend;
+			else
+				num = RfmNumericAdd(num, b.num);
+			dscale = b.dscale;
+			in_window = true;
 		}
-		p = RfmDaysNextSpend(p);
 	}
-	if (want_spend && sum->cum_end != NULL)
-		sum->spend = sum->cum_before ? RfmNumericSub(sum->cum_end, sum->cum_before)
-			: sum->cum_end;
+	if (in_window && !it.numeric)
+	{
+		sum->money.v.i = it.scale == dscale ? acc
+			: acc / RfmPow10Int64[it.scale - dscale];
+		sum->money.scale = (int16) dscale;
+	}
+	else if (in_window)
+	{
+		RfmAmount	amount;
+
+		num = DatumGetNumeric(DirectFunctionCall2(numeric_round, NumericGetDatum(num),
+												  Int32GetDatum(dscale)));
+		RfmDecodeAmount(RFM_AMOUNT_NUMERIC, NumericGetDatum(num), &amount);
+		RfmMoneyAdd(&sum->money, &amount, cxt);
+	}
+	if (want_spend && in_window)
+		sum->spend = RfmMoneyToNumeric(&sum->money);
 }
 
 /* ---------------------------------------------------------------------
@@ -361,6 +769,20 @@ RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum, bool want_s
  * empty value.  Stored values never have negative order counts.
  * ---------------------------------------------------------------------
  */
+
+/* The empty value of the text form '{}': a header with no bucket. */
+static RfmDays *
+RfmDaysEmpty(void)
+{
+	Size		sz = VARHDRSZ + 3;
+	RfmDays    *d = (RfmDays *) palloc(sz);
+
+	SET_VARSIZE(d, sz);
+	d->data[0] = RFM_DAYS_FORMAT_1;
+	d->data[1] = 0;				/* scale */
+	d->data[2] = 0;				/* n, as a one-byte varint */
+	return d;
+}
 
 /* Raise the input-syntax error of day_buckets with a detail sentence. */
 static void
@@ -529,13 +951,7 @@ day_buckets_in(PG_FUNCTION_ARGS)
 		}
 	}
 	if (n == 0)
-	{
-		/* the empty value: a header with no bucket */
-		RfmDays    *d = palloc0(INTALIGN(sizeof(RfmDays)));
-
-		SET_VARSIZE(d, INTALIGN(sizeof(RfmDays)));
-		PG_RETURN_RFM_DAYS(d);
-	}
+		PG_RETURN_RFM_DAYS(RfmDaysEmpty());
 	PG_RETURN_RFM_DAYS(RfmDaysBuild(entries, n));
 }
 
@@ -557,22 +973,21 @@ day_buckets_out(PG_FUNCTION_ARGS)
 {
 	RfmDays    *d = PG_GETARG_RFM_DAYS(0);
 	StringInfoData buf;
-	Numeric    *cums = RfmDaysCums(d);
-	Numeric		prev = RfmNumericZero();
+	RfmBuckets	set;
 	int			i;
 
+	RfmBucketsDecode(d, &set);
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');
-	for (i = 0; i < d->n; i++)
+	for (i = 0; i < set.n; i++)
 	{
-		Numeric		own = RfmNumericSub(cums[i], prev);
+		Numeric		own = RfmBucketNumeric(&set, &set.b[i]);
 
 		if (i > 0)
 			appendStringInfoChar(&buf, ',');
-		RfmAppendDay(&buf, RfmDaysDay(d)[i]);
-		appendStringInfo(&buf, ":%d:%s", RfmDaysOrders(d)[i],
+		RfmAppendDay(&buf, set.b[i].day);
+		appendStringInfo(&buf, ":%d:%s", set.b[i].orders,
 						 DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(own))));
-		prev = cums[i];
 	}
 	appendStringInfoChar(&buf, '}');
 	PG_RETURN_CSTRING(buf.data);
@@ -624,12 +1039,7 @@ day_buckets_recv(PG_FUNCTION_ARGS)
 					 errdetail("Buckets must have strictly ascending finite days, no negative order count, a finite spend and must not be empty.")));
 	}
 	if (n == 0)
-	{
-		RfmDays    *d = palloc0(INTALIGN(sizeof(RfmDays)));
-
-		SET_VARSIZE(d, INTALIGN(sizeof(RfmDays)));
-		PG_RETURN_RFM_DAYS(d);
-	}
+		PG_RETURN_RFM_DAYS(RfmDaysEmpty());
 	PG_RETURN_RFM_DAYS(RfmDaysBuild(entries, n));
 }
 
@@ -639,22 +1049,21 @@ day_buckets_send(PG_FUNCTION_ARGS)
 {
 	RfmDays    *d = PG_GETARG_RFM_DAYS(0);
 	StringInfoData buf;
-	Numeric    *cums = RfmDaysCums(d);
-	Numeric		prev = RfmNumericZero();
+	RfmBuckets	set;
 	int			i;
 
+	RfmBucketsDecode(d, &set);
 	pq_begintypsend(&buf);
-	pq_sendint32(&buf, d->n);
-	for (i = 0; i < d->n; i++)
+	pq_sendint32(&buf, set.n);
+	for (i = 0; i < set.n; i++)
 	{
-		Numeric		own = RfmNumericSub(cums[i], prev);
+		Numeric		own = RfmBucketNumeric(&set, &set.b[i]);
 		bytea	   *nb = DatumGetByteaPP(DirectFunctionCall1(numeric_send, NumericGetDatum(own)));
 
-		pq_sendint32(&buf, RfmDaysDay(d)[i]);
-		pq_sendint32(&buf, RfmDaysOrders(d)[i]);
+		pq_sendint32(&buf, set.b[i].day);
+		pq_sendint32(&buf, set.b[i].orders);
 		pq_sendint32(&buf, VARSIZE_ANY_EXHDR(nb));
 		pq_sendbytes(&buf, VARDATA_ANY(nb), VARSIZE_ANY_EXHDR(nb));
-		prev = cums[i];
 	}
 	PG_RETURN_BYTEA_P(pq_endtypsend(&buf));
 }
@@ -671,10 +1080,10 @@ rfm_days_merge(PG_FUNCTION_ARGS)
 	RfmDays    *d = PG_ARGISNULL(1) ? NULL : PG_GETARG_RFM_DAYS(1);
 	RfmDays    *r;
 
-	if (a != NULL && a->n == 0)
+	if (a != NULL && RfmDaysCount(a) == 0)
 		a = NULL;
 	r = RfmDaysMerge(a, d);
-	if (r == NULL || r->n == 0)
+	if (r == NULL || RfmDaysCount(r) == 0)
 		PG_RETURN_NULL();
 	PG_RETURN_RFM_DAYS(r);
 }
@@ -690,7 +1099,7 @@ rfm_days_prune(PG_FUNCTION_ARGS)
 	DateADT		before = PG_GETARG_DATEADT(1);
 	RfmDays    *r;
 
-	if (a->n == 0)
+	if (RfmDaysCount(a) == 0)
 		PG_RETURN_NULL();
 	r = RfmDaysPrune(a, before);
 	if (r == NULL)
@@ -710,21 +1119,19 @@ day_buckets_entries(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	RfmDays    *d = PG_GETARG_RFM_DAYS(0);
-	Numeric    *cums;
-	Numeric		prev = RfmNumericZero();
+	RfmBuckets	set;
 	int			i;
 
 	InitMaterializedSRF(fcinfo, 0);
-	cums = RfmDaysCums(d);
-	for (i = 0; i < d->n; i++)
+	RfmBucketsDecode(d, &set);
+	for (i = 0; i < set.n; i++)
 	{
 		Datum		values[3];
 		bool		nulls[3] = {false, false, false};
 
-		values[0] = DateADTGetDatum(RfmDaysDay(d)[i]);
-		values[1] = Int32GetDatum(RfmDaysOrders(d)[i]);
-		values[2] = NumericGetDatum(RfmNumericSub(cums[i], prev));
-		prev = cums[i];
+		values[0] = DateADTGetDatum(set.b[i].day);
+		values[1] = Int32GetDatum(set.b[i].orders);
+		values[2] = NumericGetDatum(RfmBucketNumeric(&set, &set.b[i]));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -26,32 +26,59 @@
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
+#include "rfm_stats.h"
+
 /*
  * loyalty.day_buckets: a varlena holding n buckets sorted by day, without
- * empty buckets (orders = 0 and spend = 0).  Layout after the header:
- *	int32	day[n]		DateADT, strictly ascending
- *	int32	orders[n]	orders that day (negative only in deltas)
- *	then n numerics, each INTALIGNed with a 4-byte varlena header: the
- *	cumulative spend of buckets 0..i, so that the spend of any range of days
- *	is one subtraction.
+ * empty buckets (orders = 0 and spend = 0), each with the spend of its day
+ * alone and that spend's display scale.  The display scale of a bucket is
+ * the largest display scale of the amounts merged into it or into any
+ * earlier bucket (pruned ones included): the scale SQL's running sum of the
+ * amounts would show, so the text form is what cumulative numerics gave.
+ *
+ * The value is read byte by byte (no alignment), so a stored value with a
+ * 1-byte varlena header is read in place.  After the varlena header:
+ *	uint8	flags		RFM_DAYS_FORMAT_MASK: format version (1);
+ *						RFM_DAYS_NUMERIC: numeric form (see below);
+ *						RFM_DAYS_RUNS: display scales vary (runs, below)
+ *	uint8	scale		compact form: spends are stored as spend * 10^scale
+ *						(the largest display scale of the buckets, <= 15)
+ *	varint	n			number of buckets
+ *	zigzag	first day	DateADT of bucket 0 (only when n > 0)
+ *	[varint	k]			RFM_DAYS_RUNS only: number of display-scale runs
+ *						(maximal ranges of buckets with one display
+ *						scale); without it every bucket has `scale`
+ *	then per bucket:
+ *	varint	tag			(day - previous day) << 2 | ocode (0 for bucket 0);
+ *						ocode 1..3: that many orders, 0: zigzag orders follow
+ *	[zigzag	orders]
+ *	compact form: [varint count, uint8 dscale] before the spend of the
+ *						first bucket of each run (RFM_DAYS_RUNS only), then
+ *						zigzag spend * 10^scale (exact, fits int64)
+ *	numeric form: varint length, then that many bytes of a numeric without
+ *						its varlena header, its display scale the bucket's
+ * Varints are unsigned LEB128 (7 bits a byte, low first); zigzag maps
+ * 0, -1, 1, -2... to 0, 1, 2, 3...  The numeric form is used only when some
+ * spend does not fit int64 at the value's scale or the scale exceeds
+ * RFM_DAYS_MAX_SCALE; a value in numeric form that fits is stored compact,
+ * so equal values have equal bytes.
  * The same representation carries the deltas a statement applies (counts
  * may then be negative); RfmDaysMerge adds a delta to a stored value.
  */
 typedef struct RfmDays
 {
-	int32		vl_len_;		/* varlena header (do not touch directly!) */
-	int32		n;				/* number of buckets */
-	/* int32 day[n], int32 orders[n], cumulative spend numerics follow */
+	char		vl_len_[4];		/* varlena header (do not touch directly!) */
+	uint8		data[FLEXIBLE_ARRAY_MEMBER];	/* see above */
 } RfmDays;
 
-#define RfmDaysDay(d)		((int32 *) ((char *) (d) + sizeof(RfmDays)))
-#define RfmDaysOrders(d)	(RfmDaysDay(d) + (d)->n)
-#define RfmDaysFirstSpend(d) \
-	((char *) (d) + INTALIGN(sizeof(RfmDays) + 2 * sizeof(int32) * (d)->n))
-#define RfmDaysNextSpend(p) \
-	((p) + INTALIGN(VARSIZE(p)))
+#define RFM_DAYS_FORMAT_MASK	0x07
+#define RFM_DAYS_FORMAT_1		0x01
+#define RFM_DAYS_NUMERIC		0x08
+#define RFM_DAYS_RUNS			0x10
+#define RFM_DAYS_MAX_SCALE		15
 
-#define DatumGetRfmDays(x)		((RfmDays *) PG_DETOAST_DATUM(x))
+/* Stored values may keep their short header: read them in place. */
+#define DatumGetRfmDays(x)		((RfmDays *) pg_detoast_datum_packed((struct varlena *) DatumGetPointer(x)))
 #define PG_GETARG_RFM_DAYS(n)	DatumGetRfmDays(PG_GETARG_DATUM(n))
 #define PG_RETURN_RFM_DAYS(x)	PG_RETURN_POINTER(x)
 
@@ -67,9 +94,9 @@ typedef struct RfmDayEntry
 typedef struct RfmDaysSum
 {
 	int64		orders;			/* orders in [from, to] */
-	Numeric		spend;			/* spend in [from, to] (never NULL) */
-	Numeric		cum_before;		/* cumulative spend before from, or NULL */
-	Numeric		cum_end;		/* cumulative spend up to to, or NULL */
+	Numeric		spend;			/* spend in [from, to] (never NULL), only
+								 * if want_spend */
+	RfmMoney	money;			/* spend in [from, to], exact */
 	DateADT		last_order_day; /* latest day <= to with an order */
 	bool		has_order;		/* false: no order day <= to */
 } RfmDaysSum;
@@ -79,7 +106,9 @@ extern RfmDays *RfmDaysBuild(RfmDayEntry *entries, int n);
 extern RfmDays *RfmDaysMerge(RfmDays *a, RfmDays *delta);
 extern RfmDays *RfmDaysPrune(RfmDays *a, DateADT before);
 extern void RfmDaysWindow(RfmDays *d, DateADT from, DateADT to,
-						  RfmDaysSum *sum, bool want_spend);
+						  RfmDaysSum *sum, bool want_spend, MemoryContext cxt);
+extern int	RfmDaysCount(RfmDays *d);
+extern DateADT RfmDaysFirstDay(RfmDays *d);
 extern Numeric RfmNumericZero(void);
 extern bool RfmNumericIsZero(Numeric n);
 extern Numeric RfmNumericAdd(Numeric a, Numeric b);

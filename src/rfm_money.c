@@ -59,6 +59,18 @@
 
 typedef int16 RfmNumericDigit;
 
+/* 10^k as int64, k = 0..18 (10^18 is the largest below 2^63). */
+const int64 RfmPow10Int64[RFM_POW10_INT64_COUNT] = {
+	INT64CONST(1), INT64CONST(10), INT64CONST(100), INT64CONST(1000),
+	INT64CONST(10000), INT64CONST(100000), INT64CONST(1000000),
+	INT64CONST(10000000), INT64CONST(100000000), INT64CONST(1000000000),
+	INT64CONST(10000000000), INT64CONST(100000000000),
+	INT64CONST(1000000000000), INT64CONST(10000000000000),
+	INT64CONST(100000000000000), INT64CONST(1000000000000000),
+	INT64CONST(10000000000000000), INT64CONST(100000000000000000),
+	INT64CONST(1000000000000000000)
+};
+
 static int128 rfm_pow10[RFM_MAX_POW10 + 1];
 static bool rfm_pow10_ready = false;
 
@@ -228,6 +240,36 @@ RfmNumericToScaled(struct varlena *v, int128 *value, int16 *scale,
 		}
 	}
 	*value = negative ? -acc : acc;
+	return true;
+}
+
+/*
+ * A finite numeric as value * 10^dscale in 64 bits, for the compact form of
+ * loyalty.day_buckets.  *dscale is always set (0 for NaN and infinities);
+ * the result is false when the numeric is special, has digits beyond its
+ * display scale or does not fit int64 at its display scale.
+ */
+bool
+RfmNumericToInt64(Numeric num, int64 *value, int *dscale)
+{
+	struct varlena *v = (struct varlena *) num;
+	uint16		header;
+	int128		i;
+	int16		scale;
+	bool		special;
+
+	memcpy(&header, VARDATA_ANY(v), sizeof(uint16));
+	if ((header & RFM_NUMERIC_SIGN_MASK) == RFM_NUMERIC_SPECIAL)
+		*dscale = 0;
+	else if (header & RFM_NUMERIC_SHORT)
+		*dscale = (header & RFM_SHORT_DSCALE_MASK) >> RFM_SHORT_DSCALE_SHIFT;
+	else
+		*dscale = header & RFM_NUMERIC_DSCALE_MASK;
+	if (!RfmNumericToScaled(v, &i, &scale, &special) ||
+		i > PG_INT64_MAX || i < PG_INT64_MIN)
+		return false;
+	Assert(scale == *dscale);
+	*value = (int64) i;
 	return true;
 }
 

@@ -413,32 +413,6 @@ RfmCustomerInputs(RfmDaysSum *sum, bool first_null, TimestampTz first_order,
 	}
 }
 
-/*
- * The window's spend as an exact running sum (rfm_money.c): the stored
- * cumulative spends decoded to scaled integers and subtracted, without
- * numeric arithmetic, as the batch path sums amounts.
- */
-static void
-RfmWindowMoney(RfmDaysSum *sum, RfmMoney *m, MemoryContext cxt)
-{
-	RfmAmount	a;
-
-	memset(m, 0, sizeof(RfmMoney));
-	if (sum->cum_end == NULL)
-		return;
-	RfmDecodeAmount(RFM_AMOUNT_NUMERIC, NumericGetDatum(sum->cum_end), &a);
-	RfmMoneyAdd(m, &a, cxt);
-	if (sum->cum_before == NULL)
-		return;
-	RfmDecodeAmount(RFM_AMOUNT_NUMERIC, NumericGetDatum(sum->cum_before), &a);
-	if (a.is_big)
-		a.num = DatumGetNumeric(DirectFunctionCall1(numeric_uminus, NumericGetDatum(a.num)));
-	else
-		a.i = -a.i;
-	a.negative = !a.negative;
-	RfmMoneyAdd(m, &a, cxt);
-}
-
 /* Monetary as configured: the window's spend, or the average basket. */
 static Numeric
 RfmMonetary(RfmLiveConfig *cfg, Numeric spend, int64 frequency)
@@ -912,11 +886,11 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		/* buckets may need a detoasted copy: that goes to the row context */
 		MemoryContextSwitchTo(rowcxt);
 		days = nl[a_days] ? NULL : DatumGetRfmDays(v[a_days]);
-		RfmDaysWindow(days, start_day, end_day, &sum, false);
+		RfmDaysWindow(days, start_day, end_day, &sum, false, work);
 		RfmCustomerInputs(&sum, nl[a_first], DatumGetTimestampTz(v[a_first]),
 						  nl[a_last], DatumGetTimestampTz(v[a_last]), as_of,
 						  new_retained, &has_order, &last);
-		RfmWindowMoney(&sum, &spend, work);
+		spend = sum.money;
 		keys[n].key[RFM_RECENCY] = RfmRecencyKey(RfmRecencyDaysOf(has_order, as_of, last));
 		keys[n].key[RFM_FREQUENCY] = (double) sum.orders;
 		if (!cfg.average)
@@ -925,7 +899,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 			keys[n].key[RFM_MONETARY] =
 				RfmMonetaryKey(RfmMonetary(&cfg, RfmMoneyToNumeric(&spend), sum.orders));
 		c->flags = 0;
-		if (days != NULL && days->n > 0 && RfmDaysDay(days)[0] < new_retained)
+		if (RfmDaysCount(days) > 0 && RfmDaysFirstDay(days) < new_retained)
 			c->flags |= RFM_CUST_PRUNE;
 		if (!has_order)
 			c->flags |= RFM_CUST_NO_ORDER | RFM_CUST_INACTIVE;
@@ -1320,7 +1294,8 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 			TimestampTz fo = DatumGetTimestampTz(SPI_getbinval(row, rowdesc, 4, &fnull));
 			TimestampTz lo = DatumGetTimestampTz(SPI_getbinval(row, rowdesc, 5, &lnull));
 
-			RfmDaysWindow(days, start_day, RfmUtcDay(as_of), &sum, true);
+			RfmDaysWindow(days, start_day, RfmUtcDay(as_of), &sum, true,
+						  CurrentMemoryContext);
 			RfmCustomerInputs(&sum, fnull, fo, lnull, lo, as_of, retained_from,
 							  &has_order, &last);
 		}

@@ -223,18 +223,6 @@ RfmKeyCopy(RfmScan *scan, Datum key)
 	return PointerGetDatum(dst);
 }
 
-/* Largest power of ten below 2^63 is 10^18. */
-static const int64 rfm_pow10_64[] = {
-	INT64CONST(1), INT64CONST(10), INT64CONST(100), INT64CONST(1000),
-	INT64CONST(10000), INT64CONST(100000), INT64CONST(1000000),
-	INT64CONST(10000000), INT64CONST(100000000), INT64CONST(1000000000),
-	INT64CONST(10000000000), INT64CONST(100000000000),
-	INT64CONST(1000000000000), INT64CONST(10000000000000),
-	INT64CONST(100000000000000), INT64CONST(1000000000000000),
-	INT64CONST(10000000000000000), INT64CONST(100000000000000000),
-	INT64CONST(1000000000000000000)
-};
-
 /* A customer's sum as an RfmMoney (a copy, or the overflowed one). */
 static void
 RfmCustomerSum(const RfmCustomer *c, RfmMoney *out)
@@ -273,8 +261,8 @@ RfmCustomerAddSlow(RfmScan *scan, RfmCustomer *c, const RfmAmount *a)
 		int64		add = (int64) a->i;
 		int16		scale = Max(c->scale, a->scale);
 
-		if (!pg_mul_s64_overflow(sum, rfm_pow10_64[scale - c->scale], &sum) &&
-			!pg_mul_s64_overflow(add, rfm_pow10_64[scale - a->scale], &add) &&
+		if (!pg_mul_s64_overflow(sum, RfmPow10Int64[scale - c->scale], &sum) &&
+			!pg_mul_s64_overflow(add, RfmPow10Int64[scale - a->scale], &add) &&
 			!pg_add_s64_overflow(sum, add, &sum))
 		{
 			c->sum.i = sum;

@@ -89,6 +89,8 @@ typedef struct RfmPeriod
 #define RFM_NO_FIRST_ORDER	DT_NOEND
 
 /* rfm_money.c */
+#define RFM_POW10_INT64_COUNT	19
+extern const int64 RfmPow10Int64[RFM_POW10_INT64_COUNT];
 extern void RfmDecodeAmount(RfmAmountKind kind, Datum value, RfmAmount *out);
 extern void RfmMoneyAdd(RfmMoney *sum, const RfmAmount *amount,
 						MemoryContext cxt);
@@ -97,6 +99,7 @@ extern void RfmMoneyAddMoney(RfmMoney *sum, const RfmMoney *other,
 extern Numeric RfmMoneyToNumeric(const RfmMoney *sum);
 extern double RfmMoneyKey(const RfmMoney *sum);
 extern Numeric RfmNumericFromScaled(int128 value, int scale);
+extern bool RfmNumericToInt64(Numeric num, int64 *value, int *dscale);
 
 /*
  * sum += amount, inline for the common case (same scale, no overflow) that

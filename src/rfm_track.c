@@ -722,10 +722,10 @@ RfmDirectUpdate(RfmDirect *d, RfmCustDelta *c, Numeric spend, RfmDays *delta,
 			RfmDays    *old = nl[d->a_days] ? NULL : DatumGetRfmDays(v[d->a_days]);
 			RfmDays    *merged;
 
-			if (old != NULL && old->n == 0)
+			if (RfmDaysCount(old) == 0)
 				old = NULL;
 			merged = RfmDaysMerge(old, delta);
-			nl[d->a_days] = (merged == NULL || merged->n == 0);
+			nl[d->a_days] = (RfmDaysCount(merged) == 0);
 			v[d->a_days] = nl[d->a_days] ? (Datum) 0 : PointerGetDatum(merged);
 		}
 		ExecStoreVirtualTuple(d->newslot);
