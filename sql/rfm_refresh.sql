@@ -55,9 +55,22 @@ SELECT bins, scoring_window, monetary, method, recency_thresholds, frequency_thr
 	   monetary_thresholds, bucket_retention, inactive_after
 FROM loyalty.rfm_config;
 
+-- the first refresh rewrites the statistics compactly (CLUSTER) after
+-- scoring everyone, unless this session still reads them (an open cursor):
+-- then it keeps the table as it is rather than fail
+SELECT pg_relation_filenode('loyalty.customer_stats') AS stats_node \gset
+BEGIN;
+DECLARE stats_cursor CURSOR FOR SELECT customer_id FROM loyalty.customer_stats;
+FETCH 1 FROM stats_cursor \g /dev/null
+SELECT customers FROM loyalty.refresh_segments('2026-11-01');
+SELECT pg_relation_filenode('loyalty.customer_stats') = :stats_node AS kept_with_cursor_open;
+ROLLBACK;
+
 -- the first refresh scores everyone; live equals batch
 SELECT scored_as_of, customers, segment_changes, score_changes, left_customers
 FROM loyalty.refresh_segments('2026-11-01');
+SELECT pg_relation_filenode('loyalty.customer_stats') <> :stats_node AS rewritten;
+SELECT pg_relation_filenode('loyalty.customer_stats') AS stats_node \gset
 SELECT customer_id, score, segment, since FROM loyalty.customer_segment ORDER BY customer_id;
 SELECT * FROM rf.live_vs_batch('2026-11-01');
 -- buckets older than bucket_retention before as_of were pruned on the way
@@ -82,8 +95,10 @@ SELECT as_of, customers, segment_changes, score_changes, left_customers, bins, s
 FROM loyalty.segment_snapshots ORDER BY as_of;
 SELECT count(*) AS migration_rows_with_one_snapshot FROM loyalty.segment_migration_latest;
 
--- refreshing again as of the same time changes nothing
+-- refreshing again as of the same time changes nothing (and later
+-- refreshes leave the table in place: VACUUM reclaims their few rows)
 SELECT segment_changes, score_changes FROM loyalty.refresh_segments('2026-11-01');
+SELECT pg_relation_filenode('loyalty.customer_stats') = :stats_node AS kept;
 
 -- a week later, with new orders and a customer who leaves: only what moved
 -- is written; since keeps the date a customer entered the segment

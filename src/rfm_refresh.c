@@ -13,7 +13,11 @@
  * who left, a snapshot header and a per-segment summary that the BI views
  * read.  Writes go in customer order, the order the tracking triggers lock
  * rows in, so a refresh and concurrent orders never deadlock; refreshes
- * serialize on an EXCLUSIVE lock of loyalty.segment_snapshot.
+ * serialize on an EXCLUSIVE lock of loyalty.segment_snapshot.  The first
+ * refresh (no snapshot yet) scores and prunes every customer: it locks the
+ * statistics exclusively from the start and rewrites them compactly at the
+ * end (CLUSTER on the primary key), so that later refreshes read a table
+ * half the size.
  */
 #include "loyalty.h"
 
@@ -25,6 +29,7 @@
 #include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
@@ -495,6 +500,23 @@ RfmArenaText(char **arena, Size *left, Datum value)
 	return s;
 }
 
+/*
+ * Whether this session still uses loyalty.customer_stats (an open cursor on
+ * it, pending trigger events): the same test CLUSTER makes before it would
+ * refuse, so that the first refresh then keeps the table as it is rather
+ * than fail.
+ */
+static bool
+RfmStatsInUse(void)
+{
+	Oid			relid = get_relname_relid("customer_stats", get_namespace_oid("loyalty", false));
+	Relation	rel = table_open(relid, NoLock);
+	bool		busy = rel->rd_refcnt > 1 || AfterTriggerPendingOnRel(relid);
+
+	table_close(rel, NoLock);
+	return busy;
+}
+
 /* Attribute number of a column of customer_stats. */
 static int
 RfmAttno(TupleDesc desc, const char *name)
@@ -767,6 +789,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 				capoverflow = 0;
 	int			nwrites = 0,
 				capwrites;
+	bool		first;
 	int64		seg_changes = 0,
 				score_changes = 0,
 				left = 0;
@@ -805,6 +828,10 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	end_day = RfmUtcDay(as_of);
 	retained_from = RfmRetainedFrom();
 	RfmCheckRetained(start_day, retained_from, &cfg);
+	first = (retained_from == DATEVAL_NOBEGIN);
+	if (first &&
+		SPI_execute("LOCK TABLE loyalty.customer_stats IN ACCESS EXCLUSIVE MODE", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not lock loyalty.customer_stats");
 	new_retained = RfmUtcDay(RfmMinus(Min(as_of, GetCurrentTransactionStartTimestamp()),
 									  &cfg.retention));
 	new_retained = Min(new_retained, start_day);
@@ -1140,6 +1167,22 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	}
 
 	elog(DEBUG1, "refresh_segments: change log and leavers at %.1f ms", RfmMsSince(t0));
+
+	/*
+	 * The first refresh rewrote (nearly) every statistics row, doubling the
+	 * table: rewrite it compactly, in customer order, before anyone else
+	 * sees it (it holds the table's ACCESS EXCLUSIVE lock since it started,
+	 * so that no order waits on a row it wrote while holding a lock this
+	 * needs).  Later refreshes write a few percent of the rows, whose space
+	 * VACUUM gives back.
+	 */
+	if (first && nwrites > n / 2 && !RfmStatsInUse())
+	{
+		if (SPI_execute("CLUSTER loyalty.customer_stats USING customer_stats_pkey",
+						false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not rewrite loyalty.customer_stats");
+		elog(DEBUG1, "refresh_segments: rewrote the statistics at %.1f ms", RfmMsSince(t0));
+	}
 
 	/* per-segment summary for the BI views */
 	for (i = 0; i < names.n; i++)
