@@ -313,6 +313,24 @@ SELECT count(*) AS customers_with_rows FROM loyalty.customer_stats WHERE row_cou
 INSERT INTO trk.orders (customer, ordered_at, amount) VALUES (90, now(), 1);
 SELECT count(*) AS untracked_insert_counted FROM loyalty.customer_stats WHERE customer_id = '90';
 
+-- a session that already used a tracking trigger reads the table with its
+-- new definition after ALTER TABLE (the backend's cached columns go): an
+-- amount retyped from numeric to double precision, then a status filter
+-- added by tracking again
+CREATE TABLE trk.retyped (id serial PRIMARY KEY, customer bigint, ordered_at timestamptz,
+	amount numeric, state text);
+SELECT * FROM loyalty.track_orders('trk.retyped', 'customer', 'ordered_at', 'amount');
+INSERT INTO trk.retyped (customer, ordered_at, amount) VALUES (95, '2026-08-01 10:00+00', 2.50);
+ALTER TABLE trk.retyped ALTER COLUMN amount TYPE double precision;
+INSERT INTO trk.retyped (customer, ordered_at, amount) VALUES (95, '2026-08-02 10:00+00', 0.25);
+SELECT order_count, spend_total FROM loyalty.customer_stats WHERE customer_id = '95';
+SELECT loyalty.untrack_orders('trk.retyped');
+SELECT * FROM loyalty.track_orders('trk.retyped', 'customer', 'ordered_at', 'amount', 'state', '{paid}');
+INSERT INTO trk.retyped (customer, ordered_at, amount, state)
+VALUES (95, '2026-08-03 10:00+00', 4, 'paid'), (95, '2026-08-04 10:00+00', 8, 'cart');
+SELECT order_count, spend_total FROM loyalty.customer_stats WHERE customer_id = '95';
+SELECT loyalty.untrack_orders('trk.retyped');
+
 -- clean up
 SET client_min_messages = warning;
 DROP SCHEMA trk CASCADE;

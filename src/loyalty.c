@@ -8,6 +8,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
+#include "rfm_live.h"
 #include "segment.h"
 
 PG_MODULE_MAGIC;
@@ -21,6 +22,7 @@ void
 _PG_init(void)
 {
 	SegmentInit();
+	RfmLiveInit();
 	MarkGUCPrefixReserved(LOYALTY_GUC_PREFIX);
 }
 

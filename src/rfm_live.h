@@ -153,6 +153,7 @@ typedef struct RfmTrackCols
 	RfmTrackTimeKind time_kind;
 	RfmTrackAmountKind amount_kind;
 	FmgrInfo	status_out;
+	bool		status_bpchar;	/* character(n): trailing blanks ignored */
 	int			nstatuses;
 	char	  **statuses;
 } RfmTrackCols;
@@ -162,11 +163,12 @@ extern void RfmResolveColumns(TupleDesc desc, const char *relname,
 							  const char *cust_col, const char *time_col,
 							  const char *amount_col, const char *status_col,
 							  int nstatuses, char **statuses, RfmTrackCols *cols);
-extern bool RfmStatusCounts(RfmTrackCols *cols, Datum value, bool isnull, Oid typ);
+extern bool RfmStatusCounts(RfmTrackCols *cols, Datum value, bool isnull);
 extern char **RfmStatusList(Datum arr, bool isnull, int *n);
 extern void RfmFixOrderTimes(char **keys, int n);
 
 /* rfm_track.c */
+extern void RfmLiveInit(void);
 extern void RfmLiveRequireReadCommitted(const char *what);
 extern int64 RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
 						 const char *amount_col, const char *status_col,

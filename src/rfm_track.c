@@ -43,6 +43,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -111,6 +112,227 @@ RfmLiveRequireReadCommitted(const char *what)
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
 				 errmsg("%s cannot run in a REPEATABLE READ or SERIALIZABLE transaction", what),
 				 errhint("Run it in a READ COMMITTED transaction (the default).")));
+}
+
+/* ---------------------------------------------------------------------
+ * Per-backend caches
+ *
+ * Every tracked statement needs the same facts about loyalty's own objects
+ * (owner, customer_stats, its key and columns) and about its
+ * trigger (the tracked columns, their types and output functions).  Looking
+ * them up again per statement was a measurable part of a checkout's cost,
+ * so they are kept per backend and dropped by the relcache and syscache
+ * callbacks registered at load.  Callbacks only flip flags: they run inside
+ * invalidation processing, possibly while a trigger is using the cache.
+ * ---------------------------------------------------------------------
+ */
+
+/* What the trigger needs about loyalty's objects. */
+typedef struct RfmStatsCatalog
+{
+	bool		valid;
+	Oid			owner;			/* owner of schema loyalty */
+	Oid			relid;			/* loyalty.customer_stats */
+	bool		attrs_valid;	/* the fields below match relid's relcache */
+	Oid			pkey;			/* its only index, or InvalidOid */
+	int			a_rows,			/* 0-based attribute positions */
+				a_orders,
+				a_spend,
+				a_first,
+				a_last,
+				a_days;
+} RfmStatsCatalog;
+
+static RfmStatsCatalog stats_catalog;
+
+/* Resolved columns of one tracking trigger. */
+typedef struct RfmTriggerEntry
+{
+	Oid			tgoid;			/* hash key */
+	Oid			relid;			/* the tracked table */
+	RfmTrackCols cols;			/* allocated in trigger_cxt */
+} RfmTriggerEntry;
+
+static HTAB *trigger_cols = NULL;
+static MemoryContext trigger_cxt = NULL;	/* the hash and one child per entry */
+static bool trigger_cols_stale = false;
+
+static void RfmTriggerErrorContext(void *arg);
+
+/* A tracked table or loyalty.customer_stats changed (or everything did). */
+static void
+RfmRelcacheCallback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == stats_catalog.relid)
+		stats_catalog.attrs_valid = false;
+	if (relid == InvalidOid)
+		stats_catalog.valid = false;
+	if (trigger_cols != NULL && !trigger_cols_stale)
+	{
+		HASH_SEQ_STATUS seq;
+		RfmTriggerEntry *e;
+
+		if (relid == InvalidOid)
+		{
+			trigger_cols_stale = true;
+			return;
+		}
+		hash_seq_init(&seq, trigger_cols);
+		while ((e = hash_seq_search(&seq)) != NULL)
+			if (e->relid == relid)
+			{
+				trigger_cols_stale = true;
+				hash_seq_term(&seq);
+				break;
+			}
+	}
+}
+
+/* A namespace or a type changed: loyalty may have been re-created or re-owned. */
+static void
+RfmSyscacheCallback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	stats_catalog.valid = false;
+	stats_catalog.attrs_valid = false;
+	if (cacheid == TYPEOID)
+		trigger_cols_stale = true;	/* a column's type may have changed */
+}
+
+/* Called from _PG_init: register the callbacks (only possible at load). */
+void
+RfmLiveInit(void)
+{
+	CacheRegisterRelcacheCallback(RfmRelcacheCallback, (Datum) 0);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, RfmSyscacheCallback, (Datum) 0);
+	CacheRegisterSyscacheCallback(TYPEOID, RfmSyscacheCallback, (Datum) 0);
+}
+
+/* The owner and OIDs of loyalty's objects, looked up when not cached. */
+static RfmStatsCatalog *
+RfmStatsCatalogGet(void)
+{
+	if (!stats_catalog.valid)
+	{
+		Oid			nsp = get_namespace_oid("loyalty", false);
+		HeapTuple	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+		Oid			relid;
+
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for namespace %u", nsp);
+		stats_catalog.owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
+		ReleaseSysCache(tup);
+		relid = get_relname_relid("customer_stats", nsp);
+		if (!OidIsValid(relid))
+			elog(ERROR, "table loyalty.customer_stats does not exist");
+		stats_catalog.attrs_valid = stats_catalog.attrs_valid && relid == stats_catalog.relid;
+		stats_catalog.relid = relid;
+		stats_catalog.valid = true;
+	}
+	return &stats_catalog;
+}
+
+/*
+ * Index and column positions of customer_stats, from the open relation
+ * (opening it processed any pending invalidation, so the cache is checked
+ * after that).
+ */
+static void
+RfmStatsCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *indexes;
+
+	if (cat->attrs_valid && cat->relid == RelationGetRelid(rel))
+		return;
+	indexes = RelationGetIndexList(rel);
+	cat->pkey = list_length(indexes) == 1 ? linitial_oid(indexes) : InvalidOid;
+	list_free(indexes);
+	cat->a_rows = SPI_fnumber(desc, "row_count") - 1;
+	cat->a_orders = SPI_fnumber(desc, "order_count") - 1;
+	cat->a_spend = SPI_fnumber(desc, "spend_total") - 1;
+	cat->a_first = SPI_fnumber(desc, "first_order") - 1;
+	cat->a_last = SPI_fnumber(desc, "last_order") - 1;
+	cat->a_days = SPI_fnumber(desc, "days") - 1;
+	if (cat->a_rows < 0 || cat->a_orders < 0 || cat->a_spend < 0 || cat->a_first < 0 ||
+		cat->a_last < 0 || cat->a_days < 0)
+		elog(ERROR, "loyalty.customer_stats lacks a column");
+	cat->attrs_valid = (cat->relid == RelationGetRelid(rel));
+}
+
+/*
+ * The resolved columns of a tracking trigger, copied to *cols.  A stale
+ * cache is dropped here, at the start of a trigger call: a trigger uses its
+ * copy only while reading its transition tables, before it runs any SQL
+ * that could fire another tracking trigger, so nothing still points into
+ * what is dropped.
+ */
+static void
+RfmTriggerCols(Trigger *tg, Relation rel, RfmTrackCols *cols)
+{
+	RfmTriggerEntry *e;
+	bool		found;
+	MemoryContext cxt;
+	MemoryContext old;
+	ErrorContextCallback errcb;
+	int			nst;
+	char	  **sts;
+	int			i;
+
+	if (trigger_cols_stale && trigger_cols != NULL)
+	{
+		hash_destroy(trigger_cols);
+		trigger_cols = NULL;
+		MemoryContextReset(trigger_cxt);
+	}
+	trigger_cols_stale = false;
+	if (trigger_cxt == NULL)
+		trigger_cxt = AllocSetContextCreate(TopMemoryContext, "loyalty tracking triggers",
+											ALLOCSET_SMALL_SIZES);
+	if (trigger_cols == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(RfmTriggerEntry);
+		ctl.hcxt = trigger_cxt;
+		trigger_cols = hash_create("loyalty tracking triggers", 16, &ctl,
+								   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	e = hash_search(trigger_cols, &tg->tgoid, HASH_FIND, NULL);
+	if (e != NULL)
+	{
+		*cols = e->cols;
+		return;
+	}
+
+	if (tg->tgnargs < 3 || tg->tgnargs == 4)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("loyalty._rfm_track_trigger() on \"%s\" has wrong arguments",
+						RelationGetRelationName(rel)),
+				 errhint("Call loyalty.untrack_orders() and loyalty.track_orders() again.")));
+	errcb.callback = RfmTriggerErrorContext;
+	errcb.arg = (void *) RelationGetRelationName(rel);
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	/* built in a context of its own, kept only if resolving succeeds */
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty tracking trigger",
+								ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	nst = tg->tgnargs > 3 ? tg->tgnargs - 4 : 0;
+	sts = nst > 0 ? palloc(sizeof(char *) * nst) : NULL;
+	for (i = 0; i < nst; i++)
+		sts[i] = pstrdup(tg->tgargs[4 + i]);
+	RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
+					  tg->tgargs[0], tg->tgargs[1], tg->tgargs[2],
+					  tg->tgnargs > 3 ? tg->tgargs[3] : NULL, nst, sts, cols);
+	MemoryContextSwitchTo(old);
+	error_context_stack = errcb.previous;
+	MemoryContextSetParent(cxt, trigger_cxt);
+	e = hash_search(trigger_cols, &tg->tgoid, HASH_ENTER, &found);
+	e->relid = RelationGetRelid(rel);
+	e->cols = *cols;
 }
 
 /* ---------------------------------------------------------------------
@@ -329,7 +551,7 @@ static void
 RfmDeltaAddRow(RfmDelta *delta, RfmTrackCols *cols,
 			   Datum cust, bool cust_null, Datum time, bool time_null,
 			   Datum amount, bool amount_null, Datum status, bool status_null,
-			   Oid status_type, int sign)
+			   int sign)
 {
 	MemoryContext old;
 	TimestampTz t;
@@ -344,7 +566,7 @@ RfmDeltaAddRow(RfmDelta *delta, RfmTrackCols *cols,
 		return;
 	old = MemoryContextSwitchTo(delta->rowcxt);
 	if (cols->status != InvalidAttrNumber &&
-		!RfmStatusCounts(cols, status, status_null, status_type))
+		!RfmStatusCounts(cols, status, status_null))
 	{
 		MemoryContextSwitchTo(old);
 		return;
@@ -404,7 +626,6 @@ RfmDeltaAddTuplestore(RfmDelta *delta, RfmTrackCols *cols, Tuplestorestate *ts,
 					  TupleDesc desc, int sign)
 {
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
-	Oid			status_type = cols->status ? TupleDescAttr(desc, cols->status - 1)->atttypid : InvalidOid;
 
 	tuplestore_rescan(ts);
 	while (tuplestore_gettupleslot(ts, true, false, slot))
@@ -424,7 +645,7 @@ RfmDeltaAddTuplestore(RfmDelta *delta, RfmTrackCols *cols, Tuplestorestate *ts,
 		if (cols->status)
 			status = slot_getattr(slot, cols->status, &sn);
 		RfmDeltaAddRow(delta, cols, cust, cn, time, tn, amount, an, status, sn,
-					   status_type, sign);
+					   sign);
 	}
 	ExecDropSingleTupleTableSlot(slot);
 }
@@ -604,41 +825,31 @@ typedef struct RfmDirect
 static bool
 RfmDirectBegin(RfmDirect *d)
 {
-	Oid			relid = get_relname_relid("customer_stats", get_namespace_oid("loyalty", false));
-	Oid			idxoid;
-	List	   *indexes;
-	TupleDesc	desc;
+	RfmStatsCatalog *cat = RfmStatsCatalogGet();
 
-	if (!OidIsValid(relid))
-		elog(ERROR, "table loyalty.customer_stats does not exist");
-	d->rel = table_open(relid, RowExclusiveLock);
-	indexes = RelationGetIndexList(d->rel);
-	if (list_length(indexes) != 1)
+	d->rel = table_open(cat->relid, RowExclusiveLock);
+	RfmStatsCatalogAttrs(cat, d->rel);
+	if (!OidIsValid(cat->pkey))
 	{
 		table_close(d->rel, NoLock);
 		return false;
 	}
-	idxoid = linitial_oid(indexes);
-	d->idx = index_open(idxoid, RowExclusiveLock);
+	d->idx = index_open(cat->pkey, RowExclusiveLock);
 	d->info = NULL;
-	desc = RelationGetDescr(d->rel);
-	d->a_rows = SPI_fnumber(desc, "row_count") - 1;
-	d->a_orders = SPI_fnumber(desc, "order_count") - 1;
-	d->a_spend = SPI_fnumber(desc, "spend_total") - 1;
-	d->a_first = SPI_fnumber(desc, "first_order") - 1;
-	d->a_last = SPI_fnumber(desc, "last_order") - 1;
-	d->a_days = SPI_fnumber(desc, "days") - 1;
-	if (d->a_rows < 0 || d->a_orders < 0 || d->a_spend < 0 || d->a_first < 0 ||
-		d->a_last < 0 || d->a_days < 0)
-		elog(ERROR, "loyalty.customer_stats lacks a column");
+	d->a_rows = cat->a_rows;
+	d->a_orders = cat->a_orders;
+	d->a_spend = cat->a_spend;
+	d->a_first = cat->a_first;
+	d->a_last = cat->a_last;
+	d->a_days = cat->a_days;
 
 	/* like SPI before a statement: see our own earlier changes */
 	CommandCounterIncrement();
 	d->snap = RegisterSnapshot(GetTransactionSnapshot());
 	d->cid = GetCurrentCommandId(true);
 	d->found = table_slot_create(d->rel, NULL);
-	d->locked = table_slot_create(d->rel, NULL);
-	d->newslot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+	d->locked = NULL;			/* made when a concurrent update is met */
+	d->newslot = MakeSingleTupleTableSlot(RelationGetDescr(d->rel), &TTSOpsVirtual);
 	d->scan = index_beginscan(d->rel, d->idx, d->snap, 1, 0);
 	return true;
 }
@@ -649,7 +860,8 @@ RfmDirectEnd(RfmDirect *d)
 {
 	index_endscan(d->scan);
 	ExecDropSingleTupleTableSlot(d->found);
-	ExecDropSingleTupleTableSlot(d->locked);
+	if (d->locked)
+		ExecDropSingleTupleTableSlot(d->locked);
 	ExecDropSingleTupleTableSlot(d->newslot);
 	UnregisterSnapshot(d->snap);
 	index_close(d->idx, NoLock);
@@ -744,6 +956,8 @@ RfmDirectUpdate(RfmDirect *d, RfmCustDelta *c, Numeric spend, RfmDays *delta,
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not serialize access due to concurrent update")));
+		if (d->locked == NULL)
+			d->locked = table_slot_create(d->rel, NULL);
 		res = table_tuple_lock(d->rel, &tid, d->snap, d->locked, d->cid, LockTupleNoKeyExclusive,
 							   LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
 		if (res != TM_Ok)
@@ -775,7 +989,8 @@ RfmDirectUpdate(RfmDirect *d, RfmCustDelta *c, Numeric spend, RfmDays *delta,
 		index_insert_unchanged_compat(d->idx, &keydatum, &isnull, &d->newslot->tts_tid, d->rel,
 									  UNIQUE_CHECK_NO, d->info);
 	}
-	ExecClearTuple(d->locked);
+	if (d->locked)
+		ExecClearTuple(d->locked);
 	return true;
 }
 
@@ -817,7 +1032,6 @@ RfmDeltaApply(RfmDelta *delta)
 	char		argnulls[7];
 	int			ret;
 	SPIPlanPtr	plan;
-	Oid			daysoid = RfmDaysTypeOid();
 	char	  **fix;
 	int			nfix = 0;
 	int			k;
@@ -932,7 +1146,7 @@ RfmDeltaApply(RfmDelta *delta)
 	if (n > 1)
 	{
 		Oid			elemtypes[7] = {TEXTOID, INT8OID, INT8OID, NUMERICOID,
-		TIMESTAMPTZOID, TIMESTAMPTZOID, daysoid};
+		TIMESTAMPTZOID, TIMESTAMPTZOID, RfmDaysTypeOid()};
 
 		for (i = 0; i < 7; i++)
 		{
@@ -1039,12 +1253,9 @@ RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
 	Portal		portal;
 	RfmDelta   *delta = RfmDeltaCreate();
 	int64		counted = 0;
-	Oid			status_type = InvalidOid;
 
 	RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
 					  cust_col, time_col, amount_col, status_col, nstatuses, statuses, &tcols);
-	if (status_col)
-		status_type = TupleDescAttr(RelationGetDescr(rel), tcols.status - 1)->atttypid;
 	cols = tcols;
 	cols.cust = 1;
 	cols.time = 2;
@@ -1090,7 +1301,7 @@ RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
 			if (status_col)
 				status = SPI_getbinval(tup, tt->tupdesc, 4, &sn);
 			RfmDeltaAddRow(delta, &cols, cust, cn, time, tn, amount, an, status, sn,
-						   status_type, +1);
+						   +1);
 		}
 		SPI_freetuptable(tt);
 		if (RfmDeltaMemory(delta) > (Size) maintenance_work_mem * 1024)
@@ -1167,21 +1378,6 @@ RfmRebuild(void)
  * ---------------------------------------------------------------------
  */
 
-/* Owner of loyalty's schema and tables: the role that created the extension. */
-static Oid
-RfmLoyaltyOwner(void)
-{
-	Oid			nsp = get_namespace_oid("loyalty", false);
-	HeapTuple	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for namespace %u", nsp);
-	owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
-	ReleaseSysCache(tup);
-	return owner;
-}
-
 /*
  * Error context of a tracking trigger whose columns no longer resolve (a
  * tracked column renamed, dropped or retyped behind loyalty's back).
@@ -1211,7 +1407,6 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 	Relation	rel;
 	RfmTrackCols cols;
 	RfmDelta   *delta;
-	ErrorContextCallback errcb;
 	Oid			save_userid;
 	int			save_sec_context;
 
@@ -1234,7 +1429,8 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 	 * the user with the (sub)transaction abort.
 	 */
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(RfmLoyaltyOwner(), save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	SetUserIdAndSecContext(RfmStatsCatalogGet()->owner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 
 	SPI_connect();
 	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
@@ -1244,27 +1440,12 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 		return PointerGetDatum(NULL);
 	}
-	if (tg->tgnargs < 3 || tg->tgnargs == 4)
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("loyalty._rfm_track_trigger() on \"%s\" has wrong arguments",
-						RelationGetRelationName(rel)),
-				 errhint("Call loyalty.untrack_orders() and loyalty.track_orders() again.")));
 	if (td->tg_oldtable == NULL && td->tg_newtable == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("loyalty._rfm_track_trigger() on \"%s\" needs a transition table",
 						RelationGetRelationName(rel))));
-	errcb.callback = RfmTriggerErrorContext;
-	errcb.arg = (void *) RelationGetRelationName(rel);
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
-	RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
-					  tg->tgargs[0], tg->tgargs[1], tg->tgargs[2],
-					  tg->tgnargs > 3 ? tg->tgargs[3] : NULL,
-					  tg->tgnargs > 3 ? tg->tgnargs - 4 : 0,
-					  tg->tgnargs > 3 ? tg->tgargs + 4 : NULL, &cols);
-	error_context_stack = errcb.previous;
+	RfmTriggerCols(tg, rel, &cols);
 
 	delta = RfmDeltaCreate();
 	if (td->tg_oldtable)

@@ -156,8 +156,10 @@ RfmResolveColumns(TupleDesc desc, const char *relname,
 	if (status_col != NULL)
 	{
 		cols->status = RfmFindColumn(desc, relname, "status", status_col);
-		getTypeOutputInfo(TupleDescAttr(desc, cols->status - 1)->atttypid, &outfn, &isvarlena);
+		typ = TupleDescAttr(desc, cols->status - 1)->atttypid;
+		getTypeOutputInfo(typ, &outfn, &isvarlena);
 		fmgr_info(outfn, &cols->status_out);
+		cols->status_bpchar = (getBaseType(typ) == BPCHAROID);
 		cols->nstatuses = nstatuses;
 		cols->statuses = statuses;
 	}
@@ -169,7 +171,7 @@ RfmResolveColumns(TupleDesc desc, const char *relname,
  * text does.
  */
 bool
-RfmStatusCounts(RfmTrackCols *cols, Datum value, bool isnull, Oid typ)
+RfmStatusCounts(RfmTrackCols *cols, Datum value, bool isnull)
 {
 	char	   *s;
 	int			len;
@@ -179,7 +181,7 @@ RfmStatusCounts(RfmTrackCols *cols, Datum value, bool isnull, Oid typ)
 		return false;
 	s = OutputFunctionCall(&cols->status_out, value);
 	len = strlen(s);
-	if (getBaseType(typ) == BPCHAROID)
+	if (cols->status_bpchar)
 		while (len > 0 && s[len - 1] == ' ')
 			len--;
 	for (i = 0; i < cols->nstatuses; i++)
@@ -339,7 +341,7 @@ RfmFixOrderTimes(char **keys, int n)
 
 			if (cnull || mnull || xnull)
 				continue;
-			if (cols.status && !RfmStatusCounts(&cols, st, snull, SPI_gettypeid(res->tupdesc, 2)))
+			if (cols.status && !RfmStatusCounts(&cols, st, snull))
 				continue;
 			key = OutputFunctionCall(&cols.cust_out, cust);
 			ent = hash_search(pos, &key, HASH_FIND, NULL);
