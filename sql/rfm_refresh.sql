@@ -55,9 +55,22 @@ SELECT bins, scoring_window, monetary, method, recency_thresholds, frequency_thr
 	   monetary_thresholds, bucket_retention, inactive_after
 FROM loyalty.rfm_config;
 
--- the first refresh rewrites the statistics compactly (CLUSTER) after
--- scoring everyone, unless this session still reads them (an open cursor):
--- then it keeps the table as it is rather than fail
+-- the first refresh rewrites the statistics compactly after scoring
+-- everyone: the superseded row versions do not survive (CLUSTER would keep
+-- them, their deleter still running), so the table grows only by the
+-- scores and segments written, not to twice its size
+BEGIN;
+INSERT INTO rf.orders (customer, ordered_at, amount)
+SELECT 'bulk' || g, timestamptz '2026-06-01 10:00+00' + g * interval '1 hour', g % 90
+FROM generate_series(1, 3000) g;
+SELECT pg_relation_size('loyalty.customer_stats') AS stats_size \gset
+SELECT customers FROM loyalty.refresh_segments('2026-11-01');
+SELECT pg_relation_size('loyalty.customer_stats') < 1.5 * :stats_size AS compact,
+	   (SELECT count(*) FROM loyalty.customer_stats) AS customers;
+ROLLBACK;
+
+-- unless this session still reads them (an open cursor): then it keeps
+-- the table as it is rather than fail
 SELECT pg_relation_filenode('loyalty.customer_stats') AS stats_node \gset
 BEGIN;
 DECLARE stats_cursor CURSOR FOR SELECT customer_id FROM loyalty.customer_stats;

@@ -174,6 +174,15 @@ typedef bool LoyaltyUpdateIndexes;
 #define LoyaltyUpdateNeedsIndexInserts(u) (u)
 #endif
 
+/* make_new_heap() gained the new table's access method in PostgreSQL 15. */
+#if PG_VERSION_NUM >= 150000
+#define make_new_heap_compat(heap, tblspc, am, persistence, lockmode) \
+	make_new_heap(heap, tblspc, am, persistence, lockmode)
+#else
+#define make_new_heap_compat(heap, tblspc, am, persistence, lockmode) \
+	make_new_heap(heap, tblspc, persistence, lockmode)
+#endif
+
 /* index_insert() gained the indexUnchanged hint in PostgreSQL 14. */
 #if PG_VERSION_NUM >= 140000
 #define index_insert_unchanged_compat(rel, v, n, tid, heap, chk, info) \

@@ -16,12 +16,13 @@
  * serialize on an EXCLUSIVE lock of loyalty.segment_snapshot.  The first
  * refresh (no snapshot yet) scores and prunes every customer: it locks the
  * statistics exclusively from the start and rewrites them compactly at the
- * end (CLUSTER on the primary key), so that later refreshes read a table
- * half the size.
+ * end (RfmStatsRewrite), so that later refreshes read a table half the
+ * size.
  */
 #include "loyalty.h"
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/relscan.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -29,6 +30,7 @@
 #include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/cluster.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
@@ -515,6 +517,62 @@ RfmStatsInUse(void)
 
 	table_close(rel, NoLock);
 	return busy;
+}
+
+/*
+ * Rewrite loyalty.customer_stats into a new file holding only the row
+ * versions this transaction sees, then swap it in and rebuild the indexes
+ * (as CLUSTER and VACUUM FULL do).  For the first refresh, which rewrote
+ * nearly every row: CLUSTER would copy the superseded versions too (their
+ * deleter, this transaction, is still running), leaving a table twice the
+ * size.  The caller holds ACCESS EXCLUSIVE on the table since before its
+ * writes and has checked that nothing else in this session uses it.  As
+ * with TRUNCATE, a transaction whose snapshot predates ours would see the
+ * table empty afterwards; the lock kept every other one out meanwhile.
+ */
+static void
+RfmStatsRewrite(void)
+{
+	Oid			relid = get_relname_relid("customer_stats", get_namespace_oid("loyalty", false));
+	Relation	old = table_open(relid, AccessExclusiveLock);
+	TransactionId frozen = old->rd_rel->relfrozenxid;
+	MultiXactId minmulti = old->rd_rel->relminmxid;
+	char		persistence = old->rd_rel->relpersistence;
+	Oid			newid;
+	Relation	new;
+	Snapshot	snap;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	BulkInsertState bistate;
+	CommandId	cid;
+
+	newid = make_new_heap_compat(relid, old->rd_rel->reltablespace, old->rd_rel->relam,
+								 persistence, AccessExclusiveLock);
+	new = table_open(newid, AccessExclusiveLock);
+
+	/* see this transaction's writes */
+	CommandCounterIncrement();
+	cid = GetCurrentCommandId(true);
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(old, snap, 0, NULL);
+	slot = table_slot_create(old, NULL);
+	bistate = GetBulkInsertState();
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		/* an out-of-line value is copied into the new table's TOAST table */
+		table_tuple_insert(new, slot, cid, 0, bistate);
+		CHECK_FOR_INTERRUPTS();
+	}
+	FreeBulkInsertState(bistate);
+	table_finish_bulk_insert(new, 0);
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(new, NoLock);
+	table_close(old, NoLock);
+
+	/* every tuple left has this transaction's xid: the old horizons hold */
+	finish_heap_swap(relid, newid, false, false, false, true, frozen, minmulti, persistence);
 }
 
 /* Attribute number of a column of customer_stats. */
@@ -1170,17 +1228,14 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 
 	/*
 	 * The first refresh rewrote (nearly) every statistics row, doubling the
-	 * table: rewrite it compactly, in customer order, before anyone else
-	 * sees it (it holds the table's ACCESS EXCLUSIVE lock since it started,
+	 * table: rewrite it compactly before anyone else sees it (it holds the table's ACCESS EXCLUSIVE lock since it started,
 	 * so that no order waits on a row it wrote while holding a lock this
 	 * needs).  Later refreshes write a few percent of the rows, whose space
 	 * VACUUM gives back.
 	 */
 	if (first && nwrites > n / 2 && !RfmStatsInUse())
 	{
-		if (SPI_execute("CLUSTER loyalty.customer_stats USING customer_stats_pkey",
-						false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not rewrite loyalty.customer_stats");
+		RfmStatsRewrite();
 		elog(DEBUG1, "refresh_segments: rewrote the statistics at %.1f ms", RfmMsSince(t0));
 	}
 
