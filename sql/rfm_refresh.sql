@@ -198,6 +198,25 @@ FROM loyalty.customer_rfm('bob', '2026-11-03 12:00');
 SELECT customer_id, recency_days, frequency, monetary
 FROM loyalty.customer_rfm('bob', '2026-11-02');
 
+-- indexes someone added to customer_stats (one on segment for BI, one on
+-- an expression with a predicate) get their entries from the refresh's
+-- writes and from the triggers; amcheck finds every row in each index
+BEGIN;
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS amcheck;
+RESET client_min_messages;
+CREATE INDEX stats_segment ON loyalty.customer_stats (segment);
+CREATE INDEX stats_upper ON loyalty.customer_stats (upper(customer_id)) WHERE score IS NOT NULL;
+INSERT INTO rf.orders (customer, ordered_at, amount) VALUES ('ann', '2026-11-20 10:00+00', 5.00);
+SELECT segment_changes > 0 AS some_changed FROM loyalty.refresh_segments('2027-03-01');
+SELECT c.relname, bt_index_check(c.oid, true)::text AS amcheck_errors
+FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+WHERE i.indrelid = 'loyalty.customer_stats'::regclass ORDER BY 1;
+SET LOCAL enable_seqscan = off;
+SELECT segment, count(*) FROM loyalty.customer_stats WHERE segment IS NOT NULL
+GROUP BY 1 ORDER BY 1;
+ROLLBACK;
+
 -- clean up
 SET client_min_messages = warning;
 SELECT loyalty.untrack_orders('rf.orders');

@@ -174,6 +174,26 @@ typedef bool LoyaltyUpdateIndexes;
 #define LoyaltyUpdateNeedsIndexInserts(u) (u)
 #endif
 
+/*
+ * Index entries of a row version written by table_tuple_update(), for every
+ * index of the table, through the executor's code (expressions, predicates,
+ * unique checks).  No "unchanged" hint: it would need a range table.
+ */
+#if PG_VERSION_NUM >= 160000
+#define LoyaltyUpdateNeedsAnyIndexInserts(u) ((u) != TU_None)
+#define LoyaltyExecInsertIndexTuples(rri, slot, estate, u) \
+	ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL, (u) == TU_Summarizing)
+#elif PG_VERSION_NUM >= 140000
+#define LoyaltyUpdateNeedsAnyIndexInserts(u) (u)
+#define LoyaltyExecInsertIndexTuples(rri, slot, estate, u) \
+	ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL)
+#else
+#define LoyaltyUpdateNeedsAnyIndexInserts(u) (u)
+#define LoyaltyExecInsertIndexTuples(rri, slot, estate, u) \
+	((estate)->es_result_relation_info = (rri), \
+	 ExecInsertIndexTuples(slot, estate, false, NULL, NIL))
+#endif
+
 /* make_new_heap() gained the new table's access method in PostgreSQL 15. */
 #if PG_VERSION_NUM >= 150000
 #define make_new_heap_compat(heap, tblspc, am, persistence, lockmode) \

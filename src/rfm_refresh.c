@@ -32,6 +32,7 @@
 #include "catalog/pg_type.h"
 #include "commands/cluster.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
@@ -681,8 +682,10 @@ RfmFetchIds(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes, i
  * triggers lock rows in), without the executor: each row is updated at the
  * version scored; if an order changed it since, its latest version is
  * locked (waiting for the writer) and updated instead, keeping the new
- * statistics.  Only the primary key index exists; it gets an entry when the
- * update is not HOT.
+ * statistics.  When the update is not HOT the primary key gets an entry
+ * directly (hinted as unchanged, so that btree removes the old versions'
+ * entries bottom-up); if someone added other indexes, every index gets its
+ * entry through the executor's code instead.
  */
 static void
 RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes, int nwrites,
@@ -690,8 +693,10 @@ RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	List	   *indexes = RelationGetIndexList(rel);
-	Relation	idx;
-	IndexInfo  *info;
+	Relation	idx = NULL;
+	IndexInfo  *info = NULL;
+	EState	   *estate = NULL;
+	ResultRelInfo *rri = NULL;
 	TupleTableSlot *oldslot = table_slot_create(rel, NULL);
 	TupleTableSlot *newslot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
 	CommandId	cid = GetCurrentCommandId(true);
@@ -704,10 +709,19 @@ RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes
 	int			a_since = RfmAttno(desc, "since");
 	int			i;
 
-	if (list_length(indexes) != 1)
-		elog(ERROR, "loyalty.customer_stats must have its primary key as only index");
-	idx = index_open(linitial_oid(indexes), RowExclusiveLock);
-	info = BuildIndexInfo(idx);
+	if (list_length(indexes) == 1)
+	{
+		idx = index_open(linitial_oid(indexes), RowExclusiveLock);
+		info = BuildIndexInfo(idx);
+	}
+	else
+	{
+		estate = CreateExecutorState();
+		rri = makeNode(ResultRelInfo);
+		InitResultRelInfo(rri, rel, 0, NULL, 0);
+		ExecOpenIndices(rri, false);
+	}
+	list_free(indexes);
 	for (i = 0; i < nwrites; i++)
 	{
 		RfmLiveCust *c = &custs[writes[i].pos];
@@ -766,13 +780,18 @@ RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes
 		}
 		if (res == TM_Ok)
 		{
-			if (LoyaltyUpdateNeedsIndexInserts(update_indexes))
+			if (idx != NULL && LoyaltyUpdateNeedsIndexInserts(update_indexes))
 			{
 				bool		isnull = false;
 				Datum		key = newslot->tts_values[a_id];
 
 				index_insert_unchanged_compat(idx, &key, &isnull, &newslot->tts_tid, rel,
 											  UNIQUE_CHECK_NO, info);
+			}
+			else if (idx == NULL && LoyaltyUpdateNeedsAnyIndexInserts(update_indexes))
+			{
+				(void) LoyaltyExecInsertIndexTuples(rri, newslot, estate, update_indexes);
+				ResetPerTupleExprContext(estate);
 			}
 		}
 		else if (res != TM_Deleted)
@@ -782,7 +801,13 @@ RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes
 		if ((i & 1023) == 0)
 			CHECK_FOR_INTERRUPTS();
 	}
-	index_close(idx, NoLock);
+	if (idx != NULL)
+		index_close(idx, NoLock);
+	else
+	{
+		ExecCloseIndices(rri);
+		FreeExecutorState(estate);
+	}
 	ExecDropSingleTupleTableSlot(oldslot);
 	ExecDropSingleTupleTableSlot(newslot);
 	MemoryContextDelete(rowcxt);
