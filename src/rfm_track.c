@@ -163,10 +163,9 @@ static void RfmTriggerErrorContext(void *arg);
 static void
 RfmRelcacheCallback(Datum arg, Oid relid)
 {
+	/* customer_stats itself may have been re-created: look it up again */
 	if (relid == InvalidOid || relid == stats_catalog.relid)
-		stats_catalog.attrs_valid = false;
-	if (relid == InvalidOid)
-		stats_catalog.valid = false;
+		stats_catalog.valid = stats_catalog.attrs_valid = false;
 	if (trigger_cols != NULL && !trigger_cols_stale)
 	{
 		HASH_SEQ_STATUS seq;
