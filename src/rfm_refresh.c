@@ -1253,10 +1253,10 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 
 	/*
 	 * The first refresh rewrote (nearly) every statistics row, doubling the
-	 * table: rewrite it compactly before anyone else sees it (it holds the table's ACCESS EXCLUSIVE lock since it started,
-	 * so that no order waits on a row it wrote while holding a lock this
-	 * needs).  Later refreshes write a few percent of the rows, whose space
-	 * VACUUM gives back.
+	 * table: rewrite it compactly before anyone else sees it (it holds the
+	 * table's ACCESS EXCLUSIVE lock since it started, so that no order waits
+	 * on a row it wrote while holding a lock this needs).  Later refreshes
+	 * write a few percent of the rows, whose space VACUUM gives back.
 	 */
 	if (first && nwrites > n / 2 && !RfmStatsInUse())
 	{
