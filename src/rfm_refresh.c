@@ -510,9 +510,8 @@ RfmArenaText(char **arena, Size *left, Datum value)
  * than fail.
  */
 static bool
-RfmStatsInUse(void)
+RfmStatsInUse(Oid relid)
 {
-	Oid			relid = get_relname_relid("customer_stats", get_namespace_oid("loyalty", false));
 	Relation	rel = table_open(relid, NoLock);
 	bool		busy = rel->rd_refcnt > 1 || AfterTriggerPendingOnRel(relid);
 
@@ -532,9 +531,8 @@ RfmStatsInUse(void)
  * table empty afterwards; the lock kept every other one out meanwhile.
  */
 static void
-RfmStatsRewrite(void)
+RfmStatsRewrite(Oid relid)
 {
-	Oid			relid = get_relname_relid("customer_stats", get_namespace_oid("loyalty", false));
 	Relation	old = table_open(relid, AccessExclusiveLock);
 	TransactionId frozen = old->rd_rel->relfrozenxid;
 	MultiXactId minmulti = old->rd_rel->relminmxid;
@@ -841,6 +839,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	MemoryContext work,
 				rowcxt,
 				old;
+	Oid			stats_relid;
 	Relation	rel;
 	TableScanDesc scan;
 	TupleTableSlot *slot;
@@ -933,8 +932,8 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	memset(&names, 0, sizeof(names));
 
 	/* one pass over the statistics, in a snapshot taken after the lock */
-	rel = table_open(get_relname_relid("customer_stats", get_namespace_oid("loyalty", false)),
-					 RowExclusiveLock);
+	stats_relid = get_relname_relid("customer_stats", get_namespace_oid("loyalty", false));
+	rel = table_open(stats_relid, RowExclusiveLock);
 	desc = RelationGetDescr(rel);
 	if (rel->rd_rel->reltuples > cap)
 	{
@@ -1258,9 +1257,9 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	 * on a row it wrote while holding a lock this needs).  Later refreshes
 	 * write a few percent of the rows, whose space VACUUM gives back.
 	 */
-	if (first && nwrites > n / 2 && !RfmStatsInUse())
+	if (first && nwrites > n / 2 && !RfmStatsInUse(stats_relid))
 	{
-		RfmStatsRewrite();
+		RfmStatsRewrite(stats_relid);
 		elog(DEBUG1, "refresh_segments: rewrote the statistics at %.1f ms", RfmMsSince(t0));
 	}
 
