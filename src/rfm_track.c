@@ -279,9 +279,9 @@ RfmTriggerCols(Trigger *tg, Relation rel, RfmTrackCols *cols)
 
 	if (trigger_cols_stale && trigger_cols != NULL)
 	{
-		hash_destroy(trigger_cols);
-		trigger_cols = NULL;
+		/* the hash and every entry's context are children of trigger_cxt */
 		MemoryContextReset(trigger_cxt);
+		trigger_cols = NULL;
 	}
 	trigger_cols_stale = false;
 	if (trigger_cxt == NULL)
