@@ -32,13 +32,15 @@ SQL_PARTS = \
 
 # Upgrade scripts.  Released ones are frozen files src/loyalty--A--B.sql.
 # The one to the version under development is built: its handwritten head
-# src/upgrade/A--B.sql, then every part added since A, then grants.sql, then
-# a re-grant of the recorded access levels.  test/scripts/upgrade.sh proves
-# that updating from every earlier release (frozen install scripts in
-# test/upgrade/) gives exactly a fresh install.
-PREV_VERSION = 0.1.0
-PREV_PARTS = src/loyalty.sql src/access.sql src/grants.sql
+# src/upgrade/A--B.sql, then the fragments in src/upgrade/A--B.d/ in name
+# order (one per concern, each re-creating what changed since A), then
+# grants.sql, then a re-grant of the recorded access levels.
+# test/scripts/upgrade.sh proves that updating from every earlier release
+# (frozen install scripts in test/upgrade/) gives exactly a fresh install.
+PREV_VERSION = 0.2.0
 UPGRADE_SCRIPT = $(EXTENSION)--$(PREV_VERSION)--$(EXTVERSION).sql
+UPGRADE_HEAD = src/upgrade/$(PREV_VERSION)--$(EXTVERSION).sql
+UPGRADE_FRAGMENTS = $(sort $(wildcard src/upgrade/$(PREV_VERSION)--$(EXTVERSION).d/*.sql))
 
 DATA_built = $(EXTENSION)--$(EXTVERSION).sql $(UPGRADE_SCRIPT)
 DATA = $(sort $(wildcard src/$(EXTENSION)--*--*.sql))
@@ -69,8 +71,8 @@ $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS) $(EXTENSION).control
 # the library reports the version it was built for
 src/loyalty.o: $(EXTENSION).control
 
-$(UPGRADE_SCRIPT): src/upgrade/$(PREV_VERSION)--$(EXTVERSION).sql $(SQL_PARTS) $(EXTENSION).control
-	{ cat $< $(filter-out $(PREV_PARTS),$(SQL_PARTS)) src/grants.sql; \
+$(UPGRADE_SCRIPT): $(UPGRADE_HEAD) $(UPGRADE_FRAGMENTS) src/grants.sql $(EXTENSION).control
+	{ cat $(UPGRADE_HEAD) $(UPGRADE_FRAGMENTS) src/grants.sql; \
 	  echo; echo 'SELECT loyalty.reapply_grants();'; } > $@
 
 # Run the pgTAP suites in a scratch database with pgtap and loyalty installed.
