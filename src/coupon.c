@@ -47,6 +47,8 @@ static const struct
 	[COUPON_NOT_STARTED] = {"not_started", "LY006",
 	"The campaign has not started yet."},
 	[COUPON_PAUSED] = {"paused", "LY007", "The campaign is paused."},
+	[COUPON_CONFIG_ERROR] = {"config_error", "LY016",
+	"An eligibility rule of the campaign names configuration that does not exist (an unknown tier or segment); an admin must correct the campaign."},
 	[COUPON_NOT_ELIGIBLE] = {"not_eligible", "LY008",
 	"The customer or the order does not meet the campaign's eligibility rules."},
 	[COUPON_MIN_AMOUNT] = {"min_amount", "LY009",
@@ -55,6 +57,8 @@ static const struct
 	"No item of the order qualifies for the campaign."},
 	[COUPON_NOT_STACKABLE] = {"not_stackable", "LY011",
 	"The coupon cannot be combined with the coupons already on this order."},
+	[COUPON_NO_DISCOUNT] = {"no_discount", "LY015",
+	"The coupon would take nothing off this order (no shipping cost to waive, or the order is already fully discounted)."},
 	[COUPON_EXHAUSTED] = {"exhausted", "LY012",
 	"The code or its campaign has no uses left."},
 	[COUPON_RESERVED] = {"reserved", "LY013",
@@ -157,7 +161,9 @@ ParseCode(text *t, CallState *st)
 /*
  * The checks that need no lock, in the documented order: bound customer,
  * currency, dates, pause, eligibility rules, minimum amount, eligible items
- * and the discount, stacking with the order's other coupons.
+ * and the discount, stacking with the order's other coupons, and a discount
+ * above zero (a coupon that takes nothing off is not used, so it never
+ * takes a unit of a cap).
  */
 static CouponReason
 CheckCoupon(CallState *st)
@@ -176,16 +182,22 @@ CheckCoupon(CallState *st)
 		return COUPON_NOT_STARTED;
 	if (cm->paused)
 		return COUPON_PAUSED;
-	if (cm->nrules > 0 && !CouponRulesAllow(cm, st->customer_id, &st->ctx))
-		return COUPON_NOT_ELIGIBLE;
+	if (cm->nrules > 0 &&
+		(r = CouponRulesAllow(cm, st->customer_id, &st->ctx)) != COUPON_OK)
+		return r;
 	if (cm->min_order_amount != NULL &&
 		CouponNumericCmp(st->ctx.amount, cm->min_order_amount) < 0)
 		return COUPON_MIN_AMOUNT;
 	r = CouponComputeDiscount(cm, &st->ctx, &st->discount, &st->on_shipping);
 	if (r != COUPON_OK)
 		return r;
-	return CouponApplyStacking(cm, &st->ctx, &st->order, st->cp.id,
-							   &st->discount, st->on_shipping);
+	r = CouponApplyStacking(cm, &st->ctx, &st->order, st->cp.id,
+							&st->discount, st->on_shipping);
+	if (r != COUPON_OK)
+		return r;
+	if (CouponNumericCmp(st->discount, CouponNumericZero()) <= 0)
+		return COUPON_NO_DISCOUNT;
+	return COUPON_OK;
 }
 
 /*
@@ -294,8 +306,10 @@ BeginWrite(FunctionCallInfo fcinfo, CallState *st, bool amount_context)
 	RequireArg(fcinfo, 1, "customer_id");
 	RequireArg(fcinfo, 2, "order_ref");
 	RequireArg(fcinfo, 3, amount_context ? "amount" : "order_context");
-	st->customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(1));
-	st->order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(2));
+	st->customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(1),
+										COUPON_MAX_ID_LEN);
+	st->order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(2),
+									 LOYALTY_MAX_REFERENCE_LEN);
 	if (amount_context)
 		CouponContextFromAmount(PG_GETARG_NUMERIC(3), &st->ctx);
 	else
@@ -409,9 +423,24 @@ CouponReserve(FunctionCallInfo fcinfo, bool amount_context)
 	RequireArg(fcinfo, 4, "ttl");
 	ttl = PG_GETARG_INTERVAL_P(4);
 	st.now = GetCurrentTimestamp();
-	expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-														 TimestampTzGetDatum(st.now),
-														 IntervalPGetDatum(ttl)));
+
+	/*
+	 * Each field is bounded before the sum is taken, so that a huge ttl is
+	 * the documented 22023 and not an overflow of the addition (22008).
+	 * Within these bounds now() + ttl cannot overflow; the total is then
+	 * judged exactly.  Infinite intervals (PG 17+) fail the bounds.
+	 */
+	if (ttl->month > COUPON_TTL_FIELD_MAX_MONTHS ||
+		ttl->month < -COUPON_TTL_FIELD_MAX_MONTHS ||
+		ttl->day > COUPON_TTL_FIELD_MAX_DAYS ||
+		ttl->day < -COUPON_TTL_FIELD_MAX_DAYS ||
+		ttl->time > (int64) COUPON_TTL_FIELD_MAX_DAYS * USECS_PER_DAY ||
+		ttl->time < -(int64) COUPON_TTL_FIELD_MAX_DAYS * USECS_PER_DAY)
+		expires_at = DT_NOBEGIN;
+	else
+		expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+															 TimestampTzGetDatum(st.now),
+															 IntervalPGetDatum(ttl)));
 	max_expiry = st.now + (int64) COUPON_MAX_TTL_DAYS * USECS_PER_DAY;
 	if (expires_at <= st.now || expires_at > max_expiry)
 		ereport(ERROR,
@@ -495,9 +524,11 @@ CouponValidate(FunctionCallInfo fcinfo, bool amount_context)
 	RequireArg(fcinfo, 0, "code");
 	RequireArg(fcinfo, 1, "customer_id");
 	RequireArg(fcinfo, 2, amount_context ? "amount" : "order_context");
-	st.customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(1));
+	st.customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(1),
+										COUPON_MAX_ID_LEN);
 	if (!PG_ARGISNULL(3))
-		st.order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(3));
+		st.order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(3),
+										 LOYALTY_MAX_REFERENCE_LEN);
 	if (amount_context)
 		CouponContextFromAmount(PG_GETARG_NUMERIC(2), &st.ctx);
 	else
@@ -609,7 +640,8 @@ coupon_rollback(PG_FUNCTION_ARGS)
 	bool		done;
 
 	RequireArg(fcinfo, 0, "order_ref");
-	order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(0));
+	order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(0),
+								 LOYALTY_MAX_REFERENCE_LEN);
 	SPI_connect();
 	CouponStoreBegin(false);
 	done = CouponRollbackOrder(order_ref, GetCurrentTimestamp());

@@ -28,6 +28,7 @@
 #include "utils/numeric.h"
 
 #include "coupon_code.h"
+#include "loyalty.h"
 
 /*
  * Limits of the order context and of the identifiers the API accepts; all
@@ -35,7 +36,8 @@
  * the others 22023 / 22003.
  */
 #define COUPON_MAX_ITEMS		1000
-#define COUPON_MAX_ID_LEN		256 /* customer_id, order_ref */
+#define COUPON_MAX_ID_LEN		256 /* customer_id */
+/* order_ref: LOYALTY_MAX_REFERENCE_LEN (loyalty.h), one limit everywhere */
 #define COUPON_MAX_SKU_LEN		256 /* sku, category */
 #define COUPON_MAX_QUANTITY		1000000
 /* amounts and prices must be below 10^COUPON_MAX_AMOUNT_DIGITS */
@@ -43,6 +45,9 @@
 
 /* Reservation time-to-live bounds. */
 #define COUPON_MAX_TTL_DAYS		30
+/* bounds of each field of a ttl interval before it is added to now() */
+#define COUPON_TTL_FIELD_MAX_MONTHS 12000
+#define COUPON_TTL_FIELD_MAX_DAYS	366000
 
 /*
  * Reasons a coupon cannot be used.  The tokens (CouponReasonToken) and the
@@ -60,10 +65,13 @@ typedef enum CouponReason
 	COUPON_EXPIRED,				/* LY005 */
 	COUPON_NOT_STARTED,			/* LY006 */
 	COUPON_PAUSED,				/* LY007 */
+	COUPON_CONFIG_ERROR,		/* LY016: a rule names configuration that
+								 * does not exist (checked with the rules) */
 	COUPON_NOT_ELIGIBLE,		/* LY008 */
 	COUPON_MIN_AMOUNT,			/* LY009 */
 	COUPON_NO_ELIGIBLE_ITEMS,	/* LY010 */
 	COUPON_NOT_STACKABLE,		/* LY011 */
+	COUPON_NO_DISCOUNT,			/* LY015: the discount would be zero */
 	COUPON_EXHAUSTED,			/* LY012 */
 	COUPON_RESERVED,			/* LY013 */
 	COUPON_CUSTOMER_LIMIT,		/* LY014 */
@@ -108,7 +116,7 @@ typedef struct OrderContext
 extern void CouponContextFromJsonb(Jsonb *jb, OrderContext *ctx);
 extern void CouponContextFromAmount(Numeric amount, OrderContext *ctx);
 extern int	CouponCurrencyDecimals(const char *currency);
-extern char *CouponIdentifier(const char *what, text *value);
+extern char *CouponIdentifier(const char *what, text *value, int maxlen);
 
 /* ---- campaigns and coupons as read from the tables ---- */
 
@@ -235,8 +243,9 @@ extern Numeric CouponNumericTrunc(Numeric a, int scale);
 
 /* ---- eligibility rules (coupon_rules.c) ---- */
 
-extern bool CouponRulesAllow(const Campaign *cm, const char *customer_id,
-							 const OrderContext *ctx);
+extern CouponReason CouponRulesAllow(const Campaign *cm,
+									 const char *customer_id,
+									 const OrderContext *ctx);
 
 /* ---- storage and locks (coupon_store.c) ---- */
 

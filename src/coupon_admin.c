@@ -299,6 +299,7 @@ PG_FUNCTION_INFO_V1(coupon_generate_codes);
  * single-use codes from the pattern for the campaign, each bound to the
  * customer at the same position of customer_ids when given (then count
  * must equal its length).  Returns the number created, always count.
+ * count is at most COUPON_MAX_CODES_PER_CALL.
  */
 Datum
 coupon_generate_codes(PG_FUNCTION_ARGS)
@@ -338,6 +339,15 @@ coupon_generate_codes(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("count must not be negative")));
+	if (count > COUPON_MAX_CODES_PER_CALL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("count %d is above the limit of %d codes per call",
+						count, COUPON_MAX_CODES_PER_CALL),
+				 errdetail("One call of generate_codes makes at most %d codes, in one transaction.",
+						   COUPON_MAX_CODES_PER_CALL),
+				 errhint("Call generate_codes in batches of at most %d codes, e.g. one transaction per batch.",
+						 COUPON_MAX_CODES_PER_CALL)));
 	if (!CouponPatternParse(VARDATA_ANY(pattern_text),
 							VARSIZE_ANY_EXHDR(pattern_text), &pattern, &err) ||
 		!CouponPatternAllowsCount(&pattern, count, &err))
@@ -370,7 +380,8 @@ coupon_generate_codes(PG_FUNCTION_ARGS)
 						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 						 errmsg("customer_ids must not contain nulls")));
 			customers[i] = CouponIdentifier("customer_id",
-											DatumGetTextPP(elems[i]));
+											DatumGetTextPP(elems[i]),
+											COUPON_MAX_ID_LEN);
 		}
 	}
 	if (count == 0)

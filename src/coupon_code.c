@@ -560,6 +560,14 @@ coupon_code_random(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("count must not be negative: %d", count)));
+		if (count > COUPON_MAX_CODES_PER_CALL)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("count %d is above the limit of %d codes per call",
+							count, COUPON_MAX_CODES_PER_CALL),
+					 errdetail("One call of random_codes makes at most %d codes.",
+							   COUPON_MAX_CODES_PER_CALL),
+					 errhint("Call it several times with a smaller count.")));
 		if (!CouponPatternAllowsCount(&st->pattern, count, &err))
 			CouponPatternReportError(pattern, &err);
 		st->remaining = count;

@@ -75,6 +75,13 @@ typedef uint64_t uint64;
 /* Longest display text: characters with one '-' between any two. */
 #define COUPON_CODE_MAX_DISPLAY (2 * COUPON_CODE_MAX_CHARS - 1)
 
+/*
+ * Codes one call of generate_codes or random_codes makes at most (README,
+ * "Limits"): a bigger count is 54000 with a hint to call in batches, so that
+ * no single call runs for hours or holds millions of rows in one statement.
+ */
+#define COUPON_MAX_CODES_PER_CALL 10000000
+
 typedef enum CouponCodeKind
 {
 	COUPON_CODE_GENERATED = 1,

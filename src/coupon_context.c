@@ -64,20 +64,21 @@ CouponCurrencyDecimals(const char *currency)
 }
 
 /*
- * Check a customer id or order reference argument: not null (the caller
- * checks), 1..COUPON_MAX_ID_LEN bytes.  Returns it as a C string.
+ * Check a customer id (COUPON_MAX_ID_LEN) or order reference
+ * (LOYALTY_MAX_REFERENCE_LEN) argument: not null (the caller checks),
+ * 1..maxlen bytes.  Returns it as a C string.
  */
 char *
-CouponIdentifier(const char *what, text *value)
+CouponIdentifier(const char *what, text *value, int maxlen)
 {
 	int			len = VARSIZE_ANY_EXHDR(value);
 
-	if (len == 0 || len > COUPON_MAX_ID_LEN)
+	if (len == 0 || len > maxlen)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid %s", what),
 				 errdetail("The %s must have 1 to %d bytes; this one has %d.",
-						   what, COUPON_MAX_ID_LEN, len)));
+						   what, maxlen, len)));
 	return text_to_cstring(value);
 }
 

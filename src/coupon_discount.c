@@ -15,9 +15,14 @@
  *	  cheapest of the order); free item: up to free_quantity units of
  *	  free_sku, the cheapest first.
  *	- max_discount caps the result of any kind.
- *	- rounding: half up (away from zero) to the currency's decimals, then
- *	  never more than the eligible amount truncated to those decimals (the
- *	  shipping cost for free shipping).
+ *	- rounding: a computed discount (percent, cheapest units) rounds half
+ *	  up (away from zero) to the currency's decimals; then it is never more
+ *	  than a configured limit (amount_off, max_discount) nor the eligible
+ *	  amount (the shipping cost for free shipping), each truncated to those
+ *	  decimals.  Campaigns refuse limits with more decimals than their
+ *	  currency (coupon.sql), so the truncation of a limit only matters for
+ *	  campaigns stored before that check.
+ *	- a discount of zero is not a discount: the caller reports no_discount.
  *	- stacking: each coupon is computed on the undiscounted order (coupons do
  *	  not compound); the coupons of one order together never take more than
  *	  the merchandise amount (the shipping cost for free shipping): the
@@ -183,7 +188,8 @@ CheapestUnits(PricedLine *lines, int nlines, int64 n)
 
 /*
  * The discount one campaign gives one order, before stacking.  Returns
- * COUPON_OK with *discount set (>= 0, rounded to the currency) and
+ * COUPON_OK with *discount set (>= 0, rounded to the currency, never above
+ * a configured limit) and
  * *on_shipping telling which part of the order it reduces, or
  * COUPON_NO_ELIGIBLE_ITEMS.
  */
@@ -250,7 +256,8 @@ CouponComputeDiscount(const Campaign *cm, const OrderContext *ctx,
 			}
 			break;
 		case CAMPAIGN_FIXED:
-			d = cm->amount_off;
+			/* a limit: never rounded up */
+			d = CouponNumericTrunc(cm->amount_off, decimals);
 			break;
 		case CAMPAIGN_FREE_SHIPPING:
 			d = ctx->shipping;
@@ -274,9 +281,9 @@ CouponComputeDiscount(const Campaign *cm, const OrderContext *ctx,
 			elog(ERROR, "unknown campaign kind %d", (int) cm->kind);
 	}
 
-	if (cm->max_discount != NULL)
-		d = NumericMin(d, cm->max_discount);
 	d = CouponNumericRound(d, decimals);
+	if (cm->max_discount != NULL)
+		d = NumericMin(d, CouponNumericTrunc(cm->max_discount, decimals));
 	d = NumericMin(d, CouponNumericTrunc(base, decimals));
 	*discount = d;
 	return COUPON_OK;

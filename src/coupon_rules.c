@@ -16,11 +16,21 @@
  * order_context jsonb) RETURNS boolean, registered by the extension owner;
  * true admits, false or null refuses.  That is how tier eligibility plugs in
  * once tiers exist: the tier module registers kind 'tier' with its function.
+ *
+ * A configuration problem is a reason, never an error of the app's call:
+ * a kind without a check function, or a check function that raises a data
+ * exception (SQLSTATE class 22, e.g. a tier rule naming a tier that no
+ * longer exists), makes the campaign config_error (LY016).  The admin
+ * functions refuse such configuration when it is written (coupon.sql);
+ * this covers what was stored before, or written around them.
  */
 #include "coupon.h"
 
+#include "access/xact.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/jsonb.h"
 
 /* The context as jsonb for a check function; built once for plain amounts. */
@@ -88,10 +98,10 @@ NewCustomerMatches(Jsonb *params, const OrderContext *ctx)
 	return (ctx->new_customer == 1) == want;
 }
 
-/* Call a registered check function; null counts as false. */
+/* Call a check function once; null counts as false. */
 static bool
-CallCheckFunction(Oid fn, const char *customer_id, Jsonb *params,
-				  const OrderContext *ctx)
+InvokeCheck(Oid fn, const char *customer_id, Jsonb *params,
+			Jsonb *context_json)
 {
 	LOCAL_FCINFO(fcinfo, 3);
 	FmgrInfo	flinfo;
@@ -103,17 +113,70 @@ CallCheckFunction(Oid fn, const char *customer_id, Jsonb *params,
 	fcinfo->args[0].isnull = false;
 	fcinfo->args[1].value = JsonbPGetDatum(params);
 	fcinfo->args[1].isnull = false;
-	fcinfo->args[2].value = JsonbPGetDatum(ContextJson(ctx));
+	fcinfo->args[2].value = JsonbPGetDatum(context_json);
 	fcinfo->args[2].isnull = false;
 	result = FunctionCallInvoke(fcinfo);
 	return !fcinfo->isnull && DatumGetBool(result);
 }
 
 /*
- * Whether every rule of the campaign admits this customer and order.  The
- * customer's segment is read at most once per call.
+ * Call a registered check function: COUPON_OK when it returns true,
+ * COUPON_NOT_ELIGIBLE for false or null, COUPON_CONFIG_ERROR when it raises
+ * a data exception (class 22: its parameters name configuration that does
+ * not exist, or are malformed).  The call runs in a subtransaction so that
+ * such an error can be caught safely; every other error (cancel, out of
+ * memory, a broken function) propagates.
  */
-bool
+static CouponReason
+CallCheckFunction(Oid fn, const char *customer_id, Jsonb *params,
+				  const OrderContext *ctx)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	Jsonb	   *context_json = ContextJson(ctx);
+	CouponReason reason = COUPON_NOT_ELIGIBLE;
+
+	/* no subtransaction is possible in parallel mode: errors propagate */
+	if (IsInParallelMode())
+		return InvokeCheck(fn, customer_id, params, context_json) ?
+			COUPON_OK : COUPON_NOT_ELIGIBLE;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		if (InvokeCheck(fn, customer_id, params, context_json))
+			reason = COUPON_OK;
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+		reason = COUPON_CONFIG_ERROR;
+	}
+	PG_END_TRY();
+	return reason;
+}
+
+/*
+ * Whether every rule of the campaign admits this customer and order:
+ * COUPON_OK, COUPON_NOT_ELIGIBLE, or COUPON_CONFIG_ERROR for a rule that
+ * cannot be evaluated (see the file header).  The customer's segment is
+ * read at most once per call.
+ */
+CouponReason
 CouponRulesAllow(const Campaign *cm, const char *customer_id,
 				 const OrderContext *ctx)
 {
@@ -127,8 +190,12 @@ CouponRulesAllow(const Campaign *cm, const char *customer_id,
 
 		if (OidIsValid(r->check_function))
 		{
-			if (!CallCheckFunction(r->check_function, customer_id, r->params, ctx))
-				return false;
+			CouponReason reason = CallCheckFunction(r->check_function,
+													customer_id, r->params,
+													ctx);
+
+			if (reason != COUPON_OK)
+				return reason;
 		}
 		else if (strcmp(r->kind, "segment") == 0)
 		{
@@ -138,19 +205,15 @@ CouponRulesAllow(const Campaign *cm, const char *customer_id,
 				segment_read = true;
 			}
 			if (segment == NULL || !SegmentListed(r->params, segment))
-				return false;
+				return COUPON_NOT_ELIGIBLE;
 		}
 		else if (strcmp(r->kind, "new_customer") == 0)
 		{
 			if (!NewCustomerMatches(r->params, ctx))
-				return false;
+				return COUPON_NOT_ELIGIBLE;
 		}
 		else
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("eligibility rule kind \"%s\" has no check function",
-							r->kind),
-					 errhint("Register one in loyalty.eligibility_kind.")));
+			return COUPON_CONFIG_ERROR; /* a kind without a check function */
 	}
-	return true;
+	return COUPON_OK;
 }

@@ -18,6 +18,13 @@
 /* Reserved prefix of every loyalty configuration parameter. */
 #define LOYALTY_GUC_PREFIX "loyalty"
 
+/*
+ * Longest caller reference in bytes (a coupon order_ref; the points
+ * references accept what coupons accept): one documented limit for
+ * references everywhere (README, "Limits").
+ */
+#define LOYALTY_MAX_REFERENCE_LEN 256
+
 extern void _PG_init(void);
 
 #endif							/* LOYALTY_H */
