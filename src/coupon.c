@@ -58,7 +58,7 @@ static const struct
 	[COUPON_NOT_STACKABLE] = {"not_stackable", "LY011",
 	"The coupon cannot be combined with the coupons already on this order."},
 	[COUPON_NO_DISCOUNT] = {"no_discount", "LY015",
-	"The coupon would take nothing off this order (no shipping cost to waive, or the order is already fully discounted)."},
+	"The coupon would take nothing off this order (free shipping without a shipping cost, an order already fully discounted, or a discount that rounds to zero)."},
 	[COUPON_EXHAUSTED] = {"exhausted", "LY012",
 	"The code or its campaign has no uses left."},
 	[COUPON_RESERVED] = {"reserved", "LY013",

@@ -290,6 +290,16 @@ CREATE TRIGGER eligibility_kind_changed
 
 /* functions: campaign administration (admin) */
 
+CREATE FUNCTION loyalty.currency_decimals(currency text)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'coupon_currency_decimals'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.currency_decimals(text) IS
+	'Minor units (decimals) of an ISO 4217 currency as coupon discounts use them: 2 unless listed otherwise (JPY 0, KWD 3, CLF 4, ...)';
+
+SELECT loyalty._register_function('all', 'loyalty.currency_decimals(text)');
+
 /*
  * Check a campaign row before it is written, with messages that say which
  * field is wrong (the table's CHECK constraints back this up).
@@ -301,6 +311,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	problem text;
+	decimals integer;
+	too_precise record;
 BEGIN
 	problem := CASE
 		WHEN c.name IS NULL OR c.name = '' THEN
@@ -321,6 +333,8 @@ BEGIN
 			'max_discount does not apply to fixed campaigns'
 		WHEN c.max_discount IS NOT NULL AND c.max_discount <= 0 THEN
 			'max_discount must be positive'
+		WHEN c.amount_off >= 1e15 OR c.max_discount >= 1e15 OR c.min_order_amount >= 1e15 THEN
+			'amount_off, max_discount and min_order_amount must be finite numbers below 10^15'
 		WHEN c.kind = 'buy_x_get_y' AND (c.buy_quantity IS NULL OR c.buy_quantity < 1
 										OR c.get_quantity IS NULL OR c.get_quantity < 1) THEN
 			'a buy_x_get_y campaign needs buy_quantity >= 1 and get_quantity >= 1'
@@ -354,16 +368,41 @@ BEGIN
 		WHEN cardinality(c.include_skus) = 0 OR cardinality(c.exclude_skus) = 0
 		  OR cardinality(c.include_categories) = 0 OR cardinality(c.exclude_categories) = 0 THEN
 			'an empty sku or category list must be null'
+		WHEN cardinality(c.include_skus) > 10000 OR cardinality(c.exclude_skus) > 10000
+		  OR cardinality(c.include_categories) > 10000 OR cardinality(c.exclude_categories) > 10000 THEN
+			'a sku or category list has at most 10000 entries'
+		WHEN EXISTS (SELECT 1 FROM unnest(c.include_skus || c.exclude_skus || c.include_categories
+										  || c.exclude_categories) AS e(name)
+					 WHERE octet_length(e.name) > 256) THEN
+			'a sku or category name has at most 256 bytes'
 	END;
 	IF problem IS NOT NULL THEN
 		RAISE EXCEPTION 'invalid campaign: %', problem
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+
+	-- a discount never exceeds its limit, so a limit must be payable exactly
+	decimals := loyalty.currency_decimals(c.currency);
+	SELECT l.field, l.value INTO too_precise
+	FROM (VALUES (1, 'amount_off', c.amount_off), (2, 'max_discount', c.max_discount)) AS l(pos, field, value)
+	WHERE l.value IS NOT NULL
+	  AND l.value OPERATOR(pg_catalog.<>) pg_catalog.trunc(l.value, decimals)
+	ORDER BY l.pos LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'invalid campaign: % % has more decimals than % allows', too_precise.field,
+			too_precise.value, c.currency
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('%s has %s decimal%s (ISO 4217 minor units); a discount is never more than its limit, so %s must be a whole number of minor units.',
+								  c.currency, decimals, CASE WHEN decimals = 1 THEN '' ELSE 's' END,
+								  too_precise.field),
+				  HINT = format('Give %s with at most %s decimal%s.', too_precise.field, decimals,
+								CASE WHEN decimals = 1 THEN '' ELSE 's' END);
+	END IF;
 END;
 $$;
 
 COMMENT ON FUNCTION loyalty._campaign_check(loyalty.campaign) IS
-	'Internal: raise 22023 naming the first invalid field of a campaign row';
+	'Internal: raise 22023 naming the first invalid field of a campaign row (limits with more decimals than the currency: the DETAIL names its decimals)';
 
 CREATE FUNCTION loyalty.create_campaign(
 	name text,
@@ -603,6 +642,9 @@ SELECT loyalty._register_function('admin', 'loyalty.resume_campaign(bigint)');
 /*
  * Add an eligibility rule.  Built-in kinds have their parameters checked
  * here; a registered kind's parameters are its check function's business.
+ * The names a segment or tier rule gives must exist (22023 otherwise); the
+ * triggers below keep them existing (renames carry over, deletes of a named
+ * segment or tier are refused).
  */
 CREATE FUNCTION loyalty.add_campaign_rule(campaign_id bigint, kind text, params jsonb DEFAULT '{}')
 RETURNS bigint
@@ -611,6 +653,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	id bigint;
+	unknown text;
 BEGIN
 	IF campaign_id IS NULL OR kind IS NULL OR params IS NULL THEN
 		RAISE EXCEPTION 'campaign_id, kind and params must not be null'
@@ -638,6 +681,31 @@ BEGIN
 		OR coalesce(jsonb_typeof(params -> 'new'), 'boolean') <> 'boolean') THEN
 		RAISE EXCEPTION 'a new_customer rule takes {"new": true} or {"new": false}'
 			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- names must exist now: a rule naming nothing would refuse every customer
+	IF kind = 'segment' THEN
+		SELECT e INTO unknown FROM jsonb_array_elements_text(params -> 'segments') AS e
+		WHERE NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name OPERATOR(pg_catalog.=) e)
+		LIMIT 1;
+		IF FOUND THEN
+			RAISE EXCEPTION 'unknown segment "%" in segment rule', unknown
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('No segment is named %L; segments are listed in loyalty.segment.', unknown);
+		END IF;
+	ELSIF kind = 'tier' THEN
+		SELECT e INTO unknown
+		FROM (SELECT params ->> 'min_tier' AS e
+			  UNION ALL
+			  SELECT jsonb_array_elements_text(params -> 'tiers')
+			  WHERE jsonb_typeof(params -> 'tiers') = 'array') AS n
+		WHERE n.e IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.tier t WHERE t.name OPERATOR(pg_catalog.=) n.e)
+		LIMIT 1;
+		IF FOUND THEN
+			RAISE EXCEPTION 'unknown tier "%" in tier rule', unknown
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('No tier is named %L; tiers are listed in loyalty.tier.', unknown);
+		END IF;
 	END IF;
 
 	PERFORM loyalty._campaign_gate(add_campaign_rule.campaign_id);
@@ -687,6 +755,89 @@ COMMENT ON FUNCTION loyalty.drop_campaign_rule(bigint) IS
 	'Remove an eligibility rule; false if there was none with this id';
 
 SELECT loyalty._register_function('admin', 'loyalty.drop_campaign_rule(bigint)');
+
+/*
+ * Campaign rules name segments (loyalty.segment) and tiers (loyalty.tier),
+ * tables admins write directly (no loyalty function writes them), so only a
+ * trigger on them can keep the names that rules give valid:
+ *	- a rename carries over to every rule naming the old name (as it does to
+ *	  loyalty.segment_rule and loyalty.points_account, ON UPDATE CASCADE);
+ *	- deleting a segment or tier a rule names is refused (23503), the DETAIL
+ *	  naming the campaign and the rule: drop the rule first.
+ * Citus: the triggers fire only on UPDATE OF name and DELETE, never on
+ * INSERT or COPY, so copying the tables to the workers as reference tables
+ * (and pg_restore) is never refused.  A delete made by the segment map's own
+ * restore trigger (trigger depth > 1: a saved map replacing the default one,
+ * while campaign rules may already be loaded) is not checked.  Runs as the
+ * owner: the admin has no UPDATE on loyalty.campaign_rule.
+ */
+CREATE FUNCTION loyalty._campaign_rule_names_follow()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	rule_kind text := CASE TG_TABLE_NAME WHEN 'segment' THEN 'segment' ELSE 'tier' END;
+	used record;
+BEGIN
+	IF TG_OP = 'UPDATE' THEN
+		UPDATE loyalty.campaign_rule r
+		SET params = CASE
+				WHEN rule_kind = 'segment' THEN
+					jsonb_set(r.params, '{segments}',
+							  (SELECT jsonb_agg(CASE WHEN e.v OPERATOR(pg_catalog.=) to_jsonb(OLD.name)
+													 THEN to_jsonb(NEW.name) ELSE e.v END ORDER BY e.n)
+							   FROM jsonb_array_elements(r.params -> 'segments') WITH ORDINALITY AS e(v, n)))
+				WHEN r.params ? 'min_tier' THEN
+					CASE WHEN r.params ->> 'min_tier' OPERATOR(pg_catalog.=) OLD.name
+						 THEN jsonb_set(r.params, '{min_tier}', to_jsonb(NEW.name)) ELSE r.params END
+				ELSE
+					jsonb_set(r.params, '{tiers}',
+							  (SELECT jsonb_agg(CASE WHEN e.v OPERATOR(pg_catalog.=) to_jsonb(OLD.name)
+													 THEN to_jsonb(NEW.name) ELSE e.v END ORDER BY e.n)
+							   FROM jsonb_array_elements(r.params -> 'tiers') WITH ORDINALITY AS e(v, n)))
+			END
+		WHERE r.kind OPERATOR(pg_catalog.=) rule_kind
+		  AND (r.params -> CASE rule_kind WHEN 'segment' THEN 'segments' ELSE 'tiers' END ? OLD.name
+			   OR (rule_kind = 'tier' AND r.params ->> 'min_tier' OPERATOR(pg_catalog.=) OLD.name));
+		RETURN NULL;
+	END IF;
+
+	IF pg_catalog.pg_trigger_depth() > 1 THEN
+		RETURN NULL;
+	END IF;
+	SELECT r.rule_id, c.campaign_id, c.name INTO used
+	FROM loyalty.campaign_rule r JOIN loyalty.campaign c ON c.campaign_id OPERATOR(pg_catalog.=) r.campaign_id
+	WHERE r.kind OPERATOR(pg_catalog.=) rule_kind
+	  AND (r.params -> CASE rule_kind WHEN 'segment' THEN 'segments' ELSE 'tiers' END ? OLD.name
+		   OR (rule_kind = 'tier' AND r.params ->> 'min_tier' OPERATOR(pg_catalog.=) OLD.name))
+	ORDER BY r.rule_id LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot delete % "%": a campaign rule names it', rule_kind, OLD.name
+			USING ERRCODE = 'foreign_key_violation',
+				  DETAIL = format('Rule %s of campaign %L (id %s) names %s %L.',
+								  used.rule_id, used.name, used.campaign_id, rule_kind, OLD.name),
+				  HINT = 'Drop the rule with loyalty.drop_campaign_rule() first; a rename carries over to campaign rules.';
+	END IF;
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_rule_names_follow() IS
+	'Internal trigger on loyalty.segment and loyalty.tier: a rename carries over to the campaign rules naming it; deleting one a campaign rule names is refused (23503)';
+
+CREATE TRIGGER segment_campaign_rule_rename
+	AFTER UPDATE OF name ON loyalty.segment
+	FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name)
+	EXECUTE FUNCTION loyalty._campaign_rule_names_follow();
+CREATE TRIGGER segment_campaign_rule_delete
+	AFTER DELETE ON loyalty.segment
+	FOR EACH ROW EXECUTE FUNCTION loyalty._campaign_rule_names_follow();
+
+COMMENT ON TRIGGER segment_campaign_rule_rename ON loyalty.segment IS
+	'A renamed segment is renamed in the campaign rules that name it';
+COMMENT ON TRIGGER segment_campaign_rule_delete ON loyalty.segment IS
+	'Refuse deleting a segment a campaign rule names (23503)';
 
 /* functions: codes (admin) */
 

@@ -355,3 +355,30 @@ CouponContextFromAmount(Numeric amount, OrderContext *ctx)
 	ctx->amount = amount;
 	ContextHash(ctx);
 }
+
+PG_FUNCTION_INFO_V1(coupon_currency_decimals);
+
+/*
+ * loyalty.currency_decimals(currency text) RETURNS integer: the minor units
+ * discounts in this currency are rounded to, so that the campaign admin
+ * functions (coupon.sql) refuse limits a discount could not pay exactly.
+ * The currency must be three upper-case letters (22023).
+ */
+Datum
+coupon_currency_decimals(PG_FUNCTION_ARGS)
+{
+	text	   *t = PG_GETARG_TEXT_PP(0);
+	const char *s = VARDATA_ANY(t);
+	char		code[4];
+
+	if (VARSIZE_ANY_EXHDR(t) != 3 ||
+		s[0] < 'A' || s[0] > 'Z' || s[1] < 'A' || s[1] > 'Z' ||
+		s[2] < 'A' || s[2] > 'Z')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid currency"),
+				 errdetail("A currency must be three upper-case letters (ISO 4217).")));
+	memcpy(code, s, 3);
+	code[3] = '\0';
+	PG_RETURN_INT32(CouponCurrencyDecimals(code));
+}

@@ -405,3 +405,18 @@ GROUP BY 1;
 COMMENT ON VIEW loyalty.points_liability IS
 	'Outstanding points by the month of their last usable day (program time zone; NULL: never expire), as last settled: what the program owes and when it lapses';
 SELECT loyalty._register_relation('analyst', 'loyalty.points_liability');
+
+/* campaign rules naming tiers follow renames; deletes are refused (coupon.sql) */
+
+CREATE TRIGGER tier_campaign_rule_rename
+	AFTER UPDATE OF name ON loyalty.tier
+	FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name)
+	EXECUTE FUNCTION loyalty._campaign_rule_names_follow();
+CREATE TRIGGER tier_campaign_rule_delete
+	AFTER DELETE ON loyalty.tier
+	FOR EACH ROW EXECUTE FUNCTION loyalty._campaign_rule_names_follow();
+
+COMMENT ON TRIGGER tier_campaign_rule_rename ON loyalty.tier IS
+	'A renamed tier is renamed in the campaign rules that name it';
+COMMENT ON TRIGGER tier_campaign_rule_delete ON loyalty.tier IS
+	'Refuse deleting a tier a campaign rule names (23503)';
