@@ -13,15 +13,21 @@
  *					without the flag satisfies neither.  The app decides what
  *					"new" means (no earlier order in its own records).
  * Any other kind names a check function (customer_id text, params jsonb,
- * order_context jsonb) RETURNS boolean, registered by the extension owner;
+ * order_context jsonb) RETURNS boolean, registered by the extension owner
+ * and owned by a superuser (it runs with the extension owner's rights);
  * true admits, false or null refuses.  That is how tier eligibility plugs in
  * once tiers exist: the tier module registers kind 'tier' with its function.
  */
 #include "coupon.h"
 
+#include "access/htup_details.h"
+#include "catalog/pg_proc.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
 
 /* The context as jsonb for a check function; built once for plain amounts. */
 static Jsonb *
@@ -88,15 +94,54 @@ NewCustomerMatches(Jsonb *params, const OrderContext *ctx)
 	return (ctx->new_customer == 1) == want;
 }
 
+/*
+ * Refuse a check function that a role other than a superuser owns.  Check
+ * functions run inside the SECURITY DEFINER coupon functions, that is with
+ * the extension owner's (a superuser's) rights: the owner of a function can
+ * replace its body at any time (CREATE OR REPLACE), so a function owned by
+ * an ordinary role would let that role run any code as a superuser on the
+ * next validate_coupon.  Checked on every call, not only when the kind is
+ * registered: ownership can change afterwards, and a restore can load
+ * eligibility_kind rows without running any trigger.
+ */
+static void
+CheckFunctionTrusted(Oid fn, const char *kind)
+{
+	HeapTuple	tup;
+	Oid			owner;
+	char	   *owner_name;
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("check function of eligibility rule kind \"%s\" does not exist", kind),
+				 errdetail("loyalty.eligibility_kind names function OID %u, which was dropped.", fn),
+				 errhint("Register the kind again with an existing function.")));
+	owner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
+	ReleaseSysCache(tup);
+	if (superuser_arg(owner))
+		return;
+	owner_name = GetUserNameFromId(owner, true);
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("check function %s of eligibility rule kind \"%s\" is not owned by a superuser",
+					format_procedure(fn), kind),
+			 errdetail("Check functions run with the rights of the extension owner; role \"%s\" owns this one and could replace its body.",
+					   owner_name ? owner_name : "?"),
+			 errhint("Review the function and make a superuser own it (ALTER FUNCTION ... OWNER TO), or register another function.")));
+}
+
 /* Call a registered check function; null counts as false. */
 static bool
-CallCheckFunction(Oid fn, const char *customer_id, Jsonb *params,
-				  const OrderContext *ctx)
+CallCheckFunction(Oid fn, const char *kind, const char *customer_id,
+				  Jsonb *params, const OrderContext *ctx)
 {
 	LOCAL_FCINFO(fcinfo, 3);
 	FmgrInfo	flinfo;
 	Datum		result;
 
+	CheckFunctionTrusted(fn, kind);
 	fmgr_info(fn, &flinfo);
 	InitFunctionCallInfoData(*fcinfo, &flinfo, 3, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = CStringGetTextDatum(customer_id);
@@ -127,7 +172,8 @@ CouponRulesAllow(const Campaign *cm, const char *customer_id,
 
 		if (OidIsValid(r->check_function))
 		{
-			if (!CallCheckFunction(r->check_function, customer_id, r->params, ctx))
+			if (!CallCheckFunction(r->check_function, r->kind, customer_id,
+								   r->params, ctx))
 				return false;
 		}
 		else if (strcmp(r->kind, "segment") == 0)
