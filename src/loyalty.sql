@@ -17,9 +17,13 @@
  * outside creating_extension; only a CREATE SCHEMA inside a script would
  * be), so neither DROP EXTENSION nor pg_depend tell a pre-existing schema
  * from a created one: the schema itself is checked.  It must
- *   - be owned by the installing role (current_user),
+ *   - be owned by the installing role (current_user) or by a superuser
+ *     (pg_restore creates the schema and gives it its original owner, a
+ *     superuser, before it runs CREATE EXTENSION, perhaps as another
+ *     superuser; an owner that is no superuser could plant objects at will),
  *   - hold nothing at all (no catalog row naming it as its namespace),
- *   - grant CREATE to no other role (nor PUBLIC).
+ *   - grant CREATE to no role but its owner and superusers (nor to
+ *     PUBLIC).
  * This block is the first statement of the script and resolves nothing
  * another role can define: every function and operator is pg_catalog's,
  * named so (the search path puts the schema under test second, where an
@@ -29,18 +33,19 @@ DO LANGUAGE plpgsql $loyalty_schema_check$
 DECLARE
 	nsp			pg_catalog.oid;
 	owner_name	pg_catalog.name;
+	owner_super pg_catalog.bool;
 	found_kind	pg_catalog.text;
 	found_name	pg_catalog.text;
 	grantee_name pg_catalog.text;
 BEGIN
-	SELECT n.oid, a.rolname INTO nsp, owner_name
+	SELECT n.oid, a.rolname, a.rolsuper INTO nsp, owner_name, owner_super
 	FROM pg_catalog.pg_namespace n
 	LEFT JOIN pg_catalog.pg_roles a ON a.oid OPERATOR(pg_catalog.=) n.nspowner
 	WHERE n.nspname OPERATOR(pg_catalog.=) 'loyalty'::pg_catalog.name;
 
 	IF owner_name IS NULL
-	   OR owner_name OPERATOR(pg_catalog.<>) CURRENT_USER THEN
-		RAISE EXCEPTION 'schema "loyalty" is owned by role "%", not by the installing role "%"',
+	   OR (owner_name OPERATOR(pg_catalog.<>) CURRENT_USER AND owner_super IS NOT TRUE) THEN
+		RAISE EXCEPTION 'schema "loyalty" is owned by role "%", which is neither the installing role "%" nor a superuser',
 			owner_name, CURRENT_USER
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = 'CREATE EXTENSION loyalty installs into the schema loyalty; a schema another role owns could hold objects that the install script, running as a superuser, would call.',
@@ -116,6 +121,7 @@ BEGIN
 	WHERE n.oid OPERATOR(pg_catalog.=) nsp
 	  AND x.privilege_type OPERATOR(pg_catalog.=) 'CREATE'::pg_catalog.text
 	  AND x.grantee OPERATOR(pg_catalog.<>) n.nspowner
+	  AND g.rolsuper IS NOT TRUE
 	LIMIT 1;
 
 	IF grantee_name IS NOT NULL THEN

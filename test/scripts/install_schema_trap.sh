@@ -14,7 +14,9 @@
 #   4. schema loyalty owned by the superuser holding a table: refused (not
 #      empty);
 #   5. no schema loyalty: installs;
-#   6. schema loyalty pre-created empty by the superuser itself: installs.
+#   6. schema loyalty pre-created empty by the superuser itself: installs;
+#   7. schema loyalty pre-created empty, owned by another superuser (as
+#      pg_restore leaves it): installs.
 # Update: 0.2.0 installed, the attacker given CREATE on the schema plants a
 # trap; ALTER EXTENSION UPDATE is refused, and still while the attacker may
 # create objects there; without both (and with an index an admin added to
@@ -33,7 +35,7 @@ extdir=$("${PG_CONFIG:-pg_config}" --sharedir)/extension
 copied=
 cleanup() {
 	dropdb --if-exists "$db" >/dev/null 2>&1 || true
-	command psql -X -q -c "DROP ROLE IF EXISTS $attacker" >/dev/null 2>&1 || true
+	command psql -X -q -c "DROP ROLE IF EXISTS $attacker" -c "DROP ROLE IF EXISTS ${attacker}_su" >/dev/null 2>&1 || true
 	[ -z "$copied" ] || as_root rm -f "$copied"
 }
 trap cleanup EXIT
@@ -86,7 +88,7 @@ expect_installed() {
 # 1. the attacker's schema with a trap
 fresh_db
 psql -U "$attacker" -d "$db" -c "CREATE SCHEMA loyalty" -c "$plant_trap_sql"
-expect_refused "trap in the attacker's schema" 'schema "loyalty" is owned by role "'"$attacker"'", not by the installing role'
+expect_refused "trap in the attacker's schema" 'schema "loyalty" is owned by role "'"$attacker"'", which is neither the installing role'
 
 # 2. the attacker's empty schema
 fresh_db
@@ -119,6 +121,15 @@ expect_installed "no schema loyalty"
 fresh_db
 psql -d "$db" -c "CREATE SCHEMA loyalty"
 expect_installed "empty schema owned by the installing role"
+
+# 7. an empty schema another superuser owns (as pg_restore leaves it when a
+#    superuser other than the original owner restores)
+fresh_db
+psql -c "CREATE ROLE ${attacker}_su SUPERUSER"
+psql -d "$db" -c "CREATE SCHEMA loyalty AUTHORIZATION ${attacker}_su"
+expect_installed "empty schema owned by another superuser"
+psql -d "$db" -c "DROP EXTENSION loyalty" -c "DROP SCHEMA loyalty"
+psql -c "DROP ROLE ${attacker}_su"
 
 # Update from 0.2.0 with a trap planted by a role given CREATE on the schema.
 cur=$(sed -n "s/^default_version *= *'\(.*\)'/\1/p" "$root/loyalty.control")
