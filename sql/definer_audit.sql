@@ -74,6 +74,18 @@ RESET ROLE;
 SELECT count(*) FILTER (WHERE who = 'swapped') AS swapped_runs FROM mallory.marker;
 ROLLBACK;
 
+-- every SECURITY DEFINER function pins search_path to pg_catalog, pg_temp
+-- (so no name in it resolves to a schema another role can write) and is
+-- not executable by PUBLIC
+SELECT p.oid::regprocedure AS definer_without_pinned_path
+FROM pg_proc p
+JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'loyalty'
+WHERE p.prosecdef
+  AND (p.proconfig IS NULL OR NOT 'search_path=pg_catalog, pg_temp' = ANY (p.proconfig)
+	   OR has_function_privilege('public', p.oid, 'EXECUTE'))
+ORDER BY 1;
+
 -- clean up
 SET client_min_messages = warning;
 SELECT loyalty.revoke_access('regress_loyalty_shop', 'app');
