@@ -66,8 +66,8 @@ RfmCheckInterval(const Interval *iv, const char *name)
 	memset(&neg, 0, sizeof(neg));
 	neg.month = (int32) -max_months;
 
-	if (Abs((int64) iv->month) > max_months ||
-		Abs((int64) iv->day) > max_days ||
+	if ((int64) iv->month > max_months || (int64) iv->month < -max_months ||
+		(int64) iv->day > max_days || (int64) iv->day < -max_days ||
 		iv->time > max_time || iv->time < -max_time ||
 		DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(iv),
 										  IntervalPGetDatum(&limit))) > 0 ||
