@@ -256,5 +256,5 @@ COMMENT ON VIEW loyalty.access_overview IS
 
 /* registrations */
 
-SELECT loyalty._register_function('all', 'loyalty.version()');
-SELECT loyalty._register_relation('admin', 'loyalty.access_overview');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.version()'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.access_overview'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);

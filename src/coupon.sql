@@ -61,7 +61,7 @@ COMMENT ON COLUMN loyalty.campaign.uses IS
 SELECT pg_catalog.pg_extension_config_dump('loyalty.campaign', '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('loyalty.campaign', 'campaign_id'), '');
-SELECT loyalty._register_relation('admin', 'loyalty.campaign');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.campaign'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.eligibility_kind (
 	kind			text PRIMARY KEY,
@@ -83,7 +83,7 @@ INSERT INTO loyalty.eligibility_kind (kind, check_function, builtin, description
 	 'The order context''s "new_customer" flag equals params.new (default true)');
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.eligibility_kind', 'WHERE NOT builtin');
-SELECT loyalty._register_relation('admin', 'loyalty.eligibility_kind');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.eligibility_kind'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.campaign_rule (
 	rule_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -102,7 +102,7 @@ COMMENT ON TABLE loyalty.campaign_rule IS
 SELECT pg_catalog.pg_extension_config_dump('loyalty.campaign_rule', '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('loyalty.campaign_rule', 'rule_id'), '');
-SELECT loyalty._register_relation('admin', 'loyalty.campaign_rule');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.campaign_rule'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 /*
  * Codes.  No foreign key to campaign: generate_codes checks the campaign
@@ -137,7 +137,7 @@ COMMENT ON COLUMN loyalty.coupon.reservations IS 'Reservations ever made on this
 SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon', '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('loyalty.coupon', 'coupon_id'), '');
-SELECT loyalty._register_relation('admin', 'loyalty.coupon');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.coupon_order (
 	order_ref		text PRIMARY KEY,
@@ -155,7 +155,7 @@ COMMENT ON TABLE loyalty.coupon_order IS
 	'Orders that reserved or redeemed coupons: customer and order-context fingerprint every call must repeat; state open or rolled_back (closes the order_ref, closed_at set)';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_order', '');
-SELECT loyalty._register_relation('admin', 'loyalty.coupon_order');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_order'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 /*
  * The redemption ledger, append-only: kind 'redeem' rows (uses 1, discount
@@ -194,7 +194,7 @@ COMMENT ON TABLE loyalty.redemption IS
 SELECT pg_catalog.pg_extension_config_dump('loyalty.redemption', '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('loyalty.redemption', 'redemption_id'), '');
-SELECT loyalty._register_relation('admin', 'loyalty.redemption');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.redemption'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 /*
  * Reservations: state 'held' until consumed by the redeem of the same
@@ -235,7 +235,7 @@ COMMENT ON TABLE loyalty.reservation IS
 SELECT pg_catalog.pg_extension_config_dump('loyalty.reservation', '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('loyalty.reservation', 'reservation_id'), '');
-SELECT loyalty._register_relation('admin', 'loyalty.reservation');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.reservation'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 /* functions: internal helpers (C) */
 
@@ -298,7 +298,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty.currency_decimals(text) IS
 	'Minor units (decimals) of an ISO 4217 currency as coupon discounts use them: 2 unless listed otherwise (JPY 0, KWD 3, CLF 4, ...)';
 
-SELECT loyalty._register_function('all', 'loyalty.currency_decimals(text)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.currency_decimals(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * Check a campaign row before it is written, with messages that say which
@@ -499,7 +499,7 @@ $$;
 COMMENT ON FUNCTION loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean) IS
 	'Create a coupon campaign (use named arguments); returns its id';
 
-SELECT loyalty._register_function('admin', 'loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * Change a running campaign: keys of changes are column names, values the
@@ -577,7 +577,7 @@ $$;
 COMMENT ON FUNCTION loyalty.update_campaign(bigint, jsonb) IS
 	'Change campaign fields given as a JSON object (null clears); effective for every redemption that starts after the commit';
 
-SELECT loyalty._register_function('admin', 'loyalty.update_campaign(bigint, jsonb)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.update_campaign(bigint, jsonb)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * The kill switch.  The exclusive gate makes the pause wait for the
@@ -626,7 +626,7 @@ AS $$ SELECT loyalty._set_campaign_paused($1, true) $$;
 COMMENT ON FUNCTION loyalty.pause_campaign(bigint) IS
 	'Pause a campaign at once (kill switch); false if it was already paused';
 
-SELECT loyalty._register_function('admin', 'loyalty.pause_campaign(bigint)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.pause_campaign(bigint)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.resume_campaign(campaign_id bigint)
 RETURNS boolean
@@ -637,7 +637,7 @@ AS $$ SELECT loyalty._set_campaign_paused($1, false) $$;
 COMMENT ON FUNCTION loyalty.resume_campaign(bigint) IS
 	'Resume a paused campaign at once; false if it was not paused';
 
-SELECT loyalty._register_function('admin', 'loyalty.resume_campaign(bigint)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.resume_campaign(bigint)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * Add an eligibility rule.  Built-in kinds have their parameters checked
@@ -725,7 +725,7 @@ $$;
 COMMENT ON FUNCTION loyalty.add_campaign_rule(bigint, text, jsonb) IS
 	'Add an eligibility rule (kind from loyalty.eligibility_kind) to a campaign; returns the rule id';
 
-SELECT loyalty._register_function('admin', 'loyalty.add_campaign_rule(bigint, text, jsonb)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.add_campaign_rule(bigint, text, jsonb)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.drop_campaign_rule(rule_id bigint)
 RETURNS boolean
@@ -754,7 +754,7 @@ $$;
 COMMENT ON FUNCTION loyalty.drop_campaign_rule(bigint) IS
 	'Remove an eligibility rule; false if there was none with this id';
 
-SELECT loyalty._register_function('admin', 'loyalty.drop_campaign_rule(bigint)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.drop_campaign_rule(bigint)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * Campaign rules name segments (loyalty.segment) and tiers (loyalty.tier),
@@ -851,7 +851,7 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.generate_codes(bigint, integer, text, text[]) IS
 	'Create count single-use random codes from a pattern (''SMR-####-####''), never equal to a stored code; with customer_ids, one code bound to each';
 
-SELECT loyalty._register_function('admin', 'loyalty.generate_codes(bigint, integer, text, text[])');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.generate_codes(bigint, integer, text, text[])'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.add_public_code(campaign_id bigint, code text,
 										max_uses bigint DEFAULT NULL,
@@ -895,7 +895,7 @@ $$;
 COMMENT ON FUNCTION loyalty.add_public_code(bigint, text, bigint, text) IS
 	'Add a public (vanity) code such as SUMMER25 to a campaign; max_uses null = limited only by the campaign''s caps';
 
-SELECT loyalty._register_function('admin', 'loyalty.add_public_code(bigint, text, bigint, text)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.add_public_code(bigint, text, bigint, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* functions: lifecycle (app) */
 
@@ -911,7 +911,7 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.validate_coupon(text, text, jsonb, text) IS
 	'Read-only check of a code for a customer and an order: (valid, reason, discount); reason is a stable token';
 
-SELECT loyalty._register_function('app', 'loyalty.validate_coupon(text, text, jsonb, text)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.validate_coupon(text, text, jsonb, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.validate_coupon(code text, customer_id text, amount numeric,
 										order_ref text DEFAULT NULL,
@@ -925,7 +925,7 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.validate_coupon(text, text, numeric, text) IS
 	'Read-only check of a code for an order given by its amount only';
 
-SELECT loyalty._register_function('app', 'loyalty.validate_coupon(text, text, numeric, text)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.validate_coupon(text, text, numeric, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.reserve_coupon(code text, customer_id text, order_ref text,
 									   order_context jsonb,
@@ -939,7 +939,7 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.reserve_coupon(text, text, text, jsonb, interval) IS
 	'Hold one unit of every cap of a code for a checkout until expires_at; redeem_coupon of the same order consumes it';
 
-SELECT loyalty._register_function('app', 'loyalty.reserve_coupon(text, text, text, jsonb, interval)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.reserve_coupon(text, text, text, jsonb, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.reserve_coupon(code text, customer_id text, order_ref text,
 									   amount numeric,
@@ -953,7 +953,7 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.reserve_coupon(text, text, text, numeric, interval) IS
 	'Reserve a code for an order given by its amount only';
 
-SELECT loyalty._register_function('app', 'loyalty.reserve_coupon(text, text, text, numeric, interval)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.reserve_coupon(text, text, text, numeric, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.redeem_coupon(code text, customer_id text, order_ref text,
 									  order_context jsonb)
@@ -965,7 +965,7 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.redeem_coupon(text, text, text, jsonb) IS
 	'Redeem a code for an order, atomically; returns the discount; a repeat for the same order and code returns the first discount; failures raise LY0nn';
 
-SELECT loyalty._register_function('app', 'loyalty.redeem_coupon(text, text, text, jsonb)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.redeem_coupon(text, text, text, jsonb)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.redeem_coupon(code text, customer_id text, order_ref text,
 									  amount numeric)
@@ -977,7 +977,7 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.redeem_coupon(text, text, text, numeric) IS
 	'Redeem a code for an order given by its amount only';
 
-SELECT loyalty._register_function('app', 'loyalty.redeem_coupon(text, text, text, numeric)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.redeem_coupon(text, text, text, numeric)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rollback_redemption(order_ref text)
 RETURNS boolean
@@ -988,7 +988,7 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.rollback_redemption(text) IS
 	'Cancel / refund: reverse an order''s redemptions (uses given back, history kept), release its reservations, close the order; false if nothing to give back';
 
-SELECT loyalty._register_function('app', 'loyalty.rollback_redemption(text)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.rollback_redemption(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* views */
 
@@ -1033,4 +1033,4 @@ LEFT JOIN (SELECT campaign_id, count(*) AS active_reservations
 COMMENT ON VIEW loyalty.campaign_stats IS
 	'Per campaign: codes, redemptions, rollbacks, active redemptions, customers, net discount total, active reservations, remaining cap';
 
-SELECT loyalty._register_relation('analyst', 'loyalty.campaign_stats');
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.campaign_stats'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);

@@ -22,7 +22,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty.coupon_code_in(cstring) IS
 	'Input function of coupon_code: normalises and rejects a mistyped generated code';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_in(cstring)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_in(cstring)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.coupon_code_out(loyalty.coupon_code)
 RETURNS cstring
@@ -40,7 +40,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty.coupon_code_recv(internal) IS
 	'Binary input function of coupon_code: validates like the text input';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_recv(internal)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_recv(internal)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.coupon_code_send(loyalty.coupon_code)
 RETURNS bytea
@@ -64,8 +64,8 @@ COMMENT ON TYPE loyalty.coupon_code IS
 	'Coupon code: generated (base32 with three check characters) or vanity (any letters and digits); compares without separators, case, O/0 and I/L/1 differences';
 
 /* the output functions name the type, so they register once it is complete */
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_out(loyalty.coupon_code)');
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_send(loyalty.coupon_code)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_out(loyalty.coupon_code)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_send(loyalty.coupon_code)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE CAST (text AS loyalty.coupon_code) WITH INOUT AS ASSIGNMENT;
 
@@ -82,7 +82,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.coupon_code_eq(loyalty.coupon_code, loyalty.coupon_code) IS
 	'Implementation of = for coupon_code';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_eq(loyalty.coupon_code, loyalty.coupon_code)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_eq(loyalty.coupon_code, loyalty.coupon_code)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.coupon_code_ne(loyalty.coupon_code, loyalty.coupon_code)
 RETURNS boolean
@@ -92,7 +92,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.coupon_code_ne(loyalty.coupon_code, loyalty.coupon_code) IS
 	'Implementation of <> for coupon_code';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_ne(loyalty.coupon_code, loyalty.coupon_code)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_ne(loyalty.coupon_code, loyalty.coupon_code)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.coupon_code_lt(loyalty.coupon_code, loyalty.coupon_code)
 RETURNS boolean
@@ -102,7 +102,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.coupon_code_lt(loyalty.coupon_code, loyalty.coupon_code) IS
 	'Implementation of < for coupon_code';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_lt(loyalty.coupon_code, loyalty.coupon_code)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_lt(loyalty.coupon_code, loyalty.coupon_code)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.coupon_code_le(loyalty.coupon_code, loyalty.coupon_code)
 RETURNS boolean
@@ -112,7 +112,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.coupon_code_le(loyalty.coupon_code, loyalty.coupon_code) IS
 	'Implementation of <= for coupon_code';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_le(loyalty.coupon_code, loyalty.coupon_code)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_le(loyalty.coupon_code, loyalty.coupon_code)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.coupon_code_gt(loyalty.coupon_code, loyalty.coupon_code)
 RETURNS boolean
@@ -122,7 +122,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.coupon_code_gt(loyalty.coupon_code, loyalty.coupon_code) IS
 	'Implementation of > for coupon_code';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_gt(loyalty.coupon_code, loyalty.coupon_code)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_gt(loyalty.coupon_code, loyalty.coupon_code)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.coupon_code_ge(loyalty.coupon_code, loyalty.coupon_code)
 RETURNS boolean
@@ -132,7 +132,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.coupon_code_ge(loyalty.coupon_code, loyalty.coupon_code) IS
 	'Implementation of >= for coupon_code';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_ge(loyalty.coupon_code, loyalty.coupon_code)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_ge(loyalty.coupon_code, loyalty.coupon_code)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.coupon_code_cmp(loyalty.coupon_code, loyalty.coupon_code)
 RETURNS integer
@@ -142,7 +142,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.coupon_code_cmp(loyalty.coupon_code, loyalty.coupon_code) IS
 	'Three-way comparison of coupon codes (btree support)';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_cmp(loyalty.coupon_code, loyalty.coupon_code)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_cmp(loyalty.coupon_code, loyalty.coupon_code)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.coupon_code_hash(loyalty.coupon_code)
 RETURNS integer
@@ -152,7 +152,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty.coupon_code_hash(loyalty.coupon_code) IS
 	'Hash of a coupon code (hash support)';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_hash(loyalty.coupon_code)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_hash(loyalty.coupon_code)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.coupon_code_hash_extended(loyalty.coupon_code, bigint)
 RETURNS bigint
@@ -162,7 +162,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty.coupon_code_hash_extended(loyalty.coupon_code, bigint) IS
 	'Seeded 64-bit hash of a coupon code (hash support)';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_hash_extended(loyalty.coupon_code, bigint)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_hash_extended(loyalty.coupon_code, bigint)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.coupon_code_kind(loyalty.coupon_code)
 RETURNS text
@@ -172,7 +172,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty.coupon_code_kind(loyalty.coupon_code) IS
 	'Kind of a coupon code: generated or vanity';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_kind(loyalty.coupon_code)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_kind(loyalty.coupon_code)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.coupon_code_check(code text)
 RETURNS text
@@ -182,7 +182,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty.coupon_code_check(text) IS
 	'NULL if the text is a valid coupon code, else why not: empty, invalid_character, too_long or check_mismatch';
 
-SELECT loyalty._register_function('all', 'loyalty.coupon_code_check(text)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.coupon_code_check(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.vanity_code(code text)
 RETURNS loyalty.coupon_code
@@ -192,7 +192,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty.vanity_code(text) IS
 	'A public vanity code (e.g. SUMMER25); refuses words that read as a generated code or a typo of one';
 
-SELECT loyalty._register_function('all', 'loyalty.vanity_code(text)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.vanity_code(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.random_codes(pattern text, count integer)
 RETURNS SETOF loyalty.coupon_code
@@ -203,7 +203,7 @@ ROWS 1000;
 COMMENT ON FUNCTION loyalty.random_codes(text, integer) IS
 	'count cryptographically random codes of a pattern such as SMR-####-#### (# = random character, check characters appended); independent draws, uniqueness is the caller''s';
 
-SELECT loyalty._register_function('admin', 'loyalty.random_codes(text, integer)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.random_codes(text, integer)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* operators */
 

@@ -13,7 +13,8 @@
  *					without the flag satisfies neither.  The app decides what
  *					"new" means (no earlier order in its own records).
  * Any other kind names a check function (customer_id text, params jsonb,
- * order_context jsonb) RETURNS boolean, registered by the extension owner;
+ * order_context jsonb) RETURNS boolean, registered by the extension owner
+ * and owned by a superuser (it runs with the extension owner's rights);
  * true admits, false or null refuses.  That is how tier eligibility plugs in
  * once tiers exist: the tier module registers kind 'tier' with its function.
  *
@@ -26,12 +27,17 @@
  */
 #include "coupon.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_proc.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/jsonb.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
 
 /* The context as jsonb for a check function; built once for plain amounts. */
 static Jsonb *
@@ -98,6 +104,44 @@ NewCustomerMatches(Jsonb *params, const OrderContext *ctx)
 	return (ctx->new_customer == 1) == want;
 }
 
+/*
+ * Refuse a check function that a role other than a superuser owns.  Check
+ * functions run inside the SECURITY DEFINER coupon functions, that is with
+ * the extension owner's (a superuser's) rights: the owner of a function can
+ * replace its body at any time (CREATE OR REPLACE), so a function owned by
+ * an ordinary role would let that role run any code as a superuser on the
+ * next validate_coupon.  Checked on every call, not only when the kind is
+ * registered: ownership can change afterwards, and a restore can load
+ * eligibility_kind rows without running any trigger.
+ */
+static void
+CheckFunctionTrusted(Oid fn, const char *kind)
+{
+	HeapTuple	tup;
+	Oid			owner;
+	char	   *owner_name;
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("check function of eligibility rule kind \"%s\" does not exist", kind),
+				 errdetail("loyalty.eligibility_kind names function OID %u, which was dropped.", fn),
+				 errhint("Register the kind again with an existing function.")));
+	owner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
+	ReleaseSysCache(tup);
+	if (superuser_arg(owner))
+		return;
+	owner_name = GetUserNameFromId(owner, true);
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("check function %s of eligibility rule kind \"%s\" is not owned by a superuser",
+					format_procedure(fn), kind),
+			 errdetail("Check functions run with the rights of the extension owner; role \"%s\" owns this one and could replace its body.",
+					   owner_name ? owner_name : "?"),
+			 errhint("Review the function and make a superuser own it (ALTER FUNCTION ... OWNER TO), or register another function.")));
+}
+
 /* Call a check function once; null counts as false. */
 static bool
 InvokeCheck(Oid fn, const char *customer_id, Jsonb *params,
@@ -128,13 +172,17 @@ InvokeCheck(Oid fn, const char *customer_id, Jsonb *params,
  * memory, a broken function) propagates.
  */
 static CouponReason
-CallCheckFunction(Oid fn, const char *customer_id, Jsonb *params,
-				  const OrderContext *ctx)
+CallCheckFunction(Oid fn, const char *kind, const char *customer_id,
+				  Jsonb *params, const OrderContext *ctx)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
-	Jsonb	   *context_json = ContextJson(ctx);
+	Jsonb	   *context_json;
 	CouponReason reason = COUPON_NOT_ELIGIBLE;
+
+	/* an untrusted function is refused, never run (and not a config_error) */
+	CheckFunctionTrusted(fn, kind);
+	context_json = ContextJson(ctx);
 
 	/* no subtransaction is possible in parallel mode: errors propagate */
 	if (IsInParallelMode())
@@ -190,7 +238,7 @@ CouponRulesAllow(const Campaign *cm, const char *customer_id,
 
 		if (OidIsValid(r->check_function))
 		{
-			CouponReason reason = CallCheckFunction(r->check_function,
+			CouponReason reason = CallCheckFunction(r->check_function, r->kind,
 													customer_id, r->params,
 													ctx);
 

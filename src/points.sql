@@ -67,7 +67,7 @@ COMMENT ON COLUMN loyalty.points_program.expiry_rounding IS
 	'none: exactly expiry_months later; month / year: at the end of that month / year';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.points_program', '');
-SELECT loyalty._register_relation('admin', 'loyalty.points_program', 'SELECT, INSERT, UPDATE, DELETE');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.points_program'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
 
 CREATE TABLE loyalty.tier (
 	name		text PRIMARY KEY CHECK (name = pg_catalog.btrim(name) AND name <> ''),
@@ -91,7 +91,7 @@ COMMENT ON COLUMN loyalty.tier.discount IS 'Discount percentage the tier grants 
 COMMENT ON COLUMN loyalty.tier.perks IS 'Other benefits, free-form';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.tier', '');
-SELECT loyalty._register_relation('admin', 'loyalty.tier', 'SELECT, INSERT, UPDATE, DELETE');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.tier'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
 
 CREATE TABLE loyalty.points_account (
 	customer_id		text PRIMARY KEY,
@@ -136,7 +136,7 @@ COMMENT ON COLUMN loyalty.points_account.next_event_at IS
 	'No later than the first time a lot of the account becomes available or expires; settling is due from then';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.points_account', '');
-SELECT loyalty._register_relation('admin', 'loyalty.points_account');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.points_account'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.points_lot (
 	lot_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -167,7 +167,7 @@ COMMENT ON COLUMN loyalty.points_lot.expires_at IS 'When the remaining points ex
 SELECT pg_catalog.pg_extension_config_dump('loyalty.points_lot', '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('loyalty.points_lot', 'lot_id'), '');
-SELECT loyalty._register_relation('admin', 'loyalty.points_lot');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.points_lot'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.points_ledger (
 	entry_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -217,7 +217,7 @@ COMMENT ON COLUMN loyalty.points_ledger.effective_at IS 'Business time of the en
 SELECT pg_catalog.pg_extension_config_dump('loyalty.points_ledger', '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('loyalty.points_ledger', 'entry_id'), '');
-SELECT loyalty._register_relation('admin', 'loyalty.points_ledger');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.points_ledger'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.points_qualifying (
 	customer_id	text NOT NULL,
@@ -231,7 +231,7 @@ COMMENT ON TABLE loyalty.points_qualifying IS
 	'Qualifying points and spend per customer and calendar month (program time zone) of earning, net of reversals';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.points_qualifying', '');
-SELECT loyalty._register_relation('admin', 'loyalty.points_qualifying');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.points_qualifying'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.earning_rule (
 	rule_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -290,7 +290,7 @@ COMMENT ON COLUMN loyalty.earning_rule.qualifying IS 'Points count towards tiers
 SELECT pg_catalog.pg_extension_config_dump('loyalty.earning_rule', '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('loyalty.earning_rule', 'rule_id'), '');
-SELECT loyalty._register_relation('admin', 'loyalty.earning_rule', 'SELECT, INSERT, UPDATE, DELETE');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.earning_rule'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
 
 CREATE TABLE loyalty.points_rule_usage (
 	customer_id	text NOT NULL,
@@ -304,7 +304,7 @@ COMMENT ON TABLE loyalty.points_rule_usage IS
 	'Points each capped earning rule gave each customer per cap period (period_start -infinity for lifetime caps), net of reversals';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.points_rule_usage', '');
-SELECT loyalty._register_relation('admin', 'loyalty.points_rule_usage');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.points_rule_usage'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.tier_history (
 	history_id	bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -326,7 +326,7 @@ COMMENT ON COLUMN loyalty.tier_history.qualifying IS 'Qualifying value (points o
 SELECT pg_catalog.pg_extension_config_dump('loyalty.tier_history', '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('loyalty.tier_history', 'history_id'), '');
-SELECT loyalty._register_relation('admin', 'loyalty.tier_history');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.tier_history'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 /* settings and ladder are cached per session (points_config.c) */
 
@@ -434,7 +434,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.earn_points(text, bigint, text, text, timestamptz, timestamptz, boolean, timestamptz) IS
 	'Credit points to a customer (account created on first credit), pending until pending_until, expiring at expires_at (NULL: program default; infinity: never); idempotent on reference';
-SELECT loyalty._register_function('app', 'loyalty.earn_points(text, bigint, text, text, timestamptz, timestamptz, boolean, timestamptz)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.earn_points(text, bigint, text, text, timestamptz, timestamptz, boolean, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.spend_points(customer_id text, points bigint, reference text,
 									 at timestamptz DEFAULT pg_catalog.now())
@@ -445,7 +445,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.spend_points(text, bigint, text, timestamptz) IS
 	'Spend available points first in, first out; SQLSTATE LP001 when the balance is short; idempotent on reference';
-SELECT loyalty._register_function('app', 'loyalty.spend_points(text, bigint, text, timestamptz)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.spend_points(text, bigint, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.earn_for_order(customer_id text, reference text, amount numeric,
 									   currency text DEFAULT NULL,
@@ -457,7 +457,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.earn_for_order(text, text, numeric, text, timestamptz) IS
 	'Earn the points of an order by the active purchase rules (tier multiplier, minimum amount, caps, windows); the amount counts as qualifying spend; idempotent on reference';
-SELECT loyalty._register_function('app', 'loyalty.earn_for_order(text, text, numeric, text, timestamptz)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.earn_for_order(text, text, numeric, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.earn_for_action(customer_id text, action text, reference text,
 										at timestamptz DEFAULT pg_catalog.now())
@@ -468,7 +468,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.earn_for_action(text, text, text, timestamptz) IS
 	'Earn the points of an action (review, referral, signup, birthday, ...) by its active rules; SQLSTATE LP004 when no rule names the action; idempotent on reference';
-SELECT loyalty._register_function('app', 'loyalty.earn_for_action(text, text, text, timestamptz)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.earn_for_action(text, text, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.reverse_points(reference text, customer_id text DEFAULT NULL,
 									   at timestamptz DEFAULT pg_catalog.now())
@@ -479,7 +479,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.reverse_points(text, text, timestamptz) IS
 	'Refund: take back the points earned under a reference (clawing back or recording debt when already spent) and return the points spent under it; idempotent';
-SELECT loyalty._register_function('app', 'loyalty.reverse_points(text, text, timestamptz)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.reverse_points(text, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.adjust_points(customer_id text, points bigint, reference text, reason text,
 									  expires_at timestamptz DEFAULT NULL,
@@ -491,7 +491,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.adjust_points(text, bigint, text, text, timestamptz, timestamptz) IS
 	'Manual correction: credit (points > 0, non-qualifying) or take back (points < 0: available, then pending, then debt); reason required; idempotent on reference';
-SELECT loyalty._register_function('admin', 'loyalty.adjust_points(text, bigint, text, text, timestamptz, timestamptz)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.adjust_points(text, bigint, text, text, timestamptz, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.points_balance(customer_id text, at timestamptz DEFAULT pg_catalog.now(),
 									   OUT available bigint, OUT pending bigint, OUT debt bigint,
@@ -508,7 +508,7 @@ SET search_path = pg_catalog, pg_temp;
  */
 COMMENT ON FUNCTION loyalty.points_balance(text, timestamptz) IS
 	'Balance at a time, exact without any batch job: available and pending points, debt, the next expiry date (program time zone) and the points expiring that day, tier';
-SELECT loyalty._register_function('app', 'loyalty.points_balance(text, timestamptz)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.points_balance(text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.expire_points(as_of timestamptz DEFAULT pg_catalog.now(),
 									  max_accounts integer DEFAULT NULL,
@@ -521,7 +521,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.expire_points(timestamptz, integer) IS
 	'Settle accounts with lots due by as_of (expiry ledger entries, pending lots made available), at most max_accounts (NULL: all); accounts locked by others are skipped';
-SELECT loyalty._register_function('admin', 'loyalty.expire_points(timestamptz, integer)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.expire_points(timestamptz, integer)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * Not SECURITY DEFINER and without SET clauses: either would forbid the
@@ -550,4 +550,4 @@ $$;
 COMMENT ON PROCEDURE loyalty.run_points_maintenance(integer, timestamptz) IS
 	'For cron / pg_cron: settle every due account (expiries, pending lots) in transactions of at most batch_size accounts';
 REVOKE EXECUTE ON PROCEDURE loyalty.run_points_maintenance(integer, timestamptz) FROM PUBLIC;
-SELECT loyalty._register_function('admin', 'loyalty.run_points_maintenance(integer, timestamptz)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_points_maintenance(integer, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);

@@ -26,7 +26,7 @@ COMMENT ON TABLE loyalty.points_reward IS
 	'Reward catalogue: a coupon of the campaign costs this many points (exchange_points); codes are generated from code_pattern and bound to the customer';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.points_reward', '');
-SELECT loyalty._register_relation('admin', 'loyalty.points_reward', 'SELECT, INSERT, UPDATE, DELETE');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.points_reward'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
 
 CREATE TABLE loyalty.points_exchange (
 	reference		text PRIMARY KEY,
@@ -47,7 +47,7 @@ COMMENT ON TABLE loyalty.points_exchange IS
 	'Every exchange of points for a coupon: the spend entry (reference exchange:<reference>) and the code issued';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.points_exchange', '');
-SELECT loyalty._register_relation('admin', 'loyalty.points_exchange');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.points_exchange'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.coupon_bonus (
 	campaign_id		bigint PRIMARY KEY,
@@ -59,7 +59,7 @@ COMMENT ON TABLE loyalty.coupon_bonus IS
 	'Bonus points for using a coupon of the campaign (earn_coupon_bonus); non-qualifying';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_bonus', '');
-SELECT loyalty._register_relation('admin', 'loyalty.coupon_bonus', 'SELECT, INSERT, UPDATE, DELETE');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_bonus'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
 
 /* functions */
 
@@ -155,7 +155,7 @@ $$;
 
 COMMENT ON FUNCTION loyalty.exchange_points(text, bigint, text, timestamptz) IS
 	'Spend the points a campaign''s coupon costs (loyalty.points_reward) and issue a single-use code bound to the customer; idempotent on reference; LP001 short, LP007 not offered, LP008 campaign paused or ended';
-SELECT loyalty._register_function('app', 'loyalty.exchange_points(text, bigint, text, timestamptz)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.exchange_points(text, bigint, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * Bonus points for the coupons an order used: the order's redemptions that
@@ -199,7 +199,7 @@ $$;
 
 COMMENT ON FUNCTION loyalty.earn_coupon_bonus(text, text, timestamptz) IS
 	'Credit the bonus points (loyalty.coupon_bonus) of the coupons an order redeemed, under reference <order_ref>:coupon-bonus; NULL when none earns a bonus';
-SELECT loyalty._register_function('app', 'loyalty.earn_coupon_bonus(text, text, timestamptz)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.earn_coupon_bonus(text, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * The coupon module's eligibility rule kind "tier": {"tiers": [...]} admits

@@ -95,7 +95,7 @@ $$;
 
 COMMENT ON FUNCTION loyalty.tier_progress(text, timestamptz) IS
 	'Tier of a customer, qualifying points (or spend) in the window, the next tier and what is missing ("120 points to Gold"), whether the current tier''s threshold is still met (else the message says what keeps it)';
-SELECT loyalty._register_function('app', 'loyalty.tier_progress(text, timestamptz)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.tier_progress(text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * One batch of tier evaluation: the next batch_size accounts after
@@ -191,7 +191,7 @@ $$;
 
 COMMENT ON FUNCTION loyalty.evaluate_tiers_batch(timestamptz, text, integer) IS
 	'One batch of evaluate_tiers: judge the next batch_size accounts after after_customer; returns the last one and the counts';
-SELECT loyalty._register_function('admin', 'loyalty.evaluate_tiers_batch(timestamptz, text, integer)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.evaluate_tiers_batch(timestamptz, text, integer)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* no SECURITY DEFINER and no SET clause: both would forbid COMMIT */
 CREATE PROCEDURE loyalty.evaluate_tiers(as_of timestamptz DEFAULT NULL, batch_size integer DEFAULT 10000)
@@ -219,7 +219,7 @@ $$;
 COMMENT ON PROCEDURE loyalty.evaluate_tiers(timestamptz, integer) IS
 	'For cron / pg_cron: upgrade customers who qualify for a higher tier, and move customers below their tier''s threshold for longer than the grace period down one step; commits every batch_size accounts';
 REVOKE EXECUTE ON PROCEDURE loyalty.evaluate_tiers(timestamptz, integer) FROM PUBLIC;
-SELECT loyalty._register_function('admin', 'loyalty.evaluate_tiers(timestamptz, integer)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.evaluate_tiers(timestamptz, integer)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * Every violation of the ledger's invariants; empty on a healthy database.
@@ -372,7 +372,7 @@ $$;
 
 COMMENT ON FUNCTION loyalty.check_integrity() IS
 	'Every violation of the points invariants (balance = open lots = ledger sum, no negative balance, debt, well-formed lots and entries, references, totals, tiers); empty when healthy';
-SELECT loyalty._register_function('admin', 'loyalty.check_integrity()');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.check_integrity()'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* views */
 
@@ -389,7 +389,7 @@ HAVING count(*) > 0;
 
 COMMENT ON VIEW loyalty.tier_distribution IS
 	'Customers per tier (share of customers with a tier), and those without a tier (tier NULL)';
-SELECT loyalty._register_relation('analyst', 'loyalty.tier_distribution');
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.tier_distribution'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.points_liability AS
 SELECT date_trunc('month', (l.expires_at - interval '1 microsecond') AT TIME ZONE p.timezone)::date AS expiry_month,
@@ -404,7 +404,7 @@ GROUP BY 1;
 
 COMMENT ON VIEW loyalty.points_liability IS
 	'Outstanding points by the month of their last usable day (program time zone; NULL: never expire), as last settled: what the program owes and when it lapses';
-SELECT loyalty._register_relation('analyst', 'loyalty.points_liability');
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.points_liability'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 /* campaign rules naming tiers follow renames; deletes are refused (coupon.sql) */
 

@@ -206,7 +206,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount numeric, as_of
 COMMENT ON AGGREGATE loyalty.rfm_stats(timestamptz, numeric, timestamptz) IS
 	'One customer''s RFM statistics as of as_of over a window of 12 months; numeric amounts summed exactly';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(timestamptz, numeric, timestamptz)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamptz, numeric, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount numeric, as_of timestamptz, window_length interval) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -221,7 +221,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount numeric, as_of
 COMMENT ON AGGREGATE loyalty.rfm_stats(timestamptz, numeric, timestamptz, interval) IS
 	'One customer''s RFM statistics as of as_of over a window of window_length; numeric amounts summed exactly';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(timestamptz, numeric, timestamptz, interval)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamptz, numeric, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount bigint, as_of timestamptz) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -236,7 +236,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount bigint, as_of 
 COMMENT ON AGGREGATE loyalty.rfm_stats(timestamptz, bigint, timestamptz) IS
 	'One customer''s RFM statistics as of as_of over a window of 12 months; bigint amounts summed exactly';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(timestamptz, bigint, timestamptz)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamptz, bigint, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount bigint, as_of timestamptz, window_length interval) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -251,7 +251,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount bigint, as_of 
 COMMENT ON AGGREGATE loyalty.rfm_stats(timestamptz, bigint, timestamptz, interval) IS
 	'One customer''s RFM statistics as of as_of over a window of window_length; bigint amounts summed exactly';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(timestamptz, bigint, timestamptz, interval)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamptz, bigint, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount integer, as_of timestamptz) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -266,7 +266,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount integer, as_of
 COMMENT ON AGGREGATE loyalty.rfm_stats(timestamptz, integer, timestamptz) IS
 	'One customer''s RFM statistics as of as_of over a window of 12 months; integer amounts summed exactly';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(timestamptz, integer, timestamptz)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamptz, integer, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount integer, as_of timestamptz, window_length interval) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -281,7 +281,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount integer, as_of
 COMMENT ON AGGREGATE loyalty.rfm_stats(timestamptz, integer, timestamptz, interval) IS
 	'One customer''s RFM statistics as of as_of over a window of window_length; integer amounts summed exactly';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(timestamptz, integer, timestamptz, interval)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamptz, integer, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount double precision, as_of timestamptz) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -296,7 +296,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount double precisi
 COMMENT ON AGGREGATE loyalty.rfm_stats(timestamptz, double precision, timestamptz) IS
 	'One customer''s RFM statistics as of as_of over a window of 12 months; double precision amounts summed as double precision';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(timestamptz, double precision, timestamptz)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamptz, double precision, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount double precision, as_of timestamptz, window_length interval) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -311,7 +311,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamptz, amount double precisi
 COMMENT ON AGGREGATE loyalty.rfm_stats(timestamptz, double precision, timestamptz, interval) IS
 	'One customer''s RFM statistics as of as_of over a window of window_length; double precision amounts summed as double precision';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(timestamptz, double precision, timestamptz, interval)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamptz, double precision, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount numeric, as_of timestamptz) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -326,7 +326,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount numeric, as_of timest
 COMMENT ON AGGREGATE loyalty.rfm_stats(date, numeric, timestamptz) IS
 	'One customer''s RFM statistics as of as_of over a window of 12 months; numeric amounts summed exactly';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(date, numeric, timestamptz)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(date, numeric, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount numeric, as_of timestamptz, window_length interval) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -341,7 +341,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount numeric, as_of timest
 COMMENT ON AGGREGATE loyalty.rfm_stats(date, numeric, timestamptz, interval) IS
 	'One customer''s RFM statistics as of as_of over a window of window_length; numeric amounts summed exactly';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(date, numeric, timestamptz, interval)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(date, numeric, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount bigint, as_of timestamptz) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -356,7 +356,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount bigint, as_of timesta
 COMMENT ON AGGREGATE loyalty.rfm_stats(date, bigint, timestamptz) IS
 	'One customer''s RFM statistics as of as_of over a window of 12 months; bigint amounts summed exactly';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(date, bigint, timestamptz)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(date, bigint, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount bigint, as_of timestamptz, window_length interval) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -371,7 +371,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount bigint, as_of timesta
 COMMENT ON AGGREGATE loyalty.rfm_stats(date, bigint, timestamptz, interval) IS
 	'One customer''s RFM statistics as of as_of over a window of window_length; bigint amounts summed exactly';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(date, bigint, timestamptz, interval)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(date, bigint, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount integer, as_of timestamptz) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -386,7 +386,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount integer, as_of timest
 COMMENT ON AGGREGATE loyalty.rfm_stats(date, integer, timestamptz) IS
 	'One customer''s RFM statistics as of as_of over a window of 12 months; integer amounts summed exactly';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(date, integer, timestamptz)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(date, integer, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount integer, as_of timestamptz, window_length interval) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -401,7 +401,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount integer, as_of timest
 COMMENT ON AGGREGATE loyalty.rfm_stats(date, integer, timestamptz, interval) IS
 	'One customer''s RFM statistics as of as_of over a window of window_length; integer amounts summed exactly';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(date, integer, timestamptz, interval)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(date, integer, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount double precision, as_of timestamptz) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -416,7 +416,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount double precision, as_
 COMMENT ON AGGREGATE loyalty.rfm_stats(date, double precision, timestamptz) IS
 	'One customer''s RFM statistics as of as_of over a window of 12 months; double precision amounts summed as double precision';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(date, double precision, timestamptz)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(date, double precision, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount double precision, as_of timestamptz, window_length interval) (
 	SFUNC = loyalty._rfm_stats_trans,
@@ -431,7 +431,7 @@ CREATE AGGREGATE loyalty.rfm_stats(ordered_at date, amount double precision, as_
 COMMENT ON AGGREGATE loyalty.rfm_stats(date, double precision, timestamptz, interval) IS
 	'One customer''s RFM statistics as of as_of over a window of window_length; double precision amounts summed as double precision';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_stats(date, double precision, timestamptz, interval)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(date, double precision, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* functions: batch segmentation */
 
@@ -469,4 +469,4 @@ LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION loyalty.rfm_segmentation(regclass, name, name, name, timestamptz, integer, interval, text, integer[], bigint[], numeric[]) IS
 	'RFM score and segment of every customer of an orders table or view as of a time (quantiles, or thresholds per dimension)';
 
-SELECT loyalty._register_function('all', 'loyalty.rfm_segmentation(regclass, name, name, name, timestamptz, integer, interval, text, integer[], bigint[], numeric[])');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_segmentation(regclass, name, name, name, timestamptz, integer, interval, text, integer[], bigint[], numeric[])'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);

@@ -47,6 +47,7 @@
 #include "utils/syscache.h"
 
 #include "rfm.h"
+#include "rfm_args.h"
 #include "rfm_live.h"
 #include "rfm_stats.h"
 #include "segment.h"
@@ -288,6 +289,12 @@ rfm_config_validate(PG_FUNCTION_ARGS)
 		isnull[i] = PG_ARGISNULL(i);
 		v[i] = isnull[i] ? (Datum) 0 : PG_GETARG_DATUM(i);
 	}
+	if (!isnull[CFG_WINDOW])
+		RfmCheckInterval(DatumGetIntervalP(v[CFG_WINDOW]), "scoring_window");
+	if (!isnull[CFG_RETENTION])
+		RfmCheckInterval(DatumGetIntervalP(v[CFG_RETENTION]), "bucket_retention");
+	if (!isnull[CFG_INACTIVE])
+		RfmCheckInterval(DatumGetIntervalP(v[CFG_INACTIVE]), "inactive_after");
 	RfmConfigFrom(v, isnull, &cfg);
 	PG_RETURN_VOID();
 }
@@ -890,10 +897,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("as_of must not be null")));
 	as_of = PG_GETARG_TIMESTAMPTZ(0);
-	if (TIMESTAMP_NOT_FINITE(as_of))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("as_of must be a finite time")));
+	RfmCheckAsOf(as_of);
 	RfmLiveRequireReadCommitted("loyalty.refresh_segments()");
 
 	SPI_connect();
@@ -1338,7 +1342,9 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
  * loyalty.customer_rfm(customer_id, as_of DEFAULT now()): one customer's
  * live statistics as of as_of (recency, windowed frequency and monetary
  * computed from the day buckets now), with the score and segment of the
- * last refresh.  No row for a customer without tracked rows.
+ * last refresh.  No row for a customer without tracked rows; a null
+ * (22004), empty or over-long (22023) customer id, or an as_of outside
+ * rfm_args.h's range (22023), is an error.
  */
 Datum
 rfm_customer_rfm(PG_FUNCTION_ARGS)
@@ -1367,15 +1373,14 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 		TimestampTz start;
 		RfmDays    *days;
 
-		funcctx = SRF_FIRSTCALL_INIT();
-		if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-			SRF_RETURN_DONE(funcctx);
-		cust = PG_GETARG_TEXT_PP(0);
-		as_of = PG_GETARG_TIMESTAMPTZ(1);
-		if (TIMESTAMP_NOT_FINITE(as_of))
+		cust = RfmArgCustomer(fcinfo, 0, "customer_id");
+		if (PG_ARGISNULL(1))
 			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("as_of must be a finite time")));
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("as_of must not be null")));
+		as_of = PG_GETARG_TIMESTAMPTZ(1);
+		RfmCheckAsOf(as_of);
+		funcctx = SRF_FIRSTCALL_INIT();
 		oldcxt = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
 		if (get_call_result_type(fcinfo, NULL, &rdesc) != TYPEFUNC_COMPOSITE)
 			elog(ERROR, "return type must be a row type");

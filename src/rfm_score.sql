@@ -59,10 +59,10 @@ COMMENT ON TYPE loyalty.rfm_score IS
 	'RFM score: recency, frequency and monetary scores 1 to 9 (5 = best on the default scale), text form ''543''';
 
 /* registered only now: regprocedure cannot name a shell type */
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_in(cstring)');
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_out(loyalty.rfm_score)');
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_recv(internal)');
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_send(loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_in(cstring)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_out(loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_recv(internal)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_send(loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* functions */
 
@@ -73,7 +73,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 COMMENT ON FUNCTION loyalty.recency(loyalty.rfm_score) IS
 	'Recency part of an rfm_score (first digit, 1 to 9)';
-SELECT loyalty._register_function('all', 'loyalty.recency(loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.recency(loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.frequency(loyalty.rfm_score)
 RETURNS integer
@@ -82,7 +82,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 COMMENT ON FUNCTION loyalty.frequency(loyalty.rfm_score) IS
 	'Frequency part of an rfm_score (second digit, 1 to 9)';
-SELECT loyalty._register_function('all', 'loyalty.frequency(loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.frequency(loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.monetary(loyalty.rfm_score)
 RETURNS integer
@@ -91,7 +91,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 COMMENT ON FUNCTION loyalty.monetary(loyalty.rfm_score) IS
 	'Monetary part of an rfm_score (third digit, 1 to 9)';
-SELECT loyalty._register_function('all', 'loyalty.monetary(loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.monetary(loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rfm_score(recency integer, frequency integer, monetary integer)
 RETURNS loyalty.rfm_score
@@ -100,7 +100,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 COMMENT ON FUNCTION loyalty.rfm_score(integer, integer, integer) IS
 	'Build an rfm_score from its three parts, each 1 to 9 (22003 otherwise)';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score(integer, integer, integer)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score(integer, integer, integer)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * Comparison, sort support and hashing: int2's own functions, valid because
@@ -110,73 +110,73 @@ CREATE FUNCTION loyalty.rfm_score_eq(loyalty.rfm_score, loyalty.rfm_score)
 RETURNS boolean AS 'int2eq' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.rfm_score_eq(loyalty.rfm_score, loyalty.rfm_score) IS
 	'Implementation of the rfm_score = operator';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_eq(loyalty.rfm_score, loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_eq(loyalty.rfm_score, loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rfm_score_ne(loyalty.rfm_score, loyalty.rfm_score)
 RETURNS boolean AS 'int2ne' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.rfm_score_ne(loyalty.rfm_score, loyalty.rfm_score) IS
 	'Implementation of the rfm_score <> operator';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_ne(loyalty.rfm_score, loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_ne(loyalty.rfm_score, loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rfm_score_lt(loyalty.rfm_score, loyalty.rfm_score)
 RETURNS boolean AS 'int2lt' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.rfm_score_lt(loyalty.rfm_score, loyalty.rfm_score) IS
 	'Implementation of the rfm_score < operator (order of recency, then frequency, then monetary)';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_lt(loyalty.rfm_score, loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_lt(loyalty.rfm_score, loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rfm_score_le(loyalty.rfm_score, loyalty.rfm_score)
 RETURNS boolean AS 'int2le' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.rfm_score_le(loyalty.rfm_score, loyalty.rfm_score) IS
 	'Implementation of the rfm_score <= operator';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_le(loyalty.rfm_score, loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_le(loyalty.rfm_score, loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rfm_score_gt(loyalty.rfm_score, loyalty.rfm_score)
 RETURNS boolean AS 'int2gt' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.rfm_score_gt(loyalty.rfm_score, loyalty.rfm_score) IS
 	'Implementation of the rfm_score > operator';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_gt(loyalty.rfm_score, loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_gt(loyalty.rfm_score, loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rfm_score_ge(loyalty.rfm_score, loyalty.rfm_score)
 RETURNS boolean AS 'int2ge' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.rfm_score_ge(loyalty.rfm_score, loyalty.rfm_score) IS
 	'Implementation of the rfm_score >= operator';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_ge(loyalty.rfm_score, loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_ge(loyalty.rfm_score, loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rfm_score_cmp(loyalty.rfm_score, loyalty.rfm_score)
 RETURNS integer AS 'btint2cmp' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.rfm_score_cmp(loyalty.rfm_score, loyalty.rfm_score) IS
 	'Three-way comparison of rfm_scores (btree support function)';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_cmp(loyalty.rfm_score, loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_cmp(loyalty.rfm_score, loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rfm_score_sortsupport(internal)
 RETURNS void AS 'btint2sortsupport' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty.rfm_score_sortsupport(internal) IS
 	'Sort support for rfm_score (btree support function 2)';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_sortsupport(internal)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_sortsupport(internal)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rfm_score_hash(loyalty.rfm_score)
 RETURNS integer AS 'hashint2' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.rfm_score_hash(loyalty.rfm_score) IS
 	'Hash of an rfm_score (hash support function 1)';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_hash(loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_hash(loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rfm_score_hash_extended(loyalty.rfm_score, bigint)
 RETURNS bigint AS 'hashint2extended' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE LEAKPROOF;
 COMMENT ON FUNCTION loyalty.rfm_score_hash_extended(loyalty.rfm_score, bigint) IS
 	'Seeded 64-bit hash of an rfm_score (hash support function 2, used by hash partitioning)';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_hash_extended(loyalty.rfm_score, bigint)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_hash_extended(loyalty.rfm_score, bigint)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rfm_score_smaller(loyalty.rfm_score, loyalty.rfm_score)
 RETURNS loyalty.rfm_score AS 'int2smaller' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty.rfm_score_smaller(loyalty.rfm_score, loyalty.rfm_score) IS
 	'The smaller of two rfm_scores (state function of min)';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_smaller(loyalty.rfm_score, loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_smaller(loyalty.rfm_score, loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rfm_score_larger(loyalty.rfm_score, loyalty.rfm_score)
 RETURNS loyalty.rfm_score AS 'int2larger' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty.rfm_score_larger(loyalty.rfm_score, loyalty.rfm_score) IS
 	'The larger of two rfm_scores (state function of max)';
-SELECT loyalty._register_function('all', 'loyalty.rfm_score_larger(loyalty.rfm_score, loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_score_larger(loyalty.rfm_score, loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* operators */
 
@@ -243,7 +243,7 @@ CREATE AGGREGATE loyalty.min(loyalty.rfm_score) (
 );
 COMMENT ON AGGREGATE loyalty.min(loyalty.rfm_score) IS
 	'Lowest rfm_score (by recency, then frequency, then monetary)';
-SELECT loyalty._register_function('all', 'loyalty.min(loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.min(loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE AGGREGATE loyalty.max(loyalty.rfm_score) (
 	SFUNC = loyalty.rfm_score_larger,
@@ -254,7 +254,7 @@ CREATE AGGREGATE loyalty.max(loyalty.rfm_score) (
 );
 COMMENT ON AGGREGATE loyalty.max(loyalty.rfm_score) IS
 	'Highest rfm_score (by recency, then frequency, then monetary)';
-SELECT loyalty._register_function('all', 'loyalty.max(loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.max(loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* operator classes */
 

@@ -21,6 +21,7 @@
  * end.
  */
 #include "rfm_stats.h"
+#include "rfm_args.h"
 
 #include "access/htup_details.h"
 #include "catalog/pg_class.h"
@@ -732,6 +733,8 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	RfmNotNull(fcinfo, ARG_BINS, "bins");
 	RfmNotNull(fcinfo, ARG_WINDOW_LENGTH, "window_length");
 	RfmNotNull(fcinfo, ARG_MONETARY_MODE, "monetary_mode");
+	RfmCheckAsOf(PG_GETARG_TIMESTAMPTZ(ARG_AS_OF));
+	RfmCheckInterval(PG_GETARG_INTERVAL_P(ARG_WINDOW_LENGTH), "window_length");
 
 	memset(&scoring, 0, sizeof(scoring));
 	scoring.bins = PG_GETARG_INT32(ARG_BINS);

@@ -16,6 +16,7 @@
 #include "funcapi.h"
 #include "libpq/pqformat.h"
 #include "rfm.h"
+#include "rfm_args.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/lsyscache.h"
@@ -285,7 +286,11 @@ rfm_stats_transfn(PG_FUNCTION_ARGS)
 		RfmDefaultWindow(&window);
 
 	if (PG_ARGISNULL(0))
+	{
+		RfmCheckAsOf(as_of);
+		RfmCheckInterval(&window, "window_length");
 		state = RfmStatsStart(fcinfo, aggcxt, as_of, &window);
+	}
 	else
 	{
 		state = (RfmStatsState *) PG_GETARG_POINTER(0);

@@ -58,10 +58,10 @@ CREATE TYPE loyalty.day_buckets (
 COMMENT ON TYPE loyalty.day_buckets IS
 	'One customer''s orders and spend per UTC day (live RFM statistics)';
 
-SELECT loyalty._register_function('all', 'loyalty.day_buckets_in(cstring)');
-SELECT loyalty._register_function('all', 'loyalty.day_buckets_out(loyalty.day_buckets)');
-SELECT loyalty._register_function('all', 'loyalty.day_buckets_recv(internal)');
-SELECT loyalty._register_function('all', 'loyalty.day_buckets_send(loyalty.day_buckets)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_in(cstring)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_out(loyalty.day_buckets)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_recv(internal)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_send(loyalty.day_buckets)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.day_buckets_entries(buckets loyalty.day_buckets)
 RETURNS TABLE (day date, orders integer, spend numeric)
@@ -70,7 +70,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 COMMENT ON FUNCTION loyalty.day_buckets_entries(loyalty.day_buckets) IS
 	'The buckets of a day_buckets value as rows: UTC day, orders and spend of that day';
-SELECT loyalty._register_function('all', 'loyalty.day_buckets_entries(loyalty.day_buckets)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_entries(loyalty.day_buckets)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty._rfm_days_merge(loyalty.day_buckets, loyalty.day_buckets)
 RETURNS loyalty.day_buckets
@@ -105,7 +105,7 @@ COMMENT ON TABLE loyalty.tracked_table IS
 	'Orders tables whose rows feed the live RFM statistics (see loyalty.track_orders)';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.tracked_table', '');
-SELECT loyalty._register_relation('admin', 'loyalty.tracked_table');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.tracked_table'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.customer_stats (
 	customer_id		text COLLATE "C" PRIMARY KEY,
@@ -172,7 +172,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.track_orders(regclass, name, name, name, name, text[]) IS
 	'Keep live RFM statistics of an orders table: back-fill them now and install triggers that keep them exact (optionally counting only rows whose status is in counted_statuses)';
-SELECT loyalty._register_function('admin', 'loyalty.track_orders(regclass,name,name,name,name,text[])');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.track_orders(regclass,name,name,name,name,text[])'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.untrack_orders(orders regclass)
 RETURNS void
@@ -183,7 +183,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.untrack_orders(regclass) IS
 	'Stop tracking an orders table: drop its triggers and take its rows out of the live statistics';
-SELECT loyalty._register_function('admin', 'loyalty.untrack_orders(regclass)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.untrack_orders(regclass)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.rebuild_tracking(OUT tracked_rows bigint, OUT customers bigint)
 RETURNS record
@@ -194,7 +194,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.rebuild_tracking() IS
 	'Recompute the live statistics from the tracked tables (after writes that bypassed the triggers)';
-SELECT loyalty._register_function('admin', 'loyalty.rebuild_tracking()');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.rebuild_tracking()'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty._rfm_check_tracked()
 RETURNS void
@@ -341,7 +341,7 @@ COMMENT ON COLUMN loyalty.rfm_config.updated_at IS
 
 INSERT INTO loyalty.rfm_config DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('loyalty.rfm_config', '');
-SELECT loyalty._register_relation('admin', 'loyalty.rfm_config', 'SELECT, INSERT, UPDATE');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.rfm_config'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE'::pg_catalog.text);
 
 CREATE TABLE loyalty.segment_snapshot (
 	snapshot_id		bigserial PRIMARY KEY,
@@ -508,7 +508,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.refresh_segments(timestamptz) IS
 	'Rescore every tracked customer from the live statistics (never reading orders) and record a snapshot';
-SELECT loyalty._register_function('admin', 'loyalty.refresh_segments(timestamptz)');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.refresh_segments(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.customer_rfm(
 	customer_id text,
@@ -534,7 +534,7 @@ ROWS 1;
 
 COMMENT ON FUNCTION loyalty.customer_rfm(text, timestamptz) IS
 	'One customer''s live RFM statistics as of a time, with the score and segment of the last refresh (no row for an unknown customer)';
-SELECT loyalty._register_function('app', 'loyalty.customer_rfm(text, timestamptz)');
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.customer_rfm(text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * Segment migration between two snapshots: only customers with a change
@@ -593,7 +593,7 @@ $$;
 
 COMMENT ON FUNCTION loyalty.segment_migration_by_id(bigint, bigint) IS
 	'Segment migration matrix between two snapshots (NULL segment: not a customer at that snapshot)';
-SELECT loyalty._register_function('analyst', 'loyalty.segment_migration_by_id(bigint, bigint)');
+SELECT loyalty._register_function('analyst'::pg_catalog.text, 'loyalty.segment_migration_by_id(bigint, bigint)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.segment_migration(from_date timestamptz, to_date timestamptz)
 RETURNS TABLE (from_segment text, to_segment text, customers bigint)
@@ -628,7 +628,7 @@ $$;
 
 COMMENT ON FUNCTION loyalty.segment_migration(timestamptz, timestamptz) IS
 	'Segment migration matrix between the latest snapshots as of two dates: from_segment, to_segment, customers';
-SELECT loyalty._register_function('analyst', 'loyalty.segment_migration(timestamptz, timestamptz)');
+SELECT loyalty._register_function('analyst'::pg_catalog.text, 'loyalty.segment_migration(timestamptz, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* views */
 
@@ -641,7 +641,7 @@ WHERE s.score IS NOT NULL;
 
 COMMENT ON VIEW loyalty.customer_segment IS
 	'Every scored customer''s score and segment at the last refresh, and since when they are in it';
-SELECT loyalty._register_relation('analyst', 'loyalty.customer_segment');
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.customer_segment'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.segment_snapshots AS
 SELECT snapshot_id, as_of, taken_at, customers, segment_changes, score_changes,
@@ -650,7 +650,7 @@ FROM loyalty.segment_snapshot;
 
 COMMENT ON VIEW loyalty.segment_snapshots IS
 	'Snapshots taken by refresh_segments: as_of, size and changes';
-SELECT loyalty._register_relation('analyst', 'loyalty.segment_snapshots');
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_snapshots'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.segment_trend AS
 SELECT p.snapshot_id, p.as_of, ss.segment, g.display_order, ss.customers, ss.revenue
@@ -660,7 +660,7 @@ LEFT JOIN loyalty.segment g ON g.name = ss.segment;
 
 COMMENT ON VIEW loyalty.segment_trend IS
 	'Customers and revenue of every segment at every snapshot';
-SELECT loyalty._register_relation('analyst', 'loyalty.segment_trend');
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_trend'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.segment_overview AS
 WITH last AS (
@@ -684,7 +684,7 @@ LEFT JOIN loyalty.segment g ON g.name = ss.segment;
 
 COMMENT ON VIEW loyalty.segment_overview IS
 	'Segments at the last refresh: customers, share of customers, revenue (spend in the scoring window), share of revenue';
-SELECT loyalty._register_relation('analyst', 'loyalty.segment_overview');
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_overview'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.segment_recency AS
 SELECT p.snapshot_id, p.as_of, ss.segment, g.display_order,
@@ -701,7 +701,7 @@ CROSS JOIN LATERAL (VALUES
 
 COMMENT ON VIEW loyalty.segment_recency IS
 	'Customers of each segment at the last refresh by time since their last order: < 3 months, 3-6 months, > 6 months, no order';
-SELECT loyalty._register_relation('analyst', 'loyalty.segment_recency');
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_recency'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.segment_inactivity AS
 SELECT p.snapshot_id, p.as_of, ss.segment, g.display_order, ss.customers,
@@ -713,7 +713,7 @@ LEFT JOIN loyalty.segment g ON g.name = ss.segment;
 
 COMMENT ON VIEW loyalty.segment_inactivity IS
 	'Share of inactive customers (no order for rfm_config.inactive_after) of each segment at the last refresh';
-SELECT loyalty._register_relation('analyst', 'loyalty.segment_inactivity');
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_inactivity'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.segment_migration_latest AS
 WITH ids AS (
@@ -729,4 +729,4 @@ WHERE ids.from_id IS NOT NULL;
 
 COMMENT ON VIEW loyalty.segment_migration_latest IS
 	'Segment migration matrix between the last two snapshots';
-SELECT loyalty._register_relation('analyst', 'loyalty.segment_migration_latest');
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_migration_latest'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);

@@ -81,7 +81,7 @@ LANGUAGE C STABLE STRICT PARALLEL SAFE;
  */
 COMMENT ON FUNCTION loyalty.segment_of(loyalty.rfm_score) IS
 	'Segment of a score on the 1..5 scale, from the map in loyalty.segment_rule (cached per session)';
-SELECT loyalty._register_function('all', 'loyalty.segment_of(loyalty.rfm_score)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.segment_of(loyalty.rfm_score)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.segment_of(score loyalty.rfm_score, bins integer)
 RETURNS text
@@ -90,7 +90,7 @@ LANGUAGE C STABLE STRICT PARALLEL SAFE;
 
 COMMENT ON FUNCTION loyalty.segment_of(loyalty.rfm_score, integer) IS
 	'Segment of a score of 1..bins (bins 2..9): each part is rescaled to 1..5 as round(1 + (s - 1) * 4 / (bins - 1)), halves up';
-SELECT loyalty._register_function('all', 'loyalty.segment_of(loyalty.rfm_score, integer)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.segment_of(loyalty.rfm_score, integer)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty._segment_rule_check()
 RETURNS trigger
@@ -323,7 +323,7 @@ $$;
 
 COMMENT ON FUNCTION loyalty.reset_segment_map() IS
 	'Replace the segment map with the default one shipped with loyalty (builtin again, so upgrades may refresh it)';
-SELECT loyalty._register_function('admin', 'loyalty.reset_segment_map()');
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.reset_segment_map()'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 ALTER TABLE loyalty.segment ENABLE ALWAYS TRIGGER segment_invalidate;
 ALTER TABLE loyalty.segment_rule ENABLE ALWAYS TRIGGER segment_rule_invalidate;
@@ -350,8 +350,8 @@ COMMENT ON VIEW loyalty.segment_map IS
 
 /* registrations */
 
-SELECT loyalty._register_relation('all', 'loyalty.segment', 'SELECT');
-SELECT loyalty._register_relation('admin', 'loyalty.segment', 'SELECT, INSERT, UPDATE, DELETE');
-SELECT loyalty._register_relation('all', 'loyalty.segment_rule', 'SELECT');
-SELECT loyalty._register_relation('admin', 'loyalty.segment_rule', 'SELECT, INSERT, UPDATE, DELETE');
-SELECT loyalty._register_relation('analyst', 'loyalty.segment_map', 'SELECT');
+SELECT loyalty._register_relation('all'::pg_catalog.text, 'loyalty.segment'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.segment'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
+SELECT loyalty._register_relation('all'::pg_catalog.text, 'loyalty.segment_rule'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.segment_rule'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_map'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);

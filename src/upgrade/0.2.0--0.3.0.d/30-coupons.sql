@@ -18,7 +18,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty.currency_decimals(text) IS
 	'Minor units (decimals) of an ISO 4217 currency as coupon discounts use them: 2 unless listed otherwise (JPY 0, KWD 3, CLF 4, ...)';
 
-SELECT loyalty._register_function('all', 'loyalty.currency_decimals(text)');
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.currency_decimals(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE OR REPLACE FUNCTION loyalty._campaign_check(c loyalty.campaign)
 RETURNS void
