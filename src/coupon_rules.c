@@ -178,7 +178,7 @@ CallCheckFunction(Oid fn, const char *kind, const char *customer_id,
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	Jsonb	   *context_json;
-	CouponReason reason = COUPON_NOT_ELIGIBLE;
+	volatile CouponReason reason = COUPON_NOT_ELIGIBLE;
 
 	/* an untrusted function is refused, never run (and not a config_error) */
 	CheckFunctionTrusted(fn, kind);
