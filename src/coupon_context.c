@@ -261,9 +261,7 @@ CouponContextFromJsonb(Jsonb *jb, OrderContext *ctx)
 	{
 		const char *s = v.val.string.val;
 
-		if (v.type != jbvString || v.val.string.len != 3 ||
-			s[0] < 'A' || s[0] > 'Z' || s[1] < 'A' || s[1] > 'Z' ||
-			s[2] < 'A' || s[2] > 'Z')
+		if (v.type != jbvString || !LoyaltyIsCurrencyCode(s, v.val.string.len))
 			ContextError(ERRCODE_INVALID_PARAMETER_VALUE,
 						 "\"currency\" must be three upper-case letters (ISO 4217).");
 		memcpy(ctx->currency, s, 3);
