@@ -59,8 +59,9 @@ SELECT DISTINCT ON (e.reference) e.reference, e.customer_id, e.created_at
 
 /*
  * Accounts name their tier without a foreign key (see points_account): a
- * rename is carried to the accounts here (as ON UPDATE CASCADE did, as the
- * owner: admins cannot write accounts), and a tier that accounts hold
+ * rename is carried to the accounts (as ON UPDATE CASCADE did) and to
+ * their tier history, as the owner (admins cannot write either), and a
+ * tier that accounts hold
  * cannot be deleted.  Row triggers on UPDATE and DELETE only: pg_restore's
  * COPY of the ladder fires neither.
  */
@@ -74,6 +75,11 @@ BEGIN
 		IF NEW.name OPERATOR(pg_catalog.<>) OLD.name THEN
 			UPDATE loyalty.points_account a SET tier = NEW.name
 			WHERE a.tier OPERATOR(pg_catalog.=) OLD.name;
+			-- the same tier under a new name: its history follows
+			UPDATE loyalty.tier_history h SET to_tier = NEW.name
+			WHERE h.to_tier OPERATOR(pg_catalog.=) OLD.name;
+			UPDATE loyalty.tier_history h SET from_tier = NEW.name
+			WHERE h.from_tier OPERATOR(pg_catalog.=) OLD.name;
 		END IF;
 		RETURN NEW;
 	END IF;
@@ -88,7 +94,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION loyalty._tier_in_use() IS
-	'Internal: carry a tier rename to the accounts; refuse deleting a tier accounts hold';
+	'Internal: carry a tier rename to the accounts and their tier history; refuse deleting a tier accounts hold';
 
 CREATE TRIGGER tier_in_use
 	AFTER UPDATE OF name OR DELETE ON loyalty.tier
