@@ -120,10 +120,11 @@ BEGIN
 	END IF;
 	IF cp.uses > 0 OR EXISTS (SELECT 1 FROM loyalty.reservation h
 							  WHERE h.coupon_id = ex.coupon_id AND h.state = 'held' AND h.expires_at > at) THEN
-		RAISE EXCEPTION 'exchange "%" cannot be reversed: its coupon % is %', ex.reference, ex.code,
+		RAISE EXCEPTION 'exchange "%" cannot be reversed: its coupon is %', ex.reference,
 			CASE WHEN cp.uses > 0 THEN 'redeemed' ELSE 'reserved' END
 			USING ERRCODE = 'LP010',
-				  DETAIL = 'Reversing the exchange would return the points while the coupon stays used.',
+				  DETAIL = format('Coupon %s is in use; reversing the exchange would return the points while the coupon stays used.',
+								  ex.code),
 				  HINT = 'Roll the redemption back first (rollback_redemption), or let the reservation expire.';
 	END IF;
 	UPDATE loyalty.coupon c SET voided_at = at WHERE c.coupon_id = ex.coupon_id;
