@@ -130,4 +130,9 @@ negative=$(psql -At -d "$db" -c "SELECT count(*) FROM loyalty.points_account WHE
 shared=$(psql -At -d "$db" -c "SELECT count(*) FROM (SELECT reference FROM loyalty.points_ledger
 	WHERE reference IS NOT NULL GROUP BY reference HAVING count(DISTINCT customer_id) > 1) s")
 [ "$shared" = 0 ] || { echo "$shared references hold entries of several customers" >&2; exit 1; }
+# every exchange paid for a code of its own (the coupon it recorded)
+twice=$(psql -At -d "$db" -c "SELECT count(*) - count(DISTINCT e.code)
+	+ count(*) FILTER (WHERE c.code::text IS DISTINCT FROM e.code OR c.customer_id IS DISTINCT FROM e.customer_id)
+	FROM loyalty.points_exchange e LEFT JOIN loyalty.coupon c ON c.coupon_id = e.coupon_id")
+[ "$twice" = 0 ] || { echo "$twice exchanges returned a code that is not their own" >&2; exit 1; }
 echo "points crash: every acknowledged call survived, check_integrity() empty, no negative balance"
