@@ -76,7 +76,14 @@ for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && running=$((running + 1)); 
 [ "$running" -gt 0 ] || { echo "the storm ended before the crash: raise POINTS_CRASH_CALLS" >&2; exit 1; }
 kill -9 "$pm" $children
 for p in "${pids[@]}"; do wait "$p" || true; done
-for p in $children; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
+# (a zombie nobody reaps yet counts as gone: its shared memory is detached)
+for p in $children; do
+	for _ in $(seq 1 100); do
+		kill -0 "$p" 2>/dev/null || break
+		grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null && break
+		sleep 0.1
+	done
+done
 loyalty_as_pg "$PGBIN/pg_ctl" -D "$LOYALTY_TMP/data" -l "$LOYALTY_TMP/server.log" -w -t 120 start >/dev/null
 grep -q "database system was interrupted\|not properly shut down" "$LOYALTY_TMP/server.log" \
 	|| { echo "the server did not go through crash recovery" >&2; exit 1; }
