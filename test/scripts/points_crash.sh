@@ -70,10 +70,13 @@ done
 # let the storm build up, then kill the whole server at once
 sleep "${POINTS_CRASH_AFTER:-3}"
 pm=$(head -1 "$LOYALTY_TMP/data/postmaster.pid")
-children=$(pgrep -P "$pm" | tr '\n' ' ')
 running=0
 for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && running=$((running + 1)); done
 [ "$running" -gt 0 ] || { echo "the storm ended before the crash: raise POINTS_CRASH_CALLS" >&2; exit 1; }
+# stop the postmaster first so that it forks nothing between the listing of
+# its children and the kill; then SIGKILL all of them at once
+kill -STOP "$pm"
+children=$(pgrep -P "$pm" | tr '\n' ' ' || true)
 kill -9 "$pm" $children
 for p in "${pids[@]}"; do wait "$p" || true; done
 # (a zombie nobody reaps yet counts as gone: its shared memory is detached)
@@ -84,7 +87,15 @@ for p in $children; do
 		sleep 0.1
 	done
 done
-loyalty_as_pg "$PGBIN/pg_ctl" -D "$LOYALTY_TMP/data" -l "$LOYALTY_TMP/server.log" -w -t 120 start >/dev/null
+started=no
+for _ in 1 2 3 4 5; do
+	if loyalty_as_pg "$PGBIN/pg_ctl" -D "$LOYALTY_TMP/data" -l "$LOYALTY_TMP/server.log" -w -t 120 start >/dev/null 2>&1; then
+		started=yes
+		break
+	fi
+	sleep 2
+done
+[ "$started" = yes ] || { tail -20 "$LOYALTY_TMP/server.log" >&2; echo "the server did not restart" >&2; exit 1; }
 grep -q "database system was interrupted\|not properly shut down" "$LOYALTY_TMP/server.log" \
 	|| { echo "the server did not go through crash recovery" >&2; exit 1; }
 
