@@ -118,6 +118,8 @@ SELECT (loyalty.earn_points('erin', 20, 'e-2', at => '2026-06-01')).available AS
 SELECT settled_at FROM loyalty.points_account WHERE customer_id = 'erin';
 SELECT pg_temp.err($$SELECT loyalty.spend_points('erin', 5, 'e-3', at => '2026-04-01')$$) AS before_settlement;
 SELECT pg_temp.err($$SELECT loyalty.earn_points('erin', 5, 'e-4', at => '2026-05-31 23:56')$$) AS within_skew;
+-- a retried call keeps its first result, whatever its time
+SELECT points, available FROM loyalty.earn_points('erin', 10, 'e-1', expires_at => '2026-05-01', at => '2026-01-01');
 SELECT (loyalty.spend_points('erin', 5, 'e-5', at => '2026-07-01')).available AS later_is_fine;
 
 --

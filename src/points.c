@@ -436,20 +436,45 @@ PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, Tim
 		values[1] = TimestampTzGetDatum(at);
 		PointsExec(PointsPrepare(&create_plan, create_sql, 2, types), values, NULL, SPI_OK_INSERT);
 	}
-	/*
-	 * Bounded backdating: a settlement as of settled_at expired lots and
-	 * activated pending points for good, so a call may not claim to happen
-	 * before it (beyond the clock skew also allowed ahead, so that
-	 * concurrent transactions whose now() differ a little never fail).
-	 */
-	if (acct->found && acct->has_settled_at &&
-		at < acct->settled_at - (TimestampTz) POINTS_MAX_FUTURE_SKEW_SECS * USECS_PER_SEC)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("at must not lie before the last settlement of the points account"),
-				 errdetail("at is %s; the account of customer \"%s\" was settled (lots expired or became available) as of %s.",
-						   timestamptz_to_str(at), customer_id, timestamptz_to_str(acct->settled_at)),
-				 errhint("Record a late correction with loyalty.adjust_points() at the current time.")));
+}
+
+static SPIPlanPtr mine_plan = NULL;
+
+/*
+ * Bounded backdating: a settlement as of settled_at expired lots and
+ * activated pending points for good, so a call may not claim to happen
+ * before it (beyond the clock skew also allowed ahead, so that concurrent
+ * transactions whose now() differ a little never fail).  A repeat of a
+ * request already in the ledger (reference given and used by this
+ * customer) passes: it returns its first result and writes nothing.
+ * Called with the account locked, after the repeat checks that need none.
+ */
+void
+PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *reference)
+{
+	static const Oid types[2] = {TEXTOID, TEXTOID};
+
+	if (!acct->found || !acct->has_settled_at ||
+		at >= acct->settled_at - (TimestampTz) POINTS_MAX_FUTURE_SKEW_SECS * USECS_PER_SEC)
+		return;
+	if (reference != NULL)
+	{
+		Datum		values[2];
+
+		values[0] = CStringGetTextDatum(reference);
+		values[1] = CStringGetTextDatum(acct->customer_id);
+		PointsExec(PointsPrepare(&mine_plan,
+								 "SELECT 1 FROM loyalty.points_ledger WHERE reference = $1 AND customer_id = $2 LIMIT 1",
+								 2, types), values, NULL, SPI_OK_SELECT);
+		if (SPI_processed > 0)
+			return;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("at must not lie before the last settlement of the points account"),
+			 errdetail("at is %s; the account of customer \"%s\" was settled (lots expired or became available) as of %s.",
+					   timestamptz_to_str(at), acct->customer_id, timestamptz_to_str(acct->settled_at)),
+			 errhint("Record a late correction with loyalty.adjust_points() at the current time.")));
 }
 
 static SPIPlanPtr claim_plan = NULL;
@@ -987,6 +1012,7 @@ points_earn(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	PointsLockAccount(&acct, customer_id, true, at);
 	PointsClaimReference(reference, customer_id);
+	PointsCheckBackdating(&acct, at, reference);
 	PointsSettleIfDue(&acct, at);
 	{
 
@@ -1070,6 +1096,7 @@ points_spend(PG_FUNCTION_ARGS)
 				 errdetail("available: 0; customer \"%s\" has no points account.", customer_id)));
 	}
 	PointsClaimReference(reference, customer_id);
+	PointsCheckBackdating(&acct, at, reference);
 	PointsSettleIfDue(&acct, at);
 	if (acct.available < points)
 	{

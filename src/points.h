@@ -197,6 +197,7 @@ extern int64 PointsArgPositive(FunctionCallInfo fcinfo, int argno, const char *n
 extern TimestampTz PointsArgTime(FunctionCallInfo fcinfo, int argno, const char *name);
 extern void PointsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name);
 extern void PointsClaimReference(const char *reference, const char *customer_id);
+extern void PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *reference);
 extern void PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, TimestampTz at);
 extern void PointsSettle(Datum customers, TimestampTz as_of);
 extern void PointsSettleIfDue(PointsAccount *acct, TimestampTz at);

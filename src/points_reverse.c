@@ -211,6 +211,7 @@ points_reverse(PG_FUNCTION_ARGS)
 				 errmsg("no points were earned or spent under reference \"%s\" for customer \"%s\"",
 						reference, customer_id)));
 
+	PointsCheckBackdating(&acct, at, NULL);
 	PointsSettleIfDue(&acct, at);
 
 	PointsChangeInit(&chg, POINTS_REVERSE, at);
@@ -421,6 +422,7 @@ points_adjust(PG_FUNCTION_ARGS)
 	if (!PointsFindRequest(reference, POINTS_ADJUST, customer_id,
 						   PointsHash(POINTS_ADJUST, customer_id, 3, parts), &receipt))
 	{
+		PointsCheckBackdating(&acct, at, NULL);
 		PointsSettleIfDue(&acct, at);
 		PointsChangeInit(&chg, POINTS_ADJUST, at);
 		chg.reference = reference;

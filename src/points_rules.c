@@ -104,6 +104,7 @@ PointsEarnByRule(FunctionCallInfo fcinfo, const char *customer_id, const char *e
 		SPI_finish();
 		return PointsReceiptDatum(fcinfo, &receipt);
 	}
+	PointsCheckBackdating(&acct, at, NULL);
 	PointsSettleIfDue(&acct, at);
 	tz = acct.program.tz;
 
