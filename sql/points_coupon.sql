@@ -50,7 +50,7 @@ SELECT loyalty.pause_campaign(:voucher);
 SELECT pg_temp.err(format($$SELECT loyalty.exchange_points('ann', %s, 'swap-4')$$, :voucher)) AS paused;
 SELECT loyalty.resume_campaign(:voucher);
 SELECT pg_temp.err($$SELECT loyalty.exchange_points(NULL, 1, 'swap-5')$$) AS null_customer;
-SELECT pg_temp.err($$SELECT loyalty.exchange_points('ann', 1, repeat('r', 192))$$) AS long_reference;
+SELECT pg_temp.err($$SELECT loyalty.exchange_points('ann', 1, repeat('r', 257))$$) AS long_reference;
 -- a spend under the exchange's derived reference is not an exchange
 SELECT (loyalty.earn_points('ann', 300, 'ann-2', at => '2026-01-06')).available;
 SELECT (loyalty.spend_points('ann', 300, 'exchange:swap-6', at => '2026-01-06')).points;

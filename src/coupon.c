@@ -309,7 +309,7 @@ BeginWrite(FunctionCallInfo fcinfo, CallState *st, bool amount_context)
 	st->customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(1),
 										COUPON_MAX_ID_LEN);
 	st->order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(2),
-									 LOYALTY_MAX_REFERENCE_LEN);
+									 LOYALTY_MAX_KEY_BYTES);
 	if (amount_context)
 		CouponContextFromAmount(PG_GETARG_NUMERIC(3), &st->ctx);
 	else
@@ -528,7 +528,7 @@ CouponValidate(FunctionCallInfo fcinfo, bool amount_context)
 										COUPON_MAX_ID_LEN);
 	if (!PG_ARGISNULL(3))
 		st.order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(3),
-										 LOYALTY_MAX_REFERENCE_LEN);
+										 LOYALTY_MAX_KEY_BYTES);
 	if (amount_context)
 		CouponContextFromAmount(PG_GETARG_NUMERIC(2), &st.ctx);
 	else
@@ -641,7 +641,7 @@ coupon_rollback(PG_FUNCTION_ARGS)
 
 	RequireArg(fcinfo, 0, "order_ref");
 	order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(0),
-								 LOYALTY_MAX_REFERENCE_LEN);
+								 LOYALTY_MAX_KEY_BYTES);
 	SPI_connect();
 	CouponStoreBegin(false);
 	done = CouponRollbackOrder(order_ref, GetCurrentTimestamp());

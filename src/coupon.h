@@ -23,6 +23,8 @@
 
 #include "postgres.h"
 
+#include "loyalty.h"
+
 #include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
@@ -36,8 +38,7 @@
  * the others 22023 / 22003.
  */
 #define COUPON_MAX_ITEMS		1000
-#define COUPON_MAX_ID_LEN		256 /* customer_id */
-/* order_ref: LOYALTY_MAX_REFERENCE_LEN (loyalty.h), one limit everywhere */
+#define COUPON_MAX_ID_LEN		LOYALTY_MAX_KEY_BYTES	/* customer_id (order_ref: LOYALTY_MAX_KEY_BYTES) */
 #define COUPON_MAX_SKU_LEN		256 /* sku, category */
 #define COUPON_MAX_QUANTITY		1000000
 /* amounts and prices must be below 10^COUPON_MAX_AMOUNT_DIGITS */

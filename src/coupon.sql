@@ -121,6 +121,7 @@ CREATE TABLE loyalty.coupon (
 	uses			bigint NOT NULL DEFAULT 0,
 	reservations	bigint NOT NULL DEFAULT 0,
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	voided_at		timestamptz,
 	CONSTRAINT coupon_code_key UNIQUE (code),
 	CONSTRAINT coupon_uses_within_cap
 		CHECK (uses >= 0 AND (max_uses IS NULL OR (max_uses >= 1 AND uses <= max_uses)))
@@ -133,6 +134,8 @@ COMMENT ON TABLE loyalty.coupon IS
 	'Coupon codes: generated (single-use, random, check characters) or public vanity codes; optionally bound to one customer';
 COMMENT ON COLUMN loyalty.coupon.uses IS 'Active redemptions of this code';
 COMMENT ON COLUMN loyalty.coupon.reservations IS 'Reservations ever made on this code';
+COMMENT ON COLUMN loyalty.coupon.voided_at IS
+	'When the code was voided (its points exchange was reversed); a voided code is unknown to validate, reserve and redeem';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon', '');
 SELECT pg_catalog.pg_extension_config_dump(

@@ -65,7 +65,7 @@ CouponCurrencyDecimals(const char *currency)
 
 /*
  * Check a customer id (COUPON_MAX_ID_LEN) or order reference
- * (LOYALTY_MAX_REFERENCE_LEN) argument: not null (the caller checks),
+ * (LOYALTY_MAX_KEY_BYTES) argument: not null (the caller checks),
  * 1..maxlen bytes.  Returns it as a C string.
  */
 char *
@@ -262,9 +262,7 @@ CouponContextFromJsonb(Jsonb *jb, OrderContext *ctx)
 	{
 		const char *s = v.val.string.val;
 
-		if (v.type != jbvString || v.val.string.len != 3 ||
-			s[0] < 'A' || s[0] > 'Z' || s[1] < 'A' || s[1] > 'Z' ||
-			s[2] < 'A' || s[2] > 'Z')
+		if (v.type != jbvString || !LoyaltyIsCurrencyCode(s, v.val.string.len))
 			ContextError(ERRCODE_INVALID_PARAMETER_VALUE,
 						 "\"currency\" must be three upper-case letters (ISO 4217).");
 		memcpy(ctx->currency, s, 3);

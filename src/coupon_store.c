@@ -85,12 +85,12 @@ typedef struct PlanDef
 static const PlanDef PlanDefs[NPLANS] = {
 	[P_LOOKUP] = {
 		"SELECT " COUPON_COLS " FROM loyalty.coupon"
-		" WHERE code OPERATOR(loyalty.=) $1",
+		" WHERE code OPERATOR(loyalty.=) $1 AND voided_at IS NULL",
 		1, {CODE_TYPE}
 	},
 	[P_LOOKUP_LOCK] = {
 		"SELECT " COUPON_COLS " FROM loyalty.coupon"
-		" WHERE code OPERATOR(loyalty.=) $1 FOR NO KEY UPDATE",
+		" WHERE code OPERATOR(loyalty.=) $1 AND voided_at IS NULL FOR NO KEY UPDATE",
 		1, {CODE_TYPE}
 	},
 	[P_CAMPAIGN] = {

@@ -19,12 +19,16 @@
 #define LOYALTY_GUC_PREFIX "loyalty"
 
 /*
- * Longest caller reference in bytes (a coupon order_ref; the points
- * references accept what coupons accept): one documented limit for
- * references everywhere (README, "Limits").
+ * Longest customer id and caller reference (order id, idempotency key) any
+ * loyalty function accepts, in bytes: one limit for coupons and points
+ * (documented in README, "Limits").  References the extension derives from
+ * a caller's ("exchange:<ref>", "<order_ref>:coupon-bonus") are checked on
+ * the caller's part, so every reference a coupon call accepts can also be
+ * used by the points calls.
  */
-#define LOYALTY_MAX_REFERENCE_LEN 256
+#define LOYALTY_MAX_KEY_BYTES	256
 
 extern void _PG_init(void);
+extern bool LoyaltyIsCurrencyCode(const char *s, int len);
 
 #endif							/* LOYALTY_H */

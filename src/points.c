@@ -24,6 +24,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "common/int.h"
@@ -126,26 +127,83 @@ PointsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name)
 				 errmsg("%s must not be null", name)));
 }
 
-/* A customer id or reference: required, not empty, at most 200 characters. */
+/*
+ * A customer id, reference or action name: required, not empty, at most
+ * LOYALTY_MAX_KEY_BYTES bytes (the limit coupons apply to customer ids and
+ * order references, so that every order reference a coupon call accepts
+ * can be used here too).  A reference derived by the extension from a
+ * caller's (exchange:<ref>, <order_ref>:coupon-bonus) is measured without
+ * the part the extension added.
+ */
 text *
 PointsArgKey(FunctionCallInfo fcinfo, int argno, const char *name)
 {
-	text	   *t;
-	int			len;
-
 	PointsArgNotNull(fcinfo, argno, name);
-	t = PG_GETARG_TEXT_PP(argno);
-	len = VARSIZE_ANY_EXHDR(t);
-	if (len == 0)
+	return PointsCheckKey(PG_GETARG_TEXT_PP(argno), name);
+}
+
+/* The checks of PointsArgKey on a value (see there). */
+text *
+PointsCheckKey(text *t, const char *name)
+{
+	int			len = VARSIZE_ANY_EXHDR(t);
+	const char *p = VARDATA_ANY(t);
+	int			own = len;
+
+	if (strcmp(name, "reference") == 0)
+	{
+		int			plen = strlen(POINTS_EXCHANGE_PREFIX);
+		int			slen = strlen(POINTS_BONUS_SUFFIX);
+
+		if (own >= plen && memcmp(p, POINTS_EXCHANGE_PREFIX, plen) == 0)
+			own -= plen;
+		else if (own >= slen && memcmp(p + len - slen, POINTS_BONUS_SUFFIX, slen) == 0)
+			own -= slen;
+	}
+	if (own == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must not be empty", name)));
-	if (len > POINTS_MAX_KEY_LENGTH &&
-		pg_mbstrlen_with_len(VARDATA_ANY(t), len) > POINTS_MAX_KEY_LENGTH)
+	if (own > LOYALTY_MAX_KEY_BYTES)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be at most %d characters long", name, POINTS_MAX_KEY_LENGTH)));
+				 errmsg("%s must be at most %d bytes long", name, LOYALTY_MAX_KEY_BYTES),
+				 errdetail("This one has %d bytes; customer ids and references have 1 to %d bytes in every loyalty function.",
+						   own, LOYALTY_MAX_KEY_BYTES)));
 	return t;
+}
+
+PG_FUNCTION_INFO_V1(points_inserted_here);
+
+/*
+ * loyalty._points_inserted_here(xmin): whether the row was inserted by the
+ * current transaction or one of its subtransactions.  exchange_points finds
+ * the code it just issued this way: a code another transaction bound to the
+ * same customer meanwhile is never taken for it.
+ */
+Datum
+points_inserted_here(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(TransactionIdIsCurrentTransactionId(DatumGetTransactionId(PG_GETARG_DATUM(0))));
+}
+
+PG_FUNCTION_INFO_V1(points_check_key);
+
+/*
+ * loyalty._points_check_key(name, value): the checks of PointsArgKey for
+ * the plpgsql functions (exchange_points, earn_coupon_bonus, tier_progress),
+ * so that they share one limit with the C functions.
+ */
+Datum
+points_check_key(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+
+	if (PG_ARGISNULL(0))
+		elog(ERROR, "argument name must not be null");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	PointsArgKey(fcinfo, 1, name);
+	PG_RETURN_VOID();
 }
 
 /* A number of points: required and positive. */
@@ -175,6 +233,28 @@ PointsArgTime(FunctionCallInfo fcinfo, int argno, const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be a finite time", name)));
+	return t;
+}
+
+/*
+ * The business time of a mutating call: PointsArgTime, and not more than
+ * POINTS_MAX_FUTURE_SKEW_SECS ahead of the server clock.  A future time
+ * would settle the account as of then: lots expired and pending points
+ * activated early, which no reversal undoes.  Read-only calls
+ * (points_balance) may look ahead.
+ */
+TimestampTz
+PointsArgWriteTime(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	TimestampTz t = PointsArgTime(fcinfo, argno, name);
+	TimestampTz limit = GetCurrentTimestamp() + (TimestampTz) POINTS_MAX_FUTURE_SKEW_SECS * USECS_PER_SEC;
+
+	if (t > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not lie in the future", name),
+				 errdetail("%s is %s; points calls accept business times up to %d seconds ahead of the server clock.",
+						   name, timestamptz_to_str(t), POINTS_MAX_FUTURE_SKEW_SECS)));
 	return t;
 }
 
@@ -256,7 +336,7 @@ static SPIPlanPtr balance_plan = NULL;
  */
 static const char *const lock_sql =
 "SELECT a.available, a.pending, a.debt, a.lifetime_earned, a.qualifying, a.qualifying_spend,"
-"       a.tier, a.tier_since, a.next_event_at"
+"       a.tier, a.tier_since, a.next_event_at, a.settled_at"
 "  FROM loyalty.points_account a"
 " WHERE a.customer_id = $1"
 "   FOR NO KEY UPDATE OF a";
@@ -305,6 +385,9 @@ PointsReadAccount(PointsAccount *acct, const char *customer_id)
 	d = ColDatum(0, 9, &isnull);
 	acct->has_next_event = !isnull;
 	acct->next_event_at = isnull ? 0 : DatumGetTimestampTz(d);
+	d = ColDatum(0, 10, &isnull);
+	acct->has_settled_at = !isnull;
+	acct->settled_at = isnull ? 0 : DatumGetTimestampTz(d);
 
 	/* the tier, the next one up and the settings, copied out of the cache */
 	config = PointsConfigGet();
@@ -355,6 +438,88 @@ PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, Tim
 	}
 }
 
+static SPIPlanPtr mine_plan = NULL;
+
+/*
+ * Bounded backdating: a settlement as of settled_at expired lots and
+ * activated pending points for good, so a call may not claim to happen
+ * before it (beyond the clock skew also allowed ahead, so that concurrent
+ * transactions whose now() differ a little never fail).  A repeat of a
+ * request already in the ledger (reference given and used by this
+ * customer) passes: it returns its first result and writes nothing.
+ * Called with the account locked, after the repeat checks that need none.
+ */
+void
+PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *reference)
+{
+	static const Oid types[2] = {TEXTOID, TEXTOID};
+
+	if (!acct->found || !acct->has_settled_at ||
+		at >= acct->settled_at - (TimestampTz) POINTS_MAX_FUTURE_SKEW_SECS * USECS_PER_SEC)
+		return;
+	if (reference != NULL)
+	{
+		Datum		values[2];
+
+		values[0] = CStringGetTextDatum(reference);
+		values[1] = CStringGetTextDatum(acct->customer_id);
+		PointsExec(PointsPrepare(&mine_plan,
+								 "SELECT 1 FROM loyalty.points_ledger WHERE reference = $1 AND customer_id = $2 LIMIT 1",
+								 2, types), values, NULL, SPI_OK_SELECT);
+		if (SPI_processed > 0)
+			return;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("at must not lie before the last settlement of the points account"),
+			 errdetail("at is %s; the account of customer \"%s\" was settled (lots expired or became available) as of %s.",
+					   timestamptz_to_str(at), acct->customer_id, timestamptz_to_str(acct->settled_at)),
+			 errhint("Record a late correction with loyalty.adjust_points() at the current time.")));
+}
+
+static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr owner_plan = NULL;
+
+/*
+ * Claim a reference for a customer, or find that it is another's: the
+ * primary key of loyalty.points_reference makes one owner per reference a
+ * constraint, not a snapshot read.  A concurrent first claim of another
+ * transaction is waited for by the unique index; once it committed, the
+ * owner is read with a new snapshot (READ COMMITTED), and under REPEATABLE
+ * READ the insert itself fails with 40001 (the conflicting row is not in
+ * the snapshot).  Called with the account locked, before the ledger is
+ * looked up; LP002 for the customer that comes second.
+ */
+void
+PointsClaimReference(const char *reference, const char *customer_id)
+{
+	static const Oid types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	char	   *owner;
+
+	values[0] = CStringGetTextDatum(reference);
+	values[1] = CStringGetTextDatum(customer_id);
+	PointsExec(PointsPrepare(&claim_plan,
+							 "INSERT INTO loyalty.points_reference (reference, customer_id) VALUES ($1, $2)"
+							 " ON CONFLICT (reference) DO NOTHING",
+							 2, types), values, NULL, SPI_OK_INSERT);
+	if (SPI_processed == 1)
+		return;
+	PointsExec(PointsPrepare(&owner_plan,
+							 "SELECT customer_id FROM loyalty.points_reference WHERE reference = $1"
+							 " FOR KEY SHARE",
+							 1, types), values, NULL, SPI_OK_SELECT);
+	if (SPI_processed != 1)
+		elog(ERROR, "owner of points reference \"%s\" not found", reference);
+	owner = ColText(0, 1);
+	if (strcmp(owner, customer_id) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
+				 errmsg("reference \"%s\" belongs to another customer", reference),
+				 errdetail("Customer \"%s\" used it first.", owner),
+				 errhint("References (order ids, idempotency keys) are unique to one customer.")));
+}
+
 /*
  * Settle the given (locked) accounts as of a time: lots whose expiry passed
  * are closed with one expire ledger entry per account, pending lots whose
@@ -395,7 +560,7 @@ static const char *const settle_sql =
 "                            FROM loyalty.points_lot l"
 "                           WHERE l.customer_id = a.customer_id AND l.state <> 'closed'"
 "                             AND (l.expires_at IS NULL OR l.expires_at > $2)),"
-"         updated_at = pg_catalog.now()"
+"         settled_at = GREATEST(a.settled_at, $2), updated_at = pg_catalog.now()"
 "    FROM unnest($1::text[]) c(customer_id) LEFT JOIN per p ON p.customer_id = c.customer_id"
 "   WHERE a.customer_id = c.customer_id"
 "  RETURNING a.customer_id, a.available, a.pending, a.debt, a.next_event_at,"
@@ -816,7 +981,7 @@ points_earn(PG_FUNCTION_ARGS)
 
 	PointsArgNotNull(fcinfo, 6, "qualifying");
 	qualifying = PG_GETARG_BOOL(6);
-	at = PointsArgTime(fcinfo, 7, "at");
+	at = PointsArgWriteTime(fcinfo, 7, "at");
 	if (has_pending && TIMESTAMP_NOT_FINITE(pending_until))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -846,6 +1011,8 @@ points_earn(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PointsLockAccount(&acct, customer_id, true, at);
+	PointsClaimReference(reference, customer_id);
+	PointsCheckBackdating(&acct, at, reference);
 	PointsSettleIfDue(&acct, at);
 	{
 
@@ -905,7 +1072,7 @@ points_spend(PG_FUNCTION_ARGS)
 	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
 	int64		points = PointsArgPositive(fcinfo, 1, "points");
 	char	   *reference = text_to_cstring(PointsArgKey(fcinfo, 2, "reference"));
-	TimestampTz at = PointsArgTime(fcinfo, 3, "at");
+	TimestampTz at = PointsArgWriteTime(fcinfo, 3, "at");
 	const char *parts[1];
 	uint64		hash;
 	PointsAccount acct;
@@ -928,6 +1095,8 @@ points_spend(PG_FUNCTION_ARGS)
 				 errmsg("insufficient points: " INT64_FORMAT " requested, 0 available", points),
 				 errdetail("available: 0; customer \"%s\" has no points account.", customer_id)));
 	}
+	PointsClaimReference(reference, customer_id);
+	PointsCheckBackdating(&acct, at, reference);
 	PointsSettleIfDue(&acct, at);
 	if (acct.available < points)
 	{

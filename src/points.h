@@ -28,6 +28,8 @@
 #include "pgtime.h"
 #include "utils/date.h"
 
+#include "loyalty.h"
+
 /* Documented SQLSTATEs of the points API (class LP). */
 #define ERRCODE_POINTS_INSUFFICIENT		MAKE_SQLSTATE('L','P','0','0','1')
 #define ERRCODE_POINTS_REFERENCE_CONFLICT MAKE_SQLSTATE('L','P','0','0','2')
@@ -35,9 +37,21 @@
 #define ERRCODE_POINTS_UNKNOWN_ACTION	MAKE_SQLSTATE('L','P','0','0','4')
 #define ERRCODE_POINTS_REFERENCE_REVERSED MAKE_SQLSTATE('L','P','0','0','5')
 #define ERRCODE_POINTS_AMBIGUOUS_REFERENCE MAKE_SQLSTATE('L','P','0','0','6')
+/* LP007, LP008 (reward not offered, campaign not exchangeable): points_coupon.sql */
+#define ERRCODE_POINTS_CAP_REACHED		MAKE_SQLSTATE('L','P','0','0','9')
+#define ERRCODE_POINTS_COUPON_USED		MAKE_SQLSTATE('L','P','0','1','0')
+#define ERRCODE_POINTS_CURRENCY			MAKE_SQLSTATE('L','P','0','1','1')
 
-/* Longest customer id and reference accepted (they are indexed). */
-#define POINTS_MAX_KEY_LENGTH	200
+/*
+ * How far a call's business time (at) may lie ahead of the server clock:
+ * settling as of a future time would expire lots and activate pending
+ * points before their time, irreversibly.  Documented in README.
+ */
+#define POINTS_MAX_FUTURE_SKEW_SECS	300
+
+/* Derived references are checked on the caller's part (see loyalty.h). */
+#define POINTS_EXCHANGE_PREFIX	"exchange:"
+#define POINTS_BONUS_SUFFIX		":coupon-bonus"
 
 /* Entry kinds, as stored in points_ledger.kind. */
 #define POINTS_EARN		"earn"
@@ -58,6 +72,7 @@ typedef enum PointsRounding
 typedef struct PointsProgram
 {
 	pg_tz	   *tz;				/* loyalty.points_program.timezone */
+	char		currency[4];	/* loyalty.points_program.currency */
 	bool		spend_basis;	/* tiers on qualifying spend, not points */
 	int			window_months;	/* rolling tier window; 0 = lifetime */
 	int			expiry_months;	/* default expiry of earn_points; 0 = never */
@@ -102,6 +117,8 @@ typedef struct PointsAccount
 	Datum		next_threshold; /* numeric threshold of the next tier up */
 	bool		has_next_event;
 	TimestampTz next_event_at;
+	bool		has_settled_at;
+	TimestampTz settled_at;		/* business time of the last settlement */
 	PointsProgram program;
 } PointsAccount;
 
@@ -174,9 +191,13 @@ typedef struct PointsReceipt
 extern SPIPlanPtr PointsPrepare(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes);
 extern void PointsExec(SPIPlanPtr plan, Datum *values, const char *nulls, int expected);
 extern text *PointsArgKey(FunctionCallInfo fcinfo, int argno, const char *name);
+extern text *PointsCheckKey(text *t, const char *name);
+extern TimestampTz PointsArgWriteTime(FunctionCallInfo fcinfo, int argno, const char *name);
 extern int64 PointsArgPositive(FunctionCallInfo fcinfo, int argno, const char *name);
 extern TimestampTz PointsArgTime(FunctionCallInfo fcinfo, int argno, const char *name);
 extern void PointsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name);
+extern void PointsClaimReference(const char *reference, const char *customer_id);
+extern void PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *reference);
 extern void PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, TimestampTz at);
 extern void PointsSettle(Datum customers, TimestampTz as_of);
 extern void PointsSettleIfDue(PointsAccount *acct, TimestampTz at);

@@ -48,7 +48,10 @@ CREATE TABLE loyalty.points_program (
 		CHECK (expiry_rounding IN ('none', 'month', 'year')),
 	-- an unknown zone raises here
 	CONSTRAINT points_program_timezone_check
-		CHECK (pg_catalog.timezone(timezone, '2000-01-01 00:00:00+00'::timestamptz) IS NOT NULL)
+		CHECK (pg_catalog.timezone(timezone, '2000-01-01 00:00:00+00'::timestamptz) IS NOT NULL),
+	-- the form ISO 4217 gives currency codes, as campaigns check it
+	currency			text NOT NULL DEFAULT 'EUR'
+		CONSTRAINT points_program_currency_check CHECK (currency ~ '^[A-Z]{3}$')
 );
 
 COMMENT ON TABLE loyalty.points_program IS
@@ -65,6 +68,8 @@ COMMENT ON COLUMN loyalty.points_program.expiry_months IS
 	'Default expiry of earned points, in months after earning (NULL: never); earn_points(expires_at) and earning rules may override';
 COMMENT ON COLUMN loyalty.points_program.expiry_rounding IS
 	'none: exactly expiry_months later; month / year: at the end of that month / year';
+COMMENT ON COLUMN loyalty.points_program.currency IS
+	'The program currency (ISO 4217): earn_for_order takes amounts in it only (LP011 for another), so qualifying spend never adds up currencies';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.points_program', '');
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.points_program'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
@@ -101,12 +106,19 @@ CREATE TABLE loyalty.points_account (
 	lifetime_earned	bigint NOT NULL DEFAULT 0,
 	qualifying		bigint NOT NULL DEFAULT 0,
 	qualifying_spend numeric NOT NULL DEFAULT 0,
-	tier			text REFERENCES loyalty.tier (name) ON UPDATE CASCADE,
+	-- No foreign key to loyalty.tier: pg_restore --jobs loads the two
+	-- tables' data in parallel, and the constraint exists before the data
+	-- (extension tables are created by CREATE EXTENSION), so every account
+	-- row could be refused.  A rename cascades by trigger, a tier in use
+	-- cannot be deleted (trigger), and check_integrity() reports an unknown
+	-- tier.
+	tier			text,
 	tier_since		timestamptz,
 	below_since		timestamptz,
 	next_event_at	timestamptz,
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	settled_at		timestamptz,
 	-- Only the promise itself is a constraint (PostgreSQL compiles every
 	-- CHECK of a table for each statement that writes it, a large share of
 	-- a call's time): never negative, and debt only when nothing is open.
@@ -132,6 +144,8 @@ COMMENT ON COLUMN loyalty.points_account.qualifying IS 'Qualifying points ever e
 COMMENT ON COLUMN loyalty.points_account.qualifying_spend IS 'Order amounts ever earned on, net of reversals';
 COMMENT ON COLUMN loyalty.points_account.below_since IS
 	'When evaluate_tiers first found the customer below the threshold of their tier (grace period start)';
+COMMENT ON COLUMN loyalty.points_account.settled_at IS
+	'Latest business time the account was settled as of (lots expired or made available); calls may not be dated more than 5 minutes before it';
 COMMENT ON COLUMN loyalty.points_account.next_event_at IS
 	'No later than the first time a lot of the account becomes available or expires; settling is due from then';
 
@@ -218,6 +232,32 @@ SELECT pg_catalog.pg_extension_config_dump('loyalty.points_ledger', '');
 SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('loyalty.points_ledger', 'entry_id'), '');
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.points_ledger'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+/*
+ * The one owner of each caller reference.  Its primary key makes "a
+ * reference belongs to exactly one customer" a constraint: every mutating
+ * call claims its reference here (INSERT ... ON CONFLICT DO NOTHING, then
+ * the owner is read) after locking the account, so two customers' calls
+ * racing for one reference serialise on the unique index and the second
+ * gets LP002.  Citus: this is the documented exception to "per-customer
+ * tables are keyed by (customer_id, ...)": a reference is global by
+ * definition (an order id is unique in the shop, not per customer), so the
+ * table is distributed by reference in its own colocation group; a claim is
+ * one single-shard insert routed by the reference, inside the call's
+ * distributed transaction.  Keying it by (customer_id, reference) would let
+ * every customer hold the same reference again, which is the defect.
+ */
+CREATE TABLE loyalty.points_reference (
+	reference	text PRIMARY KEY,
+	customer_id	text NOT NULL,
+	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE loyalty.points_reference IS
+	'Owner of every points reference (order id, idempotency key): one customer per reference, by primary key';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.points_reference', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.points_reference'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.points_qualifying (
 	customer_id	text NOT NULL,
@@ -419,7 +459,69 @@ CREATE CONSTRAINT TRIGGER tier_ladder_check
 COMMENT ON TRIGGER tier_ladder_check ON loyalty.tier IS
 	'At commit: thresholds rise strictly with rank';
 
+/*
+ * Accounts name their tier without a foreign key (see points_account): a
+ * rename is carried to the accounts (as ON UPDATE CASCADE did) and to
+ * their tier history, as the owner (admins cannot write either), and a
+ * tier that accounts hold
+ * cannot be deleted.  Row triggers on UPDATE and DELETE only: pg_restore's
+ * COPY of the ladder fires neither.
+ */
+CREATE FUNCTION loyalty._tier_in_use()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'UPDATE' THEN
+		IF NEW.name OPERATOR(pg_catalog.<>) OLD.name THEN
+			UPDATE loyalty.points_account a SET tier = NEW.name
+			WHERE a.tier OPERATOR(pg_catalog.=) OLD.name;
+			-- the same tier under a new name: its history follows
+			UPDATE loyalty.tier_history h SET to_tier = NEW.name
+			WHERE h.to_tier OPERATOR(pg_catalog.=) OLD.name;
+			UPDATE loyalty.tier_history h SET from_tier = NEW.name
+			WHERE h.from_tier OPERATOR(pg_catalog.=) OLD.name;
+		END IF;
+		RETURN NEW;
+	END IF;
+	IF EXISTS (SELECT 1 FROM loyalty.points_account a WHERE a.tier OPERATOR(pg_catalog.=) OLD.name) THEN
+		RAISE EXCEPTION 'tier "%" is held by points accounts', OLD.name
+			USING ERRCODE = 'foreign_key_violation',
+				  DETAIL = 'A tier can be deleted once no account holds it.',
+				  HINT = 'Move the accounts to another tier first, or rename the tier.';
+	END IF;
+	RETURN OLD;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._tier_in_use() IS
+	'Internal: carry a tier rename to the accounts and their tier history; refuse deleting a tier accounts hold';
+
+CREATE TRIGGER tier_in_use
+	AFTER UPDATE OF name OR DELETE ON loyalty.tier
+	FOR EACH ROW EXECUTE FUNCTION loyalty._tier_in_use();
+
+COMMENT ON TRIGGER tier_in_use ON loyalty.tier IS
+	'Carry a tier rename to the accounts; refuse deleting a tier accounts hold (instead of a foreign key, see points_account)';
+
 /* functions: the API, in C (points.c, points_rules.c, points_reverse.c, points_expire.c) */
+
+CREATE FUNCTION loyalty._points_check_key(name text, value text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'points_check_key'
+LANGUAGE C STABLE;
+
+COMMENT ON FUNCTION loyalty._points_check_key(text, text) IS
+	'Internal: raise 22023 unless value is a customer id or reference of 1 to 256 bytes (the one limit of every loyalty function), 23502 if null';
+
+CREATE FUNCTION loyalty._points_inserted_here(row_xmin xid)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'points_inserted_here'
+LANGUAGE C STABLE STRICT;
+
+COMMENT ON FUNCTION loyalty._points_inserted_here(xid) IS
+	'Internal: whether a row with this xmin was inserted by the current transaction (or one of its subtransactions)';
 
 CREATE FUNCTION loyalty.earn_points(customer_id text, points bigint, reference text,
 									reason text DEFAULT NULL,

@@ -52,7 +52,7 @@ static SPIPlanPtr config_plan = NULL;
 static const char *const config_sql =
 "SELECT coalesce(p.timezone, 'UTC'), coalesce(p.tier_basis, 'points'),"
 "       p.tier_window_months, p.expiry_months, coalesce(p.expiry_rounding, 'none'),"
-"       t.name, t.rank, t.threshold, t.multiplier"
+"       t.name, t.rank, t.threshold, t.multiplier, coalesce(p.currency, 'EUR')"
 "  FROM (SELECT 1) one"
 "  LEFT JOIN loyalty.points_program p ON true"
 "  LEFT JOIN loyalty.tier t ON true"
@@ -106,6 +106,7 @@ PointsConfigRead(Snapshot snapshot)
 			d = SPI_getbinval(tup, desc, 4, &isnull);
 			config.program.expiry_months = isnull ? 0 : DatumGetInt32(d);
 			config.program.expiry_rounding = PointsParseRounding(SPI_getvalue(tup, desc, 5));
+			strlcpy(config.program.currency, SPI_getvalue(tup, desc, 10), sizeof(config.program.currency));
 		}
 		d = SPI_getbinval(tup, desc, 6, &isnull);
 		if (isnull)

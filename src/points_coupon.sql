@@ -64,11 +64,97 @@ SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_bonu
 /* functions */
 
 /*
+ * Units of a campaign's cap taken (customer_id NULL: the total cap; else
+ * that customer's): active redemptions, reservations live at "at", and
+ * codes sold by exchanges that are not used, not reserved and not voided
+ * (each holds the unit its buyer paid for).  Read with the statement's
+ * snapshot, under exchange_points' locks.
+ */
+CREATE FUNCTION loyalty._points_cap_in_use(campaign_id bigint, customer_id text, at timestamptz)
+RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT (SELECT coalesce(sum(r.uses), 0) FROM loyalty.redemption r
+			WHERE r.campaign_id = $1 AND ($2 IS NULL OR r.customer_id = $2))::bigint
+		 + (SELECT count(*) FROM loyalty.reservation h
+			WHERE h.campaign_id = $1 AND ($2 IS NULL OR h.customer_id = $2)
+			  AND h.state = 'held' AND h.expires_at > $3)
+		 + (SELECT count(*) FROM loyalty.points_exchange e
+			JOIN loyalty.coupon c ON c.coupon_id = e.coupon_id
+			WHERE e.campaign_id = $1 AND ($2 IS NULL OR e.customer_id = $2)
+			  AND c.uses = 0 AND c.voided_at IS NULL
+			  AND NOT EXISTS (SELECT 1 FROM loyalty.reservation h
+							  WHERE h.coupon_id = c.coupon_id AND h.state = 'held' AND h.expires_at > $3))
+$$;
+
+COMMENT ON FUNCTION loyalty._points_cap_in_use(bigint, text, timestamptz) IS
+	'Internal: units of a campaign''s total (customer NULL) or per-customer cap taken by redemptions, live reservations and unused exchanged codes';
+
+/*
+ * Called by reverse_points for the spend entry it reverses: if that spend
+ * bought a coupon (exchange_points), the coupon is voided -- or, once it was
+ * redeemed or is reserved, the reversal is refused (LP010): points back and
+ * a usable code would pay the coupon twice.  The coupon row is locked as
+ * redeem_coupon and reserve_coupon lock it, so a concurrent redemption
+ * either commits first (and is seen here) or finds the code voided.
+ */
+CREATE FUNCTION loyalty._points_exchange_void(spend_entry bigint, at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ex record;
+	cp record;
+BEGIN
+	SELECT e.reference, e.coupon_id, e.code INTO ex
+	FROM loyalty.points_exchange e WHERE e.entry_id = spend_entry;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT c.uses, c.voided_at INTO cp
+	FROM loyalty.coupon c WHERE c.coupon_id = ex.coupon_id FOR NO KEY UPDATE;
+	IF NOT FOUND OR cp.voided_at IS NOT NULL THEN
+		RETURN;
+	END IF;
+	IF cp.uses > 0 OR EXISTS (SELECT 1 FROM loyalty.reservation h
+							  WHERE h.coupon_id = ex.coupon_id AND h.state = 'held' AND h.expires_at > at) THEN
+		RAISE EXCEPTION 'exchange "%" cannot be reversed: its coupon is %', ex.reference,
+			CASE WHEN cp.uses > 0 THEN 'redeemed' ELSE 'reserved' END
+			USING ERRCODE = 'LP010',
+				  DETAIL = format('Coupon %s is in use; reversing the exchange would return the points while the coupon stays used.',
+								  ex.code),
+				  HINT = 'Roll the redemption back first (rollback_redemption), or let the reservation expire.';
+	END IF;
+	UPDATE loyalty.coupon c SET voided_at = at WHERE c.coupon_id = ex.coupon_id;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._points_exchange_void(bigint, timestamptz) IS
+	'Internal: when reverse_points reverses an exchange''s spend, void its coupon, or refuse (LP010) once it is redeemed or reserved';
+
+/*
  * Exchange points for a coupon.  The points are spent under reference
  * 'exchange:' || reference (locking the account, idempotent); the code is
  * generated only after the spend, so a repeat that waited for a concurrent
  * first call finds that call's exchange and returns it.  A spend under the
  * derived reference made by another call (not an exchange) is a conflict.
+ *
+ * Caps: a coupon that could not be used is never sold.  Before any point is
+ * spent, a campaign with a total_cap or per_customer_cap counts its units
+ * in use -- active redemptions, live reservations, and codes sold by
+ * earlier exchanges that are neither used, reserved nor voided -- and
+ * refuses with LP009 when the cap is reached.  Exchanges of a capped
+ * campaign serialise on its points_reward row, which each one updates (a
+ * REPEATABLE READ competitor then fails with 40001 instead of counting from
+ * a stale snapshot); with a total cap the campaign row is locked too, as
+ * redeem_coupon locks it, so a concurrent redemption is counted.
+ *
+ * The code returned is the one this call issued: the coupon bound to the
+ * customer that this transaction inserted and that was not there before
+ * (never "the newest code", which ids from cached sequences or an admin's
+ * bound code would make another one).
  */
 CREATE FUNCTION loyalty.exchange_points(customer_id text, campaign_id bigint, reference text,
 										at timestamptz DEFAULT pg_catalog.now(),
@@ -87,15 +173,15 @@ DECLARE
 	ex record;
 	spent record;
 	issued record;
+	before bigint[];
+	in_use bigint;
 BEGIN
 	IF p_customer IS NULL OR p_campaign IS NULL OR p_reference IS NULL OR at IS NULL THEN
 		RAISE EXCEPTION 'customer_id, campaign_id, reference and at must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	IF length(p_reference) NOT BETWEEN 1 AND 191 THEN
-		RAISE EXCEPTION 'reference must have 1 to 191 characters'
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, p_customer);
+	PERFORM loyalty._points_check_key('reference'::text, p_reference);
 
 	-- a repeat returns the first exchange
 	SELECT * INTO ex FROM loyalty.points_exchange e WHERE e.reference = p_reference;
@@ -114,13 +200,40 @@ BEGIN
 			USING ERRCODE = 'LP007',
 				  HINT = 'Offer it with a row in loyalty.points_reward.';
 	END IF;
-	SELECT c.paused, c.starts_at, c.ends_at INTO camp FROM loyalty.campaign c WHERE c.campaign_id = p_campaign;
+	SELECT c.paused, c.starts_at, c.ends_at, c.total_cap, c.per_customer_cap INTO camp
+	FROM loyalty.campaign c WHERE c.campaign_id = p_campaign;
 	IF NOT FOUND OR camp.paused OR camp.ends_at <= at THEN
 		RAISE EXCEPTION 'campaign % cannot be exchanged for points now', p_campaign
 			USING ERRCODE = 'LP008',
 				  DETAIL = CASE WHEN NOT FOUND THEN 'The campaign does not exist.'
 								WHEN camp.paused THEN 'The campaign is paused.'
 								ELSE 'The campaign has ended.' END;
+	END IF;
+
+	IF camp.total_cap IS NOT NULL OR camp.per_customer_cap IS NOT NULL THEN
+		UPDATE loyalty.points_reward r SET points = r.points WHERE r.campaign_id = p_campaign;
+		IF camp.total_cap IS NOT NULL THEN
+			SELECT c.total_cap INTO camp.total_cap
+			FROM loyalty.campaign c WHERE c.campaign_id = p_campaign FOR NO KEY UPDATE;
+			in_use := loyalty._points_cap_in_use(p_campaign, NULL, at);
+			IF in_use >= camp.total_cap THEN
+				RAISE EXCEPTION 'campaign % has no coupon left to exchange', p_campaign
+					USING ERRCODE = 'LP009',
+						  DETAIL = format('Its total cap of %s is reached (%s in use, reserved or sold for points).',
+										  camp.total_cap, in_use),
+						  HINT = 'No points were spent.';
+			END IF;
+		END IF;
+		IF camp.per_customer_cap IS NOT NULL THEN
+			in_use := loyalty._points_cap_in_use(p_campaign, p_customer, at);
+			IF in_use >= camp.per_customer_cap THEN
+				RAISE EXCEPTION 'customer "%" cannot get another coupon of campaign %', p_customer, p_campaign
+					USING ERRCODE = 'LP009',
+						  DETAIL = format('The per-customer cap of %s is reached (%s in use, reserved or sold for points).',
+										  camp.per_customer_cap, in_use),
+						  HINT = 'No points were spent.';
+			END IF;
+		END IF;
 	END IF;
 
 	SELECT s.* INTO spent FROM loyalty.spend_points(p_customer, reward.points, 'exchange:' || p_reference, at) s;
@@ -139,11 +252,13 @@ BEGIN
 			USING ERRCODE = 'LP002';
 	END IF;
 
+	before := ARRAY(SELECT c.coupon_id FROM loyalty.coupon c
+					WHERE c.campaign_id = p_campaign AND c.customer_id = p_customer);
 	PERFORM loyalty.generate_codes(p_campaign, 1, reward.code_pattern, ARRAY[p_customer]);
-	SELECT c.coupon_id, c.code::text AS code INTO issued
+	SELECT c.coupon_id, c.code::text AS code INTO STRICT issued
 	FROM loyalty.coupon c
 	WHERE c.campaign_id = p_campaign AND c.customer_id = p_customer
-	ORDER BY c.coupon_id DESC LIMIT 1;
+	  AND c.coupon_id <> ALL (before) AND loyalty._points_inserted_here(c.xmin);
 
 	INSERT INTO loyalty.points_exchange (reference, customer_id, campaign_id, points, coupon_id, code,
 										 entry_id, available_after, effective_at)
@@ -154,7 +269,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION loyalty.exchange_points(text, bigint, text, timestamptz) IS
-	'Spend the points a campaign''s coupon costs (loyalty.points_reward) and issue a single-use code bound to the customer; idempotent on reference; LP001 short, LP007 not offered, LP008 campaign paused or ended';
+	'Spend the points a campaign''s coupon costs (loyalty.points_reward) and issue a single-use code bound to the customer; idempotent on reference; LP001 short, LP007 not offered, LP008 campaign paused or ended, LP009 cap reached (nothing spent)';
 SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.exchange_points(text, bigint, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
@@ -179,6 +294,8 @@ BEGIN
 		RAISE EXCEPTION 'customer_id, order_ref and at must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, customer_id);
+	PERFORM loyalty._points_check_key('order_ref'::text, order_ref);
 	SELECT sum(b.points), string_agg(c.code::text, ', ' ORDER BY c.code::text)
 	INTO total, codes
 	FROM loyalty.redemption r

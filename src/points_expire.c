@@ -53,7 +53,7 @@ Datum
 points_expire(PG_FUNCTION_ARGS)
 {
 	static const Oid types[2] = {TIMESTAMPTZOID, INT4OID};
-	TimestampTz as_of = PointsArgTime(fcinfo, 0, "as_of");
+	TimestampTz as_of = PointsArgWriteTime(fcinfo, 0, "as_of");
 	int64		limit = -1;
 	int64		accounts = 0,
 				lots = 0,

@@ -39,10 +39,19 @@ PG_FUNCTION_INFO_V1(points_adjust);
 static SPIPlanPtr owner_plan = NULL;
 static SPIPlanPtr entries_plan = NULL;
 static SPIPlanPtr lots_plan = NULL;
+static SPIPlanPtr void_plan = NULL;
 
+/* the reference's one owner (points_reference, see PointsClaimReference) */
 static const char *const owner_sql =
-"SELECT DISTINCT customer_id FROM loyalty.points_ledger"
-" WHERE reference = $1 AND kind IN ('earn', 'spend', 'reverse') LIMIT 2";
+"SELECT customer_id FROM loyalty.points_reference WHERE reference = $1";
+
+/*
+ * A spend that bought a coupon (exchange_points) is reversed only together
+ * with the coupon: loyalty._points_exchange_void voids it, or refuses
+ * (LP010) when it was redeemed or is reserved.  Schema-qualified and typed.
+ */
+static const char *const void_sql =
+"SELECT loyalty._points_exchange_void($1::pg_catalog.int8, $2::pg_catalog.timestamptz)";
 
 static const char *const entries_sql =
 "SELECT e.entry_id, e.kind, e.points, e.qualifying, e.amount, e.lot_ids, e.lot_points,"
@@ -113,7 +122,7 @@ ReadLots(int n, const int64 *ids)
 
 /*
  * loyalty.reverse_points(reference, customer_id, at).  customer_id may be
- * left NULL when the reference belongs to one customer (LP006 otherwise).
+ * left NULL: a reference has one owner (loyalty.points_reference).
  * LP003 when nothing was earned or spent under the reference.  A repeat
  * returns the first reversal's result.
  */
@@ -123,7 +132,7 @@ points_reverse(PG_FUNCTION_ARGS)
 	static const Oid two_text[2] = {TEXTOID, TEXTOID};
 	char	   *reference = text_to_cstring(PointsArgKey(fcinfo, 0, "reference"));
 	char	   *customer_id = PG_ARGISNULL(1) ? NULL : text_to_cstring(PointsArgKey(fcinfo, 1, "customer_id"));
-	TimestampTz at = PointsArgTime(fcinfo, 2, "at");
+	TimestampTz at = PointsArgWriteTime(fcinfo, 2, "at");
 	MemoryContext caller = CurrentMemoryContext;
 	PointsAccount acct;
 	PointsChange chg;
@@ -155,11 +164,6 @@ points_reverse(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
 					 errmsg("no points were earned or spent under reference \"%s\"", reference)));
-		if (SPI_processed > 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_POINTS_AMBIGUOUS_REFERENCE),
-					 errmsg("reference \"%s\" was used for more than one customer", reference),
-					 errhint("Pass the customer_id to reverse one customer's entries.")));
 		customer_id = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	}
 	parts[0] = reference;
@@ -207,6 +211,7 @@ points_reverse(PG_FUNCTION_ARGS)
 				 errmsg("no points were earned or spent under reference \"%s\" for customer \"%s\"",
 						reference, customer_id)));
 
+	PointsCheckBackdating(&acct, at, NULL);
 	PointsSettleIfDue(&acct, at);
 
 	PointsChangeInit(&chg, POINTS_REVERSE, at);
@@ -283,8 +288,15 @@ points_reverse(PG_FUNCTION_ARGS)
 	{
 		HeapTuple	t = entries->vals[spend_row];
 		TupleDesc	d = entries->tupdesc;
+		Datum		vv[2];
+		static const Oid vtypes[2] = {INT8OID, TIMESTAMPTZOID};
 
 		chg.reverses[chg.nreverses++] = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+		/* the coupon an exchange bought is voided, or the reversal refused */
+		vv[0] = Int64GetDatum(chg.reverses[chg.nreverses - 1]);
+		vv[1] = TimestampTzGetDatum(at);
+		PointsExec(PointsPrepare(&void_plan, void_sql, 2, vtypes), vv, NULL, SPI_OK_SELECT);
+		/* (the entries' result is still in "entries": the tuple table survives) */
 		n_spend_lots = Int64Elems(t, d, 6, &spend_lots);
 		if (Int64Elems(t, d, 7, &spend_deltas) != n_spend_lots)
 			elog(ERROR, "inconsistent lot arrays in ledger entry " INT64_FORMAT,
@@ -389,7 +401,7 @@ points_adjust(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("reason must not be empty"),
 				 errhint("Say why the balance is corrected.")));
-	at = PointsArgTime(fcinfo, 5, "at");
+	at = PointsArgWriteTime(fcinfo, 5, "at");
 	if (has_expiry && TIMESTAMP_IS_NOBEGIN(expires_at))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -406,9 +418,11 @@ points_adjust(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PointsLockAccount(&acct, customer_id, true, at);
+	PointsClaimReference(reference, customer_id);
 	if (!PointsFindRequest(reference, POINTS_ADJUST, customer_id,
 						   PointsHash(POINTS_ADJUST, customer_id, 3, parts), &receipt))
 	{
+		PointsCheckBackdating(&acct, at, NULL);
 		PointsSettleIfDue(&acct, at);
 		PointsChangeInit(&chg, POINTS_ADJUST, at);
 		chg.reference = reference;

@@ -98,11 +98,13 @@ PointsEarnByRule(FunctionCallInfo fcinfo, const char *customer_id, const char *e
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PointsLockAccount(&acct, customer_id, true, at);
+	PointsClaimReference(reference, customer_id);
 	if (PointsFindRequest(reference, POINTS_EARN, customer_id, hash, &receipt))
 	{
 		SPI_finish();
 		return PointsReceiptDatum(fcinfo, &receipt);
 	}
+	PointsCheckBackdating(&acct, at, NULL);
 	PointsSettleIfDue(&acct, at);
 	tz = acct.program.tz;
 
@@ -247,6 +249,7 @@ points_earn_for_order(PG_FUNCTION_ARGS)
 	char	   *reference = text_to_cstring(PointsArgKey(fcinfo, 1, "reference"));
 	Numeric		amount;
 	char	   *currency = NULL;
+	char		program_currency[4];
 	TimestampTz at;
 	const char *parts[2];
 
@@ -261,16 +264,36 @@ points_earn_for_order(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(3))
 	{
 		currency = text_to_cstring(PG_GETARG_TEXT_PP(3));
-		if (currency[0] == '\0')
+		if (!LoyaltyIsCurrencyCode(currency, strlen(currency)))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("currency must not be empty"),
-					 errhint("Pass NULL for the shop's only currency.")));
+					 errmsg("invalid currency \"%s\"", currency),
+					 errdetail("A currency must be three upper-case letters (ISO 4217)."),
+					 errhint("Pass NULL for the program currency.")));
 	}
-	at = PointsArgTime(fcinfo, 4, "at");
+	at = PointsArgWriteTime(fcinfo, 4, "at");
 
+	/*
+	 * One program currency: amounts of different currencies are never added
+	 * up (qualifying spend, tiers on spend), so an order in another currency
+	 * is refused rather than counted.  NULL means the program currency.
+	 */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	memcpy(program_currency, PointsConfigGet()->program.currency, sizeof(program_currency));
+	SPI_finish();
+	if (currency != NULL && strcmp(currency, program_currency) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_POINTS_CURRENCY),
+				 errmsg("currency %s is not the points program's currency %s", currency, program_currency),
+				 errdetail("Order amounts earn points and count towards tiers in the program currency only."),
+				 errhint("Convert the amount to %s, or set loyalty.points_program.currency.", program_currency)));
+
+	/* (the fingerprint keeps the argument as given, as before 0.3.0) */
 	parts[0] = numeric_normalize(amount);
 	parts[1] = currency;
+	if (currency == NULL)
+		currency = program_currency;
 	return PointsEarnByRule(fcinfo, customer_id, "purchase", reference, NumericGetDatum(amount),
 							true, currency, at, PointsHash("order", customer_id, 2, parts));
 }
@@ -286,7 +309,7 @@ points_earn_for_action(PG_FUNCTION_ARGS)
 	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
 	char	   *action = text_to_cstring(PointsArgKey(fcinfo, 1, "action"));
 	char	   *reference = text_to_cstring(PointsArgKey(fcinfo, 2, "reference"));
-	TimestampTz at = PointsArgTime(fcinfo, 3, "at");
+	TimestampTz at = PointsArgWriteTime(fcinfo, 3, "at");
 	const char *parts[1];
 
 	if (strcmp(action, "purchase") == 0)

@@ -61,6 +61,7 @@ BEGIN
 		RAISE EXCEPTION 'customer_id and at must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, tier_progress.customer_id);
 	SELECT coalesce(p.tier_basis, 'points') INTO basis
 	FROM (SELECT 1) one LEFT JOIN loyalty.points_program p ON true;
 
@@ -121,6 +122,12 @@ BEGIN
 	IF batch_size < 1 THEN
 		RAISE EXCEPTION 'batch_size must be positive, not %', batch_size
 			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- as every points call: no business time beyond 5 minutes ahead
+	IF as_of > clock_timestamp() + interval '300 seconds' THEN
+		RAISE EXCEPTION 'as_of must not lie in the future'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('as_of is %s; points calls accept business times up to 300 seconds ahead of the server clock.', as_of);
 	END IF;
 	SELECT make_interval(days => coalesce(p.tier_grace_days, 30)) INTO grace
 	FROM (SELECT 1) one LEFT JOIN loyalty.points_program p ON true;
@@ -363,6 +370,16 @@ AS $$
 	FROM loyalty.points_ledger e WHERE e.reference IS NOT NULL AND e.kind <> 'adjust'
 	GROUP BY e.reference HAVING count(DISTINCT e.customer_id) > 1
 	UNION ALL
+	SELECT 'reference not owned by the customer', e.customer_id,
+		   format('entry %s: reference %s, owner %s', e.entry_id, e.reference, coalesce(o.customer_id, 'none'))
+	FROM loyalty.points_ledger e
+	LEFT JOIN loyalty.points_reference o ON o.reference = e.reference
+	WHERE e.reference IS NOT NULL AND o.customer_id IS DISTINCT FROM e.customer_id
+	UNION ALL
+	SELECT 'unknown tier', a.customer_id, format('tier %s is not in loyalty.tier', a.tier)
+	FROM loyalty.points_account a
+	WHERE a.tier IS NOT NULL AND NOT EXISTS (SELECT 1 FROM loyalty.tier t WHERE t.name = a.tier)
+	UNION ALL
 	SELECT 'tier differs from history', a.customer_id,
 		   format('tier %s, last change to %s', a.tier, h.to_tier)
 	FROM loyalty.points_account a JOIN last_tier h ON h.customer_id = a.customer_id
@@ -371,7 +388,7 @@ AS $$
 $$;
 
 COMMENT ON FUNCTION loyalty.check_integrity() IS
-	'Every violation of the points invariants (balance = open lots = ledger sum, no negative balance, debt, well-formed lots and entries, references, totals, tiers); empty when healthy';
+	'Every violation of the points invariants (balance = open lots = ledger sum, no negative balance, debt, well-formed lots and entries, references and their one owner, totals, tiers and that they exist); empty when healthy';
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.check_integrity()'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* views */
