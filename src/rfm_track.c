@@ -30,7 +30,9 @@
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
@@ -141,6 +143,20 @@ typedef struct RfmStatsCatalog
 				a_first,
 				a_last,
 				a_days;
+	Oid			delta_relid;	/* loyalty.customer_stats_delta */
+	bool		delta_valid;	/* the fields below match its relcache */
+	bool		delta_direct;	/* plain enough for the executor-free insert */
+	Oid			delta_idx;		/* its index on customer_id */
+	int			d_natts;
+	int			d_cust,			/* 0-based attribute positions */
+				d_rows,
+				d_orders,
+				d_spend,
+				d_fa,
+				d_la,
+				d_fr,
+				d_lr,
+				d_days;
 } RfmStatsCatalog;
 
 static RfmStatsCatalog stats_catalog;
@@ -164,8 +180,9 @@ static void
 RfmRelcacheCallback(Datum arg, Oid relid)
 {
 	/* customer_stats itself may have been re-created: look it up again */
-	if (relid == InvalidOid || relid == stats_catalog.relid)
-		stats_catalog.valid = stats_catalog.attrs_valid = false;
+	if (relid == InvalidOid || relid == stats_catalog.relid ||
+		relid == stats_catalog.delta_relid)
+		stats_catalog.valid = stats_catalog.attrs_valid = stats_catalog.delta_valid = false;
 	if (trigger_cols != NULL && !trigger_cols_stale)
 	{
 		HASH_SEQ_STATUS seq;
@@ -193,6 +210,7 @@ RfmSyscacheCallback(Datum arg, int cacheid, uint32 hashvalue)
 {
 	stats_catalog.valid = false;
 	stats_catalog.attrs_valid = false;
+	stats_catalog.delta_valid = false;
 	if (cacheid == TYPEOID)
 		trigger_cols_stale = true;	/* a column's type may have changed */
 }
@@ -225,6 +243,11 @@ RfmStatsCatalogGet(void)
 			elog(ERROR, "table loyalty.customer_stats does not exist");
 		stats_catalog.attrs_valid = stats_catalog.attrs_valid && relid == stats_catalog.relid;
 		stats_catalog.relid = relid;
+		relid = get_relname_relid("customer_stats_delta", nsp);
+		if (!OidIsValid(relid))
+			elog(ERROR, "table loyalty.customer_stats_delta does not exist");
+		stats_catalog.delta_valid = stats_catalog.delta_valid && relid == stats_catalog.delta_relid;
+		stats_catalog.delta_relid = relid;
 		stats_catalog.valid = true;
 	}
 	return &stats_catalog;
@@ -256,6 +279,55 @@ RfmStatsCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
 		cat->a_last < 0 || cat->a_days < 0)
 		elog(ERROR, "loyalty.customer_stats lacks a column");
 	cat->attrs_valid = (cat->relid == RelationGetRelid(rel));
+}
+
+/*
+ * Column positions of customer_stats_delta and whether the executor-free
+ * insert may write it: a heap table whose only index is the one on
+ * customer_id, without triggers or row level security (anything else,
+ * say an index or a trigger someone added, goes through SQL).
+ */
+static void
+RfmDeltaCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *indexes;
+
+	if (cat->delta_valid && cat->delta_relid == RelationGetRelid(rel))
+		return;
+	cat->d_natts = desc->natts;
+	cat->d_cust = SPI_fnumber(desc, "customer_id") - 1;
+	cat->d_rows = SPI_fnumber(desc, "row_count") - 1;
+	cat->d_orders = SPI_fnumber(desc, "order_count") - 1;
+	cat->d_spend = SPI_fnumber(desc, "spend_total") - 1;
+	cat->d_fa = SPI_fnumber(desc, "first_added") - 1;
+	cat->d_la = SPI_fnumber(desc, "last_added") - 1;
+	cat->d_fr = SPI_fnumber(desc, "first_removed") - 1;
+	cat->d_lr = SPI_fnumber(desc, "last_removed") - 1;
+	cat->d_days = SPI_fnumber(desc, "days") - 1;
+	if (cat->d_cust < 0 || cat->d_rows < 0 || cat->d_orders < 0 || cat->d_spend < 0 ||
+		cat->d_fa < 0 || cat->d_la < 0 || cat->d_fr < 0 || cat->d_lr < 0 || cat->d_days < 0)
+		elog(ERROR, "loyalty.customer_stats_delta lacks a column");
+	cat->delta_idx = InvalidOid;
+	indexes = RelationGetIndexList(rel);
+	if (list_length(indexes) == 1)
+	{
+		Relation	idx = index_open(linitial_oid(indexes), AccessShareLock);
+		Form_pg_index ind = idx->rd_index;
+
+		if (ind->indnatts == 1 && ind->indkey.values[0] == cat->d_cust + 1 &&
+			RelationGetIndexExpressions(idx) == NIL &&
+			RelationGetIndexPredicate(idx) == NIL)
+			cat->delta_idx = RelationGetRelid(idx);
+		index_close(idx, AccessShareLock);
+	}
+	list_free(indexes);
+	cat->delta_direct = OidIsValid(cat->delta_idx) &&
+		rel->rd_rel->relam == HEAP_TABLE_AM_OID &&
+		rel->trigdesc == NULL &&
+		!rel->rd_rel->relrowsecurity &&
+		rel->rd_rel->relkind == RELKIND_RELATION;
+	cat->delta_valid = (cat->delta_relid == RelationGetRelid(rel));
 }
 
 /*
@@ -1220,6 +1292,276 @@ RfmDeltaApply(RfmDelta *delta)
 
 }
 
+/*
+ * The customers of a delta whose change is not a no-op, in *list (in the
+ * delta's context); returns how many.
+ */
+static int
+RfmDeltaList(RfmDelta *delta, RfmCustDelta ***list)
+{
+	long		ncust = delta->customers ? hash_get_num_entries(delta->customers)
+		: (delta->single ? 1 : 0);
+	HASH_SEQ_STATUS seq;
+	RfmCustDelta *c;
+	int			n = 0;
+
+	*list = MemoryContextAlloc(delta->cxt, sizeof(RfmCustDelta *) * Max(ncust, 1));
+	if (delta->customers)
+	{
+		hash_seq_init(&seq, delta->customers);
+		while ((c = hash_seq_search(&seq)) != NULL)
+			if (!RfmCustIsNoop(c))
+				(*list)[n++] = c;
+	}
+	else if (delta->single && !RfmCustIsNoop(delta->single))
+		(*list)[n++] = delta->single;
+	return n;
+}
+
+/* The day buckets and total spend of one customer's delta. */
+static RfmDays *
+RfmCustDeltaDays(RfmDelta *delta, RfmCustDelta *c, Numeric *spend)
+{
+	RfmDayEntry *entries = palloc(sizeof(RfmDayEntry) * Max(c->ndays, 1));
+	RfmMoney	total;
+	int			k;
+
+	memset(&total, 0, sizeof(total));
+	for (k = 0; k < c->ndays; k++)
+	{
+		entries[k].day = c->days[k].day;
+		entries[k].orders = c->days[k].orders;
+		entries[k].spend = RfmMoneyToNumeric(&c->days[k].spend);
+		RfmMoneyAddMoney(&total, &c->days[k].spend, delta->cxt);
+	}
+	*spend = RfmMoneyToNumeric(&total);
+	return RfmDaysBuild(entries, c->ndays);
+}
+
+/* Prepared INSERT of RfmDeltaAppendSql, and the day_buckets OID it is for. */
+static SPIPlanPtr append_plan = NULL;
+static Oid	append_plan_days_type = InvalidOid;
+
+/*
+ * Append delta rows through SQL: used when customer_stats_delta is not
+ * plain enough for the executor-free insert (someone added an index or a
+ * trigger to it).  Connects to SPI itself.
+ */
+static void
+RfmDeltaAppendSql(Datum **v, bool **nulls, int n)
+{
+	Oid			daysoid = RfmDaysTypeOid();
+	Oid			elemtypes[9] = {TEXTOID, INT8OID, INT8OID, NUMERICOID, TIMESTAMPTZOID,
+	TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, daysoid};
+	Datum		args[9];
+	int			i;
+
+	SPI_connect();
+	if (append_plan != NULL && append_plan_days_type != daysoid)
+	{
+		SPI_freeplan(append_plan);
+		append_plan = NULL;
+	}
+	if (append_plan == NULL)
+	{
+		Oid			argtypes[9];
+		SPIPlanPtr	plan;
+
+		for (i = 0; i < 9; i++)
+			argtypes[i] = get_array_type(elemtypes[i]);
+		plan = SPI_prepare("INSERT INTO loyalty.customer_stats_delta (customer_id, row_count,"
+						   " order_count, spend_total, first_added, last_added, first_removed,"
+						   " last_removed, days)"
+						   " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+						   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+						   " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+						   " pg_catalog.unnest($9))", 9, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		append_plan = plan;
+		append_plan_days_type = daysoid;
+	}
+	for (i = 0; i < 9; i++)
+		args[i] = PointerGetDatum(RfmMakeArray(v[i], nulls[i], n, elemtypes[i]));
+	if (SPI_execute_plan(append_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not append to loyalty.customer_stats_delta");
+	SPI_finish();
+}
+
+/*
+ * Append a statement's delta: one row per customer whose statistics it
+ * changes, in loyalty.customer_stats_delta.  This is all a tracked
+ * statement writes: it updates no shared row and reads nothing, so it
+ * cannot wait for, deadlock with or be rolled back because of another
+ * transaction (no serialization failure at any isolation level).  The
+ * rows are inserted without the executor (heap insert plus the one index
+ * entry), which is the whole of tracking's cost on the checkout path next
+ * to reading the transition tables.
+ */
+static void
+RfmDeltaAppend(RfmDelta *delta)
+{
+	MemoryContext old = MemoryContextSwitchTo(delta->cxt);
+	RfmStatsCatalog *cat = RfmStatsCatalogGet();
+	RfmCustDelta **list;
+	int			n = RfmDeltaList(delta, &list);
+	Relation	rel;
+	Datum	   *v[9];
+	bool	   *nulls[9];
+	int			i,
+				k;
+
+	if (n == 0)
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	for (k = 0; k < 9; k++)
+	{
+		v[k] = palloc(sizeof(Datum) * n);
+		nulls[k] = palloc0(sizeof(bool) * n);
+	}
+	for (i = 0; i < n; i++)
+	{
+		RfmCustDelta *c = list[i];
+		Numeric		spend;
+		RfmDays    *days = RfmCustDeltaDays(delta, c, &spend);
+
+		v[0][i] = CStringGetTextDatum(c->key);
+		v[1][i] = Int64GetDatum(c->rows);
+		v[2][i] = Int64GetDatum(c->orders);
+		v[3][i] = NumericGetDatum(spend);
+		v[4][i] = TimestampTzGetDatum(c->min_added);
+		v[5][i] = TimestampTzGetDatum(c->max_added);
+		nulls[4][i] = nulls[5][i] = !c->has_added;
+		v[6][i] = TimestampTzGetDatum(c->min_removed);
+		v[7][i] = TimestampTzGetDatum(c->max_removed);
+		nulls[6][i] = nulls[7][i] = !c->has_removed;
+		v[8][i] = PointerGetDatum(days);
+		nulls[8][i] = (days == NULL || RfmDaysCount(days) == 0);
+	}
+
+	rel = table_open(cat->delta_relid, RowExclusiveLock);
+	RfmDeltaCatalogAttrs(cat, rel);
+	if (!cat->delta_direct)
+	{
+		table_close(rel, NoLock);
+		RfmDeltaAppendSql(v, nulls, n);
+	}
+	else
+	{
+		Relation	idx = index_open(cat->delta_idx, RowExclusiveLock);
+		IndexInfo  *info = BuildIndexInfo(idx);
+		TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
+		CommandId	cid = GetCurrentCommandId(true);
+		int			pos[9] = {cat->d_cust, cat->d_rows, cat->d_orders, cat->d_spend,
+		cat->d_fa, cat->d_la, cat->d_fr, cat->d_lr, cat->d_days};
+
+		for (i = 0; i < n; i++)
+		{
+			bool		keynull = false;
+
+			ExecClearTuple(slot);
+			for (k = 0; k < cat->d_natts; k++)
+			{
+				slot->tts_values[k] = (Datum) 0;
+				slot->tts_isnull[k] = true;
+			}
+			for (k = 0; k < 9; k++)
+			{
+				slot->tts_values[pos[k]] = v[k][i];
+				slot->tts_isnull[pos[k]] = nulls[k][i];
+			}
+			ExecStoreVirtualTuple(slot);
+			table_tuple_insert(rel, slot, cid, 0, NULL);
+			index_insert_new_compat(idx, &v[0][i], &keynull, &slot->tts_tid, rel,
+									UNIQUE_CHECK_NO, info);
+		}
+		ExecDropSingleTupleTableSlot(slot);
+		index_close(idx, NoLock);
+		table_close(rel, NoLock);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Fold every pending delta this statement sees into customer_stats and
+ * delete exactly those rows, in one statement: DELETE ... RETURNING takes
+ * the rows visible to its snapshot (deltas of transactions still in flight
+ * stay for the next fold; a concurrent fold that deleted a row first makes
+ * this one skip it), they are summed per customer and upserted in customer
+ * order.  Trackers only insert into the delta table, so nothing here waits
+ * for them or makes them wait.  The first and last order times cannot be
+ * derived from deltas when a removed order may have been one of them: for
+ * those customers they are read again from the tracked tables (a fresh
+ * snapshot, at least as new as the deltas folded).  Must run inside SPI,
+ * READ COMMITTED.  Returns the delta rows folded; *customers the customers
+ * they touched.
+ */
+int64
+RfmFoldDeltas(int64 *customers)
+{
+	int			ret;
+	uint64		r;
+	uint64		nres;
+	SPITupleTable *res;
+	int64		folded = 0;
+	char	  **fix;
+	int			nfix = 0;
+
+	ret = SPI_execute("WITH d AS ("
+					  "  DELETE FROM loyalty.customer_stats_delta"
+					  "  RETURNING customer_id, row_count, order_count, spend_total, first_added,"
+					  "  last_added, first_removed, last_removed, days),"
+					  " a AS ("
+					  "  SELECT d.customer_id, pg_catalog.count(*) AS n,"
+					  "  pg_catalog.sum(d.row_count)::pg_catalog.int8 AS r,"
+					  "  pg_catalog.sum(d.order_count)::pg_catalog.int8 AS o,"
+					  "  pg_catalog.sum(d.spend_total) AS sp,"
+					  "  pg_catalog.min(d.first_added) AS fa, pg_catalog.max(d.last_added) AS la,"
+					  "  pg_catalog.min(d.first_removed) AS fr, pg_catalog.max(d.last_removed) AS lr,"
+					  "  loyalty._rfm_days_fold(d.days) AS dd"
+					  "  FROM d GROUP BY d.customer_id),"
+					  " u AS ("
+					  "  INSERT INTO loyalty.customer_stats AS s"
+					  "  (customer_id, row_count, order_count, spend_total, first_order, last_order, days)"
+					  "  SELECT a.customer_id, a.r, a.o, a.sp, a.fa, a.la, a.dd FROM a ORDER BY a.customer_id"
+					  "  ON CONFLICT (customer_id) DO UPDATE SET"
+					  "  row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
+					  "  order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
+					  "  spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
+					  "  first_order = LEAST(s.first_order, excluded.first_order),"
+					  "  last_order = GREATEST(s.last_order, excluded.last_order),"
+					  "  days = loyalty._rfm_days_merge(s.days, excluded.days)"
+					  "  RETURNING s.customer_id, s.first_order, s.last_order)"
+					  " SELECT a.customer_id, a.n,"
+					  "  a.lr IS NOT NULL AND (u.last_order IS NULL"
+					  "  OR u.last_order OPERATOR(pg_catalog.<=) a.lr OR u.first_order IS NULL"
+					  "  OR u.first_order OPERATOR(pg_catalog.>=) a.fr)"
+					  " FROM a JOIN u ON u.customer_id OPERATOR(pg_catalog.=) a.customer_id",
+					  false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not fold loyalty.customer_stats_delta: %s", SPI_result_code_string(ret));
+	res = SPI_tuptable;
+	nres = SPI_processed;
+	fix = palloc(sizeof(char *) * Max(nres, 1));
+	for (r = 0; r < nres; r++)
+	{
+		bool		isnull;
+
+		folded += DatumGetInt64(SPI_getbinval(res->vals[r], res->tupdesc, 2, &isnull));
+		if (DatumGetBool(SPI_getbinval(res->vals[r], res->tupdesc, 3, &isnull)) && !isnull)
+			fix[nfix++] = SPI_getvalue(res->vals[r], res->tupdesc, 1);
+	}
+	if (customers)
+		*customers = (int64) nres;
+	if (nfix > 0)
+		RfmFixOrderTimes(fix, nfix);
+	CommandCounterIncrement();
+	return folded;
+}
+
 /* Forget a delta's customers after it was applied (back-fill chunks). */
 static void
 RfmDeltaReset(RfmDelta **delta)
@@ -1339,6 +1681,17 @@ RfmRebuild(void)
 	if (SPI_execute("LOCK TABLE loyalty.customer_stats IN SHARE ROW EXCLUSIVE MODE",
 					false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not lock loyalty.customer_stats");
+
+	/*
+	 * Trackers append under ROW EXCLUSIVE: this waits for those in flight
+	 * and holds new ones off until commit; their pending deltas are part of
+	 * what the back-fill recounts.
+	 */
+	if (SPI_execute("LOCK TABLE loyalty.customer_stats_delta IN SHARE ROW EXCLUSIVE MODE",
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not lock loyalty.customer_stats_delta");
+	if (SPI_execute("DELETE FROM loyalty.customer_stats_delta", false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not clear loyalty.customer_stats_delta");
 	if (SPI_execute("UPDATE loyalty.customer_stats SET row_count = 0, order_count = 0,"
 					" spend_total = 0, first_order = NULL, last_order = NULL, days = NULL"
 					" WHERE row_count OPERATOR(pg_catalog.<>) 0 OR days IS NOT NULL"
@@ -1431,9 +1784,9 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 	SetUserIdAndSecContext(RfmStatsCatalogGet()->owner,
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 
-	SPI_connect();
 	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
 	{
+		SPI_connect();
 		RfmRebuild();
 		SPI_finish();
 		SetUserIdAndSecContext(save_userid, save_sec_context);
@@ -1451,9 +1804,8 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 		RfmDeltaAddTuplestore(delta, &cols, td->tg_oldtable, RelationGetDescr(rel), -1);
 	if (td->tg_newtable)
 		RfmDeltaAddTuplestore(delta, &cols, td->tg_newtable, RelationGetDescr(rel), +1);
-	RfmDeltaApply(delta);
+	RfmDeltaAppend(delta);
 	MemoryContextDelete(delta->cxt);
-	SPI_finish();
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	return PointerGetDatum(NULL);
 }

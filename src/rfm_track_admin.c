@@ -40,6 +40,7 @@ PG_FUNCTION_INFO_V1(rfm_track_orders);
 PG_FUNCTION_INFO_V1(rfm_untrack_orders);
 PG_FUNCTION_INFO_V1(rfm_rebuild_tracking);
 PG_FUNCTION_INFO_V1(rfm_check_tracked);
+PG_FUNCTION_INFO_V1(rfm_fold_tracking);
 
 /* Names of the triggers track_orders installs on a tracked table. */
 #define RFM_TRIGGER_PREFIX "loyalty_rfm_track_"
@@ -246,19 +247,17 @@ RfmStatusCounts(RfmTrackCols *cols, Datum value, bool isnull)
 }
 
 /*
- * Read the first and last order times of some customers again from every
- * tracked table (after a statement removed what may have been one of them)
- * and store them.  Rows of these customers are locked by the caller's
- * upsert, so nothing can change them in between.
+ * The first and last order times of some customers, read again from every
+ * tracked table (after removals that may have taken one of them away):
+ * first[i] / last[i] for keys[i], null when the customer has no order.
+ * read_only: the caller's snapshot (a reader adding pending deltas, which
+ * must see the tables as of the same snapshot as the deltas); otherwise a
+ * fresh one (a fold: at least as new as the deltas it folded).
  */
 void
-RfmFixOrderTimes(char **keys, int n)
+RfmReadOrderTimes(char **keys, int n, Datum *first, bool *first_null,
+				  Datum *last, bool *last_null, bool read_only)
 {
-	Datum	   *first = palloc(sizeof(Datum) * n);
-	Datum	   *last = palloc(sizeof(Datum) * n);
-	bool	   *first_null = palloc(sizeof(bool) * n);
-	bool	   *last_null = palloc(sizeof(bool) * n);
-	Datum	   *keyd = palloc(sizeof(Datum) * n);
 	HTAB	   *pos;
 	HASHCTL		ctl;
 	int			i;
@@ -283,13 +282,12 @@ RfmFixOrderTimes(char **keys, int n)
 
 		*(int *) (ent + 1) = i;
 		first_null[i] = last_null[i] = true;
-		keyd[i] = CStringGetTextDatum(keys[i]);
 	}
 
 	if (SPI_execute("SELECT orders::pg_catalog.oid, customer_column, ordered_at_column,"
 					" amount_column, status_column, counted_statuses"
 					" FROM loyalty.tracked_table ORDER BY orders::pg_catalog.oid",
-					false, 0) != SPI_OK_SELECT)
+					read_only, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read loyalty.tracked_table");
 	tracked = SPI_tuptable;
 	ntracked = SPI_processed;
@@ -364,7 +362,7 @@ RfmFixOrderTimes(char **keys, int n)
 						 quote_identifier(cust_col),
 						 quote_identifier(time_col),
 						 quote_identifier(amount_col), quote_identifier(amount_col));
-		if (SPI_execute_with_args(sql.data, 1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+		if (SPI_execute_with_args(sql.data, 1, argtypes, args, NULL, read_only, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read order times of \"%s\"", RelationGetRelationName(rel));
 		res = SPI_tuptable;
 		for (r = 0; r < SPI_processed; r++)
@@ -418,7 +416,28 @@ RfmFixOrderTimes(char **keys, int n)
 		}
 		table_close(rel, AccessShareLock);
 	}
+}
 
+/*
+ * Read the first and last order times of some customers again from the
+ * tracked tables and store them in customer_stats (a fold found that a
+ * removed order may have been one of them).
+ */
+void
+RfmFixOrderTimes(char **keys, int n)
+{
+	Datum	   *first = palloc(sizeof(Datum) * n);
+	Datum	   *last = palloc(sizeof(Datum) * n);
+	bool	   *first_null = palloc(sizeof(bool) * n);
+	bool	   *last_null = palloc(sizeof(bool) * n);
+	Datum	   *keyd = palloc(sizeof(Datum) * n);
+	Datum		args[3];
+	Oid			argtypes[3];
+	int			i;
+
+	RfmReadOrderTimes(keys, n, first, first_null, last, last_null, false);
+	for (i = 0; i < n; i++)
+		keyd[i] = CStringGetTextDatum(keys[i]);
 	if (fix_times_plan == NULL)
 	{
 		SPIPlanPtr	plan;
@@ -694,6 +713,8 @@ rfm_track_orders(PG_FUNCTION_ARGS)
 	}
 
 	rows = RfmBackfill(relid, cust_col, time_col, amount_col, status_col, nst, sts);
+	/* customers counted below include those with pending changes only */
+	(void) RfmFoldDeltas(NULL);
 	values[0] = Int64GetDatum(rows);
 	values[1] = Int64GetDatum(RfmCountCustomers());
 	SPI_finish();
@@ -790,6 +811,32 @@ rfm_rebuild_tracking(PG_FUNCTION_ARGS)
 	}
 	values[0] = Int64GetDatum(RfmRebuild());
 	values[1] = Int64GetDatum(RfmCountCustomers());
+	SPI_finish();
+	if (get_call_result_type(fcinfo, NULL, &rdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(rdesc), values, nulls)));
+}
+
+/*
+ * loyalty.fold_tracking(): fold the pending tracked changes into
+ * customer_stats now (refresh_segments does it first thing; this is for an
+ * administrator who reads customer_stats directly, or wants the delta
+ * table small between refreshes).  Returns the delta rows folded and the
+ * customers they touched.  READ COMMITTED only, like the refresh: it
+ * deletes the deltas its statement sees and reads order times afresh.
+ */
+Datum
+rfm_fold_tracking(PG_FUNCTION_ARGS)
+{
+	TupleDesc	rdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	int64		customers = 0;
+
+	RfmLiveRequireReadCommitted("loyalty.fold_tracking()");
+	SPI_connect();
+	values[0] = Int64GetDatum(RfmFoldDeltas(&customers));
+	values[1] = Int64GetDatum(customers);
 	SPI_finish();
 	if (get_call_result_type(fcinfo, NULL, &rdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
