@@ -105,6 +105,7 @@ typedef struct RfmDaysSum
 extern RfmDays *RfmDaysBuild(RfmDayEntry *entries, int n);
 extern RfmDays *RfmDaysMerge(RfmDays *a, RfmDays *delta);
 extern RfmDays *RfmDaysPrune(RfmDays *a, DateADT before);
+extern RfmDays *RfmDaysNegate(RfmDays *d);
 extern void RfmDaysWindow(RfmDays *d, DateADT from, DateADT to,
 						  RfmDaysSum *sum, bool want_spend, MemoryContext cxt);
 extern int	RfmDaysCount(RfmDays *d);

@@ -1418,7 +1418,8 @@ RfmLiveRead(text *cust, RfmLiveStats *live)
 							  " pg_catalog.sum(d.order_count)::pg_catalog.int8, pg_catalog.sum(d.spend_total),"
 							  " pg_catalog.min(d.first_added), pg_catalog.max(d.last_added),"
 							  " pg_catalog.min(d.first_removed), pg_catalog.max(d.last_removed),"
-							  " loyalty._rfm_days_fold(d.days)"
+							  " loyalty._rfm_days_minus(loyalty._rfm_days_fold(d.days),"
+							  " loyalty._rfm_days_fold(d.days_removed))"
 							  " FROM loyalty.customer_stats_delta d"
 							  " WHERE d.customer_id OPERATOR(pg_catalog.=) $1",
 							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)

@@ -156,7 +156,8 @@ typedef struct RfmStatsCatalog
 				d_la,
 				d_fr,
 				d_lr,
-				d_days;
+				d_days,
+				d_removed;
 } RfmStatsCatalog;
 
 static RfmStatsCatalog stats_catalog;
@@ -305,8 +306,10 @@ RfmDeltaCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
 	cat->d_fr = SPI_fnumber(desc, "first_removed") - 1;
 	cat->d_lr = SPI_fnumber(desc, "last_removed") - 1;
 	cat->d_days = SPI_fnumber(desc, "days") - 1;
+	cat->d_removed = SPI_fnumber(desc, "days_removed") - 1;
 	if (cat->d_cust < 0 || cat->d_rows < 0 || cat->d_orders < 0 || cat->d_spend < 0 ||
-		cat->d_fa < 0 || cat->d_la < 0 || cat->d_fr < 0 || cat->d_lr < 0 || cat->d_days < 0)
+		cat->d_fa < 0 || cat->d_la < 0 || cat->d_fr < 0 || cat->d_lr < 0 || cat->d_days < 0 ||
+		cat->d_removed < 0)
 		elog(ERROR, "loyalty.customer_stats_delta lacks a column");
 	cat->delta_idx = InvalidOid;
 	indexes = RelationGetIndexList(rel);
@@ -1318,25 +1321,53 @@ RfmDeltaList(RfmDelta *delta, RfmCustDelta ***list)
 	return n;
 }
 
-/* The day buckets and total spend of one customer's delta. */
-static RfmDays *
-RfmCustDeltaDays(RfmDelta *delta, RfmCustDelta *c, Numeric *spend)
+/*
+ * The day buckets and total spend of one customer's delta, as two valid
+ * day_buckets values (stored values never hold negative order counts):
+ * *added the net change of the days whose order count did not fall,
+ * *removed the opposite of the net change of the others.  Days without a
+ * net change are left out; NULL when there is no such day.
+ */
+static void
+RfmCustDeltaDays(RfmDelta *delta, RfmCustDelta *c, Numeric *spend,
+				 RfmDays **added, RfmDays **removed)
 {
-	RfmDayEntry *entries = palloc(sizeof(RfmDayEntry) * Max(c->ndays, 1));
+	RfmDayEntry *plus = palloc(sizeof(RfmDayEntry) * Max(c->ndays, 1));
+	RfmDayEntry *minus = palloc(sizeof(RfmDayEntry) * Max(c->ndays, 1));
+	int			nplus = 0,
+				nminus = 0;
 	RfmMoney	total;
 	int			k;
 
 	memset(&total, 0, sizeof(total));
 	for (k = 0; k < c->ndays; k++)
 	{
-		entries[k].day = c->days[k].day;
-		entries[k].orders = c->days[k].orders;
-		entries[k].spend = RfmMoneyToNumeric(&c->days[k].spend);
+		Numeric		s;
+
 		RfmMoneyAddMoney(&total, &c->days[k].spend, delta->cxt);
+		if (c->days[k].orders == 0 && RfmMoneyIsZero(&c->days[k].spend))
+			continue;
+		s = RfmMoneyToNumeric(&c->days[k].spend);
+		if (c->days[k].orders >= 0)
+		{
+			plus[nplus].day = c->days[k].day;
+			plus[nplus].orders = c->days[k].orders;
+			plus[nplus++].spend = s;
+		}
+		else
+		{
+			minus[nminus].day = c->days[k].day;
+			minus[nminus].orders = -c->days[k].orders;
+			minus[nminus++].spend = RfmNumericSub(RfmNumericZero(), s);
+		}
 	}
 	*spend = RfmMoneyToNumeric(&total);
-	return RfmDaysBuild(entries, c->ndays);
+	*added = nplus > 0 ? RfmDaysBuild(plus, nplus) : NULL;
+	*removed = nminus > 0 ? RfmDaysBuild(minus, nminus) : NULL;
 }
+
+/* Columns of a customer_stats_delta row, in the order of the table. */
+#define RFM_DELTA_COLS 10
 
 /* Prepared INSERT of RfmDeltaAppendSql, and the day_buckets OID it is for. */
 static SPIPlanPtr append_plan = NULL;
@@ -1351,9 +1382,9 @@ static void
 RfmDeltaAppendSql(Datum **v, bool **nulls, int n)
 {
 	Oid			daysoid = RfmDaysTypeOid();
-	Oid			elemtypes[9] = {TEXTOID, INT8OID, INT8OID, NUMERICOID, TIMESTAMPTZOID,
-	TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, daysoid};
-	Datum		args[9];
+	Oid			elemtypes[RFM_DELTA_COLS] = {TEXTOID, INT8OID, INT8OID, NUMERICOID, TIMESTAMPTZOID,
+	TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, daysoid, daysoid};
+	Datum		args[RFM_DELTA_COLS];
 	int			i;
 
 	SPI_connect();
@@ -1364,25 +1395,25 @@ RfmDeltaAppendSql(Datum **v, bool **nulls, int n)
 	}
 	if (append_plan == NULL)
 	{
-		Oid			argtypes[9];
+		Oid			argtypes[RFM_DELTA_COLS];
 		SPIPlanPtr	plan;
 
-		for (i = 0; i < 9; i++)
+		for (i = 0; i < RFM_DELTA_COLS; i++)
 			argtypes[i] = get_array_type(elemtypes[i]);
 		plan = SPI_prepare("INSERT INTO loyalty.customer_stats_delta (customer_id, row_count,"
 						   " order_count, spend_total, first_added, last_added, first_removed,"
-						   " last_removed, days)"
+						   " last_removed, days, days_removed)"
 						   " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
 						   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
 						   " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-						   " pg_catalog.unnest($9))", 9, argtypes);
+						   " pg_catalog.unnest($9), pg_catalog.unnest($10))", RFM_DELTA_COLS, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
 		append_plan = plan;
 		append_plan_days_type = daysoid;
 	}
-	for (i = 0; i < 9; i++)
+	for (i = 0; i < RFM_DELTA_COLS; i++)
 		args[i] = PointerGetDatum(RfmMakeArray(v[i], nulls[i], n, elemtypes[i]));
 	if (SPI_execute_plan(append_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not append to loyalty.customer_stats_delta");
@@ -1407,8 +1438,8 @@ RfmDeltaAppend(RfmDelta *delta)
 	RfmCustDelta **list;
 	int			n = RfmDeltaList(delta, &list);
 	Relation	rel;
-	Datum	   *v[9];
-	bool	   *nulls[9];
+	Datum	   *v[RFM_DELTA_COLS];
+	bool	   *nulls[RFM_DELTA_COLS];
 	int			i,
 				k;
 
@@ -1417,7 +1448,7 @@ RfmDeltaAppend(RfmDelta *delta)
 		MemoryContextSwitchTo(old);
 		return;
 	}
-	for (k = 0; k < 9; k++)
+	for (k = 0; k < RFM_DELTA_COLS; k++)
 	{
 		v[k] = palloc(sizeof(Datum) * n);
 		nulls[k] = palloc0(sizeof(bool) * n);
@@ -1426,7 +1457,10 @@ RfmDeltaAppend(RfmDelta *delta)
 	{
 		RfmCustDelta *c = list[i];
 		Numeric		spend;
-		RfmDays    *days = RfmCustDeltaDays(delta, c, &spend);
+		RfmDays    *days;
+		RfmDays    *removed;
+
+		RfmCustDeltaDays(delta, c, &spend, &days, &removed);
 
 		v[0][i] = CStringGetTextDatum(c->key);
 		v[1][i] = Int64GetDatum(c->rows);
@@ -1439,7 +1473,9 @@ RfmDeltaAppend(RfmDelta *delta)
 		v[7][i] = TimestampTzGetDatum(c->max_removed);
 		nulls[6][i] = nulls[7][i] = !c->has_removed;
 		v[8][i] = PointerGetDatum(days);
-		nulls[8][i] = (days == NULL || RfmDaysCount(days) == 0);
+		nulls[8][i] = (days == NULL);
+		v[9][i] = PointerGetDatum(removed);
+		nulls[9][i] = (removed == NULL);
 	}
 
 	rel = table_open(cat->delta_relid, RowExclusiveLock);
@@ -1455,8 +1491,8 @@ RfmDeltaAppend(RfmDelta *delta)
 		IndexInfo  *info = BuildIndexInfo(idx);
 		TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
 		CommandId	cid = GetCurrentCommandId(true);
-		int			pos[9] = {cat->d_cust, cat->d_rows, cat->d_orders, cat->d_spend,
-		cat->d_fa, cat->d_la, cat->d_fr, cat->d_lr, cat->d_days};
+		int			pos[RFM_DELTA_COLS] = {cat->d_cust, cat->d_rows, cat->d_orders, cat->d_spend,
+		cat->d_fa, cat->d_la, cat->d_fr, cat->d_lr, cat->d_days, cat->d_removed};
 
 		for (i = 0; i < n; i++)
 		{
@@ -1468,7 +1504,7 @@ RfmDeltaAppend(RfmDelta *delta)
 				slot->tts_values[k] = (Datum) 0;
 				slot->tts_isnull[k] = true;
 			}
-			for (k = 0; k < 9; k++)
+			for (k = 0; k < RFM_DELTA_COLS; k++)
 			{
 				slot->tts_values[pos[k]] = v[k][i];
 				slot->tts_isnull[pos[k]] = nulls[k][i];
@@ -1513,7 +1549,7 @@ RfmFoldDeltas(int64 *customers)
 	ret = SPI_execute("WITH d AS ("
 					  "  DELETE FROM loyalty.customer_stats_delta"
 					  "  RETURNING customer_id, row_count, order_count, spend_total, first_added,"
-					  "  last_added, first_removed, last_removed, days),"
+					  "  last_added, first_removed, last_removed, days, days_removed),"
 					  " a AS ("
 					  "  SELECT d.customer_id, pg_catalog.count(*) AS n,"
 					  "  pg_catalog.sum(d.row_count)::pg_catalog.int8 AS r,"
@@ -1521,7 +1557,8 @@ RfmFoldDeltas(int64 *customers)
 					  "  pg_catalog.sum(d.spend_total) AS sp,"
 					  "  pg_catalog.min(d.first_added) AS fa, pg_catalog.max(d.last_added) AS la,"
 					  "  pg_catalog.min(d.first_removed) AS fr, pg_catalog.max(d.last_removed) AS lr,"
-					  "  loyalty._rfm_days_fold(d.days) AS dd"
+					  "  loyalty._rfm_days_minus(loyalty._rfm_days_fold(d.days),"
+					  "  loyalty._rfm_days_fold(d.days_removed)) AS dd"
 					  "  FROM d GROUP BY d.customer_id),"
 					  " u AS ("
 					  "  INSERT INTO loyalty.customer_stats AS s"

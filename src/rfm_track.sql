@@ -88,6 +88,14 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty._rfm_days_prune(loyalty.day_buckets, date) IS
 	'Internal: the day buckets of days on or after the given date';
 
+CREATE FUNCTION loyalty._rfm_days_minus(loyalty.day_buckets, loyalty.day_buckets)
+RETURNS loyalty.day_buckets
+AS 'MODULE_PATHNAME', 'rfm_days_minus'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_days_minus(loyalty.day_buckets, loyalty.day_buckets) IS
+	'Internal: added minus removed day buckets of pending changes, as a delta (NULL = no bucket)';
+
 CREATE AGGREGATE loyalty._rfm_days_fold(loyalty.day_buckets) (
 	SFUNC = loyalty._rfm_days_merge,
 	STYPE = loyalty.day_buckets
@@ -164,7 +172,8 @@ CREATE TABLE loyalty.customer_stats_delta (
 	last_added		timestamptz,
 	first_removed	timestamptz,
 	last_removed	timestamptz,
-	days			loyalty.day_buckets
+	days			loyalty.day_buckets,
+	days_removed	loyalty.day_buckets
 );
 
 CREATE INDEX customer_stats_delta_customer ON loyalty.customer_stats_delta (customer_id);
@@ -186,7 +195,9 @@ COMMENT ON COLUMN loyalty.customer_stats_delta.first_removed IS
 COMMENT ON COLUMN loyalty.customer_stats_delta.last_removed IS
 	'Latest order time removed (NULL: no order removed)';
 COMMENT ON COLUMN loyalty.customer_stats_delta.days IS
-	'Change of orders and spend per UTC day';
+	'Net change of orders and spend per UTC day made by one statement, for the days whose order count did not fall';
+COMMENT ON COLUMN loyalty.customer_stats_delta.days_removed IS
+	'Opposite of the net change per UTC day made by one statement, for the days whose order count fell (stored buckets never hold negative counts)';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.customer_stats_delta', '');
 
@@ -551,7 +562,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.fold_tracking() IS
 	'Fold the pending tracked changes (loyalty.customer_stats_delta) into loyalty.customer_stats now, as refresh_segments does first';
-SELECT loyalty._register_function('admin', 'loyalty.fold_tracking()');
+SELECT loyalty._register_function('admin', 'loyalty.fold_tracking()'::pg_catalog.regprocedure);
 
 CREATE FUNCTION loyalty.refresh_segments(
 	as_of timestamptz DEFAULT pg_catalog.now(),
