@@ -1107,26 +1107,47 @@ RfmMakeArray(Datum *values, bool *nulls, int n, Oid elemtype)
 }
 
 /*
- * Apply a delta directly to customer_stats (back-fills and rebuilds only):
- * every customer that changed, in customer order (existing ones updated
- * without the executor, new ones in one upsert), then re-read first/last
- * order times where a removal may have taken them away.  Must run inside
- * SPI.
+ * Whether a customer's first or last order time must be read again after
+ * applying its change, given the times the row now holds.  A statement's
+ * own delta (fold false) can only have lost them where it removed more
+ * than it added at the edge; a fold of several statements' deltas (fold
+ * true) may have added and later removed the very same order, so any
+ * removal at or beyond the times now held is re-read.
+ */
+static bool
+RfmTimesNeedFix(RfmCustDelta *c, bool fold, bool fnull, TimestampTz f,
+				bool lnull, TimestampTz l)
+{
+	if (fold)
+		return c->has_removed &&
+			(lnull || l <= c->max_removed || fnull || f >= c->min_removed);
+	return (RfmNeedsLastCheck(c) && (lnull || l <= c->max_removed)) ||
+		(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed));
+}
+
+/* Whether RfmTimesNeedFix can be true for this customer's change. */
+static bool
+RfmMayNeedFix(RfmCustDelta *c, bool fold)
+{
+	return fold ? c->has_removed : (RfmNeedsLastCheck(c) || RfmNeedsFirstCheck(c));
+}
+
+/*
+ * Apply per-customer changes to customer_stats, in customer order: list[i]
+ * with its values v[0..6][i] (customer id, rows, orders, spend, first and
+ * last order added, day-bucket delta) and their nulls.  Existing customers
+ * are updated without the executor, new ones inserted by one upsert, then
+ * first/last order times are read again where a removal may have taken
+ * them away (RfmTimesNeedFix).  Used by back-fills and rebuilds (a
+ * statement-sized delta) and by the fold of pending changes.  Must run
+ * inside SPI.
  */
 static void
-RfmDeltaApply(RfmDelta *delta)
+RfmApplyRows(RfmCustDelta **list, int n, Datum **v, bool **nulls, bool fold)
 {
-	MemoryContext old = MemoryContextSwitchTo(delta->cxt);
-	long		ncust = delta->customers ? hash_get_num_entries(delta->customers)
-		: (delta->single ? 1 : 0);
-	RfmCustDelta **list;
-	HASH_SEQ_STATUS seq;
 	RfmCustDelta *c;
-	int			n = 0;
 	int			i;
 	bool		any_check = false;
-	Datum	   *v[7];
-	bool	   *nulls[7];
 	Datum		args[7];
 	char		argnulls[7];
 	int			ret;
@@ -1136,72 +1157,9 @@ RfmDeltaApply(RfmDelta *delta)
 	int			k;
 	RfmDirect	direct;
 
-	if (ncust == 0)
-	{
-		MemoryContextSwitchTo(old);
-		return;
-	}
-	list = palloc(sizeof(RfmCustDelta *) * ncust);
-	if (delta->customers)
-	{
-		hash_seq_init(&seq, delta->customers);
-		while ((c = hash_seq_search(&seq)) != NULL)
-			list[n++] = c;
-	}
-	else
-		list[n++] = delta->single;
-	for (i = 0, ncust = n, n = 0; i < ncust; i++)
-	{
-		c = list[i];
-		if (RfmCustIsNoop(c))
-			continue;
-		list[n++] = c;
-		if (RfmNeedsLastCheck(c) || RfmNeedsFirstCheck(c))
-			any_check = true;
-	}
-	if (n == 0)
-	{
-		MemoryContextSwitchTo(old);
-		return;
-	}
-	qsort(list, n, sizeof(RfmCustDelta *), RfmCustCmp);
-
-	for (i = 0; i < 7; i++)
-	{
-		v[i] = palloc(sizeof(Datum) * n);
-		nulls[i] = palloc0(sizeof(bool) * n);
-	}
 	for (i = 0; i < n; i++)
-	{
-		RfmDays    *days;
-		RfmMoney	total;
-		Numeric		spend;
-		RfmDayEntry *entries;
-		int			k;
-
-		c = list[i];
-		entries = palloc(sizeof(RfmDayEntry) * Max(c->ndays, 1));
-		memset(&total, 0, sizeof(total));
-		for (k = 0; k < c->ndays; k++)
-		{
-			entries[k].day = c->days[k].day;
-			entries[k].orders = c->days[k].orders;
-			entries[k].spend = RfmMoneyToNumeric(&c->days[k].spend);
-			RfmMoneyAddMoney(&total, &c->days[k].spend, delta->cxt);
-		}
-		spend = RfmMoneyToNumeric(&total);
-		days = RfmDaysBuild(entries, c->ndays);
-		v[0][i] = CStringGetTextDatum(c->key);
-		v[1][i] = Int64GetDatum(c->rows);
-		v[2][i] = Int64GetDatum(c->orders);
-		v[3][i] = NumericGetDatum(spend);
-		v[4][i] = TimestampTzGetDatum(c->min_added);
-		nulls[4][i] = !c->has_added;
-		v[5][i] = TimestampTzGetDatum(c->max_added);
-		nulls[5][i] = !c->has_added;
-		v[6][i] = PointerGetDatum(days);
-		nulls[6][i] = (days == NULL);
-	}
+		if (RfmMayNeedFix(list[i], fold))
+			any_check = true;
 
 	/*
 	 * Existing customers first, in customer order, without the executor;
@@ -1224,8 +1182,7 @@ RfmDeltaApply(RfmDelta *delta)
 								nulls[6][i] ? NULL : (RfmDays *) DatumGetPointer(v[6][i]),
 								&fnull, &f, &lnull, &l))
 			{
-				if ((RfmNeedsLastCheck(c) && (lnull || l <= c->max_removed)) ||
-					(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed)))
+				if (RfmTimesNeedFix(c, fold, fnull, f, lnull, l))
 					fix[nfix++] = c->key;
 				continue;
 			}
@@ -1309,15 +1266,12 @@ RfmDeltaApply(RfmDelta *delta)
 			if (ent == NULL)
 				continue;
 			c = *(RfmCustDelta **) (ent + 1);
-			if ((RfmNeedsLastCheck(c) && (lnull || l <= c->max_removed)) ||
-				(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed)))
+			if (RfmTimesNeedFix(c, fold, fnull, f, lnull, l))
 				fix[nfix++] = c->key;
 		}
 	}
 	if (nfix > 0)
 		RfmFixOrderTimes(fix, nfix);
-	MemoryContextSwitchTo(old);
-
 }
 
 /*
@@ -1548,80 +1502,166 @@ RfmDeltaAppend(RfmDelta *delta)
 
 /*
  * Fold every pending delta this statement sees into customer_stats and
- * delete exactly those rows, in one statement: DELETE ... RETURNING takes
- * the rows visible to its snapshot (deltas of transactions still in flight
- * stay for the next fold; a concurrent fold that deleted a row first makes
- * this one skip it), they are summed per customer and upserted in customer
- * order.  Trackers only insert into the delta table, so nothing here waits
- * for them or makes them wait.  The first and last order times cannot be
- * derived from deltas when a removed order may have been one of them: for
- * those customers they are read again from the tracked tables (a fresh
- * snapshot, at least as new as the deltas folded).  Must run inside SPI,
- * READ COMMITTED.  Returns the delta rows folded; *customers the customers
- * they touched.
+ * delete exactly those rows: one DELETE ... RETURNING takes the rows
+ * visible to its snapshot (deltas of transactions still in flight stay for
+ * the next fold; a concurrent fold that deleted a row first makes this one
+ * skip it) and sums them per customer in SQL; the sums are then applied in
+ * customer order like a back-fill's (RfmApplyRows: existing customers
+ * updated without the executor, new ones upserted).  Trackers only insert
+ * into the delta table, so nothing here waits for them or makes them
+ * wait.  The first and last order times cannot be derived from deltas when
+ * a removed order may have been one of them: for those customers they are
+ * read again from the tracked tables (a fresh snapshot, at least as new as
+ * the deltas folded).  Must run inside SPI, READ COMMITTED.  Returns the
+ * delta rows folded; *customers the customers they touched.
  */
 int64
 RfmFoldDeltas(int64 *customers)
 {
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty rfm fold",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
 	int			ret;
 	uint64		r;
-	uint64		nres;
+	uint64		n;
 	SPITupleTable *res;
 	int64		folded = 0;
-	char	  **fix;
-	int			nfix = 0;
+	RfmCustDelta **list;
+	Datum	   *v[7];
+	bool	   *nulls[7];
+	int			i;
 
 	ret = SPI_execute("WITH d AS ("
 					  "  DELETE FROM loyalty.customer_stats_delta"
 					  "  RETURNING customer_id, row_count, order_count, spend_total, first_added,"
-					  "  last_added, first_removed, last_removed, days, days_removed),"
-					  " a AS ("
-					  "  SELECT d.customer_id, pg_catalog.count(*) AS n,"
-					  "  pg_catalog.sum(d.row_count)::pg_catalog.int8 AS r,"
-					  "  pg_catalog.sum(d.order_count)::pg_catalog.int8 AS o,"
-					  "  pg_catalog.sum(d.spend_total) AS sp,"
-					  "  pg_catalog.min(d.first_added) AS fa, pg_catalog.max(d.last_added) AS la,"
-					  "  pg_catalog.min(d.first_removed) AS fr, pg_catalog.max(d.last_removed) AS lr,"
+					  "  last_added, first_removed, last_removed, days, days_removed)"
+					  " SELECT d.customer_id, pg_catalog.count(*),"
+					  "  pg_catalog.sum(d.row_count)::pg_catalog.int8,"
+					  "  pg_catalog.sum(d.order_count)::pg_catalog.int8,"
+					  "  pg_catalog.sum(d.spend_total),"
+					  "  pg_catalog.min(d.first_added), pg_catalog.max(d.last_added),"
+					  "  pg_catalog.min(d.first_removed), pg_catalog.max(d.last_removed),"
 					  "  loyalty._rfm_days_minus(loyalty._rfm_days_fold(d.days),"
-					  "  loyalty._rfm_days_fold(d.days_removed)) AS dd"
-					  "  FROM d GROUP BY d.customer_id),"
-					  " u AS ("
-					  "  INSERT INTO loyalty.customer_stats AS s"
-					  "  (customer_id, row_count, order_count, spend_total, first_order, last_order, days)"
-					  "  SELECT a.customer_id, a.r, a.o, a.sp, a.fa, a.la, a.dd FROM a ORDER BY a.customer_id"
-					  "  ON CONFLICT (customer_id) DO UPDATE SET"
-					  "  row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
-					  "  order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
-					  "  spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
-					  "  first_order = LEAST(s.first_order, excluded.first_order),"
-					  "  last_order = GREATEST(s.last_order, excluded.last_order),"
-					  "  days = loyalty._rfm_days_merge(s.days, excluded.days)"
-					  "  RETURNING s.customer_id, s.first_order, s.last_order)"
-					  " SELECT a.customer_id, a.n,"
-					  "  a.lr IS NOT NULL AND (u.last_order IS NULL"
-					  "  OR u.last_order OPERATOR(pg_catalog.<=) a.lr OR u.first_order IS NULL"
-					  "  OR u.first_order OPERATOR(pg_catalog.>=) a.fr)"
-					  " FROM a JOIN u ON u.customer_id OPERATOR(pg_catalog.=) a.customer_id",
+					  "  loyalty._rfm_days_fold(d.days_removed))"
+					  " FROM d GROUP BY d.customer_id ORDER BY d.customer_id",
 					  false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not fold loyalty.customer_stats_delta: %s", SPI_result_code_string(ret));
 	res = SPI_tuptable;
-	nres = SPI_processed;
-	fix = palloc(sizeof(char *) * Max(nres, 1));
-	for (r = 0; r < nres; r++)
-	{
-		bool		isnull;
-
-		folded += DatumGetInt64(SPI_getbinval(res->vals[r], res->tupdesc, 2, &isnull));
-		if (DatumGetBool(SPI_getbinval(res->vals[r], res->tupdesc, 3, &isnull)) && !isnull)
-			fix[nfix++] = SPI_getvalue(res->vals[r], res->tupdesc, 1);
-	}
+	n = SPI_processed;
 	if (customers)
-		*customers = (int64) nres;
-	if (nfix > 0)
-		RfmFixOrderTimes(fix, nfix);
+		*customers = (int64) n;
+	if (n == 0)
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(cxt);
+		return 0;
+	}
+	list = palloc_extended(sizeof(RfmCustDelta *) * n, MCXT_ALLOC_HUGE);
+	for (i = 0; i < 7; i++)
+	{
+		v[i] = palloc_extended(sizeof(Datum) * n, MCXT_ALLOC_HUGE);
+		nulls[i] = palloc_extended(sizeof(bool) * n, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	}
+	for (r = 0; r < n; r++)
+	{
+		HeapTuple	tup = res->vals[r];
+		TupleDesc	desc = res->tupdesc;
+		RfmCustDelta *c = palloc0(sizeof(RfmCustDelta));
+		bool		isnull,
+					fanull,
+					lanull,
+					frnull,
+					lrnull;
+
+		c->key = SPI_getvalue(tup, desc, 1);
+		folded += DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		c->rows = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		c->orders = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+		c->min_added = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &fanull));
+		c->max_added = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &lanull));
+		c->has_added = !fanull && !lanull;
+		c->min_removed = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &frnull));
+		c->max_removed = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &lrnull));
+		c->has_removed = !frnull && !lrnull;
+		list[r] = c;
+		v[0][r] = SPI_getbinval(tup, desc, 1, &isnull);
+		v[1][r] = Int64GetDatum(c->rows);
+		v[2][r] = Int64GetDatum(c->orders);
+		v[3][r] = SPI_getbinval(tup, desc, 5, &isnull);
+		v[4][r] = TimestampTzGetDatum(c->min_added);
+		nulls[4][r] = !c->has_added;
+		v[5][r] = TimestampTzGetDatum(c->max_added);
+		nulls[5][r] = !c->has_added;
+		v[6][r] = SPI_getbinval(tup, desc, 10, &nulls[6][r]);
+		if (!nulls[6][r])
+			v[6][r] = PointerGetDatum(DatumGetRfmDays(v[6][r]));
+	}
+	RfmApplyRows(list, (int) n, v, nulls, true);
+	SPI_freetuptable(res);
 	CommandCounterIncrement();
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
 	return folded;
+}
+
+
+/*
+ * Apply a delta directly to customer_stats (back-fills and rebuilds; tracked
+ * statements append instead): its customers that changed, in customer
+ * order, through RfmApplyRows.  Must run inside SPI.
+ */
+static void
+RfmDeltaApply(RfmDelta *delta)
+{
+	MemoryContext old = MemoryContextSwitchTo(delta->cxt);
+	RfmCustDelta **list;
+	int			n = RfmDeltaList(delta, &list);
+	Datum	   *v[7];
+	bool	   *nulls[7];
+	int			i;
+
+	if (n == 0)
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	qsort(list, n, sizeof(RfmCustDelta *), RfmCustCmp);
+	for (i = 0; i < 7; i++)
+	{
+		v[i] = palloc(sizeof(Datum) * n);
+		nulls[i] = palloc0(sizeof(bool) * n);
+	}
+	for (i = 0; i < n; i++)
+	{
+		RfmCustDelta *c = list[i];
+		RfmDayEntry *entries = palloc(sizeof(RfmDayEntry) * Max(c->ndays, 1));
+		RfmMoney	total;
+		RfmDays    *days;
+		int			k;
+
+		memset(&total, 0, sizeof(total));
+		for (k = 0; k < c->ndays; k++)
+		{
+			entries[k].day = c->days[k].day;
+			entries[k].orders = c->days[k].orders;
+			entries[k].spend = RfmMoneyToNumeric(&c->days[k].spend);
+			RfmMoneyAddMoney(&total, &c->days[k].spend, delta->cxt);
+		}
+		days = RfmDaysBuild(entries, c->ndays);
+		v[0][i] = CStringGetTextDatum(c->key);
+		v[1][i] = Int64GetDatum(c->rows);
+		v[2][i] = Int64GetDatum(c->orders);
+		v[3][i] = NumericGetDatum(RfmMoneyToNumeric(&total));
+		v[4][i] = TimestampTzGetDatum(c->min_added);
+		nulls[4][i] = !c->has_added;
+		v[5][i] = TimestampTzGetDatum(c->max_added);
+		nulls[5][i] = !c->has_added;
+		v[6][i] = PointerGetDatum(days);
+		nulls[6][i] = (days == NULL);
+	}
+	RfmApplyRows(list, n, v, nulls, false);
+	MemoryContextSwitchTo(old);
 }
 
 /* Forget a delta's customers after it was applied (back-fill chunks). */
