@@ -178,6 +178,7 @@ extern int64 RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
 						 int nstatuses, char **statuses);
 extern int64 RfmRebuild(void);
 extern int64 RfmFoldDeltas(int64 *customers);
+extern bool RfmDeltasTracked(void);
 extern bool RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t);
 extern uint32 RfmKeyHash(const void *key, Size keysize);
 extern int	RfmKeyMatch(const void *key1, const void *key2, Size keysize);

@@ -1414,6 +1414,8 @@ RfmLiveRead(text *cust, RfmLiveStats *live)
 			live->scored[i] = SPI_getbinval(row, desc, 7 + i, &live->scored_null[i]);
 	}
 
+	if (!RfmDeltasTracked())
+		return live->rows > 0;	/* 0.2.0 schema, not updated yet */
 	if (SPI_execute_with_args("SELECT pg_catalog.count(*), pg_catalog.sum(d.row_count)::pg_catalog.int8,"
 							  " pg_catalog.sum(d.order_count)::pg_catalog.int8, pg_catalog.sum(d.spend_total),"
 							  " pg_catalog.min(d.first_added), pg_catalog.max(d.last_added),"

@@ -268,14 +268,24 @@ RfmStatsCatalogGet(void)
 			elog(ERROR, "table loyalty.customer_stats does not exist");
 		stats_catalog.attrs_valid = stats_catalog.attrs_valid && relid == stats_catalog.relid;
 		stats_catalog.relid = relid;
+		/* InvalidOid: the 0.2.0 schema, before ALTER EXTENSION UPDATE */
 		relid = get_relname_relid("customer_stats_delta", nsp);
-		if (!OidIsValid(relid))
-			elog(ERROR, "table loyalty.customer_stats_delta does not exist");
 		stats_catalog.delta_valid = stats_catalog.delta_valid && relid == stats_catalog.delta_relid;
 		stats_catalog.delta_relid = relid;
 		stats_catalog.valid = true;
 	}
 	return &stats_catalog;
+}
+
+/*
+ * Whether loyalty.customer_stats_delta exists: false only between
+ * installing this library and running ALTER EXTENSION UPDATE from 0.2.0,
+ * when tracking, folding and readers keep 0.2.0's behaviour.
+ */
+bool
+RfmDeltasTracked(void)
+{
+	return OidIsValid(RfmStatsCatalogGet()->delta_relid);
 }
 
 /*
@@ -1531,6 +1541,14 @@ RfmFoldDeltas(int64 *customers)
 	bool	   *nulls[7];
 	int			i;
 
+	if (customers)
+		*customers = 0;
+	if (!RfmDeltasTracked())
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(cxt);
+		return 0;
+	}
 	ret = SPI_execute("WITH d AS ("
 					  "  DELETE FROM loyalty.customer_stats_delta"
 					  "  RETURNING customer_id, row_count, order_count, spend_total, first_added,"
@@ -1789,10 +1807,12 @@ RfmRebuild(void)
 	 * and holds new ones off until commit; their pending deltas are part of
 	 * what the back-fill recounts.
 	 */
-	if (SPI_execute("LOCK TABLE loyalty.customer_stats_delta IN SHARE ROW EXCLUSIVE MODE",
+	if (RfmDeltasTracked() &&
+		SPI_execute("LOCK TABLE loyalty.customer_stats_delta IN SHARE ROW EXCLUSIVE MODE",
 					false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not lock loyalty.customer_stats_delta");
-	if (SPI_execute("DELETE FROM loyalty.customer_stats_delta", false, 0) != SPI_OK_DELETE)
+	if (RfmDeltasTracked() &&
+		SPI_execute("DELETE FROM loyalty.customer_stats_delta", false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not clear loyalty.customer_stats_delta");
 	if (SPI_execute("UPDATE loyalty.customer_stats SET row_count = 0, order_count = 0,"
 					" spend_total = 0, first_order = NULL, last_order = NULL, days = NULL"
@@ -1906,7 +1926,19 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 		RfmDeltaAddTuplestore(delta, &cols, td->tg_oldtable, RelationGetDescr(rel), -1);
 	if (td->tg_newtable)
 		RfmDeltaAddTuplestore(delta, &cols, td->tg_newtable, RelationGetDescr(rel), +1);
-	RfmDeltaAppend(delta);
+	if (RfmDeltasTracked())
+		RfmDeltaAppend(delta);
+	else
+	{
+		/*
+		 * New library, schema still 0.2.0 (ALTER EXTENSION UPDATE not run
+		 * yet): keep the statistics as 0.2.0 did rather than fail the
+		 * application's statement.
+		 */
+		SPI_connect();
+		RfmDeltaApply(delta);
+		SPI_finish();
+	}
 	MemoryContextDelete(delta->cxt);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	return PointerGetDatum(NULL);
