@@ -79,4 +79,27 @@ diff=$(psql -At -d "$db" -c "SET TimeZone = 'UTC'" -c "SELECT loyalty.refresh_se
 	FULL JOIN loyalty.customer_segment l USING (customer_id)
 	WHERE b.score::text IS DISTINCT FROM l.score::text OR b.segment IS DISTINCT FROM l.segment" | tail -1)
 [ "$diff" = 0 ] || { echo "$diff customers differ from rfm_segmentation after the update" >&2; exit 1; }
+# a table tracked by 0.2.0 with a customer column of a type 0.3.0 refuses
+# (an enum: its owner's casts must never run as loyalty's owner) stops the
+# update with 42804 instead of failing every later write to that table
+dropdb "$db"
+createdb "$db"
+psql -d "$db" <<'SQL'
+SET client_min_messages = warning;
+CREATE EXTENSION loyalty VERSION '0.2.0';
+CREATE TYPE public.cust AS ENUM ('a', 'b');
+CREATE TABLE public.enum_orders (customer public.cust, ordered_at timestamptz, amount numeric);
+-- what 0.2.0's track_orders left (this library refuses to track it)
+INSERT INTO loyalty.tracked_table (orders, customer_column, ordered_at_column, amount_column)
+VALUES ('public.enum_orders', 'customer', 'ordered_at', 'amount');
+CREATE TRIGGER loyalty_rfm_track_insert AFTER INSERT ON public.enum_orders
+	REFERENCING NEW TABLE AS loyalty_new FOR EACH STATEMENT
+	EXECUTE FUNCTION loyalty._rfm_track_trigger('customer', 'ordered_at', 'amount');
+SQL
+if out=$(psql -d "$db" -v VERBOSITY=verbose -c "ALTER EXTENSION loyalty UPDATE" 2>&1); then
+	echo "the update went through with a table tracked by an enum customer column" >&2; exit 1
+fi
+echo "$out" | grep -q "42804" || { echo "unexpected error from the refused update: $out" >&2; exit 1; }
+got=$(psql -At -d "$db" -c "SELECT extversion FROM pg_extension WHERE extname = 'loyalty'")
+[ "$got" = 0.2.0 ] || { echo "refused update left version $got" >&2; exit 1; }
 echo "rfm_upgrade_tracking: 0.2.0 statistics survive the update and tracking continues"
