@@ -14,13 +14,16 @@
 #      warm-up run of each (not counted), three rounds of one run each
 #      (about BENCH_SECONDS long), alternating which goes first; mean TPS
 #      over whole runs, and over their second halves alone (the steady
-#      state of the connections); bar >= 0.75.
+#      state of the connections); bar >= 0.85 (issue 11).
 #   3. one INSERT ... SELECT of min(1,000,000, orders) orders into a tracked
 #      table vs an untracked one (time); bar <= 2.5.
 #
 # bench.orders itself is tracked first (the back-fill is timed for
-# information), so that the insert benchmarks update the statistics of
-# customers that already have some (as a live shop does).
+# information), so that the insert benchmarks touch customers that already
+# have statistics (as a live shop does).  Tracked inserts append deltas;
+# each nightly refresh folds the day's deltas first (its time includes
+# that), the insert runs leave theirs pending (nothing folds them meanwhile,
+# as in a shop between two refreshes).
 
 live_psql() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 # TPS of a pgbench run over the whole run and over its second half (the
@@ -146,9 +149,9 @@ for round in 1 2 3; do
 done
 rm -f "$f1" "$f2"
 bench_report "single-order insert TPS, tracked vs untracked (3 rounds)" \
-	"$(awk -v s="$sum_mine" 'BEGIN { print s / 3 }')" "$(awk -v s="$sum_base" 'BEGIN { print s / 3 }')" tps ">= 0.75"
+	"$(awk -v s="$sum_mine" 'BEGIN { print s / 3 }')" "$(awk -v s="$sum_base" 'BEGIN { print s / 3 }')" tps ">= 0.85"
 bench_report "single-order insert TPS, tracked vs untracked (2nd halves)" \
-	"$(awk -v s="$sum_mine_steady" 'BEGIN { print s / 3 }')" "$(awk -v s="$sum_base_steady" 'BEGIN { print s / 3 }')" tps ">= 0.75"
+	"$(awk -v s="$sum_mine_steady" 'BEGIN { print s / 3 }')" "$(awk -v s="$sum_base_steady" 'BEGIN { print s / 3 }')" tps ">= 0.85"
 
 # 3. bulk INSERT ... SELECT, tracked vs untracked
 live_psql -c "SELECT loyalty.track_orders('bench.bulk_tracked', 'customer_id', 'ordered_at', 'amount')" \

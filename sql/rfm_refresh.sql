@@ -63,6 +63,8 @@ BEGIN;
 INSERT INTO rf.orders (customer, ordered_at, amount)
 SELECT 'bulk' || g, timestamptz '2026-06-01 10:00+00' + g * interval '1 hour', g % 90
 FROM generate_series(1, 3000) g;
+-- (tracked statements append their changes; fold them as the refresh would)
+SELECT folded_rows, customers FROM loyalty.fold_tracking();
 SELECT pg_relation_size('loyalty.customer_stats') AS stats_size \gset
 SELECT customers FROM loyalty.refresh_segments('2026-11-01');
 SELECT pg_relation_size('loyalty.customer_stats') < 1.5 * :stats_size AS compact,

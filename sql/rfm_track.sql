@@ -38,11 +38,20 @@ LANGUAGE sql AS $$
 	FROM trk.tracked_rows()
 	GROUP BY c
 $$;
+-- the statistics with every pending tracked change folded in (tracked
+-- statements append deltas; fold_tracking folds them as refresh_segments does)
+CREATE FUNCTION trk.live_stats() RETURNS SETOF loyalty.customer_stats
+LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM loyalty.fold_tracking();
+	RETURN QUERY SELECT * FROM loyalty.customer_stats;
+END;
+$$;
 CREATE FUNCTION trk.check()
 RETURNS TABLE (customer_id text, problem text)
 LANGUAGE sql AS $$
 	WITH e AS (SELECT * FROM trk.expected()),
-		 s AS (SELECT * FROM loyalty.customer_stats WHERE row_count <> 0),
+		 s AS (SELECT * FROM trk.live_stats() WHERE row_count <> 0),
 		 ed AS (SELECT c, (t AT TIME ZONE 'UTC')::date AS day,
 					   count(*) FILTER (WHERE a IS NULL OR a >= 0)::int AS orders,
 					   coalesce(sum(a), 0) AS spend
@@ -61,7 +70,7 @@ LANGUAGE sql AS $$
 $$;
 CREATE VIEW trk.stats AS
 SELECT customer_id, row_count, order_count, spend_total, first_order, last_order, days
-FROM loyalty.customer_stats ORDER BY customer_id;
+FROM trk.live_stats() ORDER BY customer_id;
 RESET client_min_messages;
 
 -- the day_buckets type: text form, validation, round trip
@@ -276,6 +285,7 @@ INSERT INTO trk.orders (customer, ordered_at, amount) VALUES (70, '2026-08-02 10
 DELETE FROM trk.orders WHERE customer = 70 AND amount = 1.00;
 SELECT customer_id, orders_total, spend_total, last_order FROM loyalty.customer_rfm('70', '2026-09-01');
 SELECT * FROM loyalty.customer_stats;
+SELECT * FROM loyalty.customer_stats_delta;
 UPDATE loyalty.customer_stats SET row_count = 0;
 SELECT * FROM loyalty.track_orders('trk.orders', 'customer', 'ordered_at', 'amount');
 RESET ROLE;
@@ -311,7 +321,7 @@ SELECT count(*) AS triggers_left FROM pg_trigger
 WHERE tgrelid IN ('trk.orders'::regclass, 'trk.store_orders'::regclass, 'trk.web_orders'::regclass);
 SELECT count(*) AS customers_with_rows FROM loyalty.customer_stats WHERE row_count <> 0;
 INSERT INTO trk.orders (customer, ordered_at, amount) VALUES (90, now(), 1);
-SELECT count(*) AS untracked_insert_counted FROM loyalty.customer_stats WHERE customer_id = '90';
+SELECT count(*) AS untracked_insert_counted FROM trk.live_stats() WHERE customer_id = '90';
 
 -- a session that already used a tracking trigger reads the table with its
 -- new definition after ALTER TABLE (the backend's cached columns go): an
@@ -323,18 +333,19 @@ SELECT * FROM loyalty.track_orders('trk.retyped', 'customer', 'ordered_at', 'amo
 INSERT INTO trk.retyped (customer, ordered_at, amount) VALUES (95, '2026-08-01 10:00+00', 2.50);
 ALTER TABLE trk.retyped ALTER COLUMN amount TYPE double precision;
 INSERT INTO trk.retyped (customer, ordered_at, amount) VALUES (95, '2026-08-02 10:00+00', 0.25);
-SELECT order_count, spend_total FROM loyalty.customer_stats WHERE customer_id = '95';
+SELECT order_count, spend_total FROM trk.live_stats() WHERE customer_id = '95';
 SELECT loyalty.untrack_orders('trk.retyped');
 SELECT * FROM loyalty.track_orders('trk.retyped', 'customer', 'ordered_at', 'amount', 'state', '{paid}');
 INSERT INTO trk.retyped (customer, ordered_at, amount, state)
 VALUES (95, '2026-08-03 10:00+00', 4, 'paid'), (95, '2026-08-04 10:00+00', 8, 'cart');
-SELECT order_count, spend_total FROM loyalty.customer_stats WHERE customer_id = '95';
+SELECT order_count, spend_total FROM trk.live_stats() WHERE customer_id = '95';
 SELECT loyalty.untrack_orders('trk.retyped');
 
 -- clean up
 SET client_min_messages = warning;
 DROP SCHEMA trk CASCADE;
 DELETE FROM loyalty.customer_stats;
+DELETE FROM loyalty.customer_stats_delta;
 SELECT loyalty.revoke_access('trk_app', 'app');
 SELECT loyalty.revoke_access('trk_admin', 'admin');
 DROP ROLE trk_app;

@@ -207,8 +207,12 @@ typedef bool LoyaltyUpdateIndexes;
 #if PG_VERSION_NUM >= 140000
 #define index_insert_unchanged_compat(rel, v, n, tid, heap, chk, info) \
 	index_insert(rel, v, n, tid, heap, chk, true, info)
+#define index_insert_new_compat(rel, v, n, tid, heap, chk, info) \
+	index_insert(rel, v, n, tid, heap, chk, false, info)
 #else
 #define index_insert_unchanged_compat(rel, v, n, tid, heap, chk, info) \
+	index_insert(rel, v, n, tid, heap, chk, info)
+#define index_insert_new_compat(rel, v, n, tid, heap, chk, info) \
 	index_insert(rel, v, n, tid, heap, chk, info)
 #endif
 

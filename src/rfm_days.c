@@ -1107,6 +1107,60 @@ rfm_days_prune(PG_FUNCTION_ARGS)
 	PG_RETURN_RFM_DAYS(r);
 }
 
+/*
+ * The opposite of a value: every bucket's orders and spend negated (the
+ * delta that removes what the value adds).  Pending tracked changes keep
+ * the orders a statement removed as a separate, valid day_buckets value
+ * (stored values never hold negative counts); this turns it back into a
+ * delta.  NULL for NULL or an empty value.
+ */
+RfmDays *
+RfmDaysNegate(RfmDays *d)
+{
+	RfmBuckets	set;
+	RfmDayEntry *entries;
+	int			i;
+
+	if (d == NULL || RfmDaysCount(d) == 0)
+		return NULL;
+	RfmBucketsDecode(d, &set);
+	entries = palloc(sizeof(RfmDayEntry) * set.n);
+	for (i = 0; i < set.n; i++)
+	{
+		entries[i].day = set.b[i].day;
+		entries[i].orders = -set.b[i].orders;
+		entries[i].spend = RfmNumericSub(RfmNumericZero(), RfmBucketNumeric(&set, &set.b[i]));
+	}
+	return RfmDaysBuild(entries, set.n);
+}
+
+PG_FUNCTION_INFO_V1(rfm_days_minus);
+
+/*
+ * loyalty._rfm_days_minus(added, removed): added - removed, a delta that
+ * may hold negative counts (NULL = no bucket on either side; NULL when
+ * nothing is left).  Folds and readers turn the pending changes' added and
+ * removed buckets into the delta they apply with it.
+ */
+Datum
+rfm_days_minus(PG_FUNCTION_ARGS)
+{
+	RfmDays    *a = PG_ARGISNULL(0) ? NULL : PG_GETARG_RFM_DAYS(0);
+	RfmDays    *b = PG_ARGISNULL(1) ? NULL : PG_GETARG_RFM_DAYS(1);
+	RfmDays    *r;
+
+	if (a != NULL && RfmDaysCount(a) == 0)
+		a = NULL;
+	b = RfmDaysNegate(b);
+	if (a == NULL)
+		r = b;
+	else
+		r = RfmDaysMerge(a, b);
+	if (r == NULL || RfmDaysCount(r) == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_RFM_DAYS(r);
+}
+
 PG_FUNCTION_INFO_V1(day_buckets_entries);
 
 /*

@@ -105,6 +105,7 @@ typedef struct RfmDaysSum
 extern RfmDays *RfmDaysBuild(RfmDayEntry *entries, int n);
 extern RfmDays *RfmDaysMerge(RfmDays *a, RfmDays *delta);
 extern RfmDays *RfmDaysPrune(RfmDays *a, DateADT before);
+extern RfmDays *RfmDaysNegate(RfmDays *d);
 extern void RfmDaysWindow(RfmDays *d, DateADT from, DateADT to,
 						  RfmDaysSum *sum, bool want_spend, MemoryContext cxt);
 extern int	RfmDaysCount(RfmDays *d);
@@ -166,6 +167,8 @@ extern void RfmResolveColumns(TupleDesc desc, const char *relname,
 extern bool RfmStatusCounts(RfmTrackCols *cols, Datum value, bool isnull);
 extern char **RfmStatusList(Datum arr, bool isnull, int *n);
 extern void RfmFixOrderTimes(char **keys, int n);
+extern void RfmReadOrderTimes(char **keys, int n, Datum *first, bool *first_null,
+							  Datum *last, bool *last_null, bool read_only);
 
 /* rfm_track.c */
 extern void RfmLiveInit(void);
@@ -174,6 +177,8 @@ extern int64 RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
 						 const char *amount_col, const char *status_col,
 						 int nstatuses, char **statuses);
 extern int64 RfmRebuild(void);
+extern int64 RfmFoldDeltas(int64 *customers);
+extern bool RfmDeltasTracked(void);
 extern bool RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t);
 extern uint32 RfmKeyHash(const void *key, Size keysize);
 extern int	RfmKeyMatch(const void *key1, const void *key2, Size keysize);

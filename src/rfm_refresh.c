@@ -918,6 +918,13 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	if (first &&
 		SPI_execute("LOCK TABLE loyalty.customer_stats IN ACCESS EXCLUSIVE MODE", false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not lock loyalty.customer_stats");
+
+	/*
+	 * Fold the changes tracked statements appended since the last refresh
+	 * (those committed by now; later ones wait for the next fold).
+	 */
+	(void) RfmFoldDeltas(NULL);
+	elog(DEBUG1, "refresh_segments: folded pending changes at %.1f ms", RfmMsSince(t0));
 	new_retained = RfmUtcDay(RfmMinus(Min(as_of, GetCurrentTransactionStartTimestamp()),
 									  &cfg.retention));
 	new_retained = Min(new_retained, start_day);
@@ -1338,6 +1345,141 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
  * ---------------------------------------------------------------------
  */
 
+/* One customer's statistics with the pending deltas added (RfmLiveRead). */
+typedef struct RfmLiveStats
+{
+	int64		rows;
+	int64		orders;
+	Numeric		spend;
+	bool		first_null;
+	TimestampTz first;
+	bool		last_null;
+	TimestampTz last;
+	RfmDays    *days;			/* NULL: no bucket */
+	Datum		scored[4];		/* score, segment, since, scored_as_of */
+	bool		scored_null[4];
+} RfmLiveStats;
+
+/*
+ * A customer's live statistics as this snapshot sees them: the folded row
+ * of customer_stats plus the deltas tracked statements appended since
+ * (summed in SQL, added in C), without writing anything, so a reader under
+ * any isolation level sees exactly the orders its snapshot sees.  When a
+ * pending delta removed an order that may have been the first or last
+ * one, those times are read again from the tracked tables in the same
+ * snapshot.  Returns false for a customer without tracked rows.  Inside
+ * SPI; values are allocated in the current context.
+ */
+static bool
+RfmLiveRead(text *cust, RfmLiveStats *live)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1] = {PointerGetDatum(cust)};
+	HeapTuple	row;
+	TupleDesc	desc;
+	bool		isnull;
+	bool		has_stats;
+	int			i;
+	RfmDays    *ddays = NULL;
+	bool		fr_null,
+				lr_null;
+	TimestampTz fr = 0,
+				lr = 0;
+
+	memset(live, 0, sizeof(RfmLiveStats));
+	live->spend = RfmNumericZero();
+	live->first_null = live->last_null = true;
+	for (i = 0; i < 4; i++)
+		live->scored_null[i] = true;
+	if (SPI_execute_with_args("SELECT s.row_count, s.order_count, s.spend_total, s.first_order,"
+							  " s.last_order, s.days, s.score, s.segment, s.since,"
+							  " (SELECT p.as_of FROM loyalty.segment_snapshot p"
+							  "  ORDER BY p.snapshot_id DESC LIMIT 1)"
+							  " FROM loyalty.customer_stats s"
+							  " WHERE s.customer_id OPERATOR(pg_catalog.=) $1",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.customer_stats");
+	has_stats = SPI_processed > 0;
+	if (has_stats)
+	{
+		row = SPI_copytuple(SPI_tuptable->vals[0]);
+		desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+		live->rows = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+		live->orders = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
+		live->spend = DatumGetNumeric(SPI_getbinval(row, desc, 3, &isnull));
+		live->first = DatumGetTimestampTz(SPI_getbinval(row, desc, 4, &live->first_null));
+		live->last = DatumGetTimestampTz(SPI_getbinval(row, desc, 5, &live->last_null));
+		{
+			Datum		d = SPI_getbinval(row, desc, 6, &isnull);
+
+			live->days = isnull ? NULL : DatumGetRfmDays(d);
+		}
+		for (i = 0; i < 4; i++)
+			live->scored[i] = SPI_getbinval(row, desc, 7 + i, &live->scored_null[i]);
+	}
+
+	if (!RfmDeltasTracked())
+		return live->rows > 0;	/* 0.2.0 schema, not updated yet */
+	if (SPI_execute_with_args("SELECT pg_catalog.count(*), pg_catalog.sum(d.row_count)::pg_catalog.int8,"
+							  " pg_catalog.sum(d.order_count)::pg_catalog.int8, pg_catalog.sum(d.spend_total),"
+							  " pg_catalog.min(d.first_added), pg_catalog.max(d.last_added),"
+							  " pg_catalog.min(d.first_removed), pg_catalog.max(d.last_removed),"
+							  " loyalty._rfm_days_minus(loyalty._rfm_days_fold(d.days),"
+							  " loyalty._rfm_days_fold(d.days_removed))"
+							  " FROM loyalty.customer_stats_delta d"
+							  " WHERE d.customer_id OPERATOR(pg_catalog.=) $1",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.customer_stats_delta");
+	row = SPI_copytuple(SPI_tuptable->vals[0]);
+	desc = CreateTupleDescCopy(SPI_tuptable->tupdesc);
+	if (DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull)) > 0)
+	{
+		bool		fa_null,
+					la_null;
+		TimestampTz fa = DatumGetTimestampTz(SPI_getbinval(row, desc, 5, &fa_null));
+		TimestampTz la = DatumGetTimestampTz(SPI_getbinval(row, desc, 6, &la_null));
+		Datum		d;
+
+		live->rows += DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
+		live->orders += DatumGetInt64(SPI_getbinval(row, desc, 3, &isnull));
+		live->spend = RfmNumericAdd(live->spend,
+									DatumGetNumeric(SPI_getbinval(row, desc, 4, &isnull)));
+		if (!fa_null && (live->first_null || fa < live->first))
+		{
+			live->first = fa;
+			live->first_null = false;
+		}
+		if (!la_null && (live->last_null || la > live->last))
+		{
+			live->last = la;
+			live->last_null = false;
+		}
+		fr = DatumGetTimestampTz(SPI_getbinval(row, desc, 7, &fr_null));
+		lr = DatumGetTimestampTz(SPI_getbinval(row, desc, 8, &lr_null));
+		d = SPI_getbinval(row, desc, 9, &isnull);
+		ddays = isnull ? NULL : DatumGetRfmDays(d);
+		if (RfmDaysCount(live->days) == 0)
+			live->days = NULL;
+		live->days = RfmDaysMerge(live->days, ddays);
+		if (live->days != NULL && RfmDaysCount(live->days) == 0)
+			live->days = NULL;
+
+		/* a removed order may have been the first or the last one */
+		if (!lr_null &&
+			(live->last_null || live->last <= lr || live->first_null || live->first >= fr))
+		{
+			char	   *key = text_to_cstring(cust);
+			Datum		f,
+						l;
+
+			RfmReadOrderTimes(&key, 1, &f, &live->first_null, &l, &live->last_null, true);
+			live->first = live->first_null ? 0 : DatumGetTimestampTz(f);
+			live->last = live->last_null ? 0 : DatumGetTimestampTz(l);
+		}
+	}
+	return live->rows > 0;
+}
+
 /*
  * loyalty.customer_rfm(customer_id, as_of DEFAULT now()): one customer's
  * live statistics as of as_of (recency, windowed frequency and monetary
@@ -1358,20 +1500,16 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 		text	   *cust;
 		TimestampTz as_of;
 		RfmLiveConfig cfg;
-		Oid			argtypes[1] = {TEXTOID};
-		Datum		args[1];
-		HeapTuple	row;
-		TupleDesc	rowdesc;
+		RfmLiveStats live;
 		Datum		v[12];
 		bool		nl[12];
-		bool		isnull;
+		int			i;
 		RfmDaysSum	sum;
 		bool		has_order;
 		TimestampTz last = 0;
 		DateADT		start_day;
 		DateADT		retained_from;
 		TimestampTz start;
-		RfmDays    *days;
 
 		cust = RfmArgCustomer(fcinfo, 0, "customer_id");
 		if (PG_ARGISNULL(1))
@@ -1392,47 +1530,28 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 		start_day = RfmUtcDay(start);
 		retained_from = RfmRetainedFrom();
 		RfmCheckRetained(start_day, retained_from, &cfg);
-		args[0] = PointerGetDatum(cust);
-		if (SPI_execute_with_args("SELECT s.customer_id, s.order_count, s.spend_total, s.first_order,"
-								  " s.last_order, s.days, s.score, s.segment, s.since,"
-								  " (SELECT p.as_of FROM loyalty.segment_snapshot p"
-								  "  ORDER BY p.snapshot_id DESC LIMIT 1)"
-								  " FROM loyalty.customer_stats s"
-								  " WHERE s.customer_id OPERATOR(pg_catalog.=) $1"
-								  " AND s.row_count OPERATOR(pg_catalog.>) 0",
-								  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read loyalty.customer_stats");
-		if (SPI_processed == 0)
+		if (!RfmLiveRead(cust, &live))
 		{
 			SPI_finish();
 			MemoryContextSwitchTo(oldcxt);
 			SRF_RETURN_DONE(funcctx);
 		}
-		row = SPI_tuptable->vals[0];
-		rowdesc = SPI_tuptable->tupdesc;
-		{
-			Datum		d = SPI_getbinval(row, rowdesc, 6, &isnull);
-
-			days = isnull ? NULL : DatumGetRfmDays(d);
-		}
-		{
-			bool		fnull,
-						lnull;
-			TimestampTz fo = DatumGetTimestampTz(SPI_getbinval(row, rowdesc, 4, &fnull));
-			TimestampTz lo = DatumGetTimestampTz(SPI_getbinval(row, rowdesc, 5, &lnull));
-
-			RfmDaysWindow(days, start_day, RfmUtcDay(as_of), &sum, true,
-						  CurrentMemoryContext);
-			RfmCustomerInputs(&sum, fnull, fo, lnull, lo, as_of, retained_from,
-							  &has_order, &last);
-		}
+		RfmDaysWindow(live.days, start_day, RfmUtcDay(as_of), &sum, true,
+					  CurrentMemoryContext);
+		RfmCustomerInputs(&sum, live.first_null, live.first, live.last_null, live.last,
+						  as_of, retained_from, &has_order, &last);
 
 		/* customer_id, orders_total, spend_total, first_order, last_order */
-		v[0] = SPI_getbinval(row, rowdesc, 1, &nl[0]);
-		v[1] = SPI_getbinval(row, rowdesc, 2, &nl[1]);
-		v[2] = SPI_getbinval(row, rowdesc, 3, &nl[2]);
-		v[3] = SPI_getbinval(row, rowdesc, 4, &nl[3]);
-		v[4] = SPI_getbinval(row, rowdesc, 5, &nl[4]);
+		v[0] = PointerGetDatum(cust);
+		nl[0] = false;
+		v[1] = Int64GetDatum(live.orders);
+		nl[1] = false;
+		v[2] = NumericGetDatum(live.spend);
+		nl[2] = false;
+		v[3] = TimestampTzGetDatum(live.first);
+		nl[3] = live.first_null;
+		v[4] = TimestampTzGetDatum(live.last);
+		nl[4] = live.last_null;
 		/* recency_days, frequency, monetary as of as_of */
 		v[5] = Int32GetDatum(RfmRecencyDaysOf(has_order, as_of, last));
 		nl[5] = false;
@@ -1441,10 +1560,11 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 		v[7] = NumericGetDatum(RfmMonetary(&cfg, sum.spend, sum.orders));
 		nl[7] = false;
 		/* score, segment, segment_since, scored_as_of */
-		v[8] = SPI_getbinval(row, rowdesc, 7, &nl[8]);
-		v[9] = SPI_getbinval(row, rowdesc, 8, &nl[9]);
-		v[10] = SPI_getbinval(row, rowdesc, 9, &nl[10]);
-		v[11] = SPI_getbinval(row, rowdesc, 10, &nl[11]);
+		for (i = 0; i < 4; i++)
+		{
+			v[8 + i] = live.scored[i];
+			nl[8 + i] = live.scored_null[i];
+		}
 		if (nl[8])
 			nl[11] = true;		/* never scored */
 

@@ -1,22 +1,46 @@
 /*
  * rfm_track.c
- *		The statement-level trigger that keeps loyalty.customer_stats exact
- *		inside the application's own transaction, and the delta engine it
- *		shares with back-fills and rebuilds (track_orders and friends are in
- *		rfm_track_admin.c).
+ *		The statement-level trigger that records every change of a tracked
+ *		orders table inside the application's own transaction, the fold that
+ *		turns those records into loyalty.customer_stats, and the delta
+ *		engine shared with back-fills and rebuilds (track_orders and friends
+ *		are in rfm_track_admin.c).
  *
  * Every change reaches the statistics as a delta: the trigger reads the
- * statement's transition tables (OLD rows subtracted, NEW rows added),
- * aggregates them per customer and per UTC day in C, and applies one upsert
- * per statement with one row per customer, in customer order (so that
- * concurrent statements lock statistics rows in the same order and cannot
- * deadlock on them).  Back-filling a table and rebuilding after TRUNCATE
- * stream the table's rows through the same aggregation.
+ * statement's transition tables (OLD rows subtracted, NEW rows added) and
+ * aggregates them per customer and per UTC day in C.
  *
- * Totals, counts and buckets are additive and need nothing else.  The first
- * and last order times are not: when a statement removes a customer's
- * earliest or latest order, those are read again from the tracked tables
- * for that customer (an index on the customer column keeps this cheap).
+ * Design: the checkout path appends, readers and the refresh fold.  The
+ * trigger does not update a customer's statistics row: it inserts one row
+ * per customer into loyalty.customer_stats_delta (keyed by customer_id, like
+ * every per-customer table, so it can be colocated on Citus), without the
+ * executor.  It reads nothing and updates no row another transaction can
+ * have touched, so a tracked INSERT/UPDATE/DELETE never waits for another
+ * order of the same customer or for a refresh, cannot deadlock on loyalty's
+ * tables and cannot raise a serialization failure of its own under
+ * REPEATABLE READ or SERIALIZABLE (updating a shared row did: 291 of 400
+ * inserts of 8 sessions ordering for one customer failed with 40001).  It
+ * is also cheaper than the update it replaces (no index lookup, no lock,
+ * no wait), which is what a checkout pays.
+ *
+ * The cost moves to whoever reads: customer_rfm (rfm_refresh.c) adds the
+ * pending deltas of its customer in its own snapshot (read-only, any
+ * isolation level), and refresh_segments / fold_tracking fold them
+ * (RfmFoldDeltas): one DELETE ... RETURNING takes exactly the deltas its
+ * snapshot sees, sums them per customer and upserts them in customer order;
+ * deltas of transactions still in flight are neither deleted nor blocked
+ * and wait for the next fold.  A nightly refresh folds one day of deltas,
+ * a small fraction of the customers.
+ *
+ * Totals, counts and buckets are additive.  The first and last order times
+ * are not: when folded (or pending) deltas removed an order that may have
+ * been one of them, they are read again from the tracked tables for those
+ * customers, at fold or read time instead of in the checkout (an index on
+ * the customer column keeps this cheap).  Those reads, like the trigger,
+ * run as loyalty's owner and use only built-in types, operators and
+ * functions: the customer and status columns are restricted to built-in
+ * types (rfm_track_admin.c) and customers are passed as the column's own
+ * type, never cast.
  */
 #include "loyalty.h"
 
@@ -30,7 +54,9 @@
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_index.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
@@ -141,6 +167,21 @@ typedef struct RfmStatsCatalog
 				a_first,
 				a_last,
 				a_days;
+	Oid			delta_relid;	/* loyalty.customer_stats_delta */
+	bool		delta_valid;	/* the fields below match its relcache */
+	bool		delta_direct;	/* plain enough for the executor-free insert */
+	Oid			delta_idx;		/* its index on customer_id */
+	int			d_natts;
+	int			d_cust,			/* 0-based attribute positions */
+				d_rows,
+				d_orders,
+				d_spend,
+				d_fa,
+				d_la,
+				d_fr,
+				d_lr,
+				d_days,
+				d_removed;
 } RfmStatsCatalog;
 
 static RfmStatsCatalog stats_catalog;
@@ -164,8 +205,9 @@ static void
 RfmRelcacheCallback(Datum arg, Oid relid)
 {
 	/* customer_stats itself may have been re-created: look it up again */
-	if (relid == InvalidOid || relid == stats_catalog.relid)
-		stats_catalog.valid = stats_catalog.attrs_valid = false;
+	if (relid == InvalidOid || relid == stats_catalog.relid ||
+		relid == stats_catalog.delta_relid)
+		stats_catalog.valid = stats_catalog.attrs_valid = stats_catalog.delta_valid = false;
 	if (trigger_cols != NULL && !trigger_cols_stale)
 	{
 		HASH_SEQ_STATUS seq;
@@ -193,6 +235,7 @@ RfmSyscacheCallback(Datum arg, int cacheid, uint32 hashvalue)
 {
 	stats_catalog.valid = false;
 	stats_catalog.attrs_valid = false;
+	stats_catalog.delta_valid = false;
 	if (cacheid == TYPEOID)
 		trigger_cols_stale = true;	/* a column's type may have changed */
 }
@@ -225,9 +268,24 @@ RfmStatsCatalogGet(void)
 			elog(ERROR, "table loyalty.customer_stats does not exist");
 		stats_catalog.attrs_valid = stats_catalog.attrs_valid && relid == stats_catalog.relid;
 		stats_catalog.relid = relid;
+		/* InvalidOid: the 0.2.0 schema, before ALTER EXTENSION UPDATE */
+		relid = get_relname_relid("customer_stats_delta", nsp);
+		stats_catalog.delta_valid = stats_catalog.delta_valid && relid == stats_catalog.delta_relid;
+		stats_catalog.delta_relid = relid;
 		stats_catalog.valid = true;
 	}
 	return &stats_catalog;
+}
+
+/*
+ * Whether loyalty.customer_stats_delta exists: false only between
+ * installing this library and running ALTER EXTENSION UPDATE from 0.2.0,
+ * when tracking, folding and readers keep 0.2.0's behaviour.
+ */
+bool
+RfmDeltasTracked(void)
+{
+	return OidIsValid(RfmStatsCatalogGet()->delta_relid);
 }
 
 /*
@@ -256,6 +314,57 @@ RfmStatsCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
 		cat->a_last < 0 || cat->a_days < 0)
 		elog(ERROR, "loyalty.customer_stats lacks a column");
 	cat->attrs_valid = (cat->relid == RelationGetRelid(rel));
+}
+
+/*
+ * Column positions of customer_stats_delta and whether the executor-free
+ * insert may write it: a heap table whose only index is the one on
+ * customer_id, without triggers or row level security (anything else,
+ * say an index or a trigger someone added, goes through SQL).
+ */
+static void
+RfmDeltaCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *indexes;
+
+	if (cat->delta_valid && cat->delta_relid == RelationGetRelid(rel))
+		return;
+	cat->d_natts = desc->natts;
+	cat->d_cust = SPI_fnumber(desc, "customer_id") - 1;
+	cat->d_rows = SPI_fnumber(desc, "row_count") - 1;
+	cat->d_orders = SPI_fnumber(desc, "order_count") - 1;
+	cat->d_spend = SPI_fnumber(desc, "spend_total") - 1;
+	cat->d_fa = SPI_fnumber(desc, "first_added") - 1;
+	cat->d_la = SPI_fnumber(desc, "last_added") - 1;
+	cat->d_fr = SPI_fnumber(desc, "first_removed") - 1;
+	cat->d_lr = SPI_fnumber(desc, "last_removed") - 1;
+	cat->d_days = SPI_fnumber(desc, "days") - 1;
+	cat->d_removed = SPI_fnumber(desc, "days_removed") - 1;
+	if (cat->d_cust < 0 || cat->d_rows < 0 || cat->d_orders < 0 || cat->d_spend < 0 ||
+		cat->d_fa < 0 || cat->d_la < 0 || cat->d_fr < 0 || cat->d_lr < 0 || cat->d_days < 0 ||
+		cat->d_removed < 0)
+		elog(ERROR, "loyalty.customer_stats_delta lacks a column");
+	cat->delta_idx = InvalidOid;
+	indexes = RelationGetIndexList(rel);
+	if (list_length(indexes) == 1)
+	{
+		Relation	idx = index_open(linitial_oid(indexes), AccessShareLock);
+		Form_pg_index ind = idx->rd_index;
+
+		if (ind->indnatts == 1 && ind->indkey.values[0] == cat->d_cust + 1 &&
+			RelationGetIndexExpressions(idx) == NIL &&
+			RelationGetIndexPredicate(idx) == NIL)
+			cat->delta_idx = RelationGetRelid(idx);
+		index_close(idx, AccessShareLock);
+	}
+	list_free(indexes);
+	cat->delta_direct = OidIsValid(cat->delta_idx) &&
+		rel->rd_rel->relam == HEAP_TABLE_AM_OID &&
+		rel->trigdesc == NULL &&
+		!rel->rd_rel->relrowsecurity &&
+		rel->rd_rel->relkind == RELKIND_RELATION;
+	cat->delta_valid = (cat->delta_relid == RelationGetRelid(rel));
 }
 
 /*
@@ -868,10 +977,10 @@ RfmDirectEnd(RfmDirect *d)
 }
 
 /*
- * Apply one customer's delta without the executor, which is what the
- * statement touching a single customer (an application inserting or
- * changing one order: the case whose cost every checkout pays) and bulk
- * statements spend most of their time in otherwise.  It does what an
+ * Apply one customer's delta without the executor, which is what a
+ * back-fill or rebuild (millions of rows, READ COMMITTED, under the locks
+ * of track_orders / rebuild_tracking; tracked statements append instead,
+ * see the file header) spends most of its time in otherwise.  It does what an
  * UPDATE would: find the row through the primary key, compute the new
  * values in C and update that version; if another transaction changed the
  * row meanwhile, wait for it, lock the latest version and recompute from it
@@ -1008,25 +1117,47 @@ RfmMakeArray(Datum *values, bool *nulls, int n, Oid elemtype)
 }
 
 /*
- * Apply a delta: every customer that changed, in customer order (existing
- * ones updated without the executor, new ones in one upsert), then re-read
- * first/last order times where a removal may have taken them away.  Must
- * run inside SPI.
+ * Whether a customer's first or last order time must be read again after
+ * applying its change, given the times the row now holds.  A statement's
+ * own delta (fold false) can only have lost them where it removed more
+ * than it added at the edge; a fold of several statements' deltas (fold
+ * true) may have added and later removed the very same order, so any
+ * removal at or beyond the times now held is re-read.
+ */
+static bool
+RfmTimesNeedFix(RfmCustDelta *c, bool fold, bool fnull, TimestampTz f,
+				bool lnull, TimestampTz l)
+{
+	if (fold)
+		return c->has_removed &&
+			(lnull || l <= c->max_removed || fnull || f >= c->min_removed);
+	return (RfmNeedsLastCheck(c) && (lnull || l <= c->max_removed)) ||
+		(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed));
+}
+
+/* Whether RfmTimesNeedFix can be true for this customer's change. */
+static bool
+RfmMayNeedFix(RfmCustDelta *c, bool fold)
+{
+	return fold ? c->has_removed : (RfmNeedsLastCheck(c) || RfmNeedsFirstCheck(c));
+}
+
+/*
+ * Apply per-customer changes to customer_stats, in customer order: list[i]
+ * with its values v[0..6][i] (customer id, rows, orders, spend, first and
+ * last order added, day-bucket delta) and their nulls.  Existing customers
+ * are updated without the executor, new ones inserted by one upsert, then
+ * first/last order times are read again where a removal may have taken
+ * them away (RfmTimesNeedFix).  Used by back-fills and rebuilds (a
+ * statement-sized delta) and by the fold of pending changes.  Must run
+ * inside SPI.
  */
 static void
-RfmDeltaApply(RfmDelta *delta)
+RfmApplyRows(RfmCustDelta **list, int n, Datum **v, bool **nulls, bool fold)
 {
-	MemoryContext old = MemoryContextSwitchTo(delta->cxt);
-	long		ncust = delta->customers ? hash_get_num_entries(delta->customers)
-		: (delta->single ? 1 : 0);
-	RfmCustDelta **list;
-	HASH_SEQ_STATUS seq;
 	RfmCustDelta *c;
-	int			n = 0;
 	int			i;
 	bool		any_check = false;
-	Datum	   *v[7];
-	bool	   *nulls[7];
 	Datum		args[7];
 	char		argnulls[7];
 	int			ret;
@@ -1036,72 +1167,9 @@ RfmDeltaApply(RfmDelta *delta)
 	int			k;
 	RfmDirect	direct;
 
-	if (ncust == 0)
-	{
-		MemoryContextSwitchTo(old);
-		return;
-	}
-	list = palloc(sizeof(RfmCustDelta *) * ncust);
-	if (delta->customers)
-	{
-		hash_seq_init(&seq, delta->customers);
-		while ((c = hash_seq_search(&seq)) != NULL)
-			list[n++] = c;
-	}
-	else
-		list[n++] = delta->single;
-	for (i = 0, ncust = n, n = 0; i < ncust; i++)
-	{
-		c = list[i];
-		if (RfmCustIsNoop(c))
-			continue;
-		list[n++] = c;
-		if (RfmNeedsLastCheck(c) || RfmNeedsFirstCheck(c))
-			any_check = true;
-	}
-	if (n == 0)
-	{
-		MemoryContextSwitchTo(old);
-		return;
-	}
-	qsort(list, n, sizeof(RfmCustDelta *), RfmCustCmp);
-
-	for (i = 0; i < 7; i++)
-	{
-		v[i] = palloc(sizeof(Datum) * n);
-		nulls[i] = palloc0(sizeof(bool) * n);
-	}
 	for (i = 0; i < n; i++)
-	{
-		RfmDays    *days;
-		RfmMoney	total;
-		Numeric		spend;
-		RfmDayEntry *entries;
-		int			k;
-
-		c = list[i];
-		entries = palloc(sizeof(RfmDayEntry) * Max(c->ndays, 1));
-		memset(&total, 0, sizeof(total));
-		for (k = 0; k < c->ndays; k++)
-		{
-			entries[k].day = c->days[k].day;
-			entries[k].orders = c->days[k].orders;
-			entries[k].spend = RfmMoneyToNumeric(&c->days[k].spend);
-			RfmMoneyAddMoney(&total, &c->days[k].spend, delta->cxt);
-		}
-		spend = RfmMoneyToNumeric(&total);
-		days = RfmDaysBuild(entries, c->ndays);
-		v[0][i] = CStringGetTextDatum(c->key);
-		v[1][i] = Int64GetDatum(c->rows);
-		v[2][i] = Int64GetDatum(c->orders);
-		v[3][i] = NumericGetDatum(spend);
-		v[4][i] = TimestampTzGetDatum(c->min_added);
-		nulls[4][i] = !c->has_added;
-		v[5][i] = TimestampTzGetDatum(c->max_added);
-		nulls[5][i] = !c->has_added;
-		v[6][i] = PointerGetDatum(days);
-		nulls[6][i] = (days == NULL);
-	}
+		if (RfmMayNeedFix(list[i], fold))
+			any_check = true;
 
 	/*
 	 * Existing customers first, in customer order, without the executor;
@@ -1124,8 +1192,7 @@ RfmDeltaApply(RfmDelta *delta)
 								nulls[6][i] ? NULL : (RfmDays *) DatumGetPointer(v[6][i]),
 								&fnull, &f, &lnull, &l))
 			{
-				if ((RfmNeedsLastCheck(c) && (lnull || l <= c->max_removed)) ||
-					(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed)))
+				if (RfmTimesNeedFix(c, fold, fnull, f, lnull, l))
 					fix[nfix++] = c->key;
 				continue;
 			}
@@ -1209,15 +1276,410 @@ RfmDeltaApply(RfmDelta *delta)
 			if (ent == NULL)
 				continue;
 			c = *(RfmCustDelta **) (ent + 1);
-			if ((RfmNeedsLastCheck(c) && (lnull || l <= c->max_removed)) ||
-				(RfmNeedsFirstCheck(c) && (fnull || f >= c->min_removed)))
+			if (RfmTimesNeedFix(c, fold, fnull, f, lnull, l))
 				fix[nfix++] = c->key;
 		}
 	}
 	if (nfix > 0)
 		RfmFixOrderTimes(fix, nfix);
-	MemoryContextSwitchTo(old);
+}
 
+/*
+ * The customers of a delta whose change is not a no-op, in *list (in the
+ * delta's context); returns how many.
+ */
+static int
+RfmDeltaList(RfmDelta *delta, RfmCustDelta ***list)
+{
+	long		ncust = delta->customers ? hash_get_num_entries(delta->customers)
+		: (delta->single ? 1 : 0);
+	HASH_SEQ_STATUS seq;
+	RfmCustDelta *c;
+	int			n = 0;
+
+	*list = MemoryContextAlloc(delta->cxt, sizeof(RfmCustDelta *) * Max(ncust, 1));
+	if (delta->customers)
+	{
+		hash_seq_init(&seq, delta->customers);
+		while ((c = hash_seq_search(&seq)) != NULL)
+			if (!RfmCustIsNoop(c))
+				(*list)[n++] = c;
+	}
+	else if (delta->single && !RfmCustIsNoop(delta->single))
+		(*list)[n++] = delta->single;
+	return n;
+}
+
+/*
+ * The day buckets and total spend of one customer's delta, as two valid
+ * day_buckets values (stored values never hold negative order counts):
+ * *added the net change of the days whose order count did not fall,
+ * *removed the opposite of the net change of the others.  Days without a
+ * net change are left out; NULL when there is no such day.
+ */
+static void
+RfmCustDeltaDays(RfmDelta *delta, RfmCustDelta *c, Numeric *spend,
+				 RfmDays **added, RfmDays **removed)
+{
+	RfmDayEntry *plus = palloc(sizeof(RfmDayEntry) * Max(c->ndays, 1));
+	RfmDayEntry *minus = palloc(sizeof(RfmDayEntry) * Max(c->ndays, 1));
+	int			nplus = 0,
+				nminus = 0;
+	RfmMoney	total;
+	int			k;
+
+	memset(&total, 0, sizeof(total));
+	for (k = 0; k < c->ndays; k++)
+	{
+		Numeric		s;
+
+		RfmMoneyAddMoney(&total, &c->days[k].spend, delta->cxt);
+		if (c->days[k].orders == 0 && RfmMoneyIsZero(&c->days[k].spend))
+			continue;
+		s = RfmMoneyToNumeric(&c->days[k].spend);
+		if (c->days[k].orders >= 0)
+		{
+			plus[nplus].day = c->days[k].day;
+			plus[nplus].orders = c->days[k].orders;
+			plus[nplus++].spend = s;
+		}
+		else
+		{
+			minus[nminus].day = c->days[k].day;
+			minus[nminus].orders = -c->days[k].orders;
+			minus[nminus++].spend = RfmNumericSub(RfmNumericZero(), s);
+		}
+	}
+	*spend = RfmMoneyToNumeric(&total);
+	*added = nplus > 0 ? RfmDaysBuild(plus, nplus) : NULL;
+	*removed = nminus > 0 ? RfmDaysBuild(minus, nminus) : NULL;
+}
+
+/* Columns of a customer_stats_delta row, in the order of the table. */
+#define RFM_DELTA_COLS 10
+
+/* Prepared INSERT of RfmDeltaAppendSql, and the day_buckets OID it is for. */
+static SPIPlanPtr append_plan = NULL;
+static Oid	append_plan_days_type = InvalidOid;
+
+/*
+ * Append delta rows through SQL: used when customer_stats_delta is not
+ * plain enough for the executor-free insert (someone added an index or a
+ * trigger to it).  Connects to SPI itself.
+ */
+static void
+RfmDeltaAppendSql(Datum **v, bool **nulls, int n)
+{
+	Oid			daysoid = RfmDaysTypeOid();
+	Oid			elemtypes[RFM_DELTA_COLS] = {TEXTOID, INT8OID, INT8OID, NUMERICOID, TIMESTAMPTZOID,
+	TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, daysoid, daysoid};
+	Datum		args[RFM_DELTA_COLS];
+	int			i;
+
+	SPI_connect();
+	if (append_plan != NULL && append_plan_days_type != daysoid)
+	{
+		SPI_freeplan(append_plan);
+		append_plan = NULL;
+	}
+	if (append_plan == NULL)
+	{
+		Oid			argtypes[RFM_DELTA_COLS];
+		SPIPlanPtr	plan;
+
+		for (i = 0; i < RFM_DELTA_COLS; i++)
+			argtypes[i] = get_array_type(elemtypes[i]);
+		plan = SPI_prepare("INSERT INTO loyalty.customer_stats_delta (customer_id, row_count,"
+						   " order_count, spend_total, first_added, last_added, first_removed,"
+						   " last_removed, days, days_removed)"
+						   " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+						   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+						   " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+						   " pg_catalog.unnest($9), pg_catalog.unnest($10))", RFM_DELTA_COLS, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		append_plan = plan;
+		append_plan_days_type = daysoid;
+	}
+	for (i = 0; i < RFM_DELTA_COLS; i++)
+		args[i] = PointerGetDatum(RfmMakeArray(v[i], nulls[i], n, elemtypes[i]));
+	if (SPI_execute_plan(append_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not append to loyalty.customer_stats_delta");
+	SPI_finish();
+}
+
+/*
+ * Append a statement's delta: one row per customer whose statistics it
+ * changes, in loyalty.customer_stats_delta.  This is all a tracked
+ * statement writes: it updates no shared row and reads nothing, so it
+ * cannot wait for, deadlock with or be rolled back because of another
+ * transaction (no serialization failure at any isolation level).  The
+ * rows are inserted without the executor (heap insert plus the one index
+ * entry), which is the whole of tracking's cost on the checkout path next
+ * to reading the transition tables.
+ */
+static void
+RfmDeltaAppend(RfmDelta *delta)
+{
+	MemoryContext old = MemoryContextSwitchTo(delta->cxt);
+	RfmStatsCatalog *cat = RfmStatsCatalogGet();
+	RfmCustDelta **list;
+	int			n = RfmDeltaList(delta, &list);
+	Relation	rel;
+	Datum	   *v[RFM_DELTA_COLS];
+	bool	   *nulls[RFM_DELTA_COLS];
+	int			i,
+				k;
+
+	if (n == 0)
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	for (k = 0; k < RFM_DELTA_COLS; k++)
+	{
+		v[k] = palloc(sizeof(Datum) * n);
+		nulls[k] = palloc0(sizeof(bool) * n);
+	}
+	for (i = 0; i < n; i++)
+	{
+		RfmCustDelta *c = list[i];
+		Numeric		spend;
+		RfmDays    *days;
+		RfmDays    *removed;
+
+		RfmCustDeltaDays(delta, c, &spend, &days, &removed);
+
+		v[0][i] = CStringGetTextDatum(c->key);
+		v[1][i] = Int64GetDatum(c->rows);
+		v[2][i] = Int64GetDatum(c->orders);
+		v[3][i] = NumericGetDatum(spend);
+		v[4][i] = TimestampTzGetDatum(c->min_added);
+		v[5][i] = TimestampTzGetDatum(c->max_added);
+		nulls[4][i] = nulls[5][i] = !c->has_added;
+		v[6][i] = TimestampTzGetDatum(c->min_removed);
+		v[7][i] = TimestampTzGetDatum(c->max_removed);
+		nulls[6][i] = nulls[7][i] = !c->has_removed;
+		v[8][i] = PointerGetDatum(days);
+		nulls[8][i] = (days == NULL);
+		v[9][i] = PointerGetDatum(removed);
+		nulls[9][i] = (removed == NULL);
+	}
+
+	rel = table_open(cat->delta_relid, RowExclusiveLock);
+	RfmDeltaCatalogAttrs(cat, rel);
+	if (!cat->delta_direct)
+	{
+		table_close(rel, NoLock);
+		RfmDeltaAppendSql(v, nulls, n);
+	}
+	else
+	{
+		Relation	idx = index_open(cat->delta_idx, RowExclusiveLock);
+		IndexInfo  *info = BuildIndexInfo(idx);
+		TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
+		CommandId	cid = GetCurrentCommandId(true);
+		int			pos[RFM_DELTA_COLS] = {cat->d_cust, cat->d_rows, cat->d_orders, cat->d_spend,
+		cat->d_fa, cat->d_la, cat->d_fr, cat->d_lr, cat->d_days, cat->d_removed};
+
+		for (i = 0; i < n; i++)
+		{
+			bool		keynull = false;
+
+			ExecClearTuple(slot);
+			for (k = 0; k < cat->d_natts; k++)
+			{
+				slot->tts_values[k] = (Datum) 0;
+				slot->tts_isnull[k] = true;
+			}
+			for (k = 0; k < RFM_DELTA_COLS; k++)
+			{
+				slot->tts_values[pos[k]] = v[k][i];
+				slot->tts_isnull[pos[k]] = nulls[k][i];
+			}
+			ExecStoreVirtualTuple(slot);
+			table_tuple_insert(rel, slot, cid, 0, NULL);
+			index_insert_new_compat(idx, &v[0][i], &keynull, &slot->tts_tid, rel,
+									UNIQUE_CHECK_NO, info);
+		}
+		ExecDropSingleTupleTableSlot(slot);
+		index_close(idx, NoLock);
+		table_close(rel, NoLock);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Fold every pending delta this statement sees into customer_stats and
+ * delete exactly those rows: one DELETE ... RETURNING takes the rows
+ * visible to its snapshot (deltas of transactions still in flight stay for
+ * the next fold; a concurrent fold that deleted a row first makes this one
+ * skip it) and sums them per customer in SQL; the sums are then applied in
+ * customer order like a back-fill's (RfmApplyRows: existing customers
+ * updated without the executor, new ones upserted).  Trackers only insert
+ * into the delta table, so nothing here waits for them or makes them
+ * wait.  The first and last order times cannot be derived from deltas when
+ * a removed order may have been one of them: for those customers they are
+ * read again from the tracked tables (a fresh snapshot, at least as new as
+ * the deltas folded).  Must run inside SPI, READ COMMITTED.  Returns the
+ * delta rows folded; *customers the customers they touched.
+ */
+int64
+RfmFoldDeltas(int64 *customers)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty rfm fold",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	int			ret;
+	uint64		r;
+	uint64		n;
+	SPITupleTable *res;
+	int64		folded = 0;
+	RfmCustDelta **list;
+	Datum	   *v[7];
+	bool	   *nulls[7];
+	int			i;
+
+	if (customers)
+		*customers = 0;
+	if (!RfmDeltasTracked())
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(cxt);
+		return 0;
+	}
+	ret = SPI_execute("WITH d AS ("
+					  "  DELETE FROM loyalty.customer_stats_delta"
+					  "  RETURNING customer_id, row_count, order_count, spend_total, first_added,"
+					  "  last_added, first_removed, last_removed, days, days_removed)"
+					  " SELECT d.customer_id, pg_catalog.count(*),"
+					  "  pg_catalog.sum(d.row_count)::pg_catalog.int8,"
+					  "  pg_catalog.sum(d.order_count)::pg_catalog.int8,"
+					  "  pg_catalog.sum(d.spend_total),"
+					  "  pg_catalog.min(d.first_added), pg_catalog.max(d.last_added),"
+					  "  pg_catalog.min(d.first_removed), pg_catalog.max(d.last_removed),"
+					  "  loyalty._rfm_days_minus(loyalty._rfm_days_fold(d.days),"
+					  "  loyalty._rfm_days_fold(d.days_removed))"
+					  " FROM d GROUP BY d.customer_id ORDER BY d.customer_id",
+					  false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not fold loyalty.customer_stats_delta: %s", SPI_result_code_string(ret));
+	res = SPI_tuptable;
+	n = SPI_processed;
+	if (customers)
+		*customers = (int64) n;
+	if (n == 0)
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(cxt);
+		return 0;
+	}
+	list = palloc_extended(sizeof(RfmCustDelta *) * n, MCXT_ALLOC_HUGE);
+	for (i = 0; i < 7; i++)
+	{
+		v[i] = palloc_extended(sizeof(Datum) * n, MCXT_ALLOC_HUGE);
+		nulls[i] = palloc_extended(sizeof(bool) * n, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	}
+	for (r = 0; r < n; r++)
+	{
+		HeapTuple	tup = res->vals[r];
+		TupleDesc	desc = res->tupdesc;
+		RfmCustDelta *c = palloc0(sizeof(RfmCustDelta));
+		bool		isnull,
+					fanull,
+					lanull,
+					frnull,
+					lrnull;
+
+		c->key = SPI_getvalue(tup, desc, 1);
+		folded += DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		c->rows = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		c->orders = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+		c->min_added = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &fanull));
+		c->max_added = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &lanull));
+		c->has_added = !fanull && !lanull;
+		c->min_removed = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &frnull));
+		c->max_removed = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &lrnull));
+		c->has_removed = !frnull && !lrnull;
+		list[r] = c;
+		v[0][r] = SPI_getbinval(tup, desc, 1, &isnull);
+		v[1][r] = Int64GetDatum(c->rows);
+		v[2][r] = Int64GetDatum(c->orders);
+		v[3][r] = SPI_getbinval(tup, desc, 5, &isnull);
+		v[4][r] = TimestampTzGetDatum(c->min_added);
+		nulls[4][r] = !c->has_added;
+		v[5][r] = TimestampTzGetDatum(c->max_added);
+		nulls[5][r] = !c->has_added;
+		v[6][r] = SPI_getbinval(tup, desc, 10, &nulls[6][r]);
+		if (!nulls[6][r])
+			v[6][r] = PointerGetDatum(DatumGetRfmDays(v[6][r]));
+	}
+	RfmApplyRows(list, (int) n, v, nulls, true);
+	SPI_freetuptable(res);
+	CommandCounterIncrement();
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+	return folded;
+}
+
+
+/*
+ * Apply a delta directly to customer_stats (back-fills and rebuilds; tracked
+ * statements append instead): its customers that changed, in customer
+ * order, through RfmApplyRows.  Must run inside SPI.
+ */
+static void
+RfmDeltaApply(RfmDelta *delta)
+{
+	MemoryContext old = MemoryContextSwitchTo(delta->cxt);
+	RfmCustDelta **list;
+	int			n = RfmDeltaList(delta, &list);
+	Datum	   *v[7];
+	bool	   *nulls[7];
+	int			i;
+
+	if (n == 0)
+	{
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	qsort(list, n, sizeof(RfmCustDelta *), RfmCustCmp);
+	for (i = 0; i < 7; i++)
+	{
+		v[i] = palloc(sizeof(Datum) * n);
+		nulls[i] = palloc0(sizeof(bool) * n);
+	}
+	for (i = 0; i < n; i++)
+	{
+		RfmCustDelta *c = list[i];
+		RfmDayEntry *entries = palloc(sizeof(RfmDayEntry) * Max(c->ndays, 1));
+		RfmMoney	total;
+		RfmDays    *days;
+		int			k;
+
+		memset(&total, 0, sizeof(total));
+		for (k = 0; k < c->ndays; k++)
+		{
+			entries[k].day = c->days[k].day;
+			entries[k].orders = c->days[k].orders;
+			entries[k].spend = RfmMoneyToNumeric(&c->days[k].spend);
+			RfmMoneyAddMoney(&total, &c->days[k].spend, delta->cxt);
+		}
+		days = RfmDaysBuild(entries, c->ndays);
+		v[0][i] = CStringGetTextDatum(c->key);
+		v[1][i] = Int64GetDatum(c->rows);
+		v[2][i] = Int64GetDatum(c->orders);
+		v[3][i] = NumericGetDatum(RfmMoneyToNumeric(&total));
+		v[4][i] = TimestampTzGetDatum(c->min_added);
+		nulls[4][i] = !c->has_added;
+		v[5][i] = TimestampTzGetDatum(c->max_added);
+		nulls[5][i] = !c->has_added;
+		v[6][i] = PointerGetDatum(days);
+		nulls[6][i] = (days == NULL);
+	}
+	RfmApplyRows(list, n, v, nulls, false);
+	MemoryContextSwitchTo(old);
 }
 
 /* Forget a delta's customers after it was applied (back-fill chunks). */
@@ -1339,6 +1801,19 @@ RfmRebuild(void)
 	if (SPI_execute("LOCK TABLE loyalty.customer_stats IN SHARE ROW EXCLUSIVE MODE",
 					false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not lock loyalty.customer_stats");
+
+	/*
+	 * Trackers append under ROW EXCLUSIVE: this waits for those in flight
+	 * and holds new ones off until commit; their pending deltas are part of
+	 * what the back-fill recounts.
+	 */
+	if (RfmDeltasTracked() &&
+		SPI_execute("LOCK TABLE loyalty.customer_stats_delta IN SHARE ROW EXCLUSIVE MODE",
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not lock loyalty.customer_stats_delta");
+	if (RfmDeltasTracked() &&
+		SPI_execute("DELETE FROM loyalty.customer_stats_delta", false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not clear loyalty.customer_stats_delta");
 	if (SPI_execute("UPDATE loyalty.customer_stats SET row_count = 0, order_count = 0,"
 					" spend_total = 0, first_order = NULL, last_order = NULL, days = NULL"
 					" WHERE row_count OPERATOR(pg_catalog.<>) 0 OR days IS NOT NULL"
@@ -1431,9 +1906,9 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 	SetUserIdAndSecContext(RfmStatsCatalogGet()->owner,
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 
-	SPI_connect();
 	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
 	{
+		SPI_connect();
 		RfmRebuild();
 		SPI_finish();
 		SetUserIdAndSecContext(save_userid, save_sec_context);
@@ -1451,9 +1926,20 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 		RfmDeltaAddTuplestore(delta, &cols, td->tg_oldtable, RelationGetDescr(rel), -1);
 	if (td->tg_newtable)
 		RfmDeltaAddTuplestore(delta, &cols, td->tg_newtable, RelationGetDescr(rel), +1);
-	RfmDeltaApply(delta);
+	if (RfmDeltasTracked())
+		RfmDeltaAppend(delta);
+	else
+	{
+		/*
+		 * New library, schema still 0.2.0 (ALTER EXTENSION UPDATE not run
+		 * yet): keep the statistics as 0.2.0 did rather than fail the
+		 * application's statement.
+		 */
+		SPI_connect();
+		RfmDeltaApply(delta);
+		SPI_finish();
+	}
 	MemoryContextDelete(delta->cxt);
-	SPI_finish();
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	return PointerGetDatum(NULL);
 }

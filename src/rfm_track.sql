@@ -88,6 +88,22 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION loyalty._rfm_days_prune(loyalty.day_buckets, date) IS
 	'Internal: the day buckets of days on or after the given date';
 
+CREATE FUNCTION loyalty._rfm_days_minus(loyalty.day_buckets, loyalty.day_buckets)
+RETURNS loyalty.day_buckets
+AS 'MODULE_PATHNAME', 'rfm_days_minus'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_days_minus(loyalty.day_buckets, loyalty.day_buckets) IS
+	'Internal: added minus removed day buckets of pending changes, as a delta (NULL = no bucket)';
+
+CREATE AGGREGATE loyalty._rfm_days_fold(loyalty.day_buckets) (
+	SFUNC = loyalty._rfm_days_merge,
+	STYPE = loyalty.day_buckets
+);
+
+COMMENT ON AGGREGATE loyalty._rfm_days_fold(loyalty.day_buckets) IS
+	'Internal: the sum of pending day-bucket deltas (NULL = no bucket)';
+
 /* tables */
 
 CREATE TABLE loyalty.tracked_table (
@@ -121,7 +137,7 @@ CREATE TABLE loyalty.customer_stats (
 ) WITH (fillfactor = 90);
 
 COMMENT ON TABLE loyalty.customer_stats IS
-	'Live per-customer statistics of the tracked orders tables, kept current by their triggers';
+	'Per-customer statistics of the tracked orders tables as of the last fold; pending changes are in loyalty.customer_stats_delta';
 COMMENT ON COLUMN loyalty.customer_stats.row_count IS
 	'Tracked rows of the customer (orders and refunds); 0 = left, removed by the next refresh';
 COMMENT ON COLUMN loyalty.customer_stats.order_count IS
@@ -139,6 +155,52 @@ COMMENT ON COLUMN loyalty.customer_stats.since IS
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.customer_stats', '');
 
+/*
+ * What tracked statements append: one row per statement and customer, the
+ * change that statement made to the customer's statistics.  The checkout
+ * path only inserts here (no shared row updated, nothing read), so tracking
+ * cannot make the application's statement fail with a serialization
+ * failure or a deadlock; readers add the pending rows to customer_stats and
+ * refresh_segments / fold_tracking fold them into it and delete them.
+ */
+CREATE TABLE loyalty.customer_stats_delta (
+	customer_id		text COLLATE "C" NOT NULL,
+	row_count		bigint NOT NULL,
+	order_count		bigint NOT NULL,
+	spend_total		numeric NOT NULL,
+	first_added		timestamptz,
+	last_added		timestamptz,
+	first_removed	timestamptz,
+	last_removed	timestamptz,
+	days			loyalty.day_buckets,
+	days_removed	loyalty.day_buckets
+);
+
+CREATE INDEX customer_stats_delta_customer ON loyalty.customer_stats_delta (customer_id);
+
+COMMENT ON TABLE loyalty.customer_stats_delta IS
+	'Pending changes of the live statistics, appended by the tracking triggers and folded into loyalty.customer_stats by refresh_segments and fold_tracking';
+COMMENT ON COLUMN loyalty.customer_stats_delta.row_count IS
+	'Tracked rows added minus removed by one statement';
+COMMENT ON COLUMN loyalty.customer_stats_delta.order_count IS
+	'Orders added minus removed by one statement';
+COMMENT ON COLUMN loyalty.customer_stats_delta.spend_total IS
+	'Amounts added minus removed by one statement';
+COMMENT ON COLUMN loyalty.customer_stats_delta.first_added IS
+	'Earliest order time added (NULL: no order added)';
+COMMENT ON COLUMN loyalty.customer_stats_delta.last_added IS
+	'Latest order time added (NULL: no order added)';
+COMMENT ON COLUMN loyalty.customer_stats_delta.first_removed IS
+	'Earliest order time removed (NULL: no order removed)';
+COMMENT ON COLUMN loyalty.customer_stats_delta.last_removed IS
+	'Latest order time removed (NULL: no order removed)';
+COMMENT ON COLUMN loyalty.customer_stats_delta.days IS
+	'Net change of orders and spend per UTC day made by one statement, for the days whose order count did not fall';
+COMMENT ON COLUMN loyalty.customer_stats_delta.days_removed IS
+	'Opposite of the net change per UTC day made by one statement, for the days whose order count fell (stored buckets never hold negative counts)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.customer_stats_delta', '');
+
 /* functions */
 
 /*
@@ -153,7 +215,7 @@ AS 'MODULE_PATHNAME', 'rfm_track_trigger'
 LANGUAGE C VOLATILE;
 
 COMMENT ON FUNCTION loyalty._rfm_track_trigger() IS
-	'Internal: statement trigger of a tracked orders table; applies the statement''s delta to loyalty.customer_stats as the extension''s owner';
+	'Internal: statement trigger of a tracked orders table; appends the statement''s delta to loyalty.customer_stats_delta as the extension''s owner';
 
 CREATE FUNCTION loyalty.track_orders(
 	orders regclass,
@@ -490,6 +552,17 @@ COMMENT ON FUNCTION loyalty._rfm_config_no_truncate() IS
 CREATE TRIGGER rfm_config_no_truncate
 	BEFORE TRUNCATE ON loyalty.rfm_config
 	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._rfm_config_no_truncate();
+
+CREATE FUNCTION loyalty.fold_tracking(OUT folded_rows bigint, OUT customers bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rfm_fold_tracking'
+LANGUAGE C VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.fold_tracking() IS
+	'Fold the pending tracked changes (loyalty.customer_stats_delta) into loyalty.customer_stats now, as refresh_segments does first';
+SELECT loyalty._register_function('admin', 'loyalty.fold_tracking()'::pg_catalog.regprocedure);
 
 CREATE FUNCTION loyalty.refresh_segments(
 	as_of timestamptz DEFAULT pg_catalog.now(),

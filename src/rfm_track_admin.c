@@ -40,6 +40,7 @@ PG_FUNCTION_INFO_V1(rfm_track_orders);
 PG_FUNCTION_INFO_V1(rfm_untrack_orders);
 PG_FUNCTION_INFO_V1(rfm_rebuild_tracking);
 PG_FUNCTION_INFO_V1(rfm_check_tracked);
+PG_FUNCTION_INFO_V1(rfm_fold_tracking);
 
 /* Names of the triggers track_orders installs on a tracked table. */
 #define RFM_TRIGGER_PREFIX "loyalty_rfm_track_"
@@ -77,6 +78,55 @@ RfmFindColumn(TupleDesc desc, const char *relname, const char *role, const char 
 }
 
 /*
+ * Whether a customer column of this (base) type can be tracked.  Only
+ * built-in types qualify: the trigger and the re-read of order times run as
+ * loyalty's owner and use the type's output function, equality and hashing,
+ * which for these are pg_catalog's own (an enum, a composite or a range
+ * could bring casts or functions another role defined).
+ */
+static bool
+RfmCustomerTypeOk(Oid typ)
+{
+	switch (typ)
+	{
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case UUIDOID:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/*
+ * Whether a status column of this (base) type can be tracked: built-in
+ * scalar types and enums, whose output function is pg_catalog's enum_out
+ * (labels are compared as text in C, never through a cast).
+ */
+static bool
+RfmStatusTypeOk(Oid typ)
+{
+	switch (typ)
+	{
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+		case CHAROID:
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+		case BOOLOID:
+			return true;
+		default:
+			return type_is_enum(typ);
+	}
+}
+
+/*
  * Resolve and type-check the columns of a tracked table from its tuple
  * descriptor.  Raises 42703 for a missing column and 42804 for a column
  * whose type cannot serve (naming the column, its type and what is
@@ -91,7 +141,6 @@ RfmResolveColumns(TupleDesc desc, const char *relname,
 	Oid			typ;
 	Oid			outfn;
 	bool		isvarlena;
-	TypeCacheEntry *tce;
 
 	memset(cols, 0, sizeof(RfmTrackCols));
 	cols->cust = RfmFindColumn(desc, relname, "customer", cust_col);
@@ -99,13 +148,13 @@ RfmResolveColumns(TupleDesc desc, const char *relname,
 	cols->amount = RfmFindColumn(desc, relname, "amount", amount_col);
 
 	cols->cust_type = TupleDescAttr(desc, cols->cust - 1)->atttypid;
-	tce = lookup_type_cache(cols->cust_type, TYPECACHE_EQ_OPR);
-	if (!OidIsValid(tce->eq_opr) || !OidIsValid(get_array_type(getBaseType(cols->cust_type))))
+	if (!RfmCustomerTypeOk(getBaseType(cols->cust_type)))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("customer column \"%s\" of \"%s\" has type %s, which has no equality operator",
+				 errmsg("customer column \"%s\" of \"%s\" has type %s",
 						cust_col, relname, format_type_be(cols->cust_type)),
-				 errhint("Track a customer column of a type with an equality operator, such as bigint, text or uuid.")));
+				 errdetail("The customer column must be of type text, character varying, character, smallint, integer, bigint or uuid, or a domain over one of them."),
+				 errhint("Tracking compares customers as loyalty's owner and runs no operator, cast or function that another role can define.")));
 	getTypeOutputInfo(cols->cust_type, &outfn, &isvarlena);
 	fmgr_info(outfn, &cols->cust_out);
 
@@ -157,6 +206,13 @@ RfmResolveColumns(TupleDesc desc, const char *relname,
 	{
 		cols->status = RfmFindColumn(desc, relname, "status", status_col);
 		typ = TupleDescAttr(desc, cols->status - 1)->atttypid;
+		if (!RfmStatusTypeOk(getBaseType(typ)))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("status column \"%s\" of \"%s\" has type %s",
+							status_col, relname, format_type_be(typ)),
+					 errdetail("The status column must be of type text, character varying, character, \"char\", smallint, integer, bigint, boolean or an enum type, or a domain over one of them."),
+					 errhint("Tracking reads statuses as loyalty's owner and runs no function that another role can define.")));
 		getTypeOutputInfo(typ, &outfn, &isvarlena);
 		fmgr_info(outfn, &cols->status_out);
 		cols->status_bpchar = (getBaseType(typ) == BPCHAROID);
@@ -191,40 +247,17 @@ RfmStatusCounts(RfmTrackCols *cols, Datum value, bool isnull)
 }
 
 /*
- * OPERATOR(schema.name) naming an operator exactly, whatever the
- * search_path (the equality operator of a customer column's type may live
- * outside pg_catalog, e.g. citext's).
- */
-static char *
-RfmQualifiedOperator(Oid opno)
-{
-	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
-	Form_pg_operator op;
-	char	   *result;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for operator %u", opno);
-	op = (Form_pg_operator) GETSTRUCT(tup);
-	result = psprintf("OPERATOR(%s.%s)", quote_identifier(get_namespace_name(op->oprnamespace)),
-					  NameStr(op->oprname));
-	ReleaseSysCache(tup);
-	return result;
-}
-
-/*
- * Read the first and last order times of some customers again from every
- * tracked table (after a statement removed what may have been one of them)
- * and store them.  Rows of these customers are locked by the caller's
- * upsert, so nothing can change them in between.
+ * The first and last order times of some customers, read again from every
+ * tracked table (after removals that may have taken one of them away):
+ * first[i] / last[i] for keys[i], null when the customer has no order.
+ * read_only: the caller's snapshot (a reader adding pending deltas, which
+ * must see the tables as of the same snapshot as the deltas); otherwise a
+ * fresh one (a fold: at least as new as the deltas it folded).
  */
 void
-RfmFixOrderTimes(char **keys, int n)
+RfmReadOrderTimes(char **keys, int n, Datum *first, bool *first_null,
+				  Datum *last, bool *last_null, bool read_only)
 {
-	Datum	   *first = palloc(sizeof(Datum) * n);
-	Datum	   *last = palloc(sizeof(Datum) * n);
-	bool	   *first_null = palloc(sizeof(bool) * n);
-	bool	   *last_null = palloc(sizeof(bool) * n);
-	Datum	   *keyd = palloc(sizeof(Datum) * n);
 	HTAB	   *pos;
 	HASHCTL		ctl;
 	int			i;
@@ -249,13 +282,12 @@ RfmFixOrderTimes(char **keys, int n)
 
 		*(int *) (ent + 1) = i;
 		first_null[i] = last_null[i] = true;
-		keyd[i] = CStringGetTextDatum(keys[i]);
 	}
 
 	if (SPI_execute("SELECT orders::pg_catalog.oid, customer_column, ordered_at_column,"
 					" amount_column, status_column, counted_statuses"
 					" FROM loyalty.tracked_table ORDER BY orders::pg_catalog.oid",
-					false, 0) != SPI_OK_SELECT)
+					read_only, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read loyalty.tracked_table");
 	tracked = SPI_tuptable;
 	ntracked = SPI_processed;
@@ -277,7 +309,7 @@ RfmFixOrderTimes(char **keys, int n)
 		StringInfoData sql;
 		uint64		r;
 		SPITupleTable *res;
-		Oid			custarr;
+		Oid			custbase;
 
 		if (!isnull)
 		{
@@ -293,16 +325,32 @@ RfmFixOrderTimes(char **keys, int n)
 		}
 		RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
 						  cust_col, time_col, amount_col, status_col, nsts, sts, &cols);
-		custarr = get_array_type(getBaseType(cols.cust_type));
+		custbase = getBaseType(cols.cust_type);
 
 		/*
 		 * Order times per customer, status and sign of the amount; the
 		 * status filter and the refund test are applied below in C with the
-		 * same rules as the trigger.
+		 * same rules as the trigger.  This runs as loyalty's owner: the
+		 * customers are passed as an array of the column's own (built-in,
+		 * see RfmCustomerTypeOk) type, converted in C by that type's input
+		 * function, so the query holds no cast, and every operator and
+		 * aggregate is pg_catalog's.
 		 */
+		{
+			Oid			typinput,
+						typioparam;
+			Datum	   *custd = palloc(sizeof(Datum) * n);
+			int			k;
+
+			getTypeInputInfo(custbase, &typinput, &typioparam);
+			for (k = 0; k < n; k++)
+				custd[k] = OidInputFunctionCall(typinput, keys[k], typioparam, -1);
+			argtypes[0] = get_array_type(custbase);
+			args[0] = PointerGetDatum(RfmMakeArray(custd, NULL, n, custbase));
+		}
 		initStringInfo(&sql);
 		appendStringInfo(&sql, "SELECT %s, %s, pg_catalog.min(%s), pg_catalog.max(%s) FROM %s"
-						 " WHERE %s %s ANY ($1::pg_catalog.text[]::%s)"
+						 " WHERE %s OPERATOR(pg_catalog.=) ANY ($1)"
 						 " AND %s IS NOT NULL"
 						 " AND (%s IS NULL OR NOT %s OPERATOR(pg_catalog.<) 0)"
 						 " GROUP BY 1, 2",
@@ -312,13 +360,9 @@ RfmFixOrderTimes(char **keys, int n)
 						 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 													RelationGetRelationName(rel)),
 						 quote_identifier(cust_col),
-						 RfmQualifiedOperator(lookup_type_cache(cols.cust_type, TYPECACHE_EQ_OPR)->eq_opr),
-						 format_type_be_qualified(custarr),
 						 quote_identifier(time_col),
 						 quote_identifier(amount_col), quote_identifier(amount_col));
-		argtypes[0] = TEXTARRAYOID;
-		args[0] = PointerGetDatum(RfmMakeArray(keyd, NULL, n, TEXTOID));
-		if (SPI_execute_with_args(sql.data, 1, argtypes, args, NULL, false, 0) != SPI_OK_SELECT)
+		if (SPI_execute_with_args(sql.data, 1, argtypes, args, NULL, read_only, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read order times of \"%s\"", RelationGetRelationName(rel));
 		res = SPI_tuptable;
 		for (r = 0; r < SPI_processed; r++)
@@ -372,7 +416,28 @@ RfmFixOrderTimes(char **keys, int n)
 		}
 		table_close(rel, AccessShareLock);
 	}
+}
 
+/*
+ * Read the first and last order times of some customers again from the
+ * tracked tables and store them in customer_stats (a fold found that a
+ * removed order may have been one of them).
+ */
+void
+RfmFixOrderTimes(char **keys, int n)
+{
+	Datum	   *first = palloc(sizeof(Datum) * n);
+	Datum	   *last = palloc(sizeof(Datum) * n);
+	bool	   *first_null = palloc(sizeof(bool) * n);
+	bool	   *last_null = palloc(sizeof(bool) * n);
+	Datum	   *keyd = palloc(sizeof(Datum) * n);
+	Datum		args[3];
+	Oid			argtypes[3];
+	int			i;
+
+	RfmReadOrderTimes(keys, n, first, first_null, last, last_null, false);
+	for (i = 0; i < n; i++)
+		keyd[i] = CStringGetTextDatum(keys[i]);
 	if (fix_times_plan == NULL)
 	{
 		SPIPlanPtr	plan;
@@ -648,6 +713,8 @@ rfm_track_orders(PG_FUNCTION_ARGS)
 	}
 
 	rows = RfmBackfill(relid, cust_col, time_col, amount_col, status_col, nst, sts);
+	/* customers counted below include those with pending changes only */
+	(void) RfmFoldDeltas(NULL);
 	values[0] = Int64GetDatum(rows);
 	values[1] = Int64GetDatum(RfmCountCustomers());
 	SPI_finish();
@@ -744,6 +811,32 @@ rfm_rebuild_tracking(PG_FUNCTION_ARGS)
 	}
 	values[0] = Int64GetDatum(RfmRebuild());
 	values[1] = Int64GetDatum(RfmCountCustomers());
+	SPI_finish();
+	if (get_call_result_type(fcinfo, NULL, &rdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(rdesc), values, nulls)));
+}
+
+/*
+ * loyalty.fold_tracking(): fold the pending tracked changes into
+ * customer_stats now (refresh_segments does it first thing; this is for an
+ * administrator who reads customer_stats directly, or wants the delta
+ * table small between refreshes).  Returns the delta rows folded and the
+ * customers they touched.  READ COMMITTED only, like the refresh: it
+ * deletes the deltas its statement sees and reads order times afresh.
+ */
+Datum
+rfm_fold_tracking(PG_FUNCTION_ARGS)
+{
+	TupleDesc	rdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	int64		customers = 0;
+
+	RfmLiveRequireReadCommitted("loyalty.fold_tracking()");
+	SPI_connect();
+	values[0] = Int64GetDatum(RfmFoldDeltas(&customers));
+	values[1] = Int64GetDatum(customers);
 	SPI_finish();
 	if (get_call_result_type(fcinfo, NULL, &rdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");

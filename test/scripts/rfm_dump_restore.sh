@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Scripted check: live RFM tracking survives pg_dump / pg_restore and keeps
 # working.  After a restore (custom format, and plain SQL through psql):
-#   - loyalty.tracked_table, customer_stats (with its day buckets), rfm_config
+#   - loyalty.tracked_table, customer_stats (with its day buckets), the
+#     pending tracked changes (customer_stats_delta), rfm_config
 #     (edited), snapshots, change log and summary hold the same rows;
 #   - the tracking triggers were restored on the application's table, call
 #     loyalty's trigger function, and keep the statistics exact: orders
@@ -19,7 +20,7 @@ psql -d postgres -c "DROP DATABASE IF EXISTS $src" -c "DROP DATABASE IF EXISTS $
 psql -d "$src" -c "CREATE EXTENSION loyalty"
 psql -d "$src" -f "$here/dump_restore.d/30_rfm_track.sql" >/dev/null
 
-tables="loyalty.tracked_table loyalty.customer_stats loyalty.rfm_config loyalty.segment_snapshot
+tables="loyalty.tracked_table loyalty.customer_stats loyalty.customer_stats_delta loyalty.rfm_config loyalty.segment_snapshot
 	loyalty.segment_change loyalty.segment_summary"
 digest() {
 	local t
@@ -44,7 +45,8 @@ check_dst() {
 		-c "INSERT INTO dump_shop.orders (customer, ordered_at, amount, status)
 			VALUES (5, '2026-10-23 10:00+00', 77, 'completed'), (123, '2026-10-23 11:00+00', 3, 'completed')" \
 		-c "UPDATE dump_shop.orders SET status = 'cancelled' WHERE customer = 7" \
-		-c "DELETE FROM dump_shop.orders WHERE customer = 8 AND amount > 40"
+		-c "DELETE FROM dump_shop.orders WHERE customer = 8 AND amount > 40" \
+		-c "SELECT loyalty.fold_tracking()" >/dev/null
 	bad=$(psql -At -d "$dst" -c "
 		WITH e AS (
 			SELECT c, count(*) AS n, coalesce(sum(a), 0) AS spend, max(t) FILTER (WHERE a IS NULL OR a >= 0) AS last
