@@ -562,7 +562,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.fold_tracking() IS
 	'Fold the pending tracked changes (loyalty.customer_stats_delta) into loyalty.customer_stats now, as refresh_segments does first';
-SELECT loyalty._register_function('admin', 'loyalty.fold_tracking()'::pg_catalog.regprocedure);
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.fold_tracking()'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.refresh_segments(
 	as_of timestamptz DEFAULT pg_catalog.now(),

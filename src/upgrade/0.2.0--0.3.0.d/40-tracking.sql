@@ -78,7 +78,7 @@ SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.fold_tracking() IS
 	'Fold the pending tracked changes (loyalty.customer_stats_delta) into loyalty.customer_stats now, as refresh_segments does first';
-SELECT loyalty._register_function('admin', 'loyalty.fold_tracking()'::pg_catalog.regprocedure);
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.fold_tracking()'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 -- Item 2: tracked customer and status columns must now be of a built-in
 -- type (see track_orders).  Refuse the update, naming the table (42804,
