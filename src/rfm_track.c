@@ -1899,12 +1899,16 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 	 * Work as the owner of loyalty's tables, as RI triggers run as the owner
 	 * of the referenced table: the application's role needs no right on
 	 * loyalty.  Every name in the SQL run from here is schema-qualified, so
-	 * the application's search_path cannot redirect it.  An error restores
-	 * the user with the (sub)transaction abort.
+	 * the application's search_path cannot redirect it.  The operation is
+	 * also restricted (as VACUUM and REINDEX run index expressions): should
+	 * anything reached from here run code another role wrote, it could not
+	 * change the session's state (SET ROLE, temporary objects, GUCs) as the
+	 * owner.  An error restores the user with the (sub)transaction abort.
 	 */
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(RfmStatsCatalogGet()->owner,
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
 
 	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
 	{
