@@ -201,14 +201,14 @@ BEGIN
 		END IF;
 		DELETE FROM loyalty.segment s WHERE s.builtin;
 	END IF;
-	IF TG_TABLE_NAME = 'segment_rule'
-	   AND (TG_OP = 'INSERT' OR NEW.segment OPERATOR(pg_catalog.<>) OLD.segment)
-	   AND NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name OPERATOR(pg_catalog.=) NEW.segment)
-	   AND EXISTS (SELECT 1 FROM loyalty.segment) THEN
-		RAISE EXCEPTION 'segment rule names unknown segment "%"', NEW.segment
-			USING ERRCODE = 'foreign_key_violation',
-				  DETAIL = format('No segment is named %L; segments are listed in loyalty.segment.', NEW.segment),
-				  HINT = 'Insert the segment into loyalty.segment first.';
+	IF TG_TABLE_NAME = 'segment_rule' THEN
+		IF NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name OPERATOR(pg_catalog.=) NEW.segment)
+		   AND EXISTS (SELECT 1 FROM loyalty.segment) THEN
+			RAISE EXCEPTION 'segment rule names unknown segment "%"', NEW.segment
+				USING ERRCODE = 'foreign_key_violation',
+					  DETAIL = format('No segment is named %L; segments are listed in loyalty.segment.', NEW.segment),
+					  HINT = 'Insert the segment into loyalty.segment first.';
+		END IF;
 	END IF;
 	RETURN NEW;
 END;
