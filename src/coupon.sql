@@ -10,8 +10,9 @@
  *
  * Concurrency (see coupon_store.c): locks are taken in one global order,
  * order row -> coupon rows -> campaign gates -> capped campaign rows ->
- * customer locks; caps count active redemptions plus unexpired reservations
- * under those locks.  The tables back that up: a code's uses can never
+ * customer locks (-> points accounts, in the points family); caps count
+ * active redemptions, unexpired reservations and unused codes sold for
+ * points under those locks.  The tables back that up: a code's uses can never
  * exceed its max_uses (CHECK), a campaign's counter never its total_cap
  * (CHECK), and an (order_ref, code) pair is redeemed at most once (unique
  * index).

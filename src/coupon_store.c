@@ -19,7 +19,11 @@
  *	   total cap: the cap counter;
  *	5. the customer lock: a heavyweight lock on (class loyalty.redemption,
  *	   object id = hash of campaign and customer), only for campaigns with a
- *	   per-customer cap.
+ *	   per-customer cap;
+ *	6. (points family) points accounts: exchange_points takes 4 and 5
+ *	   before spending, and reverse_points of an exchange locks the sold
+ *	   coupon (2) before the account, so a transaction that redeems and
+ *	   then earns points cannot deadlock with them.
  * After the locks, usage is counted with the newest snapshot (so that a
  * REPEATABLE READ caller cannot miss a competitor that committed after its
  * snapshot), and written in one statement.  Rows whose change must be seen
