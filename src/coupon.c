@@ -203,7 +203,8 @@ CheckCoupon(CallState *st)
 /*
  * The caps, given the usage of other orders: the code's own cap, the
  * campaign's total cap, the per-customer cap.  "exhausted" when redemptions
- * alone use the cap up, "reserved" when unexpired reservations of other
+ * and unused codes sold for points (each holds the unit it was sold for)
+ * use the cap up, "reserved" when unexpired reservations of other
  * checkouts hold the rest.
  */
 static CouponReason
@@ -221,13 +222,13 @@ CheckCaps(const CallState *st, int64 campaign_uses, const CouponUsage *u)
 	}
 	if (cm->has_total_cap)
 	{
-		if (campaign_uses >= cm->total_cap)
+		if (campaign_uses + u->campaign_sold >= cm->total_cap)
 			return COUPON_EXHAUSTED;
-		if (campaign_uses + u->campaign_holds >= cm->total_cap)
+		if (campaign_uses + u->campaign_sold + u->campaign_holds >= cm->total_cap)
 			return COUPON_RESERVED;
 	}
 	if (cm->per_customer_cap > 0 &&
-		u->customer_uses + u->customer_holds >= cm->per_customer_cap)
+		u->customer_uses + u->customer_sold + u->customer_holds >= cm->per_customer_cap)
 		return COUPON_CUSTOMER_LIMIT;
 	return COUPON_OK;
 }

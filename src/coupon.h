@@ -219,6 +219,8 @@ typedef struct CouponUsage
 	int64		campaign_holds;
 	int64		customer_uses;	/* the customer's active redemptions */
 	int64		customer_holds;
+	int64		campaign_sold;	/* unused codes sold for points (other codes) */
+	int64		customer_sold;	/* the same, bound to the customer */
 } CouponUsage;
 
 /* ---- discounts (coupon_discount.c) ---- */
@@ -264,6 +266,8 @@ extern void CouponGateExclusive(int64 campaign_id);
 extern int64 CouponLockCampaignRow(int64 campaign_id);
 extern int64 CouponCampaignUses(int64 campaign_id);
 extern void CouponLockCustomer(int64 campaign_id, const char *customer_id);
+extern int64 CouponCapUnits(int64 campaign_id, const char *customer_id,
+							TimestampTz now);
 extern void CouponCountUsage(const Coupon *cp, const Campaign *cm,
 							 const char *customer_id, const char *order_ref,
 							 TimestampTz now, bool latest, CouponUsage *usage);

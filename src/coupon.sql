@@ -10,8 +10,9 @@
  *
  * Concurrency (see coupon_store.c): locks are taken in one global order,
  * order row -> coupon rows -> campaign gates -> capped campaign rows ->
- * customer locks; caps count active redemptions plus unexpired reservations
- * under those locks.  The tables back that up: a code's uses can never
+ * customer locks (-> points accounts, in the points family); caps count
+ * active redemptions, unexpired reservations and unused codes sold for
+ * points under those locks.  The tables back that up: a code's uses can never
  * exceed its max_uses (CHECK), a campaign's counter never its total_cap
  * (CHECK), and an (order_ref, code) pair is redeemed at most once (unique
  * index).
@@ -85,10 +86,20 @@ INSERT INTO loyalty.eligibility_kind (kind, check_function, builtin, description
 SELECT pg_catalog.pg_extension_config_dump('loyalty.eligibility_kind', 'WHERE NOT builtin');
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.eligibility_kind'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
+/*
+ * No foreign keys: pg_restore --jobs loads campaign, eligibility_kind and
+ * campaign_rule in parallel, in any order, each in its own transaction.
+ * add_campaign_rule checks that the campaign and the kind exist and locks
+ * both rows as a foreign key would (FOR KEY SHARE); deleting a campaign or
+ * a kind that rules use, or renaming such a kind, is refused by a trigger
+ * on the parent (_campaign_rule_parent_in_use, UPDATE and DELETE only);
+ * a rule whose kind is missing validates as config_error, and
+ * loyalty.check_integrity() reports such rules.
+ */
 CREATE TABLE loyalty.campaign_rule (
 	rule_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-	campaign_id		bigint NOT NULL REFERENCES loyalty.campaign,
-	kind			text NOT NULL REFERENCES loyalty.eligibility_kind,
+	campaign_id		bigint NOT NULL,
+	kind			text NOT NULL,
 	params			jsonb NOT NULL DEFAULT '{}',
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	CONSTRAINT campaign_rule_params_check CHECK (pg_catalog.jsonb_typeof(params) = 'object')
@@ -122,6 +133,7 @@ CREATE TABLE loyalty.coupon (
 	reservations	bigint NOT NULL DEFAULT 0,
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	voided_at		timestamptz,
+	holds_cap_unit	boolean NOT NULL DEFAULT false,
 	CONSTRAINT coupon_code_key UNIQUE (code),
 	CONSTRAINT coupon_uses_within_cap
 		CHECK (uses >= 0 AND (max_uses IS NULL OR (max_uses >= 1 AND uses <= max_uses)))
@@ -130,12 +142,21 @@ CREATE TABLE loyalty.coupon (
 CREATE INDEX coupon_customer_idx ON loyalty.coupon (customer_id)
 	WHERE customer_id IS NOT NULL;
 
+-- the cap checks count a campaign's codes sold for points (few) through it
+CREATE INDEX coupon_cap_unit_idx ON loyalty.coupon (campaign_id, customer_id)
+	WHERE holds_cap_unit;
+
+COMMENT ON INDEX loyalty.coupon_cap_unit_idx IS
+	'Codes sold for points, by campaign and customer: counted by every cap check of a capped campaign';
+
 COMMENT ON TABLE loyalty.coupon IS
 	'Coupon codes: generated (single-use, random, check characters) or public vanity codes; optionally bound to one customer';
 COMMENT ON COLUMN loyalty.coupon.uses IS 'Active redemptions of this code';
 COMMENT ON COLUMN loyalty.coupon.reservations IS 'Reservations ever made on this code';
 COMMENT ON COLUMN loyalty.coupon.voided_at IS
 	'When the code was voided (its points exchange was reversed); a voided code is unknown to validate, reserve and redeem';
+COMMENT ON COLUMN loyalty.coupon.holds_cap_unit IS
+	'The code was sold for points (exchange_points): while neither used nor voided it holds one unit of its campaign''s total and per-customer caps, which no other code can take';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon', '');
 SELECT pg_catalog.pg_extension_config_dump(
@@ -258,6 +279,14 @@ LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 COMMENT ON FUNCTION loyalty._campaign_active_uses(bigint) IS
 	'Internal: active redemptions of a campaign, counted with the newest snapshot';
 
+CREATE FUNCTION loyalty._coupon_cap_units(campaign_id bigint, customer_id text, at timestamptz)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'coupon_cap_units'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION loyalty._coupon_cap_units(bigint, text, timestamptz) IS
+	'Internal: units of a campaign''s total cap (customer NULL) or of a customer''s per-customer cap in use (redemptions, live reservations, unused codes sold for points), newest snapshot, under the customer lock when a customer is given';
+
 /* triggers: every configuration change flushes the backends' campaign caches */
 
 CREATE FUNCTION loyalty._campaign_changed()
@@ -290,6 +319,67 @@ CREATE TRIGGER campaign_rule_changed
 CREATE TRIGGER eligibility_kind_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.eligibility_kind
 	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._campaign_changed();
+
+/*
+ * In place of foreign keys from loyalty.campaign_rule (see there): a
+ * campaign, or an eligibility rule kind, that rules use cannot be deleted,
+ * and such a kind cannot be renamed (23503), as the foreign keys refused
+ * it.  Row triggers on UPDATE and DELETE only: COPY (pg_restore, Citus
+ * copying a reference table) fires neither.  Runs as the owner: the rules
+ * are read whoever deletes.
+ */
+CREATE FUNCTION loyalty._campaign_rule_parent_in_use()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	used record;
+BEGIN
+	IF TG_TABLE_NAME = 'campaign' THEN
+		IF TG_OP = 'UPDATE' AND NEW.campaign_id OPERATOR(pg_catalog.=) OLD.campaign_id THEN
+			RETURN NULL;
+		END IF;
+		SELECT r.rule_id, r.kind INTO used FROM loyalty.campaign_rule r
+		WHERE r.campaign_id OPERATOR(pg_catalog.=) OLD.campaign_id ORDER BY r.rule_id LIMIT 1;
+		IF FOUND THEN
+			RAISE EXCEPTION 'campaign % has eligibility rules', OLD.campaign_id
+				USING ERRCODE = 'foreign_key_violation',
+					  DETAIL = format('Rule %s (kind %L) belongs to campaign %L (id %s).',
+									  used.rule_id, used.kind, OLD.name, OLD.campaign_id),
+					  HINT = 'Drop its rules with loyalty.drop_campaign_rule() first.';
+		END IF;
+		RETURN NULL;
+	END IF;
+	IF TG_OP = 'UPDATE' AND NEW.kind OPERATOR(pg_catalog.=) OLD.kind THEN
+		RETURN NULL;
+	END IF;
+	SELECT r.rule_id, r.campaign_id INTO used FROM loyalty.campaign_rule r
+	WHERE r.kind OPERATOR(pg_catalog.=) OLD.kind ORDER BY r.rule_id LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'eligibility rule kind "%" is used by campaign rules', OLD.kind
+			USING ERRCODE = 'foreign_key_violation',
+				  DETAIL = format('Rule %s of campaign %s is of kind %L.', used.rule_id, used.campaign_id, OLD.kind),
+				  HINT = 'Drop the rules of this kind with loyalty.drop_campaign_rule() first.';
+	END IF;
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_rule_parent_in_use() IS
+	'Internal trigger on loyalty.campaign and loyalty.eligibility_kind: refuse deleting a campaign or kind that campaign rules use, or renaming such a kind (23503)';
+
+CREATE TRIGGER campaign_rule_parent
+	AFTER UPDATE OF campaign_id OR DELETE ON loyalty.campaign
+	FOR EACH ROW EXECUTE FUNCTION loyalty._campaign_rule_parent_in_use();
+CREATE TRIGGER eligibility_kind_in_use
+	AFTER UPDATE OF kind OR DELETE ON loyalty.eligibility_kind
+	FOR EACH ROW EXECUTE FUNCTION loyalty._campaign_rule_parent_in_use();
+
+COMMENT ON TRIGGER campaign_rule_parent ON loyalty.campaign IS
+	'Refuse deleting a campaign that has eligibility rules (23503)';
+COMMENT ON TRIGGER eligibility_kind_in_use ON loyalty.eligibility_kind IS
+	'Refuse deleting or renaming an eligibility rule kind that campaign rules use (23503)';
 
 /* functions: campaign administration (admin) */
 
@@ -662,7 +752,9 @@ BEGIN
 		RAISE EXCEPTION 'campaign_id, kind and params must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	IF NOT EXISTS (SELECT 1 FROM loyalty.eligibility_kind k WHERE k.kind = add_campaign_rule.kind) THEN
+	-- locked as a foreign key would: the kind cannot go while the rule is added
+	PERFORM 1 FROM loyalty.eligibility_kind k WHERE k.kind = add_campaign_rule.kind FOR KEY SHARE;
+	IF NOT FOUND THEN
 		RAISE EXCEPTION 'unknown eligibility rule kind: "%"', kind
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Kinds are listed in loyalty.eligibility_kind.';
@@ -712,7 +804,8 @@ BEGIN
 	END IF;
 
 	PERFORM loyalty._campaign_gate(add_campaign_rule.campaign_id);
-	IF NOT EXISTS (SELECT 1 FROM loyalty.campaign t WHERE t.campaign_id = add_campaign_rule.campaign_id) THEN
+	PERFORM 1 FROM loyalty.campaign t WHERE t.campaign_id = add_campaign_rule.campaign_id FOR KEY SHARE;
+	IF NOT FOUND THEN
 		RAISE EXCEPTION 'campaign % does not exist', add_campaign_rule.campaign_id
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -841,6 +934,10 @@ COMMENT ON TRIGGER segment_campaign_rule_rename ON loyalty.segment IS
 	'A renamed segment is renamed in the campaign rules that name it';
 COMMENT ON TRIGGER segment_campaign_rule_delete ON loyalty.segment IS
 	'Refuse deleting a segment a campaign rule names (23503)';
+
+-- also while loyalty.reset_segment_map() runs (session_replication_role =
+-- replica): resetting the map must not drop a segment a rule names
+ALTER TABLE loyalty.segment ENABLE ALWAYS TRIGGER segment_campaign_rule_delete;
 
 /* functions: codes (admin) */
 

@@ -512,6 +512,33 @@ coupon_campaign_active_uses(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64(uses);
 }
 
+PG_FUNCTION_INFO_V1(coupon_cap_units);
+
+/*
+ * loyalty._coupon_cap_units(campaign_id bigint, customer_id text,
+ * at timestamptz) RETURNS bigint: the units of the campaign's total cap
+ * (customer_id NULL) or of the customer's per-customer cap in use, under
+ * the customer lock when a customer is given (see CouponCapUnits).  Lets
+ * exchange_points sell a code only for a free unit without reading the
+ * coupon tables' rules itself.
+ */
+Datum
+coupon_cap_units(PG_FUNCTION_ARGS)
+{
+	int64		units;
+	char	   *customer_id = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("campaign_id and at must not be null")));
+	SPI_connect();
+	CouponStoreBegin(false);
+	units = CouponCapUnits(PG_GETARG_INT64(0), customer_id, PG_GETARG_TIMESTAMPTZ(2));
+	SPI_finish();
+	PG_RETURN_INT64(units);
+}
+
 PG_FUNCTION_INFO_V1(coupon_campaign_changed);
 
 /*

@@ -19,7 +19,11 @@
  *	   total cap: the cap counter;
  *	5. the customer lock: a heavyweight lock on (class loyalty.redemption,
  *	   object id = hash of campaign and customer), only for campaigns with a
- *	   per-customer cap.
+ *	   per-customer cap;
+ *	6. (points family) points accounts: exchange_points takes 4 and 5
+ *	   before spending, and reverse_points of an exchange locks the sold
+ *	   coupon (2) before the account, so a transaction that redeems and
+ *	   then earns points cannot deadlock with them.
  * After the locks, usage is counted with the newest snapshot (so that a
  * REPEATABLE READ caller cannot miss a competitor that committed after its
  * snapshot), and written in one statement.  Rows whose change must be seen
@@ -44,6 +48,20 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+
+/*
+ * A code sold for points (holds_cap_unit, set by exchange_points) of
+ * campaign CAMP holds one unit of the campaign's total and per-customer
+ * caps while it is neither used nor voided; while a live reservation of
+ * another order than ORDER holds it, that reservation is the unit instead
+ * (counted with the reservations).  Served by coupon_cap_unit_idx.
+ */
+#define SOLD_UNIT_HELD(camp, at, order) \
+	"s.campaign_id = " camp " AND s.holds_cap_unit AND s.uses = 0" \
+	" AND s.voided_at IS NULL" \
+	" AND NOT EXISTS (SELECT 1 FROM loyalty.reservation h" \
+	"   WHERE h.coupon_id = s.coupon_id AND h.state = 'held'" \
+	"     AND h.expires_at > " at " AND h.order_ref IS DISTINCT FROM " order ")"
 
 /* Stands for the loyalty.coupon_code type in the argument lists below. */
 #define CODE_TYPE	((Oid) 1)
@@ -70,6 +88,7 @@ typedef enum PlanId
 	P_RB_WRITE,
 	P_SEGMENT,
 	P_ACTIVE_USES,
+	P_CAP_UNITS,
 	NPLANS
 } PlanId;
 
@@ -107,7 +126,7 @@ static const PlanDef PlanDefs[NPLANS] = {
 		"         array_agg(coalesce(k.check_function::pg_catalog.oid, 0::pg_catalog.oid)"
 		"                   ORDER BY cr.rule_id) AS funcs"
 		"  FROM loyalty.campaign_rule cr"
-		"  JOIN loyalty.eligibility_kind k ON k.kind = cr.kind"
+		"  LEFT JOIN loyalty.eligibility_kind k ON k.kind = cr.kind"
 		"  WHERE cr.campaign_id = c.campaign_id) r ON true"
 		" WHERE c.campaign_id = $1",
 		1, {INT8OID}
@@ -166,7 +185,12 @@ static const PlanDef PlanDefs[NPLANS] = {
 		"   WHERE campaign_id = $2 AND customer_id = $3) ELSE 0 END,"
 		" CASE WHEN $8 THEN (SELECT count(*) FROM loyalty.reservation"
 		"   WHERE campaign_id = $2 AND customer_id = $3 AND state = 'held'"
-		"     AND expires_at > $4 AND order_ref IS DISTINCT FROM $5) ELSE 0 END",
+		"     AND expires_at > $4 AND order_ref IS DISTINCT FROM $5) ELSE 0 END,"
+		" CASE WHEN $7 OR $8 THEN (SELECT count(*) FROM loyalty.coupon s"
+		"   WHERE " SOLD_UNIT_HELD("$2", "$4", "$5") " AND s.coupon_id <> $1) ELSE 0 END,"
+		" CASE WHEN $8 THEN (SELECT count(*) FROM loyalty.coupon s"
+		"   WHERE " SOLD_UNIT_HELD("$2", "$4", "$5") " AND s.coupon_id <> $1"
+		"     AND s.customer_id = $3) ELSE 0 END",
 		8, {INT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, BOOLOID, BOOLOID, BOOLOID}
 	},
 	[P_FIND_HOLD] = {
@@ -250,6 +274,16 @@ static const PlanDef PlanDefs[NPLANS] = {
 		"SELECT coalesce(sum(uses), 0)::pg_catalog.int8 FROM loyalty.redemption"
 		" WHERE campaign_id = $1",
 		1, {INT8OID}
+	},
+	[P_CAP_UNITS] = {
+		"SELECT (SELECT coalesce(sum(uses), 0) FROM loyalty.redemption"
+		"        WHERE campaign_id = $1 AND ($2 IS NULL OR customer_id = $2))::pg_catalog.int8"
+		"     + (SELECT count(*) FROM loyalty.reservation"
+		"        WHERE campaign_id = $1 AND ($2 IS NULL OR customer_id = $2)"
+		"          AND state = 'held' AND expires_at > $3)"
+		"     + (SELECT count(*) FROM loyalty.coupon s"
+		"        WHERE " SOLD_UNIT_HELD("$1", "$3", "NULL") " AND ($2 IS NULL OR s.customer_id = $2))",
+		3, {INT8OID, TEXTOID, TIMESTAMPTZOID}
 	},
 };
 
@@ -926,6 +960,39 @@ CouponCountUsage(const Coupon *cp, const Campaign *cm, const char *customer_id,
 	usage->campaign_holds = ColInt64(ResultRow(0), 2, 0, NULL);
 	usage->customer_uses = ColInt64(ResultRow(0), 3, 0, NULL);
 	usage->customer_holds = ColInt64(ResultRow(0), 4, 0, NULL);
+	usage->campaign_sold = ColInt64(ResultRow(0), 5, 0, NULL);
+	usage->customer_sold = ColInt64(ResultRow(0), 6, 0, NULL);
+}
+
+/*
+ * Units of a campaign's total cap (customer_id NULL) or of one customer's
+ * per-customer cap in use at "now": active redemptions, live reservations
+ * and unused codes sold for points, counted with the newest snapshot.
+ * With a customer, the customer lock (step 5) is taken first, so the count
+ * holds until the end of the transaction against every coupon call of
+ * that customer; for the total cap the caller holds the campaign row
+ * (step 4).  For exchange_points, before it sells a code.
+ */
+int64
+CouponCapUnits(int64 campaign_id, const char *customer_id, TimestampTz now)
+{
+	Datum		values[3];
+	char		nulls[3] = "   ";
+
+	values[0] = Int64GetDatum(campaign_id);
+	if (customer_id != NULL)
+	{
+		CouponLockCustomer(campaign_id, customer_id);
+		values[1] = TextArg(customer_id);
+	}
+	else
+	{
+		values[1] = (Datum) 0;
+		nulls[1] = 'n';
+	}
+	values[2] = TimestampTzGetDatum(now);
+	Exec(P_CAP_UNITS, values, nulls, true);
+	return ColInt64(ResultRow(0), 1, 0, NULL);
 }
 
 /* ---- writes ---- */

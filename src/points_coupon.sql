@@ -64,34 +64,6 @@ SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_bonu
 /* functions */
 
 /*
- * Units of a campaign's cap taken (customer_id NULL: the total cap; else
- * that customer's): active redemptions, reservations live at "at", and
- * codes sold by exchanges that are not used, not reserved and not voided
- * (each holds the unit its buyer paid for).  Read with the statement's
- * snapshot, under exchange_points' locks.
- */
-CREATE FUNCTION loyalty._points_cap_in_use(campaign_id bigint, customer_id text, at timestamptz)
-RETURNS bigint
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT (SELECT coalesce(sum(r.uses), 0) FROM loyalty.redemption r
-			WHERE r.campaign_id = $1 AND ($2 IS NULL OR r.customer_id = $2))::bigint
-		 + (SELECT count(*) FROM loyalty.reservation h
-			WHERE h.campaign_id = $1 AND ($2 IS NULL OR h.customer_id = $2)
-			  AND h.state = 'held' AND h.expires_at > $3)
-		 + (SELECT count(*) FROM loyalty.points_exchange e
-			JOIN loyalty.coupon c ON c.coupon_id = e.coupon_id
-			WHERE e.campaign_id = $1 AND ($2 IS NULL OR e.customer_id = $2)
-			  AND c.uses = 0 AND c.voided_at IS NULL
-			  AND NOT EXISTS (SELECT 1 FROM loyalty.reservation h
-							  WHERE h.coupon_id = c.coupon_id AND h.state = 'held' AND h.expires_at > $3))
-$$;
-
-COMMENT ON FUNCTION loyalty._points_cap_in_use(bigint, text, timestamptz) IS
-	'Internal: units of a campaign''s total (customer NULL) or per-customer cap taken by redemptions, live reservations and unused exchanged codes';
-
-/*
  * Called by reverse_points for the spend entry it reverses: if that spend
  * bought a coupon (exchange_points), the coupon is voided -- or, once it was
  * redeemed or is reserved, the reversal is refused (LP010): points back and
@@ -143,13 +115,18 @@ COMMENT ON FUNCTION loyalty._points_exchange_void(bigint, timestamptz) IS
  *
  * Caps: a coupon that could not be used is never sold.  Before any point is
  * spent, a campaign with a total_cap or per_customer_cap counts its units
- * in use -- active redemptions, live reservations, and codes sold by
- * earlier exchanges that are neither used, reserved nor voided -- and
- * refuses with LP009 when the cap is reached.  Exchanges of a capped
- * campaign serialise on its points_reward row, which each one updates (a
- * REPEATABLE READ competitor then fails with 40001 instead of counting from
- * a stale snapshot); with a total cap the campaign row is locked too, as
- * redeem_coupon locks it, so a concurrent redemption is counted.
+ * in use the coupon family's way (loyalty._coupon_cap_units: active
+ * redemptions, live reservations, and codes sold by earlier exchanges that
+ * are neither used nor voided) and refuses with LP009 when the cap is
+ * reached.  Exchanges of a capped campaign serialise on its points_reward
+ * row, which each one updates (a REPEATABLE READ competitor then fails
+ * with 40001 instead of counting from a stale snapshot); with a total cap
+ * the campaign row is locked too, and with a per-customer cap the
+ * customer lock, as redeem_coupon takes them (in the coupon lock order,
+ * before the points account), so a concurrent coupon call is counted.  The
+ * code sold is marked holds_cap_unit: the coupon family counts it as a
+ * unit in use until it is used or voided, so no other code (a public one
+ * included) can take the unit it was sold for.
  *
  * The code returned is the one this call issued: the coupon bound to the
  * customer that this transaction inserted and that was not there before
@@ -215,7 +192,7 @@ BEGIN
 		IF camp.total_cap IS NOT NULL THEN
 			SELECT c.total_cap INTO camp.total_cap
 			FROM loyalty.campaign c WHERE c.campaign_id = p_campaign FOR NO KEY UPDATE;
-			in_use := loyalty._points_cap_in_use(p_campaign, NULL, at);
+			in_use := loyalty._coupon_cap_units(p_campaign, NULL, at);
 			IF in_use >= camp.total_cap THEN
 				RAISE EXCEPTION 'campaign % has no coupon left to exchange', p_campaign
 					USING ERRCODE = 'LP009',
@@ -225,7 +202,7 @@ BEGIN
 			END IF;
 		END IF;
 		IF camp.per_customer_cap IS NOT NULL THEN
-			in_use := loyalty._points_cap_in_use(p_campaign, p_customer, at);
+			in_use := loyalty._coupon_cap_units(p_campaign, p_customer, at);
 			IF in_use >= camp.per_customer_cap THEN
 				RAISE EXCEPTION 'customer "%" cannot get another coupon of campaign %', p_customer, p_campaign
 					USING ERRCODE = 'LP009',
@@ -259,6 +236,8 @@ BEGIN
 	FROM loyalty.coupon c
 	WHERE c.campaign_id = p_campaign AND c.customer_id = p_customer
 	  AND c.coupon_id <> ALL (before) AND loyalty._points_inserted_here(c.xmin);
+	-- the code holds the cap unit it was sold for until used or voided
+	UPDATE loyalty.coupon c SET holds_cap_unit = true WHERE c.coupon_id = issued.coupon_id;
 
 	INSERT INTO loyalty.points_exchange (reference, customer_id, campaign_id, points, coupon_id, code,
 										 entry_id, available_after, effective_at)

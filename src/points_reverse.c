@@ -40,6 +40,7 @@ static SPIPlanPtr owner_plan = NULL;
 static SPIPlanPtr entries_plan = NULL;
 static SPIPlanPtr lots_plan = NULL;
 static SPIPlanPtr void_plan = NULL;
+static SPIPlanPtr coupon_lock_plan = NULL;
 
 /* the reference's one owner (points_reference, see PointsClaimReference) */
 static const char *const owner_sql =
@@ -52,6 +53,22 @@ static const char *const owner_sql =
  */
 static const char *const void_sql =
 "SELECT loyalty._points_exchange_void($1::pg_catalog.int8, $2::pg_catalog.timestamptz)";
+
+/*
+ * Lock order: coupon rows before points accounts (the coupon family's
+ * order, then points; see README "Lock order").  A transaction that redeems
+ * a coupon and then earns points for the customer takes the coupon row,
+ * then the account; reversing the exchange that sold that coupon must not
+ * take them the other way round, so the sold coupon is locked first, as
+ * _points_exchange_void will lock it again.  An exchange not yet committed
+ * is not seen: its coupon is new, nobody else can hold it.
+ */
+static const char *const coupon_lock_sql =
+"SELECT c.coupon_id FROM loyalty.points_exchange e"
+"  JOIN loyalty.coupon c ON c.coupon_id = e.coupon_id"
+" WHERE pg_catalog.starts_with($1, 'exchange:')"
+"   AND e.reference = pg_catalog.substr($1, 10) AND e.customer_id = $2"
+"   FOR NO KEY UPDATE OF c";
 
 static const char *const entries_sql =
 "SELECT e.entry_id, e.kind, e.points, e.qualifying, e.amount, e.lot_ids, e.lot_points,"
@@ -168,6 +185,9 @@ points_reverse(PG_FUNCTION_ARGS)
 	}
 	parts[0] = reference;
 
+	v[0] = CStringGetTextDatum(reference);
+	v[1] = CStringGetTextDatum(customer_id);
+	PointsExec(PointsPrepare(&coupon_lock_plan, coupon_lock_sql, 2, two_text), v, NULL, SPI_OK_SELECT);
 	PointsLockAccount(&acct, customer_id, false, at);
 	if (!acct.found)
 		ereport(ERROR,

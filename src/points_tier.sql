@@ -384,11 +384,29 @@ AS $$
 		   format('tier %s, last change to %s', a.tier, h.to_tier)
 	FROM loyalty.points_account a JOIN last_tier h ON h.customer_id = a.customer_id
 	WHERE a.tier IS DISTINCT FROM h.to_tier
+	-- references between configuration tables kept without foreign keys
+	-- (so that pg_restore --jobs can load them in any order)
+	UNION ALL
+	SELECT 'segment rule of unknown segment', NULL::text,
+		   format('rule R%s-%s F%s-%s M%s-%s names segment %s', r.r_min, r.r_max, r.f_min, r.f_max,
+				  r.m_min, r.m_max, r.segment)
+	FROM loyalty.segment_rule r
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name = r.segment)
+	UNION ALL
+	SELECT 'campaign rule of unknown campaign', NULL::text,
+		   format('rule %s names campaign %s', r.rule_id, r.campaign_id)
+	FROM loyalty.campaign_rule r
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.campaign c WHERE c.campaign_id = r.campaign_id)
+	UNION ALL
+	SELECT 'campaign rule of unknown kind', NULL::text,
+		   format('rule %s of campaign %s is of kind %s', r.rule_id, r.campaign_id, r.kind)
+	FROM loyalty.campaign_rule r
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.eligibility_kind k WHERE k.kind = r.kind)
 	ORDER BY 1, 2, 3
 $$;
 
 COMMENT ON FUNCTION loyalty.check_integrity() IS
-	'Every violation of the points invariants (balance = open lots = ledger sum, no negative balance, debt, well-formed lots and entries, references and their one owner, totals, tiers and that they exist); empty when healthy';
+	'Every violation of the points invariants (balance = open lots = ledger sum, no negative balance, debt, well-formed lots and entries, references and their one owner, totals, tiers and that they exist) and every dangling reference between configuration tables (segment rules, campaign rules); empty when healthy';
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.check_integrity()'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* views */

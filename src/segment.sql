@@ -19,6 +19,18 @@
  * such row replaces the default map instead of adding to it.  Dump/restore
  * thus neither loses edits (deleted or renamed defaults included) nor
  * duplicates defaults.
+ *
+ * Parallel restore (pg_restore -j): the two tables may be loaded in either
+ * order, each in its own transaction, so there is no foreign key between
+ * them and the first restored row of either table drops the whole default
+ * map (both tables): whichever table comes second finds no default row
+ * left.  A rule's segment is checked when the rule is written (a rule
+ * naming no segment is refused while loyalty.segment has rows; it is empty
+ * only between the two loads of a restore), a segment rename is carried to
+ * its rules, deleting a segment that rules use is refused (23503), and
+ * loyalty.check_integrity() reports a rule of an unknown segment.  Each
+ * load leaves a complete map or none: the coverage check at commit passes
+ * in both orders.
  * ------------------------------------------------------------------------ */
 
 /* tables */
@@ -40,8 +52,7 @@ COMMENT ON COLUMN loyalty.segment.builtin IS
 	'True while the map is the untouched default shipped with loyalty; the first edit of the map sets it to false on every row. Leave it out of INSERTs.';
 
 CREATE TABLE loyalty.segment_rule (
-	segment		text NOT NULL
-		REFERENCES loyalty.segment (name) ON UPDATE CASCADE,
+	segment		text NOT NULL,
 	r_min		smallint NOT NULL CHECK (r_min BETWEEN 1 AND 5),
 	r_max		smallint NOT NULL CHECK (r_max BETWEEN 1 AND 5),
 	f_min		smallint NOT NULL CHECK (f_min BETWEEN 1 AND 5),
@@ -155,7 +166,10 @@ COMMENT ON FUNCTION loyalty._segment_map_no_truncate() IS
  * builtin (see the top of this file).  A row inserted with builtin left out
  * is the user's; one inserted with builtin = false explicitly while the
  * default map is untouched belongs to a saved map being loaded (pg_restore),
- * which replaces the default map.
+ * which replaces the default map: the default rows of both tables go, so
+ * the tables may be loaded in either order.  A rule must name an existing
+ * segment (23503), unless loyalty.segment is empty (a restore that loads
+ * the rules before the segments).
  */
 CREATE FUNCTION loyalty._segment_map_row()
 RETURNS trigger
@@ -174,21 +188,26 @@ BEGIN
 	END IF;
 	IF TG_OP = 'UPDATE' OR NEW.builtin IS NULL THEN
 		NEW.builtin := false;
-		RETURN NEW;
-	END IF;
-
 	-- builtin = false given explicitly: a saved map is being loaded
-	IF EXISTS (SELECT 1 FROM loyalty.segment WHERE builtin)
-	   OR EXISTS (SELECT 1 FROM loyalty.segment_rule WHERE builtin) THEN
+	ELSIF EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.builtin)
+	   OR EXISTS (SELECT 1 FROM loyalty.segment_rule r WHERE r.builtin) THEN
+		-- drop the default map, rules first; the rules go without a
+		-- coverage check when the segments are loaded first (the rules
+		-- that follow are checked at their commit)
 		IF TG_TABLE_NAME = 'segment' THEN
-			-- segments are loaded first (segment_rule references them):
-			-- drop the default map; its rules go without a coverage check,
-			-- the loaded rules that follow are checked at their commit
 			TRUNCATE loyalty.segment_rule;
-			DELETE FROM loyalty.segment WHERE builtin;
 		ELSE
-			DELETE FROM loyalty.segment_rule WHERE builtin;
-			UPDATE loyalty.segment SET builtin = false WHERE builtin;
+			DELETE FROM loyalty.segment_rule r WHERE r.builtin;
+		END IF;
+		DELETE FROM loyalty.segment s WHERE s.builtin;
+	END IF;
+	IF TG_TABLE_NAME = 'segment_rule' THEN
+		IF NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name OPERATOR(pg_catalog.=) NEW.segment)
+		   AND EXISTS (SELECT 1 FROM loyalty.segment) THEN
+			RAISE EXCEPTION 'segment rule names unknown segment "%"', NEW.segment
+				USING ERRCODE = 'foreign_key_violation',
+					  DETAIL = format('No segment is named %L; segments are listed in loyalty.segment.', NEW.segment),
+					  HINT = 'Insert the segment into loyalty.segment first.';
 		END IF;
 	END IF;
 	RETURN NEW;
@@ -196,14 +215,55 @@ END;
 $$;
 
 COMMENT ON FUNCTION loyalty._segment_map_row() IS
-	'Internal: keep the builtin flag of the segment map right, and let a restored map replace the default one';
+	'Internal: keep the builtin flag of the segment map right, let a restored map replace the default one (tables loaded in either order), and refuse a rule naming an unknown segment';
+
+/*
+ * Row trigger (AFTER UPDATE OF name, DELETE) on loyalty.segment, in place
+ * of a foreign key from the rules (see the top of this file): a rename is
+ * carried to the rules naming the segment, deleting a segment that rules
+ * use is refused (23503).  Deletes made by the restore of a saved map
+ * (trigger depth > 1) drop the default rules themselves and are not
+ * checked.  Fires neither on INSERT nor on COPY.
+ */
+CREATE FUNCTION loyalty._segment_in_use()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	IF TG_OP = 'UPDATE' THEN
+		UPDATE loyalty.segment_rule r SET segment = NEW.name
+		WHERE r.segment OPERATOR(pg_catalog.=) OLD.name;
+		RETURN NULL;
+	END IF;
+	IF pg_catalog.pg_trigger_depth() > 1 THEN
+		RETURN NULL;
+	END IF;
+	SELECT count(*) INTO n FROM loyalty.segment_rule r WHERE r.segment OPERATOR(pg_catalog.=) OLD.name;
+	IF n > 0 THEN
+		RAISE EXCEPTION 'cannot delete segment "%": % segment rule(s) map scores to it', OLD.name, n
+			USING ERRCODE = 'foreign_key_violation',
+				  DETAIL = format('loyalty.segment_rule has %s rule(s) for segment %L.', n, OLD.name),
+				  HINT = 'Delete or change its rules first, in the same transaction.';
+	END IF;
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._segment_in_use() IS
+	'Internal: carry a segment rename to its rules; refuse deleting a segment that rules use (23503)';
 
 /*
  * Row trigger (AFTER INSERT, UPDATE or DELETE) on both map tables: once the
  * user has changed a row of the map, no row of either table is builtin, so
  * pg_dump saves the whole map.  Row-level because statement triggers also
  * fire for statements that change nothing, such as the empty COPY a restore
- * of an untouched map runs.
+ * of an untouched map runs.  Not when our own trigger (depth > 1) has just
+ * deleted the last default row of this table: that is a restored map
+ * dropping the default one, whose other table's default rows are deleted
+ * next, not taken over.
  */
 CREATE FUNCTION loyalty._segment_map_take_over()
 RETURNS trigger
@@ -211,6 +271,11 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	IF TG_OP = 'DELETE' AND OLD.builtin AND pg_catalog.pg_trigger_depth() > 1
+	   AND NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.builtin AND TG_TABLE_NAME = 'segment')
+	   AND NOT EXISTS (SELECT 1 FROM loyalty.segment_rule r WHERE r.builtin AND TG_TABLE_NAME = 'segment_rule') THEN
+		RETURN NULL;
+	END IF;
 	IF EXISTS (SELECT 1 FROM loyalty.segment_rule WHERE builtin) THEN
 		UPDATE loyalty.segment_rule SET builtin = false WHERE builtin;
 	END IF;
@@ -241,6 +306,9 @@ CREATE TRIGGER segment_take_over
 CREATE TRIGGER segment_invalidate
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.segment
 	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._segment_map_invalidate();
+CREATE TRIGGER segment_in_use
+	AFTER UPDATE OF name OR DELETE ON loyalty.segment
+	FOR EACH ROW EXECUTE FUNCTION loyalty._segment_in_use();
 
 CREATE TRIGGER segment_rule_lock
 	BEFORE INSERT OR UPDATE OR DELETE ON loyalty.segment_rule
@@ -262,6 +330,8 @@ CREATE CONSTRAINT TRIGGER segment_rule_coverage
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW EXECUTE FUNCTION loyalty._segment_rule_check();
 
+COMMENT ON TRIGGER segment_in_use ON loyalty.segment IS
+	'A renamed segment is renamed in its rules; deleting a segment that rules use is refused (23503)';
 COMMENT ON TRIGGER segment_rule_coverage ON loyalty.segment_rule IS
 	'At commit: every score 111..555 matches exactly one rule (SQLSTATE 23514 otherwise)';
 
@@ -279,7 +349,12 @@ COMMENT ON TRIGGER segment_rule_coverage ON loyalty.segment_rule IS
  * loyalty.reset_segment_map() (re)installs it; the install script calls it.
  * The rows it writes are the only builtin ones, so it runs with
  * session_replication_role = replica, which silences the triggers that refuse
- * builtin rows (the invalidation triggers fire ALWAYS).
+ * builtin rows (the invalidation triggers fire ALWAYS, and so does the
+ * coupon family's check that no campaign rule names a deleted segment).
+ * Segments named like a default one are kept and updated, not deleted and
+ * inserted again, so campaign rules naming a default segment stay valid;
+ * any other segment is deleted, which is refused (23503, the DETAIL naming
+ * the campaign rule) while a campaign rule names it.
  */
 CREATE FUNCTION loyalty.reset_segment_map()
 RETURNS void
@@ -287,22 +362,44 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 SET session_replication_role = replica
 AS $$
+DECLARE
+	-- the default segments, in display order
+	names text[] := ARRAY['Champions', 'Loyal', 'Potential Loyalist', 'New', 'Promising',
+						  'Need Attention', 'About to Sleep', 'At Risk', 'Cannot Lose Them',
+						  'Hibernating', 'Lost'];
+	descs text[] := ARRAY[
+		'Bought recently and buy often: reward them, they become advocates and early adopters',
+		'Buy often and fairly recently: upsell, ask for reviews, offer the loyalty programme',
+		'Recent customers with a few orders: offer membership and recommendations',
+		'First orders very recently: onboard them and build the relationship early',
+		'Recent buyers with a single order or few: build awareness, offer a second purchase',
+		'Middling recency and frequency: limited-time offers based on past purchases',
+		'Fading recency and few orders: reactivate with popular products and discounts',
+		'Used to buy fairly often but not for a long time: personalised win-back offers',
+		'Were the most frequent buyers but have not returned for long: win them back now',
+		'Long since the last order and few orders: low-cost generic offers',
+		'Longest since the last order and fewest orders: last revival campaign or let go'];
 BEGIN
 	LOCK TABLE loyalty.segment_rule IN SHARE ROW EXCLUSIVE MODE;
 	DELETE FROM loyalty.segment_rule;
-	DELETE FROM loyalty.segment;
-	INSERT INTO loyalty.segment (name, display_order, description, builtin) VALUES
-		('Champions', 1, 'Bought recently and buy often: reward them, they become advocates and early adopters', true),
-		('Loyal', 2, 'Buy often and fairly recently: upsell, ask for reviews, offer the loyalty programme', true),
-		('Potential Loyalist', 3, 'Recent customers with a few orders: offer membership and recommendations', true),
-		('New', 4, 'First orders very recently: onboard them and build the relationship early', true),
-		('Promising', 5, 'Recent buyers with a single order or few: build awareness, offer a second purchase', true),
-		('Need Attention', 6, 'Middling recency and frequency: limited-time offers based on past purchases', true),
-		('About to Sleep', 7, 'Fading recency and few orders: reactivate with popular products and discounts', true),
-		('At Risk', 8, 'Used to buy fairly often but not for a long time: personalised win-back offers', true),
-		('Cannot Lose Them', 9, 'Were the most frequent buyers but have not returned for long: win them back now', true),
-		('Hibernating', 10, 'Long since the last order and few orders: low-cost generic offers', true),
-		('Lost', 11, 'Longest since the last order and fewest orders: last revival campaign or let go', true);
+	DELETE FROM loyalty.segment s WHERE NOT (s.name OPERATOR(pg_catalog.=) ANY (names));
+	-- the kept segments take their default place, one at a time (display
+	-- orders are unique): whoever holds the place moves past the end first
+	FOR i IN 1 .. pg_catalog.array_length(names, 1) LOOP
+		IF EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name OPERATOR(pg_catalog.=) names[i]) THEN
+			UPDATE loyalty.segment s
+			SET display_order = (SELECT max(t.display_order) OPERATOR(pg_catalog.+) 1 FROM loyalty.segment t)
+			WHERE s.display_order OPERATOR(pg_catalog.=) i
+			  AND s.name OPERATOR(pg_catalog.<>) names[i];
+			UPDATE loyalty.segment s
+			SET display_order = i, description = descs[i], builtin = true
+			WHERE s.name OPERATOR(pg_catalog.=) names[i];
+		END IF;
+	END LOOP;
+	INSERT INTO loyalty.segment (name, display_order, description, builtin)
+	SELECT names[i], i, descs[i], true
+	FROM pg_catalog.generate_series(1, pg_catalog.array_length(names, 1)) AS i
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name OPERATOR(pg_catalog.=) names[i]);
 
 	INSERT INTO loyalty.segment_rule (segment, r_min, r_max, f_min, f_max, m_min, m_max, builtin) VALUES
 		('Champions',          4, 5, 5, 5, 1, 5, true),

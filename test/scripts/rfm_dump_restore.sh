@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Scripted check: live RFM tracking survives pg_dump / pg_restore and keeps
-# working.  After a restore (custom format, and plain SQL through psql):
+# working.  After a restore (custom format with one job and, three times,
+# with pg_restore -j 4, and plain SQL through psql):
 #   - loyalty.tracked_table, customer_stats (with its day buckets), the
 #     pending tracked changes (customer_stats_delta), rfm_config
 #     (edited), snapshots, change log and summary hold the same rows;
@@ -78,6 +79,14 @@ pg_dump -Fc -d "$src" -f "$work/dump.custom"
 createdb "$dst"
 pg_restore -d "$dst" --exit-on-error "$work/dump.custom"
 check_dst "pg_restore"
+
+# parallel restore loads the extension's tables in a varying order
+for run in 1 2 3; do
+	dropdb "$dst"
+	createdb "$dst"
+	pg_restore -d "$dst" --exit-on-error -j 4 "$work/dump.custom"
+	check_dst "pg_restore -j 4 (run $run)"
+done
 
 dropdb "$dst"
 pg_dump -d "$src" -f "$work/dump.sql"
