@@ -318,9 +318,10 @@ RfmStatsCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
 
 /*
  * Column positions of customer_stats_delta and whether the executor-free
- * insert may write it: a heap table whose only index is the one on
- * customer_id, without triggers or row level security (anything else,
- * say an index or a trigger someone added, goes through SQL).
+ * insert may write it: a heap table without indexes (as installed) or
+ * whose only index is a plain one on customer_id (which the insert then
+ * maintains), without triggers or row level security (anything else, say
+ * a trigger someone added, goes through SQL).
  */
 static void
 RfmDeltaCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
@@ -358,12 +359,12 @@ RfmDeltaCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
 			cat->delta_idx = RelationGetRelid(idx);
 		index_close(idx, AccessShareLock);
 	}
-	list_free(indexes);
-	cat->delta_direct = OidIsValid(cat->delta_idx) &&
+	cat->delta_direct = (OidIsValid(cat->delta_idx) || indexes == NIL) &&
 		rel->rd_rel->relam == HEAP_TABLE_AM_OID &&
 		rel->trigdesc == NULL &&
 		!rel->rd_rel->relrowsecurity &&
 		rel->rd_rel->relkind == RELKIND_RELATION;
+	list_free(indexes);
 	cat->delta_valid = (cat->delta_relid == RelationGetRelid(rel));
 }
 
@@ -1415,9 +1416,10 @@ RfmDeltaAppendSql(Datum **v, bool **nulls, int n)
  * statement writes: it updates no shared row and reads nothing, so it
  * cannot wait for, deadlock with or be rolled back because of another
  * transaction (no serialization failure at any isolation level).  The
- * rows are inserted without the executor (heap insert plus the one index
- * entry), which is the whole of tracking's cost on the checkout path next
- * to reading the transition tables.
+ * rows are inserted without the executor (a heap insert; the table has no
+ * index: who reads deltas by customer, customer_rfm, scans the pending
+ * rows, and the fold reads them all), which is the whole of tracking's
+ * cost on the checkout path next to reading the transition tables.
  */
 static void
 RfmDeltaAppend(RfmDelta *delta)
@@ -1476,8 +1478,8 @@ RfmDeltaAppend(RfmDelta *delta)
 	}
 	else
 	{
-		Relation	idx = index_open(cat->delta_idx, RowExclusiveLock);
-		IndexInfo  *info = BuildIndexInfo(idx);
+		Relation	idx = OidIsValid(cat->delta_idx) ? index_open(cat->delta_idx, RowExclusiveLock) : NULL;
+		IndexInfo  *info = idx ? BuildIndexInfo(idx) : NULL;
 		TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
 		CommandId	cid = GetCurrentCommandId(true);
 		int			pos[RFM_DELTA_COLS] = {cat->d_cust, cat->d_rows, cat->d_orders, cat->d_spend,
@@ -1500,11 +1502,13 @@ RfmDeltaAppend(RfmDelta *delta)
 			}
 			ExecStoreVirtualTuple(slot);
 			table_tuple_insert(rel, slot, cid, 0, NULL);
-			index_insert_new_compat(idx, &v[0][i], &keynull, &slot->tts_tid, rel,
-									UNIQUE_CHECK_NO, info);
+			if (idx != NULL)
+				index_insert_new_compat(idx, &v[0][i], &keynull, &slot->tts_tid, rel,
+										UNIQUE_CHECK_NO, info);
 		}
 		ExecDropSingleTupleTableSlot(slot);
-		index_close(idx, NoLock);
+		if (idx != NULL)
+			index_close(idx, NoLock);
 		table_close(rel, NoLock);
 	}
 	MemoryContextSwitchTo(old);
