@@ -20,10 +20,11 @@
 #
 # bench.orders itself is tracked first (the back-fill is timed for
 # information), so that the insert benchmarks touch customers that already
-# have statistics (as a live shop does).  Tracked inserts append deltas;
-# each nightly refresh folds the day's deltas first (its time includes
-# that), the insert runs leave theirs pending (nothing folds them meanwhile,
-# as in a shop between two refreshes).
+# have statistics (as a live shop does).  Tracked inserts append deltas
+# (an unindexed heap insert); each nightly refresh folds the day's deltas
+# (inside its own scan; its time includes that), the insert runs leave
+# theirs pending (nothing folds them meanwhile, as in a shop between two
+# refreshes).
 
 live_psql() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 # TPS of a pgbench run over the whole run and over its second half (the

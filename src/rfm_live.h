@@ -178,6 +178,27 @@ extern int64 RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
 						 int nstatuses, char **statuses);
 extern int64 RfmRebuild(void);
 extern int64 RfmFoldDeltas(int64 *customers);
+
+/*
+ * One customer's summed pending deltas that only added rows, handed by
+ * RfmFoldDeltasSplit to refresh_segments, which applies them in its own
+ * scan and row writes.
+ */
+typedef struct RfmFoldAdd
+{
+	char	   *key;			/* customer id */
+	int			keylen;
+	int64		rows;			/* rows added */
+	int64		orders;			/* orders added */
+	Numeric		spend;			/* amounts added */
+	bool		has_added;		/* first/last_added valid */
+	TimestampTz first_added;
+	TimestampTz last_added;
+	RfmDays    *days;			/* bucket delta, NULL: none */
+	int			pos;			/* the refresh's customer position, -1: none */
+} RfmFoldAdd;
+
+extern int64 RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds);
 extern bool RfmDeltasTracked(void);
 extern bool RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t);
 extern uint32 RfmKeyHash(const void *key, Size keysize);

@@ -32,6 +32,7 @@
 #include "catalog/pg_type.h"
 #include "commands/cluster.h"
 #include "commands/trigger.h"
+#include "common/hashfn.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
@@ -107,13 +108,38 @@ typedef struct RfmLiveCust
 #define RFM_CUST_OLD		0x08	/* more than 6 months ago */
 #define RFM_CUST_NO_ORDER	0x10	/* no order up to as_of */
 #define RFM_CUST_INACTIVE	0x20	/* no order for inactive_after */
+#define RFM_CUST_FOLD		0x40	/* pending additions folded in this refresh */
+#define RFM_CUST_NEW		0x80	/* no statistics row yet: inserted */
 
 /* One customer to write: position in the customer array and id. */
 typedef struct RfmWrite
 {
 	int			pos;
 	char	   *id;
+	RfmFoldAdd *fold;			/* pending additions to fold in, or NULL */
 } RfmWrite;
+
+/* Column positions of the statistics that a fold changes. */
+typedef struct RfmFoldAtts
+{
+	int			rows,
+				orders,
+				spend,
+				first,
+				last,
+				days;
+} RfmFoldAtts;
+
+/*
+ * The pending additions handed over by RfmFoldDeltasSplit, hashed by
+ * customer id (open addressing) for the refresh's scan to find.
+ */
+typedef struct RfmFoldIndex
+{
+	int			mask;
+	int		   *slot;			/* index into adds, -1: empty */
+	RfmFoldAdd *adds;
+} RfmFoldIndex;
 
 /* Per-segment aggregates of a refresh (loyalty.segment_summary). */
 typedef struct RfmSegSummary
@@ -606,6 +632,78 @@ RfmMsSince(TimestampTz t0)
 	return secs * 1000.0 + usecs / 1000.0;
 }
 
+/* Hash the pending additions by customer id (RfmFoldFind). */
+static void
+RfmFoldIndexBuild(RfmFoldIndex *ix, RfmFoldAdd *adds, int n)
+{
+	int			size = 16;
+	int			i;
+
+	while (size < 2 * n)
+		size *= 2;
+	ix->mask = size - 1;
+	ix->slot = palloc_extended(sizeof(int) * size, MCXT_ALLOC_HUGE);
+	memset(ix->slot, -1, sizeof(int) * size);
+	ix->adds = adds;
+	for (i = 0; i < n; i++)
+	{
+		uint32		h = hash_bytes((const unsigned char *) adds[i].key, adds[i].keylen);
+
+		while (ix->slot[h & ix->mask] >= 0)
+			h++;
+		ix->slot[h & ix->mask] = i;
+	}
+}
+
+/* The pending additions of a customer id (bytes, not terminated), or NULL. */
+static RfmFoldAdd *
+RfmFoldFind(RfmFoldIndex *ix, const char *key, int len)
+{
+	uint32		h = hash_bytes((const unsigned char *) key, len);
+	int			k;
+
+	while ((k = ix->slot[h & ix->mask]) >= 0)
+	{
+		RfmFoldAdd *a = &ix->adds[k];
+
+		if (a->keylen == len && memcmp(a->key, key, len) == 0)
+			return a;
+		h++;
+	}
+	return NULL;
+}
+
+/*
+ * Fold a customer's pending additions into a statistics row's values
+ * (v / nl, in place): what loyalty's fold of the same deltas would store
+ * (counts and spend added, first / last order widened, day buckets
+ * merged).  Allocates in the current context.
+ */
+static void
+RfmFoldMerge(Datum *v, bool *nl, const RfmFoldAtts *at, RfmFoldAdd *a)
+{
+	RfmDays    *old;
+	RfmDays    *merged;
+
+	v[at->rows] = Int64GetDatum(DatumGetInt64(v[at->rows]) + a->rows);
+	v[at->orders] = Int64GetDatum(DatumGetInt64(v[at->orders]) + a->orders);
+	v[at->spend] = NumericGetDatum(RfmNumericAdd(DatumGetNumeric(v[at->spend]), a->spend));
+	if (a->has_added)
+	{
+		if (nl[at->first] || a->first_added < DatumGetTimestampTz(v[at->first]))
+			v[at->first] = TimestampTzGetDatum(a->first_added);
+		if (nl[at->last] || a->last_added > DatumGetTimestampTz(v[at->last]))
+			v[at->last] = TimestampTzGetDatum(a->last_added);
+		nl[at->first] = nl[at->last] = false;
+	}
+	old = nl[at->days] ? NULL : DatumGetRfmDays(v[at->days]);
+	if (RfmDaysCount(old) == 0)
+		old = NULL;
+	merged = RfmDaysMerge(old, a->days);
+	nl[at->days] = (RfmDaysCount(merged) == 0);
+	v[at->days] = nl[at->days] ? (Datum) 0 : PointerGetDatum(merged);
+}
+
 /* qsort comparator of writes by customer id (byte order). */
 static int
 RfmWriteIdCmp(const void *a, const void *b)
@@ -674,6 +772,11 @@ RfmFetchIds(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes, i
 		RfmLiveCust *c = &custs[writes[i].pos];
 		bool		isnull;
 
+		if (writes[i].fold != NULL)
+		{
+			writes[i].id = writes[i].fold->key;
+			continue;
+		}
 		if (!table_tuple_fetch_row_version(rel, &c->tid, snap, slot))
 			elog(ERROR, "could not fetch a scored customer statistics row");
 		writes[i].id = RfmArenaText(&arena, &left, slot_getattr(slot, a_id + 1, &isnull));
@@ -694,7 +797,8 @@ RfmFetchIds(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes, i
  */
 static void
 RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes, int nwrites,
-			   RfmScore *scores, Datum *segnames, TimestampTz as_of, DateADT prune_before)
+			   RfmScore *scores, Datum *segnames, TimestampTz as_of, DateADT prune_before,
+			   const RfmFoldAtts *at)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	List	   *indexes = RelationGetIndexList(rel);
@@ -737,8 +841,11 @@ RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes
 		LoyaltyUpdateIndexes update_indexes;
 		bool		seg_changed = (c->old_seg != c->new_seg);
 		bool		relocked = false;
-		MemoryContext old = MemoryContextSwitchTo(rowcxt);
+		MemoryContext old;
 
+		if (c->flags & RFM_CUST_NEW)
+			continue;			/* inserted by RfmInsertNew */
+		old = MemoryContextSwitchTo(rowcxt);
 		if (!table_tuple_fetch_row_version(rel, &tid, snap, oldslot))
 			elog(ERROR, "could not fetch a scored customer statistics row");
 		for (;;)
@@ -752,6 +859,9 @@ RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes
 				newslot->tts_values[k] = oldslot->tts_values[k];
 				newslot->tts_isnull[k] = oldslot->tts_isnull[k];
 			}
+			/* the pending additions, onto the version at hand */
+			if (writes[i].fold != NULL)
+				RfmFoldMerge(newslot->tts_values, newslot->tts_isnull, at, writes[i].fold);
 			newslot->tts_values[a_score] = Int16GetDatum(scores[writes[i].pos]);
 			newslot->tts_isnull[a_score] = false;
 			newslot->tts_values[a_segment] = segnames[c->new_seg];
@@ -761,9 +871,9 @@ RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes
 				newslot->tts_values[a_since] = TimestampTzGetDatum(as_of);
 				newslot->tts_isnull[a_since] = false;
 			}
-			if ((c->flags & RFM_CUST_PRUNE) && !oldslot->tts_isnull[a_days])
+			if ((c->flags & RFM_CUST_PRUNE) && !newslot->tts_isnull[a_days])
 			{
-				RfmDays    *pruned = RfmDaysPrune(DatumGetRfmDays(oldslot->tts_values[a_days]),
+				RfmDays    *pruned = RfmDaysPrune(DatumGetRfmDays(newslot->tts_values[a_days]),
 												  prune_before);
 
 				newslot->tts_isnull[a_days] = (pruned == NULL);
@@ -816,6 +926,86 @@ RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes
 	ExecDropSingleTupleTableSlot(oldslot);
 	ExecDropSingleTupleTableSlot(newslot);
 	MemoryContextDelete(rowcxt);
+}
+
+/*
+ * Insert the customers whose first orders this refresh folded (no
+ * statistics row when it scanned), with their scores: their statistics
+ * are the pending additions alone (buckets pruned to the retention).  A
+ * row that appeared meanwhile (a back-fill of another table) gets the
+ * additions added instead, as the fold's upsert does.  Inside SPI.
+ */
+static void
+RfmInsertNew(RfmLiveCust *custs, RfmWrite *writes, int nwrites, RfmScore *scores,
+			 Datum *segnames, TimestampTz as_of, DateADT prune_before, Oid scoretype)
+{
+	Oid			elemtypes[10] = {TEXTOID, INT8OID, INT8OID, NUMERICOID, TIMESTAMPTZOID,
+	TIMESTAMPTZOID, RfmDaysTypeOid(), scoretype, TEXTOID, TIMESTAMPTZOID};
+	Datum	   *v[10];
+	bool	   *nl[10];
+	Oid			argtypes[10];
+	Datum		args[10];
+	int			i,
+				k,
+				m = 0;
+
+	for (k = 0; k < 10; k++)
+	{
+		v[k] = palloc_extended(sizeof(Datum) * Max(nwrites, 1), MCXT_ALLOC_HUGE);
+		nl[k] = palloc_extended(sizeof(bool) * Max(nwrites, 1), MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
+	}
+	for (i = 0; i < nwrites; i++)
+	{
+		RfmLiveCust *c = &custs[writes[i].pos];
+		RfmFoldAdd *a = writes[i].fold;
+		RfmDays    *days;
+
+		if (!(c->flags & RFM_CUST_NEW))
+			continue;
+		v[0][m] = CStringGetTextDatum(a->key);
+		v[1][m] = Int64GetDatum(a->rows);
+		v[2][m] = Int64GetDatum(a->orders);
+		v[3][m] = NumericGetDatum(a->spend);
+		v[4][m] = TimestampTzGetDatum(a->first_added);
+		v[5][m] = TimestampTzGetDatum(a->last_added);
+		nl[4][m] = nl[5][m] = !a->has_added;
+		days = (a->days == NULL || RfmDaysCount(a->days) == 0) ? NULL : a->days;
+		if (days != NULL && (c->flags & RFM_CUST_PRUNE))
+			days = RfmDaysPrune(days, prune_before);
+		v[6][m] = PointerGetDatum(days);
+		nl[6][m] = (days == NULL);
+		v[7][m] = Int16GetDatum(scores[writes[i].pos]);
+		v[8][m] = segnames[c->new_seg];
+		v[9][m] = TimestampTzGetDatum(as_of);
+		m++;
+	}
+	if (m == 0)
+		return;
+	for (k = 0; k < 10; k++)
+	{
+		argtypes[k] = get_array_type(elemtypes[k]);
+		args[k] = PointerGetDatum(RfmMakeArray(v[k], nl[k], m, elemtypes[k]));
+	}
+	if (SPI_execute_with_args("INSERT INTO loyalty.customer_stats AS s"
+							  " (customer_id, row_count, order_count, spend_total, first_order,"
+							  " last_order, days, score, segment, since)"
+							  " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+							  " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+							  " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+							  " pg_catalog.unnest($9), pg_catalog.unnest($10))"
+							  " ON CONFLICT (customer_id) DO UPDATE SET"
+							  " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
+							  " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
+							  " spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
+							  " first_order = LEAST(s.first_order, excluded.first_order),"
+							  " last_order = GREATEST(s.last_order, excluded.last_order),"
+							  " days = loyalty._rfm_days_merge(s.days, excluded.days),"
+							  " score = excluded.score, segment = excluded.segment,"
+							  " since = CASE WHEN s.since IS NOT NULL"
+							  " AND s.segment OPERATOR(pg_catalog.=) excluded.segment"
+							  " THEN s.since ELSE excluded.since END",
+							  10, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert new customers into loyalty.customer_stats");
 }
 
 /* ---------------------------------------------------------------------
@@ -891,6 +1081,17 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	Oid			argtypes[10];
 	Datum		args[10];
 	bool		isnull;
+	RfmFoldAdd *adds = NULL;
+	int			nadds = 0,
+				nextadd = 0;
+	RfmFoldIndex foldix = {0, NULL, NULL};
+	RfmFoldAtts at;
+	RfmFoldAdd **foldbypos = NULL;
+	int			nfolded = 0,
+				nextfold = 0;
+	Datum	   *mv = NULL;
+	bool	   *mnl = NULL;
+	bool		scanning = true;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -920,10 +1121,14 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not lock loyalty.customer_stats");
 
 	/*
-	 * Fold the changes tracked statements appended since the last refresh
-	 * (those committed by now; later ones wait for the next fold).
+	 * Take the changes tracked statements appended since the last refresh
+	 * (those committed by now; later ones wait for the next fold).  Those
+	 * that removed orders are folded now (their first / last order times
+	 * may need reading again); the others, a night's new orders, are
+	 * folded in the scan below and written with the new scores, so that
+	 * each changed row is looked up by no index and written once.
 	 */
-	(void) RfmFoldDeltas(NULL);
+	(void) RfmFoldDeltasSplit(NULL, &adds, &nadds);
 	elog(DEBUG1, "refresh_segments: folded pending changes at %.1f ms", RfmMsSince(t0));
 	new_retained = RfmUtcDay(RfmMinus(Min(as_of, GetCurrentTransactionStartTimestamp()),
 									  &cfg.retention));
@@ -960,10 +1165,29 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	a_days = RfmAttno(desc, "days");
 	a_score = RfmAttno(desc, "score");
 	a_segment = RfmAttno(desc, "segment");
+	at.rows = a_rows;
+	at.orders = RfmAttno(desc, "order_count");
+	at.spend = RfmAttno(desc, "spend_total");
+	at.first = a_first;
+	at.last = a_last;
+	at.days = a_days;
+	if (nadds > 0)
+	{
+		RfmFoldIndexBuild(&foldix, adds, nadds);
+		foldbypos = palloc_extended(sizeof(RfmFoldAdd *) * nadds, MCXT_ALLOC_HUGE);
+		mv = palloc(sizeof(Datum) * desc->natts);
+		mnl = palloc(sizeof(bool) * desc->natts);
+	}
 	snap = RegisterSnapshot(GetLatestSnapshot());
 	scan = table_beginscan(rel, snap, 0, NULL);
 	slot = table_slot_create(rel, NULL);
-	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+
+	/*
+	 * Every statistics row, with the pending additions of its customer
+	 * folded in; then the customers who have pending additions but no row
+	 * yet (new customers), from those additions alone.
+	 */
+	for (;;)
 	{
 		Datum	   *v;
 		bool	   *nl;
@@ -974,10 +1198,58 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		RfmMoney	spend;
 		bool		has_order;
 		TimestampTz last = 0;
+		RfmFoldAdd *fa = NULL;
 
-		slot_getallattrs(slot);
-		v = slot->tts_values;
-		nl = slot->tts_isnull;
+		if (scanning && table_scan_getnextslot(scan, ForwardScanDirection, slot))
+		{
+			slot_getallattrs(slot);
+			v = slot->tts_values;
+			nl = slot->tts_isnull;
+			if (nadds > 0)
+			{
+				text	   *t;
+
+				MemoryContextSwitchTo(rowcxt);
+				t = DatumGetTextPP(v[a_id]);
+				fa = RfmFoldFind(&foldix, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+				if (fa != NULL)
+				{
+					memcpy(mv, v, sizeof(Datum) * desc->natts);
+					memcpy(mnl, nl, sizeof(bool) * desc->natts);
+					RfmFoldMerge(mv, mnl, &at, fa);
+					v = mv;
+					nl = mnl;
+				}
+				MemoryContextSwitchTo(work);
+			}
+		}
+		else
+		{
+			int			k;
+
+			scanning = false;
+			while (nextadd < nadds && adds[nextadd].pos >= 0)
+				nextadd++;
+			if (nextadd >= nadds)
+				break;
+			/* a new customer: its additions onto empty statistics */
+			fa = &adds[nextadd++];
+			MemoryContextSwitchTo(rowcxt);
+			for (k = 0; k < desc->natts; k++)
+			{
+				mv[k] = (Datum) 0;
+				mnl[k] = true;
+			}
+			mv[a_id] = CStringGetTextDatum(fa->key);
+			mv[a_rows] = Int64GetDatum(0);
+			mv[at.orders] = Int64GetDatum(0);
+			mv[at.spend] = NumericGetDatum(RfmNumericZero());
+			mnl[a_id] = mnl[a_rows] = mnl[at.orders] = mnl[at.spend] = false;
+			RfmFoldMerge(mv, mnl, &at, fa);
+			MemoryContextSwitchTo(work);
+			v = mv;
+			nl = mnl;
+		}
 		rows = DatumGetInt64(v[a_rows]);
 		if (rows <= 0)
 		{
@@ -993,6 +1265,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 				tombs = repalloc_huge(tombs, sizeof(char *) * captombs);
 			}
 			tombs[ntombs++] = RfmArenaText(&arena, &arena_left, v[a_id]);
+			/* (never one with additions: they hold rows) */
 			continue;
 		}
 		if (n == cap)
@@ -1049,7 +1322,21 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 			c->spend = noverflow++;
 			c->spend_scale = -1;
 		}
-		c->tid = slot->tts_tid;
+		if (fa == NULL)
+			c->tid = slot->tts_tid;
+		else
+		{
+			c->flags |= RFM_CUST_FOLD;
+			if (scanning)
+				c->tid = slot->tts_tid;
+			else
+			{
+				c->flags |= RFM_CUST_NEW;
+				ItemPointerSetInvalid(&c->tid);
+			}
+			fa->pos = n;
+			foldbypos[nfolded++] = fa;
+		}
 		c->old_score = nl[a_score] ? -1 : DatumGetInt16(v[a_score]);
 		c->old_seg = nl[a_segment] ? -1 : RfmSegIndexText(&names, v[a_segment]);
 		n++;
@@ -1095,7 +1382,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 			seg_changes++;
 		if (score_changed)
 			score_changes++;
-		if (seg_changed || score_changed || (c->flags & RFM_CUST_PRUNE))
+		if (seg_changed || score_changed || (c->flags & (RFM_CUST_PRUNE | RFM_CUST_FOLD)))
 		{
 			if (nwrites == capwrites)
 			{
@@ -1103,7 +1390,16 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 				writes = repalloc_huge(writes, sizeof(RfmWrite) * capwrites);
 			}
 			writes[nwrites].pos = i;
-			writes[nwrites++].id = NULL;
+			writes[nwrites].id = NULL;
+			writes[nwrites].fold = NULL;
+			if (c->flags & RFM_CUST_FOLD)
+			{
+				/* foldbypos is in position order, as i is */
+				while (foldbypos[nextfold]->pos < i)
+					nextfold++;
+				writes[nwrites].fold = foldbypos[nextfold];
+			}
+			nwrites++;
 		}
 		c->new_seg = seg;
 
@@ -1162,7 +1458,8 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 			segnames[i] = CStringGetTextDatum(names.name[i]);
 		RfmFetchIds(rel, snap, custs, writes, nwrites, a_id);
 		qsort(writes, nwrites, sizeof(RfmWrite), RfmWriteIdCmp);
-		RfmWriteScores(rel, snap, custs, writes, nwrites, scores, segnames, as_of, new_retained);
+		RfmWriteScores(rel, snap, custs, writes, nwrites, scores, segnames, as_of, new_retained, &at);
+		RfmInsertNew(custs, writes, nwrites, scores, segnames, as_of, new_retained, scoretype);
 		for (i = 0; i < nwrites; i++)
 		{
 			RfmLiveCust *c = &custs[writes[i].pos];

@@ -318,9 +318,10 @@ RfmStatsCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
 
 /*
  * Column positions of customer_stats_delta and whether the executor-free
- * insert may write it: a heap table whose only index is the one on
- * customer_id, without triggers or row level security (anything else,
- * say an index or a trigger someone added, goes through SQL).
+ * insert may write it: a heap table without indexes (as installed) or
+ * whose only index is a plain one on customer_id (which the insert then
+ * maintains), without triggers or row level security (anything else, say
+ * a trigger someone added, goes through SQL).
  */
 static void
 RfmDeltaCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
@@ -358,12 +359,12 @@ RfmDeltaCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
 			cat->delta_idx = RelationGetRelid(idx);
 		index_close(idx, AccessShareLock);
 	}
-	list_free(indexes);
-	cat->delta_direct = OidIsValid(cat->delta_idx) &&
+	cat->delta_direct = (OidIsValid(cat->delta_idx) || indexes == NIL) &&
 		rel->rd_rel->relam == HEAP_TABLE_AM_OID &&
 		rel->trigdesc == NULL &&
 		!rel->rd_rel->relrowsecurity &&
 		rel->rd_rel->relkind == RELKIND_RELATION;
+	list_free(indexes);
 	cat->delta_valid = (cat->delta_relid == RelationGetRelid(rel));
 }
 
@@ -1415,9 +1416,10 @@ RfmDeltaAppendSql(Datum **v, bool **nulls, int n)
  * statement writes: it updates no shared row and reads nothing, so it
  * cannot wait for, deadlock with or be rolled back because of another
  * transaction (no serialization failure at any isolation level).  The
- * rows are inserted without the executor (heap insert plus the one index
- * entry), which is the whole of tracking's cost on the checkout path next
- * to reading the transition tables.
+ * rows are inserted without the executor (a heap insert; the table has no
+ * index: who reads deltas by customer, customer_rfm, scans the pending
+ * rows, and the fold reads them all), which is the whole of tracking's
+ * cost on the checkout path next to reading the transition tables.
  */
 static void
 RfmDeltaAppend(RfmDelta *delta)
@@ -1476,8 +1478,8 @@ RfmDeltaAppend(RfmDelta *delta)
 	}
 	else
 	{
-		Relation	idx = index_open(cat->delta_idx, RowExclusiveLock);
-		IndexInfo  *info = BuildIndexInfo(idx);
+		Relation	idx = OidIsValid(cat->delta_idx) ? index_open(cat->delta_idx, RowExclusiveLock) : NULL;
+		IndexInfo  *info = idx ? BuildIndexInfo(idx) : NULL;
 		TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
 		CommandId	cid = GetCurrentCommandId(true);
 		int			pos[RFM_DELTA_COLS] = {cat->d_cust, cat->d_rows, cat->d_orders, cat->d_spend,
@@ -1500,11 +1502,13 @@ RfmDeltaAppend(RfmDelta *delta)
 			}
 			ExecStoreVirtualTuple(slot);
 			table_tuple_insert(rel, slot, cid, 0, NULL);
-			index_insert_new_compat(idx, &v[0][i], &keynull, &slot->tts_tid, rel,
-									UNIQUE_CHECK_NO, info);
+			if (idx != NULL)
+				index_insert_new_compat(idx, &v[0][i], &keynull, &slot->tts_tid, rel,
+										UNIQUE_CHECK_NO, info);
 		}
 		ExecDropSingleTupleTableSlot(slot);
-		index_close(idx, NoLock);
+		if (idx != NULL)
+			index_close(idx, NoLock);
 		table_close(rel, NoLock);
 	}
 	MemoryContextSwitchTo(old);
@@ -1528,6 +1532,25 @@ RfmDeltaAppend(RfmDelta *delta)
 int64
 RfmFoldDeltas(int64 *customers)
 {
+	return RfmFoldDeltasSplit(customers, NULL, NULL);
+}
+
+/*
+ * RfmFoldDeltas for refresh_segments, which folds inside its own scan of
+ * customer_stats: when adds is not NULL, the summed deltas of customers
+ * that only gained rows (rows added, none removed: nothing to read again,
+ * the sum is all there is to apply; a night's orders are nearly all such)
+ * are not
+ * applied here but returned in *adds (*nadds of them, in customer order,
+ * allocated in the caller's memory context), already deleted from the
+ * delta table in this transaction: the caller must apply each exactly once
+ * (RfmFoldMerge) before it commits.  The others are applied here as by
+ * RfmFoldDeltas.
+ */
+int64
+RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds)
+{
+	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty rfm fold",
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
@@ -1540,9 +1563,15 @@ RfmFoldDeltas(int64 *customers)
 	Datum	   *v[7];
 	bool	   *nulls[7];
 	int			i;
+	int			m = 0;
 
 	if (customers)
 		*customers = 0;
+	if (adds)
+	{
+		*adds = NULL;
+		*nadds = 0;
+	}
 	if (!RfmDeltasTracked())
 	{
 		MemoryContextSwitchTo(old);
@@ -1581,6 +1610,8 @@ RfmFoldDeltas(int64 *customers)
 		v[i] = palloc_extended(sizeof(Datum) * n, MCXT_ALLOC_HUGE);
 		nulls[i] = palloc_extended(sizeof(bool) * n, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
 	}
+	if (adds)
+		*adds = MemoryContextAllocExtended(caller, sizeof(RfmFoldAdd) * n, MCXT_ALLOC_HUGE);
 	for (r = 0; r < n; r++)
 	{
 		HeapTuple	tup = res->vals[r];
@@ -1602,20 +1633,42 @@ RfmFoldDeltas(int64 *customers)
 		c->min_removed = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &frnull));
 		c->max_removed = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &lrnull));
 		c->has_removed = !frnull && !lrnull;
-		list[r] = c;
-		v[0][r] = SPI_getbinval(tup, desc, 1, &isnull);
-		v[1][r] = Int64GetDatum(c->rows);
-		v[2][r] = Int64GetDatum(c->orders);
-		v[3][r] = SPI_getbinval(tup, desc, 5, &isnull);
-		v[4][r] = TimestampTzGetDatum(c->min_added);
-		nulls[4][r] = !c->has_added;
-		v[5][r] = TimestampTzGetDatum(c->max_added);
-		nulls[5][r] = !c->has_added;
-		v[6][r] = SPI_getbinval(tup, desc, 10, &nulls[6][r]);
-		if (!nulls[6][r])
-			v[6][r] = PointerGetDatum(DatumGetRfmDays(v[6][r]));
+		if (adds && !c->has_removed && c->has_added && c->rows > 0)
+		{
+			/* handed to the refresh, copied out of the fold's context */
+			RfmFoldAdd *a = &(*adds)[(*nadds)++];
+			Datum		days = SPI_getbinval(tup, desc, 10, &isnull);
+
+			MemoryContextSwitchTo(caller);
+			a->key = pstrdup(c->key);
+			a->keylen = strlen(a->key);
+			a->rows = c->rows;
+			a->orders = c->orders;
+			a->spend = DatumGetNumericCopy(SPI_getbinval(tup, desc, 5, &isnull));
+			a->has_added = c->has_added;
+			a->first_added = c->min_added;
+			a->last_added = c->max_added;
+			a->days = isnull ? NULL : (RfmDays *) PG_DETOAST_DATUM_COPY(days);
+			a->pos = -1;
+			MemoryContextSwitchTo(cxt);
+			continue;
+		}
+		list[m] = c;
+		v[0][m] = SPI_getbinval(tup, desc, 1, &isnull);
+		v[1][m] = Int64GetDatum(c->rows);
+		v[2][m] = Int64GetDatum(c->orders);
+		v[3][m] = SPI_getbinval(tup, desc, 5, &isnull);
+		v[4][m] = TimestampTzGetDatum(c->min_added);
+		nulls[4][m] = !c->has_added;
+		v[5][m] = TimestampTzGetDatum(c->max_added);
+		nulls[5][m] = !c->has_added;
+		v[6][m] = SPI_getbinval(tup, desc, 10, &nulls[6][m]);
+		if (!nulls[6][m])
+			v[6][m] = PointerGetDatum(DatumGetRfmDays(v[6][m]));
+		m++;
 	}
-	RfmApplyRows(list, (int) n, v, nulls, true);
+	if (m > 0)
+		RfmApplyRows(list, m, v, nulls, true);
 	SPI_freetuptable(res);
 	CommandCounterIncrement();
 	MemoryContextSwitchTo(old);
