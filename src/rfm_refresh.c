@@ -1105,6 +1105,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	if (SPI_execute("LOCK TABLE loyalty.segment_snapshot IN EXCLUSIVE MODE", false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not lock loyalty.segment_snapshot");
 	RfmReadConfig(&cfg);
+	elog(DEBUG1, "refresh_segments: read the configuration at %.1f ms", RfmMsSince(t0));
 
 	start = RfmMinus(as_of, &cfg.window);
 	if (!(start < as_of))
@@ -1119,6 +1120,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	if (first &&
 		SPI_execute("LOCK TABLE loyalty.customer_stats IN ACCESS EXCLUSIVE MODE", false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not lock loyalty.customer_stats");
+	elog(DEBUG1, "refresh_segments: locked at %.1f ms", RfmMsSince(t0));
 
 	/*
 	 * Take the changes tracked statements appended since the last refresh
