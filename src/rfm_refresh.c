@@ -21,6 +21,8 @@
  */
 #include "loyalty.h"
 
+#include <sys/mman.h>
+
 #include "access/genam.h"
 #include "access/heapam.h"
 #include "access/relscan.h"
@@ -621,6 +623,46 @@ RfmAttno(TupleDesc desc, const char *name)
 	return -1;
 }
 
+/* Size of a transparent huge page (x86-64, arm64 with 4 kB pages). */
+#define RFM_HUGE_PAGE	((Size) 2 * 1024 * 1024)
+
+/*
+ * (Re)allocate one of the refresh's per-customer arrays: bytes long, the
+ * first oldbytes copied from old, whose allocation *base is freed; *base
+ * is set to the new allocation, the array is returned.  An array of a
+ * huge page or more starts on a huge-page boundary and asks the kernel for
+ * transparent huge pages (a hint, honoured where THP is "madvise" or
+ * "always"): a new backend pays for the first touch of every page of its
+ * own memory, which on a virtual machine is several microseconds per 4 kB
+ * page (measured 17 ms for 6 MB, 0.4 ms with huge pages), and these arrays
+ * are several MB at 100,000 customers.  The memory stays in the current
+ * context: freed with it, also on error.
+ */
+static void *
+RfmBigArray(void **base, void *old, Size oldbytes, Size bytes)
+{
+	char	   *b;
+	char	   *p;
+
+	if (bytes < RFM_HUGE_PAGE)
+		b = p = palloc_extended(bytes, MCXT_ALLOC_HUGE);
+	else
+	{
+		b = palloc_extended(bytes + RFM_HUGE_PAGE, MCXT_ALLOC_HUGE);
+		p = (char *) TYPEALIGN(RFM_HUGE_PAGE, b);
+#ifdef MADV_HUGEPAGE
+		(void) madvise(p, TYPEALIGN_DOWN(RFM_HUGE_PAGE, b + bytes + RFM_HUGE_PAGE - p),
+					   MADV_HUGEPAGE);
+#endif
+	}
+	if (oldbytes > 0)
+		memcpy(p, old, oldbytes);
+	if (*base != NULL)
+		pfree(*base);
+	*base = b;
+	return p;
+}
+
 /* Milliseconds elapsed since t0 (for DEBUG1 timings). */
 static double
 RfmMsSince(TimestampTz t0)
@@ -1051,6 +1093,8 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 				a_segment;
 	RfmLiveCust *custs;
 	RfmKeys    *keys;
+	void	   *custs_base = NULL;
+	void	   *keys_base = NULL;
 	RfmScore   *scores;
 	int			n = 0,
 				cap = 1024;
@@ -1144,8 +1188,8 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	work = AllocSetContextCreate(CurrentMemoryContext, "loyalty refresh", ALLOCSET_DEFAULT_SIZES);
 	rowcxt = AllocSetContextCreate(work, "loyalty refresh row", ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(work);
-	custs = palloc_extended(sizeof(RfmLiveCust) * cap, MCXT_ALLOC_HUGE);
-	keys = palloc_extended(sizeof(RfmKeys) * cap, MCXT_ALLOC_HUGE);
+	custs = RfmBigArray(&custs_base, NULL, 0, sizeof(RfmLiveCust) * cap);
+	keys = RfmBigArray(&keys_base, NULL, 0, sizeof(RfmKeys) * cap);
 	tombs = palloc(sizeof(char *) * captombs);
 	memset(&names, 0, sizeof(names));
 
@@ -1157,8 +1201,8 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	{
 		/* size the arrays once from the planner's estimate (plus growth) */
 		cap = (int) Min(rel->rd_rel->reltuples * 1.1 + 1024, (double) (MaxAllocHugeSize / sizeof(RfmLiveCust)));
-		custs = repalloc_huge(custs, sizeof(RfmLiveCust) * cap);
-		keys = repalloc_huge(keys, sizeof(RfmKeys) * cap);
+		custs = RfmBigArray(&custs_base, custs, 0, sizeof(RfmLiveCust) * cap);
+		keys = RfmBigArray(&keys_base, keys, 0, sizeof(RfmKeys) * cap);
 	}
 	a_id = RfmAttno(desc, "customer_id");
 	a_rows = RfmAttno(desc, "row_count");
@@ -1273,8 +1317,9 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 		if (n == cap)
 		{
 			cap *= 2;
-			custs = repalloc_huge(custs, sizeof(RfmLiveCust) * cap);
-			keys = repalloc_huge(keys, sizeof(RfmKeys) * cap);
+			custs = RfmBigArray(&custs_base, custs, sizeof(RfmLiveCust) * n,
+								sizeof(RfmLiveCust) * cap);
+			keys = RfmBigArray(&keys_base, keys, sizeof(RfmKeys) * n, sizeof(RfmKeys) * cap);
 		}
 		c = &custs[n];
 
