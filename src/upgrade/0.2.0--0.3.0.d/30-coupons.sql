@@ -2,7 +2,8 @@
 --   * loyalty.currency_decimals(text): minor units of a currency
 --   * _campaign_check: limits (amount_off, max_discount) with more decimals
 --     than the currency are refused; amounts below 10^15; list sizes
---   * add_campaign_rule: segment and tier names must exist
+--   * add_campaign_rule: segment and tier names must exist (its final body,
+--     which also locks the campaign and kind, is in 50-followup.sql)
 --   * _campaign_rule_names_follow and its triggers on loyalty.segment and
 --     loyalty.tier: renames carry over to campaign rules, deletes of a named
 --     segment or tier are refused
@@ -119,82 +120,6 @@ $$;
 
 COMMENT ON FUNCTION loyalty._campaign_check(loyalty.campaign) IS
 	'Internal: raise 22023 naming the first invalid field of a campaign row (limits with more decimals than the currency: the DETAIL names its decimals)';
-
-CREATE OR REPLACE FUNCTION loyalty.add_campaign_rule(campaign_id bigint, kind text, params jsonb DEFAULT '{}')
-RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	id bigint;
-	unknown text;
-BEGIN
-	IF campaign_id IS NULL OR kind IS NULL OR params IS NULL THEN
-		RAISE EXCEPTION 'campaign_id, kind and params must not be null'
-			USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	IF NOT EXISTS (SELECT 1 FROM loyalty.eligibility_kind k WHERE k.kind = add_campaign_rule.kind) THEN
-		RAISE EXCEPTION 'unknown eligibility rule kind: "%"', kind
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Kinds are listed in loyalty.eligibility_kind.';
-	END IF;
-	IF jsonb_typeof(params) <> 'object' THEN
-		RAISE EXCEPTION 'rule params must be a JSON object'
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF kind = 'segment' AND NOT (
-		jsonb_typeof(params -> 'segments') = 'array'
-		AND jsonb_array_length(params -> 'segments') > 0
-		AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(params -> 'segments') e
-						WHERE jsonb_typeof(e) <> 'string')) THEN
-		RAISE EXCEPTION 'a segment rule needs {"segments": [names]}'
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF kind = 'new_customer' AND (
-		EXISTS (SELECT 1 FROM jsonb_object_keys(params) k WHERE k <> 'new')
-		OR coalesce(jsonb_typeof(params -> 'new'), 'boolean') <> 'boolean') THEN
-		RAISE EXCEPTION 'a new_customer rule takes {"new": true} or {"new": false}'
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	-- names must exist now: a rule naming nothing would refuse every customer
-	IF kind = 'segment' THEN
-		SELECT e INTO unknown FROM jsonb_array_elements_text(params -> 'segments') AS e
-		WHERE NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name OPERATOR(pg_catalog.=) e)
-		LIMIT 1;
-		IF FOUND THEN
-			RAISE EXCEPTION 'unknown segment "%" in segment rule', unknown
-				USING ERRCODE = 'invalid_parameter_value',
-					  DETAIL = format('No segment is named %L; segments are listed in loyalty.segment.', unknown);
-		END IF;
-	ELSIF kind = 'tier' THEN
-		SELECT e INTO unknown
-		FROM (SELECT params ->> 'min_tier' AS e
-			  UNION ALL
-			  SELECT jsonb_array_elements_text(params -> 'tiers')
-			  WHERE jsonb_typeof(params -> 'tiers') = 'array') AS n
-		WHERE n.e IS NOT NULL
-		  AND NOT EXISTS (SELECT 1 FROM loyalty.tier t WHERE t.name OPERATOR(pg_catalog.=) n.e)
-		LIMIT 1;
-		IF FOUND THEN
-			RAISE EXCEPTION 'unknown tier "%" in tier rule', unknown
-				USING ERRCODE = 'invalid_parameter_value',
-					  DETAIL = format('No tier is named %L; tiers are listed in loyalty.tier.', unknown);
-		END IF;
-	END IF;
-
-	PERFORM loyalty._campaign_gate(add_campaign_rule.campaign_id);
-	IF NOT EXISTS (SELECT 1 FROM loyalty.campaign t WHERE t.campaign_id = add_campaign_rule.campaign_id) THEN
-		RAISE EXCEPTION 'campaign % does not exist', add_campaign_rule.campaign_id
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	INSERT INTO loyalty.campaign_rule AS r (campaign_id, kind, params)
-	VALUES (add_campaign_rule.campaign_id, add_campaign_rule.kind, add_campaign_rule.params)
-	RETURNING r.rule_id INTO id;
-	UPDATE loyalty.campaign t SET updated_at = now()
-	WHERE t.campaign_id = add_campaign_rule.campaign_id;
-	RETURN id;
-END;
-$$;
 
 CREATE FUNCTION loyalty._campaign_rule_names_follow()
 RETURNS trigger

@@ -343,8 +343,6 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION loyalty._coupon_cap_units(bigint, text, timestamptz) IS
 	'Internal: units of a campaign''s total cap (customer NULL) or of a customer''s per-customer cap in use (redemptions, live reservations, unused codes sold for points), newest snapshot, under the customer lock when a customer is given';
 
-DROP FUNCTION loyalty._points_cap_in_use(bigint, text, timestamptz);
-
 CREATE OR REPLACE FUNCTION loyalty.exchange_points(customer_id text, campaign_id bigint, reference text,
 										at timestamptz DEFAULT pg_catalog.now(),
 										OUT code text, OUT points bigint, OUT available bigint)
@@ -458,6 +456,9 @@ BEGIN
 	code := issued.code; points := reward.points; available := spent.available;
 END;
 $$;
+
+COMMENT ON FUNCTION loyalty.exchange_points(text, bigint, text, timestamptz) IS
+	'Spend the points a campaign''s coupon costs (loyalty.points_reward) and issue a single-use code bound to the customer; idempotent on reference; LP001 short, LP007 not offered, LP008 campaign paused or ended, LP009 cap reached (nothing spent)';
 
 -- configuration references in the integrity check
 CREATE OR REPLACE FUNCTION loyalty.check_integrity()
