@@ -12,38 +12,36 @@ EXTENSION = loyalty
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(EXTENSION).control)
 
 MODULE_big = loyalty
-OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+# Source tree by family, each family's C, headers and SQL part side by side.
+# A family includes headers of common/ and of the families before it in this
+# list, never after (test/scripts/tree_shape.sh checks it); src/loyalty.c is
+# the module itself, above every family.
+FAMILIES = common rfm rfm_live coupon points
+OBJS = src/loyalty.o $(foreach f,$(FAMILIES),$(patsubst %.c,%.o,$(sort $(wildcard src/$(f)/*.c))))
 
 # The install script is the concatenation of the per-concern SQL files, in
 # this fixed order (each file may use objects of the files before it).
 SQL_PARTS = \
-	src/loyalty.sql \
-	src/access.sql \
-	src/rfm_score.sql \
-	src/segment.sql \
-	src/rfm.sql \
-	src/rfm_track.sql \
-	src/coupon_code.sql \
-	src/coupon.sql \
-	src/points.sql \
-	src/points_tier.sql \
-	src/points_coupon.sql \
-	src/grants.sql
+	src/common/loyalty.sql \
+	src/common/access.sql \
+	src/rfm/rfm_score.sql \
+	src/rfm/segment.sql \
+	src/rfm/rfm.sql \
+	src/rfm_live/rfm_track.sql \
+	src/coupon/coupon_code.sql \
+	src/coupon/coupon.sql \
+	src/points/points.sql \
+	src/points/points_tier.sql \
+	src/points/points_coupon.sql \
+	src/common/grants.sql
 
-# Upgrade scripts.  Released ones are frozen files src/loyalty--A--B.sql.
-# The one to the version under development is built: its handwritten head
-# src/upgrade/A--B.sql, then the fragments in src/upgrade/A--B.d/ in name
-# order (one per concern, each re-creating what changed since A), then
-# grants.sql, then a re-grant of the recorded access levels.
-# test/scripts/upgrade.sh proves that updating from every earlier release
-# (frozen install scripts in test/upgrade/) gives exactly a fresh install.
-PREV_VERSION = 0.2.0
-UPGRADE_SCRIPT = $(EXTENSION)--$(PREV_VERSION)--$(EXTVERSION).sql
-UPGRADE_HEAD = src/upgrade/$(PREV_VERSION)--$(EXTVERSION).sql
-UPGRADE_FRAGMENTS = $(sort $(wildcard src/upgrade/$(PREV_VERSION)--$(EXTVERSION).d/*.sql))
-
-DATA_built = $(EXTENSION)--$(EXTVERSION).sql $(UPGRADE_SCRIPT)
-DATA = $(sort $(wildcard src/$(EXTENSION)--*--*.sql))
+# Upgrade scripts: one frozen, hand-written src/upgrade/loyalty--A--B.sql per
+# release, kept in the repository (the one to the version under development
+# is edited until it is released).  test/scripts/upgrade.sh proves that
+# updating from every earlier release (frozen install scripts in
+# test/upgrade/) gives exactly a fresh install and keeps every row.
+DATA_built = $(EXTENSION)--$(EXTVERSION).sql
+DATA = $(sort $(wildcard src/upgrade/$(EXTENSION)--*--*.sql))
 
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
 REGRESS_OPTS = --inputdir=. --load-extension=$(EXTENSION)
@@ -54,10 +52,12 @@ ISOLATION_OPTS = --inputdir=test/isolation --outputdir=output_iso --load-extensi
 PGTAP_DB ?= loyalty_tap
 PGTAP_TESTS = $(sort $(wildcard test/pgtap/*.sql))
 
-PG_CPPFLAGS = -I$(srcdir)/src -DLOYALTY_VERSION='"$(EXTVERSION)"'
+PG_CPPFLAGS = $(foreach f,$(FAMILIES),-I$(srcdir)/src/$(f)) -DLOYALTY_VERSION='"$(EXTVERSION)"'
 # -Wextra minus unused-parameter: PostgreSQL's own headers (fmgr.h's
-# PG_FUNCTION_ARGS, bufpage.h) are not clean under it.
-PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
+# PG_FUNCTION_ARGS, bufpage.h) are not clean under it.  Warnings are errors
+# only when asked (WERROR=1, as the test suite and CI build): a user's newer
+# compiler must not break the build over a new warning.
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter $(if $(WERROR),-Werror)
 
 EXTRA_CLEAN = $(DATA_built) output_iso
 
@@ -70,10 +70,6 @@ $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS) $(EXTENSION).control
 
 # the library reports the version it was built for
 src/loyalty.o: $(EXTENSION).control
-
-$(UPGRADE_SCRIPT): $(UPGRADE_HEAD) $(UPGRADE_FRAGMENTS) src/grants.sql $(EXTENSION).control
-	{ cat $(UPGRADE_HEAD) $(UPGRADE_FRAGMENTS) src/grants.sql; \
-	  echo; echo 'SELECT loyalty.reapply_grants();'; } > $@
 
 # Run the pgTAP suites in a scratch database with pgtap and loyalty installed.
 prove:

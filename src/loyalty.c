@@ -1,6 +1,8 @@
 /*
  * loyalty.c
- *		Module initialisation and version reporting.
+ *		The module: library initialisation and version reporting.  The one
+ *		file above every family (src/common, src/rfm, src/rfm_live,
+ *		src/coupon, src/points): _PG_init calls each family's initialiser.
  */
 #include "loyalty.h"
 
@@ -37,21 +39,4 @@ Datum
 loyalty_version(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_TEXT_P(cstring_to_text(LOYALTY_VERSION));
-}
-
-/*
- * Is s (len bytes, not necessarily terminated) a currency code in the form
- * ISO 4217 gives them: three upper-case ASCII letters?  Coupons (order
- * contexts) and points (earn_for_order, the program currency) check
- * currencies with this one rule.
- */
-bool
-LoyaltyIsCurrencyCode(const char *s, int len)
-{
-	if (len != 3)
-		return false;
-	for (int i = 0; i < 3; i++)
-		if (s[i] < 'A' || s[i] > 'Z')
-			return false;
-	return true;
 }

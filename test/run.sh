@@ -17,6 +17,7 @@
 . "$(dirname "$0")/lib.sh"
 
 loyalty_packages
+export WERROR=1
 loyalty_build
 loyalty_cluster
 cd "$LOYALTY_ROOT"

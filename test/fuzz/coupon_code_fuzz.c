@@ -1,10 +1,10 @@
 /*
  * coupon_code_fuzz.c
  *		Standalone fuzz and proof driver for the pure coupon code machinery
- *		(src/coupon_code_core.c), built without PostgreSQL:
+ *		(src/coupon/coupon_code_core.c), built without PostgreSQL:
  *
- *	gcc -DCOUPON_CODE_STANDALONE -Isrc -fsanitize=address,undefined \
- *		src/coupon_code_core.c test/fuzz/coupon_code_fuzz.c -o fuzz
+ *	gcc -DCOUPON_CODE_STANDALONE -Isrc/coupon -fsanitize=address,undefined \
+ *		src/coupon/coupon_code_core.c test/fuzz/coupon_code_fuzz.c -o fuzz
  *	./fuzz [iterations] [seed]
  *
  * Checks, aborting with a message on the first failure:

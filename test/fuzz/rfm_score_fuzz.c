@@ -1,7 +1,7 @@
 /*
  * rfm_score_fuzz.c
  *		Standalone fuzz check of the rfm_score text parser
- *		(src/rfm_score_parse.c), built without PostgreSQL by
+ *		(src/rfm/rfm_score_parse.c), built without PostgreSQL by
  *		test/scripts/fuzz_rfm_score.sh, normally under ASan and UBSan.
  *
  * Every input is compared with an independent reference (strip C-locale

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scripted check: fuzz the rfm_score text parser standalone.
 #
-# Builds test/fuzz/rfm_score_fuzz.c with src/rfm_score_parse.c (pure C, no
+# Builds test/fuzz/rfm_score_fuzz.c with src/rfm/rfm_score_parse.c (pure C, no
 # PostgreSQL) under AddressSanitizer and UndefinedBehaviorSanitizer when the
 # compiler supports them, and checks a few hundred thousand exhaustive,
 # random and mutated inputs against a reference implementation: the parser
@@ -15,7 +15,7 @@ cc=${CC:-gcc}
 out=$(mktemp -d /tmp/loyalty-fuzz.XXXXXX)
 trap 'rm -rf "$out"' EXIT
 
-flags=(-std=c99 -O1 -g -Wall -Wextra -Werror -I"$root/src")
+flags=(-std=c99 -O1 -g -Wall -Wextra -Werror -I"$root/src/rfm")
 san=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
 if echo 'int main(void){return 0;}' | "$cc" "${san[@]}" -x c - -o "$out/probe" 2>/dev/null \
 	&& "$out/probe"; then
@@ -25,5 +25,5 @@ else
 fi
 
 "$cc" "${flags[@]}" -o "$out/rfm_score_fuzz" \
-	"$root/test/fuzz/rfm_score_fuzz.c" "$root/src/rfm_score_parse.c"
+	"$root/test/fuzz/rfm_score_fuzz.c" "$root/src/rfm/rfm_score_parse.c"
 "$out/rfm_score_fuzz" "${1:-300000}" "${2:-$(date +%s)}"

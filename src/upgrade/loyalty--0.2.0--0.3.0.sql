@@ -1,0 +1,1467 @@
+-- loyalty 0.2.0 -> 0.3.0: head of the upgrade script.
+--
+-- Frozen once 0.3.0 is released (hand-written, kept in the repository as
+-- every release's upgrade script is).  Sections by concern, in order; the
+-- access grants come last.  test/scripts/upgrade.sh proves that 0.1.0 ->
+-- 0.2.0 -> 0.3.0 gives exactly a fresh 0.3.0 install and keeps every row.
+
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION loyalty UPDATE TO '0.3.0'" to load this file. \quit
+
+/*
+ * Refuse to update in a schema another role has prepared (the
+ * CVE-2022-2625 class; see the check at the top of the install script).
+ * ALTER EXTENSION runs this script as a superuser with search_path =
+ * loyalty, pg_temp, so an object planted in the schema loyalty by a role
+ * holding CREATE there (or owning it) would be resolved by the statements
+ * below and run with the superuser's rights.  Before anything else:
+ *   - the schema must be owned by a superuser;
+ *   - it must grant CREATE to no role that is not a superuser (such a role
+ *     could still add an object while this script runs);
+ *   - every object in it that a name can resolve to must be a member of
+ *     the extension (pg_depend deptype 'e'); implicit array and row types,
+ *     the relation of a composite type and indexes of member tables count
+ *     with what they belong to.
+ * Everything here is pg_catalog's, named so.
+ */
+DO LANGUAGE plpgsql $loyalty_schema_check$
+DECLARE
+	nsp			pg_catalog.oid;
+	ext			pg_catalog.oid;
+	owner_name	pg_catalog.name;
+	owner_super pg_catalog.bool;
+	found_kind	pg_catalog.text;
+	found_name	pg_catalog.text;
+	grantee_name pg_catalog.text;
+BEGIN
+	SELECT e.oid, n.oid, r.rolname, r.rolsuper
+	INTO ext, nsp, owner_name, owner_super
+	FROM pg_catalog.pg_extension e
+	JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+	LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
+	WHERE e.extname OPERATOR(pg_catalog.=) 'loyalty'::pg_catalog.name;
+
+	IF owner_super IS NOT TRUE THEN
+		RAISE EXCEPTION 'schema "loyalty" is owned by role "%", which is not a superuser', owner_name
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'The owner of the schema loyalty can replace the objects the update script, running as a superuser, calls.',
+				  HINT = 'Make a superuser own the schema (ALTER SCHEMA loyalty OWNER TO ...) after checking its contents, then update again.';
+	END IF;
+
+	SELECT COALESCE(g.rolname::pg_catalog.text, 'PUBLIC') INTO grantee_name
+	FROM pg_catalog.pg_namespace n,
+		 pg_catalog.aclexplode(n.nspacl) x
+	LEFT JOIN pg_catalog.pg_roles g ON g.oid OPERATOR(pg_catalog.=) x.grantee
+	WHERE n.oid OPERATOR(pg_catalog.=) nsp
+	  AND x.privilege_type OPERATOR(pg_catalog.=) 'CREATE'::pg_catalog.text
+	  AND g.rolsuper IS NOT TRUE
+	LIMIT 1;
+
+	SELECT x.kind, x.name INTO found_kind, found_name
+	FROM (
+		SELECT 'relation'::pg_catalog.text AS kind, c.relname::pg_catalog.text AS name,
+			   'pg_catalog.pg_class'::pg_catalog.regclass AS classid, c.oid AS objid
+		FROM pg_catalog.pg_class c
+		WHERE c.relnamespace OPERATOR(pg_catalog.=) nsp
+		  AND c.relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['i', 'I', 'c']::pg_catalog."char"[])
+		UNION ALL
+		SELECT 'type', c.relname::pg_catalog.text, 'pg_catalog.pg_type'::pg_catalog.regclass, c.reltype
+		FROM pg_catalog.pg_class c
+		WHERE c.relnamespace OPERATOR(pg_catalog.=) nsp
+		  AND c.relkind OPERATOR(pg_catalog.=) 'c'::pg_catalog."char"
+		UNION ALL
+		SELECT 'index', c.relname::pg_catalog.text, 'pg_catalog.pg_class'::pg_catalog.regclass, i.indrelid
+		FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_index i ON i.indexrelid OPERATOR(pg_catalog.=) c.oid
+		WHERE c.relnamespace OPERATOR(pg_catalog.=) nsp
+		UNION ALL
+		SELECT 'function', p.proname::pg_catalog.text, 'pg_catalog.pg_proc'::pg_catalog.regclass, p.oid
+		FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.=) nsp
+		UNION ALL
+		SELECT 'type', t.typname::pg_catalog.text, 'pg_catalog.pg_type'::pg_catalog.regclass, t.oid
+		FROM pg_catalog.pg_type t
+		WHERE t.typnamespace OPERATOR(pg_catalog.=) nsp
+		  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+						  WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
+							AND d.objid OPERATOR(pg_catalog.=) t.oid
+							AND d.deptype OPERATOR(pg_catalog.=) 'i'::pg_catalog."char")
+		UNION ALL
+		SELECT 'operator', o.oprname::pg_catalog.text, 'pg_catalog.pg_operator'::pg_catalog.regclass, o.oid
+		FROM pg_catalog.pg_operator o WHERE o.oprnamespace OPERATOR(pg_catalog.=) nsp
+		UNION ALL
+		SELECT 'collation', co.collname::pg_catalog.text, 'pg_catalog.pg_collation'::pg_catalog.regclass, co.oid
+		FROM pg_catalog.pg_collation co WHERE co.collnamespace OPERATOR(pg_catalog.=) nsp
+		UNION ALL
+		SELECT 'conversion', cv.conname::pg_catalog.text, 'pg_catalog.pg_conversion'::pg_catalog.regclass, cv.oid
+		FROM pg_catalog.pg_conversion cv WHERE cv.connamespace OPERATOR(pg_catalog.=) nsp
+		UNION ALL
+		SELECT 'operator class', oc.opcname::pg_catalog.text, 'pg_catalog.pg_opclass'::pg_catalog.regclass, oc.oid
+		FROM pg_catalog.pg_opclass oc WHERE oc.opcnamespace OPERATOR(pg_catalog.=) nsp
+		UNION ALL
+		SELECT 'operator family', ofa.opfname::pg_catalog.text, 'pg_catalog.pg_opfamily'::pg_catalog.regclass, ofa.oid
+		FROM pg_catalog.pg_opfamily ofa WHERE ofa.opfnamespace OPERATOR(pg_catalog.=) nsp
+		UNION ALL
+		SELECT 'text search configuration', tc.cfgname::pg_catalog.text, 'pg_catalog.pg_ts_config'::pg_catalog.regclass, tc.oid
+		FROM pg_catalog.pg_ts_config tc WHERE tc.cfgnamespace OPERATOR(pg_catalog.=) nsp
+		UNION ALL
+		SELECT 'text search dictionary', td.dictname::pg_catalog.text, 'pg_catalog.pg_ts_dict'::pg_catalog.regclass, td.oid
+		FROM pg_catalog.pg_ts_dict td WHERE td.dictnamespace OPERATOR(pg_catalog.=) nsp
+		UNION ALL
+		SELECT 'text search parser', tp.prsname::pg_catalog.text, 'pg_catalog.pg_ts_parser'::pg_catalog.regclass, tp.oid
+		FROM pg_catalog.pg_ts_parser tp WHERE tp.prsnamespace OPERATOR(pg_catalog.=) nsp
+		UNION ALL
+		SELECT 'text search template', tt.tmplname::pg_catalog.text, 'pg_catalog.pg_ts_template'::pg_catalog.regclass, tt.oid
+		FROM pg_catalog.pg_ts_template tt WHERE tt.tmplnamespace OPERATOR(pg_catalog.=) nsp
+		UNION ALL
+		SELECT 'extension', e.extname::pg_catalog.text, NULL, NULL
+		FROM pg_catalog.pg_extension e
+		WHERE e.extnamespace OPERATOR(pg_catalog.=) nsp
+		  AND e.oid OPERATOR(pg_catalog.<>) ext
+	) x
+	WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+					  WHERE d.classid OPERATOR(pg_catalog.=) x.classid
+						AND d.objid OPERATOR(pg_catalog.=) x.objid
+						AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+						AND d.refobjid OPERATOR(pg_catalog.=) ext
+						AND d.deptype OPERATOR(pg_catalog.=) 'e'::pg_catalog."char")
+	ORDER BY x.kind, x.name
+	LIMIT 1;
+
+	IF found_kind IS NOT NULL THEN
+		RAISE EXCEPTION 'schema "loyalty" holds % % that is not part of extension loyalty',
+			found_kind, found_name
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'The update script runs as a superuser with the schema loyalty first in its search path; an object another role put there could be called by it.',
+				  HINT = 'Check who created it, drop it or move it to another schema (ALTER ... SET SCHEMA), then update again.';
+	END IF;
+
+	IF grantee_name IS NOT NULL THEN
+		RAISE EXCEPTION 'schema "loyalty" grants CREATE to role "%"', grantee_name
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'A role that may create objects in the schema loyalty could add one the update script, running as a superuser, would call.',
+				  HINT = pg_catalog.format('Revoke it (REVOKE CREATE ON SCHEMA loyalty FROM %s), then update again.',
+								   grantee_name);
+	END IF;
+END
+$loyalty_schema_check$;
+
+
+/* ---------------------------------------------------------------------------
+ * Section security: issue 11, trust (security).  The schema check runs
+ * first, in the head (src/upgrade/0.2.0--0.3.0.sql).
+ * ------------------------------------------------------------------------ */
+
+-- points family, 0.2.0 -> 0.3.0 (issue 11: references, exchanges, business
+-- times, program currency, parallel restore).  Every object below is
+-- created or re-created exactly as in a fresh 0.3.0 install, except
+-- exchange_points and check_integrity, whose final bodies (they also count
+-- codes sold for points and the references of configuration rows) are in
+-- 50-followup.sql.
+
+-- the program currency (earn_for_order refuses others: LP011)
+ALTER TABLE loyalty.points_program
+	ADD COLUMN currency text NOT NULL DEFAULT 'EUR'
+		CONSTRAINT points_program_currency_check CHECK (currency ~ '^[A-Z]{3}$');
+COMMENT ON COLUMN loyalty.points_program.currency IS
+	'The program currency (ISO 4217): earn_for_order takes amounts in it only (LP011 for another), so qualifying spend never adds up currencies';
+
+-- no foreign key between extension tables that pg_restore --jobs loads in
+-- parallel: a rename cascades and deleting a tier in use is refused by a
+-- trigger instead, check_integrity() reports an unknown tier
+ALTER TABLE loyalty.points_account DROP CONSTRAINT points_account_tier_fkey;
+
+-- bounded backdating: the business time of the last settlement; the last
+-- expiry entry is the best known value for existing accounts
+ALTER TABLE loyalty.points_account ADD COLUMN settled_at timestamptz;
+UPDATE loyalty.points_account a
+   SET settled_at = (SELECT max(e.effective_at) FROM loyalty.points_ledger e
+					 WHERE e.customer_id = a.customer_id AND e.kind = 'expire');
+COMMENT ON COLUMN loyalty.points_account.settled_at IS
+	'Latest business time the account was settled as of (lots expired or made available); calls may not be dated more than 5 minutes before it';
+
+/*
+ * The one owner of each caller reference.  Its primary key makes "a
+ * reference belongs to exactly one customer" a constraint: every mutating
+ * call claims its reference here (INSERT ... ON CONFLICT DO NOTHING, then
+ * the owner is read) after locking the account, so two customers' calls
+ * racing for one reference serialise on the unique index and the second
+ * gets LP002.  Citus: this is the documented exception to "per-customer
+ * tables are keyed by (customer_id, ...)": a reference is global by
+ * definition (an order id is unique in the shop, not per customer), so the
+ * table is distributed by reference in its own colocation group; a claim is
+ * one single-shard insert routed by the reference, inside the call's
+ * distributed transaction.  Keying it by (customer_id, reference) would let
+ * every customer hold the same reference again, which is the defect.
+ */
+CREATE TABLE loyalty.points_reference (
+	reference	text PRIMARY KEY,
+	customer_id	text NOT NULL,
+	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE loyalty.points_reference IS
+	'Owner of every points reference (order id, idempotency key): one customer per reference, by primary key';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.points_reference', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.points_reference'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+-- each reference's first customer becomes its owner (a reference two
+-- customers already share stays reported by check_integrity())
+INSERT INTO loyalty.points_reference (reference, customer_id, created_at)
+SELECT DISTINCT ON (e.reference) e.reference, e.customer_id, e.created_at
+  FROM loyalty.points_ledger e
+ WHERE e.reference IS NOT NULL
+ ORDER BY e.reference, e.entry_id;
+
+/*
+ * Accounts name their tier without a foreign key (see points_account): a
+ * rename is carried to the accounts (as ON UPDATE CASCADE did) and to
+ * their tier history, as the owner (admins cannot write either), and a
+ * tier that accounts hold
+ * cannot be deleted.  Row triggers on UPDATE and DELETE only: pg_restore's
+ * COPY of the ladder fires neither.
+ */
+CREATE FUNCTION loyalty._tier_in_use()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'UPDATE' THEN
+		IF NEW.name OPERATOR(pg_catalog.<>) OLD.name THEN
+			UPDATE loyalty.points_account a SET tier = NEW.name
+			WHERE a.tier OPERATOR(pg_catalog.=) OLD.name;
+			-- the same tier under a new name: its history follows
+			UPDATE loyalty.tier_history h SET to_tier = NEW.name
+			WHERE h.to_tier OPERATOR(pg_catalog.=) OLD.name;
+			UPDATE loyalty.tier_history h SET from_tier = NEW.name
+			WHERE h.from_tier OPERATOR(pg_catalog.=) OLD.name;
+		END IF;
+		RETURN NEW;
+	END IF;
+	IF EXISTS (SELECT 1 FROM loyalty.points_account a WHERE a.tier OPERATOR(pg_catalog.=) OLD.name) THEN
+		RAISE EXCEPTION 'tier "%" is held by points accounts', OLD.name
+			USING ERRCODE = 'foreign_key_violation',
+				  DETAIL = 'A tier can be deleted once no account holds it.',
+				  HINT = 'Move the accounts to another tier first, or rename the tier.';
+	END IF;
+	RETURN OLD;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._tier_in_use() IS
+	'Internal: carry a tier rename to the accounts and their tier history; refuse deleting a tier accounts hold';
+
+CREATE TRIGGER tier_in_use
+	AFTER UPDATE OF name OR DELETE ON loyalty.tier
+	FOR EACH ROW EXECUTE FUNCTION loyalty._tier_in_use();
+
+COMMENT ON TRIGGER tier_in_use ON loyalty.tier IS
+	'Carry a tier rename to the accounts; refuse deleting a tier accounts hold (instead of a foreign key, see points_account)';
+
+CREATE FUNCTION loyalty._points_check_key(name text, value text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'points_check_key'
+LANGUAGE C STABLE;
+
+COMMENT ON FUNCTION loyalty._points_check_key(text, text) IS
+	'Internal: raise 22023 unless value is a customer id or reference of 1 to 256 bytes (the one limit of every loyalty function), 23502 if null';
+
+CREATE FUNCTION loyalty._points_inserted_here(row_xmin xid)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'points_inserted_here'
+LANGUAGE C STABLE STRICT;
+
+COMMENT ON FUNCTION loyalty._points_inserted_here(xid) IS
+	'Internal: whether a row with this xmin was inserted by the current transaction (or one of its subtransactions)';
+
+-- a voided code (its exchange was reversed) is unknown to the coupon calls
+ALTER TABLE loyalty.coupon ADD COLUMN voided_at timestamptz;
+COMMENT ON COLUMN loyalty.coupon.voided_at IS
+	'When the code was voided (its points exchange was reversed); a voided code is unknown to validate, reserve and redeem';
+
+/*
+ * Called by reverse_points for the spend entry it reverses: if that spend
+ * bought a coupon (exchange_points), the coupon is voided -- or, once it was
+ * redeemed or is reserved, the reversal is refused (LP010): points back and
+ * a usable code would pay the coupon twice.  The coupon row is locked as
+ * redeem_coupon and reserve_coupon lock it, so a concurrent redemption
+ * either commits first (and is seen here) or finds the code voided.
+ */
+CREATE OR REPLACE FUNCTION loyalty._points_exchange_void(spend_entry bigint, at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ex record;
+	cp record;
+BEGIN
+	SELECT e.reference, e.coupon_id, e.code INTO ex
+	FROM loyalty.points_exchange e WHERE e.entry_id = spend_entry;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT c.uses, c.voided_at INTO cp
+	FROM loyalty.coupon c WHERE c.coupon_id = ex.coupon_id FOR NO KEY UPDATE;
+	IF NOT FOUND OR cp.voided_at IS NOT NULL THEN
+		RETURN;
+	END IF;
+	IF cp.uses > 0 OR EXISTS (SELECT 1 FROM loyalty.reservation h
+							  WHERE h.coupon_id = ex.coupon_id AND h.state = 'held' AND h.expires_at > at) THEN
+		RAISE EXCEPTION 'exchange "%" cannot be reversed: its coupon is %', ex.reference,
+			CASE WHEN cp.uses > 0 THEN 'redeemed' ELSE 'reserved' END
+			USING ERRCODE = 'LP010',
+				  DETAIL = format('Coupon %s is in use; reversing the exchange would return the points while the coupon stays used.',
+								  ex.code),
+				  HINT = 'Roll the redemption back first (rollback_redemption), or let the reservation expire.';
+	END IF;
+	UPDATE loyalty.coupon c SET voided_at = at WHERE c.coupon_id = ex.coupon_id;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._points_exchange_void(bigint, timestamptz) IS
+	'Internal: when reverse_points reverses an exchange''s spend, void its coupon, or refuse (LP010) once it is redeemed or reserved';
+
+/*
+ * Bonus points for the coupons an order used: the order's redemptions that
+ * are not rolled back, by this customer, of campaigns with a bonus.  Credited
+ * under reference order_ref || ':coupon-bonus', so a repeat returns the first
+ * result and reverse_points(order_ref || ':coupon-bonus') takes the bonus
+ * back on a refund.  NULL when no coupon of the order earns a bonus.
+ */
+CREATE OR REPLACE FUNCTION loyalty.earn_coupon_bonus(customer_id text, order_ref text,
+										  at timestamptz DEFAULT pg_catalog.now())
+RETURNS loyalty.points_receipt
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	total bigint;
+	codes text;
+	receipt loyalty.points_receipt;
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, customer_id);
+	PERFORM loyalty._points_check_key('order_ref'::text, order_ref);
+	SELECT sum(b.points), string_agg(c.code::text, ', ' ORDER BY c.code::text)
+	INTO total, codes
+	FROM loyalty.redemption r
+	JOIN loyalty.coupon_bonus b ON b.campaign_id = r.campaign_id
+	JOIN loyalty.coupon c ON c.coupon_id = r.coupon_id
+	WHERE r.order_ref = earn_coupon_bonus.order_ref AND r.kind = 'redeem'
+	  AND r.customer_id = earn_coupon_bonus.customer_id
+	  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id);
+	IF total IS NULL THEN
+		RETURN NULL;
+	END IF;
+	SELECT * INTO receipt
+	FROM loyalty.earn_points(earn_coupon_bonus.customer_id, total, earn_coupon_bonus.order_ref || ':coupon-bonus',
+							 reason => 'coupon bonus: ' || codes, qualifying => false, at => at);
+	RETURN receipt;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.earn_coupon_bonus(text, text, timestamptz) IS
+	'Credit the bonus points (loyalty.coupon_bonus) of the coupons an order redeemed, under reference <order_ref>:coupon-bonus; NULL when none earns a bonus';
+
+CREATE OR REPLACE FUNCTION loyalty.tier_progress(customer_id text, at timestamptz DEFAULT pg_catalog.now(),
+									  OUT tier text, OUT qualifying numeric, OUT basis text,
+									  OUT next_tier text, OUT missing numeric,
+									  OUT keeps_tier boolean, OUT message text)
+RETURNS record
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cur record;
+	nxt record;
+BEGIN
+	IF tier_progress.customer_id IS NULL OR tier_progress.at IS NULL THEN
+		RAISE EXCEPTION 'customer_id and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, tier_progress.customer_id);
+	SELECT coalesce(p.tier_basis, 'points') INTO basis
+	FROM (SELECT 1) one LEFT JOIN loyalty.points_program p ON true;
+
+	SELECT a.tier, t.rank, t.threshold INTO cur
+	FROM loyalty.points_account a LEFT JOIN loyalty.tier t ON t.name = a.tier
+	WHERE a.customer_id = tier_progress.customer_id;
+	tier := cur.tier;
+	qualifying := trim_scale(coalesce(loyalty._points_tier_value(tier_progress.customer_id, tier_progress.at), 0));
+	keeps_tier := cur.threshold IS NULL OR qualifying >= cur.threshold;
+
+	SELECT n.name, n.threshold INTO nxt
+	FROM loyalty.tier n
+	WHERE (cur.rank IS NULL AND n.threshold > 0) OR n.rank > cur.rank
+	ORDER BY n.rank LIMIT 1;
+	IF FOUND THEN
+		next_tier := nxt.name;
+		missing := trim_scale(greatest(nxt.threshold - qualifying, 0));
+	END IF;
+	IF NOT keeps_tier THEN
+		message := format(CASE basis WHEN 'points' THEN '%s points to keep %s' ELSE '%s more spend to keep %s' END,
+						  trim_scale(cur.threshold - qualifying), tier);
+	ELSIF next_tier IS NOT NULL THEN
+		message := format(CASE basis WHEN 'points' THEN '%s points to %s' ELSE '%s more spend to %s' END,
+						  missing, next_tier);
+	ELSIF tier IS NOT NULL THEN
+		message := format('top tier %s reached', tier);
+	ELSE
+		message := 'no tiers configured';
+	END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.tier_progress(text, timestamptz) IS
+	'Tier of a customer, qualifying points (or spend) in the window, the next tier and what is missing ("120 points to Gold"), whether the current tier''s threshold is still met (else the message says what keeps it)';
+
+CREATE OR REPLACE FUNCTION loyalty.evaluate_tiers_batch(as_of timestamptz, after_customer text, batch_size integer,
+											 OUT last_customer text, OUT accounts integer,
+											 OUT upgrades integer, OUT downgrades integer)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ids text[];
+	grace interval;
+BEGIN
+	IF as_of IS NULL OR batch_size IS NULL THEN
+		RAISE EXCEPTION 'as_of and batch_size must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF batch_size < 1 THEN
+		RAISE EXCEPTION 'batch_size must be positive, not %', batch_size
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- as every points call: no business time beyond 5 minutes ahead
+	IF as_of > clock_timestamp() + interval '300 seconds' THEN
+		RAISE EXCEPTION 'as_of must not lie in the future'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('as_of is %s; points calls accept business times up to 300 seconds ahead of the server clock.', as_of);
+	END IF;
+	SELECT make_interval(days => coalesce(p.tier_grace_days, 30)) INTO grace
+	FROM (SELECT 1) one LEFT JOIN loyalty.points_program p ON true;
+
+	SELECT array_agg(s.customer_id ORDER BY s.customer_id) INTO ids
+	FROM (SELECT a.customer_id FROM loyalty.points_account a
+		  WHERE after_customer IS NULL OR a.customer_id > after_customer
+		  ORDER BY a.customer_id LIMIT batch_size
+		  FOR NO KEY UPDATE) s;
+	accounts := coalesce(cardinality(ids), 0);
+	last_customer := ids[accounts];
+	upgrades := 0;
+	downgrades := 0;
+	IF accounts = 0 THEN
+		RETURN;
+	END IF;
+
+	WITH judged AS (
+		SELECT a.customer_id, a.tier, a.below_since, cur.rank, cur.threshold,
+			   v.value, target.name AS target, target.rank AS target_rank,
+			   down.name AS down, down.threshold AS down_threshold
+		FROM loyalty.points_account a
+		LEFT JOIN loyalty.tier cur ON cur.name = a.tier
+		CROSS JOIN LATERAL (SELECT coalesce(loyalty._points_tier_value(a.customer_id, as_of), 0) AS value) v
+		LEFT JOIN LATERAL (SELECT t.name, t.rank FROM loyalty.tier t WHERE t.threshold <= v.value
+						   ORDER BY t.rank DESC LIMIT 1) target ON true
+		LEFT JOIN LATERAL (SELECT t.name, t.threshold FROM loyalty.tier t WHERE t.rank < cur.rank
+						   ORDER BY t.rank DESC LIMIT 1) down ON true
+		WHERE a.customer_id = ANY (ids)
+	), decided AS (
+		SELECT j.*,
+			   CASE
+				   WHEN j.target IS NOT NULL AND (j.rank IS NULL OR j.target_rank > j.rank) THEN 'upgrade'
+				   WHEN j.rank IS NOT NULL AND (j.target IS NULL OR j.target_rank < j.rank)
+						AND coalesce(j.below_since, as_of) <= as_of - grace THEN 'downgrade'
+			   END AS change
+		FROM judged j
+	), outcome AS (
+		SELECT d.customer_id, d.tier AS from_tier, d.value, d.change,
+			   CASE d.change WHEN 'upgrade' THEN d.target WHEN 'downgrade' THEN d.down ELSE d.tier END AS new_tier,
+			   CASE
+				   WHEN d.change = 'upgrade' THEN NULL
+				   WHEN d.change = 'downgrade' THEN
+					   CASE WHEN d.down IS NOT NULL AND d.value < d.down_threshold THEN as_of END
+				   WHEN d.rank IS NOT NULL AND (d.target IS NULL OR d.target_rank < d.rank)
+					   THEN coalesce(d.below_since, as_of)
+			   END AS new_below_since
+		FROM decided d
+	), updated AS (
+		UPDATE loyalty.points_account a
+		SET tier = o.new_tier,
+			tier_since = CASE WHEN o.change IS NOT NULL THEN as_of ELSE a.tier_since END,
+			below_since = o.new_below_since,
+			updated_at = now()
+		FROM outcome o
+		WHERE a.customer_id = o.customer_id
+		  AND (a.tier IS DISTINCT FROM o.new_tier OR a.below_since IS DISTINCT FROM o.new_below_since)
+	), history AS (
+		INSERT INTO loyalty.tier_history (customer_id, changed_at, from_tier, to_tier, change, qualifying)
+		SELECT o.customer_id, as_of, o.from_tier, o.new_tier, o.change, o.value
+		FROM outcome o WHERE o.change IS NOT NULL
+	)
+	SELECT count(*) FILTER (WHERE o.change = 'upgrade'), count(*) FILTER (WHERE o.change = 'downgrade')
+	INTO upgrades, downgrades
+	FROM outcome o;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.evaluate_tiers_batch(timestamptz, text, integer) IS
+	'One batch of evaluate_tiers: judge the next batch_size accounts after after_customer; returns the last one and the counts';
+
+
+-- 30-coupons: coupon family changes since 0.2.0 (issue 11)
+--   * loyalty.currency_decimals(text): minor units of a currency
+--   * _campaign_check: limits (amount_off, max_discount) with more decimals
+--     than the currency are refused; amounts below 10^15; list sizes
+--   * add_campaign_rule: segment and tier names must exist (its final body,
+--     which also locks the campaign and kind, is in 50-followup.sql)
+--   * _campaign_rule_names_follow and its triggers on loyalty.segment and
+--     loyalty.tier: renames carry over to campaign rules, deletes of a named
+--     segment or tier are refused
+-- Existing rows are kept as they are: a 0.2.0 campaign with an over-precise
+-- limit is honoured by truncating the limit (C), a 0.2.0 rule naming a tier
+-- that no longer exists validates as config_error (C).
+
+CREATE FUNCTION loyalty.currency_decimals(currency text)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'coupon_currency_decimals'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.currency_decimals(text) IS
+	'Minor units (decimals) of an ISO 4217 currency as coupon discounts use them: 2 unless listed otherwise (JPY 0, KWD 3, CLF 4, ...)';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.currency_decimals(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE OR REPLACE FUNCTION loyalty._campaign_check(c loyalty.campaign)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	problem text;
+	decimals integer;
+	too_precise record;
+BEGIN
+	problem := CASE
+		WHEN c.name IS NULL OR c.name = '' THEN
+			'name must be a non-empty text'
+		WHEN c.kind IS NULL OR c.kind NOT IN ('percent', 'fixed', 'free_shipping', 'buy_x_get_y', 'free_item') THEN
+			format('kind must be percent, fixed, free_shipping, buy_x_get_y or free_item, not %L', c.kind)
+		WHEN c.currency IS NULL OR c.currency !~ '^[A-Z]{3}$' THEN
+			'currency must be three upper-case letters (ISO 4217)'
+		WHEN c.kind = 'percent' AND (c.percent_off IS NULL OR c.percent_off <= 0 OR c.percent_off > 100) THEN
+			'a percent campaign needs percent_off in (0, 100]'
+		WHEN c.kind <> 'percent' AND c.percent_off IS NOT NULL THEN
+			'percent_off applies to percent campaigns only'
+		WHEN c.kind = 'fixed' AND (c.amount_off IS NULL OR c.amount_off <= 0) THEN
+			'a fixed campaign needs a positive amount_off'
+		WHEN c.kind <> 'fixed' AND c.amount_off IS NOT NULL THEN
+			'amount_off applies to fixed campaigns only'
+		WHEN c.kind = 'fixed' AND c.max_discount IS NOT NULL THEN
+			'max_discount does not apply to fixed campaigns'
+		WHEN c.max_discount IS NOT NULL AND c.max_discount <= 0 THEN
+			'max_discount must be positive'
+		WHEN c.amount_off >= 1e15 OR c.max_discount >= 1e15 OR c.min_order_amount >= 1e15 THEN
+			'amount_off, max_discount and min_order_amount must be finite numbers below 10^15'
+		WHEN c.kind = 'buy_x_get_y' AND (c.buy_quantity IS NULL OR c.buy_quantity < 1
+										OR c.get_quantity IS NULL OR c.get_quantity < 1) THEN
+			'a buy_x_get_y campaign needs buy_quantity >= 1 and get_quantity >= 1'
+		WHEN c.kind <> 'buy_x_get_y' AND (c.buy_quantity IS NOT NULL OR c.get_quantity IS NOT NULL) THEN
+			'buy_quantity and get_quantity apply to buy_x_get_y campaigns only'
+		WHEN c.kind = 'free_item' AND (c.free_sku IS NULL OR c.free_sku = '') THEN
+			'a free_item campaign needs free_sku'
+		WHEN c.kind = 'free_item' AND (c.free_quantity IS NULL OR c.free_quantity < 1) THEN
+			'free_quantity must be at least 1'
+		WHEN c.kind <> 'free_item' AND (c.free_sku IS NOT NULL OR c.free_quantity IS NOT NULL) THEN
+			'free_sku and free_quantity apply to free_item campaigns only'
+		WHEN c.starts_at IS NOT NULL AND c.ends_at IS NOT NULL AND c.ends_at <= c.starts_at THEN
+			'ends_at must be after starts_at'
+		WHEN c.total_cap IS NOT NULL AND c.total_cap < 0 THEN
+			'total_cap must not be negative'
+		WHEN c.per_customer_cap IS NOT NULL AND c.per_customer_cap < 1 THEN
+			'per_customer_cap must be at least 1'
+		WHEN c.max_coupons_per_order IS NOT NULL AND c.max_coupons_per_order < 1 THEN
+			'max_coupons_per_order must be at least 1'
+		WHEN c.min_order_amount IS NOT NULL AND c.min_order_amount < 0 THEN
+			'min_order_amount must not be negative'
+		WHEN c.exclusive IS NULL THEN
+			'exclusive must be true or false'
+		WHEN array_position(c.include_skus, NULL) IS NOT NULL
+		  OR array_position(c.exclude_skus, NULL) IS NOT NULL
+		  OR array_position(c.include_categories, NULL) IS NOT NULL
+		  OR array_position(c.exclude_categories, NULL) IS NOT NULL
+		  OR '' = ANY (c.include_skus) OR '' = ANY (c.exclude_skus)
+		  OR '' = ANY (c.include_categories) OR '' = ANY (c.exclude_categories) THEN
+			'sku and category lists must not contain nulls or empty texts'
+		WHEN cardinality(c.include_skus) = 0 OR cardinality(c.exclude_skus) = 0
+		  OR cardinality(c.include_categories) = 0 OR cardinality(c.exclude_categories) = 0 THEN
+			'an empty sku or category list must be null'
+		WHEN cardinality(c.include_skus) > 10000 OR cardinality(c.exclude_skus) > 10000
+		  OR cardinality(c.include_categories) > 10000 OR cardinality(c.exclude_categories) > 10000 THEN
+			'a sku or category list has at most 10000 entries'
+		WHEN EXISTS (SELECT 1 FROM unnest(c.include_skus || c.exclude_skus || c.include_categories
+										  || c.exclude_categories) AS e(name)
+					 WHERE octet_length(e.name) > 256) THEN
+			'a sku or category name has at most 256 bytes'
+	END;
+	IF problem IS NOT NULL THEN
+		RAISE EXCEPTION 'invalid campaign: %', problem
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+
+	-- a discount never exceeds its limit, so a limit must be payable exactly
+	decimals := loyalty.currency_decimals(c.currency);
+	SELECT l.field, l.value INTO too_precise
+	FROM (VALUES (1, 'amount_off', c.amount_off), (2, 'max_discount', c.max_discount)) AS l(pos, field, value)
+	WHERE l.value IS NOT NULL
+	  AND l.value OPERATOR(pg_catalog.<>) pg_catalog.trunc(l.value, decimals)
+	ORDER BY l.pos LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'invalid campaign: % % has more decimals than % allows', too_precise.field,
+			too_precise.value, c.currency
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('%s has %s decimal%s (ISO 4217 minor units); a discount is never more than its limit, so %s must be a whole number of minor units.',
+								  c.currency, decimals, CASE WHEN decimals = 1 THEN '' ELSE 's' END,
+								  too_precise.field),
+				  HINT = format('Give %s with at most %s decimal%s.', too_precise.field, decimals,
+								CASE WHEN decimals = 1 THEN '' ELSE 's' END);
+	END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_check(loyalty.campaign) IS
+	'Internal: raise 22023 naming the first invalid field of a campaign row (limits with more decimals than the currency: the DETAIL names its decimals)';
+
+CREATE FUNCTION loyalty._campaign_rule_names_follow()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	rule_kind text := CASE TG_TABLE_NAME WHEN 'segment' THEN 'segment' ELSE 'tier' END;
+	used record;
+BEGIN
+	IF TG_OP = 'UPDATE' THEN
+		UPDATE loyalty.campaign_rule r
+		SET params = CASE
+				WHEN rule_kind = 'segment' THEN
+					jsonb_set(r.params, '{segments}',
+							  (SELECT jsonb_agg(CASE WHEN e.v OPERATOR(pg_catalog.=) to_jsonb(OLD.name)
+													 THEN to_jsonb(NEW.name) ELSE e.v END ORDER BY e.n)
+							   FROM jsonb_array_elements(r.params -> 'segments') WITH ORDINALITY AS e(v, n)))
+				WHEN r.params ? 'min_tier' THEN
+					CASE WHEN r.params ->> 'min_tier' OPERATOR(pg_catalog.=) OLD.name
+						 THEN jsonb_set(r.params, '{min_tier}', to_jsonb(NEW.name)) ELSE r.params END
+				ELSE
+					jsonb_set(r.params, '{tiers}',
+							  (SELECT jsonb_agg(CASE WHEN e.v OPERATOR(pg_catalog.=) to_jsonb(OLD.name)
+													 THEN to_jsonb(NEW.name) ELSE e.v END ORDER BY e.n)
+							   FROM jsonb_array_elements(r.params -> 'tiers') WITH ORDINALITY AS e(v, n)))
+			END
+		WHERE r.kind OPERATOR(pg_catalog.=) rule_kind
+		  AND (r.params -> CASE rule_kind WHEN 'segment' THEN 'segments' ELSE 'tiers' END ? OLD.name
+			   OR (rule_kind = 'tier' AND r.params ->> 'min_tier' OPERATOR(pg_catalog.=) OLD.name));
+		RETURN NULL;
+	END IF;
+
+	IF pg_catalog.pg_trigger_depth() > 1 THEN
+		RETURN NULL;
+	END IF;
+	SELECT r.rule_id, c.campaign_id, c.name INTO used
+	FROM loyalty.campaign_rule r JOIN loyalty.campaign c ON c.campaign_id OPERATOR(pg_catalog.=) r.campaign_id
+	WHERE r.kind OPERATOR(pg_catalog.=) rule_kind
+	  AND (r.params -> CASE rule_kind WHEN 'segment' THEN 'segments' ELSE 'tiers' END ? OLD.name
+		   OR (rule_kind = 'tier' AND r.params ->> 'min_tier' OPERATOR(pg_catalog.=) OLD.name))
+	ORDER BY r.rule_id LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'cannot delete % "%": a campaign rule names it', rule_kind, OLD.name
+			USING ERRCODE = 'foreign_key_violation',
+				  DETAIL = format('Rule %s of campaign %L (id %s) names %s %L.',
+								  used.rule_id, used.name, used.campaign_id, rule_kind, OLD.name),
+				  HINT = 'Drop the rule with loyalty.drop_campaign_rule() first; a rename carries over to campaign rules.';
+	END IF;
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_rule_names_follow() IS
+	'Internal trigger on loyalty.segment and loyalty.tier: a rename carries over to the campaign rules naming it; deleting one a campaign rule names is refused (23503)';
+
+CREATE TRIGGER segment_campaign_rule_rename
+	AFTER UPDATE OF name ON loyalty.segment
+	FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name)
+	EXECUTE FUNCTION loyalty._campaign_rule_names_follow();
+CREATE TRIGGER segment_campaign_rule_delete
+	AFTER DELETE ON loyalty.segment
+	FOR EACH ROW EXECUTE FUNCTION loyalty._campaign_rule_names_follow();
+
+COMMENT ON TRIGGER segment_campaign_rule_rename ON loyalty.segment IS
+	'A renamed segment is renamed in the campaign rules that name it';
+COMMENT ON TRIGGER segment_campaign_rule_delete ON loyalty.segment IS
+	'Refuse deleting a segment a campaign rule names (23503)';
+
+CREATE TRIGGER tier_campaign_rule_rename
+	AFTER UPDATE OF name ON loyalty.tier
+	FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name)
+	EXECUTE FUNCTION loyalty._campaign_rule_names_follow();
+CREATE TRIGGER tier_campaign_rule_delete
+	AFTER DELETE ON loyalty.tier
+	FOR EACH ROW EXECUTE FUNCTION loyalty._campaign_rule_names_follow();
+
+COMMENT ON TRIGGER tier_campaign_rule_rename ON loyalty.tier IS
+	'A renamed tier is renamed in the campaign rules that name it';
+COMMENT ON TRIGGER tier_campaign_rule_delete ON loyalty.tier IS
+	'Refuse deleting a tier a campaign rule names (23503)';
+
+-- 0.2.0 -> 0.3.0, live RFM tracking (issue 11, item 12): tracked statements
+-- append per-customer deltas to loyalty.customer_stats_delta instead of
+-- updating loyalty.customer_stats; refresh_segments and fold_tracking fold
+-- them in, customer_rfm adds the pending ones.
+--
+-- Data: loyalty.customer_stats keeps its columns and rows unchanged (it is
+-- the folded state, which is what 0.2.0's triggers kept current), so every
+-- customer's statistics survive as they are; the delta table starts empty
+-- and the existing tracking triggers (same function) append to it from the
+-- first statement after the update.  Item 2 needs no SQL change (C only).
+
+CREATE FUNCTION loyalty._rfm_days_minus(loyalty.day_buckets, loyalty.day_buckets)
+RETURNS loyalty.day_buckets
+AS 'MODULE_PATHNAME', 'rfm_days_minus'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_days_minus(loyalty.day_buckets, loyalty.day_buckets) IS
+	'Internal: added minus removed day buckets of pending changes, as a delta (NULL = no bucket)';
+
+CREATE AGGREGATE loyalty._rfm_days_fold(loyalty.day_buckets) (
+	SFUNC = loyalty._rfm_days_merge,
+	STYPE = loyalty.day_buckets
+);
+
+COMMENT ON AGGREGATE loyalty._rfm_days_fold(loyalty.day_buckets) IS
+	'Internal: the sum of pending day-bucket deltas (NULL = no bucket)';
+
+COMMENT ON TABLE loyalty.customer_stats IS
+	'Per-customer statistics of the tracked orders tables as of the last fold; pending changes are in loyalty.customer_stats_delta';
+
+CREATE TABLE loyalty.customer_stats_delta (
+	customer_id		text COLLATE "C" NOT NULL,
+	row_count		bigint NOT NULL,
+	order_count		bigint NOT NULL,
+	spend_total		numeric NOT NULL,
+	first_added		timestamptz,
+	last_added		timestamptz,
+	first_removed	timestamptz,
+	last_removed	timestamptz,
+	days			loyalty.day_buckets,
+	days_removed	loyalty.day_buckets
+);
+
+CREATE INDEX customer_stats_delta_customer ON loyalty.customer_stats_delta (customer_id);
+
+COMMENT ON TABLE loyalty.customer_stats_delta IS
+	'Pending changes of the live statistics, appended by the tracking triggers and folded into loyalty.customer_stats by refresh_segments and fold_tracking';
+COMMENT ON COLUMN loyalty.customer_stats_delta.row_count IS
+	'Tracked rows added minus removed by one statement';
+COMMENT ON COLUMN loyalty.customer_stats_delta.order_count IS
+	'Orders added minus removed by one statement';
+COMMENT ON COLUMN loyalty.customer_stats_delta.spend_total IS
+	'Amounts added minus removed by one statement';
+COMMENT ON COLUMN loyalty.customer_stats_delta.first_added IS
+	'Earliest order time added (NULL: no order added)';
+COMMENT ON COLUMN loyalty.customer_stats_delta.last_added IS
+	'Latest order time added (NULL: no order added)';
+COMMENT ON COLUMN loyalty.customer_stats_delta.first_removed IS
+	'Earliest order time removed (NULL: no order removed)';
+COMMENT ON COLUMN loyalty.customer_stats_delta.last_removed IS
+	'Latest order time removed (NULL: no order removed)';
+COMMENT ON COLUMN loyalty.customer_stats_delta.days IS
+	'Net change of orders and spend per UTC day made by one statement, for the days whose order count did not fall';
+COMMENT ON COLUMN loyalty.customer_stats_delta.days_removed IS
+	'Opposite of the net change per UTC day made by one statement, for the days whose order count fell (stored buckets never hold negative counts)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.customer_stats_delta', '');
+
+COMMENT ON FUNCTION loyalty._rfm_track_trigger() IS
+	'Internal: statement trigger of a tracked orders table; appends the statement''s delta to loyalty.customer_stats_delta as the extension''s owner';
+
+CREATE FUNCTION loyalty.fold_tracking(OUT folded_rows bigint, OUT customers bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rfm_fold_tracking'
+LANGUAGE C VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.fold_tracking() IS
+	'Fold the pending tracked changes (loyalty.customer_stats_delta) into loyalty.customer_stats now, as refresh_segments does first';
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.fold_tracking()'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+-- Item 2: tracked customer and status columns must now be of a built-in
+-- type (see track_orders).  Refuse the update, naming the table (42804,
+-- "call loyalty.untrack_orders() before ..."), rather than let every later
+-- write to a table tracked with another type fail.
+SELECT loyalty._rfm_check_tracked();
+
+-- 0.2.0 -> 0.3.0, live RFM performance (issue 11, bars): the pending-change
+-- table loses its customer_id index, which every tracked statement paid for
+-- (half of the trigger's cost); folds read the whole table anyway and
+-- customer_rfm scans the pending rows (rfm_track.sql).  Runs after
+-- 40-tracking.sql, which creates the table.
+
+DROP INDEX loyalty.customer_stats_delta_customer;
+
+/* ---------------------------------------------------------------------------
+ * Section followup: issue 11 follow-ups (items 11, 4, 14 remainders)
+ *   * no foreign key between extension tables, so that pg_restore --jobs
+ *     loads them in any order: segment_rule -> segment (rename carried and
+ *     delete refused by the segment_in_use trigger, a rule's segment checked
+ *     by _segment_map_row), campaign_rule -> campaign and -> eligibility_kind
+ *     (checked and locked by add_campaign_rule, deletes refused by the
+ *     parent-side triggers campaign_rule_parent and eligibility_kind_in_use);
+ *     check_integrity() reports dangling references; a restored segment map
+ *     replaces the default one whichever table is loaded first
+ *   * reset_segment_map() keeps default-named segments and refuses (23503)
+ *     to drop a segment a campaign rule names
+ *   * coupon.holds_cap_unit: a code sold for points holds its cap unit
+ *     until used or voided, counted by the coupon cap checks;
+ *     _coupon_cap_units replaces _points_cap_in_use in exchange_points
+ * Existing data: codes already sold by exchanges are marked as holding
+ * their unit.
+ * ------------------------------------------------------------------------ */
+
+-- segment map
+ALTER TABLE loyalty.segment_rule DROP CONSTRAINT segment_rule_segment_fkey;
+CREATE OR REPLACE FUNCTION loyalty._segment_map_row()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NEW.builtin THEN
+		IF TG_OP = 'UPDATE' AND OLD.builtin THEN
+			NEW.builtin := false;	-- editing a default row makes the map the user's
+			RETURN NEW;
+		END IF;
+		RAISE EXCEPTION 'builtin rows of %.% are created only by the loyalty extension', TG_TABLE_SCHEMA, TG_TABLE_NAME
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Leave the builtin column out of INSERT and UPDATE.';
+	END IF;
+	IF TG_OP = 'UPDATE' OR NEW.builtin IS NULL THEN
+		NEW.builtin := false;
+	-- builtin = false given explicitly: a saved map is being loaded
+	ELSIF EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.builtin)
+	   OR EXISTS (SELECT 1 FROM loyalty.segment_rule r WHERE r.builtin) THEN
+		-- drop the default map, rules first; the rules go without a
+		-- coverage check when the segments are loaded first (the rules
+		-- that follow are checked at their commit)
+		IF TG_TABLE_NAME = 'segment' THEN
+			TRUNCATE loyalty.segment_rule;
+		ELSE
+			DELETE FROM loyalty.segment_rule r WHERE r.builtin;
+		END IF;
+		DELETE FROM loyalty.segment s WHERE s.builtin;
+	END IF;
+	IF TG_TABLE_NAME = 'segment_rule' THEN
+		IF NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name OPERATOR(pg_catalog.=) NEW.segment)
+		   AND EXISTS (SELECT 1 FROM loyalty.segment) THEN
+			RAISE EXCEPTION 'segment rule names unknown segment "%"', NEW.segment
+				USING ERRCODE = 'foreign_key_violation',
+					  DETAIL = format('No segment is named %L; segments are listed in loyalty.segment.', NEW.segment),
+					  HINT = 'Insert the segment into loyalty.segment first.';
+		END IF;
+	END IF;
+	RETURN NEW;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._segment_map_row() IS
+	'Internal: keep the builtin flag of the segment map right, let a restored map replace the default one (tables loaded in either order), and refuse a rule naming an unknown segment';
+
+CREATE OR REPLACE FUNCTION loyalty._segment_map_take_over()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP = 'DELETE' AND OLD.builtin AND pg_catalog.pg_trigger_depth() > 1
+	   AND NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.builtin AND TG_TABLE_NAME = 'segment')
+	   AND NOT EXISTS (SELECT 1 FROM loyalty.segment_rule r WHERE r.builtin AND TG_TABLE_NAME = 'segment_rule') THEN
+		RETURN NULL;
+	END IF;
+	IF EXISTS (SELECT 1 FROM loyalty.segment_rule WHERE builtin) THEN
+		UPDATE loyalty.segment_rule SET builtin = false WHERE builtin;
+	END IF;
+	IF EXISTS (SELECT 1 FROM loyalty.segment WHERE builtin) THEN
+		UPDATE loyalty.segment SET builtin = false WHERE builtin;
+	END IF;
+	RETURN NULL;
+END;
+$$;
+
+CREATE FUNCTION loyalty._segment_in_use()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	IF TG_OP = 'UPDATE' THEN
+		UPDATE loyalty.segment_rule r SET segment = NEW.name
+		WHERE r.segment OPERATOR(pg_catalog.=) OLD.name;
+		RETURN NULL;
+	END IF;
+	IF pg_catalog.pg_trigger_depth() > 1 THEN
+		RETURN NULL;
+	END IF;
+	SELECT count(*) INTO n FROM loyalty.segment_rule r WHERE r.segment OPERATOR(pg_catalog.=) OLD.name;
+	IF n > 0 THEN
+		RAISE EXCEPTION 'cannot delete segment "%": % segment rule(s) map scores to it', OLD.name, n
+			USING ERRCODE = 'foreign_key_violation',
+				  DETAIL = format('loyalty.segment_rule has %s rule(s) for segment %L.', n, OLD.name),
+				  HINT = 'Delete or change its rules first, in the same transaction.';
+	END IF;
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._segment_in_use() IS
+	'Internal: carry a segment rename to its rules; refuse deleting a segment that rules use (23503)';
+
+CREATE TRIGGER segment_in_use
+	AFTER UPDATE OF name OR DELETE ON loyalty.segment
+	FOR EACH ROW EXECUTE FUNCTION loyalty._segment_in_use();
+COMMENT ON TRIGGER segment_in_use ON loyalty.segment IS
+	'A renamed segment is renamed in its rules; deleting a segment that rules use is refused (23503)';
+
+CREATE OR REPLACE FUNCTION loyalty.reset_segment_map()
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET session_replication_role = replica
+AS $$
+DECLARE
+	-- the default segments, in display order
+	names text[] := ARRAY['Champions', 'Loyal', 'Potential Loyalist', 'New', 'Promising',
+						  'Need Attention', 'About to Sleep', 'At Risk', 'Cannot Lose Them',
+						  'Hibernating', 'Lost'];
+	descs text[] := ARRAY[
+		'Bought recently and buy often: reward them, they become advocates and early adopters',
+		'Buy often and fairly recently: upsell, ask for reviews, offer the loyalty programme',
+		'Recent customers with a few orders: offer membership and recommendations',
+		'First orders very recently: onboard them and build the relationship early',
+		'Recent buyers with a single order or few: build awareness, offer a second purchase',
+		'Middling recency and frequency: limited-time offers based on past purchases',
+		'Fading recency and few orders: reactivate with popular products and discounts',
+		'Used to buy fairly often but not for a long time: personalised win-back offers',
+		'Were the most frequent buyers but have not returned for long: win them back now',
+		'Long since the last order and few orders: low-cost generic offers',
+		'Longest since the last order and fewest orders: last revival campaign or let go'];
+BEGIN
+	LOCK TABLE loyalty.segment_rule IN SHARE ROW EXCLUSIVE MODE;
+	DELETE FROM loyalty.segment_rule;
+	DELETE FROM loyalty.segment s WHERE NOT (s.name OPERATOR(pg_catalog.=) ANY (names));
+	-- the kept segments take their default place, one at a time (display
+	-- orders are unique): whoever holds the place moves past the end first
+	FOR i IN 1 .. pg_catalog.array_length(names, 1) LOOP
+		IF EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name OPERATOR(pg_catalog.=) names[i]) THEN
+			UPDATE loyalty.segment s
+			SET display_order = (SELECT max(t.display_order) OPERATOR(pg_catalog.+) 1 FROM loyalty.segment t)
+			WHERE s.display_order OPERATOR(pg_catalog.=) i
+			  AND s.name OPERATOR(pg_catalog.<>) names[i];
+			UPDATE loyalty.segment s
+			SET display_order = i, description = descs[i], builtin = true
+			WHERE s.name OPERATOR(pg_catalog.=) names[i];
+		END IF;
+	END LOOP;
+	INSERT INTO loyalty.segment (name, display_order, description, builtin)
+	SELECT names[i], i, descs[i], true
+	FROM pg_catalog.generate_series(1, pg_catalog.array_length(names, 1)) AS i
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name OPERATOR(pg_catalog.=) names[i]);
+
+	INSERT INTO loyalty.segment_rule (segment, r_min, r_max, f_min, f_max, m_min, m_max, builtin) VALUES
+		('Champions',          4, 5, 5, 5, 1, 5, true),
+		('Champions',          5, 5, 4, 4, 1, 5, true),
+		('Loyal',              3, 3, 4, 5, 1, 5, true),
+		('Loyal',              4, 4, 4, 4, 1, 5, true),
+		('Potential Loyalist', 4, 5, 2, 3, 1, 5, true),
+		('New',                5, 5, 1, 1, 1, 5, true),
+		('Promising',          4, 4, 1, 1, 1, 5, true),
+		('Need Attention',     3, 3, 3, 3, 1, 5, true),
+		('About to Sleep',     3, 3, 1, 2, 1, 5, true),
+		('At Risk',            1, 2, 3, 4, 1, 5, true),
+		('Cannot Lose Them',   1, 2, 5, 5, 1, 5, true),
+		('Hibernating',        2, 2, 1, 2, 1, 5, true),
+		('Lost',               1, 1, 1, 2, 1, 5, true);
+END;
+$$;
+
+ALTER TABLE loyalty.segment ENABLE ALWAYS TRIGGER segment_campaign_rule_delete;
+
+-- campaign rules
+ALTER TABLE loyalty.campaign_rule DROP CONSTRAINT campaign_rule_campaign_id_fkey;
+ALTER TABLE loyalty.campaign_rule DROP CONSTRAINT campaign_rule_kind_fkey;
+
+CREATE FUNCTION loyalty._campaign_rule_parent_in_use()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	used record;
+BEGIN
+	IF TG_TABLE_NAME = 'campaign' THEN
+		IF TG_OP = 'UPDATE' AND NEW.campaign_id OPERATOR(pg_catalog.=) OLD.campaign_id THEN
+			RETURN NULL;
+		END IF;
+		SELECT r.rule_id, r.kind INTO used FROM loyalty.campaign_rule r
+		WHERE r.campaign_id OPERATOR(pg_catalog.=) OLD.campaign_id ORDER BY r.rule_id LIMIT 1;
+		IF FOUND THEN
+			RAISE EXCEPTION 'campaign % has eligibility rules', OLD.campaign_id
+				USING ERRCODE = 'foreign_key_violation',
+					  DETAIL = format('Rule %s (kind %L) belongs to campaign %L (id %s).',
+									  used.rule_id, used.kind, OLD.name, OLD.campaign_id),
+					  HINT = 'Drop its rules with loyalty.drop_campaign_rule() first.';
+		END IF;
+		RETURN NULL;
+	END IF;
+	IF TG_OP = 'UPDATE' AND NEW.kind OPERATOR(pg_catalog.=) OLD.kind THEN
+		RETURN NULL;
+	END IF;
+	SELECT r.rule_id, r.campaign_id INTO used FROM loyalty.campaign_rule r
+	WHERE r.kind OPERATOR(pg_catalog.=) OLD.kind ORDER BY r.rule_id LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'eligibility rule kind "%" is used by campaign rules', OLD.kind
+			USING ERRCODE = 'foreign_key_violation',
+				  DETAIL = format('Rule %s of campaign %s is of kind %L.', used.rule_id, used.campaign_id, OLD.kind),
+				  HINT = 'Drop the rules of this kind with loyalty.drop_campaign_rule() first.';
+	END IF;
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_rule_parent_in_use() IS
+	'Internal trigger on loyalty.campaign and loyalty.eligibility_kind: refuse deleting a campaign or kind that campaign rules use, or renaming such a kind (23503)';
+
+CREATE TRIGGER campaign_rule_parent
+	AFTER UPDATE OF campaign_id OR DELETE ON loyalty.campaign
+	FOR EACH ROW EXECUTE FUNCTION loyalty._campaign_rule_parent_in_use();
+CREATE TRIGGER eligibility_kind_in_use
+	AFTER UPDATE OF kind OR DELETE ON loyalty.eligibility_kind
+	FOR EACH ROW EXECUTE FUNCTION loyalty._campaign_rule_parent_in_use();
+
+COMMENT ON TRIGGER campaign_rule_parent ON loyalty.campaign IS
+	'Refuse deleting a campaign that has eligibility rules (23503)';
+COMMENT ON TRIGGER eligibility_kind_in_use ON loyalty.eligibility_kind IS
+	'Refuse deleting or renaming an eligibility rule kind that campaign rules use (23503)';
+
+CREATE OR REPLACE FUNCTION loyalty.add_campaign_rule(campaign_id bigint, kind text, params jsonb DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	id bigint;
+	unknown text;
+BEGIN
+	IF campaign_id IS NULL OR kind IS NULL OR params IS NULL THEN
+		RAISE EXCEPTION 'campaign_id, kind and params must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	-- locked as a foreign key would: the kind cannot go while the rule is added
+	PERFORM 1 FROM loyalty.eligibility_kind k WHERE k.kind = add_campaign_rule.kind FOR KEY SHARE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'unknown eligibility rule kind: "%"', kind
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Kinds are listed in loyalty.eligibility_kind.';
+	END IF;
+	IF jsonb_typeof(params) <> 'object' THEN
+		RAISE EXCEPTION 'rule params must be a JSON object'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'segment' AND NOT (
+		jsonb_typeof(params -> 'segments') = 'array'
+		AND jsonb_array_length(params -> 'segments') > 0
+		AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(params -> 'segments') e
+						WHERE jsonb_typeof(e) <> 'string')) THEN
+		RAISE EXCEPTION 'a segment rule needs {"segments": [names]}'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF kind = 'new_customer' AND (
+		EXISTS (SELECT 1 FROM jsonb_object_keys(params) k WHERE k <> 'new')
+		OR coalesce(jsonb_typeof(params -> 'new'), 'boolean') <> 'boolean') THEN
+		RAISE EXCEPTION 'a new_customer rule takes {"new": true} or {"new": false}'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- names must exist now: a rule naming nothing would refuse every customer
+	IF kind = 'segment' THEN
+		SELECT e INTO unknown FROM jsonb_array_elements_text(params -> 'segments') AS e
+		WHERE NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name OPERATOR(pg_catalog.=) e)
+		LIMIT 1;
+		IF FOUND THEN
+			RAISE EXCEPTION 'unknown segment "%" in segment rule', unknown
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('No segment is named %L; segments are listed in loyalty.segment.', unknown);
+		END IF;
+	ELSIF kind = 'tier' THEN
+		SELECT e INTO unknown
+		FROM (SELECT params ->> 'min_tier' AS e
+			  UNION ALL
+			  SELECT jsonb_array_elements_text(params -> 'tiers')
+			  WHERE jsonb_typeof(params -> 'tiers') = 'array') AS n
+		WHERE n.e IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.tier t WHERE t.name OPERATOR(pg_catalog.=) n.e)
+		LIMIT 1;
+		IF FOUND THEN
+			RAISE EXCEPTION 'unknown tier "%" in tier rule', unknown
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('No tier is named %L; tiers are listed in loyalty.tier.', unknown);
+		END IF;
+	END IF;
+
+	PERFORM loyalty._campaign_gate(add_campaign_rule.campaign_id);
+	PERFORM 1 FROM loyalty.campaign t WHERE t.campaign_id = add_campaign_rule.campaign_id FOR KEY SHARE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'campaign % does not exist', add_campaign_rule.campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO loyalty.campaign_rule AS r (campaign_id, kind, params)
+	VALUES (add_campaign_rule.campaign_id, add_campaign_rule.kind, add_campaign_rule.params)
+	RETURNING r.rule_id INTO id;
+	UPDATE loyalty.campaign t SET updated_at = now()
+	WHERE t.campaign_id = add_campaign_rule.campaign_id;
+	RETURN id;
+END;
+$$;
+
+-- codes sold for points hold their cap unit
+ALTER TABLE loyalty.coupon ADD COLUMN holds_cap_unit boolean NOT NULL DEFAULT false;
+UPDATE loyalty.coupon c SET holds_cap_unit = true
+WHERE EXISTS (SELECT 1 FROM loyalty.points_exchange e WHERE e.coupon_id = c.coupon_id);
+COMMENT ON COLUMN loyalty.coupon.holds_cap_unit IS
+	'The code was sold for points (exchange_points): while neither used nor voided it holds one unit of its campaign''s total and per-customer caps, which no other code can take';
+
+CREATE INDEX coupon_cap_unit_idx ON loyalty.coupon (campaign_id, customer_id)
+	WHERE holds_cap_unit;
+
+COMMENT ON INDEX loyalty.coupon_cap_unit_idx IS
+	'Codes sold for points, by campaign and customer: counted by every cap check of a capped campaign';
+
+CREATE FUNCTION loyalty._coupon_cap_units(campaign_id bigint, customer_id text, at timestamptz)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'coupon_cap_units'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION loyalty._coupon_cap_units(bigint, text, timestamptz) IS
+	'Internal: units of a campaign''s total cap (customer NULL) or of a customer''s per-customer cap in use (redemptions, live reservations, unused codes sold for points), newest snapshot, under the customer lock when a customer is given';
+
+CREATE OR REPLACE FUNCTION loyalty.exchange_points(customer_id text, campaign_id bigint, reference text,
+										at timestamptz DEFAULT pg_catalog.now(),
+										OUT code text, OUT points bigint, OUT available bigint)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	p_customer text := customer_id;
+	p_campaign bigint := campaign_id;
+	p_reference text := reference;
+	reward record;
+	camp record;
+	ex record;
+	spent record;
+	issued record;
+	before bigint[];
+	in_use bigint;
+BEGIN
+	IF p_customer IS NULL OR p_campaign IS NULL OR p_reference IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, campaign_id, reference and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, p_customer);
+	PERFORM loyalty._points_check_key('reference'::text, p_reference);
+
+	-- a repeat returns the first exchange
+	SELECT * INTO ex FROM loyalty.points_exchange e WHERE e.reference = p_reference;
+	IF FOUND THEN
+		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
+			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
+				USING ERRCODE = 'LP002';
+		END IF;
+		code := ex.code; points := ex.points; available := ex.available_after;
+		RETURN;
+	END IF;
+
+	SELECT * INTO reward FROM loyalty.points_reward r WHERE r.campaign_id = p_campaign AND r.active;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'campaign % is not offered for points', p_campaign
+			USING ERRCODE = 'LP007',
+				  HINT = 'Offer it with a row in loyalty.points_reward.';
+	END IF;
+	SELECT c.paused, c.starts_at, c.ends_at, c.total_cap, c.per_customer_cap INTO camp
+	FROM loyalty.campaign c WHERE c.campaign_id = p_campaign;
+	IF NOT FOUND OR camp.paused OR camp.ends_at <= at THEN
+		RAISE EXCEPTION 'campaign % cannot be exchanged for points now', p_campaign
+			USING ERRCODE = 'LP008',
+				  DETAIL = CASE WHEN NOT FOUND THEN 'The campaign does not exist.'
+								WHEN camp.paused THEN 'The campaign is paused.'
+								ELSE 'The campaign has ended.' END;
+	END IF;
+
+	IF camp.total_cap IS NOT NULL OR camp.per_customer_cap IS NOT NULL THEN
+		UPDATE loyalty.points_reward r SET points = r.points WHERE r.campaign_id = p_campaign;
+		IF camp.total_cap IS NOT NULL THEN
+			SELECT c.total_cap INTO camp.total_cap
+			FROM loyalty.campaign c WHERE c.campaign_id = p_campaign FOR NO KEY UPDATE;
+			in_use := loyalty._coupon_cap_units(p_campaign, NULL, at);
+			IF in_use >= camp.total_cap THEN
+				RAISE EXCEPTION 'campaign % has no coupon left to exchange', p_campaign
+					USING ERRCODE = 'LP009',
+						  DETAIL = format('Its total cap of %s is reached (%s in use, reserved or sold for points).',
+										  camp.total_cap, in_use),
+						  HINT = 'No points were spent.';
+			END IF;
+		END IF;
+		IF camp.per_customer_cap IS NOT NULL THEN
+			in_use := loyalty._coupon_cap_units(p_campaign, p_customer, at);
+			IF in_use >= camp.per_customer_cap THEN
+				RAISE EXCEPTION 'customer "%" cannot get another coupon of campaign %', p_customer, p_campaign
+					USING ERRCODE = 'LP009',
+						  DETAIL = format('The per-customer cap of %s is reached (%s in use, reserved or sold for points).',
+										  camp.per_customer_cap, in_use),
+						  HINT = 'No points were spent.';
+			END IF;
+		END IF;
+	END IF;
+
+	SELECT s.* INTO spent FROM loyalty.spend_points(p_customer, reward.points, 'exchange:' || p_reference, at) s;
+	-- a concurrent first call with this reference committed while the spend waited
+	SELECT * INTO ex FROM loyalty.points_exchange e WHERE e.reference = p_reference;
+	IF FOUND THEN
+		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
+			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
+				USING ERRCODE = 'LP002';
+		END IF;
+		code := ex.code; points := ex.points; available := ex.available_after;
+		RETURN;
+	END IF;
+	IF (SELECT e.created_at FROM loyalty.points_ledger e WHERE e.entry_id = spent.entry_id) <> now() THEN
+		RAISE EXCEPTION 'reference "exchange:%" was already used by a spend that is not an exchange', p_reference
+			USING ERRCODE = 'LP002';
+	END IF;
+
+	before := ARRAY(SELECT c.coupon_id FROM loyalty.coupon c
+					WHERE c.campaign_id = p_campaign AND c.customer_id = p_customer);
+	PERFORM loyalty.generate_codes(p_campaign, 1, reward.code_pattern, ARRAY[p_customer]);
+	SELECT c.coupon_id, c.code::text AS code INTO STRICT issued
+	FROM loyalty.coupon c
+	WHERE c.campaign_id = p_campaign AND c.customer_id = p_customer
+	  AND c.coupon_id <> ALL (before) AND loyalty._points_inserted_here(c.xmin);
+	-- the code holds the cap unit it was sold for until used or voided
+	UPDATE loyalty.coupon c SET holds_cap_unit = true WHERE c.coupon_id = issued.coupon_id;
+
+	INSERT INTO loyalty.points_exchange (reference, customer_id, campaign_id, points, coupon_id, code,
+										 entry_id, available_after, effective_at)
+	VALUES (p_reference, p_customer, p_campaign, reward.points, issued.coupon_id, issued.code,
+			spent.entry_id, spent.available, at);
+	code := issued.code; points := reward.points; available := spent.available;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.exchange_points(text, bigint, text, timestamptz) IS
+	'Spend the points a campaign''s coupon costs (loyalty.points_reward) and issue a single-use code bound to the customer; idempotent on reference; LP001 short, LP007 not offered, LP008 campaign paused or ended, LP009 cap reached (nothing spent)';
+
+-- configuration references in the integrity check
+CREATE OR REPLACE FUNCTION loyalty.check_integrity()
+RETURNS TABLE (problem text, customer_id text, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH lot_sums AS (
+		SELECT l.customer_id,
+			   coalesce(sum(l.remaining) FILTER (WHERE l.state = 'available'), 0) AS available,
+			   coalesce(sum(l.remaining) FILTER (WHERE l.state = 'pending'), 0) AS pending,
+			   min(LEAST(CASE WHEN l.state = 'pending' THEN l.available_at END, l.expires_at))
+				   FILTER (WHERE l.state <> 'closed') AS next_event
+		FROM loyalty.points_lot l GROUP BY l.customer_id
+	), ledger_sums AS (
+		SELECT e.customer_id, sum(e.points) AS points, sum(e.debt_change) AS debt,
+			   sum(e.qualifying) AS qualifying, coalesce(sum(e.amount), 0) AS spend,
+			   coalesce(sum(e.points) FILTER (WHERE e.kind = 'earn'), 0) AS earned
+		FROM loyalty.points_ledger e GROUP BY e.customer_id
+	), reversed_earnings AS (
+		SELECT e.customer_id, sum(e.points) AS points
+		FROM loyalty.points_ledger e
+		WHERE e.kind = 'earn'
+		  AND e.entry_id IN (SELECT unnest(r.reverses) FROM loyalty.points_ledger r WHERE r.kind = 'reverse')
+		GROUP BY e.customer_id
+	), moves AS (
+		SELECT m.lot_id, sum(m.delta) AS delta,
+			   sum(-m.delta) FILTER (WHERE m.kind = 'expire') AS expired
+		FROM (SELECT e.kind, u.lot_id, u.delta
+			  FROM loyalty.points_ledger e, unnest(e.lot_ids, e.lot_points) AS u(lot_id, delta)) m
+		GROUP BY m.lot_id
+	), buckets AS (
+		SELECT q.customer_id, sum(q.points) AS points, sum(q.spend) AS spend
+		FROM loyalty.points_qualifying q GROUP BY q.customer_id
+	), last_tier AS (
+		SELECT DISTINCT ON (h.customer_id) h.customer_id, h.to_tier
+		FROM loyalty.tier_history h ORDER BY h.customer_id, h.history_id DESC
+	)
+	SELECT 'negative balance', a.customer_id,
+		   format('available %s, pending %s, debt %s', a.available, a.pending, a.debt)
+	FROM loyalty.points_account a
+	WHERE a.available < 0 OR a.pending < 0 OR a.debt < 0
+	UNION ALL
+	SELECT 'balance differs from open lots', a.customer_id,
+		   format('account available %s / pending %s, lots %s / %s',
+				  a.available, a.pending, coalesce(s.available, 0), coalesce(s.pending, 0))
+	FROM loyalty.points_account a LEFT JOIN lot_sums s ON s.customer_id = a.customer_id
+	WHERE a.available <> coalesce(s.available, 0) OR a.pending <> coalesce(s.pending, 0)
+	UNION ALL
+	SELECT 'balance differs from ledger', a.customer_id,
+		   format('available + pending - debt = %s, ledger sum %s',
+				  a.available + a.pending - a.debt, coalesce(g.points, 0))
+	FROM loyalty.points_account a LEFT JOIN ledger_sums g ON g.customer_id = a.customer_id
+	WHERE a.available + a.pending - a.debt <> coalesce(g.points, 0)
+	UNION ALL
+	SELECT 'debt differs from ledger', a.customer_id,
+		   format('debt %s, ledger debt changes %s', a.debt, coalesce(g.debt, 0))
+	FROM loyalty.points_account a LEFT JOIN ledger_sums g ON g.customer_id = a.customer_id
+	WHERE a.debt <> coalesce(g.debt, 0)
+	UNION ALL
+	SELECT 'debt with open lots', a.customer_id,
+		   format('debt %s while %s points are open', a.debt, a.available + a.pending)
+	FROM loyalty.points_account a
+	WHERE a.debt > 0 AND (a.available > 0 OR a.pending > 0
+						  OR EXISTS (SELECT 1 FROM loyalty.points_lot l
+									 WHERE l.customer_id = a.customer_id AND l.state <> 'closed'))
+	UNION ALL
+	SELECT 'totals differ from ledger', a.customer_id,
+		   format('lifetime %s / qualifying %s / spend %s, ledger %s / %s / %s',
+				  a.lifetime_earned, a.qualifying, a.qualifying_spend,
+				  coalesce(g.earned, 0) - coalesce(r.points, 0), coalesce(g.qualifying, 0), coalesce(g.spend, 0))
+	FROM loyalty.points_account a
+	LEFT JOIN ledger_sums g ON g.customer_id = a.customer_id
+	LEFT JOIN reversed_earnings r ON r.customer_id = a.customer_id
+	WHERE a.lifetime_earned <> coalesce(g.earned, 0) - coalesce(r.points, 0)
+	   OR a.qualifying <> coalesce(g.qualifying, 0)
+	   OR a.qualifying_spend <> coalesce(g.spend, 0)
+	UNION ALL
+	SELECT 'qualifying buckets differ from account', a.customer_id,
+		   format('account %s / %s, monthly buckets %s / %s',
+				  a.qualifying, a.qualifying_spend, coalesce(b.points, 0), coalesce(b.spend, 0))
+	FROM loyalty.points_account a LEFT JOIN buckets b ON b.customer_id = a.customer_id
+	WHERE a.qualifying <> coalesce(b.points, 0) OR a.qualifying_spend <> coalesce(b.spend, 0)
+	UNION ALL
+	SELECT 'settling hint too late', a.customer_id,
+		   format('next_event_at %s, first lot event %s', a.next_event_at, s.next_event)
+	FROM loyalty.points_account a JOIN lot_sums s ON s.customer_id = a.customer_id
+	WHERE s.next_event IS NOT NULL AND (a.next_event_at IS NULL OR a.next_event_at > s.next_event)
+	UNION ALL
+	SELECT 'lot differs from ledger', l.customer_id,
+		   format('lot %s: remaining %s, expired %s; ledger changes %s, expiries %s',
+				  l.lot_id, l.remaining, l.expired, coalesce(m.delta, 0), coalesce(m.expired, 0))
+	FROM loyalty.points_lot l LEFT JOIN moves m ON m.lot_id = l.lot_id
+	WHERE l.remaining <> coalesce(m.delta, 0) OR l.expired <> coalesce(m.expired, 0)
+	   OR l.remaining + l.expired > l.points
+	UNION ALL
+	SELECT 'malformed lot', l.customer_id, format('lot %s (%s, %s of %s points)', l.lot_id, l.state, l.remaining, l.points)
+	FROM loyalty.points_lot l
+	WHERE l.state NOT IN ('pending', 'available', 'closed') OR l.points <= 0 OR l.expired < 0
+	   OR (l.state = 'closed') <> (l.remaining = 0)
+	   OR (l.state = 'pending' AND l.available_at IS NULL)
+	   OR l.available_at >= l.expires_at
+	UNION ALL
+	SELECT 'malformed ledger entry', e.customer_id, format('entry %s (%s)', e.entry_id, e.kind)
+	FROM loyalty.points_ledger e
+	WHERE e.kind NOT IN ('earn', 'spend', 'expire', 'reverse', 'adjust')
+	   OR (e.reference IS NULL) <> (e.kind = 'expire')
+	   OR coalesce(cardinality(e.lot_ids) <> cardinality(e.lot_points),
+				   (e.lot_ids IS NULL) <> (e.lot_points IS NULL))
+	UNION ALL
+	SELECT 'ledger entry inconsistent', e.customer_id,
+		   format('entry %s: points %s, lot changes %s, debt change %s',
+				  e.entry_id, e.points, coalesce(x.total, 0), e.debt_change)
+	FROM loyalty.points_ledger e
+	CROSS JOIN LATERAL (SELECT sum(u) AS total FROM unnest(e.lot_points) u) x
+	WHERE e.points <> coalesce(x.total, 0) - e.debt_change
+	UNION ALL
+	SELECT 'lot or entry without account', o.customer_id, o.what
+	FROM (SELECT l.customer_id, format('lot %s', l.lot_id) AS what FROM loyalty.points_lot l
+		  UNION ALL
+		  SELECT e.customer_id, format('entry %s', e.entry_id) FROM loyalty.points_ledger e) o
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.points_account a WHERE a.customer_id = o.customer_id)
+	UNION ALL
+	SELECT 'lot of another customer', e.customer_id,
+		   format('entry %s changes lot %s of customer %s', e.entry_id, l.lot_id, l.customer_id)
+	FROM loyalty.points_ledger e
+	CROSS JOIN LATERAL unnest(e.lot_ids) AS u(lot_id)
+	JOIN loyalty.points_lot l ON l.lot_id = u.lot_id
+	WHERE l.customer_id <> e.customer_id
+	UNION ALL
+	SELECT 'duplicate reference', min(e.customer_id),
+		   format('reference %s: %s entries of kind %s', e.reference, count(*), e.kind)
+	FROM loyalty.points_ledger e WHERE e.reference IS NOT NULL
+	GROUP BY e.reference, e.kind HAVING count(*) > 1
+	UNION ALL
+	SELECT 'reference of several customers', min(e.customer_id),
+		   format('reference %s used by %s customers', e.reference, count(DISTINCT e.customer_id))
+	FROM loyalty.points_ledger e WHERE e.reference IS NOT NULL AND e.kind <> 'adjust'
+	GROUP BY e.reference HAVING count(DISTINCT e.customer_id) > 1
+	UNION ALL
+	SELECT 'reference not owned by the customer', e.customer_id,
+		   format('entry %s: reference %s, owner %s', e.entry_id, e.reference, coalesce(o.customer_id, 'none'))
+	FROM loyalty.points_ledger e
+	LEFT JOIN loyalty.points_reference o ON o.reference = e.reference
+	WHERE e.reference IS NOT NULL AND o.customer_id IS DISTINCT FROM e.customer_id
+	UNION ALL
+	SELECT 'unknown tier', a.customer_id, format('tier %s is not in loyalty.tier', a.tier)
+	FROM loyalty.points_account a
+	WHERE a.tier IS NOT NULL AND NOT EXISTS (SELECT 1 FROM loyalty.tier t WHERE t.name = a.tier)
+	UNION ALL
+	SELECT 'tier differs from history', a.customer_id,
+		   format('tier %s, last change to %s', a.tier, h.to_tier)
+	FROM loyalty.points_account a JOIN last_tier h ON h.customer_id = a.customer_id
+	WHERE a.tier IS DISTINCT FROM h.to_tier
+	-- references between configuration tables kept without foreign keys
+	-- (so that pg_restore --jobs can load them in any order)
+	UNION ALL
+	SELECT 'segment rule of unknown segment', NULL::text,
+		   format('rule R%s-%s F%s-%s M%s-%s names segment %s', r.r_min, r.r_max, r.f_min, r.f_max,
+				  r.m_min, r.m_max, r.segment)
+	FROM loyalty.segment_rule r
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name = r.segment)
+	UNION ALL
+	SELECT 'campaign rule of unknown campaign', NULL::text,
+		   format('rule %s names campaign %s', r.rule_id, r.campaign_id)
+	FROM loyalty.campaign_rule r
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.campaign c WHERE c.campaign_id = r.campaign_id)
+	UNION ALL
+	SELECT 'campaign rule of unknown kind', NULL::text,
+		   format('rule %s of campaign %s is of kind %s', r.rule_id, r.campaign_id, r.kind)
+	FROM loyalty.campaign_rule r
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.eligibility_kind k WHERE k.kind = r.kind)
+	ORDER BY 1, 2, 3
+$$;
+
+COMMENT ON FUNCTION loyalty.check_integrity() IS
+	'Every violation of the points invariants (balance = open lots = ledger sum, no negative balance, debt, well-formed lots and entries, references and their one owner, totals, tiers and that they exist) and every dangling reference between configuration tables (segment rules, campaign rules); empty when healthy';
+
+/* ---------------------------------------------------------------------------
+ * Last: nothing for PUBLIC, then the recorded access levels re-applied to
+ * every object (grants.sql of the install script, then reapply_grants).
+ * ------------------------------------------------------------------------ */
+REVOKE ALL ON SCHEMA loyalty FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA loyalty FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA loyalty FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA loyalty FROM PUBLIC;
+
+SELECT loyalty.reapply_grants();
