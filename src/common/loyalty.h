@@ -30,5 +30,6 @@
 
 extern void _PG_init(void);
 extern bool LoyaltyIsCurrencyCode(const char *s, int len);
+extern void LoyaltyRequireSchemaVersion(void);
 
 #endif							/* LOYALTY_H */
