@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# test/pg_build.sh MAJOR: build PostgreSQL MAJOR (13 or 18) from the release
+# tarball beside the checkout (../shared/vendor/postgresql-MAJOR.*.tar.bz2)
+# into a cache outside the checkout, and print its pg_config.
+#
+#   PG_CONFIG=$(bash test/pg_build.sh 18) bash test/run.sh
+#
+# The cache is $LOYALTY_PG_CACHE (default /var/cache/loyalty/pg), one
+# directory per version; a finished build is reused (it is marked complete
+# only after `make install` of the server and contrib succeeded).  Builds
+# without readline, zlib, ICU and docs; PostgreSQL 18's tarball needs bison
+# and flex (installed from Debian's archive when missing).  About 5 minutes
+# on 2 cores, once per machine.
+set -euo pipefail
+major=${1:?usage: test/pg_build.sh MAJOR}
+root=$(cd "$(dirname "$0")/.." && pwd)
+vendor=${LOYALTY_VENDOR:-$root/../shared/vendor}
+tarball=$(ls "$vendor"/postgresql-"$major".*.tar.bz2 2>/dev/null | sort -V | tail -1)
+[ -n "$tarball" ] || { echo "no PostgreSQL $major tarball in $vendor" >&2; exit 1; }
+version=$(basename "$tarball" .tar.bz2); version=${version#postgresql-}
+cache=${LOYALTY_PG_CACHE:-/var/cache/loyalty/pg}
+prefix=$cache/$version
+if [ -e "$prefix/.complete" ]; then
+	echo "$prefix/bin/pg_config"
+	exit 0
+fi
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+for p in bison flex gcc make bzip2 perl; do command -v "$p" >/dev/null || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+as_root mkdir -p "$cache"
+as_root chown "$(id -u)" "$cache"
+build=$(mktemp -d /tmp/loyalty-pgbuild.XXXXXX)
+trap 'rm -rf "$build"' EXIT
+echo "building PostgreSQL $version into $prefix (once per machine)" >&2
+tar -xjf "$tarball" -C "$build"
+cd "$build/postgresql-$version"
+rm -rf "$prefix"
+./configure --prefix="$prefix" --without-readline --without-zlib --without-icu \
+	--enable-debug --enable-cassert=no >"$build/configure.log" 2>&1 ||
+	{ tail -30 "$build/configure.log" >&2; exit 1; }
+make -s -j"$(nproc)" >"$build/make.log" 2>&1 || { tail -30 "$build/make.log" >&2; exit 1; }
+make -s install >"$build/install.log" 2>&1 || { tail -30 "$build/install.log" >&2; exit 1; }
+make -s -C contrib -j"$(nproc)" install >"$build/contrib.log" 2>&1 || { tail -30 "$build/contrib.log" >&2; exit 1; }
+touch "$prefix/.complete"
+echo "$prefix/bin/pg_config"
