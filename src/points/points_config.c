@@ -33,6 +33,7 @@
 #include "utils/snapmgr.h"
 
 #include "compat.h"
+#include "loyalty_cache.h"
 #include "points.h"
 
 PG_FUNCTION_INFO_V1(points_config_invalidate);
@@ -40,7 +41,6 @@ PG_FUNCTION_INFO_V1(points_config_invalidate);
 static MemoryContext PointsConfigContext = NULL;
 static PointsConfig config;
 static bool config_valid = false;
-static bool callback_registered = false;
 static Oid	tier_relid = InvalidOid;
 static SPIPlanPtr config_plan = NULL;
 
@@ -67,6 +67,16 @@ PointsConfigCallback(Datum arg, Oid relid)
 }
 
 /*
+ * Called from _PG_init: hand the cache's invalidation function to the
+ * extension's one relcache callback (loyalty_cache.h).
+ */
+void
+PointsInit(void)
+{
+	LoyaltyCacheOnRelation(PointsConfigCallback, (Datum) 0);
+}
+
+/*
  * Read the settings and the ladder into the cache's memory with the given
  * snapshot.  Runs inside the caller's SPI connection.
  */
@@ -77,7 +87,7 @@ PointsConfigRead(Snapshot snapshot)
 	MemoryContext old;
 	uint64		n;
 
-	PointsPrepare(&config_plan, config_sql, 0, NULL);
+	LoyaltyKeepPlan(&config_plan, config_sql, 0, NULL, CURSOR_OPT_GENERIC_PLAN);
 	ret = SPI_execute_snapshot(config_plan, NULL, NULL, snapshot, InvalidSnapshot, true, false, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed == 0)
 		elog(ERROR, "reading the points settings failed: %s", SPI_result_code_string(ret));
@@ -130,11 +140,6 @@ PointsConfigRead(Snapshot snapshot)
 const PointsConfig *
 PointsConfigGet(void)
 {
-	if (!callback_registered)
-	{
-		CacheRegisterRelcacheCallback(PointsConfigCallback, (Datum) 0);
-		callback_registered = true;
-	}
 	if (PointsConfigContext == NULL)
 	{
 		if (CacheMemoryContext == NULL)

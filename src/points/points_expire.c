@@ -89,7 +89,7 @@ points_expire(PG_FUNCTION_ARGS)
 			break;
 		v[0] = TimestampTzGetDatum(as_of);
 		v[1] = Int32GetDatum(batch);
-		PointsExec(PointsPrepare(&pick_plan, pick_sql, 2, types), v, NULL, SPI_OK_SELECT);
+		LoyaltyExec(LoyaltyKeepPlan(&pick_plan, pick_sql, 2, types, CURSOR_OPT_GENERIC_PLAN), v, NULL, false, SPI_OK_SELECT);
 		picked = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (isnull)
 			break;

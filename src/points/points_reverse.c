@@ -134,7 +134,7 @@ ReadLots(int n, const int64 *ids)
 	for (int i = 0; i < n; i++)
 		d[i] = Int64GetDatum(ids[i]);
 	v[0] = PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	PointsExec(PointsPrepare(&lots_plan, lots_sql, 1, types), v, NULL, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyKeepPlan(&lots_plan, lots_sql, 1, types, CURSOR_OPT_GENERIC_PLAN), v, NULL, false, SPI_OK_SELECT);
 }
 
 /*
@@ -176,7 +176,7 @@ points_reverse(PG_FUNCTION_ARGS)
 	if (customer_id == NULL)
 	{
 		v[0] = CStringGetTextDatum(reference);
-		PointsExec(PointsPrepare(&owner_plan, owner_sql, 1, two_text), v, NULL, SPI_OK_SELECT);
+		LoyaltyExec(LoyaltyKeepPlan(&owner_plan, owner_sql, 1, two_text, CURSOR_OPT_GENERIC_PLAN), v, NULL, false, SPI_OK_SELECT);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
@@ -187,7 +187,7 @@ points_reverse(PG_FUNCTION_ARGS)
 
 	v[0] = CStringGetTextDatum(reference);
 	v[1] = CStringGetTextDatum(customer_id);
-	PointsExec(PointsPrepare(&coupon_lock_plan, coupon_lock_sql, 2, two_text), v, NULL, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyKeepPlan(&coupon_lock_plan, coupon_lock_sql, 2, two_text, CURSOR_OPT_GENERIC_PLAN), v, NULL, false, SPI_OK_SELECT);
 	PointsLockAccount(&acct, customer_id, false, at);
 	if (!acct.found)
 		ereport(ERROR,
@@ -198,7 +198,7 @@ points_reverse(PG_FUNCTION_ARGS)
 	/* read the entries after the lock: a concurrent call has committed or not started */
 	v[0] = CStringGetTextDatum(reference);
 	v[1] = CStringGetTextDatum(customer_id);
-	PointsExec(PointsPrepare(&entries_plan, entries_sql, 2, two_text), v, NULL, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyKeepPlan(&entries_plan, entries_sql, 2, two_text, CURSOR_OPT_GENERIC_PLAN), v, NULL, false, SPI_OK_SELECT);
 	entries = SPI_tuptable;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -315,7 +315,7 @@ points_reverse(PG_FUNCTION_ARGS)
 		/* the coupon an exchange bought is voided, or the reversal refused */
 		vv[0] = Int64GetDatum(chg.reverses[chg.nreverses - 1]);
 		vv[1] = TimestampTzGetDatum(at);
-		PointsExec(PointsPrepare(&void_plan, void_sql, 2, vtypes), vv, NULL, SPI_OK_SELECT);
+		LoyaltyExec(LoyaltyKeepPlan(&void_plan, void_sql, 2, vtypes, CURSOR_OPT_GENERIC_PLAN), vv, NULL, false, SPI_OK_SELECT);
 		/* (the entries' result is still in "entries": the tuple table survives) */
 		n_spend_lots = Int64Elems(t, d, 6, &spend_lots);
 		if (Int64Elems(t, d, 7, &spend_deltas) != n_spend_lots)
@@ -404,7 +404,7 @@ points_adjust(PG_FUNCTION_ARGS)
 	PointsNewLot lot;
 	PointsReceipt receipt;
 
-	PointsArgNotNull(fcinfo, 1, "points");
+	LoyaltyArgNotNull(fcinfo, 1, "points");
 	points = PG_GETARG_INT64(1);
 	if (points == 0)
 		ereport(ERROR,
@@ -414,7 +414,7 @@ points_adjust(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("points out of range")));
-	PointsArgNotNull(fcinfo, 3, "reason");
+	LoyaltyArgNotNull(fcinfo, 3, "reason");
 	reason = text_to_cstring(PG_GETARG_TEXT_PP(3));
 	if (reason[0] == '\0')
 		ereport(ERROR,

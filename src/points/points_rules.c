@@ -121,7 +121,7 @@ PointsEarnByRule(FunctionCallInfo fcinfo, const char *customer_id, const char *e
 	v[8] = DateADTGetDatum(PointsPeriodStart(at, "month", tz));
 	v[9] = DateADTGetDatum(PointsPeriodStart(at, "year", tz));
 	v[10] = acct.tier_multiplier;
-	PointsExec(PointsPrepare(&rules_plan, rules_sql, 11, types), v, n, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyKeepPlan(&rules_plan, rules_sql, 11, types, CURSOR_OPT_GENERIC_PLAN), v, n, false, SPI_OK_SELECT);
 	nrules = SPI_processed;
 
 	PointsChangeInit(&chg, POINTS_EARN, at);
@@ -209,7 +209,7 @@ PointsEarnByRule(FunctionCallInfo fcinfo, const char *customer_id, const char *e
 		static const Oid evtypes[1] = {TEXTOID};
 
 		ev[0] = CStringGetTextDatum(event);
-		PointsExec(PointsPrepare(&event_plan, event_sql, 1, evtypes), ev, NULL, SPI_OK_SELECT);
+		LoyaltyExec(LoyaltyKeepPlan(&event_plan, event_sql, 1, evtypes, CURSOR_OPT_GENERIC_PLAN), ev, NULL, false, SPI_OK_SELECT);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_UNKNOWN_ACTION),
@@ -224,7 +224,7 @@ PointsEarnByRule(FunctionCallInfo fcinfo, const char *customer_id, const char *e
 	{
 		chg.amount = amount;
 		chg.has_amount = true;
-		acct.qualifying_spend = DirectFunctionCall2(numeric_add, acct.qualifying_spend, amount);
+		acct.qualifying_spend = NumericGetDatum(LoyaltyNumericAdd(DatumGetNumeric(acct.qualifying_spend), DatumGetNumeric(amount)));
 	}
 	PointsCredit(&acct, &chg);
 	acct.lifetime_earned = PointsAdd(acct.lifetime_earned, total, "lifetime points");
@@ -253,11 +253,10 @@ points_earn_for_order(PG_FUNCTION_ARGS)
 	TimestampTz at;
 	const char *parts[2];
 
-	PointsArgNotNull(fcinfo, 2, "amount");
+	LoyaltyArgNotNull(fcinfo, 2, "amount");
 	amount = PG_GETARG_NUMERIC(2);
 	if (numeric_is_nan(amount) || numeric_is_inf(amount) ||
-		DatumGetBool(DirectFunctionCall2(numeric_lt, NumericGetDatum(amount),
-										 PointsNumericFromInt64(0))))
+		LoyaltyNumericCmp(amount, LoyaltyNumericZero()) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("amount must be a finite number of at least 0")));

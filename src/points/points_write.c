@@ -349,17 +349,17 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 
 		if (chg->nmoves == 0 && chg->consume == 0 && chg->nusage == 0 && chg->nlots <= 1 &&
 			!chg->tier_changed && chg->nreverses == 0 && chg->detail == NULL)
-			plan = PointsPrepare(&credit_plan, credit_sql, WRITE_NARGS, types);
+			plan = LoyaltyKeepPlan(&credit_plan, credit_sql, WRITE_NARGS, types, CURSOR_OPT_GENERIC_PLAN);
 		else if (chg->nmoves == 0 && chg->nlots == 0 && chg->nusage == 0 && !chg->has_amount &&
 				 chg->qualifying == 0 && !chg->tier_changed)
-			plan = PointsPrepare(&spend_plan, spend_sql, WRITE_NARGS, types);
+			plan = LoyaltyKeepPlan(&spend_plan, spend_sql, WRITE_NARGS, types, CURSOR_OPT_GENERIC_PLAN);
 		else
 		{
 			Assert(!chg->guarded);
-			plan = PointsPrepare(&write_plan, write_sql, WRITE_NARGS, types);
+			plan = LoyaltyKeepPlan(&write_plan, write_sql, WRITE_NARGS, types, CURSOR_OPT_GENERIC_PLAN);
 			expected = SPI_OK_INSERT_RETURNING;
 		}
-		PointsExec(plan, v, n, expected);
+		LoyaltyExec(plan, v, n, false, expected);
 	}
 	PG_CATCH();
 	{

@@ -117,8 +117,8 @@ typedef struct RfmScan
 	Oid			key_collation;
 	FmgrInfo	key_hash_fn;	/* RFM_KEY_GENERIC */
 	FmgrInfo	key_eq_fn;		/* RFM_KEY_GENERIC */
-	RfmTimeKind time_kind;
-	RfmAmountKind amount_kind;
+	LoyaltyTimeKind time_kind;
+	LoyaltyAmountKind amount_kind;
 	RfmPeriod	period;
 
 	/* results */
@@ -592,10 +592,7 @@ RfmReadThresholds(FunctionCallInfo fcinfo, int argno, RfmDimension dim,
 						   scoring->bins, scoring->bins - 1, scoring->bins)));
 	for (i = 0; i < n; i++)
 	{
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("%s must not contain nulls", param)));
+		LoyaltyCheckNoNulls(nulls[i], param);
 		switch (elemtype)
 		{
 			case INT4OID:
@@ -617,16 +614,6 @@ RfmReadThresholds(FunctionCallInfo fcinfo, int argno, RfmDimension dim,
 	}
 	scoring->nthresholds[dim] = n;
 	scoring->use_thresholds = true;
-}
-
-/* Raise the "argument must not be null" error. */
-static void
-RfmNotNull(FunctionCallInfo fcinfo, int argno, const char *param)
-{
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", param)));
 }
 
 /* Segment names as text, looked up once per distinct score. */
@@ -726,13 +713,13 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	static const char *const params[3] = {"customer_column", "ordered_at_column", "amount_column"};
 
 	/* arguments */
-	RfmNotNull(fcinfo, ARG_ORDERS, "orders");
+	LoyaltyArgNotNull(fcinfo, ARG_ORDERS, "orders");
 	for (k = 0; k < 3; k++)
-		RfmNotNull(fcinfo, ARG_CUSTOMER_COLUMN + k, params[k]);
-	RfmNotNull(fcinfo, ARG_AS_OF, "as_of");
-	RfmNotNull(fcinfo, ARG_BINS, "bins");
-	RfmNotNull(fcinfo, ARG_WINDOW_LENGTH, "window_length");
-	RfmNotNull(fcinfo, ARG_MONETARY_MODE, "monetary_mode");
+		LoyaltyArgNotNull(fcinfo, ARG_CUSTOMER_COLUMN + k, params[k]);
+	LoyaltyArgNotNull(fcinfo, ARG_AS_OF, "as_of");
+	LoyaltyArgNotNull(fcinfo, ARG_BINS, "bins");
+	LoyaltyArgNotNull(fcinfo, ARG_WINDOW_LENGTH, "window_length");
+	LoyaltyArgNotNull(fcinfo, ARG_MONETARY_MODE, "monetary_mode");
 	RfmCheckAsOf(PG_GETARG_TIMESTAMPTZ(ARG_AS_OF));
 	RfmCheckInterval(PG_GETARG_INTERVAL_P(ARG_WINDOW_LENGTH), "window_length");
 
@@ -793,11 +780,11 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 		attnums[k] = RfmLookupColumn(relid, params[k], &cols[k],
 									 &coltypes[k], &colcolls[k]);
 	}
-	scan.time_kind = RfmTimeKindOf(getBaseType(coltypes[1]), &ok);
+	scan.time_kind = LoyaltyTimeKindOf(getBaseType(coltypes[1]), &ok);
 	if (!ok)
 		RfmWrongType(relid, &cols[1], coltypes[1], "the order time",
 					 "ordered_at_column must be of type date, timestamp or timestamp with time zone.");
-	scan.amount_kind = RfmAmountKindOf(getBaseType(coltypes[2]), &ok);
+	scan.amount_kind = LoyaltyAmountKindOf(getBaseType(coltypes[2]), &ok);
 	if (!ok)
 		RfmWrongType(relid, &cols[2], coltypes[2], "the order amount",
 					 "amount_column must be of type numeric, smallint, integer, bigint, real or double precision.");

@@ -39,6 +39,7 @@
 #include "utils/snapmgr.h"
 
 #include "compat.h"
+#include "loyalty_cache.h"
 #include "rfm.h"
 #include "rfm_score.h"
 #include "segment.h"
@@ -115,13 +116,15 @@ SegmentXactCallback(XactEvent event, void *arg)
 }
 
 /*
- * Called from _PG_init: register the callbacks that keep the cache current.
- * Registration is per backend and cannot be undone, hence only at load.
+ * Called from _PG_init: hand the relcache handler to the extension's one
+ * relcache callback (loyalty_cache.h) and register the transaction
+ * callback.  Registration is per backend and cannot be undone, hence only
+ * at load.
  */
 void
 SegmentInit(void)
 {
-	CacheRegisterRelcacheCallback(SegmentRelcacheCallback, (Datum) 0);
+	LoyaltyCacheOnRelation(SegmentRelcacheCallback, (Datum) 0);
 	RegisterXactCallback(SegmentXactCallback, NULL);
 }
 
