@@ -84,6 +84,15 @@ LoyaltySpiRow(uint64 i)
 	return r;
 }
 
+/* Row i of a kept SPI tuple table. */
+static inline LoyaltyRow
+LoyaltySpiRowOf(SPITupleTable *table, uint64 i)
+{
+	LoyaltyRow	r = {table->vals[i], table->tupdesc};
+
+	return r;
+}
+
 extern Datum LoyaltyColDatum(LoyaltyRow r, int col, bool *isnull);
 extern int64 LoyaltyColInt64(LoyaltyRow r, int col, bool *isnull);
 extern int32 LoyaltyColInt32(LoyaltyRow r, int col, bool *isnull);

@@ -99,32 +99,25 @@ PointsConfigRead(Snapshot snapshot)
 	config.tiers = palloc0(sizeof(PointsTierInfo) * n);
 	for (uint64 i = 0; i < n; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+		LoyaltyRow	r = LoyaltySpiRow(i);
+		PointsTierInfo *tier = &config.tiers[config.ntiers];
 		bool		isnull;
-		Datum		d;
 
 		if (i == 0)
 		{
-			char	   *s;
-
-			config.timezone = pstrdup(SPI_getvalue(tup, desc, 1));
-			s = SPI_getvalue(tup, desc, 2);
-			config.program.spend_basis = strcmp(s, "spend") == 0;
-			d = SPI_getbinval(tup, desc, 3, &isnull);
-			config.program.window_months = isnull ? 0 : DatumGetInt32(d);
-			d = SPI_getbinval(tup, desc, 4, &isnull);
-			config.program.expiry_months = isnull ? 0 : DatumGetInt32(d);
-			config.program.expiry_rounding = PointsParseRounding(SPI_getvalue(tup, desc, 5));
-			strlcpy(config.program.currency, SPI_getvalue(tup, desc, 10), sizeof(config.program.currency));
+			config.timezone = LoyaltyColText(r, 1);
+			config.program.spend_basis = strcmp(LoyaltyColText(r, 2), "spend") == 0;
+			config.program.window_months = LoyaltyColInt32(r, 3, NULL);
+			config.program.expiry_months = LoyaltyColInt32(r, 4, NULL);
+			config.program.expiry_rounding = PointsParseRounding(LoyaltyColText(r, 5));
+			strlcpy(config.program.currency, LoyaltyColText(r, 10), sizeof(config.program.currency));
 		}
-		d = SPI_getbinval(tup, desc, 6, &isnull);
-		if (isnull)
+		tier->name = LoyaltyColText(r, 6);
+		if (tier->name == NULL)
 			continue;			/* no tier */
-		config.tiers[config.ntiers].name = pstrdup(SPI_getvalue(tup, desc, 6));
-		config.tiers[config.ntiers].rank = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
-		config.tiers[config.ntiers].threshold = datumCopy(SPI_getbinval(tup, desc, 8, &isnull), false, -1);
-		config.tiers[config.ntiers].multiplier = datumCopy(SPI_getbinval(tup, desc, 9, &isnull), false, -1);
+		tier->rank = LoyaltyColInt32(r, 7, NULL);
+		tier->threshold = datumCopy(LoyaltyColDatum(r, 8, &isnull), false, -1);
+		tier->multiplier = datumCopy(LoyaltyColDatum(r, 9, &isnull), false, -1);
 		config.ntiers++;
 	}
 	MemoryContextSwitchTo(old);
