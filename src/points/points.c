@@ -706,14 +706,11 @@ PointsDebit(PointsAccount *acct, PointsChange *chg, int64 amount, int nexclude, 
 	static const Oid types[2] = {TEXTOID, INT8ARRAYOID};
 	Datum		values[2];
 	char		nulls[2] = {' ', ' '};
-	Datum	   *ex = palloc(sizeof(Datum) * Max(nexclude, 1));
 
 	if (amount <= 0)
 		return;
-	for (int i = 0; i < nexclude; i++)
-		ex[i] = Int64GetDatum(exclude[i]);
 	values[0] = CStringGetTextDatum(acct->customer_id);
-	values[1] = PointerGetDatum(construct_array(ex, nexclude, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = LoyaltyInt8ArrayDatum(exclude, nexclude);
 	LoyaltyExec(LoyaltyKeepPlan(&debit_lots_plan, debit_lots_sql, 2, types, CURSOR_OPT_GENERIC_PLAN), values, nulls, false, SPI_OK_SELECT);
 
 	chg->move_lot = repalloc(chg->move_lot, sizeof(int64) * (chg->nmoves + SPI_processed + 1));

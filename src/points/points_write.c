@@ -30,15 +30,10 @@ static SPIPlanPtr spend_plan = NULL;
 static Datum
 Int64Array(int n, const int64 *vals, char *null)
 {
-	Datum	   *d;
-
 	*null = (n == 0) ? 'n' : ' ';
 	if (n == 0)
 		return (Datum) 0;
-	d = palloc(sizeof(Datum) * n);
-	for (int i = 0; i < n; i++)
-		d[i] = Int64GetDatum(vals[i]);
-	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	return LoyaltyInt8ArrayDatum(vals, n);
 }
 
 /* A timestamptz[] parameter with nulls (no availability / no expiry); NULL when empty. */
