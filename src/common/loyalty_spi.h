@@ -10,11 +10,13 @@
  * wraps it in a LoyaltyPlanCatalog; LoyaltyPlanGet prepares an entry on
  * first use.  The plan cache re-plans kept statements after DDL on the
  * tables they read; what it cannot follow is an argument type OID that
- * changed because the extension was dropped and created again, so a
- * catalogue whose argument types are the extension's own (map_type) is
- * re-prepared when LoyaltyPlanCheck sees the catalog generation
- * (loyalty_cache.h) move and the mapped OIDs change.  One-off plans use
- * LoyaltyKeepPlan with a static slot.
+ * changed because the extension was dropped and created again, so the
+ * owner of a catalogue whose argument types are the extension's own
+ * (map_type) asks LoyaltyPlanCatalogMoved at the start of each call whether
+ * a namespace or type invalidation arrived (the catalog generation of
+ * loyalty_cache.h moved), looks its OIDs up again only then, and calls
+ * LoyaltyPlanReset if they changed.  Statements built at run time, or used
+ * by one function only, use LoyaltyKeepPlan with a static slot.
  *
  * Columns: a result row (or a cached tuple) is a LoyaltyRow; the readers
  * take it and a 1-based column number and return a C value, with NULL

@@ -60,9 +60,7 @@ RfmFindColumn(TupleDesc desc, const char *relname, const char *role, const char 
 	int			i;
 
 	if (colname == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s column must not be null", role)));
+		LoyaltyCheckNotNull(true, psprintf("%s column", role));
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
