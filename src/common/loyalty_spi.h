@@ -33,8 +33,8 @@
 #include "executor/spi.h"
 #include "utils/numeric.h"
 
-/* Most arguments a catalogued statement takes. */
-#define LOYALTY_PLAN_MAX_ARGS	12
+/* Most arguments a catalogued statement takes (points' write statement: 34). */
+#define LOYALTY_PLAN_MAX_ARGS	40
 
 /* One statement of a catalogue. */
 typedef struct LoyaltyPlanDef

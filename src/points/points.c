@@ -226,13 +226,23 @@ PointsHash(const char *kind, const char *customer_id, int nparts, const char **p
  * The account
  * ------------------------------------------------------------------------ */
 
-static SPIPlanPtr lock_plan = NULL;
-static SPIPlanPtr create_plan = NULL;
-static SPIPlanPtr settle_plan = NULL;
-static SPIPlanPtr request_plan = NULL;
-static SPIPlanPtr upgrade_plan = NULL;
-static SPIPlanPtr debit_lots_plan = NULL;
-static SPIPlanPtr balance_plan = NULL;
+typedef enum PointsPlanId
+{
+	P_LOCK,
+	P_CREATE,
+	P_MINE,
+	P_CLAIM,
+	P_OWNER,
+	P_SETTLE,
+	P_REQUEST,
+	P_DEBIT_LOTS,
+	P_UPGRADE,
+	P_BALANCE,
+	NPOINTSPLANS
+} PointsPlanId;
+
+/* The statements of this file (defined at its end), prepared on first use. */
+static LoyaltyPlanCatalog points_plans;
 
 /*
  * The account row, locked.  Only the account row is locked; FOR NO KEY
@@ -241,7 +251,7 @@ static SPIPlanPtr balance_plan = NULL;
  * from the per-backend cache (points_config.c), by the tier name of the
  * locked row's newest version.
  */
-static const char *const lock_sql =
+static const char lock_sql[] =
 "SELECT a.available, a.pending, a.debt, a.lifetime_earned, a.qualifying, a.qualifying_spend,"
 "       a.tier, a.tier_since, a.next_event_at, a.settled_at"
 "  FROM loyalty.points_account a"
@@ -249,7 +259,7 @@ static const char *const lock_sql =
 "   FOR NO KEY UPDATE OF a";
 
 /* A new account starts in the highest tier that needs nothing, if any. */
-static const char *const create_sql =
+static const char create_sql[] =
 "WITH a AS ("
 "  INSERT INTO loyalty.points_account (customer_id, tier, tier_since)"
 "  SELECT $1, b.name, CASE WHEN b.name IS NOT NULL THEN $2 END"
@@ -264,7 +274,6 @@ static const char *const create_sql =
 static bool
 PointsReadAccount(PointsAccount *acct, const char *customer_id)
 {
-	static const Oid types[1] = {TEXTOID};
 	Datum		values[1];
 	bool		isnull;
 	Datum		d;
@@ -272,7 +281,7 @@ PointsReadAccount(PointsAccount *acct, const char *customer_id)
 	int			next;
 
 	values[0] = CStringGetTextDatum(customer_id);
-	LoyaltyExec(LoyaltyKeepPlan(&lock_plan, lock_sql, 1, types, CURSOR_OPT_GENERIC_PLAN), values, NULL, false, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_LOCK), values, NULL, false, SPI_OK_SELECT);
 	memset(acct, 0, sizeof(*acct));
 	acct->customer_id = (char *) customer_id;
 	if (SPI_processed == 0)
@@ -330,7 +339,6 @@ PointsReadAccount(PointsAccount *acct, const char *customer_id)
 void
 PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, TimestampTz at)
 {
-	static const Oid types[2] = {TEXTOID, TIMESTAMPTZOID};
 
 	while (!PointsReadAccount(acct, customer_id))
 	{
@@ -341,11 +349,14 @@ PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, Tim
 		CHECK_FOR_INTERRUPTS();
 		values[0] = CStringGetTextDatum(customer_id);
 		values[1] = TimestampTzGetDatum(at);
-		LoyaltyExec(LoyaltyKeepPlan(&create_plan, create_sql, 2, types, CURSOR_OPT_GENERIC_PLAN), values, NULL, false, SPI_OK_INSERT);
+		LoyaltyExec(LoyaltyPlanGet(&points_plans, P_CREATE), values, NULL, false, SPI_OK_INSERT);
 	}
 }
 
-static SPIPlanPtr mine_plan = NULL;
+
+/* whether the customer used the reference already */
+static const char mine_sql[] =
+"SELECT 1 FROM loyalty.points_ledger WHERE reference = $1 AND customer_id = $2 LIMIT 1";
 
 /*
  * Bounded backdating: a settlement as of settled_at expired lots and
@@ -359,7 +370,6 @@ static SPIPlanPtr mine_plan = NULL;
 void
 PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *reference)
 {
-	static const Oid types[2] = {TEXTOID, TEXTOID};
 
 	if (!acct->found || !acct->has_settled_at ||
 		at >= acct->settled_at - (TimestampTz) POINTS_MAX_FUTURE_SKEW_SECS * USECS_PER_SEC)
@@ -370,9 +380,7 @@ PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *ref
 
 		values[0] = CStringGetTextDatum(reference);
 		values[1] = CStringGetTextDatum(acct->customer_id);
-		LoyaltyExec(LoyaltyKeepPlan(&mine_plan,
-								 "SELECT 1 FROM loyalty.points_ledger WHERE reference = $1 AND customer_id = $2 LIMIT 1",
-								 2, types, CURSOR_OPT_GENERIC_PLAN), values, NULL, false, SPI_OK_SELECT);
+		LoyaltyExec(LoyaltyPlanGet(&points_plans, P_MINE), values, NULL, false, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 			return;
 	}
@@ -384,8 +392,16 @@ PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *ref
 			 errhint("Record a late correction with loyalty.adjust_points() at the current time.")));
 }
 
-static SPIPlanPtr claim_plan = NULL;
-static SPIPlanPtr owner_plan = NULL;
+
+/* the first claim of a reference wins */
+static const char claim_sql[] =
+"INSERT INTO loyalty.points_reference (reference, customer_id) VALUES ($1, $2)"
+" ON CONFLICT (reference) DO NOTHING";
+
+/* the reference's owner, once the first claim committed */
+static const char owner_sql[] =
+"SELECT customer_id FROM loyalty.points_reference WHERE reference = $1"
+" FOR KEY SHARE";
 
 /*
  * Claim a reference for a customer, or find that it is another's: the
@@ -400,22 +416,15 @@ static SPIPlanPtr owner_plan = NULL;
 void
 PointsClaimReference(const char *reference, const char *customer_id)
 {
-	static const Oid types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2];
 	char	   *owner;
 
 	values[0] = CStringGetTextDatum(reference);
 	values[1] = CStringGetTextDatum(customer_id);
-	LoyaltyExec(LoyaltyKeepPlan(&claim_plan,
-							 "INSERT INTO loyalty.points_reference (reference, customer_id) VALUES ($1, $2)"
-							 " ON CONFLICT (reference) DO NOTHING",
-							 2, types, CURSOR_OPT_GENERIC_PLAN), values, NULL, false, SPI_OK_INSERT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_CLAIM), values, NULL, false, SPI_OK_INSERT);
 	if (SPI_processed == 1)
 		return;
-	LoyaltyExec(LoyaltyKeepPlan(&owner_plan,
-							 "SELECT customer_id FROM loyalty.points_reference WHERE reference = $1"
-							 " FOR KEY SHARE",
-							 1, types, CURSOR_OPT_GENERIC_PLAN), values, NULL, false, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_OWNER), values, NULL, false, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		elog(ERROR, "owner of points reference \"%s\" not found", reference);
 	owner = LoyaltyColText(LoyaltySpiRow(0), 1);
@@ -436,7 +445,7 @@ PointsClaimReference(const char *reference, const char *customer_id)
  * next_event_at sees the lots before this statement's own updates and so
  * leaves out what it expires and counts activated lots by expiry only.
  */
-static const char *const settle_sql =
+static const char settle_sql[] =
 "WITH due AS ("
 "  SELECT l.lot_id, l.customer_id, l.remaining, l.state,"
 "         (l.expires_at IS NOT NULL AND l.expires_at <= $2) AS expiring"
@@ -491,12 +500,11 @@ static const char *const settle_sql =
 void
 PointsSettle(Datum customers, TimestampTz as_of)
 {
-	static const Oid types[2] = {TEXTARRAYOID, TIMESTAMPTZOID};
 	Datum		values[2];
 
 	values[0] = customers;
 	values[1] = TimestampTzGetDatum(as_of);
-	LoyaltyExec(LoyaltyKeepPlan(&settle_plan, settle_sql, 2, types, CURSOR_OPT_GENERIC_PLAN), values, NULL, false, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_SETTLE), values, NULL, false, SPI_OK_SELECT);
 }
 
 /* Settle one locked account if a lot of it became available or expired by at. */
@@ -536,7 +544,7 @@ PointsNoteEvent(PointsAccount *acct, TimestampTz t)
  * Idempotency
  * ------------------------------------------------------------------------ */
 
-static const char *const request_sql =
+static const char request_sql[] =
 "SELECT kind, customer_id, request_hash, entry_id, points, available_after, pending_after, debt_after"
 "  FROM loyalty.points_ledger WHERE reference = $1";
 
@@ -552,13 +560,12 @@ bool
 PointsFindRequest(const char *reference, const char *kind, const char *customer_id,
 				  uint64 request_hash, PointsReceipt *receipt)
 {
-	static const Oid types[1] = {TEXTOID};
 	Datum		values[1];
 	bool		reversed = false;
 	bool		other = false;
 
 	values[0] = CStringGetTextDatum(reference);
-	LoyaltyExec(LoyaltyKeepPlan(&request_plan, request_sql, 1, types, CURSOR_OPT_GENERIC_PLAN), values, NULL, false, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_REQUEST), values, NULL, false, SPI_OK_SELECT);
 
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -686,7 +693,7 @@ PointsCredit(PointsAccount *acct, PointsChange *chg)
 	chg->nlots = kept;
 }
 
-static const char *const debit_lots_sql =
+static const char debit_lots_sql[] =
 "SELECT lot_id, remaining, state = 'pending' FROM loyalty.points_lot"
 " WHERE customer_id = $1 AND state <> 'closed' AND NOT (lot_id = ANY ($2))"
 " ORDER BY state = 'pending', CASE WHEN state = 'pending' THEN available_at END,"
@@ -703,7 +710,6 @@ static const char *const debit_lots_sql =
 void
 PointsDebit(PointsAccount *acct, PointsChange *chg, int64 amount, int nexclude, const int64 *exclude)
 {
-	static const Oid types[2] = {TEXTOID, INT8ARRAYOID};
 	Datum		values[2];
 	char		nulls[2] = {' ', ' '};
 
@@ -711,7 +717,7 @@ PointsDebit(PointsAccount *acct, PointsChange *chg, int64 amount, int nexclude, 
 		return;
 	values[0] = CStringGetTextDatum(acct->customer_id);
 	values[1] = LoyaltyInt8ArrayDatum(exclude, nexclude);
-	LoyaltyExec(LoyaltyKeepPlan(&debit_lots_plan, debit_lots_sql, 2, types, CURSOR_OPT_GENERIC_PLAN), values, nulls, false, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_DEBIT_LOTS), values, nulls, false, SPI_OK_SELECT);
 
 	chg->move_lot = repalloc(chg->move_lot, sizeof(int64) * (chg->nmoves + SPI_processed + 1));
 	chg->move_delta = repalloc(chg->move_delta, sizeof(int64) * (chg->nmoves + SPI_processed + 1));
@@ -739,7 +745,7 @@ PointsDebit(PointsAccount *acct, PointsChange *chg, int64 amount, int nexclude, 
 	}
 }
 
-static const char *const upgrade_sql =
+static const char upgrade_sql[] =
 "SELECT t.name, v.value"
 "  FROM (SELECT CASE WHEN $2 THEN"
 "                 (SELECT CASE WHEN $3 THEN coalesce(sum(q.spend), 0)"
@@ -762,8 +768,6 @@ static const char *const upgrade_sql =
 void
 PointsCheckUpgrade(PointsAccount *acct, PointsChange *chg)
 {
-	static const Oid types[8] = {TEXTOID, BOOLOID, BOOLOID, DATEOID, DATEOID,
-	NUMERICOID, NUMERICOID, INT4OID};
 	Datum		values[8];
 	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	Datum		lifetime;
@@ -799,7 +803,7 @@ PointsCheckUpgrade(PointsAccount *acct, PointsChange *chg)
 	values[7] = Int32GetDatum(acct->tier_rank);
 	if (acct->tier == NULL)
 		nulls[7] = 'n';
-	LoyaltyExec(LoyaltyKeepPlan(&upgrade_plan, upgrade_sql, 8, types, CURSOR_OPT_GENERIC_PLAN), values, nulls, false, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_UPGRADE), values, nulls, false, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return;
 	chg->tier_changed = true;
@@ -1039,7 +1043,7 @@ points_spend(PG_FUNCTION_ARGS)
  * points_balance
  * ------------------------------------------------------------------------ */
 
-static const char *const balance_sql =
+static const char balance_sql[] =
 "SELECT a.debt, a.tier, NULL, l.state = 'available', l.remaining, l.available_at, l.expires_at"
 "  FROM loyalty.points_account a"
 "  LEFT JOIN loyalty.points_lot l ON l.customer_id = a.customer_id AND l.state <> 'closed'"
@@ -1057,7 +1061,6 @@ static const char *const balance_sql =
 Datum
 points_balance(PG_FUNCTION_ARGS)
 {
-	static const Oid types[1] = {TEXTOID};
 	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
 	TimestampTz at = PointsArgTime(fcinfo, 1, "at");
 	MemoryContext caller = CurrentMemoryContext;
@@ -1078,7 +1081,7 @@ points_balance(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	tz = PointsConfigGet()->program.tz;	/* before the query: it may run one */
 	vals[0] = CStringGetTextDatum(customer_id);
-	if (SPI_execute_plan(LoyaltyKeepPlan(&balance_plan, balance_sql, 1, types, CURSOR_OPT_GENERIC_PLAN), vals, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(LoyaltyPlanGet(&points_plans, P_BALANCE), vals, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading the points balance failed");
 	if (SPI_processed > 0)
 	{
@@ -1147,3 +1150,29 @@ points_balance(PG_FUNCTION_ARGS)
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
+
+/* ------------------------------------------------------------------------
+ * The statements above, as a plan catalogue (loyalty_spi.h): prepared on
+ * first use in a backend with a generic plan, and kept.
+ * ------------------------------------------------------------------------ */
+
+static const LoyaltyPlanDef PointsPlanDefs[NPOINTSPLANS] = {
+	[P_LOCK] = {lock_sql, 1, {TEXTOID}},
+	[P_CREATE] = {create_sql, 2, {TEXTOID, TIMESTAMPTZOID}},
+	[P_MINE] = {mine_sql, 2, {TEXTOID, TEXTOID}},
+	[P_CLAIM] = {claim_sql, 2, {TEXTOID, TEXTOID}},
+	[P_OWNER] = {owner_sql, 1, {TEXTOID}},
+	[P_SETTLE] = {settle_sql, 2, {TEXTARRAYOID, TIMESTAMPTZOID}},
+	[P_REQUEST] = {request_sql, 1, {TEXTOID}},
+	[P_DEBIT_LOTS] = {debit_lots_sql, 2, {TEXTOID, INT8ARRAYOID}},
+	[P_UPGRADE] = {upgrade_sql, 8, {TEXTOID, BOOLOID, BOOLOID, DATEOID, DATEOID,
+			NUMERICOID, NUMERICOID, INT4OID}},
+	[P_BALANCE] = {balance_sql, 1, {TEXTOID}},
+};
+
+static SPIPlanPtr points_plan_slots[NPOINTSPLANS];
+
+static LoyaltyPlanCatalog points_plans = {
+	"points", PointsPlanDefs, NPOINTSPLANS,
+	CURSOR_OPT_GENERIC_PLAN, NULL, points_plan_slots, 0
+};

@@ -42,14 +42,21 @@ static MemoryContext PointsConfigContext = NULL;
 static PointsConfig config;
 static bool config_valid = false;
 static Oid	tier_relid = InvalidOid;
-static SPIPlanPtr config_plan = NULL;
+typedef enum ConfigPlanId
+{
+	P_CONFIG,
+	NCONFIGPLANS
+} ConfigPlanId;
+
+/* The statements of this file (defined at its end), prepared on first use. */
+static LoyaltyPlanCatalog config_plans;
 
 /*
  * One query: the program row (or the defaults) and the ladder in rank order.
  * The first row carries the program; tier columns are NULL when there is no
  * tier.
  */
-static const char *const config_sql =
+static const char config_sql[] =
 "SELECT coalesce(p.timezone, 'UTC'), coalesce(p.tier_basis, 'points'),"
 "       p.tier_window_months, p.expiry_months, coalesce(p.expiry_rounding, 'none'),"
 "       t.name, t.rank, t.threshold, t.multiplier, coalesce(p.currency, 'EUR')"
@@ -87,8 +94,7 @@ PointsConfigRead(Snapshot snapshot)
 	MemoryContext old;
 	uint64		n;
 
-	LoyaltyKeepPlan(&config_plan, config_sql, 0, NULL, CURSOR_OPT_GENERIC_PLAN);
-	ret = SPI_execute_snapshot(config_plan, NULL, NULL, snapshot, InvalidSnapshot, true, false, 0);
+	ret = SPI_execute_snapshot(LoyaltyPlanGet(&config_plans, P_CONFIG), NULL, NULL, snapshot, InvalidSnapshot, true, false, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed == 0)
 		elog(ERROR, "reading the points settings failed: %s", SPI_result_code_string(ret));
 
@@ -194,3 +200,19 @@ points_config_invalidate(PG_FUNCTION_ARGS)
 	CacheInvalidateRelcacheByRelid(get_relname_relid("tier", get_namespace_oid("loyalty", false)));
 	return PointerGetDatum(NULL);
 }
+
+/* ------------------------------------------------------------------------
+ * The statements above, as a plan catalogue (loyalty_spi.h): prepared on
+ * first use in a backend with a generic plan, and kept.
+ * ------------------------------------------------------------------------ */
+
+static const LoyaltyPlanDef ConfigPlanDefs[NCONFIGPLANS] = {
+	[P_CONFIG] = {config_sql, 0, {0}},
+};
+
+static SPIPlanPtr config_plan_slots[NCONFIGPLANS];
+
+static LoyaltyPlanCatalog config_plans = {
+	"points settings", ConfigPlanDefs, NCONFIGPLANS,
+	CURSOR_OPT_GENERIC_PLAN, NULL, config_plan_slots, 0
+};

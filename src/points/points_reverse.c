@@ -36,14 +36,21 @@
 PG_FUNCTION_INFO_V1(points_reverse);
 PG_FUNCTION_INFO_V1(points_adjust);
 
-static SPIPlanPtr owner_plan = NULL;
-static SPIPlanPtr entries_plan = NULL;
-static SPIPlanPtr lots_plan = NULL;
-static SPIPlanPtr void_plan = NULL;
-static SPIPlanPtr coupon_lock_plan = NULL;
+typedef enum ReversePlanId
+{
+	P_LOTS,
+	P_VOID,
+	P_OWNER,
+	P_COUPON_LOCK,
+	P_ENTRIES,
+	NREVERSEPLANS
+} ReversePlanId;
+
+/* The statements of this file (defined at its end), prepared on first use. */
+static LoyaltyPlanCatalog reverse_plans;
 
 /* the reference's one owner (points_reference, see PointsClaimReference) */
-static const char *const owner_sql =
+static const char owner_sql[] =
 "SELECT customer_id FROM loyalty.points_reference WHERE reference = $1";
 
 /*
@@ -51,7 +58,7 @@ static const char *const owner_sql =
  * with the coupon: loyalty._points_exchange_void voids it, or refuses
  * (LP010) when it was redeemed or is reserved.  Schema-qualified and typed.
  */
-static const char *const void_sql =
+static const char void_sql[] =
 "SELECT loyalty._points_exchange_void($1::pg_catalog.int8, $2::pg_catalog.timestamptz)";
 
 /*
@@ -63,14 +70,14 @@ static const char *const void_sql =
  * _points_exchange_void will lock it again.  An exchange not yet committed
  * is not seen: its coupon is new, nobody else can hold it.
  */
-static const char *const coupon_lock_sql =
+static const char coupon_lock_sql[] =
 "SELECT c.coupon_id FROM loyalty.points_exchange e"
 "  JOIN loyalty.coupon c ON c.coupon_id = e.coupon_id"
 " WHERE pg_catalog.starts_with($1, 'exchange:')"
 "   AND e.reference = pg_catalog.substr($1, 10) AND e.customer_id = $2"
 "   FOR NO KEY UPDATE OF c";
 
-static const char *const entries_sql =
+static const char entries_sql[] =
 "SELECT e.entry_id, e.kind, e.points, e.qualifying, e.amount, e.lot_ids, e.lot_points,"
 "       e.effective_at, e.available_after, e.pending_after, e.debt_after,"
 "       ARRAY(SELECT (d ->> 'rule_id')::int8 FROM jsonb_array_elements(e.detail) d WHERE d ? 'period'),"
@@ -79,7 +86,7 @@ static const char *const entries_sql =
 "  FROM loyalty.points_ledger e"
 " WHERE e.reference = $1 AND e.customer_id = $2 AND e.kind IN ('earn', 'spend', 'reverse')";
 
-static const char *const lots_sql =
+static const char lots_sql[] =
 "SELECT lot_id, remaining, expired, state = 'pending', earned_at, expires_at"
 "  FROM loyalty.points_lot WHERE lot_id = ANY ($1)"
 " ORDER BY expires_at NULLS LAST, earned_at, lot_id";
@@ -127,11 +134,10 @@ DateElems(LoyaltyRow r, int col, DateADT **out)
 static void
 ReadLots(int n, const int64 *ids)
 {
-	static const Oid types[1] = {INT8ARRAYOID};
 	Datum		v[1];
 
 	v[0] = LoyaltyInt8ArrayDatum(ids, n);
-	LoyaltyExec(LoyaltyKeepPlan(&lots_plan, lots_sql, 1, types, CURSOR_OPT_GENERIC_PLAN), v, NULL, false, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&reverse_plans, P_LOTS), v, NULL, false, SPI_OK_SELECT);
 }
 
 /*
@@ -214,7 +220,6 @@ ReverseEarning(LoyaltyRow e, PointsAccount *acct, PointsChange *chg,
 static int64
 ReverseSpending(LoyaltyRow e, TimestampTz at, PointsChange *chg)
 {
-	static const Oid vtypes[2] = {INT8OID, TIMESTAMPTZOID};
 	Datum		vv[2];
 	int64	   *spend_lots = NULL,
 			   *spend_deltas = NULL;
@@ -225,7 +230,7 @@ ReverseSpending(LoyaltyRow e, TimestampTz at, PointsChange *chg)
 	/* the coupon an exchange bought is voided, or the reversal refused */
 	vv[0] = Int64GetDatum(chg->reverses[chg->nreverses - 1]);
 	vv[1] = TimestampTzGetDatum(at);
-	LoyaltyExec(LoyaltyKeepPlan(&void_plan, void_sql, 2, vtypes, CURSOR_OPT_GENERIC_PLAN), vv, NULL, false, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&reverse_plans, P_VOID), vv, NULL, false, SPI_OK_SELECT);
 	/* (the entries' result is still in "entries": the tuple table survives) */
 	n_spend_lots = Int64Elems(e, 6, &spend_lots);
 	if (Int64Elems(e, 7, &spend_deltas) != n_spend_lots)
@@ -271,7 +276,6 @@ ReverseSpending(LoyaltyRow e, TimestampTz at, PointsChange *chg)
 Datum
 points_reverse(PG_FUNCTION_ARGS)
 {
-	static const Oid two_text[2] = {TEXTOID, TEXTOID};
 	char	   *reference = text_to_cstring(PointsArgKey(fcinfo, 0, "reference"));
 	char	   *customer_id = PG_ARGISNULL(1) ? NULL : text_to_cstring(PointsArgKey(fcinfo, 1, "customer_id"));
 	TimestampTz at = PointsArgWriteTime(fcinfo, 2, "at");
@@ -296,7 +300,7 @@ points_reverse(PG_FUNCTION_ARGS)
 	if (customer_id == NULL)
 	{
 		v[0] = CStringGetTextDatum(reference);
-		LoyaltyExec(LoyaltyKeepPlan(&owner_plan, owner_sql, 1, two_text, CURSOR_OPT_GENERIC_PLAN), v, NULL, false, SPI_OK_SELECT);
+		LoyaltyExec(LoyaltyPlanGet(&reverse_plans, P_OWNER), v, NULL, false, SPI_OK_SELECT);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
@@ -307,7 +311,7 @@ points_reverse(PG_FUNCTION_ARGS)
 
 	v[0] = CStringGetTextDatum(reference);
 	v[1] = CStringGetTextDatum(customer_id);
-	LoyaltyExec(LoyaltyKeepPlan(&coupon_lock_plan, coupon_lock_sql, 2, two_text, CURSOR_OPT_GENERIC_PLAN), v, NULL, false, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&reverse_plans, P_COUPON_LOCK), v, NULL, false, SPI_OK_SELECT);
 	PointsLockAccount(&acct, customer_id, false, at);
 	if (!acct.found)
 		ereport(ERROR,
@@ -318,7 +322,7 @@ points_reverse(PG_FUNCTION_ARGS)
 	/* read the entries after the lock: a concurrent call has committed or not started */
 	v[0] = CStringGetTextDatum(reference);
 	v[1] = CStringGetTextDatum(customer_id);
-	LoyaltyExec(LoyaltyKeepPlan(&entries_plan, entries_sql, 2, two_text, CURSOR_OPT_GENERIC_PLAN), v, NULL, false, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&reverse_plans, P_ENTRIES), v, NULL, false, SPI_OK_SELECT);
 	entries = SPI_tuptable;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -485,3 +489,23 @@ points_adjust(PG_FUNCTION_ARGS)
 	SPI_finish();
 	PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
 }
+
+/* ------------------------------------------------------------------------
+ * The statements above, as a plan catalogue (loyalty_spi.h): prepared on
+ * first use in a backend with a generic plan, and kept.
+ * ------------------------------------------------------------------------ */
+
+static const LoyaltyPlanDef ReversePlanDefs[NREVERSEPLANS] = {
+	[P_LOTS] = {lots_sql, 1, {INT8ARRAYOID}},
+	[P_VOID] = {void_sql, 2, {INT8OID, TIMESTAMPTZOID}},
+	[P_OWNER] = {owner_sql, 1, {TEXTOID}},
+	[P_COUPON_LOCK] = {coupon_lock_sql, 2, {TEXTOID, TEXTOID}},
+	[P_ENTRIES] = {entries_sql, 2, {TEXTOID, TEXTOID}},
+};
+
+static SPIPlanPtr reverse_plan_slots[NREVERSEPLANS];
+
+static LoyaltyPlanCatalog reverse_plans = {
+	"points reversal", ReversePlanDefs, NREVERSEPLANS,
+	CURSOR_OPT_GENERIC_PLAN, NULL, reverse_plan_slots, 0
+};
