@@ -71,6 +71,11 @@ $(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS) $(EXTENSION).control
 # the library reports the version it was built for
 src/loyalty.o: $(EXTENSION).control
 
+# PGXS tracks no header dependencies (unless PostgreSQL was configured with
+# --enable-depend): every object is rebuilt when any header of the tree
+# changes (a struct of common/ is laid out alike in every object).
+$(OBJS): $(wildcard src/*/*.h)
+
 # Run the pgTAP suites in a scratch database with pgtap and loyalty installed.
 prove:
 	dropdb --if-exists $(PGTAP_DB)

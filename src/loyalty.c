@@ -10,21 +10,29 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
+#include "coupon.h"
+#include "loyalty_cache.h"
+#include "points.h"
 #include "rfm_live.h"
 #include "segment.h"
 
 PG_MODULE_MAGIC;
 
 /*
- * Module load: reserve the loyalty.* configuration namespace so that a
- * misspelt setting is reported instead of silently creating a placeholder.
- * Feature modules register their own parameters before the reservation.
+ * Module load: register the extension's one set of cache callbacks, let
+ * each family hand its invalidation handlers to it (in family order), then
+ * reserve the loyalty.* configuration namespace so that a misspelt setting
+ * is reported instead of silently creating a placeholder.  Feature modules
+ * register their own parameters before the reservation.
  */
 void
 _PG_init(void)
 {
+	LoyaltyCacheInit();
 	SegmentInit();
 	RfmLiveInit();
+	CouponInit();
+	PointsInit();
 	MarkGUCPrefixReserved(LOYALTY_GUC_PREFIX);
 }
 

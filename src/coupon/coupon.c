@@ -27,6 +27,8 @@
 #include "utils/inval.h"
 #include "utils/timestamp.h"
 
+#include "loyalty_args.h"
+
 /* Stable reason tokens, their SQLSTATEs and the detail shown with them. */
 static const struct
 {
@@ -130,16 +132,6 @@ RaiseReason(const CallState *st, CouponReason r)
 			 errdetail("%s", CouponReasonDetail(r))));
 }
 
-/* Null arguments are errors (22004), never silent nulls. */
-static void
-RequireArg(FunctionCallInfo fcinfo, int n, const char *name)
-{
-	if (PG_ARGISNULL(n))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", name)));
-}
-
 /*
  * Parse the code argument with the coupon_code rules (normalisation, check
  * characters).  A bad code is a reason (invalid_code), not an input error:
@@ -186,7 +178,7 @@ CheckCoupon(CallState *st)
 		(r = CouponRulesAllow(cm, st->customer_id, &st->ctx)) != COUPON_OK)
 		return r;
 	if (cm->min_order_amount != NULL &&
-		CouponNumericCmp(st->ctx.amount, cm->min_order_amount) < 0)
+		LoyaltyNumericCmp(st->ctx.amount, cm->min_order_amount) < 0)
 		return COUPON_MIN_AMOUNT;
 	r = CouponComputeDiscount(cm, &st->ctx, &st->discount, &st->on_shipping);
 	if (r != COUPON_OK)
@@ -195,7 +187,7 @@ CheckCoupon(CallState *st)
 							&st->discount, st->on_shipping);
 	if (r != COUPON_OK)
 		return r;
-	if (CouponNumericCmp(st->discount, CouponNumericZero()) <= 0)
+	if (LoyaltyNumericCmp(st->discount, LoyaltyNumericZero()) <= 0)
 		return COUPON_NO_DISCOUNT;
 	return COUPON_OK;
 }
@@ -303,10 +295,10 @@ BeginWrite(FunctionCallInfo fcinfo, CallState *st, bool amount_context)
 {
 	text	   *code;
 
-	RequireArg(fcinfo, 0, "code");
-	RequireArg(fcinfo, 1, "customer_id");
-	RequireArg(fcinfo, 2, "order_ref");
-	RequireArg(fcinfo, 3, amount_context ? "amount" : "order_context");
+	LoyaltyArgNotNull(fcinfo, 0, "code");
+	LoyaltyArgNotNull(fcinfo, 1, "customer_id");
+	LoyaltyArgNotNull(fcinfo, 2, "order_ref");
+	LoyaltyArgNotNull(fcinfo, 3, amount_context ? "amount" : "order_context");
 	st->customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(1),
 										COUPON_MAX_ID_LEN);
 	st->order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(2),
@@ -417,11 +409,11 @@ CouponReserve(FunctionCallInfo fcinfo, bool amount_context)
 
 	memset(&st, 0, sizeof(st));
 	st.verb = "reserved";
-	RequireArg(fcinfo, 0, "code");
-	RequireArg(fcinfo, 1, "customer_id");
-	RequireArg(fcinfo, 2, "order_ref");
-	RequireArg(fcinfo, 3, amount_context ? "amount" : "order_context");
-	RequireArg(fcinfo, 4, "ttl");
+	LoyaltyArgNotNull(fcinfo, 0, "code");
+	LoyaltyArgNotNull(fcinfo, 1, "customer_id");
+	LoyaltyArgNotNull(fcinfo, 2, "order_ref");
+	LoyaltyArgNotNull(fcinfo, 3, amount_context ? "amount" : "order_context");
+	LoyaltyArgNotNull(fcinfo, 4, "ttl");
 	ttl = PG_GETARG_INTERVAL_P(4);
 	st.now = GetCurrentTimestamp();
 
@@ -522,9 +514,9 @@ CouponValidate(FunctionCallInfo fcinfo, bool amount_context)
 
 	memset(&st, 0, sizeof(st));
 	st.verb = "validated";
-	RequireArg(fcinfo, 0, "code");
-	RequireArg(fcinfo, 1, "customer_id");
-	RequireArg(fcinfo, 2, amount_context ? "amount" : "order_context");
+	LoyaltyArgNotNull(fcinfo, 0, "code");
+	LoyaltyArgNotNull(fcinfo, 1, "customer_id");
+	LoyaltyArgNotNull(fcinfo, 2, amount_context ? "amount" : "order_context");
 	st.customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(1),
 										COUPON_MAX_ID_LEN);
 	if (!PG_ARGISNULL(3))
@@ -640,7 +632,7 @@ coupon_rollback(PG_FUNCTION_ARGS)
 	char	   *order_ref;
 	bool		done;
 
-	RequireArg(fcinfo, 0, "order_ref");
+	LoyaltyArgNotNull(fcinfo, 0, "order_ref");
 	order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(0),
 								 LOYALTY_MAX_KEY_BYTES);
 	SPI_connect();

@@ -23,14 +23,13 @@
 
 #include "postgres.h"
 
-#include "loyalty.h"
-
 #include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
 #include "coupon_code.h"
 #include "loyalty.h"
+#include "loyalty_numeric.h"
 
 /*
  * Limits of the order context and of the identifiers the API accepts; all
@@ -235,14 +234,6 @@ extern CouponReason CouponApplyStacking(const Campaign *cm,
 										const CouponOrder *order,
 										int64 own_coupon_id,
 										Numeric *discount, bool on_shipping);
-extern Numeric CouponNumericZero(void);
-extern int	CouponNumericCmp(Numeric a, Numeric b);
-extern Numeric CouponNumericAdd(Numeric a, Numeric b);
-extern Numeric CouponNumericSub(Numeric a, Numeric b);
-extern Numeric CouponNumericMul(Numeric a, Numeric b);
-extern Numeric CouponNumericFromInt64(int64 v);
-extern Numeric CouponNumericRound(Numeric a, int scale);
-extern Numeric CouponNumericTrunc(Numeric a, int scale);
 
 /* ---- eligibility rules (coupon_rules.c) ---- */
 
@@ -252,6 +243,7 @@ extern CouponReason CouponRulesAllow(const Campaign *cm,
 
 /* ---- storage and locks (coupon_store.c) ---- */
 
+extern void CouponInit(void);
 extern void CouponStoreBegin(bool read_only);
 extern bool CouponLookup(Datum code, bool lock, Coupon *cp);
 extern void CouponReadCampaign(int64 campaign_id, Campaign *cm);

@@ -26,6 +26,9 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "loyalty_args.h"
+#include "loyalty_spi.h"
+
 #include <math.h>
 
 /* Codes generated and inserted per statement. */
@@ -62,63 +65,75 @@ ReturnedCmp(const void *a, const void *b)
 	return c != 0 ? c : strcmp(x->customer, y->customer);
 }
 
-static SPIPlanPtr insert_unbound_plan = NULL;
-static SPIPlanPtr insert_bound_plan = NULL;
-static SPIPlanPtr plain_unbound_plan = NULL;
-static SPIPlanPtr plain_bound_plan = NULL;
+/* Stands for loyalty.coupon_code[] in the argument lists below. */
+#define CODE_ARRAY_TYPE	((Oid) 1)
+
+/*
+ * The insert statements.  The "plain" ones fail on a duplicate code; the
+ * others skip it (ON CONFLICT DO NOTHING), at the price of probing the
+ * unique index once more per row.
+ */
+typedef enum InsertPlanId
+{
+	P_INSERT_UNBOUND,
+	P_PLAIN_UNBOUND,
+	P_INSERT_BOUND,
+	P_PLAIN_BOUND,
+	NINSERTPLANS
+} InsertPlanId;
+
+static const LoyaltyPlanDef InsertPlanDefs[NINSERTPLANS] = {
+	[P_INSERT_UNBOUND] = {
+		"INSERT INTO loyalty.coupon (code, campaign_id, max_uses, created_at)"
+		" SELECT u.c, $2, 1, $3 FROM pg_catalog.unnest($1) AS u(c)"
+		" ON CONFLICT (code) DO NOTHING",
+		3, {CODE_ARRAY_TYPE, INT8OID, TIMESTAMPTZOID}
+	},
+	[P_PLAIN_UNBOUND] = {
+		"INSERT INTO loyalty.coupon (code, campaign_id, max_uses, created_at)"
+		" SELECT u.c, $2, 1, $3 FROM pg_catalog.unnest($1) AS u(c)",
+		3, {CODE_ARRAY_TYPE, INT8OID, TIMESTAMPTZOID}
+	},
+	[P_INSERT_BOUND] = {
+		"INSERT INTO loyalty.coupon (code, campaign_id, customer_id, max_uses, created_at)"
+		" SELECT u.c, $2, u.customer, 1, $3"
+		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($4)) AS u(c, customer)"
+		" ON CONFLICT (code) DO NOTHING RETURNING code, customer_id",
+		4, {CODE_ARRAY_TYPE, INT8OID, TIMESTAMPTZOID, TEXTARRAYOID}
+	},
+	[P_PLAIN_BOUND] = {
+		"INSERT INTO loyalty.coupon (code, campaign_id, customer_id, max_uses, created_at)"
+		" SELECT u.c, $2, u.customer, 1, $3"
+		" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($4)) AS u(c, customer)",
+		4, {CODE_ARRAY_TYPE, INT8OID, TIMESTAMPTZOID, TEXTARRAYOID}
+	},
+};
+
+static SPIPlanPtr insert_plans[NINSERTPLANS];
 static Oid	plans_code_type = InvalidOid;
 
-/*
- * Prepare and keep one statement (freeing the previous plan, if any).
- */
-static SPIPlanPtr
-KeepPlan(SPIPlanPtr old, const char *sql, int nargs, Oid *types)
+/* CODE_ARRAY_TYPE is the array type of the current loyalty.coupon_code. */
+static Oid
+InsertMapType(Oid argtype)
 {
-	SPIPlanPtr	plan;
-
-	if (old != NULL)
-		SPI_freeplan(old);
-	plan = SPI_prepare(sql, nargs, types);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for generate_codes: %s",
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
+	return argtype == CODE_ARRAY_TYPE ? get_array_type(plans_code_type) : argtype;
 }
 
+static LoyaltyPlanCatalog insert_catalog = {
+	"generate_codes", InsertPlanDefs, NINSERTPLANS, 0, InsertMapType,
+	insert_plans, 0
+};
+
 /*
- * The insert statements, kept; prepared again if the type changed (the
- * extension was created again).  The "plain" ones fail on a duplicate code;
- * the others skip it (ON CONFLICT DO NOTHING), at the price of probing the
- * unique index once more per row.
+ * The kept insert statements are for one coupon_code type: prepared again
+ * if the type changed (the extension was created again).
  */
 static void
 PrepareInserts(Oid code_type)
 {
-	Oid			types[4] = {get_array_type(code_type), INT8OID, TIMESTAMPTZOID,
-	TEXTARRAYOID};
-
-	if (plans_code_type == code_type && insert_unbound_plan != NULL)
+	if (plans_code_type == code_type)
 		return;
-	insert_unbound_plan = KeepPlan(insert_unbound_plan,
-								   "INSERT INTO loyalty.coupon (code, campaign_id, max_uses, created_at)"
-								   " SELECT u.c, $2, 1, $3 FROM pg_catalog.unnest($1) AS u(c)"
-								   " ON CONFLICT (code) DO NOTHING", 3, types);
-	plain_unbound_plan = KeepPlan(plain_unbound_plan,
-								  "INSERT INTO loyalty.coupon (code, campaign_id, max_uses, created_at)"
-								  " SELECT u.c, $2, 1, $3 FROM pg_catalog.unnest($1) AS u(c)",
-								  3, types);
-	insert_bound_plan = KeepPlan(insert_bound_plan,
-								 "INSERT INTO loyalty.coupon (code, campaign_id, customer_id, max_uses, created_at)"
-								 " SELECT u.c, $2, u.customer, 1, $3"
-								 " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($4)) AS u(c, customer)"
-								 " ON CONFLICT (code) DO NOTHING RETURNING code, customer_id",
-								 4, types);
-	plain_bound_plan = KeepPlan(plain_bound_plan,
-								"INSERT INTO loyalty.coupon (code, campaign_id, customer_id, max_uses, created_at)"
-								" SELECT u.c, $2, u.customer, 1, $3"
-								" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($4)) AS u(c, customer)",
-								4, types);
+	LoyaltyPlanReset(&insert_catalog);
 	plans_code_type = code_type;
 }
 
@@ -234,7 +249,7 @@ InsertBatch(PendingCode *batch, int n, char **customers, int64 campaign_id,
 	}
 
 	if (optimistic &&
-		TryPlainInsert(customers == NULL ? plain_unbound_plan : plain_bound_plan,
+		TryPlainInsert(LoyaltyPlanGet(&insert_catalog, customers == NULL ? P_PLAIN_UNBOUND : P_PLAIN_BOUND),
 					   values))
 	{
 		for (i = 0; i < n; i++)
@@ -244,7 +259,7 @@ InsertBatch(PendingCode *batch, int n, char **customers, int64 campaign_id,
 
 	if (customers == NULL)
 	{
-		if (SPI_execute_plan(insert_unbound_plan, values, NULL, false, 0) != SPI_OK_INSERT)
+		if (SPI_execute_plan(LoyaltyPlanGet(&insert_catalog, P_INSERT_UNBOUND), values, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "generate_codes insert failed");
 		stored = (int64) SPI_processed;
 		/* which ones failed does not matter: regenerate that many */
@@ -256,7 +271,7 @@ InsertBatch(PendingCode *batch, int n, char **customers, int64 campaign_id,
 		Returned   *ret;
 		uint64		k;
 
-		if (SPI_execute_plan(insert_bound_plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+		if (SPI_execute_plan(LoyaltyPlanGet(&insert_catalog, P_INSERT_BOUND), values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "generate_codes insert failed");
 		stored = (int64) SPI_processed;
 		ret = palloc(sizeof(Returned) * Max(stored, 1));
@@ -264,12 +279,8 @@ InsertBatch(PendingCode *batch, int n, char **customers, int64 campaign_id,
 		{
 			bool		isnull;
 
-			ret[k].code = DatumGetCouponCodeP(SPI_getbinval(SPI_tuptable->vals[k],
-															SPI_tuptable->tupdesc,
-															1, &isnull));
-			ret[k].customer = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[k],
-																SPI_tuptable->tupdesc,
-																2, &isnull));
+			ret[k].code = DatumGetCouponCodeP(LoyaltyColDatum(LoyaltySpiRow(k), 1, &isnull));
+			ret[k].customer = LoyaltyColText(LoyaltySpiRow(k), 2);
 			ret[k].used = false;
 		}
 		qsort(ret, stored, sizeof(Returned), ReturnedCmp);
@@ -327,10 +338,8 @@ coupon_generate_codes(PG_FUNCTION_ARGS)
 	double		space;
 	int			i;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("campaign_id, count and pattern must not be null")));
+	LoyaltyCheckNotNull(PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2),
+						"campaign_id, count and pattern");
 	campaign_id = PG_GETARG_INT64(0);
 	count = PG_GETARG_INT32(1);
 	pattern_text = PG_GETARG_TEXT_PP(2);
@@ -375,10 +384,7 @@ coupon_generate_codes(PG_FUNCTION_ARGS)
 		customers = palloc(sizeof(char *) * Max(n, 1));
 		for (i = 0; i < n; i++)
 		{
-			if (nulls[i])
-				ereport(ERROR,
-						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						 errmsg("customer_ids must not contain nulls")));
+			LoyaltyCheckNoNulls(nulls[i], "customer_ids");
 			customers[i] = CouponIdentifier("customer_id",
 											DatumGetTextPP(elems[i]),
 											COUPON_MAX_ID_LEN);
@@ -528,10 +534,7 @@ coupon_cap_units(PG_FUNCTION_ARGS)
 	int64		units;
 	char	   *customer_id = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("campaign_id and at must not be null")));
+	LoyaltyCheckNotNull(PG_ARGISNULL(0) || PG_ARGISNULL(2), "campaign_id and at");
 	SPI_connect();
 	CouponStoreBegin(false);
 	units = CouponCapUnits(PG_GETARG_INT64(0), customer_id, PG_GETARG_TIMESTAMPTZ(2));

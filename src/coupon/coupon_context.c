@@ -124,10 +124,10 @@ ContextMoney(const JsonbValue *v, const char *where, Numeric limit)
 		ContextError(ERRCODE_INVALID_PARAMETER_VALUE,
 					 psprintf("%s must be a number.", where));
 	n = v->val.numeric;
-	if (CouponNumericCmp(n, CouponNumericZero()) < 0)
+	if (LoyaltyNumericCmp(n, LoyaltyNumericZero()) < 0)
 		ContextError(ERRCODE_INVALID_PARAMETER_VALUE,
 					 psprintf("%s must not be negative.", where));
-	if (CouponNumericCmp(n, limit) >= 0)
+	if (LoyaltyNumericCmp(n, limit) >= 0)
 		ContextError(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
 					 psprintf("%s must be less than 10^%d.", where,
 							  COUPON_MAX_AMOUNT_DIGITS));
@@ -182,17 +182,17 @@ ContextItem(JsonbValue *elem, int n, Numeric limit, CouponItem *item)
 		ContextError(ERRCODE_INVALID_PARAMETER_VALUE,
 					 psprintf("Item %d: \"quantity\" must be a number.", n));
 	q = v.val.numeric;
-	if (CouponNumericCmp(q, CouponNumericTrunc(q, 0)) != 0)
+	if (LoyaltyNumericCmp(q, LoyaltyNumericTrunc(q, 0)) != 0)
 		ContextError(ERRCODE_INVALID_PARAMETER_VALUE,
 					 psprintf("Item %d: \"quantity\" must be a whole number.", n));
-	if (CouponNumericCmp(q, CouponNumericFromInt64(1)) < 0 ||
-		CouponNumericCmp(q, CouponNumericFromInt64(COUPON_MAX_QUANTITY)) > 0)
+	if (LoyaltyNumericCmp(q, LoyaltyNumericFromInt64(1)) < 0 ||
+		LoyaltyNumericCmp(q, LoyaltyNumericFromInt64(COUPON_MAX_QUANTITY)) > 0)
 		ContextError(ERRCODE_INVALID_PARAMETER_VALUE,
 					 psprintf("Item %d: \"quantity\" must be between 1 and %d.",
 							  n, COUPON_MAX_QUANTITY));
 	item->quantity = DatumGetInt64(DirectFunctionCall1(numeric_int8,
 													   NumericGetDatum(q)));
-	item->line_total = CouponNumericMul(item->price, q);
+	item->line_total = LoyaltyNumericMul(item->price, q);
 }
 
 /*
@@ -242,7 +242,7 @@ CouponContextFromJsonb(Jsonb *jb, OrderContext *ctx)
 	memset(ctx, 0, sizeof(*ctx));
 	ctx->json = jb;
 	ctx->new_customer = -1;
-	ctx->shipping = CouponNumericZero();
+	ctx->shipping = LoyaltyNumericZero();
 
 	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
 		ContextError(ERRCODE_INVALID_PARAMETER_VALUE,
@@ -283,7 +283,7 @@ CouponContextFromJsonb(Jsonb *jb, OrderContext *ctx)
 		v.type != jbvNull)
 	{
 		JsonbContainer *arr;
-		Numeric		sum = CouponNumericZero();
+		Numeric		sum = LoyaltyNumericZero();
 		int			i;
 
 		if (v.type != jbvBinary || !JsonContainerIsArray(v.val.binary.data))
@@ -302,18 +302,18 @@ CouponContextFromJsonb(Jsonb *jb, OrderContext *ctx)
 			JsonbValue *elem = getIthJsonbValueFromContainer(arr, i);
 
 			ContextItem(elem, i + 1, limit, &ctx->items[i]);
-			sum = CouponNumericAdd(sum, ctx->items[i].line_total);
+			sum = LoyaltyNumericAdd(sum, ctx->items[i].line_total);
 		}
 		if (!has_amount)
 		{
-			if (CouponNumericCmp(sum, limit) >= 0)
+			if (LoyaltyNumericCmp(sum, limit) >= 0)
 				ContextError(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
 							 psprintf("The items total must be less than 10^%d.",
 									  COUPON_MAX_AMOUNT_DIGITS));
 			ctx->amount = sum;
 			has_amount = true;
 		}
-		else if (CouponNumericCmp(sum, ctx->amount) != 0)
+		else if (LoyaltyNumericCmp(sum, ctx->amount) != 0)
 			ContextError(ERRCODE_INVALID_PARAMETER_VALUE,
 						 psprintf("\"amount\" (%s) differs from the sum of price * quantity over \"items\" (%s).",
 								  numeric_normalize(ctx->amount),
@@ -337,14 +337,14 @@ CouponContextFromAmount(Numeric amount, OrderContext *ctx)
 
 	memset(ctx, 0, sizeof(*ctx));
 	ctx->new_customer = -1;
-	ctx->shipping = CouponNumericZero();
-	if (CouponNumericCmp(amount, CouponNumericZero()) < 0)
+	ctx->shipping = LoyaltyNumericZero();
+	if (LoyaltyNumericCmp(amount, LoyaltyNumericZero()) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid order amount"),
 				 errdetail("The order amount must not be negative.")));
 	/* NaN and infinity sort above every number */
-	if (CouponNumericCmp(amount, limit) >= 0)
+	if (LoyaltyNumericCmp(amount, limit) >= 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("invalid order amount"),

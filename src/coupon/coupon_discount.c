@@ -35,78 +35,11 @@
 
 /* ---- numeric helpers ---- */
 
-/* Zero as a numeric. */
-Numeric
-CouponNumericZero(void)
-{
-	return CouponNumericFromInt64(0);
-}
-
-/* An int64 as a numeric (int64_to_numeric is PG14+; this works on 13). */
-Numeric
-CouponNumericFromInt64(int64 v)
-{
-	return DatumGetNumeric(DirectFunctionCall1(int8_numeric, Int64GetDatum(v)));
-}
-
-/* Three-way comparison of two numerics. */
-int
-CouponNumericCmp(Numeric a, Numeric b)
-{
-	return DatumGetInt32(DirectFunctionCall2(numeric_cmp,
-											 NumericGetDatum(a),
-											 NumericGetDatum(b)));
-}
-
-/* a + b */
-Numeric
-CouponNumericAdd(Numeric a, Numeric b)
-{
-	return DatumGetNumeric(DirectFunctionCall2(numeric_add,
-											   NumericGetDatum(a),
-											   NumericGetDatum(b)));
-}
-
-/* a - b */
-Numeric
-CouponNumericSub(Numeric a, Numeric b)
-{
-	return DatumGetNumeric(DirectFunctionCall2(numeric_sub,
-											   NumericGetDatum(a),
-											   NumericGetDatum(b)));
-}
-
-/* a * b, exact */
-Numeric
-CouponNumericMul(Numeric a, Numeric b)
-{
-	return DatumGetNumeric(DirectFunctionCall2(numeric_mul,
-											   NumericGetDatum(a),
-											   NumericGetDatum(b)));
-}
-
-/* a rounded half away from zero to scale decimals */
-Numeric
-CouponNumericRound(Numeric a, int scale)
-{
-	return DatumGetNumeric(DirectFunctionCall2(numeric_round,
-											   NumericGetDatum(a),
-											   Int32GetDatum(scale)));
-}
-
-/* a truncated toward zero to scale decimals */
-Numeric
-CouponNumericTrunc(Numeric a, int scale)
-{
-	return DatumGetNumeric(DirectFunctionCall2(numeric_trunc,
-											   NumericGetDatum(a),
-											   Int32GetDatum(scale)));
-}
-
+/* The smaller of two numerics. */
 static Numeric
 NumericMin(Numeric a, Numeric b)
 {
-	return CouponNumericCmp(a, b) <= 0 ? a : b;
+	return LoyaltyNumericCmp(a, b) <= 0 ? a : b;
 }
 
 /* ---- name lists ---- */
@@ -162,7 +95,7 @@ PricedLineCmp(const void *a, const void *b)
 {
 	const PricedLine *x = a;
 	const PricedLine *y = b;
-	int			c = CouponNumericCmp(x->price, y->price);
+	int			c = LoyaltyNumericCmp(x->price, y->price);
 
 	return c != 0 ? c : (x->pos > y->pos) - (x->pos < y->pos);
 }
@@ -171,7 +104,7 @@ PricedLineCmp(const void *a, const void *b)
 static Numeric
 CheapestUnits(PricedLine *lines, int nlines, int64 n)
 {
-	Numeric		sum = CouponNumericZero();
+	Numeric		sum = LoyaltyNumericZero();
 	int			i;
 
 	qsort(lines, nlines, sizeof(PricedLine), PricedLineCmp);
@@ -179,8 +112,8 @@ CheapestUnits(PricedLine *lines, int nlines, int64 n)
 	{
 		int64		take = Min(n, lines[i].quantity);
 
-		sum = CouponNumericAdd(sum, CouponNumericMul(lines[i].price,
-													 CouponNumericFromInt64(take)));
+		sum = LoyaltyNumericAdd(sum, LoyaltyNumericMul(lines[i].price,
+													 LoyaltyNumericFromInt64(take)));
 		n -= take;
 	}
 	return sum;
@@ -215,7 +148,7 @@ CouponComputeDiscount(const Campaign *cm, const OrderContext *ctx,
 
 	if (ctx->has_items)
 	{
-		eligible = CouponNumericZero();
+		eligible = LoyaltyNumericZero();
 		lines = palloc(sizeof(PricedLine) * Max(ctx->nitems, 1));
 		for (i = 0; i < ctx->nitems; i++)
 		{
@@ -228,7 +161,7 @@ CouponComputeDiscount(const Campaign *cm, const OrderContext *ctx,
 				take = ItemEligible(cm, it);
 			if (!take)
 				continue;
-			eligible = CouponNumericAdd(eligible, it->line_total);
+			eligible = LoyaltyNumericAdd(eligible, it->line_total);
 			units += it->quantity;
 			lines[nlines].price = it->price;
 			lines[nlines].quantity = it->quantity;
@@ -251,13 +184,13 @@ CouponComputeDiscount(const Campaign *cm, const OrderContext *ctx,
 																			ObjectIdGetDatum(InvalidOid),
 																			Int32GetDatum(-1)));
 
-				d = CouponNumericMul(eligible,
-									 CouponNumericMul(cm->percent_off, hundredth));
+				d = LoyaltyNumericMul(eligible,
+									 LoyaltyNumericMul(cm->percent_off, hundredth));
 			}
 			break;
 		case CAMPAIGN_FIXED:
 			/* a limit: never rounded up */
-			d = CouponNumericTrunc(cm->amount_off, decimals);
+			d = LoyaltyNumericTrunc(cm->amount_off, decimals);
 			break;
 		case CAMPAIGN_FREE_SHIPPING:
 			d = ctx->shipping;
@@ -281,10 +214,10 @@ CouponComputeDiscount(const Campaign *cm, const OrderContext *ctx,
 			elog(ERROR, "unknown campaign kind %d", (int) cm->kind);
 	}
 
-	d = CouponNumericRound(d, decimals);
+	d = LoyaltyNumericRound(d, decimals);
 	if (cm->max_discount != NULL)
-		d = NumericMin(d, CouponNumericTrunc(cm->max_discount, decimals));
-	d = NumericMin(d, CouponNumericTrunc(base, decimals));
+		d = NumericMin(d, LoyaltyNumericTrunc(cm->max_discount, decimals));
+	d = NumericMin(d, LoyaltyNumericTrunc(base, decimals));
 	*discount = d;
 	return COUPON_OK;
 }
@@ -306,7 +239,7 @@ CouponApplyStacking(const Campaign *cm, const OrderContext *ctx,
 	int			decimals = CouponCurrencyDecimals(cm->currency);
 	int			ncoupons = 1;
 	int32		limit = cm->max_coupons_per_order;
-	Numeric		used = CouponNumericZero();
+	Numeric		used = LoyaltyNumericZero();
 	Numeric		left;
 	int			i;
 
@@ -325,14 +258,14 @@ CouponApplyStacking(const Campaign *cm, const OrderContext *ctx,
 			(limit == 0 || a->max_coupons_per_order < limit))
 			limit = a->max_coupons_per_order;
 		if (a->on_shipping == on_shipping)
-			used = CouponNumericAdd(used, a->discount);
+			used = LoyaltyNumericAdd(used, a->discount);
 	}
 	if (limit > 0 && ncoupons > limit)
 		return COUPON_NOT_STACKABLE;
 
-	left = CouponNumericSub(on_shipping ? ctx->shipping : ctx->amount, used);
-	if (CouponNumericCmp(left, CouponNumericZero()) < 0)
-		left = CouponNumericZero();
-	*discount = NumericMin(*discount, CouponNumericTrunc(left, decimals));
+	left = LoyaltyNumericSub(on_shipping ? ctx->shipping : ctx->amount, used);
+	if (LoyaltyNumericCmp(left, LoyaltyNumericZero()) < 0)
+		left = LoyaltyNumericZero();
+	*discount = NumericMin(*discount, LoyaltyNumericTrunc(left, decimals));
 	return COUPON_OK;
 }

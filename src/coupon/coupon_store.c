@@ -49,6 +49,9 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
+#include "loyalty_cache.h"
+#include "loyalty_spi.h"
+
 /*
  * A code sold for points (holds_cap_unit, set by exchange_points) of
  * campaign CAMP holds one unit of the campaign's total and per-customer
@@ -92,16 +95,9 @@ typedef enum PlanId
 	NPLANS
 } PlanId;
 
-typedef struct PlanDef
-{
-	const char *sql;
-	int			nargs;
-	Oid			argtypes[12];
-} PlanDef;
-
 #define COUPON_COLS "coupon_id, campaign_id, customer_id, max_uses, uses, reservations"
 
-static const PlanDef PlanDefs[NPLANS] = {
+static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 	[P_LOOKUP] = {
 		"SELECT " COUPON_COLS " FROM loyalty.coupon"
 		" WHERE code OPERATOR(loyalty.=) $1 AND voided_at IS NULL",
@@ -303,6 +299,13 @@ static SPIPlanPtr redeem_plans[8];
 static bool store_read_only = false;
 static bool campaign_cache_stale = false;
 
+static Oid	CouponMapType(Oid argtype);
+
+/* The statements above, prepared on first use (loyalty_spi.h). */
+static LoyaltyPlanCatalog coupon_plans = {
+	"coupon", PlanDefs, NPLANS, 0, CouponMapType, plans, 0
+};
+
 /*
  * Start a call: check that the cached plans belong to the installed
  * extension, and remember whether this call may write (validate may not;
@@ -312,26 +315,25 @@ static bool campaign_cache_stale = false;
 void
 CouponStoreBegin(bool read_only)
 {
-	Oid			nsp = get_namespace_oid("loyalty", false);
-	int			i;
+	Oid			nsp;
 
 	store_read_only = read_only;
+	/* nothing to re-check unless a schema or a type changed meanwhile */
+	if (!LoyaltyPlanCatalogMoved(&coupon_plans) && OidIsValid(cached_nsp))
+		return;
+	nsp = get_namespace_oid("loyalty", false);
 	if (nsp == cached_nsp &&
 		SearchSysCacheExists1(TYPEOID, ObjectIdGetDatum(cached_code_type)))
 		return;
-	for (i = 0; i < NPLANS; i++)
-	{
-		if (plans[i] != NULL)
-			SPI_freeplan(plans[i]);
-		plans[i] = NULL;
-	}
-	for (i = 0; i < (int) lengthof(redeem_plans); i++)
+	LoyaltyPlanReset(&coupon_plans);
+	for (int i = 0; i < (int) lengthof(redeem_plans); i++)
 	{
 		if (redeem_plans[i] != NULL)
 			SPI_freeplan(redeem_plans[i]);
 		redeem_plans[i] = NULL;
 	}
 	campaign_cache_stale = true;
+	cached_nsp = InvalidOid;
 	cached_code_type = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
 									   CStringGetDatum("coupon_code"),
 									   ObjectIdGetDatum(nsp));
@@ -350,27 +352,11 @@ CouponCodeTypeOid(void)
 	return cached_code_type;
 }
 
-/* The plan of a statement, prepared and kept on first use. */
-static SPIPlanPtr
-GetPlan(PlanId id)
+/* CODE_TYPE stands for loyalty.coupon_code in PlanDefs. */
+static Oid
+CouponMapType(Oid argtype)
 {
-	if (plans[id] == NULL)
-	{
-		const PlanDef *def = &PlanDefs[id];
-		Oid			types[12];
-		SPIPlanPtr	plan;
-		int			i;
-
-		for (i = 0; i < def->nargs; i++)
-			types[i] = def->argtypes[i] == CODE_TYPE ? cached_code_type : def->argtypes[i];
-		plan = SPI_prepare(def->sql, def->nargs, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for coupon statement %d: %s",
-				 (int) id, SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		plans[id] = plan;
-	}
-	return plans[id];
+	return argtype == CODE_TYPE ? cached_code_type : argtype;
 }
 
 /*
@@ -382,115 +368,27 @@ GetPlan(PlanId id)
 static int
 Exec(PlanId id, Datum *values, const char *nulls, bool latest)
 {
-	SPIPlanPtr	plan = GetPlan(id);
-	int			rc;
-
-	if (latest)
-		rc = SPI_execute_snapshot(plan, values, nulls, GetLatestSnapshot(),
-								  InvalidSnapshot, store_read_only, true, 0);
-	else
-		rc = SPI_execute_plan(plan, values, nulls, store_read_only, 0);
-	if (rc < 0)
-		elog(ERROR, "coupon statement %d failed: %s", (int) id,
-			 SPI_result_code_string(rc));
-	return rc;
+	return LoyaltyPlanExec(&coupon_plans, id, values, nulls, store_read_only,
+						   latest);
 }
 
 /* ---- reading result columns ---- */
 
-/* One row of a result, or a cached tuple, with its descriptor. */
-typedef struct Row
-{
-	HeapTuple	tuple;
-	TupleDesc	desc;
-} Row;
-
-/* Row i of the last SPI result. */
-static Row
-ResultRow(uint64 i)
-{
-	Row			r = {SPI_tuptable->vals[i], SPI_tuptable->tupdesc};
-
-	return r;
-}
-
-static Datum
-Col(Row r, int col, bool *isnull)
-{
-	return heap_getattr(r.tuple, col, r.desc, isnull);
-}
-
-static int64
-ColInt64(Row r, int col, int64 if_null, bool *was_null)
-{
-	bool		isnull;
-	Datum		d = Col(r, col, &isnull);
-
-	if (was_null)
-		*was_null = isnull;
-	return isnull ? if_null : DatumGetInt64(d);
-}
-
-static int32
-ColInt32(Row r, int col)
-{
-	bool		isnull;
-	Datum		d = Col(r, col, &isnull);
-
-	return isnull ? 0 : DatumGetInt32(d);
-}
-
-static bool
-ColBool(Row r, int col)
-{
-	bool		isnull;
-	Datum		d = Col(r, col, &isnull);
-
-	return !isnull && DatumGetBool(d);
-}
-
-static Numeric
-ColNumeric(Row r, int col)
-{
-	bool		isnull;
-	Datum		d = Col(r, col, &isnull);
-
-	return isnull ? NULL : DatumGetNumeric(d);
-}
-
-static char *
-ColText(Row r, int col)
-{
-	bool		isnull;
-	Datum		d = Col(r, col, &isnull);
-
-	return isnull ? NULL : TextDatumGetCString(d);
-}
-
+/* A currency column into a char[4] ("" when null). */
 static void
-ColCurrency(Row r, int col, char *out)
+ColCurrency(LoyaltyRow r, int col, char *out)
 {
-	char	   *s = ColText(r, col);
+	char	   *s = LoyaltyColText(r, col);
 
 	strlcpy(out, s ? s : "", 4);
 }
 
-static TimestampTz
-ColTimestamp(Row r, int col, bool *has)
-{
-	bool		isnull;
-	Datum		d = Col(r, col, &isnull);
-
-	*has = !isnull;
-	return isnull ? 0 : DatumGetTimestampTz(d);
-}
-
 /* A text[] column as a sorted name list. */
 static void
-ColNameList(Row r, int col, CouponNameList *list)
+ColNameList(LoyaltyRow r, int col, CouponNameList *list)
 {
 	bool		isnull;
-	Datum		d = Col(r, col, &isnull);
+	Datum		d = LoyaltyColDatum(r, col, &isnull);
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
@@ -519,18 +417,6 @@ TextArg(const char *s)
 	return CStringGetTextDatum(s);
 }
 
-static Datum
-Int8Array(const int64 *v, int n)
-{
-	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
-	int			i;
-
-	for (i = 0; i < n; i++)
-		d[i] = Int64GetDatum(v[i]);
-	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL,
-										   TYPALIGN_DOUBLE));
-}
-
 /* ---- coupons and campaigns ---- */
 
 /*
@@ -545,13 +431,13 @@ CouponLookup(Datum code, bool lock, Coupon *cp)
 	Exec(lock ? P_LOOKUP_LOCK : P_LOOKUP, values, NULL, false);
 	if (SPI_processed == 0)
 		return false;
-	cp->id = ColInt64(ResultRow(0), 1, 0, NULL);
-	cp->campaign_id = ColInt64(ResultRow(0), 2, 0, NULL);
-	cp->customer_id = ColText(ResultRow(0), 3);
-	cp->max_uses = ColInt64(ResultRow(0), 4, 0, &cp->has_max_uses);
+	cp->id = LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
+	cp->campaign_id = LoyaltyColInt64(LoyaltySpiRow(0), 2, NULL);
+	cp->customer_id = LoyaltyColText(LoyaltySpiRow(0), 3);
+	cp->max_uses = LoyaltyColInt64(LoyaltySpiRow(0), 4, &cp->has_max_uses);
 	cp->has_max_uses = !cp->has_max_uses;
-	cp->uses = ColInt64(ResultRow(0), 5, 0, NULL);
-	cp->reservations = ColInt64(ResultRow(0), 6, 0, NULL);
+	cp->uses = LoyaltyColInt64(LoyaltySpiRow(0), 5, NULL);
+	cp->reservations = LoyaltyColInt64(LoyaltySpiRow(0), 6, NULL);
 	return true;
 }
 
@@ -574,37 +460,39 @@ KindFromText(const char *s)
 
 /* Parse a campaign row (P_CAMPAIGN's columns) into *cm. */
 static void
-ParseCampaign(Row row, int64 campaign_id, Campaign *cm)
+ParseCampaign(LoyaltyRow row, int64 campaign_id, Campaign *cm)
 {
 	bool		isnull;
 	Datum		d;
 
 	memset(cm, 0, sizeof(*cm));
 	cm->id = campaign_id;
-	cm->kind = KindFromText(ColText(row, 1));
+	cm->kind = KindFromText(LoyaltyColText(row, 1));
 	ColCurrency(row, 2, cm->currency);
-	cm->percent_off = ColNumeric(row, 3);
-	cm->max_discount = ColNumeric(row, 4);
-	cm->amount_off = ColNumeric(row, 5);
-	cm->buy_quantity = ColInt32(row, 6);
-	cm->get_quantity = ColInt32(row, 7);
-	cm->free_sku = ColText(row, 8);
-	cm->free_quantity = ColInt32(row, 9);
-	cm->starts_at = ColTimestamp(row, 10, &cm->has_starts_at);
-	cm->ends_at = ColTimestamp(row, 11, &cm->has_ends_at);
-	cm->paused = ColBool(row, 12);
-	cm->total_cap = ColInt64(row, 13, 0, &isnull);
+	cm->percent_off = LoyaltyColNumeric(row, 3);
+	cm->max_discount = LoyaltyColNumeric(row, 4);
+	cm->amount_off = LoyaltyColNumeric(row, 5);
+	cm->buy_quantity = LoyaltyColInt32(row, 6, NULL);
+	cm->get_quantity = LoyaltyColInt32(row, 7, NULL);
+	cm->free_sku = LoyaltyColText(row, 8);
+	cm->free_quantity = LoyaltyColInt32(row, 9, NULL);
+	cm->starts_at = LoyaltyColTimestamp(row, 10, &isnull);
+	cm->has_starts_at = !isnull;
+	cm->ends_at = LoyaltyColTimestamp(row, 11, &isnull);
+	cm->has_ends_at = !isnull;
+	cm->paused = LoyaltyColBool(row, 12);
+	cm->total_cap = LoyaltyColInt64(row, 13, &isnull);
 	cm->has_total_cap = !isnull;
-	cm->per_customer_cap = ColInt32(row, 14);
-	cm->min_order_amount = ColNumeric(row, 15);
+	cm->per_customer_cap = LoyaltyColInt32(row, 14, NULL);
+	cm->min_order_amount = LoyaltyColNumeric(row, 15);
 	ColNameList(row, 16, &cm->include_skus);
 	ColNameList(row, 17, &cm->exclude_skus);
 	ColNameList(row, 18, &cm->include_categories);
 	ColNameList(row, 19, &cm->exclude_categories);
-	cm->exclusive = ColBool(row, 20);
-	cm->max_coupons_per_order = ColInt32(row, 21);
+	cm->exclusive = LoyaltyColBool(row, 20);
+	cm->max_coupons_per_order = LoyaltyColInt32(row, 21, NULL);
 
-	d = Col(row, 22, &isnull);
+	d = LoyaltyColDatum(row, 22, &isnull);
 	if (!isnull)
 	{
 		Datum	   *kinds;
@@ -617,9 +505,9 @@ ParseCampaign(Row row, int64 campaign_id, Campaign *cm)
 
 		deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false,
 						  TYPALIGN_INT, &kinds, NULL, &n);
-		deconstruct_array(DatumGetArrayTypeP(Col(row, 23, &isnull)), JSONBOID,
+		deconstruct_array(DatumGetArrayTypeP(LoyaltyColDatum(row, 23, &isnull)), JSONBOID,
 						  -1, false, TYPALIGN_INT, &params, NULL, &n2);
-		deconstruct_array(DatumGetArrayTypeP(Col(row, 24, &isnull)), OIDOID,
+		deconstruct_array(DatumGetArrayTypeP(LoyaltyColDatum(row, 24, &isnull)), OIDOID,
 						  sizeof(Oid), true, TYPALIGN_INT, &funcs, NULL, &n3);
 		if (n != n2 || n != n3)
 			elog(ERROR, "inconsistent rules of campaign " INT64_FORMAT, campaign_id);
@@ -656,7 +544,6 @@ typedef struct CampaignCacheEntry
 static HTAB *campaign_cache = NULL;
 static MemoryContext campaign_cache_cxt = NULL;
 static TupleDesc campaign_cache_desc = NULL;
-static bool campaign_cache_callback = false;
 
 /* Relcache invalidation callback: loyalty.campaign changed (or all did). */
 static void
@@ -666,17 +553,22 @@ CampaignCacheInvalidate(Datum arg, Oid relid)
 		campaign_cache_stale = true;
 }
 
+/*
+ * Called from _PG_init: hand the campaign cache's invalidation function to
+ * the extension's one relcache callback (loyalty_cache.h).
+ */
+void
+CouponInit(void)
+{
+	LoyaltyCacheOnRelation(CampaignCacheInvalidate, (Datum) 0);
+}
+
 /* Drop every cached campaign (outside of any use of their tuples). */
 static void
 CampaignCacheReset(void)
 {
 	HASHCTL		ctl;
 
-	if (!campaign_cache_callback)
-	{
-		CacheRegisterRelcacheCallback(CampaignCacheInvalidate, (Datum) 0);
-		campaign_cache_callback = true;
-	}
 	if (campaign_cache_cxt == NULL)
 		campaign_cache_cxt = AllocSetContextCreate(TopMemoryContext,
 												   "loyalty campaign cache",
@@ -706,7 +598,7 @@ CouponReadCampaign(int64 campaign_id, Campaign *cm)
 {
 	CampaignCacheEntry *entry;
 	bool		found;
-	Row			row;
+	LoyaltyRow			row;
 
 	if (campaign_cache == NULL || campaign_cache_stale)
 		CampaignCacheReset();
@@ -730,7 +622,7 @@ CouponReadCampaign(int64 campaign_id, Campaign *cm)
 		if (campaign_cache_stale)
 		{
 			CampaignCacheReset();
-			ParseCampaign(ResultRow(0), campaign_id, cm);
+			ParseCampaign(LoyaltySpiRow(0), campaign_id, cm);
 			return;
 		}
 		old = MemoryContextSwitchTo(campaign_cache_cxt);
@@ -754,9 +646,9 @@ ReadOrderRow(CouponOrder *order)
 {
 	char	   *state;
 
-	order->customer_id = ColText(ResultRow(0), 1);
-	order->context_hash = ColInt64(ResultRow(0), 2, 0, NULL);
-	state = ColText(ResultRow(0), 3);
+	order->customer_id = LoyaltyColText(LoyaltySpiRow(0), 1);
+	order->context_hash = LoyaltyColInt64(LoyaltySpiRow(0), 2, NULL);
+	state = LoyaltyColText(LoyaltySpiRow(0), 3);
 	order->rolled_back = strcmp(state, "rolled_back") == 0;
 }
 
@@ -841,14 +733,14 @@ CouponReadAttached(const char *order_ref, TimestampTz now, bool latest,
 	{
 		CouponAttached *a = &order->attached[i];
 
-		a->coupon_id = ColInt64(ResultRow(i), 1, 0, NULL);
-		a->campaign_id = ColInt64(ResultRow(i), 2, 0, NULL);
-		a->redeemed = ColBool(ResultRow(i), 3);
-		a->discount = ColNumeric(ResultRow(i), 4);
-		a->on_shipping = ColBool(ResultRow(i), 5);
-		a->exclusive = ColBool(ResultRow(i), 6);
-		a->max_coupons_per_order = ColInt32(ResultRow(i), 7);
-		ColCurrency(ResultRow(i), 8, a->currency);
+		a->coupon_id = LoyaltyColInt64(LoyaltySpiRow(i), 1, NULL);
+		a->campaign_id = LoyaltyColInt64(LoyaltySpiRow(i), 2, NULL);
+		a->redeemed = LoyaltyColBool(LoyaltySpiRow(i), 3);
+		a->discount = LoyaltyColNumeric(LoyaltySpiRow(i), 4);
+		a->on_shipping = LoyaltyColBool(LoyaltySpiRow(i), 5);
+		a->exclusive = LoyaltyColBool(LoyaltySpiRow(i), 6);
+		a->max_coupons_per_order = LoyaltyColInt32(LoyaltySpiRow(i), 7, NULL);
+		ColCurrency(LoyaltySpiRow(i), 8, a->currency);
 	}
 }
 
@@ -886,7 +778,7 @@ CouponLockCampaignRow(int64 campaign_id)
 	Exec(P_CAMPAIGN_LOCK, values, NULL, false);
 	if (SPI_processed != 1)
 		elog(ERROR, "campaign " INT64_FORMAT " does not exist", campaign_id);
-	return ColInt64(ResultRow(0), 1, 0, NULL);
+	return LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
 }
 
 /*
@@ -902,7 +794,7 @@ CouponCampaignUses(int64 campaign_id)
 	Exec(P_CAMPAIGN_USES, values, NULL, false);
 	if (SPI_processed != 1)
 		elog(ERROR, "campaign " INT64_FORMAT " does not exist", campaign_id);
-	return ColInt64(ResultRow(0), 1, 0, NULL);
+	return LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
 }
 
 /*
@@ -956,12 +848,12 @@ CouponCountUsage(const Coupon *cp, const Campaign *cm, const char *customer_id,
 	values[6] = BoolGetDatum(campaign_holds);
 	values[7] = BoolGetDatum(customer);
 	Exec(P_COUNTS, values, nulls, latest);
-	usage->coupon_holds = ColInt64(ResultRow(0), 1, 0, NULL);
-	usage->campaign_holds = ColInt64(ResultRow(0), 2, 0, NULL);
-	usage->customer_uses = ColInt64(ResultRow(0), 3, 0, NULL);
-	usage->customer_holds = ColInt64(ResultRow(0), 4, 0, NULL);
-	usage->campaign_sold = ColInt64(ResultRow(0), 5, 0, NULL);
-	usage->customer_sold = ColInt64(ResultRow(0), 6, 0, NULL);
+	usage->coupon_holds = LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
+	usage->campaign_holds = LoyaltyColInt64(LoyaltySpiRow(0), 2, NULL);
+	usage->customer_uses = LoyaltyColInt64(LoyaltySpiRow(0), 3, NULL);
+	usage->customer_holds = LoyaltyColInt64(LoyaltySpiRow(0), 4, NULL);
+	usage->campaign_sold = LoyaltyColInt64(LoyaltySpiRow(0), 5, NULL);
+	usage->customer_sold = LoyaltyColInt64(LoyaltySpiRow(0), 6, NULL);
 }
 
 /*
@@ -992,7 +884,7 @@ CouponCapUnits(int64 campaign_id, const char *customer_id, TimestampTz now)
 	}
 	values[2] = TimestampTzGetDatum(now);
 	Exec(P_CAP_UNITS, values, nulls, true);
-	return ColInt64(ResultRow(0), 1, 0, NULL);
+	return LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
 }
 
 /* ---- writes ---- */
@@ -1017,7 +909,6 @@ RedeemPlan(bool capped, bool consume_hold, bool order_existed)
 		StringInfoData sql;
 		Oid			types[8] = {INT8OID, INT8OID, TEXTOID, TEXTOID, NUMERICOID,
 		BOOLOID, TEXTOID, TIMESTAMPTZOID};
-		SPIPlanPtr	plan;
 
 		initStringInfo(&sql);
 		appendStringInfoString(&sql,
@@ -1044,12 +935,7 @@ RedeemPlan(bool capped, bool consume_hold, bool order_existed)
 								   ", od AS (UPDATE loyalty.coupon_order SET updated_at = $8"
 								   "         WHERE order_ref = $4)");
 		appendStringInfoString(&sql, " SELECT redemption_id FROM ins");
-		plan = SPI_prepare(sql.data, 8, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for the redemption statement: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		redeem_plans[v] = plan;
+		LoyaltyKeepPlan(&redeem_plans[v], sql.data, 8, types, 0);
 	}
 	return redeem_plans[v];
 }
@@ -1088,13 +974,12 @@ CouponFindHold(const char *order_ref, int64 coupon_id, TimestampTz now,
 			   Numeric *discount, TimestampTz *expires_at, bool *expired)
 {
 	Datum		values[2] = {TextArg(order_ref), Int64GetDatum(coupon_id)};
-	bool		has;
 
 	Exec(P_FIND_HOLD, values, NULL, false);
 	if (SPI_processed == 0)
 		return false;
-	*discount = ColNumeric(ResultRow(0), 1);
-	*expires_at = ColTimestamp(ResultRow(0), 2, &has);
+	*discount = LoyaltyColNumeric(LoyaltySpiRow(0), 1);
+	*expires_at = LoyaltyColTimestamp(LoyaltySpiRow(0), 2, NULL);
 	*expired = *expires_at <= now;
 	return true;
 }
@@ -1111,7 +996,6 @@ CouponInsertHold(const Coupon *cp, const Campaign *cm, const char *customer_id,
 				 TimestampTz expires_at)
 {
 	Datum		values[9];
-	bool		has;
 
 	if (expire_old)
 	{
@@ -1132,7 +1016,7 @@ CouponInsertHold(const Coupon *cp, const Campaign *cm, const char *customer_id,
 	Exec(P_INSERT_HOLD, values, NULL, false);
 	if (SPI_processed != 1)
 		elog(ERROR, "reservation was not recorded");
-	return ColTimestamp(ResultRow(0), 1, &has);
+	return LoyaltyColTimestamp(LoyaltySpiRow(0), 1, NULL);
 }
 
 /* qsort comparator for int64 */
@@ -1170,7 +1054,7 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 	Exec(P_RB_LOCK_ORDER, key, NULL, false);
 	if (SPI_processed == 0)
 		return false;
-	if (strcmp(ColText(ResultRow(0), 1), "rolled_back") == 0)
+	if (strcmp(LoyaltyColText(LoyaltySpiRow(0), 1), "rolled_back") == 0)
 		return false;
 
 	Exec(P_RB_REDEMPTIONS, key, NULL, false);
@@ -1180,15 +1064,15 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 	campaigns = palloc(sizeof(int64) * Max(n, 1));
 	for (i = 0; i < n; i++)
 	{
-		redemptions[i] = ColInt64(ResultRow(i), 1, 0, NULL);
-		coupons[i] = ColInt64(ResultRow(i), 2, 0, NULL);
-		campaigns[i] = ColInt64(ResultRow(i), 3, 0, NULL);
+		redemptions[i] = LoyaltyColInt64(LoyaltySpiRow(i), 1, NULL);
+		coupons[i] = LoyaltyColInt64(LoyaltySpiRow(i), 2, NULL);
+		campaigns[i] = LoyaltyColInt64(LoyaltySpiRow(i), 3, NULL);
 	}
 
 	/* step 2: the coupon rows, in coupon_id order (the query sorts) */
 	if (n > 0)
 	{
-		values[0] = Int8Array(coupons, n);
+		values[0] = LoyaltyInt8ArrayDatum(coupons, n);
 		Exec(P_RB_LOCK_COUPONS, values, NULL, false);
 	}
 
@@ -1205,18 +1089,18 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 	capped = palloc(sizeof(int64) * Max(ncampaigns, 1));
 	if (ncampaigns > 0)
 	{
-		values[0] = Int8Array(campaigns, ncampaigns);
+		values[0] = LoyaltyInt8ArrayDatum(campaigns, ncampaigns);
 		Exec(P_RB_LOCK_CAMPAIGNS, values, NULL, false);
 		for (i = 0; i < (int) SPI_processed; i++)
-			capped[ncapped++] = ColInt64(ResultRow(i), 1, 0, NULL);
+			capped[ncapped++] = LoyaltyColInt64(LoyaltySpiRow(i), 1, NULL);
 	}
 
 	values[0] = TextArg(order_ref);
-	values[1] = Int8Array(redemptions, n);
-	values[2] = Int8Array(capped, ncapped);
+	values[1] = LoyaltyInt8ArrayDatum(redemptions, n);
+	values[2] = LoyaltyInt8ArrayDatum(capped, ncapped);
 	values[3] = TimestampTzGetDatum(now);
 	Exec(P_RB_WRITE, values, NULL, false);
-	released = ColInt64(ResultRow(0), 1, 0, NULL);
+	released = LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
 	return n > 0 || released > 0;
 }
 
@@ -1231,7 +1115,7 @@ CouponCampaignActiveUses(int64 campaign_id)
 	Datum		values[1] = {Int64GetDatum(campaign_id)};
 
 	Exec(P_ACTIVE_USES, values, NULL, true);
-	return ColInt64(ResultRow(0), 1, 0, NULL);
+	return LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
 }
 
 /*
@@ -1250,5 +1134,5 @@ CouponCustomerSegment(const char *customer_id)
 	Exec(P_SEGMENT, values, NULL, false);
 	if (SPI_processed == 0)
 		return NULL;
-	return ColText(ResultRow(0), 1);
+	return LoyaltyColText(LoyaltySpiRow(0), 1);
 }

@@ -49,83 +49,8 @@ PG_FUNCTION_INFO_V1(points_spend);
 PG_FUNCTION_INFO_V1(points_balance);
 
 /* ------------------------------------------------------------------------
- * SPI helpers
- * ------------------------------------------------------------------------ */
-
-/*
- * Prepare a statement once per backend and keep it: the hot paths then pay
- * neither parsing nor planning.  The plan is generic from the first call:
- * the statements are index lookups by key whatever the values, and the
- * plan cache's default would re-plan a statement as large as the write
- * statement on every call whenever a custom plan looks cheaper (a false
- * "$9 > 0" prunes a branch).
- */
-SPIPlanPtr
-PointsPrepare(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes)
-{
-	if (*cache == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, (Oid *) argtypes,
-											  CURSOR_OPT_GENERIC_PLAN);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "SPI_keepplan failed");
-		*cache = plan;
-	}
-	return *cache;
-}
-
-/* Execute a kept plan (never read-only: the functions write) and check the result code. */
-void
-PointsExec(SPIPlanPtr plan, Datum *values, const char *nulls, int expected)
-{
-	int			ret = SPI_execute_plan(plan, values, nulls, false, 0);
-
-	if (ret != expected)
-		elog(ERROR, "loyalty points statement failed: %s", SPI_result_code_string(ret));
-}
-
-/* A bigint column of a row of the current SPI result (0 when null). */
-static int64
-ColInt64(int row, int col, bool *isnull)
-{
-	bool		n;
-	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &n);
-
-	if (isnull)
-		*isnull = n;
-	return n ? 0 : DatumGetInt64(d);
-}
-
-/* Any column of a row of the current SPI result, as a Datum. */
-static Datum
-ColDatum(int row, int col, bool *isnull)
-{
-	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
-}
-
-/* A column of the current SPI result as text (NULL when null). */
-static char *
-ColText(int row, int col)
-{
-	return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
-}
-
-/* ------------------------------------------------------------------------
  * Arguments
  * ------------------------------------------------------------------------ */
-
-/* A required argument: NULL is an error, never a silent NULL result. */
-void
-PointsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name)
-{
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", name)));
-}
 
 /*
  * A customer id, reference or action name: required, not empty, at most
@@ -138,7 +63,7 @@ PointsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name)
 text *
 PointsArgKey(FunctionCallInfo fcinfo, int argno, const char *name)
 {
-	PointsArgNotNull(fcinfo, argno, name);
+	LoyaltyArgNotNull(fcinfo, argno, name);
 	return PointsCheckKey(PG_GETARG_TEXT_PP(argno), name);
 }
 
@@ -212,7 +137,7 @@ PointsArgPositive(FunctionCallInfo fcinfo, int argno, const char *name)
 {
 	int64		v;
 
-	PointsArgNotNull(fcinfo, argno, name);
+	LoyaltyArgNotNull(fcinfo, argno, name);
 	v = PG_GETARG_INT64(argno);
 	if (v <= 0)
 		ereport(ERROR,
@@ -227,7 +152,7 @@ PointsArgTime(FunctionCallInfo fcinfo, int argno, const char *name)
 {
 	TimestampTz t;
 
-	PointsArgNotNull(fcinfo, argno, name);
+	LoyaltyArgNotNull(fcinfo, argno, name);
 	t = PG_GETARG_TIMESTAMPTZ(argno);
 	if (TIMESTAMP_NOT_FINITE(t))
 		ereport(ERROR,
@@ -298,34 +223,26 @@ PointsHash(const char *kind, const char *customer_id, int nparts, const char **p
 }
 
 /* ------------------------------------------------------------------------
- * Numeric helpers
- * ------------------------------------------------------------------------ */
-
-/* A bigint as numeric, for comparisons with thresholds and amounts. */
-Datum
-PointsNumericFromInt64(int64 v)
-{
-	return DirectFunctionCall1(int8_numeric, Int64GetDatum(v));
-}
-
-/* numeric comparison: negative, zero or positive. */
-int
-PointsNumericCmp(Datum a, Datum b)
-{
-	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, a, b));
-}
-
-/* ------------------------------------------------------------------------
  * The account
  * ------------------------------------------------------------------------ */
 
-static SPIPlanPtr lock_plan = NULL;
-static SPIPlanPtr create_plan = NULL;
-static SPIPlanPtr settle_plan = NULL;
-static SPIPlanPtr request_plan = NULL;
-static SPIPlanPtr upgrade_plan = NULL;
-static SPIPlanPtr debit_lots_plan = NULL;
-static SPIPlanPtr balance_plan = NULL;
+typedef enum PointsPlanId
+{
+	P_LOCK,
+	P_CREATE,
+	P_MINE,
+	P_CLAIM,
+	P_OWNER,
+	P_SETTLE,
+	P_REQUEST,
+	P_DEBIT_LOTS,
+	P_UPGRADE,
+	P_BALANCE,
+	NPOINTSPLANS
+} PointsPlanId;
+
+/* The statements of this file (defined at its end), prepared on first use. */
+static LoyaltyPlanCatalog points_plans;
 
 /*
  * The account row, locked.  Only the account row is locked; FOR NO KEY
@@ -334,7 +251,7 @@ static SPIPlanPtr balance_plan = NULL;
  * from the per-backend cache (points_config.c), by the tier name of the
  * locked row's newest version.
  */
-static const char *const lock_sql =
+static const char lock_sql[] =
 "SELECT a.available, a.pending, a.debt, a.lifetime_earned, a.qualifying, a.qualifying_spend,"
 "       a.tier, a.tier_since, a.next_event_at, a.settled_at"
 "  FROM loyalty.points_account a"
@@ -342,7 +259,7 @@ static const char *const lock_sql =
 "   FOR NO KEY UPDATE OF a";
 
 /* A new account starts in the highest tier that needs nothing, if any. */
-static const char *const create_sql =
+static const char create_sql[] =
 "WITH a AS ("
 "  INSERT INTO loyalty.points_account (customer_id, tier, tier_since)"
 "  SELECT $1, b.name, CASE WHEN b.name IS NOT NULL THEN $2 END"
@@ -357,7 +274,6 @@ static const char *const create_sql =
 static bool
 PointsReadAccount(PointsAccount *acct, const char *customer_id)
 {
-	static const Oid types[1] = {TEXTOID};
 	Datum		values[1];
 	bool		isnull;
 	Datum		d;
@@ -365,34 +281,34 @@ PointsReadAccount(PointsAccount *acct, const char *customer_id)
 	int			next;
 
 	values[0] = CStringGetTextDatum(customer_id);
-	PointsExec(PointsPrepare(&lock_plan, lock_sql, 1, types), values, NULL, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_LOCK), values, NULL, false, SPI_OK_SELECT);
 	memset(acct, 0, sizeof(*acct));
 	acct->customer_id = (char *) customer_id;
 	if (SPI_processed == 0)
 		return false;
 
 	acct->found = true;
-	acct->available = ColInt64(0, 1, NULL);
-	acct->pending = ColInt64(0, 2, NULL);
-	acct->debt = ColInt64(0, 3, NULL);
-	acct->lifetime_earned = ColInt64(0, 4, NULL);
-	acct->qualifying = ColInt64(0, 5, NULL);
-	acct->qualifying_spend = ColDatum(0, 6, &isnull);
-	acct->tier = ColText(0, 7);
-	d = ColDatum(0, 8, &isnull);
+	acct->available = LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
+	acct->pending = LoyaltyColInt64(LoyaltySpiRow(0), 2, NULL);
+	acct->debt = LoyaltyColInt64(LoyaltySpiRow(0), 3, NULL);
+	acct->lifetime_earned = LoyaltyColInt64(LoyaltySpiRow(0), 4, NULL);
+	acct->qualifying = LoyaltyColInt64(LoyaltySpiRow(0), 5, NULL);
+	acct->qualifying_spend = LoyaltyColDatum(LoyaltySpiRow(0), 6, &isnull);
+	acct->tier = LoyaltyColText(LoyaltySpiRow(0), 7);
+	d = LoyaltyColDatum(LoyaltySpiRow(0), 8, &isnull);
 	acct->has_tier_since = !isnull;
 	acct->tier_since = isnull ? 0 : DatumGetTimestampTz(d);
-	d = ColDatum(0, 9, &isnull);
+	d = LoyaltyColDatum(LoyaltySpiRow(0), 9, &isnull);
 	acct->has_next_event = !isnull;
 	acct->next_event_at = isnull ? 0 : DatumGetTimestampTz(d);
-	d = ColDatum(0, 10, &isnull);
+	d = LoyaltyColDatum(LoyaltySpiRow(0), 10, &isnull);
 	acct->has_settled_at = !isnull;
 	acct->settled_at = isnull ? 0 : DatumGetTimestampTz(d);
 
 	/* the tier, the next one up and the settings, copied out of the cache */
 	config = PointsConfigGet();
 	acct->program = config->program;
-	acct->tier_multiplier = PointsNumericFromInt64(1);
+	acct->tier_multiplier = NumericGetDatum(LoyaltyNumericFromInt64(1));
 	next = 0;
 	if (acct->tier != NULL)
 	{
@@ -423,7 +339,6 @@ PointsReadAccount(PointsAccount *acct, const char *customer_id)
 void
 PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, TimestampTz at)
 {
-	static const Oid types[2] = {TEXTOID, TIMESTAMPTZOID};
 
 	while (!PointsReadAccount(acct, customer_id))
 	{
@@ -434,11 +349,14 @@ PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, Tim
 		CHECK_FOR_INTERRUPTS();
 		values[0] = CStringGetTextDatum(customer_id);
 		values[1] = TimestampTzGetDatum(at);
-		PointsExec(PointsPrepare(&create_plan, create_sql, 2, types), values, NULL, SPI_OK_INSERT);
+		LoyaltyExec(LoyaltyPlanGet(&points_plans, P_CREATE), values, NULL, false, SPI_OK_INSERT);
 	}
 }
 
-static SPIPlanPtr mine_plan = NULL;
+
+/* whether the customer used the reference already */
+static const char mine_sql[] =
+"SELECT 1 FROM loyalty.points_ledger WHERE reference = $1 AND customer_id = $2 LIMIT 1";
 
 /*
  * Bounded backdating: a settlement as of settled_at expired lots and
@@ -452,7 +370,6 @@ static SPIPlanPtr mine_plan = NULL;
 void
 PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *reference)
 {
-	static const Oid types[2] = {TEXTOID, TEXTOID};
 
 	if (!acct->found || !acct->has_settled_at ||
 		at >= acct->settled_at - (TimestampTz) POINTS_MAX_FUTURE_SKEW_SECS * USECS_PER_SEC)
@@ -463,9 +380,7 @@ PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *ref
 
 		values[0] = CStringGetTextDatum(reference);
 		values[1] = CStringGetTextDatum(acct->customer_id);
-		PointsExec(PointsPrepare(&mine_plan,
-								 "SELECT 1 FROM loyalty.points_ledger WHERE reference = $1 AND customer_id = $2 LIMIT 1",
-								 2, types), values, NULL, SPI_OK_SELECT);
+		LoyaltyExec(LoyaltyPlanGet(&points_plans, P_MINE), values, NULL, false, SPI_OK_SELECT);
 		if (SPI_processed > 0)
 			return;
 	}
@@ -477,8 +392,16 @@ PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *ref
 			 errhint("Record a late correction with loyalty.adjust_points() at the current time.")));
 }
 
-static SPIPlanPtr claim_plan = NULL;
-static SPIPlanPtr owner_plan = NULL;
+
+/* the first claim of a reference wins */
+static const char claim_sql[] =
+"INSERT INTO loyalty.points_reference (reference, customer_id) VALUES ($1, $2)"
+" ON CONFLICT (reference) DO NOTHING";
+
+/* the reference's owner, once the first claim committed */
+static const char owner_sql[] =
+"SELECT customer_id FROM loyalty.points_reference WHERE reference = $1"
+" FOR KEY SHARE";
 
 /*
  * Claim a reference for a customer, or find that it is another's: the
@@ -493,25 +416,18 @@ static SPIPlanPtr owner_plan = NULL;
 void
 PointsClaimReference(const char *reference, const char *customer_id)
 {
-	static const Oid types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2];
 	char	   *owner;
 
 	values[0] = CStringGetTextDatum(reference);
 	values[1] = CStringGetTextDatum(customer_id);
-	PointsExec(PointsPrepare(&claim_plan,
-							 "INSERT INTO loyalty.points_reference (reference, customer_id) VALUES ($1, $2)"
-							 " ON CONFLICT (reference) DO NOTHING",
-							 2, types), values, NULL, SPI_OK_INSERT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_CLAIM), values, NULL, false, SPI_OK_INSERT);
 	if (SPI_processed == 1)
 		return;
-	PointsExec(PointsPrepare(&owner_plan,
-							 "SELECT customer_id FROM loyalty.points_reference WHERE reference = $1"
-							 " FOR KEY SHARE",
-							 1, types), values, NULL, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_OWNER), values, NULL, false, SPI_OK_SELECT);
 	if (SPI_processed != 1)
 		elog(ERROR, "owner of points reference \"%s\" not found", reference);
-	owner = ColText(0, 1);
+	owner = LoyaltyColText(LoyaltySpiRow(0), 1);
 	if (strcmp(owner, customer_id) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
@@ -529,7 +445,7 @@ PointsClaimReference(const char *reference, const char *customer_id)
  * next_event_at sees the lots before this statement's own updates and so
  * leaves out what it expires and counts activated lots by expiry only.
  */
-static const char *const settle_sql =
+static const char settle_sql[] =
 "WITH due AS ("
 "  SELECT l.lot_id, l.customer_id, l.remaining, l.state,"
 "         (l.expires_at IS NOT NULL AND l.expires_at <= $2) AS expiring"
@@ -584,12 +500,11 @@ static const char *const settle_sql =
 void
 PointsSettle(Datum customers, TimestampTz as_of)
 {
-	static const Oid types[2] = {TEXTARRAYOID, TIMESTAMPTZOID};
 	Datum		values[2];
 
 	values[0] = customers;
 	values[1] = TimestampTzGetDatum(as_of);
-	PointsExec(PointsPrepare(&settle_plan, settle_sql, 2, types), values, NULL, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_SETTLE), values, NULL, false, SPI_OK_SELECT);
 }
 
 /* Settle one locked account if a lot of it became available or expired by at. */
@@ -607,9 +522,9 @@ PointsSettleIfDue(PointsAccount *acct, TimestampTz at)
 	PointsSettle(PointerGetDatum(construct_array(&elem, 1, TEXTOID, -1, false, TYPALIGN_INT)), at);
 	if (SPI_processed != 1)
 		elog(ERROR, "settling the points account of \"%s\" failed", acct->customer_id);
-	acct->available = ColInt64(0, 2, NULL);
-	acct->pending = ColInt64(0, 3, NULL);
-	d = ColDatum(0, 4, &isnull);
+	acct->available = LoyaltyColInt64(LoyaltySpiRow(0), 2, NULL);
+	acct->pending = LoyaltyColInt64(LoyaltySpiRow(0), 3, NULL);
+	d = LoyaltyColDatum(LoyaltySpiRow(0), 4, &isnull);
 	acct->has_next_event = !isnull;
 	acct->next_event_at = isnull ? 0 : DatumGetTimestampTz(d);
 }
@@ -629,7 +544,7 @@ PointsNoteEvent(PointsAccount *acct, TimestampTz t)
  * Idempotency
  * ------------------------------------------------------------------------ */
 
-static const char *const request_sql =
+static const char request_sql[] =
 "SELECT kind, customer_id, request_hash, entry_id, points, available_after, pending_after, debt_after"
 "  FROM loyalty.points_ledger WHERE reference = $1";
 
@@ -645,20 +560,19 @@ bool
 PointsFindRequest(const char *reference, const char *kind, const char *customer_id,
 				  uint64 request_hash, PointsReceipt *receipt)
 {
-	static const Oid types[1] = {TEXTOID};
 	Datum		values[1];
 	bool		reversed = false;
 	bool		other = false;
 
 	values[0] = CStringGetTextDatum(reference);
-	PointsExec(PointsPrepare(&request_plan, request_sql, 1, types), values, NULL, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_REQUEST), values, NULL, false, SPI_OK_SELECT);
 
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		char	   *k = ColText(i, 1);
-		char	   *c = ColText(i, 2);
+		char	   *k = LoyaltyColText(LoyaltySpiRow(i), 1);
+		char	   *c = LoyaltyColText(LoyaltySpiRow(i), 2);
 		bool		isnull;
-		int64		h = ColInt64(i, 3, &isnull);
+		int64		h = LoyaltyColInt64(LoyaltySpiRow(i), 3, &isnull);
 
 		if (strcmp(k, kind) == 0)
 		{
@@ -666,21 +580,21 @@ PointsFindRequest(const char *reference, const char *kind, const char *customer_
 				ereport(ERROR,
 						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 						 errmsg("reference \"%s\" belongs to another customer", reference),
-						 errdetail("Ledger entry " INT64_FORMAT " used it.", ColInt64(i, 4, NULL)),
+						 errdetail("Ledger entry " INT64_FORMAT " used it.", LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL)),
 						 errhint("References (order ids, idempotency keys) are unique to one customer.")));
 			if (isnull || (uint64) h != request_hash)
 				ereport(ERROR,
 						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 						 errmsg("reference \"%s\" was already used for a different %s request", reference, kind),
 						 errdetail("A repeated call must have the same arguments as ledger entry " INT64_FORMAT ".",
-								   ColInt64(i, 4, NULL)),
+								   LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL)),
 						 errhint("Use a new reference for a new request.")));
-			receipt->entry_id = ColInt64(i, 4, NULL);
+			receipt->entry_id = LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL);
 			receipt->customer_id = (char *) customer_id;
-			receipt->points = ColInt64(i, 5, NULL);
-			receipt->available = ColInt64(i, 6, NULL);
-			receipt->pending = ColInt64(i, 7, NULL);
-			receipt->debt = ColInt64(i, 8, NULL);
+			receipt->points = LoyaltyColInt64(LoyaltySpiRow(i), 5, NULL);
+			receipt->available = LoyaltyColInt64(LoyaltySpiRow(i), 6, NULL);
+			receipt->pending = LoyaltyColInt64(LoyaltySpiRow(i), 7, NULL);
+			receipt->debt = LoyaltyColInt64(LoyaltySpiRow(i), 8, NULL);
 			return true;
 		}
 		if (strcmp(c, customer_id) != 0)
@@ -779,7 +693,7 @@ PointsCredit(PointsAccount *acct, PointsChange *chg)
 	chg->nlots = kept;
 }
 
-static const char *const debit_lots_sql =
+static const char debit_lots_sql[] =
 "SELECT lot_id, remaining, state = 'pending' FROM loyalty.points_lot"
 " WHERE customer_id = $1 AND state <> 'closed' AND NOT (lot_id = ANY ($2))"
 " ORDER BY state = 'pending', CASE WHEN state = 'pending' THEN available_at END,"
@@ -796,27 +710,23 @@ static const char *const debit_lots_sql =
 void
 PointsDebit(PointsAccount *acct, PointsChange *chg, int64 amount, int nexclude, const int64 *exclude)
 {
-	static const Oid types[2] = {TEXTOID, INT8ARRAYOID};
 	Datum		values[2];
 	char		nulls[2] = {' ', ' '};
-	Datum	   *ex = palloc(sizeof(Datum) * Max(nexclude, 1));
 
 	if (amount <= 0)
 		return;
-	for (int i = 0; i < nexclude; i++)
-		ex[i] = Int64GetDatum(exclude[i]);
 	values[0] = CStringGetTextDatum(acct->customer_id);
-	values[1] = PointerGetDatum(construct_array(ex, nexclude, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	PointsExec(PointsPrepare(&debit_lots_plan, debit_lots_sql, 2, types), values, nulls, SPI_OK_SELECT);
+	values[1] = LoyaltyInt8ArrayDatum(exclude, nexclude);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_DEBIT_LOTS), values, nulls, false, SPI_OK_SELECT);
 
 	chg->move_lot = repalloc(chg->move_lot, sizeof(int64) * (chg->nmoves + SPI_processed + 1));
 	chg->move_delta = repalloc(chg->move_delta, sizeof(int64) * (chg->nmoves + SPI_processed + 1));
 	for (uint64 i = 0; i < SPI_processed && amount > 0; i++)
 	{
-		int64		lot = ColInt64(i, 1, NULL);
-		int64		remaining = ColInt64(i, 2, NULL);
+		int64		lot = LoyaltyColInt64(LoyaltySpiRow(i), 1, NULL);
+		int64		remaining = LoyaltyColInt64(LoyaltySpiRow(i), 2, NULL);
 		bool		isnull;
-		bool		pending = DatumGetBool(ColDatum(i, 3, &isnull));
+		bool		pending = DatumGetBool(LoyaltyColDatum(LoyaltySpiRow(i), 3, &isnull));
 		int64		take = Min(remaining, amount);
 
 		chg->move_lot[chg->nmoves] = lot;
@@ -835,7 +745,7 @@ PointsDebit(PointsAccount *acct, PointsChange *chg, int64 amount, int nexclude, 
 	}
 }
 
-static const char *const upgrade_sql =
+static const char upgrade_sql[] =
 "SELECT t.name, v.value"
 "  FROM (SELECT CASE WHEN $2 THEN"
 "                 (SELECT CASE WHEN $3 THEN coalesce(sum(q.spend), 0)"
@@ -858,8 +768,6 @@ static const char *const upgrade_sql =
 void
 PointsCheckUpgrade(PointsAccount *acct, PointsChange *chg)
 {
-	static const Oid types[8] = {TEXTOID, BOOLOID, BOOLOID, DATEOID, DATEOID,
-	NUMERICOID, NUMERICOID, INT4OID};
 	Datum		values[8];
 	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	Datum		lifetime;
@@ -873,14 +781,14 @@ PointsCheckUpgrade(PointsAccount *acct, PointsChange *chg)
 	if (acct->program.spend_basis)
 	{
 		lifetime = acct->qualifying_spend;
-		added = chg->has_amount ? chg->amount : PointsNumericFromInt64(0);
+		added = chg->has_amount ? chg->amount : NumericGetDatum(LoyaltyNumericFromInt64(0));
 	}
 	else
 	{
-		lifetime = PointsNumericFromInt64(acct->qualifying);
-		added = PointsNumericFromInt64(chg->qualifying);
+		lifetime = NumericGetDatum(LoyaltyNumericFromInt64(acct->qualifying));
+		added = NumericGetDatum(LoyaltyNumericFromInt64(chg->qualifying));
 	}
-	if (PointsNumericCmp(lifetime, acct->next_threshold) < 0)
+	if (LoyaltyNumericCmp(DatumGetNumeric(lifetime), DatumGetNumeric(acct->next_threshold)) < 0)
 		return;
 
 	values[0] = CStringGetTextDatum(acct->customer_id);
@@ -895,12 +803,12 @@ PointsCheckUpgrade(PointsAccount *acct, PointsChange *chg)
 	values[7] = Int32GetDatum(acct->tier_rank);
 	if (acct->tier == NULL)
 		nulls[7] = 'n';
-	PointsExec(PointsPrepare(&upgrade_plan, upgrade_sql, 8, types), values, nulls, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_UPGRADE), values, nulls, false, SPI_OK_SELECT);
 	if (SPI_processed == 0)
 		return;
 	chg->tier_changed = true;
-	chg->new_tier = ColText(0, 1);
-	chg->tier_value = ColDatum(0, 2, &isnull);
+	chg->new_tier = LoyaltyColText(LoyaltySpiRow(0), 1);
+	chg->tier_value = LoyaltyColDatum(LoyaltySpiRow(0), 2, &isnull);
 }
 
 /* ------------------------------------------------------------------------
@@ -979,7 +887,7 @@ points_earn(PG_FUNCTION_ARGS)
 	PointsReceipt receipt;
 	int64		entry_id;
 
-	PointsArgNotNull(fcinfo, 6, "qualifying");
+	LoyaltyArgNotNull(fcinfo, 6, "qualifying");
 	qualifying = PG_GETARG_BOOL(6);
 	at = PointsArgWriteTime(fcinfo, 7, "at");
 	if (has_pending && TIMESTAMP_NOT_FINITE(pending_until))
@@ -1135,7 +1043,7 @@ points_spend(PG_FUNCTION_ARGS)
  * points_balance
  * ------------------------------------------------------------------------ */
 
-static const char *const balance_sql =
+static const char balance_sql[] =
 "SELECT a.debt, a.tier, NULL, l.state = 'available', l.remaining, l.available_at, l.expires_at"
 "  FROM loyalty.points_account a"
 "  LEFT JOIN loyalty.points_lot l ON l.customer_id = a.customer_id AND l.state <> 'closed'"
@@ -1153,7 +1061,6 @@ static const char *const balance_sql =
 Datum
 points_balance(PG_FUNCTION_ARGS)
 {
-	static const Oid types[1] = {TEXTOID};
 	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
 	TimestampTz at = PointsArgTime(fcinfo, 1, "at");
 	MemoryContext caller = CurrentMemoryContext;
@@ -1174,26 +1081,26 @@ points_balance(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	tz = PointsConfigGet()->program.tz;	/* before the query: it may run one */
 	vals[0] = CStringGetTextDatum(customer_id);
-	if (SPI_execute_plan(PointsPrepare(&balance_plan, balance_sql, 1, types), vals, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(LoyaltyPlanGet(&points_plans, P_BALANCE), vals, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading the points balance failed");
 	if (SPI_processed > 0)
 	{
-		char	   *t = ColText(0, 2);
+		char	   *t = LoyaltyColText(LoyaltySpiRow(0), 2);
 
-		debt = ColInt64(0, 1, NULL);
+		debt = LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
 		if (t)
 			tier = MemoryContextStrdup(caller, t);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			bool		isnull;
-			bool		is_available = DatumGetBool(ColDatum(i, 4, &isnull));
+			bool		is_available = DatumGetBool(LoyaltyColDatum(LoyaltySpiRow(i), 4, &isnull));
 			int64		remaining;
 			Datum		d;
 
 			if (isnull)
 				continue;		/* no open lot */
-			remaining = ColInt64(i, 5, NULL);
-			d = ColDatum(i, 7, &isnull);
+			remaining = LoyaltyColInt64(LoyaltySpiRow(i), 5, NULL);
+			d = LoyaltyColDatum(LoyaltySpiRow(i), 7, &isnull);
 			if (!isnull)
 			{
 				TimestampTz expires_at = DatumGetTimestampTz(d);
@@ -1213,7 +1120,7 @@ points_balance(PG_FUNCTION_ARGS)
 			}
 			if (!is_available)
 			{
-				d = ColDatum(i, 6, &isnull);
+				d = LoyaltyColDatum(LoyaltySpiRow(i), 6, &isnull);
 				is_available = !isnull && DatumGetTimestampTz(d) <= at;
 			}
 			if (is_available)
@@ -1243,3 +1150,29 @@ points_balance(PG_FUNCTION_ARGS)
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
+
+/* ------------------------------------------------------------------------
+ * The statements above, as a plan catalogue (loyalty_spi.h): prepared on
+ * first use in a backend with a generic plan, and kept.
+ * ------------------------------------------------------------------------ */
+
+static const LoyaltyPlanDef PointsPlanDefs[NPOINTSPLANS] = {
+	[P_LOCK] = {lock_sql, 1, {TEXTOID}},
+	[P_CREATE] = {create_sql, 2, {TEXTOID, TIMESTAMPTZOID}},
+	[P_MINE] = {mine_sql, 2, {TEXTOID, TEXTOID}},
+	[P_CLAIM] = {claim_sql, 2, {TEXTOID, TEXTOID}},
+	[P_OWNER] = {owner_sql, 1, {TEXTOID}},
+	[P_SETTLE] = {settle_sql, 2, {TEXTARRAYOID, TIMESTAMPTZOID}},
+	[P_REQUEST] = {request_sql, 1, {TEXTOID}},
+	[P_DEBIT_LOTS] = {debit_lots_sql, 2, {TEXTOID, INT8ARRAYOID}},
+	[P_UPGRADE] = {upgrade_sql, 8, {TEXTOID, BOOLOID, BOOLOID, DATEOID, DATEOID,
+			NUMERICOID, NUMERICOID, INT4OID}},
+	[P_BALANCE] = {balance_sql, 1, {TEXTOID}},
+};
+
+static SPIPlanPtr points_plan_slots[NPOINTSPLANS];
+
+static LoyaltyPlanCatalog points_plans = {
+	"points", PointsPlanDefs, NPOINTSPLANS,
+	CURSOR_OPT_GENERIC_PLAN, NULL, points_plan_slots, 0
+};

@@ -29,6 +29,9 @@
 #include "utils/date.h"
 
 #include "loyalty.h"
+#include "loyalty_args.h"
+#include "loyalty_numeric.h"
+#include "loyalty_spi.h"
 
 /* Documented SQLSTATEs of the points API (class LP). */
 #define ERRCODE_POINTS_INSUFFICIENT		MAKE_SQLSTATE('L','P','0','0','1')
@@ -188,14 +191,11 @@ typedef struct PointsReceipt
 } PointsReceipt;
 
 /* points.c */
-extern SPIPlanPtr PointsPrepare(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes);
-extern void PointsExec(SPIPlanPtr plan, Datum *values, const char *nulls, int expected);
 extern text *PointsArgKey(FunctionCallInfo fcinfo, int argno, const char *name);
 extern text *PointsCheckKey(text *t, const char *name);
 extern TimestampTz PointsArgWriteTime(FunctionCallInfo fcinfo, int argno, const char *name);
 extern int64 PointsArgPositive(FunctionCallInfo fcinfo, int argno, const char *name);
 extern TimestampTz PointsArgTime(FunctionCallInfo fcinfo, int argno, const char *name);
-extern void PointsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name);
 extern void PointsClaimReference(const char *reference, const char *customer_id);
 extern void PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *reference);
 extern void PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, TimestampTz at);
@@ -225,10 +225,9 @@ extern DateADT PointsLastDayBefore(TimestampTz t, pg_tz *tz);
 
 /* points.c */
 extern void PointsNoteEvent(PointsAccount *acct, TimestampTz t);
-extern Datum PointsNumericFromInt64(int64 v);
-extern int	PointsNumericCmp(Datum a, Datum b);
 
 /* points_config.c */
+extern void PointsInit(void);
 extern const PointsConfig *PointsConfigGet(void);
 
 /* points_write.c */

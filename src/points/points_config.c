@@ -33,6 +33,7 @@
 #include "utils/snapmgr.h"
 
 #include "compat.h"
+#include "loyalty_cache.h"
 #include "points.h"
 
 PG_FUNCTION_INFO_V1(points_config_invalidate);
@@ -40,16 +41,22 @@ PG_FUNCTION_INFO_V1(points_config_invalidate);
 static MemoryContext PointsConfigContext = NULL;
 static PointsConfig config;
 static bool config_valid = false;
-static bool callback_registered = false;
 static Oid	tier_relid = InvalidOid;
-static SPIPlanPtr config_plan = NULL;
+typedef enum ConfigPlanId
+{
+	P_CONFIG,
+	NCONFIGPLANS
+} ConfigPlanId;
+
+/* The statements of this file (defined at its end), prepared on first use. */
+static LoyaltyPlanCatalog config_plans;
 
 /*
  * One query: the program row (or the defaults) and the ladder in rank order.
  * The first row carries the program; tier columns are NULL when there is no
  * tier.
  */
-static const char *const config_sql =
+static const char config_sql[] =
 "SELECT coalesce(p.timezone, 'UTC'), coalesce(p.tier_basis, 'points'),"
 "       p.tier_window_months, p.expiry_months, coalesce(p.expiry_rounding, 'none'),"
 "       t.name, t.rank, t.threshold, t.multiplier, coalesce(p.currency, 'EUR')"
@@ -67,6 +74,16 @@ PointsConfigCallback(Datum arg, Oid relid)
 }
 
 /*
+ * Called from _PG_init: hand the cache's invalidation function to the
+ * extension's one relcache callback (loyalty_cache.h).
+ */
+void
+PointsInit(void)
+{
+	LoyaltyCacheOnRelation(PointsConfigCallback, (Datum) 0);
+}
+
+/*
  * Read the settings and the ladder into the cache's memory with the given
  * snapshot.  Runs inside the caller's SPI connection.
  */
@@ -77,8 +94,7 @@ PointsConfigRead(Snapshot snapshot)
 	MemoryContext old;
 	uint64		n;
 
-	PointsPrepare(&config_plan, config_sql, 0, NULL);
-	ret = SPI_execute_snapshot(config_plan, NULL, NULL, snapshot, InvalidSnapshot, true, false, 0);
+	ret = SPI_execute_snapshot(LoyaltyPlanGet(&config_plans, P_CONFIG), NULL, NULL, snapshot, InvalidSnapshot, true, false, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed == 0)
 		elog(ERROR, "reading the points settings failed: %s", SPI_result_code_string(ret));
 
@@ -89,32 +105,25 @@ PointsConfigRead(Snapshot snapshot)
 	config.tiers = palloc0(sizeof(PointsTierInfo) * n);
 	for (uint64 i = 0; i < n; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+		LoyaltyRow	r = LoyaltySpiRow(i);
+		PointsTierInfo *tier = &config.tiers[config.ntiers];
 		bool		isnull;
-		Datum		d;
 
 		if (i == 0)
 		{
-			char	   *s;
-
-			config.timezone = pstrdup(SPI_getvalue(tup, desc, 1));
-			s = SPI_getvalue(tup, desc, 2);
-			config.program.spend_basis = strcmp(s, "spend") == 0;
-			d = SPI_getbinval(tup, desc, 3, &isnull);
-			config.program.window_months = isnull ? 0 : DatumGetInt32(d);
-			d = SPI_getbinval(tup, desc, 4, &isnull);
-			config.program.expiry_months = isnull ? 0 : DatumGetInt32(d);
-			config.program.expiry_rounding = PointsParseRounding(SPI_getvalue(tup, desc, 5));
-			strlcpy(config.program.currency, SPI_getvalue(tup, desc, 10), sizeof(config.program.currency));
+			config.timezone = LoyaltyColText(r, 1);
+			config.program.spend_basis = strcmp(LoyaltyColText(r, 2), "spend") == 0;
+			config.program.window_months = LoyaltyColInt32(r, 3, NULL);
+			config.program.expiry_months = LoyaltyColInt32(r, 4, NULL);
+			config.program.expiry_rounding = PointsParseRounding(LoyaltyColText(r, 5));
+			strlcpy(config.program.currency, LoyaltyColText(r, 10), sizeof(config.program.currency));
 		}
-		d = SPI_getbinval(tup, desc, 6, &isnull);
-		if (isnull)
+		tier->name = LoyaltyColText(r, 6);
+		if (tier->name == NULL)
 			continue;			/* no tier */
-		config.tiers[config.ntiers].name = pstrdup(SPI_getvalue(tup, desc, 6));
-		config.tiers[config.ntiers].rank = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
-		config.tiers[config.ntiers].threshold = datumCopy(SPI_getbinval(tup, desc, 8, &isnull), false, -1);
-		config.tiers[config.ntiers].multiplier = datumCopy(SPI_getbinval(tup, desc, 9, &isnull), false, -1);
+		tier->rank = LoyaltyColInt32(r, 7, NULL);
+		tier->threshold = datumCopy(LoyaltyColDatum(r, 8, &isnull), false, -1);
+		tier->multiplier = datumCopy(LoyaltyColDatum(r, 9, &isnull), false, -1);
 		config.ntiers++;
 	}
 	MemoryContextSwitchTo(old);
@@ -130,11 +139,6 @@ PointsConfigRead(Snapshot snapshot)
 const PointsConfig *
 PointsConfigGet(void)
 {
-	if (!callback_registered)
-	{
-		CacheRegisterRelcacheCallback(PointsConfigCallback, (Datum) 0);
-		callback_registered = true;
-	}
 	if (PointsConfigContext == NULL)
 	{
 		if (CacheMemoryContext == NULL)
@@ -196,3 +200,19 @@ points_config_invalidate(PG_FUNCTION_ARGS)
 	CacheInvalidateRelcacheByRelid(get_relname_relid("tier", get_namespace_oid("loyalty", false)));
 	return PointerGetDatum(NULL);
 }
+
+/* ------------------------------------------------------------------------
+ * The statements above, as a plan catalogue (loyalty_spi.h): prepared on
+ * first use in a backend with a generic plan, and kept.
+ * ------------------------------------------------------------------------ */
+
+static const LoyaltyPlanDef ConfigPlanDefs[NCONFIGPLANS] = {
+	[P_CONFIG] = {config_sql, 0, {0}},
+};
+
+static SPIPlanPtr config_plan_slots[NCONFIGPLANS];
+
+static LoyaltyPlanCatalog config_plans = {
+	"points settings", ConfigPlanDefs, NCONFIGPLANS,
+	CURSOR_OPT_GENERIC_PLAN, NULL, config_plan_slots, 0
+};

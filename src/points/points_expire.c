@@ -32,9 +32,16 @@ PG_FUNCTION_INFO_V1(points_expire);
 /* Accounts settled per statement. */
 #define POINTS_EXPIRE_BATCH 10000
 
-static SPIPlanPtr pick_plan = NULL;
+typedef enum ExpirePlanId
+{
+	P_PICK,
+	NEXPIREPLANS
+} ExpirePlanId;
 
-static const char *const pick_sql =
+/* The statements of this file (defined at its end), prepared on first use. */
+static LoyaltyPlanCatalog expire_plans;
+
+static const char pick_sql[] =
 "SELECT array_agg(s.customer_id) FROM ("
 "  SELECT a.customer_id FROM loyalty.points_account a"
 "   WHERE a.next_event_at <= $1"
@@ -52,7 +59,6 @@ static const char *const pick_sql =
 Datum
 points_expire(PG_FUNCTION_ARGS)
 {
-	static const Oid types[2] = {TIMESTAMPTZOID, INT4OID};
 	TimestampTz as_of = PointsArgWriteTime(fcinfo, 0, "as_of");
 	int64		limit = -1;
 	int64		accounts = 0,
@@ -89,7 +95,7 @@ points_expire(PG_FUNCTION_ARGS)
 			break;
 		v[0] = TimestampTzGetDatum(as_of);
 		v[1] = Int32GetDatum(batch);
-		PointsExec(PointsPrepare(&pick_plan, pick_sql, 2, types), v, NULL, SPI_OK_SELECT);
+		LoyaltyExec(LoyaltyPlanGet(&expire_plans, P_PICK), v, NULL, false, SPI_OK_SELECT);
 		picked = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (isnull)
 			break;
@@ -121,3 +127,19 @@ points_expire(PG_FUNCTION_ARGS)
 	values[3] = Int64GetDatum(activated);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
+
+/* ------------------------------------------------------------------------
+ * The statements above, as a plan catalogue (loyalty_spi.h): prepared on
+ * first use in a backend with a generic plan, and kept.
+ * ------------------------------------------------------------------------ */
+
+static const LoyaltyPlanDef ExpirePlanDefs[NEXPIREPLANS] = {
+	[P_PICK] = {pick_sql, 2, {TIMESTAMPTZOID, INT4OID}},
+};
+
+static SPIPlanPtr expire_plan_slots[NEXPIREPLANS];
+
+static LoyaltyPlanCatalog expire_plans = {
+	"points expiry", ExpirePlanDefs, NEXPIREPLANS,
+	CURSOR_OPT_GENERIC_PLAN, NULL, expire_plan_slots, 0
+};

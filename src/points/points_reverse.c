@@ -36,14 +36,21 @@
 PG_FUNCTION_INFO_V1(points_reverse);
 PG_FUNCTION_INFO_V1(points_adjust);
 
-static SPIPlanPtr owner_plan = NULL;
-static SPIPlanPtr entries_plan = NULL;
-static SPIPlanPtr lots_plan = NULL;
-static SPIPlanPtr void_plan = NULL;
-static SPIPlanPtr coupon_lock_plan = NULL;
+typedef enum ReversePlanId
+{
+	P_LOTS,
+	P_VOID,
+	P_OWNER,
+	P_COUPON_LOCK,
+	P_ENTRIES,
+	NREVERSEPLANS
+} ReversePlanId;
+
+/* The statements of this file (defined at its end), prepared on first use. */
+static LoyaltyPlanCatalog reverse_plans;
 
 /* the reference's one owner (points_reference, see PointsClaimReference) */
-static const char *const owner_sql =
+static const char owner_sql[] =
 "SELECT customer_id FROM loyalty.points_reference WHERE reference = $1";
 
 /*
@@ -51,7 +58,7 @@ static const char *const owner_sql =
  * with the coupon: loyalty._points_exchange_void voids it, or refuses
  * (LP010) when it was redeemed or is reserved.  Schema-qualified and typed.
  */
-static const char *const void_sql =
+static const char void_sql[] =
 "SELECT loyalty._points_exchange_void($1::pg_catalog.int8, $2::pg_catalog.timestamptz)";
 
 /*
@@ -63,14 +70,14 @@ static const char *const void_sql =
  * _points_exchange_void will lock it again.  An exchange not yet committed
  * is not seen: its coupon is new, nobody else can hold it.
  */
-static const char *const coupon_lock_sql =
+static const char coupon_lock_sql[] =
 "SELECT c.coupon_id FROM loyalty.points_exchange e"
 "  JOIN loyalty.coupon c ON c.coupon_id = e.coupon_id"
 " WHERE pg_catalog.starts_with($1, 'exchange:')"
 "   AND e.reference = pg_catalog.substr($1, 10) AND e.customer_id = $2"
 "   FOR NO KEY UPDATE OF c";
 
-static const char *const entries_sql =
+static const char entries_sql[] =
 "SELECT e.entry_id, e.kind, e.points, e.qualifying, e.amount, e.lot_ids, e.lot_points,"
 "       e.effective_at, e.available_after, e.pending_after, e.debt_after,"
 "       ARRAY(SELECT (d ->> 'rule_id')::int8 FROM jsonb_array_elements(e.detail) d WHERE d ? 'period'),"
@@ -79,17 +86,17 @@ static const char *const entries_sql =
 "  FROM loyalty.points_ledger e"
 " WHERE e.reference = $1 AND e.customer_id = $2 AND e.kind IN ('earn', 'spend', 'reverse')";
 
-static const char *const lots_sql =
+static const char lots_sql[] =
 "SELECT lot_id, remaining, expired, state = 'pending', earned_at, expires_at"
 "  FROM loyalty.points_lot WHERE lot_id = ANY ($1)"
 " ORDER BY expires_at NULLS LAST, earned_at, lot_id";
 
 /* Elements of an int8[] column of a result row; 0 and NULL when it is null. */
 static int
-Int64Elems(HeapTuple tup, TupleDesc desc, int col, int64 **out)
+Int64Elems(LoyaltyRow r, int col, int64 **out)
 {
 	bool		isnull;
-	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+	Datum		d = LoyaltyColDatum(r, col, &isnull);
 	Datum	   *elems;
 	int			n;
 
@@ -106,10 +113,10 @@ Int64Elems(HeapTuple tup, TupleDesc desc, int col, int64 **out)
 
 /* Elements of a date[] column (never null: built with ARRAY()). */
 static int
-DateElems(HeapTuple tup, TupleDesc desc, int col, DateADT **out)
+DateElems(LoyaltyRow r, int col, DateADT **out)
 {
 	bool		isnull;
-	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+	Datum		d = LoyaltyColDatum(r, col, &isnull);
 	Datum	   *elems;
 	int			n;
 
@@ -127,14 +134,137 @@ DateElems(HeapTuple tup, TupleDesc desc, int col, DateADT **out)
 static void
 ReadLots(int n, const int64 *ids)
 {
-	static const Oid types[1] = {INT8ARRAYOID};
-	Datum	   *d = palloc(sizeof(Datum) * (n + 1));
 	Datum		v[1];
 
-	for (int i = 0; i < n; i++)
-		d[i] = Int64GetDatum(ids[i]);
-	v[0] = PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	PointsExec(PointsPrepare(&lots_plan, lots_sql, 1, types), v, NULL, SPI_OK_SELECT);
+	v[0] = LoyaltyInt8ArrayDatum(ids, n);
+	LoyaltyExec(LoyaltyPlanGet(&reverse_plans, P_LOTS), v, NULL, false, SPI_OK_SELECT);
+}
+
+/*
+ * Take back an earning (its ledger entry is row e of the entries): the
+ * qualifying points and spend, the rule usage, and what is left of its own
+ * lots.  Returns the shortfall: earned points no longer in those lots
+ * (spent meanwhile), taken from the account's other points or as debt.
+ */
+static int64
+ReverseEarning(LoyaltyRow e, PointsAccount *acct, PointsChange *chg,
+			   int64 **earn_lots, int *n_earn_lots)
+{
+	bool		isnull;
+	Datum		amount;
+	int64		earned;
+	int64		qualifying;
+	int64		shortfall;
+	int64		left = 0,
+				expired = 0;
+
+	chg->reverses[chg->nreverses++] = LoyaltyColInt64(e, 1, NULL);
+	earned = LoyaltyColInt64(e, 3, NULL);
+	qualifying = LoyaltyColInt64(e, 4, NULL);
+	amount = LoyaltyColDatum(e, 5, &isnull);
+	if (!isnull)
+	{
+		chg->amount = DirectFunctionCall1(numeric_uminus, amount);
+		chg->has_amount = true;
+	}
+	chg->qualifying = -qualifying;
+	acct->qualifying -= qualifying;
+	acct->lifetime_earned -= earned;
+	chg->bucket_month = PointsMonthOf(LoyaltyColTimestamp(e, 8, NULL),
+									  acct->program.tz);
+	/* rule caps get their room back */
+	chg->nusage = Int64Elems(e, 12, &chg->usage_rule);
+	if (DateElems(e, 13, &chg->usage_period) != chg->nusage ||
+		Int64Elems(e, 14, &chg->usage_points) != chg->nusage)
+		elog(ERROR, "inconsistent rule detail in ledger entry " INT64_FORMAT, chg->reverses[0]);
+
+	/* what is left of the earning's own lots is taken back */
+	*n_earn_lots = Int64Elems(e, 6, earn_lots);
+	if (*n_earn_lots > 0)
+	{
+		ReadLots(*n_earn_lots, *earn_lots);
+		chg->move_lot = repalloc(chg->move_lot, sizeof(int64) * (SPI_processed + 1));
+		chg->move_delta = repalloc(chg->move_delta, sizeof(int64) * (SPI_processed + 1));
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			LoyaltyRow	l = LoyaltySpiRow(i);
+			int64		lot = LoyaltyColInt64(l, 1, NULL);
+			int64		remaining = LoyaltyColInt64(l, 2, NULL);
+			bool		pending = LoyaltyColBool(l, 4);
+
+			expired += LoyaltyColInt64(l, 3, NULL);
+			if (remaining == 0)
+				continue;
+			left += remaining;
+			chg->move_lot[chg->nmoves] = lot;
+			chg->move_delta[chg->nmoves] = -remaining;
+			chg->nmoves++;
+			if (pending)
+				acct->pending -= remaining;
+			else
+				acct->available -= remaining;
+		}
+	}
+	shortfall = earned - expired - left;
+	if (shortfall < 0)
+		elog(ERROR, "points lots of entry " INT64_FORMAT " hold more than it earned", chg->reverses[0]);
+	return shortfall;
+}
+
+/*
+ * Give back a spending (its ledger entry is row e of the entries): the
+ * coupon an exchange bought is voided (or the reversal refused), and the
+ * points it took return as new lots with the expiry of the lots they came
+ * from, unless those expired meanwhile.  Returns the points given back.
+ */
+static int64
+ReverseSpending(LoyaltyRow e, TimestampTz at, PointsChange *chg)
+{
+	Datum		vv[2];
+	int64	   *spend_lots = NULL,
+			   *spend_deltas = NULL;
+	int			n_spend_lots;
+	int64		returned = 0;
+
+	chg->reverses[chg->nreverses++] = LoyaltyColInt64(e, 1, NULL);
+	/* the coupon an exchange bought is voided, or the reversal refused */
+	vv[0] = Int64GetDatum(chg->reverses[chg->nreverses - 1]);
+	vv[1] = TimestampTzGetDatum(at);
+	LoyaltyExec(LoyaltyPlanGet(&reverse_plans, P_VOID), vv, NULL, false, SPI_OK_SELECT);
+	/* (the entries' result is still in "entries": the tuple table survives) */
+	n_spend_lots = Int64Elems(e, 6, &spend_lots);
+	if (Int64Elems(e, 7, &spend_deltas) != n_spend_lots)
+		elog(ERROR, "inconsistent lot arrays in ledger entry " INT64_FORMAT,
+			 chg->reverses[chg->nreverses - 1]);
+	if (n_spend_lots == 0)
+		return 0;
+	ReadLots(n_spend_lots, spend_lots);
+	chg->lots = palloc0(sizeof(PointsNewLot) * (SPI_processed + 1));
+	/* rows come in FIFO order: the lots a spend would take first come first */
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		LoyaltyRow	l = LoyaltySpiRow(i);
+		int64		lot = LoyaltyColInt64(l, 1, NULL);
+		bool		isnull;
+		TimestampTz exp = LoyaltyColTimestamp(l, 6, &isnull);
+		bool		expires = !isnull;
+		int64		spent = 0;
+		PointsNewLot *nl;
+
+		for (int k = 0; k < n_spend_lots; k++)
+			if (spend_lots[k] == lot)
+				spent -= spend_deltas[k];
+		if (spent <= 0 || (expires && exp <= at))
+			continue;			/* expired meanwhile: not returned */
+		nl = &chg->lots[chg->nlots++];
+		nl->points = spent;
+		nl->earned_at = LoyaltyColTimestamp(l, 5, NULL);
+		nl->pending = false;
+		nl->expires = expires;
+		nl->expires_at = expires ? exp : 0;
+		returned = PointsAdd(returned, spent, "returned points");
+	}
+	return returned;
 }
 
 /*
@@ -146,7 +276,6 @@ ReadLots(int n, const int64 *ids)
 Datum
 points_reverse(PG_FUNCTION_ARGS)
 {
-	static const Oid two_text[2] = {TEXTOID, TEXTOID};
 	char	   *reference = text_to_cstring(PointsArgKey(fcinfo, 0, "reference"));
 	char	   *customer_id = PG_ARGISNULL(1) ? NULL : text_to_cstring(PointsArgKey(fcinfo, 1, "customer_id"));
 	TimestampTz at = PointsArgWriteTime(fcinfo, 2, "at");
@@ -158,17 +287,12 @@ points_reverse(PG_FUNCTION_ARGS)
 	int			earn_row = -1,
 				spend_row = -1,
 				reverse_row = -1;
-	int64	   *earn_lots = NULL,
-			   *spend_lots = NULL,
-			   *spend_deltas = NULL;
-	int			n_earn_lots = 0,
-				n_spend_lots = 0;
-	int64		earned = 0,
-				shortfall = 0,
+	int64	   *earn_lots = NULL;
+	int			n_earn_lots = 0;
+	int64		shortfall = 0,
 				returned = 0;
 	SPITupleTable *entries;
 	const char *parts[1];
-	bool		isnull;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -176,18 +300,18 @@ points_reverse(PG_FUNCTION_ARGS)
 	if (customer_id == NULL)
 	{
 		v[0] = CStringGetTextDatum(reference);
-		PointsExec(PointsPrepare(&owner_plan, owner_sql, 1, two_text), v, NULL, SPI_OK_SELECT);
+		LoyaltyExec(LoyaltyPlanGet(&reverse_plans, P_OWNER), v, NULL, false, SPI_OK_SELECT);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
 					 errmsg("no points were earned or spent under reference \"%s\"", reference)));
-		customer_id = MemoryContextStrdup(caller, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		customer_id = MemoryContextStrdup(caller, LoyaltyColText(LoyaltySpiRow(0), 1));
 	}
 	parts[0] = reference;
 
 	v[0] = CStringGetTextDatum(reference);
 	v[1] = CStringGetTextDatum(customer_id);
-	PointsExec(PointsPrepare(&coupon_lock_plan, coupon_lock_sql, 2, two_text), v, NULL, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&reverse_plans, P_COUPON_LOCK), v, NULL, false, SPI_OK_SELECT);
 	PointsLockAccount(&acct, customer_id, false, at);
 	if (!acct.found)
 		ereport(ERROR,
@@ -198,11 +322,11 @@ points_reverse(PG_FUNCTION_ARGS)
 	/* read the entries after the lock: a concurrent call has committed or not started */
 	v[0] = CStringGetTextDatum(reference);
 	v[1] = CStringGetTextDatum(customer_id);
-	PointsExec(PointsPrepare(&entries_plan, entries_sql, 2, two_text), v, NULL, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&reverse_plans, P_ENTRIES), v, NULL, false, SPI_OK_SELECT);
 	entries = SPI_tuptable;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		char	   *kind = SPI_getvalue(entries->vals[i], entries->tupdesc, 2);
+		char	   *kind = LoyaltyColText(LoyaltySpiRowOf(entries, i), 2);
 
 		if (strcmp(kind, POINTS_EARN) == 0)
 			earn_row = i;
@@ -213,15 +337,14 @@ points_reverse(PG_FUNCTION_ARGS)
 	}
 	if (reverse_row >= 0)
 	{
-		HeapTuple	t = entries->vals[reverse_row];
-		TupleDesc	d = entries->tupdesc;
+		LoyaltyRow	r = LoyaltySpiRowOf(entries, reverse_row);
 
-		receipt.entry_id = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
+		receipt.entry_id = LoyaltyColInt64(r, 1, NULL);
 		receipt.customer_id = customer_id;
-		receipt.points = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
-		receipt.available = DatumGetInt64(SPI_getbinval(t, d, 9, &isnull));
-		receipt.pending = DatumGetInt64(SPI_getbinval(t, d, 10, &isnull));
-		receipt.debt = DatumGetInt64(SPI_getbinval(t, d, 11, &isnull));
+		receipt.points = LoyaltyColInt64(r, 3, NULL);
+		receipt.available = LoyaltyColInt64(r, 9, NULL);
+		receipt.pending = LoyaltyColInt64(r, 10, NULL);
+		receipt.debt = LoyaltyColInt64(r, 11, NULL);
 		SPI_finish();
 		PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
 	}
@@ -243,114 +366,10 @@ points_reverse(PG_FUNCTION_ARGS)
 	chg.move_delta = palloc(sizeof(int64));
 
 	if (earn_row >= 0)
-	{
-		HeapTuple	t = entries->vals[earn_row];
-		TupleDesc	d = entries->tupdesc;
-		Datum		amount;
-		int64		qualifying;
-		int64		left = 0,
-					expired = 0;
-
-		chg.reverses[chg.nreverses++] = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
-		earned = DatumGetInt64(SPI_getbinval(t, d, 3, &isnull));
-		qualifying = DatumGetInt64(SPI_getbinval(t, d, 4, &isnull));
-		amount = SPI_getbinval(t, d, 5, &isnull);
-		if (!isnull)
-		{
-			chg.amount = DirectFunctionCall1(numeric_uminus, amount);
-			chg.has_amount = true;
-		}
-		chg.qualifying = -qualifying;
-		acct.qualifying -= qualifying;
-		acct.lifetime_earned -= earned;
-		chg.bucket_month = PointsMonthOf(DatumGetTimestampTz(SPI_getbinval(t, d, 8, &isnull)),
-										 acct.program.tz);
-		/* rule caps get their room back */
-		chg.nusage = Int64Elems(t, d, 12, &chg.usage_rule);
-		if (DateElems(t, d, 13, &chg.usage_period) != chg.nusage ||
-			Int64Elems(t, d, 14, &chg.usage_points) != chg.nusage)
-			elog(ERROR, "inconsistent rule detail in ledger entry " INT64_FORMAT, chg.reverses[0]);
-
-		/* what is left of the earning's own lots is taken back */
-		n_earn_lots = Int64Elems(t, d, 6, &earn_lots);
-		if (n_earn_lots > 0)
-		{
-			ReadLots(n_earn_lots, earn_lots);
-			chg.move_lot = repalloc(chg.move_lot, sizeof(int64) * (SPI_processed + 1));
-			chg.move_delta = repalloc(chg.move_delta, sizeof(int64) * (SPI_processed + 1));
-			for (uint64 i = 0; i < SPI_processed; i++)
-			{
-				HeapTuple	lt = SPI_tuptable->vals[i];
-				TupleDesc	ld = SPI_tuptable->tupdesc;
-				int64		lot = DatumGetInt64(SPI_getbinval(lt, ld, 1, &isnull));
-				int64		remaining = DatumGetInt64(SPI_getbinval(lt, ld, 2, &isnull));
-				bool		pending = DatumGetBool(SPI_getbinval(lt, ld, 4, &isnull));
-
-				expired += DatumGetInt64(SPI_getbinval(lt, ld, 3, &isnull));
-				if (remaining == 0)
-					continue;
-				left += remaining;
-				chg.move_lot[chg.nmoves] = lot;
-				chg.move_delta[chg.nmoves] = -remaining;
-				chg.nmoves++;
-				if (pending)
-					acct.pending -= remaining;
-				else
-					acct.available -= remaining;
-			}
-		}
-		shortfall = earned - expired - left;
-		if (shortfall < 0)
-			elog(ERROR, "points lots of entry " INT64_FORMAT " hold more than it earned", chg.reverses[0]);
-	}
-
+		shortfall = ReverseEarning(LoyaltySpiRowOf(entries, earn_row), &acct, &chg,
+								   &earn_lots, &n_earn_lots);
 	if (spend_row >= 0)
-	{
-		HeapTuple	t = entries->vals[spend_row];
-		TupleDesc	d = entries->tupdesc;
-		Datum		vv[2];
-		static const Oid vtypes[2] = {INT8OID, TIMESTAMPTZOID};
-
-		chg.reverses[chg.nreverses++] = DatumGetInt64(SPI_getbinval(t, d, 1, &isnull));
-		/* the coupon an exchange bought is voided, or the reversal refused */
-		vv[0] = Int64GetDatum(chg.reverses[chg.nreverses - 1]);
-		vv[1] = TimestampTzGetDatum(at);
-		PointsExec(PointsPrepare(&void_plan, void_sql, 2, vtypes), vv, NULL, SPI_OK_SELECT);
-		/* (the entries' result is still in "entries": the tuple table survives) */
-		n_spend_lots = Int64Elems(t, d, 6, &spend_lots);
-		if (Int64Elems(t, d, 7, &spend_deltas) != n_spend_lots)
-			elog(ERROR, "inconsistent lot arrays in ledger entry " INT64_FORMAT,
-				 chg.reverses[chg.nreverses - 1]);
-		if (n_spend_lots > 0)
-		{
-			ReadLots(n_spend_lots, spend_lots);
-			chg.lots = palloc0(sizeof(PointsNewLot) * (SPI_processed + 1));
-			/* rows come in FIFO order: the lots a spend would take first come first */
-			for (uint64 i = 0; i < SPI_processed; i++)
-			{
-				HeapTuple	lt = SPI_tuptable->vals[i];
-				TupleDesc	ld = SPI_tuptable->tupdesc;
-				int64		lot = DatumGetInt64(SPI_getbinval(lt, ld, 1, &isnull));
-				Datum		exp = SPI_getbinval(lt, ld, 6, &isnull);
-				bool		expires = !isnull;
-				int64		spent = 0;
-				PointsNewLot *nl;
-
-				for (int k = 0; k < n_spend_lots; k++)
-					if (spend_lots[k] == lot)
-						spent -= spend_deltas[k];
-				if (spent <= 0 || (expires && DatumGetTimestampTz(exp) <= at))
-					continue;	/* expired meanwhile: not returned */
-				nl = &chg.lots[chg.nlots++];
-				nl->points = spent;
-				nl->earned_at = DatumGetTimestampTz(SPI_getbinval(lt, ld, 5, &isnull));
-				nl->pending = false;
-				nl->expires = expires;
-				nl->expires_at = expires ? DatumGetTimestampTz(exp) : 0;
-				returned = PointsAdd(returned, spent, "returned points");
-			}
-		}
-	}
+		returned = ReverseSpending(LoyaltySpiRowOf(entries, spend_row), at, &chg);
 
 	/* net the shortfall against the returned points, first lots first */
 	{
@@ -404,7 +423,7 @@ points_adjust(PG_FUNCTION_ARGS)
 	PointsNewLot lot;
 	PointsReceipt receipt;
 
-	PointsArgNotNull(fcinfo, 1, "points");
+	LoyaltyArgNotNull(fcinfo, 1, "points");
 	points = PG_GETARG_INT64(1);
 	if (points == 0)
 		ereport(ERROR,
@@ -414,7 +433,7 @@ points_adjust(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("points out of range")));
-	PointsArgNotNull(fcinfo, 3, "reason");
+	LoyaltyArgNotNull(fcinfo, 3, "reason");
 	reason = text_to_cstring(PG_GETARG_TEXT_PP(3));
 	if (reason[0] == '\0')
 		ereport(ERROR,
@@ -470,3 +489,23 @@ points_adjust(PG_FUNCTION_ARGS)
 	SPI_finish();
 	PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
 }
+
+/* ------------------------------------------------------------------------
+ * The statements above, as a plan catalogue (loyalty_spi.h): prepared on
+ * first use in a backend with a generic plan, and kept.
+ * ------------------------------------------------------------------------ */
+
+static const LoyaltyPlanDef ReversePlanDefs[NREVERSEPLANS] = {
+	[P_LOTS] = {lots_sql, 1, {INT8ARRAYOID}},
+	[P_VOID] = {void_sql, 2, {INT8OID, TIMESTAMPTZOID}},
+	[P_OWNER] = {owner_sql, 1, {TEXTOID}},
+	[P_COUPON_LOCK] = {coupon_lock_sql, 2, {TEXTOID, TEXTOID}},
+	[P_ENTRIES] = {entries_sql, 2, {TEXTOID, TEXTOID}},
+};
+
+static SPIPlanPtr reverse_plan_slots[NREVERSEPLANS];
+
+static LoyaltyPlanCatalog reverse_plans = {
+	"points reversal", ReversePlanDefs, NREVERSEPLANS,
+	CURSOR_OPT_GENERIC_PLAN, NULL, reverse_plan_slots, 0
+};

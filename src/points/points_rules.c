@@ -32,10 +32,17 @@
 PG_FUNCTION_INFO_V1(points_earn_for_order);
 PG_FUNCTION_INFO_V1(points_earn_for_action);
 
-static SPIPlanPtr rules_plan = NULL;
-static SPIPlanPtr event_plan = NULL;
+typedef enum RulesPlanId
+{
+	P_RULES,
+	P_EVENT,
+	NRULESPLANS
+} RulesPlanId;
 
-static const char *const rules_sql =
+/* The statements of this file (defined at its end), prepared on first use. */
+static LoyaltyPlanCatalog rules_plans;
+
+static const char rules_sql[] =
 "SELECT r.rule_id, r.name,"
 "       floor((coalesce($3 * r.points_per_unit, 0) + r.fixed_points) * r.multiplier"
 "             * CASE WHEN r.apply_tier_multiplier THEN $11 ELSE 1 END)::int8,"
@@ -55,7 +62,7 @@ static const char *const rules_sql =
 "   AND (r.currency IS NULL OR r.currency = $4)"
 " ORDER BY r.rule_id";
 
-static const char *const event_sql =
+static const char event_sql[] =
 "SELECT 1 FROM loyalty.earning_rule WHERE event = $1 LIMIT 1";
 
 /* ISO text of a cap period start, as stored in the entry's detail. */
@@ -82,8 +89,6 @@ PointsEarnByRule(FunctionCallInfo fcinfo, const char *customer_id, const char *e
 				 const char *reference, Datum amount, bool has_amount,
 				 const char *currency, TimestampTz at, uint64 hash)
 {
-	static const Oid types[11] = {TEXTOID, TIMESTAMPTZOID, NUMERICOID, TEXTOID, INT4OID,
-		TEXTOID, DATEOID, DATEOID, DATEOID, DATEOID, NUMERICOID};
 	Datum		v[11];
 	char		n[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	PointsAccount acct;
@@ -121,7 +126,7 @@ PointsEarnByRule(FunctionCallInfo fcinfo, const char *customer_id, const char *e
 	v[8] = DateADTGetDatum(PointsPeriodStart(at, "month", tz));
 	v[9] = DateADTGetDatum(PointsPeriodStart(at, "year", tz));
 	v[10] = acct.tier_multiplier;
-	PointsExec(PointsPrepare(&rules_plan, rules_sql, 11, types), v, n, SPI_OK_SELECT);
+	LoyaltyExec(LoyaltyPlanGet(&rules_plans, P_RULES), v, n, false, SPI_OK_SELECT);
 	nrules = SPI_processed;
 
 	PointsChangeInit(&chg, POINTS_EARN, at);
@@ -206,10 +211,9 @@ PointsEarnByRule(FunctionCallInfo fcinfo, const char *customer_id, const char *e
 	{
 		/* an action no rule has ever named is a mistake, not "no points today" */
 		Datum		ev[1];
-		static const Oid evtypes[1] = {TEXTOID};
 
 		ev[0] = CStringGetTextDatum(event);
-		PointsExec(PointsPrepare(&event_plan, event_sql, 1, evtypes), ev, NULL, SPI_OK_SELECT);
+		LoyaltyExec(LoyaltyPlanGet(&rules_plans, P_EVENT), ev, NULL, false, SPI_OK_SELECT);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_UNKNOWN_ACTION),
@@ -224,7 +228,7 @@ PointsEarnByRule(FunctionCallInfo fcinfo, const char *customer_id, const char *e
 	{
 		chg.amount = amount;
 		chg.has_amount = true;
-		acct.qualifying_spend = DirectFunctionCall2(numeric_add, acct.qualifying_spend, amount);
+		acct.qualifying_spend = NumericGetDatum(LoyaltyNumericAdd(DatumGetNumeric(acct.qualifying_spend), DatumGetNumeric(amount)));
 	}
 	PointsCredit(&acct, &chg);
 	acct.lifetime_earned = PointsAdd(acct.lifetime_earned, total, "lifetime points");
@@ -253,11 +257,10 @@ points_earn_for_order(PG_FUNCTION_ARGS)
 	TimestampTz at;
 	const char *parts[2];
 
-	PointsArgNotNull(fcinfo, 2, "amount");
+	LoyaltyArgNotNull(fcinfo, 2, "amount");
 	amount = PG_GETARG_NUMERIC(2);
 	if (numeric_is_nan(amount) || numeric_is_inf(amount) ||
-		DatumGetBool(DirectFunctionCall2(numeric_lt, NumericGetDatum(amount),
-										 PointsNumericFromInt64(0))))
+		LoyaltyNumericCmp(amount, LoyaltyNumericZero()) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("amount must be a finite number of at least 0")));
@@ -321,3 +324,21 @@ points_earn_for_action(PG_FUNCTION_ARGS)
 	return PointsEarnByRule(fcinfo, customer_id, action, reference, (Datum) 0, false, NULL, at,
 							PointsHash("action", customer_id, 1, parts));
 }
+
+/* ------------------------------------------------------------------------
+ * The statements above, as a plan catalogue (loyalty_spi.h): prepared on
+ * first use in a backend with a generic plan, and kept.
+ * ------------------------------------------------------------------------ */
+
+static const LoyaltyPlanDef RulesPlanDefs[NRULESPLANS] = {
+	[P_RULES] = {rules_sql, 11, {TEXTOID, TIMESTAMPTZOID, NUMERICOID, TEXTOID,
+			INT4OID, TEXTOID, DATEOID, DATEOID, DATEOID, DATEOID, NUMERICOID}},
+	[P_EVENT] = {event_sql, 1, {TEXTOID}},
+};
+
+static SPIPlanPtr rules_plan_slots[NRULESPLANS];
+
+static LoyaltyPlanCatalog rules_plans = {
+	"points rules", RulesPlanDefs, NRULESPLANS,
+	CURSOR_OPT_GENERIC_PLAN, NULL, rules_plan_slots, 0
+};

@@ -22,23 +22,25 @@
 #include "compat.h"
 #include "points.h"
 
-static SPIPlanPtr write_plan = NULL;
-static SPIPlanPtr credit_plan = NULL;
-static SPIPlanPtr spend_plan = NULL;
+typedef enum WritePlanId
+{
+	P_CREDIT,
+	P_SPEND,
+	P_WRITE,
+	NWRITEPLANS
+} WritePlanId;
+
+/* The statements of this file (defined at its end), prepared on first use. */
+static LoyaltyPlanCatalog write_plans;
 
 /* A bigint[] parameter; SQL NULL (no rows to unnest) when empty. */
 static Datum
 Int64Array(int n, const int64 *vals, char *null)
 {
-	Datum	   *d;
-
 	*null = (n == 0) ? 'n' : ' ';
 	if (n == 0)
 		return (Datum) 0;
-	d = palloc(sizeof(Datum) * n);
-	for (int i = 0; i < n; i++)
-		d[i] = Int64GetDatum(vals[i]);
-	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	return LoyaltyInt8ArrayDatum(vals, n);
 }
 
 /* A timestamptz[] parameter with nulls (no availability / no expiry); NULL when empty. */
@@ -90,7 +92,7 @@ DateArray(int n, const DateADT *vals, char *null)
  * and given back (reversal) by update, so the usage row's CHECK never sees
  * a negative insert.
  */
-static const char *const write_sql =
+static const char write_sql[] =
 "WITH pick AS ("
 "  SELECT l.lot_id, l.remaining, (sum(l.remaining) OVER w)::int8 AS upto, row_number() OVER w AS ord"
 "    FROM loyalty.points_lot l"
@@ -166,7 +168,7 @@ static const char *const write_sql =
  * change).  The lot's id is drawn in the ledger insert so the entry can name
  * it; the month's qualifying bucket is upserted.
  */
-static const char *const credit_sql =
+static const char credit_sql[] =
 "WITH entry AS ("
 "  INSERT INTO loyalty.points_ledger (customer_id, kind, points, reference, reason, qualifying, amount,"
 "         debt_change, lot_ids, lot_points, reverses, detail, request_hash,"
@@ -202,7 +204,7 @@ static const char *const credit_sql =
  * A plain spend: FIFO consumption of available lots and nothing else.  The
  * consumption is computed from the lots as they are under the account lock.
  */
-static const char *const spend_sql =
+static const char spend_sql[] =
 "WITH pick AS ("
 "  SELECT l.lot_id, l.remaining, (sum(l.remaining) OVER w)::int8 AS upto, row_number() OVER w AS ord"
 "    FROM loyalty.points_lot l"
@@ -234,6 +236,13 @@ static const char *const spend_sql =
 "SELECT entry_id, (SELECT coalesce(sum(-m.delta), 0)::int8 FROM moves m) FROM entry";
 
 #define WRITE_NARGS 34
+/* the argument types of the three write statements, $1 to $34 */
+#define WRITE_ARG_TYPES \
+	TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, INT8OID, NUMERICOID, INT8OID, INT8OID, \
+	INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, \
+	TIMESTAMPTZARRAYOID, INT8ARRAYOID, JSONBOID, INT8OID, INT8OID, INT8OID, INT8OID, \
+	TIMESTAMPTZOID, INT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, DATEOID, \
+	INT8ARRAYOID, DATEARRAYOID, INT8ARRAYOID, TEXTOID, NUMERICOID, BOOLOID
 
 /*
  * Write a change of a locked account (acct holds its new values) and return
@@ -249,13 +258,6 @@ static const char *const spend_sql =
 int64
 PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 {
-	static const Oid types[WRITE_NARGS] = {
-		TEXTOID, TEXTOID, INT8OID, TEXTOID, TEXTOID, INT8OID, NUMERICOID, INT8OID, INT8OID,
-		INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
-		TIMESTAMPTZARRAYOID, INT8ARRAYOID, JSONBOID, INT8OID, INT8OID, INT8OID, INT8OID,
-		TIMESTAMPTZOID, INT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, DATEOID,
-		INT8ARRAYOID, DATEARRAYOID, INT8ARRAYOID, TEXTOID, NUMERICOID, BOOLOID
-	};
 	Datum		v[WRITE_NARGS];
 	char		n[WRITE_NARGS];
 	int64	   *lp;
@@ -349,17 +351,17 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 
 		if (chg->nmoves == 0 && chg->consume == 0 && chg->nusage == 0 && chg->nlots <= 1 &&
 			!chg->tier_changed && chg->nreverses == 0 && chg->detail == NULL)
-			plan = PointsPrepare(&credit_plan, credit_sql, WRITE_NARGS, types);
+			plan = LoyaltyPlanGet(&write_plans, P_CREDIT);
 		else if (chg->nmoves == 0 && chg->nlots == 0 && chg->nusage == 0 && !chg->has_amount &&
 				 chg->qualifying == 0 && !chg->tier_changed)
-			plan = PointsPrepare(&spend_plan, spend_sql, WRITE_NARGS, types);
+			plan = LoyaltyPlanGet(&write_plans, P_SPEND);
 		else
 		{
 			Assert(!chg->guarded);
-			plan = PointsPrepare(&write_plan, write_sql, WRITE_NARGS, types);
+			plan = LoyaltyPlanGet(&write_plans, P_WRITE);
 			expected = SPI_OK_INSERT_RETURNING;
 		}
-		PointsExec(plan, v, n, expected);
+		LoyaltyExec(plan, v, n, false, expected);
 	}
 	PG_CATCH();
 	{
@@ -406,3 +408,21 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 	}
 	return entry_id;
 }
+
+/* ------------------------------------------------------------------------
+ * The statements above, as a plan catalogue (loyalty_spi.h): prepared on
+ * first use in a backend with a generic plan, and kept.
+ * ------------------------------------------------------------------------ */
+
+static const LoyaltyPlanDef WritePlanDefs[NWRITEPLANS] = {
+	[P_CREDIT] = {credit_sql, WRITE_NARGS, {WRITE_ARG_TYPES}},
+	[P_SPEND] = {spend_sql, WRITE_NARGS, {WRITE_ARG_TYPES}},
+	[P_WRITE] = {write_sql, WRITE_NARGS, {WRITE_ARG_TYPES}},
+};
+
+static SPIPlanPtr write_plan_slots[NWRITEPLANS];
+
+static LoyaltyPlanCatalog write_plans = {
+	"points write", WritePlanDefs, NWRITEPLANS,
+	CURSOR_OPT_GENERIC_PLAN, NULL, write_plan_slots, 0
+};

@@ -94,10 +94,7 @@ RfmArgCustomer(FunctionCallInfo fcinfo, int argno, const char *name)
 	text	   *t;
 	int			len;
 
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", name)));
+	LoyaltyArgNotNull(fcinfo, argno, name);
 	t = PG_GETARG_TEXT_PP(argno);
 	len = VARSIZE_ANY_EXHDR(t);
 	if (len == 0)

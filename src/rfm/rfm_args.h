@@ -9,6 +9,7 @@
 #define RFM_ARGS_H
 
 #include "loyalty.h"
+#include "loyalty_args.h"
 
 #include "datatype/timestamp.h"
 #include "fmgr.h"

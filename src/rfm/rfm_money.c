@@ -417,7 +417,7 @@ RfmNumericFromScaled(int128 value, int scale)
  * amounts are rejected: they are not money and would poison every sum.
  */
 void
-RfmDecodeAmount(RfmAmountKind kind, Datum value, RfmAmount *out)
+RfmDecodeAmount(LoyaltyAmountKind kind, Datum value, RfmAmount *out)
 {
 	out->isnull = false;
 	out->is_float = false;
@@ -425,7 +425,7 @@ RfmDecodeAmount(RfmAmountKind kind, Datum value, RfmAmount *out)
 	out->scale = 0;
 	switch (kind)
 	{
-		case RFM_AMOUNT_NUMERIC:
+		case LOYALTY_AMOUNT_NUMERIC:
 			{
 				struct varlena *v = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(value));
 				bool		special;
@@ -442,24 +442,22 @@ RfmDecodeAmount(RfmAmountKind kind, Datum value, RfmAmount *out)
 							 errdetail("NaN and infinite amounts cannot be summed as money.")));
 				out->is_big = true;
 				out->num = DatumGetNumeric(value);
-				out->negative = DatumGetBool(DirectFunctionCall2(numeric_lt,
-																 NumericGetDatum(out->num),
-																 DirectFunctionCall1(int4_numeric, Int32GetDatum(0))));
+				out->negative = LoyaltyNumericCmp(out->num, LoyaltyNumericZero()) < 0;
 				return;
 			}
-		case RFM_AMOUNT_INT2:
+		case LOYALTY_AMOUNT_INT2:
 			out->i = DatumGetInt16(value);
 			break;
-		case RFM_AMOUNT_INT4:
+		case LOYALTY_AMOUNT_INT4:
 			out->i = DatumGetInt32(value);
 			break;
-		case RFM_AMOUNT_INT8:
+		case LOYALTY_AMOUNT_INT8:
 			out->i = DatumGetInt64(value);
 			break;
-		case RFM_AMOUNT_FLOAT4:
-		case RFM_AMOUNT_FLOAT8:
+		case LOYALTY_AMOUNT_FLOAT4:
+		case LOYALTY_AMOUNT_FLOAT8:
 			out->is_float = true;
-			out->f = kind == RFM_AMOUNT_FLOAT4 ? (double) DatumGetFloat4(value)
+			out->f = kind == LOYALTY_AMOUNT_FLOAT4 ? (double) DatumGetFloat4(value)
 				: DatumGetFloat8(value);
 			if (isnan(out->f) || isinf(out->f))
 				ereport(ERROR,
@@ -490,9 +488,7 @@ RfmMoneyAddNumeric(RfmMoney *sum, Numeric num, MemoryContext cxt)
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	Numeric		prev = sum->v.big;
 
-	sum->v.big = DatumGetNumeric(DirectFunctionCall2(numeric_add,
-													 NumericGetDatum(prev),
-													 NumericGetDatum(num)));
+	sum->v.big = LoyaltyNumericAdd(prev, num);
 	pfree(prev);
 	MemoryContextSwitchTo(old);
 }

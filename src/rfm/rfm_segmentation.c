@@ -117,8 +117,8 @@ typedef struct RfmScan
 	Oid			key_collation;
 	FmgrInfo	key_hash_fn;	/* RFM_KEY_GENERIC */
 	FmgrInfo	key_eq_fn;		/* RFM_KEY_GENERIC */
-	RfmTimeKind time_kind;
-	RfmAmountKind amount_kind;
+	LoyaltyTimeKind time_kind;
+	LoyaltyAmountKind amount_kind;
 	RfmPeriod	period;
 
 	/* results */
@@ -592,10 +592,7 @@ RfmReadThresholds(FunctionCallInfo fcinfo, int argno, RfmDimension dim,
 						   scoring->bins, scoring->bins - 1, scoring->bins)));
 	for (i = 0; i < n; i++)
 	{
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("%s must not contain nulls", param)));
+		LoyaltyCheckNoNulls(nulls[i], param);
 		switch (elemtype)
 		{
 			case INT4OID:
@@ -617,16 +614,6 @@ RfmReadThresholds(FunctionCallInfo fcinfo, int argno, RfmDimension dim,
 	}
 	scoring->nthresholds[dim] = n;
 	scoring->use_thresholds = true;
-}
-
-/* Raise the "argument must not be null" error. */
-static void
-RfmNotNull(FunctionCallInfo fcinfo, int argno, const char *param)
-{
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", param)));
 }
 
 /* Segment names as text, looked up once per distinct score. */
@@ -685,64 +672,39 @@ enum
 
 PG_FUNCTION_INFO_V1(rfm_segmentation);
 
+/* Parameter names of the three column arguments, in order. */
+static const char *const rfm_column_params[3] = {
+	"customer_column", "ordered_at_column", "amount_column"
+};
+
 /*
- * loyalty.rfm_segmentation(orders, customer_column, ordered_at_column,
- * amount_column, as_of, bins, window_length, monetary_mode,
- * recency_thresholds, frequency_thresholds, monetary_thresholds): one row
- * per customer with at least one row dated up to as_of.  Validates
- * everything before reading a row, scans once, scores once.
+ * The scalar arguments of loyalty.rfm_segmentation, all checked before a
+ * row is read, into *scoring (zeroed by the caller).  Returns whether
+ * monetary is the average basket (else the spend in the window).
  */
-Datum
-rfm_segmentation(PG_FUNCTION_ARGS)
+static bool
+RfmSegmentationArgs(FunctionCallInfo fcinfo, RfmScoring *scoring)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	Oid			relid;
-	char		relkind;
-	NameData	cols[3];
-	AttrNumber	attnums[3];
-	Oid			coltypes[3];
-	Oid			colcolls[3];
-	bool		ok;
 	bool		average;
-	RfmScoring	scoring;
-	RfmScan		scan;
-	MemoryContext workcxt;
-	MemoryContext old;
-	StringInfoData query;
-	SPIPlanPtr	plan;
-	RfmKeys    *keys;
-	RfmScore   *scores;
-	FmgrInfo	key_out;
-	bool		key_is_text;
-	RfmSegmentCache *segcache;
-	MemoryContext outcxt;
-	Size		scan_bytes;
-	Size		scoring_bytes;
-	rfmcust_iterator iter;
-	RfmCustomer *c;
-	uint32		ncustomers;
-	uint32		i;
 	int			k;
-	static const char *const params[3] = {"customer_column", "ordered_at_column", "amount_column"};
 
 	/* arguments */
-	RfmNotNull(fcinfo, ARG_ORDERS, "orders");
+	LoyaltyArgNotNull(fcinfo, ARG_ORDERS, "orders");
 	for (k = 0; k < 3; k++)
-		RfmNotNull(fcinfo, ARG_CUSTOMER_COLUMN + k, params[k]);
-	RfmNotNull(fcinfo, ARG_AS_OF, "as_of");
-	RfmNotNull(fcinfo, ARG_BINS, "bins");
-	RfmNotNull(fcinfo, ARG_WINDOW_LENGTH, "window_length");
-	RfmNotNull(fcinfo, ARG_MONETARY_MODE, "monetary_mode");
+		LoyaltyArgNotNull(fcinfo, ARG_CUSTOMER_COLUMN + k, rfm_column_params[k]);
+	LoyaltyArgNotNull(fcinfo, ARG_AS_OF, "as_of");
+	LoyaltyArgNotNull(fcinfo, ARG_BINS, "bins");
+	LoyaltyArgNotNull(fcinfo, ARG_WINDOW_LENGTH, "window_length");
+	LoyaltyArgNotNull(fcinfo, ARG_MONETARY_MODE, "monetary_mode");
 	RfmCheckAsOf(PG_GETARG_TIMESTAMPTZ(ARG_AS_OF));
 	RfmCheckInterval(PG_GETARG_INTERVAL_P(ARG_WINDOW_LENGTH), "window_length");
 
-	memset(&scoring, 0, sizeof(scoring));
-	scoring.bins = PG_GETARG_INT32(ARG_BINS);
-	if (scoring.bins < RFM_MIN_BINS || scoring.bins > RFM_MAX_BINS)
+	scoring->bins = PG_GETARG_INT32(ARG_BINS);
+	if (scoring->bins < RFM_MIN_BINS || scoring->bins > RFM_MAX_BINS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("bins must be between %d and %d, not %d",
-						RFM_MIN_BINS, RFM_MAX_BINS, scoring.bins)));
+						RFM_MIN_BINS, RFM_MAX_BINS, scoring->bins)));
 	{
 		char	   *mode = text_to_cstring(PG_GETARG_TEXT_PP(ARG_MONETARY_MODE));
 
@@ -757,23 +719,30 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 					 errhint("Use 'total' (spend in the window) or 'average' (average basket).")));
 	}
 	RfmReadThresholds(fcinfo, ARG_RECENCY_THRESHOLDS, RFM_RECENCY,
-					  "recency_thresholds", &scoring);
+					  "recency_thresholds", scoring);
 	RfmReadThresholds(fcinfo, ARG_FREQUENCY_THRESHOLDS, RFM_FREQUENCY,
-					  "frequency_thresholds", &scoring);
+					  "frequency_thresholds", scoring);
 	RfmReadThresholds(fcinfo, ARG_MONETARY_THRESHOLDS, RFM_MONETARY,
-					  "monetary_thresholds", &scoring);
-	RfmCheckScoring(&scoring);
+					  "monetary_thresholds", scoring);
+	RfmCheckScoring(scoring);
+	return average;
+}
 
-	memset(&scan, 0, sizeof(scan));
-	RfmMakePeriod(PG_GETARG_TIMESTAMPTZ(ARG_AS_OF),
-				  PG_GETARG_INTERVAL_P(ARG_WINDOW_LENGTH), &scan.period);
+/*
+ * The orders relation, locked first (the lock the scan takes anyway, so
+ * that its columns cannot change between the checks and the scan), and its
+ * three columns: names, attribute numbers, types and collations.  Sets the
+ * time and amount kinds of the scan; returns the relkind.
+ */
+static char
+RfmSegmentationRelation(FunctionCallInfo fcinfo, Oid relid, NameData *cols,
+						AttrNumber *attnums, Oid *coltypes, Oid *colcolls,
+						RfmScan *scan)
+{
+	char		relkind;
+	bool		ok;
+	int			k;
 
-	/*
-	 * The relation and its columns.  Lock it first (the lock the scan takes
-	 * anyway), so that its columns cannot change between the checks and the
-	 * scan.
-	 */
-	relid = PG_GETARG_OID(ARG_ORDERS);
 	LockRelationOid(relid, AccessShareLock);
 	relkind = get_rel_relkind(relid);
 	if (relkind == '\0')
@@ -790,17 +759,185 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	for (k = 0; k < 3; k++)
 	{
 		namestrcpy(&cols[k], NameStr(*PG_GETARG_NAME(ARG_CUSTOMER_COLUMN + k)));
-		attnums[k] = RfmLookupColumn(relid, params[k], &cols[k],
+		attnums[k] = RfmLookupColumn(relid, rfm_column_params[k], &cols[k],
 									 &coltypes[k], &colcolls[k]);
 	}
-	scan.time_kind = RfmTimeKindOf(getBaseType(coltypes[1]), &ok);
+	scan->time_kind = LoyaltyTimeKindOf(getBaseType(coltypes[1]), &ok);
 	if (!ok)
 		RfmWrongType(relid, &cols[1], coltypes[1], "the order time",
 					 "ordered_at_column must be of type date, timestamp or timestamp with time zone.");
-	scan.amount_kind = RfmAmountKindOf(getBaseType(coltypes[2]), &ok);
+	scan->amount_kind = LoyaltyAmountKindOf(getBaseType(coltypes[2]), &ok);
 	if (!ok)
 		RfmWrongType(relid, &cols[2], coltypes[2], "the order amount",
 					 "amount_column must be of type numeric, smallint, integer, bigint, real or double precision.");
+	return relkind;
+}
+
+/*
+ * Score every customer of the scan at once.  Customers are visited in the
+ * table's order, here and for the output (the table does not change in
+ * between).  Returns the scores, allocated in workcxt.
+ */
+static RfmScore *
+RfmSegmentationScore(RfmScan *scan, const RfmScoring *scoring, bool average,
+					 MemoryContext workcxt, Size scan_bytes)
+{
+	MemoryContext old;
+	RfmKeys    *keys;
+	RfmScore   *scores;
+	Size		scoring_bytes;
+	rfmcust_iterator iter;
+	RfmCustomer *c;
+	uint32		ncustomers = scan->table->members;
+	uint32		i;
+
+	old = MemoryContextSwitchTo(workcxt);
+	keys = palloc_extended(sizeof(RfmKeys) * Max(ncustomers, 1), MCXT_ALLOC_HUGE);
+	scores = palloc_extended(sizeof(RfmScore) * Max(ncustomers, 1), MCXT_ALLOC_HUGE);
+	i = 0;
+	rfmcust_start_iterate(scan->table, &iter);
+	while ((c = rfmcust_iterate(scan->table, &iter)) != NULL)
+	{
+		RfmMoney	sum;
+
+		RfmCustomerSum(c, &sum);
+		keys[i].key[RFM_RECENCY] =
+			RfmRecencyKey(RfmRecencyDays(scan->period.as_of, c->last_order));
+		keys[i].key[RFM_FREQUENCY] = (double) c->frequency;
+		if (!average)
+			keys[i].key[RFM_MONETARY] = RfmMoneyKey(&sum);
+		else
+		{
+			MemoryContext keycxt = MemoryContextSwitchTo(scan->rowcxt);
+			Numeric		avg = RfmAverageBasket(RfmMoneyToNumeric(&sum),
+											   c->frequency);
+
+			keys[i].key[RFM_MONETARY] = RfmMonetaryKey(avg);
+			MemoryContextSwitchTo(keycxt);
+			MemoryContextReset(scan->rowcxt);
+		}
+		i++;
+	}
+	Assert(i == ncustomers);
+	scoring_bytes = MemoryContextMemAllocated(workcxt, true) +
+		RfmScoreAllMemory(scoring, (int) ncustomers);
+	elog(DEBUG1, "rfm_segmentation: %zu bytes while scoring; peak %zu bytes for %u customers",
+		 scoring_bytes, Max(scan_bytes, scoring_bytes), ncustomers);
+	RfmScoreAll(scoring, keys, (int) ncustomers, scores);
+	pfree(keys);
+	MemoryContextSwitchTo(old);
+	return scores;
+}
+
+/*
+ * The result rows of loyalty.rfm_segmentation, one per customer of the
+ * scan, in the order RfmSegmentationScore scored them.
+ */
+static void
+RfmSegmentationOutput(FunctionCallInfo fcinfo, RfmScan *scan,
+					  const RfmScore *scores, int bins, bool average,
+					  Oid custtype, MemoryContext workcxt)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext old;
+	FmgrInfo	key_out;
+	bool		key_is_text;
+	RfmSegmentCache *segcache;
+	MemoryContext outcxt;
+	rfmcust_iterator iter;
+	RfmCustomer *c;
+	uint32		i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (rsinfo->setDesc->natts != OUT_NATTS)
+		elog(ERROR, "rfm_segmentation must return %d columns", OUT_NATTS);
+	key_is_text = scan->key_kind == RFM_KEY_VARLENA && getBaseType(custtype) != BYTEAOID;
+	if (!key_is_text)
+	{
+		Oid			outfn;
+		bool		isvarlena;
+
+		getTypeOutputInfo(custtype, &outfn, &isvarlena);
+		fmgr_info_cxt(outfn, &key_out, workcxt);
+	}
+	segcache = MemoryContextAllocZero(workcxt, sizeof(RfmSegmentCache));
+	outcxt = AllocSetContextCreate(workcxt, "rfm_segmentation output",
+								   ALLOCSET_DEFAULT_SIZES);
+	i = 0;
+	rfmcust_start_iterate(scan->table, &iter);
+	while ((c = rfmcust_iterate(scan->table, &iter)) != NULL)
+	{
+		Datum		values[OUT_NATTS];
+		bool		nulls[OUT_NATTS];
+		text	   *segment;
+		Numeric		monetary;
+		RfmMoney	sum;
+
+		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(workcxt);
+		segment = RfmSegmentText(segcache, scores[i], bins);
+		MemoryContextSwitchTo(outcxt);
+		memset(nulls, false, sizeof(nulls));
+		if (key_is_text)
+			values[OUT_CUSTOMER_ID] = c->key;
+		else
+			values[OUT_CUSTOMER_ID] =
+				CStringGetTextDatum(OutputFunctionCall(&key_out, c->key));
+		values[OUT_LAST_ORDER] = TimestampTzGetDatum(c->last_order);
+		nulls[OUT_LAST_ORDER] = c->last_order == RFM_NO_LAST_ORDER;
+		values[OUT_RECENCY_DAYS] =
+			Int32GetDatum(RfmRecencyDays(scan->period.as_of, c->last_order));
+		values[OUT_FREQUENCY] = Int64GetDatum(c->frequency);
+		RfmCustomerSum(c, &sum);
+		monetary = RfmMoneyToNumeric(&sum);
+		if (average)
+			monetary = RfmAverageBasket(monetary, c->frequency);
+		values[OUT_MONETARY] = NumericGetDatum(monetary);
+		values[OUT_SCORE] = RfmScoreGetDatum(scores[i]);
+		values[OUT_SEGMENT] = PointerGetDatum(segment);
+		nulls[OUT_SEGMENT] = segment == NULL;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(outcxt);
+		i++;
+	}
+}
+
+/*
+ * loyalty.rfm_segmentation(orders, customer_column, ordered_at_column,
+ * amount_column, as_of, bins, window_length, monetary_mode,
+ * recency_thresholds, frequency_thresholds, monetary_thresholds): one row
+ * per customer with at least one row dated up to as_of.  Validates
+ * everything before reading a row, scans once, scores once.
+ */
+Datum
+rfm_segmentation(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	char		relkind;
+	NameData	cols[3];
+	AttrNumber	attnums[3];
+	Oid			coltypes[3];
+	Oid			colcolls[3];
+	bool		average;
+	RfmScoring	scoring;
+	RfmScan		scan;
+	MemoryContext workcxt;
+	MemoryContext old;
+	StringInfoData query;
+	SPIPlanPtr	plan;
+	RfmScore   *scores;
+	Size		scan_bytes;
+
+	memset(&scoring, 0, sizeof(scoring));
+	average = RfmSegmentationArgs(fcinfo, &scoring);
+
+	memset(&scan, 0, sizeof(scan));
+	RfmMakePeriod(PG_GETARG_TIMESTAMPTZ(ARG_AS_OF),
+				  PG_GETARG_INTERVAL_P(ARG_WINDOW_LENGTH), &scan.period);
+	relid = PG_GETARG_OID(ARG_ORDERS);
+	relkind = RfmSegmentationRelation(fcinfo, relid, cols, attnums, coltypes,
+									  colcolls, &scan);
 
 	/* working memory, freed before returning */
 	workcxt = AllocSetContextCreate(CurrentMemoryContext, "rfm_segmentation",
@@ -848,106 +985,13 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	 * context's blocks at the end of the scan, and while scoring, plus the
 	 * scratch RfmScoreAll takes.  Neither depends on the number of orders.
 	 */
-	ncustomers = scan.table->members;
 	scan_bytes = MemoryContextMemAllocated(workcxt, true);
 	elog(DEBUG1, "rfm_segmentation: %llu rows, %u customers, %zu bytes after the scan",
-		 (unsigned long long) scan.nrows, ncustomers, scan_bytes);
+		 (unsigned long long) scan.nrows, scan.table->members, scan_bytes);
 
-	/*
-	 * Score everyone at once.  Customers are visited in the table's order,
-	 * here and for the output (the table does not change in between).
-	 */
-	old = MemoryContextSwitchTo(workcxt);
-	keys = palloc_extended(sizeof(RfmKeys) * Max(ncustomers, 1), MCXT_ALLOC_HUGE);
-	scores = palloc_extended(sizeof(RfmScore) * Max(ncustomers, 1), MCXT_ALLOC_HUGE);
-	i = 0;
-	rfmcust_start_iterate(scan.table, &iter);
-	while ((c = rfmcust_iterate(scan.table, &iter)) != NULL)
-	{
-		RfmMoney	sum;
-
-		RfmCustomerSum(c, &sum);
-		keys[i].key[RFM_RECENCY] =
-			RfmRecencyKey(RfmRecencyDays(scan.period.as_of, c->last_order));
-		keys[i].key[RFM_FREQUENCY] = (double) c->frequency;
-		if (!average)
-			keys[i].key[RFM_MONETARY] = RfmMoneyKey(&sum);
-		else
-		{
-			MemoryContext keycxt = MemoryContextSwitchTo(scan.rowcxt);
-			Numeric		avg = RfmAverageBasket(RfmMoneyToNumeric(&sum),
-											   c->frequency);
-
-			keys[i].key[RFM_MONETARY] = RfmMonetaryKey(avg);
-			MemoryContextSwitchTo(keycxt);
-			MemoryContextReset(scan.rowcxt);
-		}
-		i++;
-	}
-	Assert(i == ncustomers);
-	scoring_bytes = MemoryContextMemAllocated(workcxt, true) +
-		RfmScoreAllMemory(&scoring, (int) ncustomers);
-	elog(DEBUG1, "rfm_segmentation: %zu bytes while scoring; peak %zu bytes for %u customers",
-		 scoring_bytes, Max(scan_bytes, scoring_bytes), ncustomers);
-	RfmScoreAll(&scoring, keys, (int) ncustomers, scores);
-	pfree(keys);
-	MemoryContextSwitchTo(old);
-
-	/* output */
-	InitMaterializedSRF(fcinfo, 0);
-	if (rsinfo->setDesc->natts != OUT_NATTS)
-		elog(ERROR, "rfm_segmentation must return %d columns", OUT_NATTS);
-	key_is_text = scan.key_kind == RFM_KEY_VARLENA && getBaseType(coltypes[0]) != BYTEAOID;
-	if (!key_is_text)
-	{
-		Oid			outfn;
-		bool		isvarlena;
-
-		getTypeOutputInfo(coltypes[0], &outfn, &isvarlena);
-		fmgr_info_cxt(outfn, &key_out, workcxt);
-	}
-	segcache = MemoryContextAllocZero(workcxt, sizeof(RfmSegmentCache));
-	outcxt = AllocSetContextCreate(workcxt, "rfm_segmentation output",
-								   ALLOCSET_DEFAULT_SIZES);
-	i = 0;
-	rfmcust_start_iterate(scan.table, &iter);
-	while ((c = rfmcust_iterate(scan.table, &iter)) != NULL)
-	{
-		Datum		values[OUT_NATTS];
-		bool		nulls[OUT_NATTS];
-		text	   *segment;
-		Numeric		monetary;
-		RfmMoney	sum;
-
-		CHECK_FOR_INTERRUPTS();
-		old = MemoryContextSwitchTo(workcxt);
-		segment = RfmSegmentText(segcache, scores[i], scoring.bins);
-		MemoryContextSwitchTo(outcxt);
-		memset(nulls, false, sizeof(nulls));
-		if (key_is_text)
-			values[OUT_CUSTOMER_ID] = c->key;
-		else
-			values[OUT_CUSTOMER_ID] =
-				CStringGetTextDatum(OutputFunctionCall(&key_out, c->key));
-		values[OUT_LAST_ORDER] = TimestampTzGetDatum(c->last_order);
-		nulls[OUT_LAST_ORDER] = c->last_order == RFM_NO_LAST_ORDER;
-		values[OUT_RECENCY_DAYS] =
-			Int32GetDatum(RfmRecencyDays(scan.period.as_of, c->last_order));
-		values[OUT_FREQUENCY] = Int64GetDatum(c->frequency);
-		RfmCustomerSum(c, &sum);
-		monetary = RfmMoneyToNumeric(&sum);
-		if (average)
-			monetary = RfmAverageBasket(monetary, c->frequency);
-		values[OUT_MONETARY] = NumericGetDatum(monetary);
-		values[OUT_SCORE] = RfmScoreGetDatum(scores[i]);
-		values[OUT_SEGMENT] = PointerGetDatum(segment);
-		nulls[OUT_SEGMENT] = segment == NULL;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(outcxt);
-		i++;
-	}
-
+	scores = RfmSegmentationScore(&scan, &scoring, average, workcxt, scan_bytes);
+	RfmSegmentationOutput(fcinfo, &scan, scores, scoring.bins, average,
+						  coltypes[0], workcxt);
 	MemoryContextDelete(workcxt);
 	return (Datum) 0;
 }

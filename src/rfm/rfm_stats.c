@@ -28,8 +28,8 @@ typedef struct RfmStatsState
 	TimestampTz as_of;			/* as given */
 	Interval	window;			/* as given */
 	RfmPeriod	period;
-	RfmTimeKind time_kind;
-	RfmAmountKind amount_kind;
+	LoyaltyTimeKind time_kind;
+	LoyaltyAmountKind amount_kind;
 	TimestampTz last_order;		/* RFM_NO_LAST_ORDER when none */
 	TimestampTz first_order;	/* RFM_NO_FIRST_ORDER when none */
 	int64		frequency;		/* orders in the window */
@@ -52,64 +52,19 @@ enum
 };
 
 /*
- * Kind of an amount type (a base type: callers strip domains), *ok = false
- * when the type is not accepted.
- */
-RfmAmountKind
-RfmAmountKindOf(Oid typid, bool *ok)
-{
-	*ok = true;
-	switch (typid)
-	{
-		case NUMERICOID:
-			return RFM_AMOUNT_NUMERIC;
-		case INT2OID:
-			return RFM_AMOUNT_INT2;
-		case INT4OID:
-			return RFM_AMOUNT_INT4;
-		case INT8OID:
-			return RFM_AMOUNT_INT8;
-		case FLOAT4OID:
-			return RFM_AMOUNT_FLOAT4;
-		case FLOAT8OID:
-			return RFM_AMOUNT_FLOAT8;
-	}
-	*ok = false;
-	return RFM_AMOUNT_NUMERIC;
-}
-
-/* Kind of an order-time type, *ok = false when not accepted. */
-RfmTimeKind
-RfmTimeKindOf(Oid typid, bool *ok)
-{
-	*ok = true;
-	switch (typid)
-	{
-		case TIMESTAMPTZOID:
-			return RFM_TIME_TIMESTAMPTZ;
-		case TIMESTAMPOID:
-			return RFM_TIME_TIMESTAMP;
-		case DATEOID:
-			return RFM_TIME_DATE;
-	}
-	*ok = false;
-	return RFM_TIME_TIMESTAMPTZ;
-}
-
-/*
  * An order time as timestamptz, converted exactly as the SQL casts do (date
  * and timestamp are read in the session's TimeZone).  Returns false for
  * infinite times: such rows are not dated orders and are ignored.
  */
 bool
-RfmDecodeTime(RfmTimeKind kind, Datum value, TimestampTz *out)
+RfmDecodeTime(LoyaltyTimeKind kind, Datum value, TimestampTz *out)
 {
 	switch (kind)
 	{
-		case RFM_TIME_TIMESTAMPTZ:
+		case LOYALTY_TIME_TIMESTAMPTZ:
 			*out = DatumGetTimestampTz(value);
 			return !TIMESTAMP_NOT_FINITE(*out);
-		case RFM_TIME_TIMESTAMP:
+		case LOYALTY_TIME_TIMESTAMP:
 			{
 				Timestamp	ts = DatumGetTimestamp(value);
 
@@ -118,7 +73,7 @@ RfmDecodeTime(RfmTimeKind kind, Datum value, TimestampTz *out)
 				*out = timestamp2timestamptz_opt_overflow(ts, NULL);
 				return true;
 			}
-		case RFM_TIME_DATE:
+		case LOYALTY_TIME_DATE:
 			{
 				DateADT		d = DatumGetDateADT(value);
 
@@ -179,10 +134,8 @@ RfmAverageBasket(Numeric monetary, int64 frequency)
 	int32		scale;
 
 	if (frequency == 0)
-		return DatumGetNumeric(DirectFunctionCall1(int4_numeric, Int32GetDatum(0)));
-	avg = DirectFunctionCall2(numeric_div,
-							  NumericGetDatum(monetary),
-							  DirectFunctionCall1(int8_numeric, Int64GetDatum(frequency)));
+		return LoyaltyNumericFromInt64(0);
+	avg = NumericGetDatum(LoyaltyNumericDiv(monetary, LoyaltyNumericFromInt64(frequency)));
 	trimmed = DirectFunctionCall1(numeric_trim_scale, avg);
 	scale = DatumGetInt32(DirectFunctionCall1(numeric_scale, NumericGetDatum(monetary)));
 	if (DatumGetInt32(DirectFunctionCall1(numeric_scale, trimmed)) >= scale)
@@ -215,10 +168,10 @@ RfmStatsStart(FunctionCallInfo fcinfo, MemoryContext aggcxt,
 	state->as_of = as_of;
 	state->window = *window;
 	RfmMakePeriod(as_of, window, &state->period);
-	state->time_kind = RfmTimeKindOf(getBaseType(get_fn_expr_argtype(fcinfo->flinfo, 1)), &ok);
+	state->time_kind = LoyaltyTimeKindOf(getBaseType(get_fn_expr_argtype(fcinfo->flinfo, 1)), &ok);
 	if (!ok)
 		elog(ERROR, "rfm_stats: unexpected order time type");
-	state->amount_kind = RfmAmountKindOf(getBaseType(get_fn_expr_argtype(fcinfo->flinfo, 2)), &ok);
+	state->amount_kind = LoyaltyAmountKindOf(getBaseType(get_fn_expr_argtype(fcinfo->flinfo, 2)), &ok);
 	if (!ok)
 		elog(ERROR, "rfm_stats: unexpected amount type");
 	state->last_order = RFM_NO_LAST_ORDER;
@@ -269,17 +222,11 @@ rfm_stats_transfn(PG_FUNCTION_ARGS)
 	if (!AggCheckCallContext(fcinfo, &aggcxt))
 		elog(ERROR, "rfm_stats_transfn called in non-aggregate context");
 
-	if (PG_ARGISNULL(3))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("as_of must not be null")));
+	LoyaltyArgNotNull(fcinfo, 3, "as_of");
 	as_of = PG_GETARG_TIMESTAMPTZ(3);
 	if (PG_NARGS() > 4)
 	{
-		if (PG_ARGISNULL(4))
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("window_length must not be null")));
+		LoyaltyArgNotNull(fcinfo, 4, "window_length");
 		window = *PG_GETARG_INTERVAL_P(4);
 	}
 	else
@@ -484,8 +431,8 @@ rfm_stats_deserialize(PG_FUNCTION_ARGS)
 	s->window.month = pq_getmsgint(&buf, 4);
 	s->period.as_of = pq_getmsgint64(&buf);
 	s->period.start = pq_getmsgint64(&buf);
-	s->time_kind = (RfmTimeKind) pq_getmsgbyte(&buf);
-	s->amount_kind = (RfmAmountKind) pq_getmsgbyte(&buf);
+	s->time_kind = (LoyaltyTimeKind) pq_getmsgbyte(&buf);
+	s->amount_kind = (LoyaltyAmountKind) pq_getmsgbyte(&buf);
 	s->last_order = pq_getmsgint64(&buf);
 	s->first_order = pq_getmsgint64(&buf);
 	s->frequency = pq_getmsgint64(&buf);

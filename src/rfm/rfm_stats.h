@@ -16,6 +16,8 @@
 #define LOYALTY_RFM_STATS_H
 
 #include "loyalty.h"
+#include "loyalty_kinds.h"
+#include "loyalty_numeric.h"
 
 #include "datatype/timestamp.h"
 #include "utils/numeric.h"
@@ -45,25 +47,6 @@ typedef struct RfmMoney
 	uint8		kind;			/* RfmMoneyKind */
 } RfmMoney;
 
-/* Kinds of amount columns / arguments. */
-typedef enum RfmAmountKind
-{
-	RFM_AMOUNT_NUMERIC,
-	RFM_AMOUNT_INT2,
-	RFM_AMOUNT_INT4,
-	RFM_AMOUNT_INT8,
-	RFM_AMOUNT_FLOAT4,
-	RFM_AMOUNT_FLOAT8
-} RfmAmountKind;
-
-/* Kinds of order-time columns / arguments. */
-typedef enum RfmTimeKind
-{
-	RFM_TIME_TIMESTAMPTZ,
-	RFM_TIME_TIMESTAMP,
-	RFM_TIME_DATE
-} RfmTimeKind;
-
 /* One decoded amount. */
 typedef struct RfmAmount
 {
@@ -91,7 +74,7 @@ typedef struct RfmPeriod
 /* rfm_money.c */
 #define RFM_POW10_INT64_COUNT	19
 extern const int64 RfmPow10Int64[RFM_POW10_INT64_COUNT];
-extern void RfmDecodeAmount(RfmAmountKind kind, Datum value, RfmAmount *out);
+extern void RfmDecodeAmount(LoyaltyAmountKind kind, Datum value, RfmAmount *out);
 extern void RfmMoneyAdd(RfmMoney *sum, const RfmAmount *amount,
 						MemoryContext cxt);
 extern void RfmMoneyAddMoney(RfmMoney *sum, const RfmMoney *other,
@@ -124,9 +107,7 @@ RfmMoneyAddFast(RfmMoney *sum, const RfmAmount *amount, MemoryContext cxt)
 }
 
 /* rfm_stats.c */
-extern RfmAmountKind RfmAmountKindOf(Oid typid, bool *ok);
-extern RfmTimeKind RfmTimeKindOf(Oid typid, bool *ok);
-extern bool RfmDecodeTime(RfmTimeKind kind, Datum value, TimestampTz *out);
+extern bool RfmDecodeTime(LoyaltyTimeKind kind, Datum value, TimestampTz *out);
 extern void RfmMakePeriod(TimestampTz as_of, const Interval *window,
 						  RfmPeriod *period);
 extern int32 RfmRecencyDays(TimestampTz as_of, TimestampTz last_order);

@@ -39,6 +39,8 @@
 #include "utils/snapmgr.h"
 
 #include "compat.h"
+#include "loyalty_cache.h"
+#include "loyalty_spi.h"
 #include "rfm.h"
 #include "rfm_score.h"
 #include "segment.h"
@@ -115,13 +117,15 @@ SegmentXactCallback(XactEvent event, void *arg)
 }
 
 /*
- * Called from _PG_init: register the callbacks that keep the cache current.
- * Registration is per backend and cannot be undone, hence only at load.
+ * Called from _PG_init: hand the relcache handler to the extension's one
+ * relcache callback (loyalty_cache.h) and register the transaction
+ * callback.  Registration is per backend and cannot be undone, hence only
+ * at load.
  */
 void
 SegmentInit(void)
 {
-	CacheRegisterRelcacheCallback(SegmentRelcacheCallback, (Datum) 0);
+	LoyaltyCacheOnRelation(SegmentRelcacheCallback, (Datum) 0);
 	RegisterXactCallback(SegmentXactCallback, NULL);
 }
 
@@ -162,19 +166,9 @@ SegmentMapRead(SegmentCell *cells, MemoryContext strctx, Snapshot snapshot)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
-	if (segment_load_plan == NULL)
-	{
-		SPIPlanPtr	plan;
-
-		plan = SPI_prepare("SELECT segment, r_min, r_max, f_min, f_max, m_min, m_max"
-						   " FROM " SEGMENT_SCHEMA "." SEGMENT_RULE_TABLE, 0, NULL);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "SPI_keepplan failed");
-		segment_load_plan = plan;
-	}
-
+	LoyaltyKeepPlan(&segment_load_plan,
+					"SELECT segment, r_min, r_max, f_min, f_max, m_min, m_max"
+					" FROM " SEGMENT_SCHEMA "." SEGMENT_RULE_TABLE, 0, NULL, 0);
 	ret = SPI_execute_snapshot(segment_load_plan, NULL, NULL, snapshot,
 							   InvalidSnapshot, true, false, 0);
 	if (ret != SPI_OK_SELECT)
@@ -183,16 +177,15 @@ SegmentMapRead(SegmentCell *cells, MemoryContext strctx, Snapshot snapshot)
 
 	for (uint64 row = 0; row < SPI_processed; row++)
 	{
-		HeapTuple	tuple = SPI_tuptable->vals[row];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		char	   *raw = SPI_getvalue(tuple, desc, 1);
+		LoyaltyRow	r = LoyaltySpiRow(row);
+		char	   *raw = LoyaltyColText(r, 1);
 		const char *name;
 		int			bound[6];
 
 		for (int i = 0; i < 6; i++)
 		{
 			bool		isnull;
-			Datum		d = SPI_getbinval(tuple, desc, i + 2, &isnull);
+			Datum		d = LoyaltyColDatum(r, i + 2, &isnull);
 
 			/* NOT NULL and CHECK (1..5, min <= max) make this impossible */
 			if (isnull || DatumGetInt16(d) < 1 || DatumGetInt16(d) > SEGMENT_SCALE)

@@ -38,47 +38,6 @@ PG_FUNCTION_INFO_V1(rfm_days_merge);
 PG_FUNCTION_INFO_V1(rfm_days_prune);
 
 /*
- * A numeric zero, built once per backend: the neutral element of every sum
- * below and the value compared with to find empty buckets.
- */
-Numeric
-RfmNumericZero(void)
-{
-	static Numeric zero = NULL;
-
-	if (zero == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-		zero = DatumGetNumeric(DirectFunctionCall1(int4_numeric, Int32GetDatum(0)));
-		MemoryContextSwitchTo(old);
-	}
-	return zero;
-}
-
-/* Whether a numeric equals zero (whatever its display scale). */
-bool
-RfmNumericIsZero(Numeric n)
-{
-	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(n),
-											 NumericGetDatum(RfmNumericZero()))) == 0;
-}
-
-/* Exact numeric addition; overflow raises the usual numeric error. */
-Numeric
-RfmNumericAdd(Numeric a, Numeric b)
-{
-	return numeric_add_opt_error(a, b, NULL);
-}
-
-/* Exact numeric subtraction. */
-Numeric
-RfmNumericSub(Numeric a, Numeric b)
-{
-	return numeric_sub_opt_error(a, b, NULL);
-}
-
-/*
  * OID of loyalty.day_buckets, looked up once per backend (the type belongs
  * to the extension, so its OID is stable while the library is loaded in a
  * database; a cached value is re-checked cheaply with the syscache).
@@ -558,7 +517,7 @@ RfmDaysBuild(RfmDayEntry *entries, int n)
 
 		(void) RfmNumericToInt64(entries[i].spend, &unused, &ds);
 		dscale = Max(dscale, ds);
-		if (entries[i].orders == 0 && RfmNumericIsZero(entries[i].spend))
+		if (entries[i].orders == 0 && LoyaltyNumericIsZero(entries[i].spend))
 			continue;
 		Assert(set.n == 0 || entries[i].day > set.b[set.n - 1].day);
 		b->day = entries[i].day;
@@ -629,12 +588,12 @@ RfmBucketsMerge(RfmBuckets *a, RfmBuckets *delta, RfmBuckets *out)
 				o->spend = x ? x->spend : y->spend;
 		}
 		else if (x && y)
-			o->num = RfmNumericAdd(x->num, y->num);
+			o->num = LoyaltyNumericAdd(x->num, y->num);
 		else
 			o->num = x ? x->num : y->num;
 		/* a bucket the delta empties has no order and no spend of its own */
 		if (y && o->orders == 0 &&
-			(out->numeric ? RfmNumericIsZero(o->num) : o->spend == 0))
+			(out->numeric ? LoyaltyNumericIsZero(o->num) : o->spend == 0))
 			continue;
 		out->n++;
 	}
@@ -714,10 +673,10 @@ RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum,
 	bool		in_window = false;
 	int			dscale = 0;
 	int128		acc = 0;		/* compact form: the window's scaled spend */
-	Numeric		num = RfmNumericZero(); /* numeric form: its spend */
+	Numeric		num = LoyaltyNumericZero(); /* numeric form: its spend */
 
 	sum->orders = 0;
-	sum->spend = RfmNumericZero();
+	sum->spend = LoyaltyNumericZero();
 	memset(&sum->money, 0, sizeof(RfmMoney));
 	sum->has_order = false;
 	sum->last_order_day = 0;
@@ -737,7 +696,7 @@ RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum,
 			if (!it.numeric)
 				acc += b.spend;
 			else
-				num = RfmNumericAdd(num, b.num);
+				num = LoyaltyNumericAdd(num, b.num);
 			dscale = b.dscale;
 			in_window = true;
 		}
@@ -754,7 +713,7 @@ RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum,
 
 		num = DatumGetNumeric(DirectFunctionCall2(numeric_round, NumericGetDatum(num),
 												  Int32GetDatum(dscale)));
-		RfmDecodeAmount(RFM_AMOUNT_NUMERIC, NumericGetDatum(num), &amount);
+		RfmDecodeAmount(LOYALTY_AMOUNT_NUMERIC, NumericGetDatum(num), &amount);
 		RfmMoneyAdd(&sum->money, &amount, cxt);
 	}
 	if (want_spend && in_window)
@@ -809,7 +768,7 @@ RfmDaysCheckEntry(const char *input, RfmDayEntry *e, RfmDayEntry *prev)
 		RfmDaysSyntaxError(input, "A bucket cannot hold a negative number of orders.");
 	if (numeric_is_nan(e->spend) || numeric_is_inf_compat(e->spend))
 		RfmDaysSyntaxError(input, "A bucket spend must be a finite number.");
-	if (e->orders == 0 && RfmNumericIsZero(e->spend))
+	if (e->orders == 0 && LoyaltyNumericIsZero(e->spend))
 		RfmDaysSyntaxError(input, "A bucket cannot be empty (no order and zero spend).");
 }
 
@@ -1032,7 +991,7 @@ day_buckets_recv(PG_FUNCTION_ARGS)
 		if (DATE_NOT_FINITE(entries[i].day) || entries[i].orders < 0 ||
 			(i > 0 && entries[i].day <= entries[i - 1].day) ||
 			numeric_is_nan(entries[i].spend) || numeric_is_inf_compat(entries[i].spend) ||
-			(entries[i].orders == 0 && RfmNumericIsZero(entries[i].spend)))
+			(entries[i].orders == 0 && LoyaltyNumericIsZero(entries[i].spend)))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
 					 errmsg("invalid bucket in external day_buckets value"),
@@ -1129,7 +1088,7 @@ RfmDaysNegate(RfmDays *d)
 	{
 		entries[i].day = set.b[i].day;
 		entries[i].orders = -set.b[i].orders;
-		entries[i].spend = RfmNumericSub(RfmNumericZero(), RfmBucketNumeric(&set, &set.b[i]));
+		entries[i].spend = LoyaltyNumericSub(LoyaltyNumericZero(), RfmBucketNumeric(&set, &set.b[i]));
 	}
 	return RfmDaysBuild(entries, set.n);
 }

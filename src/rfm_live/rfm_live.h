@@ -26,6 +26,9 @@
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
+#include "loyalty_args.h"
+#include "loyalty_cache.h"
+#include "loyalty_numeric.h"
 #include "rfm_stats.h"
 
 /*
@@ -110,10 +113,6 @@ extern void RfmDaysWindow(RfmDays *d, DateADT from, DateADT to,
 						  RfmDaysSum *sum, bool want_spend, MemoryContext cxt);
 extern int	RfmDaysCount(RfmDays *d);
 extern DateADT RfmDaysFirstDay(RfmDays *d);
-extern Numeric RfmNumericZero(void);
-extern bool RfmNumericIsZero(Numeric n);
-extern Numeric RfmNumericAdd(Numeric a, Numeric b);
-extern Numeric RfmNumericSub(Numeric a, Numeric b);
 extern Oid	RfmDaysTypeOid(void);
 
 /* UTC day of a timestamp (DateADT counts days since 2000-01-01). */
@@ -125,24 +124,11 @@ RfmUtcDay(TimestampTz t)
 	return (DateADT) (-((-t - 1) / USECS_PER_DAY) - 1);
 }
 
-/* rfm_track.c: columns of a tracked table and how to read them */
-typedef enum RfmTrackTimeKind
-{
-	RFM_TRACK_TIMESTAMPTZ,
-	RFM_TRACK_TIMESTAMP,		/* read as UTC */
-	RFM_TRACK_DATE				/* 00:00 UTC of that day */
-} RfmTrackTimeKind;
-
-typedef enum RfmTrackAmountKind
-{
-	RFM_TRACK_NUMERIC,
-	RFM_TRACK_INT2,
-	RFM_TRACK_INT4,
-	RFM_TRACK_INT8,
-	RFM_TRACK_FLOAT4,
-	RFM_TRACK_FLOAT8
-} RfmTrackAmountKind;
-
+/*
+ * rfm_track.c: columns of a tracked table and how to read them (a
+ * timestamp without time zone is read as UTC, a date as 00:00 UTC of that
+ * day)
+ */
 typedef struct RfmTrackCols
 {
 	AttrNumber	cust;			/* attribute numbers in the tuple read */
@@ -151,8 +137,8 @@ typedef struct RfmTrackCols
 	AttrNumber	status;			/* InvalidAttrNumber: every row counts */
 	Oid			cust_type;
 	FmgrInfo	cust_out;
-	RfmTrackTimeKind time_kind;
-	RfmTrackAmountKind amount_kind;
+	LoyaltyTimeKind time_kind;
+	LoyaltyAmountKind amount_kind;
 	FmgrInfo	status_out;
 	bool		status_bpchar;	/* character(n): trailing blanks ignored */
 	int			nstatuses;

@@ -211,10 +211,7 @@ RfmThresholdsFrom(Datum arr, bool isnull, RfmScoring *s, RfmDimension dim,
 				 errdetail("bins - 1 cut points separate the scores, and bins is at most %d.", RFM_MAX_BINS)));
 	for (k = 0; k < n; k++)
 	{
-		if (enulls[k])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("%s must not contain nulls", column)));
+		LoyaltyCheckNoNulls(enulls[k], column);
 		if (elemtype == INT4OID)
 			s->thresholds[dim][k] = (double) DatumGetInt32(elems[k]);
 		else
@@ -239,10 +236,9 @@ RfmConfigFrom(Datum *v, bool *isnull, RfmLiveConfig *cfg)
 	memset(cfg, 0, sizeof(RfmLiveConfig));
 	memset(&zero, 0, sizeof(Interval));
 	for (i = 0; i < CFG_NATTS; i++)
-		if (isnull[i] && i != CFG_RECENCY_T && i != CFG_FREQUENCY_T && i != CFG_MONETARY_T)
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("RFM configuration values must not be null")));
+		LoyaltyCheckNotNull(isnull[i] && i != CFG_RECENCY_T &&
+							i != CFG_FREQUENCY_T && i != CFG_MONETARY_T,
+							"RFM configuration values");
 	cfg->scoring.bins = DatumGetInt32(v[CFG_BINS]);
 	cfg->window = *DatumGetIntervalP(v[CFG_WINDOW]);
 	cfg->retention = *DatumGetIntervalP(v[CFG_RETENTION]);
@@ -463,10 +459,8 @@ RfmMonetary(RfmLiveConfig *cfg, Numeric spend, int64 frequency)
 	if (!cfg->average)
 		return spend;
 	if (frequency == 0)
-		return RfmNumericZero();
-	return DatumGetNumeric(DirectFunctionCall2(numeric_div, NumericGetDatum(spend),
-											   DirectFunctionCall1(int8_numeric,
-																   Int64GetDatum(frequency))));
+		return LoyaltyNumericZero();
+	return LoyaltyNumericDiv(spend, LoyaltyNumericFromInt64(frequency));
 }
 
 /* floor((as_of - last) / 1 day), -1 without an order: as rfm.h says. */
@@ -729,7 +723,7 @@ RfmFoldMerge(Datum *v, bool *nl, const RfmFoldAtts *at, RfmFoldAdd *a)
 
 	v[at->rows] = Int64GetDatum(DatumGetInt64(v[at->rows]) + a->rows);
 	v[at->orders] = Int64GetDatum(DatumGetInt64(v[at->orders]) + a->orders);
-	v[at->spend] = NumericGetDatum(RfmNumericAdd(DatumGetNumeric(v[at->spend]), a->spend));
+	v[at->spend] = NumericGetDatum(LoyaltyNumericAdd(DatumGetNumeric(v[at->spend]), a->spend));
 	if (a->has_added)
 	{
 		if (nl[at->first] || a->first_added < DatumGetTimestampTz(v[at->first]))
@@ -1137,10 +1131,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	bool	   *mnl = NULL;
 	bool		scanning = true;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("as_of must not be null")));
+	LoyaltyArgNotNull(fcinfo, 0, "as_of");
 	as_of = PG_GETARG_TIMESTAMPTZ(0);
 	RfmCheckAsOf(as_of);
 	RfmLiveRequireReadCommitted("loyalty.refresh_segments()");
@@ -1289,7 +1280,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 			mv[a_id] = CStringGetTextDatum(fa->key);
 			mv[a_rows] = Int64GetDatum(0);
 			mv[at.orders] = Int64GetDatum(0);
-			mv[at.spend] = NumericGetDatum(RfmNumericZero());
+			mv[at.spend] = NumericGetDatum(LoyaltyNumericZero());
 			mnl[a_id] = mnl[a_rows] = mnl[at.orders] = mnl[at.spend] = false;
 			RfmFoldMerge(mv, mnl, &at, fa);
 			MemoryContextSwitchTo(work);
@@ -1731,7 +1722,7 @@ RfmLiveRead(text *cust, RfmLiveStats *live)
 				lr = 0;
 
 	memset(live, 0, sizeof(RfmLiveStats));
-	live->spend = RfmNumericZero();
+	live->spend = LoyaltyNumericZero();
 	live->first_null = live->last_null = true;
 	for (i = 0; i < 4; i++)
 		live->scored_null[i] = true;
@@ -1786,7 +1777,7 @@ RfmLiveRead(text *cust, RfmLiveStats *live)
 
 		live->rows += DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
 		live->orders += DatumGetInt64(SPI_getbinval(row, desc, 3, &isnull));
-		live->spend = RfmNumericAdd(live->spend,
+		live->spend = LoyaltyNumericAdd(live->spend,
 									DatumGetNumeric(SPI_getbinval(row, desc, 4, &isnull)));
 		if (!fa_null && (live->first_null || fa < live->first))
 		{
@@ -1856,10 +1847,7 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 		TimestampTz start;
 
 		cust = RfmArgCustomer(fcinfo, 0, "customer_id");
-		if (PG_ARGISNULL(1))
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("as_of must not be null")));
+		LoyaltyArgNotNull(fcinfo, 1, "as_of");
 		as_of = PG_GETARG_TIMESTAMPTZ(1);
 		RfmCheckAsOf(as_of);
 		funcctx = SRF_FIRSTCALL_INIT();

@@ -240,13 +240,16 @@ RfmSyscacheCallback(Datum arg, int cacheid, uint32 hashvalue)
 		trigger_cols_stale = true;	/* a column's type may have changed */
 }
 
-/* Called from _PG_init: register the callbacks (only possible at load). */
+/*
+ * Called from _PG_init: hand the handlers to the extension's one relcache
+ * callback and its syscache callbacks (loyalty_cache.h; only at load).
+ */
 void
 RfmLiveInit(void)
 {
-	CacheRegisterRelcacheCallback(RfmRelcacheCallback, (Datum) 0);
-	CacheRegisterSyscacheCallback(NAMESPACEOID, RfmSyscacheCallback, (Datum) 0);
-	CacheRegisterSyscacheCallback(TYPEOID, RfmSyscacheCallback, (Datum) 0);
+	LoyaltyCacheOnRelation(RfmRelcacheCallback, (Datum) 0);
+	LoyaltyCacheOnSyscache(NAMESPACEOID, RfmSyscacheCallback, (Datum) 0);
+	LoyaltyCacheOnSyscache(TYPEOID, RfmSyscacheCallback, (Datum) 0);
 }
 
 /* The owner and OIDs of loyalty's objects, looked up when not cached. */
@@ -581,22 +584,22 @@ RfmDecodeRowAmount(RfmTrackCols *cols, Datum value, RfmAmount *a)
 {
 	switch (cols->amount_kind)
 	{
-		case RFM_TRACK_NUMERIC:
-			RfmDecodeAmount(RFM_AMOUNT_NUMERIC, value, a);
+		case LOYALTY_AMOUNT_NUMERIC:
+			RfmDecodeAmount(LOYALTY_AMOUNT_NUMERIC, value, a);
 			return;
-		case RFM_TRACK_INT2:
-			RfmDecodeAmount(RFM_AMOUNT_INT2, value, a);
+		case LOYALTY_AMOUNT_INT2:
+			RfmDecodeAmount(LOYALTY_AMOUNT_INT2, value, a);
 			return;
-		case RFM_TRACK_INT4:
-			RfmDecodeAmount(RFM_AMOUNT_INT4, value, a);
+		case LOYALTY_AMOUNT_INT4:
+			RfmDecodeAmount(LOYALTY_AMOUNT_INT4, value, a);
 			return;
-		case RFM_TRACK_INT8:
-			RfmDecodeAmount(RFM_AMOUNT_INT8, value, a);
+		case LOYALTY_AMOUNT_INT8:
+			RfmDecodeAmount(LOYALTY_AMOUNT_INT8, value, a);
 			return;
-		case RFM_TRACK_FLOAT4:
-		case RFM_TRACK_FLOAT8:
+		case LOYALTY_AMOUNT_FLOAT4:
+		case LOYALTY_AMOUNT_FLOAT8:
 			{
-				double		f = cols->amount_kind == RFM_TRACK_FLOAT4
+				double		f = cols->amount_kind == LOYALTY_AMOUNT_FLOAT4
 					? (double) DatumGetFloat4(value) : DatumGetFloat8(value);
 
 				if (isnan(f) || isinf(f))
@@ -604,8 +607,8 @@ RfmDecodeRowAmount(RfmTrackCols *cols, Datum value, RfmAmount *a)
 							(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 							 errmsg("order amount must be a finite number"),
 							 errdetail("NaN and infinite amounts cannot be summed as money.")));
-				RfmDecodeAmount(RFM_AMOUNT_NUMERIC,
-								cols->amount_kind == RFM_TRACK_FLOAT4
+				RfmDecodeAmount(LOYALTY_AMOUNT_NUMERIC,
+								cols->amount_kind == LOYALTY_AMOUNT_FLOAT4
 								? DirectFunctionCall1(float4_numeric, value)
 								: DirectFunctionCall1(float8_numeric, value), a);
 				return;
@@ -619,7 +622,7 @@ RfmMoneyIsZero(const RfmMoney *m)
 {
 	if (m->kind == RFM_MONEY_INT)
 		return m->v.i == 0;
-	return RfmNumericIsZero(RfmMoneyToNumeric(m));
+	return LoyaltyNumericIsZero(RfmMoneyToNumeric(m));
 }
 
 /*
@@ -633,7 +636,7 @@ RfmMoneyIsZero(const RfmMoney *m)
 bool
 RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t)
 {
-	if (cols->time_kind == RFM_TRACK_DATE)
+	if (cols->time_kind == LOYALTY_TIME_DATE)
 	{
 		DateADT		d = DatumGetDateADT(value);
 
@@ -1030,7 +1033,7 @@ RfmDirectUpdate(RfmDirect *d, RfmCustDelta *c, Numeric spend, RfmDays *delta,
 		}
 		v[d->a_rows] = Int64GetDatum(DatumGetInt64(v[d->a_rows]) + c->rows);
 		v[d->a_orders] = Int64GetDatum(DatumGetInt64(v[d->a_orders]) + c->orders);
-		v[d->a_spend] = NumericGetDatum(RfmNumericAdd(DatumGetNumeric(v[d->a_spend]), spend));
+		v[d->a_spend] = NumericGetDatum(LoyaltyNumericAdd(DatumGetNumeric(v[d->a_spend]), spend));
 		if (c->has_added)
 		{
 			if (nl[d->a_first] || c->min_added < DatumGetTimestampTz(v[d->a_first]))
@@ -1348,7 +1351,7 @@ RfmCustDeltaDays(RfmDelta *delta, RfmCustDelta *c, Numeric *spend,
 		{
 			minus[nminus].day = c->days[k].day;
 			minus[nminus].orders = -c->days[k].orders;
-			minus[nminus++].spend = RfmNumericSub(RfmNumericZero(), s);
+			minus[nminus++].spend = LoyaltyNumericSub(LoyaltyNumericZero(), s);
 		}
 	}
 	*spend = RfmMoneyToNumeric(&total);

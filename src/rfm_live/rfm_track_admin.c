@@ -60,9 +60,7 @@ RfmFindColumn(TupleDesc desc, const char *relname, const char *role, const char 
 	int			i;
 
 	if (colname == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s column must not be null", role)));
+		LoyaltyCheckNotNull(true, psprintf("%s column", role));
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -160,11 +158,11 @@ RfmResolveColumns(TupleDesc desc, const char *relname,
 
 	typ = getBaseType(TupleDescAttr(desc, cols->time - 1)->atttypid);
 	if (typ == TIMESTAMPTZOID)
-		cols->time_kind = RFM_TRACK_TIMESTAMPTZ;
+		cols->time_kind = LOYALTY_TIME_TIMESTAMPTZ;
 	else if (typ == TIMESTAMPOID)
-		cols->time_kind = RFM_TRACK_TIMESTAMP;
+		cols->time_kind = LOYALTY_TIME_TIMESTAMP;
 	else if (typ == DATEOID)
-		cols->time_kind = RFM_TRACK_DATE;
+		cols->time_kind = LOYALTY_TIME_DATE;
 	else
 		ereport(ERROR,
 				(errcode(ERRCODE_DATATYPE_MISMATCH),
@@ -176,22 +174,22 @@ RfmResolveColumns(TupleDesc desc, const char *relname,
 	switch (typ)
 	{
 		case NUMERICOID:
-			cols->amount_kind = RFM_TRACK_NUMERIC;
+			cols->amount_kind = LOYALTY_AMOUNT_NUMERIC;
 			break;
 		case INT2OID:
-			cols->amount_kind = RFM_TRACK_INT2;
+			cols->amount_kind = LOYALTY_AMOUNT_INT2;
 			break;
 		case INT4OID:
-			cols->amount_kind = RFM_TRACK_INT4;
+			cols->amount_kind = LOYALTY_AMOUNT_INT4;
 			break;
 		case INT8OID:
-			cols->amount_kind = RFM_TRACK_INT8;
+			cols->amount_kind = LOYALTY_AMOUNT_INT8;
 			break;
 		case FLOAT4OID:
-			cols->amount_kind = RFM_TRACK_FLOAT4;
+			cols->amount_kind = LOYALTY_AMOUNT_FLOAT4;
 			break;
 		case FLOAT8OID:
-			cols->amount_kind = RFM_TRACK_FLOAT8;
+			cols->amount_kind = LOYALTY_AMOUNT_FLOAT8;
 			break;
 		default:
 			ereport(ERROR,
@@ -610,10 +608,7 @@ rfm_track_orders(PG_FUNCTION_ARGS)
 	Datum		args[6];
 	char		argnulls[6];
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("orders table must not be null")));
+	LoyaltyArgNotNull(fcinfo, 0, "orders table");
 	relid = PG_GETARG_OID(0);
 	cust_col = PG_ARGISNULL(1) ? NULL : NameStr(*PG_GETARG_NAME(1));
 	time_col = PG_ARGISNULL(2) ? NULL : NameStr(*PG_GETARG_NAME(2));
@@ -643,10 +638,7 @@ rfm_track_orders(PG_FUNCTION_ARGS)
 		sts = palloc(sizeof(char *) * nst);
 		for (i = 0; i < nst; i++)
 		{
-			if (enulls[i])
-				ereport(ERROR,
-						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						 errmsg("counted_statuses must not contain nulls")));
+			LoyaltyCheckNoNulls(enulls[i], "counted_statuses");
 			sts[i] = TextDatumGetCString(elems[i]);
 		}
 	}
@@ -742,10 +734,7 @@ rfm_untrack_orders(PG_FUNCTION_ARGS)
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1];
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("orders table must not be null")));
+	LoyaltyArgNotNull(fcinfo, 0, "orders table");
 	relid = PG_GETARG_OID(0);
 	RfmLiveRequireReadCommitted("loyalty.untrack_orders()");
 	rel = RfmOpenTrackable(relid, AccessExclusiveLock);
