@@ -12,6 +12,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "loyalty.h"
 #include "loyalty_cache.h"
 
 /*
@@ -39,7 +40,13 @@ LoyaltyKeepPlan(SPIPlanPtr *slot, const char *sql, int nargs,
 	return *slot;
 }
 
-/* Statement id of a catalogue, prepared and kept on first use. */
+/*
+ * Statement id of a catalogue, prepared and kept on first use.  Before a
+ * backend prepares a statement on the extension's tables it makes sure they
+ * are the objects of this library's release (schema_version.c): a statement
+ * that reads a column the database's older objects lack would otherwise
+ * fail with an error that does not name the cause.
+ */
 SPIPlanPtr
 LoyaltyPlanGet(LoyaltyPlanCatalog *cat, int id)
 {
@@ -49,6 +56,7 @@ LoyaltyPlanGet(LoyaltyPlanCatalog *cat, int id)
 		Oid			types[LOYALTY_PLAN_MAX_ARGS];
 
 		Assert(id >= 0 && id < cat->nplans);
+		LoyaltyRequireSchemaVersion();
 		for (int i = 0; i < def->nargs; i++)
 			types[i] = cat->map_type ? cat->map_type(def->argtypes[i]) : def->argtypes[i];
 		LoyaltyKeepPlan(&cat->plans[id], def->sql, def->nargs, types,

@@ -60,6 +60,18 @@ for t in $tables; do
 	psql -At -d "$db" -c "SELECT x::text FROM (SELECT ${cols[$t]} FROM $t) x ORDER BY 1" >"$tmp/$t.before"
 done
 rows=$(cat "$tmp"/*.before | wc -l)
+
+# Before the update this library refuses the 0.2.0 objects with a named
+# cause (55000), for coupon and points calls alike, and writes nothing.
+for call in "SELECT loyalty.earn_points('u9', 10, 'u9-early')" \
+	"SELECT * FROM loyalty.validate_coupon('UPGRADECODE', 'u9', 20.00, 'u9-o')" \
+	"SELECT * FROM loyalty.points_balance('u1')"; do
+	out=$(psql -d "$db" -v VERBOSITY=verbose -c "$call" 2>&1 || true)
+	case $out in
+		*"55000"*"the loyalty library is version"*"but this database has loyalty 0.2.0"*) ;;
+		*) echo "before the update, '$call' gave: $out" >&2; exit 1 ;;
+	esac
+done
 [ "$rows" -gt 100 ] || { echo "the 0.2.0 fill wrote only $rows rows" >&2; exit 1; }
 
 psql -d "$db" -c "ALTER EXTENSION loyalty UPDATE"
