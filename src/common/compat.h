@@ -42,6 +42,15 @@
 	} while (0)
 #endif
 
+/*
+ * A function that never returns is marked before its declaration with
+ * pg_noreturn from PostgreSQL 18 on (C11 _Noreturn); earlier versions only
+ * have pg_attribute_noreturn(), a GCC attribute, which may stand there too.
+ */
+#ifndef pg_noreturn
+#define pg_noreturn pg_attribute_noreturn()
+#endif
+
 /* Numeric infinities exist from PostgreSQL 14. */
 #if PG_VERSION_NUM < 140000
 #define numeric_is_inf(num) ((void) (num), false)

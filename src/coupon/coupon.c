@@ -116,8 +116,7 @@ typedef struct CallState
 } CallState;
 
 /* Raise the documented error of a reason. */
-static void
-pg_attribute_noreturn()
+pg_noreturn static void
 RaiseReason(const CallState *st, CouponReason r)
 {
 	if (st->code_display != NULL)

@@ -83,8 +83,7 @@ CouponIdentifier(const char *what, text *value, int maxlen)
 }
 
 /* Raise the error of a bad order context, naming the problem. */
-static void
-pg_attribute_noreturn()
+pg_noreturn static void
 ContextError(int sqlstate, const char *detail)
 {
 	ereport(ERROR,
