@@ -4,7 +4,9 @@
  *		orders table inside the application's own transaction, the fold that
  *		turns those records into loyalty.customer_stats, and the delta
  *		engine shared with back-fills and rebuilds (track_orders and friends
- *		are in rfm_track_admin.c).
+ *		are in rfm_track_admin.c, which calls this file; this file calls
+ *		only rfm_columns.c, stats_store.c and rfm_days.c).  Every write to
+ *		customer_stats goes through stats_store.c.
  *
  * Every change reaches the statistics as a delta: the trigger reads the
  * statement's transition tables (OLD rows subtracted, NEW rows added) and
@@ -39,7 +41,7 @@
  * the customer column keeps this cheap).  Those reads, like the trigger,
  * run as loyalty's owner and use only built-in types, operators and
  * functions: the customer and status columns are restricted to built-in
- * types (rfm_track_admin.c) and customers are passed as the column's own
+ * types (rfm_columns.c) and customers are passed as the column's own
  * type, never cast.
  */
 #include "loyalty.h"
@@ -79,6 +81,7 @@
 
 #include "rfm_live.h"
 #include "rfm_stats.h"
+#include "stats_store.h"
 
 PG_FUNCTION_INFO_V1(rfm_track_trigger);
 
@@ -121,9 +124,6 @@ typedef struct RfmDelta
 	int64		rows_counted;	/* rows that passed the filters */
 } RfmDelta;
 
-/* Prepared statements are re-prepared when this OID changes. */
-static Oid	plans_days_type = InvalidOid;
-
 /*
  * The live path reads statistics and tables with fresh snapshots after
  * taking its locks; under REPEATABLE READ or SERIALIZABLE the transaction
@@ -159,14 +159,8 @@ typedef struct RfmStatsCatalog
 	bool		valid;
 	Oid			owner;			/* owner of schema loyalty */
 	Oid			relid;			/* loyalty.customer_stats */
-	bool		attrs_valid;	/* the fields below match relid's relcache */
-	Oid			pkey;			/* its only index, or InvalidOid */
-	int			a_rows,			/* 0-based attribute positions */
-				a_orders,
-				a_spend,
-				a_first,
-				a_last,
-				a_days;
+	bool		attrs_valid;	/* reset with valid; read by nobody since
+								 * stats_store.c checks the table itself */
 	Oid			delta_relid;	/* loyalty.customer_stats_delta */
 	bool		delta_valid;	/* the fields below match its relcache */
 	bool		delta_direct;	/* plain enough for the executor-free insert */
@@ -286,34 +280,6 @@ bool
 RfmDeltasTracked(void)
 {
 	return OidIsValid(RfmStatsCatalogGet()->delta_relid);
-}
-
-/*
- * Index and column positions of customer_stats, from the open relation
- * (opening it processed any pending invalidation, so the cache is checked
- * after that).
- */
-static void
-RfmStatsCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
-{
-	TupleDesc	desc = RelationGetDescr(rel);
-	List	   *indexes;
-
-	if (cat->attrs_valid && cat->relid == RelationGetRelid(rel))
-		return;
-	indexes = RelationGetIndexList(rel);
-	cat->pkey = list_length(indexes) == 1 ? linitial_oid(indexes) : InvalidOid;
-	list_free(indexes);
-	cat->a_rows = SPI_fnumber(desc, "row_count") - 1;
-	cat->a_orders = SPI_fnumber(desc, "order_count") - 1;
-	cat->a_spend = SPI_fnumber(desc, "spend_total") - 1;
-	cat->a_first = SPI_fnumber(desc, "first_order") - 1;
-	cat->a_last = SPI_fnumber(desc, "last_order") - 1;
-	cat->a_days = SPI_fnumber(desc, "days") - 1;
-	if (cat->a_rows < 0 || cat->a_orders < 0 || cat->a_spend < 0 || cat->a_first < 0 ||
-		cat->a_last < 0 || cat->a_days < 0)
-		elog(ERROR, "loyalty.customer_stats lacks a column");
-	cat->attrs_valid = (cat->relid == RelationGetRelid(rel));
 }
 
 /*
@@ -448,22 +414,6 @@ RfmTriggerCols(Trigger *tg, Relation rel, RfmTrackCols *cols)
  * Delta aggregation
  * ---------------------------------------------------------------------
  */
-
-/* Hash of a customer key (the key field is a pointer to a C string). */
-uint32
-RfmKeyHash(const void *key, Size keysize)
-{
-	const char *s = *(char *const *) key;
-
-	return string_hash(s, strlen(s) + 1);
-}
-
-/* Equality of two customer keys, dynahash style (0 = equal). */
-int
-RfmKeyMatch(const void *key1, const void *key2, Size keysize)
-{
-	return strcmp(*(char *const *) key1, *(char *const *) key2);
-}
 
 /* Start an empty delta in a child of the current memory context. */
 static RfmDelta *
@@ -623,34 +573,6 @@ RfmMoneyIsZero(const RfmMoney *m)
 }
 
 /*
- * Order time of a row, false when the row has no usable time (null or
- * infinite: such rows are ignored).  A date is the order time at 00:00 UTC
- * of that day and a timestamp without time zone is read as UTC: the
- * statistics must not depend on the TimeZone of the session that wrote the
- * order (batch rfm_segmentation reads them in the session's TimeZone, the
- * same when that is UTC).
- */
-bool
-RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t)
-{
-	if (cols->time_kind == RFM_TRACK_DATE)
-	{
-		DateADT		d = DatumGetDateADT(value);
-
-		if (DATE_NOT_FINITE(d))
-			return false;
-		*t = (TimestampTz) d * USECS_PER_DAY;
-	}
-	else
-	{
-		*t = DatumGetTimestampTz(value);
-		if (TIMESTAMP_NOT_FINITE(*t))
-			return false;
-	}
-	return true;
-}
-
-/*
  * Add (sign = +1) or remove (sign = -1) one row, given its column values.
  * Rows without customer or time, and rows the status filter excludes, are
  * ignored; a negative amount is a refund (spend only), anything else is an
@@ -804,318 +726,9 @@ RfmNeedsFirstCheck(RfmCustDelta *c)
 }
 
 /* ---------------------------------------------------------------------
- * Applying a delta to loyalty.customer_stats
+ * Applying a delta to loyalty.customer_stats (through stats_store.c)
  * ---------------------------------------------------------------------
  */
-
-/* Forms of the statement that applies customer deltas. */
-typedef enum RfmApplyForm
-{
-	RFM_APPLY_UPSERT_ONE,		/* INSERT ... VALUES ... ON CONFLICT DO UPDATE */
-	RFM_APPLY_UPSERT_MANY,		/* INSERT ... SELECT unnest() ... ON CONFLICT */
-	RFM_APPLY_FORMS
-} RfmApplyForm;
-
-static SPIPlanPtr apply_plan[RFM_APPLY_FORMS][2];	/* [form][returning] */
-
-/*
- * Prepare (once) the upsert of customer deltas that the executor-free path
- * did not apply (new customers), for one customer or many (rows in customer
- * order), with or without RETURNING of the new first and last order times.
- * Plans are re-prepared if loyalty.day_buckets was re-created (extension
- * dropped and created again in this backend).
- */
-static SPIPlanPtr
-RfmApplyPlan(RfmApplyForm form, bool returning)
-{
-	Oid			daysoid = RfmDaysTypeOid();
-	SPIPlanPtr *pp = &apply_plan[form][returning];
-
-	if (daysoid != plans_days_type)
-	{
-		int			i,
-					j;
-
-		for (i = 0; i < RFM_APPLY_FORMS; i++)
-			for (j = 0; j < 2; j++)
-				if (apply_plan[i][j])
-				{
-					SPI_freeplan(apply_plan[i][j]);
-					apply_plan[i][j] = NULL;
-				}
-		plans_days_type = daysoid;
-	}
-	if (*pp == NULL)
-	{
-		Oid			argtypes[7];
-		StringInfoData sql;
-		SPIPlanPtr	plan;
-
-		initStringInfo(&sql);
-		if (form == RFM_APPLY_UPSERT_MANY)
-		{
-			argtypes[0] = TEXTARRAYOID;
-			argtypes[1] = INT8ARRAYOID;
-			argtypes[2] = INT8ARRAYOID;
-			argtypes[3] = NUMERICARRAYOID;
-			argtypes[4] = TIMESTAMPTZARRAYOID;
-			argtypes[5] = TIMESTAMPTZARRAYOID;
-			argtypes[6] = get_array_type(daysoid);
-		}
-		else
-		{
-			argtypes[0] = TEXTOID;
-			argtypes[1] = INT8OID;
-			argtypes[2] = INT8OID;
-			argtypes[3] = NUMERICOID;
-			argtypes[4] = TIMESTAMPTZOID;
-			argtypes[5] = TIMESTAMPTZOID;
-			argtypes[6] = daysoid;
-		}
-		appendStringInfoString(&sql,
-							   "INSERT INTO loyalty.customer_stats AS s"
-							   " (customer_id, row_count, order_count, spend_total,"
-							   " first_order, last_order, days) ");
-		if (form == RFM_APPLY_UPSERT_MANY)
-			appendStringInfoString(&sql,
-								   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-								   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
-								   " pg_catalog.unnest($6), pg_catalog.unnest($7)) ");
-		else
-			appendStringInfoString(&sql, "VALUES ($1, $2, $3, $4, $5, $6, $7) ");
-		appendStringInfoString(&sql,
-							   "ON CONFLICT (customer_id) DO UPDATE SET"
-							   " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
-							   " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
-							   " spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
-							   " first_order = LEAST(s.first_order, excluded.first_order),"
-							   " last_order = GREATEST(s.last_order, excluded.last_order),"
-							   " days = loyalty._rfm_days_merge(s.days, excluded.days)");
-		if (returning)
-			appendStringInfoString(&sql, " RETURNING s.customer_id, s.first_order, s.last_order");
-		plan = SPI_prepare(sql.data, 7, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		*pp = plan;
-	}
-	return *pp;
-}
-
-/*
- * State of the executor-free updates of one statement: customer_stats and
- * its primary key open, a snapshot taken after our own earlier changes
- * (as SPI takes one before each statement), slots and column positions.
- */
-typedef struct RfmDirect
-{
-	Relation	rel;
-	Relation	idx;
-	IndexInfo  *info;
-	Snapshot	snap;
-	CommandId	cid;
-	IndexScanDesc scan;
-	TupleTableSlot *found;
-	TupleTableSlot *locked;
-	TupleTableSlot *newslot;
-	int			a_rows,
-				a_orders,
-				a_spend,
-				a_first,
-				a_last,
-				a_days;
-} RfmDirect;
-
-/*
- * Open the statistics for executor-free updates.  Returns false (nothing
- * opened) if the table has other indexes than its primary key: the caller
- * then goes through SQL for everything.
- */
-static bool
-RfmDirectBegin(RfmDirect *d)
-{
-	RfmStatsCatalog *cat = RfmStatsCatalogGet();
-
-	d->rel = table_open(cat->relid, RowExclusiveLock);
-	RfmStatsCatalogAttrs(cat, d->rel);
-	if (!OidIsValid(cat->pkey))
-	{
-		table_close(d->rel, NoLock);
-		return false;
-	}
-	d->idx = index_open(cat->pkey, RowExclusiveLock);
-	d->info = NULL;
-	d->a_rows = cat->a_rows;
-	d->a_orders = cat->a_orders;
-	d->a_spend = cat->a_spend;
-	d->a_first = cat->a_first;
-	d->a_last = cat->a_last;
-	d->a_days = cat->a_days;
-
-	/* like SPI before a statement: see our own earlier changes */
-	CommandCounterIncrement();
-	d->snap = RegisterSnapshot(GetTransactionSnapshot());
-	d->cid = GetCurrentCommandId(true);
-	d->found = table_slot_create(d->rel, NULL);
-	d->locked = NULL;			/* made when a concurrent update is met */
-	d->newslot = MakeSingleTupleTableSlot(RelationGetDescr(d->rel), &TTSOpsVirtual);
-	d->scan = index_beginscan(d->rel, d->idx, d->snap, 1, 0);
-	return true;
-}
-
-/* Close what RfmDirectBegin opened (locks stay until commit). */
-static void
-RfmDirectEnd(RfmDirect *d)
-{
-	index_endscan(d->scan);
-	ExecDropSingleTupleTableSlot(d->found);
-	if (d->locked)
-		ExecDropSingleTupleTableSlot(d->locked);
-	ExecDropSingleTupleTableSlot(d->newslot);
-	UnregisterSnapshot(d->snap);
-	index_close(d->idx, NoLock);
-	table_close(d->rel, NoLock);
-}
-
-/*
- * Apply one customer's delta without the executor, which is what a
- * back-fill or rebuild (millions of rows, READ COMMITTED, under the locks
- * of track_orders / rebuild_tracking; tracked statements append instead,
- * see the file header) spends most of its time in otherwise.  It does what an
- * UPDATE would: find the row through the primary key, compute the new
- * values in C and update that version; if another transaction changed the
- * row meanwhile, wait for it, lock the latest version and recompute from it
- * (as UPDATE does under READ COMMITTED; a serialization failure under
- * REPEATABLE READ).  Returns false, with nothing
- * changed, when the customer has no row (a new customer, or one deleted
- * meanwhile): the caller inserts it through SQL.  On success *first / *last
- * receive the new first and last order times.
- */
-static bool
-RfmDirectUpdate(RfmDirect *d, RfmCustDelta *c, Numeric spend, RfmDays *delta,
-				bool *first_null, TimestampTz *first,
-				bool *last_null, TimestampTz *last)
-{
-	TupleDesc	desc = RelationGetDescr(d->rel);
-	ScanKeyData key;
-	ItemPointerData tid;
-	TM_FailureData tmfd;
-	TM_Result	res;
-	LockTupleMode lockmode;
-	LoyaltyUpdateIndexes update_indexes;
-	Datum	   *v;
-	bool	   *nl;
-	Datum		keydatum = CStringGetTextDatum(c->key);
-	TupleTableSlot *src;
-	int			i;
-
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, keydatum);
-	key.sk_collation = C_COLLATION_OID;
-	index_rescan(d->scan, &key, 1, NULL, 0);
-	if (!index_getnext_slot(d->scan, ForwardScanDirection, d->found))
-		return false;
-	tid = d->found->tts_tid;
-	src = d->found;
-	for (;;)
-	{
-		/* the new values, from the version at hand */
-		slot_getallattrs(src);
-		ExecClearTuple(d->newslot);
-		v = d->newslot->tts_values;
-		nl = d->newslot->tts_isnull;
-		for (i = 0; i < desc->natts; i++)
-		{
-			v[i] = src->tts_values[i];
-			nl[i] = src->tts_isnull[i];
-		}
-		v[d->a_rows] = Int64GetDatum(DatumGetInt64(v[d->a_rows]) + c->rows);
-		v[d->a_orders] = Int64GetDatum(DatumGetInt64(v[d->a_orders]) + c->orders);
-		v[d->a_spend] = NumericGetDatum(RfmNumericAdd(DatumGetNumeric(v[d->a_spend]), spend));
-		if (c->has_added)
-		{
-			if (nl[d->a_first] || c->min_added < DatumGetTimestampTz(v[d->a_first]))
-				v[d->a_first] = TimestampTzGetDatum(c->min_added);
-			if (nl[d->a_last] || c->max_added > DatumGetTimestampTz(v[d->a_last]))
-				v[d->a_last] = TimestampTzGetDatum(c->max_added);
-			nl[d->a_first] = nl[d->a_last] = false;
-		}
-		{
-			RfmDays    *old = nl[d->a_days] ? NULL : DatumGetRfmDays(v[d->a_days]);
-			RfmDays    *merged;
-
-			if (RfmDaysCount(old) == 0)
-				old = NULL;
-			merged = RfmDaysMerge(old, delta);
-			nl[d->a_days] = (RfmDaysCount(merged) == 0);
-			v[d->a_days] = nl[d->a_days] ? (Datum) 0 : PointerGetDatum(merged);
-		}
-		ExecStoreVirtualTuple(d->newslot);
-
-		/*
-		 * Update the version found, which is the latest unless an order
-		 * changed the row after our snapshot; then (or if it is being
-		 * changed now: heap_update waits) lock the latest version, as
-		 * UPDATE's recheck does, and recompute from it.
-		 */
-		res = table_tuple_update(d->rel, &tid, d->newslot, d->cid, d->snap, InvalidSnapshot,
-								 true, &tmfd, &lockmode, &update_indexes);
-		if (res != TM_Updated || src == d->locked)
-			break;
-		if (IsolationUsesXactSnapshot())
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to concurrent update")));
-		if (d->locked == NULL)
-			d->locked = table_slot_create(d->rel, NULL);
-		res = table_tuple_lock(d->rel, &tid, d->snap, d->locked, d->cid, LockTupleNoKeyExclusive,
-							   LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
-		if (res != TM_Ok)
-			break;
-		tid = d->locked->tts_tid;
-		src = d->locked;
-	}
-	if (res == TM_Deleted)
-	{
-		/* deleted meanwhile (a refresh removed a customer who had left) */
-		if (IsolationUsesXactSnapshot())
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to concurrent delete")));
-		return false;
-	}
-	if (res != TM_Ok)
-		elog(ERROR, "unexpected result %d updating customer statistics", (int) res);
-	*first_null = nl[d->a_first];
-	*first = nl[d->a_first] ? 0 : DatumGetTimestampTz(v[d->a_first]);
-	*last_null = nl[d->a_last];
-	*last = nl[d->a_last] ? 0 : DatumGetTimestampTz(v[d->a_last]);
-	if (LoyaltyUpdateNeedsIndexInserts(update_indexes))
-	{
-		bool		isnull = false;
-
-		if (d->info == NULL)
-			d->info = BuildIndexInfo(d->idx);
-		index_insert_unchanged_compat(d->idx, &keydatum, &isnull, &d->newslot->tts_tid, d->rel,
-									  UNIQUE_CHECK_NO, d->info);
-	}
-	if (d->locked)
-		ExecClearTuple(d->locked);
-	return true;
-}
-
-/* Build a one-dimensional array from datums (NULLs allowed). */
-ArrayType *
-RfmMakeArray(Datum *values, bool *nulls, int n, Oid elemtype)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	return construct_md_array(values, nulls, 1, dims, lbs, elemtype, typlen, typbyval, typalign);
-}
 
 /*
  * Whether a customer's first or last order time must be read again after
@@ -1144,143 +757,65 @@ RfmMayNeedFix(RfmCustDelta *c, bool fold)
 }
 
 /*
- * Apply per-customer changes to customer_stats, in customer order: list[i]
- * with its values v[0..6][i] (customer id, rows, orders, spend, first and
- * last order added, day-bucket delta) and their nulls.  Existing customers
- * are updated without the executor, new ones inserted by one upsert, then
- * first/last order times are read again where a removal may have taken
- * them away (RfmTimesNeedFix).  Used by back-fills and rebuilds (a
- * statement-sized delta) and by the fold of pending changes.  Must run
- * inside SPI.
+ * Read the first and last order times of some customers again from the
+ * tracked tables and store them in customer_stats (a fold found that a
+ * removed order may have been one of them).
  */
 static void
-RfmApplyRows(RfmCustDelta **list, int n, Datum **v, bool **nulls, bool fold)
+RfmFixOrderTimes(char **keys, int n)
 {
-	RfmCustDelta *c;
-	int			i;
-	bool		any_check = false;
-	Datum		args[7];
-	char		argnulls[7];
-	int			ret;
-	SPIPlanPtr	plan;
+	Datum	   *first = palloc(sizeof(Datum) * n);
+	Datum	   *last = palloc(sizeof(Datum) * n);
+	bool	   *first_null = palloc(sizeof(bool) * n);
+	bool	   *last_null = palloc(sizeof(bool) * n);
+
+	RfmReadOrderTimes(keys, n, first, first_null, last, last_null, false);
+	RfmStatsSetOrderTimes(keys, first, first_null, last, last_null, n);
+}
+
+/* The change of a customer's statistics row a delta makes. */
+static void
+RfmChangeOf(RfmCustDelta *c, Numeric spend, RfmDays *days, RfmStatsChange *ch)
+{
+	ch->key = c->key;
+	ch->rows = c->rows;
+	ch->orders = c->orders;
+	ch->spend = spend;
+	ch->has_added = c->has_added;
+	ch->first_added = c->min_added;
+	ch->last_added = c->max_added;
+	ch->days = days;
+}
+
+/*
+ * Apply per-customer changes to customer_stats, in customer order: list[i]
+ * with its change ch[i] (stats_store.c writes them), then read first/last
+ * order times again where a removal may have taken them away
+ * (RfmTimesNeedFix).  Used by back-fills and rebuilds (a statement-sized
+ * delta) and by the fold of pending changes.  Must run inside SPI.
+ */
+static void
+RfmApplyRows(RfmCustDelta **list, RfmStatsChange *ch, int n, bool fold)
+{
+	RfmStatsTimes *times = NULL;
 	char	  **fix;
 	int			nfix = 0;
-	int			k;
-	RfmDirect	direct;
+	int			i;
 
 	for (i = 0; i < n; i++)
 		if (RfmMayNeedFix(list[i], fold))
-			any_check = true;
-
-	/*
-	 * Existing customers first, in customer order, without the executor;
-	 * the others (new customers) then in one SQL upsert, in customer order.
-	 */
-	fix = palloc(sizeof(char *) * n);
-	if (RfmDirectBegin(&direct))
-	{
-		int			m = 0;
-
-		for (i = 0; i < n; i++)
 		{
-			bool		fnull,
-						lnull;
-			TimestampTz f,
-						l;
-
-			c = list[i];
-			if (RfmDirectUpdate(&direct, c, DatumGetNumeric(v[3][i]),
-								nulls[6][i] ? NULL : (RfmDays *) DatumGetPointer(v[6][i]),
-								&fnull, &f, &lnull, &l))
-			{
-				if (RfmTimesNeedFix(c, fold, fnull, f, lnull, l))
-					fix[nfix++] = c->key;
-				continue;
-			}
-			/* keep this one for SQL */
-			list[m] = c;
-			for (k = 0; k < 7; k++)
-			{
-				v[k][m] = v[k][i];
-				nulls[k][m] = nulls[k][i];
-			}
-			m++;
+			times = palloc_extended(sizeof(RfmStatsTimes) * n, MCXT_ALLOC_HUGE);
+			break;
 		}
-		RfmDirectEnd(&direct);
-		n = m;
-	}
-
-	if (n > 1)
-	{
-		Oid			elemtypes[7] = {TEXTOID, INT8OID, INT8OID, NUMERICOID,
-		TIMESTAMPTZOID, TIMESTAMPTZOID, RfmDaysTypeOid()};
-
-		for (i = 0; i < 7; i++)
-		{
-			args[i] = PointerGetDatum(RfmMakeArray(v[i], nulls[i], n, elemtypes[i]));
-			argnulls[i] = ' ';
-		}
-		plan = RfmApplyPlan(RFM_APPLY_UPSERT_MANY, any_check);
-		ret = SPI_execute_plan(plan, args, argnulls, false, 0);
-		if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
-			elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
-	}
-	else if (n == 1)
-	{
-		for (i = 0; i < 7; i++)
-		{
-			args[i] = v[i][0];
-			argnulls[i] = nulls[i][0] ? 'n' : ' ';
-		}
-		plan = RfmApplyPlan(RFM_APPLY_UPSERT_ONE, any_check);
-		ret = SPI_execute_plan(plan, args, argnulls, false, 0);
-		if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
-			elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
-	}
-
-	if (any_check && n > 0)
-	{
-		/*
-		 * RETURNING gives the times after the upsert; the customer's last
-		 * order may be gone when the upsert kept a removed time.
-		 */
-		HTAB	   *bykey;
-		HASHCTL		ctl;
-		uint64		r;
-		SPITupleTable *res = SPI_tuptable;
-		uint64		nres = SPI_processed;
-
-		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = sizeof(char *);
-		ctl.entrysize = sizeof(RfmCustDelta *) + sizeof(char *);
-		ctl.hash = RfmKeyHash;
-		ctl.match = RfmKeyMatch;
-		ctl.hcxt = CurrentMemoryContext;
-		bykey = hash_create("loyalty rfm returned", n, &ctl,
-							HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
-		for (i = 0; i < n; i++)
-		{
-			char	  **ent = hash_search(bykey, &list[i]->key, HASH_ENTER, NULL);
-
-			*(RfmCustDelta **) (ent + 1) = list[i];
-		}
-		for (r = 0; r < nres; r++)
-		{
-			HeapTuple	tup = res->vals[r];
-			char	   *key = SPI_getvalue(tup, res->tupdesc, 1);
-			bool		fnull,
-						lnull;
-			TimestampTz f = DatumGetTimestampTz(SPI_getbinval(tup, res->tupdesc, 2, &fnull));
-			TimestampTz l = DatumGetTimestampTz(SPI_getbinval(tup, res->tupdesc, 3, &lnull));
-			char	  **ent = hash_search(bykey, &key, HASH_FIND, NULL);
-
-			if (ent == NULL)
-				continue;
-			c = *(RfmCustDelta **) (ent + 1);
-			if (RfmTimesNeedFix(c, fold, fnull, f, lnull, l))
-				fix[nfix++] = c->key;
-		}
-	}
+	RfmStatsApply(ch, n, times);
+	if (times == NULL)
+		return;
+	fix = palloc_extended(sizeof(char *) * n, MCXT_ALLOC_HUGE);
+	for (i = 0; i < n; i++)
+		if (RfmTimesNeedFix(list[i], fold, times[i].first_null, times[i].first,
+							times[i].last_null, times[i].last))
+			fix[nfix++] = list[i]->key;
 	if (nfix > 0)
 		RfmFixOrderTimes(fix, nfix);
 }
@@ -1560,9 +1095,7 @@ RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds)
 	SPITupleTable *res;
 	int64		folded = 0;
 	RfmCustDelta **list;
-	Datum	   *v[7];
-	bool	   *nulls[7];
-	int			i;
+	RfmStatsChange *ch;
 	int			m = 0;
 
 	if (customers)
@@ -1605,11 +1138,7 @@ RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds)
 		return 0;
 	}
 	list = palloc_extended(sizeof(RfmCustDelta *) * n, MCXT_ALLOC_HUGE);
-	for (i = 0; i < 7; i++)
-	{
-		v[i] = palloc_extended(sizeof(Datum) * n, MCXT_ALLOC_HUGE);
-		nulls[i] = palloc_extended(sizeof(bool) * n, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
-	}
+	ch = palloc_extended(sizeof(RfmStatsChange) * n, MCXT_ALLOC_HUGE);
 	if (adds)
 		*adds = MemoryContextAllocExtended(caller, sizeof(RfmFoldAdd) * n, MCXT_ALLOC_HUGE);
 	for (r = 0; r < n; r++)
@@ -1640,35 +1169,30 @@ RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds)
 			Datum		days = SPI_getbinval(tup, desc, 10, &isnull);
 
 			MemoryContextSwitchTo(caller);
-			a->key = pstrdup(c->key);
-			a->keylen = strlen(a->key);
-			a->rows = c->rows;
-			a->orders = c->orders;
-			a->spend = DatumGetNumericCopy(SPI_getbinval(tup, desc, 5, &isnull));
-			a->has_added = c->has_added;
-			a->first_added = c->min_added;
-			a->last_added = c->max_added;
-			a->days = isnull ? NULL : (RfmDays *) PG_DETOAST_DATUM_COPY(days);
+			a->ch.key = pstrdup(c->key);
+			a->keylen = strlen(a->ch.key);
+			a->ch.rows = c->rows;
+			a->ch.orders = c->orders;
+			a->ch.spend = DatumGetNumericCopy(SPI_getbinval(tup, desc, 5, &isnull));
+			a->ch.has_added = c->has_added;
+			a->ch.first_added = c->min_added;
+			a->ch.last_added = c->max_added;
+			a->ch.days = isnull ? NULL : (RfmDays *) PG_DETOAST_DATUM_COPY(days);
 			a->pos = -1;
 			MemoryContextSwitchTo(cxt);
 			continue;
 		}
 		list[m] = c;
-		v[0][m] = SPI_getbinval(tup, desc, 1, &isnull);
-		v[1][m] = Int64GetDatum(c->rows);
-		v[2][m] = Int64GetDatum(c->orders);
-		v[3][m] = SPI_getbinval(tup, desc, 5, &isnull);
-		v[4][m] = TimestampTzGetDatum(c->min_added);
-		nulls[4][m] = !c->has_added;
-		v[5][m] = TimestampTzGetDatum(c->max_added);
-		nulls[5][m] = !c->has_added;
-		v[6][m] = SPI_getbinval(tup, desc, 10, &nulls[6][m]);
-		if (!nulls[6][m])
-			v[6][m] = PointerGetDatum(DatumGetRfmDays(v[6][m]));
+		RfmChangeOf(c, DatumGetNumeric(SPI_getbinval(tup, desc, 5, &isnull)), NULL, &ch[m]);
+		{
+			Datum		days = SPI_getbinval(tup, desc, 10, &isnull);
+
+			ch[m].days = isnull ? NULL : DatumGetRfmDays(days);
+		}
 		m++;
 	}
 	if (m > 0)
-		RfmApplyRows(list, m, v, nulls, true);
+		RfmApplyRows(list, ch, m, true);
 	SPI_freetuptable(res);
 	CommandCounterIncrement();
 	MemoryContextSwitchTo(old);
@@ -1688,8 +1212,7 @@ RfmDeltaApply(RfmDelta *delta)
 	MemoryContext old = MemoryContextSwitchTo(delta->cxt);
 	RfmCustDelta **list;
 	int			n = RfmDeltaList(delta, &list);
-	Datum	   *v[7];
-	bool	   *nulls[7];
+	RfmStatsChange *ch;
 	int			i;
 
 	if (n == 0)
@@ -1698,11 +1221,7 @@ RfmDeltaApply(RfmDelta *delta)
 		return;
 	}
 	qsort(list, n, sizeof(RfmCustDelta *), RfmCustCmp);
-	for (i = 0; i < 7; i++)
-	{
-		v[i] = palloc(sizeof(Datum) * n);
-		nulls[i] = palloc0(sizeof(bool) * n);
-	}
+	ch = palloc(sizeof(RfmStatsChange) * n);
 	for (i = 0; i < n; i++)
 	{
 		RfmCustDelta *c = list[i];
@@ -1720,18 +1239,9 @@ RfmDeltaApply(RfmDelta *delta)
 			RfmMoneyAddMoney(&total, &c->days[k].spend, delta->cxt);
 		}
 		days = RfmDaysBuild(entries, c->ndays);
-		v[0][i] = CStringGetTextDatum(c->key);
-		v[1][i] = Int64GetDatum(c->rows);
-		v[2][i] = Int64GetDatum(c->orders);
-		v[3][i] = NumericGetDatum(RfmMoneyToNumeric(&total));
-		v[4][i] = TimestampTzGetDatum(c->min_added);
-		nulls[4][i] = !c->has_added;
-		v[5][i] = TimestampTzGetDatum(c->max_added);
-		nulls[5][i] = !c->has_added;
-		v[6][i] = PointerGetDatum(days);
-		nulls[6][i] = (days == NULL);
+		RfmChangeOf(c, RfmMoneyToNumeric(&total), days, &ch[i]);
 	}
-	RfmApplyRows(list, n, v, nulls, false);
+	RfmApplyRows(list, ch, n, false);
 	MemoryContextSwitchTo(old);
 }
 
@@ -1867,12 +1377,7 @@ RfmRebuild(void)
 	if (RfmDeltasTracked() &&
 		SPI_execute("DELETE FROM loyalty.customer_stats_delta", false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not clear loyalty.customer_stats_delta");
-	if (SPI_execute("UPDATE loyalty.customer_stats SET row_count = 0, order_count = 0,"
-					" spend_total = 0, first_order = NULL, last_order = NULL, days = NULL"
-					" WHERE row_count OPERATOR(pg_catalog.<>) 0 OR days IS NOT NULL"
-					" OR spend_total OPERATOR(pg_catalog.<>) 0 OR last_order IS NOT NULL",
-					false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not reset loyalty.customer_stats");
+	RfmStatsResetAll();
 	if (SPI_execute("SELECT orders::pg_catalog.oid, customer_column, ordered_at_column,"
 					" amount_column, status_column, counted_statuses"
 					" FROM loyalty.tracked_table ORDER BY orders::pg_catalog.oid",
