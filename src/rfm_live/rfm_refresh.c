@@ -1110,6 +1110,7 @@ static void
 RfmRefreshScore(RfmRefresh *r)
 {
 	int			nextfold = 0;
+	int			prune_only = 0;
 	int			i;
 
 	r->scores = palloc_extended(sizeof(RfmScore) * Max(r->n, 1), MCXT_ALLOC_HUGE);
@@ -1129,6 +1130,8 @@ RfmRefreshScore(RfmRefresh *r)
 
 		r->seg_changes += seg_changed;
 		r->score_changes += score_changed;
+		if (!seg_changed && !score_changed)
+			prune_only += (c->flags & (RFM_CUST_PRUNE | RFM_CUST_FOLD)) == RFM_CUST_PRUNE;
 		if (seg_changed || score_changed || (c->flags & (RFM_CUST_PRUNE | RFM_CUST_FOLD)))
 		{
 			RfmWrite   *w;
@@ -1156,7 +1159,8 @@ RfmRefreshScore(RfmRefresh *r)
 	r->segnames = palloc(sizeof(Datum) * Max(r->names.n, 1));
 	for (i = 0; i < r->names.n; i++)
 		r->segnames[i] = CStringGetTextDatum(r->names.name[i]);
-	elog(DEBUG1, "refresh_segments: scored, %d rows to write, at %.1f ms", r->nwrites, RfmMsSince(r->t0));
+	elog(DEBUG1, "refresh_segments: scored, %d rows to write (%d folds, %d only pruned), at %.1f ms",
+		 r->nwrites, r->nfolded, prune_only, RfmMsSince(r->t0));
 }
 
 /* The snapshot header, first: the change log refers to it. */
@@ -1304,37 +1308,55 @@ RfmRefreshLeavers(RfmRefresh *r)
 	elog(DEBUG1, "refresh_segments: change log and leavers at %.1f ms", RfmMsSince(r->t0));
 }
 
-/* The per-segment summary that the BI views read. */
+/* The per-segment summary that the BI views read, in one statement. */
 static void
 RfmRefreshSummary(RfmRefresh *r)
 {
-	Oid			argtypes[9] = {INT8OID, TEXTOID, INT8OID, NUMERICOID, INT8OID, INT8OID,
-	INT8OID, INT8OID, INT8OID};
+	Oid			elemtypes[8] = {TEXTOID, INT8OID, NUMERICOID, INT8OID, INT8OID, INT8OID,
+	INT8OID, INT8OID};
+	Datum	   *v[8];
+	Oid			argtypes[9];
 	Datum		args[9];
-	int			i;
+	int			i,
+				k,
+				m = 0;
 
+	for (k = 0; k < 8; k++)
+		v[k] = palloc(sizeof(Datum) * Max(r->names.n, 1));
 	for (i = 0; i < r->names.n; i++)
 	{
 		RfmSegSummary *sm = &r->summary[i];
 
 		if (sm->customers == 0)
 			continue;
-		args[0] = Int64GetDatum(r->snapshot_id);
-		args[1] = CStringGetTextDatum(r->names.name[i]);
-		args[2] = Int64GetDatum(sm->customers);
-		args[3] = NumericGetDatum(RfmMoneyToNumeric(&sm->revenue));
-		args[4] = Int64GetDatum(sm->recent);
-		args[5] = Int64GetDatum(sm->mid);
-		args[6] = Int64GetDatum(sm->old);
-		args[7] = Int64GetDatum(sm->no_order);
-		args[8] = Int64GetDatum(sm->inactive);
-		if (SPI_execute_with_args("INSERT INTO loyalty.segment_summary (snapshot_id, segment,"
-								  " customers, revenue, recency_under_3_months, recency_3_to_6_months,"
-								  " recency_over_6_months, no_order, inactive)"
-								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-								  9, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not insert into loyalty.segment_summary");
+		v[0][m] = r->segnames[i];
+		v[1][m] = Int64GetDatum(sm->customers);
+		v[2][m] = NumericGetDatum(RfmMoneyToNumeric(&sm->revenue));
+		v[3][m] = Int64GetDatum(sm->recent);
+		v[4][m] = Int64GetDatum(sm->mid);
+		v[5][m] = Int64GetDatum(sm->old);
+		v[6][m] = Int64GetDatum(sm->no_order);
+		v[7][m] = Int64GetDatum(sm->inactive);
+		m++;
 	}
+	if (m == 0)
+		return;
+	argtypes[0] = INT8OID;
+	args[0] = Int64GetDatum(r->snapshot_id);
+	for (k = 0; k < 8; k++)
+	{
+		argtypes[k + 1] = get_array_type(elemtypes[k]);
+		args[k + 1] = PointerGetDatum(RfmMakeArray(v[k], NULL, m, elemtypes[k]));
+	}
+	if (SPI_execute_with_args("INSERT INTO loyalty.segment_summary (snapshot_id, segment,"
+							  " customers, revenue, recency_under_3_months, recency_3_to_6_months,"
+							  " recency_over_6_months, no_order, inactive)"
+							  " SELECT $1, u.* FROM ROWS FROM (pg_catalog.unnest($2),"
+							  " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+							  " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+							  " pg_catalog.unnest($9)) AS u",
+							  9, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert into loyalty.segment_summary");
 }
 
 /* The snapshot header's counts and time taken (values[] as returned). */
