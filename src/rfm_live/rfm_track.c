@@ -64,6 +64,7 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "common/hashfn.h"
+#include "common/int.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
@@ -1049,20 +1050,264 @@ RfmDeltaAppend(RfmDelta *delta)
 	MemoryContextSwitchTo(old);
 }
 
+/* One customer's pending deltas, summed (RfmTakePending). */
+typedef struct RfmPendingSum
+{
+	char	   *key;			/* customer id: hash key */
+	int64		deltas;			/* delta rows summed */
+	int64		rows;
+	int64		orders;
+	Numeric		spend;
+	bool		fa_null,
+				la_null,
+				fr_null,
+				lr_null;
+	TimestampTz fa;				/* min(first_added) */
+	TimestampTz la;				/* max(last_added) */
+	TimestampTz fr;				/* min(first_removed) */
+	TimestampTz lr;				/* max(last_removed) */
+	RfmDays    *days;			/* net bucket delta, NULL: none */
+	RfmDays    *removed;		/* removed buckets merged (until summed) */
+} RfmPendingSum;
+
+/* qsort comparator: pending sums by customer (byte order, COLLATE "C"). */
+static int
+RfmPendingCmp(const void *a, const void *b)
+{
+	return strcmp((*(RfmPendingSum *const *) a)->key, (*(RfmPendingSum *const *) b)->key);
+}
+
+/* One step of loyalty._rfm_days_fold (SFUNC _rfm_days_merge). */
+static RfmDays *
+RfmDaysFoldStep(RfmDays *acc, RfmDays *d)
+{
+	RfmDays    *r;
+
+	if (acc != NULL && RfmDaysCount(acc) == 0)
+		acc = NULL;
+	r = RfmDaysMerge(acc, d);
+	if (r == NULL || RfmDaysCount(r) == 0)
+		return NULL;
+	return r;
+}
+
+/* loyalty._rfm_days_minus(a, b): a delta adding a and removing b. */
+static RfmDays *
+RfmDaysMinus(RfmDays *a, RfmDays *b)
+{
+	RfmDays    *r;
+
+	if (a != NULL && RfmDaysCount(a) == 0)
+		a = NULL;
+	b = RfmDaysNegate(b);
+	r = (a == NULL) ? b : RfmDaysMerge(a, b);
+	if (r == NULL || RfmDaysCount(r) == 0)
+		return NULL;
+	return r;
+}
+
+/* Add one delta row (values v / nl of customer_stats_delta) to its sum. */
+static void
+RfmPendingAdd(RfmStatsCatalog *cat, RfmPendingSum *p, Datum *v, bool *nl)
+{
+	p->deltas++;
+	if (pg_add_s64_overflow(p->rows, DatumGetInt64(v[cat->d_rows]), &p->rows) ||
+		pg_add_s64_overflow(p->orders, DatumGetInt64(v[cat->d_orders]), &p->orders))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("bigint out of range")));
+	p->spend = p->spend == NULL ? DatumGetNumericCopy(v[cat->d_spend])
+		: RfmNumericAdd(p->spend, DatumGetNumeric(v[cat->d_spend]));
+	if (!nl[cat->d_fa] && (p->fa_null || DatumGetTimestampTz(v[cat->d_fa]) < p->fa))
+	{
+		p->fa = DatumGetTimestampTz(v[cat->d_fa]);
+		p->fa_null = false;
+	}
+	if (!nl[cat->d_la] && (p->la_null || DatumGetTimestampTz(v[cat->d_la]) > p->la))
+	{
+		p->la = DatumGetTimestampTz(v[cat->d_la]);
+		p->la_null = false;
+	}
+	if (!nl[cat->d_fr] && (p->fr_null || DatumGetTimestampTz(v[cat->d_fr]) < p->fr))
+	{
+		p->fr = DatumGetTimestampTz(v[cat->d_fr]);
+		p->fr_null = false;
+	}
+	if (!nl[cat->d_lr] && (p->lr_null || DatumGetTimestampTz(v[cat->d_lr]) > p->lr))
+	{
+		p->lr = DatumGetTimestampTz(v[cat->d_lr]);
+		p->lr_null = false;
+	}
+	p->days = RfmDaysFoldStep(p->days, nl[cat->d_days] ? NULL : DatumGetRfmDays(v[cat->d_days]));
+	p->removed = RfmDaysFoldStep(p->removed,
+								 nl[cat->d_removed] ? NULL : DatumGetRfmDays(v[cat->d_removed]));
+}
+
+/*
+ * Take every pending delta this transaction sees, below the executor: a
+ * scan of customer_stats_delta in a snapshot taken now, deleting each row
+ * it sees (a row another fold is deleting is waited for, and skipped once
+ * that fold commits; rows of transactions still in flight are invisible,
+ * neither deleted nor waited for: what DELETE does under READ COMMITTED),
+ * summed per customer as the SQL form in RfmTakePending sums them.  Only
+ * for the table as the extension creates it (no trigger, rule or row level
+ * security: RfmDeltaCatalogAttrs).  Returns false, with nothing done,
+ * otherwise.
+ */
+static bool
+RfmTakePendingDirect(RfmPendingSum ***sums, int *n)
+{
+	RfmStatsCatalog *cat = RfmStatsCatalogGet();
+	Relation	rel = table_open(cat->delta_relid, RowExclusiveLock);
+	HTAB	   *bykey;
+	HASHCTL		ctl;
+	Snapshot	snap;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	CommandId	cid;
+	HASH_SEQ_STATUS seq;
+	RfmPendingSum *p;
+
+	RfmDeltaCatalogAttrs(cat, rel);
+	if (!cat->delta_direct || rel->rd_rules != NULL)
+	{
+		table_close(rel, NoLock);
+		return false;
+	}
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(char *);
+	ctl.entrysize = sizeof(RfmPendingSum);
+	ctl.hash = RfmKeyHash;
+	ctl.match = RfmKeyMatch;
+	ctl.hcxt = CurrentMemoryContext;
+	bykey = hash_create("loyalty pending deltas", 1024, &ctl,
+						HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+
+	/* like a statement: see this transaction's earlier changes */
+	CommandCounterIncrement();
+	snap = RegisterSnapshot(GetTransactionSnapshot());
+	cid = GetCurrentCommandId(true);
+	scan = table_beginscan(rel, snap, 0, NULL);
+	slot = table_slot_create(rel, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		TM_FailureData tmfd;
+		TM_Result	res;
+		char	   *key;
+		bool		found;
+
+		res = table_tuple_delete(rel, &slot->tts_tid, cid, snap, InvalidSnapshot, true,
+								 &tmfd, false);
+		if (res == TM_Deleted)
+			continue;			/* another fold took it */
+		if (res != TM_Ok)
+			elog(ERROR, "unexpected result %d deleting a pending delta", (int) res);
+		slot_getallattrs(slot);
+		key = TextDatumGetCString(slot->tts_values[cat->d_cust]);
+		p = hash_search(bykey, &key, HASH_ENTER, &found);
+		if (!found)
+		{
+			memset(p, 0, sizeof(RfmPendingSum));
+			p->key = key;
+			p->fa_null = p->la_null = p->fr_null = p->lr_null = true;
+		}
+		else
+			pfree(key);
+		RfmPendingAdd(cat, p, slot->tts_values, slot->tts_isnull);
+		CHECK_FOR_INTERRUPTS();
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, NoLock);
+
+	*n = 0;
+	*sums = palloc_extended(sizeof(RfmPendingSum *) * Max(hash_get_num_entries(bykey), 1),
+							MCXT_ALLOC_HUGE);
+	hash_seq_init(&seq, bykey);
+	while ((p = hash_seq_search(&seq)) != NULL)
+	{
+		p->days = RfmDaysMinus(p->days, p->removed);
+		p->removed = NULL;
+		(*sums)[(*n)++] = p;
+	}
+	qsort(*sums, *n, sizeof(RfmPendingSum *), RfmPendingCmp);
+	return true;
+}
+
+/*
+ * Take (delete and sum per customer, in customer order) every pending
+ * delta this transaction sees: below the executor when the delta table is
+ * as the extension creates it (RfmTakePendingDirect), else with one
+ * DELETE ... RETURNING through SQL (triggers, rules and row level security
+ * apply).  Inside SPI, READ COMMITTED.
+ */
+static void
+RfmTakePending(RfmPendingSum ***sums, int *n)
+{
+	int			ret;
+	uint64		r;
+	SPITupleTable *res;
+
+	if (RfmTakePendingDirect(sums, n))
+		return;
+	ret = SPI_execute("WITH d AS ("
+					  "  DELETE FROM loyalty.customer_stats_delta"
+					  "  RETURNING customer_id, row_count, order_count, spend_total, first_added,"
+					  "  last_added, first_removed, last_removed, days, days_removed)"
+					  " SELECT d.customer_id, pg_catalog.count(*),"
+					  "  pg_catalog.sum(d.row_count)::pg_catalog.int8,"
+					  "  pg_catalog.sum(d.order_count)::pg_catalog.int8,"
+					  "  pg_catalog.sum(d.spend_total),"
+					  "  pg_catalog.min(d.first_added), pg_catalog.max(d.last_added),"
+					  "  pg_catalog.min(d.first_removed), pg_catalog.max(d.last_removed),"
+					  "  loyalty._rfm_days_minus(loyalty._rfm_days_fold(d.days),"
+					  "  loyalty._rfm_days_fold(d.days_removed))"
+					  " FROM d GROUP BY d.customer_id ORDER BY d.customer_id",
+					  false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not fold loyalty.customer_stats_delta: %s", SPI_result_code_string(ret));
+	res = SPI_tuptable;
+	*n = (int) SPI_processed;
+	*sums = palloc_extended(sizeof(RfmPendingSum *) * Max(*n, 1), MCXT_ALLOC_HUGE);
+	for (r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = res->vals[r];
+		TupleDesc	desc = res->tupdesc;
+		RfmPendingSum *p = palloc0(sizeof(RfmPendingSum));
+		bool		isnull;
+		Datum		days;
+
+		p->key = SPI_getvalue(tup, desc, 1);
+		p->deltas = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		p->rows = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		p->orders = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+		p->spend = DatumGetNumericCopy(SPI_getbinval(tup, desc, 5, &isnull));
+		p->fa = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &p->fa_null));
+		p->la = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &p->la_null));
+		p->fr = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &p->fr_null));
+		p->lr = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &p->lr_null));
+		days = SPI_getbinval(tup, desc, 10, &isnull);
+		p->days = isnull ? NULL : (RfmDays *) PG_DETOAST_DATUM_COPY(days);
+		(*sums)[r] = p;
+	}
+	SPI_freetuptable(res);
+}
+
 /*
  * Fold every pending delta this statement sees into customer_stats and
- * delete exactly those rows: one DELETE ... RETURNING takes the rows
- * visible to its snapshot (deltas of transactions still in flight stay for
- * the next fold; a concurrent fold that deleted a row first makes this one
- * skip it) and sums them per customer in SQL; the sums are then applied in
- * customer order like a back-fill's (RfmApplyRows: existing customers
- * updated without the executor, new ones upserted).  Trackers only insert
- * into the delta table, so nothing here waits for them or makes them
- * wait.  The first and last order times cannot be derived from deltas when
- * a removed order may have been one of them: for those customers they are
- * read again from the tracked tables (a fresh snapshot, at least as new as
- * the deltas folded).  Must run inside SPI, READ COMMITTED.  Returns the
- * delta rows folded; *customers the customers they touched.
+ * delete exactly those rows: RfmTakePending takes the rows visible to a
+ * snapshot taken now (deltas of transactions still in flight stay for the
+ * next fold; a concurrent fold that deleted a row first makes this one
+ * skip it) and sums them per customer; the sums are then applied in
+ * customer order like a back-fill's (RfmApplyRows: stats_store.c).
+ * Trackers only insert into the delta table, so nothing here waits for
+ * them or makes them wait.  The first and last order times cannot be
+ * derived from deltas when a removed order may have been one of them: for
+ * those customers they are read again from the tracked tables (a fresh
+ * snapshot, at least as new as the deltas folded).  Must run inside SPI,
+ * READ COMMITTED.  Returns the delta rows folded; *customers the customers
+ * they touched.
  */
 int64
 RfmFoldDeltas(int64 *customers)
@@ -1089,13 +1334,12 @@ RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds)
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty rfm fold",
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
-	int			ret;
-	uint64		r;
-	uint64		n;
-	SPITupleTable *res;
+	RfmPendingSum **sums;
+	int			n;
 	int64		folded = 0;
 	RfmCustDelta **list;
 	RfmStatsChange *ch;
+	int			i;
 	int			m = 0;
 
 	if (customers)
@@ -1111,24 +1355,7 @@ RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds)
 		MemoryContextDelete(cxt);
 		return 0;
 	}
-	ret = SPI_execute("WITH d AS ("
-					  "  DELETE FROM loyalty.customer_stats_delta"
-					  "  RETURNING customer_id, row_count, order_count, spend_total, first_added,"
-					  "  last_added, first_removed, last_removed, days, days_removed)"
-					  " SELECT d.customer_id, pg_catalog.count(*),"
-					  "  pg_catalog.sum(d.row_count)::pg_catalog.int8,"
-					  "  pg_catalog.sum(d.order_count)::pg_catalog.int8,"
-					  "  pg_catalog.sum(d.spend_total),"
-					  "  pg_catalog.min(d.first_added), pg_catalog.max(d.last_added),"
-					  "  pg_catalog.min(d.first_removed), pg_catalog.max(d.last_removed),"
-					  "  loyalty._rfm_days_minus(loyalty._rfm_days_fold(d.days),"
-					  "  loyalty._rfm_days_fold(d.days_removed))"
-					  " FROM d GROUP BY d.customer_id ORDER BY d.customer_id",
-					  false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not fold loyalty.customer_stats_delta: %s", SPI_result_code_string(ret));
-	res = SPI_tuptable;
-	n = SPI_processed;
+	RfmTakePending(&sums, &n);
 	if (customers)
 		*customers = (int64) n;
 	if (n == 0)
@@ -1141,65 +1368,51 @@ RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds)
 	ch = palloc_extended(sizeof(RfmStatsChange) * n, MCXT_ALLOC_HUGE);
 	if (adds)
 		*adds = MemoryContextAllocExtended(caller, sizeof(RfmFoldAdd) * n, MCXT_ALLOC_HUGE);
-	for (r = 0; r < n; r++)
+	for (i = 0; i < n; i++)
 	{
-		HeapTuple	tup = res->vals[r];
-		TupleDesc	desc = res->tupdesc;
+		RfmPendingSum *p = sums[i];
 		RfmCustDelta *c = palloc0(sizeof(RfmCustDelta));
-		bool		isnull,
-					fanull,
-					lanull,
-					frnull,
-					lrnull;
 
-		c->key = SPI_getvalue(tup, desc, 1);
-		folded += DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		c->rows = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
-		c->orders = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
-		c->min_added = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &fanull));
-		c->max_added = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &lanull));
-		c->has_added = !fanull && !lanull;
-		c->min_removed = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &frnull));
-		c->max_removed = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &lrnull));
-		c->has_removed = !frnull && !lrnull;
+		c->key = p->key;
+		folded += p->deltas;
+		c->rows = p->rows;
+		c->orders = p->orders;
+		c->min_added = p->fa;
+		c->max_added = p->la;
+		c->has_added = !p->fa_null && !p->la_null;
+		c->min_removed = p->fr;
+		c->max_removed = p->lr;
+		c->has_removed = !p->fr_null && !p->lr_null;
 		if (adds && !c->has_removed && c->has_added && c->rows > 0)
 		{
 			/* handed to the refresh, copied out of the fold's context */
 			RfmFoldAdd *a = &(*adds)[(*nadds)++];
-			Datum		days = SPI_getbinval(tup, desc, 10, &isnull);
 
 			MemoryContextSwitchTo(caller);
 			a->ch.key = pstrdup(c->key);
 			a->keylen = strlen(a->ch.key);
 			a->ch.rows = c->rows;
 			a->ch.orders = c->orders;
-			a->ch.spend = DatumGetNumericCopy(SPI_getbinval(tup, desc, 5, &isnull));
+			a->ch.spend = DatumGetNumericCopy(NumericGetDatum(p->spend));
 			a->ch.has_added = c->has_added;
 			a->ch.first_added = c->min_added;
 			a->ch.last_added = c->max_added;
-			a->ch.days = isnull ? NULL : (RfmDays *) PG_DETOAST_DATUM_COPY(days);
+			a->ch.days = p->days ? (RfmDays *) PG_DETOAST_DATUM_COPY(PointerGetDatum(p->days)) : NULL;
 			a->pos = -1;
 			MemoryContextSwitchTo(cxt);
 			continue;
 		}
 		list[m] = c;
-		RfmChangeOf(c, DatumGetNumeric(SPI_getbinval(tup, desc, 5, &isnull)), NULL, &ch[m]);
-		{
-			Datum		days = SPI_getbinval(tup, desc, 10, &isnull);
-
-			ch[m].days = isnull ? NULL : DatumGetRfmDays(days);
-		}
+		RfmChangeOf(c, p->spend, p->days, &ch[m]);
 		m++;
 	}
 	if (m > 0)
 		RfmApplyRows(list, ch, m, true);
-	SPI_freetuptable(res);
 	CommandCounterIncrement();
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 	return folded;
 }
-
 
 /*
  * Apply a delta directly to customer_stats (back-fills and rebuilds; tracked
