@@ -28,10 +28,12 @@
  * The cost moves to whoever reads: customer_rfm (rfm_refresh.c) adds the
  * pending deltas of its customer in its own snapshot (read-only, any
  * isolation level), and refresh_segments / fold_tracking fold them
- * (RfmFoldDeltas): one DELETE ... RETURNING takes exactly the deltas its
- * snapshot sees, sums them per customer and upserts them in customer order;
- * deltas of transactions still in flight are neither deleted nor blocked
- * and wait for the next fold.  A nightly refresh folds one day of deltas,
+ * (RfmFoldDeltas): RfmTakePending deletes exactly the deltas its snapshot
+ * sees (a scan and delete below the executor, or one DELETE ... RETURNING
+ * when someone added a trigger, a rule or row level security to the delta
+ * table), sums them per customer, and stats_store.c applies the sums in
+ * customer order; deltas of transactions still in flight are neither
+ * deleted nor blocked and wait for the next fold.  A nightly refresh folds one day of deltas,
  * a small fraction of the customers.
  *
  * Totals, counts and buckets are additive.  The first and last order times
