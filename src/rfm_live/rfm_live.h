@@ -1,10 +1,16 @@
 /*
  * rfm_live.h
  *		Live RFM tracking: per-customer statistics kept exact by triggers on
- *		the application's orders table (rfm_track.c), the per-day buckets
- *		they carry (rfm_days.c) and the re-scoring that reads them
- *		(rfm_refresh.c).  The semantics of orders, refunds and windows are
- *		those of rfm.h.
+ *		the application's orders table (rfm_track.c, administered by
+ *		rfm_track_admin.c), the per-day buckets they carry (rfm_days.c), the
+ *		tracked columns (rfm_columns.c), the one writer of
+ *		loyalty.customer_stats (stats_store.c, see stats_store.h) and the
+ *		re-scoring that reads them (rfm_refresh.c).
+ *
+ * Files call downwards only, in this order: rfm_days, rfm_columns,
+ * stats_store, rfm_track, then rfm_track_admin and rfm_refresh (neither
+ * calls the other).  The semantics of orders, refunds and windows are those
+ * of rfm.h.
  *
  * Per customer, loyalty.customer_stats holds all-time totals (rows, orders,
  * spend, first and last order time) and a loyalty.day_buckets value: for
@@ -145,16 +151,37 @@ typedef struct RfmTrackCols
 	char	  **statuses;
 } RfmTrackCols;
 
-/* rfm_track_admin.c */
+/* rfm_columns.c */
 extern void RfmResolveColumns(TupleDesc desc, const char *relname,
 							  const char *cust_col, const char *time_col,
 							  const char *amount_col, const char *status_col,
 							  int nstatuses, char **statuses, RfmTrackCols *cols);
 extern bool RfmStatusCounts(RfmTrackCols *cols, Datum value, bool isnull);
 extern char **RfmStatusList(Datum arr, bool isnull, int *n);
-extern void RfmFixOrderTimes(char **keys, int n);
 extern void RfmReadOrderTimes(char **keys, int n, Datum *first, bool *first_null,
 							  Datum *last, bool *last_null, bool read_only);
+extern bool RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t);
+extern uint32 RfmKeyHash(const void *key, Size keysize);
+extern int	RfmKeyMatch(const void *key1, const void *key2, Size keysize);
+extern struct ArrayType *RfmMakeArray(Datum *values, bool *nulls, int n, Oid elemtype);
+
+/*
+ * One customer's change of its statistics row: counts and spend added
+ * (negative when orders were removed), first / last order of the orders
+ * added, bucket delta.  What a fold, a back-fill or a refresh hands to
+ * stats_store.c.
+ */
+typedef struct RfmStatsChange
+{
+	char	   *key;			/* customer id */
+	int64		rows;			/* rows added */
+	int64		orders;			/* orders added */
+	Numeric		spend;			/* amounts added */
+	bool		has_added;		/* first/last_added valid */
+	TimestampTz first_added;
+	TimestampTz last_added;
+	RfmDays    *days;			/* bucket delta, NULL: none */
+} RfmStatsChange;
 
 /* rfm_track.c */
 extern void RfmLiveInit(void);
@@ -172,23 +199,12 @@ extern int64 RfmFoldDeltas(int64 *customers);
  */
 typedef struct RfmFoldAdd
 {
-	char	   *key;			/* customer id */
-	int			keylen;
-	int64		rows;			/* rows added */
-	int64		orders;			/* orders added */
-	Numeric		spend;			/* amounts added */
-	bool		has_added;		/* first/last_added valid */
-	TimestampTz first_added;
-	TimestampTz last_added;
-	RfmDays    *days;			/* bucket delta, NULL: none */
+	RfmStatsChange ch;			/* the additions */
+	int			keylen;			/* strlen(ch.key) */
 	int			pos;			/* the refresh's customer position, -1: none */
 } RfmFoldAdd;
 
 extern int64 RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds);
 extern bool RfmDeltasTracked(void);
-extern bool RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t);
-extern uint32 RfmKeyHash(const void *key, Size keysize);
-extern int	RfmKeyMatch(const void *key1, const void *key2, Size keysize);
-extern struct ArrayType *RfmMakeArray(Datum *values, bool *nulls, int n, Oid elemtype);
 
 #endif							/* LOYALTY_RFM_LIVE_H */

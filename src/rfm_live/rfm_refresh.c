@@ -54,6 +54,7 @@
 #include "rfm_live.h"
 #include "rfm_stats.h"
 #include "segment.h"
+#include "stats_store.h"
 
 PG_FUNCTION_INFO_V1(rfm_refresh_segments);
 PG_FUNCTION_INFO_V1(rfm_customer_rfm);
@@ -121,25 +122,20 @@ typedef struct RfmWrite
 	RfmFoldAdd *fold;			/* pending additions to fold in, or NULL */
 } RfmWrite;
 
-/* Column positions of the statistics that a fold changes. */
-typedef struct RfmFoldAtts
-{
-	int			rows,
-				orders,
-				spend,
-				first,
-				last,
-				days;
-} RfmFoldAtts;
-
 /*
  * The pending additions handed over by RfmFoldDeltasSplit, hashed by
  * customer id (open addressing) for the refresh's scan to find.
  */
+typedef struct RfmFoldSlot
+{
+	uint32		hash;			/* hash of the key */
+	int32		idx;			/* index into adds, -1: empty */
+} RfmFoldSlot;
+
 typedef struct RfmFoldIndex
 {
-	int			mask;
-	int		   *slot;			/* index into adds, -1: empty */
+	uint32		mask;
+	RfmFoldSlot *slot;
 	RfmFoldAdd *adds;
 } RfmFoldIndex;
 
@@ -236,9 +232,7 @@ RfmConfigFrom(Datum *v, bool *isnull, RfmLiveConfig *cfg)
 	memset(cfg, 0, sizeof(RfmLiveConfig));
 	memset(&zero, 0, sizeof(Interval));
 	for (i = 0; i < CFG_NATTS; i++)
-		LoyaltyCheckNotNull(isnull[i] && i != CFG_RECENCY_T &&
-							i != CFG_FREQUENCY_T && i != CFG_MONETARY_T,
-							"RFM configuration values");
+		LoyaltyCheckNotNull(isnull[i] && i != CFG_RECENCY_T && i != CFG_FREQUENCY_T && i != CFG_MONETARY_T, "RFM configuration values");
 	cfg->scoring.bins = DatumGetInt32(v[CFG_BINS]);
 	cfg->window = *DatumGetIntervalP(v[CFG_WINDOW]);
 	cfg->retention = *DatumGetIntervalP(v[CFG_RETENTION]);
@@ -532,91 +526,6 @@ RfmArenaText(char **arena, Size *left, Datum value)
 	return s;
 }
 
-/*
- * Whether this session still uses loyalty.customer_stats (an open cursor on
- * it, pending trigger events): the same test CLUSTER makes before it would
- * refuse, so that the first refresh then keeps the table as it is rather
- * than fail.
- */
-static bool
-RfmStatsInUse(Oid relid)
-{
-	Relation	rel = table_open(relid, NoLock);
-	bool		busy = rel->rd_refcnt > 1 || AfterTriggerPendingOnRel(relid);
-
-	table_close(rel, NoLock);
-	return busy;
-}
-
-/*
- * Rewrite loyalty.customer_stats into a new file holding only the row
- * versions this transaction sees, then swap it in and rebuild the indexes
- * (as CLUSTER and VACUUM FULL do).  For the first refresh, which rewrote
- * nearly every row: CLUSTER would copy the superseded versions too (their
- * deleter, this transaction, is still running), leaving a table twice the
- * size.  The caller holds ACCESS EXCLUSIVE on the table since before its
- * writes and has checked that nothing else in this session uses it.  As
- * with TRUNCATE, a transaction whose snapshot predates ours would see the
- * table empty afterwards; the lock kept every other one out meanwhile.
- */
-static void
-RfmStatsRewrite(Oid relid)
-{
-	Relation	old = table_open(relid, AccessExclusiveLock);
-	TransactionId frozen = old->rd_rel->relfrozenxid;
-	MultiXactId minmulti = old->rd_rel->relminmxid;
-	char		persistence = old->rd_rel->relpersistence;
-	Oid			newid;
-	Relation	new;
-	Snapshot	snap;
-	TableScanDesc scan;
-	TupleTableSlot *slot;
-	BulkInsertState bistate;
-	CommandId	cid;
-
-	newid = make_new_heap_compat(relid, old->rd_rel->reltablespace, old->rd_rel->relam,
-								 persistence, AccessExclusiveLock);
-	new = table_open(newid, AccessExclusiveLock);
-
-	/* see this transaction's writes */
-	CommandCounterIncrement();
-	cid = GetCurrentCommandId(true);
-	snap = RegisterSnapshot(GetLatestSnapshot());
-	scan = table_beginscan(old, snap, 0, NULL);
-	slot = table_slot_create(old, NULL);
-	bistate = GetBulkInsertState();
-	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
-	{
-		/* an out-of-line value is copied into the new table's TOAST table */
-		table_tuple_insert(new, slot, cid, 0, bistate);
-		CHECK_FOR_INTERRUPTS();
-	}
-	FreeBulkInsertState(bistate);
-	table_finish_bulk_insert(new, 0);
-	ExecDropSingleTupleTableSlot(slot);
-	table_endscan(scan);
-	UnregisterSnapshot(snap);
-	table_close(new, NoLock);
-	table_close(old, NoLock);
-
-	/* every tuple left has this transaction's xid: the old horizons hold */
-	finish_heap_swap(relid, newid, false, false, false, true, frozen, minmulti, persistence);
-}
-
-/* Attribute number of a column of customer_stats. */
-static int
-RfmAttno(TupleDesc desc, const char *name)
-{
-	int			i;
-
-	for (i = 0; i < desc->natts; i++)
-		if (!TupleDescAttr(desc, i)->attisdropped &&
-			strcmp(NameStr(TupleDescAttr(desc, i)->attname), name) == 0)
-			return i;
-	elog(ERROR, "column loyalty.customer_stats.%s does not exist", name);
-	return -1;
-}
-
 /* Size of a transparent huge page (x86-64, arm64 with 4 kB pages). */
 #define RFM_HUGE_PAGE	((Size) 2 * 1024 * 1024)
 
@@ -668,76 +577,57 @@ RfmMsSince(TimestampTz t0)
 	return secs * 1000.0 + usecs / 1000.0;
 }
 
-/* Hash the pending additions by customer id (RfmFoldFind). */
+/*
+ * Hash the pending additions by customer id (RfmFoldFind).  Every row of
+ * the scan looks itself up here and nearly all miss (a night's orders come
+ * from about 1% of the customers): the table is at most a quarter full and
+ * keeps each key's hash, so that a miss costs a hash and one or two slot
+ * reads, never a key comparison (customer ids often share their length).
+ */
 static void
 RfmFoldIndexBuild(RfmFoldIndex *ix, RfmFoldAdd *adds, int n)
 {
-	int			size = 16;
+	uint32		size = 64;
 	int			i;
 
-	while (size < 2 * n)
+	while (size < 4 * (uint32) n)
 		size *= 2;
 	ix->mask = size - 1;
-	ix->slot = palloc_extended(sizeof(int) * size, MCXT_ALLOC_HUGE);
-	memset(ix->slot, -1, sizeof(int) * size);
+	ix->slot = palloc_extended(sizeof(RfmFoldSlot) * size, MCXT_ALLOC_HUGE);
+	memset(ix->slot, -1, sizeof(RfmFoldSlot) * size);
 	ix->adds = adds;
 	for (i = 0; i < n; i++)
 	{
-		uint32		h = hash_bytes((const unsigned char *) adds[i].key, adds[i].keylen);
+		uint32		h = hash_bytes((const unsigned char *) adds[i].ch.key, adds[i].keylen);
+		uint32		p = h;
 
-		while (ix->slot[h & ix->mask] >= 0)
-			h++;
-		ix->slot[h & ix->mask] = i;
+		while (ix->slot[p & ix->mask].idx >= 0)
+			p++;
+		ix->slot[p & ix->mask].hash = h;
+		ix->slot[p & ix->mask].idx = i;
 	}
 }
 
 /* The pending additions of a customer id (bytes, not terminated), or NULL. */
-static RfmFoldAdd *
+static inline RfmFoldAdd *
 RfmFoldFind(RfmFoldIndex *ix, const char *key, int len)
 {
 	uint32		h = hash_bytes((const unsigned char *) key, len);
-	int			k;
+	uint32		p = h;
+	RfmFoldSlot *sl;
 
-	while ((k = ix->slot[h & ix->mask]) >= 0)
+	while ((sl = &ix->slot[p & ix->mask])->idx >= 0)
 	{
-		RfmFoldAdd *a = &ix->adds[k];
+		if (sl->hash == h)
+		{
+			RfmFoldAdd *a = &ix->adds[sl->idx];
 
-		if (a->keylen == len && memcmp(a->key, key, len) == 0)
-			return a;
-		h++;
+			if (a->keylen == len && memcmp(a->ch.key, key, len) == 0)
+				return a;
+		}
+		p++;
 	}
 	return NULL;
-}
-
-/*
- * Fold a customer's pending additions into a statistics row's values
- * (v / nl, in place): what loyalty's fold of the same deltas would store
- * (counts and spend added, first / last order widened, day buckets
- * merged).  Allocates in the current context.
- */
-static void
-RfmFoldMerge(Datum *v, bool *nl, const RfmFoldAtts *at, RfmFoldAdd *a)
-{
-	RfmDays    *old;
-	RfmDays    *merged;
-
-	v[at->rows] = Int64GetDatum(DatumGetInt64(v[at->rows]) + a->rows);
-	v[at->orders] = Int64GetDatum(DatumGetInt64(v[at->orders]) + a->orders);
-	v[at->spend] = NumericGetDatum(LoyaltyNumericAdd(DatumGetNumeric(v[at->spend]), a->spend));
-	if (a->has_added)
-	{
-		if (nl[at->first] || a->first_added < DatumGetTimestampTz(v[at->first]))
-			v[at->first] = TimestampTzGetDatum(a->first_added);
-		if (nl[at->last] || a->last_added > DatumGetTimestampTz(v[at->last]))
-			v[at->last] = TimestampTzGetDatum(a->last_added);
-		nl[at->first] = nl[at->last] = false;
-	}
-	old = nl[at->days] ? NULL : DatumGetRfmDays(v[at->days]);
-	if (RfmDaysCount(old) == 0)
-		old = NULL;
-	merged = RfmDaysMerge(old, a->days);
-	nl[at->days] = (RfmDaysCount(merged) == 0);
-	v[at->days] = nl[at->days] ? (Datum) 0 : PointerGetDatum(merged);
 }
 
 /* qsort comparator of writes by customer id (byte order). */
@@ -755,37 +645,6 @@ RfmTidCmp(const void *a, const void *b)
 {
 	return ItemPointerCompare(&sort_custs_tid[((const RfmWrite *) a)->pos].tid,
 							  &sort_custs_tid[((const RfmWrite *) b)->pos].tid);
-}
-
-/* qsort comparator of C strings (byte order). */
-static int
-RfmStrCmp(const void *a, const void *b)
-{
-	return strcmp(*(char *const *) a, *(char *const *) b);
-}
-
-/*
- * Plan the writes of a refresh so that they visit statistics rows in key
- * order (nested loop or merge join over the primary key, never a hash join
- * or a heap-order scan): the tracking triggers lock rows in that order, so
- * neither side can wait for the other in a cycle.  Returns the GUC nest
- * level to pass to AtEOXact_GUC.
- */
-static int
-RfmKeyOrderPlans(void)
-{
-	int			nestlevel = NewGUCNestLevel();
-
-	(void) set_config_option("enable_hashjoin", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	/* the disabled plans' costs would otherwise trigger JIT compilation */
-	(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	return nestlevel;
 }
 
 /*
@@ -810,7 +669,7 @@ RfmFetchIds(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes, i
 
 		if (writes[i].fold != NULL)
 		{
-			writes[i].id = writes[i].fold->key;
+			writes[i].id = writes[i].fold->ch.key;
 			continue;
 		}
 		if (!table_tuple_fetch_row_version(rel, &c->tid, snap, slot))
@@ -820,841 +679,710 @@ RfmFetchIds(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes, i
 	ExecDropSingleTupleTableSlot(slot);
 }
 
-/*
- * Write new scores, segments (with since) and pruned buckets into the
- * statistics rows of writes[] (sorted by customer, the order the tracking
- * triggers lock rows in), without the executor: each row is updated at the
- * version scored; if an order changed it since, its latest version is
- * locked (waiting for the writer) and updated instead, keeping the new
- * statistics.  When the update is not HOT the primary key gets an entry
- * directly (hinted as unchanged, so that btree removes the old versions'
- * entries bottom-up); if someone added other indexes, every index gets its
- * entry through the executor's code instead.
- */
-static void
-RfmWriteScores(Relation rel, Snapshot snap, RfmLiveCust *custs, RfmWrite *writes, int nwrites,
-			   RfmScore *scores, Datum *segnames, TimestampTz as_of, DateADT prune_before,
-			   const RfmFoldAtts *at)
-{
-	TupleDesc	desc = RelationGetDescr(rel);
-	List	   *indexes = RelationGetIndexList(rel);
-	Relation	idx = NULL;
-	IndexInfo  *info = NULL;
-	EState	   *estate = NULL;
-	ResultRelInfo *rri = NULL;
-	TupleTableSlot *oldslot = table_slot_create(rel, NULL);
-	TupleTableSlot *newslot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
-	CommandId	cid = GetCurrentCommandId(true);
-	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty refresh write",
-												 ALLOCSET_DEFAULT_SIZES);
-	int			a_id = RfmAttno(desc, "customer_id");
-	int			a_days = RfmAttno(desc, "days");
-	int			a_score = RfmAttno(desc, "score");
-	int			a_segment = RfmAttno(desc, "segment");
-	int			a_since = RfmAttno(desc, "since");
-	int			i;
-
-	if (list_length(indexes) == 1)
-	{
-		idx = index_open(linitial_oid(indexes), RowExclusiveLock);
-		info = BuildIndexInfo(idx);
-	}
-	else
-	{
-		estate = CreateExecutorState();
-		rri = makeNode(ResultRelInfo);
-		InitResultRelInfo(rri, rel, 0, NULL, 0);
-		ExecOpenIndices(rri, false);
-	}
-	list_free(indexes);
-	for (i = 0; i < nwrites; i++)
-	{
-		RfmLiveCust *c = &custs[writes[i].pos];
-		ItemPointerData tid = c->tid;
-		TM_FailureData tmfd;
-		TM_Result	res;
-		LockTupleMode lockmode;
-		LoyaltyUpdateIndexes update_indexes;
-		bool		seg_changed = (c->old_seg != c->new_seg);
-		bool		relocked = false;
-		MemoryContext old;
-
-		if (c->flags & RFM_CUST_NEW)
-			continue;			/* inserted by RfmInsertNew */
-		old = MemoryContextSwitchTo(rowcxt);
-		if (!table_tuple_fetch_row_version(rel, &tid, snap, oldslot))
-			elog(ERROR, "could not fetch a scored customer statistics row");
-		for (;;)
-		{
-			int			k;
-
-			slot_getallattrs(oldslot);
-			ExecClearTuple(newslot);
-			for (k = 0; k < desc->natts; k++)
-			{
-				newslot->tts_values[k] = oldslot->tts_values[k];
-				newslot->tts_isnull[k] = oldslot->tts_isnull[k];
-			}
-			/* the pending additions, onto the version at hand */
-			if (writes[i].fold != NULL)
-				RfmFoldMerge(newslot->tts_values, newslot->tts_isnull, at, writes[i].fold);
-			newslot->tts_values[a_score] = Int16GetDatum(scores[writes[i].pos]);
-			newslot->tts_isnull[a_score] = false;
-			newslot->tts_values[a_segment] = segnames[c->new_seg];
-			newslot->tts_isnull[a_segment] = false;
-			if (seg_changed || oldslot->tts_isnull[a_since])
-			{
-				newslot->tts_values[a_since] = TimestampTzGetDatum(as_of);
-				newslot->tts_isnull[a_since] = false;
-			}
-			if ((c->flags & RFM_CUST_PRUNE) && !newslot->tts_isnull[a_days])
-			{
-				RfmDays    *pruned = RfmDaysPrune(DatumGetRfmDays(newslot->tts_values[a_days]),
-												  prune_before);
-
-				newslot->tts_isnull[a_days] = (pruned == NULL);
-				newslot->tts_values[a_days] = PointerGetDatum(pruned);
-			}
-			ExecStoreVirtualTuple(newslot);
-			res = table_tuple_update(rel, &tid, newslot, cid, snap, InvalidSnapshot, true,
-									 &tmfd, &lockmode, &update_indexes);
-			if (res != TM_Updated || relocked)
-				break;
-
-			/* an order changed the row since the scan: take its latest version */
-			res = table_tuple_lock(rel, &tid, snap, oldslot, cid, LockTupleNoKeyExclusive,
-								   LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
-			if (res != TM_Ok)
-				break;
-			tid = oldslot->tts_tid;
-			relocked = true;
-		}
-		if (res == TM_Ok)
-		{
-			if (idx != NULL && LoyaltyUpdateNeedsIndexInserts(update_indexes))
-			{
-				bool		isnull = false;
-				Datum		key = newslot->tts_values[a_id];
-
-				index_insert_unchanged_compat(idx, &key, &isnull, &newslot->tts_tid, rel,
-											  UNIQUE_CHECK_NO, info);
-			}
-			else if (idx == NULL && LoyaltyUpdateNeedsAnyIndexInserts(update_indexes))
-			{
-				(void) LoyaltyExecInsertIndexTuples(rri, newslot, estate, update_indexes);
-				ResetPerTupleExprContext(estate);
-			}
-		}
-		else if (res != TM_Deleted)
-			elog(ERROR, "unexpected result %d updating customer statistics", (int) res);
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(rowcxt);
-		if ((i & 1023) == 0)
-			CHECK_FOR_INTERRUPTS();
-	}
-	if (idx != NULL)
-		index_close(idx, NoLock);
-	else
-	{
-		ExecCloseIndices(rri);
-		FreeExecutorState(estate);
-	}
-	ExecDropSingleTupleTableSlot(oldslot);
-	ExecDropSingleTupleTableSlot(newslot);
-	MemoryContextDelete(rowcxt);
-}
-
-/*
- * Insert the customers whose first orders this refresh folded (no
- * statistics row when it scanned), with their scores: their statistics
- * are the pending additions alone (buckets pruned to the retention).  A
- * row that appeared meanwhile (a back-fill of another table) gets the
- * additions added instead, as the fold's upsert does.  Inside SPI.
- */
-static void
-RfmInsertNew(RfmLiveCust *custs, RfmWrite *writes, int nwrites, RfmScore *scores,
-			 Datum *segnames, TimestampTz as_of, DateADT prune_before, Oid scoretype)
-{
-	Oid			elemtypes[10] = {TEXTOID, INT8OID, INT8OID, NUMERICOID, TIMESTAMPTZOID,
-	TIMESTAMPTZOID, RfmDaysTypeOid(), scoretype, TEXTOID, TIMESTAMPTZOID};
-	Datum	   *v[10];
-	bool	   *nl[10];
-	Oid			argtypes[10];
-	Datum		args[10];
-	int			i,
-				k,
-				m = 0;
-
-	for (k = 0; k < 10; k++)
-	{
-		v[k] = palloc_extended(sizeof(Datum) * Max(nwrites, 1), MCXT_ALLOC_HUGE);
-		nl[k] = palloc_extended(sizeof(bool) * Max(nwrites, 1), MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
-	}
-	for (i = 0; i < nwrites; i++)
-	{
-		RfmLiveCust *c = &custs[writes[i].pos];
-		RfmFoldAdd *a = writes[i].fold;
-		RfmDays    *days;
-
-		if (!(c->flags & RFM_CUST_NEW))
-			continue;
-		v[0][m] = CStringGetTextDatum(a->key);
-		v[1][m] = Int64GetDatum(a->rows);
-		v[2][m] = Int64GetDatum(a->orders);
-		v[3][m] = NumericGetDatum(a->spend);
-		v[4][m] = TimestampTzGetDatum(a->first_added);
-		v[5][m] = TimestampTzGetDatum(a->last_added);
-		nl[4][m] = nl[5][m] = !a->has_added;
-		days = (a->days == NULL || RfmDaysCount(a->days) == 0) ? NULL : a->days;
-		if (days != NULL && (c->flags & RFM_CUST_PRUNE))
-			days = RfmDaysPrune(days, prune_before);
-		v[6][m] = PointerGetDatum(days);
-		nl[6][m] = (days == NULL);
-		v[7][m] = Int16GetDatum(scores[writes[i].pos]);
-		v[8][m] = segnames[c->new_seg];
-		v[9][m] = TimestampTzGetDatum(as_of);
-		m++;
-	}
-	if (m == 0)
-		return;
-	for (k = 0; k < 10; k++)
-	{
-		argtypes[k] = get_array_type(elemtypes[k]);
-		args[k] = PointerGetDatum(RfmMakeArray(v[k], nl[k], m, elemtypes[k]));
-	}
-	if (SPI_execute_with_args("INSERT INTO loyalty.customer_stats AS s"
-							  " (customer_id, row_count, order_count, spend_total, first_order,"
-							  " last_order, days, score, segment, since)"
-							  " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-							  " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
-							  " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-							  " pg_catalog.unnest($9), pg_catalog.unnest($10))"
-							  " ON CONFLICT (customer_id) DO UPDATE SET"
-							  " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
-							  " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
-							  " spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
-							  " first_order = LEAST(s.first_order, excluded.first_order),"
-							  " last_order = GREATEST(s.last_order, excluded.last_order),"
-							  " days = loyalty._rfm_days_merge(s.days, excluded.days),"
-							  " score = excluded.score, segment = excluded.segment,"
-							  " since = CASE WHEN s.since IS NOT NULL"
-							  " AND s.segment OPERATOR(pg_catalog.=) excluded.segment"
-							  " THEN s.since ELSE excluded.since END",
-							  10, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not insert new customers into loyalty.customer_stats");
-}
-
 /* ---------------------------------------------------------------------
  * refresh_segments
+ *
+ * One state struct (RfmRefresh) goes through the phases in order: lock and
+ * read the configuration, take the pending changes, open the statistics,
+ * scan them, score, record the snapshot header, write the rows, log the
+ * segment changes, remove the leavers, compact (first refresh), summarise
+ * per segment, finish the snapshot.
  * ---------------------------------------------------------------------
  */
 
-/*
- * loyalty.refresh_segments(as_of DEFAULT now()): rescore every tracked
- * customer from the statistics and record a snapshot.  Returns the
- * snapshot id, as_of, customers scored, segment changes, score changes,
- * customers who left, and the time taken in milliseconds.
- */
-Datum
-rfm_refresh_segments(PG_FUNCTION_ARGS)
+/* A customer without rows left, found by the scan. */
+typedef struct RfmTomb
 {
+	char	   *id;
+	ItemPointerData tid;		/* the version read */
+} RfmTomb;
+
+/* Everything one refresh_segments call works on. */
+typedef struct RfmRefresh
+{
+	/* argument, configuration and the dates derived from them */
 	TimestampTz as_of;
-	TimestampTz t0 = GetCurrentTimestamp();
+	TimestampTz t0;				/* start, for DEBUG1 timings and took_ms */
 	RfmLiveConfig cfg;
-	TimestampTz start;
-	DateADT		start_day,
-				end_day,
-				retained_from,
-				new_retained;
-	TimestampTz b3,
+	DateADT		start_day;		/* first day of the scoring window */
+	DateADT		end_day;
+	DateADT		retained_from;	/* as of the last snapshot */
+	DateADT		new_retained;	/* buckets before this day are pruned */
+	TimestampTz b3,				/* recency bucket bounds */
 				b6,
 				binactive;
-	MemoryContext work,
-				rowcxt,
-				old;
-	Oid			stats_relid;
+	bool		first;			/* no snapshot yet: the first refresh */
+	Oid			scoretype;
+	MemoryContext work;			/* everything below */
+	MemoryContext rowcxt;		/* per-row scratch */
+
+	/* the scan of customer_stats */
 	Relation	rel;
-	TableScanDesc scan;
-	TupleTableSlot *slot;
 	Snapshot	snap;
 	TupleDesc	desc;
-	int			a_id,
-				a_rows,
-				a_first,
-				a_last,
-				a_days,
-				a_score,
-				a_segment;
+	RfmStatsAtts at;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	bool		scanning;		/* false: new customers from adds */
+
+	/* pending additions folded in during the scan */
+	RfmFoldAdd *adds;			/* in customer order */
+	int			nadds;
+	int			nextadd;		/* next new customer to score */
+	RfmFoldIndex foldix;
+	RfmFoldAdd **foldbypos;		/* the additions met, in position order */
+	int			nfolded;
+	Datum	   *mv;				/* a row's values with additions merged */
+	bool	   *mnl;
+
+	/* per customer */
 	RfmLiveCust *custs;
 	RfmKeys    *keys;
-	void	   *custs_base = NULL;
-	void	   *keys_base = NULL;
-	RfmScore   *scores;
-	int			n = 0,
-				cap = 1024;
-	char	  **tombs;
-	int			ntombs = 0,
-				captombs = 64;
+	void	   *custs_base;
+	void	   *keys_base;
+	int			n;
+	int			cap;
+	RfmMoney   *overflow;		/* spends that do not fit RfmLiveCust */
+	int			noverflow;
+	int			capoverflow;
+	RfmTomb    *tombs;
+	int			ntombs;
+	int			captombs;
+	char	   *arena;			/* the tombs' ids */
+	Size		arena_left;
 	RfmSegNames names;
-	char	   *arena = NULL;
-	Size		arena_left = 0;
-	int16		segof[1000];
+
+	/* scoring and writes */
+	RfmScore   *scores;
+	int16		segof[1000];	/* segment index of a score, -1: not yet */
 	RfmSegSummary *summary;
-	RfmWrite   *writes;
-	RfmMoney   *overflow = NULL;
-	int			noverflow = 0,
-				capoverflow = 0;
-	int			nwrites = 0,
-				capwrites;
-	bool		first;
-	int64		seg_changes = 0,
-				score_changes = 0,
-				left = 0;
+	RfmWrite   *writes;			/* customers whose row changes */
+	int			nwrites;
+	int			capwrites;
+	Datum	   *segnames;		/* text datums of names */
+
+	/* results */
 	int64		snapshot_id;
-	Oid			scoretype = RfmLoyaltyType("rfm_score");
-	int			i;
-	TupleDesc	rdesc;
-	Datum		values[7];
-	bool		nulls[7] = {false, false, false, false, false, false, false};
-	Oid			argtypes[10];
-	Datum		args[10];
-	bool		isnull;
-	RfmFoldAdd *adds = NULL;
-	int			nadds = 0,
-				nextadd = 0;
-	RfmFoldIndex foldix = {0, NULL, NULL};
-	RfmFoldAtts at;
-	RfmFoldAdd **foldbypos = NULL;
-	int			nfolded = 0,
-				nextfold = 0;
-	Datum	   *mv = NULL;
-	bool	   *mnl = NULL;
-	bool		scanning = true;
+	int64		seg_changes;
+	int64		score_changes;
+	int64		left;
+} RfmRefresh;
 
-	LoyaltyArgNotNull(fcinfo, 0, "as_of");
-	as_of = PG_GETARG_TIMESTAMPTZ(0);
-	RfmCheckAsOf(as_of);
-	RfmLiveRequireReadCommitted("loyalty.refresh_segments()");
-
+/*
+ * Serialize with other refreshes, read and check the configuration and the
+ * retention horizon; the first refresh (no snapshot yet) locks the
+ * statistics exclusively (it rewrites them all, then compacts them).
+ * Connects to SPI.
+ */
+static void
+RfmRefreshLock(RfmRefresh *r)
+{
 	SPI_connect();
 	if (SPI_execute("LOCK TABLE loyalty.segment_snapshot IN EXCLUSIVE MODE", false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not lock loyalty.segment_snapshot");
-	RfmReadConfig(&cfg);
-	elog(DEBUG1, "refresh_segments: read the configuration at %.1f ms", RfmMsSince(t0));
+	RfmReadConfig(&r->cfg);
+	elog(DEBUG1, "refresh_segments: read the configuration at %.1f ms", RfmMsSince(r->t0));
 
-	start = RfmMinus(as_of, &cfg.window);
-	if (!(start < as_of))
+	if (!(RfmMinus(r->as_of, &r->cfg.window) < r->as_of))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("scoring_window must be positive")));
-	start_day = RfmUtcDay(start);
-	end_day = RfmUtcDay(as_of);
-	retained_from = RfmRetainedFrom();
-	RfmCheckRetained(start_day, retained_from, &cfg);
-	first = (retained_from == DATEVAL_NOBEGIN);
-	if (first &&
+	r->start_day = RfmUtcDay(RfmMinus(r->as_of, &r->cfg.window));
+	r->end_day = RfmUtcDay(r->as_of);
+	r->retained_from = RfmRetainedFrom();
+	RfmCheckRetained(r->start_day, r->retained_from, &r->cfg);
+	r->first = (r->retained_from == DATEVAL_NOBEGIN);
+	if (r->first &&
 		SPI_execute("LOCK TABLE loyalty.customer_stats IN ACCESS EXCLUSIVE MODE", false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not lock loyalty.customer_stats");
-	elog(DEBUG1, "refresh_segments: locked at %.1f ms", RfmMsSince(t0));
+	elog(DEBUG1, "refresh_segments: locked at %.1f ms", RfmMsSince(r->t0));
+}
 
-	/*
-	 * Take the changes tracked statements appended since the last refresh
-	 * (those committed by now; later ones wait for the next fold).  Those
-	 * that removed orders are folded now (their first / last order times
-	 * may need reading again); the others, a night's new orders, are
-	 * folded in the scan below and written with the new scores, so that
-	 * each changed row is looked up by no index and written once.
-	 */
-	(void) RfmFoldDeltasSplit(NULL, &adds, &nadds);
-	elog(DEBUG1, "refresh_segments: folded pending changes at %.1f ms", RfmMsSince(t0));
-	new_retained = RfmUtcDay(RfmMinus(Min(as_of, GetCurrentTransactionStartTimestamp()),
-									  &cfg.retention));
-	new_retained = Min(new_retained, start_day);
-	if (retained_from != DATEVAL_NOBEGIN && retained_from > new_retained)
-		new_retained = retained_from;
-	b3 = RfmMinus(as_of, RfmMonths(3));
-	b6 = RfmMinus(as_of, RfmMonths(6));
-	binactive = RfmMinus(as_of, &cfg.inactive_after);
+/*
+ * Take the changes tracked statements appended since the last refresh
+ * (those committed by now; later ones wait for the next fold).  Those that
+ * removed orders are folded now (their first / last order times may need
+ * reading again); the others, a night's new orders, are folded in the
+ * scan and written with the new scores, so that each changed row is looked
+ * up by no index and written once.  Then the dates derived from as_of.
+ */
+static void
+RfmRefreshTakePending(RfmRefresh *r)
+{
+	(void) RfmFoldDeltasSplit(NULL, &r->adds, &r->nadds);
+	elog(DEBUG1, "refresh_segments: folded pending changes at %.1f ms", RfmMsSince(r->t0));
+	r->new_retained = RfmUtcDay(RfmMinus(Min(r->as_of, GetCurrentTransactionStartTimestamp()),
+										 &r->cfg.retention));
+	r->new_retained = Min(r->new_retained, r->start_day);
+	if (r->retained_from != DATEVAL_NOBEGIN && r->retained_from > r->new_retained)
+		r->new_retained = r->retained_from;
+	r->b3 = RfmMinus(r->as_of, RfmMonths(3));
+	r->b6 = RfmMinus(r->as_of, RfmMonths(6));
+	r->binactive = RfmMinus(r->as_of, &r->cfg.inactive_after);
+}
 
-	work = AllocSetContextCreate(CurrentMemoryContext, "loyalty refresh", ALLOCSET_DEFAULT_SIZES);
-	rowcxt = AllocSetContextCreate(work, "loyalty refresh row", ALLOCSET_SMALL_SIZES);
-	old = MemoryContextSwitchTo(work);
-	custs = RfmBigArray(&custs_base, NULL, 0, sizeof(RfmLiveCust) * cap);
-	keys = RfmBigArray(&keys_base, NULL, 0, sizeof(RfmKeys) * cap);
-	tombs = palloc(sizeof(char *) * captombs);
-	memset(&names, 0, sizeof(names));
+/*
+ * Open the statistics and start one scan of them, in a snapshot taken
+ * after the locks and the fold; size the per-customer arrays from the
+ * planner's estimate; hash the pending additions.  Switches to the
+ * refresh's memory context.
+ */
+static void
+RfmRefreshOpen(RfmRefresh *r)
+{
+	r->work = AllocSetContextCreate(CurrentMemoryContext, "loyalty refresh", ALLOCSET_DEFAULT_SIZES);
+	r->rowcxt = AllocSetContextCreate(r->work, "loyalty refresh row", ALLOCSET_SMALL_SIZES);
+	MemoryContextSwitchTo(r->work);
+	r->cap = 1024;
+	r->captombs = 64;
+	r->tombs = palloc(sizeof(RfmTomb) * r->captombs);
+	memset(&r->names, 0, sizeof(r->names));
 
-	/* one pass over the statistics, in a snapshot taken after the lock */
-	stats_relid = get_relname_relid("customer_stats", get_namespace_oid("loyalty", false));
-	rel = table_open(stats_relid, RowExclusiveLock);
-	desc = RelationGetDescr(rel);
-	if (rel->rd_rel->reltuples > cap)
+	r->rel = table_open(RfmStatsRelid(), RowExclusiveLock);
+	r->desc = RelationGetDescr(r->rel);
+	if (r->rel->rd_rel->reltuples > r->cap)
+		r->cap = (int) Min(r->rel->rd_rel->reltuples * 1.1 + 1024,
+						   (double) (MaxAllocHugeSize / sizeof(RfmLiveCust)));
+	r->custs = RfmBigArray(&r->custs_base, NULL, 0, sizeof(RfmLiveCust) * r->cap);
+	r->keys = RfmBigArray(&r->keys_base, NULL, 0, sizeof(RfmKeys) * r->cap);
+	RfmStatsColumns(r->desc, &r->at);
+	if (r->nadds > 0)
 	{
-		/* size the arrays once from the planner's estimate (plus growth) */
-		cap = (int) Min(rel->rd_rel->reltuples * 1.1 + 1024, (double) (MaxAllocHugeSize / sizeof(RfmLiveCust)));
-		custs = RfmBigArray(&custs_base, custs, 0, sizeof(RfmLiveCust) * cap);
-		keys = RfmBigArray(&keys_base, keys, 0, sizeof(RfmKeys) * cap);
+		RfmFoldIndexBuild(&r->foldix, r->adds, r->nadds);
+		r->foldbypos = palloc_extended(sizeof(RfmFoldAdd *) * r->nadds, MCXT_ALLOC_HUGE);
+		r->mv = palloc(sizeof(Datum) * r->desc->natts);
+		r->mnl = palloc(sizeof(bool) * r->desc->natts);
 	}
-	a_id = RfmAttno(desc, "customer_id");
-	a_rows = RfmAttno(desc, "row_count");
-	a_first = RfmAttno(desc, "first_order");
-	a_last = RfmAttno(desc, "last_order");
-	a_days = RfmAttno(desc, "days");
-	a_score = RfmAttno(desc, "score");
-	a_segment = RfmAttno(desc, "segment");
-	at.rows = a_rows;
-	at.orders = RfmAttno(desc, "order_count");
-	at.spend = RfmAttno(desc, "spend_total");
-	at.first = a_first;
-	at.last = a_last;
-	at.days = a_days;
-	if (nadds > 0)
+	r->snap = RegisterSnapshot(GetLatestSnapshot());
+	r->scan = table_beginscan(r->rel, r->snap, 0, NULL);
+	r->slot = table_slot_create(r->rel, NULL);
+	r->scanning = true;
+}
+
+/*
+ * The next customer to score: a statistics row with the pending additions
+ * of its customer merged in (*fa), then, once the scan is over, each
+ * customer with additions but no row (a new customer), from its additions
+ * alone.  false when there is none left.
+ */
+static bool
+RfmRefreshNextRow(RfmRefresh *r, Datum **v, bool **nl, RfmFoldAdd **fa)
+{
+	RfmStatsAtts *at = &r->at;
+	int			k;
+
+	*fa = NULL;
+	if (r->scanning && table_scan_getnextslot(r->scan, ForwardScanDirection, r->slot))
 	{
-		RfmFoldIndexBuild(&foldix, adds, nadds);
-		foldbypos = palloc_extended(sizeof(RfmFoldAdd *) * nadds, MCXT_ALLOC_HUGE);
-		mv = palloc(sizeof(Datum) * desc->natts);
-		mnl = palloc(sizeof(bool) * desc->natts);
+		slot_getallattrs(r->slot);
+		*v = r->slot->tts_values;
+		*nl = r->slot->tts_isnull;
+		if (r->nadds > 0)
+		{
+			text	   *t;
+
+			MemoryContextSwitchTo(r->rowcxt);
+			t = DatumGetTextPP((*v)[at->id]);
+			*fa = RfmFoldFind(&r->foldix, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+			if (*fa != NULL)
+			{
+				memcpy(r->mv, *v, sizeof(Datum) * r->desc->natts);
+				memcpy(r->mnl, *nl, sizeof(bool) * r->desc->natts);
+				RfmStatsMerge(r->mv, r->mnl, at, &(*fa)->ch);
+				*v = r->mv;
+				*nl = r->mnl;
+			}
+			MemoryContextSwitchTo(r->work);
+		}
+		return true;
 	}
-	snap = RegisterSnapshot(GetLatestSnapshot());
-	scan = table_beginscan(rel, snap, 0, NULL);
-	slot = table_slot_create(rel, NULL);
-
-	/*
-	 * Every statistics row, with the pending additions of its customer
-	 * folded in; then the customers who have pending additions but no row
-	 * yet (new customers), from those additions alone.
-	 */
-	for (;;)
+	r->scanning = false;
+	while (r->nextadd < r->nadds && r->adds[r->nextadd].pos >= 0)
+		r->nextadd++;
+	if (r->nextadd >= r->nadds)
+		return false;
+	/* a new customer: its additions onto empty statistics */
+	*fa = &r->adds[r->nextadd++];
+	MemoryContextSwitchTo(r->rowcxt);
+	for (k = 0; k < r->desc->natts; k++)
 	{
-		Datum	   *v;
-		bool	   *nl;
-		int64		rows;
-		RfmDaysSum	sum;
-		RfmLiveCust *c;
-		RfmDays    *days;
-		RfmMoney	spend;
-		bool		has_order;
-		TimestampTz last = 0;
-		RfmFoldAdd *fa = NULL;
+		r->mv[k] = (Datum) 0;
+		r->mnl[k] = true;
+	}
+	r->mv[at->id] = CStringGetTextDatum((*fa)->ch.key);
+	r->mv[at->rows] = Int64GetDatum(0);
+	r->mv[at->orders] = Int64GetDatum(0);
+	r->mv[at->spend] = NumericGetDatum(LoyaltyNumericZero());
+	r->mnl[at->id] = r->mnl[at->rows] = r->mnl[at->orders] = r->mnl[at->spend] = false;
+	RfmStatsMerge(r->mv, r->mnl, at, &(*fa)->ch);
+	MemoryContextSwitchTo(r->work);
+	*v = r->mv;
+	*nl = r->mnl;
+	return true;
+}
 
-		if (scanning && table_scan_getnextslot(scan, ForwardScanDirection, slot))
-		{
-			slot_getallattrs(slot);
-			v = slot->tts_values;
-			nl = slot->tts_isnull;
-			if (nadds > 0)
-			{
-				text	   *t;
+/* Keep a customer without rows (a tomb) for RfmRefreshLeavers. */
+static void
+RfmRefreshTomb(RfmRefresh *r, Datum *v)
+{
+	if (r->ntombs == r->captombs)
+	{
+		r->captombs *= 2;
+		r->tombs = repalloc_huge(r->tombs, sizeof(RfmTomb) * r->captombs);
+	}
+	r->tombs[r->ntombs].id = RfmArenaText(&r->arena, &r->arena_left, v[r->at.id]);
+	r->tombs[r->ntombs].tid = r->slot->tts_tid;
+	r->ntombs++;
+}
 
-				MemoryContextSwitchTo(rowcxt);
-				t = DatumGetTextPP(v[a_id]);
-				fa = RfmFoldFind(&foldix, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
-				if (fa != NULL)
-				{
-					memcpy(mv, v, sizeof(Datum) * desc->natts);
-					memcpy(mnl, nl, sizeof(bool) * desc->natts);
-					RfmFoldMerge(mv, mnl, &at, fa);
-					v = mv;
-					nl = mnl;
-				}
-				MemoryContextSwitchTo(work);
-			}
-		}
-		else
-		{
-			int			k;
+/* Keep a customer's spend in the window in its RfmLiveCust (or overflow). */
+static void
+RfmRefreshSpend(RfmRefresh *r, RfmLiveCust *c, RfmMoney *spend)
+{
+	if (spend->kind == RFM_MONEY_INT && spend->scale <= PG_INT8_MAX &&
+		spend->v.i <= PG_INT64_MAX && spend->v.i >= PG_INT64_MIN)
+	{
+		c->spend = (int64) spend->v.i;
+		c->spend_scale = (int8) spend->scale;
+		return;
+	}
+	if (r->noverflow == r->capoverflow)
+	{
+		r->capoverflow = r->capoverflow ? r->capoverflow * 2 : 64;
+		r->overflow = r->overflow ? repalloc(r->overflow, sizeof(RfmMoney) * r->capoverflow)
+			: palloc(sizeof(RfmMoney) * r->capoverflow);
+	}
+	r->overflow[r->noverflow] = *spend;
+	c->spend = r->noverflow++;
+	c->spend_scale = -1;
+}
 
-			scanning = false;
-			while (nextadd < nadds && adds[nextadd].pos >= 0)
-				nextadd++;
-			if (nextadd >= nadds)
-				break;
-			/* a new customer: its additions onto empty statistics */
-			fa = &adds[nextadd++];
-			MemoryContextSwitchTo(rowcxt);
-			for (k = 0; k < desc->natts; k++)
-			{
-				mv[k] = (Datum) 0;
-				mnl[k] = true;
-			}
-			mv[a_id] = CStringGetTextDatum(fa->key);
-			mv[a_rows] = Int64GetDatum(0);
-			mv[at.orders] = Int64GetDatum(0);
-			mv[at.spend] = NumericGetDatum(LoyaltyNumericZero());
-			mnl[a_id] = mnl[a_rows] = mnl[at.orders] = mnl[at.spend] = false;
-			RfmFoldMerge(mv, mnl, &at, fa);
-			MemoryContextSwitchTo(work);
-			v = mv;
-			nl = mnl;
-		}
-		rows = DatumGetInt64(v[a_rows]);
-		if (rows <= 0)
-		{
-			if (rows < 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATA_CORRUPTED),
-						 errmsg("live statistics of customer \"%s\" are out of sync with the tracked tables",
-								TextDatumGetCString(v[a_id])),
-						 errhint("Run loyalty.rebuild_tracking().")));
-			if (ntombs == captombs)
-			{
-				captombs *= 2;
-				tombs = repalloc_huge(tombs, sizeof(char *) * captombs);
-			}
-			tombs[ntombs++] = RfmArenaText(&arena, &arena_left, v[a_id]);
-			/* (never one with additions: they hold rows) */
-			continue;
-		}
-		if (n == cap)
-		{
-			cap *= 2;
-			custs = RfmBigArray(&custs_base, custs, sizeof(RfmLiveCust) * n,
-								sizeof(RfmLiveCust) * cap);
-			keys = RfmBigArray(&keys_base, keys, sizeof(RfmKeys) * n, sizeof(RfmKeys) * cap);
-		}
-		c = &custs[n];
+/*
+ * Record one customer (values v / nl, pending additions fa): its scoring
+ * keys (recency, windowed frequency and monetary from the day buckets),
+ * its recency bucket flags, its spend, the version read and its old score
+ * and segment.  A customer without rows is kept as a tomb instead.
+ */
+static void
+RfmRefreshCustomer(RfmRefresh *r, Datum *v, bool *nl, RfmFoldAdd *fa)
+{
+	RfmStatsAtts *at = &r->at;
+	int64		rows = DatumGetInt64(v[at->rows]);
+	RfmDaysSum	sum;
+	RfmLiveCust *c;
+	RfmDays    *days;
+	RfmMoney	spend;
+	bool		has_order;
+	TimestampTz last = 0;
+	RfmKeys    *key;
 
-		/* buckets may need a detoasted copy: that goes to the row context */
-		MemoryContextSwitchTo(rowcxt);
-		days = nl[a_days] ? NULL : DatumGetRfmDays(v[a_days]);
-		RfmDaysWindow(days, start_day, end_day, &sum, false, work);
-		RfmCustomerInputs(&sum, nl[a_first], DatumGetTimestampTz(v[a_first]),
-						  nl[a_last], DatumGetTimestampTz(v[a_last]), as_of,
-						  new_retained, &has_order, &last);
-		spend = sum.money;
-		keys[n].key[RFM_RECENCY] = RfmRecencyKey(RfmRecencyDaysOf(has_order, as_of, last));
-		keys[n].key[RFM_FREQUENCY] = (double) sum.orders;
-		if (!cfg.average)
-			keys[n].key[RFM_MONETARY] = RfmMoneyKey(&spend);
-		else
-			keys[n].key[RFM_MONETARY] =
-				RfmMonetaryKey(RfmMonetary(&cfg, RfmMoneyToNumeric(&spend), sum.orders));
-		c->flags = 0;
-		if (RfmDaysCount(days) > 0 && RfmDaysFirstDay(days) < new_retained)
-			c->flags |= RFM_CUST_PRUNE;
-		if (!has_order)
-			c->flags |= RFM_CUST_NO_ORDER | RFM_CUST_INACTIVE;
+	if (rows <= 0)
+	{
+		if (rows < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("live statistics of customer \"%s\" are out of sync with the tracked tables",
+							TextDatumGetCString(v[at->id])),
+					 errhint("Run loyalty.rebuild_tracking().")));
+		/* (never one with additions: they hold rows) */
+		RfmRefreshTomb(r, v);
+		return;
+	}
+	if (r->n == r->cap)
+	{
+		r->cap *= 2;
+		r->custs = RfmBigArray(&r->custs_base, r->custs, sizeof(RfmLiveCust) * r->n,
+							   sizeof(RfmLiveCust) * r->cap);
+		r->keys = RfmBigArray(&r->keys_base, r->keys, sizeof(RfmKeys) * r->n,
+							  sizeof(RfmKeys) * r->cap);
+	}
+	c = &r->custs[r->n];
+	key = &r->keys[r->n];
+
+	/* buckets may need a detoasted copy: that goes to the row context */
+	MemoryContextSwitchTo(r->rowcxt);
+	days = nl[at->days] ? NULL : DatumGetRfmDays(v[at->days]);
+	RfmDaysWindow(days, r->start_day, r->end_day, &sum, false, r->work);
+	RfmCustomerInputs(&sum, nl[at->first], DatumGetTimestampTz(v[at->first]),
+					  nl[at->last], DatumGetTimestampTz(v[at->last]), r->as_of,
+					  r->new_retained, &has_order, &last);
+	spend = sum.money;
+	key->key[RFM_RECENCY] = RfmRecencyKey(RfmRecencyDaysOf(has_order, r->as_of, last));
+	key->key[RFM_FREQUENCY] = (double) sum.orders;
+	if (!r->cfg.average)
+		key->key[RFM_MONETARY] = RfmMoneyKey(&spend);
+	else
+		key->key[RFM_MONETARY] =
+			RfmMonetaryKey(RfmMonetary(&r->cfg, RfmMoneyToNumeric(&spend), sum.orders));
+	c->flags = 0;
+	if (RfmDaysCount(days) > 0 && RfmDaysFirstDay(days) < r->new_retained)
+		c->flags |= RFM_CUST_PRUNE;
+	if (!has_order)
+		c->flags |= RFM_CUST_NO_ORDER | RFM_CUST_INACTIVE;
+	else
+	{
+		c->flags |= last > r->b3 ? RFM_CUST_RECENT : last > r->b6 ? RFM_CUST_MID : RFM_CUST_OLD;
+		if (last <= r->binactive)
+			c->flags |= RFM_CUST_INACTIVE;
+	}
+	MemoryContextSwitchTo(r->work);
+	MemoryContextReset(r->rowcxt);
+	RfmRefreshSpend(r, c, &spend);
+	if (fa == NULL)
+		c->tid = r->slot->tts_tid;
+	else
+	{
+		c->flags |= RFM_CUST_FOLD;
+		if (r->scanning)
+			c->tid = r->slot->tts_tid;
 		else
 		{
-			c->flags |= last > b3 ? RFM_CUST_RECENT : last > b6 ? RFM_CUST_MID : RFM_CUST_OLD;
-			if (last <= binactive)
-				c->flags |= RFM_CUST_INACTIVE;
+			c->flags |= RFM_CUST_NEW;
+			ItemPointerSetInvalid(&c->tid);
 		}
-		MemoryContextSwitchTo(work);
-		MemoryContextReset(rowcxt);
-		if (spend.kind == RFM_MONEY_INT && spend.scale <= PG_INT8_MAX &&
-			spend.v.i <= PG_INT64_MAX && spend.v.i >= PG_INT64_MIN)
-		{
-			c->spend = (int64) spend.v.i;
-			c->spend_scale = (int8) spend.scale;
-		}
-		else
-		{
-			if (noverflow == capoverflow)
-			{
-				capoverflow = capoverflow ? capoverflow * 2 : 64;
-				overflow = overflow ? repalloc(overflow, sizeof(RfmMoney) * capoverflow)
-					: palloc(sizeof(RfmMoney) * capoverflow);
-			}
-			overflow[noverflow] = spend;
-			c->spend = noverflow++;
-			c->spend_scale = -1;
-		}
-		if (fa == NULL)
-			c->tid = slot->tts_tid;
-		else
-		{
-			c->flags |= RFM_CUST_FOLD;
-			if (scanning)
-				c->tid = slot->tts_tid;
-			else
-			{
-				c->flags |= RFM_CUST_NEW;
-				ItemPointerSetInvalid(&c->tid);
-			}
-			fa->pos = n;
-			foldbypos[nfolded++] = fa;
-		}
-		c->old_score = nl[a_score] ? -1 : DatumGetInt16(v[a_score]);
-		c->old_seg = nl[a_segment] ? -1 : RfmSegIndexText(&names, v[a_segment]);
-		n++;
-		if ((n & 4095) == 0)
+		fa->pos = r->n;
+		r->foldbypos[r->nfolded++] = fa;
+	}
+	c->old_score = nl[at->score] ? -1 : DatumGetInt16(v[at->score]);
+	c->old_seg = nl[at->segment] ? -1 : RfmSegIndexText(&r->names, v[at->segment]);
+	r->n++;
+}
+
+/* One pass over the statistics (and the new customers): RfmRefreshCustomer. */
+static void
+RfmRefreshScan(RfmRefresh *r)
+{
+	Datum	   *v;
+	bool	   *nl;
+	RfmFoldAdd *fa;
+
+	while (RfmRefreshNextRow(r, &v, &nl, &fa))
+	{
+		RfmRefreshCustomer(r, v, nl, fa);
+		if ((r->n & 4095) == 0)
 			CHECK_FOR_INTERRUPTS();
 	}
-	ExecDropSingleTupleTableSlot(slot);
-	table_endscan(scan);
+	ExecDropSingleTupleTableSlot(r->slot);
+	table_endscan(r->scan);
+	elog(DEBUG1, "refresh_segments: read %d customers in %.1f ms", r->n, RfmMsSince(r->t0));
+}
 
-	elog(DEBUG1, "refresh_segments: read %d customers in %.1f ms", n, RfmMsSince(t0));
-
-	/* score, name, compare */
-	scores = palloc_extended(sizeof(RfmScore) * Max(n, 1), MCXT_ALLOC_HUGE);
-	RfmScoreAll(&cfg.scoring, keys, n, scores);
-	for (i = 0; i < 1000; i++)
-		segof[i] = -1;
-	capwrites = 1024;
-	writes = palloc(sizeof(RfmWrite) * capwrites);
-	summary = palloc0(sizeof(RfmSegSummary) * RFM_MAX_SEGMENTS);
-	for (i = 0; i < n; i++)
+/* The segment index of a score, from the segment map (cached per score). */
+static int
+RfmRefreshSegmentOf(RfmRefresh *r, RfmScore s)
+{
+	if (r->segof[s] < 0)
 	{
-		RfmLiveCust *c = &custs[i];
-		RfmScore	s = scores[i];
-		int			seg = segof[s];
-		RfmSegSummary *sm;
-		bool		seg_changed,
-					score_changed;
+		const char *name = RfmSegmentOf(s, r->cfg.scoring.bins);
 
-		if (seg < 0)
-		{
-			const char *name = RfmSegmentOf(s, cfg.scoring.bins);
+		if (name == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("score %d%d%d has no segment in the segment map",
+							RfmScoreRecency(s), RfmScoreFrequency(s), RfmScoreMonetary(s))));
+		r->segof[s] = RfmSegIndex(&r->names, name);
+	}
+	return r->segof[s];
+}
 
-			if (name == NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("score %d%d%d has no segment in the segment map",
-								RfmScoreRecency(s), RfmScoreFrequency(s), RfmScoreMonetary(s))));
-			seg = segof[s] = RfmSegIndex(&names, name);
-		}
-		seg_changed = (c->old_seg != seg);
-		score_changed = (c->old_score != s);
-		if (seg_changed)
-			seg_changes++;
-		if (score_changed)
-			score_changes++;
+/* Add a customer to its segment's summary. */
+static void
+RfmRefreshSummarise(RfmRefresh *r, RfmLiveCust *c)
+{
+	RfmSegSummary *sm = &r->summary[c->new_seg];
+
+	sm->customers++;
+	if (c->spend_scale >= 0)
+	{
+		RfmMoney	m;
+
+		memset(&m, 0, sizeof(m));
+		m.kind = RFM_MONEY_INT;
+		m.v.i = c->spend;
+		m.scale = c->spend_scale;
+		RfmMoneyAddMoney(&sm->revenue, &m, r->work);
+	}
+	else
+		RfmMoneyAddMoney(&sm->revenue, &r->overflow[c->spend], r->work);
+	sm->recent += (c->flags & RFM_CUST_RECENT) != 0;
+	sm->mid += (c->flags & RFM_CUST_MID) != 0;
+	sm->old += (c->flags & RFM_CUST_OLD) != 0;
+	sm->no_order += (c->flags & RFM_CUST_NO_ORDER) != 0;
+	sm->inactive += (c->flags & RFM_CUST_INACTIVE) != 0;
+}
+
+/*
+ * Score everyone, name segments, count changes, list the rows to write
+ * (score or segment changed, buckets to prune, additions to fold in) and
+ * sum the per-segment summary.
+ */
+static void
+RfmRefreshScore(RfmRefresh *r)
+{
+	int			nextfold = 0;
+	int			prune_only = 0;
+	int			i;
+
+	r->scores = palloc_extended(sizeof(RfmScore) * Max(r->n, 1), MCXT_ALLOC_HUGE);
+	RfmScoreAll(&r->cfg.scoring, r->keys, r->n, r->scores);
+	for (i = 0; i < 1000; i++)
+		r->segof[i] = -1;
+	r->capwrites = 1024;
+	r->writes = palloc(sizeof(RfmWrite) * r->capwrites);
+	r->summary = palloc0(sizeof(RfmSegSummary) * RFM_MAX_SEGMENTS);
+	for (i = 0; i < r->n; i++)
+	{
+		RfmLiveCust *c = &r->custs[i];
+		RfmScore	s = r->scores[i];
+		int			seg = RfmRefreshSegmentOf(r, s);
+		bool		seg_changed = (c->old_seg != seg);
+		bool		score_changed = (c->old_score != s);
+
+		r->seg_changes += seg_changed;
+		r->score_changes += score_changed;
+		if (!seg_changed && !score_changed)
+			prune_only += (c->flags & (RFM_CUST_PRUNE | RFM_CUST_FOLD)) == RFM_CUST_PRUNE;
 		if (seg_changed || score_changed || (c->flags & (RFM_CUST_PRUNE | RFM_CUST_FOLD)))
 		{
-			if (nwrites == capwrites)
+			RfmWrite   *w;
+
+			if (r->nwrites == r->capwrites)
 			{
-				capwrites *= 2;
-				writes = repalloc_huge(writes, sizeof(RfmWrite) * capwrites);
+				r->capwrites *= 2;
+				r->writes = repalloc_huge(r->writes, sizeof(RfmWrite) * r->capwrites);
 			}
-			writes[nwrites].pos = i;
-			writes[nwrites].id = NULL;
-			writes[nwrites].fold = NULL;
+			w = &r->writes[r->nwrites++];
+			w->pos = i;
+			w->id = NULL;
+			w->fold = NULL;
 			if (c->flags & RFM_CUST_FOLD)
 			{
 				/* foldbypos is in position order, as i is */
-				while (foldbypos[nextfold]->pos < i)
+				while (r->foldbypos[nextfold]->pos < i)
 					nextfold++;
-				writes[nwrites].fold = foldbypos[nextfold];
+				w->fold = r->foldbypos[nextfold];
 			}
-			nwrites++;
 		}
 		c->new_seg = seg;
-
-		sm = &summary[seg];
-		sm->customers++;
-		if (c->spend_scale >= 0)
-		{
-			RfmMoney	m;
-
-			memset(&m, 0, sizeof(m));
-			m.kind = RFM_MONEY_INT;
-			m.v.i = c->spend;
-			m.scale = c->spend_scale;
-			RfmMoneyAddMoney(&sm->revenue, &m, work);
-		}
-		else
-			RfmMoneyAddMoney(&sm->revenue, &overflow[c->spend], work);
-		sm->recent += (c->flags & RFM_CUST_RECENT) != 0;
-		sm->mid += (c->flags & RFM_CUST_MID) != 0;
-		sm->old += (c->flags & RFM_CUST_OLD) != 0;
-		sm->no_order += (c->flags & RFM_CUST_NO_ORDER) != 0;
-		sm->inactive += (c->flags & RFM_CUST_INACTIVE) != 0;
+		RfmRefreshSummarise(r, c);
 	}
+	r->segnames = palloc(sizeof(Datum) * Max(r->names.n, 1));
+	for (i = 0; i < r->names.n; i++)
+		r->segnames[i] = CStringGetTextDatum(r->names.name[i]);
+	elog(DEBUG1, "refresh_segments: scored, %d rows to write (%d folds, %d only pruned), at %.1f ms",
+		 r->nwrites, r->nfolded, prune_only, RfmMsSince(r->t0));
+}
 
-	elog(DEBUG1, "refresh_segments: scored, %d rows to write, at %.1f ms", nwrites, RfmMsSince(t0));
+/* The snapshot header, first: the change log refers to it. */
+static void
+RfmRefreshSnapshot(RfmRefresh *r)
+{
+	Oid			argtypes[6] = {TIMESTAMPTZOID, INT4OID, INTERVALOID, TEXTOID, TEXTOID, DATEOID};
+	Datum		args[6];
+	bool		isnull;
 
-	/* the snapshot header first: the change log refers to it */
-	argtypes[0] = TIMESTAMPTZOID;
-	argtypes[1] = INT4OID;
-	argtypes[2] = INTERVALOID;
-	argtypes[3] = TEXTOID;
-	argtypes[4] = TEXTOID;
-	argtypes[5] = DATEOID;
-	args[0] = TimestampTzGetDatum(as_of);
-	args[1] = Int32GetDatum(cfg.scoring.bins);
-	args[2] = IntervalPGetDatum(&cfg.window);
-	args[3] = CStringGetTextDatum(cfg.average ? "average" : "total");
-	args[4] = CStringGetTextDatum(cfg.scoring.use_thresholds ? "thresholds" : "quantile");
-	args[5] = DateADTGetDatum(new_retained);
+	args[0] = TimestampTzGetDatum(r->as_of);
+	args[1] = Int32GetDatum(r->cfg.scoring.bins);
+	args[2] = IntervalPGetDatum(&r->cfg.window);
+	args[3] = CStringGetTextDatum(r->cfg.average ? "average" : "total");
+	args[4] = CStringGetTextDatum(r->cfg.scoring.use_thresholds ? "thresholds" : "quantile");
+	args[5] = DateADTGetDatum(r->new_retained);
 	if (SPI_execute_with_args("INSERT INTO loyalty.segment_snapshot"
 							  " (as_of, bins, scoring_window, monetary, method, retained_from)"
 							  " VALUES ($1, $2, $3, $4, $5, $6) RETURNING snapshot_id",
 							  6, argtypes, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not insert into loyalty.segment_snapshot");
-	snapshot_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	r->snapshot_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+												 1, &isnull));
+}
 
-	if (nwrites > 0)
+/* qsort comparator of rows to write by customer id (byte order). */
+static int
+RfmScoreRowCmp(const void *a, const void *b)
+{
+	return strcmp(((const RfmStatsScoreRow *) a)->key, ((const RfmStatsScoreRow *) b)->key);
+}
+
+/* qsort comparator of tombs by customer id (byte order). */
+static int
+RfmTombCmp(const void *a, const void *b)
+{
+	return strcmp(((const RfmTomb *) a)->id, ((const RfmTomb *) b)->id);
+}
+
+/*
+ * Write the rows: the changed customers (ids read back by location, then
+ * sorted) and the tombs, in one key-ordered pass of stats_store.c, new
+ * customers inserted after it.
+ */
+static void
+RfmRefreshWrite(RfmRefresh *r)
+{
+	RfmStatsScoreRow *rows;
+	int			m = 0;
+	int			i;
+
+	if (r->nwrites + r->ntombs == 0)
+		return;
+	RfmFetchIds(r->rel, r->snap, r->custs, r->writes, r->nwrites, r->at.id);
+	qsort(r->writes, r->nwrites, sizeof(RfmWrite), RfmWriteIdCmp);
+	qsort(r->tombs, r->ntombs, sizeof(RfmTomb), RfmTombCmp);
+	rows = palloc_extended(sizeof(RfmStatsScoreRow) * (r->nwrites + r->ntombs), MCXT_ALLOC_HUGE);
+	for (i = 0; i < r->nwrites; i++)
 	{
-		Datum	   *ids = palloc_extended(sizeof(Datum) * nwrites, MCXT_ALLOC_HUGE);
-		Datum	   *sc = palloc_extended(sizeof(Datum) * nwrites, MCXT_ALLOC_HUGE);
-		Datum	   *sg = palloc_extended(sizeof(Datum) * nwrites, MCXT_ALLOC_HUGE);
-		Datum	   *segnames = palloc(sizeof(Datum) * Max(names.n, 1));
-		int			nchg = 0;
+		RfmWrite   *w = &r->writes[i];
+		RfmLiveCust *c = &r->custs[w->pos];
+		RfmStatsScoreRow *row = &rows[m++];
 
-		for (i = 0; i < names.n; i++)
-			segnames[i] = CStringGetTextDatum(names.name[i]);
-		RfmFetchIds(rel, snap, custs, writes, nwrites, a_id);
-		qsort(writes, nwrites, sizeof(RfmWrite), RfmWriteIdCmp);
-		RfmWriteScores(rel, snap, custs, writes, nwrites, scores, segnames, as_of, new_retained, &at);
-		RfmInsertNew(custs, writes, nwrites, scores, segnames, as_of, new_retained, scoretype);
-		for (i = 0; i < nwrites; i++)
-		{
-			RfmLiveCust *c = &custs[writes[i].pos];
-
-			ids[i] = CStringGetTextDatum(writes[i].id);
-			sc[i] = Int16GetDatum(scores[writes[i].pos]);
-			sg[i] = segnames[c->new_seg];
-		}
-		elog(DEBUG1, "refresh_segments: wrote scores at %.1f ms", RfmMsSince(t0));
-
-		/* change log: customers whose segment changed */
-		for (i = 0; i < nwrites; i++)
-		{
-			RfmLiveCust *c = &custs[writes[i].pos];
-
-			if (c->old_seg != c->new_seg)
-			{
-				ids[nchg] = ids[i];
-				sc[nchg] = sc[i];
-				sg[nchg] = sg[i];
-				nchg++;
-			}
-		}
-		if (nchg > 0)
-		{
-			argtypes[0] = INT8OID;
-			argtypes[1] = TEXTARRAYOID;
-			argtypes[2] = TEXTARRAYOID;
-			argtypes[3] = get_array_type(scoretype);
-			args[0] = Int64GetDatum(snapshot_id);
-			args[1] = PointerGetDatum(RfmMakeArray(ids, NULL, nchg, TEXTOID));
-			args[2] = PointerGetDatum(RfmMakeArray(sg, NULL, nchg, TEXTOID));
-			args[3] = PointerGetDatum(RfmMakeArray(sc, NULL, nchg, scoretype));
-			if (SPI_execute_with_args("INSERT INTO loyalty.segment_change"
-									  " (snapshot_id, customer_id, segment, score)"
-									  " SELECT $1, u.* FROM ROWS FROM (pg_catalog.unnest($2),"
-									  " pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u",
-									  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not insert into loyalty.segment_change");
-		}
+		row->key = w->id;
+		row->tid = c->tid;
+		row->leave = false;
+		row->insert = (c->flags & RFM_CUST_NEW) != 0;
+		row->seg_changed = (c->old_seg != c->new_seg);
+		row->prune = (c->flags & RFM_CUST_PRUNE) != 0;
+		row->score = r->scores[w->pos];
+		row->segment = r->segnames[c->new_seg];
+		row->fold = w->fold ? &w->fold->ch : NULL;
 	}
-
-	UnregisterSnapshot(snap);
-	table_close(rel, NoLock);
-
-	/*
-	 * Customers without rows left: delete them (a concurrent order may have
-	 * brought one back; it then stays, unscored until the next refresh) and
-	 * log that they left their segment.
-	 */
-	if (ntombs > 0)
+	for (i = 0; i < r->ntombs; i++)
 	{
-		Datum	   *ids = palloc_extended(sizeof(Datum) * ntombs, MCXT_ALLOC_HUGE);
-		int			nestlevel;
-		int			ret;
+		RfmStatsScoreRow *row = &rows[m++];
 
-		qsort(tombs, ntombs, sizeof(char *), RfmStrCmp);
-		for (i = 0; i < ntombs; i++)
-			ids[i] = CStringGetTextDatum(tombs[i]);
-		nestlevel = RfmKeyOrderPlans();
-		argtypes[0] = TEXTARRAYOID;
-		argtypes[1] = INT8OID;
-		args[0] = PointerGetDatum(RfmMakeArray(ids, NULL, ntombs, TEXTOID));
-		args[1] = Int64GetDatum(snapshot_id);
-		ret = SPI_execute_with_args("WITH gone AS ("
-									"  DELETE FROM loyalty.customer_stats s"
-									"  WHERE s.customer_id OPERATOR(pg_catalog.=) ANY ($1)"
-									"  AND s.row_count OPERATOR(pg_catalog.=) 0"
-									"  RETURNING s.customer_id, s.segment)"
-									" INSERT INTO loyalty.segment_change (snapshot_id, customer_id, segment, score)"
-									" SELECT $2, g.customer_id, NULL, NULL FROM gone g WHERE g.segment IS NOT NULL",
-									2, argtypes, args, NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "could not remove customers who left: %s", SPI_result_code_string(ret));
-		left = SPI_processed;
-
-		/*
-		 * Those brought back by an order committed meanwhile were absent
-		 * from this snapshot too: they leave their segment now and enter a
-		 * new one at the next refresh (a new statement sees them).
-		 */
-		ret = SPI_execute_with_args("WITH back AS ("
-									"  UPDATE loyalty.customer_stats s"
-									"  SET score = NULL, segment = NULL, since = NULL"
-									"  WHERE s.customer_id OPERATOR(pg_catalog.=) ANY ($1)"
-									"  AND s.segment IS NOT NULL"
-									"  RETURNING s.customer_id)"
-									" INSERT INTO loyalty.segment_change (snapshot_id, customer_id, segment, score)"
-									" SELECT $2, b.customer_id, NULL, NULL FROM back b",
-									2, argtypes, args, NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "could not update customers who came back: %s", SPI_result_code_string(ret));
-		left += SPI_processed;
-		AtEOXact_GUC(true, nestlevel);
+		memset(row, 0, sizeof(RfmStatsScoreRow));
+		row->key = r->tombs[i].id;
+		row->tid = r->tombs[i].tid;
+		row->leave = true;
 	}
+	qsort(rows, m, sizeof(RfmStatsScoreRow), RfmScoreRowCmp);
+	RfmStatsWriteScores(rows, m, r->snap, r->as_of, r->new_retained, r->scoretype);
+	elog(DEBUG1, "refresh_segments: wrote scores at %.1f ms", RfmMsSince(r->t0));
+}
 
-	elog(DEBUG1, "refresh_segments: change log and leavers at %.1f ms", RfmMsSince(t0));
+/* The change log: one row per customer whose segment changed. */
+static void
+RfmRefreshChangeLog(RfmRefresh *r)
+{
+	Datum	   *ids = palloc_extended(sizeof(Datum) * Max(r->nwrites, 1), MCXT_ALLOC_HUGE);
+	Datum	   *sc = palloc_extended(sizeof(Datum) * Max(r->nwrites, 1), MCXT_ALLOC_HUGE);
+	Datum	   *sg = palloc_extended(sizeof(Datum) * Max(r->nwrites, 1), MCXT_ALLOC_HUGE);
+	Oid			argtypes[4];
+	Datum		args[4];
+	int			nchg = 0;
+	int			i;
 
-	/*
-	 * The first refresh rewrote (nearly) every statistics row, doubling the
-	 * table: rewrite it compactly before anyone else sees it (it holds the
-	 * table's ACCESS EXCLUSIVE lock since it started, so that no order waits
-	 * on a row it wrote while holding a lock this needs).  Later refreshes
-	 * write a few percent of the rows, whose space VACUUM gives back.
-	 */
-	if (first && nwrites > n / 2 && !RfmStatsInUse(stats_relid))
+	for (i = 0; i < r->nwrites; i++)
 	{
-		RfmStatsRewrite(stats_relid);
-		elog(DEBUG1, "refresh_segments: rewrote the statistics at %.1f ms", RfmMsSince(t0));
+		RfmLiveCust *c = &r->custs[r->writes[i].pos];
+
+		if (c->old_seg == c->new_seg)
+			continue;
+		ids[nchg] = CStringGetTextDatum(r->writes[i].id);
+		sc[nchg] = Int16GetDatum(r->scores[r->writes[i].pos]);
+		sg[nchg] = r->segnames[c->new_seg];
+		nchg++;
 	}
+	if (nchg == 0)
+		return;
+	argtypes[0] = INT8OID;
+	argtypes[1] = TEXTARRAYOID;
+	argtypes[2] = TEXTARRAYOID;
+	argtypes[3] = get_array_type(r->scoretype);
+	args[0] = Int64GetDatum(r->snapshot_id);
+	args[1] = PointerGetDatum(RfmMakeArray(ids, NULL, nchg, TEXTOID));
+	args[2] = PointerGetDatum(RfmMakeArray(sg, NULL, nchg, TEXTOID));
+	args[3] = PointerGetDatum(RfmMakeArray(sc, NULL, nchg, r->scoretype));
+	if (SPI_execute_with_args("INSERT INTO loyalty.segment_change"
+							  " (snapshot_id, customer_id, segment, score)"
+							  " SELECT $1, u.* FROM ROWS FROM (pg_catalog.unnest($2),"
+							  " pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u",
+							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert into loyalty.segment_change");
+}
 
-	/* per-segment summary for the BI views */
-	for (i = 0; i < names.n; i++)
+/*
+ * Customers without rows left (locked by RfmRefreshWrite): deleted and
+ * logged as leaving their segment (stats_store.c).
+ */
+static void
+RfmRefreshLeavers(RfmRefresh *r)
+{
+	char	  **keys;
+	int			i;
+
+	if (r->ntombs == 0)
+		return;
+	keys = palloc_extended(sizeof(char *) * r->ntombs, MCXT_ALLOC_HUGE);
+	for (i = 0; i < r->ntombs; i++)
+		keys[i] = r->tombs[i].id;
+	r->left = RfmStatsRemoveLeavers(keys, r->ntombs, r->snapshot_id);
+	elog(DEBUG1, "refresh_segments: change log and leavers at %.1f ms", RfmMsSince(r->t0));
+}
+
+/* The per-segment summary that the BI views read, in one statement. */
+static void
+RfmRefreshSummary(RfmRefresh *r)
+{
+	Oid			elemtypes[8] = {TEXTOID, INT8OID, NUMERICOID, INT8OID, INT8OID, INT8OID,
+	INT8OID, INT8OID};
+	Datum	   *v[8];
+	Oid			argtypes[9];
+	Datum		args[9];
+	int			i,
+				k,
+				m = 0;
+
+	for (k = 0; k < 8; k++)
+		v[k] = palloc(sizeof(Datum) * Max(r->names.n, 1));
+	for (i = 0; i < r->names.n; i++)
 	{
-		RfmSegSummary *sm = &summary[i];
+		RfmSegSummary *sm = &r->summary[i];
 
 		if (sm->customers == 0)
 			continue;
-		argtypes[0] = INT8OID;
-		argtypes[1] = TEXTOID;
-		argtypes[2] = INT8OID;
-		argtypes[3] = NUMERICOID;
-		argtypes[4] = INT8OID;
-		argtypes[5] = INT8OID;
-		argtypes[6] = INT8OID;
-		argtypes[7] = INT8OID;
-		argtypes[8] = INT8OID;
-		args[0] = Int64GetDatum(snapshot_id);
-		args[1] = CStringGetTextDatum(names.name[i]);
-		args[2] = Int64GetDatum(sm->customers);
-		args[3] = NumericGetDatum(RfmMoneyToNumeric(&sm->revenue));
-		args[4] = Int64GetDatum(sm->recent);
-		args[5] = Int64GetDatum(sm->mid);
-		args[6] = Int64GetDatum(sm->old);
-		args[7] = Int64GetDatum(sm->no_order);
-		args[8] = Int64GetDatum(sm->inactive);
-		if (SPI_execute_with_args("INSERT INTO loyalty.segment_summary (snapshot_id, segment,"
-								  " customers, revenue, recency_under_3_months, recency_3_to_6_months,"
-								  " recency_over_6_months, no_order, inactive)"
-								  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-								  9, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not insert into loyalty.segment_summary");
+		v[0][m] = r->segnames[i];
+		v[1][m] = Int64GetDatum(sm->customers);
+		v[2][m] = NumericGetDatum(RfmMoneyToNumeric(&sm->revenue));
+		v[3][m] = Int64GetDatum(sm->recent);
+		v[4][m] = Int64GetDatum(sm->mid);
+		v[5][m] = Int64GetDatum(sm->old);
+		v[6][m] = Int64GetDatum(sm->no_order);
+		v[7][m] = Int64GetDatum(sm->inactive);
+		m++;
 	}
-
-	values[0] = Int64GetDatum(snapshot_id);
-	values[1] = TimestampTzGetDatum(as_of);
-	values[2] = Int64GetDatum(n);
-	values[3] = Int64GetDatum(seg_changes);
-	values[4] = Int64GetDatum(score_changes);
-	values[5] = Int64GetDatum(left);
-	values[6] = Float8GetDatum(RfmMsSince(t0));
+	if (m == 0)
+		return;
 	argtypes[0] = INT8OID;
-	argtypes[1] = INT8OID;
-	argtypes[2] = INT8OID;
-	argtypes[3] = INT8OID;
-	argtypes[4] = INT8OID;
-	argtypes[5] = FLOAT8OID;
+	args[0] = Int64GetDatum(r->snapshot_id);
+	for (k = 0; k < 8; k++)
+	{
+		argtypes[k + 1] = get_array_type(elemtypes[k]);
+		args[k + 1] = PointerGetDatum(RfmMakeArray(v[k], NULL, m, elemtypes[k]));
+	}
+	if (SPI_execute_with_args("INSERT INTO loyalty.segment_summary (snapshot_id, segment,"
+							  " customers, revenue, recency_under_3_months, recency_3_to_6_months,"
+							  " recency_over_6_months, no_order, inactive)"
+							  " SELECT $1, u.* FROM ROWS FROM (pg_catalog.unnest($2),"
+							  " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+							  " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+							  " pg_catalog.unnest($9)) AS u",
+							  9, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert into loyalty.segment_summary");
+}
+
+/* The snapshot header's counts and time taken (values[] as returned). */
+static void
+RfmRefreshFinish(RfmRefresh *r, Datum *values)
+{
+	Oid			argtypes[6] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, FLOAT8OID};
+	Datum		args[6];
+
+	values[0] = Int64GetDatum(r->snapshot_id);
+	values[1] = TimestampTzGetDatum(r->as_of);
+	values[2] = Int64GetDatum(r->n);
+	values[3] = Int64GetDatum(r->seg_changes);
+	values[4] = Int64GetDatum(r->score_changes);
+	values[5] = Int64GetDatum(r->left);
+	values[6] = Float8GetDatum(RfmMsSince(r->t0));
 	args[0] = values[0];
 	args[1] = values[2];
 	args[2] = values[3];
@@ -1666,9 +1394,56 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 							  " took_ms = $6 WHERE snapshot_id OPERATOR(pg_catalog.=) $1",
 							  6, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update loyalty.segment_snapshot");
+}
 
-	MemoryContextSwitchTo(old);
-	MemoryContextDelete(work);
+/*
+ * loyalty.refresh_segments(as_of DEFAULT now()): rescore every tracked
+ * customer from the statistics and record a snapshot.  Returns the
+ * snapshot id, as_of, customers scored, segment changes, score changes,
+ * customers who left, and the time taken in milliseconds.
+ */
+Datum
+rfm_refresh_segments(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	RfmRefresh *r;
+	TupleDesc	rdesc;
+	Datum		values[7];
+	bool		nulls[7] = {false, false, false, false, false, false, false};
+
+	LoyaltyArgNotNull(fcinfo, 0, "as_of");
+	r = palloc0(sizeof(RfmRefresh));
+	r->t0 = GetCurrentTimestamp();
+	r->as_of = PG_GETARG_TIMESTAMPTZ(0);
+	RfmCheckAsOf(r->as_of);
+	RfmLiveRequireReadCommitted("loyalty.refresh_segments()");
+	r->scoretype = RfmLoyaltyType("rfm_score");
+
+	RfmRefreshLock(r);
+	RfmRefreshTakePending(r);
+	RfmRefreshOpen(r);
+	RfmRefreshScan(r);
+	RfmRefreshScore(r);
+	RfmRefreshSnapshot(r);
+	RfmRefreshWrite(r);
+	RfmRefreshChangeLog(r);
+	UnregisterSnapshot(r->snap);
+	table_close(r->rel, NoLock);
+	RfmRefreshLeavers(r);
+
+	/*
+	 * The first refresh rewrote (nearly) every statistics row, doubling the
+	 * table: compact it before anyone else sees it (it holds the table's
+	 * ACCESS EXCLUSIVE lock since it started).  Later refreshes write a few
+	 * percent of the rows, whose space VACUUM gives back.
+	 */
+	if (r->first && r->nwrites > r->n / 2 && RfmStatsCompact())
+		elog(DEBUG1, "refresh_segments: rewrote the statistics at %.1f ms", RfmMsSince(r->t0));
+	RfmRefreshSummary(r);
+	RfmRefreshFinish(r, values);
+
+	MemoryContextSwitchTo(caller);
+	MemoryContextDelete(r->work);
 	SPI_finish();
 	if (get_call_result_type(fcinfo, NULL, &rdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");

@@ -4,7 +4,9 @@
  *		orders table inside the application's own transaction, the fold that
  *		turns those records into loyalty.customer_stats, and the delta
  *		engine shared with back-fills and rebuilds (track_orders and friends
- *		are in rfm_track_admin.c).
+ *		are in rfm_track_admin.c, which calls this file; this file calls
+ *		only rfm_columns.c, stats_store.c and rfm_days.c).  Every write to
+ *		customer_stats goes through stats_store.c.
  *
  * Every change reaches the statistics as a delta: the trigger reads the
  * statement's transition tables (OLD rows subtracted, NEW rows added) and
@@ -26,10 +28,12 @@
  * The cost moves to whoever reads: customer_rfm (rfm_refresh.c) adds the
  * pending deltas of its customer in its own snapshot (read-only, any
  * isolation level), and refresh_segments / fold_tracking fold them
- * (RfmFoldDeltas): one DELETE ... RETURNING takes exactly the deltas its
- * snapshot sees, sums them per customer and upserts them in customer order;
- * deltas of transactions still in flight are neither deleted nor blocked
- * and wait for the next fold.  A nightly refresh folds one day of deltas,
+ * (RfmFoldDeltas): RfmTakePending deletes exactly the deltas its snapshot
+ * sees (a scan and delete below the executor, or one DELETE ... RETURNING
+ * when someone added a trigger, a rule or row level security to the delta
+ * table), sums them per customer, and stats_store.c applies the sums in
+ * customer order; deltas of transactions still in flight are neither
+ * deleted nor blocked and wait for the next fold.  A nightly refresh folds one day of deltas,
  * a small fraction of the customers.
  *
  * Totals, counts and buckets are additive.  The first and last order times
@@ -39,7 +43,7 @@
  * the customer column keeps this cheap).  Those reads, like the trigger,
  * run as loyalty's owner and use only built-in types, operators and
  * functions: the customer and status columns are restricted to built-in
- * types (rfm_track_admin.c) and customers are passed as the column's own
+ * types (rfm_columns.c) and customers are passed as the column's own
  * type, never cast.
  */
 #include "loyalty.h"
@@ -62,6 +66,7 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "common/hashfn.h"
+#include "common/int.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
@@ -79,6 +84,7 @@
 
 #include "rfm_live.h"
 #include "rfm_stats.h"
+#include "stats_store.h"
 
 PG_FUNCTION_INFO_V1(rfm_track_trigger);
 
@@ -121,9 +127,6 @@ typedef struct RfmDelta
 	int64		rows_counted;	/* rows that passed the filters */
 } RfmDelta;
 
-/* Prepared statements are re-prepared when this OID changes. */
-static Oid	plans_days_type = InvalidOid;
-
 /*
  * The live path reads statistics and tables with fresh snapshots after
  * taking its locks; under REPEATABLE READ or SERIALIZABLE the transaction
@@ -159,14 +162,8 @@ typedef struct RfmStatsCatalog
 	bool		valid;
 	Oid			owner;			/* owner of schema loyalty */
 	Oid			relid;			/* loyalty.customer_stats */
-	bool		attrs_valid;	/* the fields below match relid's relcache */
-	Oid			pkey;			/* its only index, or InvalidOid */
-	int			a_rows,			/* 0-based attribute positions */
-				a_orders,
-				a_spend,
-				a_first,
-				a_last,
-				a_days;
+	bool		attrs_valid;	/* reset with valid; read by nobody since
+								 * stats_store.c checks the table itself */
 	Oid			delta_relid;	/* loyalty.customer_stats_delta */
 	bool		delta_valid;	/* the fields below match its relcache */
 	bool		delta_direct;	/* plain enough for the executor-free insert */
@@ -240,10 +237,7 @@ RfmSyscacheCallback(Datum arg, int cacheid, uint32 hashvalue)
 		trigger_cols_stale = true;	/* a column's type may have changed */
 }
 
-/*
- * Called from _PG_init: hand the handlers to the extension's one relcache
- * callback and its syscache callbacks (loyalty_cache.h; only at load).
- */
+/* Called from _PG_init: register the callbacks (only possible at load). */
 void
 RfmLiveInit(void)
 {
@@ -289,34 +283,6 @@ bool
 RfmDeltasTracked(void)
 {
 	return OidIsValid(RfmStatsCatalogGet()->delta_relid);
-}
-
-/*
- * Index and column positions of customer_stats, from the open relation
- * (opening it processed any pending invalidation, so the cache is checked
- * after that).
- */
-static void
-RfmStatsCatalogAttrs(RfmStatsCatalog *cat, Relation rel)
-{
-	TupleDesc	desc = RelationGetDescr(rel);
-	List	   *indexes;
-
-	if (cat->attrs_valid && cat->relid == RelationGetRelid(rel))
-		return;
-	indexes = RelationGetIndexList(rel);
-	cat->pkey = list_length(indexes) == 1 ? linitial_oid(indexes) : InvalidOid;
-	list_free(indexes);
-	cat->a_rows = SPI_fnumber(desc, "row_count") - 1;
-	cat->a_orders = SPI_fnumber(desc, "order_count") - 1;
-	cat->a_spend = SPI_fnumber(desc, "spend_total") - 1;
-	cat->a_first = SPI_fnumber(desc, "first_order") - 1;
-	cat->a_last = SPI_fnumber(desc, "last_order") - 1;
-	cat->a_days = SPI_fnumber(desc, "days") - 1;
-	if (cat->a_rows < 0 || cat->a_orders < 0 || cat->a_spend < 0 || cat->a_first < 0 ||
-		cat->a_last < 0 || cat->a_days < 0)
-		elog(ERROR, "loyalty.customer_stats lacks a column");
-	cat->attrs_valid = (cat->relid == RelationGetRelid(rel));
 }
 
 /*
@@ -451,22 +417,6 @@ RfmTriggerCols(Trigger *tg, Relation rel, RfmTrackCols *cols)
  * Delta aggregation
  * ---------------------------------------------------------------------
  */
-
-/* Hash of a customer key (the key field is a pointer to a C string). */
-uint32
-RfmKeyHash(const void *key, Size keysize)
-{
-	const char *s = *(char *const *) key;
-
-	return string_hash(s, strlen(s) + 1);
-}
-
-/* Equality of two customer keys, dynahash style (0 = equal). */
-int
-RfmKeyMatch(const void *key1, const void *key2, Size keysize)
-{
-	return strcmp(*(char *const *) key1, *(char *const *) key2);
-}
 
 /* Start an empty delta in a child of the current memory context. */
 static RfmDelta *
@@ -626,34 +576,6 @@ RfmMoneyIsZero(const RfmMoney *m)
 }
 
 /*
- * Order time of a row, false when the row has no usable time (null or
- * infinite: such rows are ignored).  A date is the order time at 00:00 UTC
- * of that day and a timestamp without time zone is read as UTC: the
- * statistics must not depend on the TimeZone of the session that wrote the
- * order (batch rfm_segmentation reads them in the session's TimeZone, the
- * same when that is UTC).
- */
-bool
-RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t)
-{
-	if (cols->time_kind == LOYALTY_TIME_DATE)
-	{
-		DateADT		d = DatumGetDateADT(value);
-
-		if (DATE_NOT_FINITE(d))
-			return false;
-		*t = (TimestampTz) d * USECS_PER_DAY;
-	}
-	else
-	{
-		*t = DatumGetTimestampTz(value);
-		if (TIMESTAMP_NOT_FINITE(*t))
-			return false;
-	}
-	return true;
-}
-
-/*
  * Add (sign = +1) or remove (sign = -1) one row, given its column values.
  * Rows without customer or time, and rows the status filter excludes, are
  * ignored; a negative amount is a refund (spend only), anything else is an
@@ -807,318 +729,9 @@ RfmNeedsFirstCheck(RfmCustDelta *c)
 }
 
 /* ---------------------------------------------------------------------
- * Applying a delta to loyalty.customer_stats
+ * Applying a delta to loyalty.customer_stats (through stats_store.c)
  * ---------------------------------------------------------------------
  */
-
-/* Forms of the statement that applies customer deltas. */
-typedef enum RfmApplyForm
-{
-	RFM_APPLY_UPSERT_ONE,		/* INSERT ... VALUES ... ON CONFLICT DO UPDATE */
-	RFM_APPLY_UPSERT_MANY,		/* INSERT ... SELECT unnest() ... ON CONFLICT */
-	RFM_APPLY_FORMS
-} RfmApplyForm;
-
-static SPIPlanPtr apply_plan[RFM_APPLY_FORMS][2];	/* [form][returning] */
-
-/*
- * Prepare (once) the upsert of customer deltas that the executor-free path
- * did not apply (new customers), for one customer or many (rows in customer
- * order), with or without RETURNING of the new first and last order times.
- * Plans are re-prepared if loyalty.day_buckets was re-created (extension
- * dropped and created again in this backend).
- */
-static SPIPlanPtr
-RfmApplyPlan(RfmApplyForm form, bool returning)
-{
-	Oid			daysoid = RfmDaysTypeOid();
-	SPIPlanPtr *pp = &apply_plan[form][returning];
-
-	if (daysoid != plans_days_type)
-	{
-		int			i,
-					j;
-
-		for (i = 0; i < RFM_APPLY_FORMS; i++)
-			for (j = 0; j < 2; j++)
-				if (apply_plan[i][j])
-				{
-					SPI_freeplan(apply_plan[i][j]);
-					apply_plan[i][j] = NULL;
-				}
-		plans_days_type = daysoid;
-	}
-	if (*pp == NULL)
-	{
-		Oid			argtypes[7];
-		StringInfoData sql;
-		SPIPlanPtr	plan;
-
-		initStringInfo(&sql);
-		if (form == RFM_APPLY_UPSERT_MANY)
-		{
-			argtypes[0] = TEXTARRAYOID;
-			argtypes[1] = INT8ARRAYOID;
-			argtypes[2] = INT8ARRAYOID;
-			argtypes[3] = NUMERICARRAYOID;
-			argtypes[4] = TIMESTAMPTZARRAYOID;
-			argtypes[5] = TIMESTAMPTZARRAYOID;
-			argtypes[6] = get_array_type(daysoid);
-		}
-		else
-		{
-			argtypes[0] = TEXTOID;
-			argtypes[1] = INT8OID;
-			argtypes[2] = INT8OID;
-			argtypes[3] = NUMERICOID;
-			argtypes[4] = TIMESTAMPTZOID;
-			argtypes[5] = TIMESTAMPTZOID;
-			argtypes[6] = daysoid;
-		}
-		appendStringInfoString(&sql,
-							   "INSERT INTO loyalty.customer_stats AS s"
-							   " (customer_id, row_count, order_count, spend_total,"
-							   " first_order, last_order, days) ");
-		if (form == RFM_APPLY_UPSERT_MANY)
-			appendStringInfoString(&sql,
-								   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-								   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
-								   " pg_catalog.unnest($6), pg_catalog.unnest($7)) ");
-		else
-			appendStringInfoString(&sql, "VALUES ($1, $2, $3, $4, $5, $6, $7) ");
-		appendStringInfoString(&sql,
-							   "ON CONFLICT (customer_id) DO UPDATE SET"
-							   " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
-							   " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
-							   " spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
-							   " first_order = LEAST(s.first_order, excluded.first_order),"
-							   " last_order = GREATEST(s.last_order, excluded.last_order),"
-							   " days = loyalty._rfm_days_merge(s.days, excluded.days)");
-		if (returning)
-			appendStringInfoString(&sql, " RETURNING s.customer_id, s.first_order, s.last_order");
-		plan = SPI_prepare(sql.data, 7, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		*pp = plan;
-	}
-	return *pp;
-}
-
-/*
- * State of the executor-free updates of one statement: customer_stats and
- * its primary key open, a snapshot taken after our own earlier changes
- * (as SPI takes one before each statement), slots and column positions.
- */
-typedef struct RfmDirect
-{
-	Relation	rel;
-	Relation	idx;
-	IndexInfo  *info;
-	Snapshot	snap;
-	CommandId	cid;
-	IndexScanDesc scan;
-	TupleTableSlot *found;
-	TupleTableSlot *locked;
-	TupleTableSlot *newslot;
-	int			a_rows,
-				a_orders,
-				a_spend,
-				a_first,
-				a_last,
-				a_days;
-} RfmDirect;
-
-/*
- * Open the statistics for executor-free updates.  Returns false (nothing
- * opened) if the table has other indexes than its primary key: the caller
- * then goes through SQL for everything.
- */
-static bool
-RfmDirectBegin(RfmDirect *d)
-{
-	RfmStatsCatalog *cat = RfmStatsCatalogGet();
-
-	d->rel = table_open(cat->relid, RowExclusiveLock);
-	RfmStatsCatalogAttrs(cat, d->rel);
-	if (!OidIsValid(cat->pkey))
-	{
-		table_close(d->rel, NoLock);
-		return false;
-	}
-	d->idx = index_open(cat->pkey, RowExclusiveLock);
-	d->info = NULL;
-	d->a_rows = cat->a_rows;
-	d->a_orders = cat->a_orders;
-	d->a_spend = cat->a_spend;
-	d->a_first = cat->a_first;
-	d->a_last = cat->a_last;
-	d->a_days = cat->a_days;
-
-	/* like SPI before a statement: see our own earlier changes */
-	CommandCounterIncrement();
-	d->snap = RegisterSnapshot(GetTransactionSnapshot());
-	d->cid = GetCurrentCommandId(true);
-	d->found = table_slot_create(d->rel, NULL);
-	d->locked = NULL;			/* made when a concurrent update is met */
-	d->newslot = MakeSingleTupleTableSlot(RelationGetDescr(d->rel), &TTSOpsVirtual);
-	d->scan = index_beginscan(d->rel, d->idx, d->snap, 1, 0);
-	return true;
-}
-
-/* Close what RfmDirectBegin opened (locks stay until commit). */
-static void
-RfmDirectEnd(RfmDirect *d)
-{
-	index_endscan(d->scan);
-	ExecDropSingleTupleTableSlot(d->found);
-	if (d->locked)
-		ExecDropSingleTupleTableSlot(d->locked);
-	ExecDropSingleTupleTableSlot(d->newslot);
-	UnregisterSnapshot(d->snap);
-	index_close(d->idx, NoLock);
-	table_close(d->rel, NoLock);
-}
-
-/*
- * Apply one customer's delta without the executor, which is what a
- * back-fill or rebuild (millions of rows, READ COMMITTED, under the locks
- * of track_orders / rebuild_tracking; tracked statements append instead,
- * see the file header) spends most of its time in otherwise.  It does what an
- * UPDATE would: find the row through the primary key, compute the new
- * values in C and update that version; if another transaction changed the
- * row meanwhile, wait for it, lock the latest version and recompute from it
- * (as UPDATE does under READ COMMITTED; a serialization failure under
- * REPEATABLE READ).  Returns false, with nothing
- * changed, when the customer has no row (a new customer, or one deleted
- * meanwhile): the caller inserts it through SQL.  On success *first / *last
- * receive the new first and last order times.
- */
-static bool
-RfmDirectUpdate(RfmDirect *d, RfmCustDelta *c, Numeric spend, RfmDays *delta,
-				bool *first_null, TimestampTz *first,
-				bool *last_null, TimestampTz *last)
-{
-	TupleDesc	desc = RelationGetDescr(d->rel);
-	ScanKeyData key;
-	ItemPointerData tid;
-	TM_FailureData tmfd;
-	TM_Result	res;
-	LockTupleMode lockmode;
-	LoyaltyUpdateIndexes update_indexes;
-	Datum	   *v;
-	bool	   *nl;
-	Datum		keydatum = CStringGetTextDatum(c->key);
-	TupleTableSlot *src;
-	int			i;
-
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, keydatum);
-	key.sk_collation = C_COLLATION_OID;
-	index_rescan(d->scan, &key, 1, NULL, 0);
-	if (!index_getnext_slot(d->scan, ForwardScanDirection, d->found))
-		return false;
-	tid = d->found->tts_tid;
-	src = d->found;
-	for (;;)
-	{
-		/* the new values, from the version at hand */
-		slot_getallattrs(src);
-		ExecClearTuple(d->newslot);
-		v = d->newslot->tts_values;
-		nl = d->newslot->tts_isnull;
-		for (i = 0; i < desc->natts; i++)
-		{
-			v[i] = src->tts_values[i];
-			nl[i] = src->tts_isnull[i];
-		}
-		v[d->a_rows] = Int64GetDatum(DatumGetInt64(v[d->a_rows]) + c->rows);
-		v[d->a_orders] = Int64GetDatum(DatumGetInt64(v[d->a_orders]) + c->orders);
-		v[d->a_spend] = NumericGetDatum(LoyaltyNumericAdd(DatumGetNumeric(v[d->a_spend]), spend));
-		if (c->has_added)
-		{
-			if (nl[d->a_first] || c->min_added < DatumGetTimestampTz(v[d->a_first]))
-				v[d->a_first] = TimestampTzGetDatum(c->min_added);
-			if (nl[d->a_last] || c->max_added > DatumGetTimestampTz(v[d->a_last]))
-				v[d->a_last] = TimestampTzGetDatum(c->max_added);
-			nl[d->a_first] = nl[d->a_last] = false;
-		}
-		{
-			RfmDays    *old = nl[d->a_days] ? NULL : DatumGetRfmDays(v[d->a_days]);
-			RfmDays    *merged;
-
-			if (RfmDaysCount(old) == 0)
-				old = NULL;
-			merged = RfmDaysMerge(old, delta);
-			nl[d->a_days] = (RfmDaysCount(merged) == 0);
-			v[d->a_days] = nl[d->a_days] ? (Datum) 0 : PointerGetDatum(merged);
-		}
-		ExecStoreVirtualTuple(d->newslot);
-
-		/*
-		 * Update the version found, which is the latest unless an order
-		 * changed the row after our snapshot; then (or if it is being
-		 * changed now: heap_update waits) lock the latest version, as
-		 * UPDATE's recheck does, and recompute from it.
-		 */
-		res = table_tuple_update(d->rel, &tid, d->newslot, d->cid, d->snap, InvalidSnapshot,
-								 true, &tmfd, &lockmode, &update_indexes);
-		if (res != TM_Updated || src == d->locked)
-			break;
-		if (IsolationUsesXactSnapshot())
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to concurrent update")));
-		if (d->locked == NULL)
-			d->locked = table_slot_create(d->rel, NULL);
-		res = table_tuple_lock(d->rel, &tid, d->snap, d->locked, d->cid, LockTupleNoKeyExclusive,
-							   LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
-		if (res != TM_Ok)
-			break;
-		tid = d->locked->tts_tid;
-		src = d->locked;
-	}
-	if (res == TM_Deleted)
-	{
-		/* deleted meanwhile (a refresh removed a customer who had left) */
-		if (IsolationUsesXactSnapshot())
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to concurrent delete")));
-		return false;
-	}
-	if (res != TM_Ok)
-		elog(ERROR, "unexpected result %d updating customer statistics", (int) res);
-	*first_null = nl[d->a_first];
-	*first = nl[d->a_first] ? 0 : DatumGetTimestampTz(v[d->a_first]);
-	*last_null = nl[d->a_last];
-	*last = nl[d->a_last] ? 0 : DatumGetTimestampTz(v[d->a_last]);
-	if (LoyaltyUpdateNeedsIndexInserts(update_indexes))
-	{
-		bool		isnull = false;
-
-		if (d->info == NULL)
-			d->info = BuildIndexInfo(d->idx);
-		index_insert_unchanged_compat(d->idx, &keydatum, &isnull, &d->newslot->tts_tid, d->rel,
-									  UNIQUE_CHECK_NO, d->info);
-	}
-	if (d->locked)
-		ExecClearTuple(d->locked);
-	return true;
-}
-
-/* Build a one-dimensional array from datums (NULLs allowed). */
-ArrayType *
-RfmMakeArray(Datum *values, bool *nulls, int n, Oid elemtype)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	return construct_md_array(values, nulls, 1, dims, lbs, elemtype, typlen, typbyval, typalign);
-}
 
 /*
  * Whether a customer's first or last order time must be read again after
@@ -1147,143 +760,65 @@ RfmMayNeedFix(RfmCustDelta *c, bool fold)
 }
 
 /*
- * Apply per-customer changes to customer_stats, in customer order: list[i]
- * with its values v[0..6][i] (customer id, rows, orders, spend, first and
- * last order added, day-bucket delta) and their nulls.  Existing customers
- * are updated without the executor, new ones inserted by one upsert, then
- * first/last order times are read again where a removal may have taken
- * them away (RfmTimesNeedFix).  Used by back-fills and rebuilds (a
- * statement-sized delta) and by the fold of pending changes.  Must run
- * inside SPI.
+ * Read the first and last order times of some customers again from the
+ * tracked tables and store them in customer_stats (a fold found that a
+ * removed order may have been one of them).
  */
 static void
-RfmApplyRows(RfmCustDelta **list, int n, Datum **v, bool **nulls, bool fold)
+RfmFixOrderTimes(char **keys, int n)
 {
-	RfmCustDelta *c;
-	int			i;
-	bool		any_check = false;
-	Datum		args[7];
-	char		argnulls[7];
-	int			ret;
-	SPIPlanPtr	plan;
+	Datum	   *first = palloc(sizeof(Datum) * n);
+	Datum	   *last = palloc(sizeof(Datum) * n);
+	bool	   *first_null = palloc(sizeof(bool) * n);
+	bool	   *last_null = palloc(sizeof(bool) * n);
+
+	RfmReadOrderTimes(keys, n, first, first_null, last, last_null, false);
+	RfmStatsSetOrderTimes(keys, first, first_null, last, last_null, n);
+}
+
+/* The change of a customer's statistics row a delta makes. */
+static void
+RfmChangeOf(RfmCustDelta *c, Numeric spend, RfmDays *days, RfmStatsChange *ch)
+{
+	ch->key = c->key;
+	ch->rows = c->rows;
+	ch->orders = c->orders;
+	ch->spend = spend;
+	ch->has_added = c->has_added;
+	ch->first_added = c->min_added;
+	ch->last_added = c->max_added;
+	ch->days = days;
+}
+
+/*
+ * Apply per-customer changes to customer_stats, in customer order: list[i]
+ * with its change ch[i] (stats_store.c writes them), then read first/last
+ * order times again where a removal may have taken them away
+ * (RfmTimesNeedFix).  Used by back-fills and rebuilds (a statement-sized
+ * delta) and by the fold of pending changes.  Must run inside SPI.
+ */
+static void
+RfmApplyRows(RfmCustDelta **list, RfmStatsChange *ch, int n, bool fold)
+{
+	RfmStatsTimes *times = NULL;
 	char	  **fix;
 	int			nfix = 0;
-	int			k;
-	RfmDirect	direct;
+	int			i;
 
 	for (i = 0; i < n; i++)
 		if (RfmMayNeedFix(list[i], fold))
-			any_check = true;
-
-	/*
-	 * Existing customers first, in customer order, without the executor;
-	 * the others (new customers) then in one SQL upsert, in customer order.
-	 */
-	fix = palloc(sizeof(char *) * n);
-	if (RfmDirectBegin(&direct))
-	{
-		int			m = 0;
-
-		for (i = 0; i < n; i++)
 		{
-			bool		fnull,
-						lnull;
-			TimestampTz f,
-						l;
-
-			c = list[i];
-			if (RfmDirectUpdate(&direct, c, DatumGetNumeric(v[3][i]),
-								nulls[6][i] ? NULL : (RfmDays *) DatumGetPointer(v[6][i]),
-								&fnull, &f, &lnull, &l))
-			{
-				if (RfmTimesNeedFix(c, fold, fnull, f, lnull, l))
-					fix[nfix++] = c->key;
-				continue;
-			}
-			/* keep this one for SQL */
-			list[m] = c;
-			for (k = 0; k < 7; k++)
-			{
-				v[k][m] = v[k][i];
-				nulls[k][m] = nulls[k][i];
-			}
-			m++;
+			times = palloc_extended(sizeof(RfmStatsTimes) * n, MCXT_ALLOC_HUGE);
+			break;
 		}
-		RfmDirectEnd(&direct);
-		n = m;
-	}
-
-	if (n > 1)
-	{
-		Oid			elemtypes[7] = {TEXTOID, INT8OID, INT8OID, NUMERICOID,
-		TIMESTAMPTZOID, TIMESTAMPTZOID, RfmDaysTypeOid()};
-
-		for (i = 0; i < 7; i++)
-		{
-			args[i] = PointerGetDatum(RfmMakeArray(v[i], nulls[i], n, elemtypes[i]));
-			argnulls[i] = ' ';
-		}
-		plan = RfmApplyPlan(RFM_APPLY_UPSERT_MANY, any_check);
-		ret = SPI_execute_plan(plan, args, argnulls, false, 0);
-		if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
-			elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
-	}
-	else if (n == 1)
-	{
-		for (i = 0; i < 7; i++)
-		{
-			args[i] = v[i][0];
-			argnulls[i] = nulls[i][0] ? 'n' : ' ';
-		}
-		plan = RfmApplyPlan(RFM_APPLY_UPSERT_ONE, any_check);
-		ret = SPI_execute_plan(plan, args, argnulls, false, 0);
-		if (ret != (any_check ? SPI_OK_INSERT_RETURNING : SPI_OK_INSERT))
-			elog(ERROR, "could not upsert loyalty.customer_stats: %s", SPI_result_code_string(ret));
-	}
-
-	if (any_check && n > 0)
-	{
-		/*
-		 * RETURNING gives the times after the upsert; the customer's last
-		 * order may be gone when the upsert kept a removed time.
-		 */
-		HTAB	   *bykey;
-		HASHCTL		ctl;
-		uint64		r;
-		SPITupleTable *res = SPI_tuptable;
-		uint64		nres = SPI_processed;
-
-		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = sizeof(char *);
-		ctl.entrysize = sizeof(RfmCustDelta *) + sizeof(char *);
-		ctl.hash = RfmKeyHash;
-		ctl.match = RfmKeyMatch;
-		ctl.hcxt = CurrentMemoryContext;
-		bykey = hash_create("loyalty rfm returned", n, &ctl,
-							HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
-		for (i = 0; i < n; i++)
-		{
-			char	  **ent = hash_search(bykey, &list[i]->key, HASH_ENTER, NULL);
-
-			*(RfmCustDelta **) (ent + 1) = list[i];
-		}
-		for (r = 0; r < nres; r++)
-		{
-			HeapTuple	tup = res->vals[r];
-			char	   *key = SPI_getvalue(tup, res->tupdesc, 1);
-			bool		fnull,
-						lnull;
-			TimestampTz f = DatumGetTimestampTz(SPI_getbinval(tup, res->tupdesc, 2, &fnull));
-			TimestampTz l = DatumGetTimestampTz(SPI_getbinval(tup, res->tupdesc, 3, &lnull));
-			char	  **ent = hash_search(bykey, &key, HASH_FIND, NULL);
-
-			if (ent == NULL)
-				continue;
-			c = *(RfmCustDelta **) (ent + 1);
-			if (RfmTimesNeedFix(c, fold, fnull, f, lnull, l))
-				fix[nfix++] = c->key;
-		}
-	}
+	RfmStatsApply(ch, n, times);
+	if (times == NULL)
+		return;
+	fix = palloc_extended(sizeof(char *) * n, MCXT_ALLOC_HUGE);
+	for (i = 0; i < n; i++)
+		if (RfmTimesNeedFix(list[i], fold, times[i].first_null, times[i].first,
+							times[i].last_null, times[i].last))
+			fix[nfix++] = list[i]->key;
 	if (nfix > 0)
 		RfmFixOrderTimes(fix, nfix);
 }
@@ -1517,20 +1052,264 @@ RfmDeltaAppend(RfmDelta *delta)
 	MemoryContextSwitchTo(old);
 }
 
+/* One customer's pending deltas, summed (RfmTakePending). */
+typedef struct RfmPendingSum
+{
+	char	   *key;			/* customer id: hash key */
+	int64		deltas;			/* delta rows summed */
+	int64		rows;
+	int64		orders;
+	Numeric		spend;
+	bool		fa_null,
+				la_null,
+				fr_null,
+				lr_null;
+	TimestampTz fa;				/* min(first_added) */
+	TimestampTz la;				/* max(last_added) */
+	TimestampTz fr;				/* min(first_removed) */
+	TimestampTz lr;				/* max(last_removed) */
+	RfmDays    *days;			/* net bucket delta, NULL: none */
+	RfmDays    *removed;		/* removed buckets merged (until summed) */
+} RfmPendingSum;
+
+/* qsort comparator: pending sums by customer (byte order, COLLATE "C"). */
+static int
+RfmPendingCmp(const void *a, const void *b)
+{
+	return strcmp((*(RfmPendingSum *const *) a)->key, (*(RfmPendingSum *const *) b)->key);
+}
+
+/* One step of loyalty._rfm_days_fold (SFUNC _rfm_days_merge). */
+static RfmDays *
+RfmDaysFoldStep(RfmDays *acc, RfmDays *d)
+{
+	RfmDays    *r;
+
+	if (acc != NULL && RfmDaysCount(acc) == 0)
+		acc = NULL;
+	r = RfmDaysMerge(acc, d);
+	if (r == NULL || RfmDaysCount(r) == 0)
+		return NULL;
+	return r;
+}
+
+/* loyalty._rfm_days_minus(a, b): a delta adding a and removing b. */
+static RfmDays *
+RfmDaysMinus(RfmDays *a, RfmDays *b)
+{
+	RfmDays    *r;
+
+	if (a != NULL && RfmDaysCount(a) == 0)
+		a = NULL;
+	b = RfmDaysNegate(b);
+	r = (a == NULL) ? b : RfmDaysMerge(a, b);
+	if (r == NULL || RfmDaysCount(r) == 0)
+		return NULL;
+	return r;
+}
+
+/* Add one delta row (values v / nl of customer_stats_delta) to its sum. */
+static void
+RfmPendingAdd(RfmStatsCatalog *cat, RfmPendingSum *p, Datum *v, bool *nl)
+{
+	p->deltas++;
+	if (pg_add_s64_overflow(p->rows, DatumGetInt64(v[cat->d_rows]), &p->rows) ||
+		pg_add_s64_overflow(p->orders, DatumGetInt64(v[cat->d_orders]), &p->orders))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("bigint out of range")));
+	p->spend = p->spend == NULL ? DatumGetNumericCopy(v[cat->d_spend])
+		: LoyaltyNumericAdd(p->spend, DatumGetNumeric(v[cat->d_spend]));
+	if (!nl[cat->d_fa] && (p->fa_null || DatumGetTimestampTz(v[cat->d_fa]) < p->fa))
+	{
+		p->fa = DatumGetTimestampTz(v[cat->d_fa]);
+		p->fa_null = false;
+	}
+	if (!nl[cat->d_la] && (p->la_null || DatumGetTimestampTz(v[cat->d_la]) > p->la))
+	{
+		p->la = DatumGetTimestampTz(v[cat->d_la]);
+		p->la_null = false;
+	}
+	if (!nl[cat->d_fr] && (p->fr_null || DatumGetTimestampTz(v[cat->d_fr]) < p->fr))
+	{
+		p->fr = DatumGetTimestampTz(v[cat->d_fr]);
+		p->fr_null = false;
+	}
+	if (!nl[cat->d_lr] && (p->lr_null || DatumGetTimestampTz(v[cat->d_lr]) > p->lr))
+	{
+		p->lr = DatumGetTimestampTz(v[cat->d_lr]);
+		p->lr_null = false;
+	}
+	p->days = RfmDaysFoldStep(p->days, nl[cat->d_days] ? NULL : DatumGetRfmDays(v[cat->d_days]));
+	p->removed = RfmDaysFoldStep(p->removed,
+								 nl[cat->d_removed] ? NULL : DatumGetRfmDays(v[cat->d_removed]));
+}
+
+/*
+ * Take every pending delta this transaction sees, below the executor: a
+ * scan of customer_stats_delta in a snapshot taken now, deleting each row
+ * it sees (a row another fold is deleting is waited for, and skipped once
+ * that fold commits; rows of transactions still in flight are invisible,
+ * neither deleted nor waited for: what DELETE does under READ COMMITTED),
+ * summed per customer as the SQL form in RfmTakePending sums them.  Only
+ * for the table as the extension creates it (no trigger, rule or row level
+ * security: RfmDeltaCatalogAttrs).  Returns false, with nothing done,
+ * otherwise.
+ */
+static bool
+RfmTakePendingDirect(RfmPendingSum ***sums, int *n)
+{
+	RfmStatsCatalog *cat = RfmStatsCatalogGet();
+	Relation	rel = table_open(cat->delta_relid, RowExclusiveLock);
+	HTAB	   *bykey;
+	HASHCTL		ctl;
+	Snapshot	snap;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	CommandId	cid;
+	HASH_SEQ_STATUS seq;
+	RfmPendingSum *p;
+
+	RfmDeltaCatalogAttrs(cat, rel);
+	if (!cat->delta_direct || rel->rd_rules != NULL)
+	{
+		table_close(rel, NoLock);
+		return false;
+	}
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(char *);
+	ctl.entrysize = sizeof(RfmPendingSum);
+	ctl.hash = RfmKeyHash;
+	ctl.match = RfmKeyMatch;
+	ctl.hcxt = CurrentMemoryContext;
+	bykey = hash_create("loyalty pending deltas", 1024, &ctl,
+						HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+
+	/* like a statement: see this transaction's earlier changes */
+	CommandCounterIncrement();
+	snap = RegisterSnapshot(GetTransactionSnapshot());
+	cid = GetCurrentCommandId(true);
+	scan = table_beginscan(rel, snap, 0, NULL);
+	slot = table_slot_create(rel, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		TM_FailureData tmfd;
+		TM_Result	res;
+		char	   *key;
+		bool		found;
+
+		res = table_tuple_delete(rel, &slot->tts_tid, cid, snap, InvalidSnapshot, true,
+								 &tmfd, false);
+		if (res == TM_Deleted)
+			continue;			/* another fold took it */
+		if (res != TM_Ok)
+			elog(ERROR, "unexpected result %d deleting a pending delta", (int) res);
+		slot_getallattrs(slot);
+		key = TextDatumGetCString(slot->tts_values[cat->d_cust]);
+		p = hash_search(bykey, &key, HASH_ENTER, &found);
+		if (!found)
+		{
+			memset(p, 0, sizeof(RfmPendingSum));
+			p->key = key;
+			p->fa_null = p->la_null = p->fr_null = p->lr_null = true;
+		}
+		else
+			pfree(key);
+		RfmPendingAdd(cat, p, slot->tts_values, slot->tts_isnull);
+		CHECK_FOR_INTERRUPTS();
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, NoLock);
+
+	*n = 0;
+	*sums = palloc_extended(sizeof(RfmPendingSum *) * Max(hash_get_num_entries(bykey), 1),
+							MCXT_ALLOC_HUGE);
+	hash_seq_init(&seq, bykey);
+	while ((p = hash_seq_search(&seq)) != NULL)
+	{
+		p->days = RfmDaysMinus(p->days, p->removed);
+		p->removed = NULL;
+		(*sums)[(*n)++] = p;
+	}
+	qsort(*sums, *n, sizeof(RfmPendingSum *), RfmPendingCmp);
+	return true;
+}
+
+/*
+ * Take (delete and sum per customer, in customer order) every pending
+ * delta this transaction sees: below the executor when the delta table is
+ * as the extension creates it (RfmTakePendingDirect), else with one
+ * DELETE ... RETURNING through SQL (triggers, rules and row level security
+ * apply).  Inside SPI, READ COMMITTED.
+ */
+static void
+RfmTakePending(RfmPendingSum ***sums, int *n)
+{
+	int			ret;
+	uint64		r;
+	SPITupleTable *res;
+
+	if (RfmTakePendingDirect(sums, n))
+		return;
+	ret = SPI_execute("WITH d AS ("
+					  "  DELETE FROM loyalty.customer_stats_delta"
+					  "  RETURNING customer_id, row_count, order_count, spend_total, first_added,"
+					  "  last_added, first_removed, last_removed, days, days_removed)"
+					  " SELECT d.customer_id, pg_catalog.count(*),"
+					  "  pg_catalog.sum(d.row_count)::pg_catalog.int8,"
+					  "  pg_catalog.sum(d.order_count)::pg_catalog.int8,"
+					  "  pg_catalog.sum(d.spend_total),"
+					  "  pg_catalog.min(d.first_added), pg_catalog.max(d.last_added),"
+					  "  pg_catalog.min(d.first_removed), pg_catalog.max(d.last_removed),"
+					  "  loyalty._rfm_days_minus(loyalty._rfm_days_fold(d.days),"
+					  "  loyalty._rfm_days_fold(d.days_removed))"
+					  " FROM d GROUP BY d.customer_id ORDER BY d.customer_id",
+					  false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not fold loyalty.customer_stats_delta: %s", SPI_result_code_string(ret));
+	res = SPI_tuptable;
+	*n = (int) SPI_processed;
+	*sums = palloc_extended(sizeof(RfmPendingSum *) * Max(*n, 1), MCXT_ALLOC_HUGE);
+	for (r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = res->vals[r];
+		TupleDesc	desc = res->tupdesc;
+		RfmPendingSum *p = palloc0(sizeof(RfmPendingSum));
+		bool		isnull;
+		Datum		days;
+
+		p->key = SPI_getvalue(tup, desc, 1);
+		p->deltas = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		p->rows = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		p->orders = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+		p->spend = DatumGetNumericCopy(SPI_getbinval(tup, desc, 5, &isnull));
+		p->fa = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &p->fa_null));
+		p->la = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &p->la_null));
+		p->fr = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &p->fr_null));
+		p->lr = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &p->lr_null));
+		days = SPI_getbinval(tup, desc, 10, &isnull);
+		p->days = isnull ? NULL : (RfmDays *) PG_DETOAST_DATUM_COPY(days);
+		(*sums)[r] = p;
+	}
+	SPI_freetuptable(res);
+}
+
 /*
  * Fold every pending delta this statement sees into customer_stats and
- * delete exactly those rows: one DELETE ... RETURNING takes the rows
- * visible to its snapshot (deltas of transactions still in flight stay for
- * the next fold; a concurrent fold that deleted a row first makes this one
- * skip it) and sums them per customer in SQL; the sums are then applied in
- * customer order like a back-fill's (RfmApplyRows: existing customers
- * updated without the executor, new ones upserted).  Trackers only insert
- * into the delta table, so nothing here waits for them or makes them
- * wait.  The first and last order times cannot be derived from deltas when
- * a removed order may have been one of them: for those customers they are
- * read again from the tracked tables (a fresh snapshot, at least as new as
- * the deltas folded).  Must run inside SPI, READ COMMITTED.  Returns the
- * delta rows folded; *customers the customers they touched.
+ * delete exactly those rows: RfmTakePending takes the rows visible to a
+ * snapshot taken now (deltas of transactions still in flight stay for the
+ * next fold; a concurrent fold that deleted a row first makes this one
+ * skip it) and sums them per customer; the sums are then applied in
+ * customer order like a back-fill's (RfmApplyRows: stats_store.c).
+ * Trackers only insert into the delta table, so nothing here waits for
+ * them or makes them wait.  The first and last order times cannot be
+ * derived from deltas when a removed order may have been one of them: for
+ * those customers they are read again from the tracked tables (a fresh
+ * snapshot, at least as new as the deltas folded).  Must run inside SPI,
+ * READ COMMITTED.  Returns the delta rows folded; *customers the customers
+ * they touched.
  */
 int64
 RfmFoldDeltas(int64 *customers)
@@ -1557,14 +1336,11 @@ RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds)
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty rfm fold",
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
-	int			ret;
-	uint64		r;
-	uint64		n;
-	SPITupleTable *res;
+	RfmPendingSum **sums;
+	int			n;
 	int64		folded = 0;
 	RfmCustDelta **list;
-	Datum	   *v[7];
-	bool	   *nulls[7];
+	RfmStatsChange *ch;
 	int			i;
 	int			m = 0;
 
@@ -1581,24 +1357,7 @@ RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds)
 		MemoryContextDelete(cxt);
 		return 0;
 	}
-	ret = SPI_execute("WITH d AS ("
-					  "  DELETE FROM loyalty.customer_stats_delta"
-					  "  RETURNING customer_id, row_count, order_count, spend_total, first_added,"
-					  "  last_added, first_removed, last_removed, days, days_removed)"
-					  " SELECT d.customer_id, pg_catalog.count(*),"
-					  "  pg_catalog.sum(d.row_count)::pg_catalog.int8,"
-					  "  pg_catalog.sum(d.order_count)::pg_catalog.int8,"
-					  "  pg_catalog.sum(d.spend_total),"
-					  "  pg_catalog.min(d.first_added), pg_catalog.max(d.last_added),"
-					  "  pg_catalog.min(d.first_removed), pg_catalog.max(d.last_removed),"
-					  "  loyalty._rfm_days_minus(loyalty._rfm_days_fold(d.days),"
-					  "  loyalty._rfm_days_fold(d.days_removed))"
-					  " FROM d GROUP BY d.customer_id ORDER BY d.customer_id",
-					  false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not fold loyalty.customer_stats_delta: %s", SPI_result_code_string(ret));
-	res = SPI_tuptable;
-	n = SPI_processed;
+	RfmTakePending(&sums, &n);
 	if (customers)
 		*customers = (int64) n;
 	if (n == 0)
@@ -1608,77 +1367,54 @@ RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds)
 		return 0;
 	}
 	list = palloc_extended(sizeof(RfmCustDelta *) * n, MCXT_ALLOC_HUGE);
-	for (i = 0; i < 7; i++)
-	{
-		v[i] = palloc_extended(sizeof(Datum) * n, MCXT_ALLOC_HUGE);
-		nulls[i] = palloc_extended(sizeof(bool) * n, MCXT_ALLOC_HUGE | MCXT_ALLOC_ZERO);
-	}
+	ch = palloc_extended(sizeof(RfmStatsChange) * n, MCXT_ALLOC_HUGE);
 	if (adds)
 		*adds = MemoryContextAllocExtended(caller, sizeof(RfmFoldAdd) * n, MCXT_ALLOC_HUGE);
-	for (r = 0; r < n; r++)
+	for (i = 0; i < n; i++)
 	{
-		HeapTuple	tup = res->vals[r];
-		TupleDesc	desc = res->tupdesc;
+		RfmPendingSum *p = sums[i];
 		RfmCustDelta *c = palloc0(sizeof(RfmCustDelta));
-		bool		isnull,
-					fanull,
-					lanull,
-					frnull,
-					lrnull;
 
-		c->key = SPI_getvalue(tup, desc, 1);
-		folded += DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		c->rows = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
-		c->orders = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
-		c->min_added = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &fanull));
-		c->max_added = DatumGetTimestampTz(SPI_getbinval(tup, desc, 7, &lanull));
-		c->has_added = !fanull && !lanull;
-		c->min_removed = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &frnull));
-		c->max_removed = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &lrnull));
-		c->has_removed = !frnull && !lrnull;
+		c->key = p->key;
+		folded += p->deltas;
+		c->rows = p->rows;
+		c->orders = p->orders;
+		c->min_added = p->fa;
+		c->max_added = p->la;
+		c->has_added = !p->fa_null && !p->la_null;
+		c->min_removed = p->fr;
+		c->max_removed = p->lr;
+		c->has_removed = !p->fr_null && !p->lr_null;
 		if (adds && !c->has_removed && c->has_added && c->rows > 0)
 		{
 			/* handed to the refresh, copied out of the fold's context */
 			RfmFoldAdd *a = &(*adds)[(*nadds)++];
-			Datum		days = SPI_getbinval(tup, desc, 10, &isnull);
 
 			MemoryContextSwitchTo(caller);
-			a->key = pstrdup(c->key);
-			a->keylen = strlen(a->key);
-			a->rows = c->rows;
-			a->orders = c->orders;
-			a->spend = DatumGetNumericCopy(SPI_getbinval(tup, desc, 5, &isnull));
-			a->has_added = c->has_added;
-			a->first_added = c->min_added;
-			a->last_added = c->max_added;
-			a->days = isnull ? NULL : (RfmDays *) PG_DETOAST_DATUM_COPY(days);
+			a->ch.key = pstrdup(c->key);
+			a->keylen = strlen(a->ch.key);
+			a->ch.rows = c->rows;
+			a->ch.orders = c->orders;
+			a->ch.spend = DatumGetNumericCopy(NumericGetDatum(p->spend));
+			a->ch.has_added = c->has_added;
+			a->ch.first_added = c->min_added;
+			a->ch.last_added = c->max_added;
+			a->ch.days = p->days ? (RfmDays *) PG_DETOAST_DATUM_COPY(PointerGetDatum(p->days)) : NULL;
 			a->pos = -1;
 			MemoryContextSwitchTo(cxt);
 			continue;
 		}
 		list[m] = c;
-		v[0][m] = SPI_getbinval(tup, desc, 1, &isnull);
-		v[1][m] = Int64GetDatum(c->rows);
-		v[2][m] = Int64GetDatum(c->orders);
-		v[3][m] = SPI_getbinval(tup, desc, 5, &isnull);
-		v[4][m] = TimestampTzGetDatum(c->min_added);
-		nulls[4][m] = !c->has_added;
-		v[5][m] = TimestampTzGetDatum(c->max_added);
-		nulls[5][m] = !c->has_added;
-		v[6][m] = SPI_getbinval(tup, desc, 10, &nulls[6][m]);
-		if (!nulls[6][m])
-			v[6][m] = PointerGetDatum(DatumGetRfmDays(v[6][m]));
+		RfmChangeOf(c, p->spend, p->days, &ch[m]);
 		m++;
 	}
 	if (m > 0)
-		RfmApplyRows(list, m, v, nulls, true);
-	SPI_freetuptable(res);
+		RfmApplyRows(list, ch, m, true);
 	CommandCounterIncrement();
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 	return folded;
 }
-
 
 /*
  * Apply a delta directly to customer_stats (back-fills and rebuilds; tracked
@@ -1691,8 +1427,7 @@ RfmDeltaApply(RfmDelta *delta)
 	MemoryContext old = MemoryContextSwitchTo(delta->cxt);
 	RfmCustDelta **list;
 	int			n = RfmDeltaList(delta, &list);
-	Datum	   *v[7];
-	bool	   *nulls[7];
+	RfmStatsChange *ch;
 	int			i;
 
 	if (n == 0)
@@ -1701,11 +1436,7 @@ RfmDeltaApply(RfmDelta *delta)
 		return;
 	}
 	qsort(list, n, sizeof(RfmCustDelta *), RfmCustCmp);
-	for (i = 0; i < 7; i++)
-	{
-		v[i] = palloc(sizeof(Datum) * n);
-		nulls[i] = palloc0(sizeof(bool) * n);
-	}
+	ch = palloc(sizeof(RfmStatsChange) * n);
 	for (i = 0; i < n; i++)
 	{
 		RfmCustDelta *c = list[i];
@@ -1723,18 +1454,9 @@ RfmDeltaApply(RfmDelta *delta)
 			RfmMoneyAddMoney(&total, &c->days[k].spend, delta->cxt);
 		}
 		days = RfmDaysBuild(entries, c->ndays);
-		v[0][i] = CStringGetTextDatum(c->key);
-		v[1][i] = Int64GetDatum(c->rows);
-		v[2][i] = Int64GetDatum(c->orders);
-		v[3][i] = NumericGetDatum(RfmMoneyToNumeric(&total));
-		v[4][i] = TimestampTzGetDatum(c->min_added);
-		nulls[4][i] = !c->has_added;
-		v[5][i] = TimestampTzGetDatum(c->max_added);
-		nulls[5][i] = !c->has_added;
-		v[6][i] = PointerGetDatum(days);
-		nulls[6][i] = (days == NULL);
+		RfmChangeOf(c, RfmMoneyToNumeric(&total), days, &ch[i]);
 	}
-	RfmApplyRows(list, n, v, nulls, false);
+	RfmApplyRows(list, ch, n, false);
 	MemoryContextSwitchTo(old);
 }
 
@@ -1870,12 +1592,7 @@ RfmRebuild(void)
 	if (RfmDeltasTracked() &&
 		SPI_execute("DELETE FROM loyalty.customer_stats_delta", false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not clear loyalty.customer_stats_delta");
-	if (SPI_execute("UPDATE loyalty.customer_stats SET row_count = 0, order_count = 0,"
-					" spend_total = 0, first_order = NULL, last_order = NULL, days = NULL"
-					" WHERE row_count OPERATOR(pg_catalog.<>) 0 OR days IS NOT NULL"
-					" OR spend_total OPERATOR(pg_catalog.<>) 0 OR last_order IS NOT NULL",
-					false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not reset loyalty.customer_stats");
+	RfmStatsResetAll();
 	if (SPI_execute("SELECT orders::pg_catalog.oid, customer_column, ordered_at_column,"
 					" amount_column, status_column, counted_statuses"
 					" FROM loyalty.tracked_table ORDER BY orders::pg_catalog.oid",
