@@ -38,6 +38,7 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/datum.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
@@ -1142,104 +1143,123 @@ static const char *const balance_sql =
 " WHERE a.customer_id = $1";
 
 /*
- * loyalty.points_balance(customer_id, at): computed from the open lots at
- * read time with the same rule the mutating calls settle by: a pending lot
- * whose available_at has passed is available, a lot whose expires_at has
- * passed counts for nothing.  Exact whether or not any settling ran.  The
- * next expiry is the last local day (program time zone) on which the
- * soonest-expiring points can be used, with all points expiring on that day.
- * A customer without an account has a zero balance and no tier.
+ * The result row type of points_balance, looked up and blessed once per
+ * backend: a function's OUT parameters cannot change under its OID (CREATE
+ * OR REPLACE refuses), so the descriptor is keyed by the function's OID.
  */
-Datum
-points_balance(PG_FUNCTION_ARGS)
+static TupleDesc
+BalanceResultDesc(FunctionCallInfo fcinfo)
+{
+	static Oid	desc_fn = InvalidOid;
+	static TupleDesc desc = NULL;
+
+	if (desc == NULL || desc_fn != fcinfo->flinfo->fn_oid)
+	{
+		TupleDesc	d;
+		MemoryContext old;
+
+		if (get_call_result_type(fcinfo, NULL, &d) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		d = BlessTupleDesc(CreateTupleDescCopy(d));
+		MemoryContextSwitchTo(old);
+		if (desc != NULL)
+			FreeTupleDesc(desc);
+		desc = d;
+		desc_fn = fcinfo->flinfo->fn_oid;
+	}
+	return desc;
+}
+
+/*
+ * The balance through the balance statement (SPI), when the direct read
+ * cannot stand in for it (see points_balance.c): same rows, same rule.
+ */
+static void
+BalanceViaStatement(text *customer_id, TimestampTz at, pg_tz *tz, PointsBalance *b)
 {
 	static const Oid types[1] = {TEXTOID};
-	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
-	TimestampTz at = PointsArgTime(fcinfo, 1, "at");
 	MemoryContext caller = CurrentMemoryContext;
-	int64		available = 0,
-				pending = 0,
-				debt = 0,
-				expiring = 0;
-	bool		has_expiry = false;
-	DateADT		expiry_date = 0;
-	char	   *tier = NULL;
-	pg_tz	   *tz;
-	TupleDesc	desc;
-	Datum		values[6];
-	bool		nulls[6] = {false, false, false, true, true, true};
 	Datum		vals[1];
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	tz = PointsConfigGet()->program.tz;	/* before the query: it may run one */
-	vals[0] = CStringGetTextDatum(customer_id);
+	vals[0] = PointerGetDatum(customer_id);
 	if (SPI_execute_plan(PointsPrepare(&balance_plan, balance_sql, 1, types), vals, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading the points balance failed");
 	if (SPI_processed > 0)
 	{
 		char	   *t = ColText(0, 2);
 
-		debt = ColInt64(0, 1, NULL);
+		b->found = true;
+		b->debt = ColInt64(0, 1, NULL);
 		if (t)
-			tier = MemoryContextStrdup(caller, t);
+			b->tier = MemoryContextStrdup(caller, t);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			bool		isnull;
 			bool		is_available = DatumGetBool(ColDatum(i, 4, &isnull));
-			int64		remaining;
-			Datum		d;
+			Datum		available_at,
+						expires_at;
+			bool		no_available_at,
+						no_expires_at;
 
 			if (isnull)
 				continue;		/* no open lot */
-			remaining = ColInt64(i, 5, NULL);
-			d = ColDatum(i, 7, &isnull);
-			if (!isnull)
-			{
-				TimestampTz expires_at = DatumGetTimestampTz(d);
-				DateADT		day;
-
-				if (expires_at <= at)
-					continue;	/* expired */
-				day = PointsLastDayBefore(expires_at, tz);
-				if (!has_expiry || day < expiry_date)
-				{
-					has_expiry = true;
-					expiry_date = day;
-					expiring = 0;
-				}
-				if (day == expiry_date)
-					expiring += remaining;
-			}
-			if (!is_available)
-			{
-				d = ColDatum(i, 6, &isnull);
-				is_available = !isnull && DatumGetTimestampTz(d) <= at;
-			}
-			if (is_available)
-				available += remaining;
-			else
-				pending += remaining;
+			available_at = ColDatum(i, 6, &no_available_at);
+			expires_at = ColDatum(i, 7, &no_expires_at);
+			PointsBalanceAddLot(b, is_available, ColInt64(i, 5, NULL),
+								!no_available_at, no_available_at ? 0 : DatumGetTimestampTz(available_at),
+								!no_expires_at, no_expires_at ? 0 : DatumGetTimestampTz(expires_at),
+								at, tz);
 		}
 	}
 	SPI_finish();
+}
 
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	desc = BlessTupleDesc(desc);
-	values[0] = Int64GetDatum(available);
-	values[1] = Int64GetDatum(pending);
-	values[2] = Int64GetDatum(debt);
-	if (has_expiry)
+/*
+ * loyalty.points_balance(customer_id, at): computed from the open lots at
+ * read time with the same rule the mutating calls settle by: a pending lot
+ * whose available_at has passed is available, a lot whose expires_at has
+ * passed counts for nothing.  Exact whether or not any settling ran.  The
+ * next expiry is the last local day (program time zone) on which the
+ * soonest-expiring points can be used, with all points expiring on that day.
+ * A customer without an account has a zero balance and no tier.  The rows
+ * are read directly through the indexes (points_balance.c), or by the
+ * balance statement when that cannot stand in for it.
+ */
+Datum
+points_balance(PG_FUNCTION_ARGS)
+{
+	text	   *customer_id = PointsArgKey(fcinfo, 0, "customer_id");
+	TimestampTz at = PointsArgTime(fcinfo, 1, "at");
+	PointsBalance b;
+	pg_tz	   *tz;
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, true, true, true};
+
+	memset(&b, 0, sizeof(b));
+	/* the settings first: loading them runs a query (inside SPI) */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	tz = PointsConfigGet()->program.tz;
+	SPI_finish();
+	if (!PointsBalanceDirect(customer_id, at, tz, &b))
+		BalanceViaStatement(customer_id, at, tz, &b);
+
+	values[0] = Int64GetDatum(b.available);
+	values[1] = Int64GetDatum(b.pending);
+	values[2] = Int64GetDatum(b.debt);
+	if (b.has_expiry)
 	{
-		values[3] = DateADTGetDatum(expiry_date);
-		values[4] = Int64GetDatum(expiring);
+		values[3] = DateADTGetDatum(b.expiry_date);
+		values[4] = Int64GetDatum(b.expiring);
 		nulls[3] = nulls[4] = false;
 	}
-	if (tier)
+	if (b.tier)
 	{
-		values[5] = CStringGetTextDatum(tier);
+		values[5] = CStringGetTextDatum(b.tier);
 		nulls[5] = false;
 	}
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BalanceResultDesc(fcinfo), values, nulls)));
 }

@@ -187,6 +187,19 @@ typedef struct PointsReceipt
 	int64		debt;
 } PointsReceipt;
 
+/* A balance as points_balance computes it (points_balance.c). */
+typedef struct PointsBalance
+{
+	bool		found;			/* the customer has an account */
+	int64		available;
+	int64		pending;
+	int64		debt;
+	bool		has_expiry;
+	DateADT		expiry_date;	/* last local day of the soonest expiring points */
+	int64		expiring;		/* points expiring that day */
+	char	   *tier;			/* NULL: no tier */
+} PointsBalance;
+
 /* points.c */
 extern SPIPlanPtr PointsPrepare(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes);
 extern void PointsExec(SPIPlanPtr plan, Datum *values, const char *nulls, int expected);
@@ -230,6 +243,13 @@ extern int	PointsNumericCmp(Datum a, Datum b);
 
 /* points_config.c */
 extern const PointsConfig *PointsConfigGet(void);
+
+/* points_balance.c */
+extern void PointsBalanceAddLot(PointsBalance *b, bool is_available, int64 remaining,
+								bool has_available_at, TimestampTz available_at,
+								bool has_expires_at, TimestampTz expires_at,
+								TimestampTz at, pg_tz *tz);
+extern bool PointsBalanceDirect(text *customer_id, TimestampTz at, pg_tz *tz, PointsBalance *b);
 
 /* points_write.c */
 extern int64 PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed);
