@@ -322,7 +322,6 @@ PointsNumericCmp(Datum a, Datum b)
 
 static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr create_plan = NULL;
-static SPIPlanPtr settle_plan = NULL;
 static SPIPlanPtr request_plan = NULL;
 static SPIPlanPtr upgrade_plan = NULL;
 static SPIPlanPtr debit_lots_plan = NULL;
@@ -519,78 +518,6 @@ PointsClaimReference(const char *reference, const char *customer_id)
 				 errmsg("reference \"%s\" belongs to another customer", reference),
 				 errdetail("Customer \"%s\" used it first.", owner),
 				 errhint("References (order ids, idempotency keys) are unique to one customer.")));
-}
-
-/*
- * Settle the given (locked) accounts as of a time: lots whose expiry passed
- * are closed with one expire ledger entry per account, pending lots whose
- * time came become available, and next_event_at is recomputed exactly.
- * Lot rows are read with the statement's snapshot, taken after the accounts
- * were locked, so no concurrent change is missed; the subquery for
- * next_event_at sees the lots before this statement's own updates and so
- * leaves out what it expires and counts activated lots by expiry only.
- */
-static const char *const settle_sql =
-"WITH due AS ("
-"  SELECT l.lot_id, l.customer_id, l.remaining, l.state,"
-"         (l.expires_at IS NOT NULL AND l.expires_at <= $2) AS expiring"
-"    FROM loyalty.points_lot l"
-"   WHERE l.customer_id = ANY ($1) AND l.state <> 'closed'"
-"     AND (l.expires_at <= $2 OR (l.state = 'pending' AND l.available_at <= $2))"
-"), settled AS ("
-"  UPDATE loyalty.points_lot l"
-"     SET state = CASE WHEN d.expiring THEN 'closed' ELSE 'available' END,"
-"         remaining = CASE WHEN d.expiring THEN 0 ELSE l.remaining END,"
-"         expired = l.expired + CASE WHEN d.expiring THEN l.remaining ELSE 0 END"
-"    FROM due d WHERE l.lot_id = d.lot_id"
-"), per AS ("
-"  SELECT d.customer_id,"
-"         coalesce(sum(d.remaining) FILTER (WHERE d.expiring AND d.state = 'available'), 0)::int8 AS exp_available,"
-"         coalesce(sum(d.remaining) FILTER (WHERE d.expiring AND d.state = 'pending'), 0)::int8 AS exp_pending,"
-"         coalesce(sum(d.remaining) FILTER (WHERE NOT d.expiring), 0)::int8 AS activated,"
-"         count(*) FILTER (WHERE d.expiring) AS exp_lots,"
-"         array_agg(d.lot_id ORDER BY d.lot_id) FILTER (WHERE d.expiring) AS exp_ids,"
-"         array_agg(-d.remaining ORDER BY d.lot_id) FILTER (WHERE d.expiring) AS exp_deltas"
-"    FROM due d GROUP BY d.customer_id"
-"), account AS ("
-"  UPDATE loyalty.points_account a"
-"     SET available = a.available - coalesce(p.exp_available, 0) + coalesce(p.activated, 0),"
-"         pending = a.pending - coalesce(p.exp_pending, 0) - coalesce(p.activated, 0),"
-"         next_event_at = (SELECT min(LEAST(CASE WHEN l.state = 'pending' AND l.available_at > $2"
-"                                                THEN l.available_at END, l.expires_at))"
-"                            FROM loyalty.points_lot l"
-"                           WHERE l.customer_id = a.customer_id AND l.state <> 'closed'"
-"                             AND (l.expires_at IS NULL OR l.expires_at > $2)),"
-"         settled_at = GREATEST(a.settled_at, $2), updated_at = pg_catalog.now()"
-"    FROM unnest($1::text[]) c(customer_id) LEFT JOIN per p ON p.customer_id = c.customer_id"
-"   WHERE a.customer_id = c.customer_id"
-"  RETURNING a.customer_id, a.available, a.pending, a.debt, a.next_event_at,"
-"            coalesce(p.exp_lots, 0) AS exp_lots,"
-"            coalesce(p.exp_available + p.exp_pending, 0) AS exp_points,"
-"            coalesce(p.activated, 0) AS activated, p.exp_ids, p.exp_deltas"
-"), entries AS ("
-"  INSERT INTO loyalty.points_ledger (customer_id, kind, points, reason, lot_ids, lot_points,"
-"                                     available_after, pending_after, debt_after, effective_at)"
-"  SELECT x.customer_id, 'expire', -x.exp_points, 'expired', x.exp_ids, x.exp_deltas,"
-"         x.available, x.pending, x.debt, $2"
-"    FROM account x WHERE x.exp_points > 0"
-")"
-"SELECT customer_id, available, pending, next_event_at, exp_lots, exp_points, activated FROM account";
-
-/*
- * Run the settle statement for an array of locked accounts; the result rows
- * are left in SPI_tuptable (customer_id, available, pending, next_event_at,
- * expired lots, expired points, activated points).
- */
-void
-PointsSettle(Datum customers, TimestampTz as_of)
-{
-	static const Oid types[2] = {TEXTARRAYOID, TIMESTAMPTZOID};
-	Datum		values[2];
-
-	values[0] = customers;
-	values[1] = TimestampTzGetDatum(as_of);
-	PointsExec(PointsPrepare(&settle_plan, settle_sql, 2, types), values, NULL, SPI_OK_SELECT);
 }
 
 /* Settle one locked account if a lot of it became available or expired by at. */

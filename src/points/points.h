@@ -27,6 +27,8 @@
 #include "fmgr.h"
 #include "pgtime.h"
 #include "utils/date.h"
+#include "utils/rel.h"
+#include "utils/snapshot.h"
 
 #include "loyalty.h"
 
@@ -200,6 +202,19 @@ typedef struct PointsBalance
 	char	   *tier;			/* NULL: no tier */
 } PointsBalance;
 
+/*
+ * A table of the extension read through a btree on customer_id without the
+ * executor (points_balance.c): the table, the index and the numbers of the
+ * columns read.
+ */
+typedef struct PointsKeyIndex
+{
+	Relation	heap;
+	Relation	index;
+	AttrNumber	key;			/* customer_id */
+	AttrNumber	cols[8];		/* the columns asked for, in order */
+} PointsKeyIndex;
+
 /* points.c */
 extern SPIPlanPtr PointsPrepare(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes);
 extern void PointsExec(SPIPlanPtr plan, Datum *values, const char *nulls, int expected);
@@ -212,7 +227,6 @@ extern void PointsArgNotNull(FunctionCallInfo fcinfo, int argno, const char *nam
 extern void PointsClaimReference(const char *reference, const char *customer_id);
 extern void PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *reference);
 extern void PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, TimestampTz at);
-extern void PointsSettle(Datum customers, TimestampTz as_of);
 extern void PointsSettleIfDue(PointsAccount *acct, TimestampTz at);
 extern bool PointsFindRequest(const char *reference, const char *kind, const char *customer_id,
 							  uint64 request_hash, PointsReceipt *receipt);
@@ -250,6 +264,15 @@ extern void PointsBalanceAddLot(PointsBalance *b, bool is_available, int64 remai
 								bool has_expires_at, TimestampTz expires_at,
 								TimestampTz at, pg_tz *tz);
 extern bool PointsBalanceDirect(text *customer_id, TimestampTz at, pg_tz *tz, PointsBalance *b);
+extern bool PointsKeyIndexOpen(PointsKeyIndex *src, const char *table, const char *index,
+							   bool partial, int ncols, const char *const *cols, const Oid *types);
+extern void PointsKeyIndexClose(PointsKeyIndex *src);
+extern struct IndexScanDescData *PointsKeyIndexScan(PointsKeyIndex *src, struct IndexScanDescData *scan,
+													Snapshot snapshot, text *key);
+extern int64 PointsSlotInt64(struct TupleTableSlot *slot, AttrNumber att);
+
+/* points_expire.c */
+extern void PointsSettle(Datum customers, TimestampTz as_of);
 
 /* points_write.c */
 extern int64 PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed);

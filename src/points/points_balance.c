@@ -2,7 +2,9 @@
  * points_balance.c
  *		The read of loyalty.points_balance() without the executor: the
  *		account row and the account's open lots fetched through their
- *		indexes, as PostgreSQL's own catalog lookups do.
+ *		indexes, as PostgreSQL's own catalog lookups do.  The same lookup
+ *		by customer (PointsKeyIndex*) reads the open lots of the accounts
+ *		expire_points settles.
  *
  * points_balance is the most frequent call of a shop (every page that shows
  * a balance) and reads two index entries and a few heap rows; through SPI
@@ -44,15 +46,6 @@
 
 #include "compat.h"
 #include "points.h"
-
-/* One table and the index the read goes through, with the columns it reads. */
-typedef struct BalanceSource
-{
-	Relation	heap;
-	Relation	index;
-	AttrNumber	key;			/* customer_id */
-	AttrNumber	cols[4];		/* the columns read, see BalanceOpen callers */
-} BalanceSource;
 
 /*
  * Add one open lot to a balance being computed at "at": a pending lot whose
@@ -98,7 +91,7 @@ PointsBalanceAddLot(PointsBalance *b, bool is_available, int64 remaining,
  * privilege or applies the policies.
  */
 static bool
-BalanceReadable(Oid relid)
+KeyIndexReadable(Oid relid)
 {
 	return pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK &&
 		check_enable_rls(relid, InvalidOid, true) == RLS_NONE;
@@ -106,7 +99,7 @@ BalanceReadable(Oid relid)
 
 /* The number of a column of the expected type, or InvalidAttrNumber. */
 static AttrNumber
-BalanceColumn(Relation rel, const char *name, Oid type)
+KeyIndexColumn(Relation rel, const char *name, Oid type)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 
@@ -128,17 +121,23 @@ BalanceColumn(Relation rel, const char *name, Oid type)
  * columns named in cols (types in types) must exist.  False (and nothing
  * left open) when anything differs.
  */
-static bool
-BalanceOpen(BalanceSource *src, Oid nsp, const char *table, const char *index,
-			bool partial, int ncols, const char *const *cols, const Oid *types)
+bool
+PointsKeyIndexOpen(PointsKeyIndex *src, const char *table, const char *index,
+				   bool partial, int ncols, const char *const *cols, const Oid *types)
 {
-	Oid			relid = get_relname_relid(table, nsp);
-	Oid			indexid = get_relname_relid(index, nsp);
+	Oid			nsp = get_namespace_oid("loyalty", true);
+	Oid			relid;
+	Oid			indexid;
 	Form_pg_index ind;
 	bool		ok;
 
+	Assert(ncols <= lengthof(src->cols));
 	src->heap = src->index = NULL;
-	if (!OidIsValid(relid) || !OidIsValid(indexid) || !BalanceReadable(relid))
+	if (ExecutorCheckPerms_hook != NULL || !OidIsValid(nsp))
+		return false;
+	relid = get_relname_relid(table, nsp);
+	indexid = get_relname_relid(index, nsp);
+	if (!OidIsValid(relid) || !OidIsValid(indexid) || !KeyIndexReadable(relid))
 		return false;
 	src->heap = try_relation_open(relid, AccessShareLock);
 	if (src->heap == NULL)
@@ -153,7 +152,7 @@ BalanceOpen(BalanceSource *src, Oid nsp, const char *table, const char *index,
 	}
 	if (ok)
 	{
-		src->key = BalanceColumn(src->heap, "customer_id", TEXTOID);
+		src->key = KeyIndexColumn(src->heap, "customer_id", TEXTOID);
 		ind = src->index->rd_index;
 		ok = src->index->rd_rel->relkind == RELKIND_INDEX &&
 			src->index->rd_rel->relam == BTREE_AM_OID &&
@@ -166,7 +165,7 @@ BalanceOpen(BalanceSource *src, Oid nsp, const char *table, const char *index,
 	}
 	for (int i = 0; ok && i < ncols; i++)
 	{
-		src->cols[i] = BalanceColumn(src->heap, cols[i], types[i]);
+		src->cols[i] = KeyIndexColumn(src->heap, cols[i], types[i]);
 		ok = src->cols[i] != InvalidAttrNumber;
 	}
 	if (!ok)
@@ -179,9 +178,9 @@ BalanceOpen(BalanceSource *src, Oid nsp, const char *table, const char *index,
 	return ok;
 }
 
-/* Close what BalanceOpen opened (the locks stay until the end of the transaction). */
-static void
-BalanceClose(BalanceSource *src)
+/* Close what PointsKeyIndexOpen opened (the locks stay until the end of the transaction). */
+void
+PointsKeyIndexClose(PointsKeyIndex *src)
 {
 	if (src->index != NULL)
 		relation_close(src->index, NoLock);
@@ -189,23 +188,26 @@ BalanceClose(BalanceSource *src)
 		relation_close(src->heap, NoLock);
 }
 
-/* Start an index scan for customer_id = key, with the index's collation. */
-static IndexScanDesc
-BalanceScan(BalanceSource *src, Snapshot snapshot, text *key)
+/*
+ * Start (scan NULL) or restart an index scan for customer_id = key, with
+ * the index's collation.
+ */
+IndexScanDesc
+PointsKeyIndexScan(PointsKeyIndex *src, IndexScanDesc scan, Snapshot snapshot, text *key)
 {
-	IndexScanDesc scan;
 	ScanKeyData skey;
 
 	ScanKeyEntryInitialize(&skey, 0, 1, BTEqualStrategyNumber, InvalidOid,
 						   src->index->rd_indcollation[0], F_TEXTEQ, PointerGetDatum(key));
-	scan = index_beginscan_compat(src->heap, src->index, snapshot, 1, 0);
+	if (scan == NULL)
+		scan = index_beginscan_compat(src->heap, src->index, snapshot, 1, 0);
 	index_rescan(scan, &skey, 1, NULL, 0);
 	return scan;
 }
 
-/* A bigint column of the slot's row (0 when null, as the statement's reader did). */
-static int64
-BalanceInt64(TupleTableSlot *slot, AttrNumber att)
+/* A bigint column of a slot's row (0 when null, as the statements' readers do). */
+int64
+PointsSlotInt64(TupleTableSlot *slot, AttrNumber att)
 {
 	bool		isnull;
 	Datum		d = slot_getattr(slot, att, &isnull);
@@ -228,8 +230,7 @@ PointsBalanceDirect(text *customer_id, TimestampTz at, pg_tz *tz, PointsBalance 
 	static const Oid account_types[2] = {INT8OID, TEXTOID};
 	static const char *const lot_cols[4] = {"state", "remaining", "available_at", "expires_at"};
 	static const Oid lot_types[4] = {TEXTOID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-	Oid			nsp;
-	BalanceSource account,
+	PointsKeyIndex account,
 				lot;
 	Snapshot	snapshot;
 	IndexScanDesc scan;
@@ -237,29 +238,26 @@ PointsBalanceDirect(text *customer_id, TimestampTz at, pg_tz *tz, PointsBalance 
 	bool		isnull;
 	Datum		d;
 
-	if (ExecutorCheckPerms_hook != NULL || !ActiveSnapshotSet())
+	if (!ActiveSnapshotSet())
 		return false;
-	nsp = get_namespace_oid("loyalty", true);
-	if (!OidIsValid(nsp))
+	if (!PointsKeyIndexOpen(&account, "points_account", "points_account_pkey", false,
+							2, account_cols, account_types))
 		return false;
-	if (!BalanceOpen(&account, nsp, "points_account", "points_account_pkey", false,
-					 2, account_cols, account_types))
-		return false;
-	if (!BalanceOpen(&lot, nsp, "points_lot", "points_lot_open_idx", true,
-					 4, lot_cols, lot_types))
+	if (!PointsKeyIndexOpen(&lot, "points_lot", "points_lot_open_idx", true,
+							4, lot_cols, lot_types))
 	{
-		BalanceClose(&account);
+		PointsKeyIndexClose(&account);
 		return false;
 	}
 	snapshot = GetActiveSnapshot();
 
 	/* the account: its debt and tier (no account: zero balance, no tier) */
 	slot = table_slot_create(account.heap, NULL);
-	scan = BalanceScan(&account, snapshot, customer_id);
+	scan = PointsKeyIndexScan(&account, NULL, snapshot, customer_id);
 	b->found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	if (b->found)
 	{
-		b->debt = BalanceInt64(slot, account.cols[0]);
+		b->debt = PointsSlotInt64(slot, account.cols[0]);
 		d = slot_getattr(slot, account.cols[1], &isnull);
 		b->tier = isnull ? NULL : TextDatumGetCString(d);
 	}
@@ -270,7 +268,7 @@ PointsBalanceDirect(text *customer_id, TimestampTz at, pg_tz *tz, PointsBalance 
 	if (b->found)
 	{
 		slot = table_slot_create(lot.heap, NULL);
-		scan = BalanceScan(&lot, snapshot, customer_id);
+		scan = PointsKeyIndexScan(&lot, NULL, snapshot, customer_id);
 		while (index_getnext_slot(scan, ForwardScanDirection, slot))
 		{
 			text	   *state;
@@ -295,14 +293,14 @@ PointsBalanceDirect(text *customer_id, TimestampTz at, pg_tz *tz, PointsBalance 
 			PointsBalanceAddLot(b,
 								VARSIZE_ANY_EXHDR(state) == 9 &&
 								memcmp(VARDATA_ANY(state), "available", 9) == 0,
-								BalanceInt64(slot, lot.cols[1]),
+								PointsSlotInt64(slot, lot.cols[1]),
 								has_available_at, available_at,
 								has_expires_at, expires_at, at, tz);
 		}
 		index_endscan(scan);
 		ExecDropSingleTupleTableSlot(slot);
 	}
-	BalanceClose(&lot);
-	BalanceClose(&account);
+	PointsKeyIndexClose(&lot);
+	PointsKeyIndexClose(&account);
 	return true;
 }
