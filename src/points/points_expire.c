@@ -70,14 +70,14 @@ static const char *const settle_update_sql =
 /*
  * The accounts (every one given, due lots or not) and one expire entry per
  * account that lost points, with the lots' ids and changes as slices of two
- * flat arrays; entries in the order of the accounts given.
+ * flat arrays; entries in customer order, as the single statement this
+ * replaced wrote them.
  */
 static const char *const settle_accounts_sql =
 "WITH u AS ("
 "  SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::timestamptz[],"
 "                       $6::int8[], $7::int4[], $8::int4[])"
-"    WITH ORDINALITY u(customer_id, exp_available, exp_pending, activated, next_event_at,"
-"                      exp_lots, lot_from, lot_to, ord)"
+"    u(customer_id, exp_available, exp_pending, activated, next_event_at, exp_lots, lot_from, lot_to)"
 "), account AS ("
 "  UPDATE loyalty.points_account a"
 "     SET available = a.available - u.exp_available + u.activated,"
@@ -86,13 +86,13 @@ static const char *const settle_accounts_sql =
 "         settled_at = GREATEST(a.settled_at, $11), updated_at = pg_catalog.now()"
 "    FROM u WHERE a.customer_id = u.customer_id"
 "  RETURNING a.customer_id, a.available, a.pending, a.debt, a.next_event_at, u.exp_lots,"
-"            u.exp_available + u.exp_pending AS exp_points, u.activated, u.lot_from, u.lot_to, u.ord"
+"            u.exp_available + u.exp_pending AS exp_points, u.activated, u.lot_from, u.lot_to"
 "), entries AS ("
 "  INSERT INTO loyalty.points_ledger (customer_id, kind, points, reason, lot_ids, lot_points,"
 "                                     available_after, pending_after, debt_after, effective_at)"
 "  SELECT x.customer_id, 'expire', -x.exp_points, 'expired', $9[x.lot_from:x.lot_to],"
 "         $10[x.lot_from:x.lot_to], x.available, x.pending, x.debt, $11"
-"    FROM account x WHERE x.exp_points > 0 ORDER BY x.ord"
+"    FROM account x WHERE x.exp_points > 0 ORDER BY x.customer_id"
 ")"
 "SELECT customer_id, available, pending, next_event_at, exp_lots, exp_points, activated FROM account";
 
