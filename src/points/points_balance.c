@@ -27,6 +27,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -142,9 +143,10 @@ PointsKeyIndexOpen(PointsKeyIndex *src, const char *table, const char *index,
 	src->heap = try_relation_open(relid, AccessShareLock);
 	if (src->heap == NULL)
 		return false;
-	/* the lock processed pending invalidations: is the name still this table's? */
+	/* the lock processed pending invalidations: is it still that table? */
 	ok = src->heap->rd_rel->relkind == RELKIND_RELATION &&
-		get_relname_relid(table, nsp) == relid;
+		RelationGetNamespace(src->heap) == nsp &&
+		strcmp(RelationGetRelationName(src->heap), table) == 0;
 	if (ok)
 	{
 		src->index = try_relation_open(indexid, AccessShareLock);
@@ -155,13 +157,14 @@ PointsKeyIndexOpen(PointsKeyIndex *src, const char *table, const char *index,
 		src->key = KeyIndexColumn(src->heap, "customer_id", TEXTOID);
 		ind = src->index->rd_index;
 		ok = src->index->rd_rel->relkind == RELKIND_INDEX &&
+			strcmp(RelationGetRelationName(src->index), index) == 0 &&
 			src->index->rd_rel->relam == BTREE_AM_OID &&
 			ind->indrelid == relid && ind->indisvalid && !ind->indcheckxmin &&
 			ind->indnkeyatts == 1 && src->key != InvalidAttrNumber &&
 			ind->indkey.values[0] == src->key &&
 			src->index->rd_opcintype[0] == TEXTOID &&
 			src->index->rd_indcollation[0] == TupleDescAttr(RelationGetDescr(src->heap), src->key - 1)->attcollation &&
-			(RelationGetIndexPredicate(src->index) != NIL) == partial;
+			heap_attisnull(src->index->rd_indextuple, Anum_pg_index_indpred, NULL) != partial;
 	}
 	for (int i = 0; ok && i < ncols; i++)
 	{
