@@ -215,6 +215,15 @@ typedef struct PointsKeyIndex
 	AttrNumber	cols[8];		/* the columns asked for, in order */
 } PointsKeyIndex;
 
+/* What PointsKeyIndexOpen found last time for one caller (static, checked at each use). */
+typedef struct PointsKeyIndexHint
+{
+	Oid			relid;
+	Oid			indexid;
+	AttrNumber	key;
+	AttrNumber	cols[8];
+} PointsKeyIndexHint;
+
 /* points.c */
 extern SPIPlanPtr PointsPrepare(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes);
 extern void PointsExec(SPIPlanPtr plan, Datum *values, const char *nulls, int expected);
@@ -264,8 +273,9 @@ extern void PointsBalanceAddLot(PointsBalance *b, bool is_available, int64 remai
 								bool has_expires_at, TimestampTz expires_at,
 								TimestampTz at, pg_tz *tz);
 extern bool PointsBalanceDirect(text *customer_id, TimestampTz at, pg_tz *tz, PointsBalance *b);
-extern bool PointsKeyIndexOpen(PointsKeyIndex *src, const char *table, const char *index,
-							   bool partial, int ncols, const char *const *cols, const Oid *types);
+extern bool PointsKeyIndexOpen(PointsKeyIndex *src, PointsKeyIndexHint *hint, const char *table,
+							   const char *index, bool partial, int ncols, const char *const *cols,
+							   const Oid *types);
 extern void PointsKeyIndexClose(PointsKeyIndex *src);
 extern struct IndexScanDescData *PointsKeyIndexScan(PointsKeyIndex *src, struct IndexScanDescData *scan,
 													Snapshot snapshot, text *key);

@@ -86,24 +86,36 @@ PointsBalanceAddLot(PointsBalance *b, bool is_available, int64 remaining,
 }
 
 /*
- * Whether the direct read may stand in for the statement on this table:
- * the current role (the function's owner) has SELECT on it and no row
- * security applies.  Otherwise the statement runs and reports the missing
+ * Whether the direct read may stand in for the statement on this (opened)
+ * table: the current role (the function's owner) has SELECT on it and no
+ * row security applies (check_enable_rls answers RLS_NONE at once for a
+ * table without it).  Otherwise the statement runs and reports the missing
  * privilege or applies the policies.
  */
 static bool
-KeyIndexReadable(Oid relid)
+KeyIndexReadable(Relation rel)
 {
-	return pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK &&
-		check_enable_rls(relid, InvalidOid, true) == RLS_NONE;
+	return pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_SELECT) == ACLCHECK_OK &&
+		(!rel->rd_rel->relrowsecurity ||
+		 check_enable_rls(RelationGetRelid(rel), InvalidOid, true) == RLS_NONE);
 }
 
-/* The number of a column of the expected type, or InvalidAttrNumber. */
+/*
+ * The number of a column of the expected type, or InvalidAttrNumber; the
+ * number found last time (hint) is checked first.
+ */
 static AttrNumber
-KeyIndexColumn(Relation rel, const char *name, Oid type)
+KeyIndexColumn(Relation rel, const char *name, Oid type, AttrNumber hint)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 
+	if (hint > 0 && hint <= desc->natts)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, hint - 1);
+
+		if (!att->attisdropped && att->atttypid == type && strcmp(NameStr(att->attname), name) == 0)
+			return hint;
+	}
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -120,10 +132,13 @@ KeyIndexColumn(Relation rel, const char *name, Oid type)
  * index: a valid btree over customer_id alone, with the column's collation,
  * usable by every snapshot, partial or not as the caller expects.  The
  * columns named in cols (types in types) must exist.  False (and nothing
- * left open) when anything differs.
+ * left open) when anything differs.  hint (the caller's, static) keeps the
+ * relations and column numbers found last time; they are checked against
+ * the locked relations at every call, and forgotten when they no longer
+ * match (that call then returns false and the caller runs its statement).
  */
 bool
-PointsKeyIndexOpen(PointsKeyIndex *src, const char *table, const char *index,
+PointsKeyIndexOpen(PointsKeyIndex *src, PointsKeyIndexHint *hint, const char *table, const char *index,
 				   bool partial, int ncols, const char *const *cols, const Oid *types)
 {
 	Oid			nsp = get_namespace_oid("loyalty", true);
@@ -136,25 +151,42 @@ PointsKeyIndexOpen(PointsKeyIndex *src, const char *table, const char *index,
 	src->heap = src->index = NULL;
 	if (ExecutorCheckPerms_hook != NULL || !OidIsValid(nsp))
 		return false;
-	relid = get_relname_relid(table, nsp);
-	indexid = get_relname_relid(index, nsp);
-	if (!OidIsValid(relid) || !OidIsValid(indexid) || !KeyIndexReadable(relid))
+	if (!OidIsValid(hint->relid) || !OidIsValid(hint->indexid))
+	{
+		memset(hint, 0, sizeof(*hint));
+		hint->relid = get_relname_relid(table, nsp);
+		hint->indexid = get_relname_relid(index, nsp);
+	}
+	relid = hint->relid;
+	indexid = hint->indexid;
+	if (!OidIsValid(relid) || !OidIsValid(indexid))
+	{
+		hint->relid = InvalidOid;
 		return false;
+	}
 	src->heap = try_relation_open(relid, AccessShareLock);
 	if (src->heap == NULL)
+	{
+		hint->relid = InvalidOid;
 		return false;
+	}
 	/* the lock processed pending invalidations: is it still that table? */
 	ok = src->heap->rd_rel->relkind == RELKIND_RELATION &&
 		RelationGetNamespace(src->heap) == nsp &&
 		strcmp(RelationGetRelationName(src->heap), table) == 0;
+	if (!ok)
+		hint->relid = InvalidOid;
+	ok = ok && KeyIndexReadable(src->heap);
 	if (ok)
 	{
 		src->index = try_relation_open(indexid, AccessShareLock);
 		ok = src->index != NULL;
+		if (!ok)
+			hint->relid = InvalidOid;
 	}
 	if (ok)
 	{
-		src->key = KeyIndexColumn(src->heap, "customer_id", TEXTOID);
+		src->key = hint->key = KeyIndexColumn(src->heap, "customer_id", TEXTOID, hint->key);
 		ind = src->index->rd_index;
 		ok = src->index->rd_rel->relkind == RELKIND_INDEX &&
 			strcmp(RelationGetRelationName(src->index), index) == 0 &&
@@ -165,11 +197,15 @@ PointsKeyIndexOpen(PointsKeyIndex *src, const char *table, const char *index,
 			src->index->rd_opcintype[0] == TEXTOID &&
 			src->index->rd_indcollation[0] == TupleDescAttr(RelationGetDescr(src->heap), src->key - 1)->attcollation &&
 			heap_attisnull(src->index->rd_indextuple, Anum_pg_index_indpred, NULL) != partial;
+		if (!ok)
+			hint->relid = InvalidOid;
 	}
 	for (int i = 0; ok && i < ncols; i++)
 	{
-		src->cols[i] = KeyIndexColumn(src->heap, cols[i], types[i]);
+		src->cols[i] = hint->cols[i] = KeyIndexColumn(src->heap, cols[i], types[i], hint->cols[i]);
 		ok = src->cols[i] != InvalidAttrNumber;
+		if (!ok)
+			hint->relid = InvalidOid;
 	}
 	if (!ok)
 	{
@@ -229,6 +265,8 @@ PointsSlotInt64(TupleTableSlot *slot, AttrNumber att)
 bool
 PointsBalanceDirect(text *customer_id, TimestampTz at, pg_tz *tz, PointsBalance *b)
 {
+	static PointsKeyIndexHint account_hint;
+	static PointsKeyIndexHint lot_hint;
 	static const char *const account_cols[2] = {"debt", "tier"};
 	static const Oid account_types[2] = {INT8OID, TEXTOID};
 	static const char *const lot_cols[4] = {"state", "remaining", "available_at", "expires_at"};
@@ -243,10 +281,10 @@ PointsBalanceDirect(text *customer_id, TimestampTz at, pg_tz *tz, PointsBalance 
 
 	if (!ActiveSnapshotSet())
 		return false;
-	if (!PointsKeyIndexOpen(&account, "points_account", "points_account_pkey", false,
+	if (!PointsKeyIndexOpen(&account, &account_hint, "points_account", "points_account_pkey", false,
 							2, account_cols, account_types))
 		return false;
-	if (!PointsKeyIndexOpen(&lot, "points_lot", "points_lot_open_idx", true,
+	if (!PointsKeyIndexOpen(&lot, &lot_hint, "points_lot", "points_lot_open_idx", true,
 							4, lot_cols, lot_types))
 	{
 		PointsKeyIndexClose(&account);

@@ -181,6 +181,7 @@ SettleReadLotsDirect(Datum customers, SettleLot **lots_out)
 {
 	static const char *const cols[5] = {"state", "remaining", "available_at", "expires_at", "lot_id"};
 	static const Oid types[5] = {TEXTOID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID};
+	static PointsKeyIndexHint hint;
 	PointsKeyIndex src;
 	Datum	   *keys;
 	bool	   *keynulls;
@@ -192,7 +193,7 @@ SettleReadLotsDirect(Datum customers, SettleLot **lots_out)
 	IndexScanDesc scan = NULL;
 	TupleTableSlot *slot;
 
-	if (!PointsKeyIndexOpen(&src, "points_lot", "points_lot_open_idx", true, 5, cols, types))
+	if (!PointsKeyIndexOpen(&src, &hint, "points_lot", "points_lot_open_idx", true, 5, cols, types))
 		return -1;
 	deconstruct_array(DatumGetArrayTypeP(customers), TEXTOID, -1, false, TYPALIGN_INT,
 					  &keys, &keynulls, &nkeys);
