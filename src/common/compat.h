@@ -225,4 +225,13 @@ typedef bool LoyaltyUpdateIndexes;
 	index_insert(rel, v, n, tid, heap, chk, info)
 #endif
 
+/* index_beginscan() gained an instrumentation argument in PostgreSQL 18. */
+#if PG_VERSION_NUM >= 180000
+#define index_beginscan_compat(heap, index, snapshot, nkeys, norderbys) \
+	index_beginscan(heap, index, snapshot, NULL, nkeys, norderbys)
+#else
+#define index_beginscan_compat(heap, index, snapshot, nkeys, norderbys) \
+	index_beginscan(heap, index, snapshot, nkeys, norderbys)
+#endif
+
 #endif							/* LOYALTY_COMPAT_H */

@@ -38,6 +38,7 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/datum.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
@@ -233,7 +234,6 @@ typedef enum PointsPlanId
 	P_MINE,
 	P_CLAIM,
 	P_OWNER,
-	P_SETTLE,
 	P_REQUEST,
 	P_DEBIT_LOTS,
 	P_UPGRADE,
@@ -434,77 +434,6 @@ PointsClaimReference(const char *reference, const char *customer_id)
 				 errmsg("reference \"%s\" belongs to another customer", reference),
 				 errdetail("Customer \"%s\" used it first.", owner),
 				 errhint("References (order ids, idempotency keys) are unique to one customer.")));
-}
-
-/*
- * Settle the given (locked) accounts as of a time: lots whose expiry passed
- * are closed with one expire ledger entry per account, pending lots whose
- * time came become available, and next_event_at is recomputed exactly.
- * Lot rows are read with the statement's snapshot, taken after the accounts
- * were locked, so no concurrent change is missed; the subquery for
- * next_event_at sees the lots before this statement's own updates and so
- * leaves out what it expires and counts activated lots by expiry only.
- */
-static const char settle_sql[] =
-"WITH due AS ("
-"  SELECT l.lot_id, l.customer_id, l.remaining, l.state,"
-"         (l.expires_at IS NOT NULL AND l.expires_at <= $2) AS expiring"
-"    FROM loyalty.points_lot l"
-"   WHERE l.customer_id = ANY ($1) AND l.state <> 'closed'"
-"     AND (l.expires_at <= $2 OR (l.state = 'pending' AND l.available_at <= $2))"
-"), settled AS ("
-"  UPDATE loyalty.points_lot l"
-"     SET state = CASE WHEN d.expiring THEN 'closed' ELSE 'available' END,"
-"         remaining = CASE WHEN d.expiring THEN 0 ELSE l.remaining END,"
-"         expired = l.expired + CASE WHEN d.expiring THEN l.remaining ELSE 0 END"
-"    FROM due d WHERE l.lot_id = d.lot_id"
-"), per AS ("
-"  SELECT d.customer_id,"
-"         coalesce(sum(d.remaining) FILTER (WHERE d.expiring AND d.state = 'available'), 0)::int8 AS exp_available,"
-"         coalesce(sum(d.remaining) FILTER (WHERE d.expiring AND d.state = 'pending'), 0)::int8 AS exp_pending,"
-"         coalesce(sum(d.remaining) FILTER (WHERE NOT d.expiring), 0)::int8 AS activated,"
-"         count(*) FILTER (WHERE d.expiring) AS exp_lots,"
-"         array_agg(d.lot_id ORDER BY d.lot_id) FILTER (WHERE d.expiring) AS exp_ids,"
-"         array_agg(-d.remaining ORDER BY d.lot_id) FILTER (WHERE d.expiring) AS exp_deltas"
-"    FROM due d GROUP BY d.customer_id"
-"), account AS ("
-"  UPDATE loyalty.points_account a"
-"     SET available = a.available - coalesce(p.exp_available, 0) + coalesce(p.activated, 0),"
-"         pending = a.pending - coalesce(p.exp_pending, 0) - coalesce(p.activated, 0),"
-"         next_event_at = (SELECT min(LEAST(CASE WHEN l.state = 'pending' AND l.available_at > $2"
-"                                                THEN l.available_at END, l.expires_at))"
-"                            FROM loyalty.points_lot l"
-"                           WHERE l.customer_id = a.customer_id AND l.state <> 'closed'"
-"                             AND (l.expires_at IS NULL OR l.expires_at > $2)),"
-"         settled_at = GREATEST(a.settled_at, $2), updated_at = pg_catalog.now()"
-"    FROM unnest($1::text[]) c(customer_id) LEFT JOIN per p ON p.customer_id = c.customer_id"
-"   WHERE a.customer_id = c.customer_id"
-"  RETURNING a.customer_id, a.available, a.pending, a.debt, a.next_event_at,"
-"            coalesce(p.exp_lots, 0) AS exp_lots,"
-"            coalesce(p.exp_available + p.exp_pending, 0) AS exp_points,"
-"            coalesce(p.activated, 0) AS activated, p.exp_ids, p.exp_deltas"
-"), entries AS ("
-"  INSERT INTO loyalty.points_ledger (customer_id, kind, points, reason, lot_ids, lot_points,"
-"                                     available_after, pending_after, debt_after, effective_at)"
-"  SELECT x.customer_id, 'expire', -x.exp_points, 'expired', x.exp_ids, x.exp_deltas,"
-"         x.available, x.pending, x.debt, $2"
-"    FROM account x WHERE x.exp_points > 0"
-")"
-"SELECT customer_id, available, pending, next_event_at, exp_lots, exp_points, activated FROM account";
-
-/*
- * Run the settle statement for an array of locked accounts; the result rows
- * are left in SPI_tuptable (customer_id, available, pending, next_event_at,
- * expired lots, expired points, activated points).
- */
-void
-PointsSettle(Datum customers, TimestampTz as_of)
-{
-	Datum		values[2];
-
-	values[0] = customers;
-	values[1] = TimestampTzGetDatum(as_of);
-	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_SETTLE), values, NULL, false, SPI_OK_SELECT);
 }
 
 /* Settle one locked account if a lot of it became available or expired by at. */
@@ -1050,105 +979,124 @@ static const char balance_sql[] =
 " WHERE a.customer_id = $1";
 
 /*
- * loyalty.points_balance(customer_id, at): computed from the open lots at
- * read time with the same rule the mutating calls settle by: a pending lot
- * whose available_at has passed is available, a lot whose expires_at has
- * passed counts for nothing.  Exact whether or not any settling ran.  The
- * next expiry is the last local day (program time zone) on which the
- * soonest-expiring points can be used, with all points expiring on that day.
- * A customer without an account has a zero balance and no tier.
+ * The result row type of points_balance, looked up and blessed once per
+ * backend: a function's OUT parameters cannot change under its OID (CREATE
+ * OR REPLACE refuses), so the descriptor is keyed by the function's OID.
  */
-Datum
-points_balance(PG_FUNCTION_ARGS)
+static TupleDesc
+BalanceResultDesc(FunctionCallInfo fcinfo)
 {
-	char	   *customer_id = text_to_cstring(PointsArgKey(fcinfo, 0, "customer_id"));
-	TimestampTz at = PointsArgTime(fcinfo, 1, "at");
+	static Oid	desc_fn = InvalidOid;
+	static TupleDesc desc = NULL;
+
+	if (desc == NULL || desc_fn != fcinfo->flinfo->fn_oid)
+	{
+		TupleDesc	d;
+		MemoryContext old;
+
+		if (get_call_result_type(fcinfo, NULL, &d) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		d = BlessTupleDesc(CreateTupleDescCopy(d));
+		MemoryContextSwitchTo(old);
+		if (desc != NULL)
+			FreeTupleDesc(desc);
+		desc = d;
+		desc_fn = fcinfo->flinfo->fn_oid;
+	}
+	return desc;
+}
+
+/*
+ * The balance through the balance statement (SPI), when the direct read
+ * cannot stand in for it (see points_balance.c): same rows, same rule.
+ */
+static void
+BalanceViaStatement(text *customer_id, TimestampTz at, pg_tz *tz, PointsBalance *b)
+{
 	MemoryContext caller = CurrentMemoryContext;
-	int64		available = 0,
-				pending = 0,
-				debt = 0,
-				expiring = 0;
-	bool		has_expiry = false;
-	DateADT		expiry_date = 0;
-	char	   *tier = NULL;
-	pg_tz	   *tz;
-	TupleDesc	desc;
-	Datum		values[6];
-	bool		nulls[6] = {false, false, false, true, true, true};
 	Datum		vals[1];
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	tz = PointsConfigGet()->program.tz;	/* before the query: it may run one */
-	vals[0] = CStringGetTextDatum(customer_id);
+	vals[0] = PointerGetDatum(customer_id);
 	if (SPI_execute_plan(LoyaltyPlanGet(&points_plans, P_BALANCE), vals, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading the points balance failed");
 	if (SPI_processed > 0)
 	{
 		char	   *t = LoyaltyColText(LoyaltySpiRow(0), 2);
 
-		debt = LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
+		b->found = true;
+		b->debt = LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
 		if (t)
-			tier = MemoryContextStrdup(caller, t);
+			b->tier = MemoryContextStrdup(caller, t);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			bool		isnull;
 			bool		is_available = DatumGetBool(LoyaltyColDatum(LoyaltySpiRow(i), 4, &isnull));
-			int64		remaining;
-			Datum		d;
+			Datum		available_at,
+						expires_at;
+			bool		no_available_at,
+						no_expires_at;
 
 			if (isnull)
 				continue;		/* no open lot */
-			remaining = LoyaltyColInt64(LoyaltySpiRow(i), 5, NULL);
-			d = LoyaltyColDatum(LoyaltySpiRow(i), 7, &isnull);
-			if (!isnull)
-			{
-				TimestampTz expires_at = DatumGetTimestampTz(d);
-				DateADT		day;
-
-				if (expires_at <= at)
-					continue;	/* expired */
-				day = PointsLastDayBefore(expires_at, tz);
-				if (!has_expiry || day < expiry_date)
-				{
-					has_expiry = true;
-					expiry_date = day;
-					expiring = 0;
-				}
-				if (day == expiry_date)
-					expiring += remaining;
-			}
-			if (!is_available)
-			{
-				d = LoyaltyColDatum(LoyaltySpiRow(i), 6, &isnull);
-				is_available = !isnull && DatumGetTimestampTz(d) <= at;
-			}
-			if (is_available)
-				available += remaining;
-			else
-				pending += remaining;
+			available_at = LoyaltyColDatum(LoyaltySpiRow(i), 6, &no_available_at);
+			expires_at = LoyaltyColDatum(LoyaltySpiRow(i), 7, &no_expires_at);
+			PointsBalanceAddLot(b, is_available, LoyaltyColInt64(LoyaltySpiRow(i), 5, NULL),
+								!no_available_at, no_available_at ? 0 : DatumGetTimestampTz(available_at),
+								!no_expires_at, no_expires_at ? 0 : DatumGetTimestampTz(expires_at),
+								at, tz);
 		}
 	}
 	SPI_finish();
+}
 
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	desc = BlessTupleDesc(desc);
-	values[0] = Int64GetDatum(available);
-	values[1] = Int64GetDatum(pending);
-	values[2] = Int64GetDatum(debt);
-	if (has_expiry)
+/*
+ * loyalty.points_balance(customer_id, at): computed from the open lots at
+ * read time with the same rule the mutating calls settle by: a pending lot
+ * whose available_at has passed is available, a lot whose expires_at has
+ * passed counts for nothing.  Exact whether or not any settling ran.  The
+ * next expiry is the last local day (program time zone) on which the
+ * soonest-expiring points can be used, with all points expiring on that day.
+ * A customer without an account has a zero balance and no tier.  The rows
+ * are read directly through the indexes (points_balance.c), or by the
+ * balance statement when that cannot stand in for it.
+ */
+Datum
+points_balance(PG_FUNCTION_ARGS)
+{
+	text	   *customer_id = PointsArgKey(fcinfo, 0, "customer_id");
+	TimestampTz at = PointsArgTime(fcinfo, 1, "at");
+	PointsBalance b;
+	pg_tz	   *tz;
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, true, true, true};
+
+	memset(&b, 0, sizeof(b));
+	/* the settings first: loading them runs a query (inside SPI) */
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	tz = PointsConfigGet()->program.tz;
+	SPI_finish();
+	if (!PointsBalanceDirect(customer_id, at, tz, &b))
+		BalanceViaStatement(customer_id, at, tz, &b);
+
+	values[0] = Int64GetDatum(b.available);
+	values[1] = Int64GetDatum(b.pending);
+	values[2] = Int64GetDatum(b.debt);
+	if (b.has_expiry)
 	{
-		values[3] = DateADTGetDatum(expiry_date);
-		values[4] = Int64GetDatum(expiring);
+		values[3] = DateADTGetDatum(b.expiry_date);
+		values[4] = Int64GetDatum(b.expiring);
 		nulls[3] = nulls[4] = false;
 	}
-	if (tier)
+	if (b.tier)
 	{
-		values[5] = CStringGetTextDatum(tier);
+		values[5] = CStringGetTextDatum(b.tier);
 		nulls[5] = false;
 	}
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BalanceResultDesc(fcinfo), values, nulls)));
 }
 
 /* ------------------------------------------------------------------------
@@ -1162,7 +1110,6 @@ static const LoyaltyPlanDef PointsPlanDefs[NPOINTSPLANS] = {
 	[P_MINE] = {mine_sql, 2, {TEXTOID, TEXTOID}},
 	[P_CLAIM] = {claim_sql, 2, {TEXTOID, TEXTOID}},
 	[P_OWNER] = {owner_sql, 1, {TEXTOID}},
-	[P_SETTLE] = {settle_sql, 2, {TEXTARRAYOID, TIMESTAMPTZOID}},
 	[P_REQUEST] = {request_sql, 1, {TEXTOID}},
 	[P_DEBIT_LOTS] = {debit_lots_sql, 2, {TEXTOID, INT8ARRAYOID}},
 	[P_UPGRADE] = {upgrade_sql, 8, {TEXTOID, BOOLOID, BOOLOID, DATEOID, DATEOID,

@@ -27,6 +27,8 @@
 #include "fmgr.h"
 #include "pgtime.h"
 #include "utils/date.h"
+#include "utils/rel.h"
+#include "utils/snapshot.h"
 
 #include "loyalty.h"
 #include "loyalty_args.h"
@@ -190,6 +192,41 @@ typedef struct PointsReceipt
 	int64		debt;
 } PointsReceipt;
 
+/* A balance as points_balance computes it (points_balance.c). */
+typedef struct PointsBalance
+{
+	bool		found;			/* the customer has an account */
+	int64		available;
+	int64		pending;
+	int64		debt;
+	bool		has_expiry;
+	DateADT		expiry_date;	/* last local day of the soonest expiring points */
+	int64		expiring;		/* points expiring that day */
+	char	   *tier;			/* NULL: no tier */
+} PointsBalance;
+
+/*
+ * A table of the extension read through a btree on customer_id without the
+ * executor (points_balance.c): the table, the index and the numbers of the
+ * columns read.
+ */
+typedef struct PointsKeyIndex
+{
+	Relation	heap;
+	Relation	index;
+	AttrNumber	key;			/* customer_id */
+	AttrNumber	cols[8];		/* the columns asked for, in order */
+} PointsKeyIndex;
+
+/* What PointsKeyIndexOpen found last time for one caller (static, checked at each use). */
+typedef struct PointsKeyIndexHint
+{
+	Oid			relid;
+	Oid			indexid;
+	AttrNumber	key;
+	AttrNumber	cols[8];
+} PointsKeyIndexHint;
+
 /* points.c */
 extern text *PointsArgKey(FunctionCallInfo fcinfo, int argno, const char *name);
 extern text *PointsCheckKey(text *t, const char *name);
@@ -199,7 +236,6 @@ extern TimestampTz PointsArgTime(FunctionCallInfo fcinfo, int argno, const char 
 extern void PointsClaimReference(const char *reference, const char *customer_id);
 extern void PointsCheckBackdating(const PointsAccount *acct, TimestampTz at, const char *reference);
 extern void PointsLockAccount(PointsAccount *acct, const char *customer_id, bool create, TimestampTz at);
-extern void PointsSettle(Datum customers, TimestampTz as_of);
 extern void PointsSettleIfDue(PointsAccount *acct, TimestampTz at);
 extern bool PointsFindRequest(const char *reference, const char *kind, const char *customer_id,
 							  uint64 request_hash, PointsReceipt *receipt);
@@ -229,6 +265,23 @@ extern void PointsNoteEvent(PointsAccount *acct, TimestampTz t);
 /* points_config.c */
 extern void PointsInit(void);
 extern const PointsConfig *PointsConfigGet(void);
+
+/* points_balance.c */
+extern void PointsBalanceAddLot(PointsBalance *b, bool is_available, int64 remaining,
+								bool has_available_at, TimestampTz available_at,
+								bool has_expires_at, TimestampTz expires_at,
+								TimestampTz at, pg_tz *tz);
+extern bool PointsBalanceDirect(text *customer_id, TimestampTz at, pg_tz *tz, PointsBalance *b);
+extern bool PointsKeyIndexOpen(PointsKeyIndex *src, PointsKeyIndexHint *hint, const char *table,
+							   const char *index, bool partial, int ncols, const char *const *cols,
+							   const Oid *types);
+extern void PointsKeyIndexClose(PointsKeyIndex *src);
+extern struct IndexScanDescData *PointsKeyIndexScan(PointsKeyIndex *src, struct IndexScanDescData *scan,
+													Snapshot snapshot, text *key);
+extern int64 PointsSlotInt64(struct TupleTableSlot *slot, AttrNumber att);
+
+/* points_expire.c */
+extern void PointsSettle(Datum customers, TimestampTz as_of);
 
 /* points_write.c */
 extern int64 PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed);

@@ -223,7 +223,7 @@ RfmStoreOpen(RfmStore *st, Snapshot snap, bool by_key)
 	st->rowcxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty stats row",
 									   ALLOCSET_DEFAULT_SIZES);
 	if (by_key)
-		st->scan = index_beginscan(st->rel, st->pkey, st->snap, 1, 0);
+		st->scan = index_beginscan_compat(st->rel, st->pkey, st->snap, 1, 0);
 }
 
 /* Close what RfmStoreOpen opened (locks stay until commit). */
