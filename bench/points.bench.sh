@@ -31,8 +31,12 @@ SELECT l.customer_id, 'earn', 1000000, 'seed-' || l.customer_id, 1000000, ARRAY[
 FROM loyalty.points_lot l;
 INSERT INTO loyalty.points_qualifying (customer_id, month, points)
 SELECT 'c' || i, '2026-01-01', 1000000 FROM generate_series(1, :accounts) i;
+-- each seed reference belongs to its customer (check_integrity stays empty)
+INSERT INTO loyalty.points_reference (reference, customer_id)
+SELECT 'seed-c' || i, 'c' || i FROM generate_series(1, :accounts) i;
 COMMIT;
-VACUUM ANALYZE loyalty.points_account, loyalty.points_lot, loyalty.points_ledger, loyalty.points_qualifying;
+VACUUM ANALYZE loyalty.points_account, loyalty.points_lot, loyalty.points_ledger, loyalty.points_qualifying,
+	loyalty.points_reference;
 SQL
 
 earn=$(mktemp); spend=$(mktemp); balance=$(mktemp)

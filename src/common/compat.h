@@ -51,6 +51,16 @@
 #define pg_noreturn pg_attribute_noreturn()
 #endif
 
+/*
+ * RelationGetPrimaryKeyIndex() takes deferrable_ok from PostgreSQL 18 on;
+ * the extension's primary keys are never deferrable.
+ */
+#if PG_VERSION_NUM >= 180000
+#define RelationGetPrimaryKeyIndex_compat(rel) RelationGetPrimaryKeyIndex(rel, false)
+#else
+#define RelationGetPrimaryKeyIndex_compat(rel) RelationGetPrimaryKeyIndex(rel)
+#endif
+
 /* Numeric infinities exist from PostgreSQL 14. */
 #if PG_VERSION_NUM < 140000
 #define numeric_is_inf(num) ((void) (num), false)

@@ -187,7 +187,7 @@ RfmStoreDirectOk(Relation rel, const RfmStatsAtts *at)
 		return false;
 	indexes = RelationGetIndexList(rel);
 	ok = list_length(indexes) == 1 &&
-		linitial_oid(indexes) == RelationGetPrimaryKeyIndex(rel) &&
+		linitial_oid(indexes) == RelationGetPrimaryKeyIndex_compat(rel) &&
 		RfmStoreIsPkey(rel, linitial_oid(indexes), at->id);
 	list_free(indexes);
 	return ok;
@@ -209,7 +209,7 @@ RfmStoreOpen(RfmStore *st, Snapshot snap, bool by_key)
 	st->direct = RfmStoreDirectOk(st->rel, &st->at);
 	if (!st->direct)
 		return;
-	st->pkey = index_open(RelationGetPrimaryKeyIndex(st->rel), RowExclusiveLock);
+	st->pkey = index_open(RelationGetPrimaryKeyIndex_compat(st->rel), RowExclusiveLock);
 	if (snap == NULL)
 	{
 		CommandCounterIncrement();
