@@ -35,6 +35,7 @@
 #include "loyalty_args.h"
 #include "loyalty_cache.h"
 #include "loyalty_numeric.h"
+#include "loyalty_spi.h"
 #include "rfm_stats.h"
 
 /*

@@ -924,21 +924,17 @@ RfmDeltaAppendSql(Datum **v, bool **nulls, int n)
 	if (append_plan == NULL)
 	{
 		Oid			argtypes[RFM_DELTA_COLS];
-		SPIPlanPtr	plan;
 
 		for (i = 0; i < RFM_DELTA_COLS; i++)
 			argtypes[i] = get_array_type(elemtypes[i]);
-		plan = SPI_prepare("INSERT INTO loyalty.customer_stats_delta (customer_id, row_count,"
+		LoyaltyKeepPlan(&append_plan,
+						"INSERT INTO loyalty.customer_stats_delta (customer_id, row_count,"
 						   " order_count, spend_total, first_added, last_added, first_removed,"
 						   " last_removed, days, days_removed)"
 						   " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
 						   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
 						   " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-						   " pg_catalog.unnest($9), pg_catalog.unnest($10))", RFM_DELTA_COLS, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		append_plan = plan;
+						   " pg_catalog.unnest($9), pg_catalog.unnest($10))", RFM_DELTA_COLS, argtypes, 0);
 		append_plan_days_type = daysoid;
 	}
 	for (i = 0; i < RFM_DELTA_COLS; i++)

@@ -415,11 +415,7 @@ RfmUpsertPlan(RfmUpsertForm form, bool returning)
 						   " days = loyalty._rfm_days_merge(s.days, excluded.days)");
 	if (returning)
 		appendStringInfoString(&sql, " RETURNING s.customer_id, s.first_order, s.last_order");
-	*pp = SPI_prepare(sql.data, 7, argtypes);
-	if (*pp == NULL)
-		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(*pp);
-	return *pp;
+	return LoyaltyKeepPlan(pp, sql.data, 7, argtypes, 0);
 }
 
 /* RfmStoreCompute of RfmStatsApply: add the change. */
@@ -585,18 +581,13 @@ RfmStatsSetOrderTimes(char **keys, Datum *first, bool *first_null,
 	if (plan == NULL)
 	{
 		Oid			argtypes[3] = {TEXTARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID};
-		SPIPlanPtr	p;
 
-		p = SPI_prepare("UPDATE loyalty.customer_stats AS s"
+		LoyaltyKeepPlan(&plan, "UPDATE loyalty.customer_stats AS s"
 						" SET first_order = u.f, last_order = u.l"
 						" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
 						" pg_catalog.unnest($3)) AS u(c, f, l)"
 						" WHERE s.customer_id OPERATOR(pg_catalog.=) u.c",
-						3, argtypes);
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		plan = p;
+						3, argtypes, 0);
 	}
 	args[0] = PointerGetDatum(RfmMakeArray(keyd, NULL, n, TEXTOID));
 	args[1] = PointerGetDatum(RfmMakeArray(first, first_null, n, TIMESTAMPTZOID));
