@@ -900,11 +900,7 @@ points_balance(PG_FUNCTION_ARGS)
 	bool		nulls[6] = {false, false, false, true, true, true};
 
 	memset(&b, 0, sizeof(b));
-	/* the settings first: loading them runs a query (inside SPI) */
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	tz = PointsConfigGet()->program.tz;
-	SPI_finish();
+	tz = PointsConfigGetUnconnected()->program.tz;
 	if (!PointsBalanceDirect(customer_id, at, tz, &b))
 		BalanceViaStatement(customer_id, at, tz, &b);
 

@@ -265,6 +265,7 @@ extern void PointsNoteEvent(PointsAccount *acct, TimestampTz t);
 /* points_config.c */
 extern void PointsInit(void);
 extern const PointsConfig *PointsConfigGet(void);
+extern const PointsConfig *PointsConfigGetUnconnected(void);
 
 /* points_balance.c */
 extern void PointsBalanceAddLot(PointsBalance *b, bool is_available, int64 remaining,

@@ -185,6 +185,25 @@ PointsConfigGet(void)
 }
 
 /*
+ * PointsConfigGet for a caller not connected to SPI: connects only when the
+ * settings must be read, so that a call finding them cached (nearly every
+ * points_balance) pays no SPI connection.
+ */
+const PointsConfig *
+PointsConfigGetUnconnected(void)
+{
+	const PointsConfig *cfg;
+
+	if (config_valid && OidIsValid(tier_relid))
+		return &config;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	cfg = PointsConfigGet();
+	SPI_finish();
+	return cfg;
+}
+
+/*
  * Statement trigger on loyalty.tier and loyalty.points_program: announce the
  * change so that every backend drops its cache (this one at the next
  * command, the others at commit; this one again on rollback).
