@@ -24,6 +24,7 @@ OBJS = src/loyalty.o $(foreach f,$(FAMILIES),$(patsubst %.c,%.o,$(sort $(wildcar
 SQL_PARTS = \
 	src/common/loyalty.sql \
 	src/common/access.sql \
+	src/common/settings.sql \
 	src/rfm/rfm_score.sql \
 	src/rfm/segment.sql \
 	src/rfm/rfm.sql \

@@ -1456,6 +1456,33 @@ COMMENT ON FUNCTION loyalty.check_integrity() IS
 	'Every violation of the points invariants (balance = open lots = ledger sum, no negative balance, debt, well-formed lots and entries, references and their one owner, totals, tiers and that they exist) and every dangling reference between configuration tables (segment rules, campaign rules); empty when healthy';
 
 /* ---------------------------------------------------------------------------
+ * Issue 13, common: loyalty.settings holds the one program time zone every
+ * family reads (common/settings.sql).  A 0.2.0 program that set
+ * points_program.timezone keeps its zone: it becomes the program's.
+ * ------------------------------------------------------------------------ */
+CREATE TABLE loyalty.settings (
+	singleton	boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+	-- an unknown zone raises here
+	timezone	text NOT NULL DEFAULT 'UTC'
+		CONSTRAINT settings_timezone_check
+		CHECK (pg_catalog.timezone(timezone, '2000-01-01 00:00:00+00'::pg_catalog.timestamptz) IS NOT NULL)
+);
+
+COMMENT ON TABLE loyalty.settings IS
+	'Program-wide settings, at most one row (no row: the defaults). Change them with INSERT ... ON CONFLICT (singleton) DO UPDATE';
+COMMENT ON COLUMN loyalty.settings.singleton IS
+	'Always true: the table holds at most one row';
+COMMENT ON COLUMN loyalty.settings.timezone IS
+	'The program time zone (default UTC): RFM days, the default as_of of refresh_segments, date-only campaign ends and the points calendar are computed in it';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.settings'::pg_catalog.regclass, ''::pg_catalog.text);
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.settings'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.settings'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+INSERT INTO loyalty.settings (singleton, timezone)
+SELECT true, p.timezone FROM loyalty.points_program p WHERE p.timezone OPERATOR(pg_catalog.<>) 'UTC'::pg_catalog.text;
+
+/* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
  * every object (grants.sql of the install script, then reapply_grants).
  * ------------------------------------------------------------------------ */
