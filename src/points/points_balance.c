@@ -147,7 +147,7 @@ PointsKeyIndexOpen(PointsKeyIndex *src, PointsKeyIndexHint *hint, const char *ta
 	Form_pg_index ind;
 	bool		ok;
 
-	Assert(ncols <= lengthof(src->cols));
+	Assert(ncols <= (int) lengthof(src->cols));
 	src->heap = src->index = NULL;
 	if (ExecutorCheckPerms_hook != NULL || !OidIsValid(nsp))
 		return false;

@@ -27,6 +27,7 @@ typedef enum WritePlanId
 	P_CREDIT,
 	P_SPEND,
 	P_WRITE,
+	P_GUARD,
 	NWRITEPLANS
 } WritePlanId;
 
@@ -168,6 +169,13 @@ static const char write_sql[] =
  * change).  The lot's id is drawn in the ledger insert so the entry can name
  * it; the month's qualifying bucket is upserted.
  */
+/*
+ * The guard of the general statement, which has none of its own: does the
+ * reference have ledger entries already?
+ */
+static const char guard_sql[] =
+"SELECT EXISTS (SELECT 1 FROM loyalty.points_ledger g WHERE g.reference = $1)";
+
 static const char credit_sql[] =
 "WITH entry AS ("
 "  INSERT INTO loyalty.points_ledger (customer_id, kind, points, reference, reason, qualifying, amount,"
@@ -244,6 +252,21 @@ static const char spend_sql[] =
 	TIMESTAMPTZOID, INT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, DATEOID, \
 	INT8ARRAYOID, DATEARRAYOID, INT8ARRAYOID, TEXTOID, NUMERICOID, BOOLOID
 
+/* Whether the ledger has entries with this reference already. */
+static bool
+PointsReferenceHasEntries(const char *reference)
+{
+	Datum		v[1];
+	bool		isnull;
+	bool		found;
+
+	v[0] = CStringGetTextDatum(reference);
+	LoyaltyExec(LoyaltyPlanGet(&write_plans, P_GUARD), v, NULL, false, SPI_OK_SELECT);
+	found = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return found;
+}
+
 /*
  * Write a change of a locked account (acct holds its new values) and return
  * the new ledger entry's id.  A guarded change (a plain credit or spend not
@@ -270,6 +293,7 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 	int64		entry_id;
 	int64		took;
 	bool		isnull;
+	volatile bool guard_hit = false;
 
 	memset(n, ' ', sizeof(n));
 	lp = palloc(sizeof(int64) * (chg->nlots + 1));
@@ -357,11 +381,19 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 			plan = LoyaltyPlanGet(&write_plans, P_SPEND);
 		else
 		{
-			Assert(!chg->guarded);
+			/*
+			 * The general statement has no guard: check first.  (A repeat of
+			 * an earn whose tier change is recomputed differently, after the
+			 * ladder changed, would otherwise hit the reference's unique
+			 * index and be reported as another customer's reference.)
+			 */
+			if (chg->guarded && PointsReferenceHasEntries(chg->reference))
+				guard_hit = true;
 			plan = LoyaltyPlanGet(&write_plans, P_WRITE);
 			expected = SPI_OK_INSERT_RETURNING;
 		}
-		LoyaltyExec(plan, v, n, false, expected);
+		if (!guard_hit)
+			LoyaltyExec(plan, v, n, false, expected);
 	}
 	PG_CATCH();
 	{
@@ -384,7 +416,7 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 	}
 	PG_END_TRY();
 
-	if (SPI_processed == 0 && chg->guarded)
+	if (guard_hit || (SPI_processed == 0 && chg->guarded))
 		return 0;				/* the reference has entries: nothing written */
 	if (SPI_processed != 1)
 		elog(ERROR, "writing the points ledger entry failed");
@@ -418,6 +450,7 @@ static const LoyaltyPlanDef WritePlanDefs[NWRITEPLANS] = {
 	[P_CREDIT] = {credit_sql, WRITE_NARGS, {WRITE_ARG_TYPES}},
 	[P_SPEND] = {spend_sql, WRITE_NARGS, {WRITE_ARG_TYPES}},
 	[P_WRITE] = {write_sql, WRITE_NARGS, {WRITE_ARG_TYPES}},
+	[P_GUARD] = {guard_sql, 1, {TEXTOID}},
 };
 
 static SPIPlanPtr write_plan_slots[NWRITEPLANS];
