@@ -522,17 +522,28 @@ RfmStatsApply(RfmStatsChange *changes, int n, RfmStatsTimes *times)
 		ScanKeyData key;
 		MemoryContext old;
 		bool		done = false;
+		bool		found;
 
 		if (!st.direct)
 		{
 			rest[nrest++] = i;
 			continue;
 		}
+		/*
+		 * The scan runs in the caller's context, where it was begun: btree
+		 * allocates some of its state lazily on the way (the killed-items
+		 * array when it meets a dead entry), and index_endscan frees that
+		 * after the row context was reset many times.  Only the key and
+		 * the row's computation go in the row context.
+		 */
 		old = MemoryContextSwitchTo(st.rowcxt);
 		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(c->key));
 		key.sk_collation = C_COLLATION_OID;
+		MemoryContextSwitchTo(old);
 		index_rescan(st.scan, &key, 1, NULL, 0);
-		if (index_getnext_slot(st.scan, ForwardScanDirection, st.found) &&
+		found = index_getnext_slot(st.scan, ForwardScanDirection, st.found);
+		MemoryContextSwitchTo(st.rowcxt);
+		if (found &&
 			RfmStoreUpdate(&st, &st.found->tts_tid, st.found, RfmStoreComputeChange, c) == TM_Ok)
 		{
 			done = true;
