@@ -73,6 +73,13 @@ SELECT code AS cat_code FROM loyalty.points_exchange WHERE reference = 'C-2' \gs
 SELECT loyalty.redeem_coupon(:'cat_code', 'cat', 'order-c', '{"amount": 50}'::jsonb) > 0 AS redeemed;
 SELECT * FROM pg_temp.detail($$SELECT loyalty.reverse_points('exchange:C-2')$$);
 
+-- LP005: a repeated exchange after its reversal
+SELECT loyalty.create_campaign('Voucher 2', 'fixed', amount_off => 5) AS voucher2 \gset
+INSERT INTO loyalty.points_reward (campaign_id, points) VALUES (:voucher2, 10);
+SELECT points FROM loyalty.exchange_points('cat', :voucher2, 'C-5');
+SELECT points FROM loyalty.reverse_points('exchange:C-5');
+SELECT * FROM pg_temp.detail(format($$SELECT loyalty.exchange_points('cat', %s, 'C-5')$$, :voucher2));
+
 -- a client reads the values back
 SELECT pg_temp.value(d.detail, 'reference') AS reference, pg_temp.value(d.detail, 'customer_id') AS customer_id
 FROM pg_temp.detail($$SELECT loyalty.reverse_points('odd "ref"; x', 'cust;"1"', at => '2026-01-02')$$) d;

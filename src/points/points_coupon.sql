@@ -128,6 +128,8 @@ COMMENT ON FUNCTION loyalty._points_exchange_void(bigint, timestamptz) IS
  * unit in use until it is used or voided, so no other code (a public one
  * included) can take the unit it was sold for.
  *
+ * A repeat of an exchange that was reversed is LP005 (as a repeated spend).
+ *
  * The code returned is the one this call issued: the coupon bound to the
  * customer that this transaction inserted and that was not there before
  * (never "the newest code", which ids from cached sequences or an admin's
@@ -152,6 +154,7 @@ DECLARE
 	issued record;
 	before bigint[];
 	in_use bigint;
+	reversal bigint;
 BEGIN
 	IF p_customer IS NULL OR p_campaign IS NULL OR p_reference IS NULL OR at IS NULL THEN
 		RAISE EXCEPTION 'customer_id, campaign_id, reference and at must not be null'
@@ -169,6 +172,17 @@ BEGIN
 					  DETAIL = format('reference: %s; conflict: %s; entry_id: %s.', to_jsonb(p_reference)::text,
 									  CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
 									  ex.entry_id);
+		END IF;
+		-- a reversed exchange is not replayed: its code is void and its
+		-- receipt's balance stale (LP005, as spend_points)
+		SELECT v.entry_id INTO reversal FROM loyalty.points_ledger v
+		WHERE v.reference = 'exchange:' || p_reference AND v.kind = 'reverse';
+		IF FOUND THEN
+			RAISE EXCEPTION 'reference "exchange:%" was reversed', p_reference
+				USING ERRCODE = 'LP005',
+					  DETAIL = format('reference: %s; reversal_entry_id: %s.',
+									  to_jsonb('exchange:' || p_reference)::text, reversal),
+					  HINT = 'The exchange was reversed and its coupon voided; use a new reference.';
 		END IF;
 		code := ex.code; points := ex.points; available := ex.available_after;
 		RETURN;

@@ -1916,6 +1916,7 @@ DECLARE
 	issued record;
 	before bigint[];
 	in_use bigint;
+	reversal bigint;
 BEGIN
 	IF p_customer IS NULL OR p_campaign IS NULL OR p_reference IS NULL OR at IS NULL THEN
 		RAISE EXCEPTION 'customer_id, campaign_id, reference and at must not be null'
@@ -1933,6 +1934,17 @@ BEGIN
 					  DETAIL = format('reference: %s; conflict: %s; entry_id: %s.', to_jsonb(p_reference)::text,
 									  CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
 									  ex.entry_id);
+		END IF;
+		-- a reversed exchange is not replayed: its code is void and its
+		-- receipt's balance stale (LP005, as spend_points)
+		SELECT v.entry_id INTO reversal FROM loyalty.points_ledger v
+		WHERE v.reference = 'exchange:' || p_reference AND v.kind = 'reverse';
+		IF FOUND THEN
+			RAISE EXCEPTION 'reference "exchange:%" was reversed', p_reference
+				USING ERRCODE = 'LP005',
+					  DETAIL = format('reference: %s; reversal_entry_id: %s.',
+									  to_jsonb('exchange:' || p_reference)::text, reversal),
+					  HINT = 'The exchange was reversed and its coupon voided; use a new reference.';
 		END IF;
 		code := ex.code; points := ex.points; available := ex.available_after;
 		RETURN;
