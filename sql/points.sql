@@ -29,8 +29,9 @@ $$;
 
 -- the program: expiry at the end of the month 12 months after earning, in
 -- Paris time; a three-tier ladder on qualifying points
-INSERT INTO loyalty.points_program (timezone, expiry_months, expiry_rounding, tier_grace_days)
-VALUES ('Europe/Paris', 12, 'month', 30);
+INSERT INTO loyalty.settings (timezone) VALUES ('Europe/Paris');
+INSERT INTO loyalty.points_program (expiry_months, expiry_rounding, tier_grace_days)
+VALUES (12, 'month', 30);
 INSERT INTO loyalty.tier (name, rank, threshold, multiplier, discount, perks) VALUES
 	('Bronze', 0, 0, 1, 0, '{}'),
 	('Silver', 1, 500, 1.25, 5, '{"free_shipping": true}'),

@@ -6,8 +6,9 @@
 SET timezone = 'UTC';
 SET datestyle = 'ISO, YMD';
 
-INSERT INTO loyalty.points_program (timezone, expiry_months, expiry_rounding)
-VALUES ('Europe/Paris', 12, 'month');
+INSERT INTO loyalty.settings (timezone) VALUES ('Europe/Paris');
+INSERT INTO loyalty.points_program (expiry_months, expiry_rounding)
+VALUES (12, 'month');
 INSERT INTO loyalty.tier (name, rank, threshold, multiplier) VALUES
 	('Bronze', 0, 0, 1), ('Silver', 1, 500, 1.25);
 

@@ -7,8 +7,9 @@
 SET timezone = 'UTC';
 SET datestyle = 'ISO, YMD';
 
-INSERT INTO loyalty.points_program (timezone, expiry_months, expiry_rounding)
-VALUES ('Europe/Paris', 12, 'month');
+INSERT INTO loyalty.settings (timezone) VALUES ('Europe/Paris');
+INSERT INTO loyalty.points_program (expiry_months, expiry_rounding)
+VALUES (12, 'month');
 
 -- lots of every kind over several accounts: expiring by the run, pending
 -- lots whose time came (and some that also expired), pending lots still

@@ -258,7 +258,7 @@ PointsClaimReference(const char *reference, const char *customer_id)
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 				 errmsg("reference \"%s\" belongs to another customer", reference),
-				 errdetail("Customer \"%s\" used it first.", owner),
+				 errdetail("reference: %s; conflict: other_customer; entry_id: null.", PointsQuote(reference)),
 				 errhint("References (order ids, idempotency keys) are unique to one customer.")));
 }
 
@@ -309,15 +309,16 @@ static const char request_sql[] =
  * was already made; raises LP002 when the reference was used for a
  * different request of this kind or for another customer, and LP005 when
  * the reference was reversed (a new earn or spend under it would escape the
- * reversal).  A repeat is recognised even after a reversal.
+ * reversal; a repeat of the reversed call too: its receipt is stale).
  */
 bool
 PointsFindRequest(const char *reference, const char *kind, const char *customer_id,
 				  uint64 request_hash, PointsReceipt *receipt)
 {
 	Datum		values[1];
-	bool		reversed = false;
+	int64		reversal = 0;
 	bool		other = false;
+	int			mine = -1;
 
 	values[0] = CStringGetTextDatum(reference);
 	LoyaltyExec(LoyaltyPlanGet(&points_plans, P_REQUEST), values, NULL, false, SPI_OK_SELECT);
@@ -335,39 +336,54 @@ PointsFindRequest(const char *reference, const char *kind, const char *customer_
 				ereport(ERROR,
 						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 						 errmsg("reference \"%s\" belongs to another customer", reference),
-						 errdetail("Ledger entry " INT64_FORMAT " used it.", LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL)),
+						 errdetail("reference: %s; conflict: other_customer; entry_id: " INT64_FORMAT ".",
+								   PointsQuote(reference), LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL)),
 						 errhint("References (order ids, idempotency keys) are unique to one customer.")));
 			if (isnull || (uint64) h != request_hash)
 				ereport(ERROR,
 						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 						 errmsg("reference \"%s\" was already used for a different %s request", reference, kind),
-						 errdetail("A repeated call must have the same arguments as ledger entry " INT64_FORMAT ".",
-								   LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL)),
-						 errhint("Use a new reference for a new request.")));
-			receipt->entry_id = LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL);
-			receipt->customer_id = (char *) customer_id;
-			receipt->points = LoyaltyColInt64(LoyaltySpiRow(i), 5, NULL);
-			receipt->available = LoyaltyColInt64(LoyaltySpiRow(i), 6, NULL);
-			receipt->pending = LoyaltyColInt64(LoyaltySpiRow(i), 7, NULL);
-			receipt->debt = LoyaltyColInt64(LoyaltySpiRow(i), 8, NULL);
-			return true;
+						 errdetail("reference: %s; conflict: different_request; entry_id: " INT64_FORMAT ".",
+								   PointsQuote(reference), LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL)),
+						 errhint("A repeated call must have the same arguments as the first; use a new reference for a new request.")));
+			mine = i;
+			continue;
 		}
 		if (strcmp(c, customer_id) != 0)
 			other = true;
 		if (strcmp(k, POINTS_REVERSE) == 0)
-			reversed = true;
+			reversal = LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL);
 	}
-	if (other)
+	if (mine < 0 && other)
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 				 errmsg("reference \"%s\" belongs to another customer", reference),
+				 errdetail("reference: %s; conflict: other_customer; entry_id: null.", PointsQuote(reference)),
 				 errhint("References (order ids, idempotency keys) are unique to one customer.")));
-	if (reversed && (strcmp(kind, POINTS_EARN) == 0 || strcmp(kind, POINTS_SPEND) == 0))
+
+	/*
+	 * A reversed earning or spending is not repeated, not even its receipt:
+	 * the receipt's balance would be stale (the reversal changed it), and
+	 * the call's effect is gone.  LP005, as for a new request.
+	 */
+	if (reversal != 0 && (strcmp(kind, POINTS_EARN) == 0 || strcmp(kind, POINTS_SPEND) == 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_REFERENCE_REVERSED),
 				 errmsg("reference \"%s\" was reversed", reference),
-				 errdetail("Points cannot be earned or spent under a reference after its reversal."),
-				 errhint("Use a new reference.")));
+				 errdetail("reference: %s; reversal_entry_id: " INT64_FORMAT ".", PointsQuote(reference), reversal),
+				 errhint("Points cannot be earned or spent under a reference after its reversal, and a call repeated after it is not replayed; use a new reference.")));
+	if (mine >= 0)
+	{
+		LoyaltyRow	r = LoyaltySpiRow(mine);
+
+		receipt->entry_id = LoyaltyColInt64(r, 4, NULL);
+		receipt->customer_id = (char *) customer_id;
+		receipt->points = LoyaltyColInt64(r, 5, NULL);
+		receipt->available = LoyaltyColInt64(r, 6, NULL);
+		receipt->pending = LoyaltyColInt64(r, 7, NULL);
+		receipt->debt = LoyaltyColInt64(r, 8, NULL);
+		return true;
+	}
 	return false;
 }
 
@@ -756,7 +772,8 @@ points_spend(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_INSUFFICIENT),
 				 errmsg("insufficient points: " INT64_FORMAT " requested, 0 available", points),
-				 errdetail("available: 0; customer \"%s\" has no points account.", customer_id)));
+				 errdetail("available: 0; pending: 0; debt: 0."),
+				 errhint("Customer \"%s\" has no points account.", customer_id)));
 	}
 	PointsClaimReference(reference, customer_id);
 	PointsCheckBackdating(&acct, at, reference);

@@ -46,6 +46,14 @@
 #define ERRCODE_POINTS_CAP_REACHED		MAKE_SQLSTATE('L','P','0','0','9')
 #define ERRCODE_POINTS_COUPON_USED		MAKE_SQLSTATE('L','P','0','1','0')
 #define ERRCODE_POINTS_CURRENCY			MAKE_SQLSTATE('L','P','0','1','1')
+#define ERRCODE_POINTS_RETURN_EXCEEDS	MAKE_SQLSTATE('L','P','0','1','2')
+
+/*
+ * Every LP error's DETAIL is machine-readable: "key: value" pairs joined by
+ * "; " and ended by ".", the keys fixed per SQLSTATE (doc/points.md,
+ * "Errors"); text values are JSON string literals (PointsQuote), numbers
+ * plain, states bare lower-case words, unknown values null.
+ */
 
 /*
  * How far a call's business time (at) may lie ahead of the server clock:
@@ -64,6 +72,7 @@
 #define POINTS_EXPIRE	"expire"
 #define POINTS_REVERSE	"reverse"
 #define POINTS_ADJUST	"adjust"
+#define POINTS_RETURN	"return"
 
 /* How a computed expiry is rounded (points_program / earning_rule). */
 typedef enum PointsRounding
@@ -73,15 +82,16 @@ typedef enum PointsRounding
 	POINTS_ROUND_YEAR			/* end of that year */
 } PointsRounding;
 
-/* The program settings (loyalty.points_program, defaults when empty). */
+/* The program settings (loyalty.points_program and loyalty.settings, defaults when empty). */
 typedef struct PointsProgram
 {
-	pg_tz	   *tz;				/* loyalty.points_program.timezone */
+	pg_tz	   *tz;				/* loyalty.settings.timezone (the program's) */
 	char		currency[4];	/* loyalty.points_program.currency */
 	bool		spend_basis;	/* tiers on qualifying spend, not points */
 	int			window_months;	/* rolling tier window; 0 = lifetime */
 	int			expiry_months;	/* default expiry of earn_points; 0 = never */
 	PointsRounding expiry_rounding;
+	bool		downgrade_on_refund;	/* tier_downgrade = 'on_refund' */
 } PointsProgram;
 
 /* A tier of the ladder, as cached (points_config.c). */
@@ -248,6 +258,7 @@ extern Datum PointsReceiptDatum(FunctionCallInfo fcinfo, const PointsReceipt *r)
 extern void PointsReceiptFrom(PointsReceipt *r, const PointsAccount *acct, int64 entry_id, int64 points);
 extern int64 PointsAdd(int64 a, int64 b, const char *what);
 extern uint64 PointsHash(const char *kind, const char *customer_id, int nparts, const char **parts);
+extern char *PointsQuote(const char *s);
 extern void PointsDebit(PointsAccount *acct, PointsChange *chg, int64 amount, int nexclude, const int64 *exclude);
 /* points_time.c */
 extern TimestampTz PointsAddMonths(TimestampTz t, int months, PointsRounding rounding, pg_tz *tz);
@@ -283,6 +294,11 @@ extern int64 PointsSlotInt64(struct TupleTableSlot *slot, AttrNumber att);
 
 /* points_expire.c */
 extern void PointsSettle(Datum customers, TimestampTz as_of);
+
+/* points_return.c */
+extern void PointsReturnedOf(const char *customer_id, int64 earn_id, int64 *taken, int64 *qualifying,
+							 Datum *amount);
+extern void PointsRefundDowngrade(const PointsAccount *acct, TimestampTz earned_at, TimestampTz at);
 
 /* points_write.c */
 extern int64 PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed);

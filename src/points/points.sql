@@ -10,11 +10,12 @@
  *	points_account	one row per customer, locked by every mutating call; the
  *					settled balance, debt, lifetime and qualifying totals, tier
  *	points_qualifying  qualifying points and spend per customer and month (in
- *					the program's time zone), for rolling tier windows
+ *					the program's time zone, loyalty.settings), for rolling tier windows
  *	earning_rule	how orders and actions earn points
  *	tier			the tier ladder; tier_history every change of tier
- *	points_program	settings (one optional row): time zone, tier basis and
- *					window, grace period, default expiry
+ *	points_program	settings (one optional row): tier basis and window, grace
+ *					period, downgrade on refund, default expiry, currency (the
+ *					time zone is the program's, loyalty.settings)
  * Only the SECURITY DEFINER functions write these tables; the app role can
  * call them but write nothing directly.
  * ------------------------------------------------------------------------ */
@@ -37,7 +38,6 @@ COMMENT ON TYPE loyalty.points_receipt IS
 
 CREATE TABLE loyalty.points_program (
 	singleton			boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-	timezone			text NOT NULL DEFAULT 'UTC',
 	tier_basis			text NOT NULL DEFAULT 'points'
 		CHECK (tier_basis IN ('points', 'spend')),
 	tier_window_months	integer CHECK (tier_window_months BETWEEN 1 AND 120),
@@ -46,18 +46,15 @@ CREATE TABLE loyalty.points_program (
 	expiry_months		integer CHECK (expiry_months BETWEEN 1 AND 1200),
 	expiry_rounding		text NOT NULL DEFAULT 'none'
 		CHECK (expiry_rounding IN ('none', 'month', 'year')),
-	-- an unknown zone raises here
-	CONSTRAINT points_program_timezone_check
-		CHECK (pg_catalog.timezone(timezone, '2000-01-01 00:00:00+00'::timestamptz) IS NOT NULL),
 	-- the form ISO 4217 gives currency codes, as campaigns check it
 	currency			text NOT NULL DEFAULT 'EUR'
-		CONSTRAINT points_program_currency_check CHECK (currency ~ '^[A-Z]{3}$')
+		CONSTRAINT points_program_currency_check CHECK (currency ~ '^[A-Z]{3}$'),
+	tier_downgrade		text NOT NULL DEFAULT 'none'
+		CONSTRAINT points_program_tier_downgrade_check CHECK (tier_downgrade IN ('none', 'on_refund'))
 );
 
 COMMENT ON TABLE loyalty.points_program IS
 	'Points settings, at most one row (no row: the defaults). Change them with INSERT ... ON CONFLICT (singleton) DO UPDATE';
-COMMENT ON COLUMN loyalty.points_program.timezone IS
-	'Time zone in which expiry dates, pending days, tier-window months, cap periods and weekdays are computed (default UTC)';
 COMMENT ON COLUMN loyalty.points_program.tier_basis IS
 	'points: tiers on qualifying points earned; spend: tiers on qualifying order amounts';
 COMMENT ON COLUMN loyalty.points_program.tier_window_months IS
@@ -68,6 +65,8 @@ COMMENT ON COLUMN loyalty.points_program.expiry_months IS
 	'Default expiry of earned points, in months after earning (NULL: never); earn_points(expires_at) and earning rules may override';
 COMMENT ON COLUMN loyalty.points_program.expiry_rounding IS
 	'none: exactly expiry_months later; month / year: at the end of that month / year';
+COMMENT ON COLUMN loyalty.points_program.tier_downgrade IS
+	'none: only evaluate_tiers lowers a tier (after the grace period); on_refund: a refund (reverse_points, return_for_order) of an order whose earning upgraded the customer undoes that upgrade at once when the remaining qualifying value no longer reaches the tier (recorded in tier_history as change refund)';
 COMMENT ON COLUMN loyalty.points_program.currency IS
 	'The program currency (ISO 4217): earn_for_order takes amounts in it only (LP011 for another), so qualifying spend never adds up currencies';
 
@@ -352,7 +351,7 @@ CREATE TABLE loyalty.tier_history (
 	changed_at	timestamptz NOT NULL,
 	from_tier	text,
 	to_tier		text,
-	change		text NOT NULL CHECK (change IN ('initial', 'upgrade', 'downgrade')),
+	change		text NOT NULL CHECK (change IN ('initial', 'upgrade', 'downgrade', 'refund')),
 	qualifying	numeric,
 	recorded_at	timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
@@ -360,7 +359,7 @@ CREATE TABLE loyalty.tier_history (
 CREATE INDEX tier_history_customer_idx ON loyalty.tier_history (customer_id, history_id);
 
 COMMENT ON TABLE loyalty.tier_history IS
-	'Every change of a customer''s tier: initial (first account), upgrade (at once when earning, or at evaluation), downgrade (at evaluation)';
+	'Every change of a customer''s tier: initial (first account), upgrade (at once when earning, or at evaluation), downgrade (at evaluation), refund (a refund undid the upgrade its order caused, points_program.tier_downgrade = on_refund)';
 COMMENT ON COLUMN loyalty.tier_history.qualifying IS 'Qualifying value (points or spend in the window) that decided the change';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.tier_history', '');
@@ -389,6 +388,11 @@ COMMENT ON TRIGGER tier_config_changed ON loyalty.tier IS
 	'Drop the cached tier ladder in every session when it changes';
 COMMENT ON TRIGGER points_program_changed ON loyalty.points_program IS
 	'Drop the cached points settings in every session when they change';
+CREATE TRIGGER settings_points_config_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.settings
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._points_config_invalidate();
+COMMENT ON TRIGGER settings_points_config_changed ON loyalty.settings IS
+	'Drop the cached points settings (the program time zone) in every session when they change';
 
 /* the ledger is append-only, for every role including the owner */
 
@@ -582,6 +586,17 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION loyalty.reverse_points(text, text, timestamptz) IS
 	'Refund: take back the points earned under a reference (clawing back or recording debt when already spent) and return the points spent under it; idempotent';
 SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.reverse_points(text, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.return_for_order(customer_id text, order_ref text, return_ref text, amount numeric,
+										 at timestamptz DEFAULT pg_catalog.now())
+RETURNS loyalty.points_receipt
+AS 'MODULE_PATHNAME', 'points_return_for_order'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.return_for_order(text, text, text, numeric, timestamptz) IS
+	'Partial return of an order earned with earn_for_order: take back the points matching the returned amount (cumulative share rounded down; all returns of the whole amount take exactly what a full reversal takes) and its qualifying points and spend; idempotent on return_ref; LP012 beyond what is left of the order';
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.return_for_order(text, text, text, numeric, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.adjust_points(customer_id text, points bigint, reference text, reason text,
 									  expires_at timestamptz DEFAULT NULL,

@@ -17,6 +17,7 @@
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/json.h"
 #include "utils/timestamp.h"
 
 #include "compat.h"
@@ -196,3 +197,21 @@ PointsHash(const char *kind, const char *customer_id, int nparts, const char **p
 	return h;
 }
 
+
+/*
+ * A text value as it appears in the DETAIL of a points error (doc/points.md,
+ * "Errors"): a JSON string literal, so that clients can split the DETAIL's
+ * "key: value" pairs without ambiguity whatever a customer id or reference
+ * contains.  NULL gives the bare word null.
+ */
+char *
+PointsQuote(const char *s)
+{
+	StringInfoData buf;
+
+	if (s == NULL)
+		return pstrdup("null");
+	initStringInfo(&buf);
+	escape_json(&buf, s);
+	return buf.data;
+}

@@ -3,9 +3,12 @@
  *		A per-backend cache of the points program settings and the tier
  *		ladder, read by every points call.
  *
- * Both tables are small and change rarely; reading them with the account
+ * The program time zone comes from loyalty.settings (common to every
+ * family), the rest from loyalty.points_program and loyalty.tier.  The
+ * tables are small and change rarely; reading them with the account
  * lock on every call cost subqueries in the hottest statement.  A statement
- * trigger on loyalty.tier and loyalty.points_program announces every change
+ * trigger on loyalty.tier, loyalty.points_program and loyalty.settings
+ * announces every change
  * with a relcache invalidation of loyalty.tier, which PostgreSQL delivers to
  * this backend at its next command and to the others when the change
  * commits (and again locally on rollback); the callback then drops the
@@ -57,9 +60,10 @@ static LoyaltyPlanCatalog config_plans;
  * tier.
  */
 static const char config_sql[] =
-"SELECT coalesce(p.timezone, 'UTC'), coalesce(p.tier_basis, 'points'),"
+"SELECT coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC'), coalesce(p.tier_basis, 'points'),"
 "       p.tier_window_months, p.expiry_months, coalesce(p.expiry_rounding, 'none'),"
-"       t.name, t.rank, t.threshold, t.multiplier, coalesce(p.currency, 'EUR')"
+"       t.name, t.rank, t.threshold, t.multiplier, coalesce(p.currency, 'EUR'),"
+"       coalesce(p.tier_downgrade, 'none')"
 "  FROM (SELECT 1) one"
 "  LEFT JOIN loyalty.points_program p ON true"
 "  LEFT JOIN loyalty.tier t ON true"
@@ -117,6 +121,7 @@ PointsConfigRead(Snapshot snapshot)
 			config.program.expiry_months = LoyaltyColInt32(r, 4, NULL);
 			config.program.expiry_rounding = PointsParseRounding(LoyaltyColText(r, 5));
 			strlcpy(config.program.currency, LoyaltyColText(r, 10), sizeof(config.program.currency));
+			config.program.downgrade_on_refund = strcmp(LoyaltyColText(r, 11), "on_refund") == 0;
 		}
 		tier->name = LoyaltyColText(r, 6);
 		if (tier->name == NULL)
@@ -204,7 +209,8 @@ PointsConfigGetUnconnected(void)
 }
 
 /*
- * Statement trigger on loyalty.tier and loyalty.points_program: announce the
+ * Statement trigger on loyalty.tier, loyalty.points_program and
+ * loyalty.settings: announce the
  * change so that every backend drops its cache (this one at the next
  * command, the others at commit; this one again on rollback).
  */

@@ -95,9 +95,9 @@ BEGIN
 		RAISE EXCEPTION 'exchange "%" cannot be reversed: its coupon is %', ex.reference,
 			CASE WHEN cp.uses > 0 THEN 'redeemed' ELSE 'reserved' END
 			USING ERRCODE = 'LP010',
-				  DETAIL = format('Coupon %s is in use; reversing the exchange would return the points while the coupon stays used.',
-								  ex.code),
-				  HINT = 'Roll the redemption back first (rollback_redemption), or let the reservation expire.';
+				  DETAIL = format('reference: %s; coupon_id: %s; state: %s.', to_jsonb(ex.reference)::text, ex.coupon_id,
+								  CASE WHEN cp.uses > 0 THEN 'redeemed' ELSE 'reserved' END),
+				  HINT = format('Coupon %s is in use; reversing the exchange would return the points while the coupon stays used. Roll the redemption back first (rollback_redemption), or let the reservation expire.', ex.code);
 	END IF;
 	UPDATE loyalty.coupon c SET voided_at = at WHERE c.coupon_id = ex.coupon_id;
 END;
@@ -128,6 +128,8 @@ COMMENT ON FUNCTION loyalty._points_exchange_void(bigint, timestamptz) IS
  * unit in use until it is used or voided, so no other code (a public one
  * included) can take the unit it was sold for.
  *
+ * A repeat of an exchange that was reversed is LP005 (as a repeated spend).
+ *
  * The code returned is the one this call issued: the coupon bound to the
  * customer that this transaction inserted and that was not there before
  * (never "the newest code", which ids from cached sequences or an admin's
@@ -152,6 +154,7 @@ DECLARE
 	issued record;
 	before bigint[];
 	in_use bigint;
+	reversal bigint;
 BEGIN
 	IF p_customer IS NULL OR p_campaign IS NULL OR p_reference IS NULL OR at IS NULL THEN
 		RAISE EXCEPTION 'customer_id, campaign_id, reference and at must not be null'
@@ -165,7 +168,21 @@ BEGIN
 	IF FOUND THEN
 		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
 			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
-				USING ERRCODE = 'LP002';
+				USING ERRCODE = 'LP002',
+					  DETAIL = format('reference: %s; conflict: %s; entry_id: %s.', to_jsonb(p_reference)::text,
+									  CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
+									  ex.entry_id);
+		END IF;
+		-- a reversed exchange is not replayed: its code is void and its
+		-- receipt's balance stale (LP005, as spend_points)
+		SELECT v.entry_id INTO reversal FROM loyalty.points_ledger v
+		WHERE v.reference = 'exchange:' || p_reference AND v.kind = 'reverse';
+		IF FOUND THEN
+			RAISE EXCEPTION 'reference "exchange:%" was reversed', p_reference
+				USING ERRCODE = 'LP005',
+					  DETAIL = format('reference: %s; reversal_entry_id: %s.',
+									  to_jsonb('exchange:' || p_reference)::text, reversal),
+					  HINT = 'The exchange was reversed and its coupon voided; use a new reference.';
 		END IF;
 		code := ex.code; points := ex.points; available := ex.available_after;
 		RETURN;
@@ -175,6 +192,7 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'campaign % is not offered for points', p_campaign
 			USING ERRCODE = 'LP007',
+				  DETAIL = format('campaign_id: %s.', p_campaign),
 				  HINT = 'Offer it with a row in loyalty.points_reward.';
 	END IF;
 	SELECT c.paused, c.starts_at, c.ends_at, c.total_cap, c.per_customer_cap INTO camp
@@ -182,9 +200,8 @@ BEGIN
 	IF NOT FOUND OR camp.paused OR camp.ends_at <= at THEN
 		RAISE EXCEPTION 'campaign % cannot be exchanged for points now', p_campaign
 			USING ERRCODE = 'LP008',
-				  DETAIL = CASE WHEN NOT FOUND THEN 'The campaign does not exist.'
-								WHEN camp.paused THEN 'The campaign is paused.'
-								ELSE 'The campaign has ended.' END;
+				  DETAIL = format('campaign_id: %s; state: %s.', p_campaign,
+								  CASE WHEN NOT FOUND THEN 'missing' WHEN camp.paused THEN 'paused' ELSE 'ended' END);
 	END IF;
 
 	IF camp.total_cap IS NOT NULL OR camp.per_customer_cap IS NOT NULL THEN
@@ -196,9 +213,9 @@ BEGIN
 			IF in_use >= camp.total_cap THEN
 				RAISE EXCEPTION 'campaign % has no coupon left to exchange', p_campaign
 					USING ERRCODE = 'LP009',
-						  DETAIL = format('Its total cap of %s is reached (%s in use, reserved or sold for points).',
-										  camp.total_cap, in_use),
-						  HINT = 'No points were spent.';
+						  DETAIL = format('campaign_id: %s; cap: total; limit: %s; in_use: %s.',
+										  p_campaign, camp.total_cap, in_use),
+						  HINT = 'Units in use are redeemed, reserved or sold for points. No points were spent.';
 			END IF;
 		END IF;
 		IF camp.per_customer_cap IS NOT NULL THEN
@@ -206,9 +223,9 @@ BEGIN
 			IF in_use >= camp.per_customer_cap THEN
 				RAISE EXCEPTION 'customer "%" cannot get another coupon of campaign %', p_customer, p_campaign
 					USING ERRCODE = 'LP009',
-						  DETAIL = format('The per-customer cap of %s is reached (%s in use, reserved or sold for points).',
-										  camp.per_customer_cap, in_use),
-						  HINT = 'No points were spent.';
+						  DETAIL = format('campaign_id: %s; cap: per_customer; limit: %s; in_use: %s.',
+										  p_campaign, camp.per_customer_cap, in_use),
+						  HINT = 'Units in use are redeemed, reserved or sold for points. No points were spent.';
 			END IF;
 		END IF;
 	END IF;
@@ -219,14 +236,19 @@ BEGIN
 	IF FOUND THEN
 		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
 			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
-				USING ERRCODE = 'LP002';
+				USING ERRCODE = 'LP002',
+					  DETAIL = format('reference: %s; conflict: %s; entry_id: %s.', to_jsonb(p_reference)::text,
+									  CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
+									  ex.entry_id);
 		END IF;
 		code := ex.code; points := ex.points; available := ex.available_after;
 		RETURN;
 	END IF;
 	IF (SELECT e.created_at FROM loyalty.points_ledger e WHERE e.entry_id = spent.entry_id) <> now() THEN
 		RAISE EXCEPTION 'reference "exchange:%" was already used by a spend that is not an exchange', p_reference
-			USING ERRCODE = 'LP002';
+			USING ERRCODE = 'LP002',
+				  DETAIL = format('reference: %s; conflict: different_request; entry_id: %s.',
+								  to_jsonb('exchange:' || p_reference)::text, spent.entry_id);
 	END IF;
 
 	before := ARRAY(SELECT c.coupon_id FROM loyalty.coupon c

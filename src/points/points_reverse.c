@@ -18,7 +18,11 @@
  *	  next credits.  Available points are never negative.
  *	- Qualifying points and spend of the earning are subtracted from the
  *	  account and from the month they were counted in; rule caps get their
- *	  room back.  A tier is not lowered here: only evaluate_tiers downgrades.
+ *	  room back.  What partial returns (return_for_order, points_return.c)
+ *	  took of the earning already is not taken again.
+ *	- A tier is lowered here only with points_program.tier_downgrade =
+ *	  'on_refund', undoing the upgrade the earning caused
+ *	  (PointsRefundDowngrade); otherwise only evaluate_tiers downgrades.
  */
 #include "postgres.h"
 
@@ -158,25 +162,36 @@ ReverseEarning(LoyaltyRow e, PointsAccount *acct, PointsChange *chg,
 	int64		left = 0,
 				expired = 0;
 
+	int64		taken = 0,
+				qtaken = 0;
+	Datum		returned = (Datum) 0;
+	bool		all_returned = false;
+
 	chg->reverses[chg->nreverses++] = LoyaltyColInt64(e, 1, NULL);
 	earned = LoyaltyColInt64(e, 3, NULL);
 	qualifying = LoyaltyColInt64(e, 4, NULL);
 	amount = LoyaltyColDatum(e, 5, &isnull);
 	if (!isnull)
 	{
+		/* partial returns (return_for_order) took their share already */
+		PointsReturnedOf(acct->customer_id, chg->reverses[0], &taken, &qtaken, &returned);
+		all_returned = LoyaltyNumericCmp(DatumGetNumeric(returned), DatumGetNumeric(amount)) >= 0;
+		amount = NumericGetDatum(LoyaltyNumericSub(DatumGetNumeric(amount), DatumGetNumeric(returned)));
 		chg->amount = DirectFunctionCall1(numeric_uminus, amount);
 		chg->has_amount = true;
 	}
-	chg->qualifying = -qualifying;
-	acct->qualifying -= qualifying;
-	acct->lifetime_earned -= earned;
+	chg->qualifying = -(qualifying - qtaken);
+	acct->qualifying -= qualifying - qtaken;
+	acct->lifetime_earned -= earned - taken;
 	chg->bucket_month = PointsMonthOf(LoyaltyColTimestamp(e, 8, NULL),
 									  acct->program.tz);
-	/* rule caps get their room back */
+	/* rule caps get their room back (unless the returns gave it back) */
 	chg->nusage = Int64Elems(e, 12, &chg->usage_rule);
 	if (DateElems(e, 13, &chg->usage_period) != chg->nusage ||
 		Int64Elems(e, 14, &chg->usage_points) != chg->nusage)
 		elog(ERROR, "inconsistent rule detail in ledger entry " INT64_FORMAT, chg->reverses[0]);
+	if (all_returned)
+		chg->nusage = 0;
 
 	/* what is left of the earning's own lots is taken back */
 	*n_earn_lots = Int64Elems(e, 6, earn_lots);
@@ -205,7 +220,7 @@ ReverseEarning(LoyaltyRow e, PointsAccount *acct, PointsChange *chg,
 				acct->available -= remaining;
 		}
 	}
-	shortfall = earned - expired - left;
+	shortfall = earned - expired - left - taken;
 	if (shortfall < 0)
 		elog(ERROR, "points lots of entry " INT64_FORMAT " hold more than it earned", chg->reverses[0]);
 	return shortfall;
@@ -304,7 +319,8 @@ points_reverse(PG_FUNCTION_ARGS)
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
-					 errmsg("no points were earned or spent under reference \"%s\"", reference)));
+					 errmsg("no points were earned or spent under reference \"%s\"", reference),
+					 errdetail("reference: %s; customer_id: null.", PointsQuote(reference))));
 		customer_id = MemoryContextStrdup(caller, LoyaltyColText(LoyaltySpiRow(0), 1));
 	}
 	parts[0] = reference;
@@ -317,7 +333,8 @@ points_reverse(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
 				 errmsg("no points were earned or spent under reference \"%s\" for customer \"%s\"",
-						reference, customer_id)));
+						reference, customer_id),
+				 errdetail("reference: %s; customer_id: %s.", PointsQuote(reference), PointsQuote(customer_id))));
 
 	/* read the entries after the lock: a concurrent call has committed or not started */
 	v[0] = CStringGetTextDatum(reference);
@@ -352,7 +369,8 @@ points_reverse(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
 				 errmsg("no points were earned or spent under reference \"%s\" for customer \"%s\"",
-						reference, customer_id)));
+						reference, customer_id),
+				 errdetail("reference: %s; customer_id: %s.", PointsQuote(reference), PointsQuote(customer_id))));
 
 	PointsCheckBackdating(&acct, at, NULL);
 	PointsSettleIfDue(&acct, at);
@@ -395,6 +413,8 @@ points_reverse(PG_FUNCTION_ARGS)
 		chg.points = PointsAdd(chg.points, chg.lots[i].points, "reversed points");
 
 	PointsReceiptFrom(&receipt, &acct, PointsWrite(&acct, &chg, NULL), chg.points);
+	if (earn_row >= 0)
+		PointsRefundDowngrade(&acct, LoyaltyColTimestamp(LoyaltySpiRowOf(entries, earn_row), 8, NULL), at);
 	SPI_finish();
 	PG_RETURN_DATUM(PointsReceiptDatum(fcinfo, &receipt));
 }

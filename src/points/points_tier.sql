@@ -35,7 +35,7 @@ AS $$
 							   AND date_trunc('month', $2 AT TIME ZONE p.timezone)::date)
 		END
 	FROM loyalty.points_account a
-	LEFT JOIN (SELECT coalesce(pp.timezone, 'UTC') AS timezone,
+	LEFT JOIN (SELECT coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC') AS timezone,
 					  coalesce(pp.tier_basis, 'points') AS tier_basis,
 					  pp.tier_window_months
 			   FROM (SELECT 1) one LEFT JOIN loyalty.points_program pp ON true) p ON true
@@ -56,6 +56,8 @@ AS $$
 DECLARE
 	cur record;
 	nxt record;
+	reached record;
+	cur_rank integer;
 BEGIN
 	IF tier_progress.customer_id IS NULL OR tier_progress.at IS NULL THEN
 		RAISE EXCEPTION 'customer_id and at must not be null'
@@ -69,12 +71,26 @@ BEGIN
 	FROM loyalty.points_account a LEFT JOIN loyalty.tier t ON t.name = a.tier
 	WHERE a.customer_id = tier_progress.customer_id;
 	tier := cur.tier;
+	cur_rank := cur.rank;
 	qualifying := trim_scale(coalesce(loyalty._points_tier_value(tier_progress.customer_id, tier_progress.at), 0));
 	keeps_tier := cur.threshold IS NULL OR qualifying >= cur.threshold;
+	-- Judged by the current thresholds, not by the last evaluation: a tier
+	-- above the held one that the value reaches is the customer's (upgrades
+	-- happen at once: the next earning or evaluate_tiers records it).
+	IF FOUND THEN
+		SELECT r.name, r.rank INTO reached
+		FROM loyalty.tier r WHERE r.threshold <= qualifying
+		ORDER BY r.rank DESC LIMIT 1;
+		IF FOUND AND (cur_rank IS NULL OR reached.rank > cur_rank) THEN
+			tier := reached.name;
+			cur_rank := reached.rank;
+			keeps_tier := true;
+		END IF;
+	END IF;
 
 	SELECT n.name, n.threshold INTO nxt
 	FROM loyalty.tier n
-	WHERE (cur.rank IS NULL AND n.threshold > 0) OR n.rank > cur.rank
+	WHERE (cur_rank IS NULL AND n.threshold > 0) OR n.rank > cur_rank
 	ORDER BY n.rank LIMIT 1;
 	IF FOUND THEN
 		next_tier := nxt.name;
@@ -95,8 +111,70 @@ END;
 $$;
 
 COMMENT ON FUNCTION loyalty.tier_progress(text, timestamptz) IS
-	'Tier of a customer, qualifying points (or spend) in the window, the next tier and what is missing ("120 points to Gold"), whether the current tier''s threshold is still met (else the message says what keeps it)';
+	'Tier of a customer judged by the current thresholds (a higher tier the value reaches counts at once), qualifying points (or spend) in the window, the next tier and what is missing ("120 points to Gold"), whether the current tier''s threshold is still met (else the message says what keeps it)';
 SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.tier_progress(text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * points_program.tier_downgrade = 'on_refund': called by reverse_points and
+ * return_for_order (C, account locked, refund written) with the business
+ * time of the refunded earning.  If that earning upgraded the customer
+ * (its tier_history row has the earning's time) and the qualifying value
+ * left no longer reaches the tier now held, the customer moves down at once
+ * to the highest tier the value reaches, never below the tier held before
+ * the earning; recorded as change 'refund'.  Not SECURITY DEFINER: it runs
+ * inside the owner's C functions.
+ */
+CREATE FUNCTION loyalty._points_refund_downgrade(customer text, earned_at timestamptz, refund_at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	up record;
+	cur record;
+	target record;
+	floor_tier record;
+	v numeric;
+BEGIN
+	SELECT h.from_tier, h.to_tier INTO up
+	FROM loyalty.tier_history h
+	WHERE h.customer_id = customer AND h.change = 'upgrade' AND h.changed_at = earned_at
+	ORDER BY h.history_id DESC LIMIT 1;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT a.tier, t.rank, t.threshold INTO cur
+	FROM loyalty.points_account a JOIN loyalty.tier t ON t.name = a.tier
+	WHERE a.customer_id = customer;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT t.name, t.rank, t.threshold INTO floor_tier FROM loyalty.tier t WHERE t.name = up.from_tier;
+	IF floor_tier.rank IS NOT NULL AND cur.rank <= floor_tier.rank THEN
+		RETURN;
+	END IF;
+	v := coalesce(loyalty._points_tier_value(customer, refund_at), 0);
+	IF v >= cur.threshold THEN
+		RETURN;
+	END IF;
+	SELECT t.name, t.rank, t.threshold INTO target
+	FROM loyalty.tier t WHERE t.threshold <= v AND t.rank < cur.rank
+	ORDER BY t.rank DESC LIMIT 1;
+	IF floor_tier.rank IS NOT NULL AND (target.rank IS NULL OR target.rank < floor_tier.rank) THEN
+		target := floor_tier;
+	END IF;
+	UPDATE loyalty.points_account a
+	SET tier = target.name, tier_since = refund_at,
+		below_since = CASE WHEN v < target.threshold THEN refund_at END,
+		updated_at = now()
+	WHERE a.customer_id = customer;
+	INSERT INTO loyalty.tier_history (customer_id, changed_at, from_tier, to_tier, change, qualifying)
+	VALUES (customer, refund_at, cur.tier, target.name, 'refund', v);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._points_refund_downgrade(text, timestamptz, timestamptz) IS
+	'Internal: with tier_downgrade = on_refund, undo the upgrade a refunded earning caused when the qualifying value left no longer reaches the tier';
 
 /*
  * One batch of tier evaluation: the next batch_size accounts after
@@ -250,11 +328,19 @@ AS $$
 			   coalesce(sum(e.points) FILTER (WHERE e.kind = 'earn'), 0) AS earned
 		FROM loyalty.points_ledger e GROUP BY e.customer_id
 	), reversed_earnings AS (
-		SELECT e.customer_id, sum(e.points) AS points
-		FROM loyalty.points_ledger e
-		WHERE e.kind = 'earn'
-		  AND e.entry_id IN (SELECT unnest(r.reverses) FROM loyalty.points_ledger r WHERE r.kind = 'reverse')
-		GROUP BY e.customer_id
+		-- a reversed earning counts as taken back whole; partial returns
+		-- (kind return) of one not reversed count what they took
+		SELECT x.customer_id, sum(x.points) AS points
+		FROM (SELECT e.customer_id, e.points
+			  FROM loyalty.points_ledger e
+			  WHERE e.kind = 'earn'
+				AND e.entry_id IN (SELECT unnest(r.reverses) FROM loyalty.points_ledger r WHERE r.kind = 'reverse')
+			  UNION ALL
+			  SELECT t.customer_id, (t.detail ->> 'taken')::bigint
+			  FROM loyalty.points_ledger t
+			  WHERE t.kind = 'return'
+				AND NOT t.reverses[1] IN (SELECT unnest(r.reverses) FROM loyalty.points_ledger r WHERE r.kind = 'reverse')) x
+		GROUP BY x.customer_id
 	), moves AS (
 		SELECT m.lot_id, sum(m.delta) AS delta,
 			   sum(-m.delta) FILTER (WHERE m.kind = 'expire') AS expired
@@ -335,7 +421,7 @@ AS $$
 	UNION ALL
 	SELECT 'malformed ledger entry', e.customer_id, format('entry %s (%s)', e.entry_id, e.kind)
 	FROM loyalty.points_ledger e
-	WHERE e.kind NOT IN ('earn', 'spend', 'expire', 'reverse', 'adjust')
+	WHERE e.kind NOT IN ('earn', 'spend', 'expire', 'reverse', 'adjust', 'return')
 	   OR (e.reference IS NULL) <> (e.kind = 'expire')
 	   OR coalesce(cardinality(e.lot_ids) <> cardinality(e.lot_points),
 				   (e.lot_ids IS NULL) <> (e.lot_points IS NULL))
@@ -432,8 +518,7 @@ SELECT date_trunc('month', (l.expires_at - interval '1 microsecond') AT TIME ZON
 	   sum(l.remaining) FILTER (WHERE l.state = 'available') AS available,
 	   sum(l.remaining) FILTER (WHERE l.state = 'pending') AS pending
 FROM loyalty.points_lot l
-CROSS JOIN (SELECT coalesce(pp.timezone, 'UTC') AS timezone
-			FROM (SELECT 1) one LEFT JOIN loyalty.points_program pp ON true) p
+CROSS JOIN (SELECT coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC') AS timezone) p
 WHERE l.state <> 'closed'
 GROUP BY 1;
 

@@ -192,6 +192,6 @@ PointsZone(const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("time zone \"%s\" not recognized", name),
-				 errhint("Set a valid zone in loyalty.points_program.timezone.")));
+				 errhint("Set a valid zone in loyalty.settings.timezone.")));
 	return tz;
 }

@@ -408,7 +408,7 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 					 errmsg("reference \"%s\" belongs to another customer", chg->reference),
-					 errdetail("A concurrent %s call for another customer used it first.", chg->kind),
+					 errdetail("reference: %s; conflict: other_customer; entry_id: null.", PointsQuote(chg->reference)),
 					 errhint("References (order ids, idempotency keys) are unique to one customer.")));
 		}
 		FreeErrorData(edata);

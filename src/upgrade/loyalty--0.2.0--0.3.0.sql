@@ -1483,6 +1483,558 @@ INSERT INTO loyalty.settings (singleton, timezone)
 SELECT true, p.timezone FROM loyalty.points_program p WHERE p.timezone OPERATOR(pg_catalog.<>) 'UTC'::pg_catalog.text;
 
 /* ---------------------------------------------------------------------------
+ * Issue 13, points: the program time zone is loyalty.settings.timezone
+ * (copied above from a non-UTC points_program.timezone, so the column goes
+ * now); tier_downgrade (on_refund undoes the upgrade a refunded order
+ * caused, tier_history change 'refund'); return_for_order (partial
+ * returns, ledger kind 'return', check_integrity counts them); replaying a
+ * reversed earn is LP005 (C only); tier_progress judged by the current
+ * thresholds; machine-readable DETAIL of the LP errors raised in SQL.
+ * ------------------------------------------------------------------------ */
+CREATE OR REPLACE VIEW loyalty.points_liability AS
+SELECT date_trunc('month', (l.expires_at - interval '1 microsecond') AT TIME ZONE p.timezone)::date AS expiry_month,
+	   count(DISTINCT l.customer_id) AS customers,
+	   sum(l.remaining) FILTER (WHERE l.state = 'available') AS available,
+	   sum(l.remaining) FILTER (WHERE l.state = 'pending') AS pending
+FROM loyalty.points_lot l
+CROSS JOIN (SELECT coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC') AS timezone) p
+WHERE l.state <> 'closed'
+GROUP BY 1;
+
+CREATE OR REPLACE FUNCTION loyalty._points_tier_value(customer_id text, as_of timestamptz)
+RETURNS numeric
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE
+		WHEN p.tier_window_months IS NULL THEN
+			CASE WHEN p.tier_basis = 'spend' THEN a.qualifying_spend ELSE a.qualifying END
+		ELSE
+			(SELECT coalesce(sum(CASE WHEN p.tier_basis = 'spend' THEN q.spend ELSE q.points END), 0)
+			 FROM loyalty.points_qualifying q
+			 WHERE q.customer_id = a.customer_id
+			   AND q.month BETWEEN (date_trunc('month', $2 AT TIME ZONE p.timezone)
+									- make_interval(months => p.tier_window_months - 1))::date
+							   AND date_trunc('month', $2 AT TIME ZONE p.timezone)::date)
+		END
+	FROM loyalty.points_account a
+	LEFT JOIN (SELECT coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC') AS timezone,
+					  coalesce(pp.tier_basis, 'points') AS tier_basis,
+					  pp.tier_window_months
+			   FROM (SELECT 1) one LEFT JOIN loyalty.points_program pp ON true) p ON true
+	WHERE a.customer_id = $1
+$$;
+
+COMMENT ON FUNCTION loyalty._points_tier_value(text, timestamptz) IS
+	'Internal: qualifying points or spend of a customer in the tier window ending at as_of';
+
+ALTER TABLE loyalty.points_program DROP CONSTRAINT points_program_timezone_check;
+ALTER TABLE loyalty.points_program DROP COLUMN timezone;
+ALTER TABLE loyalty.points_program ADD COLUMN tier_downgrade text NOT NULL DEFAULT 'none'
+	CONSTRAINT points_program_tier_downgrade_check CHECK (tier_downgrade IN ('none', 'on_refund'));
+COMMENT ON COLUMN loyalty.points_program.tier_downgrade IS
+	'none: only evaluate_tiers lowers a tier (after the grace period); on_refund: a refund (reverse_points, return_for_order) of an order whose earning upgraded the customer undoes that upgrade at once when the remaining qualifying value no longer reaches the tier (recorded in tier_history as change refund)';
+
+ALTER TABLE loyalty.tier_history DROP CONSTRAINT tier_history_change_check;
+ALTER TABLE loyalty.tier_history ADD CONSTRAINT tier_history_change_check
+	CHECK (change IN ('initial', 'upgrade', 'downgrade', 'refund'));
+COMMENT ON TABLE loyalty.tier_history IS
+	'Every change of a customer''s tier: initial (first account), upgrade (at once when earning, or at evaluation), downgrade (at evaluation), refund (a refund undid the upgrade its order caused, points_program.tier_downgrade = on_refund)';
+
+CREATE TRIGGER settings_points_config_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.settings
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._points_config_invalidate();
+COMMENT ON TRIGGER settings_points_config_changed ON loyalty.settings IS
+	'Drop the cached points settings (the program time zone) in every session when they change';
+
+CREATE FUNCTION loyalty.return_for_order(customer_id text, order_ref text, return_ref text, amount numeric,
+										 at timestamptz DEFAULT pg_catalog.now())
+RETURNS loyalty.points_receipt
+AS 'MODULE_PATHNAME', 'points_return_for_order'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.return_for_order(text, text, text, numeric, timestamptz) IS
+	'Partial return of an order earned with earn_for_order: take back the points matching the returned amount (cumulative share rounded down; all returns of the whole amount take exactly what a full reversal takes) and its qualifying points and spend; idempotent on return_ref; LP012 beyond what is left of the order';
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.return_for_order(text, text, text, numeric, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE OR REPLACE FUNCTION loyalty.tier_progress(customer_id text, at timestamptz DEFAULT pg_catalog.now(),
+									  OUT tier text, OUT qualifying numeric, OUT basis text,
+									  OUT next_tier text, OUT missing numeric,
+									  OUT keeps_tier boolean, OUT message text)
+RETURNS record
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cur record;
+	nxt record;
+	reached record;
+	cur_rank integer;
+BEGIN
+	IF tier_progress.customer_id IS NULL OR tier_progress.at IS NULL THEN
+		RAISE EXCEPTION 'customer_id and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, tier_progress.customer_id);
+	SELECT coalesce(p.tier_basis, 'points') INTO basis
+	FROM (SELECT 1) one LEFT JOIN loyalty.points_program p ON true;
+
+	SELECT a.tier, t.rank, t.threshold INTO cur
+	FROM loyalty.points_account a LEFT JOIN loyalty.tier t ON t.name = a.tier
+	WHERE a.customer_id = tier_progress.customer_id;
+	tier := cur.tier;
+	cur_rank := cur.rank;
+	qualifying := trim_scale(coalesce(loyalty._points_tier_value(tier_progress.customer_id, tier_progress.at), 0));
+	keeps_tier := cur.threshold IS NULL OR qualifying >= cur.threshold;
+	-- Judged by the current thresholds, not by the last evaluation: a tier
+	-- above the held one that the value reaches is the customer's (upgrades
+	-- happen at once: the next earning or evaluate_tiers records it).
+	IF FOUND THEN
+		SELECT r.name, r.rank INTO reached
+		FROM loyalty.tier r WHERE r.threshold <= qualifying
+		ORDER BY r.rank DESC LIMIT 1;
+		IF FOUND AND (cur_rank IS NULL OR reached.rank > cur_rank) THEN
+			tier := reached.name;
+			cur_rank := reached.rank;
+			keeps_tier := true;
+		END IF;
+	END IF;
+
+	SELECT n.name, n.threshold INTO nxt
+	FROM loyalty.tier n
+	WHERE (cur_rank IS NULL AND n.threshold > 0) OR n.rank > cur_rank
+	ORDER BY n.rank LIMIT 1;
+	IF FOUND THEN
+		next_tier := nxt.name;
+		missing := trim_scale(greatest(nxt.threshold - qualifying, 0));
+	END IF;
+	IF NOT keeps_tier THEN
+		message := format(CASE basis WHEN 'points' THEN '%s points to keep %s' ELSE '%s more spend to keep %s' END,
+						  trim_scale(cur.threshold - qualifying), tier);
+	ELSIF next_tier IS NOT NULL THEN
+		message := format(CASE basis WHEN 'points' THEN '%s points to %s' ELSE '%s more spend to %s' END,
+						  missing, next_tier);
+	ELSIF tier IS NOT NULL THEN
+		message := format('top tier %s reached', tier);
+	ELSE
+		message := 'no tiers configured';
+	END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.tier_progress(text, timestamptz) IS
+	'Tier of a customer judged by the current thresholds (a higher tier the value reaches counts at once), qualifying points (or spend) in the window, the next tier and what is missing ("120 points to Gold"), whether the current tier''s threshold is still met (else the message says what keeps it)';
+
+CREATE FUNCTION loyalty._points_refund_downgrade(customer text, earned_at timestamptz, refund_at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	up record;
+	cur record;
+	target record;
+	floor_tier record;
+	v numeric;
+BEGIN
+	SELECT h.from_tier, h.to_tier INTO up
+	FROM loyalty.tier_history h
+	WHERE h.customer_id = customer AND h.change = 'upgrade' AND h.changed_at = earned_at
+	ORDER BY h.history_id DESC LIMIT 1;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT a.tier, t.rank, t.threshold INTO cur
+	FROM loyalty.points_account a JOIN loyalty.tier t ON t.name = a.tier
+	WHERE a.customer_id = customer;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT t.name, t.rank, t.threshold INTO floor_tier FROM loyalty.tier t WHERE t.name = up.from_tier;
+	IF floor_tier.rank IS NOT NULL AND cur.rank <= floor_tier.rank THEN
+		RETURN;
+	END IF;
+	v := coalesce(loyalty._points_tier_value(customer, refund_at), 0);
+	IF v >= cur.threshold THEN
+		RETURN;
+	END IF;
+	SELECT t.name, t.rank, t.threshold INTO target
+	FROM loyalty.tier t WHERE t.threshold <= v AND t.rank < cur.rank
+	ORDER BY t.rank DESC LIMIT 1;
+	IF floor_tier.rank IS NOT NULL AND (target.rank IS NULL OR target.rank < floor_tier.rank) THEN
+		target := floor_tier;
+	END IF;
+	UPDATE loyalty.points_account a
+	SET tier = target.name, tier_since = refund_at,
+		below_since = CASE WHEN v < target.threshold THEN refund_at END,
+		updated_at = now()
+	WHERE a.customer_id = customer;
+	INSERT INTO loyalty.tier_history (customer_id, changed_at, from_tier, to_tier, change, qualifying)
+	VALUES (customer, refund_at, cur.tier, target.name, 'refund', v);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._points_refund_downgrade(text, timestamptz, timestamptz) IS
+	'Internal: with tier_downgrade = on_refund, undo the upgrade a refunded earning caused when the qualifying value left no longer reaches the tier';
+
+CREATE OR REPLACE FUNCTION loyalty.check_integrity()
+RETURNS TABLE (problem text, customer_id text, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH lot_sums AS (
+		SELECT l.customer_id,
+			   coalesce(sum(l.remaining) FILTER (WHERE l.state = 'available'), 0) AS available,
+			   coalesce(sum(l.remaining) FILTER (WHERE l.state = 'pending'), 0) AS pending,
+			   min(LEAST(CASE WHEN l.state = 'pending' THEN l.available_at END, l.expires_at))
+				   FILTER (WHERE l.state <> 'closed') AS next_event
+		FROM loyalty.points_lot l GROUP BY l.customer_id
+	), ledger_sums AS (
+		SELECT e.customer_id, sum(e.points) AS points, sum(e.debt_change) AS debt,
+			   sum(e.qualifying) AS qualifying, coalesce(sum(e.amount), 0) AS spend,
+			   coalesce(sum(e.points) FILTER (WHERE e.kind = 'earn'), 0) AS earned
+		FROM loyalty.points_ledger e GROUP BY e.customer_id
+	), reversed_earnings AS (
+		-- a reversed earning counts as taken back whole; partial returns
+		-- (kind return) of one not reversed count what they took
+		SELECT x.customer_id, sum(x.points) AS points
+		FROM (SELECT e.customer_id, e.points
+			  FROM loyalty.points_ledger e
+			  WHERE e.kind = 'earn'
+				AND e.entry_id IN (SELECT unnest(r.reverses) FROM loyalty.points_ledger r WHERE r.kind = 'reverse')
+			  UNION ALL
+			  SELECT t.customer_id, (t.detail ->> 'taken')::bigint
+			  FROM loyalty.points_ledger t
+			  WHERE t.kind = 'return'
+				AND NOT t.reverses[1] IN (SELECT unnest(r.reverses) FROM loyalty.points_ledger r WHERE r.kind = 'reverse')) x
+		GROUP BY x.customer_id
+	), moves AS (
+		SELECT m.lot_id, sum(m.delta) AS delta,
+			   sum(-m.delta) FILTER (WHERE m.kind = 'expire') AS expired
+		FROM (SELECT e.kind, u.lot_id, u.delta
+			  FROM loyalty.points_ledger e, unnest(e.lot_ids, e.lot_points) AS u(lot_id, delta)) m
+		GROUP BY m.lot_id
+	), buckets AS (
+		SELECT q.customer_id, sum(q.points) AS points, sum(q.spend) AS spend
+		FROM loyalty.points_qualifying q GROUP BY q.customer_id
+	), last_tier AS (
+		SELECT DISTINCT ON (h.customer_id) h.customer_id, h.to_tier
+		FROM loyalty.tier_history h ORDER BY h.customer_id, h.history_id DESC
+	)
+	SELECT 'negative balance', a.customer_id,
+		   format('available %s, pending %s, debt %s', a.available, a.pending, a.debt)
+	FROM loyalty.points_account a
+	WHERE a.available < 0 OR a.pending < 0 OR a.debt < 0
+	UNION ALL
+	SELECT 'balance differs from open lots', a.customer_id,
+		   format('account available %s / pending %s, lots %s / %s',
+				  a.available, a.pending, coalesce(s.available, 0), coalesce(s.pending, 0))
+	FROM loyalty.points_account a LEFT JOIN lot_sums s ON s.customer_id = a.customer_id
+	WHERE a.available <> coalesce(s.available, 0) OR a.pending <> coalesce(s.pending, 0)
+	UNION ALL
+	SELECT 'balance differs from ledger', a.customer_id,
+		   format('available + pending - debt = %s, ledger sum %s',
+				  a.available + a.pending - a.debt, coalesce(g.points, 0))
+	FROM loyalty.points_account a LEFT JOIN ledger_sums g ON g.customer_id = a.customer_id
+	WHERE a.available + a.pending - a.debt <> coalesce(g.points, 0)
+	UNION ALL
+	SELECT 'debt differs from ledger', a.customer_id,
+		   format('debt %s, ledger debt changes %s', a.debt, coalesce(g.debt, 0))
+	FROM loyalty.points_account a LEFT JOIN ledger_sums g ON g.customer_id = a.customer_id
+	WHERE a.debt <> coalesce(g.debt, 0)
+	UNION ALL
+	SELECT 'debt with open lots', a.customer_id,
+		   format('debt %s while %s points are open', a.debt, a.available + a.pending)
+	FROM loyalty.points_account a
+	WHERE a.debt > 0 AND (a.available > 0 OR a.pending > 0
+						  OR EXISTS (SELECT 1 FROM loyalty.points_lot l
+									 WHERE l.customer_id = a.customer_id AND l.state <> 'closed'))
+	UNION ALL
+	SELECT 'totals differ from ledger', a.customer_id,
+		   format('lifetime %s / qualifying %s / spend %s, ledger %s / %s / %s',
+				  a.lifetime_earned, a.qualifying, a.qualifying_spend,
+				  coalesce(g.earned, 0) - coalesce(r.points, 0), coalesce(g.qualifying, 0), coalesce(g.spend, 0))
+	FROM loyalty.points_account a
+	LEFT JOIN ledger_sums g ON g.customer_id = a.customer_id
+	LEFT JOIN reversed_earnings r ON r.customer_id = a.customer_id
+	WHERE a.lifetime_earned <> coalesce(g.earned, 0) - coalesce(r.points, 0)
+	   OR a.qualifying <> coalesce(g.qualifying, 0)
+	   OR a.qualifying_spend <> coalesce(g.spend, 0)
+	UNION ALL
+	SELECT 'qualifying buckets differ from account', a.customer_id,
+		   format('account %s / %s, monthly buckets %s / %s',
+				  a.qualifying, a.qualifying_spend, coalesce(b.points, 0), coalesce(b.spend, 0))
+	FROM loyalty.points_account a LEFT JOIN buckets b ON b.customer_id = a.customer_id
+	WHERE a.qualifying <> coalesce(b.points, 0) OR a.qualifying_spend <> coalesce(b.spend, 0)
+	UNION ALL
+	SELECT 'settling hint too late', a.customer_id,
+		   format('next_event_at %s, first lot event %s', a.next_event_at, s.next_event)
+	FROM loyalty.points_account a JOIN lot_sums s ON s.customer_id = a.customer_id
+	WHERE s.next_event IS NOT NULL AND (a.next_event_at IS NULL OR a.next_event_at > s.next_event)
+	UNION ALL
+	SELECT 'lot differs from ledger', l.customer_id,
+		   format('lot %s: remaining %s, expired %s; ledger changes %s, expiries %s',
+				  l.lot_id, l.remaining, l.expired, coalesce(m.delta, 0), coalesce(m.expired, 0))
+	FROM loyalty.points_lot l LEFT JOIN moves m ON m.lot_id = l.lot_id
+	WHERE l.remaining <> coalesce(m.delta, 0) OR l.expired <> coalesce(m.expired, 0)
+	   OR l.remaining + l.expired > l.points
+	UNION ALL
+	SELECT 'malformed lot', l.customer_id, format('lot %s (%s, %s of %s points)', l.lot_id, l.state, l.remaining, l.points)
+	FROM loyalty.points_lot l
+	WHERE l.state NOT IN ('pending', 'available', 'closed') OR l.points <= 0 OR l.expired < 0
+	   OR (l.state = 'closed') <> (l.remaining = 0)
+	   OR (l.state = 'pending' AND l.available_at IS NULL)
+	   OR l.available_at >= l.expires_at
+	UNION ALL
+	SELECT 'malformed ledger entry', e.customer_id, format('entry %s (%s)', e.entry_id, e.kind)
+	FROM loyalty.points_ledger e
+	WHERE e.kind NOT IN ('earn', 'spend', 'expire', 'reverse', 'adjust', 'return')
+	   OR (e.reference IS NULL) <> (e.kind = 'expire')
+	   OR coalesce(cardinality(e.lot_ids) <> cardinality(e.lot_points),
+				   (e.lot_ids IS NULL) <> (e.lot_points IS NULL))
+	UNION ALL
+	SELECT 'ledger entry inconsistent', e.customer_id,
+		   format('entry %s: points %s, lot changes %s, debt change %s',
+				  e.entry_id, e.points, coalesce(x.total, 0), e.debt_change)
+	FROM loyalty.points_ledger e
+	CROSS JOIN LATERAL (SELECT sum(u) AS total FROM unnest(e.lot_points) u) x
+	WHERE e.points <> coalesce(x.total, 0) - e.debt_change
+	UNION ALL
+	SELECT 'lot or entry without account', o.customer_id, o.what
+	FROM (SELECT l.customer_id, format('lot %s', l.lot_id) AS what FROM loyalty.points_lot l
+		  UNION ALL
+		  SELECT e.customer_id, format('entry %s', e.entry_id) FROM loyalty.points_ledger e) o
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.points_account a WHERE a.customer_id = o.customer_id)
+	UNION ALL
+	SELECT 'lot of another customer', e.customer_id,
+		   format('entry %s changes lot %s of customer %s', e.entry_id, l.lot_id, l.customer_id)
+	FROM loyalty.points_ledger e
+	CROSS JOIN LATERAL unnest(e.lot_ids) AS u(lot_id)
+	JOIN loyalty.points_lot l ON l.lot_id = u.lot_id
+	WHERE l.customer_id <> e.customer_id
+	UNION ALL
+	SELECT 'duplicate reference', min(e.customer_id),
+		   format('reference %s: %s entries of kind %s', e.reference, count(*), e.kind)
+	FROM loyalty.points_ledger e WHERE e.reference IS NOT NULL
+	GROUP BY e.reference, e.kind HAVING count(*) > 1
+	UNION ALL
+	SELECT 'reference of several customers', min(e.customer_id),
+		   format('reference %s used by %s customers', e.reference, count(DISTINCT e.customer_id))
+	FROM loyalty.points_ledger e WHERE e.reference IS NOT NULL AND e.kind <> 'adjust'
+	GROUP BY e.reference HAVING count(DISTINCT e.customer_id) > 1
+	UNION ALL
+	SELECT 'reference not owned by the customer', e.customer_id,
+		   format('entry %s: reference %s, owner %s', e.entry_id, e.reference, coalesce(o.customer_id, 'none'))
+	FROM loyalty.points_ledger e
+	LEFT JOIN loyalty.points_reference o ON o.reference = e.reference
+	WHERE e.reference IS NOT NULL AND o.customer_id IS DISTINCT FROM e.customer_id
+	UNION ALL
+	SELECT 'unknown tier', a.customer_id, format('tier %s is not in loyalty.tier', a.tier)
+	FROM loyalty.points_account a
+	WHERE a.tier IS NOT NULL AND NOT EXISTS (SELECT 1 FROM loyalty.tier t WHERE t.name = a.tier)
+	UNION ALL
+	SELECT 'tier differs from history', a.customer_id,
+		   format('tier %s, last change to %s', a.tier, h.to_tier)
+	FROM loyalty.points_account a JOIN last_tier h ON h.customer_id = a.customer_id
+	WHERE a.tier IS DISTINCT FROM h.to_tier
+	-- references between configuration tables kept without foreign keys
+	-- (so that pg_restore --jobs can load them in any order)
+	UNION ALL
+	SELECT 'segment rule of unknown segment', NULL::text,
+		   format('rule R%s-%s F%s-%s M%s-%s names segment %s', r.r_min, r.r_max, r.f_min, r.f_max,
+				  r.m_min, r.m_max, r.segment)
+	FROM loyalty.segment_rule r
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.segment s WHERE s.name = r.segment)
+	UNION ALL
+	SELECT 'campaign rule of unknown campaign', NULL::text,
+		   format('rule %s names campaign %s', r.rule_id, r.campaign_id)
+	FROM loyalty.campaign_rule r
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.campaign c WHERE c.campaign_id = r.campaign_id)
+	UNION ALL
+	SELECT 'campaign rule of unknown kind', NULL::text,
+		   format('rule %s of campaign %s is of kind %s', r.rule_id, r.campaign_id, r.kind)
+	FROM loyalty.campaign_rule r
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.eligibility_kind k WHERE k.kind = r.kind)
+	ORDER BY 1, 2, 3
+$$;
+
+COMMENT ON FUNCTION loyalty.check_integrity() IS
+	'Every violation of the points invariants (balance = open lots = ledger sum, no negative balance, debt, well-formed lots and entries, references and their one owner, totals, tiers and that they exist) and every dangling reference between configuration tables (segment rules, campaign rules); empty when healthy';
+
+CREATE OR REPLACE FUNCTION loyalty._points_exchange_void(spend_entry bigint, at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ex record;
+	cp record;
+BEGIN
+	SELECT e.reference, e.coupon_id, e.code INTO ex
+	FROM loyalty.points_exchange e WHERE e.entry_id = spend_entry;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT c.uses, c.voided_at INTO cp
+	FROM loyalty.coupon c WHERE c.coupon_id = ex.coupon_id FOR NO KEY UPDATE;
+	IF NOT FOUND OR cp.voided_at IS NOT NULL THEN
+		RETURN;
+	END IF;
+	IF cp.uses > 0 OR EXISTS (SELECT 1 FROM loyalty.reservation h
+							  WHERE h.coupon_id = ex.coupon_id AND h.state = 'held' AND h.expires_at > at) THEN
+		RAISE EXCEPTION 'exchange "%" cannot be reversed: its coupon is %', ex.reference,
+			CASE WHEN cp.uses > 0 THEN 'redeemed' ELSE 'reserved' END
+			USING ERRCODE = 'LP010',
+				  DETAIL = format('reference: %s; coupon_id: %s; state: %s.', to_jsonb(ex.reference)::text, ex.coupon_id,
+								  CASE WHEN cp.uses > 0 THEN 'redeemed' ELSE 'reserved' END),
+				  HINT = format('Coupon %s is in use; reversing the exchange would return the points while the coupon stays used. Roll the redemption back first (rollback_redemption), or let the reservation expire.', ex.code);
+	END IF;
+	UPDATE loyalty.coupon c SET voided_at = at WHERE c.coupon_id = ex.coupon_id;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._points_exchange_void(bigint, timestamptz) IS
+	'Internal: when reverse_points reverses an exchange''s spend, void its coupon, or refuse (LP010) once it is redeemed or reserved';
+
+CREATE OR REPLACE FUNCTION loyalty.exchange_points(customer_id text, campaign_id bigint, reference text,
+										at timestamptz DEFAULT pg_catalog.now(),
+										OUT code text, OUT points bigint, OUT available bigint)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	p_customer text := customer_id;
+	p_campaign bigint := campaign_id;
+	p_reference text := reference;
+	reward record;
+	camp record;
+	ex record;
+	spent record;
+	issued record;
+	before bigint[];
+	in_use bigint;
+	reversal bigint;
+BEGIN
+	IF p_customer IS NULL OR p_campaign IS NULL OR p_reference IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, campaign_id, reference and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, p_customer);
+	PERFORM loyalty._points_check_key('reference'::text, p_reference);
+
+	-- a repeat returns the first exchange
+	SELECT * INTO ex FROM loyalty.points_exchange e WHERE e.reference = p_reference;
+	IF FOUND THEN
+		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
+			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
+				USING ERRCODE = 'LP002',
+					  DETAIL = format('reference: %s; conflict: %s; entry_id: %s.', to_jsonb(p_reference)::text,
+									  CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
+									  ex.entry_id);
+		END IF;
+		-- a reversed exchange is not replayed: its code is void and its
+		-- receipt's balance stale (LP005, as spend_points)
+		SELECT v.entry_id INTO reversal FROM loyalty.points_ledger v
+		WHERE v.reference = 'exchange:' || p_reference AND v.kind = 'reverse';
+		IF FOUND THEN
+			RAISE EXCEPTION 'reference "exchange:%" was reversed', p_reference
+				USING ERRCODE = 'LP005',
+					  DETAIL = format('reference: %s; reversal_entry_id: %s.',
+									  to_jsonb('exchange:' || p_reference)::text, reversal),
+					  HINT = 'The exchange was reversed and its coupon voided; use a new reference.';
+		END IF;
+		code := ex.code; points := ex.points; available := ex.available_after;
+		RETURN;
+	END IF;
+
+	SELECT * INTO reward FROM loyalty.points_reward r WHERE r.campaign_id = p_campaign AND r.active;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'campaign % is not offered for points', p_campaign
+			USING ERRCODE = 'LP007',
+				  DETAIL = format('campaign_id: %s.', p_campaign),
+				  HINT = 'Offer it with a row in loyalty.points_reward.';
+	END IF;
+	SELECT c.paused, c.starts_at, c.ends_at, c.total_cap, c.per_customer_cap INTO camp
+	FROM loyalty.campaign c WHERE c.campaign_id = p_campaign;
+	IF NOT FOUND OR camp.paused OR camp.ends_at <= at THEN
+		RAISE EXCEPTION 'campaign % cannot be exchanged for points now', p_campaign
+			USING ERRCODE = 'LP008',
+				  DETAIL = format('campaign_id: %s; state: %s.', p_campaign,
+								  CASE WHEN NOT FOUND THEN 'missing' WHEN camp.paused THEN 'paused' ELSE 'ended' END);
+	END IF;
+
+	IF camp.total_cap IS NOT NULL OR camp.per_customer_cap IS NOT NULL THEN
+		UPDATE loyalty.points_reward r SET points = r.points WHERE r.campaign_id = p_campaign;
+		IF camp.total_cap IS NOT NULL THEN
+			SELECT c.total_cap INTO camp.total_cap
+			FROM loyalty.campaign c WHERE c.campaign_id = p_campaign FOR NO KEY UPDATE;
+			in_use := loyalty._coupon_cap_units(p_campaign, NULL, at);
+			IF in_use >= camp.total_cap THEN
+				RAISE EXCEPTION 'campaign % has no coupon left to exchange', p_campaign
+					USING ERRCODE = 'LP009',
+						  DETAIL = format('campaign_id: %s; cap: total; limit: %s; in_use: %s.',
+										  p_campaign, camp.total_cap, in_use),
+						  HINT = 'Units in use are redeemed, reserved or sold for points. No points were spent.';
+			END IF;
+		END IF;
+		IF camp.per_customer_cap IS NOT NULL THEN
+			in_use := loyalty._coupon_cap_units(p_campaign, p_customer, at);
+			IF in_use >= camp.per_customer_cap THEN
+				RAISE EXCEPTION 'customer "%" cannot get another coupon of campaign %', p_customer, p_campaign
+					USING ERRCODE = 'LP009',
+						  DETAIL = format('campaign_id: %s; cap: per_customer; limit: %s; in_use: %s.',
+										  p_campaign, camp.per_customer_cap, in_use),
+						  HINT = 'Units in use are redeemed, reserved or sold for points. No points were spent.';
+			END IF;
+		END IF;
+	END IF;
+
+	SELECT s.* INTO spent FROM loyalty.spend_points(p_customer, reward.points, 'exchange:' || p_reference, at) s;
+	-- a concurrent first call with this reference committed while the spend waited
+	SELECT * INTO ex FROM loyalty.points_exchange e WHERE e.reference = p_reference;
+	IF FOUND THEN
+		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
+			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
+				USING ERRCODE = 'LP002',
+					  DETAIL = format('reference: %s; conflict: %s; entry_id: %s.', to_jsonb(p_reference)::text,
+									  CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
+									  ex.entry_id);
+		END IF;
+		code := ex.code; points := ex.points; available := ex.available_after;
+		RETURN;
+	END IF;
+	IF (SELECT e.created_at FROM loyalty.points_ledger e WHERE e.entry_id = spent.entry_id) <> now() THEN
+		RAISE EXCEPTION 'reference "exchange:%" was already used by a spend that is not an exchange', p_reference
+			USING ERRCODE = 'LP002',
+				  DETAIL = format('reference: %s; conflict: different_request; entry_id: %s.',
+								  to_jsonb('exchange:' || p_reference)::text, spent.entry_id);
+	END IF;
+
+	before := ARRAY(SELECT c.coupon_id FROM loyalty.coupon c
+					WHERE c.campaign_id = p_campaign AND c.customer_id = p_customer);
+	PERFORM loyalty.generate_codes(p_campaign, 1, reward.code_pattern, ARRAY[p_customer]);
+	SELECT c.coupon_id, c.code::text AS code INTO STRICT issued
+	FROM loyalty.coupon c
+	WHERE c.campaign_id = p_campaign AND c.customer_id = p_customer
+	  AND c.coupon_id <> ALL (before) AND loyalty._points_inserted_here(c.xmin);
+	-- the code holds the cap unit it was sold for until used or voided
+	UPDATE loyalty.coupon c SET holds_cap_unit = true WHERE c.coupon_id = issued.coupon_id;
+
+	INSERT INTO loyalty.points_exchange (reference, customer_id, campaign_id, points, coupon_id, code,
+										 entry_id, available_after, effective_at)
+	VALUES (p_reference, p_customer, p_campaign, reward.points, issued.coupon_id, issued.code,
+			spent.entry_id, spent.available, at);
+	code := issued.code; points := reward.points; available := spent.available;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.exchange_points(text, bigint, text, timestamptz) IS
+	'Spend the points a campaign''s coupon costs (loyalty.points_reward) and issue a single-use code bound to the customer; idempotent on reference; LP001 short, LP007 not offered, LP008 campaign paused or ended, LP009 cap reached (nothing spent)';
+
+/* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
  * every object (grants.sql of the install script, then reapply_grants).
  * ------------------------------------------------------------------------ */

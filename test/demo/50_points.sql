@@ -14,8 +14,10 @@ SET search_path = loyalty, public;
 \echo '=== points and tiers ==='
 \echo
 \echo '--- the program: Paris time; points expire at the end of the month, 12 months after earning ---'
-INSERT INTO points_program (timezone, tier_basis, tier_window_months, tier_grace_days, expiry_months, expiry_rounding)
-VALUES ('Europe/Paris', 'points', 12, 60, 12, 'month');
+INSERT INTO settings (timezone) VALUES ('Europe/Paris')
+ON CONFLICT (singleton) DO UPDATE SET timezone = EXCLUDED.timezone;
+INSERT INTO points_program (tier_basis, tier_window_months, tier_grace_days, expiry_months, expiry_rounding)
+VALUES ('points', 12, 60, 12, 'month');
 INSERT INTO tier (name, rank, threshold, multiplier, discount, perks) VALUES
 	('Bronze', 0, 0, 1, 0, '{}'),
 	('Silver', 1, 500, 1.25, 5, '{"free_shipping": true}'),

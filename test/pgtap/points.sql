@@ -3,8 +3,9 @@
 BEGIN;
 SELECT plan(55);
 
-INSERT INTO loyalty.points_program (timezone, expiry_months, expiry_rounding)
-VALUES ('Europe/Paris', 12, 'month');
+INSERT INTO loyalty.settings (timezone) VALUES ('Europe/Paris');
+INSERT INTO loyalty.points_program (expiry_months, expiry_rounding)
+VALUES (12, 'month');
 INSERT INTO loyalty.tier (name, rank, threshold, multiplier) VALUES
 	('Member', 0, 0, 1), ('Silver', 1, 300, 1.5), ('Gold', 2, 600, 2);
 INSERT INTO loyalty.earning_rule (name, event, points_per_unit) VALUES ('base', 'purchase', 1);

@@ -3,7 +3,9 @@
 -- with debt, adjustment, expiry), tier history; the restore must bring back
 -- every row, the sequences (new entries continue after the restored ones)
 -- and a clean integrity check.
-INSERT INTO loyalty.points_program (timezone, expiry_months, expiry_rounding) VALUES ('Europe/Paris', 12, 'month');
+INSERT INTO loyalty.settings (timezone) VALUES ('Europe/Paris')
+ON CONFLICT (singleton) DO UPDATE SET timezone = EXCLUDED.timezone;
+INSERT INTO loyalty.points_program (expiry_months, expiry_rounding) VALUES (12, 'month');
 INSERT INTO loyalty.tier (name, rank, threshold, multiplier) VALUES ('Bronze', 0, 0, 1), ('Silver', 1, 100, 1.5);
 INSERT INTO loyalty.earning_rule (name, event, points_per_unit, pending_days) VALUES ('base', 'purchase', 1, 30);
 INSERT INTO loyalty.earning_rule (name, event, fixed_points, cap_points, cap_period) VALUES ('review', 'review', 10, 10, 'month');
