@@ -40,7 +40,7 @@ WITH last AS (
 	SELECT p.as_of, p.scoring_window, p.monetary
 	FROM loyalty.segment_snapshot p
 	ORDER BY p.snapshot_id DESC LIMIT 1
-), cfg AS (
+), cfg AS MATERIALIZED (
 	SELECT l.as_of, l.monetary, z.tz,
 		   ((l.as_of - l.scoring_window) AT TIME ZONE z.tz)::date AS start_day,
 		   (l.as_of AT TIME ZONE z.tz)::date AS end_day,
