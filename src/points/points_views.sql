@@ -17,9 +17,10 @@
  * computed from, as of that refresh's as_of, read from the folded
  * statistics (pending tracked changes are folded by the next refresh or
  * fold_tracking): recency from the last order up to as_of, frequency and
- * monetary from the day buckets of the scoring window, in the program's
- * time zone, as customer_rfm(customer_id, as_of) computes them (the
- * regression test bi_views compares the two for every customer).
+ * monetary from the day buckets of the scoring window (its first day:
+ * as_of's local time in the program's zone minus scoring_window), as
+ * customer_rfm(customer_id, as_of) computes them (the regression test
+ * bi_views compares the two for every customer).
  *
  * Points: without running points code.  points_account.available and
  * pending are as last settled (expire_points); the balance now is the sum
@@ -42,7 +43,7 @@ WITH last AS (
 	ORDER BY p.snapshot_id DESC LIMIT 1
 ), cfg AS MATERIALIZED (
 	SELECT l.as_of, l.monetary, z.tz,
-		   ((l.as_of - l.scoring_window) AT TIME ZONE z.tz)::date AS start_day,
+		   ((l.as_of AT TIME ZONE z.tz) - l.scoring_window)::date AS start_day,
 		   (l.as_of AT TIME ZONE z.tz)::date AS end_day,
 		   (SELECT max(p.retained_from) FROM loyalty.segment_snapshot p) AS floor_day
 	FROM last l

@@ -1646,7 +1646,7 @@ WITH last AS (
 	ORDER BY p.snapshot_id DESC LIMIT 1
 ), cfg AS MATERIALIZED (
 	SELECT l.as_of, l.monetary, z.tz,
-		   ((l.as_of - l.scoring_window) AT TIME ZONE z.tz)::date AS start_day,
+		   ((l.as_of AT TIME ZONE z.tz) - l.scoring_window)::date AS start_day,
 		   (l.as_of AT TIME ZONE z.tz)::date AS end_day,
 		   (SELECT max(p.retained_from) FROM loyalty.segment_snapshot p) AS floor_day
 	FROM last l
