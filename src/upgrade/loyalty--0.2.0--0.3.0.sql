@@ -1679,10 +1679,8 @@ WITH last AS (
 	) b ON true
 ), keys AS (
 	SELECT r.customer_id, r.first_order, r.last_order, r.order_count, r.spend_total,
-		   CASE WHEN r.last_up_to IS NOT NULL
-				THEN floor((extract(epoch FROM r.scored_as_of)
-							- extract(epoch FROM r.last_up_to)) / 86400)::integer
-		   END AS recency_days,
+		   /* whole days: the day field of the (hour-justified) difference */
+		   extract(day FROM r.scored_as_of - r.last_up_to)::integer AS recency_days,
 		   r.frequency, r.monetary, r.score, r.segment, r.since,
 		   CASE WHEN r.score IS NOT NULL THEN r.scored_as_of END AS scored_as_of
 	FROM rfm r
