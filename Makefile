@@ -34,6 +34,7 @@ SQL_PARTS = \
 	src/points/points.sql \
 	src/points/points_tier.sql \
 	src/points/points_coupon.sql \
+	src/points/points_views.sql \
 	src/common/grants.sql
 
 # Upgrade scripts: one frozen, hand-written src/upgrade/loyalty--A--B.sql per

@@ -11,7 +11,7 @@ psql -X -q -v ON_ERROR_STOP=1 \
 	-c "ANALYZE bench.segment_scores"
 mine=$(bench_time_sql "SELECT count(loyalty.segment_of(score)) FROM bench.segment_scores")
 base=$(bench_time_sql "SELECT count(m.segment) FROM bench.segment_scores s
-	JOIN loyalty.segment_map m ON m.score OPERATOR(loyalty.=) s.score")
+	JOIN loyalty.segment_map m ON m.rfm_score OPERATOR(loyalty.=) s.score")
 bench_report "segment_of() vs hash join with segment_map" "$mine" "$base" ms
 mine=$(bench_time_sql "SELECT count(loyalty.segment_of(score, 9)) FROM bench.segment_scores")
 base=$(bench_time_sql "SELECT count(loyalty.recency(score) + loyalty.frequency(score) + loyalty.monetary(score)) FROM bench.segment_scores")

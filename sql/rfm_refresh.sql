@@ -143,7 +143,7 @@ SELECT * FROM loyalty.segment_migration('2026-11-03', '2026-11-30')
 ORDER BY from_segment NULLS FIRST, to_segment NULLS FIRST;
 SELECT * FROM loyalty.segment_migration('2026-10-01', '2026-11-08');
 SELECT * FROM loyalty.segment_migration('2026-11-08', '2026-11-01');
-SELECT * FROM loyalty.segment_trend WHERE segment = 'Champions' ORDER BY as_of;
+SELECT * FROM loyalty.segment_trend WHERE segment = 'Champions' ORDER BY as_of, snapshot_id;
 
 -- the average basket and threshold scoring, compared with batch
 UPDATE loyalty.rfm_config SET monetary = 'average';

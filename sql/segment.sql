@@ -28,7 +28,7 @@ FROM segment_map a JOIN segment_map b
   ON a.recency = b.recency AND a.frequency = b.frequency AND a.segment = b.segment;
 
 -- segment_of agrees with the view for all 125 scores
-SELECT count(*) AS disagreements FROM segment_map WHERE segment_of(score) IS DISTINCT FROM segment;
+SELECT count(*) AS disagreements FROM segment_map WHERE segment_of(rfm_score) IS DISTINCT FROM segment;
 
 -- known cells
 SELECT s AS score, segment_of(s::rfm_score)
@@ -217,4 +217,4 @@ DROP ROLE seg_analyst;
 SELECT count(*) FILTER (WHERE builtin) AS builtin_rows, count(*) AS rows FROM segment_rule;
 SELECT count(*) FILTER (WHERE builtin) AS builtin_segments, count(*) AS segments FROM segment;
 SELECT segment_of('555') AS "555", segment_of('411') AS "411", segment_of('333') AS "333";
-SELECT count(*) AS disagreements FROM segment_map WHERE segment_of(score) IS DISTINCT FROM segment;
+SELECT count(*) AS disagreements FROM segment_map WHERE segment_of(rfm_score) IS DISTINCT FROM segment;

@@ -253,6 +253,11 @@ LEFT JOIN pg_catalog.pg_roles r ON r.rolname = g.role_name;
 
 COMMENT ON VIEW loyalty.access_overview IS
 	'Roles holding a loyalty access level';
+COMMENT ON COLUMN loyalty.access_overview.role_name IS 'Role given the level';
+COMMENT ON COLUMN loyalty.access_overview.level IS 'app, analyst or admin';
+COMMENT ON COLUMN loyalty.access_overview.granted_at IS 'When grant_access() last gave it';
+COMMENT ON COLUMN loyalty.access_overview.granted_by IS 'Role that called grant_access()';
+COMMENT ON COLUMN loyalty.access_overview.role_exists IS 'False when the role was dropped since (reapply_grants() skips it)';
 
 /* registrations */
 

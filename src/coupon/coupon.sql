@@ -1133,4 +1133,19 @@ LEFT JOIN (SELECT campaign_id, count(*) AS active_reservations
 COMMENT ON VIEW loyalty.campaign_stats IS
 	'Per campaign: codes, redemptions, rollbacks, active redemptions, customers, net discount total, active reservations, remaining cap';
 
+COMMENT ON COLUMN loyalty.campaign_stats.campaign_id IS 'Campaign';
+COMMENT ON COLUMN loyalty.campaign_stats.name IS 'Campaign name';
+COMMENT ON COLUMN loyalty.campaign_stats.kind IS 'percent, fixed, free_shipping, buy_x_get_y or free_item';
+COMMENT ON COLUMN loyalty.campaign_stats.currency IS 'Currency of the campaign''s amounts (ISO 4217)';
+COMMENT ON COLUMN loyalty.campaign_stats.status IS 'paused, ended, scheduled or active, now';
+COMMENT ON COLUMN loyalty.campaign_stats.codes IS 'Codes of the campaign (generated, public and bound)';
+COMMENT ON COLUMN loyalty.campaign_stats.redemptions IS 'Redemptions, rolled back ones included';
+COMMENT ON COLUMN loyalty.campaign_stats.rollbacks IS 'Redemptions rolled back (cancel, refund)';
+COMMENT ON COLUMN loyalty.campaign_stats.active_redemptions IS 'redemptions - rollbacks';
+COMMENT ON COLUMN loyalty.campaign_stats.customers IS 'Distinct customers who redeemed';
+COMMENT ON COLUMN loyalty.campaign_stats.discount_total IS 'Discount granted, net of rollbacks, in the campaign currency';
+COMMENT ON COLUMN loyalty.campaign_stats.active_reservations IS 'Reservations held and not expired, now';
+COMMENT ON COLUMN loyalty.campaign_stats.total_cap IS 'Total redemption cap (NULL: none)';
+COMMENT ON COLUMN loyalty.campaign_stats.remaining_cap IS 'Units of the cap still free: total_cap - active redemptions - active reservations (NULL: no cap)';
+
 SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.campaign_stats'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);

@@ -510,6 +510,10 @@ HAVING count(*) > 0;
 
 COMMENT ON VIEW loyalty.tier_distribution IS
 	'Customers per tier (share of customers with a tier), and those without a tier (tier NULL)';
+COMMENT ON COLUMN loyalty.tier_distribution.rank IS 'Rank of the tier, 0 = lowest (NULL: the row of customers without a tier)';
+COMMENT ON COLUMN loyalty.tier_distribution.tier IS 'Tier name (NULL: customers without a tier)';
+COMMENT ON COLUMN loyalty.tier_distribution.customers IS 'Points accounts in the tier (0 included)';
+COMMENT ON COLUMN loyalty.tier_distribution.share_pct IS 'Share of the accounts with a tier, in percent, 1 decimal (NULL on the row without a tier)';
 SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.tier_distribution'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.points_liability AS
@@ -524,6 +528,10 @@ GROUP BY 1;
 
 COMMENT ON VIEW loyalty.points_liability IS
 	'Outstanding points by the month of their last usable day (program time zone; NULL: never expire), as last settled: what the program owes and when it lapses';
+COMMENT ON COLUMN loyalty.points_liability.expiry_month IS 'First day of the month of the points'' last usable day, program time zone (NULL: never expire)';
+COMMENT ON COLUMN loyalty.points_liability.customers IS 'Customers holding such points';
+COMMENT ON COLUMN loyalty.points_liability.available IS 'Spendable points, as last settled';
+COMMENT ON COLUMN loyalty.points_liability.pending IS 'Points not yet available (return window), as last settled';
 SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.points_liability'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 /* campaign rules naming tiers follow renames; deletes are refused (coupon.sql) */

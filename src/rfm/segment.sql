@@ -429,10 +429,20 @@ SELECT loyalty.reset_segment_map();
 
 /* views */
 
+/*
+ * BI views use only types of pg_catalog in the columns analysts join and
+ * filter on: score is text ('543') and r, f, m integers, so that
+ * "JOIN ... USING (score)", "WHERE score = '555'" and "IN (...)" resolve
+ * pg_catalog's operators under any search_path (the operators of
+ * loyalty.rfm_score live in schema loyalty).  The typed score stays
+ * available as rfm_score.
+ */
 CREATE VIEW loyalty.segment_map AS
-SELECT loyalty.rfm_score(r.r, f.f, m.m) AS score,
+SELECT (r.r * 100 + f.f * 10 + m.m)::text AS score,
 	   r.r AS recency, f.f AS frequency, m.m AS monetary,
-	   sr.segment, s.display_order
+	   sr.segment, s.display_order,
+	   r.r, f.f, m.m,
+	   loyalty.rfm_score(r.r, f.f, m.m) AS rfm_score
 FROM pg_catalog.generate_series(1, 5) AS r(r)
 CROSS JOIN pg_catalog.generate_series(1, 5) AS f(f)
 CROSS JOIN pg_catalog.generate_series(1, 5) AS m(m)
@@ -444,6 +454,23 @@ LEFT JOIN loyalty.segment s ON s.name = sr.segment;
 
 COMMENT ON VIEW loyalty.segment_map IS
 	'The segment of each of the 125 scores 111..555 (for BI tools and documentation)';
+COMMENT ON COLUMN loyalty.segment_map.score IS
+	'The score as text, three digits (''543''): join and filter on it with any search_path';
+COMMENT ON COLUMN loyalty.segment_map.recency IS
+	'Recency score 1..5 (same as r; the 0.2.0 name)';
+COMMENT ON COLUMN loyalty.segment_map.frequency IS
+	'Frequency score 1..5 (same as f; the 0.2.0 name)';
+COMMENT ON COLUMN loyalty.segment_map.monetary IS
+	'Monetary score 1..5 (same as m; the 0.2.0 name)';
+COMMENT ON COLUMN loyalty.segment_map.segment IS
+	'Segment of the score in the current map (NULL only while the map is being edited)';
+COMMENT ON COLUMN loyalty.segment_map.display_order IS
+	'Display order of the segment in reports (1 first)';
+COMMENT ON COLUMN loyalty.segment_map.r IS 'Recency score 1..5 (5 = most recent)';
+COMMENT ON COLUMN loyalty.segment_map.f IS 'Frequency score 1..5 (5 = most orders)';
+COMMENT ON COLUMN loyalty.segment_map.m IS 'Monetary score 1..5 (5 = highest spend)';
+COMMENT ON COLUMN loyalty.segment_map.rfm_score IS
+	'The score as loyalty.rfm_score (its operators need schema loyalty on the search_path, or OPERATOR(loyalty.=))';
 
 /* registrations */
 

@@ -710,15 +710,42 @@ SELECT loyalty._register_function('analyst'::pg_catalog.text, 'loyalty.segment_m
 
 /* views */
 
+/*
+ * The BI views (doc/bi.md): every column an analyst joins or filters on is
+ * of a pg_catalog type, so that "JOIN loyalty.segment_map USING (score)",
+ * "WHERE score = '555'" or "IN ('555', '554')" resolve pg_catalog's
+ * operators under any search_path.  Scores are text ('543') with their
+ * integer parts r, f, m beside them; the typed loyalty.rfm_score is kept
+ * as the column rfm_score (its operators live in schema loyalty).  Every
+ * column has a comment (sql/bi_views.sql checks it).
+ */
 CREATE VIEW loyalty.customer_segment AS
-SELECT s.customer_id, s.score, s.segment, s.since,
+SELECT s.customer_id, s.score::text AS score, s.segment, s.since,
 	   (SELECT p.taken_at FROM loyalty.segment_snapshot p
-		ORDER BY p.snapshot_id DESC LIMIT 1) AS refreshed_at
+		ORDER BY p.snapshot_id DESC LIMIT 1) AS refreshed_at,
+	   loyalty.recency(s.score) AS r,
+	   loyalty.frequency(s.score) AS f,
+	   loyalty.monetary(s.score) AS m,
+	   s.score AS rfm_score
 FROM loyalty.customer_stats s
 WHERE s.score IS NOT NULL;
 
 COMMENT ON VIEW loyalty.customer_segment IS
 	'Every scored customer''s score and segment at the last refresh, and since when they are in it';
+COMMENT ON COLUMN loyalty.customer_segment.customer_id IS
+	'Customer key as tracked (text, collation "C"); a bigint shop key joins as o.customer_id::text = customer_id';
+COMMENT ON COLUMN loyalty.customer_segment.score IS
+	'RFM score at the last refresh as text, three digits (''543''): join and filter on it with any search_path';
+COMMENT ON COLUMN loyalty.customer_segment.segment IS 'Segment at the last refresh';
+COMMENT ON COLUMN loyalty.customer_segment.since IS
+	'as_of of the refresh that put the customer into this segment';
+COMMENT ON COLUMN loyalty.customer_segment.refreshed_at IS
+	'When the last refresh_segments ran (taken_at of the last snapshot)';
+COMMENT ON COLUMN loyalty.customer_segment.r IS 'Recency score (first digit of score; 5 = most recent on the default scale)';
+COMMENT ON COLUMN loyalty.customer_segment.f IS 'Frequency score (second digit of score)';
+COMMENT ON COLUMN loyalty.customer_segment.m IS 'Monetary score (third digit of score)';
+COMMENT ON COLUMN loyalty.customer_segment.rfm_score IS
+	'The score as loyalty.rfm_score (its operators need schema loyalty on the search_path, or OPERATOR(loyalty.=))';
 SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.customer_segment'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.segment_snapshots AS
@@ -728,17 +755,110 @@ FROM loyalty.segment_snapshot;
 
 COMMENT ON VIEW loyalty.segment_snapshots IS
 	'Snapshots taken by refresh_segments: as_of, size and changes';
+COMMENT ON COLUMN loyalty.segment_snapshots.snapshot_id IS 'Snapshot number, in the order the refreshes ran';
+COMMENT ON COLUMN loyalty.segment_snapshots.as_of IS 'The time the customers were scored as of';
+COMMENT ON COLUMN loyalty.segment_snapshots.taken_at IS 'When the refresh ran';
+COMMENT ON COLUMN loyalty.segment_snapshots.customers IS 'Customers scored';
+COMMENT ON COLUMN loyalty.segment_snapshots.segment_changes IS 'Customers whose segment changed (new customers included)';
+COMMENT ON COLUMN loyalty.segment_snapshots.score_changes IS 'Customers whose score changed';
+COMMENT ON COLUMN loyalty.segment_snapshots.left_customers IS 'Customers who left (no tracked row any more)';
+COMMENT ON COLUMN loyalty.segment_snapshots.bins IS 'Scores per dimension used (rfm_config.bins)';
+COMMENT ON COLUMN loyalty.segment_snapshots.scoring_window IS 'Window of frequency and monetary used (rfm_config.scoring_window)';
+COMMENT ON COLUMN loyalty.segment_snapshots.monetary IS 'Monetary measure used: total or average (rfm_config.monetary)';
+COMMENT ON COLUMN loyalty.segment_snapshots.method IS 'Scoring method used: quantile or thresholds (rfm_config.method)';
+COMMENT ON COLUMN loyalty.segment_snapshots.took_ms IS 'Duration of the refresh in milliseconds';
 SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_snapshots'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
+/*
+ * One row per snapshot and segment, empty segments included (0 customers),
+ * so that a chart neither gaps nor joins rows itself; last_of_day and
+ * last_of_month mark the latest snapshot (by as_of) of each day and month
+ * in the program's time zone (loyalty.settings), so that several refreshes
+ * on one day are not counted twice.  The segments are those of the current
+ * map and any that a snapshot recorded (renamed or deleted since).
+ */
 CREATE VIEW loyalty.segment_trend AS
-SELECT p.snapshot_id, p.as_of, ss.segment, g.display_order, ss.customers, ss.revenue
-FROM loyalty.segment_snapshot p
-JOIN loyalty.segment_summary ss ON ss.snapshot_id = p.snapshot_id
-LEFT JOIN loyalty.segment g ON g.name = ss.segment;
+WITH snap AS (
+	SELECT p.snapshot_id, p.as_of, p.customers,
+		   (p.as_of AT TIME ZONE z.tz)::date AS day
+	FROM loyalty.segment_snapshot p
+	CROSS JOIN (SELECT coalesce((SELECT st.timezone FROM loyalty.settings st), 'UTC') AS tz) z
+), ranked AS (
+	SELECT snap.snapshot_id, snap.as_of, snap.customers, snap.day,
+		   date_trunc('month', snap.day::timestamp)::date AS month,
+		   row_number() OVER (PARTITION BY snap.day
+							  ORDER BY snap.as_of DESC, snap.snapshot_id DESC) = 1 AS last_of_day,
+		   row_number() OVER (PARTITION BY date_trunc('month', snap.day::timestamp)
+							  ORDER BY snap.as_of DESC, snap.snapshot_id DESC) = 1 AS last_of_month
+	FROM snap
+), names AS (
+	SELECT g.name AS segment FROM loyalty.segment g
+	UNION
+	SELECT ss.segment FROM loyalty.segment_summary ss
+)
+SELECT k.snapshot_id, k.as_of, n.segment, g.display_order,
+	   coalesce(ss.customers, 0) AS customers,
+	   coalesce(ss.revenue, 0) AS revenue,
+	   round(coalesce(ss.customers, 0)::numeric / NULLIF(k.customers, 0), 4) AS customer_share,
+	   k.day, k.month, k.last_of_day, k.last_of_month
+FROM ranked k
+CROSS JOIN names n
+LEFT JOIN loyalty.segment_summary ss ON ss.snapshot_id = k.snapshot_id AND ss.segment = n.segment
+LEFT JOIN loyalty.segment g ON g.name = n.segment;
 
 COMMENT ON VIEW loyalty.segment_trend IS
-	'Customers and revenue of every segment at every snapshot';
+	'Customers and revenue of every segment at every snapshot, 0 for empty segments; last_of_day / last_of_month pick one snapshot per day / month';
+COMMENT ON COLUMN loyalty.segment_trend.snapshot_id IS 'Snapshot (segment_snapshots.snapshot_id)';
+COMMENT ON COLUMN loyalty.segment_trend.as_of IS 'The time the snapshot scored the customers as of';
+COMMENT ON COLUMN loyalty.segment_trend.segment IS 'Segment (every segment of the map, and any a snapshot recorded)';
+COMMENT ON COLUMN loyalty.segment_trend.display_order IS 'Display order of the segment (NULL: no longer in the map)';
+COMMENT ON COLUMN loyalty.segment_trend.customers IS 'Customers in the segment at the snapshot (0: none)';
+COMMENT ON COLUMN loyalty.segment_trend.revenue IS 'Their spend in the scoring window (0: none)';
+COMMENT ON COLUMN loyalty.segment_trend.customer_share IS 'Share of the snapshot''s customers (0..1, 4 decimals)';
+COMMENT ON COLUMN loyalty.segment_trend.day IS 'Day of as_of in the program''s time zone (loyalty.settings)';
+COMMENT ON COLUMN loyalty.segment_trend.month IS 'First day of the month of day';
+COMMENT ON COLUMN loyalty.segment_trend.last_of_day IS
+	'True for the latest snapshot (by as_of) of its day: filter on it for a daily chart';
+COMMENT ON COLUMN loyalty.segment_trend.last_of_month IS
+	'True for the latest snapshot (by as_of) of its month: filter on it for a monthly chart';
 SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_trend'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+/*
+ * A customer's segments over time, from the change log: one row per
+ * change, with the segment before it and until when it held.
+ */
+CREATE VIEW loyalty.segment_history AS
+SELECT c.customer_id, c.snapshot_id, p.as_of, c.segment,
+	   lag(c.segment) OVER w AS previous_segment,
+	   c.score::text AS score,
+	   loyalty.recency(c.score) AS r,
+	   loyalty.frequency(c.score) AS f,
+	   loyalty.monetary(c.score) AS m,
+	   lead(c.snapshot_id) OVER w AS until_snapshot_id,
+	   lead(p.as_of) OVER w AS until,
+	   lead(c.snapshot_id) OVER w IS NULL AS is_current,
+	   c.score AS rfm_score
+FROM loyalty.segment_change c
+LEFT JOIN loyalty.segment_snapshot p ON p.snapshot_id = c.snapshot_id
+WINDOW w AS (PARTITION BY c.customer_id ORDER BY c.snapshot_id);
+
+COMMENT ON VIEW loyalty.segment_history IS
+	'Segment history per customer: one row per change of segment recorded by refresh_segments';
+COMMENT ON COLUMN loyalty.segment_history.customer_id IS 'Customer key as tracked (text, collation "C")';
+COMMENT ON COLUMN loyalty.segment_history.snapshot_id IS 'Snapshot that recorded the change';
+COMMENT ON COLUMN loyalty.segment_history.as_of IS 'as_of of that snapshot: the customer is in segment from then on';
+COMMENT ON COLUMN loyalty.segment_history.segment IS 'Segment entered (NULL: no longer a customer, e.g. every order deleted)';
+COMMENT ON COLUMN loyalty.segment_history.previous_segment IS 'Segment before the change (NULL: first scoring, or back after leaving)';
+COMMENT ON COLUMN loyalty.segment_history.score IS 'RFM score as text when the segment was entered (NULL when segment is NULL)';
+COMMENT ON COLUMN loyalty.segment_history.r IS 'Recency score of score';
+COMMENT ON COLUMN loyalty.segment_history.f IS 'Frequency score of score';
+COMMENT ON COLUMN loyalty.segment_history.m IS 'Monetary score of score';
+COMMENT ON COLUMN loyalty.segment_history.until_snapshot_id IS 'Snapshot of the next change (NULL: still current)';
+COMMENT ON COLUMN loyalty.segment_history.until IS 'as_of of the next change (NULL: still current)';
+COMMENT ON COLUMN loyalty.segment_history.is_current IS 'True for the customer''s latest change: the segment they are in now';
+COMMENT ON COLUMN loyalty.segment_history.rfm_score IS
+	'The score as loyalty.rfm_score (its operators need schema loyalty on the search_path, or OPERATOR(loyalty.=))';
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_history'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.segment_overview AS
 WITH last AS (
@@ -762,6 +882,15 @@ LEFT JOIN loyalty.segment g ON g.name = ss.segment;
 
 COMMENT ON VIEW loyalty.segment_overview IS
 	'Segments at the last refresh: customers, share of customers, revenue (spend in the scoring window), share of revenue';
+COMMENT ON COLUMN loyalty.segment_overview.snapshot_id IS 'The last snapshot';
+COMMENT ON COLUMN loyalty.segment_overview.as_of IS 'The time it scored the customers as of';
+COMMENT ON COLUMN loyalty.segment_overview.segment IS 'Segment';
+COMMENT ON COLUMN loyalty.segment_overview.display_order IS 'Display order of the segment (NULL: no longer in the map)';
+COMMENT ON COLUMN loyalty.segment_overview.customers IS 'Customers in the segment';
+COMMENT ON COLUMN loyalty.segment_overview.customer_share IS 'Share of all scored customers (0..1, 4 decimals)';
+COMMENT ON COLUMN loyalty.segment_overview.revenue IS 'Spend of its customers in the scoring window';
+COMMENT ON COLUMN loyalty.segment_overview.revenue_share IS 'Share of the revenue of all segments (0..1, 4 decimals)';
+COMMENT ON COLUMN loyalty.segment_overview.revenue_per_customer IS 'revenue / customers, 2 decimals';
 SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_overview'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.segment_recency AS
@@ -779,6 +908,14 @@ CROSS JOIN LATERAL (VALUES
 
 COMMENT ON VIEW loyalty.segment_recency IS
 	'Customers of each segment at the last refresh by time since their last order: < 3 months, 3-6 months, > 6 months, no order';
+COMMENT ON COLUMN loyalty.segment_recency.snapshot_id IS 'The last snapshot';
+COMMENT ON COLUMN loyalty.segment_recency.as_of IS 'The time it scored the customers as of';
+COMMENT ON COLUMN loyalty.segment_recency.segment IS 'Segment';
+COMMENT ON COLUMN loyalty.segment_recency.display_order IS 'Display order of the segment (NULL: no longer in the map)';
+COMMENT ON COLUMN loyalty.segment_recency.recency_bucket IS 'Time from the last order to as_of: < 3 months, 3-6 months, > 6 months, no order';
+COMMENT ON COLUMN loyalty.segment_recency.bucket_order IS 'Order of the bucket, 1 (< 3 months) to 4 (no order)';
+COMMENT ON COLUMN loyalty.segment_recency.customers IS 'Customers of the segment in the bucket (0 included)';
+COMMENT ON COLUMN loyalty.segment_recency.segment_share IS 'Share of the segment''s customers (0..1, 4 decimals)';
 SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_recency'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.segment_inactivity AS
@@ -791,6 +928,13 @@ LEFT JOIN loyalty.segment g ON g.name = ss.segment;
 
 COMMENT ON VIEW loyalty.segment_inactivity IS
 	'Share of inactive customers (no order for rfm_config.inactive_after) of each segment at the last refresh';
+COMMENT ON COLUMN loyalty.segment_inactivity.snapshot_id IS 'The last snapshot';
+COMMENT ON COLUMN loyalty.segment_inactivity.as_of IS 'The time it scored the customers as of';
+COMMENT ON COLUMN loyalty.segment_inactivity.segment IS 'Segment';
+COMMENT ON COLUMN loyalty.segment_inactivity.display_order IS 'Display order of the segment (NULL: no longer in the map)';
+COMMENT ON COLUMN loyalty.segment_inactivity.customers IS 'Customers in the segment';
+COMMENT ON COLUMN loyalty.segment_inactivity.inactive_customers IS 'Of them, without an order for rfm_config.inactive_after before as_of';
+COMMENT ON COLUMN loyalty.segment_inactivity.inactive_share IS 'inactive_customers / customers (0..1, 4 decimals)';
 SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_inactivity'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE VIEW loyalty.segment_migration_latest AS
@@ -807,4 +951,9 @@ WHERE ids.from_id IS NOT NULL;
 
 COMMENT ON VIEW loyalty.segment_migration_latest IS
 	'Segment migration matrix between the last two snapshots';
+COMMENT ON COLUMN loyalty.segment_migration_latest.from_snapshot_id IS 'The snapshot before the last one';
+COMMENT ON COLUMN loyalty.segment_migration_latest.to_snapshot_id IS 'The last snapshot';
+COMMENT ON COLUMN loyalty.segment_migration_latest.from_segment IS 'Segment at from_snapshot_id (NULL: not a customer then)';
+COMMENT ON COLUMN loyalty.segment_migration_latest.to_segment IS 'Segment at to_snapshot_id (NULL: no longer a customer)';
+COMMENT ON COLUMN loyalty.segment_migration_latest.customers IS 'Customers who moved from from_segment to to_segment (stayed when equal)';
 SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_migration_latest'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);

@@ -1482,6 +1482,352 @@ SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.settings'
 INSERT INTO loyalty.settings (singleton, timezone)
 SELECT true, p.timezone FROM loyalty.points_program p WHERE p.timezone OPERATOR(pg_catalog.<>) 'UTC'::pg_catalog.text;
 
+-- Issue 13, BI (items 12 and 13): analyst views that work with any
+-- search_path, a customer profile, a segment history, a gap-free segment
+-- trend, and a comment on every view column.
+--
+-- customer_segment and segment_map change the type of their score column
+-- (loyalty.rfm_score -> text, '543'; the typed score is the new column
+-- rfm_score) and segment_trend gains rows and columns, so the three are
+-- dropped and created again as in a fresh install (a user view built on
+-- one of them makes the update fail with 2BP01: drop it first, recreate it
+-- after; CHANGELOG).  Their access rules are kept (same names); the grants
+-- are re-applied at the end of this script.  The other views keep their
+-- definitions and only get column comments.
+DROP VIEW loyalty.customer_segment;
+DROP VIEW loyalty.segment_map;
+DROP VIEW loyalty.segment_trend;
+
+CREATE VIEW loyalty.segment_map AS
+SELECT (r.r * 100 + f.f * 10 + m.m)::text AS score,
+	   r.r AS recency, f.f AS frequency, m.m AS monetary,
+	   sr.segment, s.display_order,
+	   r.r, f.f, m.m,
+	   loyalty.rfm_score(r.r, f.f, m.m) AS rfm_score
+FROM pg_catalog.generate_series(1, 5) AS r(r)
+CROSS JOIN pg_catalog.generate_series(1, 5) AS f(f)
+CROSS JOIN pg_catalog.generate_series(1, 5) AS m(m)
+LEFT JOIN loyalty.segment_rule sr
+	   ON r.r BETWEEN sr.r_min AND sr.r_max
+	  AND f.f BETWEEN sr.f_min AND sr.f_max
+	  AND m.m BETWEEN sr.m_min AND sr.m_max
+LEFT JOIN loyalty.segment s ON s.name = sr.segment;
+
+COMMENT ON VIEW loyalty.segment_map IS
+	'The segment of each of the 125 scores 111..555 (for BI tools and documentation)';
+COMMENT ON COLUMN loyalty.segment_map.score IS
+	'The score as text, three digits (''543''): join and filter on it with any search_path';
+COMMENT ON COLUMN loyalty.segment_map.recency IS
+	'Recency score 1..5 (same as r; the 0.2.0 name)';
+COMMENT ON COLUMN loyalty.segment_map.frequency IS
+	'Frequency score 1..5 (same as f; the 0.2.0 name)';
+COMMENT ON COLUMN loyalty.segment_map.monetary IS
+	'Monetary score 1..5 (same as m; the 0.2.0 name)';
+COMMENT ON COLUMN loyalty.segment_map.segment IS
+	'Segment of the score in the current map (NULL only while the map is being edited)';
+COMMENT ON COLUMN loyalty.segment_map.display_order IS
+	'Display order of the segment in reports (1 first)';
+COMMENT ON COLUMN loyalty.segment_map.r IS 'Recency score 1..5 (5 = most recent)';
+COMMENT ON COLUMN loyalty.segment_map.f IS 'Frequency score 1..5 (5 = most orders)';
+COMMENT ON COLUMN loyalty.segment_map.m IS 'Monetary score 1..5 (5 = highest spend)';
+COMMENT ON COLUMN loyalty.segment_map.rfm_score IS
+	'The score as loyalty.rfm_score (its operators need schema loyalty on the search_path, or OPERATOR(loyalty.=))';
+
+CREATE VIEW loyalty.customer_segment AS
+SELECT s.customer_id, s.score::text AS score, s.segment, s.since,
+	   (SELECT p.taken_at FROM loyalty.segment_snapshot p
+		ORDER BY p.snapshot_id DESC LIMIT 1) AS refreshed_at,
+	   loyalty.recency(s.score) AS r,
+	   loyalty.frequency(s.score) AS f,
+	   loyalty.monetary(s.score) AS m,
+	   s.score AS rfm_score
+FROM loyalty.customer_stats s
+WHERE s.score IS NOT NULL;
+
+COMMENT ON VIEW loyalty.customer_segment IS
+	'Every scored customer''s score and segment at the last refresh, and since when they are in it';
+COMMENT ON COLUMN loyalty.customer_segment.customer_id IS
+	'Customer key as tracked (text, collation "C"); a bigint shop key joins as o.customer_id::text = customer_id';
+COMMENT ON COLUMN loyalty.customer_segment.score IS
+	'RFM score at the last refresh as text, three digits (''543''): join and filter on it with any search_path';
+COMMENT ON COLUMN loyalty.customer_segment.segment IS 'Segment at the last refresh';
+COMMENT ON COLUMN loyalty.customer_segment.since IS
+	'as_of of the refresh that put the customer into this segment';
+COMMENT ON COLUMN loyalty.customer_segment.refreshed_at IS
+	'When the last refresh_segments ran (taken_at of the last snapshot)';
+COMMENT ON COLUMN loyalty.customer_segment.r IS 'Recency score (first digit of score; 5 = most recent on the default scale)';
+COMMENT ON COLUMN loyalty.customer_segment.f IS 'Frequency score (second digit of score)';
+COMMENT ON COLUMN loyalty.customer_segment.m IS 'Monetary score (third digit of score)';
+COMMENT ON COLUMN loyalty.customer_segment.rfm_score IS
+	'The score as loyalty.rfm_score (its operators need schema loyalty on the search_path, or OPERATOR(loyalty.=))';
+
+CREATE VIEW loyalty.segment_trend AS
+WITH snap AS (
+	SELECT p.snapshot_id, p.as_of, p.customers,
+		   (p.as_of AT TIME ZONE z.tz)::date AS day
+	FROM loyalty.segment_snapshot p
+	CROSS JOIN (SELECT coalesce((SELECT st.timezone FROM loyalty.settings st), 'UTC') AS tz) z
+), ranked AS (
+	SELECT snap.snapshot_id, snap.as_of, snap.customers, snap.day,
+		   date_trunc('month', snap.day::timestamp)::date AS month,
+		   row_number() OVER (PARTITION BY snap.day
+							  ORDER BY snap.as_of DESC, snap.snapshot_id DESC) = 1 AS last_of_day,
+		   row_number() OVER (PARTITION BY date_trunc('month', snap.day::timestamp)
+							  ORDER BY snap.as_of DESC, snap.snapshot_id DESC) = 1 AS last_of_month
+	FROM snap
+), names AS (
+	SELECT g.name AS segment FROM loyalty.segment g
+	UNION
+	SELECT ss.segment FROM loyalty.segment_summary ss
+)
+SELECT k.snapshot_id, k.as_of, n.segment, g.display_order,
+	   coalesce(ss.customers, 0) AS customers,
+	   coalesce(ss.revenue, 0) AS revenue,
+	   round(coalesce(ss.customers, 0)::numeric / NULLIF(k.customers, 0), 4) AS customer_share,
+	   k.day, k.month, k.last_of_day, k.last_of_month
+FROM ranked k
+CROSS JOIN names n
+LEFT JOIN loyalty.segment_summary ss ON ss.snapshot_id = k.snapshot_id AND ss.segment = n.segment
+LEFT JOIN loyalty.segment g ON g.name = n.segment;
+
+COMMENT ON VIEW loyalty.segment_trend IS
+	'Customers and revenue of every segment at every snapshot, 0 for empty segments; last_of_day / last_of_month pick one snapshot per day / month';
+COMMENT ON COLUMN loyalty.segment_trend.snapshot_id IS 'Snapshot (segment_snapshots.snapshot_id)';
+COMMENT ON COLUMN loyalty.segment_trend.as_of IS 'The time the snapshot scored the customers as of';
+COMMENT ON COLUMN loyalty.segment_trend.segment IS 'Segment (every segment of the map, and any a snapshot recorded)';
+COMMENT ON COLUMN loyalty.segment_trend.display_order IS 'Display order of the segment (NULL: no longer in the map)';
+COMMENT ON COLUMN loyalty.segment_trend.customers IS 'Customers in the segment at the snapshot (0: none)';
+COMMENT ON COLUMN loyalty.segment_trend.revenue IS 'Their spend in the scoring window (0: none)';
+COMMENT ON COLUMN loyalty.segment_trend.customer_share IS 'Share of the snapshot''s customers (0..1, 4 decimals)';
+COMMENT ON COLUMN loyalty.segment_trend.day IS 'Day of as_of in the program''s time zone (loyalty.settings)';
+COMMENT ON COLUMN loyalty.segment_trend.month IS 'First day of the month of day';
+COMMENT ON COLUMN loyalty.segment_trend.last_of_day IS
+	'True for the latest snapshot (by as_of) of its day: filter on it for a daily chart';
+COMMENT ON COLUMN loyalty.segment_trend.last_of_month IS
+	'True for the latest snapshot (by as_of) of its month: filter on it for a monthly chart';
+
+CREATE VIEW loyalty.segment_history AS
+SELECT c.customer_id, c.snapshot_id, p.as_of, c.segment,
+	   lag(c.segment) OVER w AS previous_segment,
+	   c.score::text AS score,
+	   loyalty.recency(c.score) AS r,
+	   loyalty.frequency(c.score) AS f,
+	   loyalty.monetary(c.score) AS m,
+	   lead(c.snapshot_id) OVER w AS until_snapshot_id,
+	   lead(p.as_of) OVER w AS until,
+	   lead(c.snapshot_id) OVER w IS NULL AS is_current,
+	   c.score AS rfm_score
+FROM loyalty.segment_change c
+LEFT JOIN loyalty.segment_snapshot p ON p.snapshot_id = c.snapshot_id
+WINDOW w AS (PARTITION BY c.customer_id ORDER BY c.snapshot_id);
+
+COMMENT ON VIEW loyalty.segment_history IS
+	'Segment history per customer: one row per change of segment recorded by refresh_segments';
+COMMENT ON COLUMN loyalty.segment_history.customer_id IS 'Customer key as tracked (text, collation "C")';
+COMMENT ON COLUMN loyalty.segment_history.snapshot_id IS 'Snapshot that recorded the change';
+COMMENT ON COLUMN loyalty.segment_history.as_of IS 'as_of of that snapshot: the customer is in segment from then on';
+COMMENT ON COLUMN loyalty.segment_history.segment IS 'Segment entered (NULL: no longer a customer, e.g. every order deleted)';
+COMMENT ON COLUMN loyalty.segment_history.previous_segment IS 'Segment before the change (NULL: first scoring, or back after leaving)';
+COMMENT ON COLUMN loyalty.segment_history.score IS 'RFM score as text when the segment was entered (NULL when segment is NULL)';
+COMMENT ON COLUMN loyalty.segment_history.r IS 'Recency score of score';
+COMMENT ON COLUMN loyalty.segment_history.f IS 'Frequency score of score';
+COMMENT ON COLUMN loyalty.segment_history.m IS 'Monetary score of score';
+COMMENT ON COLUMN loyalty.segment_history.until_snapshot_id IS 'Snapshot of the next change (NULL: still current)';
+COMMENT ON COLUMN loyalty.segment_history.until IS 'as_of of the next change (NULL: still current)';
+COMMENT ON COLUMN loyalty.segment_history.is_current IS 'True for the customer''s latest change: the segment they are in now';
+COMMENT ON COLUMN loyalty.segment_history.rfm_score IS
+	'The score as loyalty.rfm_score (its operators need schema loyalty on the search_path, or OPERATOR(loyalty.=))';
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.segment_history'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE VIEW loyalty.customer_profile AS
+WITH last AS (
+	SELECT p.as_of, p.scoring_window, p.monetary
+	FROM loyalty.segment_snapshot p
+	ORDER BY p.snapshot_id DESC LIMIT 1
+), cfg AS MATERIALIZED (
+	SELECT l.as_of, l.monetary, z.tz,
+		   ((l.as_of AT TIME ZONE z.tz) - l.scoring_window)::date AS start_day,
+		   (l.as_of AT TIME ZONE z.tz)::date AS end_day,
+		   (SELECT max(p.retained_from) FROM loyalty.segment_snapshot p) AS floor_day
+	FROM last l
+	CROSS JOIN (SELECT coalesce((SELECT st.timezone FROM loyalty.settings st), 'UTC') AS tz) z
+), rfm AS (
+	SELECT s.customer_id, s.first_order, s.last_order, s.order_count, s.spend_total,
+		   s.score, s.segment, s.since, c.as_of AS scored_as_of,
+		   /* the last order up to as_of, as refresh_segments takes it */
+		   CASE WHEN s.score IS NULL OR s.last_order IS NULL THEN NULL
+				WHEN s.last_order <= c.as_of THEN s.last_order
+				WHEN b.last_day IS NOT NULL AND (c.floor_day IS NULL OR b.last_day >= c.floor_day)
+					THEN least(b.last_day::timestamp AT TIME ZONE c.tz, c.as_of)
+				WHEN s.first_order <= c.as_of
+					THEN greatest(s.first_order, (c.floor_day - 1)::timestamp AT TIME ZONE c.tz)
+		   END AS last_up_to,
+		   CASE WHEN s.score IS NOT NULL THEN coalesce(b.orders, 0) END AS frequency,
+		   CASE WHEN s.score IS NULL THEN NULL
+				WHEN c.monetary = 'average'
+					THEN CASE WHEN coalesce(b.orders, 0) = 0 THEN 0
+							  ELSE b.spend / b.orders END
+				ELSE coalesce(b.spend, 0) END AS monetary
+	FROM loyalty.customer_stats s
+	LEFT JOIN cfg c ON true
+	LEFT JOIN LATERAL (
+		SELECT sum(e.orders) FILTER (WHERE e.day >= c.start_day) AS orders,
+			   sum(e.spend) FILTER (WHERE e.day >= c.start_day) AS spend,
+			   max(e.day) FILTER (WHERE e.orders > 0) AS last_day
+		FROM loyalty.day_buckets_entries(s.days) e
+		WHERE s.score IS NOT NULL AND e.day <= c.end_day
+	) b ON true
+), keys AS (
+	SELECT r.customer_id, r.first_order, r.last_order, r.order_count, r.spend_total,
+		   /* whole days: the day field of the (hour-justified) difference */
+		   extract(day FROM r.scored_as_of - r.last_up_to)::integer AS recency_days,
+		   r.frequency, r.monetary, r.score, r.segment, r.since,
+		   CASE WHEN r.score IS NOT NULL THEN r.scored_as_of END AS scored_as_of
+	FROM rfm r
+	UNION ALL
+	SELECT a.customer_id COLLATE "C", NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+		   NULL, NULL, NULL, NULL
+	FROM loyalty.points_account a
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.customer_stats s
+					  WHERE s.customer_id = a.customer_id COLLATE "C")
+)
+SELECT k.customer_id,
+	   k.last_order,
+	   k.recency_days,
+	   k.frequency,
+	   k.monetary,
+	   loyalty.recency(k.score) AS r,
+	   loyalty.frequency(k.score) AS f,
+	   loyalty.monetary(k.score) AS m,
+	   k.score::text AS score,
+	   k.segment,
+	   k.since AS segment_since,
+	   a.tier,
+	   coalesce(pts.available, 0)::bigint AS points_available,
+	   coalesce(pts.pending, 0)::bigint AS points_pending,
+	   a.tier_since,
+	   k.first_order,
+	   k.order_count AS orders_total,
+	   k.spend_total,
+	   k.scored_as_of,
+	   k.score AS rfm_score
+FROM keys k
+LEFT JOIN loyalty.points_account a ON a.customer_id = k.customer_id COLLATE "default"
+LEFT JOIN LATERAL (
+	SELECT sum(l.remaining) FILTER (WHERE l.state = 'available' OR l.available_at <= pg_catalog.now()) AS available,
+		   sum(l.remaining) FILTER (WHERE l.state <> 'available'
+									AND (l.available_at IS NULL OR l.available_at > pg_catalog.now())) AS pending
+	FROM loyalty.points_lot l
+	WHERE l.customer_id = a.customer_id
+	  AND l.state <> 'closed'
+	  AND (l.expires_at IS NULL OR l.expires_at > pg_catalog.now())
+) pts ON true;
+
+COMMENT ON VIEW loyalty.customer_profile IS
+	'One row per customer: last order, the RFM values, scores and segment of the last refresh, tier and points balance now';
+COMMENT ON COLUMN loyalty.customer_profile.customer_id IS
+	'Customer key (text, collation "C"); a bigint shop key joins as o.customer_id::text = customer_id (doc/bi.md)';
+COMMENT ON COLUMN loyalty.customer_profile.last_order IS
+	'Time of the latest tracked order, as last folded (NULL: none, or points only)';
+COMMENT ON COLUMN loyalty.customer_profile.recency_days IS
+	'Whole days from the last order made by scored_as_of to scored_as_of (NULL: no order by then, or not scored)';
+COMMENT ON COLUMN loyalty.customer_profile.frequency IS
+	'Orders in the scoring window ending at scored_as_of (NULL: not scored)';
+COMMENT ON COLUMN loyalty.customer_profile.monetary IS
+	'Spend in that window, or the average basket (rfm_config.monetary at the refresh; NULL: not scored)';
+COMMENT ON COLUMN loyalty.customer_profile.r IS 'Recency score of the last refresh';
+COMMENT ON COLUMN loyalty.customer_profile.f IS 'Frequency score of the last refresh';
+COMMENT ON COLUMN loyalty.customer_profile.m IS 'Monetary score of the last refresh';
+COMMENT ON COLUMN loyalty.customer_profile.score IS
+	'RFM score of the last refresh as text, three digits (''543''; NULL: not scored)';
+COMMENT ON COLUMN loyalty.customer_profile.segment IS 'Segment of the last refresh (NULL: not scored)';
+COMMENT ON COLUMN loyalty.customer_profile.segment_since IS
+	'as_of of the refresh that put the customer into this segment';
+COMMENT ON COLUMN loyalty.customer_profile.tier IS 'Current tier (NULL: no points account or no tier)';
+COMMENT ON COLUMN loyalty.customer_profile.points_available IS
+	'Spendable points now, as points_balance() counts them (0: no account)';
+COMMENT ON COLUMN loyalty.customer_profile.points_pending IS
+	'Points earned but not yet available now (0: no account)';
+COMMENT ON COLUMN loyalty.customer_profile.tier_since IS 'Since when the customer holds the tier';
+COMMENT ON COLUMN loyalty.customer_profile.first_order IS 'Time of the earliest tracked order, as last folded';
+COMMENT ON COLUMN loyalty.customer_profile.orders_total IS 'Tracked orders, all time, as last folded';
+COMMENT ON COLUMN loyalty.customer_profile.spend_total IS 'Tracked amounts (orders and refunds), all time, as last folded';
+COMMENT ON COLUMN loyalty.customer_profile.scored_as_of IS
+	'as_of of the last refresh_segments, the time recency_days, frequency and monetary are computed as of (NULL: not scored)';
+COMMENT ON COLUMN loyalty.customer_profile.rfm_score IS
+	'The score as loyalty.rfm_score (its operators need schema loyalty on the search_path, or OPERATOR(loyalty.=))';
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.customer_profile'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+-- the unchanged views: a comment on every column
+COMMENT ON COLUMN loyalty.access_overview.role_name IS 'Role given the level';
+COMMENT ON COLUMN loyalty.access_overview.level IS 'app, analyst or admin';
+COMMENT ON COLUMN loyalty.access_overview.granted_at IS 'When grant_access() last gave it';
+COMMENT ON COLUMN loyalty.access_overview.granted_by IS 'Role that called grant_access()';
+COMMENT ON COLUMN loyalty.access_overview.role_exists IS 'False when the role was dropped since (reapply_grants() skips it)';
+COMMENT ON COLUMN loyalty.segment_snapshots.snapshot_id IS 'Snapshot number, in the order the refreshes ran';
+COMMENT ON COLUMN loyalty.segment_snapshots.as_of IS 'The time the customers were scored as of';
+COMMENT ON COLUMN loyalty.segment_snapshots.taken_at IS 'When the refresh ran';
+COMMENT ON COLUMN loyalty.segment_snapshots.customers IS 'Customers scored';
+COMMENT ON COLUMN loyalty.segment_snapshots.segment_changes IS 'Customers whose segment changed (new customers included)';
+COMMENT ON COLUMN loyalty.segment_snapshots.score_changes IS 'Customers whose score changed';
+COMMENT ON COLUMN loyalty.segment_snapshots.left_customers IS 'Customers who left (no tracked row any more)';
+COMMENT ON COLUMN loyalty.segment_snapshots.bins IS 'Scores per dimension used (rfm_config.bins)';
+COMMENT ON COLUMN loyalty.segment_snapshots.scoring_window IS 'Window of frequency and monetary used (rfm_config.scoring_window)';
+COMMENT ON COLUMN loyalty.segment_snapshots.monetary IS 'Monetary measure used: total or average (rfm_config.monetary)';
+COMMENT ON COLUMN loyalty.segment_snapshots.method IS 'Scoring method used: quantile or thresholds (rfm_config.method)';
+COMMENT ON COLUMN loyalty.segment_snapshots.took_ms IS 'Duration of the refresh in milliseconds';
+COMMENT ON COLUMN loyalty.segment_overview.snapshot_id IS 'The last snapshot';
+COMMENT ON COLUMN loyalty.segment_overview.as_of IS 'The time it scored the customers as of';
+COMMENT ON COLUMN loyalty.segment_overview.segment IS 'Segment';
+COMMENT ON COLUMN loyalty.segment_overview.display_order IS 'Display order of the segment (NULL: no longer in the map)';
+COMMENT ON COLUMN loyalty.segment_overview.customers IS 'Customers in the segment';
+COMMENT ON COLUMN loyalty.segment_overview.customer_share IS 'Share of all scored customers (0..1, 4 decimals)';
+COMMENT ON COLUMN loyalty.segment_overview.revenue IS 'Spend of its customers in the scoring window';
+COMMENT ON COLUMN loyalty.segment_overview.revenue_share IS 'Share of the revenue of all segments (0..1, 4 decimals)';
+COMMENT ON COLUMN loyalty.segment_overview.revenue_per_customer IS 'revenue / customers, 2 decimals';
+COMMENT ON COLUMN loyalty.segment_recency.snapshot_id IS 'The last snapshot';
+COMMENT ON COLUMN loyalty.segment_recency.as_of IS 'The time it scored the customers as of';
+COMMENT ON COLUMN loyalty.segment_recency.segment IS 'Segment';
+COMMENT ON COLUMN loyalty.segment_recency.display_order IS 'Display order of the segment (NULL: no longer in the map)';
+COMMENT ON COLUMN loyalty.segment_recency.recency_bucket IS 'Time from the last order to as_of: < 3 months, 3-6 months, > 6 months, no order';
+COMMENT ON COLUMN loyalty.segment_recency.bucket_order IS 'Order of the bucket, 1 (< 3 months) to 4 (no order)';
+COMMENT ON COLUMN loyalty.segment_recency.customers IS 'Customers of the segment in the bucket (0 included)';
+COMMENT ON COLUMN loyalty.segment_recency.segment_share IS 'Share of the segment''s customers (0..1, 4 decimals)';
+COMMENT ON COLUMN loyalty.segment_inactivity.snapshot_id IS 'The last snapshot';
+COMMENT ON COLUMN loyalty.segment_inactivity.as_of IS 'The time it scored the customers as of';
+COMMENT ON COLUMN loyalty.segment_inactivity.segment IS 'Segment';
+COMMENT ON COLUMN loyalty.segment_inactivity.display_order IS 'Display order of the segment (NULL: no longer in the map)';
+COMMENT ON COLUMN loyalty.segment_inactivity.customers IS 'Customers in the segment';
+COMMENT ON COLUMN loyalty.segment_inactivity.inactive_customers IS 'Of them, without an order for rfm_config.inactive_after before as_of';
+COMMENT ON COLUMN loyalty.segment_inactivity.inactive_share IS 'inactive_customers / customers (0..1, 4 decimals)';
+COMMENT ON COLUMN loyalty.segment_migration_latest.from_snapshot_id IS 'The snapshot before the last one';
+COMMENT ON COLUMN loyalty.segment_migration_latest.to_snapshot_id IS 'The last snapshot';
+COMMENT ON COLUMN loyalty.segment_migration_latest.from_segment IS 'Segment at from_snapshot_id (NULL: not a customer then)';
+COMMENT ON COLUMN loyalty.segment_migration_latest.to_segment IS 'Segment at to_snapshot_id (NULL: no longer a customer)';
+COMMENT ON COLUMN loyalty.segment_migration_latest.customers IS 'Customers who moved from from_segment to to_segment (stayed when equal)';
+COMMENT ON COLUMN loyalty.campaign_stats.campaign_id IS 'Campaign';
+COMMENT ON COLUMN loyalty.campaign_stats.name IS 'Campaign name';
+COMMENT ON COLUMN loyalty.campaign_stats.kind IS 'percent, fixed, free_shipping, buy_x_get_y or free_item';
+COMMENT ON COLUMN loyalty.campaign_stats.currency IS 'Currency of the campaign''s amounts (ISO 4217)';
+COMMENT ON COLUMN loyalty.campaign_stats.status IS 'paused, ended, scheduled or active, now';
+COMMENT ON COLUMN loyalty.campaign_stats.codes IS 'Codes of the campaign (generated, public and bound)';
+COMMENT ON COLUMN loyalty.campaign_stats.redemptions IS 'Redemptions, rolled back ones included';
+COMMENT ON COLUMN loyalty.campaign_stats.rollbacks IS 'Redemptions rolled back (cancel, refund)';
+COMMENT ON COLUMN loyalty.campaign_stats.active_redemptions IS 'redemptions - rollbacks';
+COMMENT ON COLUMN loyalty.campaign_stats.customers IS 'Distinct customers who redeemed';
+COMMENT ON COLUMN loyalty.campaign_stats.discount_total IS 'Discount granted, net of rollbacks, in the campaign currency';
+COMMENT ON COLUMN loyalty.campaign_stats.active_reservations IS 'Reservations held and not expired, now';
+COMMENT ON COLUMN loyalty.campaign_stats.total_cap IS 'Total redemption cap (NULL: none)';
+COMMENT ON COLUMN loyalty.campaign_stats.remaining_cap IS 'Units of the cap still free: total_cap - active redemptions - active reservations (NULL: no cap)';
+COMMENT ON COLUMN loyalty.tier_distribution.rank IS 'Rank of the tier, 0 = lowest (NULL: the row of customers without a tier)';
+COMMENT ON COLUMN loyalty.tier_distribution.tier IS 'Tier name (NULL: customers without a tier)';
+COMMENT ON COLUMN loyalty.tier_distribution.customers IS 'Points accounts in the tier (0 included)';
+COMMENT ON COLUMN loyalty.tier_distribution.share_pct IS 'Share of the accounts with a tier, in percent, 1 decimal (NULL on the row without a tier)';
+COMMENT ON COLUMN loyalty.points_liability.expiry_month IS 'First day of the month of the points'' last usable day, program time zone (NULL: never expire)';
+COMMENT ON COLUMN loyalty.points_liability.customers IS 'Customers holding such points';
+COMMENT ON COLUMN loyalty.points_liability.available IS 'Spendable points, as last settled';
+COMMENT ON COLUMN loyalty.points_liability.pending IS 'Points not yet available (return window), as last settled';
+
 /* ---------------------------------------------------------------------------
  * Issue 13, points: the program time zone is loyalty.settings.timezone
  * (copied above from a non-UTC points_program.timezone, so the column goes

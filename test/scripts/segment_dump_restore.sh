@@ -22,7 +22,7 @@ trap 'rm -rf "$work"; dropdb --if-exists "$src"; dropdb --if-exists "$dst"' EXIT
 map_of() {
 	psql -At -d "$1" -c "SELECT md5(string_agg(x::text, '|' ORDER BY x::text)) FROM loyalty.segment x" \
 		-c "SELECT md5(string_agg(x::text, '|' ORDER BY x::text)) FROM loyalty.segment_rule x" \
-		-c "SELECT string_agg(coalesce(loyalty.segment_of(score), '?'), ',' ORDER BY score) FROM loyalty.segment_map"
+		-c "SELECT string_agg(coalesce(loyalty.segment_of(rfm_score), '?'), ',' ORDER BY rfm_score) FROM loyalty.segment_map"
 }
 
 # restore $1 (custom dump) or $2 (plain script) into $dst with method $3,

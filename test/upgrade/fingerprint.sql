@@ -30,6 +30,12 @@ SELECT fact FROM (
 	LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
 	WHERE c.relnamespace = 'loyalty'::regnamespace
 	UNION ALL
+	-- column comments of views (every BI view column has one)
+	SELECT format('column comment %s.%s: %s', c.relname, a.attname, col_description(c.oid, a.attnum))
+	FROM pg_class c
+	JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+	WHERE c.relnamespace = 'loyalty'::regnamespace AND c.relkind IN ('v', 'm')
+	UNION ALL
 	SELECT format('relation %s kind %s acl %s options %s', c.relname, c.relkind, c.relacl, c.reloptions)
 	FROM pg_class c WHERE c.relnamespace = 'loyalty'::regnamespace
 	UNION ALL
