@@ -5,6 +5,8 @@
  */
 #include "loyalty_call.h"
 
+#include "loyalty_args.h"
+
 /*
  * Call map->impl with the arguments of the current call rearranged by
  * map->from, and return its result with its null flag.  One function call
@@ -41,4 +43,18 @@ LoyaltyCallPermuted(FunctionCallInfo fcinfo, const LoyaltyCallMap *map)
 	result = map->impl(inner);
 	fcinfo->isnull = inner->isnull;
 	return result;
+}
+
+/*
+ * Refuse (22004, loyalty_args.h) a NULL among the first n arguments of the
+ * current call, named by names[] and checked in signature order: an entry
+ * of a new name calls this before LoyaltyCallPermuted, so that a call
+ * missing several arguments names the first one of the new signature, not
+ * the first one of the implementation's.
+ */
+void
+LoyaltyRequireArgs(FunctionCallInfo fcinfo, int n, const char *const *names)
+{
+	for (int i = 0; i < n; i++)
+		LoyaltyArgNotNull(fcinfo, i, names[i]);
 }

@@ -41,5 +41,6 @@ typedef struct LoyaltyCallMap
 } LoyaltyCallMap;
 
 extern Datum LoyaltyCallPermuted(FunctionCallInfo fcinfo, const LoyaltyCallMap *map);
+extern void LoyaltyRequireArgs(FunctionCallInfo fcinfo, int n, const char *const *names);
 
 #endif							/* LOYALTY_CALL_H */

@@ -27,12 +27,11 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
-#include "nodes/parsenodes.h"
 #include "fmgr.h"
+#include "nodes/parsenodes.h"
 #include "utils/builtins.h"
 
 #include "coupon.h"
-#include "loyalty_args.h"
 #include "loyalty_call.h"
 #include "loyalty_spi.h"
 
@@ -66,14 +65,6 @@ static LoyaltyPlanCatalog api_plans = {
 	"coupon api", ApiPlanDefs, 1, CURSOR_OPT_GENERIC_PLAN, NULL, api_plan_slots, 0
 };
 
-/* Refuse a NULL among the first n arguments, named in signature order. */
-static void
-RequireArgs(FunctionCallInfo fcinfo, int n, const char *const *names)
-{
-	for (int i = 0; i < n; i++)
-		LoyaltyArgNotNull(fcinfo, i, names[i]);
-}
-
 PG_FUNCTION_INFO_V1(coupon_api_validate);
 
 /*
@@ -86,7 +77,7 @@ coupon_api_validate(PG_FUNCTION_ARGS)
 {
 	static const char *const names[] = {"customer_id", "code", "order_context"};
 
-	RequireArgs(fcinfo, lengthof(names), names);
+	LoyaltyRequireArgs(fcinfo, lengthof(names), names);
 	return LoyaltyCallPermuted(fcinfo, &validate_map);
 }
 
@@ -103,7 +94,7 @@ coupon_api_reserve(PG_FUNCTION_ARGS)
 	static const char *const names[] = {"customer_id", "order_ref", "code",
 	"order_context", "ttl"};
 
-	RequireArgs(fcinfo, lengthof(names), names);
+	LoyaltyRequireArgs(fcinfo, lengthof(names), names);
 	return LoyaltyCallPermuted(fcinfo, &reserve_map);
 }
 
@@ -119,7 +110,7 @@ coupon_api_redeem(PG_FUNCTION_ARGS)
 	static const char *const names[] = {"customer_id", "order_ref", "code",
 	"order_context"};
 
-	RequireArgs(fcinfo, lengthof(names), names);
+	LoyaltyRequireArgs(fcinfo, lengthof(names), names);
 	return LoyaltyCallPermuted(fcinfo, &redeem_map);
 }
 
@@ -144,7 +135,7 @@ coupon_api_rollback(PG_FUNCTION_ARGS)
 	Datum		key[1];
 	bool		found;
 
-	RequireArgs(fcinfo, lengthof(names), names);
+	LoyaltyRequireArgs(fcinfo, lengthof(names), names);
 	customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(0),
 								   COUPON_MAX_ID_LEN);
 	order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(1),

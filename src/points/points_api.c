@@ -29,7 +29,6 @@
 #include "fmgr.h"
 #include "utils/builtins.h"
 
-#include "loyalty_args.h"
 #include "loyalty_call.h"
 #include "points.h"
 
@@ -62,14 +61,6 @@ static const LoyaltyCallMap reverse_map = {points_reverse, 3, {1, 0, 2}};
 /* adjust_points(customer_id, points, reference, reason, expires_at, at) */
 static const LoyaltyCallMap adjust_map = {points_adjust, 6, {0, 2, 1, 3, 5, 4}};
 
-/* Refuse a NULL among the first n arguments, named in signature order. */
-static void
-RequireArgs(FunctionCallInfo fcinfo, int n, const char *const *names)
-{
-	for (int i = 0; i < n; i++)
-		LoyaltyArgNotNull(fcinfo, i, names[i]);
-}
-
 PG_FUNCTION_INFO_V1(points_api_earn);
 
 /*
@@ -81,7 +72,7 @@ points_api_earn(PG_FUNCTION_ARGS)
 {
 	static const char *const names[] = {"customer_id", "reference", "points"};
 
-	RequireArgs(fcinfo, lengthof(names), names);
+	LoyaltyRequireArgs(fcinfo, lengthof(names), names);
 	return LoyaltyCallPermuted(fcinfo, &earn_map);
 }
 
@@ -93,7 +84,7 @@ points_api_spend(PG_FUNCTION_ARGS)
 {
 	static const char *const names[] = {"customer_id", "reference", "points"};
 
-	RequireArgs(fcinfo, lengthof(names), names);
+	LoyaltyRequireArgs(fcinfo, lengthof(names), names);
 	return LoyaltyCallPermuted(fcinfo, &spend_map);
 }
 
@@ -108,7 +99,7 @@ points_api_earn_for_order(PG_FUNCTION_ARGS)
 {
 	static const char *const names[] = {"customer_id", "reference", "amount"};
 
-	RequireArgs(fcinfo, lengthof(names), names);
+	LoyaltyRequireArgs(fcinfo, lengthof(names), names);
 	return LoyaltyCallPermuted(fcinfo, &order_map);
 }
 
@@ -124,7 +115,7 @@ points_api_earn_for_action(PG_FUNCTION_ARGS)
 {
 	static const char *const names[] = {"customer_id", "reference", "action"};
 
-	RequireArgs(fcinfo, lengthof(names), names);
+	LoyaltyRequireArgs(fcinfo, lengthof(names), names);
 	if (strcmp(text_to_cstring(PG_GETARG_TEXT_PP(2)), "purchase") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -146,7 +137,7 @@ points_api_reverse(PG_FUNCTION_ARGS)
 {
 	static const char *const names[] = {"customer_id", "reference"};
 
-	RequireArgs(fcinfo, lengthof(names), names);
+	LoyaltyRequireArgs(fcinfo, lengthof(names), names);
 	return LoyaltyCallPermuted(fcinfo, &reverse_map);
 }
 
@@ -161,6 +152,6 @@ points_api_adjust(PG_FUNCTION_ARGS)
 {
 	static const char *const names[] = {"customer_id", "reference", "points", "reason"};
 
-	RequireArgs(fcinfo, lengthof(names), names);
+	LoyaltyRequireArgs(fcinfo, lengthof(names), names);
 	return LoyaltyCallPermuted(fcinfo, &adjust_map);
 }
