@@ -339,6 +339,18 @@ EXECUTE adj('NEW_cy', 'NEW_fix-9', '-1', 'typo', now(), NULL);
 EXECUTE xchg('NEW_cy', 'NEW_swap-9', :voucher, now());
 EXECUTE bonus('NEW_cy', 'NEW_order-9', now());
 
+-- one order under both names: the old numeric amount and {"amount": ...}
+-- are the same order context, a repeat under the other name is a repeat
+SELECT discount FROM loyalty.reserve_coupon('TEN-OFF', 'MIX_ann', 'MIX_order-1', 120.00);
+SELECT loyalty.coupon_redeem('MIX_ann', 'MIX_order-1', 'TEN-OFF', '{"amount": 120}') AS new_redeems_old_hold;
+SELECT loyalty.redeem_coupon('TEN-OFF', 'MIX_ann', 'MIX_order-1', 120.0) AS old_repeat;
+SELECT count(*) AS redemptions FROM loyalty.redemption WHERE order_ref = 'MIX_order-1';
+SELECT entry_id AS first_entry FROM loyalty.earn_points('MIX_ann', 30, 'MIX_earn-1') \gset
+SELECT entry_id = :first_entry AS same_receipt FROM loyalty.points_earn('MIX_ann', 'MIX_earn-1', 30);
+SELECT pg_temp.run($$SELECT * FROM loyalty.points_earn('MIX_ann', 'MIX_earn-1', 31)$$) AS other_content;
+SELECT points, available FROM loyalty.points_reverse('MIX_ann', 'MIX_earn-1');
+SELECT points, available FROM loyalty.reverse_points('MIX_earn-1', 'MIX_ann');
+
 --
 -- what the new order changes on purpose
 --
