@@ -31,10 +31,12 @@ SQL_PARTS = \
 	src/rfm_live/rfm_track.sql \
 	src/coupon/coupon_code.sql \
 	src/coupon/coupon.sql \
+	src/coupon/coupon_api.sql \
 	src/points/points.sql \
 	src/points/points_tier.sql \
 	src/points/points_coupon.sql \
 	src/points/points_views.sql \
+	src/points/points_api.sql \
 	src/common/grants.sql
 
 # Upgrade scripts: one frozen, hand-written src/upgrade/loyalty--A--B.sql per
