@@ -44,7 +44,7 @@ SELECT * FROM pg_temp.detail($$SELECT loyalty.earn_points('ann', 5, 'A-1', at =>
 -- LP003: nothing under the reference, with or without a customer; a return of no order
 SELECT * FROM pg_temp.detail($$SELECT loyalty.reverse_points('X-1', at => '2026-01-02')$$);
 SELECT * FROM pg_temp.detail($$SELECT loyalty.reverse_points('X-1', 'ann', at => '2026-01-02')$$);
-SELECT * FROM pg_temp.detail($$SELECT loyalty.return_for_order('ann', 'X-1', 'X-1-r', 1, at => '2026-01-02')$$);
+SELECT * FROM pg_temp.detail($$SELECT loyalty.points_return_for_order('ann', 'X-1', 'X-1-r', 1, at => '2026-01-02')$$);
 -- LP004: an action no rule names
 SELECT * FROM pg_temp.detail($$SELECT loyalty.earn_for_action('ann', 'dance', 'A-3', at => '2026-01-02')$$);
 -- LP005: after a reversal
@@ -55,7 +55,7 @@ SELECT * FROM pg_temp.detail($$SELECT loyalty.earn_points('ann', 100, 'A-1', at 
 SELECT * FROM pg_temp.detail($$SELECT loyalty.earn_for_order('ann', 'A-4', 10, 'USD', at => '2026-01-03')$$);
 -- LP012: a return beyond the order
 SELECT points FROM loyalty.earn_for_order('ann', 'A-5', 20, at => '2026-01-03');
-SELECT * FROM pg_temp.detail($$SELECT loyalty.return_for_order('ann', 'A-5', 'A-5-r', 20.5, at => '2026-01-04')$$);
+SELECT * FROM pg_temp.detail($$SELECT loyalty.points_return_for_order('ann', 'A-5', 'A-5-r', 20.5, at => '2026-01-04')$$);
 
 -- points and coupons: LP007, LP008, LP009, LP002 and LP010 of exchange_points / reverse_points
 SELECT loyalty.create_campaign('Voucher', 'fixed', amount_off => 10, total_cap => 1) AS voucher \gset

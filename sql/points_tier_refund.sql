@@ -79,11 +79,11 @@ WHERE customer_id = 'dan' ORDER BY history_id;
 -- never below the tier held before the order
 SELECT points FROM loyalty.earn_for_order('eve', 'E-1', 100, at => '2026-02-01');
 SELECT points FROM loyalty.earn_for_order('eve', 'E-2', 1000, at => '2026-02-02');  -- Bronze -> Gold
-SELECT points FROM loyalty.return_for_order('eve', 'E-2', 'E-2-r1', 100, at => '2026-02-03');  -- 1000: Gold kept
+SELECT points FROM loyalty.points_return_for_order('eve', 'E-2', 'E-2-r1', 100, at => '2026-02-03');  -- 1000: Gold kept
 SELECT tier FROM loyalty.points_balance('eve', '2026-02-03');
-SELECT points FROM loyalty.return_for_order('eve', 'E-2', 'E-2-r2', 500, at => '2026-02-04');  -- 500: Silver
+SELECT points FROM loyalty.points_return_for_order('eve', 'E-2', 'E-2-r2', 500, at => '2026-02-04');  -- 500: Silver
 SELECT tier FROM loyalty.points_balance('eve', '2026-02-04');
-SELECT points FROM loyalty.return_for_order('eve', 'E-2', 'E-2-r3', 400, at => '2026-02-05');  -- 100: Bronze
+SELECT points FROM loyalty.points_return_for_order('eve', 'E-2', 'E-2-r3', 400, at => '2026-02-05');  -- 100: Bronze
 SELECT tier FROM loyalty.points_balance('eve', '2026-02-05');
 SELECT from_tier, to_tier, change, qualifying FROM loyalty.tier_history
 WHERE customer_id = 'eve' ORDER BY history_id;
@@ -101,7 +101,7 @@ WHERE customer_id = 'fay' ORDER BY history_id;
 -- it (mode none), then an order made him Gold; its refund gives Silver back
 UPDATE loyalty.points_program SET tier_downgrade = 'none';
 SELECT points FROM loyalty.earn_for_order('hal', 'H-1', 600, at => '2026-02-01');   -- Silver
-SELECT points FROM loyalty.return_for_order('hal', 'H-1', 'H-1-r1', 300, at => '2026-02-02');
+SELECT points FROM loyalty.points_return_for_order('hal', 'H-1', 'H-1-r1', 300, at => '2026-02-02');
 SELECT tier FROM loyalty.points_balance('hal', '2026-02-02');
 UPDATE loyalty.points_program SET tier_downgrade = 'on_refund';
 SELECT points FROM loyalty.earn_for_order('hal', 'H-2', 800, at => '2026-02-03');   -- 1100: Gold

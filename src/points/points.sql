@@ -66,7 +66,7 @@ COMMENT ON COLUMN loyalty.points_program.expiry_months IS
 COMMENT ON COLUMN loyalty.points_program.expiry_rounding IS
 	'none: exactly expiry_months later; month / year: at the end of that month / year';
 COMMENT ON COLUMN loyalty.points_program.tier_downgrade IS
-	'none: only evaluate_tiers lowers a tier (after the grace period); on_refund: a refund (reverse_points, return_for_order) of an order whose earning upgraded the customer undoes that upgrade at once when the remaining qualifying value no longer reaches the tier (recorded in tier_history as change refund)';
+	'none: only evaluate_tiers lowers a tier (after the grace period); on_refund: a refund (reverse_points, points_return_for_order) of an order whose earning upgraded the customer undoes that upgrade at once when the remaining qualifying value no longer reaches the tier (recorded in tier_history as change refund)';
 COMMENT ON COLUMN loyalty.points_program.currency IS
 	'The program currency (ISO 4217): earn_for_order takes amounts in it only (LP011 for another), so qualifying spend never adds up currencies';
 
@@ -587,16 +587,16 @@ COMMENT ON FUNCTION loyalty.reverse_points(text, text, timestamptz) IS
 	'Refund: take back the points earned under a reference (clawing back or recording debt when already spent) and return the points spent under it; idempotent';
 SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.reverse_points(text, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
-CREATE FUNCTION loyalty.return_for_order(customer_id text, order_ref text, return_ref text, amount numeric,
+CREATE FUNCTION loyalty.points_return_for_order(customer_id text, order_ref text, return_ref text, amount numeric,
 										 at timestamptz DEFAULT pg_catalog.now())
 RETURNS loyalty.points_receipt
 AS 'MODULE_PATHNAME', 'points_return_for_order'
 LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 
-COMMENT ON FUNCTION loyalty.return_for_order(text, text, text, numeric, timestamptz) IS
+COMMENT ON FUNCTION loyalty.points_return_for_order(text, text, text, numeric, timestamptz) IS
 	'Partial return of an order earned with earn_for_order: take back the points matching the returned amount (cumulative share rounded down; all returns of the whole amount take exactly what a full reversal takes) and its qualifying points and spend; idempotent on return_ref; LP012 beyond what is left of the order';
-SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.return_for_order(text, text, text, numeric, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.points_return_for_order(text, text, text, numeric, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.adjust_points(customer_id text, points bigint, reference text, reason text,
 									  expires_at timestamptz DEFAULT NULL,

@@ -1,6 +1,6 @@
 /*
  * points_return.c
- *		Partial returns: loyalty.return_for_order() takes back the share of an
+ *		Partial returns: loyalty.points_return_for_order() takes back the share of an
  *		order's earning that matches the amount returned, and the tier a
  *		refund may undo (points_program.tier_downgrade = 'on_refund'), shared
  *		with reverse_points (points_reverse.c calls into this file, never the
@@ -326,7 +326,7 @@ ReturnChange(PointsAccount *acct, PointsChange *chg, LoyaltyRow e, const char *o
 }
 
 /*
- * loyalty.return_for_order(customer_id, order_ref, return_ref, amount, at):
+ * loyalty.points_return_for_order(customer_id, order_ref, return_ref, amount, at):
  * a partial return of an order earned with earn_for_order: the points
  * matching the returned amount are taken back (see the file header).
  * Idempotent on return_ref (same order and amount: the first receipt;

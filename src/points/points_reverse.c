@@ -18,7 +18,7 @@
  *	  next credits.  Available points are never negative.
  *	- Qualifying points and spend of the earning are subtracted from the
  *	  account and from the month they were counted in; rule caps get their
- *	  room back.  What partial returns (return_for_order, points_return.c)
+ *	  room back.  What partial returns (points_return_for_order, points_return.c)
  *	  took of the earning already is not taken again.
  *	- A tier is lowered here only with points_program.tier_downgrade =
  *	  'on_refund', undoing the upgrade the earning caused
@@ -173,7 +173,7 @@ ReverseEarning(LoyaltyRow e, PointsAccount *acct, PointsChange *chg,
 	amount = LoyaltyColDatum(e, 5, &isnull);
 	if (!isnull)
 	{
-		/* partial returns (return_for_order) took their share already */
+		/* partial returns (points_return_for_order) took their share already */
 		PointsReturnedOf(acct->customer_id, chg->reverses[0], &taken, &qtaken, &returned);
 		all_returned = LoyaltyNumericCmp(DatumGetNumeric(returned), DatumGetNumeric(amount)) >= 0;
 		amount = NumericGetDatum(LoyaltyNumericSub(DatumGetNumeric(amount), DatumGetNumeric(returned)));

@@ -116,7 +116,7 @@ SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.tier_progress
 
 /*
  * points_program.tier_downgrade = 'on_refund': called by reverse_points and
- * return_for_order (C, account locked, refund written) with the business
+ * points_return_for_order (C, account locked, refund written) with the business
  * time of the refunded earning.  If that earning upgraded the customer
  * (its tier_history row has the earning's time) and the qualifying value
  * left no longer reaches the tier now held, the customer moves down at once

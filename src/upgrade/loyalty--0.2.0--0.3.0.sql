@@ -1832,7 +1832,7 @@ COMMENT ON COLUMN loyalty.points_liability.pending IS 'Points not yet available 
  * Issue 13, points: the program time zone is loyalty.settings.timezone
  * (copied above from a non-UTC points_program.timezone, so the column goes
  * now); tier_downgrade (on_refund undoes the upgrade a refunded order
- * caused, tier_history change 'refund'); return_for_order (partial
+ * caused, tier_history change 'refund'); points_return_for_order (partial
  * returns, ledger kind 'return', check_integrity counts them); replaying a
  * reversed earn is LP005 (C only); tier_progress judged by the current
  * thresholds; machine-readable DETAIL of the LP errors raised in SQL.
@@ -1879,7 +1879,7 @@ ALTER TABLE loyalty.points_program DROP COLUMN timezone;
 ALTER TABLE loyalty.points_program ADD COLUMN tier_downgrade text NOT NULL DEFAULT 'none'
 	CONSTRAINT points_program_tier_downgrade_check CHECK (tier_downgrade IN ('none', 'on_refund'));
 COMMENT ON COLUMN loyalty.points_program.tier_downgrade IS
-	'none: only evaluate_tiers lowers a tier (after the grace period); on_refund: a refund (reverse_points, return_for_order) of an order whose earning upgraded the customer undoes that upgrade at once when the remaining qualifying value no longer reaches the tier (recorded in tier_history as change refund)';
+	'none: only evaluate_tiers lowers a tier (after the grace period); on_refund: a refund (reverse_points, points_return_for_order) of an order whose earning upgraded the customer undoes that upgrade at once when the remaining qualifying value no longer reaches the tier (recorded in tier_history as change refund)';
 
 ALTER TABLE loyalty.tier_history DROP CONSTRAINT tier_history_change_check;
 ALTER TABLE loyalty.tier_history ADD CONSTRAINT tier_history_change_check
@@ -1893,16 +1893,16 @@ CREATE TRIGGER settings_points_config_changed
 COMMENT ON TRIGGER settings_points_config_changed ON loyalty.settings IS
 	'Drop the cached points settings (the program time zone) in every session when they change';
 
-CREATE FUNCTION loyalty.return_for_order(customer_id text, order_ref text, return_ref text, amount numeric,
+CREATE FUNCTION loyalty.points_return_for_order(customer_id text, order_ref text, return_ref text, amount numeric,
 										 at timestamptz DEFAULT pg_catalog.now())
 RETURNS loyalty.points_receipt
 AS 'MODULE_PATHNAME', 'points_return_for_order'
 LANGUAGE C VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 
-COMMENT ON FUNCTION loyalty.return_for_order(text, text, text, numeric, timestamptz) IS
+COMMENT ON FUNCTION loyalty.points_return_for_order(text, text, text, numeric, timestamptz) IS
 	'Partial return of an order earned with earn_for_order: take back the points matching the returned amount (cumulative share rounded down; all returns of the whole amount take exactly what a full reversal takes) and its qualifying points and spend; idempotent on return_ref; LP012 beyond what is left of the order';
-SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.return_for_order(text, text, text, numeric, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.points_return_for_order(text, text, text, numeric, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE OR REPLACE FUNCTION loyalty.tier_progress(customer_id text, at timestamptz DEFAULT pg_catalog.now(),
 									  OUT tier text, OUT qualifying numeric, OUT basis text,

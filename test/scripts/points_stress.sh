@@ -3,7 +3,7 @@
 #
 # pgbench with many clients hammers a few hundred accounts with random
 # earnings (some pending, some expiring within seconds, some by rule),
-# spends, refunds (reverse_points) and partial returns (return_for_order,
+# spends, refunds (reverse_points) and partial returns (points_return_for_order,
 # with tier_downgrade = 'on_refund'), repeated and conflicting references,
 # negative adjustments (debt), the expiry job and tier evaluation, all at
 # once, for POINTS_STRESS_SECONDS (default 20).  The business errors a shop
@@ -66,7 +66,7 @@ cat >"$work/reverse.sql" <<PGBENCH
 \set a random(1, 80)
 SELECT stress.try(CASE WHEN :r = 1
 	THEN format('SELECT loyalty.reverse_points(%L)', 'o-' || :c || '-' || :k)
-	ELSE format('SELECT loyalty.return_for_order(%L, %L, %L, %s.5)', 'c' || :c, 'o-' || :c || '-' || :k,
+	ELSE format('SELECT loyalty.points_return_for_order(%L, %L, %L, %s.5)', 'c' || :c, 'o-' || :c || '-' || :k,
 				'rt-' || :c || '-' || :k || '-' || :r, :a) END);
 PGBENCH
 cat >"$work/other.sql" <<PGBENCH
