@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # test/pg_build.sh MAJOR: build PostgreSQL MAJOR (13 or 18) from the release
 # tarball beside the checkout (../shared/vendor/postgresql-MAJOR.*.tar.bz2)
-# into a cache outside the checkout, and print its pg_config.
+# into a cache outside the checkout, and print its pg_config.  The server is
+# built with assertions (--enable-cassert): a test server, where a misused
+# memory context or a broken invariant traps at once instead of corrupting
+# memory silently.
 #
 #   PG_CONFIG=$(bash test/pg_build.sh 18) bash test/run.sh
 #
@@ -19,8 +22,19 @@ tarball=$(ls "$vendor"/postgresql-"$major".*.tar.bz2 2>/dev/null | sort -V | tai
 [ -n "$tarball" ] || { echo "no PostgreSQL $major tarball in $vendor" >&2; exit 1; }
 version=$(basename "$tarball" .tar.bz2); version=${version#postgresql-}
 cache=${LOYALTY_PG_CACHE:-/var/cache/loyalty/pg}
-prefix=$cache/$version
+prefix=$cache/$version-assert
+# pgTAP is SQL only: the Debian package's files (installed by test/lib.sh
+# for the system server) serve every version.
+add_pgtap() {
+	local ext
+	ext=$("$prefix/bin/pg_config" --sharedir)/extension
+	for f in /usr/share/postgresql/*/extension/pgtap*; do
+		[ -e "$f" ] && [ ! -e "$ext/$(basename "$f")" ] && cp "$f" "$ext/"
+	done
+	return 0
+}
 if [ -e "$prefix/.complete" ]; then
+	add_pgtap
 	echo "$prefix/bin/pg_config"
 	exit 0
 fi
@@ -40,10 +54,11 @@ tar -xjf "$tarball" -C "$build"
 cd "$build/postgresql-$version"
 rm -rf "$prefix"
 ./configure --prefix="$prefix" --without-readline --without-zlib --without-icu \
-	--enable-debug --enable-cassert=no >"$build/configure.log" 2>&1 ||
+	--enable-debug --enable-cassert >"$build/configure.log" 2>&1 ||
 	{ tail -30 "$build/configure.log" >&2; exit 1; }
 make -s -j"$(nproc)" >"$build/make.log" 2>&1 || { tail -30 "$build/make.log" >&2; exit 1; }
 make -s install >"$build/install.log" 2>&1 || { tail -30 "$build/install.log" >&2; exit 1; }
 make -s -C contrib -j"$(nproc)" install >"$build/contrib.log" 2>&1 || { tail -30 "$build/contrib.log" >&2; exit 1; }
 touch "$prefix/.complete"
+add_pgtap
 echo "$prefix/bin/pg_config"

@@ -1,18 +1,61 @@
 #!/usr/bin/env bash
-# test/run.sh: run every loyalty test suite on a throwaway cluster.
+# test/run.sh: run every loyalty test suite on throwaway clusters, on every
+# PostgreSQL version loyalty is tested on.
 #
-#   bash test/run.sh
+#   bash test/run.sh                            # PostgreSQL 15 (system) and 18
+#   LOYALTY_TEST_VERSIONS=15 bash test/run.sh   # only the named versions
+#   PG_CONFIG=/path/to/pg_config bash test/run.sh   # only that installation
 #
-# Installs missing Debian packages, builds and installs the extension, starts
-# a throwaway cluster (or uses PGHOST/PGPORT), then runs
+# For each version: installs missing Debian packages (the system server is
+# 15; another version is built once from ../shared/vendor by
+# test/pg_build.sh, with assertions, into a cache outside the checkout),
+# builds and installs the extension, starts a throwaway cluster (or uses
+# PGHOST/PGPORT), then runs
 #   1. pg_regress     sql/*.sql against expected/*.out
 #   2. isolation      test/isolation/specs/*.spec
 #   3. pgTAP          test/pgtap/*.sql through pg_prove
 #   4. scripted tests test/scripts/*.sh (dump/restore, upgrade, stress)
 # Prints regression.diffs on failure, exits non-zero if anything failed, and
-# ends with one line "N passed, N failed" summing all suites: one per
-# pg_regress test file, isolation spec and scripted check, one per pgTAP
-# assertion.
+# ends with one line "N passed, N failed" summing all suites of all
+# versions: one per pg_regress test file, isolation spec and scripted check,
+# one per pgTAP assertion.
+
+if [ -z "${PG_CONFIG:-}" ] && [ -z "${LOYALTY_RUN_ONE:-}" ]; then
+	set -uo pipefail
+	root=$(cd "$(dirname "$0")/.." && pwd)
+	total_passed=0
+	total_failed=0
+	for v in ${LOYALTY_TEST_VERSIONS:-15 18}; do
+		echo "==> PostgreSQL $v" >&2
+		cfg=
+		if [ "$v" != 15 ]; then
+			if ! cfg=$(bash "$root/test/pg_build.sh" "$v"); then
+				echo "could not build PostgreSQL $v" >&2
+				total_failed=$((total_failed + 1))
+				continue
+			fi
+		fi
+		# objects of another version must not be reused
+		make -C "$root" -s clean >/dev/null
+		out=$(mktemp /tmp/loyalty-run.XXXXXX)
+		LOYALTY_RUN_ONE=1 PG_CONFIG=$cfg bash "$root/test/run.sh" 2>&1 | tee "$out"
+		last=$(tail -1 "$out")
+		rm -f "$out"
+		if [[ "$last" =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+			total_passed=$((total_passed + BASH_REMATCH[1]))
+			total_failed=$((total_failed + BASH_REMATCH[2]))
+			echo "==> PostgreSQL $v: $last" >&2
+		else
+			echo "==> PostgreSQL $v: the run did not finish" >&2
+			total_failed=$((total_failed + 1))
+		fi
+	done
+	# leave no objects of another version behind for the next build
+	make -C "$root" -s clean >/dev/null
+	echo "$total_passed passed, $total_failed failed"
+	[ "$total_failed" -eq 0 ]
+	exit
+fi
 
 . "$(dirname "$0")/lib.sh"
 
