@@ -25,6 +25,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/inval.h"
+#include "utils/json.h"
 #include "utils/timestamp.h"
 
 #include "loyalty_args.h"
@@ -107,7 +108,9 @@ typedef struct CallState
 	OrderContext ctx;
 	TimestampTz now;
 	Datum		code;
-	char	   *code_display;
+	char	   *code_input;		/* the code argument as given */
+	CouponCodeError code_error; /* why it is not a code (invalid_code) */
+	char	   *code_display;	/* as printed: the stored code once found */
 	Coupon		cp;
 	Campaign	cm;
 	CouponOrder order;
@@ -115,20 +118,111 @@ typedef struct CallState
 	bool		on_shipping;
 } CallState;
 
-/* Raise the documented error of a reason. */
+/*
+ * The machine-readable DETAIL of a failure: one JSON object, keys in a fixed
+ * order (doc/errors.md): reason, code (as printed, null when the text is not
+ * a code), order_ref (null for validate without one), campaign_id (null
+ * before the code is found); for invalid_code also input, code_error (the
+ * coupon_code_check token) and, where the parser located the problem, typo
+ * and position (position2 for a swap), counted as the type's own 22P02
+ * counts them.
+ */
+static char *
+ReasonDetail(const CallState *st, CouponReason r)
+{
+	StringInfoData d;
+
+	initStringInfo(&d);
+	appendStringInfoString(&d, "{\"reason\": ");
+	escape_json(&d, CouponReasonToken(r));
+	appendStringInfoString(&d, ", \"code\": ");
+	if (r == COUPON_INVALID_CODE || st->code_display == NULL)
+		appendStringInfoString(&d, "null");
+	else
+		escape_json(&d, st->code_display);
+	appendStringInfoString(&d, ", \"order_ref\": ");
+	if (st->order_ref == NULL)
+		appendStringInfoString(&d, "null");
+	else
+		escape_json(&d, st->order_ref);
+	if (st->cp.id != 0)
+		appendStringInfo(&d, ", \"campaign_id\": " INT64_FORMAT, st->cp.campaign_id);
+	else
+		appendStringInfoString(&d, ", \"campaign_id\": null");
+	if (r == COUPON_INVALID_CODE && st->code_input != NULL)
+	{
+		const CouponCodeError *e = &st->code_error;
+
+		appendStringInfoString(&d, ", \"input\": ");
+		escape_json(&d, st->code_input);
+		appendStringInfoString(&d, ", \"code_error\": ");
+		escape_json(&d, CouponCodeReason(e->status));
+		if (e->status == COUPON_CODE_ERR_CHECK)
+		{
+			static const char *const typos[] = {
+				[COUPON_TYPO_NONE] = "wrong",
+				[COUPON_TYPO_WRONG] = "wrong",
+				[COUPON_TYPO_SWAPPED] = "swapped",
+				[COUPON_TYPO_MISSING] = "missing",
+				[COUPON_TYPO_EXTRA] = "extra",
+			};
+
+			appendStringInfo(&d, ", \"typo\": \"%s\", \"position\": %d",
+							 typos[e->typo], e->position);
+			if (e->typo == COUPON_TYPO_SWAPPED)
+				appendStringInfo(&d, ", \"position2\": %d", e->position2);
+		}
+		else if (e->status == COUPON_CODE_ERR_BAD_CHAR)
+			appendStringInfo(&d, ", \"position\": %d", e->position);
+	}
+	appendStringInfoChar(&d, '}');
+	return d.data;
+}
+
+/*
+ * The sentence of a failure (HINT): the reason's, or for a mistyped code
+ * the typo as the coupon_code type's own 22P02 states it.
+ */
+static char *
+ReasonSentence(const CallState *st, CouponReason r)
+{
+	if (r == COUPON_INVALID_CODE && st->code_input != NULL &&
+		st->code_error.status == COUPON_CODE_ERR_CHECK)
+	{
+		char		typo[128];
+
+		CouponCodeTypoText(&st->code_error, typo, sizeof(typo));
+		return psprintf("The check characters do not match: %s (positions count letters and digits only). The code was mistyped; it was not looked up.",
+						typo);
+	}
+	if (r == COUPON_INVALID_CODE && st->code_input != NULL &&
+		st->code_error.status == COUPON_CODE_ERR_BAD_CHAR)
+		return psprintf("Character %d is not a letter, a digit or a separator.",
+						st->code_error.position);
+	return pstrdup(CouponReasonDetail(r));
+}
+
+/*
+ * Raise the documented error of a reason: SQLSTATE LY0nn, the token in the
+ * message with the code as printed (the coupon_code output of the stored
+ * code once it is found), the JSON object of ReasonDetail as DETAIL, the
+ * sentence as HINT.
+ */
 pg_noreturn static void
 RaiseReason(const CallState *st, CouponReason r)
 {
-	if (st->code_display != NULL)
+	if (st->code_display != NULL && r != COUPON_INVALID_CODE)
 		ereport(ERROR,
 				(errcode(CouponReasonSqlstate(r)),
 				 errmsg("coupon %s cannot be %s: %s", st->code_display,
 						st->verb, CouponReasonToken(r)),
-				 errdetail("%s", CouponReasonDetail(r))));
+				 errdetail("%s", ReasonDetail(st, r)),
+				 errhint("%s", ReasonSentence(st, r))));
 	ereport(ERROR,
 			(errcode(CouponReasonSqlstate(r)),
 			 errmsg("coupon cannot be %s: %s", st->verb, CouponReasonToken(r)),
-			 errdetail("%s", CouponReasonDetail(r))));
+			 errdetail("%s", ReasonDetail(st, r)),
+			 errhint("%s", ReasonSentence(st, r))));
 }
 
 /*
@@ -140,9 +234,10 @@ static bool
 ParseCode(text *t, CallState *st)
 {
 	CouponCodeValue v;
-	CouponCodeError err;
 
-	if (!CouponCodeParse(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), &v, &err))
+	st->code_input = text_to_cstring(t);
+	if (!CouponCodeParse(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), &v,
+						 &st->code_error))
 		return false;
 	st->code = PointerGetDatum(CouponCodeFromValue(&v));
 	st->code_display = pstrdup(v.display);
@@ -321,6 +416,7 @@ BeginWrite(FunctionCallInfo fcinfo, CallState *st, bool amount_context)
 		RaiseReason(st, COUPON_ORDER_CONFLICT);
 	if (!CouponLookup(st->code, true, &st->cp))
 		RaiseReason(st, COUPON_NOT_FOUND);
+	st->code_display = st->cp.display;
 	if (st->order.exists)
 		CouponReadAttached(st->order_ref, st->now, true, &st->order);
 }

@@ -184,6 +184,7 @@ typedef struct Coupon
 	int64		max_uses;
 	int64		uses;			/* active redemptions */
 	int64		reservations;	/* reservations ever made (0: skip counting) */
+	char	   *display;		/* the stored code as printed */
 } Coupon;
 
 /* A coupon already attached to an order: redeemed, or held unexpired. */

@@ -95,7 +95,7 @@ typedef enum PlanId
 	NPLANS
 } PlanId;
 
-#define COUPON_COLS "coupon_id, campaign_id, customer_id, max_uses, uses, reservations"
+#define COUPON_COLS "coupon_id, campaign_id, customer_id, max_uses, uses, reservations, code"
 
 static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 	[P_LOOKUP] = {
@@ -420,6 +420,23 @@ TextArg(const char *s)
 /* ---- coupons and campaigns ---- */
 
 /*
+ * A coupon_code column as the type prints it (its output function: the
+ * stored display text), for messages.
+ */
+static char *
+CodeDisplay(LoyaltyRow r, int col)
+{
+	bool		isnull;
+	Datum		d = LoyaltyColDatum(r, col, &isnull);
+	CouponCode *c;
+
+	if (isnull)
+		return NULL;
+	c = DatumGetCouponCodeP(d);
+	return pnstrdup(CouponCodeDisplay(c), CouponCodeDisplayLen(c));
+}
+
+/*
  * Find a coupon by code; lock: FOR NO KEY UPDATE (lock order step 2).
  * Returns false if there is no such code.
  */
@@ -438,6 +455,7 @@ CouponLookup(Datum code, bool lock, Coupon *cp)
 	cp->has_max_uses = !cp->has_max_uses;
 	cp->uses = LoyaltyColInt64(LoyaltySpiRow(0), 5, NULL);
 	cp->reservations = LoyaltyColInt64(LoyaltySpiRow(0), 6, NULL);
+	cp->display = CodeDisplay(LoyaltySpiRow(0), 7);
 	return true;
 }
 
