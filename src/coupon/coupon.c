@@ -121,8 +121,7 @@ typedef struct CallState
 /*
  * The machine-readable DETAIL of a failure: one JSON object, keys in a fixed
  * order (doc/errors.md): reason, code (as printed, null when the text is not
- * a code), order_ref (null for validate without one), campaign_id (null
- * before the code is found); for invalid_code also input, code_error (the
+ * a code), order_ref; for invalid_code also code_error (the
  * coupon_code_check token) and, where the parser located the problem, typo
  * and position (position2 for a swap), counted as the type's own 22P02
  * counts them.
@@ -145,16 +144,10 @@ ReasonDetail(const CallState *st, CouponReason r)
 		appendStringInfoString(&d, "null");
 	else
 		escape_json(&d, st->order_ref);
-	if (st->cp.id != 0)
-		appendStringInfo(&d, ", \"campaign_id\": " INT64_FORMAT, st->cp.campaign_id);
-	else
-		appendStringInfoString(&d, ", \"campaign_id\": null");
 	if (r == COUPON_INVALID_CODE && st->code_input != NULL)
 	{
 		const CouponCodeError *e = &st->code_error;
 
-		appendStringInfoString(&d, ", \"input\": ");
-		escape_json(&d, st->code_input);
 		appendStringInfoString(&d, ", \"code_error\": ");
 		escape_json(&d, CouponCodeReason(e->status));
 		if (e->status == COUPON_CODE_ERR_CHECK)
@@ -262,7 +255,12 @@ CheckCoupon(CallState *st)
 		return COUPON_WRONG_CUSTOMER;
 	if (st->ctx.has_currency && strcmp(st->ctx.currency, cm->currency) != 0)
 		return COUPON_CURRENCY_MISMATCH;
-	if (cm->has_ends_at && st->now >= cm->ends_at)
+	if (cm->has_ends_on)
+	{
+		if (st->now >= CouponDayEnd(cm->ends_on))
+			return COUPON_EXPIRED;
+	}
+	else if (cm->has_ends_at && st->now >= cm->ends_at)
 		return COUPON_EXPIRED;
 	if (cm->has_starts_at && st->now < cm->starts_at)
 		return COUPON_NOT_STARTED;

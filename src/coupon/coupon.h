@@ -24,6 +24,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "utils/date.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
@@ -160,6 +161,9 @@ typedef struct Campaign
 	TimestampTz starts_at;
 	bool		has_ends_at;
 	TimestampTz ends_at;
+	bool		has_ends_on;	/* date-only end: through that day in the
+								 * program zone (CouponDayEnd) */
+	DateADT		ends_on;
 	bool		paused;
 	bool		has_total_cap;
 	int64		total_cap;
@@ -248,6 +252,7 @@ extern void CouponInit(void);
 extern void CouponStoreBegin(bool read_only);
 extern bool CouponLookup(Datum code, bool lock, Coupon *cp);
 extern void CouponReadCampaign(int64 campaign_id, Campaign *cm);
+extern TimestampTz CouponDayEnd(DateADT day);
 extern void CouponLockOrder(const char *order_ref, const char *customer_id,
 							const OrderContext *ctx, TimestampTz now,
 							CouponOrder *order);

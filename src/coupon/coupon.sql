@@ -48,6 +48,7 @@ CREATE TABLE loyalty.campaign (
 	uses			bigint NOT NULL DEFAULT 0,
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	ends_on			date,
 	CONSTRAINT campaign_name_key UNIQUE (name),
 	CONSTRAINT campaign_uses_within_cap
 		CHECK (uses >= 0 AND (total_cap IS NULL OR uses <= total_cap))
@@ -56,6 +57,8 @@ CREATE TABLE loyalty.campaign (
 COMMENT ON TABLE loyalty.campaign IS
 	'Coupon campaigns: discount kind, dates, pause switch, caps, eligibility, product lists, stacking (write through the admin functions)';
 COMMENT ON COLUMN loyalty.campaign.paused_at IS 'When the campaign was paused; null while it runs';
+COMMENT ON COLUMN loyalty.campaign.ends_on IS
+	'Date-only end: the campaign runs through this day in the program time zone (loyalty.settings); ends_at then holds that day''s end as of the zone when it was set';
 COMMENT ON COLUMN loyalty.campaign.uses IS
 	'Active redemptions counted against total_cap; maintained while total_cap is set, recounted when a cap is set';
 
@@ -308,7 +311,7 @@ CREATE TRIGGER campaign_config_changed
 		starts_at, ends_at, paused, paused_at, total_cap, per_customer_cap,
 		min_order_amount, include_skus, exclude_skus, include_categories,
 		exclude_categories, exclusive, max_coupons_per_order, created_at,
-		updated_at
+		updated_at, ends_on
 	ON loyalty.campaign
 	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._campaign_changed();
 
@@ -392,6 +395,25 @@ COMMENT ON FUNCTION loyalty.currency_decimals(text) IS
 	'Minor units (decimals) of an ISO 4217 currency as coupon discounts use them: 2 unless listed otherwise (JPY 0, KWD 3, CLF 4, ...)';
 
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.currency_decimals(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * The end of a date-only campaign end (ends_on): the start of the next day
+ * in the program time zone (loyalty.settings, no row: UTC), so the campaign
+ * runs through that whole day there.  The lifecycle computes it again at
+ * every call (a change of the zone applies at once); create_campaign and
+ * update_campaign store it in ends_at for readers of the table.
+ */
+CREATE FUNCTION loyalty._campaign_day_end(day date)
+RETURNS timestamptz
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.timezone(coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC'::pg_catalog.text),
+							   $1::pg_catalog.timestamp OPERATOR(pg_catalog.+) '1 day'::pg_catalog.interval)
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_day_end(date) IS
+	'Internal: when a campaign ending on this day (ends_on) ends: the next midnight in the program time zone';
 
 /*
  * Check a campaign row before it is written, with messages that say which
@@ -521,7 +543,8 @@ CREATE FUNCTION loyalty.create_campaign(
 	max_coupons_per_order integer DEFAULT NULL,
 	segments text[] DEFAULT NULL,
 	new_customers_only boolean DEFAULT false,
-	paused boolean DEFAULT false)
+	paused boolean DEFAULT false,
+	ends_on date DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -543,7 +566,12 @@ BEGIN
 							THEN coalesce(create_campaign.free_quantity, 1)
 							ELSE create_campaign.free_quantity END;
 	c.starts_at := create_campaign.starts_at;
-	c.ends_at := create_campaign.ends_at;
+	IF create_campaign.ends_at IS NOT NULL AND create_campaign.ends_on IS NOT NULL THEN
+		RAISE EXCEPTION 'invalid campaign: give ends_at (an instant) or ends_on (a date, inclusive), not both'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	c.ends_on := create_campaign.ends_on;
+	c.ends_at := coalesce(create_campaign.ends_at, loyalty._campaign_day_end(create_campaign.ends_on));
 	c.total_cap := create_campaign.total_cap;
 	c.per_customer_cap := create_campaign.per_customer_cap;
 	c.min_order_amount := create_campaign.min_order_amount;
@@ -568,14 +596,14 @@ BEGIN
 		 buy_quantity, get_quantity, free_sku, free_quantity, starts_at, ends_at,
 		 paused, paused_at, total_cap, per_customer_cap, min_order_amount,
 		 include_skus, exclude_skus, include_categories, exclude_categories,
-		 exclusive, max_coupons_per_order)
+		 exclusive, max_coupons_per_order, ends_on)
 	VALUES (c.name, c.kind, c.currency, c.percent_off, c.max_discount, c.amount_off,
 			c.buy_quantity, c.get_quantity, c.free_sku, c.free_quantity,
 			c.starts_at, c.ends_at, create_campaign.paused,
 			CASE WHEN create_campaign.paused THEN now() END,
 			c.total_cap, c.per_customer_cap, c.min_order_amount,
 			c.include_skus, c.exclude_skus, c.include_categories,
-			c.exclude_categories, c.exclusive, c.max_coupons_per_order)
+			c.exclude_categories, c.exclusive, c.max_coupons_per_order, c.ends_on)
 	RETURNING t.campaign_id INTO id;
 
 	IF segments IS NOT NULL THEN
@@ -589,10 +617,10 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean) IS
-	'Create a coupon campaign (use named arguments); returns its id';
+COMMENT ON FUNCTION loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean, date) IS
+	'Create a coupon campaign (use named arguments); returns its id. ends_at is an instant (exclusive); ends_on a date, the campaign running through that day in the program time zone';
 
-SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean, date)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * Change a running campaign: keys of changes are column names, values the
@@ -623,7 +651,7 @@ BEGIN
 	FROM jsonb_object_keys(changes) AS k
 	WHERE k NOT IN ('name', 'percent_off', 'max_discount', 'amount_off',
 					'buy_quantity', 'get_quantity', 'free_sku', 'free_quantity',
-					'starts_at', 'ends_at', 'total_cap', 'per_customer_cap',
+					'starts_at', 'ends_at', 'ends_on', 'total_cap', 'per_customer_cap',
 					'min_order_amount', 'include_skus', 'exclude_skus',
 					'include_categories', 'exclude_categories', 'exclusive',
 					'max_coupons_per_order');
@@ -641,6 +669,18 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	n := jsonb_populate_record(c, changes);
+	-- ends_at (an instant) and ends_on (a date) replace each other
+	IF changes ? 'ends_on' AND changes ? 'ends_at'
+	   AND n.ends_on IS NOT NULL AND n.ends_at IS NOT NULL THEN
+		RAISE EXCEPTION 'invalid campaign: give ends_at (an instant) or ends_on (a date, inclusive), not both'
+			USING ERRCODE = 'invalid_parameter_value';
+	ELSIF changes ? 'ends_on' AND n.ends_on IS NOT NULL THEN
+		n.ends_at := loyalty._campaign_day_end(n.ends_on);
+	ELSIF changes ? 'ends_on' AND NOT changes ? 'ends_at' THEN
+		n.ends_at := NULL;
+	ELSIF changes ? 'ends_at' THEN
+		n.ends_on := NULL;
+	END IF;
 	PERFORM loyalty._campaign_check(n);
 	IF n.total_cap IS NOT NULL AND c.total_cap IS NULL THEN
 		n.uses := loyalty._campaign_active_uses(c.campaign_id);
@@ -662,7 +702,7 @@ BEGIN
 		exclude_skus = n.exclude_skus, include_categories = n.include_categories,
 		exclude_categories = n.exclude_categories, exclusive = n.exclusive,
 		max_coupons_per_order = n.max_coupons_per_order, uses = n.uses,
-		updated_at = now()
+		ends_on = n.ends_on, updated_at = now()
 	WHERE t.campaign_id = c.campaign_id;
 END;
 $$;
@@ -1098,7 +1138,9 @@ SELECT c.campaign_id,
 	   c.kind,
 	   c.currency,
 	   CASE WHEN c.paused THEN 'paused'
-			WHEN c.ends_at IS NOT NULL AND c.ends_at <= pg_catalog.now() THEN 'ended'
+			WHEN coalesce(pg_catalog.timezone(coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC'),
+											  c.ends_on::pg_catalog.timestamp OPERATOR(pg_catalog.+) '1 day'::pg_catalog.interval),
+						  c.ends_at) <= pg_catalog.now() THEN 'ended'
 			WHEN c.starts_at IS NOT NULL AND c.starts_at > pg_catalog.now() THEN 'scheduled'
 			ELSE 'active' END AS status,
 	   coalesce(k.codes, 0) AS codes,

@@ -42,6 +42,7 @@
 #include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/date.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -92,6 +93,7 @@ typedef enum PlanId
 	P_SEGMENT,
 	P_ACTIVE_USES,
 	P_CAP_UNITS,
+	P_DAY_END,
 	NPLANS
 } PlanId;
 
@@ -114,7 +116,7 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		" c.starts_at, c.ends_at, c.paused, c.total_cap, c.per_customer_cap,"
 		" c.min_order_amount, c.include_skus, c.exclude_skus,"
 		" c.include_categories, c.exclude_categories, c.exclusive,"
-		" c.max_coupons_per_order, r.kinds, r.params, r.funcs"
+		" c.max_coupons_per_order, r.kinds, r.params, r.funcs, c.ends_on"
 		" FROM loyalty.campaign c"
 		" LEFT JOIN LATERAL ("
 		"  SELECT array_agg(cr.kind ORDER BY cr.rule_id) AS kinds,"
@@ -280,6 +282,10 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		"     + (SELECT count(*) FROM loyalty.coupon s"
 		"        WHERE " SOLD_UNIT_HELD("$1", "$3", "NULL") " AND ($2 IS NULL OR s.customer_id = $2))",
 		3, {INT8OID, TEXTOID, TIMESTAMPTZOID}
+	},
+	[P_DAY_END] = {
+		"SELECT loyalty._campaign_day_end($1)",
+		1, {DATEOID}
 	},
 };
 
@@ -509,6 +515,10 @@ ParseCampaign(LoyaltyRow row, int64 campaign_id, Campaign *cm)
 	ColNameList(row, 19, &cm->exclude_categories);
 	cm->exclusive = LoyaltyColBool(row, 20);
 	cm->max_coupons_per_order = LoyaltyColInt32(row, 21, NULL);
+	d = LoyaltyColDatum(row, 25, &isnull);
+	cm->has_ends_on = !isnull;
+	if (!isnull)
+		cm->ends_on = DatumGetDateADT(d);
 
 	d = LoyaltyColDatum(row, 22, &isnull);
 	if (!isnull)
@@ -655,6 +665,21 @@ CouponReadCampaign(int64 campaign_id, Campaign *cm)
 	row.tuple = heap_copytuple(entry->tuple);
 	row.desc = campaign_cache_desc;
 	ParseCampaign(row, campaign_id, cm);
+}
+
+/*
+ * When a campaign with a date-only end (ends_on) ends: the next midnight in
+ * the program time zone as it is now (loyalty._campaign_day_end), read at
+ * every call rather than cached with the campaign, so that a change of the
+ * zone applies at once.
+ */
+TimestampTz
+CouponDayEnd(DateADT day)
+{
+	Datum		values[1] = {DateADTGetDatum(day)};
+
+	Exec(P_DAY_END, values, NULL, true);
+	return LoyaltyColTimestamp(LoyaltySpiRow(0), 1, NULL);
 }
 
 /* ---- orders ---- */
