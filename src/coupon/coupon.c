@@ -74,6 +74,8 @@ static const struct
 	"This order was rolled back; its reference takes no coupons any more."},
 	[COUPON_ALREADY_REDEEMED] = {"already_redeemed", "LY022",
 	"The coupon is already redeemed for this order."},
+	[COUPON_ORDER_REDEEMED] = {"order_redeemed", "LY023",
+	"A coupon of this order is redeemed, so its order context no longer changes; take discounts back with return_coupon_lines or rollback_redemption."},
 };
 
 /* The stable token of a reason ("exhausted", ...). */
@@ -116,6 +118,7 @@ typedef struct CallState
 	CouponOrder order;
 	Numeric		discount;
 	bool		on_shipping;
+	Datum		lines;			/* numeric[] per order line, or 0 */
 } CallState;
 
 /*
@@ -349,6 +352,18 @@ CopyNumeric(Numeric n, MemoryContext cxt)
 	return res;
 }
 
+/* The discount per order line of the coupon just checked (st->lines). */
+static void
+SetLines(CallState *st)
+{
+	bool		isnull;
+
+	st->lines = CouponLineDiscounts(&st->cm, &st->ctx, st->discount,
+									st->on_shipping, &isnull);
+	if (isnull)
+		st->lines = (Datum) 0;
+}
+
 /*
  * Take the locks of steps 3-5 (gate, capped campaign row, customer), read
  * the campaign as it is now, run every check and count usage under the
@@ -375,6 +390,7 @@ CheckUnderLocks(CallState *st)
 	r = CheckCaps(st, campaign_uses, &usage);
 	if (r != COUPON_OK)
 		RaiseReason(st, r);
+	SetLines(st);
 }
 
 /*
@@ -444,7 +460,8 @@ CouponRedeem(FunctionCallInfo fcinfo, bool amount_context)
 	{
 		CheckUnderLocks(&st);
 		CouponInsertRedemption(&st.cp, &st.cm, st.customer_id, st.order_ref,
-							   st.discount, st.on_shipping, st.order.exists,
+							   st.discount, st.on_shipping, st.lines,
+							   st.order.exists,
 							   st.order.exists, st.now);
 		result = CopyNumeric(st.discount, caller);
 	}
@@ -551,7 +568,7 @@ CouponReserve(FunctionCallInfo fcinfo, bool amount_context)
 		CheckUnderLocks(&st);
 		expires_at = CouponInsertHold(&st.cp, &st.cm, st.customer_id,
 									  st.order_ref, st.discount,
-									  st.on_shipping, held && expired,
+									  st.on_shipping, st.lines, held && expired,
 									  st.order.exists, st.now, expires_at);
 		result = CopyNumeric(st.discount, caller);
 	}
@@ -733,4 +750,137 @@ coupon_rollback(PG_FUNCTION_ARGS)
 	done = CouponRollbackOrder(order_ref, GetCurrentTimestamp());
 	SPI_finish();
 	PG_RETURN_BOOL(done);
+}
+
+/* qsort comparator of attached coupons by coupon_id */
+static int
+AttachedCmp(const void *a, const void *b)
+{
+	int64		x = ((const CouponAttached *) a)->coupon_id;
+	int64		y = ((const CouponAttached *) b)->coupon_id;
+
+	return (x > y) - (x < y);
+}
+
+/* qsort comparator for int64 */
+static int
+Int64Cmp(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Recompute every live reservation of an order (st->order.attached, sorted
+ * by coupon_id) for the new context st->ctx: each is checked as a reserve
+ * would check it (dates, pause, rules, minimum, items, stacking with the
+ * ones recomputed before it, a discount above zero) and gets its new
+ * discount and lines.  The caps are not counted again: a hold keeps the
+ * unit it holds.  The first failure raises its reason; nothing is written
+ * then.  Returns the order's new total.
+ */
+static Numeric
+RecomputeHolds(CallState *st)
+{
+	CouponAttached *holds = st->order.attached;
+	int			n = st->order.nattached;
+	int64	   *ids = palloc(sizeof(int64) * Max(n, 1));
+	int64	   *camps = palloc(sizeof(int64) * Max(n, 1));
+	Numeric	   *discounts = palloc(sizeof(Numeric) * Max(n, 1));
+	bool	   *shipping = palloc(sizeof(bool) * Max(n, 1));
+	Datum	   *lines = palloc(sizeof(Datum) * Max(n, 1));
+	Numeric		total = LoyaltyNumericZero();
+	int			i;
+
+	qsort(holds, n, sizeof(CouponAttached), AttachedCmp);
+	for (i = 0; i < n; i++)
+	{
+		ids[i] = holds[i].coupon_id;
+		camps[i] = holds[i].campaign_id;
+	}
+	CouponLockCoupons(ids, n);
+	qsort(camps, n, sizeof(int64), Int64Cmp);
+	for (i = 0; i < n; i++)
+		if (i == 0 || camps[i] != camps[i - 1])
+			CouponGateShared(camps[i]);
+
+	for (i = 0; i < n; i++)
+	{
+		CouponReason r;
+
+		CouponById(holds[i].coupon_id, &st->cp);
+		st->code_display = st->cp.display;
+		CouponReadCampaign(holds[i].campaign_id, &st->cm);
+		st->order.nattached = i;	/* the holds recomputed so far */
+		r = CheckCoupon(st);
+		if (r != COUPON_OK)
+			RaiseReason(st, r);
+		SetLines(st);
+		discounts[i] = st->discount;
+		shipping[i] = st->on_shipping;
+		lines[i] = st->lines;
+		holds[i].discount = st->discount;
+		holds[i].on_shipping = st->on_shipping;
+		total = LoyaltyNumericAdd(total, st->discount);
+	}
+	for (i = 0; i < n; i++)
+		CouponUpdateHold(st->order_ref, ids[i], discounts[i], shipping[i],
+						 lines[i]);
+	return total;
+}
+
+PG_FUNCTION_INFO_V1(coupon_update_context);
+
+/*
+ * loyalty.update_order_context(customer_id text, order_ref text,
+ * order_context jsonb) RETURNS numeric: an open checkout's cart changed.
+ * The order takes the new context (later calls for it must repeat the new
+ * one), and its live reservations are checked again and get the discounts
+ * of the new cart; returns their total.  Refused while a coupon of the
+ * order is redeemed (order_redeemed), for a rolled-back order and for
+ * another customer.  Locks: order row, coupon rows, campaign gates.  NULL
+ * for an order that holds no coupon yet (nothing to update; the next
+ * reserve or redeem records its context).
+ */
+Datum
+coupon_update_context(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	CallState	st;
+	Numeric		total = NULL;
+	int			i;
+
+	memset(&st, 0, sizeof(st));
+	st.verb = "kept for the new order context";
+	LoyaltyArgNotNull(fcinfo, 0, "customer_id");
+	LoyaltyArgNotNull(fcinfo, 1, "order_ref");
+	LoyaltyArgNotNull(fcinfo, 2, "order_context");
+	st.customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(0),
+									   COUPON_MAX_ID_LEN);
+	st.order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(1),
+									LOYALTY_MAX_KEY_BYTES);
+	CouponContextFromJsonb(PG_GETARG_JSONB_P(2), &st.ctx);
+	st.now = GetCurrentTimestamp();
+
+	SPI_connect();
+	CouponStoreBegin(false);
+	if (CouponLockExistingOrder(st.order_ref, &st.order))
+	{
+		if (st.order.rolled_back)
+			RaiseReason(&st, COUPON_ORDER_ROLLED_BACK);
+		if (strcmp(st.order.customer_id, st.customer_id) != 0)
+			RaiseReason(&st, COUPON_ORDER_CONFLICT);
+		CouponReadAttached(st.order_ref, st.now, true, &st.order);
+		for (i = 0; i < st.order.nattached; i++)
+			if (st.order.attached[i].redeemed)
+				RaiseReason(&st, COUPON_ORDER_REDEEMED);
+		total = CopyNumeric(RecomputeHolds(&st), caller);
+		CouponUpdateOrderContext(st.order_ref, &st.ctx, st.now);
+	}
+	SPI_finish();
+	if (total == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_NUMERIC(total);
 }

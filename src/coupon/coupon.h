@@ -81,6 +81,8 @@ typedef enum CouponReason
 	COUPON_ORDER_ROLLED_BACK,	/* LY021 */
 	COUPON_ALREADY_REDEEMED,	/* LY022 (reserve after redeem); validate
 								 * reports it as valid */
+	COUPON_ORDER_REDEEMED,		/* LY023: update_order_context of an order
+								 * with a redeemed coupon */
 	COUPON_NREASONS
 } CouponReason;
 
@@ -202,6 +204,7 @@ typedef struct CouponAttached
 	bool		exclusive;
 	int32		max_coupons_per_order;
 	char		currency[4];
+	TimestampTz expires_at;		/* reservations only */
 } CouponAttached;
 
 /* The order a call works on, as stored in loyalty.coupon_order. */
@@ -240,6 +243,10 @@ extern CouponReason CouponApplyStacking(const Campaign *cm,
 										int64 own_coupon_id,
 										Numeric *discount, bool on_shipping);
 
+extern Datum CouponLineDiscounts(const Campaign *cm, const OrderContext *ctx,
+								 Numeric discount, bool on_shipping,
+								 bool *isnull);
+
 /* ---- eligibility rules (coupon_rules.c) ---- */
 
 extern CouponReason CouponRulesAllow(const Campaign *cm,
@@ -272,7 +279,8 @@ extern void CouponCountUsage(const Coupon *cp, const Campaign *cm,
 extern void CouponInsertRedemption(const Coupon *cp, const Campaign *cm,
 								   const char *customer_id,
 								   const char *order_ref, Numeric discount,
-								   bool on_shipping, bool consume_hold,
+								   bool on_shipping, Datum lines,
+								   bool consume_hold,
 								   bool order_existed, TimestampTz now);
 extern bool CouponFindHold(const char *order_ref, int64 coupon_id,
 						   TimestampTz now, Numeric *discount,
@@ -280,9 +288,17 @@ extern bool CouponFindHold(const char *order_ref, int64 coupon_id,
 extern TimestampTz CouponInsertHold(const Coupon *cp, const Campaign *cm,
 									const char *customer_id,
 									const char *order_ref, Numeric discount,
-									bool on_shipping, bool expire_old,
+									bool on_shipping, Datum lines,
+									bool expire_old,
 									bool order_existed, TimestampTz now,
 									TimestampTz expires_at);
+extern void CouponById(int64 coupon_id, Coupon *cp);
+extern bool CouponLockExistingOrder(const char *order_ref, CouponOrder *order);
+extern void CouponLockCoupons(int64 *ids, int n);
+extern void CouponUpdateHold(const char *order_ref, int64 coupon_id,
+							 Numeric discount, bool on_shipping, Datum lines);
+extern void CouponUpdateOrderContext(const char *order_ref,
+									 const OrderContext *ctx, TimestampTz now);
 extern bool CouponRollbackOrder(const char *order_ref, TimestampTz now);
 extern int64 CouponCampaignActiveUses(int64 campaign_id);
 extern Oid	CouponCodeTypeOid(void);

@@ -175,11 +175,15 @@ CREATE TABLE loyalty.coupon_order (
 	state			text NOT NULL DEFAULT 'open',
 	created_at		timestamptz NOT NULL,
 	updated_at		timestamptz NOT NULL,
-	closed_at		timestamptz
+	closed_at		timestamptz,
+	context			jsonb
 );
 
 COMMENT ON TABLE loyalty.coupon_order IS
 	'Orders that reserved or redeemed coupons: customer and order-context fingerprint every call must repeat; state open or rolled_back (closes the order_ref, closed_at set)';
+
+COMMENT ON COLUMN loyalty.coupon_order.context IS
+	'The order context as last given (reserve / redeem / update_order_context); its items are the lines of order_coupon_lines and return_coupon_lines; null for a plain amount and for orders recorded by 0.2.0';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_order', '');
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_order'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
@@ -206,7 +210,8 @@ CREATE TABLE loyalty.redemption (
 	discount		numeric NOT NULL,
 	on_shipping		boolean NOT NULL,
 	currency		text NOT NULL,
-	created_at		timestamptz NOT NULL
+	created_at		timestamptz NOT NULL,
+	line_discounts	numeric[]
 );
 
 CREATE UNIQUE INDEX redemption_order_coupon_key ON loyalty.redemption (order_ref, coupon_id)
@@ -216,7 +221,9 @@ CREATE UNIQUE INDEX redemption_reverses_key ON loyalty.redemption (reverses)
 CREATE INDEX redemption_campaign_customer_idx ON loyalty.redemption (campaign_id, customer_id);
 
 COMMENT ON TABLE loyalty.redemption IS
-	'Redemption ledger (append-only): one redeem row per (order_ref, code), one reversal row per rolled-back redemption';
+	'Redemption ledger (append-only): one redeem row per (order_ref, code), one reversal row per rolled-back redemption, one return row (uses 0, discount taken back, negative) per partial return and code';
+COMMENT ON COLUMN loyalty.redemption.line_discounts IS
+	'redeem rows: the discount per line of the order context (items in their order, summing exactly to discount); null for a plain amount or a free-shipping discount';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.redemption', '');
 SELECT pg_catalog.pg_extension_config_dump(
@@ -241,6 +248,7 @@ CREATE TABLE loyalty.reservation (
 	expires_at		timestamptz NOT NULL,
 	state			text NOT NULL DEFAULT 'held',
 	ended_at		timestamptz,
+	line_discounts	numeric[],
 	CONSTRAINT reservation_state_check
 		CHECK (state IN ('held', 'consumed', 'released', 'expired')
 			   AND (state = 'held') = (ended_at IS NULL)
@@ -258,6 +266,47 @@ CREATE INDEX reservation_customer_idx ON loyalty.reservation (campaign_id, custo
 
 COMMENT ON TABLE loyalty.reservation IS
 	'Coupon reservations of checkouts; a held row counts against the caps until expires_at';
+COMMENT ON COLUMN loyalty.reservation.line_discounts IS
+	'The discount per line of the order context, as for redemption.line_discounts';
+
+/*
+ * Partial returns (return_coupon_lines): one row per (order_ref,
+ * return_ref) with the returned quantities per line and the coupon discount
+ * taken back, and one row per code and line taken back.  The ledger gets a
+ * 'return' row per code (loyalty.redemption).  Only return_coupon_lines
+ * writes them.
+ */
+CREATE TABLE loyalty.coupon_return (
+	order_ref		text NOT NULL,
+	return_ref		text NOT NULL,
+	customer_id		text NOT NULL,
+	quantities		jsonb NOT NULL,
+	amount			numeric NOT NULL,
+	created_at		timestamptz NOT NULL,
+	PRIMARY KEY (order_ref, return_ref)
+);
+
+COMMENT ON TABLE loyalty.coupon_return IS
+	'Partial returns of orders with coupons: returned quantities per order line ({"line": quantity}) and the coupon discount taken back (amount); a repeat of return_ref returns it';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_return', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_return'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.coupon_return_line (
+	order_ref		text NOT NULL,
+	return_ref		text NOT NULL,
+	coupon_id		bigint NOT NULL,
+	line			integer NOT NULL,
+	quantity		bigint NOT NULL,
+	discount		numeric NOT NULL,
+	PRIMARY KEY (order_ref, return_ref, coupon_id, line)
+);
+
+COMMENT ON TABLE loyalty.coupon_return_line IS
+	'Coupon discount taken back per return, code and order line (discount > 0: the amount taken back)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_return_line', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_return_line'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.reservation', '');
 SELECT pg_catalog.pg_extension_config_dump(
@@ -1129,6 +1178,306 @@ COMMENT ON FUNCTION loyalty.rollback_redemption(text) IS
 	'Cancel / refund: reverse an order''s redemptions (uses given back, history kept), release its reservations, close the order; false if nothing to give back';
 
 SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.rollback_redemption(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.update_order_context(customer_id text, order_ref text,
+											 order_context jsonb)
+RETURNS numeric
+AS 'MODULE_PATHNAME', 'coupon_update_context'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.update_order_context(text, text, jsonb) IS
+	'An open checkout''s cart changed: the order takes the new context and its live reservations are checked again and re-priced (caps unchanged); returns their total discount; LY023 once a coupon of the order is redeemed';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.update_order_context(text, text, jsonb)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * Release one reservation of an order, leaving its other coupons alone.
+ * Lock order as every lifecycle call: order row, then the coupon row.  A
+ * released hold stops counting against the caps at the commit.  A coupon
+ * already redeemed for the order is not released (LY022): take its
+ * discount back with return_coupon_lines or rollback_redemption.
+ */
+CREATE FUNCTION loyalty.release_coupon(customer_id text, order_ref text, code text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o record;
+	k record;
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR code IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref and code must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT t.customer_id, t.state INTO o FROM loyalty.coupon_order t
+	WHERE t.order_ref = release_coupon.order_ref FOR NO KEY UPDATE;
+	IF NOT FOUND OR o.state = 'rolled_back' THEN
+		RETURN false;
+	END IF;
+	IF o.customer_id <> release_coupon.customer_id THEN
+		RAISE EXCEPTION 'coupon cannot be released: order_conflict'
+			USING ERRCODE = 'LY020',
+				  DETAIL = json_build_object('reason', 'order_conflict', 'code', NULL,
+											 'order_ref', release_coupon.order_ref)::text,
+				  HINT = 'This order reference was used with another customer.';
+	END IF;
+	SELECT c.coupon_id, c.code::text AS printed INTO k FROM loyalty.coupon c
+	WHERE c.code OPERATOR(loyalty.=) CAST(release_coupon.code AS loyalty.coupon_code)
+	FOR NO KEY UPDATE;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	IF EXISTS (SELECT 1 FROM loyalty.redemption r
+			   WHERE r.order_ref = release_coupon.order_ref AND r.coupon_id = k.coupon_id
+				 AND r.kind = 'redeem'
+				 AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)) THEN
+		RAISE EXCEPTION 'coupon % cannot be released: already_redeemed', k.printed
+			USING ERRCODE = 'LY022',
+				  DETAIL = json_build_object('reason', 'already_redeemed', 'code', k.printed,
+											 'order_ref', release_coupon.order_ref)::text,
+				  HINT = 'The coupon is redeemed for this order; take its discount back with return_coupon_lines or rollback_redemption.';
+	END IF;
+	UPDATE loyalty.reservation h SET state = 'released', ended_at = clock_timestamp()
+	WHERE h.order_ref = release_coupon.order_ref AND h.coupon_id = k.coupon_id AND h.state = 'held';
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	UPDATE loyalty.coupon_order t SET updated_at = clock_timestamp()
+	WHERE t.order_ref = release_coupon.order_ref;
+	RETURN true;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.release_coupon(text, text, text) IS
+	'Release the reservation of one code of an open order (its other coupons stay); false if the order holds none; LY022 if the code is redeemed for it';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.release_coupon(text, text, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * The coupon discount of an order per line of its context: one row per
+ * active redemption or live reservation and line (items in their order,
+ * line 1 first), with what partial returns took back.  A coupon without
+ * lines (plain amount, free shipping) has one row with line null.
+ */
+CREATE FUNCTION loyalty.order_coupon_lines(customer_id text, order_ref text)
+RETURNS TABLE (code loyalty.coupon_code, state text, line integer, sku text,
+			   quantity bigint, discount numeric, returned numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL THEN
+		RAISE EXCEPTION 'customer_id and order_ref must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	RETURN QUERY
+	WITH o AS (
+		SELECT t.context FROM loyalty.coupon_order t
+		WHERE t.order_ref = order_coupon_lines.order_ref
+		  AND t.customer_id = order_coupon_lines.customer_id AND t.state = 'open'),
+	a AS (
+		SELECT r.coupon_id, 'redeemed'::text AS state, r.discount, r.line_discounts
+		FROM loyalty.redemption r
+		WHERE r.order_ref = order_coupon_lines.order_ref AND r.kind = 'redeem'
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)
+		UNION ALL
+		SELECT h.coupon_id, 'reserved', h.discount, h.line_discounts
+		FROM loyalty.reservation h
+		WHERE h.order_ref = order_coupon_lines.order_ref AND h.state = 'held'
+		  AND h.expires_at > clock_timestamp())
+	SELECT c.code, a.state, l.n::integer,
+		   (o.context -> 'items' -> (l.n::integer - 1)) ->> 'sku',
+		   ((o.context -> 'items' -> (l.n::integer - 1)) ->> 'quantity')::bigint,
+		   coalesce(l.d, a.discount),
+		   coalesce((SELECT sum(rl.discount) FROM loyalty.coupon_return_line rl
+					 WHERE rl.order_ref = order_coupon_lines.order_ref
+					   AND rl.coupon_id = a.coupon_id
+					   AND rl.line IS NOT DISTINCT FROM l.n::integer), 0)
+	FROM o CROSS JOIN a
+	JOIN loyalty.coupon c ON c.coupon_id = a.coupon_id
+	CROSS JOIN LATERAL (SELECT u.d, u.n FROM unnest(a.line_discounts) WITH ORDINALITY AS u(d, n)
+						UNION ALL
+						SELECT NULL::numeric, NULL::bigint WHERE a.line_discounts IS NULL) l
+	ORDER BY a.coupon_id, l.n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.order_coupon_lines(text, text) IS
+	'The coupon discount of an open order per code and line of its order context (lines of one code sum exactly to its discount), with what partial returns took back';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.order_coupon_lines(text, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * A partial return: the returned quantities of lines of the order (lines
+ * as its context lists them: [{"line": 2, "quantity": 1}], or "sku" when
+ * exactly one line has it) take back the matching part of each redeemed
+ * coupon's discount on those lines, proportionally:
+ *	taken back so far on a line = round(line discount * units returned so
+ *	far / units of the line), half up to the currency's minor units,
+ * so that returning every unit, in any number of returns, takes back
+ * exactly the line's discount.  Recorded in coupon_return,
+ * coupon_return_line and as one 'return' row per code in the redemption
+ * ledger (uses 0: a partial return gives no use back; rollback_redemption
+ * does).  Idempotent on (order_ref, return_ref): a repeat with the same
+ * lines returns the first amount, other lines raise LY024.  A
+ * free-shipping or plain-amount discount has no lines and is not touched.
+ */
+CREATE FUNCTION loyalty.return_coupon_lines(customer_id text, order_ref text,
+											return_ref text, lines jsonb)
+RETURNS numeric
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o record;
+	req jsonb;
+	prev record;
+	items jsonb;
+	nitems integer;
+	total numeric := 0;
+	red record;
+	taken numeric;
+	now_ts timestamptz := clock_timestamp();
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR return_ref IS NULL OR lines IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref, return_ref and lines must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF octet_length(return_ref) NOT BETWEEN 1 AND 256 OR octet_length(order_ref) NOT BETWEEN 1 AND 256
+	   OR octet_length(customer_id) NOT BETWEEN 1 AND 256 THEN
+		RAISE EXCEPTION 'invalid customer_id, order_ref or return_ref'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Each must have 1 to 256 bytes.';
+	END IF;
+	SELECT t.customer_id, t.state, t.context INTO o FROM loyalty.coupon_order t
+	WHERE t.order_ref = return_coupon_lines.order_ref FOR NO KEY UPDATE;
+	IF NOT FOUND OR o.customer_id <> return_coupon_lines.customer_id THEN
+		RAISE EXCEPTION 'order % of customer % has no coupons', order_ref, customer_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	items := o.context -> 'items';
+	IF jsonb_typeof(items) IS DISTINCT FROM 'array' THEN
+		RAISE EXCEPTION 'order % has no lines', order_ref
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Its order context has no "items" (a plain amount, or an order recorded by 0.2.0).';
+	END IF;
+	nitems := jsonb_array_length(items);
+	IF jsonb_typeof(lines) <> 'array' OR jsonb_array_length(lines) = 0 THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'lines must be a non-empty JSON array of {"line": n, "quantity": q} (or "sku" instead of "line").';
+	END IF;
+
+	-- the request as {"line": quantity}, checked
+	SELECT jsonb_object_agg(q.line, q.quantity ORDER BY q.line) INTO req
+	FROM (SELECT r.line, sum(r.quantity) AS quantity
+		  FROM (SELECT CASE
+						   WHEN e ? 'line' AND jsonb_typeof(e -> 'line') = 'number'
+								AND (e ->> 'line')::numeric BETWEEN 1 AND nitems
+								AND (e ->> 'line')::numeric = trunc((e ->> 'line')::numeric)
+							   THEN (e ->> 'line')::integer
+						   WHEN NOT e ? 'line' AND jsonb_typeof(e -> 'sku') = 'string'
+							   THEN (SELECT min(i.n)::integer FROM jsonb_array_elements(items) WITH ORDINALITY i(v, n)
+									 WHERE i.v ->> 'sku' = e ->> 'sku'
+									 HAVING count(*) = 1)
+					   END AS line,
+					   CASE WHEN jsonb_typeof(e -> 'quantity') = 'number'
+								 AND (e ->> 'quantity')::numeric >= 1
+								 AND (e ->> 'quantity')::numeric = trunc((e ->> 'quantity')::numeric)
+								 AND (e ->> 'quantity')::numeric <= 1000000
+							THEN (e ->> 'quantity')::bigint END AS quantity
+				FROM jsonb_array_elements(lines) e) r
+		  GROUP BY r.line) q;
+	IF req IS NULL OR EXISTS (SELECT 1 FROM jsonb_each(req) j WHERE j.key IS NULL OR j.value = 'null')
+	   OR EXISTS (SELECT 1 FROM jsonb_array_elements(lines) e
+				  WHERE NOT (e ? 'line' OR e ? 'sku') OR jsonb_typeof(e) <> 'object') THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('Each element needs "line" (1 to %s) or a "sku" that exactly one line has, and a whole "quantity" of at least 1.', nitems);
+	END IF;
+
+	-- a repeat of the return
+	SELECT r.quantities, r.amount INTO prev FROM loyalty.coupon_return r
+	WHERE r.order_ref = return_coupon_lines.order_ref AND r.return_ref = return_coupon_lines.return_ref;
+	IF FOUND THEN
+		IF prev.quantities = req THEN
+			RETURN prev.amount;
+		END IF;
+		RAISE EXCEPTION 'return % of order % cannot be recorded: return_conflict', return_ref, order_ref
+			USING ERRCODE = 'LY024',
+				  DETAIL = json_build_object('reason', 'return_conflict', 'order_ref', order_ref,
+											 'return_ref', return_ref)::text,
+				  HINT = 'This return reference was used for other lines of the order.';
+	END IF;
+	IF o.state = 'rolled_back' THEN
+		RAISE EXCEPTION 'order % cannot take a return: order_rolled_back', order_ref
+			USING ERRCODE = 'LY021',
+				  DETAIL = json_build_object('reason', 'order_rolled_back', 'code', NULL,
+											 'order_ref', order_ref)::text,
+				  HINT = 'This order was rolled back; its whole discount was given back.';
+	END IF;
+
+	-- never more units back than the line has
+	PERFORM 1 FROM jsonb_each_text(req) j
+	WHERE j.value::bigint + coalesce((SELECT sum((r.quantities ->> j.key)::bigint) FROM loyalty.coupon_return r
+									  WHERE r.order_ref = return_coupon_lines.order_ref), 0)
+		  > ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint;
+	IF FOUND THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'More units would be returned than a line of the order has.';
+	END IF;
+
+	INSERT INTO loyalty.coupon_return (order_ref, return_ref, customer_id, quantities, amount, created_at)
+	VALUES (order_ref, return_ref, customer_id, req, 0, now_ts);
+
+	FOR red IN
+		SELECT r.coupon_id, r.campaign_id, r.currency, r.line_discounts
+		FROM loyalty.redemption r
+		WHERE r.order_ref = return_coupon_lines.order_ref AND r.kind = 'redeem'
+		  AND r.line_discounts IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)
+		ORDER BY r.coupon_id
+	LOOP
+		INSERT INTO loyalty.coupon_return_line (order_ref, return_ref, coupon_id, line, quantity, discount)
+		SELECT order_ref, return_ref, red.coupon_id, x.line, x.quantity, x.taken
+		FROM (SELECT j.key::integer AS line, j.value::bigint AS quantity,
+					 round(red.line_discounts[j.key::integer] * (p.before + j.value::bigint)
+						   / ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint,
+						   loyalty.currency_decimals(red.currency))
+					 - round(red.line_discounts[j.key::integer] * p.before
+							 / ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint,
+							 loyalty.currency_decimals(red.currency)) AS taken
+			  FROM jsonb_each_text(req) j
+			  CROSS JOIN LATERAL (SELECT coalesce(sum((r.quantities ->> j.key)::bigint), 0) AS before
+								  FROM loyalty.coupon_return r
+								  WHERE r.order_ref = return_coupon_lines.order_ref
+									AND r.return_ref <> return_coupon_lines.return_ref) p) x
+		WHERE x.taken > 0;
+		SELECT coalesce(sum(rl.discount), 0) INTO taken FROM loyalty.coupon_return_line rl
+		WHERE rl.order_ref = return_coupon_lines.order_ref AND rl.return_ref = return_coupon_lines.return_ref
+		  AND rl.coupon_id = red.coupon_id;
+		IF taken > 0 THEN
+			INSERT INTO loyalty.redemption (kind, coupon_id, campaign_id, customer_id, order_ref,
+											uses, discount, on_shipping, currency, created_at)
+			VALUES ('return', red.coupon_id, red.campaign_id, customer_id, order_ref,
+					0, -taken, false, red.currency, now_ts);
+			total := total + taken;
+		END IF;
+	END LOOP;
+	UPDATE loyalty.coupon_return r SET amount = total
+	WHERE r.order_ref = return_coupon_lines.order_ref AND r.return_ref = return_coupon_lines.return_ref;
+	UPDATE loyalty.coupon_order t SET updated_at = now_ts WHERE t.order_ref = return_coupon_lines.order_ref;
+	RETURN total;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.return_coupon_lines(text, text, text, jsonb) IS
+	'Partial return: take back the coupon discount of the returned units of order lines, proportionally (exact, half up per line on the cumulative units); idempotent on (order_ref, return_ref); returns the amount taken back';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.return_coupon_lines(text, text, text, jsonb)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* views */
 
