@@ -1219,7 +1219,7 @@ BEGIN
 	IF o.customer_id <> release_coupon.customer_id THEN
 		RAISE EXCEPTION 'coupon cannot be released: order_conflict'
 			USING ERRCODE = 'LY020',
-				  DETAIL = json_build_object('reason', 'order_conflict', 'code', NULL,
+				  DETAIL = jsonb_build_object('reason', 'order_conflict', 'code', NULL,
 											 'order_ref', release_coupon.order_ref)::text,
 				  HINT = 'This order reference was used with another customer.';
 	END IF;
@@ -1235,7 +1235,7 @@ BEGIN
 				 AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)) THEN
 		RAISE EXCEPTION 'coupon % cannot be released: already_redeemed', k.printed
 			USING ERRCODE = 'LY022',
-				  DETAIL = json_build_object('reason', 'already_redeemed', 'code', k.printed,
+				  DETAIL = jsonb_build_object('reason', 'already_redeemed', 'code', k.printed,
 											 'order_ref', release_coupon.order_ref)::text,
 				  HINT = 'The coupon is redeemed for this order; take its discount back with return_coupon_lines or rollback_redemption.';
 	END IF;
@@ -1371,32 +1371,34 @@ BEGIN
 	END IF;
 
 	-- the request as {"line": quantity}, checked
-	SELECT jsonb_object_agg(q.line, q.quantity ORDER BY q.line) INTO req
-	FROM (SELECT r.line, sum(r.quantity) AS quantity
-		  FROM (SELECT CASE
-						   WHEN e ? 'line' AND jsonb_typeof(e -> 'line') = 'number'
-								AND (e ->> 'line')::numeric BETWEEN 1 AND nitems
-								AND (e ->> 'line')::numeric = trunc((e ->> 'line')::numeric)
-							   THEN (e ->> 'line')::integer
-						   WHEN NOT e ? 'line' AND jsonb_typeof(e -> 'sku') = 'string'
-							   THEN (SELECT min(i.n)::integer FROM jsonb_array_elements(items) WITH ORDINALITY i(v, n)
-									 WHERE i.v ->> 'sku' = e ->> 'sku'
-									 HAVING count(*) = 1)
-					   END AS line,
-					   CASE WHEN jsonb_typeof(e -> 'quantity') = 'number'
-								 AND (e ->> 'quantity')::numeric >= 1
-								 AND (e ->> 'quantity')::numeric = trunc((e ->> 'quantity')::numeric)
-								 AND (e ->> 'quantity')::numeric <= 1000000
-							THEN (e ->> 'quantity')::bigint END AS quantity
-				FROM jsonb_array_elements(lines) e) r
-		  GROUP BY r.line) q;
-	IF req IS NULL OR EXISTS (SELECT 1 FROM jsonb_each(req) j WHERE j.key IS NULL OR j.value = 'null')
-	   OR EXISTS (SELECT 1 FROM jsonb_array_elements(lines) e
-				  WHERE NOT (e ? 'line' OR e ? 'sku') OR jsonb_typeof(e) <> 'object') THEN
+	IF EXISTS (SELECT 1 FROM jsonb_array_elements(lines) e
+			   WHERE jsonb_typeof(e) <> 'object'
+				  OR NOT CASE
+						 WHEN e ? 'line' THEN
+							 jsonb_typeof(e -> 'line') = 'number'
+							 AND (e ->> 'line')::numeric BETWEEN 1 AND nitems
+							 AND (e ->> 'line')::numeric = trunc((e ->> 'line')::numeric)
+						 ELSE
+							 jsonb_typeof(e -> 'sku') = 'string'
+							 AND (SELECT count(*) FROM jsonb_array_elements(items) i
+								  WHERE i ->> 'sku' = e ->> 'sku') = 1
+						 END
+				  OR NOT coalesce(jsonb_typeof(e -> 'quantity') = 'number'
+								  AND (e ->> 'quantity')::numeric BETWEEN 1 AND 1000000
+								  AND (e ->> 'quantity')::numeric = trunc((e ->> 'quantity')::numeric), false)) THEN
 		RAISE EXCEPTION 'invalid return lines'
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = format('Each element needs "line" (1 to %s) or a "sku" that exactly one line has, and a whole "quantity" of at least 1.', nitems);
 	END IF;
+	SELECT jsonb_object_agg(q.line, q.quantity ORDER BY q.line) INTO req
+	FROM (SELECT r.line, sum(r.quantity) AS quantity
+		  FROM (SELECT CASE WHEN e ? 'line' THEN (e ->> 'line')::integer
+							ELSE (SELECT i.n::integer FROM jsonb_array_elements(items) WITH ORDINALITY i(v, n)
+								  WHERE i.v ->> 'sku' = e ->> 'sku')
+					   END AS line,
+					   (e ->> 'quantity')::bigint AS quantity
+				FROM jsonb_array_elements(lines) e) r
+		  GROUP BY r.line) q;
 
 	-- a repeat of the return
 	SELECT r.quantities, r.amount INTO prev FROM loyalty.coupon_return r
@@ -1407,14 +1409,14 @@ BEGIN
 		END IF;
 		RAISE EXCEPTION 'return % of order % cannot be recorded: return_conflict', return_ref, order_ref
 			USING ERRCODE = 'LY024',
-				  DETAIL = json_build_object('reason', 'return_conflict', 'order_ref', order_ref,
+				  DETAIL = jsonb_build_object('reason', 'return_conflict', 'order_ref', order_ref,
 											 'return_ref', return_ref)::text,
 				  HINT = 'This return reference was used for other lines of the order.';
 	END IF;
 	IF o.state = 'rolled_back' THEN
 		RAISE EXCEPTION 'order % cannot take a return: order_rolled_back', order_ref
 			USING ERRCODE = 'LY021',
-				  DETAIL = json_build_object('reason', 'order_rolled_back', 'code', NULL,
+				  DETAIL = jsonb_build_object('reason', 'order_rolled_back', 'code', NULL,
 											 'order_ref', order_ref)::text,
 				  HINT = 'This order was rolled back; its whole discount was given back.';
 	END IF;
