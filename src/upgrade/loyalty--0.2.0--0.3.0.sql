@@ -1772,16 +1772,16 @@ COMMENT ON COLUMN loyalty.reservation.line_discounts IS
  * return_ref) with the returned quantities per line and the coupon discount
  * taken back, and one row per code and line taken back.  The ledger gets a
  * 'return' row per code (loyalty.redemption).  Only return_coupon_lines
- * writes them.
+ * writes them.  Keyed by customer first, as every per-customer table.
  */
 CREATE TABLE loyalty.coupon_return (
+	customer_id		text NOT NULL,
 	order_ref		text NOT NULL,
 	return_ref		text NOT NULL,
-	customer_id		text NOT NULL,
 	quantities		jsonb NOT NULL,
 	amount			numeric NOT NULL,
 	created_at		timestamptz NOT NULL,
-	PRIMARY KEY (order_ref, return_ref)
+	PRIMARY KEY (customer_id, order_ref, return_ref)
 );
 
 COMMENT ON TABLE loyalty.coupon_return IS
@@ -1791,13 +1791,14 @@ SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_return', '');
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_return'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.coupon_return_line (
+	customer_id		text NOT NULL,
 	order_ref		text NOT NULL,
 	return_ref		text NOT NULL,
 	coupon_id		bigint NOT NULL,
 	line			integer NOT NULL,
 	quantity		bigint NOT NULL,
 	discount		numeric NOT NULL,
-	PRIMARY KEY (order_ref, return_ref, coupon_id, line)
+	PRIMARY KEY (customer_id, order_ref, return_ref, coupon_id, line)
 );
 
 COMMENT ON TABLE loyalty.coupon_return_line IS
@@ -1919,7 +1920,8 @@ BEGIN
 		   ((o.context -> 'items' -> (l.n::integer - 1)) ->> 'quantity')::bigint,
 		   coalesce(l.d, a.discount),
 		   coalesce((SELECT sum(rl.discount) FROM loyalty.coupon_return_line rl
-					 WHERE rl.order_ref = order_coupon_lines.order_ref
+					 WHERE rl.customer_id = order_coupon_lines.customer_id
+					   AND rl.order_ref = order_coupon_lines.order_ref
 					   AND rl.coupon_id = a.coupon_id
 					   AND rl.line IS NOT DISTINCT FROM l.n::integer), 0)
 	FROM o CROSS JOIN a
@@ -2029,7 +2031,8 @@ BEGIN
 
 	-- a repeat of the return
 	SELECT r.quantities, r.amount INTO prev FROM loyalty.coupon_return r
-	WHERE r.order_ref = return_coupon_lines.order_ref AND r.return_ref = return_coupon_lines.return_ref;
+	WHERE r.customer_id = return_coupon_lines.customer_id
+	  AND r.order_ref = return_coupon_lines.order_ref AND r.return_ref = return_coupon_lines.return_ref;
 	IF FOUND THEN
 		IF prev.quantities = req THEN
 			RETURN prev.amount;
@@ -2051,7 +2054,8 @@ BEGIN
 	-- never more units back than the line has
 	PERFORM 1 FROM jsonb_each_text(req) j
 	WHERE j.value::bigint + coalesce((SELECT sum((r.quantities ->> j.key)::bigint) FROM loyalty.coupon_return r
-									  WHERE r.order_ref = return_coupon_lines.order_ref), 0)
+									  WHERE r.customer_id = return_coupon_lines.customer_id
+										AND r.order_ref = return_coupon_lines.order_ref), 0)
 		  > ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint;
 	IF FOUND THEN
 		RAISE EXCEPTION 'invalid return lines'
@@ -2059,8 +2063,8 @@ BEGIN
 				  DETAIL = 'More units would be returned than a line of the order has.';
 	END IF;
 
-	INSERT INTO loyalty.coupon_return (order_ref, return_ref, customer_id, quantities, amount, created_at)
-	VALUES (order_ref, return_ref, customer_id, req, 0, now_ts);
+	INSERT INTO loyalty.coupon_return (customer_id, order_ref, return_ref, quantities, amount, created_at)
+	VALUES (customer_id, order_ref, return_ref, req, 0, now_ts);
 
 	FOR red IN
 		SELECT r.coupon_id, r.campaign_id, r.currency, r.line_discounts
@@ -2070,8 +2074,8 @@ BEGIN
 		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)
 		ORDER BY r.coupon_id
 	LOOP
-		INSERT INTO loyalty.coupon_return_line (order_ref, return_ref, coupon_id, line, quantity, discount)
-		SELECT order_ref, return_ref, red.coupon_id, x.line, x.quantity, x.taken
+		INSERT INTO loyalty.coupon_return_line (customer_id, order_ref, return_ref, coupon_id, line, quantity, discount)
+		SELECT customer_id, order_ref, return_ref, red.coupon_id, x.line, x.quantity, x.taken
 		FROM (SELECT j.key::integer AS line, j.value::bigint AS quantity,
 					 round(red.line_discounts[j.key::integer] * (p.before + j.value::bigint)
 						   / ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint,
@@ -2082,11 +2086,13 @@ BEGIN
 			  FROM jsonb_each_text(req) j
 			  CROSS JOIN LATERAL (SELECT coalesce(sum((r.quantities ->> j.key)::bigint), 0) AS before
 								  FROM loyalty.coupon_return r
-								  WHERE r.order_ref = return_coupon_lines.order_ref
+								  WHERE r.customer_id = return_coupon_lines.customer_id
+									AND r.order_ref = return_coupon_lines.order_ref
 									AND r.return_ref <> return_coupon_lines.return_ref) p) x
 		WHERE x.taken > 0;
 		SELECT coalesce(sum(rl.discount), 0) INTO taken FROM loyalty.coupon_return_line rl
-		WHERE rl.order_ref = return_coupon_lines.order_ref AND rl.return_ref = return_coupon_lines.return_ref
+		WHERE rl.customer_id = return_coupon_lines.customer_id
+		  AND rl.order_ref = return_coupon_lines.order_ref AND rl.return_ref = return_coupon_lines.return_ref
 		  AND rl.coupon_id = red.coupon_id;
 		IF taken > 0 THEN
 			INSERT INTO loyalty.redemption (kind, coupon_id, campaign_id, customer_id, order_ref,
@@ -2097,7 +2103,8 @@ BEGIN
 		END IF;
 	END LOOP;
 	UPDATE loyalty.coupon_return r SET amount = total
-	WHERE r.order_ref = return_coupon_lines.order_ref AND r.return_ref = return_coupon_lines.return_ref;
+	WHERE r.customer_id = return_coupon_lines.customer_id
+	  AND r.order_ref = return_coupon_lines.order_ref AND r.return_ref = return_coupon_lines.return_ref;
 	UPDATE loyalty.coupon_order t SET updated_at = now_ts WHERE t.order_ref = return_coupon_lines.order_ref;
 	RETURN total;
 END;
