@@ -15,7 +15,8 @@
  * The functions run SECURITY DEFINER (the app role cannot write the tables)
  * and inside the caller's transaction: if the caller rolls back, nothing
  * happened.  Failures raise SQLSTATE LY0nn with the reason token in the
- * message (see CouponReasons); validate reports the same reasons as data.
+ * message, a JSON object in DETAIL and a sentence in HINT (RaiseReason,
+ * doc/errors.md); validate reports the same reasons as data.
  */
 #include "coupon.h"
 

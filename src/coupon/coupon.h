@@ -204,7 +204,6 @@ typedef struct CouponAttached
 	bool		exclusive;
 	int32		max_coupons_per_order;
 	char		currency[4];
-	TimestampTz expires_at;		/* reservations only */
 } CouponAttached;
 
 /* The order a call works on, as stored in loyalty.coupon_order. */

@@ -27,6 +27,9 @@
  *	  not compound); the coupons of one order together never take more than
  *	  the merchandise amount (the shipping cost for free shipping): the
  *	  coupon redeemed later gets what is left.
+ *	- per line (CouponLineDiscounts): a coupon's discount shared among its
+ *	  eligible lines by price * quantity, truncated shares, the minor units
+ *	  left to the largest remainders: the lines sum exactly to the discount.
  */
 #include "coupon.h"
 

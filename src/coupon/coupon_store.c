@@ -152,8 +152,7 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 	},
 	[P_ATTACHED] = {
 		"SELECT r.coupon_id, r.campaign_id, true, r.discount, r.on_shipping,"
-		"       c.exclusive, c.max_coupons_per_order, c.currency,"
-		"       NULL::pg_catalog.timestamptz"
+		"       c.exclusive, c.max_coupons_per_order, c.currency"
 		" FROM loyalty.redemption r"
 		" JOIN loyalty.campaign c ON c.campaign_id = r.campaign_id"
 		" WHERE r.order_ref = $1 AND r.kind = 'redeem'"
@@ -161,7 +160,7 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		"                   WHERE x.reverses = r.redemption_id)"
 		" UNION ALL "
 		"SELECT h.coupon_id, h.campaign_id, false, h.discount, h.on_shipping,"
-		"       c.exclusive, c.max_coupons_per_order, c.currency, h.expires_at"
+		"       c.exclusive, c.max_coupons_per_order, c.currency"
 		" FROM loyalty.reservation h"
 		" JOIN loyalty.campaign c ON c.campaign_id = h.campaign_id"
 		" WHERE h.order_ref = $1 AND h.state = 'held' AND h.expires_at > $2",
@@ -838,7 +837,6 @@ CouponReadAttached(const char *order_ref, TimestampTz now, bool latest,
 		a->exclusive = LoyaltyColBool(LoyaltySpiRow(i), 6);
 		a->max_coupons_per_order = LoyaltyColInt32(LoyaltySpiRow(i), 7, NULL);
 		ColCurrency(LoyaltySpiRow(i), 8, a->currency);
-		a->expires_at = LoyaltyColTimestamp(LoyaltySpiRow(i), 9, NULL);
 	}
 }
 
