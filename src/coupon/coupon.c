@@ -2,7 +2,10 @@
  * coupon.c
  *		The coupon lifecycle as SQL functions: validate (read-only), reserve
  *		(hold one unit of every cap for a checkout), redeem (atomic,
- *		idempotent on the order), roll back (cancel / refund).
+ *		idempotent on the order), roll back (cancel / refund), and
+ *		update_order_context (an open checkout's cart changed); the other
+ *		checkout functions (release_coupon, order_coupon_lines,
+ *		return_coupon_lines) are SQL in coupon.sql.
  *
  * An order_ref identifies one order of the app.  Each (order_ref, code) is
  * at most one redemption; redeeming the same pair again returns the first
