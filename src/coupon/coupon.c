@@ -2,7 +2,10 @@
  * coupon.c
  *		The coupon lifecycle as SQL functions: validate (read-only), reserve
  *		(hold one unit of every cap for a checkout), redeem (atomic,
- *		idempotent on the order), roll back (cancel / refund).
+ *		idempotent on the order), roll back (cancel / refund), and
+ *		update_order_context (an open checkout's cart changed); the other
+ *		checkout functions (release_coupon, order_coupon_lines,
+ *		return_coupon_lines) are SQL in coupon.sql.
  *
  * An order_ref identifies one order of the app.  Each (order_ref, code) is
  * at most one redemption; redeeming the same pair again returns the first
@@ -15,7 +18,8 @@
  * The functions run SECURITY DEFINER (the app role cannot write the tables)
  * and inside the caller's transaction: if the caller rolls back, nothing
  * happened.  Failures raise SQLSTATE LY0nn with the reason token in the
- * message (see CouponReasons); validate reports the same reasons as data.
+ * message, a JSON object in DETAIL and a sentence in HINT (RaiseReason,
+ * doc/errors.md); validate reports the same reasons as data.
  */
 #include "coupon.h"
 
@@ -25,6 +29,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/inval.h"
+#include "utils/json.h"
 #include "utils/timestamp.h"
 
 #include "loyalty_args.h"
@@ -73,6 +78,8 @@ static const struct
 	"This order was rolled back; its reference takes no coupons any more."},
 	[COUPON_ALREADY_REDEEMED] = {"already_redeemed", "LY022",
 	"The coupon is already redeemed for this order."},
+	[COUPON_ORDER_REDEEMED] = {"order_redeemed", "LY023",
+	"A coupon of this order is redeemed, so its order context no longer changes; take discounts back with return_coupon_lines or rollback_redemption."},
 };
 
 /* The stable token of a reason ("exhausted", ...). */
@@ -107,28 +114,115 @@ typedef struct CallState
 	OrderContext ctx;
 	TimestampTz now;
 	Datum		code;
-	char	   *code_display;
+	char	   *code_input;		/* the code argument as given */
+	CouponCodeError code_error; /* why it is not a code (invalid_code) */
+	char	   *code_display;	/* as printed: the stored code once found */
 	Coupon		cp;
 	Campaign	cm;
 	CouponOrder order;
 	Numeric		discount;
 	bool		on_shipping;
+	Datum		lines;			/* numeric[] per order line, or 0 */
 } CallState;
 
-/* Raise the documented error of a reason. */
+/*
+ * The machine-readable DETAIL of a failure: one JSON object, keys in a fixed
+ * order (doc/errors.md): reason, code (as printed, null when the text is not
+ * a code), order_ref; for invalid_code also code_error (the
+ * coupon_code_check token) and, where the parser located the problem, typo
+ * and position (position2 for a swap), counted as the type's own 22P02
+ * counts them.
+ */
+static char *
+ReasonDetail(const CallState *st, CouponReason r)
+{
+	StringInfoData d;
+
+	initStringInfo(&d);
+	appendStringInfoString(&d, "{\"reason\": ");
+	escape_json(&d, CouponReasonToken(r));
+	appendStringInfoString(&d, ", \"code\": ");
+	if (r == COUPON_INVALID_CODE || st->code_display == NULL)
+		appendStringInfoString(&d, "null");
+	else
+		escape_json(&d, st->code_display);
+	appendStringInfoString(&d, ", \"order_ref\": ");
+	if (st->order_ref == NULL)
+		appendStringInfoString(&d, "null");
+	else
+		escape_json(&d, st->order_ref);
+	if (r == COUPON_INVALID_CODE && st->code_input != NULL)
+	{
+		const CouponCodeError *e = &st->code_error;
+
+		appendStringInfoString(&d, ", \"code_error\": ");
+		escape_json(&d, CouponCodeReason(e->status));
+		if (e->status == COUPON_CODE_ERR_CHECK)
+		{
+			static const char *const typos[] = {
+				[COUPON_TYPO_NONE] = "wrong",
+				[COUPON_TYPO_WRONG] = "wrong",
+				[COUPON_TYPO_SWAPPED] = "swapped",
+				[COUPON_TYPO_MISSING] = "missing",
+				[COUPON_TYPO_EXTRA] = "extra",
+			};
+
+			appendStringInfo(&d, ", \"typo\": \"%s\", \"position\": %d",
+							 typos[e->typo], e->position);
+			if (e->typo == COUPON_TYPO_SWAPPED)
+				appendStringInfo(&d, ", \"position2\": %d", e->position2);
+		}
+		else if (e->status == COUPON_CODE_ERR_BAD_CHAR)
+			appendStringInfo(&d, ", \"position\": %d", e->position);
+	}
+	appendStringInfoChar(&d, '}');
+	return d.data;
+}
+
+/*
+ * The sentence of a failure (HINT): the reason's, or for a mistyped code
+ * the typo as the coupon_code type's own 22P02 states it.
+ */
+static char *
+ReasonSentence(const CallState *st, CouponReason r)
+{
+	if (r == COUPON_INVALID_CODE && st->code_input != NULL &&
+		st->code_error.status == COUPON_CODE_ERR_CHECK)
+	{
+		char		typo[128];
+
+		CouponCodeTypoText(&st->code_error, typo, sizeof(typo));
+		return psprintf("The check characters do not match: %s (positions count letters and digits only). The code was mistyped; it was not looked up.",
+						typo);
+	}
+	if (r == COUPON_INVALID_CODE && st->code_input != NULL &&
+		st->code_error.status == COUPON_CODE_ERR_BAD_CHAR)
+		return psprintf("Character %d is not a letter, a digit or a separator.",
+						st->code_error.position);
+	return pstrdup(CouponReasonDetail(r));
+}
+
+/*
+ * Raise the documented error of a reason: SQLSTATE LY0nn, the token in the
+ * message with the code as printed (the coupon_code output of the stored
+ * code once it is found), the JSON object of ReasonDetail as DETAIL, the
+ * sentence as HINT.
+ */
 pg_noreturn static void
 RaiseReason(const CallState *st, CouponReason r)
 {
-	if (st->code_display != NULL)
+	if (st->code_display != NULL && r != COUPON_INVALID_CODE)
 		ereport(ERROR,
 				(errcode(CouponReasonSqlstate(r)),
 				 errmsg("coupon %s cannot be %s: %s", st->code_display,
 						st->verb, CouponReasonToken(r)),
-				 errdetail("%s", CouponReasonDetail(r))));
+				 errdetail("%s", ReasonDetail(st, r)),
+				 errhint("%s", ReasonSentence(st, r))));
 	ereport(ERROR,
 			(errcode(CouponReasonSqlstate(r)),
 			 errmsg("coupon cannot be %s: %s", st->verb, CouponReasonToken(r)),
-			 errdetail("%s", CouponReasonDetail(r))));
+			 errdetail("%s", ReasonDetail(st, r)),
+			 errhint("%s", ReasonSentence(st, r))));
 }
 
 /*
@@ -140,9 +234,10 @@ static bool
 ParseCode(text *t, CallState *st)
 {
 	CouponCodeValue v;
-	CouponCodeError err;
 
-	if (!CouponCodeParse(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), &v, &err))
+	st->code_input = text_to_cstring(t);
+	if (!CouponCodeParse(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), &v,
+						 &st->code_error))
 		return false;
 	st->code = PointerGetDatum(CouponCodeFromValue(&v));
 	st->code_display = pstrdup(v.display);
@@ -167,7 +262,12 @@ CheckCoupon(CallState *st)
 		return COUPON_WRONG_CUSTOMER;
 	if (st->ctx.has_currency && strcmp(st->ctx.currency, cm->currency) != 0)
 		return COUPON_CURRENCY_MISMATCH;
-	if (cm->has_ends_at && st->now >= cm->ends_at)
+	if (cm->has_ends_on)
+	{
+		if (st->now >= CouponDayEnd(cm->ends_on))
+			return COUPON_EXPIRED;
+	}
+	else if (cm->has_ends_at && st->now >= cm->ends_at)
 		return COUPON_EXPIRED;
 	if (cm->has_starts_at && st->now < cm->starts_at)
 		return COUPON_NOT_STARTED;
@@ -256,6 +356,18 @@ CopyNumeric(Numeric n, MemoryContext cxt)
 	return res;
 }
 
+/* The discount per order line of the coupon just checked (st->lines). */
+static void
+SetLines(CallState *st)
+{
+	bool		isnull;
+
+	st->lines = CouponLineDiscounts(&st->cm, &st->ctx, st->discount,
+									st->on_shipping, &isnull);
+	if (isnull)
+		st->lines = (Datum) 0;
+}
+
 /*
  * Take the locks of steps 3-5 (gate, capped campaign row, customer), read
  * the campaign as it is now, run every check and count usage under the
@@ -282,6 +394,7 @@ CheckUnderLocks(CallState *st)
 	r = CheckCaps(st, campaign_uses, &usage);
 	if (r != COUPON_OK)
 		RaiseReason(st, r);
+	SetLines(st);
 }
 
 /*
@@ -321,6 +434,7 @@ BeginWrite(FunctionCallInfo fcinfo, CallState *st, bool amount_context)
 		RaiseReason(st, COUPON_ORDER_CONFLICT);
 	if (!CouponLookup(st->code, true, &st->cp))
 		RaiseReason(st, COUPON_NOT_FOUND);
+	st->code_display = st->cp.display;
 	if (st->order.exists)
 		CouponReadAttached(st->order_ref, st->now, true, &st->order);
 }
@@ -350,7 +464,8 @@ CouponRedeem(FunctionCallInfo fcinfo, bool amount_context)
 	{
 		CheckUnderLocks(&st);
 		CouponInsertRedemption(&st.cp, &st.cm, st.customer_id, st.order_ref,
-							   st.discount, st.on_shipping, st.order.exists,
+							   st.discount, st.on_shipping, st.lines,
+							   st.order.exists,
 							   st.order.exists, st.now);
 		result = CopyNumeric(st.discount, caller);
 	}
@@ -457,7 +572,7 @@ CouponReserve(FunctionCallInfo fcinfo, bool amount_context)
 		CheckUnderLocks(&st);
 		expires_at = CouponInsertHold(&st.cp, &st.cm, st.customer_id,
 									  st.order_ref, st.discount,
-									  st.on_shipping, held && expired,
+									  st.on_shipping, st.lines, held && expired,
 									  st.order.exists, st.now, expires_at);
 		result = CopyNumeric(st.discount, caller);
 	}
@@ -639,4 +754,137 @@ coupon_rollback(PG_FUNCTION_ARGS)
 	done = CouponRollbackOrder(order_ref, GetCurrentTimestamp());
 	SPI_finish();
 	PG_RETURN_BOOL(done);
+}
+
+/* qsort comparator of attached coupons by coupon_id */
+static int
+AttachedCmp(const void *a, const void *b)
+{
+	int64		x = ((const CouponAttached *) a)->coupon_id;
+	int64		y = ((const CouponAttached *) b)->coupon_id;
+
+	return (x > y) - (x < y);
+}
+
+/* qsort comparator for int64 */
+static int
+Int64Cmp(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Recompute every live reservation of an order (st->order.attached, sorted
+ * by coupon_id) for the new context st->ctx: each is checked as a reserve
+ * would check it (dates, pause, rules, minimum, items, stacking with the
+ * ones recomputed before it, a discount above zero) and gets its new
+ * discount and lines.  The caps are not counted again: a hold keeps the
+ * unit it holds.  The first failure raises its reason; nothing is written
+ * then.  Returns the order's new total.
+ */
+static Numeric
+RecomputeHolds(CallState *st)
+{
+	CouponAttached *holds = st->order.attached;
+	int			n = st->order.nattached;
+	int64	   *ids = palloc(sizeof(int64) * Max(n, 1));
+	int64	   *camps = palloc(sizeof(int64) * Max(n, 1));
+	Numeric	   *discounts = palloc(sizeof(Numeric) * Max(n, 1));
+	bool	   *shipping = palloc(sizeof(bool) * Max(n, 1));
+	Datum	   *lines = palloc(sizeof(Datum) * Max(n, 1));
+	Numeric		total = LoyaltyNumericZero();
+	int			i;
+
+	qsort(holds, n, sizeof(CouponAttached), AttachedCmp);
+	for (i = 0; i < n; i++)
+	{
+		ids[i] = holds[i].coupon_id;
+		camps[i] = holds[i].campaign_id;
+	}
+	CouponLockCoupons(ids, n);
+	qsort(camps, n, sizeof(int64), Int64Cmp);
+	for (i = 0; i < n; i++)
+		if (i == 0 || camps[i] != camps[i - 1])
+			CouponGateShared(camps[i]);
+
+	for (i = 0; i < n; i++)
+	{
+		CouponReason r;
+
+		CouponById(holds[i].coupon_id, &st->cp);
+		st->code_display = st->cp.display;
+		CouponReadCampaign(holds[i].campaign_id, &st->cm);
+		st->order.nattached = i;	/* the holds recomputed so far */
+		r = CheckCoupon(st);
+		if (r != COUPON_OK)
+			RaiseReason(st, r);
+		SetLines(st);
+		discounts[i] = st->discount;
+		shipping[i] = st->on_shipping;
+		lines[i] = st->lines;
+		holds[i].discount = st->discount;
+		holds[i].on_shipping = st->on_shipping;
+		total = LoyaltyNumericAdd(total, st->discount);
+	}
+	for (i = 0; i < n; i++)
+		CouponUpdateHold(st->order_ref, ids[i], discounts[i], shipping[i],
+						 lines[i]);
+	return total;
+}
+
+PG_FUNCTION_INFO_V1(coupon_update_context);
+
+/*
+ * loyalty.update_order_context(customer_id text, order_ref text,
+ * order_context jsonb) RETURNS numeric: an open checkout's cart changed.
+ * The order takes the new context (later calls for it must repeat the new
+ * one), and its live reservations are checked again and get the discounts
+ * of the new cart; returns their total.  Refused while a coupon of the
+ * order is redeemed (order_redeemed), for a rolled-back order and for
+ * another customer.  Locks: order row, coupon rows, campaign gates.  NULL
+ * for an order that holds no coupon yet (nothing to update; the next
+ * reserve or redeem records its context).
+ */
+Datum
+coupon_update_context(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	CallState	st;
+	Numeric		total = NULL;
+	int			i;
+
+	memset(&st, 0, sizeof(st));
+	st.verb = "kept for the new order context";
+	LoyaltyArgNotNull(fcinfo, 0, "customer_id");
+	LoyaltyArgNotNull(fcinfo, 1, "order_ref");
+	LoyaltyArgNotNull(fcinfo, 2, "order_context");
+	st.customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(0),
+									   COUPON_MAX_ID_LEN);
+	st.order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(1),
+									LOYALTY_MAX_KEY_BYTES);
+	CouponContextFromJsonb(PG_GETARG_JSONB_P(2), &st.ctx);
+	st.now = GetCurrentTimestamp();
+
+	SPI_connect();
+	CouponStoreBegin(false);
+	if (CouponLockExistingOrder(st.order_ref, &st.order))
+	{
+		if (st.order.rolled_back)
+			RaiseReason(&st, COUPON_ORDER_ROLLED_BACK);
+		if (strcmp(st.order.customer_id, st.customer_id) != 0)
+			RaiseReason(&st, COUPON_ORDER_CONFLICT);
+		CouponReadAttached(st.order_ref, st.now, true, &st.order);
+		for (i = 0; i < st.order.nattached; i++)
+			if (st.order.attached[i].redeemed)
+				RaiseReason(&st, COUPON_ORDER_REDEEMED);
+		total = CopyNumeric(RecomputeHolds(&st), caller);
+		CouponUpdateOrderContext(st.order_ref, &st.ctx, st.now);
+	}
+	SPI_finish();
+	if (total == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_NUMERIC(total);
 }

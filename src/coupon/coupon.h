@@ -24,6 +24,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "utils/date.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
@@ -80,6 +81,8 @@ typedef enum CouponReason
 	COUPON_ORDER_ROLLED_BACK,	/* LY021 */
 	COUPON_ALREADY_REDEEMED,	/* LY022 (reserve after redeem); validate
 								 * reports it as valid */
+	COUPON_ORDER_REDEEMED,		/* LY023: update_order_context of an order
+								 * with a redeemed coupon */
 	COUPON_NREASONS
 } CouponReason;
 
@@ -160,6 +163,9 @@ typedef struct Campaign
 	TimestampTz starts_at;
 	bool		has_ends_at;
 	TimestampTz ends_at;
+	bool		has_ends_on;	/* date-only end: through that day in the
+								 * program zone (CouponDayEnd) */
+	DateADT		ends_on;
 	bool		paused;
 	bool		has_total_cap;
 	int64		total_cap;
@@ -184,6 +190,7 @@ typedef struct Coupon
 	int64		max_uses;
 	int64		uses;			/* active redemptions */
 	int64		reservations;	/* reservations ever made (0: skip counting) */
+	char	   *display;		/* the stored code as printed */
 } Coupon;
 
 /* A coupon already attached to an order: redeemed, or held unexpired. */
@@ -235,6 +242,10 @@ extern CouponReason CouponApplyStacking(const Campaign *cm,
 										int64 own_coupon_id,
 										Numeric *discount, bool on_shipping);
 
+extern Datum CouponLineDiscounts(const Campaign *cm, const OrderContext *ctx,
+								 Numeric discount, bool on_shipping,
+								 bool *isnull);
+
 /* ---- eligibility rules (coupon_rules.c) ---- */
 
 extern CouponReason CouponRulesAllow(const Campaign *cm,
@@ -247,6 +258,7 @@ extern void CouponInit(void);
 extern void CouponStoreBegin(bool read_only);
 extern bool CouponLookup(Datum code, bool lock, Coupon *cp);
 extern void CouponReadCampaign(int64 campaign_id, Campaign *cm);
+extern TimestampTz CouponDayEnd(DateADT day);
 extern void CouponLockOrder(const char *order_ref, const char *customer_id,
 							const OrderContext *ctx, TimestampTz now,
 							CouponOrder *order);
@@ -266,7 +278,8 @@ extern void CouponCountUsage(const Coupon *cp, const Campaign *cm,
 extern void CouponInsertRedemption(const Coupon *cp, const Campaign *cm,
 								   const char *customer_id,
 								   const char *order_ref, Numeric discount,
-								   bool on_shipping, bool consume_hold,
+								   bool on_shipping, Datum lines,
+								   bool consume_hold,
 								   bool order_existed, TimestampTz now);
 extern bool CouponFindHold(const char *order_ref, int64 coupon_id,
 						   TimestampTz now, Numeric *discount,
@@ -274,9 +287,17 @@ extern bool CouponFindHold(const char *order_ref, int64 coupon_id,
 extern TimestampTz CouponInsertHold(const Coupon *cp, const Campaign *cm,
 									const char *customer_id,
 									const char *order_ref, Numeric discount,
-									bool on_shipping, bool expire_old,
+									bool on_shipping, Datum lines,
+									bool expire_old,
 									bool order_existed, TimestampTz now,
 									TimestampTz expires_at);
+extern void CouponById(int64 coupon_id, Coupon *cp);
+extern bool CouponLockExistingOrder(const char *order_ref, CouponOrder *order);
+extern void CouponLockCoupons(int64 *ids, int n);
+extern void CouponUpdateHold(const char *order_ref, int64 coupon_id,
+							 Numeric discount, bool on_shipping, Datum lines);
+extern void CouponUpdateOrderContext(const char *order_ref,
+									 const OrderContext *ctx, TimestampTz now);
 extern bool CouponRollbackOrder(const char *order_ref, TimestampTz now);
 extern int64 CouponCampaignActiveUses(int64 campaign_id);
 extern Oid	CouponCodeTypeOid(void);

@@ -48,6 +48,7 @@ CREATE TABLE loyalty.campaign (
 	uses			bigint NOT NULL DEFAULT 0,
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	ends_on			date,
 	CONSTRAINT campaign_name_key UNIQUE (name),
 	CONSTRAINT campaign_uses_within_cap
 		CHECK (uses >= 0 AND (total_cap IS NULL OR uses <= total_cap))
@@ -56,6 +57,8 @@ CREATE TABLE loyalty.campaign (
 COMMENT ON TABLE loyalty.campaign IS
 	'Coupon campaigns: discount kind, dates, pause switch, caps, eligibility, product lists, stacking (write through the admin functions)';
 COMMENT ON COLUMN loyalty.campaign.paused_at IS 'When the campaign was paused; null while it runs';
+COMMENT ON COLUMN loyalty.campaign.ends_on IS
+	'Date-only end: the campaign runs through this day in the program time zone (loyalty.settings); ends_at then holds that day''s end as of the zone when it was set';
 COMMENT ON COLUMN loyalty.campaign.uses IS
 	'Active redemptions counted against total_cap; maintained while total_cap is set, recounted when a cap is set';
 
@@ -172,11 +175,15 @@ CREATE TABLE loyalty.coupon_order (
 	state			text NOT NULL DEFAULT 'open',
 	created_at		timestamptz NOT NULL,
 	updated_at		timestamptz NOT NULL,
-	closed_at		timestamptz
+	closed_at		timestamptz,
+	context			jsonb
 );
 
 COMMENT ON TABLE loyalty.coupon_order IS
 	'Orders that reserved or redeemed coupons: customer and order-context fingerprint every call must repeat; state open or rolled_back (closes the order_ref, closed_at set)';
+
+COMMENT ON COLUMN loyalty.coupon_order.context IS
+	'The order context as last given (reserve / redeem / update_order_context); its items are the lines of order_coupon_lines and return_coupon_lines; null for a plain amount and for orders recorded by 0.2.0';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_order', '');
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_order'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
@@ -203,7 +210,8 @@ CREATE TABLE loyalty.redemption (
 	discount		numeric NOT NULL,
 	on_shipping		boolean NOT NULL,
 	currency		text NOT NULL,
-	created_at		timestamptz NOT NULL
+	created_at		timestamptz NOT NULL,
+	line_discounts	numeric[]
 );
 
 CREATE UNIQUE INDEX redemption_order_coupon_key ON loyalty.redemption (order_ref, coupon_id)
@@ -213,7 +221,9 @@ CREATE UNIQUE INDEX redemption_reverses_key ON loyalty.redemption (reverses)
 CREATE INDEX redemption_campaign_customer_idx ON loyalty.redemption (campaign_id, customer_id);
 
 COMMENT ON TABLE loyalty.redemption IS
-	'Redemption ledger (append-only): one redeem row per (order_ref, code), one reversal row per rolled-back redemption';
+	'Redemption ledger (append-only): one redeem row per (order_ref, code), one reversal row per rolled-back redemption, one return row (uses 0, discount taken back, negative) per partial return and code';
+COMMENT ON COLUMN loyalty.redemption.line_discounts IS
+	'redeem rows: the discount per line of the order context (items in their order, summing exactly to discount); null for a plain amount or a free-shipping discount';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.redemption', '');
 SELECT pg_catalog.pg_extension_config_dump(
@@ -238,6 +248,7 @@ CREATE TABLE loyalty.reservation (
 	expires_at		timestamptz NOT NULL,
 	state			text NOT NULL DEFAULT 'held',
 	ended_at		timestamptz,
+	line_discounts	numeric[],
 	CONSTRAINT reservation_state_check
 		CHECK (state IN ('held', 'consumed', 'released', 'expired')
 			   AND (state = 'held') = (ended_at IS NULL)
@@ -255,6 +266,48 @@ CREATE INDEX reservation_customer_idx ON loyalty.reservation (campaign_id, custo
 
 COMMENT ON TABLE loyalty.reservation IS
 	'Coupon reservations of checkouts; a held row counts against the caps until expires_at';
+COMMENT ON COLUMN loyalty.reservation.line_discounts IS
+	'The discount per line of the order context, as for redemption.line_discounts';
+
+/*
+ * Partial returns (return_coupon_lines): one row per (order_ref,
+ * return_ref) with the returned quantities per line and the coupon discount
+ * taken back, and one row per code and line taken back.  The ledger gets a
+ * 'return' row per code (loyalty.redemption).  Only return_coupon_lines
+ * writes them.  Keyed by customer first, as every per-customer table.
+ */
+CREATE TABLE loyalty.coupon_return (
+	customer_id		text NOT NULL,
+	order_ref		text NOT NULL,
+	return_ref		text NOT NULL,
+	quantities		jsonb NOT NULL,
+	amount			numeric NOT NULL,
+	created_at		timestamptz NOT NULL,
+	PRIMARY KEY (customer_id, order_ref, return_ref)
+);
+
+COMMENT ON TABLE loyalty.coupon_return IS
+	'Partial returns of orders with coupons: returned quantities per order line ({"line": quantity}) and the coupon discount taken back (amount); a repeat of return_ref returns it';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_return', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_return'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.coupon_return_line (
+	customer_id		text NOT NULL,
+	order_ref		text NOT NULL,
+	return_ref		text NOT NULL,
+	coupon_id		bigint NOT NULL,
+	line			integer NOT NULL,
+	quantity		bigint NOT NULL,
+	discount		numeric NOT NULL,
+	PRIMARY KEY (customer_id, order_ref, return_ref, coupon_id, line)
+);
+
+COMMENT ON TABLE loyalty.coupon_return_line IS
+	'Coupon discount taken back per return, code and order line (discount > 0: the amount taken back)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_return_line', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_return_line'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.reservation', '');
 SELECT pg_catalog.pg_extension_config_dump(
@@ -308,7 +361,7 @@ CREATE TRIGGER campaign_config_changed
 		starts_at, ends_at, paused, paused_at, total_cap, per_customer_cap,
 		min_order_amount, include_skus, exclude_skus, include_categories,
 		exclude_categories, exclusive, max_coupons_per_order, created_at,
-		updated_at
+		updated_at, ends_on
 	ON loyalty.campaign
 	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._campaign_changed();
 
@@ -392,6 +445,25 @@ COMMENT ON FUNCTION loyalty.currency_decimals(text) IS
 	'Minor units (decimals) of an ISO 4217 currency as coupon discounts use them: 2 unless listed otherwise (JPY 0, KWD 3, CLF 4, ...)';
 
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.currency_decimals(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * The end of a date-only campaign end (ends_on): the start of the next day
+ * in the program time zone (loyalty.settings, no row: UTC), so the campaign
+ * runs through that whole day there.  The lifecycle computes it again at
+ * every call (a change of the zone applies at once); create_campaign and
+ * update_campaign store it in ends_at for readers of the table.
+ */
+CREATE FUNCTION loyalty._campaign_day_end(day date)
+RETURNS timestamptz
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.timezone(coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC'::pg_catalog.text),
+							   $1::pg_catalog.timestamp OPERATOR(pg_catalog.+) '1 day'::pg_catalog.interval)
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_day_end(date) IS
+	'Internal: when a campaign ending on this day (ends_on) ends: the next midnight in the program time zone';
 
 /*
  * Check a campaign row before it is written, with messages that say which
@@ -521,7 +593,8 @@ CREATE FUNCTION loyalty.create_campaign(
 	max_coupons_per_order integer DEFAULT NULL,
 	segments text[] DEFAULT NULL,
 	new_customers_only boolean DEFAULT false,
-	paused boolean DEFAULT false)
+	paused boolean DEFAULT false,
+	ends_on date DEFAULT NULL)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -543,7 +616,12 @@ BEGIN
 							THEN coalesce(create_campaign.free_quantity, 1)
 							ELSE create_campaign.free_quantity END;
 	c.starts_at := create_campaign.starts_at;
-	c.ends_at := create_campaign.ends_at;
+	IF create_campaign.ends_at IS NOT NULL AND create_campaign.ends_on IS NOT NULL THEN
+		RAISE EXCEPTION 'invalid campaign: give ends_at (an instant) or ends_on (a date, inclusive), not both'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	c.ends_on := create_campaign.ends_on;
+	c.ends_at := coalesce(create_campaign.ends_at, loyalty._campaign_day_end(create_campaign.ends_on));
 	c.total_cap := create_campaign.total_cap;
 	c.per_customer_cap := create_campaign.per_customer_cap;
 	c.min_order_amount := create_campaign.min_order_amount;
@@ -568,14 +646,14 @@ BEGIN
 		 buy_quantity, get_quantity, free_sku, free_quantity, starts_at, ends_at,
 		 paused, paused_at, total_cap, per_customer_cap, min_order_amount,
 		 include_skus, exclude_skus, include_categories, exclude_categories,
-		 exclusive, max_coupons_per_order)
+		 exclusive, max_coupons_per_order, ends_on)
 	VALUES (c.name, c.kind, c.currency, c.percent_off, c.max_discount, c.amount_off,
 			c.buy_quantity, c.get_quantity, c.free_sku, c.free_quantity,
 			c.starts_at, c.ends_at, create_campaign.paused,
 			CASE WHEN create_campaign.paused THEN now() END,
 			c.total_cap, c.per_customer_cap, c.min_order_amount,
 			c.include_skus, c.exclude_skus, c.include_categories,
-			c.exclude_categories, c.exclusive, c.max_coupons_per_order)
+			c.exclude_categories, c.exclusive, c.max_coupons_per_order, c.ends_on)
 	RETURNING t.campaign_id INTO id;
 
 	IF segments IS NOT NULL THEN
@@ -589,10 +667,10 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean) IS
-	'Create a coupon campaign (use named arguments); returns its id';
+COMMENT ON FUNCTION loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean, date) IS
+	'Create a coupon campaign (use named arguments); returns its id. ends_at is an instant (exclusive); ends_on a date, the campaign running through that day in the program time zone';
 
-SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.create_campaign(text, text, numeric, numeric, numeric, integer, integer, text, integer, text, timestamptz, timestamptz, bigint, integer, numeric, text[], text[], text[], text[], boolean, integer, text[], boolean, boolean, date)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * Change a running campaign: keys of changes are column names, values the
@@ -623,7 +701,7 @@ BEGIN
 	FROM jsonb_object_keys(changes) AS k
 	WHERE k NOT IN ('name', 'percent_off', 'max_discount', 'amount_off',
 					'buy_quantity', 'get_quantity', 'free_sku', 'free_quantity',
-					'starts_at', 'ends_at', 'total_cap', 'per_customer_cap',
+					'starts_at', 'ends_at', 'ends_on', 'total_cap', 'per_customer_cap',
 					'min_order_amount', 'include_skus', 'exclude_skus',
 					'include_categories', 'exclude_categories', 'exclusive',
 					'max_coupons_per_order');
@@ -641,6 +719,18 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	n := jsonb_populate_record(c, changes);
+	-- ends_at (an instant) and ends_on (a date) replace each other
+	IF changes ? 'ends_on' AND changes ? 'ends_at'
+	   AND n.ends_on IS NOT NULL AND n.ends_at IS NOT NULL THEN
+		RAISE EXCEPTION 'invalid campaign: give ends_at (an instant) or ends_on (a date, inclusive), not both'
+			USING ERRCODE = 'invalid_parameter_value';
+	ELSIF changes ? 'ends_on' AND n.ends_on IS NOT NULL THEN
+		n.ends_at := loyalty._campaign_day_end(n.ends_on);
+	ELSIF changes ? 'ends_on' AND NOT changes ? 'ends_at' THEN
+		n.ends_at := NULL;
+	ELSIF changes ? 'ends_at' THEN
+		n.ends_on := NULL;
+	END IF;
 	PERFORM loyalty._campaign_check(n);
 	IF n.total_cap IS NOT NULL AND c.total_cap IS NULL THEN
 		n.uses := loyalty._campaign_active_uses(c.campaign_id);
@@ -662,7 +752,7 @@ BEGIN
 		exclude_skus = n.exclude_skus, include_categories = n.include_categories,
 		exclude_categories = n.exclude_categories, exclusive = n.exclusive,
 		max_coupons_per_order = n.max_coupons_per_order, uses = n.uses,
-		updated_at = now()
+		ends_on = n.ends_on, updated_at = now()
 	WHERE t.campaign_id = c.campaign_id;
 END;
 $$;
@@ -1090,6 +1180,314 @@ COMMENT ON FUNCTION loyalty.rollback_redemption(text) IS
 
 SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.rollback_redemption(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
+CREATE FUNCTION loyalty.update_order_context(customer_id text, order_ref text,
+											 order_context jsonb)
+RETURNS numeric
+AS 'MODULE_PATHNAME', 'coupon_update_context'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.update_order_context(text, text, jsonb) IS
+	'An open checkout''s cart changed: the order takes the new context and its live reservations are checked again and re-priced (caps unchanged); returns their total discount; LY023 once a coupon of the order is redeemed';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.update_order_context(text, text, jsonb)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * Release one reservation of an order, leaving its other coupons alone.
+ * Lock order as every lifecycle call: order row, then the coupon row.  A
+ * released hold stops counting against the caps at the commit.  A coupon
+ * already redeemed for the order is not released (LY022): take its
+ * discount back with return_coupon_lines or rollback_redemption.
+ */
+CREATE FUNCTION loyalty.release_coupon(customer_id text, order_ref text, code text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o record;
+	k record;
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR code IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref and code must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT t.customer_id, t.state INTO o FROM loyalty.coupon_order t
+	WHERE t.order_ref = release_coupon.order_ref FOR NO KEY UPDATE;
+	IF NOT FOUND OR o.state = 'rolled_back' THEN
+		RETURN false;
+	END IF;
+	IF o.customer_id <> release_coupon.customer_id THEN
+		RAISE EXCEPTION 'coupon cannot be released: order_conflict'
+			USING ERRCODE = 'LY020',
+				  DETAIL = jsonb_build_object('reason', 'order_conflict', 'code', NULL,
+											 'order_ref', release_coupon.order_ref)::text,
+				  HINT = 'This order reference was used with another customer.';
+	END IF;
+	SELECT c.coupon_id, c.code::text AS printed INTO k FROM loyalty.coupon c
+	WHERE c.code OPERATOR(loyalty.=) CAST(release_coupon.code AS loyalty.coupon_code)
+	FOR NO KEY UPDATE;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	IF EXISTS (SELECT 1 FROM loyalty.redemption r
+			   WHERE r.order_ref = release_coupon.order_ref AND r.coupon_id = k.coupon_id
+				 AND r.kind = 'redeem'
+				 AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)) THEN
+		RAISE EXCEPTION 'coupon % cannot be released: already_redeemed', k.printed
+			USING ERRCODE = 'LY022',
+				  DETAIL = jsonb_build_object('reason', 'already_redeemed', 'code', k.printed,
+											 'order_ref', release_coupon.order_ref)::text,
+				  HINT = 'The coupon is redeemed for this order; take its discount back with return_coupon_lines or rollback_redemption.';
+	END IF;
+	UPDATE loyalty.reservation h SET state = 'released', ended_at = clock_timestamp()
+	WHERE h.order_ref = release_coupon.order_ref AND h.coupon_id = k.coupon_id AND h.state = 'held';
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	UPDATE loyalty.coupon_order t SET updated_at = clock_timestamp()
+	WHERE t.order_ref = release_coupon.order_ref;
+	RETURN true;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.release_coupon(text, text, text) IS
+	'Release the reservation of one code of an open order (its other coupons stay); false if the order holds none; LY022 if the code is redeemed for it';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.release_coupon(text, text, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * The coupon discount of an order per line of its context: one row per
+ * active redemption or live reservation and line (items in their order,
+ * line 1 first), with what partial returns took back.  A coupon without
+ * lines (plain amount, free shipping) has one row with line null.
+ */
+CREATE FUNCTION loyalty.order_coupon_lines(customer_id text, order_ref text)
+RETURNS TABLE (code loyalty.coupon_code, state text, line integer, sku text,
+			   quantity bigint, discount numeric, returned numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL THEN
+		RAISE EXCEPTION 'customer_id and order_ref must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	RETURN QUERY
+	WITH o AS (
+		SELECT t.context FROM loyalty.coupon_order t
+		WHERE t.order_ref = order_coupon_lines.order_ref
+		  AND t.customer_id = order_coupon_lines.customer_id AND t.state = 'open'),
+	a AS (
+		SELECT r.coupon_id, 'redeemed'::text AS state, r.discount, r.line_discounts
+		FROM loyalty.redemption r
+		WHERE r.order_ref = order_coupon_lines.order_ref AND r.kind = 'redeem'
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)
+		UNION ALL
+		SELECT h.coupon_id, 'reserved', h.discount, h.line_discounts
+		FROM loyalty.reservation h
+		WHERE h.order_ref = order_coupon_lines.order_ref AND h.state = 'held'
+		  AND h.expires_at > clock_timestamp())
+	SELECT c.code, a.state, l.n::integer,
+		   (o.context -> 'items' -> (l.n::integer - 1)) ->> 'sku',
+		   ((o.context -> 'items' -> (l.n::integer - 1)) ->> 'quantity')::bigint,
+		   coalesce(l.d, a.discount),
+		   coalesce((SELECT sum(rl.discount) FROM loyalty.coupon_return_line rl
+					 WHERE rl.customer_id = order_coupon_lines.customer_id
+					   AND rl.order_ref = order_coupon_lines.order_ref
+					   AND rl.coupon_id = a.coupon_id
+					   AND rl.line IS NOT DISTINCT FROM l.n::integer), 0)
+	FROM o CROSS JOIN a
+	JOIN loyalty.coupon c ON c.coupon_id = a.coupon_id
+	CROSS JOIN LATERAL (SELECT u.d, u.n FROM unnest(a.line_discounts) WITH ORDINALITY AS u(d, n)
+						UNION ALL
+						SELECT NULL::numeric, NULL::bigint WHERE a.line_discounts IS NULL) l
+	ORDER BY a.coupon_id, l.n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.order_coupon_lines(text, text) IS
+	'The coupon discount of an open order per code and line of its order context (lines of one code sum exactly to its discount), with what partial returns took back';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.order_coupon_lines(text, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * A partial return: the returned quantities of lines of the order (lines
+ * as its context lists them: [{"line": 2, "quantity": 1}], or "sku" when
+ * exactly one line has it) take back the matching part of each redeemed
+ * coupon's discount on those lines, proportionally:
+ *	taken back so far on a line = round(line discount * units returned so
+ *	far / units of the line), half up to the currency's minor units,
+ * so that returning every unit, in any number of returns, takes back
+ * exactly the line's discount.  Recorded in coupon_return,
+ * coupon_return_line and as one 'return' row per code in the redemption
+ * ledger (uses 0: a partial return gives no use back; rollback_redemption
+ * does).  Idempotent on (order_ref, return_ref): a repeat with the same
+ * lines returns the first amount, other lines raise LY024.  A
+ * free-shipping or plain-amount discount has no lines and is not touched.
+ */
+CREATE FUNCTION loyalty.return_coupon_lines(customer_id text, order_ref text,
+											return_ref text, lines jsonb)
+RETURNS numeric
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o record;
+	req jsonb;
+	prev record;
+	items jsonb;
+	nitems integer;
+	total numeric := 0;
+	red record;
+	taken numeric;
+	now_ts timestamptz := clock_timestamp();
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR return_ref IS NULL OR lines IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref, return_ref and lines must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF octet_length(return_ref) NOT BETWEEN 1 AND 256 OR octet_length(order_ref) NOT BETWEEN 1 AND 256
+	   OR octet_length(customer_id) NOT BETWEEN 1 AND 256 THEN
+		RAISE EXCEPTION 'invalid customer_id, order_ref or return_ref'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Each must have 1 to 256 bytes.';
+	END IF;
+	SELECT t.customer_id, t.state, t.context INTO o FROM loyalty.coupon_order t
+	WHERE t.order_ref = return_coupon_lines.order_ref FOR NO KEY UPDATE;
+	IF NOT FOUND OR o.customer_id <> return_coupon_lines.customer_id THEN
+		RAISE EXCEPTION 'order % of customer % has no coupons', order_ref, customer_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	items := o.context -> 'items';
+	IF jsonb_typeof(items) IS DISTINCT FROM 'array' THEN
+		RAISE EXCEPTION 'order % has no lines', order_ref
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Its order context has no "items" (a plain amount, or an order recorded by 0.2.0).';
+	END IF;
+	nitems := jsonb_array_length(items);
+	IF jsonb_typeof(lines) <> 'array' OR jsonb_array_length(lines) = 0 THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'lines must be a non-empty JSON array of {"line": n, "quantity": q} (or "sku" instead of "line").';
+	END IF;
+
+	-- the request as {"line": quantity}, checked
+	IF EXISTS (SELECT 1 FROM jsonb_array_elements(lines) e
+			   WHERE jsonb_typeof(e) <> 'object'
+				  OR NOT CASE
+						 WHEN e ? 'line' THEN
+							 jsonb_typeof(e -> 'line') = 'number'
+							 AND (e ->> 'line')::numeric BETWEEN 1 AND nitems
+							 AND (e ->> 'line')::numeric = trunc((e ->> 'line')::numeric)
+						 ELSE
+							 jsonb_typeof(e -> 'sku') = 'string'
+							 AND (SELECT count(*) FROM jsonb_array_elements(items) i
+								  WHERE i ->> 'sku' = e ->> 'sku') = 1
+						 END
+				  OR NOT coalesce(jsonb_typeof(e -> 'quantity') = 'number'
+								  AND (e ->> 'quantity')::numeric BETWEEN 1 AND 1000000
+								  AND (e ->> 'quantity')::numeric = trunc((e ->> 'quantity')::numeric), false)) THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('Each element needs "line" (1 to %s) or a "sku" that exactly one line has, and a whole "quantity" of at least 1.', nitems);
+	END IF;
+	SELECT jsonb_object_agg(q.line, q.quantity ORDER BY q.line) INTO req
+	FROM (SELECT r.line, sum(r.quantity) AS quantity
+		  FROM (SELECT CASE WHEN e ? 'line' THEN (e ->> 'line')::integer
+							ELSE (SELECT i.n::integer FROM jsonb_array_elements(items) WITH ORDINALITY i(v, n)
+								  WHERE i.v ->> 'sku' = e ->> 'sku')
+					   END AS line,
+					   (e ->> 'quantity')::bigint AS quantity
+				FROM jsonb_array_elements(lines) e) r
+		  GROUP BY r.line) q;
+
+	-- a repeat of the return
+	SELECT r.quantities, r.amount INTO prev FROM loyalty.coupon_return r
+	WHERE r.customer_id = return_coupon_lines.customer_id
+	  AND r.order_ref = return_coupon_lines.order_ref AND r.return_ref = return_coupon_lines.return_ref;
+	IF FOUND THEN
+		IF prev.quantities = req THEN
+			RETURN prev.amount;
+		END IF;
+		RAISE EXCEPTION 'return % of order % cannot be recorded: return_conflict', return_ref, order_ref
+			USING ERRCODE = 'LY024',
+				  DETAIL = jsonb_build_object('reason', 'return_conflict', 'order_ref', order_ref,
+											 'return_ref', return_ref)::text,
+				  HINT = 'This return reference was used for other lines of the order.';
+	END IF;
+	IF o.state = 'rolled_back' THEN
+		RAISE EXCEPTION 'order % cannot take a return: order_rolled_back', order_ref
+			USING ERRCODE = 'LY021',
+				  DETAIL = jsonb_build_object('reason', 'order_rolled_back', 'code', NULL,
+											 'order_ref', order_ref)::text,
+				  HINT = 'This order was rolled back; its whole discount was given back.';
+	END IF;
+
+	-- never more units back than the line has
+	PERFORM 1 FROM jsonb_each_text(req) j
+	WHERE j.value::bigint + coalesce((SELECT sum((r.quantities ->> j.key)::bigint) FROM loyalty.coupon_return r
+									  WHERE r.customer_id = return_coupon_lines.customer_id
+										AND r.order_ref = return_coupon_lines.order_ref), 0)
+		  > ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint;
+	IF FOUND THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'More units would be returned than a line of the order has.';
+	END IF;
+
+	INSERT INTO loyalty.coupon_return (customer_id, order_ref, return_ref, quantities, amount, created_at)
+	VALUES (customer_id, order_ref, return_ref, req, 0, now_ts);
+
+	FOR red IN
+		SELECT r.coupon_id, r.campaign_id, r.currency, r.line_discounts
+		FROM loyalty.redemption r
+		WHERE r.order_ref = return_coupon_lines.order_ref AND r.kind = 'redeem'
+		  AND r.line_discounts IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)
+		ORDER BY r.coupon_id
+	LOOP
+		INSERT INTO loyalty.coupon_return_line (customer_id, order_ref, return_ref, coupon_id, line, quantity, discount)
+		SELECT customer_id, order_ref, return_ref, red.coupon_id, x.line, x.quantity, x.taken
+		FROM (SELECT j.key::integer AS line, j.value::bigint AS quantity,
+					 round(red.line_discounts[j.key::integer] * (p.before + j.value::bigint)
+						   / ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint,
+						   loyalty.currency_decimals(red.currency))
+					 - round(red.line_discounts[j.key::integer] * p.before
+							 / ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint,
+							 loyalty.currency_decimals(red.currency)) AS taken
+			  FROM jsonb_each_text(req) j
+			  CROSS JOIN LATERAL (SELECT coalesce(sum((r.quantities ->> j.key)::bigint), 0) AS before
+								  FROM loyalty.coupon_return r
+								  WHERE r.customer_id = return_coupon_lines.customer_id
+									AND r.order_ref = return_coupon_lines.order_ref
+									AND r.return_ref <> return_coupon_lines.return_ref) p) x
+		WHERE x.taken > 0;
+		SELECT coalesce(sum(rl.discount), 0) INTO taken FROM loyalty.coupon_return_line rl
+		WHERE rl.customer_id = return_coupon_lines.customer_id
+		  AND rl.order_ref = return_coupon_lines.order_ref AND rl.return_ref = return_coupon_lines.return_ref
+		  AND rl.coupon_id = red.coupon_id;
+		IF taken > 0 THEN
+			INSERT INTO loyalty.redemption (kind, coupon_id, campaign_id, customer_id, order_ref,
+											uses, discount, on_shipping, currency, created_at)
+			VALUES ('return', red.coupon_id, red.campaign_id, customer_id, order_ref,
+					0, -taken, false, red.currency, now_ts);
+			total := total + taken;
+		END IF;
+	END LOOP;
+	UPDATE loyalty.coupon_return r SET amount = total
+	WHERE r.customer_id = return_coupon_lines.customer_id
+	  AND r.order_ref = return_coupon_lines.order_ref AND r.return_ref = return_coupon_lines.return_ref;
+	UPDATE loyalty.coupon_order t SET updated_at = now_ts WHERE t.order_ref = return_coupon_lines.order_ref;
+	RETURN total;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.return_coupon_lines(text, text, text, jsonb) IS
+	'Partial return: take back the coupon discount of the returned units of order lines, proportionally (exact, half up per line on the cumulative units); idempotent on (order_ref, return_ref); returns the amount taken back';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.return_coupon_lines(text, text, text, jsonb)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
 /* views */
 
 CREATE VIEW loyalty.campaign_stats AS
@@ -1098,7 +1496,9 @@ SELECT c.campaign_id,
 	   c.kind,
 	   c.currency,
 	   CASE WHEN c.paused THEN 'paused'
-			WHEN c.ends_at IS NOT NULL AND c.ends_at <= pg_catalog.now() THEN 'ended'
+			WHEN coalesce(pg_catalog.timezone(coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC'),
+											  c.ends_on::pg_catalog.timestamp OPERATOR(pg_catalog.+) '1 day'::pg_catalog.interval),
+						  c.ends_at) <= pg_catalog.now() THEN 'ended'
 			WHEN c.starts_at IS NOT NULL AND c.starts_at > pg_catalog.now() THEN 'scheduled'
 			ELSE 'active' END AS status,
 	   coalesce(k.codes, 0) AS codes,

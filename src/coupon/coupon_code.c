@@ -37,6 +37,38 @@ CouponCodeFromValue(const CouponCodeValue *v)
 }
 
 /*
+ * The typo behind a check_mismatch as a phrase ("characters 8 and 9 appear
+ * to be swapped"): the 22P02 of the type and the LY001 of the coupon API
+ * say it alike.
+ */
+void
+CouponCodeTypoText(const CouponCodeError *err, char *typo, size_t len)
+{
+	switch (err->typo)
+	{
+		case COUPON_TYPO_SWAPPED:
+			snprintf(typo, len, "characters %d and %d appear to be swapped",
+					 err->position, err->position2);
+			break;
+		case COUPON_TYPO_MISSING:
+			if (err->position == 1)
+				snprintf(typo, len, "a character appears to be missing at the start");
+			else
+				snprintf(typo, len, "a character appears to be missing after character %d",
+						 err->position - 1);
+			break;
+		case COUPON_TYPO_EXTRA:
+			snprintf(typo, len, "character %d appears to be one too many",
+					 err->position);
+			break;
+		default:
+			snprintf(typo, len, "character %d appears to be wrong",
+					 err->position);
+			break;
+	}
+}
+
+/*
  * Report a failed parse of a code as 22P02 with a detail that names the
  * problem precisely enough for a person to fix the code.
  */
@@ -79,28 +111,7 @@ CouponCodeReportError(const char *input, const CouponCodeError *err,
 			{
 				char		typo[128];
 
-				switch (err->typo)
-				{
-					case COUPON_TYPO_SWAPPED:
-						snprintf(typo, sizeof(typo), "characters %d and %d appear to be swapped",
-								 err->position, err->position2);
-						break;
-					case COUPON_TYPO_MISSING:
-						if (err->position == 1)
-							snprintf(typo, sizeof(typo), "a character appears to be missing at the start");
-						else
-							snprintf(typo, sizeof(typo), "a character appears to be missing after character %d",
-									 err->position - 1);
-						break;
-					case COUPON_TYPO_EXTRA:
-						snprintf(typo, sizeof(typo), "character %d appears to be one too many",
-								 err->position);
-						break;
-					default:
-						snprintf(typo, sizeof(typo), "character %d appears to be wrong",
-								 err->position);
-						break;
-				}
+				CouponCodeTypoText(err, typo, sizeof(typo));
 				ereturn(escontext,,
 						(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
 						 errmsg("invalid input syntax for type coupon_code: \"%s\"", input),

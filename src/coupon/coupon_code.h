@@ -272,6 +272,10 @@ extern CouponCode *CouponCodeFromValue(const CouponCodeValue *v);
 extern void CouponCodeReportError(const char *input, const CouponCodeError *err,
 								  Node *escontext);
 
+/* The typo of a check_mismatch as a phrase, for messages. */
+extern void CouponCodeTypoText(const CouponCodeError *err, char *typo,
+							   size_t len);
+
 /* Raise the error of a failed CouponPatternParse / AllowsCount (22023). */
 extern void CouponPatternReportError(const char *pattern,
 									 const CouponCodeError *err);

@@ -27,9 +27,14 @@
  *	  not compound); the coupons of one order together never take more than
  *	  the merchandise amount (the shipping cost for free shipping): the
  *	  coupon redeemed later gets what is left.
+ *	- per line (CouponLineDiscounts): a coupon's discount shared among its
+ *	  eligible lines by price * quantity, truncated shares, the minor units
+ *	  left to the largest remainders: the lines sum exactly to the discount.
  */
 #include "coupon.h"
 
+#include "catalog/pg_type.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 
@@ -268,4 +273,105 @@ CouponApplyStacking(const Campaign *cm, const OrderContext *ctx,
 		left = LoyaltyNumericZero();
 	*discount = NumericMin(*discount, LoyaltyNumericTrunc(left, decimals));
 	return COUPON_OK;
+}
+
+/* 10^n as a numeric (n = 0..4: the currencies' decimals). */
+static Numeric
+TenPower(int n)
+{
+	char		buf[8] = "1";
+
+	for (int i = 1; i <= n && i < 7; i++)
+		buf[i] = '0';
+	buf[Min(n, 6) + 1] = '\0';
+	return DatumGetNumeric(DirectFunctionCall3(numeric_in, CStringGetDatum(buf),
+											   ObjectIdGetDatum(InvalidOid),
+											   Int32GetDatum(-1)));
+}
+
+/*
+ * The discount of one coupon per line of the order context (the items in
+ * their order): numeric[] with one element per item, or NULL (Datum 0,
+ * *isnull set) when the context has no items or the coupon reduces the
+ * shipping cost.  The discount is shared among the campaign's eligible
+ * lines (for a free item: the lines of its sku) in proportion to price *
+ * quantity, each share truncated to the currency's minor units; the minor
+ * units left over go one each to the lines with the largest remainders
+ * (ties: the earlier line), so the lines sum exactly to the discount.
+ * Ineligible lines get 0.  Exact numeric: integer division on minor units.
+ */
+Datum
+CouponLineDiscounts(const Campaign *cm, const OrderContext *ctx,
+					Numeric discount, bool on_shipping, bool *isnull)
+{
+	int			decimals = CouponCurrencyDecimals(cm->currency);
+	Numeric		scale = TenPower(decimals);
+	Numeric		unit;
+	Numeric		units;
+	Numeric		weight = LoyaltyNumericZero();
+	Numeric    *quot;
+	Numeric    *rem;
+	bool	   *take;
+	bool	   *bonus;
+	Datum	   *elems;
+	Numeric		left;
+	int			n = ctx->nitems;
+	int			i;
+
+	*isnull = true;
+	if (!ctx->has_items || on_shipping || n == 0)
+		return (Datum) 0;
+	unit = LoyaltyNumericDiv(LoyaltyNumericFromInt64(1), scale);
+	unit = LoyaltyNumericRound(unit, decimals);
+	units = LoyaltyNumericTrunc(LoyaltyNumericMul(discount, scale), 0);
+	take = palloc0(sizeof(bool) * n);
+	bonus = palloc0(sizeof(bool) * n);
+	quot = palloc0(sizeof(Numeric) * n);
+	rem = palloc0(sizeof(Numeric) * n);
+	elems = palloc(sizeof(Datum) * n);
+	for (i = 0; i < n; i++)
+	{
+		const CouponItem *it = &ctx->items[i];
+
+		take[i] = cm->kind == CAMPAIGN_FREE_ITEM ?
+			strcmp(it->sku, cm->free_sku) == 0 : ItemEligible(cm, it);
+		if (take[i])
+			weight = LoyaltyNumericAdd(weight, it->line_total);
+	}
+	left = units;
+	for (i = 0; i < n; i++)
+	{
+		Numeric		prod;
+
+		quot[i] = LoyaltyNumericZero();
+		rem[i] = LoyaltyNumericZero();
+		if (!take[i] || LoyaltyNumericIsZero(weight))
+			continue;
+		prod = LoyaltyNumericMul(units, ctx->items[i].line_total);
+		quot[i] = DatumGetNumeric(DirectFunctionCall2(numeric_div_trunc,
+													  NumericGetDatum(prod),
+													  NumericGetDatum(weight)));
+		rem[i] = LoyaltyNumericSub(prod, LoyaltyNumericMul(quot[i], weight));
+		left = LoyaltyNumericSub(left, quot[i]);
+	}
+	/* left < number of eligible lines: one minor unit each, largest first */
+	while (LoyaltyNumericCmp(left, LoyaltyNumericZero()) > 0)
+	{
+		int			best = -1;
+
+		for (i = 0; i < n; i++)
+			if (take[i] && !bonus[i] &&
+				(best < 0 || LoyaltyNumericCmp(rem[i], rem[best]) > 0))
+				best = i;
+		if (best < 0)
+			elog(ERROR, "discount allocation left minor units over");
+		bonus[best] = true;
+		quot[best] = LoyaltyNumericAdd(quot[best], LoyaltyNumericFromInt64(1));
+		left = LoyaltyNumericSub(left, LoyaltyNumericFromInt64(1));
+	}
+	for (i = 0; i < n; i++)
+		elems[i] = NumericGetDatum(LoyaltyNumericMul(quot[i], unit));
+	*isnull = false;
+	return PointerGetDatum(construct_array(elems, n, NUMERICOID, -1, false,
+										   TYPALIGN_INT));
 }

@@ -42,6 +42,7 @@
 #include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/date.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -92,10 +93,14 @@ typedef enum PlanId
 	P_SEGMENT,
 	P_ACTIVE_USES,
 	P_CAP_UNITS,
+	P_DAY_END,
+	P_COUPON_BY_ID,
+	P_UPDATE_HOLD,
+	P_ORDER_UPDATE,
 	NPLANS
 } PlanId;
 
-#define COUPON_COLS "coupon_id, campaign_id, customer_id, max_uses, uses, reservations"
+#define COUPON_COLS "coupon_id, campaign_id, customer_id, max_uses, uses, reservations, code"
 
 static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 	[P_LOOKUP] = {
@@ -114,7 +119,7 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		" c.starts_at, c.ends_at, c.paused, c.total_cap, c.per_customer_cap,"
 		" c.min_order_amount, c.include_skus, c.exclude_skus,"
 		" c.include_categories, c.exclude_categories, c.exclusive,"
-		" c.max_coupons_per_order, r.kinds, r.params, r.funcs"
+		" c.max_coupons_per_order, r.kinds, r.params, r.funcs, c.ends_on"
 		" FROM loyalty.campaign c"
 		" LEFT JOIN LATERAL ("
 		"  SELECT array_agg(cr.kind ORDER BY cr.rule_id) AS kinds,"
@@ -129,10 +134,11 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 	},
 	[P_ORDER_INSERT] = {
 		"INSERT INTO loyalty.coupon_order"
-		" (order_ref, customer_id, context_hash, amount, currency, created_at, updated_at)"
-		" VALUES ($1, $2, $3, $4, $5, $6, $6)"
+		" (order_ref, customer_id, context_hash, amount, currency, created_at, updated_at,"
+		"  context)"
+		" VALUES ($1, $2, $3, $4, $5, $6, $6, $7)"
 		" ON CONFLICT (order_ref) DO NOTHING RETURNING 1",
-		6, {TEXTOID, TEXTOID, INT8OID, NUMERICOID, TEXTOID, TIMESTAMPTZOID}
+		7, {TEXTOID, TEXTOID, INT8OID, NUMERICOID, TEXTOID, TIMESTAMPTZOID, JSONBOID}
 	},
 	[P_ORDER_LOCK] = {
 		"SELECT customer_id, context_hash, state FROM loyalty.coupon_order"
@@ -203,15 +209,15 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 	[P_INSERT_HOLD] = {
 		"WITH ins AS ("
 		"  INSERT INTO loyalty.reservation (coupon_id, campaign_id, customer_id,"
-		"    order_ref, discount, on_shipping, created_at, expires_at)"
-		"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING expires_at),"
+		"    order_ref, discount, on_shipping, created_at, expires_at, line_discounts)"
+		"  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10) RETURNING expires_at),"
 		" cu AS (UPDATE loyalty.coupon SET reservations = reservations + 1"
 		"        WHERE coupon_id = $1),"
 		" od AS (UPDATE loyalty.coupon_order SET updated_at = $7"
 		"        WHERE order_ref = $4 AND $9)"
 		" SELECT expires_at FROM ins",
-		9, {INT8OID, INT8OID, TEXTOID, TEXTOID, NUMERICOID, BOOLOID,
-		TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID}
+		10, {INT8OID, INT8OID, TEXTOID, TEXTOID, NUMERICOID, BOOLOID,
+		TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, NUMERICARRAYOID}
 	},
 	[P_RB_LOCK_ORDER] = {
 		"SELECT state FROM loyalty.coupon_order WHERE order_ref = $1"
@@ -243,7 +249,10 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		"  INSERT INTO loyalty.redemption (kind, reverses, coupon_id, campaign_id,"
 		"    customer_id, order_ref, uses, discount, on_shipping, currency, created_at)"
 		"  SELECT 'reversal', r.redemption_id, r.coupon_id, r.campaign_id,"
-		"         r.customer_id, r.order_ref, -1, -r.discount, r.on_shipping,"
+		"         r.customer_id, r.order_ref, -1,"
+		"         -r.discount - coalesce((SELECT sum(x.discount) FROM loyalty.redemption x"
+		"           WHERE x.order_ref = r.order_ref AND x.coupon_id = r.coupon_id"
+		"             AND x.kind = 'return'), 0), r.on_shipping,"
 		"         r.currency, $4"
 		"  FROM loyalty.redemption r WHERE r.redemption_id = ANY ($2)),"
 		" cu AS (UPDATE loyalty.coupon c SET uses = c.uses - n.n"
@@ -280,6 +289,26 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		"     + (SELECT count(*) FROM loyalty.coupon s"
 		"        WHERE " SOLD_UNIT_HELD("$1", "$3", "NULL") " AND ($2 IS NULL OR s.customer_id = $2))",
 		3, {INT8OID, TEXTOID, TIMESTAMPTZOID}
+	},
+	[P_DAY_END] = {
+		"SELECT loyalty._campaign_day_end($1)",
+		1, {DATEOID}
+	},
+	[P_COUPON_BY_ID] = {
+		"SELECT " COUPON_COLS " FROM loyalty.coupon WHERE coupon_id = $1",
+		1, {INT8OID}
+	},
+	[P_UPDATE_HOLD] = {
+		"UPDATE loyalty.reservation SET discount = $3, on_shipping = $4,"
+		" line_discounts = $5"
+		" WHERE order_ref = $1 AND coupon_id = $2 AND state = 'held'",
+		5, {TEXTOID, INT8OID, NUMERICOID, BOOLOID, NUMERICARRAYOID}
+	},
+	[P_ORDER_UPDATE] = {
+		"UPDATE loyalty.coupon_order SET context_hash = $2, amount = $3,"
+		" currency = $4, context = $5, updated_at = $6"
+		" WHERE order_ref = $1",
+		6, {TEXTOID, INT8OID, NUMERICOID, TEXTOID, JSONBOID, TIMESTAMPTZOID}
 	},
 };
 
@@ -419,6 +448,25 @@ TextArg(const char *s)
 
 /* ---- coupons and campaigns ---- */
 
+static bool ReadCoupon(Coupon *cp);
+
+/*
+ * A coupon_code column as the type prints it (its output function: the
+ * stored display text), for messages.
+ */
+static char *
+CodeDisplay(LoyaltyRow r, int col)
+{
+	bool		isnull;
+	Datum		d = LoyaltyColDatum(r, col, &isnull);
+	CouponCode *c;
+
+	if (isnull)
+		return NULL;
+	c = DatumGetCouponCodeP(d);
+	return pnstrdup(CouponCodeDisplay(c), CouponCodeDisplayLen(c));
+}
+
 /*
  * Find a coupon by code; lock: FOR NO KEY UPDATE (lock order step 2).
  * Returns false if there is no such code.
@@ -429,6 +477,27 @@ CouponLookup(Datum code, bool lock, Coupon *cp)
 	Datum		values[1] = {code};
 
 	Exec(lock ? P_LOOKUP_LOCK : P_LOOKUP, values, NULL, false);
+	return ReadCoupon(cp);
+}
+
+/*
+ * A coupon by id (the caller has locked its row), voided or not: the
+ * coupons an order already holds.
+ */
+void
+CouponById(int64 coupon_id, Coupon *cp)
+{
+	Datum		values[1] = {Int64GetDatum(coupon_id)};
+
+	Exec(P_COUPON_BY_ID, values, NULL, false);
+	if (!ReadCoupon(cp))
+		elog(ERROR, "coupon " INT64_FORMAT " does not exist", coupon_id);
+}
+
+/* The coupon row of the last statement (COUPON_COLS), if there is one. */
+static bool
+ReadCoupon(Coupon *cp)
+{
 	if (SPI_processed == 0)
 		return false;
 	cp->id = LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
@@ -438,6 +507,7 @@ CouponLookup(Datum code, bool lock, Coupon *cp)
 	cp->has_max_uses = !cp->has_max_uses;
 	cp->uses = LoyaltyColInt64(LoyaltySpiRow(0), 5, NULL);
 	cp->reservations = LoyaltyColInt64(LoyaltySpiRow(0), 6, NULL);
+	cp->display = CodeDisplay(LoyaltySpiRow(0), 7);
 	return true;
 }
 
@@ -491,6 +561,10 @@ ParseCampaign(LoyaltyRow row, int64 campaign_id, Campaign *cm)
 	ColNameList(row, 19, &cm->exclude_categories);
 	cm->exclusive = LoyaltyColBool(row, 20);
 	cm->max_coupons_per_order = LoyaltyColInt32(row, 21, NULL);
+	d = LoyaltyColDatum(row, 25, &isnull);
+	cm->has_ends_on = !isnull;
+	if (!isnull)
+		cm->ends_on = DatumGetDateADT(d);
 
 	d = LoyaltyColDatum(row, 22, &isnull);
 	if (!isnull)
@@ -639,6 +713,21 @@ CouponReadCampaign(int64 campaign_id, Campaign *cm)
 	ParseCampaign(row, campaign_id, cm);
 }
 
+/*
+ * When a campaign with a date-only end (ends_on) ends: the next midnight in
+ * the program time zone as it is now (loyalty._campaign_day_end), read at
+ * every call rather than cached with the campaign, so that a change of the
+ * zone applies at once.
+ */
+TimestampTz
+CouponDayEnd(DateADT day)
+{
+	Datum		values[1] = {DateADTGetDatum(day)};
+
+	Exec(P_DAY_END, values, NULL, true);
+	return LoyaltyColTimestamp(LoyaltySpiRow(0), 1, NULL);
+}
+
 /* ---- orders ---- */
 
 static void
@@ -665,8 +754,8 @@ CouponLockOrder(const char *order_ref, const char *customer_id,
 	memset(order, 0, sizeof(*order));
 	for (;;)
 	{
-		Datum		values[6];
-		char		nulls[6] = "      ";
+		Datum		values[7];
+		char		nulls[7] = "       ";
 		Datum		key[1];
 
 		values[0] = TextArg(order_ref);
@@ -681,6 +770,13 @@ CouponLockOrder(const char *order_ref, const char *customer_id,
 			nulls[4] = 'n';
 		}
 		values[5] = TimestampTzGetDatum(now);
+		if (ctx->json != NULL)
+			values[6] = JsonbPGetDatum(ctx->json);
+		else
+		{
+			values[6] = (Datum) 0;
+			nulls[6] = 'n';
+		}
 		Exec(P_ORDER_INSERT, values, nulls, false);
 		if (SPI_processed == 1)
 		{
@@ -907,16 +1003,16 @@ RedeemPlan(bool capped, bool consume_hold, bool order_existed)
 	if (redeem_plans[v] == NULL)
 	{
 		StringInfoData sql;
-		Oid			types[8] = {INT8OID, INT8OID, TEXTOID, TEXTOID, NUMERICOID,
-		BOOLOID, TEXTOID, TIMESTAMPTZOID};
+		Oid			types[9] = {INT8OID, INT8OID, TEXTOID, TEXTOID, NUMERICOID,
+		BOOLOID, TEXTOID, TIMESTAMPTZOID, NUMERICARRAYOID};
 
 		initStringInfo(&sql);
 		appendStringInfoString(&sql,
 							   "WITH ins AS ("
 							   "  INSERT INTO loyalty.redemption (kind, coupon_id, campaign_id,"
 							   "    customer_id, order_ref, uses, discount, on_shipping, currency,"
-							   "    created_at)"
-							   "  VALUES ('redeem', $1, $2, $3, $4, 1, $5, $6, $7, $8)"
+							   "    created_at, line_discounts)"
+							   "  VALUES ('redeem', $1, $2, $3, $4, 1, $5, $6, $7, $8, $9)"
 							   "  RETURNING redemption_id),"
 							   " cu AS (UPDATE loyalty.coupon SET uses = uses + 1"
 							   "        WHERE coupon_id = $1)");
@@ -935,7 +1031,7 @@ RedeemPlan(bool capped, bool consume_hold, bool order_existed)
 								   ", od AS (UPDATE loyalty.coupon_order SET updated_at = $8"
 								   "         WHERE order_ref = $4)");
 		appendStringInfoString(&sql, " SELECT redemption_id FROM ins");
-		LoyaltyKeepPlan(&redeem_plans[v], sql.data, 8, types, 0);
+		LoyaltyKeepPlan(&redeem_plans[v], sql.data, 9, types, 0);
 	}
 	return redeem_plans[v];
 }
@@ -944,10 +1040,11 @@ RedeemPlan(bool capped, bool consume_hold, bool order_existed)
 void
 CouponInsertRedemption(const Coupon *cp, const Campaign *cm,
 					   const char *customer_id, const char *order_ref,
-					   Numeric discount, bool on_shipping, bool consume_hold,
-					   bool order_existed, TimestampTz now)
+					   Numeric discount, bool on_shipping, Datum lines,
+					   bool consume_hold, bool order_existed, TimestampTz now)
 {
-	Datum		values[8];
+	Datum		values[9];
+	char		nulls[9] = "         ";
 	int			rc;
 
 	values[0] = Int64GetDatum(cp->id);
@@ -958,9 +1055,12 @@ CouponInsertRedemption(const Coupon *cp, const Campaign *cm,
 	values[5] = BoolGetDatum(on_shipping);
 	values[6] = TextArg(cm->currency);
 	values[7] = TimestampTzGetDatum(now);
+	values[8] = lines;
+	if (lines == (Datum) 0)
+		nulls[8] = 'n';
 	rc = SPI_execute_plan(RedeemPlan(cm->has_total_cap, consume_hold,
 									 order_existed),
-						  values, NULL, false, 0);
+						  values, nulls, false, 0);
 	if (rc < 0 || SPI_processed != 1)
 		elog(ERROR, "redemption was not recorded: %s", SPI_result_code_string(rc));
 }
@@ -992,10 +1092,11 @@ CouponFindHold(const char *order_ref, int64 coupon_id, TimestampTz now,
 TimestampTz
 CouponInsertHold(const Coupon *cp, const Campaign *cm, const char *customer_id,
 				 const char *order_ref, Numeric discount, bool on_shipping,
-				 bool expire_old, bool order_existed, TimestampTz now,
-				 TimestampTz expires_at)
+				 Datum lines, bool expire_old, bool order_existed,
+				 TimestampTz now, TimestampTz expires_at)
 {
-	Datum		values[9];
+	Datum		values[10];
+	char		nulls[10] = "          ";
 
 	if (expire_old)
 	{
@@ -1013,7 +1114,10 @@ CouponInsertHold(const Coupon *cp, const Campaign *cm, const char *customer_id,
 	values[6] = TimestampTzGetDatum(now);
 	values[7] = TimestampTzGetDatum(expires_at);
 	values[8] = BoolGetDatum(order_existed);
-	Exec(P_INSERT_HOLD, values, NULL, false);
+	values[9] = lines;
+	if (lines == (Datum) 0)
+		nulls[9] = 'n';
+	Exec(P_INSERT_HOLD, values, nulls, false);
 	if (SPI_processed != 1)
 		elog(ERROR, "reservation was not recorded");
 	return LoyaltyColTimestamp(LoyaltySpiRow(0), 1, NULL);
@@ -1135,4 +1239,75 @@ CouponCustomerSegment(const char *customer_id)
 	if (SPI_processed == 0)
 		return NULL;
 	return LoyaltyColText(LoyaltySpiRow(0), 1);
+}
+
+/*
+ * Lock an order that exists (lock order step 1), for update_order_context:
+ * false when there is no such order.
+ */
+bool
+CouponLockExistingOrder(const char *order_ref, CouponOrder *order)
+{
+	Datum		key[1] = {TextArg(order_ref)};
+
+	memset(order, 0, sizeof(*order));
+	Exec(P_ORDER_LOCK, key, NULL, false);
+	if (SPI_processed != 1)
+		return false;
+	order->exists = true;
+	ReadOrderRow(order);
+	return true;
+}
+
+/* Lock coupon rows in coupon_id order (lock order step 2). */
+void
+CouponLockCoupons(int64 *ids, int n)
+{
+	Datum		values[1];
+
+	if (n == 0)
+		return;
+	values[0] = LoyaltyInt8ArrayDatum(ids, n);
+	Exec(P_RB_LOCK_COUPONS, values, NULL, false);
+}
+
+/* A held reservation's discount recomputed for a new order context. */
+void
+CouponUpdateHold(const char *order_ref, int64 coupon_id, Numeric discount,
+				 bool on_shipping, Datum lines)
+{
+	Datum		values[5];
+	char		nulls[5] = "     ";
+
+	values[0] = TextArg(order_ref);
+	values[1] = Int64GetDatum(coupon_id);
+	values[2] = NumericGetDatum(discount);
+	values[3] = BoolGetDatum(on_shipping);
+	values[4] = lines;
+	if (lines == (Datum) 0)
+		nulls[4] = 'n';
+	Exec(P_UPDATE_HOLD, values, nulls, false);
+}
+
+/* The order row takes a new context: fingerprint, amount, currency, json. */
+void
+CouponUpdateOrderContext(const char *order_ref, const OrderContext *ctx,
+						 TimestampTz now)
+{
+	Datum		values[6];
+	char		nulls[6] = "      ";
+
+	values[0] = TextArg(order_ref);
+	values[1] = Int64GetDatum(ctx->hash);
+	values[2] = NumericGetDatum(ctx->amount);
+	if (ctx->has_currency)
+		values[3] = TextArg(ctx->currency);
+	else
+	{
+		values[3] = (Datum) 0;
+		nulls[3] = 'n';
+	}
+	values[4] = JsonbPGetDatum(ctx->json);
+	values[5] = TimestampTzGetDatum(now);
+	Exec(P_ORDER_UPDATE, values, nulls, false);
 }
