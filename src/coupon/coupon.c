@@ -3,9 +3,9 @@
  *		The coupon lifecycle as SQL functions: validate (read-only), reserve
  *		(hold one unit of every cap for a checkout), redeem (atomic,
  *		idempotent on the order), roll back (cancel / refund), and
- *		update_order_context (an open checkout's cart changed); the other
- *		checkout functions (release_coupon, order_coupon_lines,
- *		return_coupon_lines) are SQL in coupon.sql.
+ *		coupon_update_order (an open checkout's cart changed); the other
+ *		checkout functions (coupon_release, coupon_order_lines,
+ *		coupon_return_lines) are SQL in coupon.sql.
  *
  * An order_ref identifies one order of the app.  Each (order_ref, code) is
  * at most one redemption; redeeming the same pair again returns the first
@@ -79,7 +79,7 @@ static const struct
 	[COUPON_ALREADY_REDEEMED] = {"already_redeemed", "LY022",
 	"The coupon is already redeemed for this order."},
 	[COUPON_ORDER_REDEEMED] = {"order_redeemed", "LY023",
-	"A coupon of this order is redeemed, so its order context no longer changes; take discounts back with return_coupon_lines or rollback_redemption."},
+	"A coupon of this order is redeemed, so its order context no longer changes; take discounts back with coupon_return_lines or rollback_redemption."},
 };
 
 /* The stable token of a reason ("exhausted", ...). */
@@ -838,7 +838,7 @@ RecomputeHolds(CallState *st)
 PG_FUNCTION_INFO_V1(coupon_update_context);
 
 /*
- * loyalty.update_order_context(customer_id text, order_ref text,
+ * loyalty.coupon_update_order(customer_id text, order_ref text,
  * order_context jsonb) RETURNS numeric: an open checkout's cart changed.
  * The order takes the new context (later calls for it must repeat the new
  * one), and its live reservations are checked again and get the discounts

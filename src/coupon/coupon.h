@@ -81,7 +81,7 @@ typedef enum CouponReason
 	COUPON_ORDER_ROLLED_BACK,	/* LY021 */
 	COUPON_ALREADY_REDEEMED,	/* LY022 (reserve after redeem); validate
 								 * reports it as valid */
-	COUPON_ORDER_REDEEMED,		/* LY023: update_order_context of an order
+	COUPON_ORDER_REDEEMED,		/* LY023: coupon_update_order of an order
 								 * with a redeemed coupon */
 	COUPON_NREASONS
 } CouponReason;

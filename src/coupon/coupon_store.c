@@ -1242,7 +1242,7 @@ CouponCustomerSegment(const char *customer_id)
 }
 
 /*
- * Lock an order that exists (lock order step 1), for update_order_context:
+ * Lock an order that exists (lock order step 1), for coupon_update_order:
  * false when there is no such order.
  */
 bool

@@ -2615,8 +2615,8 @@ COMMENT ON FUNCTION loyalty.earn_coupon_bonus(text, text, timestamptz) IS
  * Issue 13, coupons: the failure contract (C only: DETAIL as one JSON
  * object, codes as printed, LY023 / LY024), date-only campaign ends
  * (campaign.ends_on, inclusive in the program time zone), checkout changes
- * (update_order_context, release_coupon, discounts per order line,
- * order_coupon_lines, partial returns with return_coupon_lines).
+ * (coupon_update_order, coupon_release, discounts per order line,
+ * coupon_order_lines, partial returns with coupon_return_lines).
  * ------------------------------------------------------------------------ */
 ALTER TABLE loyalty.campaign ADD COLUMN ends_on date;
 COMMENT ON COLUMN loyalty.campaign.ends_on IS
@@ -2884,7 +2884,7 @@ LEFT JOIN (SELECT campaign_id, count(*) AS active_reservations
 
 ALTER TABLE loyalty.coupon_order ADD COLUMN context jsonb;
 COMMENT ON COLUMN loyalty.coupon_order.context IS
-	'The order context as last given (reserve / redeem / update_order_context); its items are the lines of order_coupon_lines and return_coupon_lines; null for a plain amount and for orders recorded by 0.2.0';
+	'The order context as last given (reserve / redeem / coupon_update_order); its items are the lines of coupon_order_lines and coupon_return_lines; null for a plain amount and for orders recorded by 0.2.0';
 
 ALTER TABLE loyalty.redemption ADD COLUMN line_discounts numeric[];
 COMMENT ON TABLE loyalty.redemption IS
@@ -2897,10 +2897,10 @@ COMMENT ON COLUMN loyalty.reservation.line_discounts IS
 	'The discount per line of the order context, as for redemption.line_discounts';
 
 /*
- * Partial returns (return_coupon_lines): one row per (order_ref,
+ * Partial returns (coupon_return_lines): one row per (order_ref,
  * return_ref) with the returned quantities per line and the coupon discount
  * taken back, and one row per code and line taken back.  The ledger gets a
- * 'return' row per code (loyalty.redemption).  Only return_coupon_lines
+ * 'return' row per code (loyalty.redemption).  Only coupon_return_lines
  * writes them.  Keyed by customer first, as every per-customer table.
  */
 CREATE TABLE loyalty.coupon_return (
@@ -2936,26 +2936,26 @@ COMMENT ON TABLE loyalty.coupon_return_line IS
 SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_return_line', '');
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_return_line'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
-CREATE FUNCTION loyalty.update_order_context(customer_id text, order_ref text,
+CREATE FUNCTION loyalty.coupon_update_order(customer_id text, order_ref text,
 											 order_context jsonb)
 RETURNS numeric
 AS 'MODULE_PATHNAME', 'coupon_update_context'
 LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 
-COMMENT ON FUNCTION loyalty.update_order_context(text, text, jsonb) IS
+COMMENT ON FUNCTION loyalty.coupon_update_order(text, text, jsonb) IS
 	'An open checkout''s cart changed: the order takes the new context and its live reservations are checked again and re-priced (caps unchanged); returns their total discount; LY023 once a coupon of the order is redeemed';
 
-SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.update_order_context(text, text, jsonb)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.coupon_update_order(text, text, jsonb)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * Release one reservation of an order, leaving its other coupons alone.
  * Lock order as every lifecycle call: order row, then the coupon row.  A
  * released hold stops counting against the caps at the commit.  A coupon
  * already redeemed for the order is not released (LY022): take its
- * discount back with return_coupon_lines or rollback_redemption.
+ * discount back with coupon_return_lines or rollback_redemption.
  */
-CREATE FUNCTION loyalty.release_coupon(customer_id text, order_ref text, code text)
+CREATE FUNCTION loyalty.coupon_release(customer_id text, order_ref text, code text)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -2969,48 +2969,48 @@ BEGIN
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
 	SELECT t.customer_id, t.state INTO o FROM loyalty.coupon_order t
-	WHERE t.order_ref = release_coupon.order_ref FOR NO KEY UPDATE;
+	WHERE t.order_ref = coupon_release.order_ref FOR NO KEY UPDATE;
 	IF NOT FOUND OR o.state = 'rolled_back' THEN
 		RETURN false;
 	END IF;
-	IF o.customer_id <> release_coupon.customer_id THEN
+	IF o.customer_id <> coupon_release.customer_id THEN
 		RAISE EXCEPTION 'coupon cannot be released: order_conflict'
 			USING ERRCODE = 'LY020',
 				  DETAIL = jsonb_build_object('reason', 'order_conflict', 'code', NULL,
-											 'order_ref', release_coupon.order_ref)::text,
+											 'order_ref', coupon_release.order_ref)::text,
 				  HINT = 'This order reference was used with another customer.';
 	END IF;
 	SELECT c.coupon_id, c.code::text AS printed INTO k FROM loyalty.coupon c
-	WHERE c.code OPERATOR(loyalty.=) CAST(release_coupon.code AS loyalty.coupon_code)
+	WHERE c.code OPERATOR(loyalty.=) CAST(coupon_release.code AS loyalty.coupon_code)
 	FOR NO KEY UPDATE;
 	IF NOT FOUND THEN
 		RETURN false;
 	END IF;
 	IF EXISTS (SELECT 1 FROM loyalty.redemption r
-			   WHERE r.order_ref = release_coupon.order_ref AND r.coupon_id = k.coupon_id
+			   WHERE r.order_ref = coupon_release.order_ref AND r.coupon_id = k.coupon_id
 				 AND r.kind = 'redeem'
 				 AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)) THEN
 		RAISE EXCEPTION 'coupon % cannot be released: already_redeemed', k.printed
 			USING ERRCODE = 'LY022',
 				  DETAIL = jsonb_build_object('reason', 'already_redeemed', 'code', k.printed,
-											 'order_ref', release_coupon.order_ref)::text,
-				  HINT = 'The coupon is redeemed for this order; take its discount back with return_coupon_lines or rollback_redemption.';
+											 'order_ref', coupon_release.order_ref)::text,
+				  HINT = 'The coupon is redeemed for this order; take its discount back with coupon_return_lines or rollback_redemption.';
 	END IF;
 	UPDATE loyalty.reservation h SET state = 'released', ended_at = clock_timestamp()
-	WHERE h.order_ref = release_coupon.order_ref AND h.coupon_id = k.coupon_id AND h.state = 'held';
+	WHERE h.order_ref = coupon_release.order_ref AND h.coupon_id = k.coupon_id AND h.state = 'held';
 	IF NOT FOUND THEN
 		RETURN false;
 	END IF;
 	UPDATE loyalty.coupon_order t SET updated_at = clock_timestamp()
-	WHERE t.order_ref = release_coupon.order_ref;
+	WHERE t.order_ref = coupon_release.order_ref;
 	RETURN true;
 END;
 $$;
 
-COMMENT ON FUNCTION loyalty.release_coupon(text, text, text) IS
+COMMENT ON FUNCTION loyalty.coupon_release(text, text, text) IS
 	'Release the reservation of one code of an open order (its other coupons stay); false if the order holds none; LY022 if the code is redeemed for it';
 
-SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.release_coupon(text, text, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.coupon_release(text, text, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * The coupon discount of an order per line of its context: one row per
@@ -3018,7 +3018,7 @@ SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.release_coupo
  * line 1 first), with what partial returns took back.  A coupon without
  * lines (plain amount, free shipping) has one row with line null.
  */
-CREATE FUNCTION loyalty.order_coupon_lines(customer_id text, order_ref text)
+CREATE FUNCTION loyalty.coupon_order_lines(customer_id text, order_ref text)
 RETURNS TABLE (code loyalty.coupon_code, state text, line integer, sku text,
 			   quantity bigint, discount numeric, returned numeric)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
@@ -3032,25 +3032,25 @@ BEGIN
 	RETURN QUERY
 	WITH o AS (
 		SELECT t.context FROM loyalty.coupon_order t
-		WHERE t.order_ref = order_coupon_lines.order_ref
-		  AND t.customer_id = order_coupon_lines.customer_id AND t.state = 'open'),
+		WHERE t.order_ref = coupon_order_lines.order_ref
+		  AND t.customer_id = coupon_order_lines.customer_id AND t.state = 'open'),
 	a AS (
 		SELECT r.coupon_id, 'redeemed'::text AS state, r.discount, r.line_discounts
 		FROM loyalty.redemption r
-		WHERE r.order_ref = order_coupon_lines.order_ref AND r.kind = 'redeem'
+		WHERE r.order_ref = coupon_order_lines.order_ref AND r.kind = 'redeem'
 		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)
 		UNION ALL
 		SELECT h.coupon_id, 'reserved', h.discount, h.line_discounts
 		FROM loyalty.reservation h
-		WHERE h.order_ref = order_coupon_lines.order_ref AND h.state = 'held'
+		WHERE h.order_ref = coupon_order_lines.order_ref AND h.state = 'held'
 		  AND h.expires_at > clock_timestamp())
 	SELECT c.code, a.state, l.n::integer,
 		   (o.context -> 'items' -> (l.n::integer - 1)) ->> 'sku',
 		   ((o.context -> 'items' -> (l.n::integer - 1)) ->> 'quantity')::bigint,
 		   coalesce(l.d, a.discount),
 		   coalesce((SELECT sum(rl.discount) FROM loyalty.coupon_return_line rl
-					 WHERE rl.customer_id = order_coupon_lines.customer_id
-					   AND rl.order_ref = order_coupon_lines.order_ref
+					 WHERE rl.customer_id = coupon_order_lines.customer_id
+					   AND rl.order_ref = coupon_order_lines.order_ref
 					   AND rl.coupon_id = a.coupon_id
 					   AND rl.line IS NOT DISTINCT FROM l.n::integer), 0)
 	FROM o CROSS JOIN a
@@ -3062,10 +3062,10 @@ BEGIN
 END;
 $$;
 
-COMMENT ON FUNCTION loyalty.order_coupon_lines(text, text) IS
+COMMENT ON FUNCTION loyalty.coupon_order_lines(text, text) IS
 	'The coupon discount of an open order per code and line of its order context (lines of one code sum exactly to its discount), with what partial returns took back';
 
-SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.order_coupon_lines(text, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.coupon_order_lines(text, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
  * A partial return: the returned quantities of lines of the order (lines
@@ -3082,7 +3082,7 @@ SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.order_coupon_
  * lines returns the first amount, other lines raise LY024.  A
  * free-shipping or plain-amount discount has no lines and is not touched.
  */
-CREATE FUNCTION loyalty.return_coupon_lines(customer_id text, order_ref text,
+CREATE FUNCTION loyalty.coupon_return_lines(customer_id text, order_ref text,
 											return_ref text, lines jsonb)
 RETURNS numeric
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -3110,8 +3110,8 @@ BEGIN
 				  DETAIL = 'Each must have 1 to 256 bytes.';
 	END IF;
 	SELECT t.customer_id, t.state, t.context INTO o FROM loyalty.coupon_order t
-	WHERE t.order_ref = return_coupon_lines.order_ref FOR NO KEY UPDATE;
-	IF NOT FOUND OR o.customer_id <> return_coupon_lines.customer_id THEN
+	WHERE t.order_ref = coupon_return_lines.order_ref FOR NO KEY UPDATE;
+	IF NOT FOUND OR o.customer_id <> coupon_return_lines.customer_id THEN
 		RAISE EXCEPTION 'order % of customer % has no coupons', order_ref, customer_id
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -3160,8 +3160,8 @@ BEGIN
 
 	-- a repeat of the return
 	SELECT r.quantities, r.amount INTO prev FROM loyalty.coupon_return r
-	WHERE r.customer_id = return_coupon_lines.customer_id
-	  AND r.order_ref = return_coupon_lines.order_ref AND r.return_ref = return_coupon_lines.return_ref;
+	WHERE r.customer_id = coupon_return_lines.customer_id
+	  AND r.order_ref = coupon_return_lines.order_ref AND r.return_ref = coupon_return_lines.return_ref;
 	IF FOUND THEN
 		IF prev.quantities = req THEN
 			RETURN prev.amount;
@@ -3183,8 +3183,8 @@ BEGIN
 	-- never more units back than the line has
 	PERFORM 1 FROM jsonb_each_text(req) j
 	WHERE j.value::bigint + coalesce((SELECT sum((r.quantities ->> j.key)::bigint) FROM loyalty.coupon_return r
-									  WHERE r.customer_id = return_coupon_lines.customer_id
-										AND r.order_ref = return_coupon_lines.order_ref), 0)
+									  WHERE r.customer_id = coupon_return_lines.customer_id
+										AND r.order_ref = coupon_return_lines.order_ref), 0)
 		  > ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint;
 	IF FOUND THEN
 		RAISE EXCEPTION 'invalid return lines'
@@ -3198,7 +3198,7 @@ BEGIN
 	FOR red IN
 		SELECT r.coupon_id, r.campaign_id, r.currency, r.line_discounts
 		FROM loyalty.redemption r
-		WHERE r.order_ref = return_coupon_lines.order_ref AND r.kind = 'redeem'
+		WHERE r.order_ref = coupon_return_lines.order_ref AND r.kind = 'redeem'
 		  AND r.line_discounts IS NOT NULL
 		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)
 		ORDER BY r.coupon_id
@@ -3215,13 +3215,13 @@ BEGIN
 			  FROM jsonb_each_text(req) j
 			  CROSS JOIN LATERAL (SELECT coalesce(sum((r.quantities ->> j.key)::bigint), 0) AS before
 								  FROM loyalty.coupon_return r
-								  WHERE r.customer_id = return_coupon_lines.customer_id
-									AND r.order_ref = return_coupon_lines.order_ref
-									AND r.return_ref <> return_coupon_lines.return_ref) p) x
+								  WHERE r.customer_id = coupon_return_lines.customer_id
+									AND r.order_ref = coupon_return_lines.order_ref
+									AND r.return_ref <> coupon_return_lines.return_ref) p) x
 		WHERE x.taken > 0;
 		SELECT coalesce(sum(rl.discount), 0) INTO taken FROM loyalty.coupon_return_line rl
-		WHERE rl.customer_id = return_coupon_lines.customer_id
-		  AND rl.order_ref = return_coupon_lines.order_ref AND rl.return_ref = return_coupon_lines.return_ref
+		WHERE rl.customer_id = coupon_return_lines.customer_id
+		  AND rl.order_ref = coupon_return_lines.order_ref AND rl.return_ref = coupon_return_lines.return_ref
 		  AND rl.coupon_id = red.coupon_id;
 		IF taken > 0 THEN
 			INSERT INTO loyalty.redemption (kind, coupon_id, campaign_id, customer_id, order_ref,
@@ -3232,17 +3232,17 @@ BEGIN
 		END IF;
 	END LOOP;
 	UPDATE loyalty.coupon_return r SET amount = total
-	WHERE r.customer_id = return_coupon_lines.customer_id
-	  AND r.order_ref = return_coupon_lines.order_ref AND r.return_ref = return_coupon_lines.return_ref;
-	UPDATE loyalty.coupon_order t SET updated_at = now_ts WHERE t.order_ref = return_coupon_lines.order_ref;
+	WHERE r.customer_id = coupon_return_lines.customer_id
+	  AND r.order_ref = coupon_return_lines.order_ref AND r.return_ref = coupon_return_lines.return_ref;
+	UPDATE loyalty.coupon_order t SET updated_at = now_ts WHERE t.order_ref = coupon_return_lines.order_ref;
 	RETURN total;
 END;
 $$;
 
-COMMENT ON FUNCTION loyalty.return_coupon_lines(text, text, text, jsonb) IS
+COMMENT ON FUNCTION loyalty.coupon_return_lines(text, text, text, jsonb) IS
 	'Partial return: take back the coupon discount of the returned units of order lines, proportionally (exact, half up per line on the cumulative units); idempotent on (order_ref, return_ref); returns the amount taken back';
 
-SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.return_coupon_lines(text, text, text, jsonb)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.coupon_return_lines(text, text, text, jsonb)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
