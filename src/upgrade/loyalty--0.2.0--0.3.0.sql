@@ -2244,6 +2244,142 @@ COMMENT ON FUNCTION loyalty._points_exchange_void(bigint, timestamptz) IS
 	'Internal: when reverse_points reverses an exchange''s spend, void its coupon, or refuse (LP010) once it is redeemed or reserved';
 
 CREATE OR REPLACE FUNCTION loyalty.exchange_points(customer_id text, campaign_id bigint, reference text,
+										at timestamptz DEFAULT pg_catalog.now(),
+										OUT code text, OUT points bigint, OUT available bigint)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	p_customer text := customer_id;
+	p_campaign bigint := campaign_id;
+	p_reference text := reference;
+	reward record;
+	camp record;
+	ex record;
+	spent record;
+	issued record;
+	before bigint[];
+	in_use bigint;
+	reversal bigint;
+BEGIN
+	IF p_customer IS NULL OR p_campaign IS NULL OR p_reference IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, campaign_id, reference and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, p_customer);
+	PERFORM loyalty._points_check_key('reference'::text, p_reference);
+
+	-- a repeat returns the first exchange
+	SELECT * INTO ex FROM loyalty.points_exchange e WHERE e.reference = p_reference;
+	IF FOUND THEN
+		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
+			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
+				USING ERRCODE = 'LP002',
+					  DETAIL = format('reference: %s; conflict: %s; entry_id: %s.', to_jsonb(p_reference)::text,
+									  CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
+									  ex.entry_id);
+		END IF;
+		-- a reversed exchange is not replayed: its code is void and its
+		-- receipt's balance stale (LP005, as spend_points)
+		SELECT v.entry_id INTO reversal FROM loyalty.points_ledger v
+		WHERE v.reference = 'exchange:' || p_reference AND v.kind = 'reverse';
+		IF FOUND THEN
+			RAISE EXCEPTION 'reference "exchange:%" was reversed', p_reference
+				USING ERRCODE = 'LP005',
+					  DETAIL = format('reference: %s; reversal_entry_id: %s.',
+									  to_jsonb('exchange:' || p_reference)::text, reversal),
+					  HINT = 'The exchange was reversed and its coupon voided; use a new reference.';
+		END IF;
+		code := ex.code; points := ex.points; available := ex.available_after;
+		RETURN;
+	END IF;
+
+	SELECT * INTO reward FROM loyalty.points_reward r WHERE r.campaign_id = p_campaign AND r.active;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'campaign % is not offered for points', p_campaign
+			USING ERRCODE = 'LP007',
+				  DETAIL = format('campaign_id: %s.', p_campaign),
+				  HINT = 'Offer it with a row in loyalty.points_reward.';
+	END IF;
+	SELECT c.paused, c.starts_at, c.ends_at, c.total_cap, c.per_customer_cap INTO camp
+	FROM loyalty.campaign c WHERE c.campaign_id = p_campaign;
+	IF NOT FOUND OR camp.paused OR camp.ends_at <= at THEN
+		RAISE EXCEPTION 'campaign % cannot be exchanged for points now', p_campaign
+			USING ERRCODE = 'LP008',
+				  DETAIL = format('campaign_id: %s; state: %s.', p_campaign,
+								  CASE WHEN NOT FOUND THEN 'missing' WHEN camp.paused THEN 'paused' ELSE 'ended' END);
+	END IF;
+
+	IF camp.total_cap IS NOT NULL OR camp.per_customer_cap IS NOT NULL THEN
+		UPDATE loyalty.points_reward r SET points = r.points WHERE r.campaign_id = p_campaign;
+		IF camp.total_cap IS NOT NULL THEN
+			SELECT c.total_cap INTO camp.total_cap
+			FROM loyalty.campaign c WHERE c.campaign_id = p_campaign FOR NO KEY UPDATE;
+			in_use := loyalty._coupon_cap_units(p_campaign, NULL, at);
+			IF in_use >= camp.total_cap THEN
+				RAISE EXCEPTION 'campaign % has no coupon left to exchange', p_campaign
+					USING ERRCODE = 'LP009',
+						  DETAIL = format('campaign_id: %s; cap: total; limit: %s; in_use: %s.',
+										  p_campaign, camp.total_cap, in_use),
+						  HINT = 'Units in use are redeemed, reserved or sold for points. No points were spent.';
+			END IF;
+		END IF;
+		IF camp.per_customer_cap IS NOT NULL THEN
+			in_use := loyalty._coupon_cap_units(p_campaign, p_customer, at);
+			IF in_use >= camp.per_customer_cap THEN
+				RAISE EXCEPTION 'customer "%" cannot get another coupon of campaign %', p_customer, p_campaign
+					USING ERRCODE = 'LP009',
+						  DETAIL = format('campaign_id: %s; cap: per_customer; limit: %s; in_use: %s.',
+										  p_campaign, camp.per_customer_cap, in_use),
+						  HINT = 'Units in use are redeemed, reserved or sold for points. No points were spent.';
+			END IF;
+		END IF;
+	END IF;
+
+	SELECT s.* INTO spent FROM loyalty.spend_points(p_customer, reward.points, 'exchange:' || p_reference, at) s;
+	-- a concurrent first call with this reference committed while the spend waited
+	SELECT * INTO ex FROM loyalty.points_exchange e WHERE e.reference = p_reference;
+	IF FOUND THEN
+		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
+			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
+				USING ERRCODE = 'LP002',
+					  DETAIL = format('reference: %s; conflict: %s; entry_id: %s.', to_jsonb(p_reference)::text,
+									  CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
+									  ex.entry_id);
+		END IF;
+		code := ex.code; points := ex.points; available := ex.available_after;
+		RETURN;
+	END IF;
+	IF (SELECT e.created_at FROM loyalty.points_ledger e WHERE e.entry_id = spent.entry_id) <> now() THEN
+		RAISE EXCEPTION 'reference "exchange:%" was already used by a spend that is not an exchange', p_reference
+			USING ERRCODE = 'LP002',
+				  DETAIL = format('reference: %s; conflict: different_request; entry_id: %s.',
+								  to_jsonb('exchange:' || p_reference)::text, spent.entry_id);
+	END IF;
+
+	before := ARRAY(SELECT c.coupon_id FROM loyalty.coupon c
+					WHERE c.campaign_id = p_campaign AND c.customer_id = p_customer);
+	PERFORM loyalty.generate_codes(p_campaign, 1, reward.code_pattern, ARRAY[p_customer]);
+	SELECT c.coupon_id, c.code::text AS code INTO STRICT issued
+	FROM loyalty.coupon c
+	WHERE c.campaign_id = p_campaign AND c.customer_id = p_customer
+	  AND c.coupon_id <> ALL (before) AND loyalty._points_inserted_here(c.xmin);
+	-- the code holds the cap unit it was sold for until used or voided
+	UPDATE loyalty.coupon c SET holds_cap_unit = true WHERE c.coupon_id = issued.coupon_id;
+
+	INSERT INTO loyalty.points_exchange (reference, customer_id, campaign_id, points, coupon_id, code,
+										 entry_id, available_after, effective_at)
+	VALUES (p_reference, p_customer, p_campaign, reward.points, issued.coupon_id, issued.code,
+			spent.entry_id, spent.available, at);
+	code := issued.code; points := reward.points; available := spent.available;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.exchange_points(text, bigint, text, timestamptz) IS
+	'Spend the points a campaign''s coupon costs (loyalty.points_reward) and issue a single-use code bound to the customer; idempotent on reference; LP001 short, LP007 not offered, LP008 campaign paused or ended, LP009 cap reached (nothing spent)';
+
 -- Issue 13, One API (item 7): the consistent names (coupon_validate, coupon_reserve,
 -- coupon_redeem, coupon_rollback, points_earn, points_spend, ...; doc/api.md),
 -- exactly as src/coupon/coupon_api.sql and src/points/points_api.sql create
@@ -2433,135 +2569,6 @@ RETURNS record
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
-DECLARE
-	p_customer text := customer_id;
-	p_campaign bigint := campaign_id;
-	p_reference text := reference;
-	reward record;
-	camp record;
-	ex record;
-	spent record;
-	issued record;
-	before bigint[];
-	in_use bigint;
-	reversal bigint;
-BEGIN
-	IF p_customer IS NULL OR p_campaign IS NULL OR p_reference IS NULL OR at IS NULL THEN
-		RAISE EXCEPTION 'customer_id, campaign_id, reference and at must not be null'
-			USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	PERFORM loyalty._points_check_key('customer_id'::text, p_customer);
-	PERFORM loyalty._points_check_key('reference'::text, p_reference);
-
-	-- a repeat returns the first exchange
-	SELECT * INTO ex FROM loyalty.points_exchange e WHERE e.reference = p_reference;
-	IF FOUND THEN
-		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
-			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
-				USING ERRCODE = 'LP002',
-					  DETAIL = format('reference: %s; conflict: %s; entry_id: %s.', to_jsonb(p_reference)::text,
-									  CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
-									  ex.entry_id);
-		END IF;
-		-- a reversed exchange is not replayed: its code is void and its
-		-- receipt's balance stale (LP005, as spend_points)
-		SELECT v.entry_id INTO reversal FROM loyalty.points_ledger v
-		WHERE v.reference = 'exchange:' || p_reference AND v.kind = 'reverse';
-		IF FOUND THEN
-			RAISE EXCEPTION 'reference "exchange:%" was reversed', p_reference
-				USING ERRCODE = 'LP005',
-					  DETAIL = format('reference: %s; reversal_entry_id: %s.',
-									  to_jsonb('exchange:' || p_reference)::text, reversal),
-					  HINT = 'The exchange was reversed and its coupon voided; use a new reference.';
-		END IF;
-		code := ex.code; points := ex.points; available := ex.available_after;
-		RETURN;
-	END IF;
-
-	SELECT * INTO reward FROM loyalty.points_reward r WHERE r.campaign_id = p_campaign AND r.active;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'campaign % is not offered for points', p_campaign
-			USING ERRCODE = 'LP007',
-				  DETAIL = format('campaign_id: %s.', p_campaign),
-				  HINT = 'Offer it with a row in loyalty.points_reward.';
-	END IF;
-	SELECT c.paused, c.starts_at, c.ends_at, c.total_cap, c.per_customer_cap INTO camp
-	FROM loyalty.campaign c WHERE c.campaign_id = p_campaign;
-	IF NOT FOUND OR camp.paused OR camp.ends_at <= at THEN
-		RAISE EXCEPTION 'campaign % cannot be exchanged for points now', p_campaign
-			USING ERRCODE = 'LP008',
-				  DETAIL = format('campaign_id: %s; state: %s.', p_campaign,
-								  CASE WHEN NOT FOUND THEN 'missing' WHEN camp.paused THEN 'paused' ELSE 'ended' END);
-	END IF;
-
-	IF camp.total_cap IS NOT NULL OR camp.per_customer_cap IS NOT NULL THEN
-		UPDATE loyalty.points_reward r SET points = r.points WHERE r.campaign_id = p_campaign;
-		IF camp.total_cap IS NOT NULL THEN
-			SELECT c.total_cap INTO camp.total_cap
-			FROM loyalty.campaign c WHERE c.campaign_id = p_campaign FOR NO KEY UPDATE;
-			in_use := loyalty._coupon_cap_units(p_campaign, NULL, at);
-			IF in_use >= camp.total_cap THEN
-				RAISE EXCEPTION 'campaign % has no coupon left to exchange', p_campaign
-					USING ERRCODE = 'LP009',
-						  DETAIL = format('campaign_id: %s; cap: total; limit: %s; in_use: %s.',
-										  p_campaign, camp.total_cap, in_use),
-						  HINT = 'Units in use are redeemed, reserved or sold for points. No points were spent.';
-			END IF;
-		END IF;
-		IF camp.per_customer_cap IS NOT NULL THEN
-			in_use := loyalty._coupon_cap_units(p_campaign, p_customer, at);
-			IF in_use >= camp.per_customer_cap THEN
-				RAISE EXCEPTION 'customer "%" cannot get another coupon of campaign %', p_customer, p_campaign
-					USING ERRCODE = 'LP009',
-						  DETAIL = format('campaign_id: %s; cap: per_customer; limit: %s; in_use: %s.',
-										  p_campaign, camp.per_customer_cap, in_use),
-						  HINT = 'Units in use are redeemed, reserved or sold for points. No points were spent.';
-			END IF;
-		END IF;
-	END IF;
-
-	SELECT s.* INTO spent FROM loyalty.spend_points(p_customer, reward.points, 'exchange:' || p_reference, at) s;
-	-- a concurrent first call with this reference committed while the spend waited
-	SELECT * INTO ex FROM loyalty.points_exchange e WHERE e.reference = p_reference;
-	IF FOUND THEN
-		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
-			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
-				USING ERRCODE = 'LP002',
-					  DETAIL = format('reference: %s; conflict: %s; entry_id: %s.', to_jsonb(p_reference)::text,
-									  CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
-									  ex.entry_id);
-		END IF;
-		code := ex.code; points := ex.points; available := ex.available_after;
-		RETURN;
-	END IF;
-	IF (SELECT e.created_at FROM loyalty.points_ledger e WHERE e.entry_id = spent.entry_id) <> now() THEN
-		RAISE EXCEPTION 'reference "exchange:%" was already used by a spend that is not an exchange', p_reference
-			USING ERRCODE = 'LP002',
-				  DETAIL = format('reference: %s; conflict: different_request; entry_id: %s.',
-								  to_jsonb('exchange:' || p_reference)::text, spent.entry_id);
-	END IF;
-
-	before := ARRAY(SELECT c.coupon_id FROM loyalty.coupon c
-					WHERE c.campaign_id = p_campaign AND c.customer_id = p_customer);
-	PERFORM loyalty.generate_codes(p_campaign, 1, reward.code_pattern, ARRAY[p_customer]);
-	SELECT c.coupon_id, c.code::text AS code INTO STRICT issued
-	FROM loyalty.coupon c
-	WHERE c.campaign_id = p_campaign AND c.customer_id = p_customer
-	  AND c.coupon_id <> ALL (before) AND loyalty._points_inserted_here(c.xmin);
-	-- the code holds the cap unit it was sold for until used or voided
-	UPDATE loyalty.coupon c SET holds_cap_unit = true WHERE c.coupon_id = issued.coupon_id;
-
-	INSERT INTO loyalty.points_exchange (reference, customer_id, campaign_id, points, coupon_id, code,
-										 entry_id, available_after, effective_at)
-	VALUES (p_reference, p_customer, p_campaign, reward.points, issued.coupon_id, issued.code,
-			spent.entry_id, spent.available, at);
-	code := issued.code; points := reward.points; available := spent.available;
-END;
-$$;
-
-COMMENT ON FUNCTION loyalty.exchange_points(text, bigint, text, timestamptz) IS
-	'Spend the points a campaign''s coupon costs (loyalty.points_reward) and issue a single-use code bound to the customer; idempotent on reference; LP001 short, LP007 not offered, LP008 campaign paused or ended, LP009 cap reached (nothing spent)';
 BEGIN
 	SELECT e.code, e.points, e.available INTO code, points, available
 	FROM loyalty.exchange_points(points_exchange.customer_id, points_exchange.campaign_id,

@@ -102,26 +102,26 @@ SELECT :'o1' AS order_ref, :'c1' AS customer_id, :'x1'::jsonb -> 'amount' AS amo
 BEGIN;
 INSERT INTO checkout.orders (order_ref, customer_id, amount)
 VALUES (:'o1', :'c1', (:'x1'::jsonb ->> 'amount')::numeric);
-SELECT valid, reason, discount FROM loyalty.validate_coupon(:'k1', :'c1', :'x1'::jsonb);
+SELECT valid, reason, discount FROM loyalty.coupon_validate(:'c1', :'k1', :'x1'::jsonb);
 UPDATE checkout.orders
-SET discount = loyalty.redeem_coupon(:'k1', :'c1', :'o1', :'x1'::jsonb)
+SET discount = loyalty.coupon_redeem(:'c1', :'o1', :'k1', :'x1'::jsonb)
 WHERE order_ref = :'o1'
 RETURNING order_ref, amount, discount, amount - discount AS to_pay;
 COMMIT;
 
 \echo
 \echo '--- the same code again: for the same order it is the same redemption; elsewhere it is used up ---'
-SELECT loyalty.redeem_coupon(:'k1', :'c1', :'o1', :'x1'::jsonb) AS retried_redeem_same_order;
-SELECT valid, reason FROM loyalty.validate_coupon(:'k1', :'c1', 80.00);
+SELECT loyalty.coupon_redeem(:'c1', :'o1', :'k1', :'x1'::jsonb) AS retried_redeem_same_order;
+SELECT valid, reason FROM loyalty.coupon_validate(:'c1', :'k1', '{"amount": 80.00}');
 SELECT d2.customer_id AS someone_else, v.valid, v.reason
-FROM demo_basket d2, loyalty.validate_coupon(:'k1', d2.customer_id, d2.ctx) v WHERE d2.n = 2;
+FROM demo_basket d2, loyalty.coupon_validate(d2.customer_id, :'k1', d2.ctx) v WHERE d2.n = 2;
 
 \echo
 \echo '--- two more checkouts, each in its own transaction ---'
 SELECT format($sql$
 	BEGIN;
 	INSERT INTO checkout.orders (order_ref, customer_id, amount) VALUES (%1$L, %2$L, %4$s);
-	UPDATE checkout.orders SET discount = loyalty.redeem_coupon(%3$L, %2$L, %1$L, %5$L::jsonb)
+	UPDATE checkout.orders SET discount = loyalty.coupon_redeem(%2$L, %1$L, %3$L, %5$L::jsonb)
 	WHERE order_ref = %1$L;
 	COMMIT;
 	$sql$, order_ref, customer_id, code, ctx ->> 'amount', ctx)
@@ -133,33 +133,33 @@ SELECT order_ref AS o4, customer_id AS c4, code AS k4, ctx AS x4 FROM demo_baske
 BEGIN;
 INSERT INTO checkout.orders (order_ref, customer_id, amount)
 VALUES (:'o4', :'c4', (:'x4'::jsonb ->> 'amount')::numeric);
-SELECT loyalty.redeem_coupon(:'k4', :'c4', :'o4', :'x4'::jsonb) AS discount_before_payment;
+SELECT loyalty.coupon_redeem(:'c4', :'o4', :'k4', :'x4'::jsonb) AS discount_before_payment;
 ROLLBACK;
 SELECT count(*) AS redemptions_of_failed_order FROM loyalty.redemption WHERE order_ref = :'o4';
-SELECT valid AS code_still_valid FROM loyalty.validate_coupon(:'k4', :'c4', :'x4'::jsonb);
+SELECT valid AS code_still_valid FROM loyalty.coupon_validate(:'c4', :'k4', :'x4'::jsonb);
 
 \echo
 \echo '--- a two-step payment: reserve at authorisation, redeem at capture ---'
 SELECT order_ref AS o5, customer_id AS c5, code AS k5, ctx AS x5 FROM demo_basket WHERE n = 5 \gset
 SELECT discount, expires_at > now() AS held
-FROM loyalty.reserve_coupon(:'k5', :'c5', :'o5', :'x5'::jsonb, '20 minutes');
+FROM loyalty.coupon_reserve(:'c5', :'o5', :'k5', :'x5'::jsonb, '20 minutes');
 SELECT active_reservations FROM loyalty.campaign_stats WHERE campaign_id = :win_back;
 BEGIN;
 INSERT INTO checkout.orders (order_ref, customer_id, amount)
 VALUES (:'o5', :'c5', (:'x5'::jsonb ->> 'amount')::numeric);
-UPDATE checkout.orders SET discount = loyalty.redeem_coupon(:'k5', :'c5', :'o5', :'x5'::jsonb)
+UPDATE checkout.orders SET discount = loyalty.coupon_redeem(:'c5', :'o5', :'k5', :'x5'::jsonb)
 WHERE order_ref = :'o5';
 COMMIT;
 SELECT state AS reservation FROM loyalty.reservation WHERE order_ref = :'o5';
 
 \echo
 \echo '--- a refund: the order is rolled back, the use is given back, the history stays ---'
-SELECT order_ref AS refunded FROM demo_basket WHERE n = 2 \gset
+SELECT order_ref AS refunded, customer_id AS refunded_customer FROM demo_basket WHERE n = 2 \gset
 BEGIN;
 UPDATE checkout.orders SET status = 'refunded' WHERE order_ref = :'refunded';
-SELECT loyalty.rollback_redemption(:'refunded') AS rolled_back;
+SELECT loyalty.coupon_rollback(:'refunded_customer', :'refunded') AS rolled_back;
 COMMIT;
-SELECT loyalty.rollback_redemption(:'refunded') AS again;
+SELECT loyalty.coupon_rollback(:'refunded_customer', :'refunded') AS again;
 SELECT o.order_ref, o.amount, o.discount, o.status,
 	   (SELECT string_agg(r.kind || ' ' || r.discount, ', ' ORDER BY r.redemption_id)
 		FROM loyalty.redemption r WHERE r.order_ref = o.order_ref) AS ledger

@@ -74,17 +74,17 @@ BEGIN
 				PERFORM loyalty.expire_points(e.at);
 				PERFORM loyalty.evaluate_tiers_batch(e.at, NULL, 1000000);
 			WHEN 1 THEN
-				PERFORM loyalty.earn_for_action(e.c, 'signup', e.ref, at => e.at);
+				PERFORM loyalty.points_earn_for_action(e.c, e.ref, 'signup', at => e.at);
 			WHEN 2 THEN
 				-- a 500-point voucher on the order when the customer holds 1,000
 				IF (SELECT available FROM loyalty.points_balance(e.c, e.at)) >= 1000 THEN
-					PERFORM loyalty.spend_points(e.c, 500, e.ref, at => e.at);
+					PERFORM loyalty.points_spend(e.c, e.ref, 500, at => e.at);
 				END IF;
-				PERFORM loyalty.earn_for_order(e.c, e.ref, e.amount, 'EUR', at => e.at);
+				PERFORM loyalty.points_earn_for_order(e.c, e.ref, e.amount, at => e.at, currency => 'EUR');
 			WHEN 3 THEN
-				PERFORM loyalty.reverse_points(e.ref, at => e.at);
+				PERFORM loyalty.points_reverse(e.c, e.ref, at => e.at);
 			WHEN 4 THEN
-				PERFORM loyalty.earn_for_action(e.c, 'birthday', e.ref, at => e.at);
+				PERFORM loyalty.points_earn_for_action(e.c, e.ref, 'birthday', at => e.at);
 		END CASE;
 	END LOOP;
 END $$;
@@ -127,25 +127,25 @@ ORDER BY entry_id;
 
 \echo
 \echo '--- a checkout in one app transaction: a 300-point voucher and the points of the order ---'
-\echo 'BEGIN; INSERT INTO orders ...; spend_points(...); earn_for_order(...); COMMIT;'
+\echo 'BEGIN; INSERT INTO orders ...; points_spend(...); points_earn_for_order(...); COMMIT;'
 BEGIN;
 -- (the shop inserts its order here, in the same transaction)
-SELECT * FROM spend_points(:'top_customer', 300, 'order-900001', at => '2026-11-01 10:00+01');
-SELECT * FROM earn_for_order(:'top_customer', 'order-900001', 249.90, 'EUR', at => '2026-11-01 10:00+01');
+SELECT * FROM points_spend(:'top_customer', 'order-900001', 300, at => '2026-11-01 10:00+01');
+SELECT * FROM points_earn_for_order(:'top_customer', 'order-900001', 249.90, at => '2026-11-01 10:00+01', currency => 'EUR');
 COMMIT;
 \echo 'a retry of the same call (network timeout) returns the first result, nothing is credited twice:'
-SELECT * FROM earn_for_order(:'top_customer', 'order-900001', 249.90, 'EUR', at => '2026-11-01 10:05+01');
+SELECT * FROM points_earn_for_order(:'top_customer', 'order-900001', 249.90, at => '2026-11-01 10:05+01', currency => 'EUR');
 
 \echo
 \echo '--- the customer returns the order: earned points taken back, voucher points returned ---'
-SELECT * FROM reverse_points('order-900001', at => '2026-11-05 15:00+01');
+SELECT * FROM points_reverse(:'top_customer', 'order-900001', at => '2026-11-05 15:00+01');
 SELECT entry_id, kind, points, lot_ids, lot_points, reverses
 FROM points_ledger WHERE reference = 'order-900001' ORDER BY entry_id;
 
 \echo
 \echo '--- a short balance is refused with SQLSTATE LP001 (available points in the detail) ---'
 \set ON_ERROR_STOP off
-SELECT * FROM spend_points(:'top_customer', 1000000, 'order-900002', at => '2026-11-05 16:00+01');
+SELECT * FROM points_spend(:'top_customer', 'order-900002', 1000000, at => '2026-11-05 16:00+01');
 \set ON_ERROR_STOP on
 
 \echo
@@ -155,7 +155,7 @@ INSERT INTO points_reward (campaign_id, points, code_pattern, description)
 VALUES (:voucher, 800, 'PTS-####-####', '10 EUR off for 800 points');
 \echo 'the exchange spends the points and issues a single-use code bound to the customer (code not shown: random):'
 SELECT points, available, code ~ '^PTS-' AS code_issued
-FROM exchange_points(:'top_customer', :voucher, 'reward-1', at => '2026-11-06 09:00+01');
+FROM points_exchange(:'top_customer', 'reward-1', :voucher, at => '2026-11-06 09:00+01');
 SELECT code AS voucher_code FROM points_exchange WHERE reference = 'reward-1' \gset
 
 \echo
@@ -166,13 +166,13 @@ SELECT add_public_code(:members, 'GOLD15') AS public_code;
 INSERT INTO coupon_bonus (campaign_id, points, description) VALUES (:members, 100, '100 points for using GOLD15');
 SELECT customer_id AS bronze_customer FROM points_account WHERE tier = 'Bronze' ORDER BY customer_id LIMIT 1 \gset
 SELECT c AS customer, (SELECT tier FROM points_account WHERE customer_id = c) AS tier, v.valid, v.reason
-FROM (VALUES (:'top_customer'), (:'bronze_customer')) t(c), validate_coupon('GOLD15', c, 150.00) v;
-\echo 'BEGIN; redeem_coupon(voucher); redeem_coupon(GOLD15); earn_for_order(...); earn_coupon_bonus(...); COMMIT;'
+FROM (VALUES (:'top_customer'), (:'bronze_customer')) t(c), coupon_validate(c, 'GOLD15', '{"amount": 150.00}') v;
+\echo 'BEGIN; coupon_redeem(voucher); coupon_redeem(GOLD15); points_earn_for_order(...); points_earn_coupon_bonus(...); COMMIT;'
 BEGIN;
-SELECT redeem_coupon(:'voucher_code', :'top_customer', 'order-900003', 150.00) AS voucher_discount,
-	   redeem_coupon('GOLD15', :'top_customer', 'order-900003', 150.00) AS members_discount;
-SELECT points, available, pending FROM earn_for_order(:'top_customer', 'order-900003', 125.00, 'EUR', at => '2026-11-06 10:00+01');
-SELECT points, available, pending FROM earn_coupon_bonus(:'top_customer', 'order-900003', at => '2026-11-06 10:00+01');
+SELECT coupon_redeem(:'top_customer', 'order-900003', :'voucher_code', '{"amount": 150.00}') AS voucher_discount,
+	   coupon_redeem(:'top_customer', 'order-900003', 'GOLD15', '{"amount": 150.00}') AS members_discount;
+SELECT points, available, pending FROM points_earn_for_order(:'top_customer', 'order-900003', 125.00, at => '2026-11-06 10:00+01', currency => 'EUR');
+SELECT points, available, pending FROM points_earn_coupon_bonus(:'top_customer', 'order-900003', at => '2026-11-06 10:00+01');
 COMMIT;
 
 \echo
