@@ -438,10 +438,14 @@ SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(dat
 /*
  * Scores and names every customer of an orders table or view: one scan run
  * with the caller's rights (SECURITY INVOKER: the caller must be able to read
- * the three columns), one row per customer having a row dated up to as_of.
+ * the columns), one row per customer having a row dated up to as_of.
  * Quantile scoring by default; threshold arrays (bins - 1 ascending cut
  * points each) switch their dimension to fixed business thresholds.
- * PARALLEL RESTRICTED: the relation may be a temporary table.
+ * frequency_unit: 'rows' counts order rows, 'orders' distinct values of
+ * order_column (a line-level table), 'days' distinct days with an order in
+ * the program time zone.  Rows without customer or time are ignored and
+ * counted in a NOTICE.  A customer without an order in the window scores
+ * 111 (rfm.h).  PARALLEL RESTRICTED: the relation may be a temporary table.
  */
 CREATE FUNCTION loyalty.rfm_segmentation(
 	orders regclass,
@@ -454,7 +458,9 @@ CREATE FUNCTION loyalty.rfm_segmentation(
 	monetary_mode text DEFAULT 'total',
 	recency_thresholds integer[] DEFAULT NULL,
 	frequency_thresholds bigint[] DEFAULT NULL,
-	monetary_thresholds numeric[] DEFAULT NULL)
+	monetary_thresholds numeric[] DEFAULT NULL,
+	frequency_unit text DEFAULT 'rows',
+	order_column name DEFAULT NULL)
 RETURNS TABLE (
 	customer_id text,
 	last_order timestamptz,
@@ -466,7 +472,7 @@ RETURNS TABLE (
 AS 'MODULE_PATHNAME', 'rfm_segmentation'
 LANGUAGE C STABLE PARALLEL RESTRICTED;
 
-COMMENT ON FUNCTION loyalty.rfm_segmentation(regclass, name, name, name, timestamptz, integer, interval, text, integer[], bigint[], numeric[]) IS
-	'RFM score and segment of every customer of an orders table or view as of a time (quantiles, or thresholds per dimension)';
+COMMENT ON FUNCTION loyalty.rfm_segmentation(regclass, name, name, name, timestamptz, integer, interval, text, integer[], bigint[], numeric[], text, name) IS
+	'RFM score and segment of every customer of an orders table or view as of a time (quantiles, or thresholds per dimension; frequency counts rows, distinct orders or distinct days)';
 
-SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_segmentation(regclass, name, name, name, timestamptz, integer, interval, text, integer[], bigint[], numeric[])'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_segmentation(regclass, name, name, name, timestamptz, integer, interval, text, integer[], bigint[], numeric[], text, name)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);

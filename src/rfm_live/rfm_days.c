@@ -676,6 +676,7 @@ RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum,
 	Numeric		num = LoyaltyNumericZero(); /* numeric form: its spend */
 
 	sum->orders = 0;
+	sum->days = 0;
 	sum->spend = LoyaltyNumericZero();
 	memset(&sum->money, 0, sizeof(RfmMoney));
 	sum->has_order = false;
@@ -693,6 +694,8 @@ RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum,
 		if (b.day >= from)
 		{
 			sum->orders += b.orders;
+			if (b.orders > 0)
+				sum->days++;
 			if (!it.numeric)
 				acc += b.spend;
 			else
