@@ -851,13 +851,18 @@ RfmCheckAsOfOrder(TimestampTz as_of)
 															   SPI_tuptable->tupdesc, 2, &isnull));
 
 		if (as_of < latest)
+		{
+			/* timestamptz_to_str returns a static buffer: one call at a time */
+			char	   *as_of_str = pstrdup(timestamptz_to_str(as_of));
+			char	   *latest_str = pstrdup(timestamptz_to_str(latest));
+
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("as_of is before the latest snapshot"),
 					 errdetail("as_of is %s; the latest snapshot (%lld) is as of %s.",
-							   timestamptz_to_str(as_of), (long long) id,
-							   timestamptz_to_str(latest)),
+							   as_of_str, (long long) id, latest_str),
 					 errhint("Score past dates with loyalty.rfm_segmentation(), or drop the later snapshots with loyalty.drop_snapshot().")));
+		}
 	}
 }
 
