@@ -249,9 +249,19 @@ SELECT (SELECT count(*) FROM (SELECT * FROM ny_tokyo EXCEPT
 	   (SELECT count(*) FROM (SELECT * FROM ny_tokyo_dates EXCEPT
 		SELECT * FROM loyalty.rfm_segmentation('sem.ny', 'customer', 'ordered_on', 'amount',
 											   '2026-12-01 00:00-05')) x) AS tokyo_differs_dates;
--- the rfm_stats aggregates read dates the same way
-SELECT customer, (loyalty.rfm_stats(ordered_on, amount, '2026-12-01 00:00-05')).last_order
+-- the rfm_stats aggregates read dates and local times the same way
+SET TimeZone = 'Asia/Tokyo';
+CREATE TEMP TABLE ny_stats_tokyo AS
+SELECT customer, (loyalty.rfm_stats(ordered_at, amount, '2026-12-01 00:00-05')).*
+FROM sem.ny GROUP BY 1;
+SET TimeZone = 'UTC';
+SELECT customer, (loyalty.rfm_stats(ordered_on, amount, '2026-12-01 00:00-05')).last_order AS from_date,
+	   (loyalty.rfm_stats(ordered_at, amount, '2026-12-01 00:00-05')).last_order AS from_timestamp
 FROM sem.ny WHERE customer = 'a' GROUP BY 1;
+SELECT count(*) AS tokyo_differs_stats
+FROM (SELECT * FROM ny_stats_tokyo EXCEPT
+	  SELECT customer, (loyalty.rfm_stats(ordered_at, amount, '2026-12-01 00:00-05')).*
+	  FROM sem.ny GROUP BY 1) x;
 
 -- live: day buckets are New York days (of a timestamptz column too); live
 -- agrees with batch on both

@@ -20,6 +20,9 @@ EXCEPTION WHEN OTHERS THEN
 	RETURN SQLSTATE || ': ' || SQLERRM;
 END;
 $$;
+-- snapshot ids from 1 (earlier tests left the table empty)
+SELECT count(*) AS snapshots_left_by_earlier_tests FROM loyalty.segment_snapshot;
+SELECT setval('loyalty.segment_snapshot_snapshot_id_seq', 1, false);
 RESET client_min_messages;
 
 INSERT INTO snap.orders VALUES

@@ -1490,8 +1490,9 @@ SELECT true, p.timezone FROM loyalty.points_program p WHERE p.timezone OPERATOR(
  * that, so existing trackings keep their meaning; refresh_segments asks
  * for rebuild_tracking when the program zone carried over from
  * points_program is another); refresh_segments defaults to the start of
- * the day in the program zone; drop_snapshot.  Items 1, 3 and the zone
- * arithmetic are C only.
+ * the day in the program zone; drop_snapshot; rfm_stats aggregates over
+ * a timestamp column (read in the program zone, not through the session's
+ * implicit cast).  Items 1, 3 and the zone arithmetic are C only.
  * ------------------------------------------------------------------------ */
 DELETE FROM loyalty.access_rule
 WHERE object_type OPERATOR(pg_catalog.=) 'function'::pg_catalog.text
@@ -1541,6 +1542,191 @@ COMMENT ON FUNCTION loyalty.rfm_segmentation(regclass, name, name, name, timesta
 	'RFM score and segment of every customer of an orders table or view as of a time (quantiles, or thresholds per dimension; frequency counts rows, distinct orders or distinct days)';
 
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_segmentation(regclass, name, name, name, timestamptz, integer, interval, text, integer[], bigint[], numeric[], text, name)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* rfm_stats over a timestamp column: local times of the program zone */
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, numeric, timestamptz)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, numeric, timestamptz) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, numeric, timestamptz, interval)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, numeric, timestamptz, interval) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, bigint, timestamptz)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, bigint, timestamptz) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, bigint, timestamptz, interval)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, bigint, timestamptz, interval) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, integer, timestamptz)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, integer, timestamptz) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, integer, timestamptz, interval)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, integer, timestamptz, interval) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, double precision, timestamptz)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, double precision, timestamptz) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, double precision, timestamptz, interval)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, double precision, timestamptz, interval) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount numeric, as_of timestamptz) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, numeric, timestamptz) IS
+	'One customer''s RFM statistics as of as_of over a window of 12 months; order times are local times of the program time zone; numeric amounts summed exactly';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, numeric, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount numeric, as_of timestamptz, window_length interval) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, numeric, timestamptz, interval) IS
+	'One customer''s RFM statistics as of as_of over a window of window_length; order times are local times of the program time zone; numeric amounts summed exactly';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, numeric, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount bigint, as_of timestamptz) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, bigint, timestamptz) IS
+	'One customer''s RFM statistics as of as_of over a window of 12 months; order times are local times of the program time zone; bigint amounts summed exactly';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, bigint, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount bigint, as_of timestamptz, window_length interval) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, bigint, timestamptz, interval) IS
+	'One customer''s RFM statistics as of as_of over a window of window_length; order times are local times of the program time zone; bigint amounts summed exactly';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, bigint, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount integer, as_of timestamptz) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, integer, timestamptz) IS
+	'One customer''s RFM statistics as of as_of over a window of 12 months; order times are local times of the program time zone; integer amounts summed exactly';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, integer, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount integer, as_of timestamptz, window_length interval) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, integer, timestamptz, interval) IS
+	'One customer''s RFM statistics as of as_of over a window of window_length; order times are local times of the program time zone; integer amounts summed exactly';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, integer, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount double precision, as_of timestamptz) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, double precision, timestamptz) IS
+	'One customer''s RFM statistics as of as_of over a window of 12 months; order times are local times of the program time zone; double precision amounts summed as double precision';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, double precision, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount double precision, as_of timestamptz, window_length interval) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, double precision, timestamptz, interval) IS
+	'One customer''s RFM statistics as of as_of over a window of window_length; order times are local times of the program time zone; double precision amounts summed as double precision';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, double precision, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 ALTER TABLE loyalty.tracked_table
 	ADD COLUMN timezone text NOT NULL DEFAULT 'UTC',
