@@ -810,6 +810,12 @@ RfmSegmentationArgs(FunctionCallInfo fcinfo, RfmScoring *scoring,
 	RfmReadThresholds(fcinfo, ARG_MONETARY_THRESHOLDS, RFM_MONETARY,
 					  "monetary_thresholds", scoring);
 	RfmCheckScoring(scoring);
+	/* the 0.2.0 declaration (before ALTER EXTENSION UPDATE) counts rows */
+	if (PG_NARGS() <= ARG_FREQUENCY_UNIT)
+	{
+		*unit = RFM_COUNT_ROWS;
+		return average;
+	}
 	LoyaltyArgNotNull(fcinfo, ARG_FREQUENCY_UNIT, "frequency_unit");
 	{
 		char	   *u = text_to_cstring(PG_GETARG_TEXT_PP(ARG_FREQUENCY_UNIT));

@@ -1,7 +1,7 @@
 /*
  * rfm_days.c
- *		loyalty.day_buckets: one customer's order count and spend per UTC
- *		day, the part of the live statistics that makes windowed frequency
+ *		loyalty.day_buckets: one customer's order count and spend per day
+ *		(of the tracking time zone, rfm_live.h), the part of the live statistics that makes windowed frequency
  *		and monetary computable for any as-of time without reading orders.
  *
  * Buckets are kept sorted by day, each with that day's spend.  Stored values

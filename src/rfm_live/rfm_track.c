@@ -10,7 +10,7 @@
  *
  * Every change reaches the statistics as a delta: the trigger reads the
  * statement's transition tables (OLD rows subtracted, NEW rows added) and
- * aggregates them per customer and per UTC day in C.
+ * aggregates them per customer and per day (tracking zone) in C.
  *
  * Design: the checkout path appends, readers and the refresh fold.  The
  * trigger does not update a customer's statistics row: it inserts one row

@@ -4,7 +4,8 @@
  * loyalty.track_orders() installs statement-level triggers (with transition
  * tables) on the application's orders table; they keep per-customer
  * statistics in loyalty.customer_stats exact inside the application's own
- * transaction.  The statistics carry per-UTC-day buckets (type
+ * transaction.  The statistics carry per-day buckets (days of the program
+ * time zone as of tracking, loyalty.tracked_table.timezone; type
  * loyalty.day_buckets), so that windowed frequency and monetary can be
  * computed for any as-of time without reading the orders again.
  * ------------------------------------------------------------------------ */
@@ -56,7 +57,7 @@ CREATE TYPE loyalty.day_buckets (
 );
 
 COMMENT ON TYPE loyalty.day_buckets IS
-	'One customer''s orders and spend per UTC day (live RFM statistics)';
+	'One customer''s orders and spend per day of the tracking time zone (live RFM statistics)';
 
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_in(cstring)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_out(loyalty.day_buckets)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
@@ -69,7 +70,7 @@ AS 'MODULE_PATHNAME', 'day_buckets_entries'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 COMMENT ON FUNCTION loyalty.day_buckets_entries(loyalty.day_buckets) IS
-	'The buckets of a day_buckets value as rows: UTC day, orders and spend of that day';
+	'The buckets of a day_buckets value as rows: day (of the tracking time zone), orders and spend of that day';
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_entries(loyalty.day_buckets)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty._rfm_days_merge(loyalty.day_buckets, loyalty.day_buckets)
@@ -153,7 +154,7 @@ COMMENT ON COLUMN loyalty.customer_stats.order_count IS
 COMMENT ON COLUMN loyalty.customer_stats.spend_total IS
 	'Sum of all amounts (orders and refunds), all time';
 COMMENT ON COLUMN loyalty.customer_stats.days IS
-	'Orders and spend per UTC day, from the retention horizon on';
+	'Orders and spend per day of the tracking time zone (loyalty.tracked_table.timezone), from the retention horizon on';
 COMMENT ON COLUMN loyalty.customer_stats.score IS
 	'RFM score at the last refresh_segments (NULL: not scored yet)';
 COMMENT ON COLUMN loyalty.customer_stats.segment IS
@@ -208,9 +209,9 @@ COMMENT ON COLUMN loyalty.customer_stats_delta.first_removed IS
 COMMENT ON COLUMN loyalty.customer_stats_delta.last_removed IS
 	'Latest order time removed (NULL: no order removed)';
 COMMENT ON COLUMN loyalty.customer_stats_delta.days IS
-	'Net change of orders and spend per UTC day made by one statement, for the days whose order count did not fall';
+	'Net change of orders and spend per day (tracking time zone) made by one statement, for the days whose order count did not fall';
 COMMENT ON COLUMN loyalty.customer_stats_delta.days_removed IS
-	'Opposite of the net change per UTC day made by one statement, for the days whose order count fell (stored buckets never hold negative counts)';
+	'Opposite of the net change per day (tracking time zone) made by one statement, for the days whose order count fell (stored buckets never hold negative counts)';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.customer_stats_delta', '');
 
@@ -397,7 +398,7 @@ COMMENT ON TABLE loyalty.rfm_config IS
 	'Scoring configuration of refresh_segments (one row; edit it with UPDATE)';
 COMMENT ON COLUMN loyalty.rfm_config.bins IS 'Scores per dimension, 2 to 9 (5: scores 1..5)';
 COMMENT ON COLUMN loyalty.rfm_config.scoring_window IS
-	'Frequency and monetary count the orders of [as_of - scoring_window, as_of], whole UTC days';
+	'Frequency and monetary count the orders of [as_of - scoring_window, as_of], whole days of the tracking time zone';
 COMMENT ON COLUMN loyalty.rfm_config.monetary IS
 	'total: spend in the window; average: spend / orders in the window';
 COMMENT ON COLUMN loyalty.rfm_config.method IS

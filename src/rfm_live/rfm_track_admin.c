@@ -173,6 +173,58 @@ RfmCheckTrackingAgrees(const char *zone, const char *unit)
 }
 
 /*
+ * Record a tracked table in loyalty.tracked_table with the zone of its day
+ * buckets and its frequency unit (the arguments of track_orders).  In SPI.
+ */
+static void
+RfmRecordTracked(FunctionCallInfo fcinfo, const char *zone)
+{
+	Oid			argtypes[8] = {OIDOID, NAMEOID, NAMEOID, NAMEOID, NAMEOID, TEXTARRAYOID,
+	TEXTOID, TEXTOID};
+	Datum		args[8];
+	char		argnulls[8];
+	int			i;
+
+	for (i = 0; i < 7; i++)
+	{
+		args[i] = PG_GETARG_DATUM(i);
+		argnulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	args[7] = CStringGetTextDatum(zone);
+	argnulls[7] = ' ';
+	if (SPI_execute_with_args("INSERT INTO loyalty.tracked_table (orders, customer_column,"
+							  " ordered_at_column, amount_column, status_column, counted_statuses,"
+							  " frequency_unit, timezone)"
+							  " VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8)",
+							  8, argtypes, args, argnulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the tracked table");
+}
+
+/*
+ * The same in the 0.2.0 schema (the new library before ALTER EXTENSION
+ * UPDATE), whose tracked_table has neither column.  In SPI.
+ */
+static void
+RfmRecordTracked0200(FunctionCallInfo fcinfo)
+{
+	Oid			argtypes[6] = {OIDOID, NAMEOID, NAMEOID, NAMEOID, NAMEOID, TEXTARRAYOID};
+	Datum		args[6];
+	char		argnulls[6];
+	int			i;
+
+	for (i = 0; i < 6; i++)
+	{
+		args[i] = PG_GETARG_DATUM(i);
+		argnulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	if (SPI_execute_with_args("INSERT INTO loyalty.tracked_table (orders, customer_column,"
+							  " ordered_at_column, amount_column, status_column, counted_statuses)"
+							  " VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5, $6)",
+							  6, argtypes, args, argnulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the tracked table");
+}
+
+/*
  * loyalty.track_orders(orders, customer_column, ordered_at_column,
  * amount_column, status_column DEFAULT NULL, counted_statuses DEFAULT NULL):
  * validate, record the configuration, install the four statement triggers
@@ -199,9 +251,6 @@ rfm_track_orders(PG_FUNCTION_ARGS)
 	TupleDesc	rdesc;
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
-	Oid			argtypes[8];
-	Datum		args[8];
-	char		argnulls[8];
 	char	   *unit;
 	char	   *zone;
 
@@ -239,8 +288,14 @@ rfm_track_orders(PG_FUNCTION_ARGS)
 			sts[i] = TextDatumGetCString(elems[i]);
 		}
 	}
-	LoyaltyArgNotNull(fcinfo, 6, "frequency_unit");
-	unit = text_to_cstring(PG_GETARG_TEXT_PP(6));
+	/* the 0.2.0 declaration (before ALTER EXTENSION UPDATE) counts rows */
+	if (PG_NARGS() > 6)
+	{
+		LoyaltyArgNotNull(fcinfo, 6, "frequency_unit");
+		unit = text_to_cstring(PG_GETARG_TEXT_PP(6));
+	}
+	else
+		unit = "rows";
 	if (strcmp(unit, "orders") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -269,29 +324,18 @@ rfm_track_orders(PG_FUNCTION_ARGS)
 				 errhint("Call loyalty.untrack_orders() first to track it with other columns.")));
 
 	zone = RfmProgramZoneName();
-	RfmCheckTrackingAgrees(zone, unit);
-
-	argtypes[0] = OIDOID;
-	argtypes[1] = NAMEOID;
-	argtypes[2] = NAMEOID;
-	argtypes[3] = NAMEOID;
-	argtypes[4] = NAMEOID;
-	argtypes[5] = TEXTARRAYOID;
-	argtypes[6] = TEXTOID;
-	argtypes[7] = TEXTOID;
-	for (i = 0; i < 7; i++)
+	if (!RfmTrackingHasZone())
 	{
-		args[i] = PG_GETARG_DATUM(i);
-		argnulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+		/* the 0.2.0 schema: UTC day buckets, every row an order */
+		zone = "UTC";
+		RfmRecordTracked0200(fcinfo);
 	}
-	args[7] = CStringGetTextDatum(zone);
-	argnulls[7] = ' ';
-	if (SPI_execute_with_args("INSERT INTO loyalty.tracked_table (orders, customer_column,"
-							  " ordered_at_column, amount_column, status_column, counted_statuses,"
-							  " frequency_unit, timezone)"
-							  " VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8)",
-							  8, argtypes, args, argnulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not record the tracked table");
+	else
+	{
+		RfmCheckTrackingAgrees(zone, unit);
+		RfmRecordTracked(fcinfo, zone);
+	}
+
 
 	initStringInfo(&targs);
 	appendStringInfo(&targs, "%s, %s, %s", quote_literal_cstr(cust_col),

@@ -1728,6 +1728,20 @@ COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, double precision, timestamptz,
 
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, double precision, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
+/* day buckets are days of the tracking time zone, no longer UTC days */
+COMMENT ON TYPE loyalty.day_buckets IS
+	'One customer''s orders and spend per day of the tracking time zone (live RFM statistics)';
+COMMENT ON FUNCTION loyalty.day_buckets_entries(loyalty.day_buckets) IS
+	'The buckets of a day_buckets value as rows: day (of the tracking time zone), orders and spend of that day';
+COMMENT ON COLUMN loyalty.customer_stats.days IS
+	'Orders and spend per day of the tracking time zone (loyalty.tracked_table.timezone), from the retention horizon on';
+COMMENT ON COLUMN loyalty.customer_stats_delta.days IS
+	'Net change of orders and spend per day (tracking time zone) made by one statement, for the days whose order count did not fall';
+COMMENT ON COLUMN loyalty.customer_stats_delta.days_removed IS
+	'Opposite of the net change per day (tracking time zone) made by one statement, for the days whose order count fell (stored buckets never hold negative counts)';
+COMMENT ON COLUMN loyalty.rfm_config.scoring_window IS
+	'Frequency and monetary count the orders of [as_of - scoring_window, as_of], whole days of the tracking time zone';
+
 ALTER TABLE loyalty.tracked_table
 	ADD COLUMN timezone text NOT NULL DEFAULT 'UTC',
 	ADD COLUMN frequency_unit text NOT NULL DEFAULT 'rows'
