@@ -449,11 +449,11 @@ RfmCheckRetained(DateADT start_day, DateADT retained_from, RfmLiveConfig *cfg)
  * A customer's RFM inputs as of as_of: frequency and spend from the buckets
  * of the window's days; recency from the exact last order when it is not
  * after as_of.  When it is (orders dated after as_of), recency comes from
- * the latest day with an order up to as_of, taken at 00:00 (tracking zone), looking no
- * further back than floor_day (the retention horizon: older buckets may be
- * pruned, and the result must not depend on whether they already are); a
- * customer whose first order is up to as_of but who has no such day counts
- * as having ordered on the day before floor_day.
+ * the latest day with an order up to as_of, taken at 00:00 of the tracking
+ * zone, looking no further back than floor_day (the retention horizon:
+ * older buckets may be pruned, and the result must not depend on whether
+ * they already are); a customer whose first order is up to as_of but who
+ * has no such day counts as having ordered on the day before floor_day.
  */
 static void
 RfmCustomerInputs(RfmDaysSum *sum, bool first_null, TimestampTz first_order,
@@ -823,10 +823,9 @@ rfm_default_as_of(PG_FUNCTION_ARGS)
 /*
  * A refresh scores now or the past, in order: as_of may lie at most
  * loyalty.refresh_future_skew (5 minutes) ahead of the server clock, and
- * not before the
- * as_of of the latest snapshot (the change log and the migration views
- * read snapshots in that order).  22023 otherwise.  In SPI, under the
- * refresh's lock.
+ * not before the as_of of the latest snapshot (the change log and the
+ * migration views read snapshots in that order).  22023 otherwise.  In
+ * SPI, under the refresh's lock.
  */
 static void
 RfmCheckAsOfOrder(TimestampTz as_of)
