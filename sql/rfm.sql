@@ -80,13 +80,18 @@ BEGIN
 								   greatest(scale(trim_scale(s.spend / s.frequency)), scale(s.spend)))
 				   END AS monetary
 			FROM s)
+		-- a customer without an order in the window scores 111 (issue 13, item 1)
 		SELECT customer_id, last_order, recency_days, frequency, monetary,
+			   CASE WHEN frequency = 0 THEN 1 ELSE qr END,
+			   CASE WHEN frequency = 0 THEN 1 ELSE qf END,
+			   CASE WHEN frequency = 0 THEN 1 ELSE qm END
+		FROM (SELECT customer_id, last_order, recency_days, frequency, monetary,
 			   (1 + ($2 * (rank() OVER (ORDER BY CASE WHEN recency_days < 0 THEN '-infinity'::float8
 													  ELSE -recency_days END) - 1))
-					/ count(*) OVER ())::int,
-			   (1 + ($2 * (rank() OVER (ORDER BY frequency) - 1)) / count(*) OVER ())::int,
-			   (1 + ($2 * (rank() OVER (ORDER BY monetary::float8) - 1)) / count(*) OVER ())::int
-		FROM k $q$, rel)
+					/ count(*) OVER ())::int AS qr,
+			   (1 + ($2 * (rank() OVER (ORDER BY frequency) - 1)) / count(*) OVER ())::int AS qf,
+			   (1 + ($2 * (rank() OVER (ORDER BY monetary::float8) - 1)) / count(*) OVER ())::int AS qm
+		FROM k) q $q$, rel)
 	USING as_of, bins, win, average;
 END;
 $$;

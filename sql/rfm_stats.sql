@@ -60,11 +60,16 @@ SELECT (loyalty.rfm_stats(t::date, amount, '2026-11-01')).frequency AS date_nume
 FROM rfm_t WHERE customer = 1 AND isfinite(t);
 SELECT pg_typeof(loyalty.rfm_stats(t::date, amount, now())) FROM rfm_t LIMIT 1;
 
--- a date is midnight in the session's time zone, as date::timestamptz
+-- a date is midnight in the program time zone (loyalty.settings; issue 13,
+-- item 6: no longer the session's TimeZone, which only shows the results)
+INSERT INTO loyalty.settings (timezone) VALUES ('Pacific/Auckland');
 SET TimeZone = 'Pacific/Auckland';
 SELECT (loyalty.rfm_stats(d, 1::bigint, '2026-11-01 00:00+13')).*
 FROM (VALUES (date '2026-10-31'), (date '2026-11-01')) v(d);
 SET TimeZone = 'UTC';
+SELECT (loyalty.rfm_stats(d, 1::bigint, '2026-11-01 00:00+13')).*
+FROM (VALUES (date '2026-10-31'), (date '2026-11-01')) v(d);
+DELETE FROM loyalty.settings;
 
 -- money is exact: 0.1 added ten times is 1.0, as sum(numeric) says; the
 -- display scale is the largest of the amounts'

@@ -124,6 +124,10 @@ loyalty_cluster() {
 		echo "max_wal_size = 4GB"
 		echo "timezone = 'UTC'"
 		echo "log_min_messages = warning"
+		# the RFM fixtures refresh segments as of fixed dates up to 2027;
+		# refresh_segments refuses an as_of ahead of the clock (5 minutes by
+		# default), sql/rfm_snapshots.sql tests that with the default
+		echo "loyalty.refresh_future_skew = '400d'"
 		local line
 		for line in "$@"; do echo "$line"; done
 	} >>"$LOYALTY_TMP/data/postgresql.conf"

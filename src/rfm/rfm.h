@@ -24,6 +24,10 @@
  *	  always get equal scores; SQL gives the same with
  *	  1 + floor(bins * (rank() OVER (ORDER BY key) - 1) / count(*) OVER ()).
  *	- thresholds: ascending cut points per dimension; see RfmThresholdScore.
+ *	- a customer with frequency 0 (no order in the window) scores R1 F1 M1
+ *	  (111, "Lost" in the default map) whatever their ranks, in batch and
+ *	  live alike: no order in the window never means recent activity.  They
+ *	  still count in the quantiles of the others.
  *	Keys: recency = -recency_days (customers without orders rank worst),
  *	frequency, monetary (converted to double for ranking only; equal numerics
  *	give equal doubles, so ties are exact).
@@ -34,6 +38,8 @@
 #include "postgres.h"
 
 #include "rfm_score.h"
+#include "datatype/timestamp.h"
+#include "utils/date.h"
 #include "utils/numeric.h"
 
 #define RFM_MIN_BINS	2
@@ -98,5 +104,21 @@ extern double RfmRecencyKey(int32 recency_days);
 
 /* Monetary key: the numeric's float8 value, as numeric::float8 gives it. */
 extern double RfmMonetaryKey(Numeric monetary);
+
+/*
+ * rfm_zone.c: the program time zone (loyalty.settings.timezone); a NULL
+ * pg_tz is UTC.  Order days, the instant of a date (00:00 local) or a
+ * timestamp without time zone (local time), and as_of - window are all
+ * computed in it, by batch and live alike.
+ */
+struct pg_tz;
+extern char *RfmProgramZoneName(void);
+extern struct pg_tz *RfmZoneLookup(const char *name);
+extern struct pg_tz *RfmProgramZone(void);
+extern DateADT RfmZoneDay(TimestampTz t, struct pg_tz *tz);
+extern TimestampTz RfmZoneDayStart(DateADT d, struct pg_tz *tz);
+extern TimestampTz RfmZoneLocal(Timestamp ts, struct pg_tz *tz);
+extern TimestampTz RfmZoneMinus(TimestampTz t, const Interval *iv, struct pg_tz *tz);
+extern TimestampTz RfmProgramDayStart(TimestampTz now, struct pg_tz *tz);
 
 #endif							/* LOYALTY_RFM_H */

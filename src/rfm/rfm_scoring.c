@@ -416,9 +416,20 @@ RfmScoreAll(const RfmScoring *scoring, const RfmKeys *keys, int n,
 		CHECK_FOR_INTERRUPTS();
 	}
 
+	/*
+	 * A customer without an order in the frequency window scores R1 F1 M1
+	 * whatever their ranks (rfm.h): no segment that means recent activity
+	 * (New, Promising, Champions, ...) may hold them.  They still count in
+	 * everyone else's quantiles, so other scores do not move.
+	 */
 	for (i = 0; i < n; i++)
-		out[i] = RfmScoreMake(scores[RFM_RECENCY][i], scores[RFM_FREQUENCY][i],
-							  scores[RFM_MONETARY][i]);
+	{
+		if (keys[i].key[RFM_FREQUENCY] <= 0)
+			out[i] = RfmScoreMake(1, 1, 1);
+		else
+			out[i] = RfmScoreMake(scores[RFM_RECENCY][i], scores[RFM_FREQUENCY][i],
+								  scores[RFM_MONETARY][i]);
+	}
 
 	for (dim = 0; dim < 3; dim++)
 		pfree(scores[dim]);

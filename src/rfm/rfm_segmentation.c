@@ -41,6 +41,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
@@ -55,6 +56,30 @@ typedef enum RfmKeyKind
 	RFM_KEY_UUID,				/* 16 bytes */
 	RFM_KEY_GENERIC				/* the type's hash opclass and equality */
 } RfmKeyKind;
+
+/*
+ * What frequency counts: rows (every order row), distinct order ids of the
+ * customer (order_column) or distinct days (program zone) with an order.
+ */
+typedef enum RfmFrequencyUnit
+{
+	RFM_COUNT_ROWS,
+	RFM_COUNT_ORDERS,
+	RFM_COUNT_DAYS
+} RfmFrequencyUnit;
+
+/*
+ * Key of the set of orders or days already counted: the customer's key
+ * (the arena copy's address or the by-value Datum: one per customer), then
+ * the order id as text or the day.  Order ids longer than this are refused.
+ */
+#define RFM_SEEN_ID_LEN		120
+typedef struct RfmSeenKey
+{
+	Datum		cust;
+	int32		day;
+	char		id[RFM_SEEN_ID_LEN];
+} RfmSeenKey;
 
 /* How RfmCustomer holds its spend in the window. */
 typedef enum RfmSumKind
@@ -120,6 +145,14 @@ typedef struct RfmScan
 	LoyaltyTimeKind time_kind;
 	LoyaltyAmountKind amount_kind;
 	RfmPeriod	period;
+	struct pg_tz *tz;			/* program zone (NULL: UTC) */
+	RfmFrequencyUnit unit;		/* what frequency counts */
+	int			natts;			/* columns scanned: 3, or 4 with the order id */
+	HTAB	   *seen;			/* orders / days counted (unit not rows) */
+
+	/* rows ignored, reported by a NOTICE */
+	uint64		no_customer;
+	uint64		no_time;
 
 	/* results */
 	MemoryContext cxt;			/* hash table, keys, overflowed sums */
@@ -327,14 +360,52 @@ RfmScanStartup(DestReceiver *self, int operation, TupleDesc typeinfo)
 	RfmScan    *scan = (RfmScan *) self;
 	int			k;
 
-	if (typeinfo->natts != 3)
-		elog(ERROR, "rfm_segmentation: the scan returns %d columns, not 3",
-			 typeinfo->natts);
+	if (typeinfo->natts != scan->natts)
+		elog(ERROR, "rfm_segmentation: the scan returns %d columns, not %d",
+			 typeinfo->natts, scan->natts);
 	for (k = 0; k < 3; k++)
 		if (TupleDescAttr(typeinfo, k)->atttypid != scan->coltypes[k])
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("the orders relation changed while rfm_segmentation read it")));
+}
+
+/*
+ * Whether an order row in the window adds to the customer's frequency: always
+ * when rows are counted; the first time its order id (a row without one is
+ * an order of its own) or its day is seen for this customer otherwise.
+ */
+static bool
+RfmScanNewOrder(RfmScan *scan, RfmCustomer *c, TupleTableSlot *slot, TimestampTz t)
+{
+	RfmSeenKey	k;
+	bool		found;
+
+	if (scan->unit == RFM_COUNT_ROWS)
+		return true;
+	memset(&k, 0, sizeof(k));
+	k.cust = c->key;
+	if (scan->unit == RFM_COUNT_DAYS)
+		k.day = (int32) RfmZoneDay(t, scan->tz);
+	else
+	{
+		text	   *id;
+		int			len;
+
+		if (slot->tts_isnull[3])
+			return true;
+		id = DatumGetTextPP(slot->tts_values[3]);
+		len = VARSIZE_ANY_EXHDR(id);
+		if (len >= RFM_SEEN_ID_LEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("order id too long: %d bytes", len),
+					 errdetail("Distinct orders are counted for order ids of at most %d bytes in their text form.",
+							   RFM_SEEN_ID_LEN - 1)));
+		memcpy(k.id, VARDATA_ANY(id), len);
+	}
+	(void) hash_search(scan->seen, &k, HASH_ENTER, &found);
+	return !found;
 }
 
 /*
@@ -352,13 +423,24 @@ RfmScanReceive(TupleTableSlot *slot, DestReceiver *self)
 	RfmCustomer *c;
 	MemoryContext old;
 
-	slot_getsomeattrs(slot, 3);
+	slot_getsomeattrs(slot, scan->natts);
 	if (slot->tts_isnull[0] || slot->tts_isnull[1])
+	{
+		if (slot->tts_isnull[0])
+			scan->no_customer++;
+		else
+			scan->no_time++;
 		return true;
+	}
 
 	old = MemoryContextSwitchTo(scan->rowcxt);
-	if (!RfmDecodeTime(scan->time_kind, slot->tts_values[1], &t) ||
-		t > scan->period.as_of)
+	if (!RfmDecodeTime(scan->time_kind, slot->tts_values[1], scan->tz, &t))
+	{
+		scan->no_time++;		/* infinite: not a dated order */
+		MemoryContextSwitchTo(old);
+		return true;
+	}
+	if (t > scan->period.as_of)
 	{
 		MemoryContextSwitchTo(old);
 		return true;
@@ -399,7 +481,7 @@ RfmScanReceive(TupleTableSlot *slot, DestReceiver *self)
 
 	if (t >= scan->period.start)
 	{
-		if (!amount.negative)
+		if (!amount.negative && RfmScanNewOrder(scan, c, slot, t))
 			c->frequency++;
 		RfmCustomerAdd(scan, c, &amount);
 	}
@@ -654,7 +736,9 @@ enum
 	ARG_MONETARY_MODE,
 	ARG_RECENCY_THRESHOLDS,
 	ARG_FREQUENCY_THRESHOLDS,
-	ARG_MONETARY_THRESHOLDS
+	ARG_MONETARY_THRESHOLDS,
+	ARG_FREQUENCY_UNIT,
+	ARG_ORDER_COLUMN
 };
 
 /* Result columns of loyalty.rfm_segmentation, in order. */
@@ -683,7 +767,8 @@ static const char *const rfm_column_params[3] = {
  * monetary is the average basket (else the spend in the window).
  */
 static bool
-RfmSegmentationArgs(FunctionCallInfo fcinfo, RfmScoring *scoring)
+RfmSegmentationArgs(FunctionCallInfo fcinfo, RfmScoring *scoring,
+					RfmFrequencyUnit *unit)
 {
 	bool		average;
 	int			k;
@@ -725,6 +810,32 @@ RfmSegmentationArgs(FunctionCallInfo fcinfo, RfmScoring *scoring)
 	RfmReadThresholds(fcinfo, ARG_MONETARY_THRESHOLDS, RFM_MONETARY,
 					  "monetary_thresholds", scoring);
 	RfmCheckScoring(scoring);
+	/* the 0.2.0 declaration (before ALTER EXTENSION UPDATE) counts rows */
+	if (PG_NARGS() <= ARG_FREQUENCY_UNIT)
+	{
+		*unit = RFM_COUNT_ROWS;
+		return average;
+	}
+	LoyaltyArgNotNull(fcinfo, ARG_FREQUENCY_UNIT, "frequency_unit");
+	{
+		char	   *u = text_to_cstring(PG_GETARG_TEXT_PP(ARG_FREQUENCY_UNIT));
+
+		if (strcmp(u, "rows") == 0)
+			*unit = RFM_COUNT_ROWS;
+		else if (strcmp(u, "orders") == 0)
+			*unit = RFM_COUNT_ORDERS;
+		else if (strcmp(u, "days") == 0)
+			*unit = RFM_COUNT_DAYS;
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid frequency unit: \"%s\"", u),
+					 errhint("Use 'rows' (every order row), 'orders' (distinct values of order_column) or 'days' (distinct days with an order).")));
+		if ((*unit == RFM_COUNT_ORDERS) != !PG_ARGISNULL(ARG_ORDER_COLUMN))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("order_column must be given exactly when frequency_unit is 'orders'")));
+	}
 	return average;
 }
 
@@ -928,16 +1039,29 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	SPIPlanPtr	plan;
 	RfmScore   *scores;
 	Size		scan_bytes;
+	AttrNumber	order_attnum = InvalidAttrNumber;
 
 	memset(&scoring, 0, sizeof(scoring));
-	average = RfmSegmentationArgs(fcinfo, &scoring);
-
 	memset(&scan, 0, sizeof(scan));
+	average = RfmSegmentationArgs(fcinfo, &scoring, &scan.unit);
+
+	scan.tz = RfmProgramZone();
 	RfmMakePeriod(PG_GETARG_TIMESTAMPTZ(ARG_AS_OF),
-				  PG_GETARG_INTERVAL_P(ARG_WINDOW_LENGTH), &scan.period);
+				  PG_GETARG_INTERVAL_P(ARG_WINDOW_LENGTH), scan.tz, &scan.period);
 	relid = PG_GETARG_OID(ARG_ORDERS);
 	relkind = RfmSegmentationRelation(fcinfo, relid, cols, attnums, coltypes,
 									  colcolls, &scan);
+	scan.natts = 3;
+	if (scan.unit == RFM_COUNT_ORDERS)
+	{
+		NameData	ocol;
+		Oid			otype;
+		Oid			ocoll;
+
+		namestrcpy(&ocol, NameStr(*PG_GETARG_NAME(ARG_ORDER_COLUMN)));
+		order_attnum = RfmLookupColumn(relid, "order_column", &ocol, &otype, &ocoll);
+		scan.natts = 4;
+	}
 
 	/* working memory, freed before returning */
 	workcxt = AllocSetContextCreate(CurrentMemoryContext, "rfm_segmentation",
@@ -956,6 +1080,17 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	scan.table = rfmcust_create(workcxt,
 								RfmEstimateCustomers(relid, relkind, attnums[0]),
 								&scan);
+	if (scan.unit != RFM_COUNT_ROWS)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(RfmSeenKey);
+		ctl.entrysize = sizeof(RfmSeenKey);
+		ctl.hcxt = workcxt;
+		scan.seen = hash_create("rfm_segmentation orders", 1024, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
 
 	/*
 	 * The scan: identifiers quoted, no value in the text (as_of and the
@@ -963,11 +1098,15 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	 * and its planning cost is nothing next to the scan.
 	 */
 	initStringInfo(&query);
-	appendStringInfo(&query, "SELECT %s, %s, %s FROM %s",
+	appendStringInfo(&query, "SELECT %s, %s, %s",
 					 quote_identifier(get_attname(relid, attnums[0], false)),
 					 quote_identifier(get_attname(relid, attnums[1], false)),
-					 quote_identifier(get_attname(relid, attnums[2], false)),
-					 RfmRelationName(relid));
+					 quote_identifier(get_attname(relid, attnums[2], false)));
+	/* the order id as text: its type's output, the caller's own cast */
+	if (scan.unit == RFM_COUNT_ORDERS)
+		appendStringInfo(&query, ", %s::pg_catalog.text",
+						 quote_identifier(get_attname(relid, order_attnum, false)));
+	appendStringInfo(&query, " FROM %s", RfmRelationName(relid));
 	MemoryContextSwitchTo(old);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -986,6 +1125,14 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	 * scratch RfmScoreAll takes.  Neither depends on the number of orders.
 	 */
 	scan_bytes = MemoryContextMemAllocated(workcxt, true);
+	if (scan.no_customer > 0 || scan.no_time > 0)
+		ereport(NOTICE,
+				(errmsg("rfm_segmentation ignored %llu rows of %s",
+						(unsigned long long) (scan.no_customer + scan.no_time),
+						RfmRelationName(relid)),
+				 errdetail("Rows without a customer: %llu; rows without an order time: %llu.",
+						   (unsigned long long) scan.no_customer,
+						   (unsigned long long) scan.no_time)));
 	elog(DEBUG1, "rfm_segmentation: %llu rows, %u customers, %zu bytes after the scan",
 		 (unsigned long long) scan.nrows, scan.table->members, scan_bytes);
 

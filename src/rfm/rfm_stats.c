@@ -30,6 +30,8 @@ typedef struct RfmStatsState
 	RfmPeriod	period;
 	LoyaltyTimeKind time_kind;
 	LoyaltyAmountKind amount_kind;
+	struct pg_tz *tz;			/* program zone (NULL: UTC); not serialized,
+								 * only the transition reads it */
 	TimestampTz last_order;		/* RFM_NO_LAST_ORDER when none */
 	TimestampTz first_order;	/* RFM_NO_FIRST_ORDER when none */
 	int64		frequency;		/* orders in the window */
@@ -52,12 +54,14 @@ enum
 };
 
 /*
- * An order time as timestamptz, converted exactly as the SQL casts do (date
- * and timestamp are read in the session's TimeZone).  Returns false for
- * infinite times: such rows are not dated orders and are ignored.
+ * An order time as timestamptz: a date is 00:00 of that day and a
+ * timestamp without time zone local time, both in the program zone tz
+ * (rfm_zone.c; NULL: UTC), never the session's TimeZone, so that batch and
+ * live tracking read the same instants.  Returns false for infinite times:
+ * such rows are not dated orders and are ignored.
  */
 bool
-RfmDecodeTime(LoyaltyTimeKind kind, Datum value, TimestampTz *out)
+RfmDecodeTime(LoyaltyTimeKind kind, Datum value, struct pg_tz *tz, TimestampTz *out)
 {
 	switch (kind)
 	{
@@ -70,7 +74,7 @@ RfmDecodeTime(LoyaltyTimeKind kind, Datum value, TimestampTz *out)
 
 				if (TIMESTAMP_NOT_FINITE(ts))
 					return false;
-				*out = timestamp2timestamptz_opt_overflow(ts, NULL);
+				*out = RfmZoneLocal(ts, tz);
 				return true;
 			}
 		case LOYALTY_TIME_DATE:
@@ -79,7 +83,7 @@ RfmDecodeTime(LoyaltyTimeKind kind, Datum value, TimestampTz *out)
 
 				if (DATE_NOT_FINITE(d))
 					return false;
-				*out = date2timestamptz_opt_overflow(d, NULL);
+				*out = RfmZoneDayStart(d, tz);
 				return true;
 			}
 	}
@@ -88,20 +92,19 @@ RfmDecodeTime(LoyaltyTimeKind kind, Datum value, TimestampTz *out)
 
 /*
  * The as-of time and the window start as_of - window (timestamptz minus
- * interval in the session's TimeZone, as in SQL).  as_of must be finite and
- * the window positive.
+ * interval with the calendar of the program zone tz).  as_of must be finite
+ * and the window positive.
  */
 void
-RfmMakePeriod(TimestampTz as_of, const Interval *window, RfmPeriod *period)
+RfmMakePeriod(TimestampTz as_of, const Interval *window, struct pg_tz *tz,
+			  RfmPeriod *period)
 {
 	if (TIMESTAMP_NOT_FINITE(as_of))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("as_of must be a finite time")));
 	period->as_of = as_of;
-	period->start = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
-															TimestampTzGetDatum(as_of),
-															PointerGetDatum(window)));
+	period->start = RfmZoneMinus(as_of, window, tz);
 	if (!(period->start < as_of))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -154,6 +157,26 @@ RfmDefaultWindow(Interval *window)
 }
 
 /*
+ * The program zone, read once per query (cached in fn_extra): a group
+ * starts per customer, and the settings do not change within a statement.
+ */
+static struct pg_tz *
+RfmStatsZone(FunctionCallInfo fcinfo)
+{
+	struct pg_tz **cached = (struct pg_tz **) fcinfo->flinfo->fn_extra;
+
+	if (cached == NULL)
+	{
+		struct pg_tz *tz = RfmProgramZone();
+
+		cached = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(struct pg_tz *));
+		*cached = tz;
+		fcinfo->flinfo->fn_extra = cached;
+	}
+	return *cached;
+}
+
+/*
  * First row of a group: read the kinds of the argument types and the period,
  * and allocate the state in the aggregate's context.
  */
@@ -167,7 +190,8 @@ RfmStatsStart(FunctionCallInfo fcinfo, MemoryContext aggcxt,
 	state = MemoryContextAllocZero(aggcxt, sizeof(RfmStatsState));
 	state->as_of = as_of;
 	state->window = *window;
-	RfmMakePeriod(as_of, window, &state->period);
+	state->tz = RfmStatsZone(fcinfo);
+	RfmMakePeriod(as_of, window, state->tz, &state->period);
 	state->time_kind = LoyaltyTimeKindOf(getBaseType(get_fn_expr_argtype(fcinfo->flinfo, 1)), &ok);
 	if (!ok)
 		elog(ERROR, "rfm_stats: unexpected order time type");
@@ -249,7 +273,7 @@ rfm_stats_transfn(PG_FUNCTION_ARGS)
 	}
 
 	if (PG_ARGISNULL(1) ||
-		!RfmDecodeTime(state->time_kind, PG_GETARG_DATUM(1), &t) ||
+		!RfmDecodeTime(state->time_kind, PG_GETARG_DATUM(1), state->tz, &t) ||
 		t > state->period.as_of)
 		PG_RETURN_POINTER(state);
 

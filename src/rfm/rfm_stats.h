@@ -107,9 +107,11 @@ RfmMoneyAddFast(RfmMoney *sum, const RfmAmount *amount, MemoryContext cxt)
 }
 
 /* rfm_stats.c */
-extern bool RfmDecodeTime(LoyaltyTimeKind kind, Datum value, TimestampTz *out);
+struct pg_tz;
+extern bool RfmDecodeTime(LoyaltyTimeKind kind, Datum value, struct pg_tz *tz,
+						  TimestampTz *out);
 extern void RfmMakePeriod(TimestampTz as_of, const Interval *window,
-						  RfmPeriod *period);
+						  struct pg_tz *tz, RfmPeriod *period);
 extern int32 RfmRecencyDays(TimestampTz as_of, TimestampTz last_order);
 extern Numeric RfmAverageBasket(Numeric monetary, int64 frequency);
 

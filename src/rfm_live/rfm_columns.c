@@ -15,7 +15,9 @@
 
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/heapam.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
@@ -24,6 +26,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/typcache.h"
 
 #include "rfm_live.h"
@@ -320,6 +323,7 @@ RfmReadOrderTimes(char **keys, int n, Datum *first, bool *first_null,
 		}
 		RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
 						  cust_col, time_col, amount_col, status_col, nsts, sts, &cols);
+		cols.tz = RfmZoneLookup(RfmTrackedSetting(relid, "timezone"));
 		custbase = getBaseType(cols.cust_type);
 
 		/*
@@ -414,30 +418,81 @@ RfmReadOrderTimes(char **keys, int n, Datum *first, bool *first_null,
 }
 
 /*
+ * A text column of the loyalty.tracked_table row of a table (timezone,
+ * frequency_unit), NULL when the table is not tracked or the column does
+ * not exist (the 0.2.0 schema before ALTER EXTENSION UPDATE: UTC, rows).
+ * Read with a plain scan, not SQL: the tracking trigger calls it (on a
+ * cache miss) with the rights of whoever wrote the orders.
+ */
+char *
+RfmTrackedSetting(Oid relid, const char *column)
+{
+	Oid			nsp = get_namespace_oid("loyalty", false);
+	Oid			trelid = get_relname_relid("tracked_table", nsp);
+	char	   *result = NULL;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	Snapshot	snap;
+	TupleDesc	desc;
+	int			att = 0;
+	int			oatt = 0;
+	int			i;
+
+	if (!OidIsValid(trelid))
+		return NULL;
+	rel = table_open(trelid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(desc, i);
+
+		if (a->attisdropped)
+			continue;
+		if (strcmp(NameStr(a->attname), column) == 0)
+			att = i + 1;
+		if (strcmp(NameStr(a->attname), "orders") == 0)
+			oatt = i + 1;
+	}
+	if (att == 0 || oatt == 0)
+	{
+		table_close(rel, AccessShareLock);
+		return NULL;
+	}
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snap, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		bool		isnull;
+		Datum		o = heap_getattr(tup, oatt, desc, &isnull);
+		Datum		d;
+
+		if (isnull || DatumGetObjectId(o) != relid)
+			continue;
+		d = heap_getattr(tup, att, desc, &isnull);
+		if (!isnull)
+			result = TextDatumGetCString(d);
+		break;
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, AccessShareLock);
+	return result;
+}
+
+/*
  * Order time of a row, false when the row has no usable time (null or
- * infinite: such rows are ignored).  A date is the order time at 00:00 UTC
- * of that day and a timestamp without time zone is read as UTC: the
- * statistics must not depend on the TimeZone of the session that wrote the
- * order (batch rfm_segmentation reads them in the session's TimeZone, the
- * same when that is UTC).
+ * infinite: such rows are ignored).  A date is the order time at 00:00 of
+ * that day and a timestamp without time zone is local time, both in the
+ * tracking zone: the statistics must not depend on the TimeZone of the
+ * session that wrote the order, and batch rfm_segmentation reads them the
+ * same way (RfmDecodeTime, in the program zone).
  */
 bool
 RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t)
 {
-	if (cols->time_kind == LOYALTY_TIME_DATE)
-	{
-		DateADT		d = DatumGetDateADT(value);
-
-		if (DATE_NOT_FINITE(d))
-			return false;
-		*t = (TimestampTz) d * USECS_PER_DAY;
-	}
-	else
-	{
-		*t = DatumGetTimestampTz(value);
-		if (TIMESTAMP_NOT_FINITE(*t))
-			return false;
-	}
+	if (!RfmDecodeTime(cols->time_kind, value, cols->tz, t))
+		return false;
 	return true;
 }
 

@@ -1,7 +1,7 @@
 /*
  * rfm_days.c
- *		loyalty.day_buckets: one customer's order count and spend per UTC
- *		day, the part of the live statistics that makes windowed frequency
+ *		loyalty.day_buckets: one customer's order count and spend per day
+ *		(of the tracking time zone, rfm_live.h), the part of the live statistics that makes windowed frequency
  *		and monetary computable for any as-of time without reading orders.
  *
  * Buckets are kept sorted by day, each with that day's spend.  Stored values
@@ -676,6 +676,7 @@ RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum,
 	Numeric		num = LoyaltyNumericZero(); /* numeric form: its spend */
 
 	sum->orders = 0;
+	sum->days = 0;
 	sum->spend = LoyaltyNumericZero();
 	memset(&sum->money, 0, sizeof(RfmMoney));
 	sum->has_order = false;
@@ -693,6 +694,8 @@ RfmDaysWindow(RfmDays *d, DateADT from, DateADT to, RfmDaysSum *sum,
 		if (b.day >= from)
 		{
 			sum->orders += b.orders;
+			if (b.orders > 0)
+				sum->days++;
 			if (!it.numeric)
 				acc += b.spend;
 			else

@@ -14,11 +14,16 @@
  *
  * Per customer, loyalty.customer_stats holds all-time totals (rows, orders,
  * spend, first and last order time) and a loyalty.day_buckets value: for
- * every UTC day with tracked rows, the number of orders and the spend of
+ * every day (in the tracking zone, loyalty.tracked_table.timezone) with
+ * tracked rows, the number of orders and the spend of
  * that day.  Windowed frequency and monetary are sums over the buckets of
  * the days in the window, so they stay right as time passes without reading
  * the orders again; they are exact at day granularity (a window
- * [as_of - window, as_of] counts the whole of its first and last UTC day).
+ * [as_of - window, as_of] counts the whole of its first and last day).
+ *
+ * The tracking zone is the program zone (loyalty.settings.timezone) as of
+ * track_orders or the last rebuild_tracking; refresh_segments refuses to
+ * run while the two differ (rebuild_tracking re-buckets every order).
  */
 #ifndef LOYALTY_RFM_LIVE_H
 #define LOYALTY_RFM_LIVE_H
@@ -36,6 +41,7 @@
 #include "loyalty_cache.h"
 #include "loyalty_numeric.h"
 #include "loyalty_spi.h"
+#include "rfm.h"
 #include "rfm_stats.h"
 
 /*
@@ -104,6 +110,7 @@ typedef struct RfmDayEntry
 typedef struct RfmDaysSum
 {
 	int64		orders;			/* orders in [from, to] */
+	int64		days;			/* days with an order in [from, to] */
 	Numeric		spend;			/* spend in [from, to] (never NULL), only
 								 * if want_spend */
 	RfmMoney	money;			/* spend in [from, to], exact */
@@ -122,19 +129,10 @@ extern int	RfmDaysCount(RfmDays *d);
 extern DateADT RfmDaysFirstDay(RfmDays *d);
 extern Oid	RfmDaysTypeOid(void);
 
-/* UTC day of a timestamp (DateADT counts days since 2000-01-01). */
-static inline DateADT
-RfmUtcDay(TimestampTz t)
-{
-	if (t >= 0)
-		return (DateADT) (t / USECS_PER_DAY);
-	return (DateADT) (-((-t - 1) / USECS_PER_DAY) - 1);
-}
-
 /*
- * rfm_track.c: columns of a tracked table and how to read them (a
- * timestamp without time zone is read as UTC, a date as 00:00 UTC of that
- * day)
+ * rfm_track.c: columns of a tracked table and how to read them, in the
+ * tracking zone tz (a timestamp without time zone is local time there, a
+ * date 00:00 there; days are its calendar days; NULL: UTC)
  */
 typedef struct RfmTrackCols
 {
@@ -146,6 +144,7 @@ typedef struct RfmTrackCols
 	FmgrInfo	cust_out;
 	LoyaltyTimeKind time_kind;
 	LoyaltyAmountKind amount_kind;
+	struct pg_tz *tz;			/* the tracking zone (NULL: UTC) */
 	FmgrInfo	status_out;
 	bool		status_bpchar;	/* character(n): trailing blanks ignored */
 	int			nstatuses;
@@ -162,6 +161,7 @@ extern char **RfmStatusList(Datum arr, bool isnull, int *n);
 extern void RfmReadOrderTimes(char **keys, int n, Datum *first, bool *first_null,
 							  Datum *last, bool *last_null, bool read_only);
 extern bool RfmRowTime(RfmTrackCols *cols, Datum value, TimestampTz *t);
+extern char *RfmTrackedSetting(Oid relid, const char *column);
 extern uint32 RfmKeyHash(const void *key, Size keysize);
 extern int	RfmKeyMatch(const void *key1, const void *key2, Size keysize);
 extern struct ArrayType *RfmMakeArray(Datum *values, bool *nulls, int n, Oid elemtype);
@@ -186,11 +186,14 @@ typedef struct RfmStatsChange
 
 /* rfm_track.c */
 extern void RfmLiveInit(void);
+extern int	rfm_refresh_future_skew;
 extern void RfmLiveRequireReadCommitted(const char *what);
 extern int64 RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
 						 const char *amount_col, const char *status_col,
-						 int nstatuses, char **statuses);
+						 int nstatuses, char **statuses, struct pg_tz *tz);
 extern int64 RfmRebuild(void);
+extern void RfmSetTrackingZone(const char *zone);
+extern bool RfmTrackingHasZone(void);
 extern int64 RfmFoldDeltas(int64 *customers);
 
 /*

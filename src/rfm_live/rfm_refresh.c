@@ -57,6 +57,7 @@
 #include "stats_store.h"
 
 PG_FUNCTION_INFO_V1(rfm_refresh_segments);
+PG_FUNCTION_INFO_V1(rfm_default_as_of);
 PG_FUNCTION_INFO_V1(rfm_customer_rfm);
 PG_FUNCTION_INFO_V1(rfm_config_validate);
 
@@ -355,13 +356,48 @@ RfmLoyaltyType(const char *name)
 	return typoid;
 }
 
-/* as_of - interval, in the session's TimeZone as SQL computes it. */
+/* as_of - interval, with the calendar of the tracking zone (rfm_zone.c). */
 static TimestampTz
-RfmMinus(TimestampTz t, Interval *iv)
+RfmMinus(TimestampTz t, Interval *iv, struct pg_tz *tz)
 {
-	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
-												   TimestampTzGetDatum(t),
-												   IntervalPGetDatum(iv)));
+	return RfmZoneMinus(t, iv, tz);
+}
+
+/*
+ * The zone the day buckets are in and whether frequency counts days
+ * (loyalty.tracked_table; with no tracked table the program zone and
+ * rows).  strict (refresh_segments): refuse when the program zone changed
+ * since tracking started, since scores would mix two calendars.  In SPI.
+ */
+static void
+RfmTrackingFacts(bool strict, struct pg_tz **tz, bool *days)
+{
+	char	   *program = RfmProgramZoneName();
+	char	   *zone = program;
+
+	*days = false;
+	if (!RfmTrackingHasZone())
+	{
+		/* the 0.2.0 schema, before ALTER EXTENSION UPDATE: UTC buckets */
+		*tz = NULL;
+		return;
+	}
+	if (SPI_execute("SELECT DISTINCT timezone, frequency_unit FROM loyalty.tracked_table"
+					" ORDER BY 1, 2", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.tracked_table");
+	if (SPI_processed > 0)
+	{
+		zone = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		*days = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "days") == 0;
+		if (strict && strcmp(zone, program) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the program time zone changed since tracking started"),
+					 errdetail("Tracked orders are counted in days of time zone \"%s\"; loyalty.settings.timezone is \"%s\".",
+							   zone, program),
+					 errhint("Call loyalty.rebuild_tracking() to count them again in the new zone.")));
+	}
+	*tz = RfmZoneLookup(zone);
 }
 
 /* An interval of some months. */
@@ -413,16 +449,17 @@ RfmCheckRetained(DateADT start_day, DateADT retained_from, RfmLiveConfig *cfg)
  * A customer's RFM inputs as of as_of: frequency and spend from the buckets
  * of the window's days; recency from the exact last order when it is not
  * after as_of.  When it is (orders dated after as_of), recency comes from
- * the latest day with an order up to as_of, taken at 00:00 UTC, looking no
- * further back than floor_day (the retention horizon: older buckets may be
- * pruned, and the result must not depend on whether they already are); a
- * customer whose first order is up to as_of but who has no such day counts
- * as having ordered on the day before floor_day.
+ * the latest day with an order up to as_of, taken at 00:00 of the tracking
+ * zone, looking no further back than floor_day (the retention horizon:
+ * older buckets may be pruned, and the result must not depend on whether
+ * they already are); a customer whose first order is up to as_of but who
+ * has no such day counts as having ordered on the day before floor_day.
  */
 static void
 RfmCustomerInputs(RfmDaysSum *sum, bool first_null, TimestampTz first_order,
 				  bool last_null, TimestampTz last_order, TimestampTz as_of,
-				  DateADT floor_day, bool *has_order, TimestampTz *last)
+				  DateADT floor_day, struct pg_tz *tz, bool *has_order,
+				  TimestampTz *last)
 {
 	*has_order = false;
 	if (last_null)
@@ -435,14 +472,14 @@ RfmCustomerInputs(RfmDaysSum *sum, bool first_null, TimestampTz first_order,
 	else if (sum->has_order && sum->last_order_day >= floor_day)
 	{
 		*has_order = true;
-		*last = Min((TimestampTz) sum->last_order_day * USECS_PER_DAY, as_of);
+		*last = Min(RfmZoneDayStart(sum->last_order_day, tz), as_of);
 	}
 	else if (!first_null && first_order <= as_of)
 	{
 		*has_order = true;
 		*last = first_order;
 		if (floor_day != DATEVAL_NOBEGIN)
-			*last = Max(*last, (TimestampTz) (floor_day - 1) * USECS_PER_DAY);
+			*last = Max(*last, RfmZoneDayStart(floor_day - 1, tz));
 	}
 }
 
@@ -703,6 +740,8 @@ typedef struct RfmRefresh
 	/* argument, configuration and the dates derived from them */
 	TimestampTz as_of;
 	TimestampTz t0;				/* start, for DEBUG1 timings and took_ms */
+	struct pg_tz *tz;			/* the tracking zone (NULL: UTC) */
+	bool		count_days;		/* frequency counts days with an order */
 	RfmLiveConfig cfg;
 	DateADT		start_day;		/* first day of the scoring window */
 	DateADT		end_day;
@@ -769,6 +808,64 @@ typedef struct RfmRefresh
 } RfmRefresh;
 
 /*
+ * loyalty._rfm_default_as_of(): the default as_of of refresh_segments, the
+ * start of the current day (of the transaction's start) in the program
+ * time zone, so that a nightly job run at 00:05 scores as of midnight, as a
+ * batch rfm_segmentation(as_of => midnight) does.
+ */
+Datum
+rfm_default_as_of(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TIMESTAMPTZ(RfmProgramDayStart(GetCurrentTransactionStartTimestamp(),
+											 RfmProgramZone()));
+}
+
+/*
+ * A refresh scores now or the past, in order: as_of may lie at most
+ * loyalty.refresh_future_skew (5 minutes) ahead of the server clock, and
+ * not before the as_of of the latest snapshot (the change log and the
+ * migration views read snapshots in that order).  22023 otherwise.  In
+ * SPI, under the refresh's lock.
+ */
+static void
+RfmCheckAsOfOrder(TimestampTz as_of)
+{
+	TimestampTz limit = GetCurrentTimestamp() +
+		(TimestampTz) rfm_refresh_future_skew * USECS_PER_SEC;
+	bool		isnull;
+
+	if (as_of > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("as_of must not lie in the future"),
+				 errdetail("as_of is %s; refresh_segments accepts an as_of up to %d seconds ahead of the server clock.",
+						   timestamptz_to_str(as_of), rfm_refresh_future_skew)));
+	if (SPI_execute("SELECT s.snapshot_id, s.as_of FROM loyalty.segment_snapshot s"
+					" ORDER BY s.as_of DESC, s.snapshot_id DESC LIMIT 1", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.segment_snapshot");
+	if (SPI_processed > 0)
+	{
+		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		TimestampTz latest = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+															   SPI_tuptable->tupdesc, 2, &isnull));
+
+		if (as_of < latest)
+		{
+			/* timestamptz_to_str returns a static buffer: one call at a time */
+			char	   *as_of_str = pstrdup(timestamptz_to_str(as_of));
+			char	   *latest_str = pstrdup(timestamptz_to_str(latest));
+
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("as_of is before the latest snapshot"),
+					 errdetail("as_of is %s; the latest snapshot (%lld) is as of %s.",
+							   as_of_str, (long long) id, latest_str),
+					 errhint("Score past dates with loyalty.rfm_segmentation(), or drop the later snapshots with loyalty.drop_snapshot().")));
+		}
+	}
+}
+
+/*
  * Serialize with other refreshes, read and check the configuration and the
  * retention horizon; the first refresh (no snapshot yet) locks the
  * statistics exclusively (it rewrites them all, then compacts them).
@@ -783,14 +880,16 @@ RfmRefreshLock(RfmRefresh *r)
 	RfmReadConfig(&r->cfg);
 	elog(DEBUG1, "refresh_segments: read the configuration at %.1f ms", RfmMsSince(r->t0));
 
-	if (!(RfmMinus(r->as_of, &r->cfg.window) < r->as_of))
+	RfmTrackingFacts(true, &r->tz, &r->count_days);
+	if (!(RfmMinus(r->as_of, &r->cfg.window, r->tz) < r->as_of))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("scoring_window must be positive")));
-	r->start_day = RfmUtcDay(RfmMinus(r->as_of, &r->cfg.window));
-	r->end_day = RfmUtcDay(r->as_of);
+	r->start_day = RfmZoneDay(RfmMinus(r->as_of, &r->cfg.window, r->tz), r->tz);
+	r->end_day = RfmZoneDay(r->as_of, r->tz);
 	r->retained_from = RfmRetainedFrom();
 	RfmCheckRetained(r->start_day, r->retained_from, &r->cfg);
+	RfmCheckAsOfOrder(r->as_of);
 	r->first = (r->retained_from == DATEVAL_NOBEGIN);
 	if (r->first &&
 		SPI_execute("LOCK TABLE loyalty.customer_stats IN ACCESS EXCLUSIVE MODE", false, 0) != SPI_OK_UTILITY)
@@ -811,14 +910,14 @@ RfmRefreshTakePending(RfmRefresh *r)
 {
 	(void) RfmFoldDeltasSplit(NULL, &r->adds, &r->nadds);
 	elog(DEBUG1, "refresh_segments: folded pending changes at %.1f ms", RfmMsSince(r->t0));
-	r->new_retained = RfmUtcDay(RfmMinus(Min(r->as_of, GetCurrentTransactionStartTimestamp()),
-										 &r->cfg.retention));
+	r->new_retained = RfmZoneDay(RfmMinus(Min(r->as_of, GetCurrentTransactionStartTimestamp()),
+										  &r->cfg.retention, r->tz), r->tz);
 	r->new_retained = Min(r->new_retained, r->start_day);
 	if (r->retained_from != DATEVAL_NOBEGIN && r->retained_from > r->new_retained)
 		r->new_retained = r->retained_from;
-	r->b3 = RfmMinus(r->as_of, RfmMonths(3));
-	r->b6 = RfmMinus(r->as_of, RfmMonths(6));
-	r->binactive = RfmMinus(r->as_of, &r->cfg.inactive_after);
+	r->b3 = RfmMinus(r->as_of, RfmMonths(3), r->tz);
+	r->b6 = RfmMinus(r->as_of, RfmMonths(6), r->tz);
+	r->binactive = RfmMinus(r->as_of, &r->cfg.inactive_after, r->tz);
 }
 
 /*
@@ -1005,8 +1104,10 @@ RfmRefreshCustomer(RfmRefresh *r, Datum *v, bool *nl, RfmFoldAdd *fa)
 	RfmDaysWindow(days, r->start_day, r->end_day, &sum, false, r->work);
 	RfmCustomerInputs(&sum, nl[at->first], DatumGetTimestampTz(v[at->first]),
 					  nl[at->last], DatumGetTimestampTz(v[at->last]), r->as_of,
-					  r->new_retained, &has_order, &last);
+					  r->new_retained, r->tz, &has_order, &last);
 	spend = sum.money;
+	if (r->count_days)
+		sum.orders = sum.days;
 	key->key[RFM_RECENCY] = RfmRecencyKey(RfmRecencyDaysOf(has_order, r->as_of, last));
 	key->key[RFM_FREQUENCY] = (double) sum.orders;
 	if (!r->cfg.average)
@@ -1411,9 +1512,9 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	Datum		values[7];
 	bool		nulls[7] = {false, false, false, false, false, false, false};
 
-	LoyaltyArgNotNull(fcinfo, 0, "as_of");
 	r = palloc0(sizeof(RfmRefresh));
 	r->t0 = GetCurrentTimestamp();
+	LoyaltyArgNotNull(fcinfo, 0, "as_of");
 	r->as_of = PG_GETARG_TIMESTAMPTZ(0);
 	RfmCheckAsOf(r->as_of);
 	RfmLiveRequireReadCommitted("loyalty.refresh_segments()");
@@ -1620,6 +1721,8 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 		DateADT		start_day;
 		DateADT		retained_from;
 		TimestampTz start;
+		struct pg_tz *tz;
+		bool		count_days;
 
 		cust = RfmArgCustomer(fcinfo, 0, "customer_id");
 		LoyaltyArgNotNull(fcinfo, 1, "as_of");
@@ -1633,8 +1736,9 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 
 		SPI_connect();
 		RfmReadConfig(&cfg);
-		start = RfmMinus(as_of, &cfg.window);
-		start_day = RfmUtcDay(start);
+		RfmTrackingFacts(false, &tz, &count_days);
+		start = RfmMinus(as_of, &cfg.window, tz);
+		start_day = RfmZoneDay(start, tz);
 		retained_from = RfmRetainedFrom();
 		RfmCheckRetained(start_day, retained_from, &cfg);
 		if (!RfmLiveRead(cust, &live))
@@ -1643,10 +1747,12 @@ rfm_customer_rfm(PG_FUNCTION_ARGS)
 			MemoryContextSwitchTo(oldcxt);
 			SRF_RETURN_DONE(funcctx);
 		}
-		RfmDaysWindow(live.days, start_day, RfmUtcDay(as_of), &sum, true,
+		RfmDaysWindow(live.days, start_day, RfmZoneDay(as_of, tz), &sum, true,
 					  CurrentMemoryContext);
 		RfmCustomerInputs(&sum, live.first_null, live.first, live.last_null, live.last,
-						  as_of, retained_from, &has_order, &last);
+						  as_of, retained_from, tz, &has_order, &last);
+		if (count_days)
+			sum.orders = sum.days;
 
 		/* customer_id, orders_total, spend_total, first_order, last_order */
 		v[0] = PointerGetDatum(cust);

@@ -10,7 +10,7 @@
  *
  * Every change reaches the statistics as a delta: the trigger reads the
  * statement's transition tables (OLD rows subtracted, NEW rows added) and
- * aggregates them per customer and per UTC day in C.
+ * aggregates them per customer and per day (tracking zone) in C.
  *
  * Design: the checkout path appends, readers and the refresh fold.  The
  * trigger does not update a customer's statistics row: it inserts one row
@@ -74,6 +74,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -125,6 +126,8 @@ typedef struct RfmDelta
 	HTAB	   *customers;		/* created at the second customer */
 	int64		rows_seen;		/* rows read (counted or not) */
 	int64		rows_counted;	/* rows that passed the filters */
+	int64		no_customer;	/* rows ignored: no customer */
+	int64		no_time;		/* rows ignored: no (finite) order time */
 } RfmDelta;
 
 /*
@@ -237,13 +240,30 @@ RfmSyscacheCallback(Datum arg, int cacheid, uint32 hashvalue)
 		trigger_cols_stale = true;	/* a column's type may have changed */
 }
 
-/* Called from _PG_init: register the callbacks (only possible at load). */
+/*
+ * loyalty.refresh_future_skew: how far (seconds) ahead of the server clock
+ * refresh_segments accepts an as_of (rfm_refresh.c).  Superuser only: a
+ * wider value is for tests and demos that score fixed future dates.
+ */
+int			rfm_refresh_future_skew = 300;
+
+/*
+ * Called from _PG_init: register the callbacks (only possible at load) and
+ * the family's setting.
+ */
 void
 RfmLiveInit(void)
 {
 	LoyaltyCacheOnRelation(RfmRelcacheCallback, (Datum) 0);
 	LoyaltyCacheOnSyscache(NAMESPACEOID, RfmSyscacheCallback, (Datum) 0);
 	LoyaltyCacheOnSyscache(TYPEOID, RfmSyscacheCallback, (Datum) 0);
+	DefineCustomIntVariable(LOYALTY_GUC_PREFIX ".refresh_future_skew",
+							"How far ahead of the server clock refresh_segments accepts an as_of.",
+							"A later as_of is refused (22023).",
+							&rfm_refresh_future_skew,
+							300, 0, INT_MAX,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
 }
 
 /* The owner and OIDs of loyalty's objects, looked up when not cached. */
@@ -405,6 +425,8 @@ RfmTriggerCols(Trigger *tg, Relation rel, RfmTrackCols *cols)
 	RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
 					  tg->tgargs[0], tg->tgargs[1], tg->tgargs[2],
 					  tg->tgnargs > 3 ? tg->tgargs[3] : NULL, nst, sts, cols);
+	/* the zone of its day buckets: loyalty.tracked_table.timezone */
+	cols->tz = RfmZoneLookup(RfmTrackedSetting(RelationGetRelid(rel), "timezone"));
 	MemoryContextSwitchTo(old);
 	error_context_stack = errcb.previous;
 	MemoryContextSetParent(cxt, trigger_cxt);
@@ -596,8 +618,16 @@ RfmDeltaAddRow(RfmDelta *delta, RfmTrackCols *cols,
 	bool		is_order = true;
 
 	delta->rows_seen++;
-	if (cust_null || time_null || !RfmRowTime(cols, time, &t))
+	if (cust_null)
+	{
+		delta->no_customer++;
 		return;
+	}
+	if (time_null || !RfmRowTime(cols, time, &t))
+	{
+		delta->no_time++;
+		return;
+	}
 	old = MemoryContextSwitchTo(delta->rowcxt);
 	if (cols->status != InvalidAttrNumber &&
 		!RfmStatusCounts(cols, status, status_null))
@@ -625,7 +655,7 @@ RfmDeltaAddRow(RfmDelta *delta, RfmTrackCols *cols,
 	c = RfmDeltaCustomer(delta, key);
 	delta->rows_counted++;
 	c->rows += sign;
-	e = RfmCustDay(delta, c, RfmUtcDay(t));
+	e = RfmCustDay(delta, c, RfmZoneDay(t, cols->tz));
 	if (is_order)
 	{
 		c->orders += sign;
@@ -1478,7 +1508,7 @@ RfmDeltaReset(RfmDelta **delta)
 int64
 RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
 			const char *amount_col, const char *status_col,
-			int nstatuses, char **statuses)
+			int nstatuses, char **statuses, struct pg_tz *tz)
 {
 	Relation	rel = table_open(relid, AccessShareLock);
 	RfmTrackCols tcols;
@@ -1488,9 +1518,12 @@ RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
 	Portal		portal;
 	RfmDelta   *delta = RfmDeltaCreate();
 	int64		counted = 0;
+	int64		no_customer = 0;
+	int64		no_time = 0;
 
 	RfmResolveColumns(RelationGetDescr(rel), RelationGetRelationName(rel),
 					  cust_col, time_col, amount_col, status_col, nstatuses, statuses, &tcols);
+	tcols.tz = tz;
 	cols = tcols;
 	cols.cust = 1;
 	cols.time = 2;
@@ -1542,6 +1575,8 @@ RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
 		if (RfmDeltaMemory(delta) > (Size) maintenance_work_mem * 1024)
 		{
 			counted += delta->rows_counted;
+			no_customer += delta->no_customer;
+			no_time += delta->no_time;
 			RfmDeltaApply(delta);
 			RfmDeltaReset(&delta);
 		}
@@ -1549,12 +1584,49 @@ RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
 	}
 	SPI_cursor_close(portal);
 	SPI_freeplan(plan);
+	if (no_customer + delta->no_customer > 0 || no_time + delta->no_time > 0)
+		ereport(NOTICE,
+				(errmsg("tracking ignores %lld rows of table \"%s\"",
+						(long long) (no_customer + delta->no_customer + no_time + delta->no_time),
+						get_rel_name(relid)),
+				 errdetail("Rows without a customer: %lld; rows without an order time: %lld.  Later rows without either are ignored too.",
+						   (long long) (no_customer + delta->no_customer),
+						   (long long) (no_time + delta->no_time))));
 	counted += delta->rows_counted;
 	RfmDeltaApply(delta);
 	MemoryContextDelete(delta->cxt);
 	return counted;
 }
 
+
+/*
+ * Record the zone the day buckets of every tracked table are computed in
+ * (a rebuild re-buckets everything in the program zone of now).  In SPI;
+ * a no-op on the 0.2.0 schema, whose tracked_table has no such column.
+ */
+void
+RfmSetTrackingZone(const char *zone)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+
+	if (!RfmTrackingHasZone())
+		return;
+	args[0] = CStringGetTextDatum(zone);
+	if (SPI_execute_with_args("UPDATE loyalty.tracked_table SET timezone = $1"
+							  " WHERE timezone OPERATOR(pg_catalog.<>) $1",
+							  1, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update loyalty.tracked_table");
+}
+
+/* Whether loyalty.tracked_table has the timezone column (0.3.0 on). */
+bool
+RfmTrackingHasZone(void)
+{
+	Oid			relid = get_relname_relid("tracked_table", get_namespace_oid("loyalty", false));
+
+	return OidIsValid(relid) && get_attnum(relid, "timezone") != InvalidAttrNumber;
+}
 
 /*
  * Recompute every customer's statistics from the tracked tables: zero all
@@ -1567,6 +1639,7 @@ RfmBackfill(Oid relid, const char *cust_col, const char *time_col,
 int64
 RfmRebuild(void)
 {
+	char	   *zone;
 	SPITupleTable *tracked;
 	uint64		ntracked;
 	uint64		t;
@@ -1589,6 +1662,8 @@ RfmRebuild(void)
 		SPI_execute("DELETE FROM loyalty.customer_stats_delta", false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not clear loyalty.customer_stats_delta");
 	RfmStatsResetAll();
+	zone = RfmProgramZoneName();
+	RfmSetTrackingZone(zone);
 	if (SPI_execute("SELECT orders::pg_catalog.oid, customer_column, ordered_at_column,"
 					" amount_column, status_column, counted_statuses"
 					" FROM loyalty.tracked_table ORDER BY orders::pg_catalog.oid",
@@ -1605,12 +1680,15 @@ RfmRebuild(void)
 		int			nst;
 		char	  **sts = RfmStatusList(st, isnull, &nst);
 
+		/* every session's trigger re-reads the zone of its table */
+		CacheInvalidateRelcacheByRelid(relid);
+
 		rows += RfmBackfill(relid,
 							SPI_getvalue(tup, tracked->tupdesc, 2),
 							SPI_getvalue(tup, tracked->tupdesc, 3),
 							SPI_getvalue(tup, tracked->tupdesc, 4),
 							SPI_getvalue(tup, tracked->tupdesc, 5),
-							nst, sts);
+							nst, sts, RfmZoneLookup(zone));
 	}
 	return rows;
 }

@@ -4,7 +4,8 @@
  * loyalty.track_orders() installs statement-level triggers (with transition
  * tables) on the application's orders table; they keep per-customer
  * statistics in loyalty.customer_stats exact inside the application's own
- * transaction.  The statistics carry per-UTC-day buckets (type
+ * transaction.  The statistics carry per-day buckets (days of the program
+ * time zone as of tracking, loyalty.tracked_table.timezone; type
  * loyalty.day_buckets), so that windowed frequency and monetary can be
  * computed for any as-of time without reading the orders again.
  * ------------------------------------------------------------------------ */
@@ -56,7 +57,7 @@ CREATE TYPE loyalty.day_buckets (
 );
 
 COMMENT ON TYPE loyalty.day_buckets IS
-	'One customer''s orders and spend per UTC day (live RFM statistics)';
+	'One customer''s orders and spend per day of the tracking time zone (live RFM statistics)';
 
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_in(cstring)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_out(loyalty.day_buckets)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
@@ -69,7 +70,7 @@ AS 'MODULE_PATHNAME', 'day_buckets_entries'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 COMMENT ON FUNCTION loyalty.day_buckets_entries(loyalty.day_buckets) IS
-	'The buckets of a day_buckets value as rows: UTC day, orders and spend of that day';
+	'The buckets of a day_buckets value as rows: day (of the tracking time zone), orders and spend of that day';
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_entries(loyalty.day_buckets)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty._rfm_days_merge(loyalty.day_buckets, loyalty.day_buckets)
@@ -114,11 +115,19 @@ CREATE TABLE loyalty.tracked_table (
 	status_column		name,
 	counted_statuses	text[],
 	tracked_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	CHECK ((status_column IS NULL) = (counted_statuses IS NULL))
+	CHECK ((status_column IS NULL) = (counted_statuses IS NULL)),
+	timezone			text NOT NULL DEFAULT 'UTC',
+	frequency_unit		text NOT NULL DEFAULT 'rows'
+		CONSTRAINT tracked_table_frequency_unit_check
+		CHECK (frequency_unit IN ('rows', 'days'))
 );
 
 COMMENT ON TABLE loyalty.tracked_table IS
 	'Orders tables whose rows feed the live RFM statistics (see loyalty.track_orders)';
+COMMENT ON COLUMN loyalty.tracked_table.timezone IS
+	'Time zone of the day buckets: the program time zone (loyalty.settings) at track_orders or the last rebuild_tracking; refresh_segments refuses to run while they differ';
+COMMENT ON COLUMN loyalty.tracked_table.frequency_unit IS
+	'What frequency counts: rows (every order row) or days (days with an order, for a line-level table); the same for every tracked table';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.tracked_table', '');
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.tracked_table'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
@@ -145,7 +154,7 @@ COMMENT ON COLUMN loyalty.customer_stats.order_count IS
 COMMENT ON COLUMN loyalty.customer_stats.spend_total IS
 	'Sum of all amounts (orders and refunds), all time';
 COMMENT ON COLUMN loyalty.customer_stats.days IS
-	'Orders and spend per UTC day, from the retention horizon on';
+	'Orders and spend per day of the tracking time zone (loyalty.tracked_table.timezone), from the retention horizon on';
 COMMENT ON COLUMN loyalty.customer_stats.score IS
 	'RFM score at the last refresh_segments (NULL: not scored yet)';
 COMMENT ON COLUMN loyalty.customer_stats.segment IS
@@ -200,9 +209,9 @@ COMMENT ON COLUMN loyalty.customer_stats_delta.first_removed IS
 COMMENT ON COLUMN loyalty.customer_stats_delta.last_removed IS
 	'Latest order time removed (NULL: no order removed)';
 COMMENT ON COLUMN loyalty.customer_stats_delta.days IS
-	'Net change of orders and spend per UTC day made by one statement, for the days whose order count did not fall';
+	'Net change of orders and spend per day (tracking time zone) made by one statement, for the days whose order count did not fall';
 COMMENT ON COLUMN loyalty.customer_stats_delta.days_removed IS
-	'Opposite of the net change per UTC day made by one statement, for the days whose order count fell (stored buckets never hold negative counts)';
+	'Opposite of the net change per day (tracking time zone) made by one statement, for the days whose order count fell (stored buckets never hold negative counts)';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.customer_stats_delta', '');
 
@@ -229,6 +238,7 @@ CREATE FUNCTION loyalty.track_orders(
 	amount_column name,
 	status_column name DEFAULT NULL,
 	counted_statuses text[] DEFAULT NULL,
+	frequency_unit text DEFAULT 'rows',
 	OUT tracked_rows bigint,
 	OUT customers bigint)
 RETURNS record
@@ -237,9 +247,9 @@ LANGUAGE C VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 
-COMMENT ON FUNCTION loyalty.track_orders(regclass, name, name, name, name, text[]) IS
-	'Keep live RFM statistics of an orders table: back-fill them now and install triggers that keep them exact (optionally counting only rows whose status is in counted_statuses)';
-SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.track_orders(regclass,name,name,name,name,text[])'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+COMMENT ON FUNCTION loyalty.track_orders(regclass, name, name, name, name, text[], text) IS
+	'Keep live RFM statistics of an orders table: back-fill them now and install triggers that keep them exact (optionally counting only rows whose status is in counted_statuses; frequency in rows or days)';
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.track_orders(regclass,name,name,name,name,text[],text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.untrack_orders(orders regclass)
 RETURNS void
@@ -388,7 +398,7 @@ COMMENT ON TABLE loyalty.rfm_config IS
 	'Scoring configuration of refresh_segments (one row; edit it with UPDATE)';
 COMMENT ON COLUMN loyalty.rfm_config.bins IS 'Scores per dimension, 2 to 9 (5: scores 1..5)';
 COMMENT ON COLUMN loyalty.rfm_config.scoring_window IS
-	'Frequency and monetary count the orders of [as_of - scoring_window, as_of], whole UTC days';
+	'Frequency and monetary count the orders of [as_of - scoring_window, as_of], whole days of the tracking time zone';
 COMMENT ON COLUMN loyalty.rfm_config.monetary IS
 	'total: spend in the window; average: spend / orders in the window';
 COMMENT ON COLUMN loyalty.rfm_config.method IS
@@ -569,8 +579,27 @@ COMMENT ON FUNCTION loyalty.fold_tracking() IS
 	'Fold the pending tracked changes (loyalty.customer_stats_delta) into loyalty.customer_stats now, as refresh_segments does first';
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.fold_tracking()'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
+/*
+ * The default as_of of refresh_segments: the start of the current day in
+ * the program time zone (loyalty.settings), read by the C code without the
+ * caller needing access to the settings.
+ */
+CREATE FUNCTION loyalty._rfm_default_as_of()
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'rfm_default_as_of'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_default_as_of() IS
+	'Internal: the default as_of of refresh_segments, the start of today in the program time zone';
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty._rfm_default_as_of()'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * as_of defaults to the start of the current day in the program time
+ * zone.  An as_of more than loyalty.refresh_future_skew (5 minutes) ahead of
+ * the clock, or before the latest snapshot's, is refused (22023).
+ */
 CREATE FUNCTION loyalty.refresh_segments(
-	as_of timestamptz DEFAULT pg_catalog.now(),
+	as_of timestamptz DEFAULT loyalty._rfm_default_as_of(),
 	OUT snapshot_id bigint,
 	OUT scored_as_of timestamptz,
 	OUT customers bigint,
@@ -585,8 +614,102 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION loyalty.refresh_segments(timestamptz) IS
-	'Rescore every tracked customer from the live statistics (never reading orders) and record a snapshot';
+	'Rescore every tracked customer from the live statistics (never reading orders) and record a snapshot as of as_of (default: the start of today in the program time zone)';
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.refresh_segments(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * Drop the last snapshot taken (a mistaken refresh): its change log rows,
+ * summary and header; the customers it moved get back the segment, score
+ * and since of the snapshot before (customers it recorded as leaving get
+ * their statistics row back, empty, so that the next refresh records them
+ * leaving again).  Only the last snapshot: every later one reads the
+ * change log up to it.  The retention horizon it reached is kept (given
+ * to the snapshot before), since day buckets before it may be pruned.
+ * Scores that changed without a segment change keep the dropped value
+ * until the next refresh.  Serialized with refresh_segments.
+ */
+CREATE FUNCTION loyalty.drop_snapshot(snapshot_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d loyalty.segment_snapshot;
+	last_id bigint;
+	prev_id bigint;
+	restored bigint;
+BEGIN
+	IF drop_snapshot.snapshot_id IS NULL THEN
+		RAISE EXCEPTION 'snapshot_id must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	LOCK TABLE loyalty.segment_snapshot IN EXCLUSIVE MODE;
+	SELECT * INTO d FROM loyalty.segment_snapshot s
+	WHERE s.snapshot_id OPERATOR(pg_catalog.=) drop_snapshot.snapshot_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'snapshot % does not exist', drop_snapshot.snapshot_id
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'loyalty.segment_snapshots lists the snapshots taken by refresh_segments().';
+	END IF;
+	SELECT pg_catalog.max(s.snapshot_id) INTO last_id FROM loyalty.segment_snapshot s;
+	IF last_id OPERATOR(pg_catalog.<>) d.snapshot_id THEN
+		RAISE EXCEPTION 'only the last snapshot can be dropped'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = pg_catalog.format('Snapshot %s was taken after snapshot %s.', last_id, d.snapshot_id),
+				  HINT = 'Drop the later snapshots first.';
+	END IF;
+	SELECT pg_catalog.max(s.snapshot_id) INTO prev_id FROM loyalty.segment_snapshot s
+	WHERE s.snapshot_id OPERATOR(pg_catalog.<) d.snapshot_id;
+
+	/*
+	 * Each customer the snapshot moved, with their previous change: rows
+	 * back to it; leavers it recorded (their row was deleted) back, empty.
+	 */
+	WITH moves AS (
+		SELECT c.customer_id, c.segment AS dropped_segment, p.segment, p.score, p.as_of
+		FROM loyalty.segment_change c
+		LEFT JOIN LATERAL (
+			SELECT x.segment, x.score, s.as_of
+			FROM loyalty.segment_change x
+			JOIN loyalty.segment_snapshot s ON s.snapshot_id OPERATOR(pg_catalog.=) x.snapshot_id
+			WHERE x.customer_id OPERATOR(pg_catalog.=) c.customer_id
+			  AND x.snapshot_id OPERATOR(pg_catalog.<) c.snapshot_id
+			ORDER BY x.snapshot_id DESC LIMIT 1) p ON true
+		WHERE c.snapshot_id OPERATOR(pg_catalog.=) d.snapshot_id
+	), upd AS (
+		UPDATE loyalty.customer_stats cs
+		SET segment = m.segment, score = m.score,
+			since = CASE WHEN m.segment IS NULL THEN NULL ELSE m.as_of END
+		FROM moves m
+		WHERE cs.customer_id OPERATOR(pg_catalog.=) m.customer_id
+		RETURNING 1
+	), ins AS (
+		INSERT INTO loyalty.customer_stats (customer_id, row_count, segment, score, since)
+		SELECT m.customer_id, 0, m.segment, m.score, m.as_of
+		FROM moves m
+		WHERE m.dropped_segment IS NULL AND m.segment IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.customer_stats cs
+						  WHERE cs.customer_id OPERATOR(pg_catalog.=) m.customer_id)
+		ON CONFLICT (customer_id) DO NOTHING
+		RETURNING 1
+	)
+	SELECT (SELECT pg_catalog.count(*) FROM upd) OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM ins)
+	INTO restored;
+
+	UPDATE loyalty.segment_snapshot s SET retained_from = d.retained_from
+	WHERE s.snapshot_id OPERATOR(pg_catalog.=) prev_id
+	  AND s.retained_from OPERATOR(pg_catalog.<) d.retained_from;
+	DELETE FROM loyalty.segment_change c WHERE c.snapshot_id OPERATOR(pg_catalog.=) d.snapshot_id;
+	DELETE FROM loyalty.segment_summary m WHERE m.snapshot_id OPERATOR(pg_catalog.=) d.snapshot_id;
+	DELETE FROM loyalty.segment_snapshot s WHERE s.snapshot_id OPERATOR(pg_catalog.=) d.snapshot_id;
+	RETURN restored;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.drop_snapshot(bigint) IS
+	'Drop the last snapshot taken by refresh_segments (change log, summary, header) and give the customers it moved their previous segment back; returns the customers restored';
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.drop_snapshot(bigint)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE FUNCTION loyalty.customer_rfm(
 	customer_id text,

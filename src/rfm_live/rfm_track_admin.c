@@ -141,6 +141,90 @@ RfmIsTracked(Oid relid)
 }
 
 /*
+ * A new tracked table must share the day buckets of those already tracked:
+ * their zone must be the program zone of now (else rebuild_tracking first)
+ * and their frequency unit the one asked for.  In SPI.
+ */
+static void
+RfmCheckTrackingAgrees(const char *zone, const char *unit)
+{
+	uint64		k;
+
+	if (SPI_execute("SELECT DISTINCT timezone, frequency_unit FROM loyalty.tracked_table",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read loyalty.tracked_table");
+	for (k = 0; k < SPI_processed; k++)
+	{
+		char	   *tz = SPI_getvalue(SPI_tuptable->vals[k], SPI_tuptable->tupdesc, 1);
+		char	   *u = SPI_getvalue(SPI_tuptable->vals[k], SPI_tuptable->tupdesc, 2);
+
+		if (strcmp(tz, zone) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the program time zone changed since tracking started"),
+					 errdetail("Tracked orders are counted in days of time zone \"%s\"; loyalty.settings.timezone is \"%s\".", tz, zone),
+					 errhint("Call loyalty.rebuild_tracking() to count them again in the new zone.")));
+		if (strcmp(u, unit) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("every tracked table must use the same frequency unit"),
+					 errdetail("Tables already tracked count frequency in \"%s\", not \"%s\".", u, unit)));
+	}
+}
+
+/*
+ * Record a tracked table in loyalty.tracked_table with the zone of its day
+ * buckets and its frequency unit (the arguments of track_orders).  In SPI.
+ */
+static void
+RfmRecordTracked(FunctionCallInfo fcinfo, const char *zone)
+{
+	Oid			argtypes[8] = {OIDOID, NAMEOID, NAMEOID, NAMEOID, NAMEOID, TEXTARRAYOID,
+	TEXTOID, TEXTOID};
+	Datum		args[8];
+	char		argnulls[8];
+	int			i;
+
+	for (i = 0; i < 7; i++)
+	{
+		args[i] = PG_GETARG_DATUM(i);
+		argnulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	args[7] = CStringGetTextDatum(zone);
+	argnulls[7] = ' ';
+	if (SPI_execute_with_args("INSERT INTO loyalty.tracked_table (orders, customer_column,"
+							  " ordered_at_column, amount_column, status_column, counted_statuses,"
+							  " frequency_unit, timezone)"
+							  " VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5, $6, $7, $8)",
+							  8, argtypes, args, argnulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the tracked table");
+}
+
+/*
+ * The same in the 0.2.0 schema (the new library before ALTER EXTENSION
+ * UPDATE), whose tracked_table has neither column.  In SPI.
+ */
+static void
+RfmRecordTracked0200(FunctionCallInfo fcinfo)
+{
+	Oid			argtypes[6] = {OIDOID, NAMEOID, NAMEOID, NAMEOID, NAMEOID, TEXTARRAYOID};
+	Datum		args[6];
+	char		argnulls[6];
+	int			i;
+
+	for (i = 0; i < 6; i++)
+	{
+		args[i] = PG_GETARG_DATUM(i);
+		argnulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	if (SPI_execute_with_args("INSERT INTO loyalty.tracked_table (orders, customer_column,"
+							  " ordered_at_column, amount_column, status_column, counted_statuses)"
+							  " VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5, $6)",
+							  6, argtypes, args, argnulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the tracked table");
+}
+
+/*
  * loyalty.track_orders(orders, customer_column, ordered_at_column,
  * amount_column, status_column DEFAULT NULL, counted_statuses DEFAULT NULL):
  * validate, record the configuration, install the four statement triggers
@@ -167,9 +251,8 @@ rfm_track_orders(PG_FUNCTION_ARGS)
 	TupleDesc	rdesc;
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
-	Oid			argtypes[6];
-	Datum		args[6];
-	char		argnulls[6];
+	char	   *unit;
+	char	   *zone;
 
 	LoyaltyArgNotNull(fcinfo, 0, "orders table");
 	relid = PG_GETARG_OID(0);
@@ -205,6 +288,25 @@ rfm_track_orders(PG_FUNCTION_ARGS)
 			sts[i] = TextDatumGetCString(elems[i]);
 		}
 	}
+	/* the 0.2.0 declaration (before ALTER EXTENSION UPDATE) counts rows */
+	if (PG_NARGS() > 6)
+	{
+		LoyaltyArgNotNull(fcinfo, 6, "frequency_unit");
+		unit = text_to_cstring(PG_GETARG_TEXT_PP(6));
+	}
+	else
+		unit = "rows";
+	if (strcmp(unit, "orders") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("live tracking cannot count distinct orders"),
+				 errdetail("Live statistics count order rows ('rows') or days with an order ('days')."),
+				 errhint("Track a line-level table with frequency_unit => 'days', or use loyalty.rfm_segmentation(..., frequency_unit => 'orders', order_column => ...).")));
+	if (strcmp(unit, "rows") != 0 && strcmp(unit, "days") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid frequency unit: \"%s\"", unit),
+				 errhint("Use 'rows' (every order row) or 'days' (distinct days with an order).")));
 	RfmLiveRequireReadCommitted("loyalty.track_orders()");
 
 	rel = RfmOpenTrackable(relid, ShareRowExclusiveLock);
@@ -221,22 +323,19 @@ rfm_track_orders(PG_FUNCTION_ARGS)
 				 errmsg("table \"%s\" is already tracked", RelationGetRelationName(rel)),
 				 errhint("Call loyalty.untrack_orders() first to track it with other columns.")));
 
-	argtypes[0] = OIDOID;
-	argtypes[1] = NAMEOID;
-	argtypes[2] = NAMEOID;
-	argtypes[3] = NAMEOID;
-	argtypes[4] = NAMEOID;
-	argtypes[5] = TEXTARRAYOID;
-	for (i = 0; i < 6; i++)
+	zone = RfmProgramZoneName();
+	if (!RfmTrackingHasZone())
 	{
-		args[i] = PG_GETARG_DATUM(i);
-		argnulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+		/* the 0.2.0 schema: UTC day buckets, every row an order */
+		zone = "UTC";
+		RfmRecordTracked0200(fcinfo);
 	}
-	if (SPI_execute_with_args("INSERT INTO loyalty.tracked_table (orders, customer_column,"
-							  " ordered_at_column, amount_column, status_column, counted_statuses)"
-							  " VALUES ($1::pg_catalog.regclass, $2, $3, $4, $5, $6)",
-							  6, argtypes, args, argnulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not record the tracked table");
+	else
+	{
+		RfmCheckTrackingAgrees(zone, unit);
+		RfmRecordTracked(fcinfo, zone);
+	}
+
 
 	initStringInfo(&targs);
 	appendStringInfo(&targs, "%s, %s, %s", quote_literal_cstr(cust_col),
@@ -267,7 +366,8 @@ rfm_track_orders(PG_FUNCTION_ARGS)
 			elog(ERROR, "could not create trigger on \"%s\"", RelationGetRelationName(rel));
 	}
 
-	rows = RfmBackfill(relid, cust_col, time_col, amount_col, status_col, nst, sts);
+	rows = RfmBackfill(relid, cust_col, time_col, amount_col, status_col, nst, sts,
+					   RfmZoneLookup(zone));
 	/* customers counted below include those with pending changes only */
 	(void) RfmFoldDeltas(NULL);
 	values[0] = Int64GetDatum(rows);

@@ -3252,6 +3252,418 @@ COMMENT ON FUNCTION loyalty.coupon_return_lines(text, text, text, jsonb) IS
 SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.coupon_return_lines(text, text, text, jsonb)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* ---------------------------------------------------------------------------
+ * Issue 13, RFM semantics (items 1 to 6): rfm_segmentation and track_orders
+ * gain a frequency unit (rows, distinct orders / days); tracked tables
+ * record the zone of their day buckets and their frequency unit (0.2.0
+ * tracked in UTC days and counted rows: the column defaults say exactly
+ * that, so existing trackings keep their meaning; refresh_segments asks
+ * for rebuild_tracking when the program zone carried over from
+ * points_program is another); refresh_segments defaults to the start of
+ * the day in the program zone; drop_snapshot; rfm_stats aggregates over
+ * a timestamp column (read in the program zone, not through the session's
+ * implicit cast).  Items 1, 3 and the zone arithmetic are C only.
+ * ------------------------------------------------------------------------ */
+DELETE FROM loyalty.access_rule
+WHERE object_type OPERATOR(pg_catalog.=) 'function'::pg_catalog.text
+  AND (object_name OPERATOR(pg_catalog.~~) 'loyalty.rfm_segmentation(%'::pg_catalog.text
+	   OR object_name OPERATOR(pg_catalog.~~) 'loyalty.track_orders(%'::pg_catalog.text);
+DROP FUNCTION loyalty.rfm_segmentation(regclass, name, name, name, timestamptz, integer, interval, text, integer[], bigint[], numeric[]);
+DROP FUNCTION loyalty.track_orders(regclass, name, name, name, name, text[]);
+
+/*
+ * Scores and names every customer of an orders table or view: one scan run
+ * with the caller's rights (SECURITY INVOKER: the caller must be able to read
+ * the columns), one row per customer having a row dated up to as_of.
+ * Quantile scoring by default; threshold arrays (bins - 1 ascending cut
+ * points each) switch their dimension to fixed business thresholds.
+ * frequency_unit: 'rows' counts order rows, 'orders' distinct values of
+ * order_column (a line-level table), 'days' distinct days with an order in
+ * the program time zone.  Rows without customer or time are ignored and
+ * counted in a NOTICE.  A customer without an order in the window scores
+ * 111 (rfm.h).  PARALLEL RESTRICTED: the relation may be a temporary table.
+ */
+CREATE FUNCTION loyalty.rfm_segmentation(
+	orders regclass,
+	customer_column name,
+	ordered_at_column name,
+	amount_column name,
+	as_of timestamptz DEFAULT pg_catalog.now(),
+	bins integer DEFAULT 5,
+	window_length interval DEFAULT '12 months',
+	monetary_mode text DEFAULT 'total',
+	recency_thresholds integer[] DEFAULT NULL,
+	frequency_thresholds bigint[] DEFAULT NULL,
+	monetary_thresholds numeric[] DEFAULT NULL,
+	frequency_unit text DEFAULT 'rows',
+	order_column name DEFAULT NULL)
+RETURNS TABLE (
+	customer_id text,
+	last_order timestamptz,
+	recency_days integer,
+	frequency bigint,
+	monetary numeric,
+	score loyalty.rfm_score,
+	segment text)
+AS 'MODULE_PATHNAME', 'rfm_segmentation'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION loyalty.rfm_segmentation(regclass, name, name, name, timestamptz, integer, interval, text, integer[], bigint[], numeric[], text, name) IS
+	'RFM score and segment of every customer of an orders table or view as of a time (quantiles, or thresholds per dimension; frequency counts rows, distinct orders or distinct days)';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_segmentation(regclass, name, name, name, timestamptz, integer, interval, text, integer[], bigint[], numeric[], text, name)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* rfm_stats over a timestamp column: local times of the program zone */
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, numeric, timestamptz)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, numeric, timestamptz) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, numeric, timestamptz, interval)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, numeric, timestamptz, interval) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, bigint, timestamptz)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, bigint, timestamptz) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, bigint, timestamptz, interval)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, bigint, timestamptz, interval) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, integer, timestamptz)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, integer, timestamptz) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, integer, timestamptz, interval)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, integer, timestamptz, interval) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, double precision, timestamptz)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, double precision, timestamptz) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE FUNCTION loyalty._rfm_stats_trans(internal, timestamp, double precision, timestamptz, interval)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'rfm_stats_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_stats_trans(internal, timestamp, double precision, timestamptz, interval) IS
+	'Internal: transition function of loyalty.rfm_stats';
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount numeric, as_of timestamptz) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, numeric, timestamptz) IS
+	'One customer''s RFM statistics as of as_of over a window of 12 months; order times are local times of the program time zone; numeric amounts summed exactly';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, numeric, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount numeric, as_of timestamptz, window_length interval) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, numeric, timestamptz, interval) IS
+	'One customer''s RFM statistics as of as_of over a window of window_length; order times are local times of the program time zone; numeric amounts summed exactly';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, numeric, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount bigint, as_of timestamptz) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, bigint, timestamptz) IS
+	'One customer''s RFM statistics as of as_of over a window of 12 months; order times are local times of the program time zone; bigint amounts summed exactly';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, bigint, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount bigint, as_of timestamptz, window_length interval) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, bigint, timestamptz, interval) IS
+	'One customer''s RFM statistics as of as_of over a window of window_length; order times are local times of the program time zone; bigint amounts summed exactly';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, bigint, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount integer, as_of timestamptz) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, integer, timestamptz) IS
+	'One customer''s RFM statistics as of as_of over a window of 12 months; order times are local times of the program time zone; integer amounts summed exactly';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, integer, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount integer, as_of timestamptz, window_length interval) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, integer, timestamptz, interval) IS
+	'One customer''s RFM statistics as of as_of over a window of window_length; order times are local times of the program time zone; integer amounts summed exactly';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, integer, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount double precision, as_of timestamptz) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, double precision, timestamptz) IS
+	'One customer''s RFM statistics as of as_of over a window of 12 months; order times are local times of the program time zone; double precision amounts summed as double precision';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, double precision, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE AGGREGATE loyalty.rfm_stats(ordered_at timestamp, amount double precision, as_of timestamptz, window_length interval) (
+	SFUNC = loyalty._rfm_stats_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._rfm_stats_final,
+	COMBINEFUNC = loyalty._rfm_stats_combine,
+	SERIALFUNC = loyalty._rfm_stats_serial,
+	DESERIALFUNC = loyalty._rfm_stats_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.rfm_stats(timestamp, double precision, timestamptz, interval) IS
+	'One customer''s RFM statistics as of as_of over a window of window_length; order times are local times of the program time zone; double precision amounts summed as double precision';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.rfm_stats(timestamp, double precision, timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* day buckets are days of the tracking time zone, no longer UTC days */
+COMMENT ON TYPE loyalty.day_buckets IS
+	'One customer''s orders and spend per day of the tracking time zone (live RFM statistics)';
+COMMENT ON FUNCTION loyalty.day_buckets_entries(loyalty.day_buckets) IS
+	'The buckets of a day_buckets value as rows: day (of the tracking time zone), orders and spend of that day';
+COMMENT ON COLUMN loyalty.customer_stats.days IS
+	'Orders and spend per day of the tracking time zone (loyalty.tracked_table.timezone), from the retention horizon on';
+COMMENT ON COLUMN loyalty.customer_stats_delta.days IS
+	'Net change of orders and spend per day (tracking time zone) made by one statement, for the days whose order count did not fall';
+COMMENT ON COLUMN loyalty.customer_stats_delta.days_removed IS
+	'Opposite of the net change per day (tracking time zone) made by one statement, for the days whose order count fell (stored buckets never hold negative counts)';
+COMMENT ON COLUMN loyalty.rfm_config.scoring_window IS
+	'Frequency and monetary count the orders of [as_of - scoring_window, as_of], whole days of the tracking time zone';
+
+ALTER TABLE loyalty.tracked_table
+	ADD COLUMN timezone text NOT NULL DEFAULT 'UTC',
+	ADD COLUMN frequency_unit text NOT NULL DEFAULT 'rows'
+		CONSTRAINT tracked_table_frequency_unit_check
+		CHECK (frequency_unit IN ('rows', 'days'));
+
+COMMENT ON COLUMN loyalty.tracked_table.timezone IS
+	'Time zone of the day buckets: the program time zone (loyalty.settings) at track_orders or the last rebuild_tracking; refresh_segments refuses to run while they differ';
+COMMENT ON COLUMN loyalty.tracked_table.frequency_unit IS
+	'What frequency counts: rows (every order row) or days (days with an order, for a line-level table); the same for every tracked table';
+
+CREATE FUNCTION loyalty.track_orders(
+	orders regclass,
+	customer_column name,
+	ordered_at_column name,
+	amount_column name,
+	status_column name DEFAULT NULL,
+	counted_statuses text[] DEFAULT NULL,
+	frequency_unit text DEFAULT 'rows',
+	OUT tracked_rows bigint,
+	OUT customers bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rfm_track_orders'
+LANGUAGE C VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.track_orders(regclass, name, name, name, name, text[], text) IS
+	'Keep live RFM statistics of an orders table: back-fill them now and install triggers that keep them exact (optionally counting only rows whose status is in counted_statuses; frequency in rows or days)';
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.track_orders(regclass,name,name,name,name,text[],text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty._rfm_default_as_of()
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'rfm_default_as_of'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_default_as_of() IS
+	'Internal: the default as_of of refresh_segments, the start of today in the program time zone';
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty._rfm_default_as_of()'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE OR REPLACE FUNCTION loyalty.refresh_segments(
+	as_of timestamptz DEFAULT loyalty._rfm_default_as_of(),
+	OUT snapshot_id bigint,
+	OUT scored_as_of timestamptz,
+	OUT customers bigint,
+	OUT segment_changes bigint,
+	OUT score_changes bigint,
+	OUT left_customers bigint,
+	OUT took_ms double precision)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rfm_refresh_segments'
+LANGUAGE C VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty.refresh_segments(timestamptz) IS
+	'Rescore every tracked customer from the live statistics (never reading orders) and record a snapshot as of as_of (default: the start of today in the program time zone)';
+
+/*
+ * Drop the last snapshot taken (a mistaken refresh): its change log rows,
+ * summary and header; the customers it moved get back the segment, score
+ * and since of the snapshot before (customers it recorded as leaving get
+ * their statistics row back, empty, so that the next refresh records them
+ * leaving again).  Only the last snapshot: every later one reads the
+ * change log up to it.  The retention horizon it reached is kept (given
+ * to the snapshot before), since day buckets before it may be pruned.
+ * Scores that changed without a segment change keep the dropped value
+ * until the next refresh.  Serialized with refresh_segments.
+ */
+CREATE FUNCTION loyalty.drop_snapshot(snapshot_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d loyalty.segment_snapshot;
+	last_id bigint;
+	prev_id bigint;
+	restored bigint;
+BEGIN
+	IF drop_snapshot.snapshot_id IS NULL THEN
+		RAISE EXCEPTION 'snapshot_id must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	LOCK TABLE loyalty.segment_snapshot IN EXCLUSIVE MODE;
+	SELECT * INTO d FROM loyalty.segment_snapshot s
+	WHERE s.snapshot_id OPERATOR(pg_catalog.=) drop_snapshot.snapshot_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'snapshot % does not exist', drop_snapshot.snapshot_id
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'loyalty.segment_snapshots lists the snapshots taken by refresh_segments().';
+	END IF;
+	SELECT pg_catalog.max(s.snapshot_id) INTO last_id FROM loyalty.segment_snapshot s;
+	IF last_id OPERATOR(pg_catalog.<>) d.snapshot_id THEN
+		RAISE EXCEPTION 'only the last snapshot can be dropped'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = pg_catalog.format('Snapshot %s was taken after snapshot %s.', last_id, d.snapshot_id),
+				  HINT = 'Drop the later snapshots first.';
+	END IF;
+	SELECT pg_catalog.max(s.snapshot_id) INTO prev_id FROM loyalty.segment_snapshot s
+	WHERE s.snapshot_id OPERATOR(pg_catalog.<) d.snapshot_id;
+
+	/*
+	 * Each customer the snapshot moved, with their previous change: rows
+	 * back to it; leavers it recorded (their row was deleted) back, empty.
+	 */
+	WITH moves AS (
+		SELECT c.customer_id, c.segment AS dropped_segment, p.segment, p.score, p.as_of
+		FROM loyalty.segment_change c
+		LEFT JOIN LATERAL (
+			SELECT x.segment, x.score, s.as_of
+			FROM loyalty.segment_change x
+			JOIN loyalty.segment_snapshot s ON s.snapshot_id OPERATOR(pg_catalog.=) x.snapshot_id
+			WHERE x.customer_id OPERATOR(pg_catalog.=) c.customer_id
+			  AND x.snapshot_id OPERATOR(pg_catalog.<) c.snapshot_id
+			ORDER BY x.snapshot_id DESC LIMIT 1) p ON true
+		WHERE c.snapshot_id OPERATOR(pg_catalog.=) d.snapshot_id
+	), upd AS (
+		UPDATE loyalty.customer_stats cs
+		SET segment = m.segment, score = m.score,
+			since = CASE WHEN m.segment IS NULL THEN NULL ELSE m.as_of END
+		FROM moves m
+		WHERE cs.customer_id OPERATOR(pg_catalog.=) m.customer_id
+		RETURNING 1
+	), ins AS (
+		INSERT INTO loyalty.customer_stats (customer_id, row_count, segment, score, since)
+		SELECT m.customer_id, 0, m.segment, m.score, m.as_of
+		FROM moves m
+		WHERE m.dropped_segment IS NULL AND m.segment IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.customer_stats cs
+						  WHERE cs.customer_id OPERATOR(pg_catalog.=) m.customer_id)
+		ON CONFLICT (customer_id) DO NOTHING
+		RETURNING 1
+	)
+	SELECT (SELECT pg_catalog.count(*) FROM upd) OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM ins)
+	INTO restored;
+
+	UPDATE loyalty.segment_snapshot s SET retained_from = d.retained_from
+	WHERE s.snapshot_id OPERATOR(pg_catalog.=) prev_id
+	  AND s.retained_from OPERATOR(pg_catalog.<) d.retained_from;
+	DELETE FROM loyalty.segment_change c WHERE c.snapshot_id OPERATOR(pg_catalog.=) d.snapshot_id;
+	DELETE FROM loyalty.segment_summary m WHERE m.snapshot_id OPERATOR(pg_catalog.=) d.snapshot_id;
+	DELETE FROM loyalty.segment_snapshot s WHERE s.snapshot_id OPERATOR(pg_catalog.=) d.snapshot_id;
+	RETURN restored;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.drop_snapshot(bigint) IS
+	'Drop the last snapshot taken by refresh_segments (change log, summary, header) and give the customers it moved their previous segment back; returns the customers restored';
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.drop_snapshot(bigint)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
  * every object (grants.sql of the install script, then reapply_grants).
  * ------------------------------------------------------------------------ */
