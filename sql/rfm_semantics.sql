@@ -198,6 +198,12 @@ FROM loyalty.customer_stats s, loyalty.customer_rfm(s.customer_id, '2011-03-10')
 ORDER BY 1;
 SELECT customers FROM loyalty.refresh_segments('2011-03-10');
 SELECT * FROM sem.live_vs_batch('sem.retail', 'customer', 'invoice_date', 'amount', '2011-03-10', 'days');
+-- the analyst profile counts frequency as the tracking does (days here)
+SELECT count(*) FILTER (WHERE p.frequency IS DISTINCT FROM r.frequency
+							 OR p.monetary IS DISTINCT FROM r.monetary) AS profile_differs,
+	   count(*) AS customers, sum(p.frequency) AS frequency
+FROM loyalty.customer_profile p, loyalty.customer_rfm(p.customer_id, '2011-03-10') r
+WHERE p.scored_as_of IS NOT NULL;
 -- every tracked table counts the same way
 CREATE TABLE sem.more_orders (customer integer, ordered_at timestamptz, amount numeric);
 SELECT sem.try($$SELECT * FROM loyalty.track_orders('sem.more_orders', 'customer', 'ordered_at', 'amount')$$)

@@ -45,7 +45,9 @@ WITH last AS (
 	SELECT l.as_of, l.monetary, z.tz,
 		   ((l.as_of AT TIME ZONE z.tz) - l.scoring_window)::date AS start_day,
 		   (l.as_of AT TIME ZONE z.tz)::date AS end_day,
-		   (SELECT max(p.retained_from) FROM loyalty.segment_snapshot p) AS floor_day
+		   (SELECT max(p.retained_from) FROM loyalty.segment_snapshot p) AS floor_day,
+		   /* frequency as the tracking counts it: rows, or days with an order */
+		   EXISTS (SELECT 1 FROM loyalty.tracked_table t WHERE t.frequency_unit = 'days') AS by_days
 	FROM last l
 	CROSS JOIN (SELECT coalesce((SELECT st.timezone FROM loyalty.settings st), 'UTC') AS tz) z
 ), rfm AS (
@@ -59,16 +61,21 @@ WITH last AS (
 				WHEN s.first_order <= c.as_of
 					THEN greatest(s.first_order, (c.floor_day - 1)::timestamp AT TIME ZONE c.tz)
 		   END AS last_up_to,
-		   CASE WHEN s.score IS NOT NULL THEN coalesce(b.orders, 0) END AS frequency,
+		   CASE WHEN s.score IS NOT NULL
+				THEN CASE WHEN c.by_days THEN coalesce(b.days, 0) ELSE coalesce(b.orders, 0) END
+		   END AS frequency,
 		   CASE WHEN s.score IS NULL THEN NULL
 				WHEN c.monetary = 'average'
-					THEN CASE WHEN coalesce(b.orders, 0) = 0 THEN 0
+					THEN CASE WHEN c.by_days THEN CASE WHEN coalesce(b.days, 0) = 0 THEN 0
+													   ELSE b.spend / b.days END
+							  WHEN coalesce(b.orders, 0) = 0 THEN 0
 							  ELSE b.spend / b.orders END
 				ELSE coalesce(b.spend, 0) END AS monetary
 	FROM loyalty.customer_stats s
 	LEFT JOIN cfg c ON true
 	LEFT JOIN LATERAL (
 		SELECT sum(e.orders) FILTER (WHERE e.day >= c.start_day) AS orders,
+			   count(*) FILTER (WHERE e.day >= c.start_day AND e.orders > 0) AS days,
 			   sum(e.spend) FILTER (WHERE e.day >= c.start_day) AS spend,
 			   max(e.day) FILTER (WHERE e.orders > 0) AS last_day
 		FROM loyalty.day_buckets_entries(s.days) e
