@@ -1648,9 +1648,7 @@ WITH last AS (
 	SELECT l.as_of, l.monetary, z.tz,
 		   ((l.as_of AT TIME ZONE z.tz) - l.scoring_window)::date AS start_day,
 		   (l.as_of AT TIME ZONE z.tz)::date AS end_day,
-		   (SELECT max(p.retained_from) FROM loyalty.segment_snapshot p) AS floor_day,
-		   /* frequency as the tracking counts it: rows, or days with an order */
-		   EXISTS (SELECT 1 FROM loyalty.tracked_table t WHERE t.frequency_unit = 'days') AS by_days
+		   (SELECT max(p.retained_from) FROM loyalty.segment_snapshot p) AS floor_day
 	FROM last l
 	CROSS JOIN (SELECT coalesce((SELECT st.timezone FROM loyalty.settings st), 'UTC') AS tz) z
 ), rfm AS (
@@ -1664,21 +1662,16 @@ WITH last AS (
 				WHEN s.first_order <= c.as_of
 					THEN greatest(s.first_order, (c.floor_day - 1)::timestamp AT TIME ZONE c.tz)
 		   END AS last_up_to,
-		   CASE WHEN s.score IS NOT NULL
-				THEN CASE WHEN c.by_days THEN coalesce(b.days, 0) ELSE coalesce(b.orders, 0) END
-		   END AS frequency,
+		   CASE WHEN s.score IS NOT NULL THEN coalesce(b.orders, 0) END AS frequency,
 		   CASE WHEN s.score IS NULL THEN NULL
 				WHEN c.monetary = 'average'
-					THEN CASE WHEN c.by_days THEN CASE WHEN coalesce(b.days, 0) = 0 THEN 0
-													   ELSE b.spend / b.days END
-							  WHEN coalesce(b.orders, 0) = 0 THEN 0
+					THEN CASE WHEN coalesce(b.orders, 0) = 0 THEN 0
 							  ELSE b.spend / b.orders END
 				ELSE coalesce(b.spend, 0) END AS monetary
 	FROM loyalty.customer_stats s
 	LEFT JOIN cfg c ON true
 	LEFT JOIN LATERAL (
 		SELECT sum(e.orders) FILTER (WHERE e.day >= c.start_day) AS orders,
-			   count(*) FILTER (WHERE e.day >= c.start_day AND e.orders > 0) AS days,
 			   sum(e.spend) FILTER (WHERE e.day >= c.start_day) AS spend,
 			   max(e.day) FILTER (WHERE e.orders > 0) AS last_day
 		FROM loyalty.day_buckets_entries(s.days) e
@@ -3669,6 +3662,102 @@ $$;
 COMMENT ON FUNCTION loyalty.drop_snapshot(bigint) IS
 	'Drop the last snapshot taken by refresh_segments (change log, summary, header) and give the customers it moved their previous segment back; returns the customers restored';
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.drop_snapshot(bigint)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * Issue 13, after the RFM semantics: customer_profile counts frequency as
+ * the tracking does (tracked_table.frequency_unit, added above); the same
+ * columns, so the view is replaced in place and keeps its comments.
+ */
+CREATE OR REPLACE VIEW loyalty.customer_profile AS
+WITH last AS (
+	SELECT p.as_of, p.scoring_window, p.monetary
+	FROM loyalty.segment_snapshot p
+	ORDER BY p.snapshot_id DESC LIMIT 1
+), cfg AS MATERIALIZED (
+	SELECT l.as_of, l.monetary, z.tz,
+		   ((l.as_of AT TIME ZONE z.tz) - l.scoring_window)::date AS start_day,
+		   (l.as_of AT TIME ZONE z.tz)::date AS end_day,
+		   (SELECT max(p.retained_from) FROM loyalty.segment_snapshot p) AS floor_day,
+		   /* frequency as the tracking counts it: rows, or days with an order */
+		   EXISTS (SELECT 1 FROM loyalty.tracked_table t WHERE t.frequency_unit = 'days') AS by_days
+	FROM last l
+	CROSS JOIN (SELECT coalesce((SELECT st.timezone FROM loyalty.settings st), 'UTC') AS tz) z
+), rfm AS (
+	SELECT s.customer_id, s.first_order, s.last_order, s.order_count, s.spend_total,
+		   s.score, s.segment, s.since, c.as_of AS scored_as_of,
+		   /* the last order up to as_of, as refresh_segments takes it */
+		   CASE WHEN s.score IS NULL OR s.last_order IS NULL THEN NULL
+				WHEN s.last_order <= c.as_of THEN s.last_order
+				WHEN b.last_day IS NOT NULL AND (c.floor_day IS NULL OR b.last_day >= c.floor_day)
+					THEN least(b.last_day::timestamp AT TIME ZONE c.tz, c.as_of)
+				WHEN s.first_order <= c.as_of
+					THEN greatest(s.first_order, (c.floor_day - 1)::timestamp AT TIME ZONE c.tz)
+		   END AS last_up_to,
+		   CASE WHEN s.score IS NOT NULL
+				THEN CASE WHEN c.by_days THEN coalesce(b.days, 0) ELSE coalesce(b.orders, 0) END
+		   END AS frequency,
+		   CASE WHEN s.score IS NULL THEN NULL
+				WHEN c.monetary = 'average'
+					THEN CASE WHEN c.by_days THEN CASE WHEN coalesce(b.days, 0) = 0 THEN 0
+													   ELSE b.spend / b.days END
+							  WHEN coalesce(b.orders, 0) = 0 THEN 0
+							  ELSE b.spend / b.orders END
+				ELSE coalesce(b.spend, 0) END AS monetary
+	FROM loyalty.customer_stats s
+	LEFT JOIN cfg c ON true
+	LEFT JOIN LATERAL (
+		SELECT sum(e.orders) FILTER (WHERE e.day >= c.start_day) AS orders,
+			   count(*) FILTER (WHERE e.day >= c.start_day AND e.orders > 0) AS days,
+			   sum(e.spend) FILTER (WHERE e.day >= c.start_day) AS spend,
+			   max(e.day) FILTER (WHERE e.orders > 0) AS last_day
+		FROM loyalty.day_buckets_entries(s.days) e
+		WHERE s.score IS NOT NULL AND e.day <= c.end_day
+	) b ON true
+), keys AS (
+	SELECT r.customer_id, r.first_order, r.last_order, r.order_count, r.spend_total,
+		   /* whole days: the day field of the (hour-justified) difference */
+		   extract(day FROM r.scored_as_of - r.last_up_to)::integer AS recency_days,
+		   r.frequency, r.monetary, r.score, r.segment, r.since,
+		   CASE WHEN r.score IS NOT NULL THEN r.scored_as_of END AS scored_as_of
+	FROM rfm r
+	UNION ALL
+	SELECT a.customer_id COLLATE "C", NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+		   NULL, NULL, NULL, NULL
+	FROM loyalty.points_account a
+	WHERE NOT EXISTS (SELECT 1 FROM loyalty.customer_stats s
+					  WHERE s.customer_id = a.customer_id COLLATE "C")
+)
+SELECT k.customer_id,
+	   k.last_order,
+	   k.recency_days,
+	   k.frequency,
+	   k.monetary,
+	   loyalty.recency(k.score) AS r,
+	   loyalty.frequency(k.score) AS f,
+	   loyalty.monetary(k.score) AS m,
+	   k.score::text AS score,
+	   k.segment,
+	   k.since AS segment_since,
+	   a.tier,
+	   coalesce(pts.available, 0)::bigint AS points_available,
+	   coalesce(pts.pending, 0)::bigint AS points_pending,
+	   a.tier_since,
+	   k.first_order,
+	   k.order_count AS orders_total,
+	   k.spend_total,
+	   k.scored_as_of,
+	   k.score AS rfm_score
+FROM keys k
+LEFT JOIN loyalty.points_account a ON a.customer_id = k.customer_id COLLATE "default"
+LEFT JOIN LATERAL (
+	SELECT sum(l.remaining) FILTER (WHERE l.state = 'available' OR l.available_at <= pg_catalog.now()) AS available,
+		   sum(l.remaining) FILTER (WHERE l.state <> 'available'
+									AND (l.available_at IS NULL OR l.available_at > pg_catalog.now())) AS pending
+	FROM loyalty.points_lot l
+	WHERE l.customer_id = a.customer_id
+	  AND l.state <> 'closed'
+	  AND (l.expires_at IS NULL OR l.expires_at > pg_catalog.now())
+) pts ON true;
 
 /* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
