@@ -17,6 +17,7 @@
 #include "utils/timestamp.h"
 
 #include "compat.h"
+#include "loyalty_time.h"
 #include "points.h"
 
 /* Broken-down local time of t in the zone; out of range is an error. */
@@ -29,20 +30,6 @@ PointsToTm(TimestampTz t, pg_tz *tz, struct pg_tm *tm, fsec_t *fsec)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 				 errmsg("timestamp out of range")));
-}
-
-/* The instant of a local time in the zone (DST gaps and overlaps as timestamptz input resolves them). */
-static TimestampTz
-PointsFromTm(struct pg_tm *tm, fsec_t fsec, pg_tz *tz)
-{
-	int			tzoff = DetermineTimeZoneOffset(tm, tz);
-	TimestampTz result;
-
-	if (tm2timestamp(tm, fsec, &tzoff, &result) != 0 || !IS_VALID_TIMESTAMP(result))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("timestamp out of range")));
-	return result;
 }
 
 /*
@@ -89,7 +76,7 @@ PointsAddMonths(TimestampTz t, int months, PointsRounding rounding, pg_tz *tz)
 			tm.tm_year++;
 			break;
 	}
-	return PointsFromTm(&tm, fsec, tz);
+	return LoyaltyTimeFromTm(&tm, fsec, tz);
 }
 
 /* t plus a number of calendar days, local time of day kept (DST-safe). */
@@ -101,7 +88,7 @@ PointsAddDays(TimestampTz t, int days, pg_tz *tz)
 
 	PointsToTm(t, tz, &tm, &fsec);
 	j2date(date2j(tm.tm_year, tm.tm_mon, tm.tm_mday) + days, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
-	return PointsFromTm(&tm, fsec, tz);
+	return LoyaltyTimeFromTm(&tm, fsec, tz);
 }
 
 /* First day of the local calendar month of t. */

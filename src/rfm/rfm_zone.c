@@ -25,6 +25,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "loyalty_time.h"
 #include "rfm.h"
 
 /*
@@ -126,20 +127,6 @@ RfmZoneToTm(TimestampTz t, pg_tz *tz, struct pg_tm *tm, fsec_t *fsec)
 		timestamp2tm(t, &tzoff, tm, fsec, NULL, tz) == 0;
 }
 
-/* The instant of a local time in tz (DST gaps as timestamptz input resolves them). */
-static TimestampTz
-RfmZoneFromTm(struct pg_tm *tm, fsec_t fsec, pg_tz *tz)
-{
-	int			tzoff = DetermineTimeZoneOffset(tm, RfmZoneOrUtc(tz));
-	TimestampTz result;
-
-	if (tm2timestamp(tm, fsec, &tzoff, &result) != 0 || !IS_VALID_TIMESTAMP(result))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("timestamp out of range")));
-	return result;
-}
-
 /* Calendar day of t in tz (DateADT: days since 2000-01-01). */
 DateADT
 RfmZoneDay(TimestampTz t, pg_tz *tz)
@@ -170,7 +157,7 @@ RfmZoneDayStart(DateADT d, pg_tz *tz)
 		return (TimestampTz) d * USECS_PER_DAY;
 	memset(&tm, 0, sizeof(tm));
 	j2date(d + POSTGRES_EPOCH_JDATE, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
-	return RfmZoneFromTm(&tm, 0, tz);
+	return LoyaltyTimeFromTm(&tm, 0, RfmZoneOrUtc(tz));
 }
 
 /* A timestamp without time zone read as local time in tz. */
@@ -186,7 +173,7 @@ RfmZoneLocal(Timestamp ts, pg_tz *tz)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 				 errmsg("timestamp out of range")));
-	return RfmZoneFromTm(&tm, fsec, tz);
+	return LoyaltyTimeFromTm(&tm, fsec, RfmZoneOrUtc(tz));
 }
 
 /*
@@ -222,7 +209,7 @@ RfmZoneMinus(TimestampTz t, const Interval *iv, pg_tz *tz)
 		}
 		if (tm.tm_mday > day_tab[isleap(tm.tm_year)][tm.tm_mon - 1])
 			tm.tm_mday = day_tab[isleap(tm.tm_year)][tm.tm_mon - 1];
-		t = RfmZoneFromTm(&tm, fsec, tz);
+		t = LoyaltyTimeFromTm(&tm, fsec, RfmZoneOrUtc(tz));
 	}
 	if (iv->day != 0)
 	{
@@ -234,7 +221,7 @@ RfmZoneMinus(TimestampTz t, const Interval *iv, pg_tz *tz)
 					 errmsg("timestamp out of range")));
 		julian = date2j(tm.tm_year, tm.tm_mon, tm.tm_mday) - iv->day;
 		j2date(julian, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
-		t = RfmZoneFromTm(&tm, fsec, tz);
+		t = LoyaltyTimeFromTm(&tm, fsec, RfmZoneOrUtc(tz));
 	}
 	t -= iv->time;
 	if (!IS_VALID_TIMESTAMP(t))
