@@ -259,7 +259,7 @@ PointsClaimReference(const char *reference, const char *customer_id)
 				(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 				 errmsg("reference \"%s\" belongs to another customer", reference),
 				 errdetail("%s", PointsDetail("reference_conflict", "reference", PointsQuote(reference),
-											 "conflict", "\"other_customer\"", "entry_id", "null", NULL)),
+											 "conflict", PointsQuote("other_customer"), "entry_id", "null", NULL)),
 				 errhint("References (order ids, idempotency keys) are unique to one customer.")));
 }
 
@@ -338,7 +338,7 @@ PointsFindRequest(const char *reference, const char *kind, const char *customer_
 						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 						 errmsg("reference \"%s\" belongs to another customer", reference),
 						 errdetail("%s", PointsDetail("reference_conflict", "reference", PointsQuote(reference),
-													 "conflict", "\"other_customer\"", "entry_id",
+													 "conflict", PointsQuote("other_customer"), "entry_id",
 													 PointsJsonInt(LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL)),
 													 NULL)),
 						 errhint("References (order ids, idempotency keys) are unique to one customer.")));
@@ -347,7 +347,7 @@ PointsFindRequest(const char *reference, const char *kind, const char *customer_
 						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 						 errmsg("reference \"%s\" was already used for a different %s request", reference, kind),
 						 errdetail("%s", PointsDetail("reference_conflict", "reference", PointsQuote(reference),
-													 "conflict", "\"different_request\"", "entry_id",
+													 "conflict", PointsQuote("different_request"), "entry_id",
 													 PointsJsonInt(LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL)),
 													 NULL)),
 						 errhint("A repeated call must have the same arguments as the first; use a new reference for a new request.")));
@@ -364,7 +364,7 @@ PointsFindRequest(const char *reference, const char *kind, const char *customer_
 				(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 				 errmsg("reference \"%s\" belongs to another customer", reference),
 				 errdetail("%s", PointsDetail("reference_conflict", "reference", PointsQuote(reference),
-											 "conflict", "\"other_customer\"", "entry_id", "null", NULL)),
+											 "conflict", PointsQuote("other_customer"), "entry_id", "null", NULL)),
 				 errhint("References (order ids, idempotency keys) are unique to one customer.")));
 
 	/*
