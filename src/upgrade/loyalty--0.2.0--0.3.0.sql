@@ -1482,19 +1482,6 @@ SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.settings'
 INSERT INTO loyalty.settings (singleton, timezone)
 SELECT true, p.timezone FROM loyalty.points_program p WHERE p.timezone OPERATOR(pg_catalog.<>) 'UTC'::pg_catalog.text;
 
--- (Issue 13, RFM semantics: the columns of tracked_table come before the BI
--- section, whose customer_profile reads frequency_unit.)
-ALTER TABLE loyalty.tracked_table
-	ADD COLUMN timezone text NOT NULL DEFAULT 'UTC',
-	ADD COLUMN frequency_unit text NOT NULL DEFAULT 'rows'
-		CONSTRAINT tracked_table_frequency_unit_check
-		CHECK (frequency_unit IN ('rows', 'days'));
-
-COMMENT ON COLUMN loyalty.tracked_table.timezone IS
-	'Time zone of the day buckets: the program time zone (loyalty.settings) at track_orders or the last rebuild_tracking; refresh_segments refuses to run while they differ';
-COMMENT ON COLUMN loyalty.tracked_table.frequency_unit IS
-	'What frequency counts: rows (every order row) or days (days with an order, for a line-level table); the same for every tracked table';
-
 -- Issue 13, BI (items 12 and 13): analyst views that work with any
 -- search_path, a customer profile, a segment history, a gap-free segment
 -- trend, and a comment on every view column.
@@ -3533,6 +3520,17 @@ COMMENT ON COLUMN loyalty.customer_stats_delta.days_removed IS
 	'Opposite of the net change per day (tracking time zone) made by one statement, for the days whose order count fell (stored buckets never hold negative counts)';
 COMMENT ON COLUMN loyalty.rfm_config.scoring_window IS
 	'Frequency and monetary count the orders of [as_of - scoring_window, as_of], whole days of the tracking time zone';
+
+ALTER TABLE loyalty.tracked_table
+	ADD COLUMN timezone text NOT NULL DEFAULT 'UTC',
+	ADD COLUMN frequency_unit text NOT NULL DEFAULT 'rows'
+		CONSTRAINT tracked_table_frequency_unit_check
+		CHECK (frequency_unit IN ('rows', 'days'));
+
+COMMENT ON COLUMN loyalty.tracked_table.timezone IS
+	'Time zone of the day buckets: the program time zone (loyalty.settings) at track_orders or the last rebuild_tracking; refresh_segments refuses to run while they differ';
+COMMENT ON COLUMN loyalty.tracked_table.frequency_unit IS
+	'What frequency counts: rows (every order row) or days (days with an order, for a line-level table); the same for every tracked table';
 
 CREATE FUNCTION loyalty.track_orders(
 	orders regclass,
