@@ -1,21 +1,32 @@
 --
 -- the DETAIL of every points error (LP SQLSTATEs) is machine-readable
--- (issue 13 item 8): "key: value" pairs joined by "; ", ended by ".", the
--- keys fixed per SQLSTATE (doc/points.md, "Errors"); text values are JSON
--- string literals, numbers plain, states bare words, unknown values null.
--- LP001's DETAIL has one shape, with or without an account.
+-- (issue 13 item 8), in the coupon family's shape (doc/errors.md): one JSON
+-- object, "reason" first (the SQLSTATE's reason token, doc/points.md
+-- "Errors"), then the keys fixed per SQLSTATE; texts are JSON strings,
+-- numbers plain, unknown values null.  LP001's DETAIL has one shape, with or
+-- without an account.
 --
 SET timezone = 'UTC';
 SET datestyle = 'ISO, YMD';
 
--- SQLSTATE, DETAIL, and the keys parsed from the DETAIL by the documented
--- grammar (NULL when the DETAIL does not follow it)
-CREATE FUNCTION pg_temp.keys(d text) RETURNS text LANGUAGE sql AS $$
-	SELECT CASE WHEN d ~ '^([a-z_]+: ("([^"\\]|\\.)*"|[^";]+)(; |\.$))+$'
-		   THEN (SELECT string_agg(m[1], ',' ORDER BY n)
-				 FROM regexp_matches(d, '([a-z_]+): ("(?:[^"\\]|\\.)*"|[^";]+?)(?:; |\.$)', 'g')
-					  WITH ORDINALITY AS x(m, n)) END
-$$;
+-- SQLSTATE, DETAIL, and the keys of the DETAIL's JSON object in order (NULL
+-- when the DETAIL is not a JSON object whose first key is a string "reason")
+CREATE FUNCTION pg_temp.keys(d text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	j json;
+	k text;
+BEGIN
+	BEGIN
+		j := d::json;
+	EXCEPTION WHEN invalid_text_representation THEN
+		RETURN NULL;
+	END;
+	IF json_typeof(j) <> 'object' OR json_typeof(j -> 'reason') IS DISTINCT FROM 'string' THEN
+		RETURN NULL;
+	END IF;
+	SELECT string_agg(x.key, ',' ORDER BY x.n) INTO k FROM json_object_keys(j) WITH ORDINALITY AS x(key, n);
+	RETURN CASE WHEN k LIKE 'reason,%' OR k = 'reason' THEN k END;
+END $$;
 CREATE FUNCTION pg_temp.detail(q text, OUT state text, OUT keys text, OUT detail text)
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -27,9 +38,7 @@ EXCEPTION WHEN others THEN
 END $$;
 -- a value of a DETAIL, decoded (JSON strings unquoted)
 CREATE FUNCTION pg_temp.value(d text, k text) RETURNS text LANGUAGE sql AS $$
-	SELECT CASE WHEN m[2] LIKE '"%' THEN m[2]::jsonb #>> '{}' ELSE m[2] END
-	FROM regexp_matches(d, '([a-z_]+): ("(?:[^"\\]|\\.)*"|[^";]+?)(?:; |\.$)', 'g') AS m
-	WHERE m[1] = k
+	SELECT d::json ->> k
 $$;
 
 INSERT INTO loyalty.earning_rule (name, event, points_per_unit) VALUES ('base', 'purchase', 1);

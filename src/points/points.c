@@ -258,7 +258,8 @@ PointsClaimReference(const char *reference, const char *customer_id)
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 				 errmsg("reference \"%s\" belongs to another customer", reference),
-				 errdetail("reference: %s; conflict: other_customer; entry_id: null.", PointsQuote(reference)),
+				 errdetail("%s", PointsDetail("reference_conflict", "reference", PointsQuote(reference),
+											 "conflict", PointsQuote("other_customer"), "entry_id", "null", NULL)),
 				 errhint("References (order ids, idempotency keys) are unique to one customer.")));
 }
 
@@ -336,15 +337,19 @@ PointsFindRequest(const char *reference, const char *kind, const char *customer_
 				ereport(ERROR,
 						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 						 errmsg("reference \"%s\" belongs to another customer", reference),
-						 errdetail("reference: %s; conflict: other_customer; entry_id: " INT64_FORMAT ".",
-								   PointsQuote(reference), LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL)),
+						 errdetail("%s", PointsDetail("reference_conflict", "reference", PointsQuote(reference),
+													 "conflict", PointsQuote("other_customer"), "entry_id",
+													 PointsJsonInt(LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL)),
+													 NULL)),
 						 errhint("References (order ids, idempotency keys) are unique to one customer.")));
 			if (isnull || (uint64) h != request_hash)
 				ereport(ERROR,
 						(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 						 errmsg("reference \"%s\" was already used for a different %s request", reference, kind),
-						 errdetail("reference: %s; conflict: different_request; entry_id: " INT64_FORMAT ".",
-								   PointsQuote(reference), LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL)),
+						 errdetail("%s", PointsDetail("reference_conflict", "reference", PointsQuote(reference),
+													 "conflict", PointsQuote("different_request"), "entry_id",
+													 PointsJsonInt(LoyaltyColInt64(LoyaltySpiRow(i), 4, NULL)),
+													 NULL)),
 						 errhint("A repeated call must have the same arguments as the first; use a new reference for a new request.")));
 			mine = i;
 			continue;
@@ -358,7 +363,8 @@ PointsFindRequest(const char *reference, const char *kind, const char *customer_
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 				 errmsg("reference \"%s\" belongs to another customer", reference),
-				 errdetail("reference: %s; conflict: other_customer; entry_id: null.", PointsQuote(reference)),
+				 errdetail("%s", PointsDetail("reference_conflict", "reference", PointsQuote(reference),
+											 "conflict", PointsQuote("other_customer"), "entry_id", "null", NULL)),
 				 errhint("References (order ids, idempotency keys) are unique to one customer.")));
 
 	/*
@@ -370,7 +376,8 @@ PointsFindRequest(const char *reference, const char *kind, const char *customer_
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_REFERENCE_REVERSED),
 				 errmsg("reference \"%s\" was reversed", reference),
-				 errdetail("reference: %s; reversal_entry_id: " INT64_FORMAT ".", PointsQuote(reference), reversal),
+				 errdetail("%s", PointsDetail("reference_reversed", "reference", PointsQuote(reference),
+											 "reversal_entry_id", PointsJsonInt(reversal), NULL)),
 				 errhint("Points cannot be earned or spent under a reference after its reversal, and a call repeated after it is not replayed; use a new reference.")));
 	if (mine >= 0)
 	{
@@ -772,7 +779,8 @@ points_spend(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_INSUFFICIENT),
 				 errmsg("insufficient points: " INT64_FORMAT " requested, 0 available", points),
-				 errdetail("available: 0; pending: 0; debt: 0."),
+				 errdetail("%s", PointsDetail("insufficient_points", "available", "0", "pending", "0",
+											 "debt", "0", NULL)),
 				 errhint("Customer \"%s\" has no points account.", customer_id)));
 	}
 	PointsClaimReference(reference, customer_id);
@@ -786,8 +794,10 @@ points_spend(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_POINTS_INSUFFICIENT),
 					 errmsg("insufficient points: " INT64_FORMAT " requested, " INT64_FORMAT " available",
 							points, acct.available),
-					 errdetail("available: " INT64_FORMAT "; pending: " INT64_FORMAT "; debt: " INT64_FORMAT ".",
-							   acct.available, acct.pending, acct.debt)));
+					 errdetail("%s", PointsDetail("insufficient_points",
+												 "available", PointsJsonInt(acct.available),
+												 "pending", PointsJsonInt(acct.pending),
+												 "debt", PointsJsonInt(acct.debt), NULL))));
 	}
 	else
 	{

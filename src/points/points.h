@@ -49,10 +49,12 @@
 #define ERRCODE_POINTS_RETURN_EXCEEDS	MAKE_SQLSTATE('L','P','0','1','2')
 
 /*
- * Every LP error's DETAIL is machine-readable: "key: value" pairs joined by
- * "; " and ended by ".", the keys fixed per SQLSTATE (doc/points.md,
- * "Errors"); text values are JSON string literals (PointsQuote), numbers
- * plain, states bare lower-case words, unknown values null.
+ * Every LP error's DETAIL is machine-readable, in the shape of the coupon
+ * family's LY errors (doc/errors.md): one JSON object, "reason" (the
+ * SQLSTATE's reason token) first, then the keys fixed per SQLSTATE
+ * (doc/points.md, "Errors"); texts JSON strings, numbers plain, unknown
+ * values null.  Built by PointsDetail (points_args.c), and in SQL by
+ * json_build_object(...)::text (json, not jsonb: it keeps "reason" first).
  */
 
 /*
@@ -259,6 +261,8 @@ extern void PointsReceiptFrom(PointsReceipt *r, const PointsAccount *acct, int64
 extern int64 PointsAdd(int64 a, int64 b, const char *what);
 extern uint64 PointsHash(const char *kind, const char *customer_id, int nparts, const char **parts);
 extern char *PointsQuote(const char *s);
+extern char *PointsJsonInt(int64 value);
+extern char *PointsDetail(const char *reason,...);
 extern void PointsDebit(PointsAccount *acct, PointsChange *chg, int64 amount, int nexclude, const int64 *exclude);
 /* points_time.c */
 extern TimestampTz PointsAddMonths(TimestampTz t, int months, PointsRounding rounding, pg_tz *tz);

@@ -200,9 +200,8 @@ PointsHash(const char *kind, const char *customer_id, int nparts, const char **p
 
 /*
  * A text value as it appears in the DETAIL of a points error (doc/points.md,
- * "Errors"): a JSON string literal, so that clients can split the DETAIL's
- * "key: value" pairs without ambiguity whatever a customer id or reference
- * contains.  NULL gives the bare word null.
+ * "Errors"): a JSON string literal, escaped by escape_json, whatever a
+ * customer id or reference contains.  NULL gives the JSON null.
  */
 char *
 PointsQuote(const char *s)
@@ -213,5 +212,47 @@ PointsQuote(const char *s)
 		return pstrdup("null");
 	initStringInfo(&buf);
 	escape_json(&buf, s);
+	return buf.data;
+}
+
+/* An integer value of a points error's DETAIL: a plain JSON number. */
+char *
+PointsJsonInt(int64 value)
+{
+	return psprintf(INT64_FORMAT, value);
+}
+
+/*
+ * The DETAIL of a points business error (an LP SQLSTATE), built in this one
+ * place so that every LP error has the shape of the coupon family's (one
+ * JSON object, doc/errors.md): "reason" first with the SQLSTATE's reason
+ * token, then the key / value pairs given, in order, as (const char *) key,
+ * (const char *) JSON value, ending with a NULL key.  Each value is already
+ * JSON: PointsQuote for texts and states (and null), PointsJsonInt or
+ * numeric_normalize of a finite numeric for numbers; keys are fixed
+ * lower-case words from the caller, never data.
+ */
+char *
+PointsDetail(const char *reason,...)
+{
+	StringInfoData buf;
+	va_list		args;
+	const char *key;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"reason\": ");
+	escape_json(&buf, reason);
+	va_start(args, reason);
+	while ((key = va_arg(args, const char *)) != NULL)
+	{
+		const char *value = va_arg(args, const char *);
+
+		appendStringInfoString(&buf, ", ");
+		escape_json(&buf, key);
+		appendStringInfoString(&buf, ": ");
+		appendStringInfoString(&buf, value);
+	}
+	va_end(args);
+	appendStringInfoChar(&buf, '}');
 	return buf.data;
 }

@@ -212,9 +212,10 @@ ReturnTooLarge(const char *order_ref, Numeric order_amount, Datum returned, Nume
 			(errcode(ERRCODE_POINTS_RETURN_EXCEEDS),
 			 errmsg("return of %s exceeds what is left of order \"%s\"",
 					numeric_normalize(amount), order_ref),
-			 errdetail("order_ref: %s; order_amount: %s; returned: %s; requested: %s.",
-					   PointsQuote(order_ref), numeric_normalize(order_amount),
-					   numeric_normalize(DatumGetNumeric(returned)), numeric_normalize(amount)),
+			 errdetail("%s", PointsDetail("return_exceeds_order", "order_ref", PointsQuote(order_ref),
+										 "order_amount", numeric_normalize(order_amount),
+										 "returned", numeric_normalize(DatumGetNumeric(returned)),
+										 "requested", numeric_normalize(amount), NULL)),
 			 errhint("Return at most the order amount less what was returned before; reverse_points refunds the whole order.")));
 }
 
@@ -377,15 +378,18 @@ points_return_for_order(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
 				 errmsg("no order was earned with earn_for_order under reference \"%s\" for customer \"%s\"",
 						order_ref, customer_id),
-				 errdetail("reference: %s; customer_id: %s.", PointsQuote(order_ref), PointsQuote(customer_id))));
+				 errdetail("%s", PointsDetail("unknown_reference", "reference", PointsQuote(order_ref),
+											 "customer_id", PointsQuote(customer_id), NULL))));
 	earning = SPI_tuptable;
 	(void) LoyaltyColInt64(LoyaltySpiRowOf(earning, 0), 10, &isnull);
 	if (!isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_REFERENCE_REVERSED),
 				 errmsg("reference \"%s\" was reversed", order_ref),
-				 errdetail("reference: %s; reversal_entry_id: " INT64_FORMAT ".", PointsQuote(order_ref),
-						   LoyaltyColInt64(LoyaltySpiRowOf(earning, 0), 10, NULL)),
+				 errdetail("%s", PointsDetail("reference_reversed", "reference", PointsQuote(order_ref),
+											 "reversal_entry_id",
+											 PointsJsonInt(LoyaltyColInt64(LoyaltySpiRowOf(earning, 0), 10, NULL)),
+											 NULL)),
 				 errhint("The whole order was refunded already.")));
 
 	PointsCheckBackdating(&acct, at, NULL);

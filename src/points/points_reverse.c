@@ -320,7 +320,8 @@ points_reverse(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
 					 errmsg("no points were earned or spent under reference \"%s\"", reference),
-					 errdetail("reference: %s; customer_id: null.", PointsQuote(reference))));
+					 errdetail("%s", PointsDetail("unknown_reference", "reference", PointsQuote(reference),
+												   "customer_id", "null", NULL))));
 		customer_id = MemoryContextStrdup(caller, LoyaltyColText(LoyaltySpiRow(0), 1));
 	}
 	parts[0] = reference;
@@ -334,7 +335,8 @@ points_reverse(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
 				 errmsg("no points were earned or spent under reference \"%s\" for customer \"%s\"",
 						reference, customer_id),
-				 errdetail("reference: %s; customer_id: %s.", PointsQuote(reference), PointsQuote(customer_id))));
+				 errdetail("%s", PointsDetail("unknown_reference", "reference", PointsQuote(reference),
+											 "customer_id", PointsQuote(customer_id), NULL))));
 
 	/* read the entries after the lock: a concurrent call has committed or not started */
 	v[0] = CStringGetTextDatum(reference);
@@ -370,7 +372,8 @@ points_reverse(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_POINTS_UNKNOWN_REFERENCE),
 				 errmsg("no points were earned or spent under reference \"%s\" for customer \"%s\"",
 						reference, customer_id),
-				 errdetail("reference: %s; customer_id: %s.", PointsQuote(reference), PointsQuote(customer_id))));
+				 errdetail("%s", PointsDetail("unknown_reference", "reference", PointsQuote(reference),
+											 "customer_id", PointsQuote(customer_id), NULL))));
 
 	PointsCheckBackdating(&acct, at, NULL);
 	PointsSettleIfDue(&acct, at);

@@ -218,7 +218,7 @@ PointsEarnByRule(FunctionCallInfo fcinfo, const char *customer_id, const char *e
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_UNKNOWN_ACTION),
 					 errmsg("no earning rule for action \"%s\"", event),
-					 errdetail("action: %s.", PointsQuote(event)),
+					 errdetail("%s", PointsDetail("unknown_action", "action", PointsQuote(event), NULL)),
 					 errhint("Add a row to loyalty.earning_rule with event = '%s'.", event)));
 	}
 
@@ -290,7 +290,8 @@ points_earn_for_order(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_POINTS_CURRENCY),
 				 errmsg("currency %s is not the points program's currency %s", currency, program_currency),
-				 errdetail("currency: %s; program_currency: %s.", PointsQuote(currency), PointsQuote(program_currency)),
+				 errdetail("%s", PointsDetail("currency_mismatch", "currency", PointsQuote(currency),
+										 "program_currency", PointsQuote(program_currency), NULL)),
 				 errhint("Order amounts earn points and count towards tiers in the program currency only: convert the amount to %s, or set loyalty.points_program.currency.", program_currency)));
 
 	/* (the fingerprint keeps the argument as given, as before 0.3.0) */

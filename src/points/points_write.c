@@ -408,7 +408,8 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 			ereport(ERROR,
 					(errcode(ERRCODE_POINTS_REFERENCE_CONFLICT),
 					 errmsg("reference \"%s\" belongs to another customer", chg->reference),
-					 errdetail("reference: %s; conflict: other_customer; entry_id: null.", PointsQuote(chg->reference)),
+					 errdetail("%s", PointsDetail("reference_conflict", "reference", PointsQuote(chg->reference),
+												   "conflict", PointsQuote("other_customer"), "entry_id", "null", NULL)),
 					 errhint("References (order ids, idempotency keys) are unique to one customer.")));
 		}
 		FreeErrorData(edata);

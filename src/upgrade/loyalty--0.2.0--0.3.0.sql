@@ -2232,8 +2232,9 @@ BEGIN
 		RAISE EXCEPTION 'exchange "%" cannot be reversed: its coupon is %', ex.reference,
 			CASE WHEN cp.uses > 0 THEN 'redeemed' ELSE 'reserved' END
 			USING ERRCODE = 'LP010',
-				  DETAIL = format('reference: %s; coupon_id: %s; state: %s.', to_jsonb(ex.reference)::text, ex.coupon_id,
-								  CASE WHEN cp.uses > 0 THEN 'redeemed' ELSE 'reserved' END),
+				  DETAIL = pg_catalog.json_build_object('reason', 'coupon_in_use', 'reference', ex.reference,
+								  'coupon_id', ex.coupon_id,
+								  'state', CASE WHEN cp.uses > 0 THEN 'redeemed' ELSE 'reserved' END)::text,
 				  HINT = format('Coupon %s is in use; reversing the exchange would return the points while the coupon stays used. Roll the redemption back first (rollback_redemption), or let the reservation expire.', ex.code);
 	END IF;
 	UPDATE loyalty.coupon c SET voided_at = at WHERE c.coupon_id = ex.coupon_id;
@@ -2277,9 +2278,9 @@ BEGIN
 		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
 			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
 				USING ERRCODE = 'LP002',
-					  DETAIL = format('reference: %s; conflict: %s; entry_id: %s.', to_jsonb(p_reference)::text,
-									  CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
-									  ex.entry_id);
+					  DETAIL = pg_catalog.json_build_object('reason', 'reference_conflict', 'reference', p_reference,
+									  'conflict', CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
+									  'entry_id', ex.entry_id)::text;
 		END IF;
 		-- a reversed exchange is not replayed: its code is void and its
 		-- receipt's balance stale (LP005, as spend_points)
@@ -2288,8 +2289,9 @@ BEGIN
 		IF FOUND THEN
 			RAISE EXCEPTION 'reference "exchange:%" was reversed', p_reference
 				USING ERRCODE = 'LP005',
-					  DETAIL = format('reference: %s; reversal_entry_id: %s.',
-									  to_jsonb('exchange:' || p_reference)::text, reversal),
+					  DETAIL = pg_catalog.json_build_object('reason', 'reference_reversed',
+									  'reference', 'exchange:' || p_reference,
+									  'reversal_entry_id', reversal)::text,
 					  HINT = 'The exchange was reversed and its coupon voided; use a new reference.';
 		END IF;
 		code := ex.code; points := ex.points; available := ex.available_after;
@@ -2300,7 +2302,7 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'campaign % is not offered for points', p_campaign
 			USING ERRCODE = 'LP007',
-				  DETAIL = format('campaign_id: %s.', p_campaign),
+				  DETAIL = pg_catalog.json_build_object('reason', 'reward_not_offered', 'campaign_id', p_campaign)::text,
 				  HINT = 'Offer it with a row in loyalty.points_reward.';
 	END IF;
 	SELECT c.paused, c.starts_at, c.ends_at, c.total_cap, c.per_customer_cap INTO camp
@@ -2308,8 +2310,8 @@ BEGIN
 	IF NOT FOUND OR camp.paused OR camp.ends_at <= at THEN
 		RAISE EXCEPTION 'campaign % cannot be exchanged for points now', p_campaign
 			USING ERRCODE = 'LP008',
-				  DETAIL = format('campaign_id: %s; state: %s.', p_campaign,
-								  CASE WHEN NOT FOUND THEN 'missing' WHEN camp.paused THEN 'paused' ELSE 'ended' END);
+				  DETAIL = pg_catalog.json_build_object('reason', 'campaign_not_exchangeable', 'campaign_id', p_campaign,
+								  'state', CASE WHEN NOT FOUND THEN 'missing' WHEN camp.paused THEN 'paused' ELSE 'ended' END)::text;
 	END IF;
 
 	IF camp.total_cap IS NOT NULL OR camp.per_customer_cap IS NOT NULL THEN
@@ -2321,8 +2323,8 @@ BEGIN
 			IF in_use >= camp.total_cap THEN
 				RAISE EXCEPTION 'campaign % has no coupon left to exchange', p_campaign
 					USING ERRCODE = 'LP009',
-						  DETAIL = format('campaign_id: %s; cap: total; limit: %s; in_use: %s.',
-										  p_campaign, camp.total_cap, in_use),
+						  DETAIL = pg_catalog.json_build_object('reason', 'cap_reached', 'campaign_id', p_campaign,
+										  'cap', 'total', 'limit', camp.total_cap, 'in_use', in_use)::text,
 						  HINT = 'Units in use are redeemed, reserved or sold for points. No points were spent.';
 			END IF;
 		END IF;
@@ -2331,8 +2333,8 @@ BEGIN
 			IF in_use >= camp.per_customer_cap THEN
 				RAISE EXCEPTION 'customer "%" cannot get another coupon of campaign %', p_customer, p_campaign
 					USING ERRCODE = 'LP009',
-						  DETAIL = format('campaign_id: %s; cap: per_customer; limit: %s; in_use: %s.',
-										  p_campaign, camp.per_customer_cap, in_use),
+						  DETAIL = pg_catalog.json_build_object('reason', 'cap_reached', 'campaign_id', p_campaign,
+										  'cap', 'per_customer', 'limit', camp.per_customer_cap, 'in_use', in_use)::text,
 						  HINT = 'Units in use are redeemed, reserved or sold for points. No points were spent.';
 			END IF;
 		END IF;
@@ -2345,9 +2347,9 @@ BEGIN
 		IF ex.customer_id <> p_customer OR ex.campaign_id <> p_campaign THEN
 			RAISE EXCEPTION 'reference "%" was already used for a different exchange', p_reference
 				USING ERRCODE = 'LP002',
-					  DETAIL = format('reference: %s; conflict: %s; entry_id: %s.', to_jsonb(p_reference)::text,
-									  CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
-									  ex.entry_id);
+					  DETAIL = pg_catalog.json_build_object('reason', 'reference_conflict', 'reference', p_reference,
+									  'conflict', CASE WHEN ex.customer_id <> p_customer THEN 'other_customer' ELSE 'different_request' END,
+									  'entry_id', ex.entry_id)::text;
 		END IF;
 		code := ex.code; points := ex.points; available := ex.available_after;
 		RETURN;
@@ -2355,8 +2357,9 @@ BEGIN
 	IF (SELECT e.created_at FROM loyalty.points_ledger e WHERE e.entry_id = spent.entry_id) <> now() THEN
 		RAISE EXCEPTION 'reference "exchange:%" was already used by a spend that is not an exchange', p_reference
 			USING ERRCODE = 'LP002',
-				  DETAIL = format('reference: %s; conflict: different_request; entry_id: %s.',
-								  to_jsonb('exchange:' || p_reference)::text, spent.entry_id);
+				  DETAIL = pg_catalog.json_build_object('reason', 'reference_conflict',
+								  'reference', 'exchange:' || p_reference,
+								  'conflict', 'different_request', 'entry_id', spent.entry_id)::text;
 	END IF;
 
 	before := ARRAY(SELECT c.coupon_id FROM loyalty.coupon c
