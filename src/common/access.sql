@@ -243,6 +243,42 @@ $$;
 COMMENT ON FUNCTION loyalty.reapply_grants() IS
 	'Re-grant every recorded access level (run by upgrade scripts); returns the number of grants applied';
 
+/*
+ * A recorded level is granted when its row is inserted, whoever inserts it.
+ * This is what brings a role's rights back after pg_dump / pg_restore:
+ * the rights reapply_grants() gives inside ALTER EXTENSION UPDATE are
+ * recorded by PostgreSQL as the extension's initial privileges (every GRANT
+ * an extension script runs is), so pg_dump leaves them out, and CREATE
+ * EXTENSION on restore does not give them; the restored access_grant rows
+ * then grant them here, outside any extension script, as ordinary
+ * privileges.  (grant_access applies the level itself too, for the update
+ * of an existing row.)  A role that does not exist is skipped and reported.
+ */
+CREATE FUNCTION loyalty._access_grant_applied()
+RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = NEW.role_name) THEN
+		RAISE WARNING 'role "%" recorded with access level % does not exist', NEW.role_name, NEW.level;
+		RETURN NULL;
+	END IF;
+	PERFORM loyalty._apply_level(NEW.role_name, NEW.level);
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._access_grant_applied() IS
+	'Internal: trigger granting a recorded access level when its row is inserted (a restore of loyalty.access_grant gives the rights back)';
+
+CREATE TRIGGER access_grant_applied
+	AFTER INSERT ON loyalty.access_grant
+	FOR EACH ROW EXECUTE FUNCTION loyalty._access_grant_applied();
+
+COMMENT ON TRIGGER access_grant_applied ON loyalty.access_grant IS
+	'Grants a recorded access level when its row is inserted (grant_access, or pg_restore of the table''s rows)';
+
 /* views */
 
 CREATE VIEW loyalty.access_overview AS

@@ -57,7 +57,7 @@ for old in "$here"/upgrade/loyalty--*.sql; do
 		  AND CASE WHEN r.object_type = 'function'
 				   THEN NOT has_function_privilege('up_app_$$', r.object_name, 'EXECUTE')
 				   ELSE false END")
-	psql -d loyalty_up_old -c "SELECT loyalty.revoke_access('up_app_$$', 'app')" -c "DROP ROLE up_app_$$"
+	psql -d loyalty_up_old -c "SELECT loyalty.revoke_access('up_app_$$', 'app')" -c "DROP OWNED BY up_app_$$" -c "DROP ROLE up_app_$$"
 	[ "$missing" = 0 ] || { echo "after update from $v, an app role lacks $missing new functions" >&2; exit 1; }
 	fingerprint loyalty_up_old >/tmp/loyalty-up-old.$$
 	if ! diff -u /tmp/loyalty-up-fresh.$$ /tmp/loyalty-up-old.$$; then
