@@ -1732,7 +1732,7 @@ COMMENT ON COLUMN loyalty.customer_profile.last_order IS
 COMMENT ON COLUMN loyalty.customer_profile.recency_days IS
 	'Whole days from the last order made by scored_as_of to scored_as_of (NULL: no order by then, or not scored)';
 COMMENT ON COLUMN loyalty.customer_profile.frequency IS
-	'Orders in the scoring window ending at scored_as_of (NULL: not scored)';
+	'Orders in the scoring window ending at scored_as_of, or days with an order when the tracking counts days (tracked_table.frequency_unit; NULL: not scored)';
 COMMENT ON COLUMN loyalty.customer_profile.monetary IS
 	'Spend in that window, or the average basket (rfm_config.monetary at the refresh; NULL: not scored)';
 COMMENT ON COLUMN loyalty.customer_profile.r IS 'Recency score of the last refresh';
