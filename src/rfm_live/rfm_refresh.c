@@ -1398,6 +1398,7 @@ RfmRefreshChangeLog(RfmRefresh *r)
 							  " pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u",
 							  4, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into loyalty.segment_change");
+	elog(DEBUG1, "refresh_segments: logged %d segment changes at %.1f ms", nchg, RfmMsSince(r->t0));
 }
 
 /*
@@ -1526,6 +1527,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	RfmRefreshScan(r);
 	RfmRefreshScore(r);
 	RfmRefreshSnapshot(r);
+	elog(DEBUG1, "refresh_segments: snapshot header at %.1f ms", RfmMsSince(r->t0));
 	RfmRefreshWrite(r);
 	RfmRefreshChangeLog(r);
 	UnregisterSnapshot(r->snap);
@@ -1541,6 +1543,7 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	if (r->first && r->nwrites > r->n / 2 && RfmStatsCompact())
 		elog(DEBUG1, "refresh_segments: rewrote the statistics at %.1f ms", RfmMsSince(r->t0));
 	RfmRefreshSummary(r);
+	elog(DEBUG1, "refresh_segments: summarised at %.1f ms", RfmMsSince(r->t0));
 	RfmRefreshFinish(r, values);
 
 	MemoryContextSwitchTo(caller);
