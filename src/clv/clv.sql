@@ -476,3 +476,191 @@ COMMENT ON FUNCTION loyalty.clv_value(text, bigint, double precision, double pre
 	'Customer lifetime value over the next months (expected purchases per month times expected spend, discounted monthly at discount_rate, as lifetimes), rounded to 2 decimals';
 
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.clv_value(text, bigint, double precision, double precision, numeric, integer, double precision)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* functions: live summaries (tracked orders, src/rfm_live) */
+
+/*
+ * CLV summary of every tracked customer from loyalty.customer_stats as of
+ * its last fold: x = order_days - 1 (all-time days with an order), t_x and
+ * T from first_day (tracking zone) to the day of last_order and of as_of,
+ * mean repeat spend = (spend_total - first_day_spend) / x.  SECURITY
+ * DEFINER: analysts read it without reading customer_stats.
+ */
+CREATE FUNCTION loyalty.clv_summary_live(
+	as_of timestamptz DEFAULT pg_catalog.now(),
+	period text DEFAULT 'days')
+RETURNS TABLE (
+	customer_id text,
+	frequency bigint,
+	recency double precision,
+	age double precision,
+	monetary_value numeric,
+	first_period date,
+	last_period date,
+	spend_total numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	zone text := loyalty._clv_zone();
+	asof_day date;
+	k double precision;
+BEGIN
+	IF as_of IS NULL THEN
+		RAISE EXCEPTION 'as_of must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF period IS NULL OR period NOT IN ('days', 'weeks') THEN
+		RAISE EXCEPTION 'invalid period: "%"', period
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Valid periods are days and weeks.';
+	END IF;
+	asof_day := timezone(zone, as_of)::date;
+	k := CASE period WHEN 'weeks' THEN 7.0 ELSE 1.0 END;
+	RETURN QUERY
+	SELECT s.customer_id::text,
+		   s.order_days - 1,
+		   CASE WHEN s.order_days > 1 THEN
+			   GREATEST(0, LEAST(timezone(zone, s.last_order)::date, asof_day) - s.first_day)::float8 / k
+		   ELSE 0 END,
+		   (asof_day - s.first_day)::float8 / k,
+		   CASE WHEN s.order_days > 1 THEN
+			   (s.spend_total - COALESCE(s.first_day_spend, 0)) / (s.order_days - 1)
+		   END,
+		   s.first_day,
+		   LEAST(timezone(zone, s.last_order)::date, asof_day),
+		   s.spend_total
+	FROM loyalty.customer_stats s
+	WHERE s.order_days > 0 AND s.first_day <= asof_day AND s.last_order IS NOT NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.clv_summary_live(timestamptz, text) IS
+	'CLV summary per tracked customer from the live statistics (as of their last fold): frequency, recency, age (days or weeks), mean repeat spend, all-time spend';
+
+SELECT loyalty._register_function('analyst'::pg_catalog.text, 'loyalty.clv_summary_live(timestamptz, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* Fit both models on the live statistics and store them as model_name. */
+CREATE FUNCTION loyalty.clv_fit_live(
+	model_name text,
+	as_of timestamptz DEFAULT pg_catalog.now(),
+	period text DEFAULT 'days',
+	penalizer double precision DEFAULT 0)
+RETURNS loyalty.clv_model
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	stats bytea;
+	fp date;
+	lp date;
+BEGIN
+	SELECT loyalty.clv_stats(s.frequency, s.recency, s.age, s.monetary_value::float8),
+		   min(s.first_period), max(s.last_period)
+	INTO stats, fp, lp
+	FROM loyalty.clv_summary_live(as_of, period) s;
+	RETURN loyalty._clv_store(model_name, stats, penalizer, 'live tracking (loyalty.customer_stats)',
+		as_of, 'day', period, fp, lp);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.clv_fit_live(text, timestamptz, text, double precision) IS
+	'Fit BG/NBD and Gamma-Gamma on the live statistics of the tracked orders and store them as a named model';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.clv_fit_live(text, timestamptz, text, double precision)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * "Valuable but slipping away": the repeat buyers in the top top_share of
+ * all-time spend (ties share their rank: cume_dist) whose P(alive) under
+ * the model is below max_p_alive, most valuable first.  customer_id first:
+ * usable as a campaign audience.
+ */
+CREATE FUNCTION loyalty.clv_slipping_away(
+	model_name text,
+	max_p_alive double precision DEFAULT 0.5,
+	top_share double precision DEFAULT 0.2,
+	as_of timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (
+	customer_id text,
+	segment text,
+	spend_total numeric,
+	frequency bigint,
+	recency double precision,
+	age double precision,
+	p_alive double precision,
+	clv_12m numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	unit text;
+	tunit text;
+BEGIN
+	IF max_p_alive IS NULL OR NOT (max_p_alive >= 0 AND max_p_alive <= 1) THEN
+		RAISE EXCEPTION 'max_p_alive must lie between 0 and 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF top_share IS NULL OR NOT (top_share > 0 AND top_share <= 1) THEN
+		RAISE EXCEPTION 'top_share must lie in (0, 1]' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT m.purchase_unit, m.time_unit INTO unit, tunit
+	FROM loyalty.clv_model m WHERE m.model_name = clv_slipping_away.model_name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'clv model "%" does not exist', model_name
+			USING ERRCODE = 'LV007',
+				  DETAIL = json_build_object('reason', 'unknown_model', 'model', model_name)::text,
+				  HINT = 'Fit one with loyalty.clv_fit().';
+	END IF;
+	IF unit <> 'day' THEN
+		RAISE EXCEPTION 'clv model "%" counts weeks, the live statistics count days', model_name
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+	SELECT v.customer_id, g.segment, v.spend_total, v.frequency, v.recency, v.age, v.p_alive,
+		   loyalty.clv_value(clv_slipping_away.model_name, v.frequency, v.recency, v.age, v.monetary_value)
+	FROM (SELECT s.*, cume_dist() OVER (ORDER BY s.spend_total DESC) AS share,
+				 loyalty.clv_p_alive(clv_slipping_away.model_name, s.frequency, s.recency, s.age) AS p_alive
+		  FROM loyalty.clv_summary_live(as_of, tunit) s
+		  WHERE s.frequency > 0) v
+	LEFT JOIN loyalty.customer_segment g ON g.customer_id = v.customer_id
+	WHERE v.share <= top_share AND v.p_alive < max_p_alive
+	ORDER BY v.spend_total DESC, v.customer_id;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.clv_slipping_away(text, double precision, double precision, timestamptz) IS
+	'Valuable but slipping away: repeat buyers in the top share of all-time spend whose P(alive) is below max_p_alive (campaign audience: customer_id first)';
+
+SELECT loyalty._register_function('analyst'::pg_catalog.text, 'loyalty.clv_slipping_away(text, double precision, double precision, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* views */
+
+CREATE VIEW loyalty.clv_customers AS
+SELECT s.customer_id, g.segment, g.score, m.model_name,
+	   s.frequency, s.recency, s.age, s.monetary_value, s.spend_total,
+	   loyalty.clv_p_alive(m.model_name, s.frequency, s.recency, s.age) AS p_alive,
+	   loyalty.clv_expected_purchases(m.model_name, s.frequency, s.recency, s.age,
+		   12 * CASE m.time_unit WHEN 'weeks' THEN 4.345 ELSE 30 END) AS expected_purchases_12m,
+	   loyalty.clv_expected_spend(m.model_name, s.frequency, s.monetary_value) AS expected_spend,
+	   loyalty.clv_value(m.model_name, s.frequency, s.recency, s.age, s.monetary_value) AS clv_12m
+FROM (SELECT c.model_name, c.time_unit FROM loyalty.clv_model c
+	  WHERE c.purchase_unit = 'day'
+	  ORDER BY c.fitted_at DESC, c.model_name LIMIT 1) m
+CROSS JOIN LATERAL loyalty.clv_summary_live(pg_catalog.now(), m.time_unit) s
+LEFT JOIN loyalty.customer_segment g ON g.customer_id = s.customer_id;
+
+COMMENT ON VIEW loyalty.clv_customers IS
+	'Every tracked customer scored by the most recently fitted day-based CLV model, now, beside the RFM segment';
+COMMENT ON COLUMN loyalty.clv_customers.customer_id IS 'Customer key as tracked';
+COMMENT ON COLUMN loyalty.clv_customers.segment IS 'RFM segment at the last refresh (NULL: not scored yet)';
+COMMENT ON COLUMN loyalty.clv_customers.score IS 'RFM score at the last refresh, as text';
+COMMENT ON COLUMN loyalty.clv_customers.model_name IS 'The model scoring the row (latest fitted_at among day-based models)';
+COMMENT ON COLUMN loyalty.clv_customers.frequency IS 'Repeat purchase days (x)';
+COMMENT ON COLUMN loyalty.clv_customers.recency IS 'Last purchase since the first (t_x), in the model''s time unit';
+COMMENT ON COLUMN loyalty.clv_customers.age IS 'Now since the first purchase (T), in the model''s time unit';
+COMMENT ON COLUMN loyalty.clv_customers.monetary_value IS 'Mean spend of the repeat purchase days (NULL: none)';
+COMMENT ON COLUMN loyalty.clv_customers.spend_total IS 'All-time spend (orders and refunds)';
+COMMENT ON COLUMN loyalty.clv_customers.p_alive IS 'BG/NBD probability of being still active';
+COMMENT ON COLUMN loyalty.clv_customers.expected_purchases_12m IS 'Expected purchase days in the next 12 months (of 30 days / 4.345 weeks)';
+COMMENT ON COLUMN loyalty.clv_customers.expected_spend IS 'Gamma-Gamma expected spend per purchase';
+COMMENT ON COLUMN loyalty.clv_customers.clv_12m IS 'Value of the next 12 months, discounted 1% a month';
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.clv_customers'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);

@@ -31,6 +31,7 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -104,6 +105,40 @@ RfmStatsColumns(TupleDesc desc, RfmStatsAtts *at)
 	at->score = RfmStatsAttno(desc, "score");
 	at->segment = RfmStatsAttno(desc, "segment");
 	at->since = RfmStatsAttno(desc, "since");
+	at->odays = RfmStatsAttno(desc, "order_days");
+	at->fday = RfmStatsAttno(desc, "first_day");
+	at->fspend = RfmStatsAttno(desc, "first_day_spend");
+}
+
+/*
+ * Follow a bucket change in the all-time columns (values in place): the
+ * order days gained minus lost, and the first order day with its spend
+ * taken from the merged buckets when they are not later than the day
+ * recorded, or when the old buckets still covered the recorded day (its
+ * orders were removed).  A first day pruned from the buckets stays as
+ * recorded.
+ */
+void
+RfmStatsTally(Datum *v, bool *nl, const RfmStatsAtts *at, RfmDays *old, RfmDays *merged)
+{
+	DateADT		f_old;
+	DateADT		f_new;
+	int64		before = RfmDaysOrderDays(old, &f_old);
+	int64		after = RfmDaysOrderDays(merged, &f_new);
+	int64		odays = DatumGetInt64(v[at->odays]) + after - before;
+
+	v[at->odays] = Int64GetDatum(Max(odays, 0));
+	if (after > 0 &&
+		(nl[at->fday] || f_new <= DatumGetDateADT(v[at->fday]) ||
+		 (RfmDaysCount(old) > 0 && RfmDaysFirstDay(old) <= DatumGetDateADT(v[at->fday]))))
+	{
+		RfmDaysSum	sum;
+
+		RfmDaysWindow(merged, f_new, f_new, &sum, true, CurrentMemoryContext);
+		v[at->fday] = DateADTGetDatum(f_new);
+		v[at->fspend] = NumericGetDatum(sum.spend);
+		nl[at->fday] = nl[at->fspend] = false;
+	}
 }
 
 /*
@@ -134,6 +169,8 @@ RfmStatsMerge(Datum *v, bool *nl, const RfmStatsAtts *at, const RfmStatsChange *
 	if (RfmDaysCount(old) == 0)
 		old = NULL;
 	merged = RfmDaysMerge(old, ch->days);
+	if (ch->days != NULL)
+		RfmStatsTally(v, nl, at, old, merged);
 	nl[at->days] = (RfmDaysCount(merged) == 0);
 	v[at->days] = nl[at->days] ? (Datum) 0 : PointerGetDatum(merged);
 }
@@ -397,14 +434,16 @@ RfmUpsertPlan(RfmUpsertForm form, bool returning)
 	appendStringInfoString(&sql,
 						   "INSERT INTO loyalty.customer_stats AS s"
 						   " (customer_id, row_count, order_count, spend_total,"
-						   " first_order, last_order, days) ");
+						   " first_order, last_order, days, order_days, first_day, first_day_spend) ");
 	if (form == RFM_UPSERT_MANY)
 		appendStringInfoString(&sql,
-							   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+							   "SELECT u.*, t.* FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
 							   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
-							   " pg_catalog.unnest($6), pg_catalog.unnest($7)) ");
+							   " pg_catalog.unnest($6), pg_catalog.unnest($7)) AS u(c, r, o, sp, f, l, d),"
+							   " loyalty._rfm_days_tally(NULL, u.d, 0, NULL, NULL) AS t ");
 	else
-		appendStringInfoString(&sql, "VALUES ($1, $2, $3, $4, $5, $6, $7) ");
+		appendStringInfoString(&sql, "SELECT $1, $2, $3, $4, $5, $6, $7, t.*"
+							   " FROM loyalty._rfm_days_tally(NULL, $7, 0, NULL, NULL) AS t ");
 	appendStringInfoString(&sql,
 						   "ON CONFLICT (customer_id) DO UPDATE SET"
 						   " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
@@ -412,10 +451,49 @@ RfmUpsertPlan(RfmUpsertForm form, bool returning)
 						   " spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
 						   " first_order = LEAST(s.first_order, excluded.first_order),"
 						   " last_order = GREATEST(s.last_order, excluded.last_order),"
-						   " days = loyalty._rfm_days_merge(s.days, excluded.days)");
+						   " days = loyalty._rfm_days_merge(s.days, excluded.days),"
+						   " (order_days, first_day, first_day_spend) = (SELECT t.* FROM"
+						   " loyalty._rfm_days_tally(s.days, loyalty._rfm_days_merge(s.days, excluded.days),"
+						   " s.order_days, s.first_day, s.first_day_spend) AS t)");
 	if (returning)
 		appendStringInfoString(&sql, " RETURNING s.customer_id, s.first_order, s.last_order");
 	return LoyaltyKeepPlan(pp, sql.data, 7, argtypes, 0);
+}
+
+/*
+ * loyalty._rfm_days_tally(old, merged, order_days, first_day,
+ * first_day_spend): RfmStatsTally for the statements that write
+ * customer_stats in SQL (upserts, the refresh's SQL path).
+ */
+PG_FUNCTION_INFO_V1(rfm_days_tally);
+Datum
+rfm_days_tally(PG_FUNCTION_ARGS)
+{
+	RfmStatsAtts at;
+	Datum		v[3];
+	bool		nl[3];
+	Datum		out[3];
+	bool		onl[3];
+	TupleDesc	desc;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "_rfm_days_tally must return a row");
+	memset(&at, 0, sizeof(at));
+	at.odays = 0;
+	at.fday = 1;
+	at.fspend = 2;
+	v[0] = PG_ARGISNULL(2) ? Int64GetDatum(0) : PG_GETARG_DATUM(2);
+	nl[0] = false;
+	v[1] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
+	nl[1] = PG_ARGISNULL(3);
+	v[2] = PG_ARGISNULL(4) ? (Datum) 0 : PG_GETARG_DATUM(4);
+	nl[2] = PG_ARGISNULL(4);
+	RfmStatsTally(v, nl, &at,
+				  PG_ARGISNULL(0) ? NULL : DatumGetRfmDays(PG_GETARG_DATUM(0)),
+				  PG_ARGISNULL(1) ? NULL : DatumGetRfmDays(PG_GETARG_DATUM(1)));
+	memcpy(out, v, sizeof(out));
+	memcpy(onl, nl, sizeof(onl));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), out, onl)));
 }
 
 /* RfmStoreCompute of RfmStatsApply: add the change. */
@@ -618,7 +696,8 @@ void
 RfmStatsResetAll(void)
 {
 	if (SPI_execute("UPDATE loyalty.customer_stats SET row_count = 0, order_count = 0,"
-					" spend_total = 0, first_order = NULL, last_order = NULL, days = NULL"
+					" spend_total = 0, first_order = NULL, last_order = NULL, days = NULL,"
+					" order_days = 0, first_day = NULL, first_day_spend = NULL"
 					" WHERE row_count OPERATOR(pg_catalog.<>) 0 OR days IS NOT NULL"
 					" OR spend_total OPERATOR(pg_catalog.<>) 0 OR last_order IS NOT NULL",
 					false, 0) != SPI_OK_UPDATE)
@@ -788,6 +867,10 @@ RfmStoreScoresSql(Relation rel, Snapshot snap, RfmStatsScoreRow *rows, int n,
 							  " days = CASE WHEN u.prune THEN loyalty._rfm_days_prune(CASE WHEN u.fold"
 							  "  THEN loyalty._rfm_days_merge(s.days, u.d) ELSE s.days END, $14)"
 							  "  WHEN u.fold THEN loyalty._rfm_days_merge(s.days, u.d) ELSE s.days END,"
+							  " (order_days, first_day, first_day_spend) = (SELECT t.* FROM"
+							  "  loyalty._rfm_days_tally(s.days, CASE WHEN u.fold"
+							  "  THEN loyalty._rfm_days_merge(s.days, u.d) ELSE s.days END,"
+							  "  s.order_days, s.first_day, s.first_day_spend) AS t),"
 							  " score = u.sc, segment = u.sg,"
 							  " since = CASE WHEN u.chg OR s.since IS NULL THEN $13 ELSE s.since END"
 							  " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
@@ -863,11 +946,12 @@ RfmStoreInsertScored(RfmStatsScoreRow *rows, int n, TimestampTz as_of, DateADT p
 	}
 	if (SPI_execute_with_args("INSERT INTO loyalty.customer_stats AS s"
 							  " (customer_id, row_count, order_count, spend_total, first_order,"
-							  " last_order, days, score, segment, since)"
-							  " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+							  " last_order, days, score, segment, since, order_days, first_day, first_day_spend)"
+							  " SELECT u.*, t.* FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
 							  " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
 							  " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-							  " pg_catalog.unnest($9), pg_catalog.unnest($10))"
+							  " pg_catalog.unnest($9), pg_catalog.unnest($10)) AS u(c, r, o, sp, f, l, d, sc, sg, si),"
+							  " loyalty._rfm_days_tally(NULL, u.d, 0, NULL, NULL) AS t"
 							  " ON CONFLICT (customer_id) DO UPDATE SET"
 							  " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
 							  " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
@@ -875,6 +959,9 @@ RfmStoreInsertScored(RfmStatsScoreRow *rows, int n, TimestampTz as_of, DateADT p
 							  " first_order = LEAST(s.first_order, excluded.first_order),"
 							  " last_order = GREATEST(s.last_order, excluded.last_order),"
 							  " days = loyalty._rfm_days_merge(s.days, excluded.days),"
+							  " (order_days, first_day, first_day_spend) = (SELECT t.* FROM"
+							  "  loyalty._rfm_days_tally(s.days, loyalty._rfm_days_merge(s.days, excluded.days),"
+							  "  s.order_days, s.first_day, s.first_day_spend) AS t),"
 							  " score = excluded.score, segment = excluded.segment,"
 							  " since = CASE WHEN s.since IS NOT NULL"
 							  " AND s.segment OPERATOR(pg_catalog.=) excluded.segment"
