@@ -4448,7 +4448,7 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'clv model "%" does not exist', model_name
 			USING ERRCODE = 'LV007',
-				  DETAIL = json_build_object('reason', 'unknown_model', 'model', model_name)::text,
+				  DETAIL = format('{"reason": "unknown_model", "model": %s}', to_json(model_name)),
 				  HINT = 'Fit one with loyalty.clv_fit().';
 	END IF;
 	IF unit <> 'day' THEN
