@@ -76,11 +76,15 @@ ClvModelArg(FunctionCallInfo fcinfo)
 {
 	ClvModel   *m = (ClvModel *) fcinfo->flinfo->fn_extra;
 	char	   *name;
+	text	   *arg;
 
 	LoyaltyArgNotNull(fcinfo, 0, "model_name");
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (m != NULL && strcmp(m->name, name) == 0)
+	arg = PG_GETARG_TEXT_PP(0);
+	/* the common case, once per row: the model of the previous row */
+	if (m != NULL && VARSIZE_ANY_EXHDR(arg) == strlen(m->name) &&
+		memcmp(VARDATA_ANY(arg), m->name, VARSIZE_ANY_EXHDR(arg)) == 0)
 		return m;
+	name = text_to_cstring(arg);
 	if (strlen(name) >= sizeof(m->name))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

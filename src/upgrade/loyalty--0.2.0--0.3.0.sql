@@ -4024,12 +4024,59 @@ COMMENT ON FUNCTION loyalty.clv_fit_stats(bytea, double precision) IS
 
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.clv_fit_stats(bytea, double precision)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
+/* types */
+
+CREATE TYPE loyalty.clv_customer_summary AS (
+	frequency		bigint,			-- repeat purchase periods (x)
+	recency			double precision,	-- last purchase period - first (t_x)
+	age				double precision,	-- as_of's period - first (T)
+	monetary_value	numeric,		-- mean spend of the repeat periods
+	first_period	date,
+	last_period		date
+);
+
+COMMENT ON TYPE loyalty.clv_customer_summary IS
+	'One customer''s CLV summary: result of loyalty._clv_customer';
+
+CREATE FUNCTION loyalty._clv_customer_trans(internal, timestamptz, numeric, timestamptz, text, text)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'clv_customer_transfn'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._clv_customer_trans(internal, timestamptz, numeric, timestamptz, text, text) IS
+	'Internal: transition function of loyalty._clv_customer';
+
+CREATE FUNCTION loyalty._clv_customer_final(internal, timestamptz, numeric, timestamptz, text, text)
+RETURNS loyalty.clv_customer_summary
+AS 'MODULE_PATHNAME', 'clv_customer_final'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._clv_customer_final(internal, timestamptz, numeric, timestamptz, text, text) IS
+	'Internal: final function of loyalty._clv_customer';
+
+/*
+ * One customer's CLV summary from their order rows (src/clv/clv_summary.c):
+ * purchase periods of the program time zone, exact spend.  Used by
+ * clv_summary and clv_fit with GROUP BY customer.
+ */
+CREATE AGGREGATE loyalty._clv_customer(ordered_at timestamptz, amount numeric, as_of timestamptz, unit text, period text) (
+	SFUNC = loyalty._clv_customer_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._clv_customer_final,
+	FINALFUNC_EXTRA,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty._clv_customer(timestamptz, numeric, timestamptz, text, text) IS
+	'Internal: one customer''s CLV summary (frequency, recency, age, mean repeat spend, first and last period) from their orders';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty._clv_customer(timestamptz, numeric, timestamptz, text, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
 /*
  * The summary query over an orders relation: $1 = as_of, $2 = program time
- * zone.  Identifiers are quoted with format(%I); no value is spliced in.
- * A purchase period is a day (or Monday-based week) of the program zone
- * with at least one order row (amount >= 0 or NULL); refunds (amount < 0)
- * lower the spend of their period.  Spend sums amounts as numeric.
+ * zone.  Identifiers are quoted with format(%I), unit and period (checked
+ * against their lists) with %L.  One GROUP BY customer (native key type,
+ * text at the end) with loyalty._clv_customer; rules in clv_summary.c.
  */
 CREATE FUNCTION loyalty._clv_summary_sql(orders regclass, customer_column name,
 	ordered_at_column name, amount_column name, unit text, period text)
@@ -4039,11 +4086,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	ttype regtype;
-	day_expr text;
+	time_expr text;
 	until text;
-	per_expr text;
-	asof_expr text;
-	divisor text;
 BEGIN
 	IF orders IS NULL OR customer_column IS NULL OR ordered_at_column IS NULL OR amount_column IS NULL THEN
 		RAISE EXCEPTION 'orders, customer_column, ordered_at_column and amount_column must not be null'
@@ -4072,48 +4116,28 @@ BEGIN
 			USING ERRCODE = 'undefined_column';
 	END IF;
 	IF ttype = 'timestamp with time zone'::regtype THEN
-		day_expr := format('pg_catalog.timezone($2, o.%I)::pg_catalog.date', ordered_at_column);
+		time_expr := format('o.%I', ordered_at_column);
 		until := format('o.%I OPERATOR(pg_catalog.<=) $1', ordered_at_column);
 	ELSIF ttype = 'timestamp without time zone'::regtype THEN
-		day_expr := format('o.%I::pg_catalog.date', ordered_at_column);
+		time_expr := format('pg_catalog.timezone($2, o.%I)', ordered_at_column);
 		until := format('o.%I OPERATOR(pg_catalog.<=) pg_catalog.timezone($2, $1)', ordered_at_column);
 	ELSIF ttype = 'date'::regtype THEN
-		day_expr := format('o.%I', ordered_at_column);
+		time_expr := format('pg_catalog.timezone($2, o.%I::pg_catalog.timestamp)', ordered_at_column);
 		until := format('o.%I OPERATOR(pg_catalog.<=) pg_catalog.timezone($2, $1)::pg_catalog.date', ordered_at_column);
 	ELSE
 		RAISE EXCEPTION 'column "%" of relation % has type %, not timestamptz, timestamp or date', ordered_at_column, orders, ttype
 			USING ERRCODE = 'datatype_mismatch';
 	END IF;
-	asof_expr := 'pg_catalog.timezone($2, $1)::pg_catalog.date';
-	IF unit = 'week' THEN
-		-- Monday of the week: 2000-01-03 was a Monday
-		per_expr := '(%1$s OPERATOR(pg_catalog.-) ((((%1$s) OPERATOR(pg_catalog.-) DATE ''2000-01-03'') OPERATOR(pg_catalog.%%) 7 OPERATOR(pg_catalog.+) 7) OPERATOR(pg_catalog.%%) 7))';
-		asof_expr := format(per_expr, asof_expr);
-		per_expr := format(per_expr, day_expr);
-	ELSE
-		per_expr := day_expr;
-	END IF;
-	divisor := CASE period WHEN 'weeks' THEN '7.0' ELSE '1.0' END;
 	RETURN format($q$
-SELECT d.cid AS customer_id,
-	   pg_catalog.count(*) OPERATOR(pg_catalog.-) 1 AS frequency,
-	   (pg_catalog.max(d.p) OPERATOR(pg_catalog.-) pg_catalog.min(d.p))::pg_catalog.float8 OPERATOR(pg_catalog./) %1$s AS recency,
-	   (%2$s OPERATOR(pg_catalog.-) pg_catalog.min(d.p))::pg_catalog.float8 OPERATOR(pg_catalog./) %1$s AS age,
-	   CASE WHEN pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 THEN
-		   (pg_catalog.sum(d.spend) OPERATOR(pg_catalog.-)
-			(pg_catalog.min(ARRAY[(d.p OPERATOR(pg_catalog.-) DATE '2000-01-01')::pg_catalog.numeric, d.spend]))[2])
-		   OPERATOR(pg_catalog./) (pg_catalog.count(*) OPERATOR(pg_catalog.-) 1)
-	   END AS monetary_value,
-	   pg_catalog.min(d.p) AS first_period,
-	   pg_catalog.max(d.p) AS last_period
-FROM (SELECT o.%3$I::pg_catalog.text AS cid, %4$s AS p,
-			 COALESCE(pg_catalog.sum(o.%5$I::pg_catalog.numeric), 0) AS spend
+SELECT q.cid AS customer_id, (q.s).frequency, (q.s).recency, (q.s).age, (q.s).monetary_value,
+	   (q.s).first_period, (q.s).last_period
+FROM (SELECT o.%1$I::pg_catalog.text AS cid,
+			 loyalty._clv_customer(%2$s, o.%3$I::pg_catalog.numeric, $1, %4$L, %5$L) AS s
 	  FROM %6$s o
-	  WHERE o.%3$I IS NOT NULL AND %7$s
-	  GROUP BY 1, 2
-	  HAVING pg_catalog.count(*) FILTER (WHERE o.%5$I IS NULL OR o.%5$I::pg_catalog.numeric OPERATOR(pg_catalog.>=) 0) OPERATOR(pg_catalog.>) 0) d
-GROUP BY d.cid$q$,
-		divisor, asof_expr, customer_column, per_expr, amount_column, orders, until);
+	  WHERE o.%1$I IS NOT NULL AND %7$s
+	  GROUP BY o.%1$I) q
+WHERE q.s IS DISTINCT FROM NULL$q$,
+		customer_column, time_expr, amount_column, unit, period, orders, until);
 END;
 $$;
 
