@@ -74,10 +74,13 @@ ClvBgnbdLogLik(const ClvTriple *t, int64 n, const double *lp, double *grad)
 	double		total = 0.0;
 	double		g[4] = {0, 0, 0, 0};
 	double		cur_x = -1.0;
+	double		la = lp[2];
 	double		xterm = 0.0,
 				dr_x = 0.0,
 				da_x = 0.0,
-				db_x = 0.0;
+				db_x = 0.0,
+				lbx1 = 0.0,
+				ibx1 = 0.0;
 	int64		i;
 
 	for (i = 0; i < n; i++)
@@ -100,6 +103,8 @@ ClvBgnbdLogLik(const ClvTriple *t, int64 n, const double *lp, double *grad)
 			dr_x = ClvDigamma(rx) - psi_r;
 			da_x = psi_ab - ClvDigamma(a + b + x);
 			db_x = da_x + ClvDigamma(b + x) - psi_b;
+			lbx1 = x > 0 ? log(b + x - 1.0) : 0.0;
+			ibx1 = x > 0 ? 1.0 / (b + x - 1.0) : 0.0;
 		}
 		ll = xterm + r * lalpha;
 		if (x > 0)
@@ -108,7 +113,7 @@ ClvBgnbdLogLik(const ClvTriple *t, int64 n, const double *lp, double *grad)
 			double		lse;
 
 			l4 = log(alpha + t[i].tx);
-			A4 = log(a) - log(b + x - 1.0) - rx * l4;
+			A4 = la - lbx1 - rx * l4;
 			lse = ClvLogAddExp(A3, A4);
 			w3 = exp(A3 - lse);
 			w4 = exp(A4 - lse);
@@ -123,7 +128,7 @@ ClvBgnbdLogLik(const ClvTriple *t, int64 n, const double *lp, double *grad)
 			g[1] += w * (r / alpha - w3 * rx / (alpha + t[i].T) -
 						 (x > 0 ? w4 * rx / (alpha + t[i].tx) : 0.0));
 			g[2] += w * (da_x + w4 / a);
-			g[3] += w * (db_x - (x > 0 ? w4 / (b + x - 1.0) : 0.0));
+			g[3] += w * (db_x - w4 * ibx1);
 		}
 	}
 	if (grad)

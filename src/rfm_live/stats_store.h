@@ -106,6 +106,7 @@ typedef struct RfmStatsScoreRow
 
 extern Oid	RfmStatsRelid(void);
 extern void RfmStatsColumns(TupleDesc desc, RfmStatsAtts *at);
+extern bool RfmStatsHasAllTime(void);
 extern void RfmStatsTally(Datum *v, bool *nl, const RfmStatsAtts *at, RfmDays *old, RfmDays *merged);
 extern void RfmStatsMerge(Datum *v, bool *nl, const RfmStatsAtts *at, const RfmStatsChange *ch);
 
