@@ -293,6 +293,31 @@ RfmDaysFirstDay(RfmDays *d)
 	return it.day;
 }
 
+/*
+ * Days of a value (NULL: none) with at least one order, and the first of
+ * them (*first; DATEVAL_NOEND without one): what the all-time order-day
+ * count and the first day's spend of customer_stats follow at a fold.
+ */
+int64
+RfmDaysOrderDays(RfmDays *d, DateADT *first)
+{
+	RfmDaysIter it;
+	RfmBucket	b;
+	int64		n = 0;
+
+	*first = DATEVAL_NOEND;
+	if (d == NULL)
+		return 0;
+	RfmDaysIterInit(d, &it);
+	while (RfmDaysIterNext(&it, &b))
+		if (b.orders > 0)
+		{
+			if (n++ == 0)
+				*first = b.day;
+		}
+	return n;
+}
+
 /* The day's spend of bucket b of a compact set as a numeric. */
 static Numeric
 RfmBucketNumeric(RfmBuckets *set, RfmBucket *b)

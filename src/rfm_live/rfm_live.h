@@ -127,6 +127,7 @@ extern void RfmDaysWindow(RfmDays *d, DateADT from, DateADT to,
 						  RfmDaysSum *sum, bool want_spend, MemoryContext cxt);
 extern int	RfmDaysCount(RfmDays *d);
 extern DateADT RfmDaysFirstDay(RfmDays *d);
+extern int64 RfmDaysOrderDays(RfmDays *d, DateADT *first);
 extern Oid	RfmDaysTypeOid(void);
 
 /*

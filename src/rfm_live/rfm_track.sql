@@ -105,6 +105,16 @@ CREATE AGGREGATE loyalty._rfm_days_fold(loyalty.day_buckets) (
 COMMENT ON AGGREGATE loyalty._rfm_days_fold(loyalty.day_buckets) IS
 	'Internal: the sum of pending day-bucket deltas (NULL = no bucket)';
 
+CREATE FUNCTION loyalty._rfm_days_tally(loyalty.day_buckets, loyalty.day_buckets,
+	bigint, date, numeric,
+	OUT order_days bigint, OUT first_day date, OUT first_day_spend numeric)
+RETURNS record
+AS 'MODULE_PATHNAME', 'rfm_days_tally'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._rfm_days_tally(loyalty.day_buckets, loyalty.day_buckets, bigint, date, numeric) IS
+	'Internal: all-time order days and first order day with its spend after a change of the day buckets from old to merged';
+
 /* tables */
 
 CREATE TABLE loyalty.tracked_table (
@@ -142,7 +152,10 @@ CREATE TABLE loyalty.customer_stats (
 	days			loyalty.day_buckets,
 	score			loyalty.rfm_score,
 	segment			text,
-	since			timestamptz
+	since			timestamptz,
+	order_days		bigint NOT NULL DEFAULT 0,
+	first_day		date,
+	first_day_spend	numeric
 ) WITH (fillfactor = 90);
 
 COMMENT ON TABLE loyalty.customer_stats IS
@@ -161,6 +174,12 @@ COMMENT ON COLUMN loyalty.customer_stats.segment IS
 	'Segment at the last refresh_segments';
 COMMENT ON COLUMN loyalty.customer_stats.since IS
 	'as_of of the refresh that put the customer into this segment';
+COMMENT ON COLUMN loyalty.customer_stats.order_days IS
+	'Days (tracking time zone) with at least one order, all time: gained and lost as the day buckets change, kept when buckets are pruned';
+COMMENT ON COLUMN loyalty.customer_stats.first_day IS
+	'First day (tracking time zone) with an order, as the day buckets last showed it';
+COMMENT ON COLUMN loyalty.customer_stats.first_day_spend IS
+	'Spend of first_day (orders and refunds of that day): the part of spend_total that is not repeat spend (CLV)';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.customer_stats', '');
 

@@ -31,6 +31,7 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -90,6 +91,19 @@ RfmStatsAttno(TupleDesc desc, const char *name)
 	return -1;
 }
 
+/* 0-based position of a column of customer_stats, -1 when absent. */
+static int
+RfmStatsAttnoIf(TupleDesc desc, const char *name)
+{
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped &&
+			strcmp(NameStr(TupleDescAttr(desc, i)->attname), name) == 0)
+			return i;
+	return -1;
+}
+
 /* Positions of every column of customer_stats. */
 void
 RfmStatsColumns(TupleDesc desc, RfmStatsAtts *at)
@@ -104,6 +118,52 @@ RfmStatsColumns(TupleDesc desc, RfmStatsAtts *at)
 	at->score = RfmStatsAttno(desc, "score");
 	at->segment = RfmStatsAttno(desc, "segment");
 	at->since = RfmStatsAttno(desc, "since");
+	at->odays = RfmStatsAttnoIf(desc, "order_days");
+	at->fday = RfmStatsAttnoIf(desc, "first_day");
+	at->fspend = RfmStatsAttnoIf(desc, "first_day_spend");
+	if (at->odays < 0 || at->fday < 0 || at->fspend < 0)
+		at->odays = at->fday = at->fspend = -1;
+}
+
+/*
+ * Whether customer_stats has the all-time columns of the CLV summaries
+ * (0.3.0 on; a 0.2.0 schema under the new library has not).
+ */
+bool
+RfmStatsHasAllTime(void)
+{
+	return get_attnum(RfmStatsRelid(), "first_day_spend") != InvalidAttrNumber;
+}
+
+/*
+ * Follow a bucket change in the all-time columns (values in place): the
+ * order days gained minus lost, and the first order day with its spend
+ * taken from the merged buckets when they are not later than the day
+ * recorded, or when the old buckets still covered the recorded day (its
+ * orders were removed).  A first day pruned from the buckets stays as
+ * recorded.
+ */
+void
+RfmStatsTally(Datum *v, bool *nl, const RfmStatsAtts *at, RfmDays *old, RfmDays *merged)
+{
+	DateADT		f_old;
+	DateADT		f_new;
+	int64		before = RfmDaysOrderDays(old, &f_old);
+	int64		after = RfmDaysOrderDays(merged, &f_new);
+	int64		odays = DatumGetInt64(v[at->odays]) + after - before;
+
+	v[at->odays] = Int64GetDatum(Max(odays, 0));
+	if (after > 0 &&
+		(nl[at->fday] || f_new <= DatumGetDateADT(v[at->fday]) ||
+		 (RfmDaysCount(old) > 0 && RfmDaysFirstDay(old) <= DatumGetDateADT(v[at->fday]))))
+	{
+		RfmDaysSum	sum;
+
+		RfmDaysWindow(merged, f_new, f_new, &sum, true, CurrentMemoryContext);
+		v[at->fday] = DateADTGetDatum(f_new);
+		v[at->fspend] = NumericGetDatum(sum.spend);
+		nl[at->fday] = nl[at->fspend] = false;
+	}
 }
 
 /*
@@ -134,6 +194,8 @@ RfmStatsMerge(Datum *v, bool *nl, const RfmStatsAtts *at, const RfmStatsChange *
 	if (RfmDaysCount(old) == 0)
 		old = NULL;
 	merged = RfmDaysMerge(old, ch->days);
+	if (ch->days != NULL && at->odays >= 0)
+		RfmStatsTally(v, nl, at, old, merged);
 	nl[at->days] = (RfmDaysCount(merged) == 0);
 	v[at->days] = nl[at->days] ? (Datum) 0 : PointerGetDatum(merged);
 }
@@ -356,7 +418,7 @@ typedef enum RfmUpsertForm
 	RFM_UPSERT_FORMS
 } RfmUpsertForm;
 
-static SPIPlanPtr upsert_plan[RFM_UPSERT_FORMS][2];	/* [form][returning] */
+static SPIPlanPtr upsert_plan[RFM_UPSERT_FORMS][2][2];	/* [form][returning][all-time columns] */
 static Oid	upsert_days_type = InvalidOid;
 
 /*
@@ -370,23 +432,26 @@ static SPIPlanPtr
 RfmUpsertPlan(RfmUpsertForm form, bool returning)
 {
 	Oid			daysoid = RfmDaysTypeOid();
-	SPIPlanPtr *pp = &upsert_plan[form][returning];
+	bool		alltime = RfmStatsHasAllTime();
+	SPIPlanPtr *pp = &upsert_plan[form][returning][alltime];
 	Oid			elemtypes[7] = {TEXTOID, INT8OID, INT8OID, NUMERICOID,
 	TIMESTAMPTZOID, TIMESTAMPTZOID, daysoid};
 	Oid			argtypes[7];
 	StringInfoData sql;
 	int			i,
-				j;
+				j,
+				k;
 
 	if (daysoid != upsert_days_type)
 	{
 		for (i = 0; i < RFM_UPSERT_FORMS; i++)
 			for (j = 0; j < 2; j++)
-				if (upsert_plan[i][j])
-				{
-					SPI_freeplan(upsert_plan[i][j]);
-					upsert_plan[i][j] = NULL;
-				}
+				for (k = 0; k < 2; k++)
+					if (upsert_plan[i][j][k])
+					{
+						SPI_freeplan(upsert_plan[i][j][k]);
+						upsert_plan[i][j][k] = NULL;
+					}
 		upsert_days_type = daysoid;
 	}
 	if (*pp != NULL)
@@ -397,25 +462,76 @@ RfmUpsertPlan(RfmUpsertForm form, bool returning)
 	appendStringInfoString(&sql,
 						   "INSERT INTO loyalty.customer_stats AS s"
 						   " (customer_id, row_count, order_count, spend_total,"
-						   " first_order, last_order, days) ");
+						   " first_order, last_order, days");
+	appendStringInfoString(&sql, alltime ? ", order_days, first_day, first_day_spend) " : ") ");
 	if (form == RFM_UPSERT_MANY)
+	{
+		appendStringInfoString(&sql, alltime ? "SELECT u.*, t.*" : "SELECT u.*");
 		appendStringInfoString(&sql,
-							   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+							   " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
 							   " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
-							   " pg_catalog.unnest($6), pg_catalog.unnest($7)) ");
+							   " pg_catalog.unnest($6), pg_catalog.unnest($7)) AS u(c, r, o, sp, f, l, d)");
+		if (alltime)
+			appendStringInfoString(&sql, ", loyalty._rfm_days_tally(NULL, u.d, 0, NULL, NULL) AS t");
+	}
 	else
-		appendStringInfoString(&sql, "VALUES ($1, $2, $3, $4, $5, $6, $7) ");
+	{
+		appendStringInfoString(&sql, "SELECT $1, $2, $3, $4, $5, $6, $7");
+		if (alltime)
+			appendStringInfoString(&sql, ", t.* FROM loyalty._rfm_days_tally(NULL, $7, 0, NULL, NULL) AS t");
+	}
 	appendStringInfoString(&sql,
-						   "ON CONFLICT (customer_id) DO UPDATE SET"
+						   " ON CONFLICT (customer_id) DO UPDATE SET"
 						   " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
 						   " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
 						   " spend_total = s.spend_total OPERATOR(pg_catalog.+) excluded.spend_total,"
 						   " first_order = LEAST(s.first_order, excluded.first_order),"
 						   " last_order = GREATEST(s.last_order, excluded.last_order),"
 						   " days = loyalty._rfm_days_merge(s.days, excluded.days)");
+	if (alltime)
+		appendStringInfoString(&sql,
+							   ", (order_days, first_day, first_day_spend) = (SELECT t.* FROM"
+							   " loyalty._rfm_days_tally(s.days, loyalty._rfm_days_merge(s.days, excluded.days),"
+							   " s.order_days, s.first_day, s.first_day_spend) AS t)");
 	if (returning)
 		appendStringInfoString(&sql, " RETURNING s.customer_id, s.first_order, s.last_order");
 	return LoyaltyKeepPlan(pp, sql.data, 7, argtypes, 0);
+}
+
+/*
+ * loyalty._rfm_days_tally(old, merged, order_days, first_day,
+ * first_day_spend): RfmStatsTally for the statements that write
+ * customer_stats in SQL (upserts, the refresh's SQL path).
+ */
+PG_FUNCTION_INFO_V1(rfm_days_tally);
+Datum
+rfm_days_tally(PG_FUNCTION_ARGS)
+{
+	RfmStatsAtts at;
+	Datum		v[3];
+	bool		nl[3];
+	Datum		out[3];
+	bool		onl[3];
+	TupleDesc	desc;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "_rfm_days_tally must return a row");
+	memset(&at, 0, sizeof(at));
+	at.odays = 0;
+	at.fday = 1;
+	at.fspend = 2;
+	v[0] = PG_ARGISNULL(2) ? Int64GetDatum(0) : PG_GETARG_DATUM(2);
+	nl[0] = false;
+	v[1] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
+	nl[1] = PG_ARGISNULL(3);
+	v[2] = PG_ARGISNULL(4) ? (Datum) 0 : PG_GETARG_DATUM(4);
+	nl[2] = PG_ARGISNULL(4);
+	RfmStatsTally(v, nl, &at,
+				  PG_ARGISNULL(0) ? NULL : DatumGetRfmDays(PG_GETARG_DATUM(0)),
+				  PG_ARGISNULL(1) ? NULL : DatumGetRfmDays(PG_GETARG_DATUM(1)));
+	memcpy(out, v, sizeof(out));
+	memcpy(onl, nl, sizeof(onl));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), out, onl)));
 }
 
 /* RfmStoreCompute of RfmStatsApply: add the change. */
@@ -617,7 +733,14 @@ RfmStatsSetOrderTimes(char **keys, Datum *first, bool *first_null,
 void
 RfmStatsResetAll(void)
 {
-	if (SPI_execute("UPDATE loyalty.customer_stats SET row_count = 0, order_count = 0,"
+	if (SPI_execute(RfmStatsHasAllTime() ?
+					"UPDATE loyalty.customer_stats SET row_count = 0, order_count = 0,"
+					" spend_total = 0, first_order = NULL, last_order = NULL, days = NULL,"
+					" order_days = 0, first_day = NULL, first_day_spend = NULL"
+					" WHERE row_count OPERATOR(pg_catalog.<>) 0 OR days IS NOT NULL"
+					" OR spend_total OPERATOR(pg_catalog.<>) 0 OR last_order IS NOT NULL"
+					" OR order_days OPERATOR(pg_catalog.<>) 0" :
+					"UPDATE loyalty.customer_stats SET row_count = 0, order_count = 0,"
 					" spend_total = 0, first_order = NULL, last_order = NULL, days = NULL"
 					" WHERE row_count OPERATOR(pg_catalog.<>) 0 OR days IS NOT NULL"
 					" OR spend_total OPERATOR(pg_catalog.<>) 0 OR last_order IS NOT NULL",
@@ -778,7 +901,7 @@ RfmStoreScoresSql(Relation rel, Snapshot snap, RfmStatsScoreRow *rows, int n,
 	args[12] = TimestampTzGetDatum(as_of);
 	argtypes[13] = DATEOID;
 	args[13] = DateADTGetDatum(prune_before);
-	if (SPI_execute_with_args("UPDATE loyalty.customer_stats AS s SET"
+	if (SPI_execute_with_args(psprintf("UPDATE loyalty.customer_stats AS s SET"
 							  " row_count = s.row_count OPERATOR(pg_catalog.+) u.r,"
 							  " order_count = s.order_count OPERATOR(pg_catalog.+) u.o,"
 							  " spend_total = CASE WHEN u.fold"
@@ -788,6 +911,7 @@ RfmStoreScoresSql(Relation rel, Snapshot snap, RfmStatsScoreRow *rows, int n,
 							  " days = CASE WHEN u.prune THEN loyalty._rfm_days_prune(CASE WHEN u.fold"
 							  "  THEN loyalty._rfm_days_merge(s.days, u.d) ELSE s.days END, $14)"
 							  "  WHEN u.fold THEN loyalty._rfm_days_merge(s.days, u.d) ELSE s.days END,"
+							  "%s"
 							  " score = u.sc, segment = u.sg,"
 							  " since = CASE WHEN u.chg OR s.since IS NULL THEN $13 ELSE s.since END"
 							  " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
@@ -796,6 +920,11 @@ RfmStoreScoresSql(Relation rel, Snapshot snap, RfmStatsScoreRow *rows, int n,
 							  " pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11),"
 							  " pg_catalog.unnest($12)) AS u(c, r, o, sp, f, l, d, fold, prune, sc, sg, chg)"
 							  " WHERE s.customer_id OPERATOR(pg_catalog.=) u.c",
+							  RfmStatsHasAllTime() ?
+							  " (order_days, first_day, first_day_spend) = (SELECT t.* FROM"
+							  "  loyalty._rfm_days_tally(s.days, CASE WHEN u.fold"
+							  "  THEN loyalty._rfm_days_merge(s.days, u.d) ELSE s.days END,"
+							  "  s.order_days, s.first_day, s.first_day_spend) AS t)," : ""),
 							  14, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update scores in loyalty.customer_stats");
 }
@@ -818,6 +947,7 @@ RfmStoreInsertScored(RfmStatsScoreRow *rows, int n, TimestampTz as_of, DateADT p
 	bool	   *nl[10];
 	Oid			argtypes[10];
 	Datum		args[10];
+	bool		alltime;
 	int			i,
 				k,
 				m = 0;
@@ -861,13 +991,14 @@ RfmStoreInsertScored(RfmStatsScoreRow *rows, int n, TimestampTz as_of, DateADT p
 		argtypes[k] = get_array_type(elemtypes[k]);
 		args[k] = PointerGetDatum(RfmMakeArray(v[k], nl[k], m, elemtypes[k]));
 	}
-	if (SPI_execute_with_args("INSERT INTO loyalty.customer_stats AS s"
+	alltime = RfmStatsHasAllTime();
+	if (SPI_execute_with_args(psprintf("INSERT INTO loyalty.customer_stats AS s"
 							  " (customer_id, row_count, order_count, spend_total, first_order,"
-							  " last_order, days, score, segment, since)"
-							  " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+							  " last_order, days, score, segment, since%s)"
+							  " SELECT u.*%s FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
 							  " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
 							  " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-							  " pg_catalog.unnest($9), pg_catalog.unnest($10))"
+							  " pg_catalog.unnest($9), pg_catalog.unnest($10)) AS u(c, r, o, sp, f, l, d, sc, sg, si)%s"
 							  " ON CONFLICT (customer_id) DO UPDATE SET"
 							  " row_count = s.row_count OPERATOR(pg_catalog.+) excluded.row_count,"
 							  " order_count = s.order_count OPERATOR(pg_catalog.+) excluded.order_count,"
@@ -875,10 +1006,18 @@ RfmStoreInsertScored(RfmStatsScoreRow *rows, int n, TimestampTz as_of, DateADT p
 							  " first_order = LEAST(s.first_order, excluded.first_order),"
 							  " last_order = GREATEST(s.last_order, excluded.last_order),"
 							  " days = loyalty._rfm_days_merge(s.days, excluded.days),"
+							  "%s"
 							  " score = excluded.score, segment = excluded.segment,"
 							  " since = CASE WHEN s.since IS NOT NULL"
 							  " AND s.segment OPERATOR(pg_catalog.=) excluded.segment"
 							  " THEN s.since ELSE excluded.since END",
+							  alltime ? ", order_days, first_day, first_day_spend" : "",
+							  alltime ? ", t.*" : "",
+							  alltime ? ", loyalty._rfm_days_tally(NULL, u.d, 0, NULL, NULL) AS t" : "",
+							  alltime ?
+							  " (order_days, first_day, first_day_spend) = (SELECT t.* FROM"
+							  "  loyalty._rfm_days_tally(s.days, loyalty._rfm_days_merge(s.days, excluded.days),"
+							  "  s.order_days, s.first_day, s.first_day_spend) AS t)," : ""),
 							  10, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert new customers into loyalty.customer_stats");
 }

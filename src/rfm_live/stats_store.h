@@ -71,7 +71,10 @@ typedef struct RfmStatsAtts
 				days,
 				score,
 				segment,
-				since;
+				since,
+				odays,			/* order_days, first_day, first_day_spend */
+				fday,
+				fspend;
 } RfmStatsAtts;
 
 /* The first and last order times a row holds after a change. */
@@ -103,6 +106,8 @@ typedef struct RfmStatsScoreRow
 
 extern Oid	RfmStatsRelid(void);
 extern void RfmStatsColumns(TupleDesc desc, RfmStatsAtts *at);
+extern bool RfmStatsHasAllTime(void);
+extern void RfmStatsTally(Datum *v, bool *nl, const RfmStatsAtts *at, RfmDays *old, RfmDays *merged);
 extern void RfmStatsMerge(Datum *v, bool *nl, const RfmStatsAtts *at, const RfmStatsChange *ch);
 
 /* fold, back-fill, rebuild (rfm_track.c) */
