@@ -61,6 +61,20 @@
 #define RelationGetPrimaryKeyIndex_compat(rel) RelationGetPrimaryKeyIndex(rel)
 #endif
 
+/*
+ * interval_out() of PostgreSQL 13 and 14 splits an interval into a struct
+ * pg_tm, whose int tm_hour cannot hold a time field of 2^31 hours or more:
+ * it raises 22008 "interval out of range" for a value it accepted as
+ * input.  From 15 on the hours are an int64 (struct pg_itm).
+ */
+#if PG_VERSION_NUM >= 150000
+#define LoyaltyIntervalOutFits(iv) ((void) (iv), true)
+#else
+#define LoyaltyIntervalOutFits(iv) \
+	((iv)->time / USECS_PER_HOUR <= PG_INT32_MAX && \
+	 (iv)->time / USECS_PER_HOUR >= PG_INT32_MIN)
+#endif
+
 /* Numeric infinities exist from PostgreSQL 14. */
 #if PG_VERSION_NUM < 140000
 #define numeric_is_inf(num) ((void) (num), false)
