@@ -1,5 +1,6 @@
 --
--- loyalty: module loading, version, reserved settings, access levels
+-- loyalty: module loading, version, access levels (the loyalty.* settings'
+-- prefix: guc_prefix.sql)
 --
 
 -- the loaded library matches the installed SQL objects
@@ -10,10 +11,6 @@ FROM pg_extension WHERE extname = 'loyalty';
 SELECT extrelocatable, extnamespace::regnamespace AS schema
 FROM pg_extension WHERE extname = 'loyalty';
 ALTER EXTENSION loyalty SET SCHEMA public;
-
--- loyalty.* is reserved once the library is loaded: a misspelt setting is
--- an error, not a silent placeholder
-SET loyalty.no_such_setting = 'x';
 
 -- nothing is granted to PUBLIC
 SELECT count(*) AS public_function_grants

@@ -174,10 +174,18 @@ COPY trk.orders (id, customer, ordered_at, amount) FROM stdin;
 \.
 INSERT INTO trk.orders (id, customer, ordered_at, amount) VALUES (1002, 30, '2026-06-02 10:00+00', 7.50)
 ON CONFLICT (id) DO UPDATE SET amount = excluded.amount;
+-- (MERGE exists from PostgreSQL 15; before it, the same changes as an
+-- UPDATE and an INSERT)
+SELECT current_setting('server_version_num')::integer >= 150000 AS has_merge \gset
+\if :has_merge
 MERGE INTO trk.orders o
 USING (VALUES (1001::bigint, 31::bigint), (1003, 31)) AS v(id, customer) ON o.id = v.id
 WHEN MATCHED THEN UPDATE SET customer = v.customer
 WHEN NOT MATCHED THEN INSERT (id, customer, ordered_at, amount) VALUES (v.id, v.customer, '2026-06-03 10:00+00', 1);
+\else
+UPDATE trk.orders SET customer = 31 WHERE id = 1001;
+INSERT INTO trk.orders (id, customer, ordered_at, amount) VALUES (1003, 31, '2026-06-03 10:00+00', 1);
+\endif
 SELECT * FROM trk.stats WHERE customer_id IN ('30', '31');
 SELECT * FROM trk.check();
 

@@ -10,7 +10,10 @@
 #
 # The cache is $LOYALTY_PG_CACHE (default /var/cache/loyalty/pg), one
 # directory per version; a finished build is reused (it is marked complete
-# only after `make install` of the server and contrib succeeded).  Builds
+# only after `make install` of the server, contrib and the isolation tester
+# succeeded).  A cached build that lacks a program the suites run (a cache
+# made by an earlier version of this script: PostgreSQL 13's `make install`
+# does not install pg_isolation_regress, 14+ does) is rebuilt.  Builds
 # without readline, zlib, ICU and docs; PostgreSQL 18's tarball needs bison
 # and flex (installed from Debian's archive when missing).  About 5 minutes
 # on 2 cores, once per machine.
@@ -33,7 +36,19 @@ add_pgtap() {
 	done
 	return 0
 }
-if [ -e "$prefix/.complete" ]; then
+# What test/run.sh needs from the installation besides the server: the
+# client programs and PGXS's two test drivers.
+complete() {
+	local pgxs f
+	[ -e "$prefix/.complete" ] && [ -x "$prefix/bin/pg_config" ] || return 1
+	pgxs=$(dirname "$(dirname "$("$prefix/bin/pg_config" --pgxs)")")
+	for f in "$prefix/bin/psql" "$prefix/bin/pgbench" "$prefix/bin/pg_dump" \
+		"$pgxs/test/regress/pg_regress" "$pgxs/test/isolation/pg_isolation_regress" \
+		"$pgxs/test/isolation/isolationtester"; do
+		[ -x "$f" ] || { echo "$f is missing" >&2; return 1; }
+	done
+}
+if complete; then
 	add_pgtap
 	echo "$prefix/bin/pg_config"
 	exit 0
@@ -59,6 +74,16 @@ rm -rf "$prefix"
 make -s -j"$(nproc)" >"$build/make.log" 2>&1 || { tail -30 "$build/make.log" >&2; exit 1; }
 make -s install >"$build/install.log" 2>&1 || { tail -30 "$build/install.log" >&2; exit 1; }
 make -s -C contrib -j"$(nproc)" install >"$build/contrib.log" 2>&1 || { tail -30 "$build/contrib.log" >&2; exit 1; }
+# PGXS's installcheck runs pg_isolation_regress (which runs isolationtester
+# from its own directory) from the installation's pgxs/src/test/isolation;
+# 14+ installs both with the server, 13 builds them but installs nothing
+make -s -C src/test/isolation all >"$build/isolation.log" 2>&1 || { tail -30 "$build/isolation.log" >&2; exit 1; }
+isodir=$(dirname "$(dirname "$("$prefix/bin/pg_config" --pgxs)")")/test/isolation
+mkdir -p "$isodir"
+for f in pg_isolation_regress isolationtester; do
+	[ -x "$isodir/$f" ] || install -m 755 "src/test/isolation/$f" "$isodir/$f"
+done
 touch "$prefix/.complete"
+complete || { echo "the PostgreSQL $version build in $prefix is incomplete" >&2; exit 1; }
 add_pgtap
 echo "$prefix/bin/pg_config"

@@ -2,13 +2,13 @@
 # test/run.sh: run every loyalty test suite on throwaway clusters, on every
 # PostgreSQL version loyalty is tested on.
 #
-#   bash test/run.sh                            # PostgreSQL 15 (system) and 18
+#   bash test/run.sh                            # PostgreSQL 13, 15 (system) and 18
 #   LOYALTY_TEST_VERSIONS=15 bash test/run.sh   # only the named versions
 #   PG_CONFIG=/path/to/pg_config bash test/run.sh   # only that installation
 #
 # For each version: installs missing Debian packages (the system server is
-# 15; another version is built once from ../shared/vendor by
-# test/pg_build.sh, with assertions, into a cache outside the checkout),
+# 15; 13 and 18 are built once from ../shared/vendor by test/pg_build.sh,
+# with assertions, into a cache outside the checkout),
 # builds and installs the extension, starts a throwaway cluster (or uses
 # PGHOST/PGPORT), then runs
 #   1. pg_regress     sql/*.sql against expected/*.out
@@ -25,7 +25,7 @@ if [ -z "${PG_CONFIG:-}" ] && [ -z "${LOYALTY_RUN_ONE:-}" ]; then
 	root=$(cd "$(dirname "$0")/.." && pwd)
 	total_passed=0
 	total_failed=0
-	for v in ${LOYALTY_TEST_VERSIONS:-15 18}; do
+	for v in ${LOYALTY_TEST_VERSIONS:-13 15 18}; do
 		echo "==> PostgreSQL $v" >&2
 		cfg=
 		if [ "$v" != 15 ]; then

@@ -1,9 +1,14 @@
 /*
  * compat.h
- *		Differences between the PostgreSQL versions loyalty supports (13-17).
+ *		Differences between the PostgreSQL versions loyalty supports (13-18).
  *
  * Every #if on PG_VERSION_NUM lives here, so the rest of the code is written
- * against one API.
+ * against one API.  Each #if tests the release that changed the API: the
+ * branch at or above it is the API as PostgreSQL 18 has it, the branch below
+ * it the API of 15 or 13; the test suites compile (-Werror) and run on 13,
+ * 15 and 18, so both sides of every test are compiled.  14, 16 and 17 are
+ * not compiled: their path is right when each test names the right release
+ * (each was checked against that release's change, noted with it).
  */
 #ifndef LOYALTY_COMPAT_H
 #define LOYALTY_COMPAT_H
@@ -17,9 +22,11 @@
 #endif
 
 /*
- * MarkGUCPrefixReserved() appeared in PostgreSQL 15; before that the same
- * effect (complain about unknown loyalty.* settings) came from
- * EmitWarningsOnPlaceholders().
+ * MarkGUCPrefixReserved() appeared in PostgreSQL 15: from then on a
+ * misspelt loyalty.* setting is an error.  Before, a prefix cannot be
+ * reserved: EmitWarningsOnPlaceholders() warns at load about loyalty.*
+ * placeholders already set, and later ones are accepted silently
+ * (sql/guc_prefix.sql, expected/guc_prefix_1.out).
  */
 #if PG_VERSION_NUM < 150000
 #define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)
@@ -61,7 +68,21 @@
 #define RelationGetPrimaryKeyIndex_compat(rel) RelationGetPrimaryKeyIndex(rel)
 #endif
 
-/* Numeric infinities exist from PostgreSQL 14. */
+/*
+ * interval_out() of PostgreSQL 13 and 14 splits an interval into a struct
+ * pg_tm, whose int tm_hour cannot hold a time field of 2^31 hours or more:
+ * it raises 22008 "interval out of range" for a value it accepted as
+ * input.  From 15 on the hours are an int64 (struct pg_itm).
+ */
+#if PG_VERSION_NUM >= 150000
+#define LoyaltyIntervalOutFits(iv) ((void) (iv), true)
+#else
+#define LoyaltyIntervalOutFits(iv) \
+	((iv)->time / USECS_PER_HOUR <= PG_INT32_MAX && \
+	 (iv)->time / USECS_PER_HOUR >= PG_INT32_MIN)
+#endif
+
+/* Numeric infinities exist from PostgreSQL 14: before, no numeric is one. */
 #if PG_VERSION_NUM < 140000
 #define numeric_is_inf(num) ((void) (num), false)
 #endif
@@ -69,16 +90,6 @@
 /* varatt.h was split out of postgres.h in PostgreSQL 16. */
 #if PG_VERSION_NUM >= 160000
 #include "varatt.h"
-#endif
-
-/*
- * Numeric infinity exists from PostgreSQL 14; before that no numeric is
- * infinite.
- */
-#if PG_VERSION_NUM >= 140000
-#define numeric_is_inf_compat(n) numeric_is_inf(n)
-#else
-#define numeric_is_inf_compat(n) ((void) (n), false)
 #endif
 
 /*

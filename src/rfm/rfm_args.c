@@ -15,6 +15,8 @@
  */
 #include "rfm_args.h"
 
+#include "loyalty_time.h"
+
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -78,8 +80,7 @@ RfmCheckInterval(const Interval *iv, const char *name)
 				 errmsg("%s must be at most %d years long", name, RFM_MAX_INTERVAL_YEARS),
 				 errdetail("%s is \"%s\"; it may span at most %d years, and so may each of its months, days and time.",
 						   name,
-						   DatumGetCString(DirectFunctionCall1(interval_out,
-															   IntervalPGetDatum(iv))),
+						   LoyaltyIntervalText(iv),
 						   RFM_MAX_INTERVAL_YEARS)));
 }
 

@@ -794,7 +794,7 @@ RfmDaysCheckEntry(const char *input, RfmDayEntry *e, RfmDayEntry *prev)
 		RfmDaysSyntaxError(input, "Bucket days must be strictly ascending.");
 	if (e->orders < 0)
 		RfmDaysSyntaxError(input, "A bucket cannot hold a negative number of orders.");
-	if (numeric_is_nan(e->spend) || numeric_is_inf_compat(e->spend))
+	if (numeric_is_nan(e->spend) || numeric_is_inf(e->spend))
 		RfmDaysSyntaxError(input, "A bucket spend must be a finite number.");
 	if (e->orders == 0 && LoyaltyNumericIsZero(e->spend))
 		RfmDaysSyntaxError(input, "A bucket cannot be empty (no order and zero spend).");
@@ -1018,7 +1018,7 @@ day_buckets_recv(PG_FUNCTION_ARGS)
 															   Int32GetDatum(-1)));
 		if (DATE_NOT_FINITE(entries[i].day) || entries[i].orders < 0 ||
 			(i > 0 && entries[i].day <= entries[i - 1].day) ||
-			numeric_is_nan(entries[i].spend) || numeric_is_inf_compat(entries[i].spend) ||
+			numeric_is_nan(entries[i].spend) || numeric_is_inf(entries[i].spend) ||
 			(entries[i].orders == 0 && LoyaltyNumericIsZero(entries[i].spend)))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
