@@ -13,7 +13,9 @@ BEGIN
 	RETURN 'ok';
 EXCEPTION WHEN others THEN
 	GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
-	RETURN SQLSTATE || ': ' || SQLERRM || ' ' || COALESCE(d, '');
+	-- generated codes are random: masked
+	RETURN regexp_replace(SQLSTATE || ': ' || SQLERRM || ' ' || COALESCE(d, ''),
+						  'REF-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]+', 'REF-####-####-###', 'g');
 END $$;
 
 --
