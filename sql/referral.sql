@@ -4,6 +4,8 @@
 --
 SET timezone = 'UTC';
 SET datestyle = 'ISO, YMD';
+-- one transaction, rolled back: the tests after this one see no trace
+BEGIN;
 
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
@@ -177,3 +179,5 @@ FROM loyalty.referral_kpi ORDER BY program;
 -- into debt is the points family's own check_integrity finding, any
 -- reversal of spent points shows it; not a referral matter)
 SELECT * FROM loyalty.check_integrity() WHERE customer_id <> 'ann';
+
+ROLLBACK;
