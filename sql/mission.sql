@@ -73,6 +73,8 @@ SELECT * FROM loyalty.mission_order('c2', 'p1', 25, at => '2026-01-31') WHERE mi
 SELECT * FROM loyalty.mission_order('c2', 'p2', 25, at => '2026-02-01') WHERE mission_id = 'streak-4';
 SELECT * FROM loyalty.mission_order('c2', 'p3', 25, at => '2026-03-15') WHERE mission_id = 'streak-4';
 SELECT * FROM loyalty.mission_order('c2', 'p4', 25, at => '2026-04-30') WHERE mission_id = 'streak-4';
+-- another customer completing the same mission gets a reward of its own
+SELECT * FROM loyalty.mission_order('c2', 'p5', 250, at => '2026-04-30') WHERE mission_id = 'spend-200';
 SELECT mission_id, attempt, progress, status, message FROM loyalty.mission_progress('c2', at => '2026-05-01')
 WHERE mission_id = 'streak-4';
 

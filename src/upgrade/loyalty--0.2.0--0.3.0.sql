@@ -4856,7 +4856,7 @@ COMMENT ON COLUMN loyalty.mission.period IS 'days: an attempt lasts period_days 
 COMMENT ON COLUMN loyalty.mission.period_days IS 'Length of an attempt for period = days';
 COMMENT ON COLUMN loyalty.mission.recurrence IS 'once (one completion ever), repeat (a new attempt after each completion), each_period (at most one completion per period)';
 COMMENT ON COLUMN loyalty.mission.activation IS 'automatic (every customer) or opt_in (mission_join first)';
-COMMENT ON COLUMN loyalty.mission.reward_points IS 'Points credited on completion (reference mission:<mission_id>:<attempt>)';
+COMMENT ON COLUMN loyalty.mission.reward_points IS 'Points credited on completion (reference mission:<mission_id>:<customer_id>:<attempt>:<undone>)';
 COMMENT ON COLUMN loyalty.mission.pending_days IS 'The reward stays pending this many days (the return window); a refund before then undoes the completion';
 COMMENT ON COLUMN loyalty.mission.starts_at IS 'Progress counts from then (NULL: always)';
 COMMENT ON COLUMN loyalty.mission.ends_at IS 'End date: no progress from then (NULL: open)';
@@ -4968,6 +4968,26 @@ COMMENT ON FUNCTION loyalty._mission_period_end(loyalty.mission, timestamptz) IS
 	'Internal: end of an attempt started at a time (NULL for streaks)';
 
 /*
+ * The points reference of a completion's reward:
+ * mission:<mission_id>:<customer_id>:<attempt>:<undone> (references are
+ * global, one owner each), the customer's id as SHA-256 hex when that
+ * would pass the 256-byte limit.
+ */
+CREATE FUNCTION loyalty._mission_reference(customer_id text, mission_id text, attempt integer, undone integer)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.concat_ws(':', 'mission', $2,
+			   CASE WHEN pg_catalog.octet_length($1) OPERATOR(pg_catalog.<=) 160 THEN $1
+					ELSE pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to($1, 'UTF8')), 'hex') END,
+			   $3, $4)
+$$;
+
+COMMENT ON FUNCTION loyalty._mission_reference(text, text, integer, integer) IS
+	'Internal: points reference of a mission reward (mission:<mission_id>:<customer_id>:<attempt>:<undone>)';
+
+/*
  * Count one order or event (source_ref) for one mission of a customer: the
  * attempt it falls in (a new one when the last is over and the recurrence
  * allows), the progress, and on reaching the target the completion and
@@ -5055,7 +5075,7 @@ BEGIN
 		WHERE x.customer_id = customer_id AND x.mission_id = m.mission_id AND x.attempt = a.attempt;
 		IF m.reward_points > 0 THEN
 			PERFORM loyalty.points_earn(customer_id,
-										'mission:' || m.mission_id || ':' || a.attempt || ':' || a.undone,
+										loyalty._mission_reference(customer_id, m.mission_id, a.attempt, a.undone),
 										m.reward_points, at => at,
 										reason => 'mission ' || m.mission_id || ' completed',
 										pending_until => CASE WHEN m.pending_days > 0 THEN a.pending_until END,
@@ -5228,7 +5248,7 @@ BEGIN
 		IF a.status = 'completed' AND a.progress < c.m_target AND at < a.pending_until THEN
 			IF a.reward_points > 0 THEN
 				PERFORM loyalty.points_reverse(customer_id,
-											   'mission:' || c.mission_id || ':' || a.attempt || ':' || a.undone, at => at);
+											   loyalty._mission_reference(customer_id, c.mission_id, a.attempt, a.undone), at => at);
 			END IF;
 			a.status := 'active';
 			a.undone := a.undone + 1;
