@@ -4881,6 +4881,19 @@ COMMENT ON COLUMN loyalty.mission_optin.opted_at IS 'Business time of the opt-in
 SELECT pg_catalog.pg_extension_config_dump('loyalty.mission_optin'::pg_catalog.regclass, ''::pg_catalog.text);
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.mission_optin'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
+CREATE TABLE loyalty.mission_customer (
+	customer_id		text COLLATE "C" NOT NULL PRIMARY KEY,
+	last_at			timestamptz NOT NULL
+);
+
+COMMENT ON TABLE loyalty.mission_customer IS
+	'One row per customer with mission progress: its lock serialises the customer''s mission calls (two orders of one customer at once count one after the other)';
+COMMENT ON COLUMN loyalty.mission_customer.customer_id IS 'The customer';
+COMMENT ON COLUMN loyalty.mission_customer.last_at IS 'Business time of the last order or event counted';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.mission_customer'::pg_catalog.regclass, ''::pg_catalog.text);
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.mission_customer'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
 CREATE TABLE loyalty.mission_attempt (
 	customer_id		text COLLATE "C" NOT NULL,
 	mission_id		text COLLATE "C" NOT NULL,
@@ -4986,6 +4999,24 @@ $$;
 
 COMMENT ON FUNCTION loyalty._mission_reference(text, text, integer, integer) IS
 	'Internal: points reference of a mission reward (mission:<mission_id>:<customer_id>:<attempt>:<undone>)';
+
+/*
+ * Lock the customer's mission row (created on first use): the customer's
+ * mission calls run one after the other, so two orders at once cannot both
+ * start an attempt or both complete one.
+ */
+CREATE FUNCTION loyalty._mission_lock(customer_id text, at timestamptz)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	INSERT INTO loyalty.mission_customer AS c (customer_id, last_at) VALUES ($1, $2)
+	ON CONFLICT ON CONSTRAINT mission_customer_pkey
+	DO UPDATE SET last_at = GREATEST(c.last_at, EXCLUDED.last_at)
+$$;
+
+COMMENT ON FUNCTION loyalty._mission_lock(text, timestamptz) IS
+	'Internal: lock (create) the customer''s mission row';
 
 /*
  * Count one order or event (source_ref) for one mission of a customer: the
@@ -5147,6 +5178,7 @@ AS $$
 DECLARE
 	m loyalty.mission;
 	a loyalty.mission_attempt;
+	locked boolean := false;
 BEGIN
 	IF customer_id IS NULL OR order_ref IS NULL OR amount IS NULL OR at IS NULL THEN
 		RAISE EXCEPTION 'customer_id, order_ref, amount and at must not be null'
@@ -5161,6 +5193,10 @@ BEGIN
 			   AND (x.category IS NULL OR x.category = ANY (categories))
 			 ORDER BY x.mission_id
 	LOOP
+		IF NOT locked THEN
+			PERFORM loyalty._mission_lock(customer_id, at);
+			locked := true;
+		END IF;
 		a := loyalty._mission_count(customer_id, m, order_ref, amount, at);
 		IF a.attempt IS NOT NULL THEN
 			mission_id := m.mission_id; attempt := a.attempt; progress := a.progress;
@@ -5186,6 +5222,7 @@ AS $$
 DECLARE
 	m loyalty.mission;
 	a loyalty.mission_attempt;
+	locked boolean := false;
 BEGIN
 	IF customer_id IS NULL OR reference IS NULL OR event IS NULL OR at IS NULL THEN
 		RAISE EXCEPTION 'customer_id, reference, event and at must not be null'
@@ -5198,6 +5235,10 @@ BEGIN
 			   AND (x.starts_at IS NULL OR x.starts_at <= at) AND (x.ends_at IS NULL OR at < x.ends_at)
 			 ORDER BY x.mission_id
 	LOOP
+		IF NOT locked THEN
+			PERFORM loyalty._mission_lock(customer_id, at);
+			locked := true;
+		END IF;
 		a := loyalty._mission_count(customer_id, m, reference, 1, at);
 		IF a.attempt IS NOT NULL THEN
 			mission_id := m.mission_id; attempt := a.attempt; progress := a.progress;
@@ -5235,6 +5276,10 @@ BEGIN
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
 	PERFORM loyalty._points_check_key('customer_id'::text, customer_id);
+	IF EXISTS (SELECT 1 FROM loyalty.mission_contribution k
+			   WHERE k.customer_id = customer_id AND k.source_ref = order_ref AND k.rolled_back_at IS NULL) THEN
+		PERFORM loyalty._mission_lock(customer_id, at);
+	END IF;
 	FOR c IN SELECT k.mission_id, k.attempt, k.delta, m.target AS m_target
 			 FROM loyalty.mission_contribution k JOIN loyalty.mission m ON m.mission_id = k.mission_id
 			 WHERE k.customer_id = customer_id AND k.source_ref = order_ref AND k.rolled_back_at IS NULL
