@@ -1,5 +1,7 @@
 --
--- missions: targets over a period, recurrence, opt-in, rewards pending until
+-- missions (named to run after the points tests: the ledger identities it
+-- consumes, rolled back or not, would shift their expected entry ids):
+-- targets over a period, recurrence, opt-in, rewards pending until
 -- the return window closes, refunds rolling progress back, progress query
 -- and analyst view
 --
