@@ -1,0 +1,69 @@
+-- Demo part 75: missions on the sample shop.
+--
+-- Two missions: order 3 months in a row (a streak, 300 points) and spend
+-- 150 in a month (each month, 50 points, pending 14 days).  The shop's own
+-- order trigger reports every new order to loyalty.mission_order.  Two
+-- newcomers order from August to November 2026: one keeps the streak, the
+-- other misses September and starts over; the refund of the order that
+-- completed both of October's missions undoes the monthly one (its reward
+-- was still pending) and leaves the streak's (already settled).
+\pset footer off
+SET search_path = loyalty, public;
+
+\echo
+\echo '=== missions ==='
+INSERT INTO mission (mission_id, description, kind, target, recurrence, reward_points)
+VALUES ('streak-3', 'Order 3 months in a row', 'streak', 3, 'once', 300);
+INSERT INTO mission (mission_id, description, kind, target, period, recurrence, reward_points, pending_days)
+VALUES ('spend-150', 'Spend 150 in a month', 'spend', 150, 'month', 'each_period', 50, 14);
+
+\echo
+\echo '--- the shop reports each new order from its own trigger ---'
+CREATE FUNCTION shop.mission_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM loyalty.mission_order(NEW.customer_id::text, NEW.order_id::text, NEW.amount, at => NEW.ordered_at);
+	RETURN NULL;
+END $$;
+CREATE TRIGGER mission_seen AFTER INSERT ON shop.orders
+	FOR EACH ROW WHEN (NEW.status = 'completed') EXECUTE FUNCTION shop.mission_seen();
+
+SELECT string_agg(c.customer_id::text, ' ' ORDER BY c.customer_id) AS pair
+FROM (SELECT c.customer_id FROM shop.customers c
+	  WHERE NOT EXISTS (SELECT 1 FROM shop.orders o WHERE o.customer_id = c.customer_id)
+	    AND NOT EXISTS (SELECT 1 FROM points_account a WHERE a.customer_id = c.customer_id::text)
+	  ORDER BY c.customer_id LIMIT 2) c \gset
+SELECT split_part(:'pair', ' ', 1) AS keeper, split_part(:'pair', ' ', 2) AS skipper \gset
+
+INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, shipping, amount)
+SELECT (SELECT max(order_id) FROM shop.orders) + row_number() OVER (ORDER BY v.at, v.c), v.c, v.at, 'completed', 4.90, v.amount
+FROM (VALUES (:'keeper'::bigint, timestamptz '2026-08-12 10:00+00', 60.00),
+			 (:'keeper', '2026-09-03 18:30+00', 95.00),
+			 (:'keeper', '2026-09-21 09:15+00', 70.00),
+			 (:'keeper', '2026-10-08 12:00+00', 160.00),
+			 (:'skipper', '2026-08-20 11:00+00', 30.00),
+			 (:'skipper', '2026-10-02 16:45+00', 55.00),
+			 (:'skipper', '2026-11-05 08:00+00', 35.00)) AS v(c, at, amount)
+ORDER BY v.at;
+
+\echo
+\echo '--- progress as each customer sees it (on 2026-11-06) ---'
+SELECT p.customer, m.mission_id, m.progress, m.status, m.message
+FROM (VALUES (:'keeper'), (:'skipper')) AS p(customer),
+	 LATERAL mission_progress(p.customer, at => '2026-11-06') m
+ORDER BY p.customer, m.mission_id;
+
+\echo
+\echo '--- the keeper''s rewards: September''s and October''s spend (pending 14 days), the streak ---'
+SELECT customer_id, kind, points, reference, effective_at::date FROM points_ledger
+WHERE customer_id = :'keeper' ORDER BY entry_id;
+
+\echo
+\echo '--- the October order (160) is returned on 2026-10-15: October''s spend is undone, the streak stands ---'
+SELECT o.order_id AS oct_order FROM shop.orders o
+WHERE o.customer_id = :'keeper'::bigint AND o.ordered_at = '2026-10-08 12:00+00' \gset
+SELECT * FROM mission_refund(:'keeper', :'oct_order', at => '2026-10-15');
+SELECT customer_id, kind, points, reference FROM points_ledger WHERE customer_id = :'keeper' ORDER BY entry_id;
+
+\echo
+\echo '--- the analyst view ---'
+SELECT * FROM mission_stats ORDER BY mission_id;
