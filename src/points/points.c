@@ -275,8 +275,8 @@ PointsSettleIfDue(PointsAccount *acct, TimestampTz at)
 
 	elem = CStringGetTextDatum(acct->customer_id);
 	memset(&settled, 0, sizeof(settled));
-	PointsSettle(PointerGetDatum(construct_array(&elem, 1, TEXTOID, -1, false, TYPALIGN_INT)), at,
-				 &settled);
+	PointsSettle(PointerGetDatum(construct_array(&elem, 1, TEXTOID, -1, false, TYPALIGN_INT)),
+				 (Datum) 0, at, &settled);
 	if (settled.accounts != 1)
 		elog(ERROR, "settling the points account of \"%s\" failed", acct->customer_id);
 	acct->available = settled.available;

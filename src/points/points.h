@@ -310,7 +310,7 @@ typedef struct PointsSettled
 } PointsSettled;
 
 /* points_expire.c */
-extern void PointsSettle(Datum customers, TimestampTz as_of, PointsSettled *out);
+extern void PointsSettle(Datum customers, Datum account_rows, TimestampTz as_of, PointsSettled *out);
 
 /* points_return.c */
 extern void PointsReturnedOf(const char *customer_id, int64 earn_id, int64 *taken, int64 *qualifying,
