@@ -12,14 +12,20 @@
  * that transaction or the next run, and the job never waits for the app) and
  * settles each batch with PointsSettle(), which the inline path uses too.
  *
- * PointsSettle() is set-based: one statement reads every open lot of the
- * batch's accounts, C decides per lot and per account (due, expiring,
- * activated, the new next_event_at, the ledger's lot arrays), one UPDATE
- * changes the due lots by their row addresses and one statement updates
- * the accounts and inserts their expiry entries from arrays.  The accounts
- * are locked before the first of them, so the lots cannot change between
- * the read and the update (only a holder of the account lock writes them);
- * the update checks that it changed every lot it was given all the same.
+ * PointsSettle() works on a batch: the accounts are picked and locked in
+ * one statement and handed over in key order (customer_id), C decides per
+ * lot and per account (due, expiring, activated, the new next_event_at,
+ * the ledger's lot arrays).  The writes are done below the executor when
+ * the tables are as the extension made them (SettleDirect, see its
+ * section): one pass over the batch's open lots in row-address order,
+ * updating each due lot as it is read, then each account and its expire
+ * entry in key order.  Otherwise three statements do it: one reads the
+ * lots, one UPDATE changes the due lots by their row addresses and one
+ * statement updates the accounts and inserts their expiry entries from
+ * arrays.  The accounts are locked before the first of them, so the lots
+ * cannot change between the read and the update (only a holder of the
+ * account lock writes them); both paths check that they changed every lot
+ * they meant to all the same.
  */
 #include "postgres.h"
 
