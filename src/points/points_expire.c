@@ -418,11 +418,13 @@ SettleArray(Datum *elems, bool *nulls, int n, Oid type)
  * expire_points settles up to millions of lots a night; through the three
  * statements above, reading the lots, fetching them again to update them
  * and joining the accounts with arrays cost about as much as the lot
- * updates themselves.  SettleDirect() does the same writes in one pass per
- * account, in the order of the accounts given (expire_points gives them in
- * key order): it reads the account row through its primary key and the
- * open lots through points_lot_open_idx, updates each due lot as soon as
- * it is read, then updates the account and appends its expire entry.
+ * updates themselves.  SettleDirect() does the same writes in one pass:
+ * it takes the batch's open lots' addresses from points_lot_open_idx,
+ * fetches the lots in address order (each heap page once) and updates each
+ * due lot as soon as it is read; then, in the order of the accounts given
+ * (expire_points gives them in key order), it updates each account (found
+ * at the address its lock returned, else by primary key) and appends its
+ * expire entry.
  * Every row is written as the statements write it: heap update or insert,
  * the table's NOT NULL and CHECK constraints checked (ExecConstraints), and
  * an entry in every index (ExecInsertIndexTuples: partial index predicates,
