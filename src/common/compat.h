@@ -246,6 +246,15 @@ typedef bool LoyaltyUpdateIndexes;
 	index_insert(rel, v, n, tid, heap, chk, info)
 #endif
 
+/* getIdentitySequence() takes the relation instead of its OID from PostgreSQL 17 on. */
+#if PG_VERSION_NUM >= 170000
+#define getIdentitySequence_compat(rel, attnum, missing_ok) \
+	getIdentitySequence(rel, attnum, missing_ok)
+#else
+#define getIdentitySequence_compat(rel, attnum, missing_ok) \
+	getIdentitySequence(RelationGetRelid(rel), attnum, missing_ok)
+#endif
+
 /* index_beginscan() gained an instrumentation argument in PostgreSQL 18. */
 #if PG_VERSION_NUM >= 180000
 #define index_beginscan_compat(heap, index, snapshot, nkeys, norderbys) \

@@ -268,21 +268,21 @@ void
 PointsSettleIfDue(PointsAccount *acct, TimestampTz at)
 {
 	Datum		elem;
-	bool		isnull;
-	Datum		d;
+	PointsSettled settled;
 
 	if (!acct->found || !acct->has_next_event || acct->next_event_at > at)
 		return;
 
 	elem = CStringGetTextDatum(acct->customer_id);
-	PointsSettle(PointerGetDatum(construct_array(&elem, 1, TEXTOID, -1, false, TYPALIGN_INT)), at);
-	if (SPI_processed != 1)
+	memset(&settled, 0, sizeof(settled));
+	PointsSettle(PointerGetDatum(construct_array(&elem, 1, TEXTOID, -1, false, TYPALIGN_INT)),
+				 (Datum) 0, at, &settled);
+	if (settled.accounts != 1)
 		elog(ERROR, "settling the points account of \"%s\" failed", acct->customer_id);
-	acct->available = LoyaltyColInt64(LoyaltySpiRow(0), 2, NULL);
-	acct->pending = LoyaltyColInt64(LoyaltySpiRow(0), 3, NULL);
-	d = LoyaltyColDatum(LoyaltySpiRow(0), 4, &isnull);
-	acct->has_next_event = !isnull;
-	acct->next_event_at = isnull ? 0 : DatumGetTimestampTz(d);
+	acct->available = settled.available;
+	acct->pending = settled.pending;
+	acct->has_next_event = settled.has_next_event;
+	acct->next_event_at = settled.next_event_at;
 }
 
 /* The settling hint moves earlier when a lot with an earlier event is created. */

@@ -296,8 +296,21 @@ extern struct IndexScanDescData *PointsKeyIndexScan(PointsKeyIndex *src, struct 
 													Snapshot snapshot, text *key);
 extern int64 PointsSlotInt64(struct TupleTableSlot *slot, AttrNumber att);
 
+/* What PointsSettle did: totals over the accounts found, the last one's new balance. */
+typedef struct PointsSettled
+{
+	int64		accounts;		/* accounts found and settled */
+	int64		lots;			/* lots expired */
+	int64		expired;		/* points expired */
+	int64		activated;		/* pending points made available */
+	int64		available;		/* the last account's, after */
+	int64		pending;
+	bool		has_next_event;
+	TimestampTz next_event_at;
+} PointsSettled;
+
 /* points_expire.c */
-extern void PointsSettle(Datum customers, TimestampTz as_of);
+extern void PointsSettle(Datum customers, Datum account_rows, TimestampTz as_of, PointsSettled *out);
 
 /* points_return.c */
 extern void PointsReturnedOf(const char *customer_id, int64 earn_id, int64 *taken, int64 *qualifying,
