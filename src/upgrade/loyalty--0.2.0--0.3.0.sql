@@ -3806,6 +3806,409 @@ COMMENT ON TRIGGER access_grant_applied ON loyalty.access_grant IS
 	'Grants a recorded access level when its row is inserted (grant_access, or pg_restore of the table''s rows)';
 
 /* ---------------------------------------------------------------------------
+ * Issue 14, Citus-ready coupon schema: every per-customer coupon table keyed
+ * by (customer_id, ...) with customer_id text COLLATE "C" (the collation of
+ * customer_stats); "one customer per order_ref" moves to the new
+ * loyalty.coupon_order_owner (claimed by the first reserve / redeem of an
+ * order, filled here from the recorded orders); the ledger's "one
+ * redemption per (order, code)" becomes unique per (customer_id, order_ref,
+ * code), which the owner makes global.  The three PL/pgSQL checkout
+ * functions name the customer in every statement.
+ * ------------------------------------------------------------------------ */
+-- campaign_stats reads redemption.customer_id: dropped, altered, created again
+DROP VIEW loyalty.campaign_stats;
+
+ALTER TABLE loyalty.coupon ALTER COLUMN customer_id TYPE text COLLATE "C";
+
+/*
+ * The one owner of each coupon order_ref: "an order belongs to exactly one
+ * customer" is its primary key.  The first reserve / redeem of an order
+ * claims it (INSERT ... ON CONFLICT DO NOTHING, then the owner is read), so
+ * two customers racing for one order_ref serialise on the unique index and
+ * the second gets order_mismatch.  Every other coupon table is keyed by
+ * (customer_id, ...); with the owner unique, (customer_id, order_ref, code)
+ * unique in the ledger is "one redemption per order and code" globally.
+ * Citus: the documented exception to "per-customer tables are keyed by
+ * customer": an order_ref is global by definition, so this table is
+ * distributed by order_ref in its own colocation group (a claim is one
+ * single-shard insert inside the call's distributed transaction), as
+ * loyalty.points_reference is for points references.
+ */
+CREATE TABLE loyalty.coupon_order_owner (
+	order_ref		text COLLATE "C" PRIMARY KEY,
+	customer_id		text COLLATE "C" NOT NULL,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE loyalty.coupon_order_owner IS
+	'Owner of every coupon order_ref: one customer per order, by primary key (claimed by the first reserve or redeem of the order)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_order_owner', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_order_owner'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+INSERT INTO loyalty.coupon_order_owner (order_ref, customer_id, created_at)
+SELECT o.order_ref, o.customer_id, o.created_at FROM loyalty.coupon_order o;
+
+ALTER TABLE loyalty.coupon_order DROP CONSTRAINT coupon_order_pkey;
+ALTER TABLE loyalty.coupon_order
+	ALTER COLUMN order_ref TYPE text COLLATE "C",
+	ALTER COLUMN customer_id TYPE text COLLATE "C",
+	ADD PRIMARY KEY (customer_id, order_ref);
+
+DROP INDEX loyalty.redemption_order_coupon_key;
+DROP INDEX loyalty.redemption_reverses_key;
+ALTER TABLE loyalty.redemption DROP CONSTRAINT redemption_pkey;
+ALTER TABLE loyalty.redemption
+	ALTER COLUMN customer_id TYPE text COLLATE "C",
+	ALTER COLUMN order_ref TYPE text COLLATE "C",
+	ADD PRIMARY KEY (customer_id, redemption_id);
+CREATE UNIQUE INDEX redemption_order_coupon_key ON loyalty.redemption (customer_id, order_ref, coupon_id)
+	WHERE kind = 'redeem';
+CREATE UNIQUE INDEX redemption_reverses_key ON loyalty.redemption (customer_id, reverses)
+	WHERE reverses IS NOT NULL;
+
+DROP INDEX loyalty.reservation_order_coupon_key;
+ALTER TABLE loyalty.reservation DROP CONSTRAINT reservation_pkey;
+ALTER TABLE loyalty.reservation
+	ALTER COLUMN customer_id TYPE text COLLATE "C",
+	ALTER COLUMN order_ref TYPE text COLLATE "C",
+	ADD PRIMARY KEY (customer_id, reservation_id);
+CREATE UNIQUE INDEX reservation_order_coupon_key ON loyalty.reservation (customer_id, order_ref, coupon_id)
+	WHERE state = 'held';
+
+CREATE VIEW loyalty.campaign_stats AS
+SELECT c.campaign_id,
+	   c.name,
+	   c.kind,
+	   c.currency,
+	   CASE WHEN c.paused THEN 'paused'
+			WHEN coalesce(pg_catalog.timezone(coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC'),
+											  c.ends_on::pg_catalog.timestamp OPERATOR(pg_catalog.+) '1 day'::pg_catalog.interval),
+						  c.ends_at) <= pg_catalog.now() THEN 'ended'
+			WHEN c.starts_at IS NOT NULL AND c.starts_at > pg_catalog.now() THEN 'scheduled'
+			ELSE 'active' END AS status,
+	   coalesce(k.codes, 0) AS codes,
+	   coalesce(r.redemptions, 0) AS redemptions,
+	   coalesce(r.rollbacks, 0) AS rollbacks,
+	   coalesce(r.redemptions, 0) - coalesce(r.rollbacks, 0) AS active_redemptions,
+	   coalesce(r.customers, 0) AS customers,
+	   coalesce(r.discount_total, 0) AS discount_total,
+	   coalesce(h.active_reservations, 0) AS active_reservations,
+	   c.total_cap,
+	   CASE WHEN c.total_cap IS NOT NULL THEN
+			greatest(c.total_cap - (coalesce(r.redemptions, 0) - coalesce(r.rollbacks, 0))
+					 - coalesce(h.active_reservations, 0), 0)
+	   END AS remaining_cap
+FROM loyalty.campaign c
+LEFT JOIN (SELECT campaign_id, count(*) AS codes
+		   FROM loyalty.coupon GROUP BY campaign_id) k
+	   ON k.campaign_id = c.campaign_id
+LEFT JOIN (SELECT campaign_id,
+				  count(*) FILTER (WHERE kind = 'redeem') AS redemptions,
+				  count(*) FILTER (WHERE kind = 'reversal') AS rollbacks,
+				  count(DISTINCT customer_id) FILTER (WHERE kind = 'redeem') AS customers,
+				  sum(discount) AS discount_total
+		   FROM loyalty.redemption GROUP BY campaign_id) r
+	   ON r.campaign_id = c.campaign_id
+LEFT JOIN (SELECT campaign_id, count(*) AS active_reservations
+		   FROM loyalty.reservation
+		   WHERE state = 'held' AND expires_at > pg_catalog.now()
+		   GROUP BY campaign_id) h
+	   ON h.campaign_id = c.campaign_id;
+
+COMMENT ON VIEW loyalty.campaign_stats IS
+	'Per campaign: codes, redemptions, rollbacks, active redemptions, customers, net discount total, active reservations, remaining cap';
+
+COMMENT ON COLUMN loyalty.campaign_stats.campaign_id IS 'Campaign';
+COMMENT ON COLUMN loyalty.campaign_stats.name IS 'Campaign name';
+COMMENT ON COLUMN loyalty.campaign_stats.kind IS 'percent, fixed, free_shipping, buy_x_get_y or free_item';
+COMMENT ON COLUMN loyalty.campaign_stats.currency IS 'Currency of the campaign''s amounts (ISO 4217)';
+COMMENT ON COLUMN loyalty.campaign_stats.status IS 'paused, ended, scheduled or active, now';
+COMMENT ON COLUMN loyalty.campaign_stats.codes IS 'Codes of the campaign (generated, public and bound)';
+COMMENT ON COLUMN loyalty.campaign_stats.redemptions IS 'Redemptions, rolled back ones included';
+COMMENT ON COLUMN loyalty.campaign_stats.rollbacks IS 'Redemptions rolled back (cancel, refund)';
+COMMENT ON COLUMN loyalty.campaign_stats.active_redemptions IS 'redemptions - rollbacks';
+COMMENT ON COLUMN loyalty.campaign_stats.customers IS 'Distinct customers who redeemed';
+COMMENT ON COLUMN loyalty.campaign_stats.discount_total IS 'Discount granted, net of rollbacks, in the campaign currency';
+COMMENT ON COLUMN loyalty.campaign_stats.active_reservations IS 'Reservations held and not expired, now';
+COMMENT ON COLUMN loyalty.campaign_stats.total_cap IS 'Total redemption cap (NULL: none)';
+COMMENT ON COLUMN loyalty.campaign_stats.remaining_cap IS 'Units of the cap still free: total_cap - active redemptions - active reservations (NULL: no cap)';
+
+
+ALTER TABLE loyalty.coupon_return
+	ALTER COLUMN customer_id TYPE text COLLATE "C",
+	ALTER COLUMN order_ref TYPE text COLLATE "C",
+	ALTER COLUMN return_ref TYPE text COLLATE "C";
+ALTER TABLE loyalty.coupon_return_line
+	ALTER COLUMN customer_id TYPE text COLLATE "C",
+	ALTER COLUMN order_ref TYPE text COLLATE "C",
+	ALTER COLUMN return_ref TYPE text COLLATE "C";
+
+CREATE OR REPLACE FUNCTION loyalty.coupon_release(customer_id text, order_ref text, code text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o record;
+	k record;
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR code IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref and code must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT t.customer_id, t.state INTO o FROM loyalty.coupon_order t
+	WHERE t.customer_id = (SELECT w.customer_id FROM loyalty.coupon_order_owner w
+						   WHERE w.order_ref = coupon_release.order_ref)
+	  AND t.order_ref = coupon_release.order_ref FOR NO KEY UPDATE;
+	IF NOT FOUND OR o.state = 'rolled_back' THEN
+		RETURN false;
+	END IF;
+	IF o.customer_id <> coupon_release.customer_id THEN
+		RAISE EXCEPTION 'coupon cannot be released: order_conflict'
+			USING ERRCODE = 'LY020',
+				  DETAIL = jsonb_build_object('reason', 'order_conflict', 'code', NULL,
+											 'order_ref', coupon_release.order_ref)::text,
+				  HINT = 'This order reference was used with another customer.';
+	END IF;
+	SELECT c.coupon_id, c.code::text AS printed INTO k FROM loyalty.coupon c
+	WHERE c.code OPERATOR(loyalty.=) CAST(coupon_release.code AS loyalty.coupon_code)
+	FOR NO KEY UPDATE;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	IF EXISTS (SELECT 1 FROM loyalty.redemption r
+			   WHERE r.customer_id = o.customer_id AND r.order_ref = coupon_release.order_ref
+				 AND r.coupon_id = k.coupon_id AND r.kind = 'redeem'
+				 AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x
+								 WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)) THEN
+		RAISE EXCEPTION 'coupon % cannot be released: already_redeemed', k.printed
+			USING ERRCODE = 'LY022',
+				  DETAIL = jsonb_build_object('reason', 'already_redeemed', 'code', k.printed,
+											 'order_ref', coupon_release.order_ref)::text,
+				  HINT = 'The coupon is redeemed for this order; take its discount back with coupon_return_lines or rollback_redemption.';
+	END IF;
+	UPDATE loyalty.reservation h SET state = 'released', ended_at = clock_timestamp()
+	WHERE h.customer_id = o.customer_id AND h.order_ref = coupon_release.order_ref
+	  AND h.coupon_id = k.coupon_id AND h.state = 'held';
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	UPDATE loyalty.coupon_order t SET updated_at = clock_timestamp()
+	WHERE t.customer_id = o.customer_id AND t.order_ref = coupon_release.order_ref;
+	RETURN true;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION loyalty.coupon_order_lines(customer_id text, order_ref text)
+RETURNS TABLE (code loyalty.coupon_code, state text, line integer, sku text,
+			   quantity bigint, discount numeric, returned numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL THEN
+		RAISE EXCEPTION 'customer_id and order_ref must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	RETURN QUERY
+	WITH o AS (
+		SELECT t.context FROM loyalty.coupon_order t
+		WHERE t.order_ref = coupon_order_lines.order_ref
+		  AND t.customer_id = coupon_order_lines.customer_id AND t.state = 'open'),
+	a AS (
+		SELECT r.coupon_id, 'redeemed'::text AS state, r.discount, r.line_discounts
+		FROM loyalty.redemption r
+		WHERE r.customer_id = coupon_order_lines.customer_id
+		  AND r.order_ref = coupon_order_lines.order_ref AND r.kind = 'redeem'
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x
+						  WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)
+		UNION ALL
+		SELECT h.coupon_id, 'reserved', h.discount, h.line_discounts
+		FROM loyalty.reservation h
+		WHERE h.customer_id = coupon_order_lines.customer_id
+		  AND h.order_ref = coupon_order_lines.order_ref AND h.state = 'held'
+		  AND h.expires_at > clock_timestamp())
+	SELECT c.code, a.state, l.n::integer,
+		   (o.context -> 'items' -> (l.n::integer - 1)) ->> 'sku',
+		   ((o.context -> 'items' -> (l.n::integer - 1)) ->> 'quantity')::bigint,
+		   coalesce(l.d, a.discount),
+		   coalesce((SELECT sum(rl.discount) FROM loyalty.coupon_return_line rl
+					 WHERE rl.customer_id = coupon_order_lines.customer_id
+					   AND rl.order_ref = coupon_order_lines.order_ref
+					   AND rl.coupon_id = a.coupon_id
+					   AND rl.line IS NOT DISTINCT FROM l.n::integer), 0)
+	FROM o CROSS JOIN a
+	JOIN loyalty.coupon c ON c.coupon_id = a.coupon_id
+	CROSS JOIN LATERAL (SELECT u.d, u.n FROM unnest(a.line_discounts) WITH ORDINALITY AS u(d, n)
+						UNION ALL
+						SELECT NULL::numeric, NULL::bigint WHERE a.line_discounts IS NULL) l
+	ORDER BY a.coupon_id, l.n;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION loyalty.coupon_return_lines(customer_id text, order_ref text,
+											return_ref text, lines jsonb)
+RETURNS numeric
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o record;
+	req jsonb;
+	prev record;
+	items jsonb;
+	nitems integer;
+	total numeric := 0;
+	red record;
+	taken numeric;
+	now_ts timestamptz := clock_timestamp();
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR return_ref IS NULL OR lines IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref, return_ref and lines must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF octet_length(return_ref) NOT BETWEEN 1 AND 256 OR octet_length(order_ref) NOT BETWEEN 1 AND 256
+	   OR octet_length(customer_id) NOT BETWEEN 1 AND 256 THEN
+		RAISE EXCEPTION 'invalid customer_id, order_ref or return_ref'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Each must have 1 to 256 bytes.';
+	END IF;
+	SELECT t.customer_id, t.state, t.context INTO o FROM loyalty.coupon_order t
+	WHERE t.customer_id = coupon_return_lines.customer_id
+	  AND t.order_ref = coupon_return_lines.order_ref FOR NO KEY UPDATE;
+	IF NOT FOUND OR o.customer_id <> coupon_return_lines.customer_id THEN
+		RAISE EXCEPTION 'order % of customer % has no coupons', order_ref, customer_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	items := o.context -> 'items';
+	IF jsonb_typeof(items) IS DISTINCT FROM 'array' THEN
+		RAISE EXCEPTION 'order % has no lines', order_ref
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Its order context has no "items" (a plain amount, or an order recorded by 0.2.0).';
+	END IF;
+	nitems := jsonb_array_length(items);
+	IF jsonb_typeof(lines) <> 'array' OR jsonb_array_length(lines) = 0 THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'lines must be a non-empty JSON array of {"line": n, "quantity": q} (or "sku" instead of "line").';
+	END IF;
+
+	-- the request as {"line": quantity}, checked
+	IF EXISTS (SELECT 1 FROM jsonb_array_elements(lines) e
+			   WHERE jsonb_typeof(e) <> 'object'
+				  OR NOT CASE
+						 WHEN e ? 'line' THEN
+							 jsonb_typeof(e -> 'line') = 'number'
+							 AND (e ->> 'line')::numeric BETWEEN 1 AND nitems
+							 AND (e ->> 'line')::numeric = trunc((e ->> 'line')::numeric)
+						 ELSE
+							 jsonb_typeof(e -> 'sku') = 'string'
+							 AND (SELECT count(*) FROM jsonb_array_elements(items) i
+								  WHERE i ->> 'sku' = e ->> 'sku') = 1
+						 END
+				  OR NOT coalesce(jsonb_typeof(e -> 'quantity') = 'number'
+								  AND (e ->> 'quantity')::numeric BETWEEN 1 AND 1000000
+								  AND (e ->> 'quantity')::numeric = trunc((e ->> 'quantity')::numeric), false)) THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('Each element needs "line" (1 to %s) or a "sku" that exactly one line has, and a whole "quantity" of at least 1.', nitems);
+	END IF;
+	SELECT jsonb_object_agg(q.line, q.quantity ORDER BY q.line) INTO req
+	FROM (SELECT r.line, sum(r.quantity) AS quantity
+		  FROM (SELECT CASE WHEN e ? 'line' THEN (e ->> 'line')::integer
+							ELSE (SELECT i.n::integer FROM jsonb_array_elements(items) WITH ORDINALITY i(v, n)
+								  WHERE i.v ->> 'sku' = e ->> 'sku')
+					   END AS line,
+					   (e ->> 'quantity')::bigint AS quantity
+				FROM jsonb_array_elements(lines) e) r
+		  GROUP BY r.line) q;
+
+	-- a repeat of the return
+	SELECT r.quantities, r.amount INTO prev FROM loyalty.coupon_return r
+	WHERE r.customer_id = coupon_return_lines.customer_id
+	  AND r.order_ref = coupon_return_lines.order_ref AND r.return_ref = coupon_return_lines.return_ref;
+	IF FOUND THEN
+		IF prev.quantities = req THEN
+			RETURN prev.amount;
+		END IF;
+		RAISE EXCEPTION 'return % of order % cannot be recorded: return_conflict', return_ref, order_ref
+			USING ERRCODE = 'LY024',
+				  DETAIL = jsonb_build_object('reason', 'return_conflict', 'order_ref', order_ref,
+											 'return_ref', return_ref)::text,
+				  HINT = 'This return reference was used for other lines of the order.';
+	END IF;
+	IF o.state = 'rolled_back' THEN
+		RAISE EXCEPTION 'order % cannot take a return: order_rolled_back', order_ref
+			USING ERRCODE = 'LY021',
+				  DETAIL = jsonb_build_object('reason', 'order_rolled_back', 'code', NULL,
+											 'order_ref', order_ref)::text,
+				  HINT = 'This order was rolled back; its whole discount was given back.';
+	END IF;
+
+	-- never more units back than the line has
+	PERFORM 1 FROM jsonb_each_text(req) j
+	WHERE j.value::bigint + coalesce((SELECT sum((r.quantities ->> j.key)::bigint) FROM loyalty.coupon_return r
+									  WHERE r.customer_id = coupon_return_lines.customer_id
+										AND r.order_ref = coupon_return_lines.order_ref), 0)
+		  > ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint;
+	IF FOUND THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'More units would be returned than a line of the order has.';
+	END IF;
+
+	INSERT INTO loyalty.coupon_return (customer_id, order_ref, return_ref, quantities, amount, created_at)
+	VALUES (customer_id, order_ref, return_ref, req, 0, now_ts);
+
+	FOR red IN
+		SELECT r.coupon_id, r.campaign_id, r.currency, r.line_discounts
+		FROM loyalty.redemption r
+		WHERE r.customer_id = coupon_return_lines.customer_id
+		  AND r.order_ref = coupon_return_lines.order_ref AND r.kind = 'redeem'
+		  AND r.line_discounts IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x
+						  WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)
+		ORDER BY r.coupon_id
+	LOOP
+		INSERT INTO loyalty.coupon_return_line (customer_id, order_ref, return_ref, coupon_id, line, quantity, discount)
+		SELECT customer_id, order_ref, return_ref, red.coupon_id, x.line, x.quantity, x.taken
+		FROM (SELECT j.key::integer AS line, j.value::bigint AS quantity,
+					 round(red.line_discounts[j.key::integer] * (p.before + j.value::bigint)
+						   / ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint,
+						   loyalty.currency_decimals(red.currency))
+					 - round(red.line_discounts[j.key::integer] * p.before
+							 / ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint,
+							 loyalty.currency_decimals(red.currency)) AS taken
+			  FROM jsonb_each_text(req) j
+			  CROSS JOIN LATERAL (SELECT coalesce(sum((r.quantities ->> j.key)::bigint), 0) AS before
+								  FROM loyalty.coupon_return r
+								  WHERE r.customer_id = coupon_return_lines.customer_id
+									AND r.order_ref = coupon_return_lines.order_ref
+									AND r.return_ref <> coupon_return_lines.return_ref) p) x
+		WHERE x.taken > 0;
+		SELECT coalesce(sum(rl.discount), 0) INTO taken FROM loyalty.coupon_return_line rl
+		WHERE rl.customer_id = coupon_return_lines.customer_id
+		  AND rl.order_ref = coupon_return_lines.order_ref AND rl.return_ref = coupon_return_lines.return_ref
+		  AND rl.coupon_id = red.coupon_id;
+		IF taken > 0 THEN
+			INSERT INTO loyalty.redemption (kind, coupon_id, campaign_id, customer_id, order_ref,
+											uses, discount, on_shipping, currency, created_at)
+			VALUES ('return', red.coupon_id, red.campaign_id, customer_id, order_ref,
+					0, -taken, false, red.currency, now_ts);
+			total := total + taken;
+		END IF;
+	END LOOP;
+	UPDATE loyalty.coupon_return r SET amount = total
+	WHERE r.customer_id = coupon_return_lines.customer_id
+	  AND r.order_ref = coupon_return_lines.order_ref AND r.return_ref = coupon_return_lines.return_ref;
+	UPDATE loyalty.coupon_order t SET updated_at = now_ts
+	WHERE t.customer_id = coupon_return_lines.customer_id AND t.order_ref = coupon_return_lines.order_ref;
+	RETURN total;
+END;
+$$;
+
+/* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
  * every object (grants.sql of the install script, then reapply_grants).
  * ------------------------------------------------------------------------ */
