@@ -37,6 +37,7 @@ SQL_PARTS = \
 	src/points/points_coupon.sql \
 	src/points/points_views.sql \
 	src/points/points_api.sql \
+	src/citus/citus.sql \
 	src/common/grants.sql
 
 # Upgrade scripts: one frozen, hand-written src/upgrade/loyalty--A--B.sql per

@@ -64,7 +64,7 @@ citus_cluster() {
 	pg_config=$(bash "$CITUS_ROOT/test/citus_build.sh")
 	CITUS_PGBIN=$(dirname "$pg_config")
 	export PATH="$CITUS_PGBIN:$PATH"
-	citus_log "installing loyalty into $(dirname "$(dirname "$CITUS_PGBIN")")"
+	citus_log "installing loyalty into the Citus installation of $pg_config"
 	make -C "$CITUS_ROOT" -s PG_CONFIG="$pg_config" WERROR="${WERROR-}" >/dev/null
 	citus_as_root make -C "$CITUS_ROOT" -s PG_CONFIG="$pg_config" install >/dev/null
 	CITUS_TMP=$(mktemp -d /tmp/loyalty-citus.XXXXXX)

@@ -1242,6 +1242,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	owner text;
 	o record;
 	k record;
 BEGIN
@@ -1249,10 +1250,11 @@ BEGIN
 		RAISE EXCEPTION 'customer_id, order_ref and code must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
+	-- the order row under its owner (one statement per table: routed on Citus)
+	SELECT w.customer_id INTO owner FROM loyalty.coupon_order_owner w
+	WHERE w.order_ref = coupon_release.order_ref;
 	SELECT t.customer_id, t.state INTO o FROM loyalty.coupon_order t
-	WHERE t.customer_id = (SELECT w.customer_id FROM loyalty.coupon_order_owner w
-						   WHERE w.order_ref = coupon_release.order_ref)
-	  AND t.order_ref = coupon_release.order_ref FOR NO KEY UPDATE;
+	WHERE t.customer_id = owner AND t.order_ref = coupon_release.order_ref FOR NO KEY UPDATE;
 	IF NOT FOUND OR o.state = 'rolled_back' THEN
 		RETURN false;
 	END IF;

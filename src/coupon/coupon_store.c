@@ -64,13 +64,17 @@
  * campaign CAMP holds one unit of the campaign's total and per-customer
  * caps while it is neither used nor voided; while a live reservation of
  * another order than ORDER holds it, that reservation is the unit instead
- * (counted with the reservations).  Served by coupon_cap_unit_idx.
+ * (counted with the reservations).  Served by coupon_cap_unit_idx.  The
+ * reservations are an uncorrelated subquery (a code's reservations carry
+ * its campaign): on Citus, coupon is a reference table and reservation is
+ * distributed, and Citus plans an uncorrelated subquery on its own, not a
+ * correlated one.
  */
 #define SOLD_UNIT_HELD(camp, at, order) \
 	"s.campaign_id = " camp " AND s.holds_cap_unit AND s.uses = 0" \
 	" AND s.voided_at IS NULL" \
-	" AND NOT EXISTS (SELECT 1 FROM loyalty.reservation h" \
-	"   WHERE h.coupon_id = s.coupon_id AND h.state = 'held'" \
+	" AND s.coupon_id NOT IN (SELECT h.coupon_id FROM loyalty.reservation h" \
+	"   WHERE h.campaign_id = " camp " AND h.state = 'held'" \
 	"     AND h.expires_at > " at " AND h.order_ref IS DISTINCT FROM " order ")"
 
 /* Stands for the loyalty.coupon_code type in the argument lists below. */
@@ -98,6 +102,8 @@ typedef enum PlanId
 	P_RB_LOCK_COUPONS,
 	P_RB_LOCK_CAMPAIGNS,
 	P_RB_WRITE,
+	P_RB_CODES,
+	P_RB_CAMPAIGNS,
 	P_SEGMENT,
 	P_ACTIVE_USES,
 	P_CAP_UNITS,
@@ -174,7 +180,7 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		" JOIN loyalty.campaign c ON c.campaign_id = r.campaign_id"
 		" WHERE r.customer_id = $3 AND r.order_ref = $1 AND r.kind = 'redeem'"
 		"   AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x"
-		"                   WHERE x.customer_id = $3 AND x.reverses = r.redemption_id)"
+		"                   WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)"
 		" UNION ALL "
 		"SELECT h.coupon_id, h.campaign_id, false, h.discount, h.on_shipping,"
 		"       c.exclusive, c.max_coupons_per_order, c.currency"
@@ -248,7 +254,7 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		" FROM loyalty.redemption r"
 		" WHERE r.customer_id = $2 AND r.order_ref = $1 AND r.kind = 'redeem'"
 		"   AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x"
-		"                   WHERE x.customer_id = $2 AND x.reverses = r.redemption_id)"
+		"                   WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)"
 		" ORDER BY r.coupon_id",
 		2, {TEXTOID, TEXTOID}
 	},
@@ -270,21 +276,11 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		"  SELECT 'reversal', r.redemption_id, r.coupon_id, r.campaign_id,"
 		"         r.customer_id, r.order_ref, -1,"
 		"         -r.discount - coalesce((SELECT sum(x.discount) FROM loyalty.redemption x"
-		"           WHERE x.customer_id = $5 AND x.order_ref = r.order_ref"
+		"           WHERE x.customer_id = r.customer_id AND x.order_ref = r.order_ref"
 		"             AND x.coupon_id = r.coupon_id AND x.kind = 'return'), 0),"
 		"         r.on_shipping, r.currency, $4"
 		"  FROM loyalty.redemption r"
 		"  WHERE r.customer_id = $5 AND r.redemption_id = ANY ($2)),"
-		" cu AS (UPDATE loyalty.coupon c SET uses = c.uses - n.n"
-		"        FROM (SELECT r.coupon_id, count(*) AS n FROM loyalty.redemption r"
-		"              WHERE r.customer_id = $5 AND r.redemption_id = ANY ($2)"
-		"              GROUP BY r.coupon_id) n"
-		"        WHERE c.coupon_id = n.coupon_id),"
-		" ca AS (UPDATE loyalty.campaign c SET uses = c.uses - n.n"
-		"        FROM (SELECT r.campaign_id, count(*) AS n FROM loyalty.redemption r"
-		"              WHERE r.customer_id = $5 AND r.redemption_id = ANY ($2)"
-		"              GROUP BY r.campaign_id) n"
-		"        WHERE c.campaign_id = n.campaign_id AND c.campaign_id = ANY ($3)),"
 		" ho AS (UPDATE loyalty.reservation SET state = 'released', ended_at = $4"
 		"        WHERE customer_id = $5 AND order_ref = $1 AND state = 'held'"
 		"        RETURNING 1),"
@@ -293,6 +289,20 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		"        WHERE customer_id = $5 AND order_ref = $1)"
 		" SELECT count(*) FROM ho",
 		5, {TEXTOID, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID, TEXTOID}
+	},
+	[P_RB_CODES] = {
+		"UPDATE loyalty.coupon c SET uses = c.uses - n.n"
+		" FROM (SELECT u.id, count(*) AS n FROM pg_catalog.unnest($1) AS u(id)"
+		"       GROUP BY u.id) n"
+		" WHERE c.coupon_id = n.id",
+		1, {INT8ARRAYOID}
+	},
+	[P_RB_CAMPAIGNS] = {
+		"UPDATE loyalty.campaign c SET uses = c.uses - n.n"
+		" FROM (SELECT u.id, count(*) AS n FROM pg_catalog.unnest($1) AS u(id)"
+		"       GROUP BY u.id) n"
+		" WHERE c.campaign_id = n.id AND c.campaign_id = ANY ($2)",
+		2, {INT8ARRAYOID, INT8ARRAYOID}
 	},
 	[P_SEGMENT] = {
 		"SELECT segment FROM loyalty.customer_segment WHERE customer_id = $1",
@@ -1204,6 +1214,7 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 	int64	   *redemptions;
 	int64	   *coupons;
 	int64	   *campaigns;
+	int64	   *by_redemption;
 	int64	   *capped;
 	int			ncapped;
 	int			ncampaigns = 0;
@@ -1232,6 +1243,8 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 		coupons[i] = LoyaltyColInt64(LoyaltySpiRow(i), 2, NULL);
 		campaigns[i] = LoyaltyColInt64(LoyaltySpiRow(i), 3, NULL);
 	}
+	by_redemption = palloc(sizeof(int64) * Max(n, 1));
+	memcpy(by_redemption, campaigns, sizeof(int64) * n);
 
 	/* step 2: the coupon rows, in coupon_id order (the query sorts) */
 	if (n > 0)
@@ -1266,6 +1279,18 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 	values[4] = TextArg(owner);
 	Exec(P_RB_WRITE, values, NULL, false);
 	released = LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
+	/* the uses given back: one statement per table (reference tables on Citus) */
+	if (n > 0)
+	{
+		values[0] = LoyaltyInt8ArrayDatum(coupons, n);
+		Exec(P_RB_CODES, values, NULL, false);
+	}
+	if (ncapped > 0)
+	{
+		values[0] = LoyaltyInt8ArrayDatum(by_redemption, n);
+		values[1] = LoyaltyInt8ArrayDatum(capped, ncapped);
+		Exec(P_RB_CAMPAIGNS, values, NULL, false);
+	}
 	return n > 0 || released > 0;
 }
 
