@@ -4210,6 +4210,7 @@ BEGIN
 END;
 $$;
 
+
 -- Issue 14: loyalty.citus_setup() as src/citus/citus.sql installs it
 /* ---------------------------------------------------------------------------
  * citus.sql: loyalty.citus_setup(), run once by an admin on a Citus
@@ -4256,6 +4257,7 @@ DECLARE
 		'coupon_return_line', 'points_account', 'points_lot', 'points_ledger',
 		'points_qualifying', 'points_rule_usage', 'tier_history', 'points_exchange',
 		'coupon_bonus'];
+	points_config text[] := ARRAY['points_program', 'tier', 'earning_rule', 'points_reward'];
 	-- their triggers read and write the whole segment map / the singleton
 	-- row by the table's name: on a placement that is a distributed query
 	-- inside Citus's copy (it deadlocks); not reference tables yet
@@ -4276,6 +4278,14 @@ BEGIN
 				  DETAIL = 'CREATE EXTENSION citus on the coordinator (shared_preload_libraries = ''citus''), add the workers, then run loyalty.citus_setup().';
 	END IF;
 	PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+	-- the points family moves as a whole: one statement of a points call
+	-- may not mix tables on the coordinator with distributed or reference ones
+	points_ok := NOT EXISTS (
+		SELECT 1 FROM unnest(customer_tables) AS x(t)
+		WHERE (x.t LIKE 'points%' OR x.t IN ('tier_history', 'coupon_bonus'))
+		  AND pg_catalog.to_regclass('loyalty.' || x.t) IS NOT NULL
+		  AND NOT loyalty._citus_is_distributed(pg_catalog.to_regclass('loyalty.' || x.t))
+		  AND loyalty._citus_not_distributable(pg_catalog.to_regclass('loyalty.' || x.t)) IS NOT NULL);
 
 	FOREACH t IN ARRAY ref_tables LOOP
 		rel := pg_catalog.to_regclass('loyalty.' || t);
@@ -4284,6 +4294,8 @@ BEGIN
 		action := 'reference table';
 		IF loyalty._citus_is_distributed(rel) THEN
 			result := 'already';
+		ELSIF t = ANY (points_config) AND NOT points_ok THEN
+			result := 'not done: a points table cannot be distributed; the points tables stay on the coordinator together';
 		ELSE
 			EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING rel;
 			EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING rel;
@@ -4309,15 +4321,10 @@ BEGIN
 		result := NULL;
 		IF loyalty._citus_is_distributed(rel) THEN
 			result := 'already';
-		ELSIF NOT loyalty._citus_keyed_by(rel, 'customer_id') THEN
-			result := 'not done: a primary key or unique index does not include customer_id';
-		ELSIF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-						  WHERE a.attrelid = rel AND a.attname = 'customer_id'
-							AND a.atttypid = 'pg_catalog.text'::pg_catalog.regtype
-							AND a.attcollation = (SELECT c.oid FROM pg_catalog.pg_collation c
-												  WHERE c.collname = 'C'
-													AND c.collnamespace = 'pg_catalog'::pg_catalog.regnamespace)) THEN
-			result := 'not done: customer_id is not text COLLATE "C" (it could not be colocated)';
+		ELSIF loyalty._citus_not_distributable(rel) IS NOT NULL THEN
+			result := 'not done: ' || loyalty._citus_not_distributable(rel);
+		ELSIF (t LIKE 'points%' OR t IN ('tier_history', 'coupon_bonus')) AND NOT points_ok THEN
+			result := 'not done: another points table cannot be distributed; the points tables stay on the coordinator together';
 		END IF;
 		IF result IS NULL THEN
 			EXECUTE 'SELECT pg_catalog.create_distributed_table($1, $2, colocate_with => $3)'
@@ -4325,8 +4332,6 @@ BEGIN
 					  CASE WHEN t = 'customer_stats' THEN 'default' ELSE 'loyalty.customer_stats' END;
 			EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING rel;
 			result := 'done';
-		ELSIF result LIKE 'not done%' AND (t LIKE 'points%' OR t IN ('tier_history', 'coupon_bonus')) THEN
-			points_ok := false;
 		END IF;
 		RETURN NEXT;
 	END LOOP;
@@ -4341,7 +4346,7 @@ BEGIN
 			result := 'already';
 		ELSIF rel = 'loyalty.points_reference'::regclass AND NOT points_ok THEN
 			-- one statement of a points call may not mix it with local tables
-			result := 'not done: the other points tables stay on the coordinator';
+			result := 'not done: a points table cannot be distributed; the points tables stay on the coordinator together';
 		ELSE
 			EXECUTE 'SELECT pg_catalog.create_distributed_table($1, $2, colocate_with => ''none'')'
 				USING rel, col;
@@ -4373,6 +4378,27 @@ COMMENT ON FUNCTION loyalty.citus_setup(boolean) IS
 	'Citus coordinator, after CREATE EXTENSION loyalty: configuration tables become reference tables, per-customer tables are distributed by customer_id (colocated), owner tables of references by the reference; with distribute_functions, the per-customer API functions are distributed by customer_id (doc/citus.md)';
 
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.citus_setup(boolean)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty._citus_not_distributable(rel regclass)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE
+		WHEN NOT loyalty._citus_keyed_by(rel, 'customer_id') THEN
+			'a primary key or unique index does not include customer_id'
+		WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+						 WHERE a.attrelid = rel AND a.attname = 'customer_id'
+						   AND a.atttypid = 'pg_catalog.text'::pg_catalog.regtype
+						   AND a.attcollation = (SELECT c.oid FROM pg_catalog.pg_collation c
+												 WHERE c.collname = 'C'
+												   AND c.collnamespace = 'pg_catalog'::pg_catalog.regnamespace)) THEN
+			'customer_id is not text COLLATE "C" (it could not be colocated)'
+	END
+$$;
+
+COMMENT ON FUNCTION loyalty._citus_not_distributable(regclass) IS
+	'Internal: why a per-customer table cannot be distributed by customer_id and colocated (NULL: it can)';
 
 CREATE FUNCTION loyalty._citus_is_distributed(rel regclass)
 RETURNS boolean
