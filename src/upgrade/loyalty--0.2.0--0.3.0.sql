@@ -3953,6 +3953,9 @@ DECLARE
 	owner text;
 	o record;
 	k record;
+	-- a variable, not clock_timestamp() in the UPDATEs: Citus refuses a
+	-- volatile function in an UPDATE of a distributed table
+	now_ts timestamptz := clock_timestamp();
 BEGIN
 	IF customer_id IS NULL OR order_ref IS NULL OR code IS NULL THEN
 		RAISE EXCEPTION 'customer_id, order_ref and code must not be null'
@@ -3990,13 +3993,13 @@ BEGIN
 											 'order_ref', coupon_release.order_ref)::text,
 				  HINT = 'The coupon is redeemed for this order; take its discount back with coupon_return_lines or rollback_redemption.';
 	END IF;
-	UPDATE loyalty.reservation h SET state = 'released', ended_at = clock_timestamp()
+	UPDATE loyalty.reservation h SET state = 'released', ended_at = now_ts
 	WHERE h.customer_id = o.customer_id AND h.order_ref = coupon_release.order_ref
 	  AND h.coupon_id = k.coupon_id AND h.state = 'held';
 	IF NOT FOUND THEN
 		RETURN false;
 	END IF;
-	UPDATE loyalty.coupon_order t SET updated_at = clock_timestamp()
+	UPDATE loyalty.coupon_order t SET updated_at = now_ts
 	WHERE t.customer_id = o.customer_id AND t.order_ref = coupon_release.order_ref;
 	RETURN true;
 END;
