@@ -26,6 +26,12 @@ if ! ls "$cache"/15-citus-*/.complete >/dev/null 2>&1 && [ "${LOYALTY_CITUS_BUIL
 	echo "citus: skipped: no Citus build cached in $cache (run bash test/citus_build.sh, or set LOYALTY_CITUS_BUILD=1)"
 	exit 0
 fi
+# the cluster is PostgreSQL 15: test/run.sh runs it with its 15 suite only
+suite_major=$("${PG_CONFIG:-pg_config}" --version 2>/dev/null | sed -n 's/^PostgreSQL \([0-9]*\).*/\1/p')
+if [ -n "$suite_major" ] && [ "$suite_major" != 15 ]; then
+	echo "citus: skipped with the PostgreSQL $suite_major suite (the Citus cluster is PostgreSQL 15; it runs with the 15 suite)"
+	exit 0
+fi
 # the suite's single-node server is not the cluster
 unset PGHOST PGPORT PGUSER PGDATABASE PG_CONFIG
 # shellcheck source=../citus_cluster.sh
