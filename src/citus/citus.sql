@@ -10,7 +10,7 @@
  *
  * What it does, each step skipped when already done (it can run again):
  *	- configuration tables become reference tables (a copy on every node),
- *	  except segment, segment_rule and rfm_config, not yet (reported);
+ *	  except segment and segment_rule, not yet (reported);
  *	  Citus refuses a table with triggers unless citus.enable_unsafe_triggers
  *	  is on, which it sets for the transaction: the triggers then run on
  *	  every placement;
@@ -36,7 +36,8 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	ref_tables text[] := ARRAY['settings', 'tracked_table', 'segment_snapshot', 'segment_summary', 'campaign', 'campaign_rule',
+	ref_tables text[] := ARRAY['settings', 'tracked_table', 'rfm_config', 'segment_snapshot',
+		'segment_summary', 'campaign', 'campaign_rule',
 		'eligibility_kind', 'coupon', 'points_program', 'tier', 'earning_rule',
 		'points_reward'];
 	customer_tables text[] := ARRAY['customer_stats', 'customer_stats_delta',
@@ -45,10 +46,10 @@ DECLARE
 		'points_qualifying', 'points_rule_usage', 'tier_history', 'points_exchange',
 		'coupon_bonus'];
 	points_config text[] := ARRAY['points_program', 'tier', 'earning_rule', 'points_reward'];
-	-- their triggers read and write the whole segment map / the singleton
-	-- row by the table's name: on a placement that is a distributed query
-	-- inside Citus's copy (it deadlocks); not reference tables yet
-	local_tables text[] := ARRAY['segment', 'segment_rule', 'rfm_config'];
+	-- their triggers read and write the whole segment map by the tables'
+	-- names: on a placement that is a distributed query inside Citus's copy
+	-- (it deadlocks); not reference tables yet
+	local_tables text[] := ARRAY['segment', 'segment_rule'];
 	owner_tables text[] := ARRAY['coupon_order_owner:order_ref', 'points_reference:reference'];
 	functions text[] := ARRAY['coupon_validate', 'coupon_reserve', 'coupon_redeem',
 		'coupon_rollback', 'coupon_release', 'coupon_order_lines', 'coupon_return_lines',
@@ -84,8 +85,9 @@ BEGIN
 		ELSIF t = ANY (points_config) AND NOT points_ok THEN
 			result := 'not done: a points table cannot be distributed; the points tables stay on the coordinator together';
 		ELSE
+			-- the coordinator's own rows of a configuration table (a few)
+			-- stay on disk, invisible: rfm_config refuses TRUNCATE
 			EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING rel;
-			EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING rel;
 			result := 'done';
 		END IF;
 		RETURN NEXT;

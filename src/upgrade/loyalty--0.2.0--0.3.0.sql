@@ -4214,6 +4214,65 @@ END;
 $$;
 
 
+-- Issue 14: the RFM configuration trigger reads the table it fires on (a Citus placement)
+CREATE OR REPLACE FUNCTION loyalty._rfm_config_trigger()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	present boolean;
+BEGIN
+	IF TG_OP = 'DELETE' THEN
+		RAISE EXCEPTION 'the RFM configuration row cannot be deleted'
+			USING ERRCODE = 'restrict_violation',
+				  HINT = 'UPDATE loyalty.rfm_config to change it.';
+	END IF;
+	/*
+	 * The table the trigger fires on (TG_RELID), not loyalty.rfm_config by
+	 * name: on Citus the trigger fires on each placement of the reference
+	 * table (a full copy), where reading the table by name would be a
+	 * distributed query inside Citus's own write of the placement (its copy
+	 * of the table deadlocked on it).  Without Citus it is rfm_config.
+	 */
+	IF TG_OP = 'INSERT' THEN
+		EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %s)', TG_RELID::pg_catalog.regclass)
+			INTO present;
+		IF present THEN
+			EXECUTE pg_catalog.format(
+				'UPDATE %s SET bins = ($1).bins, scoring_window = ($1).scoring_window,'
+				' monetary = ($1).monetary, method = ($1).method,'
+				' recency_thresholds = ($1).recency_thresholds,'
+				' frequency_thresholds = ($1).frequency_thresholds,'
+				' monetary_thresholds = ($1).monetary_thresholds,'
+				' bucket_retention = ($1).bucket_retention,'
+				' inactive_after = ($1).inactive_after, updated_at = ($1).updated_at',
+				TG_RELID::pg_catalog.regclass) USING NEW;
+			RETURN NULL;
+		END IF;
+	END IF;
+	PERFORM loyalty._rfm_config_validate(NEW.bins, NEW.scoring_window, NEW.monetary,
+										 NEW.method, NEW.recency_thresholds,
+										 NEW.frequency_thresholds, NEW.monetary_thresholds,
+										 NEW.bucket_retention, NEW.inactive_after);
+	/* a change of the settings that does not set updated_at itself is stamped */
+	IF TG_OP = 'UPDATE' AND NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at
+	   AND (NEW.bins, NEW.scoring_window, NEW.monetary, NEW.method, NEW.recency_thresholds,
+			NEW.frequency_thresholds, NEW.monetary_thresholds, NEW.bucket_retention,
+			NEW.inactive_after)
+		   IS DISTINCT FROM
+		   (OLD.bins, OLD.scoring_window, OLD.monetary, OLD.method, OLD.recency_thresholds,
+			OLD.frequency_thresholds, OLD.monetary_thresholds, OLD.bucket_retention,
+			OLD.inactive_after) THEN
+		NEW.updated_at := pg_catalog.now();
+	END IF;
+	RETURN NEW;
+END;
+$$;
+
+
+
 -- Issue 14: loyalty.citus_setup() as src/citus/citus.sql installs it
 /* ---------------------------------------------------------------------------
  * citus.sql: loyalty.citus_setup(), run once by an admin on a Citus
@@ -4226,7 +4285,7 @@ $$;
  *
  * What it does, each step skipped when already done (it can run again):
  *	- configuration tables become reference tables (a copy on every node),
- *	  except segment, segment_rule and rfm_config, not yet (reported);
+ *	  except segment and segment_rule, not yet (reported);
  *	  Citus refuses a table with triggers unless citus.enable_unsafe_triggers
  *	  is on, which it sets for the transaction: the triggers then run on
  *	  every placement;
@@ -4252,7 +4311,8 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	ref_tables text[] := ARRAY['settings', 'tracked_table', 'segment_snapshot', 'segment_summary', 'campaign', 'campaign_rule',
+	ref_tables text[] := ARRAY['settings', 'tracked_table', 'rfm_config', 'segment_snapshot',
+		'segment_summary', 'campaign', 'campaign_rule',
 		'eligibility_kind', 'coupon', 'points_program', 'tier', 'earning_rule',
 		'points_reward'];
 	customer_tables text[] := ARRAY['customer_stats', 'customer_stats_delta',
@@ -4261,10 +4321,10 @@ DECLARE
 		'points_qualifying', 'points_rule_usage', 'tier_history', 'points_exchange',
 		'coupon_bonus'];
 	points_config text[] := ARRAY['points_program', 'tier', 'earning_rule', 'points_reward'];
-	-- their triggers read and write the whole segment map / the singleton
-	-- row by the table's name: on a placement that is a distributed query
-	-- inside Citus's copy (it deadlocks); not reference tables yet
-	local_tables text[] := ARRAY['segment', 'segment_rule', 'rfm_config'];
+	-- their triggers read and write the whole segment map by the tables'
+	-- names: on a placement that is a distributed query inside Citus's copy
+	-- (it deadlocks); not reference tables yet
+	local_tables text[] := ARRAY['segment', 'segment_rule'];
 	owner_tables text[] := ARRAY['coupon_order_owner:order_ref', 'points_reference:reference'];
 	functions text[] := ARRAY['coupon_validate', 'coupon_reserve', 'coupon_redeem',
 		'coupon_rollback', 'coupon_release', 'coupon_order_lines', 'coupon_return_lines',
@@ -4300,8 +4360,9 @@ BEGIN
 		ELSIF t = ANY (points_config) AND NOT points_ok THEN
 			result := 'not done: a points table cannot be distributed; the points tables stay on the coordinator together';
 		ELSE
+			-- the coordinator's own rows of a configuration table (a few)
+			-- stay on disk, invisible: rfm_config refuses TRUNCATE
 			EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING rel;
-			EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING rel;
 			result := 'done';
 		END IF;
 		RETURN NEXT;

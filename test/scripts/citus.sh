@@ -3,7 +3,8 @@
 # workers on loopback, Citus 13.2.2 on PostgreSQL 15 built from
 # ../shared/vendor by test/citus_build.sh), after loyalty.citus_setup():
 #   1. citus_setup distributed and colocated the coupon and RFM per-customer
-#      tables, made the configuration tables reference tables;
+#      tables, made the configuration tables reference tables (rfm_config's
+#      checks run on every placement);
 #   2. the README checkout (coupon_redeem and points_earn in one transaction,
 #      on an orders table distributed by customer and colocated), its
 #      rollback, idempotent repeat, and one customer per order_ref across
@@ -56,7 +57,16 @@ expect "per-customer coupon and RFM tables distributed, colocated" "$(echo "$got
 expect "configuration tables are reference tables" \
 	"$(q -c "SELECT count(*) FROM pg_dist_partition WHERE partmethod = 'n' AND logicalrelid IN
 		('loyalty.campaign'::regclass, 'loyalty.campaign_rule'::regclass,
-		 'loyalty.eligibility_kind'::regclass, 'loyalty.coupon'::regclass, 'loyalty.settings'::regclass)")" 5
+		 'loyalty.eligibility_kind'::regclass, 'loyalty.coupon'::regclass, 'loyalty.settings'::regclass,
+		 'loyalty.rfm_config'::regclass)")" 6
+# the RFM configuration's trigger runs on every placement: checks and singleton
+q -c "UPDATE loyalty.rfm_config SET bins = 4" >/dev/null
+got=$(q -c "UPDATE loyalty.rfm_config SET bins = 12" 2>&1 || true)
+case "$got" in *"bins must be between"*) echo "ok: rfm_config checked on the reference table" ;;
+	*) fail "rfm_config bins = 12: $got" ;; esac
+expect "rfm_config: every placement has the one row" \
+	"$(q -c "SELECT string_agg(result, ',') FROM run_command_on_placements('loyalty.rfm_config',
+		'SELECT count(*) || '':'' || min(bins) FROM %s')")" "1:4,1:4,1:4"
 expect "order owners distributed by order_ref" \
 	"$(q -c "SELECT column_to_column_name(logicalrelid, partkey) FROM pg_dist_partition
 		WHERE logicalrelid = 'loyalty.coupon_order_owner'::regclass")" order_ref
