@@ -40,6 +40,7 @@ SQL_PARTS = \
 	src/clv/clv.sql \
 	src/referral/referral.sql \
 	src/mission/mission.sql \
+	src/citus/citus.sql \
 	src/common/grants.sql
 
 # Upgrade scripts: one frozen, hand-written src/upgrade/loyalty--A--B.sql per

@@ -518,6 +518,8 @@ DELETE FROM loyalty.coupon_order o WHERE EXISTS (
 	SELECT 1 FROM loyalty.redemption r JOIN t_campaigns USING (campaign_id) WHERE r.order_ref = o.order_ref
 	UNION ALL
 	SELECT 1 FROM loyalty.reservation h JOIN t_campaigns USING (campaign_id) WHERE h.order_ref = o.order_ref);
+DELETE FROM loyalty.coupon_order_owner w
+WHERE NOT EXISTS (SELECT 1 FROM loyalty.coupon_order o WHERE o.order_ref = w.order_ref);
 DELETE FROM loyalty.redemption WHERE campaign_id IN (SELECT campaign_id FROM t_campaigns);
 DELETE FROM loyalty.reservation WHERE campaign_id IN (SELECT campaign_id FROM t_campaigns);
 DELETE FROM loyalty.coupon WHERE campaign_id IN (SELECT campaign_id FROM t_campaigns);

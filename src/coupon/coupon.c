@@ -560,7 +560,7 @@ CouponReserve(FunctionCallInfo fcinfo, bool amount_context)
 	if (OwnRedemption(&st) != NULL)
 		RaiseReason(&st, COUPON_ALREADY_REDEEMED);
 	if (st.order.exists)
-		held = CouponFindHold(st.order_ref, st.cp.id, st.now, &held_discount,
+		held = CouponFindHold(st.customer_id, st.order_ref, st.cp.id, st.now, &held_discount,
 							  &held_until, &expired);
 	if (held && !expired)
 	{
@@ -830,7 +830,7 @@ RecomputeHolds(CallState *st)
 		total = LoyaltyNumericAdd(total, st->discount);
 	}
 	for (i = 0; i < n; i++)
-		CouponUpdateHold(st->order_ref, ids[i], discounts[i], shipping[i],
+		CouponUpdateHold(st->customer_id, st->order_ref, ids[i], discounts[i], shipping[i],
 						 lines[i]);
 	return total;
 }
@@ -881,7 +881,7 @@ coupon_update_context(PG_FUNCTION_ARGS)
 			if (st.order.attached[i].redeemed)
 				RaiseReason(&st, COUPON_ORDER_REDEEMED);
 		total = CopyNumeric(RecomputeHolds(&st), caller);
-		CouponUpdateOrderContext(st.order_ref, &st.ctx, st.now);
+		CouponUpdateOrderContext(st.customer_id, st.order_ref, &st.ctx, st.now);
 	}
 	SPI_finish();
 	if (total == NULL)

@@ -281,8 +281,8 @@ extern void CouponInsertRedemption(const Coupon *cp, const Campaign *cm,
 								   bool on_shipping, Datum lines,
 								   bool consume_hold,
 								   bool order_existed, TimestampTz now);
-extern bool CouponFindHold(const char *order_ref, int64 coupon_id,
-						   TimestampTz now, Numeric *discount,
+extern bool CouponFindHold(const char *customer_id, const char *order_ref,
+						   int64 coupon_id, TimestampTz now, Numeric *discount,
 						   TimestampTz *expires_at, bool *expired);
 extern TimestampTz CouponInsertHold(const Coupon *cp, const Campaign *cm,
 									const char *customer_id,
@@ -294,9 +294,11 @@ extern TimestampTz CouponInsertHold(const Coupon *cp, const Campaign *cm,
 extern void CouponById(int64 coupon_id, Coupon *cp);
 extern bool CouponLockExistingOrder(const char *order_ref, CouponOrder *order);
 extern void CouponLockCoupons(int64 *ids, int n);
-extern void CouponUpdateHold(const char *order_ref, int64 coupon_id,
-							 Numeric discount, bool on_shipping, Datum lines);
-extern void CouponUpdateOrderContext(const char *order_ref,
+extern void CouponUpdateHold(const char *customer_id, const char *order_ref,
+							 int64 coupon_id, Numeric discount,
+							 bool on_shipping, Datum lines);
+extern void CouponUpdateOrderContext(const char *customer_id,
+									 const char *order_ref,
 									 const OrderContext *ctx, TimestampTz now);
 extern bool CouponRollbackOrder(const char *order_ref, TimestampTz now);
 extern int64 CouponCampaignActiveUses(int64 campaign_id);

@@ -14,8 +14,16 @@
  * active redemptions, unexpired reservations and unused codes sold for
  * points under those locks.  The tables back that up: a code's uses can never
  * exceed its max_uses (CHECK), a campaign's counter never its total_cap
- * (CHECK), and an (order_ref, code) pair is redeemed at most once (unique
- * index).
+ * (CHECK), and an (order_ref, code) pair is redeemed at most once (an
+ * order_ref has one owner, loyalty.coupon_order_owner, and the redemption
+ * ledger is unique on (customer_id, order_ref, code)).
+ *
+ * Citus (doc/citus.md): the per-customer tables (coupon_order, redemption,
+ * reservation, coupon_return, coupon_return_line) are keyed by
+ * (customer_id, ...) with customer_id text COLLATE "C", so that they can be
+ * distributed and colocated by customer; campaign, campaign_rule,
+ * eligibility_kind and coupon (the code catalogue, looked up by code, public
+ * codes having no customer) are configuration: reference tables.
  * ------------------------------------------------------------------------ */
 
 /* tables */
@@ -130,7 +138,7 @@ CREATE TABLE loyalty.coupon (
 	coupon_id		bigint GENERATED ALWAYS AS IDENTITY (CACHE 100) PRIMARY KEY,
 	code			loyalty.coupon_code NOT NULL,
 	campaign_id		bigint NOT NULL,
-	customer_id		text,
+	customer_id		text COLLATE "C",
 	max_uses		bigint,
 	uses			bigint NOT NULL DEFAULT 0,
 	reservations	bigint NOT NULL DEFAULT 0,
@@ -166,9 +174,35 @@ SELECT pg_catalog.pg_extension_config_dump(
 	pg_catalog.pg_get_serial_sequence('loyalty.coupon', 'coupon_id'), '');
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
+/*
+ * The one owner of each coupon order_ref: "an order belongs to exactly one
+ * customer" is its primary key.  The first reserve / redeem of an order
+ * claims it (INSERT ... ON CONFLICT DO NOTHING, then the owner is read), so
+ * two customers racing for one order_ref serialise on the unique index and
+ * the second gets order_mismatch.  Every other coupon table is keyed by
+ * (customer_id, ...); with the owner unique, (customer_id, order_ref, code)
+ * unique in the ledger is "one redemption per order and code" globally.
+ * Citus: the documented exception to "per-customer tables are keyed by
+ * customer": an order_ref is global by definition, so this table is
+ * distributed by order_ref in its own colocation group (a claim is one
+ * single-shard insert inside the call's distributed transaction), as
+ * loyalty.points_reference is for points references.
+ */
+CREATE TABLE loyalty.coupon_order_owner (
+	order_ref		text COLLATE "C" PRIMARY KEY,
+	customer_id		text COLLATE "C" NOT NULL,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE loyalty.coupon_order_owner IS
+	'Owner of every coupon order_ref: one customer per order, by primary key (claimed by the first reserve or redeem of the order)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_order_owner', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_order_owner'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
 CREATE TABLE loyalty.coupon_order (
-	order_ref		text PRIMARY KEY,
-	customer_id		text NOT NULL,
+	order_ref		text COLLATE "C" NOT NULL,
+	customer_id		text COLLATE "C" NOT NULL,
 	context_hash	bigint NOT NULL,
 	amount			numeric NOT NULL,
 	currency		text,
@@ -176,7 +210,8 @@ CREATE TABLE loyalty.coupon_order (
 	created_at		timestamptz NOT NULL,
 	updated_at		timestamptz NOT NULL,
 	closed_at		timestamptz,
-	context			jsonb
+	context			jsonb,
+	PRIMARY KEY (customer_id, order_ref)
 );
 
 COMMENT ON TABLE loyalty.coupon_order IS
@@ -199,24 +234,25 @@ SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_orde
  * re-reads CHECK expressions and runs a trigger per row for a foreign key.
  */
 CREATE TABLE loyalty.redemption (
-	redemption_id	bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	redemption_id	bigint GENERATED ALWAYS AS IDENTITY,
 	kind			text NOT NULL,
 	reverses		bigint,
 	coupon_id		bigint NOT NULL,
 	campaign_id		bigint NOT NULL,
-	customer_id		text NOT NULL,
-	order_ref		text NOT NULL,
+	customer_id		text COLLATE "C" NOT NULL,
+	order_ref		text COLLATE "C" NOT NULL,
 	uses			integer NOT NULL,
 	discount		numeric NOT NULL,
 	on_shipping		boolean NOT NULL,
 	currency		text NOT NULL,
 	created_at		timestamptz NOT NULL,
-	line_discounts	numeric[]
+	line_discounts	numeric[],
+	PRIMARY KEY (customer_id, redemption_id)
 );
 
-CREATE UNIQUE INDEX redemption_order_coupon_key ON loyalty.redemption (order_ref, coupon_id)
+CREATE UNIQUE INDEX redemption_order_coupon_key ON loyalty.redemption (customer_id, order_ref, coupon_id)
 	WHERE kind = 'redeem';
-CREATE UNIQUE INDEX redemption_reverses_key ON loyalty.redemption (reverses)
+CREATE UNIQUE INDEX redemption_reverses_key ON loyalty.redemption (customer_id, reverses)
 	WHERE reverses IS NOT NULL;
 CREATE INDEX redemption_campaign_customer_idx ON loyalty.redemption (campaign_id, customer_id);
 
@@ -237,11 +273,11 @@ SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.redemption'
  * while expires_at is in the future, so an expired hold frees itself.
  */
 CREATE TABLE loyalty.reservation (
-	reservation_id	bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	reservation_id	bigint GENERATED ALWAYS AS IDENTITY,
 	coupon_id		bigint NOT NULL,
 	campaign_id		bigint NOT NULL,
-	customer_id		text NOT NULL,
-	order_ref		text NOT NULL,
+	customer_id		text COLLATE "C" NOT NULL,
+	order_ref		text COLLATE "C" NOT NULL,
 	discount		numeric NOT NULL,
 	on_shipping		boolean NOT NULL,
 	created_at		timestamptz NOT NULL,
@@ -252,10 +288,11 @@ CREATE TABLE loyalty.reservation (
 	CONSTRAINT reservation_state_check
 		CHECK (state IN ('held', 'consumed', 'released', 'expired')
 			   AND (state = 'held') = (ended_at IS NULL)
-			   AND expires_at > created_at AND discount >= 0)
+			   AND expires_at > created_at AND discount >= 0),
+	PRIMARY KEY (customer_id, reservation_id)
 );
 
-CREATE UNIQUE INDEX reservation_order_coupon_key ON loyalty.reservation (order_ref, coupon_id)
+CREATE UNIQUE INDEX reservation_order_coupon_key ON loyalty.reservation (customer_id, order_ref, coupon_id)
 	WHERE state = 'held';
 CREATE INDEX reservation_coupon_idx ON loyalty.reservation (coupon_id, expires_at)
 	WHERE state = 'held';
@@ -277,9 +314,9 @@ COMMENT ON COLUMN loyalty.reservation.line_discounts IS
  * writes them.  Keyed by customer first, as every per-customer table.
  */
 CREATE TABLE loyalty.coupon_return (
-	customer_id		text NOT NULL,
-	order_ref		text NOT NULL,
-	return_ref		text NOT NULL,
+	customer_id		text COLLATE "C" NOT NULL,
+	order_ref		text COLLATE "C" NOT NULL,
+	return_ref		text COLLATE "C" NOT NULL,
 	quantities		jsonb NOT NULL,
 	amount			numeric NOT NULL,
 	created_at		timestamptz NOT NULL,
@@ -293,9 +330,9 @@ SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_return', '');
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_return'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 CREATE TABLE loyalty.coupon_return_line (
-	customer_id		text NOT NULL,
-	order_ref		text NOT NULL,
-	return_ref		text NOT NULL,
+	customer_id		text COLLATE "C" NOT NULL,
+	order_ref		text COLLATE "C" NOT NULL,
+	return_ref		text COLLATE "C" NOT NULL,
 	coupon_id		bigint NOT NULL,
 	line			integer NOT NULL,
 	quantity		bigint NOT NULL,
@@ -1205,15 +1242,22 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+	owner text;
 	o record;
 	k record;
+	-- a variable, not clock_timestamp() in the UPDATEs: Citus refuses a
+	-- volatile function in an UPDATE of a distributed table
+	now_ts timestamptz := clock_timestamp();
 BEGIN
 	IF customer_id IS NULL OR order_ref IS NULL OR code IS NULL THEN
 		RAISE EXCEPTION 'customer_id, order_ref and code must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
+	-- the order row under its owner (one statement per table: routed on Citus)
+	SELECT w.customer_id INTO owner FROM loyalty.coupon_order_owner w
+	WHERE w.order_ref = coupon_release.order_ref;
 	SELECT t.customer_id, t.state INTO o FROM loyalty.coupon_order t
-	WHERE t.order_ref = coupon_release.order_ref FOR NO KEY UPDATE;
+	WHERE t.customer_id = owner AND t.order_ref = coupon_release.order_ref FOR NO KEY UPDATE;
 	IF NOT FOUND OR o.state = 'rolled_back' THEN
 		RETURN false;
 	END IF;
@@ -1231,22 +1275,24 @@ BEGIN
 		RETURN false;
 	END IF;
 	IF EXISTS (SELECT 1 FROM loyalty.redemption r
-			   WHERE r.order_ref = coupon_release.order_ref AND r.coupon_id = k.coupon_id
-				 AND r.kind = 'redeem'
-				 AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)) THEN
+			   WHERE r.customer_id = o.customer_id AND r.order_ref = coupon_release.order_ref
+				 AND r.coupon_id = k.coupon_id AND r.kind = 'redeem'
+				 AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x
+								 WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)) THEN
 		RAISE EXCEPTION 'coupon % cannot be released: already_redeemed', k.printed
 			USING ERRCODE = 'LY022',
 				  DETAIL = jsonb_build_object('reason', 'already_redeemed', 'code', k.printed,
 											 'order_ref', coupon_release.order_ref)::text,
 				  HINT = 'The coupon is redeemed for this order; take its discount back with coupon_return_lines or rollback_redemption.';
 	END IF;
-	UPDATE loyalty.reservation h SET state = 'released', ended_at = clock_timestamp()
-	WHERE h.order_ref = coupon_release.order_ref AND h.coupon_id = k.coupon_id AND h.state = 'held';
+	UPDATE loyalty.reservation h SET state = 'released', ended_at = now_ts
+	WHERE h.customer_id = o.customer_id AND h.order_ref = coupon_release.order_ref
+	  AND h.coupon_id = k.coupon_id AND h.state = 'held';
 	IF NOT FOUND THEN
 		RETURN false;
 	END IF;
-	UPDATE loyalty.coupon_order t SET updated_at = clock_timestamp()
-	WHERE t.order_ref = coupon_release.order_ref;
+	UPDATE loyalty.coupon_order t SET updated_at = now_ts
+	WHERE t.customer_id = o.customer_id AND t.order_ref = coupon_release.order_ref;
 	RETURN true;
 END;
 $$;
@@ -1281,12 +1327,15 @@ BEGIN
 	a AS (
 		SELECT r.coupon_id, 'redeemed'::text AS state, r.discount, r.line_discounts
 		FROM loyalty.redemption r
-		WHERE r.order_ref = coupon_order_lines.order_ref AND r.kind = 'redeem'
-		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)
+		WHERE r.customer_id = coupon_order_lines.customer_id
+		  AND r.order_ref = coupon_order_lines.order_ref AND r.kind = 'redeem'
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x
+						  WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)
 		UNION ALL
 		SELECT h.coupon_id, 'reserved', h.discount, h.line_discounts
 		FROM loyalty.reservation h
-		WHERE h.order_ref = coupon_order_lines.order_ref AND h.state = 'held'
+		WHERE h.customer_id = coupon_order_lines.customer_id
+		  AND h.order_ref = coupon_order_lines.order_ref AND h.state = 'held'
 		  AND h.expires_at > clock_timestamp())
 	SELECT c.code, a.state, l.n::integer,
 		   (o.context -> 'items' -> (l.n::integer - 1)) ->> 'sku',
@@ -1354,7 +1403,8 @@ BEGIN
 				  DETAIL = 'Each must have 1 to 256 bytes.';
 	END IF;
 	SELECT t.customer_id, t.state, t.context INTO o FROM loyalty.coupon_order t
-	WHERE t.order_ref = coupon_return_lines.order_ref FOR NO KEY UPDATE;
+	WHERE t.customer_id = coupon_return_lines.customer_id
+	  AND t.order_ref = coupon_return_lines.order_ref FOR NO KEY UPDATE;
 	IF NOT FOUND OR o.customer_id <> coupon_return_lines.customer_id THEN
 		RAISE EXCEPTION 'order % of customer % has no coupons', order_ref, customer_id
 			USING ERRCODE = 'invalid_parameter_value';
@@ -1442,9 +1492,11 @@ BEGIN
 	FOR red IN
 		SELECT r.coupon_id, r.campaign_id, r.currency, r.line_discounts
 		FROM loyalty.redemption r
-		WHERE r.order_ref = coupon_return_lines.order_ref AND r.kind = 'redeem'
+		WHERE r.customer_id = coupon_return_lines.customer_id
+		  AND r.order_ref = coupon_return_lines.order_ref AND r.kind = 'redeem'
 		  AND r.line_discounts IS NOT NULL
-		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x
+						  WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)
 		ORDER BY r.coupon_id
 	LOOP
 		INSERT INTO loyalty.coupon_return_line (customer_id, order_ref, return_ref, coupon_id, line, quantity, discount)
@@ -1478,7 +1530,8 @@ BEGIN
 	UPDATE loyalty.coupon_return r SET amount = total
 	WHERE r.customer_id = coupon_return_lines.customer_id
 	  AND r.order_ref = coupon_return_lines.order_ref AND r.return_ref = coupon_return_lines.return_ref;
-	UPDATE loyalty.coupon_order t SET updated_at = now_ts WHERE t.order_ref = coupon_return_lines.order_ref;
+	UPDATE loyalty.coupon_order t SET updated_at = now_ts
+	WHERE t.customer_id = coupon_return_lines.customer_id AND t.order_ref = coupon_return_lines.order_ref;
 	RETURN total;
 END;
 $$;

@@ -53,10 +53,10 @@ static const LoyaltyCallMap redeem_map = {coupon_redeem, 4, {2, 0, 1, 3}};
 /* rollback_redemption(order_ref) */
 static const LoyaltyCallMap rollback_map = {coupon_rollback, 1, {1}};
 
-/* The order row and its customer, locked as rollback_redemption locks it. */
+/* The order's owner (owners are never updated or deleted). */
 static const LoyaltyPlanDef ApiPlanDefs[1] = {
-	{"SELECT customer_id FROM loyalty.coupon_order WHERE order_ref = $1"
-		" FOR NO KEY UPDATE", 1, {TEXTOID}},
+	{"SELECT customer_id FROM loyalty.coupon_order_owner WHERE order_ref = $1",
+	1, {TEXTOID}},
 };
 
 static SPIPlanPtr api_plan_slots[1];
@@ -121,9 +121,9 @@ PG_FUNCTION_INFO_V1(coupon_api_rollback);
  * rollback_redemption of an order of this customer.  An order of another
  * customer is order_conflict (LY020), as a reserve or redeem naming it with
  * another customer is; an unknown order is false, as for
- * rollback_redemption.  The order row is locked here (the lock
- * rollback_redemption takes first, so its lock order is unchanged), so the
- * owner read stays true until the transaction ends.
+ * rollback_redemption.  The owner is read from loyalty.coupon_order_owner,
+ * whose rows never change, so the read stays true until the transaction
+ * ends; rollback_redemption then takes its locks in the usual order.
  */
 Datum
 coupon_api_rollback(PG_FUNCTION_ARGS)

@@ -7,7 +7,9 @@
  * with another):
  *	1. the order row (loyalty.coupon_order), inserted or locked FOR NO KEY
  *	   UPDATE: serialises everything done to one order_ref (idempotency,
- *	   stacking, rollback);
+ *	   stacking, rollback); a new order first claims its order_ref in
+ *	   loyalty.coupon_order_owner (unique: one customer per order), which is
+ *	   then read to find the order row, keyed by (customer_id, order_ref);
  *	2. the coupon row(s), FOR NO KEY UPDATE: per-code cap, in coupon_id
  *	   order when there are several;
  *	3. the campaign gate(s): a heavyweight lock on the campaign as an object
@@ -29,6 +31,10 @@
  * snapshot), and written in one statement.  Rows whose change must be seen
  * by a REPEATABLE READ competitor are updated, not just locked, so that the
  * competitor gets a serialization failure (40001) instead of a stale view.
+ *
+ * Every statement on a per-customer table (coupon_order, redemption,
+ * reservation) names the customer: they are keyed by (customer_id, ...), so
+ * that on Citus each statement is routed to the customer's shard.
  */
 #include "coupon.h"
 
@@ -58,13 +64,17 @@
  * campaign CAMP holds one unit of the campaign's total and per-customer
  * caps while it is neither used nor voided; while a live reservation of
  * another order than ORDER holds it, that reservation is the unit instead
- * (counted with the reservations).  Served by coupon_cap_unit_idx.
+ * (counted with the reservations).  Served by coupon_cap_unit_idx.  The
+ * reservations are an uncorrelated subquery (a code's reservations carry
+ * its campaign): on Citus, coupon is a reference table and reservation is
+ * distributed, and Citus plans an uncorrelated subquery on its own, not a
+ * correlated one.
  */
 #define SOLD_UNIT_HELD(camp, at, order) \
 	"s.campaign_id = " camp " AND s.holds_cap_unit AND s.uses = 0" \
 	" AND s.voided_at IS NULL" \
-	" AND NOT EXISTS (SELECT 1 FROM loyalty.reservation h" \
-	"   WHERE h.coupon_id = s.coupon_id AND h.state = 'held'" \
+	" AND s.coupon_id NOT IN (SELECT h.coupon_id FROM loyalty.reservation h" \
+	"   WHERE h.campaign_id = " camp " AND h.state = 'held'" \
 	"     AND h.expires_at > " at " AND h.order_ref IS DISTINCT FROM " order ")"
 
 /* Stands for the loyalty.coupon_code type in the argument lists below. */
@@ -75,6 +85,8 @@ typedef enum PlanId
 	P_LOOKUP,
 	P_LOOKUP_LOCK,
 	P_CAMPAIGN,
+	P_ORDER_CLAIM,
+	P_ORDER_OWNER,
 	P_ORDER_INSERT,
 	P_ORDER_LOCK,
 	P_ORDER_READ,
@@ -90,6 +102,8 @@ typedef enum PlanId
 	P_RB_LOCK_COUPONS,
 	P_RB_LOCK_CAMPAIGNS,
 	P_RB_WRITE,
+	P_RB_CODES,
+	P_RB_CAMPAIGNS,
 	P_SEGMENT,
 	P_ACTIVE_USES,
 	P_CAP_UNITS,
@@ -132,39 +146,49 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		" WHERE c.campaign_id = $1",
 		1, {INT8OID}
 	},
+	[P_ORDER_CLAIM] = {
+		"INSERT INTO loyalty.coupon_order_owner (order_ref, customer_id, created_at)"
+		" VALUES ($1, $2, $3) ON CONFLICT (order_ref) DO NOTHING RETURNING 1",
+		3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}
+	},
+	[P_ORDER_OWNER] = {
+		"SELECT customer_id FROM loyalty.coupon_order_owner WHERE order_ref = $1",
+		1, {TEXTOID}
+	},
 	[P_ORDER_INSERT] = {
 		"INSERT INTO loyalty.coupon_order"
 		" (order_ref, customer_id, context_hash, amount, currency, created_at, updated_at,"
 		"  context)"
 		" VALUES ($1, $2, $3, $4, $5, $6, $6, $7)"
-		" ON CONFLICT (order_ref) DO NOTHING RETURNING 1",
+		" ON CONFLICT (customer_id, order_ref) DO NOTHING RETURNING 1",
 		7, {TEXTOID, TEXTOID, INT8OID, NUMERICOID, TEXTOID, TIMESTAMPTZOID, JSONBOID}
 	},
 	[P_ORDER_LOCK] = {
 		"SELECT customer_id, context_hash, state FROM loyalty.coupon_order"
-		" WHERE order_ref = $1 FOR NO KEY UPDATE",
-		1, {TEXTOID}
+		" WHERE customer_id = $2 AND order_ref = $1 FOR NO KEY UPDATE",
+		2, {TEXTOID, TEXTOID}
 	},
 	[P_ORDER_READ] = {
 		"SELECT customer_id, context_hash, state FROM loyalty.coupon_order"
-		" WHERE order_ref = $1",
-		1, {TEXTOID}
+		" WHERE customer_id = $2 AND order_ref = $1",
+		2, {TEXTOID, TEXTOID}
 	},
 	[P_ATTACHED] = {
 		"SELECT r.coupon_id, r.campaign_id, true, r.discount, r.on_shipping,"
 		"       c.exclusive, c.max_coupons_per_order, c.currency"
 		" FROM loyalty.redemption r"
 		" JOIN loyalty.campaign c ON c.campaign_id = r.campaign_id"
-		" WHERE r.order_ref = $1 AND r.kind = 'redeem'"
+		" WHERE r.customer_id = $3 AND r.order_ref = $1 AND r.kind = 'redeem'"
 		"   AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x"
-		"                   WHERE x.reverses = r.redemption_id)"
+		"                   WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)"
 		" UNION ALL "
 		"SELECT h.coupon_id, h.campaign_id, false, h.discount, h.on_shipping,"
 		"       c.exclusive, c.max_coupons_per_order, c.currency"
 		" FROM loyalty.reservation h"
 		" JOIN loyalty.campaign c ON c.campaign_id = h.campaign_id"
-		" WHERE h.order_ref = $1 AND h.state = 'held' AND h.expires_at > $2",
-		2, {TEXTOID, TIMESTAMPTZOID}
+		" WHERE h.customer_id = $3 AND h.order_ref = $1 AND h.state = 'held'"
+		"   AND h.expires_at > $2",
+		3, {TEXTOID, TIMESTAMPTZOID, TEXTOID}
 	},
 	[P_CAMPAIGN_LOCK] = {
 		"SELECT uses FROM loyalty.campaign WHERE campaign_id = $1"
@@ -197,14 +221,15 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 	},
 	[P_FIND_HOLD] = {
 		"SELECT discount, expires_at FROM loyalty.reservation"
-		" WHERE order_ref = $1 AND coupon_id = $2 AND state = 'held'",
-		2, {TEXTOID, INT8OID}
+		" WHERE customer_id = $3 AND order_ref = $1 AND coupon_id = $2"
+		"   AND state = 'held'",
+		3, {TEXTOID, INT8OID, TEXTOID}
 	},
 	[P_EXPIRE_HOLD] = {
 		"UPDATE loyalty.reservation SET state = 'expired', ended_at = $3"
-		" WHERE order_ref = $1 AND coupon_id = $2 AND state = 'held'"
-		"   AND expires_at <= $3",
-		3, {TEXTOID, INT8OID, TIMESTAMPTZOID}
+		" WHERE customer_id = $4 AND order_ref = $1 AND coupon_id = $2"
+		"   AND state = 'held' AND expires_at <= $3",
+		4, {TEXTOID, INT8OID, TIMESTAMPTZOID, TEXTOID}
 	},
 	[P_INSERT_HOLD] = {
 		"WITH ins AS ("
@@ -214,24 +239,24 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		" cu AS (UPDATE loyalty.coupon SET reservations = reservations + 1"
 		"        WHERE coupon_id = $1),"
 		" od AS (UPDATE loyalty.coupon_order SET updated_at = $7"
-		"        WHERE order_ref = $4 AND $9)"
+		"        WHERE customer_id = $3 AND order_ref = $4 AND $9)"
 		" SELECT expires_at FROM ins",
 		10, {INT8OID, INT8OID, TEXTOID, TEXTOID, NUMERICOID, BOOLOID,
 		TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, NUMERICARRAYOID}
 	},
 	[P_RB_LOCK_ORDER] = {
-		"SELECT state FROM loyalty.coupon_order WHERE order_ref = $1"
-		" FOR NO KEY UPDATE",
-		1, {TEXTOID}
+		"SELECT state FROM loyalty.coupon_order WHERE customer_id = $2"
+		" AND order_ref = $1 FOR NO KEY UPDATE",
+		2, {TEXTOID, TEXTOID}
 	},
 	[P_RB_REDEMPTIONS] = {
 		"SELECT r.redemption_id, r.coupon_id, r.campaign_id"
 		" FROM loyalty.redemption r"
-		" WHERE r.order_ref = $1 AND r.kind = 'redeem'"
+		" WHERE r.customer_id = $2 AND r.order_ref = $1 AND r.kind = 'redeem'"
 		"   AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x"
-		"                   WHERE x.reverses = r.redemption_id)"
+		"                   WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)"
 		" ORDER BY r.coupon_id",
-		1, {TEXTOID}
+		2, {TEXTOID, TEXTOID}
 	},
 	[P_RB_LOCK_COUPONS] = {
 		"SELECT coupon_id FROM loyalty.coupon WHERE coupon_id = ANY ($1)"
@@ -251,25 +276,33 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		"  SELECT 'reversal', r.redemption_id, r.coupon_id, r.campaign_id,"
 		"         r.customer_id, r.order_ref, -1,"
 		"         -r.discount - coalesce((SELECT sum(x.discount) FROM loyalty.redemption x"
-		"           WHERE x.order_ref = r.order_ref AND x.coupon_id = r.coupon_id"
-		"             AND x.kind = 'return'), 0), r.on_shipping,"
-		"         r.currency, $4"
-		"  FROM loyalty.redemption r WHERE r.redemption_id = ANY ($2)),"
-		" cu AS (UPDATE loyalty.coupon c SET uses = c.uses - n.n"
-		"        FROM (SELECT r.coupon_id, count(*) AS n FROM loyalty.redemption r"
-		"              WHERE r.redemption_id = ANY ($2) GROUP BY r.coupon_id) n"
-		"        WHERE c.coupon_id = n.coupon_id),"
-		" ca AS (UPDATE loyalty.campaign c SET uses = c.uses - n.n"
-		"        FROM (SELECT r.campaign_id, count(*) AS n FROM loyalty.redemption r"
-		"              WHERE r.redemption_id = ANY ($2) GROUP BY r.campaign_id) n"
-		"        WHERE c.campaign_id = n.campaign_id AND c.campaign_id = ANY ($3)),"
+		"           WHERE x.customer_id = r.customer_id AND x.order_ref = r.order_ref"
+		"             AND x.coupon_id = r.coupon_id AND x.kind = 'return'), 0),"
+		"         r.on_shipping, r.currency, $4"
+		"  FROM loyalty.redemption r"
+		"  WHERE r.customer_id = $5 AND r.redemption_id = ANY ($2)),"
 		" ho AS (UPDATE loyalty.reservation SET state = 'released', ended_at = $4"
-		"        WHERE order_ref = $1 AND state = 'held' RETURNING 1),"
+		"        WHERE customer_id = $5 AND order_ref = $1 AND state = 'held'"
+		"        RETURNING 1),"
 		" od AS (UPDATE loyalty.coupon_order"
 		"        SET state = 'rolled_back', updated_at = $4, closed_at = $4"
-		"        WHERE order_ref = $1)"
+		"        WHERE customer_id = $5 AND order_ref = $1)"
 		" SELECT count(*) FROM ho",
-		4, {TEXTOID, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID}
+		5, {TEXTOID, INT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID, TEXTOID}
+	},
+	[P_RB_CODES] = {
+		"UPDATE loyalty.coupon c SET uses = c.uses - n.n"
+		" FROM (SELECT u.id, count(*) AS n FROM pg_catalog.unnest($1) AS u(id)"
+		"       GROUP BY u.id) n"
+		" WHERE c.coupon_id = n.id",
+		1, {INT8ARRAYOID}
+	},
+	[P_RB_CAMPAIGNS] = {
+		"UPDATE loyalty.campaign c SET uses = c.uses - n.n"
+		" FROM (SELECT u.id, count(*) AS n FROM pg_catalog.unnest($1) AS u(id)"
+		"       GROUP BY u.id) n"
+		" WHERE c.campaign_id = n.id AND c.campaign_id = ANY ($2)",
+		2, {INT8ARRAYOID, INT8ARRAYOID}
 	},
 	[P_SEGMENT] = {
 		"SELECT segment FROM loyalty.customer_segment WHERE customer_id = $1",
@@ -301,14 +334,15 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 	[P_UPDATE_HOLD] = {
 		"UPDATE loyalty.reservation SET discount = $3, on_shipping = $4,"
 		" line_discounts = $5"
-		" WHERE order_ref = $1 AND coupon_id = $2 AND state = 'held'",
-		5, {TEXTOID, INT8OID, NUMERICOID, BOOLOID, NUMERICARRAYOID}
+		" WHERE customer_id = $6 AND order_ref = $1 AND coupon_id = $2"
+		"   AND state = 'held'",
+		6, {TEXTOID, INT8OID, NUMERICOID, BOOLOID, NUMERICARRAYOID, TEXTOID}
 	},
 	[P_ORDER_UPDATE] = {
 		"UPDATE loyalty.coupon_order SET context_hash = $2, amount = $3,"
 		" currency = $4, context = $5, updated_at = $6"
-		" WHERE order_ref = $1",
-		6, {TEXTOID, INT8OID, NUMERICOID, TEXTOID, JSONBOID, TIMESTAMPTZOID}
+		" WHERE customer_id = $7 AND order_ref = $1",
+		7, {TEXTOID, INT8OID, NUMERICOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TEXTOID}
 	},
 };
 
@@ -742,84 +776,113 @@ ReadOrderRow(CouponOrder *order)
 }
 
 /*
- * Lock order step 1: insert the order row or lock the existing one.  An
- * insert that meets a concurrent uncommitted insert of the same order_ref
- * waits for it; a row that exists is locked FOR NO KEY UPDATE.  Since order
- * rows are never deleted, the loop runs at most twice.
+ * The customer owning an order_ref (loyalty.coupon_order_owner), or NULL
+ * for an order never seen.
+ */
+static char *
+OrderOwner(const char *order_ref)
+{
+	Datum		key[1] = {TextArg(order_ref)};
+
+	Exec(P_ORDER_OWNER, key, NULL, false);
+	if (SPI_processed == 0)
+		return NULL;
+	return LoyaltyColText(LoyaltySpiRow(0), 1);
+}
+
+/*
+ * Read (lock: FOR NO KEY UPDATE) the order row of order_ref under its
+ * owner: false when the order is unknown.  The row belongs to the owner,
+ * who may be another customer than the caller (the callers compare).
+ */
+static bool
+ReadOwnedOrder(const char *order_ref, bool lock, CouponOrder *order)
+{
+	char	   *owner = OrderOwner(order_ref);
+	Datum		key[2];
+
+	memset(order, 0, sizeof(*order));
+	if (owner == NULL)
+		return false;
+	key[0] = TextArg(order_ref);
+	key[1] = TextArg(owner);
+	Exec(lock ? P_ORDER_LOCK : P_ORDER_READ, key, NULL, false);
+	if (SPI_processed != 1)
+		elog(ERROR, "coupon order \"%s\" has an owner but no order row", order_ref);
+	order->exists = true;
+	ReadOrderRow(order);
+	return true;
+}
+
+/*
+ * Lock order step 1: claim the order_ref and insert the order row, or lock
+ * the existing row (its owner's, who may be another customer).  A claim
+ * that meets a concurrent uncommitted claim of the same order_ref waits for
+ * it; owners and order rows are never deleted.
  */
 void
 CouponLockOrder(const char *order_ref, const char *customer_id,
 				const OrderContext *ctx, TimestampTz now, CouponOrder *order)
 {
-	memset(order, 0, sizeof(*order));
-	for (;;)
-	{
-		Datum		values[7];
-		char		nulls[7] = "       ";
-		Datum		key[1];
+	Datum		values[7];
+	char		nulls[7] = "       ";
 
-		values[0] = TextArg(order_ref);
-		values[1] = TextArg(customer_id);
-		values[2] = Int64GetDatum(ctx->hash);
-		values[3] = NumericGetDatum(ctx->amount);
-		if (ctx->has_currency)
-			values[4] = TextArg(ctx->currency);
-		else
-		{
-			values[4] = (Datum) 0;
-			nulls[4] = 'n';
-		}
-		values[5] = TimestampTzGetDatum(now);
-		if (ctx->json != NULL)
-			values[6] = JsonbPGetDatum(ctx->json);
-		else
-		{
-			values[6] = (Datum) 0;
-			nulls[6] = 'n';
-		}
-		Exec(P_ORDER_INSERT, values, nulls, false);
-		if (SPI_processed == 1)
-		{
-			order->exists = false;
-			order->customer_id = pstrdup(customer_id);
-			order->context_hash = ctx->hash;
-			return;
-		}
-		key[0] = TextArg(order_ref);
-		Exec(P_ORDER_LOCK, key, NULL, false);
-		if (SPI_processed == 1)
-		{
-			order->exists = true;
-			ReadOrderRow(order);
-			return;
-		}
+	values[0] = TextArg(order_ref);
+	values[1] = TextArg(customer_id);
+	values[2] = TimestampTzGetDatum(now);
+	Exec(P_ORDER_CLAIM, values, NULL, false);
+	if (SPI_processed == 0)
+	{
+		ReadOwnedOrder(order_ref, true, order);
+		return;
 	}
+	memset(order, 0, sizeof(*order));
+	values[0] = TextArg(order_ref);
+	values[1] = TextArg(customer_id);
+	values[2] = Int64GetDatum(ctx->hash);
+	values[3] = NumericGetDatum(ctx->amount);
+	if (ctx->has_currency)
+		values[4] = TextArg(ctx->currency);
+	else
+	{
+		values[4] = (Datum) 0;
+		nulls[4] = 'n';
+	}
+	values[5] = TimestampTzGetDatum(now);
+	if (ctx->json != NULL)
+		values[6] = JsonbPGetDatum(ctx->json);
+	else
+	{
+		values[6] = (Datum) 0;
+		nulls[6] = 'n';
+	}
+	Exec(P_ORDER_INSERT, values, nulls, false);
+	if (SPI_processed != 1)
+		elog(ERROR, "coupon order \"%s\" was claimed but has an order row", order_ref);
+	order->exists = false;
+	order->customer_id = pstrdup(customer_id);
+	order->context_hash = ctx->hash;
 }
 
 /* Read an order without locking (validate). */
 void
 CouponReadOrder(const char *order_ref, CouponOrder *order)
 {
-	Datum		key[1] = {TextArg(order_ref)};
-
-	memset(order, 0, sizeof(*order));
-	Exec(P_ORDER_READ, key, NULL, false);
-	if (SPI_processed == 1)
-	{
-		order->exists = true;
-		ReadOrderRow(order);
-	}
+	ReadOwnedOrder(order_ref, false, order);
 }
 
 /*
- * The coupons already on an order: its active redemptions and unexpired
- * reservations, with what stacking needs of their campaigns.
+ * The coupons already on an order (read by CouponLockOrder or
+ * CouponReadOrder: order->customer_id is its owner): its active
+ * redemptions and unexpired reservations, with what stacking needs of
+ * their campaigns.
  */
 void
 CouponReadAttached(const char *order_ref, TimestampTz now, bool latest,
 				   CouponOrder *order)
 {
-	Datum		values[2] = {TextArg(order_ref), TimestampTzGetDatum(now)};
+	Datum		values[3] = {TextArg(order_ref), TimestampTzGetDatum(now),
+	TextArg(order->customer_id)};
 	uint64		i;
 
 	Exec(P_ATTACHED, values, NULL, latest);
@@ -1024,12 +1087,12 @@ RedeemPlan(bool capped, bool consume_hold, bool order_existed)
 			appendStringInfoString(&sql,
 								   ", ho AS (UPDATE loyalty.reservation"
 								   "         SET state = 'consumed', ended_at = $8"
-								   "         WHERE order_ref = $4 AND coupon_id = $1"
-								   "           AND state = 'held')");
+								   "         WHERE customer_id = $3 AND order_ref = $4"
+								   "           AND coupon_id = $1 AND state = 'held')");
 		if (order_existed)
 			appendStringInfoString(&sql,
 								   ", od AS (UPDATE loyalty.coupon_order SET updated_at = $8"
-								   "         WHERE order_ref = $4)");
+								   "         WHERE customer_id = $3 AND order_ref = $4)");
 		appendStringInfoString(&sql, " SELECT redemption_id FROM ins");
 		LoyaltyKeepPlan(&redeem_plans[v], sql.data, 9, types, 0);
 	}
@@ -1070,10 +1133,12 @@ CouponInsertRedemption(const Coupon *cp, const Campaign *cm,
  * have expired: *expired says so).
  */
 bool
-CouponFindHold(const char *order_ref, int64 coupon_id, TimestampTz now,
-			   Numeric *discount, TimestampTz *expires_at, bool *expired)
+CouponFindHold(const char *customer_id, const char *order_ref,
+			   int64 coupon_id, TimestampTz now, Numeric *discount,
+			   TimestampTz *expires_at, bool *expired)
 {
-	Datum		values[2] = {TextArg(order_ref), Int64GetDatum(coupon_id)};
+	Datum		values[3] = {TextArg(order_ref), Int64GetDatum(coupon_id),
+	TextArg(customer_id)};
 
 	Exec(P_FIND_HOLD, values, NULL, false);
 	if (SPI_processed == 0)
@@ -1100,8 +1165,8 @@ CouponInsertHold(const Coupon *cp, const Campaign *cm, const char *customer_id,
 
 	if (expire_old)
 	{
-		Datum		ev[3] = {TextArg(order_ref), Int64GetDatum(cp->id),
-		TimestampTzGetDatum(now)};
+		Datum		ev[4] = {TextArg(order_ref), Int64GetDatum(cp->id),
+		TimestampTzGetDatum(now), TextArg(customer_id)};
 
 		Exec(P_EXPIRE_HOLD, ev, NULL, false);
 	}
@@ -1143,18 +1208,24 @@ Int64Cmp(const void *a, const void *b)
 bool
 CouponRollbackOrder(const char *order_ref, TimestampTz now)
 {
-	Datum		key[1] = {TextArg(order_ref)};
+	char	   *owner = OrderOwner(order_ref);
+	Datum		key[2];
 	int			n;
 	int64	   *redemptions;
 	int64	   *coupons;
 	int64	   *campaigns;
+	int64	   *by_redemption;
 	int64	   *capped;
 	int			ncapped;
 	int			ncampaigns = 0;
 	int			i;
-	Datum		values[4];
+	Datum		values[5];
 	int64		released;
 
+	if (owner == NULL)
+		return false;
+	key[0] = TextArg(order_ref);
+	key[1] = TextArg(owner);
 	Exec(P_RB_LOCK_ORDER, key, NULL, false);
 	if (SPI_processed == 0)
 		return false;
@@ -1172,6 +1243,8 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 		coupons[i] = LoyaltyColInt64(LoyaltySpiRow(i), 2, NULL);
 		campaigns[i] = LoyaltyColInt64(LoyaltySpiRow(i), 3, NULL);
 	}
+	by_redemption = palloc(sizeof(int64) * Max(n, 1));
+	memcpy(by_redemption, campaigns, sizeof(int64) * n);
 
 	/* step 2: the coupon rows, in coupon_id order (the query sorts) */
 	if (n > 0)
@@ -1203,8 +1276,21 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 	values[1] = LoyaltyInt8ArrayDatum(redemptions, n);
 	values[2] = LoyaltyInt8ArrayDatum(capped, ncapped);
 	values[3] = TimestampTzGetDatum(now);
+	values[4] = TextArg(owner);
 	Exec(P_RB_WRITE, values, NULL, false);
 	released = LoyaltyColInt64(LoyaltySpiRow(0), 1, NULL);
+	/* the uses given back: one statement per table (reference tables on Citus) */
+	if (n > 0)
+	{
+		values[0] = LoyaltyInt8ArrayDatum(coupons, n);
+		Exec(P_RB_CODES, values, NULL, false);
+	}
+	if (ncapped > 0)
+	{
+		values[0] = LoyaltyInt8ArrayDatum(by_redemption, n);
+		values[1] = LoyaltyInt8ArrayDatum(capped, ncapped);
+		Exec(P_RB_CAMPAIGNS, values, NULL, false);
+	}
 	return n > 0 || released > 0;
 }
 
@@ -1248,15 +1334,7 @@ CouponCustomerSegment(const char *customer_id)
 bool
 CouponLockExistingOrder(const char *order_ref, CouponOrder *order)
 {
-	Datum		key[1] = {TextArg(order_ref)};
-
-	memset(order, 0, sizeof(*order));
-	Exec(P_ORDER_LOCK, key, NULL, false);
-	if (SPI_processed != 1)
-		return false;
-	order->exists = true;
-	ReadOrderRow(order);
-	return true;
+	return ReadOwnedOrder(order_ref, true, order);
 }
 
 /* Lock coupon rows in coupon_id order (lock order step 2). */
@@ -1273,11 +1351,12 @@ CouponLockCoupons(int64 *ids, int n)
 
 /* A held reservation's discount recomputed for a new order context. */
 void
-CouponUpdateHold(const char *order_ref, int64 coupon_id, Numeric discount,
-				 bool on_shipping, Datum lines)
+CouponUpdateHold(const char *customer_id, const char *order_ref,
+				 int64 coupon_id, Numeric discount, bool on_shipping,
+				 Datum lines)
 {
-	Datum		values[5];
-	char		nulls[5] = "     ";
+	Datum		values[6];
+	char		nulls[6] = "      ";
 
 	values[0] = TextArg(order_ref);
 	values[1] = Int64GetDatum(coupon_id);
@@ -1286,16 +1365,17 @@ CouponUpdateHold(const char *order_ref, int64 coupon_id, Numeric discount,
 	values[4] = lines;
 	if (lines == (Datum) 0)
 		nulls[4] = 'n';
+	values[5] = TextArg(customer_id);
 	Exec(P_UPDATE_HOLD, values, nulls, false);
 }
 
 /* The order row takes a new context: fingerprint, amount, currency, json. */
 void
-CouponUpdateOrderContext(const char *order_ref, const OrderContext *ctx,
-						 TimestampTz now)
+CouponUpdateOrderContext(const char *customer_id, const char *order_ref,
+						 const OrderContext *ctx, TimestampTz now)
 {
-	Datum		values[6];
-	char		nulls[6] = "      ";
+	Datum		values[7];
+	char		nulls[7] = "       ";
 
 	values[0] = TextArg(order_ref);
 	values[1] = Int64GetDatum(ctx->hash);
@@ -1309,5 +1389,6 @@ CouponUpdateOrderContext(const char *order_ref, const OrderContext *ctx,
 	}
 	values[4] = JsonbPGetDatum(ctx->json);
 	values[5] = TimestampTzGetDatum(now);
+	values[6] = TextArg(customer_id);
 	Exec(P_ORDER_UPDATE, values, nulls, false);
 }

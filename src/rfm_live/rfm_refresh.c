@@ -51,6 +51,7 @@
 
 #include "rfm.h"
 #include "rfm_args.h"
+#include "loyalty_citus.h"
 #include "rfm_live.h"
 #include "rfm_stats.h"
 #include "segment.h"
@@ -1519,6 +1520,9 @@ rfm_refresh_segments(PG_FUNCTION_ARGS)
 	r->as_of = PG_GETARG_TIMESTAMPTZ(0);
 	RfmCheckAsOf(r->as_of);
 	RfmLiveRequireReadCommitted("loyalty.refresh_segments()");
+	LoyaltyRefuseCitusTable(get_relname_relid("customer_stats",
+											  get_namespace_oid("loyalty", false)),
+							"loyalty.refresh_segments()");
 	r->scoretype = RfmLoyaltyType("rfm_score");
 
 	RfmRefreshLock(r);

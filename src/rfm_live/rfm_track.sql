@@ -524,23 +524,36 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	present boolean;
 BEGIN
 	IF TG_OP = 'DELETE' THEN
 		RAISE EXCEPTION 'the RFM configuration row cannot be deleted'
 			USING ERRCODE = 'restrict_violation',
 				  HINT = 'UPDATE loyalty.rfm_config to change it.';
 	END IF;
-	IF TG_OP = 'INSERT' AND EXISTS (SELECT 1 FROM loyalty.rfm_config) THEN
-		UPDATE loyalty.rfm_config c
-		SET bins = NEW.bins, scoring_window = NEW.scoring_window,
-			monetary = NEW.monetary, method = NEW.method,
-			recency_thresholds = NEW.recency_thresholds,
-			frequency_thresholds = NEW.frequency_thresholds,
-			monetary_thresholds = NEW.monetary_thresholds,
-			bucket_retention = NEW.bucket_retention,
-			inactive_after = NEW.inactive_after,
-			updated_at = NEW.updated_at;
-		RETURN NULL;
+	/*
+	 * The table the trigger fires on (TG_RELID), not loyalty.rfm_config by
+	 * name: on Citus the trigger fires on each placement of the reference
+	 * table (a full copy), where reading the table by name would be a
+	 * distributed query inside Citus's own write of the placement (its copy
+	 * of the table deadlocked on it).  Without Citus it is rfm_config.
+	 */
+	IF TG_OP = 'INSERT' THEN
+		EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %s)', TG_RELID::pg_catalog.regclass)
+			INTO present;
+		IF present THEN
+			EXECUTE pg_catalog.format(
+				'UPDATE %s SET bins = ($1).bins, scoring_window = ($1).scoring_window,'
+				' monetary = ($1).monetary, method = ($1).method,'
+				' recency_thresholds = ($1).recency_thresholds,'
+				' frequency_thresholds = ($1).frequency_thresholds,'
+				' monetary_thresholds = ($1).monetary_thresholds,'
+				' bucket_retention = ($1).bucket_retention,'
+				' inactive_after = ($1).inactive_after, updated_at = ($1).updated_at',
+				TG_RELID::pg_catalog.regclass) USING NEW;
+			RETURN NULL;
+		END IF;
 	END IF;
 	PERFORM loyalty._rfm_config_validate(NEW.bins, NEW.scoring_window, NEW.monetary,
 										 NEW.method, NEW.recency_thresholds,

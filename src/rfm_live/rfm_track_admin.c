@@ -33,6 +33,7 @@
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 
+#include "loyalty_citus.h"
 #include "rfm_live.h"
 
 PG_FUNCTION_INFO_V1(rfm_track_orders);
@@ -123,6 +124,7 @@ RfmOpenTrackable(Oid relid, LOCKMODE lockmode)
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("cannot track \"%s\"", RelationGetRelationName(rel)),
 				 errdetail("System catalogs and loyalty's own tables cannot be tracked.")));
+	LoyaltyRefuseCitusTable(relid, "live tracking");
 	return rel;
 }
 

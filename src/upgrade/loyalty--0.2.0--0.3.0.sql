@@ -6112,6 +6112,703 @@ SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.mission_s
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.mission_stats'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 /* ---------------------------------------------------------------------------
+ * Issue 14, Citus-ready coupon schema: every per-customer coupon table keyed
+ * by (customer_id, ...) with customer_id text COLLATE "C" (the collation of
+ * customer_stats); "one customer per order_ref" moves to the new
+ * loyalty.coupon_order_owner (claimed by the first reserve / redeem of an
+ * order, filled here from the recorded orders); the ledger's "one
+ * redemption per (order, code)" becomes unique per (customer_id, order_ref,
+ * code), which the owner makes global.  The three PL/pgSQL checkout
+ * functions name the customer in every statement.
+ * ------------------------------------------------------------------------ */
+-- campaign_stats reads redemption.customer_id: dropped, altered, created again
+DROP VIEW loyalty.campaign_stats;
+
+ALTER TABLE loyalty.coupon ALTER COLUMN customer_id TYPE text COLLATE "C";
+
+/*
+ * The one owner of each coupon order_ref: "an order belongs to exactly one
+ * customer" is its primary key.  The first reserve / redeem of an order
+ * claims it (INSERT ... ON CONFLICT DO NOTHING, then the owner is read), so
+ * two customers racing for one order_ref serialise on the unique index and
+ * the second gets order_mismatch.  Every other coupon table is keyed by
+ * (customer_id, ...); with the owner unique, (customer_id, order_ref, code)
+ * unique in the ledger is "one redemption per order and code" globally.
+ * Citus: the documented exception to "per-customer tables are keyed by
+ * customer": an order_ref is global by definition, so this table is
+ * distributed by order_ref in its own colocation group (a claim is one
+ * single-shard insert inside the call's distributed transaction), as
+ * loyalty.points_reference is for points references.
+ */
+CREATE TABLE loyalty.coupon_order_owner (
+	order_ref		text COLLATE "C" PRIMARY KEY,
+	customer_id		text COLLATE "C" NOT NULL,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE loyalty.coupon_order_owner IS
+	'Owner of every coupon order_ref: one customer per order, by primary key (claimed by the first reserve or redeem of the order)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.coupon_order_owner', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.coupon_order_owner'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+INSERT INTO loyalty.coupon_order_owner (order_ref, customer_id, created_at)
+SELECT o.order_ref, o.customer_id, o.created_at FROM loyalty.coupon_order o;
+
+ALTER TABLE loyalty.coupon_order DROP CONSTRAINT coupon_order_pkey;
+ALTER TABLE loyalty.coupon_order
+	ALTER COLUMN order_ref TYPE text COLLATE "C",
+	ALTER COLUMN customer_id TYPE text COLLATE "C",
+	ADD PRIMARY KEY (customer_id, order_ref);
+
+DROP INDEX loyalty.redemption_order_coupon_key;
+DROP INDEX loyalty.redemption_reverses_key;
+ALTER TABLE loyalty.redemption DROP CONSTRAINT redemption_pkey;
+ALTER TABLE loyalty.redemption
+	ALTER COLUMN customer_id TYPE text COLLATE "C",
+	ALTER COLUMN order_ref TYPE text COLLATE "C",
+	ADD PRIMARY KEY (customer_id, redemption_id);
+CREATE UNIQUE INDEX redemption_order_coupon_key ON loyalty.redemption (customer_id, order_ref, coupon_id)
+	WHERE kind = 'redeem';
+CREATE UNIQUE INDEX redemption_reverses_key ON loyalty.redemption (customer_id, reverses)
+	WHERE reverses IS NOT NULL;
+
+DROP INDEX loyalty.reservation_order_coupon_key;
+ALTER TABLE loyalty.reservation DROP CONSTRAINT reservation_pkey;
+ALTER TABLE loyalty.reservation
+	ALTER COLUMN customer_id TYPE text COLLATE "C",
+	ALTER COLUMN order_ref TYPE text COLLATE "C",
+	ADD PRIMARY KEY (customer_id, reservation_id);
+CREATE UNIQUE INDEX reservation_order_coupon_key ON loyalty.reservation (customer_id, order_ref, coupon_id)
+	WHERE state = 'held';
+
+CREATE VIEW loyalty.campaign_stats AS
+SELECT c.campaign_id,
+	   c.name,
+	   c.kind,
+	   c.currency,
+	   CASE WHEN c.paused THEN 'paused'
+			WHEN coalesce(pg_catalog.timezone(coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC'),
+											  c.ends_on::pg_catalog.timestamp OPERATOR(pg_catalog.+) '1 day'::pg_catalog.interval),
+						  c.ends_at) <= pg_catalog.now() THEN 'ended'
+			WHEN c.starts_at IS NOT NULL AND c.starts_at > pg_catalog.now() THEN 'scheduled'
+			ELSE 'active' END AS status,
+	   coalesce(k.codes, 0) AS codes,
+	   coalesce(r.redemptions, 0) AS redemptions,
+	   coalesce(r.rollbacks, 0) AS rollbacks,
+	   coalesce(r.redemptions, 0) - coalesce(r.rollbacks, 0) AS active_redemptions,
+	   coalesce(r.customers, 0) AS customers,
+	   coalesce(r.discount_total, 0) AS discount_total,
+	   coalesce(h.active_reservations, 0) AS active_reservations,
+	   c.total_cap,
+	   CASE WHEN c.total_cap IS NOT NULL THEN
+			greatest(c.total_cap - (coalesce(r.redemptions, 0) - coalesce(r.rollbacks, 0))
+					 - coalesce(h.active_reservations, 0), 0)
+	   END AS remaining_cap
+FROM loyalty.campaign c
+LEFT JOIN (SELECT campaign_id, count(*) AS codes
+		   FROM loyalty.coupon GROUP BY campaign_id) k
+	   ON k.campaign_id = c.campaign_id
+LEFT JOIN (SELECT campaign_id,
+				  count(*) FILTER (WHERE kind = 'redeem') AS redemptions,
+				  count(*) FILTER (WHERE kind = 'reversal') AS rollbacks,
+				  count(DISTINCT customer_id) FILTER (WHERE kind = 'redeem') AS customers,
+				  sum(discount) AS discount_total
+		   FROM loyalty.redemption GROUP BY campaign_id) r
+	   ON r.campaign_id = c.campaign_id
+LEFT JOIN (SELECT campaign_id, count(*) AS active_reservations
+		   FROM loyalty.reservation
+		   WHERE state = 'held' AND expires_at > pg_catalog.now()
+		   GROUP BY campaign_id) h
+	   ON h.campaign_id = c.campaign_id;
+
+COMMENT ON VIEW loyalty.campaign_stats IS
+	'Per campaign: codes, redemptions, rollbacks, active redemptions, customers, net discount total, active reservations, remaining cap';
+
+COMMENT ON COLUMN loyalty.campaign_stats.campaign_id IS 'Campaign';
+COMMENT ON COLUMN loyalty.campaign_stats.name IS 'Campaign name';
+COMMENT ON COLUMN loyalty.campaign_stats.kind IS 'percent, fixed, free_shipping, buy_x_get_y or free_item';
+COMMENT ON COLUMN loyalty.campaign_stats.currency IS 'Currency of the campaign''s amounts (ISO 4217)';
+COMMENT ON COLUMN loyalty.campaign_stats.status IS 'paused, ended, scheduled or active, now';
+COMMENT ON COLUMN loyalty.campaign_stats.codes IS 'Codes of the campaign (generated, public and bound)';
+COMMENT ON COLUMN loyalty.campaign_stats.redemptions IS 'Redemptions, rolled back ones included';
+COMMENT ON COLUMN loyalty.campaign_stats.rollbacks IS 'Redemptions rolled back (cancel, refund)';
+COMMENT ON COLUMN loyalty.campaign_stats.active_redemptions IS 'redemptions - rollbacks';
+COMMENT ON COLUMN loyalty.campaign_stats.customers IS 'Distinct customers who redeemed';
+COMMENT ON COLUMN loyalty.campaign_stats.discount_total IS 'Discount granted, net of rollbacks, in the campaign currency';
+COMMENT ON COLUMN loyalty.campaign_stats.active_reservations IS 'Reservations held and not expired, now';
+COMMENT ON COLUMN loyalty.campaign_stats.total_cap IS 'Total redemption cap (NULL: none)';
+COMMENT ON COLUMN loyalty.campaign_stats.remaining_cap IS 'Units of the cap still free: total_cap - active redemptions - active reservations (NULL: no cap)';
+
+
+ALTER TABLE loyalty.coupon_return
+	ALTER COLUMN customer_id TYPE text COLLATE "C",
+	ALTER COLUMN order_ref TYPE text COLLATE "C",
+	ALTER COLUMN return_ref TYPE text COLLATE "C";
+ALTER TABLE loyalty.coupon_return_line
+	ALTER COLUMN customer_id TYPE text COLLATE "C",
+	ALTER COLUMN order_ref TYPE text COLLATE "C",
+	ALTER COLUMN return_ref TYPE text COLLATE "C";
+
+CREATE OR REPLACE FUNCTION loyalty.coupon_release(customer_id text, order_ref text, code text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	owner text;
+	o record;
+	k record;
+	-- a variable, not clock_timestamp() in the UPDATEs: Citus refuses a
+	-- volatile function in an UPDATE of a distributed table
+	now_ts timestamptz := clock_timestamp();
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR code IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref and code must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	-- the order row under its owner (one statement per table: routed on Citus)
+	SELECT w.customer_id INTO owner FROM loyalty.coupon_order_owner w
+	WHERE w.order_ref = coupon_release.order_ref;
+	SELECT t.customer_id, t.state INTO o FROM loyalty.coupon_order t
+	WHERE t.customer_id = owner AND t.order_ref = coupon_release.order_ref FOR NO KEY UPDATE;
+	IF NOT FOUND OR o.state = 'rolled_back' THEN
+		RETURN false;
+	END IF;
+	IF o.customer_id <> coupon_release.customer_id THEN
+		RAISE EXCEPTION 'coupon cannot be released: order_conflict'
+			USING ERRCODE = 'LY020',
+				  DETAIL = jsonb_build_object('reason', 'order_conflict', 'code', NULL,
+											 'order_ref', coupon_release.order_ref)::text,
+				  HINT = 'This order reference was used with another customer.';
+	END IF;
+	SELECT c.coupon_id, c.code::text AS printed INTO k FROM loyalty.coupon c
+	WHERE c.code OPERATOR(loyalty.=) CAST(coupon_release.code AS loyalty.coupon_code)
+	FOR NO KEY UPDATE;
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	IF EXISTS (SELECT 1 FROM loyalty.redemption r
+			   WHERE r.customer_id = o.customer_id AND r.order_ref = coupon_release.order_ref
+				 AND r.coupon_id = k.coupon_id AND r.kind = 'redeem'
+				 AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x
+								 WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)) THEN
+		RAISE EXCEPTION 'coupon % cannot be released: already_redeemed', k.printed
+			USING ERRCODE = 'LY022',
+				  DETAIL = jsonb_build_object('reason', 'already_redeemed', 'code', k.printed,
+											 'order_ref', coupon_release.order_ref)::text,
+				  HINT = 'The coupon is redeemed for this order; take its discount back with coupon_return_lines or rollback_redemption.';
+	END IF;
+	UPDATE loyalty.reservation h SET state = 'released', ended_at = now_ts
+	WHERE h.customer_id = o.customer_id AND h.order_ref = coupon_release.order_ref
+	  AND h.coupon_id = k.coupon_id AND h.state = 'held';
+	IF NOT FOUND THEN
+		RETURN false;
+	END IF;
+	UPDATE loyalty.coupon_order t SET updated_at = now_ts
+	WHERE t.customer_id = o.customer_id AND t.order_ref = coupon_release.order_ref;
+	RETURN true;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION loyalty.coupon_order_lines(customer_id text, order_ref text)
+RETURNS TABLE (code loyalty.coupon_code, state text, line integer, sku text,
+			   quantity bigint, discount numeric, returned numeric)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL THEN
+		RAISE EXCEPTION 'customer_id and order_ref must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	RETURN QUERY
+	WITH o AS (
+		SELECT t.context FROM loyalty.coupon_order t
+		WHERE t.order_ref = coupon_order_lines.order_ref
+		  AND t.customer_id = coupon_order_lines.customer_id AND t.state = 'open'),
+	a AS (
+		SELECT r.coupon_id, 'redeemed'::text AS state, r.discount, r.line_discounts
+		FROM loyalty.redemption r
+		WHERE r.customer_id = coupon_order_lines.customer_id
+		  AND r.order_ref = coupon_order_lines.order_ref AND r.kind = 'redeem'
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x
+						  WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)
+		UNION ALL
+		SELECT h.coupon_id, 'reserved', h.discount, h.line_discounts
+		FROM loyalty.reservation h
+		WHERE h.customer_id = coupon_order_lines.customer_id
+		  AND h.order_ref = coupon_order_lines.order_ref AND h.state = 'held'
+		  AND h.expires_at > clock_timestamp())
+	SELECT c.code, a.state, l.n::integer,
+		   (o.context -> 'items' -> (l.n::integer - 1)) ->> 'sku',
+		   ((o.context -> 'items' -> (l.n::integer - 1)) ->> 'quantity')::bigint,
+		   coalesce(l.d, a.discount),
+		   coalesce((SELECT sum(rl.discount) FROM loyalty.coupon_return_line rl
+					 WHERE rl.customer_id = coupon_order_lines.customer_id
+					   AND rl.order_ref = coupon_order_lines.order_ref
+					   AND rl.coupon_id = a.coupon_id
+					   AND rl.line IS NOT DISTINCT FROM l.n::integer), 0)
+	FROM o CROSS JOIN a
+	JOIN loyalty.coupon c ON c.coupon_id = a.coupon_id
+	CROSS JOIN LATERAL (SELECT u.d, u.n FROM unnest(a.line_discounts) WITH ORDINALITY AS u(d, n)
+						UNION ALL
+						SELECT NULL::numeric, NULL::bigint WHERE a.line_discounts IS NULL) l
+	ORDER BY a.coupon_id, l.n;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION loyalty.coupon_return_lines(customer_id text, order_ref text,
+											return_ref text, lines jsonb)
+RETURNS numeric
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o record;
+	req jsonb;
+	prev record;
+	items jsonb;
+	nitems integer;
+	total numeric := 0;
+	red record;
+	taken numeric;
+	now_ts timestamptz := clock_timestamp();
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR return_ref IS NULL OR lines IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref, return_ref and lines must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF octet_length(return_ref) NOT BETWEEN 1 AND 256 OR octet_length(order_ref) NOT BETWEEN 1 AND 256
+	   OR octet_length(customer_id) NOT BETWEEN 1 AND 256 THEN
+		RAISE EXCEPTION 'invalid customer_id, order_ref or return_ref'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Each must have 1 to 256 bytes.';
+	END IF;
+	SELECT t.customer_id, t.state, t.context INTO o FROM loyalty.coupon_order t
+	WHERE t.customer_id = coupon_return_lines.customer_id
+	  AND t.order_ref = coupon_return_lines.order_ref FOR NO KEY UPDATE;
+	IF NOT FOUND OR o.customer_id <> coupon_return_lines.customer_id THEN
+		RAISE EXCEPTION 'order % of customer % has no coupons', order_ref, customer_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	items := o.context -> 'items';
+	IF jsonb_typeof(items) IS DISTINCT FROM 'array' THEN
+		RAISE EXCEPTION 'order % has no lines', order_ref
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Its order context has no "items" (a plain amount, or an order recorded by 0.2.0).';
+	END IF;
+	nitems := jsonb_array_length(items);
+	IF jsonb_typeof(lines) <> 'array' OR jsonb_array_length(lines) = 0 THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'lines must be a non-empty JSON array of {"line": n, "quantity": q} (or "sku" instead of "line").';
+	END IF;
+
+	-- the request as {"line": quantity}, checked
+	IF EXISTS (SELECT 1 FROM jsonb_array_elements(lines) e
+			   WHERE jsonb_typeof(e) <> 'object'
+				  OR NOT CASE
+						 WHEN e ? 'line' THEN
+							 jsonb_typeof(e -> 'line') = 'number'
+							 AND (e ->> 'line')::numeric BETWEEN 1 AND nitems
+							 AND (e ->> 'line')::numeric = trunc((e ->> 'line')::numeric)
+						 ELSE
+							 jsonb_typeof(e -> 'sku') = 'string'
+							 AND (SELECT count(*) FROM jsonb_array_elements(items) i
+								  WHERE i ->> 'sku' = e ->> 'sku') = 1
+						 END
+				  OR NOT coalesce(jsonb_typeof(e -> 'quantity') = 'number'
+								  AND (e ->> 'quantity')::numeric BETWEEN 1 AND 1000000
+								  AND (e ->> 'quantity')::numeric = trunc((e ->> 'quantity')::numeric), false)) THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('Each element needs "line" (1 to %s) or a "sku" that exactly one line has, and a whole "quantity" of at least 1.', nitems);
+	END IF;
+	SELECT jsonb_object_agg(q.line, q.quantity ORDER BY q.line) INTO req
+	FROM (SELECT r.line, sum(r.quantity) AS quantity
+		  FROM (SELECT CASE WHEN e ? 'line' THEN (e ->> 'line')::integer
+							ELSE (SELECT i.n::integer FROM jsonb_array_elements(items) WITH ORDINALITY i(v, n)
+								  WHERE i.v ->> 'sku' = e ->> 'sku')
+					   END AS line,
+					   (e ->> 'quantity')::bigint AS quantity
+				FROM jsonb_array_elements(lines) e) r
+		  GROUP BY r.line) q;
+
+	-- a repeat of the return
+	SELECT r.quantities, r.amount INTO prev FROM loyalty.coupon_return r
+	WHERE r.customer_id = coupon_return_lines.customer_id
+	  AND r.order_ref = coupon_return_lines.order_ref AND r.return_ref = coupon_return_lines.return_ref;
+	IF FOUND THEN
+		IF prev.quantities = req THEN
+			RETURN prev.amount;
+		END IF;
+		RAISE EXCEPTION 'return % of order % cannot be recorded: return_conflict', return_ref, order_ref
+			USING ERRCODE = 'LY024',
+				  DETAIL = jsonb_build_object('reason', 'return_conflict', 'order_ref', order_ref,
+											 'return_ref', return_ref)::text,
+				  HINT = 'This return reference was used for other lines of the order.';
+	END IF;
+	IF o.state = 'rolled_back' THEN
+		RAISE EXCEPTION 'order % cannot take a return: order_rolled_back', order_ref
+			USING ERRCODE = 'LY021',
+				  DETAIL = jsonb_build_object('reason', 'order_rolled_back', 'code', NULL,
+											 'order_ref', order_ref)::text,
+				  HINT = 'This order was rolled back; its whole discount was given back.';
+	END IF;
+
+	-- never more units back than the line has
+	PERFORM 1 FROM jsonb_each_text(req) j
+	WHERE j.value::bigint + coalesce((SELECT sum((r.quantities ->> j.key)::bigint) FROM loyalty.coupon_return r
+									  WHERE r.customer_id = coupon_return_lines.customer_id
+										AND r.order_ref = coupon_return_lines.order_ref), 0)
+		  > ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint;
+	IF FOUND THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'More units would be returned than a line of the order has.';
+	END IF;
+
+	INSERT INTO loyalty.coupon_return (customer_id, order_ref, return_ref, quantities, amount, created_at)
+	VALUES (customer_id, order_ref, return_ref, req, 0, now_ts);
+
+	FOR red IN
+		SELECT r.coupon_id, r.campaign_id, r.currency, r.line_discounts
+		FROM loyalty.redemption r
+		WHERE r.customer_id = coupon_return_lines.customer_id
+		  AND r.order_ref = coupon_return_lines.order_ref AND r.kind = 'redeem'
+		  AND r.line_discounts IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x
+						  WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)
+		ORDER BY r.coupon_id
+	LOOP
+		INSERT INTO loyalty.coupon_return_line (customer_id, order_ref, return_ref, coupon_id, line, quantity, discount)
+		SELECT customer_id, order_ref, return_ref, red.coupon_id, x.line, x.quantity, x.taken
+		FROM (SELECT j.key::integer AS line, j.value::bigint AS quantity,
+					 round(red.line_discounts[j.key::integer] * (p.before + j.value::bigint)
+						   / ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint,
+						   loyalty.currency_decimals(red.currency))
+					 - round(red.line_discounts[j.key::integer] * p.before
+							 / ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint,
+							 loyalty.currency_decimals(red.currency)) AS taken
+			  FROM jsonb_each_text(req) j
+			  CROSS JOIN LATERAL (SELECT coalesce(sum((r.quantities ->> j.key)::bigint), 0) AS before
+								  FROM loyalty.coupon_return r
+								  WHERE r.customer_id = coupon_return_lines.customer_id
+									AND r.order_ref = coupon_return_lines.order_ref
+									AND r.return_ref <> coupon_return_lines.return_ref) p) x
+		WHERE x.taken > 0;
+		SELECT coalesce(sum(rl.discount), 0) INTO taken FROM loyalty.coupon_return_line rl
+		WHERE rl.customer_id = coupon_return_lines.customer_id
+		  AND rl.order_ref = coupon_return_lines.order_ref AND rl.return_ref = coupon_return_lines.return_ref
+		  AND rl.coupon_id = red.coupon_id;
+		IF taken > 0 THEN
+			INSERT INTO loyalty.redemption (kind, coupon_id, campaign_id, customer_id, order_ref,
+											uses, discount, on_shipping, currency, created_at)
+			VALUES ('return', red.coupon_id, red.campaign_id, customer_id, order_ref,
+					0, -taken, false, red.currency, now_ts);
+			total := total + taken;
+		END IF;
+	END LOOP;
+	UPDATE loyalty.coupon_return r SET amount = total
+	WHERE r.customer_id = coupon_return_lines.customer_id
+	  AND r.order_ref = coupon_return_lines.order_ref AND r.return_ref = coupon_return_lines.return_ref;
+	UPDATE loyalty.coupon_order t SET updated_at = now_ts
+	WHERE t.customer_id = coupon_return_lines.customer_id AND t.order_ref = coupon_return_lines.order_ref;
+	RETURN total;
+END;
+$$;
+
+
+-- Issue 14: the RFM configuration trigger reads the table it fires on (a Citus placement)
+CREATE OR REPLACE FUNCTION loyalty._rfm_config_trigger()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	present boolean;
+BEGIN
+	IF TG_OP = 'DELETE' THEN
+		RAISE EXCEPTION 'the RFM configuration row cannot be deleted'
+			USING ERRCODE = 'restrict_violation',
+				  HINT = 'UPDATE loyalty.rfm_config to change it.';
+	END IF;
+	/*
+	 * The table the trigger fires on (TG_RELID), not loyalty.rfm_config by
+	 * name: on Citus the trigger fires on each placement of the reference
+	 * table (a full copy), where reading the table by name would be a
+	 * distributed query inside Citus's own write of the placement (its copy
+	 * of the table deadlocked on it).  Without Citus it is rfm_config.
+	 */
+	IF TG_OP = 'INSERT' THEN
+		EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %s)', TG_RELID::pg_catalog.regclass)
+			INTO present;
+		IF present THEN
+			EXECUTE pg_catalog.format(
+				'UPDATE %s SET bins = ($1).bins, scoring_window = ($1).scoring_window,'
+				' monetary = ($1).monetary, method = ($1).method,'
+				' recency_thresholds = ($1).recency_thresholds,'
+				' frequency_thresholds = ($1).frequency_thresholds,'
+				' monetary_thresholds = ($1).monetary_thresholds,'
+				' bucket_retention = ($1).bucket_retention,'
+				' inactive_after = ($1).inactive_after, updated_at = ($1).updated_at',
+				TG_RELID::pg_catalog.regclass) USING NEW;
+			RETURN NULL;
+		END IF;
+	END IF;
+	PERFORM loyalty._rfm_config_validate(NEW.bins, NEW.scoring_window, NEW.monetary,
+										 NEW.method, NEW.recency_thresholds,
+										 NEW.frequency_thresholds, NEW.monetary_thresholds,
+										 NEW.bucket_retention, NEW.inactive_after);
+	/* a change of the settings that does not set updated_at itself is stamped */
+	IF TG_OP = 'UPDATE' AND NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at
+	   AND (NEW.bins, NEW.scoring_window, NEW.monetary, NEW.method, NEW.recency_thresholds,
+			NEW.frequency_thresholds, NEW.monetary_thresholds, NEW.bucket_retention,
+			NEW.inactive_after)
+		   IS DISTINCT FROM
+		   (OLD.bins, OLD.scoring_window, OLD.monetary, OLD.method, OLD.recency_thresholds,
+			OLD.frequency_thresholds, OLD.monetary_thresholds, OLD.bucket_retention,
+			OLD.inactive_after) THEN
+		NEW.updated_at := pg_catalog.now();
+	END IF;
+	RETURN NEW;
+END;
+$$;
+
+
+
+-- Issue 14: loyalty.citus_setup() as src/citus/citus.sql installs it
+/* ---------------------------------------------------------------------------
+ * citus.sql: loyalty.citus_setup(), run once by an admin on a Citus
+ * coordinator after CREATE EXTENSION loyalty (doc/citus.md).
+ *
+ * loyalty does not depend on Citus: nothing here is resolved until the
+ * function runs, which checks that the citus extension is installed and
+ * calls Citus's functions (in pg_catalog, where no other role can create
+ * one) by their qualified names through EXECUTE.
+ *
+ * What it does, each step skipped when already done (it can run again):
+ *	- configuration tables become reference tables (a copy on every node),
+ *	  except segment and segment_rule, not yet (reported);
+ *	  Citus refuses a table with triggers unless citus.enable_unsafe_triggers
+ *	  is on, which it sets for the transaction: the triggers then run on
+ *	  every placement;
+ *	- per-customer tables are distributed by customer_id, colocated with
+ *	  loyalty.customer_stats (the shop's orders table, distributed by a text
+ *	  COLLATE "C" customer key, can be colocated with them too); a table
+ *	  whose primary key or a unique index does not include customer_id, or
+ *	  whose customer_id is not text COLLATE "C", cannot be distributed and
+ *	  colocated: it is reported, not changed;
+ *	- the owner tables of caller references (coupon_order_owner,
+ *	  points_reference) are distributed by the reference, each in its own
+ *	  colocation group: a reference is global, not per customer;
+ *	- with distribute_functions => true, the per-customer API functions are
+ *	  distributed by their customer_id argument, colocated with
+ *	  customer_stats (no force_delegation: a call inside a transaction
+ *	  block stays on the coordinator).
+ * One row per object: what was done, or why not.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION loyalty.citus_setup(distribute_functions boolean DEFAULT false)
+RETURNS TABLE (object text, action text, result text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ref_tables text[] := ARRAY['settings', 'tracked_table', 'rfm_config', 'segment_snapshot',
+		'segment_summary', 'campaign', 'campaign_rule',
+		'eligibility_kind', 'coupon', 'points_program', 'tier', 'earning_rule',
+		'points_reward'];
+	customer_tables text[] := ARRAY['customer_stats', 'customer_stats_delta',
+		'segment_change', 'coupon_order', 'redemption', 'reservation', 'coupon_return',
+		'coupon_return_line', 'points_account', 'points_lot', 'points_ledger',
+		'points_qualifying', 'points_rule_usage', 'tier_history', 'points_exchange',
+		'coupon_bonus'];
+	points_config text[] := ARRAY['points_program', 'tier', 'earning_rule', 'points_reward'];
+	-- their triggers read and write the whole segment map by the tables'
+	-- names: on a placement that is a distributed query inside Citus's copy
+	-- (it deadlocks); not reference tables yet
+	local_tables text[] := ARRAY['segment', 'segment_rule'];
+	owner_tables text[] := ARRAY['coupon_order_owner:order_ref', 'points_reference:reference'];
+	functions text[] := ARRAY['coupon_validate', 'coupon_reserve', 'coupon_redeem',
+		'coupon_rollback', 'coupon_release', 'coupon_order_lines', 'coupon_return_lines',
+		'coupon_update_order', 'customer_rfm'];
+	t text;
+	rel regclass;
+	col text;
+	fn regprocedure;
+	points_ok boolean := true;	-- every points table can be distributed
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+		RAISE EXCEPTION 'citus_setup needs the citus extension'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'CREATE EXTENSION citus on the coordinator (shared_preload_libraries = ''citus''), add the workers, then run loyalty.citus_setup().';
+	END IF;
+	PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+	-- the points family moves as a whole: one statement of a points call
+	-- may not mix tables on the coordinator with distributed or reference ones
+	points_ok := NOT EXISTS (
+		SELECT 1 FROM unnest(customer_tables) AS x(t)
+		WHERE (x.t LIKE 'points%' OR x.t IN ('tier_history', 'coupon_bonus'))
+		  AND pg_catalog.to_regclass('loyalty.' || x.t) IS NOT NULL
+		  AND NOT loyalty._citus_is_distributed(pg_catalog.to_regclass('loyalty.' || x.t))
+		  AND loyalty._citus_not_distributable(pg_catalog.to_regclass('loyalty.' || x.t)) IS NOT NULL);
+
+	FOREACH t IN ARRAY ref_tables LOOP
+		rel := pg_catalog.to_regclass('loyalty.' || t);
+		CONTINUE WHEN rel IS NULL;
+		object := rel::text;
+		action := 'reference table';
+		IF loyalty._citus_is_distributed(rel) THEN
+			result := 'already';
+		ELSIF t = ANY (points_config) AND NOT points_ok THEN
+			result := 'not done: a points table cannot be distributed; the points tables stay on the coordinator together';
+		ELSE
+			-- the coordinator's own rows of a configuration table (a few)
+			-- stay on disk, invisible: rfm_config refuses TRUNCATE
+			EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING rel;
+			result := 'done';
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+
+	FOREACH t IN ARRAY local_tables LOOP
+		rel := pg_catalog.to_regclass('loyalty.' || t);
+		CONTINUE WHEN rel IS NULL OR loyalty._citus_is_distributed(rel);
+		object := rel::text;
+		action := 'reference table';
+		result := 'not done: its triggers read the table by name, which deadlocks in Citus''s copy; it stays on the coordinator';
+		RETURN NEXT;
+	END LOOP;
+
+	FOREACH t IN ARRAY customer_tables LOOP
+		rel := pg_catalog.to_regclass('loyalty.' || t);
+		CONTINUE WHEN rel IS NULL;
+		object := rel::text;
+		action := 'distributed by customer_id, colocated with loyalty.customer_stats';
+		result := NULL;
+		IF loyalty._citus_is_distributed(rel) THEN
+			result := 'already';
+		ELSIF loyalty._citus_not_distributable(rel) IS NOT NULL THEN
+			result := 'not done: ' || loyalty._citus_not_distributable(rel);
+		ELSIF (t LIKE 'points%' OR t IN ('tier_history', 'coupon_bonus')) AND NOT points_ok THEN
+			result := 'not done: another points table cannot be distributed; the points tables stay on the coordinator together';
+		END IF;
+		IF result IS NULL THEN
+			EXECUTE 'SELECT pg_catalog.create_distributed_table($1, $2, colocate_with => $3)'
+				USING rel, 'customer_id'::text,
+					  CASE WHEN t = 'customer_stats' THEN 'default' ELSE 'loyalty.customer_stats' END;
+			EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING rel;
+			result := 'done';
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+
+	FOREACH t IN ARRAY owner_tables LOOP
+		rel := pg_catalog.to_regclass('loyalty.' || split_part(t, ':', 1));
+		CONTINUE WHEN rel IS NULL;
+		col := split_part(t, ':', 2);
+		object := rel::text;
+		action := format('distributed by %s in its own colocation group', col);
+		IF loyalty._citus_is_distributed(rel) THEN
+			result := 'already';
+		ELSIF rel = 'loyalty.points_reference'::regclass AND NOT points_ok THEN
+			-- one statement of a points call may not mix it with local tables
+			result := 'not done: a points table cannot be distributed; the points tables stay on the coordinator together';
+		ELSE
+			EXECUTE 'SELECT pg_catalog.create_distributed_table($1, $2, colocate_with => ''none'')'
+				USING rel, col;
+			EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING rel;
+			result := 'done';
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+
+	IF distribute_functions THEN
+		FOR fn IN
+			SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+			WHERE p.pronamespace = 'loyalty'::regnamespace AND p.proname = ANY (functions)
+			  AND p.proargnames[1] = 'customer_id'
+			ORDER BY 1
+		LOOP
+			object := fn::text;
+			action := 'function distributed by customer_id';
+			EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''customer_id'', colocate_with => ''loyalty.customer_stats'')'
+				USING fn;
+			result := 'done';
+			RETURN NEXT;
+		END LOOP;
+	END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.citus_setup(boolean) IS
+	'Citus coordinator, after CREATE EXTENSION loyalty: configuration tables become reference tables, per-customer tables are distributed by customer_id (colocated), owner tables of references by the reference; with distribute_functions, the per-customer API functions are distributed by customer_id (doc/citus.md)';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.citus_setup(boolean)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty._citus_not_distributable(rel regclass)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE
+		WHEN NOT loyalty._citus_keyed_by(rel, 'customer_id') THEN
+			'a primary key or unique index does not include customer_id'
+		WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+						 WHERE a.attrelid = rel AND a.attname = 'customer_id'
+						   AND a.atttypid = 'pg_catalog.text'::pg_catalog.regtype
+						   AND a.attcollation = (SELECT c.oid FROM pg_catalog.pg_collation c
+												 WHERE c.collname = 'C'
+												   AND c.collnamespace = 'pg_catalog'::pg_catalog.regnamespace)) THEN
+			'customer_id is not text COLLATE "C" (it could not be colocated)'
+	END
+$$;
+
+COMMENT ON FUNCTION loyalty._citus_not_distributable(regclass) IS
+	'Internal: why a per-customer table cannot be distributed by customer_id and colocated (NULL: it can)';
+
+CREATE FUNCTION loyalty._citus_is_distributed(rel regclass)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	found boolean := false;
+BEGIN
+	IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+		RETURN false;
+	END IF;
+	EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1)'
+		INTO found USING rel;
+	RETURN found;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._citus_is_distributed(regclass) IS
+	'Internal: whether Citus distributes this table (false without Citus)';
+
+CREATE FUNCTION loyalty._citus_keyed_by(rel regclass, col name)
+RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT NOT EXISTS (
+		SELECT 1 FROM pg_catalog.pg_index i
+		WHERE i.indrelid = rel AND i.indisunique
+		  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+						  WHERE a.attrelid = rel AND a.attname = col
+							AND a.attnum = ANY (i.indkey::smallint[])))
+$$;
+
+COMMENT ON FUNCTION loyalty._citus_keyed_by(regclass, name) IS
+	'Internal: whether every unique index of the table includes the column (Citus can distribute it by that column)';
+
+-- Issue 14: end of loyalty.citus_setup()
+
+/* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
  * every object (grants.sql of the install script, then reapply_grants).
  * ------------------------------------------------------------------------ */

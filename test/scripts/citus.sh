@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Scripted check: loyalty on a real local Citus cluster (a coordinator and two
+# workers on loopback, Citus 13.2.2 on PostgreSQL 15 built from
+# ../shared/vendor by test/citus_build.sh), after loyalty.citus_setup():
+#   1. citus_setup distributed and colocated the coupon and RFM per-customer
+#      tables, made the configuration tables reference tables (rfm_config's
+#      checks run on every placement);
+#   2. the README checkout (coupon_redeem and points_earn in one transaction,
+#      on an orders table distributed by customer and colocated), its
+#      rollback, idempotent repeat, and one customer per order_ref across
+#      shards (LY020);
+#   3. a 50-way race for the last unit of a campaign's total cap: exactly one
+#      redemption, counters exact;
+#   4. a points storm (8 clients earning and spending for 5 customers)
+#      ending with an empty loyalty.check_integrity();
+#   5. batch RFM over the distributed orders table equals batch RFM over a
+#      local copy of the same rows; live tracking of a distributed table is
+#      refused (0A000), never silently wrong.
+# The cluster is its own (test/citus_cluster.sh), removed on exit.  Runs when
+# the Citus build is cached (bash test/citus_build.sh, about 4 minutes, once
+# per machine), or builds it when LOYALTY_CITUS_BUILD=1; otherwise it says
+# it was skipped.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cache=${LOYALTY_PG_CACHE:-/var/cache/loyalty/pg}
+if ! ls "$cache"/15-citus-*/.complete >/dev/null 2>&1 && [ "${LOYALTY_CITUS_BUILD:-0}" != 1 ]; then
+	echo "citus: skipped: no Citus build cached in $cache (run bash test/citus_build.sh, or set LOYALTY_CITUS_BUILD=1)"
+	exit 0
+fi
+# the cluster is PostgreSQL 15: test/run.sh runs it with its 15 suite only
+suite_major=$("${PG_CONFIG:-pg_config}" --version 2>/dev/null | sed -n 's/^PostgreSQL \([0-9]*\).*/\1/p')
+if [ -n "$suite_major" ] && [ "$suite_major" != 15 ]; then
+	echo "citus: skipped with the PostgreSQL $suite_major suite (the Citus cluster is PostgreSQL 15; it runs with the 15 suite)"
+	exit 0
+fi
+# the suite's single-node server is not the cluster
+unset PGHOST PGPORT PGUSER PGDATABASE PG_CONFIG
+# shellcheck source=../citus_cluster.sh
+source "$root/test/citus_cluster.sh"
+citus_cluster
+q() { psql -X -q -At -v ON_ERROR_STOP=1 "$@"; }
+fail() { echo "citus: FAIL: $*" >&2; exit 1; }
+expect() {	# expect WHAT GOT WANT
+	[ "$2" = "$3" ] || fail "$1: got '$2', expected '$3'"
+	echo "ok: $1"
+}
+
+# 1. the distribution citus_setup made
+got=$(q -c "SELECT string_agg(c::text, ',' ORDER BY c::text) FROM unnest(ARRAY[
+		'loyalty.customer_stats', 'loyalty.customer_stats_delta', 'loyalty.segment_change',
+		'loyalty.coupon_order', 'loyalty.redemption', 'loyalty.reservation',
+		'loyalty.coupon_return', 'loyalty.coupon_return_line']::regclass[]) c
+	JOIN pg_dist_partition p ON p.logicalrelid = c
+	WHERE p.partmethod = 'h' AND p.colocationid = (SELECT colocationid FROM pg_dist_partition
+		WHERE logicalrelid = 'loyalty.customer_stats'::regclass)")
+expect "per-customer coupon and RFM tables distributed, colocated" "$(echo "$got" | tr ',' '\n' | wc -l)" 8
+expect "configuration tables are reference tables" \
+	"$(q -c "SELECT count(*) FROM pg_dist_partition WHERE partmethod = 'n' AND logicalrelid IN
+		('loyalty.campaign'::regclass, 'loyalty.campaign_rule'::regclass,
+		 'loyalty.eligibility_kind'::regclass, 'loyalty.coupon'::regclass, 'loyalty.settings'::regclass,
+		 'loyalty.rfm_config'::regclass)")" 6
+# the RFM configuration's trigger runs on every placement: checks and singleton
+q -c "UPDATE loyalty.rfm_config SET bins = 4" >/dev/null
+got=$(q -c "UPDATE loyalty.rfm_config SET bins = 12" 2>&1 || true)
+case "$got" in *"bins must be between"*) echo "ok: rfm_config checked on the reference table" ;;
+	*) fail "rfm_config bins = 12: $got" ;; esac
+expect "rfm_config: every placement has the one row" \
+	"$(q -c "SELECT string_agg(result, ',') FROM run_command_on_placements('loyalty.rfm_config',
+		'SELECT count(*) || '':'' || min(bins) FROM %s')")" "1:4,1:4,1:4"
+expect "order owners distributed by order_ref" \
+	"$(q -c "SELECT column_to_column_name(logicalrelid, partkey) FROM pg_dist_partition
+		WHERE logicalrelid = 'loyalty.coupon_order_owner'::regclass")" order_ref
+
+# 2. the README checkout
+q >/dev/null <<-'EOF'
+	CREATE TABLE orders (order_ref text NOT NULL, customer_id text COLLATE "C" NOT NULL,
+		amount numeric NOT NULL, ordered_at timestamptz NOT NULL DEFAULT now());
+	SELECT create_distributed_table('orders', 'customer_id', colocate_with => 'loyalty.customer_stats');
+	SELECT loyalty.create_campaign('Spring 20', 'percent', percent_off => 20, max_discount => 30,
+		total_cap => 5000, per_customer_cap => 1) AS c \gset
+	SELECT loyalty.add_public_code(:c, 'SPRING20');
+EOF
+got=$(q <<-'EOF'
+	BEGIN;
+	INSERT INTO orders (order_ref, customer_id, amount) VALUES ('o-1001', 'c-42', 120.00);
+	SELECT loyalty.coupon_redeem('c-42', 'o-1001', 'SPRING20', '{"amount": 120.00}');
+	SELECT available FROM loyalty.points_earn('c-42', 'o-1001', 96);
+	COMMIT;
+EOF
+)
+expect "checkout: discount and points" "$(echo $got)" "24.00 96"
+expect "checkout: repeat returns the first discount" \
+	"$(q -c "SELECT loyalty.coupon_redeem('c-42', 'o-1001', 'SPRING20', '{\"amount\": 120.00}')")" 24.00
+got=$(q <<-'EOF'
+	BEGIN;
+	INSERT INTO orders (order_ref, customer_id, amount) VALUES ('o-1002', 'c-77', 50.00);
+	SELECT loyalty.coupon_redeem('c-77', 'o-1002', 'SPRING20', '{"amount": 50.00}');
+	ROLLBACK;
+	SELECT count(*) FROM orders WHERE order_ref = 'o-1002';
+	SELECT count(*) FROM loyalty.redemption WHERE order_ref = 'o-1002';
+EOF
+)
+expect "checkout rolled back: no order, no redemption" "$(echo $got)" "10.00 0 0"
+got=$(q -c "SELECT loyalty.coupon_redeem('c-43', 'o-1001', 'SPRING20', '{\"amount\": 120.00}')" 2>&1 || true)
+case "$got" in *order_conflict*) echo "ok: an order_ref belongs to one customer across shards" ;;
+	*) fail "another customer's redeem of o-1001: $got" ;; esac
+expect "coupon_rollback gives the use back" \
+	"$(q -c "SELECT loyalty.coupon_rollback('c-42', 'o-1001')"; q -c "SELECT uses FROM loyalty.campaign WHERE name = 'Spring 20'")" "$(printf 't\n0')"
+
+# 3. 50 customers race for the last unit of a total cap
+q >/dev/null <<-'EOF'
+	SELECT loyalty.create_campaign('Last unit', 'fixed', amount_off => 5, total_cap => 1) AS c \gset
+	SELECT loyalty.add_public_code(:c, 'LASTUNIT');
+EOF
+pids=()
+for i in $(seq 1 50); do
+	q -c "SELECT loyalty.coupon_redeem('race-$i', 'race-o-$i', 'LASTUNIT', '{\"amount\": 50}')" \
+		>"$CITUS_TMP/race-$i.out" 2>&1 &
+	pids+=($!)
+done
+won=0
+for i in $(seq 1 50); do
+	if wait "${pids[$((i - 1))]}"; then won=$((won + 1)); fi
+done
+expect "last unit: one of 50 redeems wins" "$won" 1
+lost=$(grep -l 'exhausted' "$CITUS_TMP"/race-*.out | wc -l)
+expect "last unit: the 49 others fail on the cap" "$lost" 49
+expect "last unit: campaign counter and ledger" \
+	"$(q -c "SELECT uses FROM loyalty.campaign WHERE name = 'Last unit'")/$(q -c "SELECT sum(uses)
+		FROM loyalty.redemption WHERE campaign_id = (SELECT campaign_id FROM loyalty.campaign
+		WHERE name = 'Last unit')")" 1/1
+
+# 4. points storm
+pids=()
+for w in $(seq 1 8); do
+	(
+		for j in $(seq 1 25); do
+			c="storm-$(( (w + j) % 5 ))"
+			q -c "SELECT loyalty.points_earn('$c', 'e-$w-$j', $((j * 3)))" >/dev/null
+			q -c "SELECT loyalty.points_spend('$c', 's-$w-$j', 2)" >/dev/null 2>&1 || true
+		done
+	) &
+	pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || fail "a points storm client failed"; done
+expect "points storm: check_integrity() is empty" "$(q -c "SELECT count(*) FROM loyalty.check_integrity()")" 0
+expect "points storm: every earn recorded" \
+	"$(q -c "SELECT count(*) FROM loyalty.points_ledger WHERE reference LIKE 'e-%'")" 200
+
+# 5. batch RFM on the distributed table equals batch RFM on a local copy
+q <<-'EOF'
+	INSERT INTO orders (order_ref, customer_id, amount, ordered_at)
+	SELECT 'b-' || g, 'cust-' || (g % 300), (g % 97) + 1,
+		   '2026-01-01'::timestamptz + (g % 330) * interval '1 day'
+	FROM generate_series(1, 5000) g;
+	CREATE TABLE orders_local AS SELECT * FROM orders;
+EOF
+batch() {
+	q -c "SELECT count(*) || ' ' || md5(string_agg(x::text, '|' ORDER BY x::text)) FROM loyalty.rfm_segmentation(
+		'$1'::regclass, 'customer_id', 'ordered_at', 'amount', as_of => '2026-12-01') x"
+}
+local_rfm=$(batch orders_local)
+expect "batch RFM: 300 customers scored" "${local_rfm%% *}" 300
+expect "batch RFM: distributed equals local" "$(batch orders)" "$local_rfm"
+got=$(q -c "SELECT loyalty.track_orders('orders', 'customer_id', 'ordered_at', 'amount')" 2>&1 || true)
+case "$got" in *"does not support Citus table"*) echo "ok: tracking a distributed table is refused" ;;
+	*) fail "track_orders on a distributed table: $got" ;; esac
+echo "citus: all checks passed"
