@@ -32,6 +32,7 @@ SQL_PARTS = \
 	src/coupon/coupon_code.sql \
 	src/coupon/coupon.sql \
 	src/coupon/coupon_api.sql \
+	src/coupon/coupon_budget.sql \
 	src/points/points.sql \
 	src/points/points_tier.sql \
 	src/points/points_coupon.sql \

@@ -70,6 +70,10 @@ static const struct
 	"The code or its campaign has no uses left."},
 	[COUPON_RESERVED] = {"reserved", "LY013",
 	"The remaining uses are held by reservations of other checkouts."},
+	[COUPON_BUDGET_EXHAUSTED] = {"budget_exhausted", "LY017",
+	"The campaign's discount budget has less left than this discount."},
+	[COUPON_PERIOD_LIMIT] = {"period_limit", "LY018",
+	"The campaign has no redemptions left in the current day, week or month."},
 	[COUPON_CUSTOMER_LIMIT] = {"customer_limit", "LY014",
 	"The customer has used this campaign as often as allowed."},
 	[COUPON_ORDER_CONFLICT] = {"order_conflict", "LY020",
@@ -123,6 +127,7 @@ typedef struct CallState
 	Numeric		discount;
 	bool		on_shipping;
 	Datum		lines;			/* numeric[] per order line, or 0 */
+	CouponUsage usage;			/* as counted under the locks */
 } CallState;
 
 /*
@@ -292,6 +297,38 @@ CheckCoupon(CallState *st)
 }
 
 /*
+ * The budget of a budgeted campaign (doc/budgets.md), given the usage of
+ * other orders: the money budget (budget_exhausted when active redemptions
+ * leave less than this discount, reserved when live reservations of other
+ * checkouts hold what is missing), then the period cap (period_limit, or
+ * reserved likewise).
+ */
+static CouponReason
+CheckBudget(const CallState *st, const CouponUsage *u)
+{
+	const Campaign *cm = &st->cm;
+
+	if (cm->discount_budget != NULL)
+	{
+		Numeric		after = LoyaltyNumericAdd(u->budget_used, st->discount);
+
+		if (LoyaltyNumericCmp(after, cm->discount_budget) > 0)
+			return COUPON_BUDGET_EXHAUSTED;
+		if (LoyaltyNumericCmp(LoyaltyNumericAdd(after, u->budget_held),
+							  cm->discount_budget) > 0)
+			return COUPON_RESERVED;
+	}
+	if (cm->period != NULL)
+	{
+		if (u->period_uses >= cm->period_cap)
+			return COUPON_PERIOD_LIMIT;
+		if (u->period_uses + u->period_holds >= cm->period_cap)
+			return COUPON_RESERVED;
+	}
+	return COUPON_OK;
+}
+
+/*
  * The caps, given the usage of other orders: the code's own cap, the
  * campaign's total cap, the per-customer cap.  "exhausted" when redemptions
  * and unused codes sold for points (each holds the unit it was sold for)
@@ -317,6 +354,13 @@ CheckCaps(const CallState *st, int64 campaign_uses, const CouponUsage *u)
 			return COUPON_EXHAUSTED;
 		if (campaign_uses + u->campaign_sold + u->campaign_holds >= cm->total_cap)
 			return COUPON_RESERVED;
+	}
+	if (cm->has_budget)
+	{
+		CouponReason r = CheckBudget(st, u);
+
+		if (r != COUPON_OK)
+			return r;
 	}
 	if (cm->per_customer_cap > 0 &&
 		u->customer_uses + u->customer_sold + u->customer_holds >= cm->per_customer_cap)
@@ -368,8 +412,20 @@ SetLines(CallState *st)
 		st->lines = (Datum) 0;
 }
 
+/* The budget part of a usage count (CouponCountBudget) into another. */
+static void
+CopyBudgetUsage(CouponUsage *to, const CouponUsage *from)
+{
+	to->budget_used = from->budget_used;
+	to->budget_held = from->budget_held;
+	to->period_start = from->period_start;
+	to->period_uses = from->period_uses;
+	to->period_holds = from->period_holds;
+}
+
 /*
- * Take the locks of steps 3-5 (gate, capped campaign row, customer), read
+ * Take the locks of steps 3-5 (gate, capped campaign row, budget row,
+ * customer), read
  * the campaign as it is now, run every check and count usage under the
  * locks.  Raises the reason on failure.
  */
@@ -378,6 +434,7 @@ CheckUnderLocks(CallState *st)
 {
 	CouponReason r;
 	CouponUsage usage;
+	CouponUsage budget;
 	int64		campaign_uses = 0;
 
 	CouponGateShared(st->cp.campaign_id);
@@ -387,14 +444,19 @@ CheckUnderLocks(CallState *st)
 		RaiseReason(st, r);
 	if (st->cm.has_total_cap)
 		campaign_uses = CouponLockCampaignRow(st->cm.id);
+	if (st->cm.has_budget)
+		CouponCountBudget(&st->cm, st->order_ref, st->now, true, &budget);
 	if (st->cm.per_customer_cap > 0)
 		CouponLockCustomer(st->cm.id, st->customer_id);
 	CouponCountUsage(&st->cp, &st->cm, st->customer_id, st->order_ref,
 					 st->now, true, &usage);
+	if (st->cm.has_budget)
+		CopyBudgetUsage(&usage, &budget);
 	r = CheckCaps(st, campaign_uses, &usage);
 	if (r != COUPON_OK)
 		RaiseReason(st, r);
 	SetLines(st);
+	st->usage = usage;
 }
 
 /*
@@ -467,6 +529,8 @@ CouponRedeem(FunctionCallInfo fcinfo, bool amount_context)
 							   st.discount, st.on_shipping, st.lines,
 							   st.order.exists,
 							   st.order.exists, st.now);
+		if (st.cm.has_budget)
+			CouponBudgetRedeemed(&st.cm, &st.usage, st.discount);
 		result = CopyNumeric(st.discount, caller);
 	}
 	SPI_finish();
@@ -686,6 +750,9 @@ CouponValidate(FunctionCallInfo fcinfo, bool amount_context)
 
 				CouponCountUsage(&st.cp, &st.cm, st.customer_id, st.order_ref,
 								 st.now, false, &usage);
+				if (st.cm.has_budget)
+					CouponCountBudget(&st.cm, st.order_ref, st.now, false,
+									  &usage);
 				r = CheckCaps(&st, st.cm.has_total_cap ?
 							  CouponCampaignUses(st.cm.id) : 0, &usage);
 			}
