@@ -33,11 +33,13 @@ SQL_PARTS = \
 	src/coupon/coupon.sql \
 	src/coupon/coupon_api.sql \
 	src/coupon/coupon_budget.sql \
+	src/coupon/coupon_qualify.sql \
 	src/points/points.sql \
 	src/points/points_tier.sql \
 	src/points/points_coupon.sql \
 	src/points/points_views.sql \
 	src/points/points_api.sql \
+	src/points/points_qualify.sql \
 	src/kpi/kpi_stats.sql \
 	src/common/grants.sql
 
