@@ -210,6 +210,9 @@ LEFT JOIN loyalty.campaign_period_use u
 
 COMMENT ON VIEW loyalty.campaign_budget_status IS
 	'Campaign budgets now: money granted and left, redemptions in the current period and left (live reservations not included)';
+COMMENT ON COLUMN loyalty.campaign_budget_status.campaign_id IS 'The coupon campaign (loyalty.campaign)';
+COMMENT ON COLUMN loyalty.campaign_budget_status.name IS 'Campaign name';
+COMMENT ON COLUMN loyalty.campaign_budget_status.currency IS 'Currency of the budget (the campaign''s)';
 COMMENT ON COLUMN loyalty.campaign_budget_status.discount_budget IS 'Total discount the campaign may grant (null: no money budget)';
 COMMENT ON COLUMN loyalty.campaign_budget_status.discount_used IS 'Discount of active redemptions, net of partial returns';
 COMMENT ON COLUMN loyalty.campaign_budget_status.discount_left IS 'discount_budget - discount_used (live reservations may hold part of it)';

@@ -1,0 +1,49 @@
+/*
+ * kpi_outcome.c
+ *		Outcomes of a campaign member read from the live RFM statistics:
+ *		the orders and spend of a window of days, from the day buckets the
+ *		tracking triggers keep per customer (loyalty.customer_stats.days),
+ *		so that the KPIs never scan the orders table again.
+ */
+#include "kpi.h"
+
+#include "access/htup_details.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/date.h"
+
+#include "rfm_live.h"
+
+PG_FUNCTION_INFO_V1(kpi_day_buckets_window);
+
+/*
+ * loyalty.day_buckets_window(days day_buckets, from_day date, to_day date,
+ * OUT orders bigint, OUT spend numeric): the orders and the exact spend of
+ * the days from_day..to_day (inclusive) of one customer's buckets
+ * (RfmDaysWindow).  Days outside the retention of the buckets count as
+ * empty.
+ */
+Datum
+kpi_day_buckets_window(PG_FUNCTION_ARGS)
+{
+	RfmDays    *days = DatumGetRfmDays(PG_GETARG_DATUM(0));
+	DateADT		from = PG_GETARG_DATEADT(1);
+	DateADT		to = PG_GETARG_DATEADT(2);
+	RfmDaysSum	sum;
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+
+	if (DATE_NOT_FINITE(from) || DATE_NOT_FINITE(to))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("day_buckets_window needs finite days"),
+				 errdetail("from_day and to_day must be finite dates.")));
+	RfmDaysWindow(days, from, to, &sum, true, CurrentMemoryContext);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "day_buckets_window must return a composite type");
+	values[0] = Int64GetDatum(sum.orders);
+	values[1] = NumericGetDatum(sum.spend);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
+}
