@@ -38,6 +38,9 @@ SQL_PARTS = \
 	src/points/points_views.sql \
 	src/points/points_api.sql \
 	src/campaign/campaign.sql \
+	src/campaign/campaign_api.sql \
+	src/campaign/campaign_publish.sql \
+	src/campaign/campaign_outbox.sql \
 	src/common/grants.sql
 
 # Upgrade scripts: one frozen, hand-written src/upgrade/loyalty--A--B.sql per

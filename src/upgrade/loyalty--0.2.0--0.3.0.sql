@@ -4124,6 +4124,1110 @@ SELECT pg_catalog.pg_extension_config_dump(
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.outbox'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 /* ---------------------------------------------------------------------------
+ * campaign_api.sql: the campaign layer -- functions and procedures
+ *
+ * Admin: create_experiment, create_marketing_campaign,
+ * set_marketing_campaign_paused, preview_audience,
+ * publish_marketing_campaign, CALL run_campaigns(as_of) and the triggered
+ * jobs (run_welcome_campaigns, run_birthday_campaigns,
+ * run_anniversary_campaigns, run_reactivation_campaigns,
+ * run_abandoned_cart_campaigns), queue_expiry_warnings.  App: set_consent,
+ * set_customer_dates, record_cart, close_cart, outbox_claim, outbox_ack.
+ *
+ * Publication runs in two layers.  publish_marketing_campaign runs with
+ * the caller's rights: an audience given as an admin's SQL query is
+ * executed there, as written (never spliced into another statement), so it
+ * can read only what the calling role may read.  The keys it returns go to
+ * loyalty._publish (SECURITY DEFINER), which computes every other audience,
+ * classifies each member (already offered, hold-out, consent, quiet
+ * period, frequency caps), logs the filtered ones, and publishes the rest
+ * set-based: codes, publications and outbox rows each in one statement.
+ *
+ * Concurrency: a publication takes one transaction-level advisory lock
+ * (loyalty._publish_lock) before it reads what was published, and runs in
+ * READ COMMITTED, so each of its statements sees every publication
+ * committed before it: two jobs publishing the same campaign, or two
+ * campaigns under one frequency cap, never offer twice nor exceed a cap.
+ * ------------------------------------------------------------------------ */
+
+/* functions: helpers */
+
+CREATE FUNCTION loyalty.experiment_bucket(salt text, customer_id text)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+SELECT (('x'::pg_catalog.text OPERATOR(pg_catalog.||) pg_catalog.substr(pg_catalog.md5(
+			$1 OPERATOR(pg_catalog.||) ':'::pg_catalog.text OPERATOR(pg_catalog.||) $2), 1, 13))::pg_catalog.bit(52)::pg_catalog.int8
+		)::pg_catalog.float8 OPERATOR(pg_catalog./) 4503599627370496::pg_catalog.float8
+$$;
+
+COMMENT ON FUNCTION loyalty.experiment_bucket(text, text) IS
+	'Stable position in [0, 1) of a customer in an experiment: the first 52 bits of md5(salt || '':'' || customer_id); the same in every PostgreSQL version';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.experiment_bucket(text, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* The program's local date of a time (loyalty.settings.timezone). */
+CREATE FUNCTION loyalty._campaign_local_date(at timestamptz)
+RETURNS date
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT pg_catalog.timezone(coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC'::pg_catalog.text), at)::pg_catalog.date
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_local_date(timestamptz) IS
+	'Internal: the day of a time in the program time zone';
+
+/*
+ * The yearly date of a month/day in a year: February 29 falls on February
+ * 28 in non-leap years.
+ */
+CREATE FUNCTION loyalty._yearly_date(day date, year integer)
+RETURNS date
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+SELECT CASE WHEN pg_catalog.date_part('month'::pg_catalog.text, $1) OPERATOR(pg_catalog.=) 2::pg_catalog.float8
+				 AND pg_catalog.date_part('day'::pg_catalog.text, $1) OPERATOR(pg_catalog.=) 29::pg_catalog.float8
+				 AND NOT pg_catalog.date_part('day'::pg_catalog.text,
+						pg_catalog.make_date($2, 3, 1) OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.=) 29::pg_catalog.float8
+			THEN pg_catalog.make_date($2, 2, 28)
+			ELSE pg_catalog.make_date($2, pg_catalog.date_part('month'::pg_catalog.text, $1)::pg_catalog.int4,
+									  pg_catalog.date_part('day'::pg_catalog.text, $1)::pg_catalog.int4) END
+$$;
+
+COMMENT ON FUNCTION loyalty._yearly_date(date, integer) IS
+	'Internal: the date of a birthday or anniversary in a year (February 29 on February 28 in non-leap years)';
+
+/* One advisory lock serializes publications (see the header). */
+CREATE FUNCTION loyalty._publish_lock()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF pg_catalog.current_setting('transaction_isolation'::pg_catalog.text) <> 'read committed' THEN
+		RAISE EXCEPTION 'campaign publication needs isolation level read committed'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = pg_catalog.json_build_object('reason', 'isolation_level',
+							   'isolation', pg_catalog.current_setting('transaction_isolation'::pg_catalog.text))::pg_catalog.text,
+				  HINT = 'Run the job in a READ COMMITTED transaction (the default): it must see the publications of jobs that ran before it.';
+	END IF;
+	-- 'loya', 'camp'
+	PERFORM pg_catalog.pg_advisory_xact_lock(1819243873, 1667329392);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._publish_lock() IS
+	'Internal: the transaction-level lock every publication takes before it reads the publication log (caps and idempotence stay exact)';
+
+/* functions: configuration (admin) */
+
+CREATE FUNCTION loyalty.create_experiment(name text, variants jsonb, salt text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	p_name text := name;
+	id bigint;
+	v jsonb;
+	pos integer := 0;
+	holdouts integer := 0;
+BEGIN
+	IF p_name IS NULL OR variants IS NULL THEN
+		RAISE EXCEPTION 'name and variants must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF pg_catalog.jsonb_typeof(variants) <> 'array' OR pg_catalog.jsonb_array_length(variants) < 1 THEN
+		RAISE EXCEPTION 'variants must be a non-empty JSON array'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Example: [{"variant": "A", "weight": 45}, {"variant": "control", "weight": 10, "holdout": true}].';
+	END IF;
+	INSERT INTO loyalty.experiment AS e (name, salt)
+	VALUES (p_name, coalesce(create_experiment.salt, p_name || ':' || pg_catalog.gen_random_uuid()::pg_catalog.text))
+	RETURNING e.experiment_id INTO id;
+	FOR v IN SELECT x.value FROM pg_catalog.jsonb_array_elements(variants) x LOOP
+		pos := pos + 1;
+		IF pg_catalog.jsonb_typeof(v) <> 'object' OR v->>'variant' IS NULL OR v->>'weight' IS NULL THEN
+			RAISE EXCEPTION 'variant % needs "variant" and "weight"', pos USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		IF coalesce((v->>'holdout')::boolean, false) THEN
+			holdouts := holdouts + 1;
+			IF v ? 'offer_kind' THEN
+				RAISE EXCEPTION 'hold-out variant "%" cannot have an offer', v->>'variant'
+					USING ERRCODE = 'invalid_parameter_value', DETAIL = 'A hold-out receives nothing.';
+			END IF;
+		END IF;
+		INSERT INTO loyalty.experiment_variant (experiment_id, variant, weight, holdout, offer_kind,
+												coupon_campaign_id, code_pattern, public_code, bonus_points, position)
+		VALUES (id, v->>'variant', (v->>'weight')::integer, coalesce((v->>'holdout')::boolean, false),
+				v->>'offer_kind', (v->>'coupon_campaign_id')::bigint, v->>'code_pattern',
+				v->>'public_code', (v->>'bonus_points')::bigint, pos);
+		IF v->>'offer_kind' IS NOT NULL THEN
+			PERFORM loyalty._check_offer(v->>'offer_kind', (v->>'coupon_campaign_id')::bigint, v->>'code_pattern',
+										 v->>'public_code', (v->>'bonus_points')::bigint);
+		END IF;
+	END LOOP;
+	IF holdouts > 1 THEN
+		RAISE EXCEPTION 'an experiment has at most one hold-out variant' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN id;
+END;
+$$;
+
+/* Check an offer's parameters (22023 on a bad one). */
+CREATE FUNCTION loyalty._check_offer(offer_kind text, coupon_campaign_id bigint, code_pattern text,
+									 public_code text, bonus_points bigint)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF offer_kind IN ('code', 'public_code') THEN
+		IF coupon_campaign_id IS NULL OR NOT EXISTS (
+				SELECT 1 FROM loyalty.campaign c WHERE c.campaign_id = _check_offer.coupon_campaign_id) THEN
+			RAISE EXCEPTION 'offer % needs an existing coupon campaign', offer_kind
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = pg_catalog.json_build_object('reason', 'unknown_coupon_campaign',
+								   'coupon_campaign_id', coupon_campaign_id)::pg_catalog.text;
+		END IF;
+	END IF;
+	IF offer_kind = 'code' THEN
+		IF code_pattern IS NULL THEN
+			RAISE EXCEPTION 'offer code needs a code_pattern' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		PERFORM loyalty.random_codes(code_pattern, 1);	-- raises on a bad pattern
+	ELSIF offer_kind = 'public_code' THEN
+		IF public_code IS NULL OR NOT EXISTS (
+				SELECT 1 FROM loyalty.coupon k
+				WHERE k.code OPERATOR(loyalty.=) loyalty.vanity_code(public_code)
+				  AND k.campaign_id = _check_offer.coupon_campaign_id AND k.customer_id IS NULL) THEN
+			RAISE EXCEPTION 'public code % is not a code of coupon campaign %', public_code, coupon_campaign_id
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = pg_catalog.json_build_object('reason', 'unknown_public_code',
+								   'public_code', public_code)::pg_catalog.text,
+					  HINT = 'Add it first with loyalty.add_public_code.';
+		END IF;
+	ELSIF offer_kind = 'points' THEN
+		IF bonus_points IS NULL OR bonus_points < 1 THEN
+			RAISE EXCEPTION 'offer points needs bonus_points >= 1' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	ELSIF offer_kind IS DISTINCT FROM 'none' THEN
+		RAISE EXCEPTION 'unknown offer kind "%"', offer_kind
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = 'Offer kinds: code, public_code, points, none.';
+	END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._check_offer(text, bigint, text, text, bigint) IS
+	'Internal: check the parameters of an offer (campaign or variant)';
+
+COMMENT ON FUNCTION loyalty.create_experiment(text, jsonb, text) IS
+	'Create an experiment from a JSON array of variants {"variant", "weight", "holdout", "offer_kind", "coupon_campaign_id", "code_pattern", "public_code", "bonus_points"}; salt (default: random) seeds the assignment hash';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.create_experiment(text, jsonb, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.create_marketing_campaign(
+	name text, audience_kind text, audience jsonb, offer_kind text,
+	coupon_campaign_id bigint DEFAULT NULL, code_pattern text DEFAULT NULL,
+	public_code text DEFAULT NULL, bonus_points bigint DEFAULT NULL,
+	channel text DEFAULT 'email', quiet_period interval DEFAULT NULL,
+	experiment_id bigint DEFAULT NULL, schedule text DEFAULT 'manual',
+	starts_at timestamptz DEFAULT NULL, ends_at timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	k text := audience_kind;
+	a jsonb := coalesce(audience, '{}'::jsonb);
+BEGIN
+	IF name IS NULL OR k IS NULL OR offer_kind IS NULL OR channel IS NULL THEN
+		RAISE EXCEPTION 'name, audience_kind, offer_kind and channel must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF k NOT IN ('segments', 'segment_entered', 'tier', 'dormant', 'query', 'customers', 'welcome',
+				 'birthday', 'anniversary', 'abandoned_cart') THEN
+		RAISE EXCEPTION 'unknown audience kind "%"', k
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Audience kinds: segments, segment_entered, tier, dormant, query, customers, welcome, birthday, anniversary, abandoned_cart.';
+	END IF;
+	IF schedule IS NULL OR schedule NOT IN ('manual', 'scheduled') THEN
+		RAISE EXCEPTION 'schedule must be manual or scheduled' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM loyalty._check_offer(offer_kind, coupon_campaign_id, code_pattern, public_code, bonus_points);
+	IF experiment_id IS NOT NULL AND NOT EXISTS (
+			SELECT 1 FROM loyalty.experiment e WHERE e.experiment_id = create_marketing_campaign.experiment_id) THEN
+		RAISE EXCEPTION 'experiment % does not exist', experiment_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF (k = 'segments' AND pg_catalog.jsonb_typeof(a->'segments') IS DISTINCT FROM 'array')
+	   OR (k = 'segment_entered' AND a->>'segment' IS NULL)
+	   OR (k = 'tier' AND pg_catalog.jsonb_typeof(a->'tiers') IS DISTINCT FROM 'array')
+	   OR (k = 'dormant' AND (a->>'days')::integer IS NULL)
+	   OR (k = 'query' AND pg_catalog.jsonb_typeof(a->'query') IS DISTINCT FROM 'string')
+	   OR (k = 'customers' AND pg_catalog.jsonb_typeof(a->'customers') IS DISTINCT FROM 'array') THEN
+		RAISE EXCEPTION 'audience % lacks its parameters', k
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.json_build_object('reason', 'audience_parameters', 'audience_kind', k)::pg_catalog.text,
+				  HINT = 'segments: {"segments": [...]}; segment_entered: {"segment": "At Risk", "since": "2026-01-01"}; tier: {"tiers": [...]}; dormant: {"days": 90}; query: {"query": "SELECT ..."}; customers: {"customers": [...]}.';
+	END IF;
+	-- intervals of the triggered audiences must parse now, not at the job
+	PERFORM (a->>'within')::interval, (a->>'after')::interval, (a->>'max_age')::interval,
+			(a->>'catch_up_days')::integer, (a->>'since')::timestamptz;
+	INSERT INTO loyalty.marketing_campaign AS m (name, audience_kind, audience, offer_kind, coupon_campaign_id,
+			code_pattern, public_code, bonus_points, channel, quiet_period, experiment_id, schedule, starts_at, ends_at)
+	VALUES (name, k, a, offer_kind, coupon_campaign_id, code_pattern, public_code, bonus_points, channel,
+			quiet_period, experiment_id, schedule, starts_at, ends_at)
+	RETURNING m.marketing_campaign_id INTO id;
+	RETURN id;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.create_marketing_campaign(text, text, jsonb, text, bigint, text, text, bigint, text, interval, bigint, text, timestamptz, timestamptz) IS
+	'Create a marketing campaign: audience (kind and parameters), offer (code / public_code of a coupon campaign, points, none), channel, quiet period, experiment, schedule (manual or scheduled), dates; options by name';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.create_marketing_campaign(text, text, jsonb, text, bigint, text, text, bigint, text, interval, bigint, text, timestamptz, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.set_marketing_campaign_paused(marketing_campaign_id bigint, paused boolean)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE loyalty.marketing_campaign m
+	SET paused = set_marketing_campaign_paused.paused, updated_at = pg_catalog.now()
+	WHERE m.marketing_campaign_id = set_marketing_campaign_paused.marketing_campaign_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'marketing campaign % does not exist', set_marketing_campaign_paused.marketing_campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN set_marketing_campaign_paused.paused;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.set_marketing_campaign_paused(bigint, boolean) IS
+	'Pause (true) or resume (false) a marketing campaign: a paused campaign publishes nothing';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.set_marketing_campaign_paused(bigint, boolean)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* functions: customer data the app supplies (app) */
+
+CREATE FUNCTION loyalty.set_consent(customer_id text, channel text, granted boolean, source text,
+									at timestamptz DEFAULT pg_catalog.now())
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	cur boolean;
+BEGIN
+	IF customer_id IS NULL OR channel IS NULL OR granted IS NULL OR source IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, channel, granted, source and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::pg_catalog.text, customer_id);
+	INSERT INTO loyalty.consent_history (customer_id, channel, granted, source, changed_at)
+	VALUES (customer_id, channel, granted, source, at);
+	-- the latest business time wins: a late-arriving older change is history only
+	INSERT INTO loyalty.consent AS c (customer_id, channel, granted, source, changed_at)
+	VALUES (customer_id, channel, granted, source, at)
+	ON CONFLICT ON CONSTRAINT consent_pkey DO UPDATE
+		SET granted = excluded.granted, source = excluded.source, changed_at = excluded.changed_at
+		WHERE c.changed_at <= excluded.changed_at;
+	SELECT c.granted INTO cur FROM loyalty.consent c
+	WHERE c.customer_id = set_consent.customer_id AND c.channel = set_consent.channel;
+	RETURN cur;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.set_consent(text, text, boolean, text, timestamptz) IS
+	'Record an opt-in (granted true) or opt-out of a customer for a channel, with its source and time; history kept in consent_history; returns the current consent';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.set_consent(text, text, boolean, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.set_customer_dates(customer_id text, birth_date date DEFAULT NULL,
+										   signup_date date DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF customer_id IS NULL THEN
+		RAISE EXCEPTION 'customer_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::pg_catalog.text, customer_id);
+	INSERT INTO loyalty.customer_dates AS d (customer_id, birth_date, signup_date)
+	VALUES (customer_id, birth_date, signup_date)
+	ON CONFLICT ON CONSTRAINT customer_dates_pkey DO UPDATE
+		SET birth_date = coalesce(excluded.birth_date, d.birth_date),
+			signup_date = coalesce(excluded.signup_date, d.signup_date),
+			updated_at = pg_catalog.now();
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.set_customer_dates(text, date, date) IS
+	'Record a customer''s birthday and signup day (program time zone) for the birthday, anniversary and welcome jobs; a NULL keeps the stored value';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.set_customer_dates(text, date, date)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.record_cart(customer_id text, cart_ref text, amount numeric,
+									items jsonb DEFAULT NULL, at timestamptz DEFAULT pg_catalog.now())
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF customer_id IS NULL OR cart_ref IS NULL OR amount IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, cart_ref, amount and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::pg_catalog.text, customer_id);
+	INSERT INTO loyalty.cart AS c (customer_id, cart_ref, amount, items, updated_at)
+	VALUES (customer_id, cart_ref, amount, items, at)
+	ON CONFLICT ON CONSTRAINT cart_pkey DO UPDATE
+		SET amount = excluded.amount, items = excluded.items, updated_at = excluded.updated_at
+		WHERE c.closed_at IS NULL AND c.updated_at <= excluded.updated_at;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.record_cart(text, text, numeric, jsonb, timestamptz) IS
+	'Record (or update) an open cart of a customer; an open cart untouched for a campaign''s delay is abandoned (run_abandoned_cart_campaigns)';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.record_cart(text, text, numeric, jsonb, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.close_cart(customer_id text, cart_ref text, at timestamptz DEFAULT pg_catalog.now())
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	UPDATE loyalty.cart c SET closed_at = at
+	WHERE c.customer_id = close_cart.customer_id AND c.cart_ref = close_cart.cart_ref AND c.closed_at IS NULL;
+	RETURN FOUND;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.close_cart(text, text, timestamptz) IS
+	'Close a cart (ordered or emptied): it is no longer abandoned; true if it was open';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.close_cart(text, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* ---------------------------------------------------------------------------
+ * campaign_publish.sql: audiences, classification and publication
+ *
+ * loyalty._publish does one run of one marketing campaign in set-based
+ * statements over a temporary stage table (one row per audience member and
+ * occurrence): the audience and its classification in one statement, the
+ * frequency caps in a second, then per offer (the campaign's, or each
+ * variant's) the codes, publications and outbox rows in one statement.
+ * Nothing of the stage outlives the transaction (ON COMMIT DROP).
+ * ------------------------------------------------------------------------ */
+
+/* functions: audiences */
+
+/*
+ * An admin's audience query, run with the rights of the calling role: this
+ * function is SECURITY INVOKER and executes the text exactly as given (one
+ * column of text keys), never inside another statement.
+ */
+CREATE FUNCTION loyalty._audience_query(query text)
+RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE STRICT SECURITY INVOKER
+AS $$
+BEGIN
+	RETURN QUERY EXECUTE query;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._audience_query(text) IS
+	'Internal: run an admin''s audience query (one text column of customer keys) with the rights of the calling role (SECURITY INVOKER, never spliced into another statement)';
+
+/*
+ * The SELECT giving (customer_id, occurrence) of an audience kind, over the
+ * parameters $1 audience jsonb, $2 as_of, $3 keys text[], $4 the program's
+ * local date of as_of.  Fixed texts: no value is ever spliced into them.
+ */
+CREATE FUNCTION loyalty._audience_sql(audience_kind text)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+SELECT CASE $1
+	WHEN 'segments' THEN
+		'SELECT s.customer_id, ''''::text AS occurrence FROM loyalty.customer_stats s
+		 WHERE s.score IS NOT NULL AND s.segment IN (SELECT pg_catalog.jsonb_array_elements_text($1->''segments''))'
+	WHEN 'segment_entered' THEN
+		'SELECT DISTINCT ON (sc.customer_id) sc.customer_id, sc.snapshot_id::text AS occurrence
+		 FROM loyalty.segment_change sc
+		 JOIN loyalty.segment_snapshot ss ON ss.snapshot_id = sc.snapshot_id
+		 JOIN loyalty.customer_stats cs ON cs.customer_id = sc.customer_id AND cs.segment = sc.segment
+		 WHERE sc.segment = $1->>''segment''
+		   AND ss.as_of >= coalesce(($1->>''since'')::timestamptz, $2 - ''30 days''::interval)
+		   AND ss.as_of <= $2
+		 ORDER BY sc.customer_id, sc.snapshot_id DESC'
+	WHEN 'tier' THEN
+		'SELECT a.customer_id COLLATE "C", ''''::text FROM loyalty.points_account a
+		 WHERE a.tier IN (SELECT pg_catalog.jsonb_array_elements_text($1->''tiers''))'
+	WHEN 'dormant' THEN
+		'SELECT s.customer_id, pg_catalog.to_char(loyalty._campaign_local_date(s.last_order), ''YYYY-MM-DD'') FROM loyalty.customer_stats s
+		 WHERE s.row_count > 0 AND s.last_order <= $2 - pg_catalog.make_interval(days => ($1->>''days'')::int)
+		   AND NOT EXISTS (SELECT 1 FROM loyalty.customer_stats_delta d WHERE d.customer_id = s.customer_id)'
+	WHEN 'query' THEN
+		'SELECT DISTINCT k COLLATE "C", ''''::text FROM pg_catalog.unnest($3) k WHERE k IS NOT NULL'
+	WHEN 'customers' THEN
+		'SELECT DISTINCT k COLLATE "C", ''''::text FROM pg_catalog.jsonb_array_elements_text($1->''customers'') k'
+	WHEN 'welcome' THEN
+		'SELECT d.customer_id, ''''::text FROM loyalty.customer_dates d
+		 WHERE d.signup_date <= $4 AND d.signup_date >= $4 - coalesce(($1->>''within_days'')::int, 7)'
+	WHEN 'birthday' THEN
+		'SELECT d.customer_id, y::text FROM loyalty.customer_dates d,
+			pg_catalog.generate_series(pg_catalog.date_part(''year'', $4)::int - 1, pg_catalog.date_part(''year'', $4)::int + 1) y
+		 WHERE d.birth_date IS NOT NULL
+		   AND loyalty._yearly_date(d.birth_date, y) BETWEEN $4 - coalesce(($1->>''catch_up_days'')::int, 7)
+													   AND $4 + coalesce(($1->>''days_before'')::int, 0)'
+	WHEN 'anniversary' THEN
+		'SELECT d.customer_id, y::text FROM loyalty.customer_dates d,
+			pg_catalog.generate_series(pg_catalog.date_part(''year'', $4)::int - 1, pg_catalog.date_part(''year'', $4)::int + 1) y
+		 WHERE d.signup_date IS NOT NULL AND y > pg_catalog.date_part(''year'', d.signup_date)
+		   AND loyalty._yearly_date(d.signup_date, y) BETWEEN $4 - coalesce(($1->>''catch_up_days'')::int, 7)
+														AND $4 + coalesce(($1->>''days_before'')::int, 0)'
+	WHEN 'abandoned_cart' THEN
+		'SELECT c.customer_id, c.cart_ref FROM loyalty.cart c
+		 WHERE c.closed_at IS NULL
+		   AND c.updated_at <= $2 - coalesce(($1->>''after'')::interval, ''1 hour''::interval)
+		   AND c.updated_at >= $2 - coalesce(($1->>''max_age'')::interval, ''7 days''::interval)'
+	END
+$$;
+
+COMMENT ON FUNCTION loyalty._audience_sql(text) IS
+	'Internal: the fixed SELECT of (customer_id, occurrence) of an audience kind (parameters $1 audience, $2 as_of, $3 keys, $4 local day)';
+
+/* functions: publication */
+
+CREATE FUNCTION loyalty._publish(marketing_campaign_id bigint, as_of timestamptz, keys text[], dry_run boolean)
+RETURNS TABLE (outcome text, customers bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	m loyalty.marketing_campaign;
+	salt text;
+	g record;
+	n bigint;
+	rounds integer;
+	today date;
+BEGIN
+	IF marketing_campaign_id IS NULL OR as_of IS NULL OR dry_run IS NULL THEN
+		RAISE EXCEPTION 'marketing_campaign_id and as_of must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT dry_run THEN
+		PERFORM loyalty._publish_lock();
+	END IF;
+	SELECT * INTO m FROM loyalty.marketing_campaign c WHERE c.marketing_campaign_id = _publish.marketing_campaign_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'marketing campaign % does not exist', marketing_campaign_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dry_run AND (m.paused OR m.starts_at > as_of OR m.ends_at <= as_of) THEN
+		RAISE EXCEPTION 'marketing campaign % is not active', marketing_campaign_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = pg_catalog.json_build_object('reason',
+							   CASE WHEN m.paused THEN 'paused' WHEN m.starts_at > as_of THEN 'not_started' ELSE 'ended' END,
+							   'marketing_campaign_id', marketing_campaign_id, 'as_of', as_of)::pg_catalog.text;
+	END IF;
+	IF m.experiment_id IS NOT NULL THEN
+		SELECT e.salt INTO salt FROM loyalty.experiment e WHERE e.experiment_id = m.experiment_id;
+	END IF;
+	today := loyalty._campaign_local_date(as_of);
+
+	IF pg_catalog.to_regclass('pg_temp._loyalty_stage') IS NULL THEN
+		CREATE TEMPORARY TABLE _loyalty_stage (
+			customer_id text COLLATE "C" NOT NULL,
+			occurrence text NOT NULL,
+			variant text,
+			holdout boolean NOT NULL,
+			reason text,
+			offer_kind text,
+			coupon_campaign_id bigint,
+			code_pattern text,
+			public_code text,
+			bonus_points bigint
+		) ON COMMIT DROP;
+	ELSE
+		TRUNCATE pg_temp._loyalty_stage;
+	END IF;
+
+	-- the audience, classified: already offered, hold-out, consent, quiet period
+	EXECUTE
+		'WITH vb AS (
+			SELECT v.variant, v.holdout, v.offer_kind, v.coupon_campaign_id, v.code_pattern, v.public_code,
+				   v.bonus_points,
+				   (sum(v.weight) OVER w - v.weight)::float8 / sum(v.weight) OVER () AS lo,
+				   (sum(v.weight) OVER w)::float8 / sum(v.weight) OVER () AS hi
+			FROM loyalty.experiment_variant v WHERE v.experiment_id = $5
+			WINDOW w AS (ORDER BY v.position))
+		 INSERT INTO pg_temp._loyalty_stage
+		 SELECT a.customer_id, a.occurrence, v.variant, coalesce(v.holdout, false),
+				CASE WHEN p.customer_id IS NOT NULL THEN ''already_offered''
+					 WHEN v.holdout THEN ''holdout''
+					 WHEN c.granted IS NOT TRUE THEN ''no_consent''
+					 WHEN $7 IS NOT NULL AND EXISTS (
+						SELECT 1 FROM loyalty.campaign_publication q
+						WHERE q.customer_id = a.customer_id AND q.marketing_campaign_id = $8
+						  AND q.published_at > $2 - $7) THEN ''quiet_period''
+				END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.offer_kind ELSE $9 END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.coupon_campaign_id ELSE $10 END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.code_pattern ELSE $11 END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.public_code ELSE $12 END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.bonus_points ELSE $13 END
+		 FROM (' || loyalty._audience_sql(m.audience_kind) || ') AS a (customer_id, occurrence)
+		 LEFT JOIN loyalty.campaign_publication p
+			ON p.customer_id = a.customer_id AND p.marketing_campaign_id = $8 AND p.occurrence = a.occurrence
+		 LEFT JOIN loyalty.consent c ON c.customer_id = a.customer_id AND c.channel = $6
+		 LEFT JOIN loyalty.experiment_assignment ea
+			ON $5 IS NOT NULL AND ea.customer_id = a.customer_id AND ea.experiment_id = $5
+		 LEFT JOIN LATERAL (
+			SELECT vb.* FROM vb
+			WHERE CASE WHEN ea.variant IS NOT NULL THEN vb.variant = ea.variant
+					   ELSE loyalty.experiment_bucket($14, a.customer_id) >= vb.lo
+							AND loyalty.experiment_bucket($14, a.customer_id) < vb.hi END
+			LIMIT 1) v ON $5 IS NOT NULL'
+	USING m.audience, as_of, CASE WHEN m.audience_kind = 'query' THEN keys END, today,
+		  m.experiment_id, m.channel, m.quiet_period, m.marketing_campaign_id,
+		  m.offer_kind, m.coupon_campaign_id, m.code_pattern, m.public_code, m.bonus_points, salt;
+
+	-- frequency caps: prior publications in the window plus this run's, per customer
+	IF EXISTS (SELECT 1 FROM loyalty.frequency_cap f WHERE f.channel IS NULL OR f.channel = m.channel) THEN
+		WITH r AS (
+			SELECT s.ctid AS row_id, s.customer_id,
+				   pg_catalog.row_number() OVER (PARTITION BY s.customer_id ORDER BY s.occurrence) AS rn
+			FROM pg_temp._loyalty_stage s WHERE s.reason IS NULL
+		), capped AS (
+			SELECT DISTINCT r.row_id FROM r
+			JOIN loyalty.frequency_cap f ON f.channel IS NULL OR f.channel = m.channel
+			WHERE r.rn + (SELECT count(*) FROM loyalty.campaign_publication q
+						  WHERE q.customer_id = r.customer_id
+							AND q.published_at > as_of - f.period AND q.published_at <= as_of
+							AND (f.channel IS NULL OR q.channel = f.channel)) > f.max_offers
+		)
+		UPDATE pg_temp._loyalty_stage s SET reason = 'frequency_cap'
+		FROM capped WHERE s.ctid = capped.row_id;
+	END IF;
+
+	-- an offer whose coupon campaign is paused or over cannot be given
+	UPDATE pg_temp._loyalty_stage s SET reason = 'offer_unavailable'
+	FROM loyalty.campaign k
+	WHERE s.reason IS NULL AND s.offer_kind IN ('code', 'public_code') AND k.campaign_id = s.coupon_campaign_id
+	  AND (k.paused OR k.ends_at <= as_of);
+
+	IF dry_run THEN
+		RETURN QUERY
+			SELECT coalesce(s.reason, 'published'), count(*) FROM pg_temp._loyalty_stage s GROUP BY 1 ORDER BY 1;
+		RETURN;
+	END IF;
+
+	IF m.experiment_id IS NOT NULL THEN
+		INSERT INTO loyalty.experiment_assignment (customer_id, experiment_id, variant, holdout, assigned_at)
+		SELECT DISTINCT ON (s.customer_id) s.customer_id, m.experiment_id, s.variant, s.holdout, as_of
+		FROM pg_temp._loyalty_stage s WHERE s.variant IS NOT NULL
+		ON CONFLICT ON CONSTRAINT experiment_assignment_pkey DO NOTHING;
+	END IF;
+
+	INSERT INTO loyalty.campaign_filtered AS f (customer_id, marketing_campaign_id, occurrence, reason, variant, filtered_at)
+	SELECT s.customer_id, m.marketing_campaign_id, s.occurrence, s.reason, s.variant, as_of
+	FROM pg_temp._loyalty_stage s WHERE s.reason IS NOT NULL AND s.reason <> 'already_offered'
+	ON CONFLICT ON CONSTRAINT campaign_filtered_pkey DO UPDATE
+		SET reason = excluded.reason, variant = excluded.variant, filtered_at = excluded.filtered_at
+		WHERE f.reason <> excluded.reason;
+
+	FOR g IN
+		SELECT DISTINCT s.offer_kind, s.coupon_campaign_id, s.code_pattern, s.public_code, s.bonus_points
+		FROM pg_temp._loyalty_stage s WHERE s.reason IS NULL
+	LOOP
+		IF g.offer_kind = 'code' THEN
+			rounds := 0;
+			LOOP
+				rounds := rounds + 1;
+				SELECT count(*) INTO n FROM pg_temp._loyalty_stage s
+				WHERE s.reason IS NULL AND s.offer_kind = 'code' AND s.coupon_campaign_id = g.coupon_campaign_id
+				  AND s.code_pattern = g.code_pattern
+				  AND NOT EXISTS (SELECT 1 FROM loyalty.campaign_publication q
+								  WHERE q.customer_id = s.customer_id
+									AND q.marketing_campaign_id = m.marketing_campaign_id
+									AND q.occurrence = s.occurrence);
+				EXIT WHEN n = 0;
+				IF rounds > 20 THEN
+					RAISE EXCEPTION 'could not generate enough distinct codes of pattern %', g.code_pattern
+						USING ERRCODE = 'program_limit_exceeded',
+							  DETAIL = 'The pattern''s codes are nearly all taken.',
+							  HINT = 'Use a pattern with more random characters (#).';
+				END IF;
+				PERFORM loyalty._publish_codes(m, g.coupon_campaign_id, g.code_pattern, n, as_of, rounds > 1);
+			END LOOP;
+		ELSE
+			PERFORM loyalty._publish_other(m, g.offer_kind, g.coupon_campaign_id, g.public_code, g.bonus_points, as_of);
+		END IF;
+	END LOOP;
+
+	RETURN QUERY
+		SELECT coalesce(s.reason, 'published'), count(*) FROM pg_temp._loyalty_stage s GROUP BY 1 ORDER BY 1;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._publish(bigint, timestamptz, text[], boolean) IS
+	'Internal: one run of a marketing campaign as of a time: audience (keys: the result of a query audience), classification, logs and publication; dry_run only counts';
+
+/*
+ * Bound codes for n staged customers of one (coupon campaign, pattern):
+ * codes, publications and outbox rows in one statement.  The first round
+ * inserts the codes plainly (a code equal to a stored one fails the whole
+ * statement, which the subtransaction undoes, and the caller tries again);
+ * later rounds skip such codes, publishing only the customers whose code
+ * was stored, and the caller loops over the rest.
+ */
+CREATE FUNCTION loyalty._publish_codes(m loyalty.marketing_campaign, coupon_campaign_id bigint,
+									   code_pattern text, n bigint, as_of timestamptz, skip_taken boolean)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF NOT skip_taken THEN
+		BEGIN
+			WITH src AS MATERIALIZED (
+				SELECT s.customer_id, s.occurrence, s.variant, r.code
+				FROM (SELECT s.*, pg_catalog.row_number() OVER () AS i
+					  FROM pg_temp._loyalty_stage s
+					  WHERE s.reason IS NULL AND s.offer_kind = 'code'
+						AND s.coupon_campaign_id = _publish_codes.coupon_campaign_id
+						AND s.code_pattern = _publish_codes.code_pattern) s
+				JOIN loyalty.random_codes(code_pattern, n::integer) WITH ORDINALITY AS r (code, i) ON r.i = s.i
+			), k AS (
+				INSERT INTO loyalty.coupon (code, campaign_id, customer_id, max_uses, created_at)
+				SELECT src.code, coupon_campaign_id, src.customer_id, 1, as_of FROM src
+			), p AS (
+				INSERT INTO loyalty.campaign_publication (customer_id, marketing_campaign_id, occurrence, variant,
+					channel, published_at, offer_kind, coupon_campaign_id, code)
+				SELECT src.customer_id, m.marketing_campaign_id, src.occurrence, src.variant, m.channel, as_of,
+					   'code', coupon_campaign_id, src.code
+				FROM src
+				RETURNING customer_id, occurrence, variant, code
+			)
+			INSERT INTO loyalty.outbox (customer_id, kind, event_key, channel, payload, created_at)
+			SELECT p.customer_id, 'offer', m.marketing_campaign_id::text || ':' || p.occurrence, m.channel,
+				   pg_catalog.jsonb_build_object('marketing_campaign_id', m.marketing_campaign_id,
+					   'occurrence', p.occurrence, 'variant', p.variant, 'offer_kind', 'code',
+					   'code', p.code::text),
+				   as_of
+			FROM p;
+		EXCEPTION WHEN unique_violation THEN
+			NULL;	-- a code was taken: the caller's next round skips taken codes
+		END;
+		RETURN;
+	END IF;
+
+	WITH src AS MATERIALIZED (
+		SELECT DISTINCT ON (r.code) s.customer_id, s.occurrence, s.variant, r.code
+		FROM (SELECT s.*, pg_catalog.row_number() OVER () AS i
+			  FROM pg_temp._loyalty_stage s
+			  WHERE s.reason IS NULL AND s.offer_kind = 'code'
+				AND s.coupon_campaign_id = _publish_codes.coupon_campaign_id
+				AND s.code_pattern = _publish_codes.code_pattern
+				AND NOT EXISTS (SELECT 1 FROM loyalty.campaign_publication q
+								WHERE q.customer_id = s.customer_id
+								  AND q.marketing_campaign_id = m.marketing_campaign_id
+								  AND q.occurrence = s.occurrence)) s
+		JOIN loyalty.random_codes(code_pattern, n::integer) WITH ORDINALITY AS r (code, i) ON r.i = s.i
+		ORDER BY r.code
+	), k AS (
+		INSERT INTO loyalty.coupon (code, campaign_id, customer_id, max_uses, created_at)
+		SELECT src.code, coupon_campaign_id, src.customer_id, 1, as_of FROM src
+		ON CONFLICT ON CONSTRAINT coupon_code_key DO NOTHING
+		RETURNING code, customer_id
+	), p AS (
+		INSERT INTO loyalty.campaign_publication (customer_id, marketing_campaign_id, occurrence, variant,
+			channel, published_at, offer_kind, coupon_campaign_id, code)
+		SELECT src.customer_id, m.marketing_campaign_id, src.occurrence, src.variant, m.channel, as_of,
+			   'code', coupon_campaign_id, src.code
+		FROM src JOIN k ON k.code OPERATOR(loyalty.=) src.code AND k.customer_id = src.customer_id
+		RETURNING customer_id, occurrence, variant, code
+	)
+	INSERT INTO loyalty.outbox (customer_id, kind, event_key, channel, payload, created_at)
+	SELECT p.customer_id, 'offer', m.marketing_campaign_id::text || ':' || p.occurrence, m.channel,
+		   pg_catalog.jsonb_build_object('marketing_campaign_id', m.marketing_campaign_id,
+			   'occurrence', p.occurrence, 'variant', p.variant, 'offer_kind', 'code', 'code', p.code::text),
+		   as_of
+	FROM p;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._publish_codes(loyalty.marketing_campaign, bigint, text, bigint, timestamptz, boolean) IS
+	'Internal: publish bound codes of one coupon campaign and pattern to the staged customers (codes, publications, outbox in one statement)';
+
+/* Public codes, bonus points or a message only, to the staged customers of one offer. */
+CREATE FUNCTION loyalty._publish_other(m loyalty.marketing_campaign, offer_kind text, coupon_campaign_id bigint,
+									   public_code text, bonus_points bigint, as_of timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	code loyalty.coupon_code := CASE WHEN offer_kind = 'public_code' THEN loyalty.vanity_code(public_code) END;
+BEGIN
+	WITH src AS MATERIALIZED (
+		SELECT s.customer_id, s.occurrence, s.variant,
+			   CASE WHEN offer_kind = 'points'
+					THEN 'mc:' || m.marketing_campaign_id::text || ':' || s.customer_id || ':' || s.occurrence END AS ref
+		FROM pg_temp._loyalty_stage s
+		WHERE s.reason IS NULL AND s.offer_kind = _publish_other.offer_kind
+		  AND s.coupon_campaign_id IS NOT DISTINCT FROM _publish_other.coupon_campaign_id
+		  AND s.public_code IS NOT DISTINCT FROM _publish_other.public_code
+		  AND s.bonus_points IS NOT DISTINCT FROM _publish_other.bonus_points
+	), e AS MATERIALIZED (
+		SELECT src.*, CASE WHEN src.ref IS NOT NULL THEN
+				(loyalty.points_earn(src.customer_id, src.ref, bonus_points,
+									 reason => 'marketing campaign ' || m.name, qualifying => false)).entry_id
+			   END AS entry_id
+		FROM src
+	), p AS (
+		INSERT INTO loyalty.campaign_publication (customer_id, marketing_campaign_id, occurrence, variant,
+			channel, published_at, offer_kind, coupon_campaign_id, code, bonus_points, points_reference)
+		SELECT e.customer_id, m.marketing_campaign_id, e.occurrence, e.variant, m.channel, as_of,
+			   offer_kind, coupon_campaign_id, code,
+			   CASE WHEN offer_kind = 'points' THEN bonus_points END, e.ref
+		FROM e
+		RETURNING customer_id, occurrence, variant
+	)
+	INSERT INTO loyalty.outbox (customer_id, kind, event_key, channel, payload, created_at)
+	SELECT p.customer_id, 'offer', m.marketing_campaign_id::text || ':' || p.occurrence, m.channel,
+		   pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('marketing_campaign_id', m.marketing_campaign_id,
+			   'occurrence', p.occurrence, 'variant', p.variant, 'offer_kind', offer_kind,
+			   'code', code::text, 'bonus_points', CASE WHEN offer_kind = 'points' THEN bonus_points END)),
+		   as_of
+	FROM p;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._publish_other(loyalty.marketing_campaign, text, bigint, text, bigint, timestamptz) IS
+	'Internal: publish a public code, bonus points (ledger reference mc:<campaign>:<customer>:<occurrence>, idempotent) or a message to the staged customers of one offer';
+
+CREATE FUNCTION loyalty.publish_marketing_campaign(marketing_campaign_id bigint,
+												   as_of timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (outcome text, customers bigint)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $$
+#variable_conflict use_variable
+DECLARE
+	kind text;
+	q text;
+	keys text[];
+BEGIN
+	SELECT c.audience_kind, c.audience->>'query' INTO kind, q
+	FROM loyalty.marketing_campaign c WHERE c.marketing_campaign_id = publish_marketing_campaign.marketing_campaign_id;
+	IF kind = 'query' THEN
+		keys := ARRAY(SELECT loyalty._audience_query(q));
+	END IF;
+	RETURN QUERY SELECT * FROM loyalty._publish(marketing_campaign_id, as_of, keys, false);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.publish_marketing_campaign(bigint, timestamptz) IS
+	'Publish a marketing campaign as of a time: offer its audience what it offers (idempotent per customer and occurrence), log publications and filtered-out customers; returns the count per outcome (published or the filter reason); a query audience runs with the caller''s rights';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.publish_marketing_campaign(bigint, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty._publish(bigint, timestamptz, text[], boolean)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty._audience_query(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.preview_audience(marketing_campaign_id bigint,
+										 as_of timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (outcome text, customers bigint)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $$
+#variable_conflict use_variable
+DECLARE
+	kind text;
+	q text;
+	keys text[];
+BEGIN
+	SELECT c.audience_kind, c.audience->>'query' INTO kind, q
+	FROM loyalty.marketing_campaign c WHERE c.marketing_campaign_id = preview_audience.marketing_campaign_id;
+	IF kind = 'query' THEN
+		keys := ARRAY(SELECT loyalty._audience_query(q));
+	END IF;
+	RETURN QUERY SELECT * FROM loyalty._publish(marketing_campaign_id, as_of, keys, true);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.preview_audience(bigint, timestamptz) IS
+	'The audience funnel of a marketing campaign as of a time, without publishing anything: customers per outcome (published = would be offered)';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.preview_audience(bigint, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* procedures: jobs (safe from pg_cron at any frequency) */
+
+/*
+ * Publish every active scheduled campaign of the given audience kinds (all
+ * when NULL) as of a time; returns the customers published.  Idempotent:
+ * what a run published, the next run finds already offered.
+ */
+CREATE FUNCTION loyalty._run_scheduled(as_of timestamptz, kinds text[])
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c record;
+	total bigint := 0;
+	n bigint;
+BEGIN
+	as_of := coalesce(as_of, pg_catalog.now());
+	FOR c IN
+		SELECT m.marketing_campaign_id FROM loyalty.marketing_campaign m
+		WHERE m.schedule = 'scheduled' AND NOT m.paused
+		  AND (m.starts_at IS NULL OR m.starts_at <= as_of) AND (m.ends_at IS NULL OR m.ends_at > as_of)
+		  AND (kinds IS NULL OR m.audience_kind = ANY (kinds))
+		ORDER BY m.marketing_campaign_id
+	LOOP
+		SELECT coalesce(sum(r.customers), 0) INTO n
+		FROM loyalty.publish_marketing_campaign(c.marketing_campaign_id, as_of) r WHERE r.outcome = 'published';
+		total := total + n;
+	END LOOP;
+	RETURN total;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._run_scheduled(timestamptz, text[]) IS
+	'Internal: publish the active scheduled marketing campaigns of some audience kinds (all: NULL) as of a time';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty._run_scheduled(timestamptz, text[])'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE PROCEDURE loyalty.run_campaigns(as_of timestamptz DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+	PERFORM loyalty._run_scheduled(as_of, NULL);
+END;
+$$;
+
+COMMENT ON PROCEDURE loyalty.run_campaigns(timestamptz) IS
+	'Publish every active scheduled marketing campaign as of as_of (default now); safe to run from pg_cron at any frequency (idempotent, catches up)';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE PROCEDURE loyalty.run_welcome_campaigns(as_of timestamptz DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+	PERFORM loyalty._run_scheduled(as_of, ARRAY['welcome']);
+END;
+$$;
+
+COMMENT ON PROCEDURE loyalty.run_welcome_campaigns(timestamptz) IS
+	'Publish the scheduled welcome campaigns (customers whose signup day is within the audience''s within_days, default 7)';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_welcome_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE PROCEDURE loyalty.run_birthday_campaigns(as_of timestamptz DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+	PERFORM loyalty._run_scheduled(as_of, ARRAY['birthday']);
+END;
+$$;
+
+COMMENT ON PROCEDURE loyalty.run_birthday_campaigns(timestamptz) IS
+	'Publish the scheduled birthday campaigns: once a year per customer, on the birthday in the program time zone (February 29: February 28 in non-leap years), catching up catch_up_days (default 7)';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_birthday_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE PROCEDURE loyalty.run_anniversary_campaigns(as_of timestamptz DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+	PERFORM loyalty._run_scheduled(as_of, ARRAY['anniversary']);
+END;
+$$;
+
+COMMENT ON PROCEDURE loyalty.run_anniversary_campaigns(timestamptz) IS
+	'Publish the scheduled signup-anniversary campaigns: once a year per customer from the first anniversary on';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_anniversary_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE PROCEDURE loyalty.run_reactivation_campaigns(as_of timestamptz DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+	PERFORM loyalty._run_scheduled(as_of, ARRAY['dormant', 'segment_entered']);
+END;
+$$;
+
+COMMENT ON PROCEDURE loyalty.run_reactivation_campaigns(timestamptz) IS
+	'Publish the scheduled reactivation campaigns (dormant N days: once per dormancy episode; segment_entered: once per transition)';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_reactivation_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE PROCEDURE loyalty.run_abandoned_cart_campaigns(as_of timestamptz DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+	PERFORM loyalty._run_scheduled(as_of, ARRAY['abandoned_cart']);
+END;
+$$;
+
+COMMENT ON PROCEDURE loyalty.run_abandoned_cart_campaigns(timestamptz) IS
+	'Publish the scheduled abandoned-cart campaigns: once per open cart untouched for the audience''s after (default 1 hour) and younger than max_age (default 7 days)';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_abandoned_cart_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* ---------------------------------------------------------------------------
+ * campaign_outbox.sql: the outbox the shop's mailer consumes
+ *
+ * Producers: publications (offers with their channel, campaign_publish.sql),
+ * tier changes (a trigger on loyalty.tier_history), points-expiry warnings
+ * (queue_expiry_warnings).  Each event has one row: offers through their
+ * publication's primary key, the others through the unique
+ * (customer_id, kind, event_key).  A consumer, in one transaction:
+ *   SELECT * FROM loyalty.outbox_claim(100);   -- FOR UPDATE SKIP LOCKED
+ *   ... send ...
+ *   SELECT loyalty.outbox_ack(ARRAY[...]);     -- by outbox_id
+ *   COMMIT;
+ * Concurrent consumers get disjoint batches; a consumer that dies before
+ * its commit releases its rows to the next one.  Every insert sends one
+ * NOTIFY loyalty_outbox, delivered at commit.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION loyalty._outbox_notify()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM pg_catalog.pg_notify('loyalty_outbox'::pg_catalog.text, ''::pg_catalog.text);
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._outbox_notify() IS
+	'Internal trigger: NOTIFY loyalty_outbox (delivered at commit) when events were queued';
+
+CREATE TRIGGER outbox_notify
+	AFTER INSERT ON loyalty.outbox
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._outbox_notify();
+
+COMMENT ON TRIGGER outbox_notify ON loyalty.outbox IS
+	'One NOTIFY loyalty_outbox per inserting statement, delivered when the transaction commits';
+
+CREATE FUNCTION loyalty._outbox_tier_change()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO loyalty.outbox (customer_id, kind, event_key, channel, payload, created_at)
+	VALUES (NEW.customer_id, 'tier_change', NEW.history_id::pg_catalog.text, NULL,
+			pg_catalog.jsonb_build_object('from_tier', NEW.from_tier, 'to_tier', NEW.to_tier,
+										  'change', NEW.change, 'changed_at', NEW.changed_at),
+			NEW.changed_at)
+	ON CONFLICT (customer_id, kind, event_key) WHERE kind <> 'offer' DO NOTHING;
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._outbox_tier_change() IS
+	'Internal trigger: queue a tier_change event for every row of loyalty.tier_history';
+
+CREATE TRIGGER tier_history_outbox
+	AFTER INSERT ON loyalty.tier_history
+	FOR EACH ROW EXECUTE FUNCTION loyalty._outbox_tier_change();
+
+COMMENT ON TRIGGER tier_history_outbox ON loyalty.tier_history IS
+	'Queues each tier change (upgrade, downgrade, refund, initial) in loyalty.outbox';
+
+CREATE FUNCTION loyalty.queue_expiry_warnings(as_of timestamptz DEFAULT pg_catalog.now(),
+											  within interval DEFAULT '14 days')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	n bigint;
+BEGIN
+	IF as_of IS NULL OR within IS NULL THEN
+		RAISE EXCEPTION 'as_of and within must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	INSERT INTO loyalty.outbox (customer_id, kind, event_key, channel, payload, created_at)
+	SELECT l.customer_id, 'points_expiry', loyalty._campaign_local_date(l.expires_at)::text, NULL,
+		   pg_catalog.jsonb_build_object('points', sum(l.remaining), 'expires_on',
+										 loyalty._campaign_local_date(l.expires_at), 'first_expiry', min(l.expires_at)),
+		   as_of
+	FROM loyalty.points_lot l
+	WHERE l.state <> 'closed' AND l.remaining > 0 AND l.expires_at > as_of AND l.expires_at <= as_of + within
+	GROUP BY l.customer_id, loyalty._campaign_local_date(l.expires_at)
+	ON CONFLICT (customer_id, kind, event_key) WHERE kind <> 'offer' DO NOTHING;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.queue_expiry_warnings(timestamptz, interval) IS
+	'Queue one points_expiry event per customer and expiry day (program time zone) for points expiring within the interval after as_of; a day already queued is not queued again';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.queue_expiry_warnings(timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.outbox_claim(batch_size integer DEFAULT 100)
+RETURNS SETOF loyalty.outbox
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF batch_size IS NULL OR batch_size < 1 THEN
+		RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+		SELECT o.* FROM loyalty.outbox o
+		WHERE o.acked_at IS NULL
+		ORDER BY o.outbox_id
+		LIMIT batch_size
+		FOR UPDATE SKIP LOCKED;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.outbox_claim(integer) IS
+	'Claim up to batch_size pending outbox events, oldest first, locked until the end of the transaction (FOR UPDATE SKIP LOCKED: concurrent consumers get disjoint batches); acknowledge them with outbox_ack in the same transaction';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.outbox_claim(integer)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.outbox_ack(outbox_ids bigint[], at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	UPDATE loyalty.outbox o SET acked_at = outbox_ack.at
+	WHERE o.outbox_id = ANY (outbox_ack.outbox_ids) AND o.acked_at IS NULL;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.outbox_ack(bigint[], timestamptz) IS
+	'Acknowledge outbox events by id: they are never claimed again; returns how many were pending';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.outbox_ack(bigint[], timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
  * every object (grants.sql of the install script, then reapply_grants).
  * ------------------------------------------------------------------------ */
