@@ -5166,7 +5166,7 @@ BEGIN
 		RAISE EXCEPTION 'as_of and within must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
 	INSERT INTO loyalty.outbox (customer_id, kind, event_key, channel, payload, created_at)
-	SELECT l.customer_id, 'points_expiry', loyalty._campaign_local_date(l.expires_at)::text, NULL,
+	SELECT l.customer_id, 'points_expiry', pg_catalog.to_char(loyalty._campaign_local_date(l.expires_at), 'YYYY-MM-DD'), NULL,
 		   pg_catalog.jsonb_build_object('points', sum(l.remaining), 'expires_on',
 										 loyalty._campaign_local_date(l.expires_at), 'first_expiry', min(l.expires_at)),
 		   as_of
