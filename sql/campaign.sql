@@ -3,6 +3,12 @@
 -- publication, the publication and filtered-out logs, consent, frequency
 -- caps, quiet period, preview.
 --
+-- (in a database of its own: the points ledger and the segment snapshots it
+-- writes must not shift the ids the other tests print)
+\set regress_db :DBNAME
+CREATE DATABASE campaign_db;
+\c campaign_db
+CREATE EXTENSION loyalty;
 SET timezone = 'UTC';
 \set SHOW_CONTEXT never
 CREATE TABLE mc_orders (
@@ -153,3 +159,6 @@ SELECT * FROM loyalty.publish_marketing_campaign(:mc_cap, '2026-12-11');
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT * FROM loyalty.publish_marketing_campaign(:mc_all, '2026-12-11');
 ROLLBACK;
+
+\c :regress_db
+DROP DATABASE campaign_db;

@@ -4,6 +4,12 @@
 -- stability when the audience changes, independence between experiments,
 -- variants changing the offer.
 --
+-- (in a database of its own: the points ledger and the segment snapshots it
+-- writes must not shift the ids the other tests print)
+\set regress_db :DBNAME
+CREATE DATABASE campaign_experiment_db;
+\c campaign_experiment_db
+CREATE EXTENSION loyalty;
 SET timezone = 'UTC';
 \set SHOW_CONTEXT never
 
@@ -105,3 +111,6 @@ SELECT loyalty.create_experiment('ex bad', '[{"variant": "a", "weight": 1, "hold
 SELECT loyalty.create_experiment('ex bad', '[{"variant": "a", "weight": 1, "holdout": true}, {"variant": "b", "weight": 1, "holdout": true}]');
 SELECT loyalty.create_experiment('ex bad', '[{"variant": "a", "weight": 0}]');
 SELECT count(*) FROM loyalty.experiment WHERE name = 'ex bad';
+
+\c :regress_db
+DROP DATABASE campaign_experiment_db;

@@ -5,6 +5,12 @@
 -- 29 birthdays in non-leap years.  Then the outbox: offers, tier changes,
 -- points-expiry warnings, claimed with SKIP LOCKED and acknowledged by id.
 --
+-- (in a database of its own: the points ledger and the segment snapshots it
+-- writes must not shift the ids the other tests print)
+\set regress_db :DBNAME
+CREATE DATABASE campaign_jobs_db;
+\c campaign_jobs_db
+CREATE EXTENSION loyalty;
 SET timezone = 'UTC';
 \set SHOW_CONTEXT never
 INSERT INTO loyalty.settings (timezone) VALUES ('Europe/Paris');
@@ -104,3 +110,6 @@ SELECT NOT (:'batch'::bigint[] && ARRAY(SELECT outbox_id FROM loyalty.outbox_cla
 SELECT loyalty.outbox_claim(0);
 
 DELETE FROM loyalty.settings;
+
+\c :regress_db
+DROP DATABASE campaign_jobs_db;

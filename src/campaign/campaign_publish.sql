@@ -501,6 +501,7 @@ $$;
 COMMENT ON PROCEDURE loyalty.run_campaigns(timestamptz) IS
 	'Publish every active scheduled marketing campaign as of as_of (default now); safe to run from pg_cron at any frequency (idempotent, catches up)';
 
+REVOKE EXECUTE ON PROCEDURE loyalty.run_campaigns(timestamptz) FROM PUBLIC;
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE PROCEDURE loyalty.run_welcome_campaigns(as_of timestamptz DEFAULT NULL)
@@ -514,6 +515,7 @@ $$;
 COMMENT ON PROCEDURE loyalty.run_welcome_campaigns(timestamptz) IS
 	'Publish the scheduled welcome campaigns (customers whose signup day is within the audience''s within_days, default 7)';
 
+REVOKE EXECUTE ON PROCEDURE loyalty.run_welcome_campaigns(timestamptz) FROM PUBLIC;
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_welcome_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE PROCEDURE loyalty.run_birthday_campaigns(as_of timestamptz DEFAULT NULL)
@@ -527,6 +529,7 @@ $$;
 COMMENT ON PROCEDURE loyalty.run_birthday_campaigns(timestamptz) IS
 	'Publish the scheduled birthday campaigns: once a year per customer, on the birthday in the program time zone (February 29: February 28 in non-leap years), catching up catch_up_days (default 7)';
 
+REVOKE EXECUTE ON PROCEDURE loyalty.run_birthday_campaigns(timestamptz) FROM PUBLIC;
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_birthday_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE PROCEDURE loyalty.run_anniversary_campaigns(as_of timestamptz DEFAULT NULL)
@@ -540,6 +543,7 @@ $$;
 COMMENT ON PROCEDURE loyalty.run_anniversary_campaigns(timestamptz) IS
 	'Publish the scheduled signup-anniversary campaigns: once a year per customer from the first anniversary on';
 
+REVOKE EXECUTE ON PROCEDURE loyalty.run_anniversary_campaigns(timestamptz) FROM PUBLIC;
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_anniversary_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE PROCEDURE loyalty.run_reactivation_campaigns(as_of timestamptz DEFAULT NULL)
@@ -553,6 +557,7 @@ $$;
 COMMENT ON PROCEDURE loyalty.run_reactivation_campaigns(timestamptz) IS
 	'Publish the scheduled reactivation campaigns (dormant N days: once per dormancy episode; segment_entered: once per transition)';
 
+REVOKE EXECUTE ON PROCEDURE loyalty.run_reactivation_campaigns(timestamptz) FROM PUBLIC;
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_reactivation_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 CREATE PROCEDURE loyalty.run_abandoned_cart_campaigns(as_of timestamptz DEFAULT NULL)
@@ -566,4 +571,5 @@ $$;
 COMMENT ON PROCEDURE loyalty.run_abandoned_cart_campaigns(timestamptz) IS
 	'Publish the scheduled abandoned-cart campaigns: once per open cart untouched for the audience''s after (default 1 hour) and younger than max_age (default 7 days)';
 
+REVOKE EXECUTE ON PROCEDURE loyalty.run_abandoned_cart_campaigns(timestamptz) FROM PUBLIC;
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_abandoned_cart_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
