@@ -143,7 +143,9 @@ BEGIN
 		TRUNCATE pg_temp._loyalty_stage;
 	END IF;
 
-	-- the audience, classified: already offered, hold-out, consent, quiet period
+	-- the audience, classified: already offered, consent, quiet period, then
+	-- the hold-out, so that the hold-out is drawn from the customers who
+	-- would have been offered (the control group of the treated ones)
 	EXECUTE
 		'WITH vb AS (
 			SELECT v.variant, v.holdout, v.offer_kind, v.coupon_campaign_id, v.code_pattern, v.public_code,
@@ -155,12 +157,12 @@ BEGIN
 		 INSERT INTO pg_temp._loyalty_stage
 		 SELECT a.customer_id, a.occurrence, v.variant, coalesce(v.holdout, false),
 				CASE WHEN p.customer_id IS NOT NULL THEN ''already_offered''
-					 WHEN v.holdout THEN ''holdout''
 					 WHEN c.granted IS NOT TRUE THEN ''no_consent''
 					 WHEN $7 IS NOT NULL AND EXISTS (
 						SELECT 1 FROM loyalty.campaign_publication q
 						WHERE q.customer_id = a.customer_id AND q.marketing_campaign_id = $8
 						  AND q.published_at > $2 - $7) THEN ''quiet_period''
+					 WHEN v.holdout THEN ''holdout''
 				END,
 				CASE WHEN v.offer_kind IS NOT NULL THEN v.offer_kind ELSE $9 END,
 				CASE WHEN v.offer_kind IS NOT NULL THEN v.coupon_campaign_id ELSE $10 END,
@@ -188,7 +190,7 @@ BEGIN
 		WITH r AS (
 			SELECT s.ctid AS row_id, s.customer_id,
 				   pg_catalog.row_number() OVER (PARTITION BY s.customer_id ORDER BY s.occurrence) AS rn
-			FROM pg_temp._loyalty_stage s WHERE s.reason IS NULL
+			FROM pg_temp._loyalty_stage s WHERE s.reason IS NULL OR s.reason = 'holdout'
 		), capped AS (
 			SELECT DISTINCT r.row_id FROM r
 			JOIN loyalty.frequency_cap f ON f.channel IS NULL OR f.channel = m.channel
