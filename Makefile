@@ -16,7 +16,7 @@ MODULE_big = loyalty
 # A family includes headers of common/ and of the families before it in this
 # list, never after (test/scripts/tree_shape.sh checks it); src/loyalty.c is
 # the module itself, above every family.
-FAMILIES = common rfm rfm_live coupon points kpi
+FAMILIES = common rfm rfm_live coupon points campaign kpi
 OBJS = src/loyalty.o $(foreach f,$(FAMILIES),$(patsubst %.c,%.o,$(sort $(wildcard src/$(f)/*.c))))
 
 # The install script is the concatenation of the per-concern SQL files, in
@@ -40,7 +40,12 @@ SQL_PARTS = \
 	src/points/points_views.sql \
 	src/points/points_api.sql \
 	src/points/points_qualify.sql \
+	src/campaign/campaign.sql \
+	src/campaign/campaign_api.sql \
+	src/campaign/campaign_publish.sql \
+	src/campaign/campaign_outbox.sql \
 	src/kpi/kpi_stats.sql \
+	src/kpi/kpi_campaign.sql \
 	src/common/grants.sql
 
 # Upgrade scripts: one frozen, hand-written src/upgrade/loyalty--A--B.sql per

@@ -3,8 +3,9 @@
 #
 #   a. includes: every #include "x.h" between our files names a header of the
 #      file's own family, of common/ or of a family below it, in the order
-#      common < rfm < rfm_live < coupon < points (src/loyalty.c, the module
-#      above every family, may include all); and the include graph between
+#      common < rfm < rfm_live < coupon < points < campaign < kpi
+#      (src/loyalty.c, the module above every family, may include all);
+#      and the include graph between
 #      files has no cycle;
 #   b. calls: the file-level call graph read from the objects (nm: the global
 #      symbols each object defines and the ones it leaves undefined) has no
@@ -26,7 +27,7 @@ cd "$root"
 list_only=${TREE_SHAPE_LIST:-0}
 [ "${1:-}" = "--list" ] && list_only=1
 max_lines=${LOYALTY_MAX_FUNCTION_LINES:-200}
-families="common rfm rfm_live coupon points kpi"
+families="common rfm rfm_live coupon points campaign kpi"
 tmp=$(mktemp -d /tmp/loyalty-shape.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 offences=0
