@@ -37,7 +37,7 @@ SELECT * FROM loyalty.validate_coupon('BUDGET10', 'c2', 100);
 SELECT loyalty.redeem_coupon('BUDGET10', 'c2', 'o2', 100);
 SELECT * FROM loyalty.validate_coupon('BUDGET10', 'c3', 100);
 SELECT pg_temp.try($$SELECT loyalty.redeem_coupon('BUDGET10', 'c3', 'o3', 100)$$);
-SELECT name, discount_budget, discount_used, discount_left FROM loyalty.campaign_budget_status;
+SELECT name, discount_budget, discount_used, discount_left FROM loyalty.campaign_budget_status WHERE campaign_id = :cf;
 -- a repeat of a redemption returns it, budget or not
 SELECT loyalty.redeem_coupon('BUDGET10', 'c2', 'o2', 100);
 
@@ -52,7 +52,7 @@ SELECT discount FROM loyalty.reserve_coupon('BUDGET10', 'c4', 'o4', 100, '10 min
 SELECT * FROM loyalty.validate_coupon('BUDGET10', 'c5', 100);
 SELECT pg_temp.try($$SELECT loyalty.redeem_coupon('BUDGET10', 'c5', 'o5', 100)$$);
 SELECT loyalty.redeem_coupon('BUDGET10', 'c4', 'o4', 100);
-SELECT discount_used, discount_left FROM loyalty.campaign_budget_status;
+SELECT discount_used, discount_left FROM loyalty.campaign_budget_status WHERE campaign_id = :cf;
 SELECT * FROM loyalty.validate_coupon('BUDGET10', 'c5', 100);
 
 -- a budget below what is granted is refused; a bigger one recounts

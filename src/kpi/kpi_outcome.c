@@ -10,7 +10,12 @@
 #include "access/htup_details.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "catalog/pg_type.h"
+#include "utils/array.h"
 #include "utils/date.h"
+#include "utils/numeric.h"
+
+#include "loyalty_numeric.h"
 
 #include "rfm_live.h"
 
@@ -46,4 +51,43 @@ kpi_day_buckets_window(PG_FUNCTION_ARGS)
 	values[1] = NumericGetDatum(sum.spend);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
 													  values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(kpi_member_windows);
+
+/*
+ * loyalty._kpi_windows(days day_buckets, ref_day date, window_days integer)
+ * RETURNS numeric[]: {orders, spend} of the window_days days before
+ * ref_day and {orders, spend} of ref_day and the window_days - 1 days after
+ * it, in one call per campaign member (the KPI query reads one array
+ * instead of two set-returning calls).  days NULL (a customer without
+ * tracked orders): zeros.
+ */
+Datum
+kpi_member_windows(PG_FUNCTION_ARGS)
+{
+	RfmDays    *days = PG_ARGISNULL(0) ? NULL : DatumGetRfmDays(PG_GETARG_DATUM(0));
+	DateADT		ref;
+	int32		window;
+	RfmDaysSum	before;
+	RfmDaysSum	after;
+	Datum		elems[4];
+
+	if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	ref = PG_GETARG_DATEADT(1);
+	window = PG_GETARG_INT32(2);
+	if (DATE_NOT_FINITE(ref) || window < 1 || window > 36600)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid KPI window"),
+				 errdetail("The reference day must be finite and the window 1 to 36600 days.")));
+	RfmDaysWindow(days, ref - window, ref - 1, &before, true, CurrentMemoryContext);
+	RfmDaysWindow(days, ref, ref + window - 1, &after, true, CurrentMemoryContext);
+	elems[0] = NumericGetDatum(LoyaltyNumericFromInt64(before.orders));
+	elems[1] = NumericGetDatum(before.spend);
+	elems[2] = NumericGetDatum(LoyaltyNumericFromInt64(after.orders));
+	elems[3] = NumericGetDatum(after.spend);
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, 4, NUMERICOID, -1, false,
+										  TYPALIGN_INT));
 }

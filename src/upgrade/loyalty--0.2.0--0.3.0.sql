@@ -5694,7 +5694,11 @@ SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.qualify(text,
  * ledger, the revenue of redeemed orders from the coupon orders, and the
  * outcomes (orders and spend in the N days before and after each member's
  * offer) from the live RFM day buckets (loyalty.customer_stats.days): the
- * orders table is never scanned.  Lift: incremental spend per member of
+ * orders table is never scanned.  (jit and merge joins off: the planner's
+ * row estimates of these joins of aggregated logs are far too high, so it
+ * would compile the query (seconds) and sort every side for merge joins,
+ * where hash joins take a third of the time; bench/campaign_kpi.bench.sh.)
+ * Lift: incremental spend per member of
  * each treated variant against the hold-out, with a 95% Welch interval,
  * CUPED-adjusted by the pre-period spend (loyalty.lift_interval).
  * ------------------------------------------------------------------------ */
@@ -5724,6 +5728,14 @@ COMMENT ON FUNCTION loyalty.day_buckets_window(loyalty.day_buckets, date, date) 
 
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_window(loyalty.day_buckets, date, date)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
+CREATE FUNCTION loyalty._kpi_windows(days loyalty.day_buckets, ref_day date, window_days integer)
+RETURNS numeric[]
+AS 'MODULE_PATHNAME', 'kpi_member_windows'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._kpi_windows(loyalty.day_buckets, date, integer) IS
+	'Internal: {orders, spend} of the window_days days before ref_day and of the window_days days from it, from one customer''s day buckets (null buckets: zeros)';
+
 /*
  * One row per member of a marketing campaign's audience with what the KPIs
  * aggregate.  ref_day: the day of the member's offer (assignment,
@@ -5731,13 +5743,11 @@ SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_w
  * is ref_day .. ref_day + window_days - 1, the pre-period the window_days
  * days before.
  */
-CREATE FUNCTION loyalty.campaign_members(marketing_campaign_id bigint, window_days integer DEFAULT 30)
+CREATE FUNCTION loyalty._campaign_members(marketing_campaign_id bigint, window_days integer)
 RETURNS TABLE (customer_id text, variant text, holdout boolean, ref_day date, offered boolean,
 			   filtered_reason text, redeemed boolean, redemptions bigint, discount numeric,
-			   redeemed_revenue numeric, redeemed_margin numeric,
-			   orders_before bigint, spend_before numeric, orders_after bigint, spend_after numeric)
-LANGUAGE sql STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+			   redeemed_revenue numeric, redeemed_margin numeric, windows numeric[])
+LANGUAGE sql STABLE
 AS $$
 	WITH mc AS (
 		SELECT m.marketing_campaign_id, m.experiment_id, m.coupon_campaign_id,
@@ -5791,7 +5801,7 @@ AS $$
 		   coalesce(rb.redemptions OPERATOR(pg_catalog.>) 0 AND rb.first_at OPERATOR(pg_catalog.>=) pub.published_at, false),
 		   coalesce(rb.redemptions, 0)::pg_catalog.int8, coalesce(rb.discount, 0),
 		   coalesce(rb.revenue, 0), rb.margin,
-		   coalesce(b.orders, 0), coalesce(b.spend, 0), coalesce(a.orders, 0), coalesce(a.spend, 0)
+		   loyalty._kpi_windows(s.days, d.ref_day, $2)
 	FROM mc
 	CROSS JOIN members m
 	CROSS JOIN LATERAL (SELECT pg_catalog.timezone(mc.tz, m.ref_at)::pg_catalog.date AS ref_day) d
@@ -5799,10 +5809,26 @@ AS $$
 	LEFT JOIN filt ON filt.customer_id OPERATOR(pg_catalog.=) m.customer_id
 	LEFT JOIN red_by rb ON rb.customer_id OPERATOR(pg_catalog.=) m.customer_id AND pub.customer_id IS NOT NULL
 	LEFT JOIN loyalty.customer_stats s ON s.customer_id OPERATOR(pg_catalog.=) m.customer_id
-	LEFT JOIN LATERAL loyalty.day_buckets_window(s.days, d.ref_day OPERATOR(pg_catalog.-) $2,
-												 d.ref_day OPERATOR(pg_catalog.-) 1) b ON true
-	LEFT JOIN LATERAL loyalty.day_buckets_window(s.days, d.ref_day,
-												 d.ref_day OPERATOR(pg_catalog.+) ($2 OPERATOR(pg_catalog.-) 1)) a ON true
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_members(bigint, integer) IS
+	'Internal (inlined into the KPI queries, so not SECURITY DEFINER): the audience of a marketing campaign, one row per member: variant, hold-out, offered or filtered (reason), redemptions, discount, revenue and margin of redeemed orders, {orders, spend} before and from the offer (live day buckets)';
+
+
+CREATE FUNCTION loyalty.campaign_members(marketing_campaign_id bigint, window_days integer DEFAULT 30)
+RETURNS TABLE (customer_id text, variant text, holdout boolean, ref_day date, offered boolean,
+			   filtered_reason text, redeemed boolean, redemptions bigint, discount numeric,
+			   redeemed_revenue numeric, redeemed_margin numeric,
+			   orders_before bigint, spend_before numeric, orders_after bigint, spend_after numeric)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET enable_mergejoin = off
+AS $$
+	SELECT m.customer_id, m.variant, m.holdout, m.ref_day, m.offered, m.filtered_reason, m.redeemed,
+		   m.redemptions, m.discount, m.redeemed_revenue, m.redeemed_margin,
+		   m.windows[1]::pg_catalog.int8, m.windows[2], m.windows[3]::pg_catalog.int8, m.windows[4]
+	FROM loyalty._campaign_members($1, $2) m
 $$;
 
 COMMENT ON FUNCTION loyalty.campaign_members(bigint, integer) IS
@@ -5831,6 +5857,8 @@ RETURNS TABLE (variant text, holdout boolean, audience bigint, offered bigint, f
 			   incremental_revenue double precision, roi double precision)
 LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET enable_mergejoin = off
 AS $$
 BEGIN
 	IF marketing_campaign_id IS NULL OR window_days IS NULL OR cuped IS NULL THEN
@@ -5852,7 +5880,10 @@ BEGIN
 	END IF;
 	RETURN QUERY
 	WITH m AS MATERIALIZED (
-		SELECT * FROM loyalty.campaign_members(campaign_kpi.marketing_campaign_id, campaign_kpi.window_days)
+		SELECT x.variant, x.holdout, x.offered, x.filtered_reason, x.redeemed, x.discount,
+			   x.redeemed_revenue, x.redeemed_margin, x.windows[1] AS orders_before,
+			   x.windows[2] AS spend_before, x.windows[3] AS orders_after, x.windows[4] AS spend_after
+		FROM loyalty._campaign_members(campaign_kpi.marketing_campaign_id, campaign_kpi.window_days) x
 	), v AS (
 		SELECT m.variant, bool_or(m.holdout) AS holdout, count(*) AS audience,
 			   count(*) FILTER (WHERE m.offered) AS offered,
@@ -5866,13 +5897,16 @@ BEGIN
 			   sum(m.spend_after) AS spend_after, sum(m.orders_after) AS orders_after
 		FROM m GROUP BY m.variant
 	), lift AS (
-		SELECT t.variant,
-			   loyalty.lift_interval(m.spend_after::double precision, m.variant IS NOT DISTINCT FROM t.variant,
-									 CASE WHEN campaign_kpi.cuped THEN m.spend_before::double precision END) AS e
-		FROM (SELECT DISTINCT m.variant FROM m WHERE NOT m.holdout) t
-		JOIN m ON m.variant IS NOT DISTINCT FROM t.variant OR m.holdout
-		WHERE EXISTS (SELECT 1 FROM m h WHERE h.holdout)
-		GROUP BY t.variant
+		-- each treated variant against the hold-out, in one pass
+		SELECT x.variant,
+			   loyalty.lift_interval(x.spend_after::double precision, x.treated,
+									 CASE WHEN campaign_kpi.cuped THEN x.spend_before::double precision END) AS e
+		FROM (SELECT m.variant, true AS treated, m.spend_after, m.spend_before FROM m WHERE NOT m.holdout
+			  UNION ALL
+			  SELECT t.variant, false, m.spend_after, m.spend_before
+			  FROM m CROSS JOIN (SELECT v.variant FROM v WHERE NOT v.holdout) t
+			  WHERE m.holdout) x
+		GROUP BY x.variant
 	)
 	SELECT v.variant, v.holdout, v.audience, v.offered, v.filtered, v.redeemed,
 		   CASE WHEN v.offered > 0 THEN v.redeemed::double precision / v.offered END,
@@ -5884,7 +5918,7 @@ BEGIN
 		   (v.spend_after / v.audience)::double precision,
 		   (l.e).difference, (l.e).lower, (l.e).upper, (l.e).df,
 		   (l.e).difference * (l.e).n_treated,
-		   CASE WHEN v.discount_cost > 0 AND l.e IS NOT NULL THEN
+		   CASE WHEN v.discount_cost > 0 AND (l.e).difference IS NOT NULL THEN
 				((l.e).difference * (l.e).n_treated
 				 * coalesce(campaign_kpi.margin_rate,
 							CASE WHEN v.with_margin = v.redeemed AND v.revenue > 0
