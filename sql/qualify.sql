@@ -4,6 +4,11 @@
 -- discount each would give and the reason for those that do not apply.
 -- Each answer is the one validate_coupon gives for the code.  Read-only.
 --
+-- (in a database of its own: every public code of the database is an offer)
+\set regress_db :DBNAME
+CREATE DATABASE qualify_db;
+\c qualify_db
+CREATE EXTENSION loyalty;
 SELECT loyalty.create_campaign('q ten', 'percent', percent_off => 10) AS c_ten \gset
 SELECT loyalty.create_campaign('q five', 'fixed', amount_off => 5, min_order_amount => 50) AS c_five \gset
 SELECT loyalty.create_campaign('q reward', 'fixed', amount_off => 7) AS c_reward \gset
@@ -70,3 +75,6 @@ COMMIT;
 -- bad input is refused as validate_coupon refuses it
 SELECT * FROM loyalty.qualify(NULL, '{"amount": 60}');
 SELECT * FROM loyalty.qualify('alice', '{"amount": "x"}');
+
+\c :regress_db
+DROP DATABASE qualify_db;
