@@ -16,7 +16,7 @@ MODULE_big = loyalty
 # A family includes headers of common/ and of the families before it in this
 # list, never after (test/scripts/tree_shape.sh checks it); src/loyalty.c is
 # the module itself, above every family.
-FAMILIES = common rfm rfm_live coupon points clv referral mission
+FAMILIES = common rfm rfm_live coupon points clv campaign kpi referral mission
 OBJS = src/loyalty.o $(foreach f,$(FAMILIES),$(patsubst %.c,%.o,$(sort $(wildcard src/$(f)/*.c))))
 
 # The install script is the concatenation of the per-concern SQL files, in
@@ -32,12 +32,21 @@ SQL_PARTS = \
 	src/coupon/coupon_code.sql \
 	src/coupon/coupon.sql \
 	src/coupon/coupon_api.sql \
+	src/coupon/coupon_budget.sql \
+	src/coupon/coupon_qualify.sql \
 	src/points/points.sql \
 	src/points/points_tier.sql \
 	src/points/points_coupon.sql \
 	src/points/points_views.sql \
 	src/points/points_api.sql \
+	src/points/points_qualify.sql \
 	src/clv/clv.sql \
+	src/campaign/campaign.sql \
+	src/campaign/campaign_api.sql \
+	src/campaign/campaign_publish.sql \
+	src/campaign/campaign_outbox.sql \
+	src/kpi/kpi_stats.sql \
+	src/kpi/kpi_campaign.sql \
 	src/referral/referral.sql \
 	src/mission/mission.sql \
 	src/citus/citus.sql \

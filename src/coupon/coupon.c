@@ -70,6 +70,10 @@ static const struct
 	"The code or its campaign has no uses left."},
 	[COUPON_RESERVED] = {"reserved", "LY013",
 	"The remaining uses are held by reservations of other checkouts."},
+	[COUPON_BUDGET_EXHAUSTED] = {"budget_exhausted", "LY017",
+	"The campaign's discount budget has less left than this discount."},
+	[COUPON_PERIOD_LIMIT] = {"period_limit", "LY018",
+	"The campaign has no redemptions left in the current day, week or month."},
 	[COUPON_CUSTOMER_LIMIT] = {"customer_limit", "LY014",
 	"The customer has used this campaign as often as allowed."},
 	[COUPON_ORDER_CONFLICT] = {"order_conflict", "LY020",
@@ -123,6 +127,7 @@ typedef struct CallState
 	Numeric		discount;
 	bool		on_shipping;
 	Datum		lines;			/* numeric[] per order line, or 0 */
+	CouponUsage usage;			/* as counted under the locks */
 } CallState;
 
 /*
@@ -292,6 +297,38 @@ CheckCoupon(CallState *st)
 }
 
 /*
+ * The budget of a budgeted campaign (doc/budgets.md), given the usage of
+ * other orders: the money budget (budget_exhausted when active redemptions
+ * leave less than this discount, reserved when live reservations of other
+ * checkouts hold what is missing), then the period cap (period_limit, or
+ * reserved likewise).
+ */
+static CouponReason
+CheckBudget(const CallState *st, const CouponUsage *u)
+{
+	const Campaign *cm = &st->cm;
+
+	if (cm->discount_budget != NULL)
+	{
+		Numeric		after = LoyaltyNumericAdd(u->budget_used, st->discount);
+
+		if (LoyaltyNumericCmp(after, cm->discount_budget) > 0)
+			return COUPON_BUDGET_EXHAUSTED;
+		if (LoyaltyNumericCmp(LoyaltyNumericAdd(after, u->budget_held),
+							  cm->discount_budget) > 0)
+			return COUPON_RESERVED;
+	}
+	if (cm->period != NULL)
+	{
+		if (u->period_uses >= cm->period_cap)
+			return COUPON_PERIOD_LIMIT;
+		if (u->period_uses + u->period_holds >= cm->period_cap)
+			return COUPON_RESERVED;
+	}
+	return COUPON_OK;
+}
+
+/*
  * The caps, given the usage of other orders: the code's own cap, the
  * campaign's total cap, the per-customer cap.  "exhausted" when redemptions
  * and unused codes sold for points (each holds the unit it was sold for)
@@ -317,6 +354,13 @@ CheckCaps(const CallState *st, int64 campaign_uses, const CouponUsage *u)
 			return COUPON_EXHAUSTED;
 		if (campaign_uses + u->campaign_sold + u->campaign_holds >= cm->total_cap)
 			return COUPON_RESERVED;
+	}
+	if (cm->has_budget)
+	{
+		CouponReason r = CheckBudget(st, u);
+
+		if (r != COUPON_OK)
+			return r;
 	}
 	if (cm->per_customer_cap > 0 &&
 		u->customer_uses + u->customer_sold + u->customer_holds >= cm->per_customer_cap)
@@ -368,8 +412,20 @@ SetLines(CallState *st)
 		st->lines = (Datum) 0;
 }
 
+/* The budget part of a usage count (CouponCountBudget) into another. */
+static void
+CopyBudgetUsage(CouponUsage *to, const CouponUsage *from)
+{
+	to->budget_used = from->budget_used;
+	to->budget_held = from->budget_held;
+	to->period_start = from->period_start;
+	to->period_uses = from->period_uses;
+	to->period_holds = from->period_holds;
+}
+
 /*
- * Take the locks of steps 3-5 (gate, capped campaign row, customer), read
+ * Take the locks of steps 3-5 (gate, capped campaign row, budget row,
+ * customer), read
  * the campaign as it is now, run every check and count usage under the
  * locks.  Raises the reason on failure.
  */
@@ -378,6 +434,7 @@ CheckUnderLocks(CallState *st)
 {
 	CouponReason r;
 	CouponUsage usage;
+	CouponUsage budget;
 	int64		campaign_uses = 0;
 
 	CouponGateShared(st->cp.campaign_id);
@@ -387,14 +444,19 @@ CheckUnderLocks(CallState *st)
 		RaiseReason(st, r);
 	if (st->cm.has_total_cap)
 		campaign_uses = CouponLockCampaignRow(st->cm.id);
+	if (st->cm.has_budget)
+		CouponCountBudget(&st->cm, st->order_ref, st->now, true, &budget);
 	if (st->cm.per_customer_cap > 0)
 		CouponLockCustomer(st->cm.id, st->customer_id);
 	CouponCountUsage(&st->cp, &st->cm, st->customer_id, st->order_ref,
 					 st->now, true, &usage);
+	if (st->cm.has_budget)
+		CopyBudgetUsage(&usage, &budget);
 	r = CheckCaps(st, campaign_uses, &usage);
 	if (r != COUPON_OK)
 		RaiseReason(st, r);
 	SetLines(st);
+	st->usage = usage;
 }
 
 /*
@@ -467,6 +529,8 @@ CouponRedeem(FunctionCallInfo fcinfo, bool amount_context)
 							   st.discount, st.on_shipping, st.lines,
 							   st.order.exists,
 							   st.order.exists, st.now);
+		if (st.cm.has_budget)
+			CouponBudgetRedeemed(&st.cm, &st.usage, st.discount);
 		result = CopyNumeric(st.discount, caller);
 	}
 	SPI_finish();
@@ -609,6 +673,76 @@ coupon_reserve_amount(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Validation of a loaded coupon (st->cp) without locks: the campaign as it
+ * is now, the checks of CheckCoupon, then the caps and the budget counted
+ * on the caller's snapshot.  st->discount holds the discount when the
+ * answer is COUPON_OK.  Shared by validate_coupon and
+ * _validate_campaign (qualify's points rewards).
+ */
+static CouponReason
+ValidateLoaded(CallState *st)
+{
+	CouponReason r;
+	CouponUsage usage;
+
+	AcceptInvalidationMessages();
+	CouponReadCampaign(st->cp.campaign_id, &st->cm);
+	r = CheckCoupon(st);
+	if (r != COUPON_OK)
+		return r;
+	CouponCountUsage(&st->cp, &st->cm, st->customer_id, st->order_ref,
+					 st->now, false, &usage);
+	if (st->cm.has_budget)
+		CouponCountBudget(&st->cm, st->order_ref, st->now, false, &usage);
+	return CheckCaps(st, st->cm.has_total_cap ?
+					 CouponCampaignUses(st->cm.id) : 0, &usage);
+}
+
+/*
+ * The order named by st->order_ref for a read-only check: rolled back or
+ * of another customer or context is a reason; else its coupons count for
+ * stacking.  COUPON_OK also when there is no order_ref or no such order.
+ */
+static CouponReason
+ReadOrderReadOnly(CallState *st)
+{
+	if (st->order_ref == NULL)
+		return COUPON_OK;
+	CouponReadOrder(st->order_ref, &st->order);
+	if (!st->order.exists)
+		return COUPON_OK;
+	if (st->order.rolled_back)
+		return COUPON_ORDER_ROLLED_BACK;
+	if (!OrderMatches(st))
+		return COUPON_ORDER_CONFLICT;
+	CouponReadAttached(st->order_ref, st->now, false, &st->order);
+	return COUPON_OK;
+}
+
+/* The (valid, reason, discount) row of validate_coupon and _validate_campaign. */
+static Datum
+ValidateResult(FunctionCallInfo fcinfo, CouponReason r, Numeric discount)
+{
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "validate_coupon must return a composite type");
+	values[0] = BoolGetDatum(r == COUPON_OK || r == COUPON_ALREADY_REDEEMED);
+	if (r == COUPON_OK)
+		nulls[1] = true;
+	else
+		values[1] = CStringGetTextDatum(CouponReasonToken(r));
+	if (discount == NULL)
+		nulls[2] = true;
+	else
+		values[2] = NumericGetDatum(discount);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
+}
+
+/*
  * validate_coupon(code, customer_id, order_context | amount, order_ref):
  * (valid, reason, discount), read-only and without locks: the answer for
  * this instant, which a later redeem confirms or refutes under its locks.
@@ -622,9 +756,6 @@ CouponValidate(FunctionCallInfo fcinfo, bool amount_context)
 	CallState	st;
 	CouponReason r = COUPON_OK;
 	Numeric		discount = NULL;
-	TupleDesc	tupdesc;
-	Datum		values[3];
-	bool		nulls[3] = {false, false, false};
 
 	memset(&st, 0, sizeof(st));
 	st.verb = "validated";
@@ -648,66 +779,63 @@ CouponValidate(FunctionCallInfo fcinfo, bool amount_context)
 		r = COUPON_INVALID_CODE;
 	else if (!CouponLookup(st.code, false, &st.cp))
 		r = COUPON_NOT_FOUND;
-	else
+	else if ((r = ReadOrderReadOnly(&st)) != COUPON_OK)
+		 /* reported below */ ;
+	else if (OwnRedemption(&st) != NULL)
 	{
-		const CouponAttached *own = NULL;
-
-		if (st.order_ref != NULL)
-		{
-			CouponReadOrder(st.order_ref, &st.order);
-			if (st.order.exists)
-			{
-				if (st.order.rolled_back)
-					r = COUPON_ORDER_ROLLED_BACK;
-				else if (!OrderMatches(&st))
-					r = COUPON_ORDER_CONFLICT;
-				else
-				{
-					CouponReadAttached(st.order_ref, st.now, false, &st.order);
-					own = OwnRedemption(&st);
-				}
-			}
-		}
-		if (r != COUPON_OK)
-			 /* reported below */ ;
-		else if (own != NULL)
-		{
-			r = COUPON_ALREADY_REDEEMED;
-			discount = CopyNumeric(own->discount, caller);
-		}
-		else
-		{
-			AcceptInvalidationMessages();
-			CouponReadCampaign(st.cp.campaign_id, &st.cm);
-			r = CheckCoupon(&st);
-			if (r == COUPON_OK)
-			{
-				CouponUsage usage;
-
-				CouponCountUsage(&st.cp, &st.cm, st.customer_id, st.order_ref,
-								 st.now, false, &usage);
-				r = CheckCaps(&st, st.cm.has_total_cap ?
-							  CouponCampaignUses(st.cm.id) : 0, &usage);
-			}
-			if (r == COUPON_OK)
-				discount = CopyNumeric(st.discount, caller);
-		}
+		r = COUPON_ALREADY_REDEEMED;
+		discount = CopyNumeric(OwnRedemption(&st)->discount, caller);
 	}
+	else if ((r = ValidateLoaded(&st)) == COUPON_OK)
+		discount = CopyNumeric(st.discount, caller);
 	SPI_finish();
+	return ValidateResult(fcinfo, r, discount);
+}
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "validate_coupon must return a composite type");
-	values[0] = BoolGetDatum(r == COUPON_OK || r == COUPON_ALREADY_REDEEMED);
-	if (r == COUPON_OK)
-		nulls[1] = true;
-	else
-		values[1] = CStringGetTextDatum(CouponReasonToken(r));
-	if (discount == NULL)
-		nulls[2] = true;
-	else
-		values[2] = NumericGetDatum(discount);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
-													  values, nulls)));
+PG_FUNCTION_INFO_V1(coupon_validate_campaign);
+
+/*
+ * loyalty._validate_campaign(campaign_id bigint, customer_id text,
+ * order_context jsonb, order_ref text, OUT valid, OUT reason, OUT discount):
+ * what a new code of the campaign bound to the customer would give for
+ * this order, checked exactly as validate_coupon checks a code (dates,
+ * pause, rules, minimum, items, stacking, caps, budget; a code sold for
+ * points holds a cap unit, so the caps must have one left).  For qualify's
+ * points rewards, whose code does not exist before the exchange.
+ */
+Datum
+coupon_validate_campaign(PG_FUNCTION_ARGS)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	CallState	st;
+	CouponReason r;
+	Numeric		discount = NULL;
+
+	memset(&st, 0, sizeof(st));
+	st.verb = "validated";
+	LoyaltyArgNotNull(fcinfo, 0, "campaign_id");
+	LoyaltyArgNotNull(fcinfo, 1, "customer_id");
+	LoyaltyArgNotNull(fcinfo, 2, "order_context");
+	st.customer_id = CouponIdentifier("customer_id", PG_GETARG_TEXT_PP(1),
+										COUPON_MAX_ID_LEN);
+	if (!PG_ARGISNULL(3))
+		st.order_ref = CouponIdentifier("order_ref", PG_GETARG_TEXT_PP(3),
+										 LOYALTY_MAX_KEY_BYTES);
+	CouponContextFromJsonb(PG_GETARG_JSONB_P(2), &st.ctx);
+	st.now = GetCurrentTimestamp();
+	st.cp.campaign_id = PG_GETARG_INT64(0);
+	st.cp.customer_id = st.customer_id;
+	st.cp.has_max_uses = true;
+	st.cp.max_uses = 1;
+	st.code_display = "(new code)";
+
+	SPI_connect();
+	CouponStoreBegin(true);
+	if ((r = ReadOrderReadOnly(&st)) == COUPON_OK &&
+		(r = ValidateLoaded(&st)) == COUPON_OK)
+		discount = CopyNumeric(st.discount, caller);
+	SPI_finish();
+	return ValidateResult(fcinfo, r, discount);
 }
 
 PG_FUNCTION_INFO_V1(coupon_validate);

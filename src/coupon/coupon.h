@@ -75,6 +75,8 @@ typedef enum CouponReason
 	COUPON_NO_DISCOUNT,			/* LY015: the discount would be zero */
 	COUPON_EXHAUSTED,			/* LY012 */
 	COUPON_RESERVED,			/* LY013 */
+	COUPON_BUDGET_EXHAUSTED,	/* LY017: the discount budget is used up */
+	COUPON_PERIOD_LIMIT,		/* LY018: the period cap is reached */
 	COUPON_CUSTOMER_LIMIT,		/* LY014 */
 	/* states of the order, not of the coupon */
 	COUPON_ORDER_CONFLICT,		/* LY020 */
@@ -177,6 +179,10 @@ typedef struct Campaign
 	CouponNameList exclude_categories;
 	bool		exclusive;
 	int32		max_coupons_per_order;	/* 0 = no limit */
+	bool		has_budget;		/* a loyalty.campaign_budget row */
+	Numeric		discount_budget;	/* NULL: no money budget */
+	char	   *period;			/* "day", "week", "month"; NULL: no cap */
+	int64		period_cap;
 	int			nrules;
 	CouponRule *rules;
 } Campaign;
@@ -227,6 +233,12 @@ typedef struct CouponUsage
 	int64		customer_holds;
 	int64		campaign_sold;	/* unused codes sold for points (other codes) */
 	int64		customer_sold;	/* the same, bound to the customer */
+	/* budgeted campaigns only (CouponCountBudget) */
+	Numeric		budget_used;	/* discount of active redemptions */
+	Numeric		budget_held;	/* discount of live reservations */
+	DateADT		period_start;	/* the current period (period cap) */
+	int64		period_uses;	/* active redemptions in it */
+	int64		period_holds;	/* live reservations */
 } CouponUsage;
 
 /* ---- discounts (coupon_discount.c) ---- */
@@ -269,6 +281,10 @@ extern void CouponGateShared(int64 campaign_id);
 extern void CouponGateExclusive(int64 campaign_id);
 extern int64 CouponLockCampaignRow(int64 campaign_id);
 extern int64 CouponCampaignUses(int64 campaign_id);
+extern void CouponCountBudget(const Campaign *cm, const char *order_ref,
+							  TimestampTz now, bool lock, CouponUsage *usage);
+extern void CouponBudgetRedeemed(const Campaign *cm, const CouponUsage *usage,
+								 Numeric discount);
 extern void CouponLockCustomer(int64 campaign_id, const char *customer_id);
 extern int64 CouponCapUnits(int64 campaign_id, const char *customer_id,
 							TimestampTz now);

@@ -1527,6 +1527,26 @@ BEGIN
 			total := total + taken;
 		END IF;
 	END LOOP;
+	-- the discount budgets of the campaigns get back what was taken back
+	-- (lock order step 4b, coupon_store.c; doc/budgets.md)
+	IF total > 0 THEN
+		PERFORM 1 FROM loyalty.campaign_budget b
+		WHERE b.campaign_id IN (SELECT r.campaign_id FROM loyalty.redemption r
+								WHERE r.order_ref = coupon_return_lines.order_ref AND r.kind = 'redeem')
+		ORDER BY b.campaign_id FOR NO KEY UPDATE;
+		IF FOUND THEN
+			UPDATE loyalty.campaign_budget b SET discount_used = b.discount_used - t.taken
+			FROM (SELECT r.campaign_id, sum(rl.discount) AS taken
+				  FROM loyalty.coupon_return_line rl
+				  JOIN loyalty.redemption r
+					ON r.order_ref = rl.order_ref AND r.coupon_id = rl.coupon_id AND r.kind = 'redeem'
+				  WHERE rl.customer_id = coupon_return_lines.customer_id
+					AND rl.order_ref = coupon_return_lines.order_ref
+					AND rl.return_ref = coupon_return_lines.return_ref
+				  GROUP BY r.campaign_id) t
+			WHERE b.campaign_id = t.campaign_id;
+		END IF;
+	END IF;
 	UPDATE loyalty.coupon_return r SET amount = total
 	WHERE r.customer_id = coupon_return_lines.customer_id
 	  AND r.order_ref = coupon_return_lines.order_ref AND r.return_ref = coupon_return_lines.return_ref;

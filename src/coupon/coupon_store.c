@@ -19,6 +19,9 @@
  *	   it reads the paused flag;
  *	4. the campaign row(s), FOR NO KEY UPDATE, only for campaigns with a
  *	   total cap: the cap counter;
+ *	4b. the budget row(s) (loyalty.campaign_budget), FOR NO KEY UPDATE,
+ *	   only for campaigns with a discount budget or a period cap: the
+ *	   budget's counters (doc/budgets.md);
  *	5. the customer lock: a heavyweight lock on (class loyalty.redemption,
  *	   object id = hash of campaign and customer), only for campaigns with a
  *	   per-customer cap;
@@ -111,6 +114,11 @@ typedef enum PlanId
 	P_COUPON_BY_ID,
 	P_UPDATE_HOLD,
 	P_ORDER_UPDATE,
+	P_BUDGET_LOCK,
+	P_BUDGET_READ,
+	P_BUDGET_REDEEM,
+	P_RB_LOCK_BUDGETS,
+	P_RB_BUDGETS,
 	NPLANS
 } PlanId;
 
@@ -133,8 +141,10 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		" c.starts_at, c.ends_at, c.paused, c.total_cap, c.per_customer_cap,"
 		" c.min_order_amount, c.include_skus, c.exclude_skus,"
 		" c.include_categories, c.exclude_categories, c.exclusive,"
-		" c.max_coupons_per_order, r.kinds, r.params, r.funcs, c.ends_on"
+		" c.max_coupons_per_order, r.kinds, r.params, r.funcs, c.ends_on,"
+		" b.campaign_id IS NOT NULL, b.discount_budget, b.period, b.period_cap"
 		" FROM loyalty.campaign c"
+		" LEFT JOIN loyalty.campaign_budget b ON b.campaign_id = c.campaign_id"
 		" LEFT JOIN LATERAL ("
 		"  SELECT array_agg(cr.kind ORDER BY cr.rule_id) AS kinds,"
 		"         array_agg(cr.params ORDER BY cr.rule_id) AS params,"
@@ -343,6 +353,59 @@ static const LoyaltyPlanDef PlanDefs[NPLANS] = {
 		" currency = $4, context = $5, updated_at = $6"
 		" WHERE customer_id = $7 AND order_ref = $1",
 		7, {TEXTOID, INT8OID, NUMERICOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, TEXTOID}
+	},
+	[P_BUDGET_LOCK] = {
+		"SELECT 1 FROM loyalty.campaign_budget WHERE campaign_id = $1"
+		" FOR NO KEY UPDATE",
+		1, {INT8OID}
+	},
+	[P_BUDGET_READ] = {
+		"SELECT b.discount_used,"
+		" (SELECT coalesce(sum(h.discount), 0) FROM loyalty.reservation h"
+		"   WHERE h.campaign_id = $1 AND h.state = 'held' AND h.expires_at > $2"
+		"     AND h.order_ref IS DISTINCT FROM $3),"
+		" (SELECT count(*) FROM loyalty.reservation h"
+		"   WHERE h.campaign_id = $1 AND h.state = 'held' AND h.expires_at > $2"
+		"     AND h.order_ref IS DISTINCT FROM $3),"
+		" ps.d,"
+		" coalesce((SELECT u.uses FROM loyalty.campaign_period_use u"
+		"   WHERE u.campaign_id = $1 AND u.period_start = ps.d), 0)"
+		" FROM loyalty.campaign_budget b,"
+		"  LATERAL (SELECT loyalty._campaign_period_start(b.period, $2) AS d) ps"
+		" WHERE b.campaign_id = $1",
+		3, {INT8OID, TIMESTAMPTZOID, TEXTOID}
+	},
+	[P_BUDGET_REDEEM] = {
+		"WITH b AS (UPDATE loyalty.campaign_budget"
+		"           SET discount_used = discount_used + $2 WHERE campaign_id = $1)"
+		" INSERT INTO loyalty.campaign_period_use AS u (campaign_id, period_start, uses)"
+		" SELECT $1, $3, 1 WHERE $3 IS NOT NULL"
+		" ON CONFLICT (campaign_id, period_start) DO UPDATE SET uses = u.uses + 1",
+		3, {INT8OID, NUMERICOID, DATEOID}
+	},
+	[P_RB_LOCK_BUDGETS] = {
+		"SELECT campaign_id FROM loyalty.campaign_budget"
+		" WHERE campaign_id = ANY ($1) ORDER BY campaign_id FOR NO KEY UPDATE",
+		1, {INT8ARRAYOID}
+	},
+	[P_RB_BUDGETS] = {
+		"WITH n AS ("
+		"  SELECT r.campaign_id,"
+		"         r.discount + coalesce((SELECT sum(x.discount) FROM loyalty.redemption x"
+		"           WHERE x.order_ref = r.order_ref AND x.coupon_id = r.coupon_id"
+		"             AND x.kind = 'return'), 0) AS net,"
+		"         loyalty._campaign_period_start(b.period, r.created_at) AS ps"
+		"  FROM loyalty.redemption r"
+		"  JOIN loyalty.campaign_budget b ON b.campaign_id = r.campaign_id"
+		"  WHERE r.redemption_id = ANY ($1)),"
+		" bu AS (UPDATE loyalty.campaign_budget b SET discount_used = b.discount_used - s.net"
+		"        FROM (SELECT campaign_id, sum(net) AS net FROM n GROUP BY campaign_id) s"
+		"        WHERE b.campaign_id = s.campaign_id)"
+		" UPDATE loyalty.campaign_period_use p SET uses = greatest(p.uses - s.k, 0)"
+		" FROM (SELECT campaign_id, ps, count(*) AS k FROM n WHERE ps IS NOT NULL"
+		"       GROUP BY campaign_id, ps) s"
+		" WHERE p.campaign_id = s.campaign_id AND p.period_start = s.ps",
+		1, {INT8ARRAYOID}
 	},
 };
 
@@ -595,6 +658,13 @@ ParseCampaign(LoyaltyRow row, int64 campaign_id, Campaign *cm)
 	ColNameList(row, 19, &cm->exclude_categories);
 	cm->exclusive = LoyaltyColBool(row, 20);
 	cm->max_coupons_per_order = LoyaltyColInt32(row, 21, NULL);
+	cm->has_budget = LoyaltyColBool(row, 26);
+	if (cm->has_budget)
+	{
+		cm->discount_budget = LoyaltyColNumeric(row, 27);
+		cm->period = LoyaltyColText(row, 28);
+		cm->period_cap = LoyaltyColInt64(row, 29, NULL);
+	}
 	d = LoyaltyColDatum(row, 25, &isnull);
 	cm->has_ends_on = !isnull;
 	if (!isnull)
@@ -1016,6 +1086,77 @@ CouponCountUsage(const Coupon *cp, const Campaign *cm, const char *customer_id,
 }
 
 /*
+ * The usage a budgeted campaign's budget checks need, for other orders
+ * than order_ref: the discount of its active redemptions (net of partial
+ * returns), the discount and number of its live reservations, the current
+ * period and the redemptions counted in it.  lock: take the budget row
+ * first (lock order step 4b: after the capped campaign row, before the
+ * customer lock) and count with the newest snapshot; the counters are only
+ * written, and reservations of the campaign only made, under that lock.
+ * Without lock (validate): the caller's snapshot, no lock.
+ */
+void
+CouponCountBudget(const Campaign *cm, const char *order_ref, TimestampTz now,
+				  bool lock, CouponUsage *usage)
+{
+	Datum		values[3];
+	char		nulls[3] = "   ";
+	LoyaltyRow	row;
+	bool		isnull;
+	Datum		d;
+
+	values[0] = Int64GetDatum(cm->id);
+	values[1] = TimestampTzGetDatum(now);
+	if (order_ref != NULL)
+		values[2] = TextArg(order_ref);
+	else
+	{
+		values[2] = (Datum) 0;
+		nulls[2] = 'n';
+	}
+	if (lock)
+		Exec(P_BUDGET_LOCK, values, NULL, false);
+	Exec(P_BUDGET_READ, values, nulls, lock);
+	usage->budget_used = LoyaltyNumericZero();
+	usage->budget_held = LoyaltyNumericZero();
+	usage->period_start = 0;
+	usage->period_uses = 0;
+	usage->period_holds = 0;
+	if (SPI_processed != 1)
+		return;					/* the budget was removed meanwhile */
+	row = LoyaltySpiRow(0);
+	usage->budget_used = LoyaltyColNumeric(row, 1);
+	usage->budget_held = LoyaltyColNumeric(row, 2);
+	usage->period_holds = LoyaltyColInt64(row, 3, NULL);
+	d = LoyaltyColDatum(row, 4, &isnull);
+	if (!isnull)
+		usage->period_start = DatumGetDateADT(d);
+	else
+		usage->period_holds = 0;
+	usage->period_uses = LoyaltyColInt64(row, 5, NULL);
+}
+
+/*
+ * A redemption of a budgeted campaign was recorded: add its discount to
+ * the budget's counter and count it in the current period (the caller
+ * holds the budget row since CouponCountBudget).
+ */
+void
+CouponBudgetRedeemed(const Campaign *cm, const CouponUsage *usage,
+					 Numeric discount)
+{
+	Datum		values[3];
+	char		nulls[3] = "   ";
+
+	values[0] = Int64GetDatum(cm->id);
+	values[1] = NumericGetDatum(discount);
+	values[2] = DateADTGetDatum(usage->period_start);
+	if (cm->period == NULL)
+		nulls[2] = 'n';
+	Exec(P_BUDGET_REDEEM, values, nulls, false);
+}
+
+/*
  * Units of a campaign's total cap (customer_id NULL) or of one customer's
  * per-customer cap in use at "now": active redemptions, live reservations
  * and unused codes sold for points, counted with the newest snapshot.
@@ -1270,6 +1411,18 @@ CouponRollbackOrder(const char *order_ref, TimestampTz now)
 		Exec(P_RB_LOCK_CAMPAIGNS, values, NULL, false);
 		for (i = 0; i < (int) SPI_processed; i++)
 			capped[ncapped++] = LoyaltyColInt64(LoyaltySpiRow(i), 1, NULL);
+	}
+
+	/* step 4b: the budget rows, in campaign_id order; their counters */
+	if (ncampaigns > 0)
+	{
+		values[0] = LoyaltyInt8ArrayDatum(campaigns, ncampaigns);
+		Exec(P_RB_LOCK_BUDGETS, values, NULL, false);
+		if (SPI_processed > 0)
+		{
+			values[0] = LoyaltyInt8ArrayDatum(redemptions, n);
+			Exec(P_RB_BUDGETS, values, NULL, false);
+		}
 	}
 
 	values[0] = TextArg(order_ref);

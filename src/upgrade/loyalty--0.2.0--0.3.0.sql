@@ -6808,6 +6808,2380 @@ COMMENT ON FUNCTION loyalty._citus_keyed_by(regclass, name) IS
 
 -- Issue 14: end of loyalty.citus_setup()
 
+-- Issue 15, campaign layer: marketing campaigns (audiences, offers, consent,
+-- frequency caps, experiments, triggered jobs, outbox), the src/campaign/
+-- parts of the install script verbatim.
+
+/* ---------------------------------------------------------------------------
+ * campaign.sql: the campaign layer (marketing campaigns) -- tables
+ *
+ * loyalty.campaign is the COUPON campaign (discount rules, caps, codes).  A
+ * marketing campaign (loyalty.marketing_campaign) is what a campaign job
+ * runs: an audience (who), an offer (what: a code bound to the customer
+ * from a coupon campaign, a public code of a coupon campaign, bonus points,
+ * or nothing), a channel, consent and pressure rules, and optionally an
+ * experiment (variants with weights and an untreated hold-out).
+ *
+ * Every audience member a run considers ends in exactly one of two logs,
+ * keyed (customer_id, marketing_campaign_id, occurrence):
+ *   campaign_publication  the customer was offered something (one row per
+ *                         occurrence: publication is idempotent on it);
+ *   campaign_filtered     the customer was not, and why (no_consent,
+ *                         frequency_cap, quiet_period, holdout, ...).
+ * The occurrence is '' for a one-shot audience, the year for birthdays and
+ * signup anniversaries, the cart reference for abandoned carts, the last
+ * order day for a dormancy episode, the snapshot id for a segment
+ * transition: a recurring campaign offers once per occurrence.
+ *
+ * Citus: configuration tables (marketing_campaign, experiment,
+ * experiment_variant, frequency_cap) are plain tables without triggers, so
+ * they can become reference tables; every per-customer table has
+ * customer_id text COLLATE "C" first in its primary key and in every unique
+ * constraint, and no foreign key.  Frequency caps are counted per customer
+ * from that customer's own publication rows (colocated on the customer's
+ * shard); no global counter exists (doc/campaigns.md, "Caps on Citus").
+ * ------------------------------------------------------------------------ */
+
+/* tables: configuration */
+
+CREATE TABLE loyalty.experiment (
+	experiment_id	bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	name			text NOT NULL,
+	salt			text NOT NULL,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	CONSTRAINT experiment_name_key UNIQUE (name)
+);
+
+COMMENT ON TABLE loyalty.experiment IS
+	'Experiments: a customer''s variant is a stable hash of (salt, customer_id) mapped onto the variants'' weights (loyalty.experiment_variant)';
+COMMENT ON COLUMN loyalty.experiment.salt IS
+	'Hashed with the customer key; distinct per experiment, so that assignments of two experiments are independent';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.experiment', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('loyalty.experiment', 'experiment_id'), '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.experiment'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.experiment'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.experiment_variant (
+	experiment_id	bigint NOT NULL,
+	variant			text NOT NULL,
+	weight			integer NOT NULL,
+	holdout			boolean NOT NULL DEFAULT false,
+	offer_kind		text,
+	coupon_campaign_id bigint,
+	code_pattern	text,
+	public_code		text,
+	bonus_points	bigint,
+	position		integer NOT NULL,
+	PRIMARY KEY (experiment_id, variant),
+	CONSTRAINT experiment_variant_weight_check CHECK (weight >= 1 AND weight <= 10000),
+	CONSTRAINT experiment_variant_offer_check
+		CHECK (offer_kind IS NULL OR offer_kind IN ('code', 'public_code', 'points', 'none')),
+	CONSTRAINT experiment_variant_holdout_check CHECK (NOT holdout OR offer_kind IS NULL)
+);
+
+COMMENT ON TABLE loyalty.experiment_variant IS
+	'Variants of an experiment with their weights; a hold-out variant receives nothing; a variant''s offer columns, when offer_kind is set, replace the campaign''s offer';
+COMMENT ON COLUMN loyalty.experiment_variant.holdout IS
+	'True: the untreated control group; its members are logged in campaign_filtered with reason holdout and receive nothing';
+COMMENT ON COLUMN loyalty.experiment_variant.offer_kind IS
+	'NULL: the campaign''s own offer; else code, public_code, points or none with the columns below';
+COMMENT ON COLUMN loyalty.experiment_variant.position IS
+	'Order of the variant on the hash scale (the order the variants were given in)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.experiment_variant', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.experiment_variant'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.experiment_variant'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.marketing_campaign (
+	marketing_campaign_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	name			text NOT NULL,
+	audience_kind	text NOT NULL,
+	audience		jsonb NOT NULL DEFAULT '{}',
+	offer_kind		text NOT NULL,
+	coupon_campaign_id bigint,
+	code_pattern	text,
+	public_code		text,
+	bonus_points	bigint,
+	channel			text NOT NULL DEFAULT 'email',
+	quiet_period	interval,
+	experiment_id	bigint,
+	schedule		text NOT NULL DEFAULT 'manual',
+	starts_at		timestamptz,
+	ends_at			timestamptz,
+	paused			boolean NOT NULL DEFAULT false,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	CONSTRAINT marketing_campaign_name_key UNIQUE (name),
+	CONSTRAINT marketing_campaign_audience_check
+		CHECK (audience_kind IN ('segments', 'segment_entered', 'tier', 'dormant', 'query',
+								 'customers', 'welcome', 'birthday', 'anniversary',
+								 'abandoned_cart')
+			   AND pg_catalog.jsonb_typeof(audience) = 'object'),
+	CONSTRAINT marketing_campaign_offer_check
+		CHECK (offer_kind IN ('code', 'public_code', 'points', 'none')),
+	CONSTRAINT marketing_campaign_schedule_check CHECK (schedule IN ('manual', 'scheduled'))
+);
+
+COMMENT ON TABLE loyalty.marketing_campaign IS
+	'Marketing campaigns (the campaign layer): audience, offer (pointing to a coupon campaign, loyalty.campaign, for codes), channel, quiet period, experiment, schedule; write through create_marketing_campaign / update_marketing_campaign';
+COMMENT ON COLUMN loyalty.marketing_campaign.audience_kind IS
+	'segments, segment_entered, tier, dormant, query, customers, welcome, birthday, anniversary or abandoned_cart; parameters in audience (doc/campaigns.md)';
+COMMENT ON COLUMN loyalty.marketing_campaign.audience IS
+	'Parameters of the audience, e.g. {"segments": ["At Risk"]}, {"days": 90}, {"query": "SELECT ..."}';
+COMMENT ON COLUMN loyalty.marketing_campaign.offer_kind IS
+	'code (a generated code of coupon_campaign_id bound to the customer), public_code (public_code of coupon_campaign_id), points (bonus_points on the ledger) or none (a message only)';
+COMMENT ON COLUMN loyalty.marketing_campaign.coupon_campaign_id IS
+	'The coupon campaign (loyalty.campaign.campaign_id) whose codes are offered';
+COMMENT ON COLUMN loyalty.marketing_campaign.channel IS
+	'Channel the offer is sent through (email, sms, push, ...): consent and per-channel frequency caps are checked for it';
+COMMENT ON COLUMN loyalty.marketing_campaign.quiet_period IS
+	'A customer offered this campaign is not offered it again (next occurrence) before this much time has passed';
+COMMENT ON COLUMN loyalty.marketing_campaign.schedule IS
+	'manual: published by publish_marketing_campaign only; scheduled: also by run_campaigns and the triggered-job procedures';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.marketing_campaign', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('loyalty.marketing_campaign', 'marketing_campaign_id'), '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.marketing_campaign'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.marketing_campaign'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.frequency_cap (
+	cap_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	channel			text,
+	max_offers		integer NOT NULL,
+	period			interval NOT NULL,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	CONSTRAINT frequency_cap_check CHECK (max_offers >= 1 AND period > '0'::interval)
+);
+
+COMMENT ON TABLE loyalty.frequency_cap IS
+	'Pressure limits across campaigns: at most max_offers publications per customer within any period ending at the publication, on one channel or (channel NULL) overall';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.frequency_cap', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('loyalty.frequency_cap', 'cap_id'), '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.frequency_cap'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
+
+/* tables: per customer */
+
+CREATE TABLE loyalty.campaign_publication (
+	customer_id		text COLLATE "C" NOT NULL,
+	marketing_campaign_id bigint NOT NULL,
+	occurrence		text NOT NULL DEFAULT '',
+	variant			text,
+	channel			text NOT NULL,
+	published_at	timestamptz NOT NULL,
+	offer_kind		text NOT NULL,
+	coupon_campaign_id bigint,
+	code			loyalty.coupon_code,
+	bonus_points	bigint,
+	points_reference text,
+	PRIMARY KEY (customer_id, marketing_campaign_id, occurrence)
+);
+
+COMMENT ON TABLE loyalty.campaign_publication IS
+	'Publication log: one row per customer offered a marketing campaign (per occurrence): variant, channel, time and what was given';
+COMMENT ON COLUMN loyalty.campaign_publication.occurrence IS
+	''''' for a one-shot audience; the year (birthday, anniversary), cart_ref (abandoned cart), last order day (dormant), snapshot id (segment_entered) for recurring ones';
+COMMENT ON COLUMN loyalty.campaign_publication.variant IS 'Experiment variant the customer was assigned (NULL: no experiment)';
+COMMENT ON COLUMN loyalty.campaign_publication.code IS 'The code given (offer code: bound to the customer; public_code: the public code)';
+COMMENT ON COLUMN loyalty.campaign_publication.points_reference IS
+	'Ledger reference of the bonus points (''mc:<campaign>:<occurrence>'' of the customer, idempotent)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.campaign_publication', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.campaign_publication'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.campaign_publication'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.campaign_filtered (
+	customer_id		text COLLATE "C" NOT NULL,
+	marketing_campaign_id bigint NOT NULL,
+	occurrence		text NOT NULL DEFAULT '',
+	reason			text NOT NULL,
+	variant			text,
+	filtered_at		timestamptz NOT NULL,
+	PRIMARY KEY (customer_id, marketing_campaign_id, occurrence),
+	CONSTRAINT campaign_filtered_reason_check
+		CHECK (reason IN ('no_consent', 'frequency_cap', 'quiet_period', 'holdout',
+						  'already_offered', 'offer_unavailable'))
+);
+
+COMMENT ON TABLE loyalty.campaign_filtered IS
+	'Filtered-out log: audience members a run did not offer the campaign, with the reason (the latest reason per occurrence, since filtered_at); a customer offered later keeps the row (the funnel) and gets a publication';
+COMMENT ON COLUMN loyalty.campaign_filtered.reason IS
+	'no_consent, frequency_cap, quiet_period, holdout (control group, final), already_offered, offer_unavailable';
+COMMENT ON COLUMN loyalty.campaign_filtered.filtered_at IS 'When the run first filtered the customer for this reason';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.campaign_filtered', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.campaign_filtered'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.campaign_filtered'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.experiment_assignment (
+	customer_id		text COLLATE "C" NOT NULL,
+	experiment_id	bigint NOT NULL,
+	variant			text NOT NULL,
+	holdout			boolean NOT NULL,
+	assigned_at		timestamptz NOT NULL,
+	PRIMARY KEY (customer_id, experiment_id)
+);
+
+COMMENT ON TABLE loyalty.experiment_assignment IS
+	'The variant each customer drew in an experiment, recorded when a run first met the customer (the draw itself is a stable hash: recording never changes it)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.experiment_assignment', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.experiment_assignment'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.experiment_assignment'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.consent (
+	customer_id		text COLLATE "C" NOT NULL,
+	channel			text NOT NULL,
+	granted			boolean NOT NULL,
+	source			text NOT NULL,
+	changed_at		timestamptz NOT NULL,
+	PRIMARY KEY (customer_id, channel)
+);
+
+COMMENT ON TABLE loyalty.consent IS
+	'Current marketing consent per customer and channel (the latest change by changed_at); no row or granted false: no offer on that channel';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.consent', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.consent'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.consent_history (
+	customer_id		text COLLATE "C" NOT NULL,
+	history_id		bigint GENERATED ALWAYS AS IDENTITY,
+	channel			text NOT NULL,
+	granted			boolean NOT NULL,
+	source			text NOT NULL,
+	changed_at		timestamptz NOT NULL,
+	recorded_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (customer_id, history_id)
+);
+
+COMMENT ON TABLE loyalty.consent_history IS
+	'Every opt-in and opt-out recorded by set_consent (append-only): channel, granted, source, business time and recording time';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.consent_history', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('loyalty.consent_history', 'history_id'), '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.consent_history'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.customer_dates (
+	customer_id		text COLLATE "C" NOT NULL PRIMARY KEY,
+	birth_date		date,
+	signup_date		date,
+	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE loyalty.customer_dates IS
+	'Customer dates the app supplies (set_customer_dates): birthday and signup day, in the program time zone';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.customer_dates', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.customer_dates'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.cart (
+	customer_id		text COLLATE "C" NOT NULL,
+	cart_ref		text NOT NULL,
+	amount			numeric NOT NULL,
+	items			jsonb,
+	updated_at		timestamptz NOT NULL,
+	closed_at		timestamptz,
+	PRIMARY KEY (customer_id, cart_ref)
+);
+
+CREATE INDEX cart_open_idx ON loyalty.cart (updated_at) WHERE closed_at IS NULL;
+
+COMMENT ON TABLE loyalty.cart IS
+	'Carts the app records (record_cart; close_cart when ordered or emptied): an open cart untouched for the campaign''s delay is abandoned';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.cart', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.cart'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.outbox (
+	customer_id		text COLLATE "C" NOT NULL,
+	outbox_id		bigint GENERATED ALWAYS AS IDENTITY (CACHE 100),
+	kind			text NOT NULL,
+	event_key		text NOT NULL,
+	channel			text,
+	payload			jsonb NOT NULL,
+	created_at		timestamptz NOT NULL,
+	acked_at		timestamptz,
+	PRIMARY KEY (customer_id, outbox_id),
+	CONSTRAINT outbox_kind_check CHECK (kind IN ('offer', 'tier_change', 'points_expiry'))
+);
+
+-- offers are unique through their publication (one outbox row per new one)
+CREATE UNIQUE INDEX outbox_event_key ON loyalty.outbox (customer_id, kind, event_key)
+	WHERE kind <> 'offer';
+CREATE INDEX outbox_pending_idx ON loyalty.outbox (outbox_id) WHERE acked_at IS NULL;
+
+COMMENT ON TABLE loyalty.outbox IS
+	'Events for the shop''s mailer: offers to send, tier changes, points-expiry warnings; claimed with outbox_claim (FOR UPDATE SKIP LOCKED), acknowledged by id with outbox_ack; a NOTIFY loyalty_outbox on commit';
+COMMENT ON COLUMN loyalty.outbox.event_key IS
+	'What the event is about, unique per customer and kind: ''<marketing_campaign_id>:<occurrence>'' (offer), tier_history id (tier_change), ''<lot_id>:<expiry day>'' (points_expiry)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump(
+	pg_catalog.pg_get_serial_sequence('loyalty.outbox', 'outbox_id'), '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.outbox'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+/* ---------------------------------------------------------------------------
+ * campaign_api.sql: the campaign layer -- functions and procedures
+ *
+ * Admin: create_experiment, create_marketing_campaign,
+ * set_marketing_campaign_paused, preview_audience,
+ * publish_marketing_campaign, CALL run_campaigns(as_of) and the triggered
+ * jobs (run_welcome_campaigns, run_birthday_campaigns,
+ * run_anniversary_campaigns, run_reactivation_campaigns,
+ * run_abandoned_cart_campaigns), queue_expiry_warnings.  App: set_consent,
+ * set_customer_dates, record_cart, close_cart, outbox_claim, outbox_ack.
+ *
+ * Publication runs in two layers.  publish_marketing_campaign runs with
+ * the caller's rights: an audience given as an admin's SQL query is
+ * executed there, as written (never spliced into another statement), so it
+ * can read only what the calling role may read.  The keys it returns go to
+ * loyalty._publish (SECURITY DEFINER), which computes every other audience,
+ * classifies each member (already offered, hold-out, consent, quiet
+ * period, frequency caps), logs the filtered ones, and publishes the rest
+ * set-based: codes, publications and outbox rows each in one statement.
+ *
+ * Concurrency: a publication takes one transaction-level advisory lock
+ * (loyalty._publish_lock) before it reads what was published, and runs in
+ * READ COMMITTED, so each of its statements sees every publication
+ * committed before it: two jobs publishing the same campaign, or two
+ * campaigns under one frequency cap, never offer twice nor exceed a cap.
+ * ------------------------------------------------------------------------ */
+
+/* functions: helpers */
+
+CREATE FUNCTION loyalty.experiment_bucket(salt text, customer_id text)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+SELECT (('x'::pg_catalog.text OPERATOR(pg_catalog.||) pg_catalog.substr(pg_catalog.md5(
+			$1 OPERATOR(pg_catalog.||) ':'::pg_catalog.text OPERATOR(pg_catalog.||) $2), 1, 13))::pg_catalog.bit(52)::pg_catalog.int8
+		)::pg_catalog.float8 OPERATOR(pg_catalog./) 4503599627370496::pg_catalog.float8
+$$;
+
+COMMENT ON FUNCTION loyalty.experiment_bucket(text, text) IS
+	'Stable position in [0, 1) of a customer in an experiment: the first 52 bits of md5(salt || '':'' || customer_id); the same in every PostgreSQL version';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.experiment_bucket(text, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* The program's local date of a time (loyalty.settings.timezone). */
+CREATE FUNCTION loyalty._campaign_local_date(at timestamptz)
+RETURNS date
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT pg_catalog.timezone(coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC'::pg_catalog.text), at)::pg_catalog.date
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_local_date(timestamptz) IS
+	'Internal: the day of a time in the program time zone';
+
+/*
+ * The yearly date of a month/day in a year: February 29 falls on February
+ * 28 in non-leap years.
+ */
+CREATE FUNCTION loyalty._yearly_date(day date, year integer)
+RETURNS date
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+SELECT CASE WHEN pg_catalog.date_part('month'::pg_catalog.text, $1) OPERATOR(pg_catalog.=) 2::pg_catalog.float8
+				 AND pg_catalog.date_part('day'::pg_catalog.text, $1) OPERATOR(pg_catalog.=) 29::pg_catalog.float8
+				 AND NOT pg_catalog.date_part('day'::pg_catalog.text,
+						pg_catalog.make_date($2, 3, 1) OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog.=) 29::pg_catalog.float8
+			THEN pg_catalog.make_date($2, 2, 28)
+			ELSE pg_catalog.make_date($2, pg_catalog.date_part('month'::pg_catalog.text, $1)::pg_catalog.int4,
+									  pg_catalog.date_part('day'::pg_catalog.text, $1)::pg_catalog.int4) END
+$$;
+
+COMMENT ON FUNCTION loyalty._yearly_date(date, integer) IS
+	'Internal: the date of a birthday or anniversary in a year (February 29 on February 28 in non-leap years)';
+
+/* One advisory lock serializes publications (see the header). */
+CREATE FUNCTION loyalty._publish_lock()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF pg_catalog.current_setting('transaction_isolation'::pg_catalog.text) <> 'read committed' THEN
+		RAISE EXCEPTION 'campaign publication needs isolation level read committed'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = pg_catalog.json_build_object('reason', 'isolation_level',
+							   'isolation', pg_catalog.current_setting('transaction_isolation'::pg_catalog.text))::pg_catalog.text,
+				  HINT = 'Run the job in a READ COMMITTED transaction (the default): it must see the publications of jobs that ran before it.';
+	END IF;
+	-- 'loya', 'camp'
+	PERFORM pg_catalog.pg_advisory_xact_lock(1819243873, 1667329392);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._publish_lock() IS
+	'Internal: the transaction-level lock every publication takes before it reads the publication log (caps and idempotence stay exact)';
+
+/* functions: configuration (admin) */
+
+CREATE FUNCTION loyalty.create_experiment(name text, variants jsonb, salt text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	p_name text := name;
+	id bigint;
+	v jsonb;
+	pos integer := 0;
+	holdouts integer := 0;
+BEGIN
+	IF p_name IS NULL OR variants IS NULL THEN
+		RAISE EXCEPTION 'name and variants must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF pg_catalog.jsonb_typeof(variants) <> 'array' OR pg_catalog.jsonb_array_length(variants) < 1 THEN
+		RAISE EXCEPTION 'variants must be a non-empty JSON array'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Example: [{"variant": "A", "weight": 45}, {"variant": "control", "weight": 10, "holdout": true}].';
+	END IF;
+	INSERT INTO loyalty.experiment AS e (name, salt)
+	VALUES (p_name, coalesce(create_experiment.salt, p_name || ':' || pg_catalog.gen_random_uuid()::pg_catalog.text))
+	RETURNING e.experiment_id INTO id;
+	FOR v IN SELECT x.value FROM pg_catalog.jsonb_array_elements(variants) x LOOP
+		pos := pos + 1;
+		IF pg_catalog.jsonb_typeof(v) <> 'object' OR v->>'variant' IS NULL OR v->>'weight' IS NULL THEN
+			RAISE EXCEPTION 'variant % needs "variant" and "weight"', pos USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		IF coalesce((v->>'holdout')::boolean, false) THEN
+			holdouts := holdouts + 1;
+			IF v ? 'offer_kind' THEN
+				RAISE EXCEPTION 'hold-out variant "%" cannot have an offer', v->>'variant'
+					USING ERRCODE = 'invalid_parameter_value', DETAIL = 'A hold-out receives nothing.';
+			END IF;
+		END IF;
+		INSERT INTO loyalty.experiment_variant (experiment_id, variant, weight, holdout, offer_kind,
+												coupon_campaign_id, code_pattern, public_code, bonus_points, position)
+		VALUES (id, v->>'variant', (v->>'weight')::integer, coalesce((v->>'holdout')::boolean, false),
+				v->>'offer_kind', (v->>'coupon_campaign_id')::bigint, v->>'code_pattern',
+				v->>'public_code', (v->>'bonus_points')::bigint, pos);
+		IF v->>'offer_kind' IS NOT NULL THEN
+			PERFORM loyalty._check_offer(v->>'offer_kind', (v->>'coupon_campaign_id')::bigint, v->>'code_pattern',
+										 v->>'public_code', (v->>'bonus_points')::bigint);
+		END IF;
+	END LOOP;
+	IF holdouts > 1 THEN
+		RAISE EXCEPTION 'an experiment has at most one hold-out variant' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN id;
+END;
+$$;
+
+/* Check an offer's parameters (22023 on a bad one). */
+CREATE FUNCTION loyalty._check_offer(offer_kind text, coupon_campaign_id bigint, code_pattern text,
+									 public_code text, bonus_points bigint)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF offer_kind IN ('code', 'public_code') THEN
+		IF coupon_campaign_id IS NULL OR NOT EXISTS (
+				SELECT 1 FROM loyalty.campaign c WHERE c.campaign_id = _check_offer.coupon_campaign_id) THEN
+			RAISE EXCEPTION 'offer % needs an existing coupon campaign', offer_kind
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = pg_catalog.json_build_object('reason', 'unknown_coupon_campaign',
+								   'coupon_campaign_id', coupon_campaign_id)::pg_catalog.text;
+		END IF;
+	END IF;
+	IF offer_kind = 'code' THEN
+		IF code_pattern IS NULL THEN
+			RAISE EXCEPTION 'offer code needs a code_pattern' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		PERFORM loyalty.random_codes(code_pattern, 1);	-- raises on a bad pattern
+	ELSIF offer_kind = 'public_code' THEN
+		IF public_code IS NULL OR NOT EXISTS (
+				SELECT 1 FROM loyalty.coupon k
+				WHERE k.code OPERATOR(loyalty.=) loyalty.vanity_code(public_code)
+				  AND k.campaign_id = _check_offer.coupon_campaign_id AND k.customer_id IS NULL) THEN
+			RAISE EXCEPTION 'public code % is not a code of coupon campaign %', public_code, coupon_campaign_id
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = pg_catalog.json_build_object('reason', 'unknown_public_code',
+								   'public_code', public_code)::pg_catalog.text,
+					  HINT = 'Add it first with loyalty.add_public_code.';
+		END IF;
+	ELSIF offer_kind = 'points' THEN
+		IF bonus_points IS NULL OR bonus_points < 1 THEN
+			RAISE EXCEPTION 'offer points needs bonus_points >= 1' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	ELSIF offer_kind IS DISTINCT FROM 'none' THEN
+		RAISE EXCEPTION 'unknown offer kind "%"', offer_kind
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = 'Offer kinds: code, public_code, points, none.';
+	END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._check_offer(text, bigint, text, text, bigint) IS
+	'Internal: check the parameters of an offer (campaign or variant)';
+
+COMMENT ON FUNCTION loyalty.create_experiment(text, jsonb, text) IS
+	'Create an experiment from a JSON array of variants {"variant", "weight", "holdout", "offer_kind", "coupon_campaign_id", "code_pattern", "public_code", "bonus_points"}; salt (default: random) seeds the assignment hash';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.create_experiment(text, jsonb, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.create_marketing_campaign(
+	name text, audience_kind text, audience jsonb, offer_kind text,
+	coupon_campaign_id bigint DEFAULT NULL, code_pattern text DEFAULT NULL,
+	public_code text DEFAULT NULL, bonus_points bigint DEFAULT NULL,
+	channel text DEFAULT 'email', quiet_period interval DEFAULT NULL,
+	experiment_id bigint DEFAULT NULL, schedule text DEFAULT 'manual',
+	starts_at timestamptz DEFAULT NULL, ends_at timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	id bigint;
+	k text := audience_kind;
+	a jsonb := coalesce(audience, '{}'::jsonb);
+BEGIN
+	IF name IS NULL OR k IS NULL OR offer_kind IS NULL OR channel IS NULL THEN
+		RAISE EXCEPTION 'name, audience_kind, offer_kind and channel must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF k NOT IN ('segments', 'segment_entered', 'tier', 'dormant', 'query', 'customers', 'welcome',
+				 'birthday', 'anniversary', 'abandoned_cart') THEN
+		RAISE EXCEPTION 'unknown audience kind "%"', k
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Audience kinds: segments, segment_entered, tier, dormant, query, customers, welcome, birthday, anniversary, abandoned_cart.';
+	END IF;
+	IF schedule IS NULL OR schedule NOT IN ('manual', 'scheduled') THEN
+		RAISE EXCEPTION 'schedule must be manual or scheduled' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM loyalty._check_offer(offer_kind, coupon_campaign_id, code_pattern, public_code, bonus_points);
+	IF experiment_id IS NOT NULL AND NOT EXISTS (
+			SELECT 1 FROM loyalty.experiment e WHERE e.experiment_id = create_marketing_campaign.experiment_id) THEN
+		RAISE EXCEPTION 'experiment % does not exist', experiment_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF (k = 'segments' AND pg_catalog.jsonb_typeof(a->'segments') IS DISTINCT FROM 'array')
+	   OR (k = 'segment_entered' AND a->>'segment' IS NULL)
+	   OR (k = 'tier' AND pg_catalog.jsonb_typeof(a->'tiers') IS DISTINCT FROM 'array')
+	   OR (k = 'dormant' AND (a->>'days')::integer IS NULL)
+	   OR (k = 'query' AND pg_catalog.jsonb_typeof(a->'query') IS DISTINCT FROM 'string')
+	   OR (k = 'customers' AND pg_catalog.jsonb_typeof(a->'customers') IS DISTINCT FROM 'array') THEN
+		RAISE EXCEPTION 'audience % lacks its parameters', k
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.json_build_object('reason', 'audience_parameters', 'audience_kind', k)::pg_catalog.text,
+				  HINT = 'segments: {"segments": [...]}; segment_entered: {"segment": "At Risk", "since": "2026-01-01"}; tier: {"tiers": [...]}; dormant: {"days": 90}; query: {"query": "SELECT ..."}; customers: {"customers": [...]}.';
+	END IF;
+	-- intervals of the triggered audiences must parse now, not at the job
+	PERFORM (a->>'within')::interval, (a->>'after')::interval, (a->>'max_age')::interval,
+			(a->>'catch_up_days')::integer, (a->>'since')::timestamptz;
+	INSERT INTO loyalty.marketing_campaign AS m (name, audience_kind, audience, offer_kind, coupon_campaign_id,
+			code_pattern, public_code, bonus_points, channel, quiet_period, experiment_id, schedule, starts_at, ends_at)
+	VALUES (name, k, a, offer_kind, coupon_campaign_id, code_pattern, public_code, bonus_points, channel,
+			quiet_period, experiment_id, schedule, starts_at, ends_at)
+	RETURNING m.marketing_campaign_id INTO id;
+	RETURN id;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.create_marketing_campaign(text, text, jsonb, text, bigint, text, text, bigint, text, interval, bigint, text, timestamptz, timestamptz) IS
+	'Create a marketing campaign: audience (kind and parameters), offer (code / public_code of a coupon campaign, points, none), channel, quiet period, experiment, schedule (manual or scheduled), dates; options by name';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.create_marketing_campaign(text, text, jsonb, text, bigint, text, text, bigint, text, interval, bigint, text, timestamptz, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.set_marketing_campaign_paused(marketing_campaign_id bigint, paused boolean)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE loyalty.marketing_campaign m
+	SET paused = set_marketing_campaign_paused.paused, updated_at = pg_catalog.now()
+	WHERE m.marketing_campaign_id = set_marketing_campaign_paused.marketing_campaign_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'marketing campaign % does not exist', set_marketing_campaign_paused.marketing_campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN set_marketing_campaign_paused.paused;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.set_marketing_campaign_paused(bigint, boolean) IS
+	'Pause (true) or resume (false) a marketing campaign: a paused campaign publishes nothing';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.set_marketing_campaign_paused(bigint, boolean)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* functions: customer data the app supplies (app) */
+
+CREATE FUNCTION loyalty.set_consent(customer_id text, channel text, granted boolean, source text,
+									at timestamptz DEFAULT pg_catalog.now())
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	cur boolean;
+BEGIN
+	IF customer_id IS NULL OR channel IS NULL OR granted IS NULL OR source IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, channel, granted, source and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::pg_catalog.text, customer_id);
+	INSERT INTO loyalty.consent_history (customer_id, channel, granted, source, changed_at)
+	VALUES (customer_id, channel, granted, source, at);
+	-- the latest business time wins: a late-arriving older change is history only
+	INSERT INTO loyalty.consent AS c (customer_id, channel, granted, source, changed_at)
+	VALUES (customer_id, channel, granted, source, at)
+	ON CONFLICT ON CONSTRAINT consent_pkey DO UPDATE
+		SET granted = excluded.granted, source = excluded.source, changed_at = excluded.changed_at
+		WHERE c.changed_at <= excluded.changed_at;
+	SELECT c.granted INTO cur FROM loyalty.consent c
+	WHERE c.customer_id = set_consent.customer_id AND c.channel = set_consent.channel;
+	RETURN cur;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.set_consent(text, text, boolean, text, timestamptz) IS
+	'Record an opt-in (granted true) or opt-out of a customer for a channel, with its source and time; history kept in consent_history; returns the current consent';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.set_consent(text, text, boolean, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.set_customer_dates(customer_id text, birth_date date DEFAULT NULL,
+										   signup_date date DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF customer_id IS NULL THEN
+		RAISE EXCEPTION 'customer_id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::pg_catalog.text, customer_id);
+	INSERT INTO loyalty.customer_dates AS d (customer_id, birth_date, signup_date)
+	VALUES (customer_id, birth_date, signup_date)
+	ON CONFLICT ON CONSTRAINT customer_dates_pkey DO UPDATE
+		SET birth_date = coalesce(excluded.birth_date, d.birth_date),
+			signup_date = coalesce(excluded.signup_date, d.signup_date),
+			updated_at = pg_catalog.now();
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.set_customer_dates(text, date, date) IS
+	'Record a customer''s birthday and signup day (program time zone) for the birthday, anniversary and welcome jobs; a NULL keeps the stored value';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.set_customer_dates(text, date, date)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.record_cart(customer_id text, cart_ref text, amount numeric,
+									items jsonb DEFAULT NULL, at timestamptz DEFAULT pg_catalog.now())
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF customer_id IS NULL OR cart_ref IS NULL OR amount IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, cart_ref, amount and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::pg_catalog.text, customer_id);
+	INSERT INTO loyalty.cart AS c (customer_id, cart_ref, amount, items, updated_at)
+	VALUES (customer_id, cart_ref, amount, items, at)
+	ON CONFLICT ON CONSTRAINT cart_pkey DO UPDATE
+		SET amount = excluded.amount, items = excluded.items, updated_at = excluded.updated_at
+		WHERE c.closed_at IS NULL AND c.updated_at <= excluded.updated_at;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.record_cart(text, text, numeric, jsonb, timestamptz) IS
+	'Record (or update) an open cart of a customer; an open cart untouched for a campaign''s delay is abandoned (run_abandoned_cart_campaigns)';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.record_cart(text, text, numeric, jsonb, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.close_cart(customer_id text, cart_ref text, at timestamptz DEFAULT pg_catalog.now())
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	UPDATE loyalty.cart c SET closed_at = at
+	WHERE c.customer_id = close_cart.customer_id AND c.cart_ref = close_cart.cart_ref AND c.closed_at IS NULL;
+	RETURN FOUND;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.close_cart(text, text, timestamptz) IS
+	'Close a cart (ordered or emptied): it is no longer abandoned; true if it was open';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.close_cart(text, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* ---------------------------------------------------------------------------
+ * campaign_publish.sql: audiences, classification and publication
+ *
+ * loyalty._publish does one run of one marketing campaign in set-based
+ * statements over a temporary stage table (one row per audience member and
+ * occurrence): the audience and its classification in one statement, the
+ * frequency caps in a second, then per offer (the campaign's, or each
+ * variant's) the codes, publications and outbox rows in one statement.
+ * Nothing of the stage outlives the transaction (ON COMMIT DROP).
+ * ------------------------------------------------------------------------ */
+
+/* functions: audiences */
+
+/*
+ * An admin's audience query, run with the rights of the calling role: this
+ * function is SECURITY INVOKER and executes the text exactly as given (one
+ * column of text keys), never inside another statement.
+ */
+CREATE FUNCTION loyalty._audience_query(query text)
+RETURNS SETOF text
+LANGUAGE plpgsql VOLATILE STRICT SECURITY INVOKER
+AS $$
+BEGIN
+	RETURN QUERY EXECUTE query;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._audience_query(text) IS
+	'Internal: run an admin''s audience query (one text column of customer keys) with the rights of the calling role (SECURITY INVOKER, never spliced into another statement)';
+
+/*
+ * The SELECT giving (customer_id, occurrence) of an audience kind, over the
+ * parameters $1 audience jsonb, $2 as_of, $3 keys text[], $4 the program's
+ * local date of as_of.  Fixed texts: no value is ever spliced into them.
+ */
+CREATE FUNCTION loyalty._audience_sql(audience_kind text)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+SELECT CASE $1
+	WHEN 'segments' THEN
+		'SELECT s.customer_id, ''''::text AS occurrence FROM loyalty.customer_stats s
+		 WHERE s.score IS NOT NULL AND s.segment IN (SELECT pg_catalog.jsonb_array_elements_text($1->''segments''))'
+	WHEN 'segment_entered' THEN
+		'SELECT DISTINCT ON (sc.customer_id) sc.customer_id, sc.snapshot_id::text AS occurrence
+		 FROM loyalty.segment_change sc
+		 JOIN loyalty.segment_snapshot ss ON ss.snapshot_id = sc.snapshot_id
+		 JOIN loyalty.customer_stats cs ON cs.customer_id = sc.customer_id AND cs.segment = sc.segment
+		 WHERE sc.segment = $1->>''segment''
+		   AND ss.as_of >= coalesce(($1->>''since'')::timestamptz, $2 - ''30 days''::interval)
+		   AND ss.as_of <= $2
+		 ORDER BY sc.customer_id, sc.snapshot_id DESC'
+	WHEN 'tier' THEN
+		'SELECT a.customer_id COLLATE "C", ''''::text FROM loyalty.points_account a
+		 WHERE a.tier IN (SELECT pg_catalog.jsonb_array_elements_text($1->''tiers''))'
+	WHEN 'dormant' THEN
+		'SELECT s.customer_id, pg_catalog.to_char(loyalty._campaign_local_date(s.last_order), ''YYYY-MM-DD'') FROM loyalty.customer_stats s
+		 WHERE s.row_count > 0 AND s.last_order <= $2 - pg_catalog.make_interval(days => ($1->>''days'')::int)
+		   AND NOT EXISTS (SELECT 1 FROM loyalty.customer_stats_delta d WHERE d.customer_id = s.customer_id)'
+	WHEN 'query' THEN
+		'SELECT DISTINCT k COLLATE "C", ''''::text FROM pg_catalog.unnest($3) k WHERE k IS NOT NULL'
+	WHEN 'customers' THEN
+		'SELECT DISTINCT k COLLATE "C", ''''::text FROM pg_catalog.jsonb_array_elements_text($1->''customers'') k'
+	WHEN 'welcome' THEN
+		'SELECT d.customer_id, ''''::text FROM loyalty.customer_dates d
+		 WHERE d.signup_date <= $4 AND d.signup_date >= $4 - coalesce(($1->>''within_days'')::int, 7)'
+	WHEN 'birthday' THEN
+		'SELECT d.customer_id, y::text FROM loyalty.customer_dates d,
+			pg_catalog.generate_series(pg_catalog.date_part(''year'', $4)::int - 1, pg_catalog.date_part(''year'', $4)::int + 1) y
+		 WHERE d.birth_date IS NOT NULL
+		   AND loyalty._yearly_date(d.birth_date, y) BETWEEN $4 - coalesce(($1->>''catch_up_days'')::int, 7)
+													   AND $4 + coalesce(($1->>''days_before'')::int, 0)'
+	WHEN 'anniversary' THEN
+		'SELECT d.customer_id, y::text FROM loyalty.customer_dates d,
+			pg_catalog.generate_series(pg_catalog.date_part(''year'', $4)::int - 1, pg_catalog.date_part(''year'', $4)::int + 1) y
+		 WHERE d.signup_date IS NOT NULL AND y > pg_catalog.date_part(''year'', d.signup_date)
+		   AND loyalty._yearly_date(d.signup_date, y) BETWEEN $4 - coalesce(($1->>''catch_up_days'')::int, 7)
+														AND $4 + coalesce(($1->>''days_before'')::int, 0)'
+	WHEN 'abandoned_cart' THEN
+		'SELECT c.customer_id, c.cart_ref FROM loyalty.cart c
+		 WHERE c.closed_at IS NULL
+		   AND c.updated_at <= $2 - coalesce(($1->>''after'')::interval, ''1 hour''::interval)
+		   AND c.updated_at >= $2 - coalesce(($1->>''max_age'')::interval, ''7 days''::interval)'
+	END
+$$;
+
+COMMENT ON FUNCTION loyalty._audience_sql(text) IS
+	'Internal: the fixed SELECT of (customer_id, occurrence) of an audience kind (parameters $1 audience, $2 as_of, $3 keys, $4 local day)';
+
+/* functions: publication */
+
+CREATE FUNCTION loyalty._publish(marketing_campaign_id bigint, as_of timestamptz, keys text[], dry_run boolean)
+RETURNS TABLE (outcome text, customers bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	m loyalty.marketing_campaign;
+	salt text;
+	g record;
+	n bigint;
+	rounds integer;
+	today date;
+BEGIN
+	IF marketing_campaign_id IS NULL OR as_of IS NULL OR dry_run IS NULL THEN
+		RAISE EXCEPTION 'marketing_campaign_id and as_of must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT dry_run THEN
+		PERFORM loyalty._publish_lock();
+	END IF;
+	SELECT * INTO m FROM loyalty.marketing_campaign c WHERE c.marketing_campaign_id = _publish.marketing_campaign_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'marketing campaign % does not exist', marketing_campaign_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dry_run AND (m.paused OR m.starts_at > as_of OR m.ends_at <= as_of) THEN
+		RAISE EXCEPTION 'marketing campaign % is not active', marketing_campaign_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = pg_catalog.json_build_object('reason',
+							   CASE WHEN m.paused THEN 'paused' WHEN m.starts_at > as_of THEN 'not_started' ELSE 'ended' END,
+							   'marketing_campaign_id', marketing_campaign_id, 'as_of', as_of)::pg_catalog.text;
+	END IF;
+	IF m.experiment_id IS NOT NULL THEN
+		SELECT e.salt INTO salt FROM loyalty.experiment e WHERE e.experiment_id = m.experiment_id;
+	END IF;
+	today := loyalty._campaign_local_date(as_of);
+
+	IF pg_catalog.to_regclass('pg_temp._loyalty_stage') IS NULL THEN
+		CREATE TEMPORARY TABLE _loyalty_stage (
+			customer_id text COLLATE "C" NOT NULL,
+			occurrence text NOT NULL,
+			variant text,
+			holdout boolean NOT NULL,
+			reason text,
+			offer_kind text,
+			coupon_campaign_id bigint,
+			code_pattern text,
+			public_code text,
+			bonus_points bigint
+		) ON COMMIT DROP;
+	ELSE
+		TRUNCATE pg_temp._loyalty_stage;
+	END IF;
+
+	-- the audience, classified: already offered, consent, quiet period, then
+	-- the hold-out, so that the hold-out is drawn from the customers who
+	-- would have been offered (the control group of the treated ones)
+	EXECUTE
+		'WITH vb AS (
+			SELECT v.variant, v.holdout, v.offer_kind, v.coupon_campaign_id, v.code_pattern, v.public_code,
+				   v.bonus_points,
+				   (sum(v.weight) OVER w - v.weight)::float8 / sum(v.weight) OVER () AS lo,
+				   (sum(v.weight) OVER w)::float8 / sum(v.weight) OVER () AS hi
+			FROM loyalty.experiment_variant v WHERE v.experiment_id = $5
+			WINDOW w AS (ORDER BY v.position))
+		 INSERT INTO pg_temp._loyalty_stage
+		 SELECT a.customer_id, a.occurrence, v.variant, coalesce(v.holdout, false),
+				CASE WHEN p.customer_id IS NOT NULL THEN ''already_offered''
+					 WHEN c.granted IS NOT TRUE THEN ''no_consent''
+					 WHEN $7 IS NOT NULL AND EXISTS (
+						SELECT 1 FROM loyalty.campaign_publication q
+						WHERE q.customer_id = a.customer_id AND q.marketing_campaign_id = $8
+						  AND q.published_at > $2 - $7) THEN ''quiet_period''
+					 WHEN v.holdout THEN ''holdout''
+				END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.offer_kind ELSE $9 END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.coupon_campaign_id ELSE $10 END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.code_pattern ELSE $11 END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.public_code ELSE $12 END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.bonus_points ELSE $13 END
+		 FROM (' || loyalty._audience_sql(m.audience_kind) || ') AS a (customer_id, occurrence)
+		 LEFT JOIN loyalty.campaign_publication p
+			ON p.customer_id = a.customer_id AND p.marketing_campaign_id = $8 AND p.occurrence = a.occurrence
+		 LEFT JOIN loyalty.consent c ON c.customer_id = a.customer_id AND c.channel = $6
+		 LEFT JOIN loyalty.experiment_assignment ea
+			ON $5 IS NOT NULL AND ea.customer_id = a.customer_id AND ea.experiment_id = $5
+		 LEFT JOIN LATERAL (
+			SELECT vb.* FROM vb
+			WHERE CASE WHEN ea.variant IS NOT NULL THEN vb.variant = ea.variant
+					   ELSE loyalty.experiment_bucket($14, a.customer_id) >= vb.lo
+							AND loyalty.experiment_bucket($14, a.customer_id) < vb.hi END
+			LIMIT 1) v ON $5 IS NOT NULL'
+	USING m.audience, as_of, CASE WHEN m.audience_kind = 'query' THEN keys END, today,
+		  m.experiment_id, m.channel, m.quiet_period, m.marketing_campaign_id,
+		  m.offer_kind, m.coupon_campaign_id, m.code_pattern, m.public_code, m.bonus_points, salt;
+
+	-- frequency caps: prior publications in the window plus this run's, per customer
+	IF EXISTS (SELECT 1 FROM loyalty.frequency_cap f WHERE f.channel IS NULL OR f.channel = m.channel) THEN
+		WITH r AS (
+			SELECT s.ctid AS row_id, s.customer_id,
+				   pg_catalog.row_number() OVER (PARTITION BY s.customer_id ORDER BY s.occurrence) AS rn
+			FROM pg_temp._loyalty_stage s WHERE s.reason IS NULL OR s.reason = 'holdout'
+		), capped AS (
+			SELECT DISTINCT r.row_id FROM r
+			JOIN loyalty.frequency_cap f ON f.channel IS NULL OR f.channel = m.channel
+			WHERE r.rn + (SELECT count(*) FROM loyalty.campaign_publication q
+						  WHERE q.customer_id = r.customer_id
+							AND q.published_at > as_of - f.period AND q.published_at <= as_of
+							AND (f.channel IS NULL OR q.channel = f.channel)) > f.max_offers
+		)
+		UPDATE pg_temp._loyalty_stage s SET reason = 'frequency_cap'
+		FROM capped WHERE s.ctid = capped.row_id;
+	END IF;
+
+	-- an offer whose coupon campaign is paused or over cannot be given
+	UPDATE pg_temp._loyalty_stage s SET reason = 'offer_unavailable'
+	FROM loyalty.campaign k
+	WHERE s.reason IS NULL AND s.offer_kind IN ('code', 'public_code') AND k.campaign_id = s.coupon_campaign_id
+	  AND (k.paused OR k.ends_at <= as_of);
+
+	IF dry_run THEN
+		RETURN QUERY
+			SELECT coalesce(s.reason, 'published'), count(*) FROM pg_temp._loyalty_stage s GROUP BY 1 ORDER BY 1;
+		RETURN;
+	END IF;
+
+	IF m.experiment_id IS NOT NULL THEN
+		INSERT INTO loyalty.experiment_assignment (customer_id, experiment_id, variant, holdout, assigned_at)
+		SELECT DISTINCT ON (s.customer_id) s.customer_id, m.experiment_id, s.variant, s.holdout, as_of
+		FROM pg_temp._loyalty_stage s WHERE s.variant IS NOT NULL
+		ON CONFLICT ON CONSTRAINT experiment_assignment_pkey DO NOTHING;
+	END IF;
+
+	INSERT INTO loyalty.campaign_filtered AS f (customer_id, marketing_campaign_id, occurrence, reason, variant, filtered_at)
+	SELECT s.customer_id, m.marketing_campaign_id, s.occurrence, s.reason, s.variant, as_of
+	FROM pg_temp._loyalty_stage s WHERE s.reason IS NOT NULL AND s.reason <> 'already_offered'
+	ON CONFLICT ON CONSTRAINT campaign_filtered_pkey DO UPDATE
+		SET reason = excluded.reason, variant = excluded.variant, filtered_at = excluded.filtered_at
+		WHERE f.reason <> excluded.reason;
+
+	FOR g IN
+		SELECT DISTINCT s.offer_kind, s.coupon_campaign_id, s.code_pattern, s.public_code, s.bonus_points
+		FROM pg_temp._loyalty_stage s WHERE s.reason IS NULL
+	LOOP
+		IF g.offer_kind = 'code' THEN
+			rounds := 0;
+			LOOP
+				rounds := rounds + 1;
+				SELECT count(*) INTO n FROM pg_temp._loyalty_stage s
+				WHERE s.reason IS NULL AND s.offer_kind = 'code' AND s.coupon_campaign_id = g.coupon_campaign_id
+				  AND s.code_pattern = g.code_pattern
+				  AND NOT EXISTS (SELECT 1 FROM loyalty.campaign_publication q
+								  WHERE q.customer_id = s.customer_id
+									AND q.marketing_campaign_id = m.marketing_campaign_id
+									AND q.occurrence = s.occurrence);
+				EXIT WHEN n = 0;
+				IF rounds > 20 THEN
+					RAISE EXCEPTION 'could not generate enough distinct codes of pattern %', g.code_pattern
+						USING ERRCODE = 'program_limit_exceeded',
+							  DETAIL = 'The pattern''s codes are nearly all taken.',
+							  HINT = 'Use a pattern with more random characters (#).';
+				END IF;
+				PERFORM loyalty._publish_codes(m, g.coupon_campaign_id, g.code_pattern, n, as_of, rounds > 1);
+			END LOOP;
+		ELSE
+			PERFORM loyalty._publish_other(m, g.offer_kind, g.coupon_campaign_id, g.public_code, g.bonus_points, as_of);
+		END IF;
+	END LOOP;
+
+	RETURN QUERY
+		SELECT coalesce(s.reason, 'published'), count(*) FROM pg_temp._loyalty_stage s GROUP BY 1 ORDER BY 1;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._publish(bigint, timestamptz, text[], boolean) IS
+	'Internal: one run of a marketing campaign as of a time: audience (keys: the result of a query audience), classification, logs and publication; dry_run only counts';
+
+/*
+ * Bound codes for n staged customers of one (coupon campaign, pattern):
+ * codes, publications and outbox rows in one statement.  The first round
+ * inserts the codes plainly (a code equal to a stored one fails the whole
+ * statement, which the subtransaction undoes, and the caller tries again);
+ * later rounds skip such codes, publishing only the customers whose code
+ * was stored, and the caller loops over the rest.
+ */
+CREATE FUNCTION loyalty._publish_codes(m loyalty.marketing_campaign, coupon_campaign_id bigint,
+									   code_pattern text, n bigint, as_of timestamptz, skip_taken boolean)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF NOT skip_taken THEN
+		BEGIN
+			WITH src AS MATERIALIZED (
+				SELECT s.customer_id, s.occurrence, s.variant, r.code
+				FROM (SELECT s.*, pg_catalog.row_number() OVER () AS i
+					  FROM pg_temp._loyalty_stage s
+					  WHERE s.reason IS NULL AND s.offer_kind = 'code'
+						AND s.coupon_campaign_id = _publish_codes.coupon_campaign_id
+						AND s.code_pattern = _publish_codes.code_pattern) s
+				JOIN loyalty.random_codes(code_pattern, n::integer) WITH ORDINALITY AS r (code, i) ON r.i = s.i
+			), k AS (
+				INSERT INTO loyalty.coupon (code, campaign_id, customer_id, max_uses, created_at)
+				SELECT src.code, coupon_campaign_id, src.customer_id, 1, as_of FROM src
+			), p AS (
+				INSERT INTO loyalty.campaign_publication (customer_id, marketing_campaign_id, occurrence, variant,
+					channel, published_at, offer_kind, coupon_campaign_id, code)
+				SELECT src.customer_id, m.marketing_campaign_id, src.occurrence, src.variant, m.channel, as_of,
+					   'code', coupon_campaign_id, src.code
+				FROM src
+				RETURNING customer_id, occurrence, variant, code
+			)
+			INSERT INTO loyalty.outbox (customer_id, kind, event_key, channel, payload, created_at)
+			SELECT p.customer_id, 'offer', m.marketing_campaign_id::text || ':' || p.occurrence, m.channel,
+				   pg_catalog.jsonb_build_object('marketing_campaign_id', m.marketing_campaign_id,
+					   'occurrence', p.occurrence, 'variant', p.variant, 'offer_kind', 'code',
+					   'code', p.code::text),
+				   as_of
+			FROM p;
+		EXCEPTION WHEN unique_violation THEN
+			NULL;	-- a code was taken: the caller's next round skips taken codes
+		END;
+		RETURN;
+	END IF;
+
+	WITH src AS MATERIALIZED (
+		SELECT DISTINCT ON (r.code) s.customer_id, s.occurrence, s.variant, r.code
+		FROM (SELECT s.*, pg_catalog.row_number() OVER () AS i
+			  FROM pg_temp._loyalty_stage s
+			  WHERE s.reason IS NULL AND s.offer_kind = 'code'
+				AND s.coupon_campaign_id = _publish_codes.coupon_campaign_id
+				AND s.code_pattern = _publish_codes.code_pattern
+				AND NOT EXISTS (SELECT 1 FROM loyalty.campaign_publication q
+								WHERE q.customer_id = s.customer_id
+								  AND q.marketing_campaign_id = m.marketing_campaign_id
+								  AND q.occurrence = s.occurrence)) s
+		JOIN loyalty.random_codes(code_pattern, n::integer) WITH ORDINALITY AS r (code, i) ON r.i = s.i
+		ORDER BY r.code
+	), k AS (
+		INSERT INTO loyalty.coupon (code, campaign_id, customer_id, max_uses, created_at)
+		SELECT src.code, coupon_campaign_id, src.customer_id, 1, as_of FROM src
+		ON CONFLICT ON CONSTRAINT coupon_code_key DO NOTHING
+		RETURNING code, customer_id
+	), p AS (
+		INSERT INTO loyalty.campaign_publication (customer_id, marketing_campaign_id, occurrence, variant,
+			channel, published_at, offer_kind, coupon_campaign_id, code)
+		SELECT src.customer_id, m.marketing_campaign_id, src.occurrence, src.variant, m.channel, as_of,
+			   'code', coupon_campaign_id, src.code
+		FROM src JOIN k ON k.code OPERATOR(loyalty.=) src.code AND k.customer_id = src.customer_id
+		RETURNING customer_id, occurrence, variant, code
+	)
+	INSERT INTO loyalty.outbox (customer_id, kind, event_key, channel, payload, created_at)
+	SELECT p.customer_id, 'offer', m.marketing_campaign_id::text || ':' || p.occurrence, m.channel,
+		   pg_catalog.jsonb_build_object('marketing_campaign_id', m.marketing_campaign_id,
+			   'occurrence', p.occurrence, 'variant', p.variant, 'offer_kind', 'code', 'code', p.code::text),
+		   as_of
+	FROM p;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._publish_codes(loyalty.marketing_campaign, bigint, text, bigint, timestamptz, boolean) IS
+	'Internal: publish bound codes of one coupon campaign and pattern to the staged customers (codes, publications, outbox in one statement)';
+
+/* Public codes, bonus points or a message only, to the staged customers of one offer. */
+CREATE FUNCTION loyalty._publish_other(m loyalty.marketing_campaign, offer_kind text, coupon_campaign_id bigint,
+									   public_code text, bonus_points bigint, as_of timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	code loyalty.coupon_code := CASE WHEN offer_kind = 'public_code' THEN loyalty.vanity_code(public_code) END;
+BEGIN
+	WITH src AS MATERIALIZED (
+		SELECT s.customer_id, s.occurrence, s.variant,
+			   CASE WHEN offer_kind = 'points'
+					THEN 'mc:' || m.marketing_campaign_id::text || ':' || s.customer_id || ':' || s.occurrence END AS ref
+		FROM pg_temp._loyalty_stage s
+		WHERE s.reason IS NULL AND s.offer_kind = _publish_other.offer_kind
+		  AND s.coupon_campaign_id IS NOT DISTINCT FROM _publish_other.coupon_campaign_id
+		  AND s.public_code IS NOT DISTINCT FROM _publish_other.public_code
+		  AND s.bonus_points IS NOT DISTINCT FROM _publish_other.bonus_points
+	), e AS MATERIALIZED (
+		SELECT src.*, CASE WHEN src.ref IS NOT NULL THEN
+				(loyalty.points_earn(src.customer_id, src.ref, bonus_points,
+									 reason => 'marketing campaign ' || m.name, qualifying => false)).entry_id
+			   END AS entry_id
+		FROM src
+	), p AS (
+		INSERT INTO loyalty.campaign_publication (customer_id, marketing_campaign_id, occurrence, variant,
+			channel, published_at, offer_kind, coupon_campaign_id, code, bonus_points, points_reference)
+		SELECT e.customer_id, m.marketing_campaign_id, e.occurrence, e.variant, m.channel, as_of,
+			   offer_kind, coupon_campaign_id, code,
+			   CASE WHEN offer_kind = 'points' THEN bonus_points END, e.ref
+		FROM e
+		RETURNING customer_id, occurrence, variant
+	)
+	INSERT INTO loyalty.outbox (customer_id, kind, event_key, channel, payload, created_at)
+	SELECT p.customer_id, 'offer', m.marketing_campaign_id::text || ':' || p.occurrence, m.channel,
+		   pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('marketing_campaign_id', m.marketing_campaign_id,
+			   'occurrence', p.occurrence, 'variant', p.variant, 'offer_kind', offer_kind,
+			   'code', code::text, 'bonus_points', CASE WHEN offer_kind = 'points' THEN bonus_points END)),
+		   as_of
+	FROM p;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._publish_other(loyalty.marketing_campaign, text, bigint, text, bigint, timestamptz) IS
+	'Internal: publish a public code, bonus points (ledger reference mc:<campaign>:<customer>:<occurrence>, idempotent) or a message to the staged customers of one offer';
+
+CREATE FUNCTION loyalty.publish_marketing_campaign(marketing_campaign_id bigint,
+												   as_of timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (outcome text, customers bigint)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $$
+#variable_conflict use_variable
+DECLARE
+	kind text;
+	q text;
+	keys text[];
+BEGIN
+	SELECT c.audience_kind, c.audience->>'query' INTO kind, q
+	FROM loyalty.marketing_campaign c WHERE c.marketing_campaign_id = publish_marketing_campaign.marketing_campaign_id;
+	IF kind = 'query' THEN
+		keys := ARRAY(SELECT loyalty._audience_query(q));
+	END IF;
+	RETURN QUERY SELECT * FROM loyalty._publish(marketing_campaign_id, as_of, keys, false);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.publish_marketing_campaign(bigint, timestamptz) IS
+	'Publish a marketing campaign as of a time: offer its audience what it offers (idempotent per customer and occurrence), log publications and filtered-out customers; returns the count per outcome (published or the filter reason); a query audience runs with the caller''s rights';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.publish_marketing_campaign(bigint, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty._publish(bigint, timestamptz, text[], boolean)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty._audience_query(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.preview_audience(marketing_campaign_id bigint,
+										 as_of timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (outcome text, customers bigint)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $$
+#variable_conflict use_variable
+DECLARE
+	kind text;
+	q text;
+	keys text[];
+BEGIN
+	SELECT c.audience_kind, c.audience->>'query' INTO kind, q
+	FROM loyalty.marketing_campaign c WHERE c.marketing_campaign_id = preview_audience.marketing_campaign_id;
+	IF kind = 'query' THEN
+		keys := ARRAY(SELECT loyalty._audience_query(q));
+	END IF;
+	RETURN QUERY SELECT * FROM loyalty._publish(marketing_campaign_id, as_of, keys, true);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.preview_audience(bigint, timestamptz) IS
+	'The audience funnel of a marketing campaign as of a time, without publishing anything: customers per outcome (published = would be offered)';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.preview_audience(bigint, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* procedures: jobs (safe from pg_cron at any frequency) */
+
+/*
+ * Publish every active scheduled campaign of the given audience kinds (all
+ * when NULL) as of a time; returns the customers published.  Idempotent:
+ * what a run published, the next run finds already offered.
+ */
+CREATE FUNCTION loyalty._run_scheduled(as_of timestamptz, kinds text[])
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c record;
+	total bigint := 0;
+	n bigint;
+BEGIN
+	as_of := coalesce(as_of, pg_catalog.now());
+	FOR c IN
+		SELECT m.marketing_campaign_id FROM loyalty.marketing_campaign m
+		WHERE m.schedule = 'scheduled' AND NOT m.paused
+		  AND (m.starts_at IS NULL OR m.starts_at <= as_of) AND (m.ends_at IS NULL OR m.ends_at > as_of)
+		  AND (kinds IS NULL OR m.audience_kind = ANY (kinds))
+		ORDER BY m.marketing_campaign_id
+	LOOP
+		SELECT coalesce(sum(r.customers), 0) INTO n
+		FROM loyalty.publish_marketing_campaign(c.marketing_campaign_id, as_of) r WHERE r.outcome = 'published';
+		total := total + n;
+	END LOOP;
+	RETURN total;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._run_scheduled(timestamptz, text[]) IS
+	'Internal: publish the active scheduled marketing campaigns of some audience kinds (all: NULL) as of a time';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty._run_scheduled(timestamptz, text[])'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE PROCEDURE loyalty.run_campaigns(as_of timestamptz DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+	PERFORM loyalty._run_scheduled(as_of, NULL);
+END;
+$$;
+
+COMMENT ON PROCEDURE loyalty.run_campaigns(timestamptz) IS
+	'Publish every active scheduled marketing campaign as of as_of (default now); safe to run from pg_cron at any frequency (idempotent, catches up)';
+
+REVOKE EXECUTE ON PROCEDURE loyalty.run_campaigns(timestamptz) FROM PUBLIC;
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE PROCEDURE loyalty.run_welcome_campaigns(as_of timestamptz DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+	PERFORM loyalty._run_scheduled(as_of, ARRAY['welcome']);
+END;
+$$;
+
+COMMENT ON PROCEDURE loyalty.run_welcome_campaigns(timestamptz) IS
+	'Publish the scheduled welcome campaigns (customers whose signup day is within the audience''s within_days, default 7)';
+
+REVOKE EXECUTE ON PROCEDURE loyalty.run_welcome_campaigns(timestamptz) FROM PUBLIC;
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_welcome_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE PROCEDURE loyalty.run_birthday_campaigns(as_of timestamptz DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+	PERFORM loyalty._run_scheduled(as_of, ARRAY['birthday']);
+END;
+$$;
+
+COMMENT ON PROCEDURE loyalty.run_birthday_campaigns(timestamptz) IS
+	'Publish the scheduled birthday campaigns: once a year per customer, on the birthday in the program time zone (February 29: February 28 in non-leap years), catching up catch_up_days (default 7)';
+
+REVOKE EXECUTE ON PROCEDURE loyalty.run_birthday_campaigns(timestamptz) FROM PUBLIC;
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_birthday_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE PROCEDURE loyalty.run_anniversary_campaigns(as_of timestamptz DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+	PERFORM loyalty._run_scheduled(as_of, ARRAY['anniversary']);
+END;
+$$;
+
+COMMENT ON PROCEDURE loyalty.run_anniversary_campaigns(timestamptz) IS
+	'Publish the scheduled signup-anniversary campaigns: once a year per customer from the first anniversary on';
+
+REVOKE EXECUTE ON PROCEDURE loyalty.run_anniversary_campaigns(timestamptz) FROM PUBLIC;
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_anniversary_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE PROCEDURE loyalty.run_reactivation_campaigns(as_of timestamptz DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+	PERFORM loyalty._run_scheduled(as_of, ARRAY['dormant', 'segment_entered']);
+END;
+$$;
+
+COMMENT ON PROCEDURE loyalty.run_reactivation_campaigns(timestamptz) IS
+	'Publish the scheduled reactivation campaigns (dormant N days: once per dormancy episode; segment_entered: once per transition)';
+
+REVOKE EXECUTE ON PROCEDURE loyalty.run_reactivation_campaigns(timestamptz) FROM PUBLIC;
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_reactivation_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE PROCEDURE loyalty.run_abandoned_cart_campaigns(as_of timestamptz DEFAULT NULL)
+LANGUAGE plpgsql SECURITY INVOKER
+AS $$
+BEGIN
+	PERFORM loyalty._run_scheduled(as_of, ARRAY['abandoned_cart']);
+END;
+$$;
+
+COMMENT ON PROCEDURE loyalty.run_abandoned_cart_campaigns(timestamptz) IS
+	'Publish the scheduled abandoned-cart campaigns: once per open cart untouched for the audience''s after (default 1 hour) and younger than max_age (default 7 days)';
+
+REVOKE EXECUTE ON PROCEDURE loyalty.run_abandoned_cart_campaigns(timestamptz) FROM PUBLIC;
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.run_abandoned_cart_campaigns(timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* ---------------------------------------------------------------------------
+ * campaign_outbox.sql: the outbox the shop's mailer consumes
+ *
+ * Producers: publications (offers with their channel, campaign_publish.sql),
+ * tier changes (a trigger on loyalty.tier_history), points-expiry warnings
+ * (queue_expiry_warnings).  Each event has one row: offers through their
+ * publication's primary key, the others through the unique
+ * (customer_id, kind, event_key).  A consumer, in one transaction:
+ *   SELECT * FROM loyalty.outbox_claim(100);   -- FOR UPDATE SKIP LOCKED
+ *   ... send ...
+ *   SELECT loyalty.outbox_ack(ARRAY[...]);     -- by outbox_id
+ *   COMMIT;
+ * Concurrent consumers get disjoint batches; a consumer that dies before
+ * its commit releases its rows to the next one.  Every insert sends one
+ * NOTIFY loyalty_outbox, delivered at commit.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION loyalty._outbox_notify()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM pg_catalog.pg_notify('loyalty_outbox'::pg_catalog.text, ''::pg_catalog.text);
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._outbox_notify() IS
+	'Internal trigger: NOTIFY loyalty_outbox (delivered at commit) when events were queued';
+
+CREATE TRIGGER outbox_notify
+	AFTER INSERT ON loyalty.outbox
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._outbox_notify();
+
+COMMENT ON TRIGGER outbox_notify ON loyalty.outbox IS
+	'One NOTIFY loyalty_outbox per inserting statement, delivered when the transaction commits';
+
+CREATE FUNCTION loyalty._outbox_tier_change()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO loyalty.outbox (customer_id, kind, event_key, channel, payload, created_at)
+	VALUES (NEW.customer_id, 'tier_change', NEW.history_id::pg_catalog.text, NULL,
+			pg_catalog.jsonb_build_object('from_tier', NEW.from_tier, 'to_tier', NEW.to_tier,
+										  'change', NEW.change, 'changed_at', NEW.changed_at),
+			NEW.changed_at)
+	ON CONFLICT (customer_id, kind, event_key) WHERE kind <> 'offer' DO NOTHING;
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._outbox_tier_change() IS
+	'Internal trigger: queue a tier_change event for every row of loyalty.tier_history';
+
+CREATE TRIGGER tier_history_outbox
+	AFTER INSERT ON loyalty.tier_history
+	FOR EACH ROW EXECUTE FUNCTION loyalty._outbox_tier_change();
+
+COMMENT ON TRIGGER tier_history_outbox ON loyalty.tier_history IS
+	'Queues each tier change (upgrade, downgrade, refund, initial) in loyalty.outbox';
+
+CREATE FUNCTION loyalty.queue_expiry_warnings(as_of timestamptz DEFAULT pg_catalog.now(),
+											  within interval DEFAULT '14 days')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	n bigint;
+BEGIN
+	IF as_of IS NULL OR within IS NULL THEN
+		RAISE EXCEPTION 'as_of and within must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	INSERT INTO loyalty.outbox (customer_id, kind, event_key, channel, payload, created_at)
+	SELECT l.customer_id, 'points_expiry', pg_catalog.to_char(loyalty._campaign_local_date(l.expires_at), 'YYYY-MM-DD'), NULL,
+		   pg_catalog.jsonb_build_object('points', sum(l.remaining), 'expires_on',
+										 loyalty._campaign_local_date(l.expires_at), 'first_expiry', min(l.expires_at)),
+		   as_of
+	FROM loyalty.points_lot l
+	WHERE l.state <> 'closed' AND l.remaining > 0 AND l.expires_at > as_of AND l.expires_at <= as_of + within
+	GROUP BY l.customer_id, loyalty._campaign_local_date(l.expires_at)
+	ON CONFLICT (customer_id, kind, event_key) WHERE kind <> 'offer' DO NOTHING;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.queue_expiry_warnings(timestamptz, interval) IS
+	'Queue one points_expiry event per customer and expiry day (program time zone) for points expiring within the interval after as_of; a day already queued is not queued again';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.queue_expiry_warnings(timestamptz, interval)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.outbox_claim(batch_size integer DEFAULT 100)
+RETURNS SETOF loyalty.outbox
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF batch_size IS NULL OR batch_size < 1 THEN
+		RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+		SELECT o.* FROM loyalty.outbox o
+		WHERE o.acked_at IS NULL
+		ORDER BY o.outbox_id
+		LIMIT batch_size
+		FOR UPDATE SKIP LOCKED;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.outbox_claim(integer) IS
+	'Claim up to batch_size pending outbox events, oldest first, locked until the end of the transaction (FOR UPDATE SKIP LOCKED: concurrent consumers get disjoint batches); acknowledge them with outbox_ack in the same transaction';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.outbox_claim(integer)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.outbox_ack(outbox_ids bigint[], at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	UPDATE loyalty.outbox o SET acked_at = outbox_ack.at
+	WHERE o.outbox_id = ANY (outbox_ack.outbox_ids) AND o.acked_at IS NULL;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.outbox_ack(bigint[], timestamptz) IS
+	'Acknowledge outbox events by id: they are never claimed again; returns how many were pending';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.outbox_ack(bigint[], timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+-- Issue 15, campaign KPIs, budgets and qualification (offer15): the lift
+-- statistics (src/kpi/kpi_stats.sql), discount budgets and period caps on
+-- coupon campaigns (src/coupon/coupon_budget.sql), loyalty.qualify.
+
+/* ---------------------------------------------------------------------------
+ * kpi_stats.sql: the statistics of campaign lift (kpi family)
+ *
+ * loyalty.lift_interval(outcome, treated, covariate): the difference of
+ * the mean outcome of the treated group and of the control group (the
+ * hold-out) with a 95% Welch t interval; with a pre-period covariate on
+ * every row, CUPED-adjusted.  A parallel-safe aggregate (combine,
+ * serialize, deserialize).  loyalty.t_quantile / t_cdf: Student's t
+ * distribution for any positive degrees of freedom.  See
+ * doc/campaign_kpi.md.
+ * ------------------------------------------------------------------------ */
+
+/* types */
+
+CREATE TYPE loyalty.lift_estimate AS (
+	n_treated		bigint,
+	n_control		bigint,
+	mean_treated	double precision,
+	mean_control	double precision,
+	difference		double precision,
+	std_error		double precision,
+	df				double precision,
+	lower			double precision,
+	upper			double precision,
+	t_critical		double precision,
+	theta			double precision
+);
+
+COMMENT ON TYPE loyalty.lift_estimate IS
+	'Result of loyalty.lift_interval: treated minus control mean with a 95% Welch t interval (CUPED-adjusted means when theta is not null)';
+COMMENT ON COLUMN loyalty.lift_estimate.n_treated IS 'Rows of the treated group';
+COMMENT ON COLUMN loyalty.lift_estimate.n_control IS 'Rows of the control group (hold-out)';
+COMMENT ON COLUMN loyalty.lift_estimate.mean_treated IS 'Mean outcome of the treated group (CUPED-adjusted when theta is set)';
+COMMENT ON COLUMN loyalty.lift_estimate.mean_control IS 'Mean outcome of the control group (CUPED-adjusted when theta is set)';
+COMMENT ON COLUMN loyalty.lift_estimate.difference IS 'mean_treated - mean_control: the estimated effect per member';
+COMMENT ON COLUMN loyalty.lift_estimate.std_error IS 'Standard error of the difference (Welch: unequal variances); null with fewer than 2 rows in a group or no variance';
+COMMENT ON COLUMN loyalty.lift_estimate.df IS 'Welch-Satterthwaite degrees of freedom';
+COMMENT ON COLUMN loyalty.lift_estimate.lower IS 'Lower end of the 95% confidence interval of the difference';
+COMMENT ON COLUMN loyalty.lift_estimate.upper IS 'Upper end of the 95% confidence interval of the difference';
+COMMENT ON COLUMN loyalty.lift_estimate.t_critical IS 'The 0.975 quantile of Student''s t with df degrees of freedom';
+COMMENT ON COLUMN loyalty.lift_estimate.theta IS 'CUPED coefficient cov(covariate, outcome) / var(covariate) over both groups; null without a covariate';
+
+/* functions */
+
+CREATE FUNCTION loyalty.t_quantile(p double precision, df double precision)
+RETURNS double precision
+AS 'MODULE_PATHNAME', 'kpi_t_quantile'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.t_quantile(double precision, double precision) IS
+	'The p-quantile of Student''s t distribution with df (> 0, any real, infinity = normal) degrees of freedom';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.t_quantile(double precision, double precision)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty.t_cdf(t double precision, df double precision)
+RETURNS double precision
+AS 'MODULE_PATHNAME', 'kpi_t_cdf'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.t_cdf(double precision, double precision) IS
+	'P(T <= t) for Student''s t distribution with df (> 0, infinity = normal) degrees of freedom';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.t_cdf(double precision, double precision)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty._lift_trans(internal, double precision, boolean, double precision)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'kpi_lift_transfn'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._lift_trans(internal, double precision, boolean, double precision) IS
+	'Internal: transition function of loyalty.lift_interval';
+
+CREATE FUNCTION loyalty._lift_combine(internal, internal)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'kpi_lift_combine'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._lift_combine(internal, internal) IS
+	'Internal: combine function of loyalty.lift_interval (parallel aggregation)';
+
+CREATE FUNCTION loyalty._lift_serial(internal)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kpi_lift_serialize'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._lift_serial(internal) IS
+	'Internal: serialize function of loyalty.lift_interval (parallel aggregation)';
+
+CREATE FUNCTION loyalty._lift_deserial(bytea, internal)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'kpi_lift_deserialize'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._lift_deserial(bytea, internal) IS
+	'Internal: deserialize function of loyalty.lift_interval (parallel aggregation)';
+
+CREATE FUNCTION loyalty._lift_final(internal)
+RETURNS loyalty.lift_estimate
+AS 'MODULE_PATHNAME', 'kpi_lift_final'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._lift_final(internal) IS
+	'Internal: final function of loyalty.lift_interval';
+
+/* aggregates */
+
+CREATE AGGREGATE loyalty.lift_interval(outcome double precision, treated boolean, covariate double precision) (
+	SFUNC = loyalty._lift_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._lift_final,
+	COMBINEFUNC = loyalty._lift_combine,
+	SERIALFUNC = loyalty._lift_serial,
+	DESERIALFUNC = loyalty._lift_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty.lift_interval(double precision, boolean, double precision) IS
+	'Treated minus control mean of outcome with a 95% Welch t interval; a covariate (pre-period value, on every row or on none) makes it CUPED-adjusted';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.lift_interval(double precision, boolean, double precision)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* ---------------------------------------------------------------------------
+ * coupon_budget.sql: discount budgets and per-period redemption caps of
+ * coupon campaigns (issue 15, item 6; doc/budgets.md)
+ *
+ * A campaign may have, besides its total and per-customer caps, a total
+ * discount budget (money: the sum of the discounts of its active
+ * redemptions, net of partial returns, plus those its live reservations
+ * hold, never exceeds it) and a redemption cap per calendar period (day,
+ * ISO week from Monday, or month, in the program time zone).  Both are kept
+ * exact under concurrency like the total cap: counters in
+ * loyalty.campaign_budget and loyalty.campaign_period_use, written only
+ * under the lock of the campaign's budget row (lock order step 4b, after
+ * the capped campaign row, before the customer lock; coupon_store.c).
+ * redeem adds, rollback_redemption and coupon_return_lines give back.
+ * ------------------------------------------------------------------------ */
+
+/* tables */
+
+CREATE TABLE loyalty.campaign_budget (
+	campaign_id		bigint PRIMARY KEY,
+	discount_budget	numeric,
+	period			text,
+	period_cap		bigint,
+	discount_used	numeric NOT NULL DEFAULT 0,
+	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	CONSTRAINT campaign_budget_period_check
+		CHECK ((period IS NULL) = (period_cap IS NULL)
+			   AND (period IS NULL OR period IN ('day', 'week', 'month'))
+			   AND (period_cap IS NULL OR period_cap >= 0)),
+	CONSTRAINT campaign_budget_used_within
+		CHECK (discount_used >= 0
+			   AND (discount_budget IS NULL OR discount_used <= discount_budget))
+);
+
+COMMENT ON TABLE loyalty.campaign_budget IS
+	'Discount budget and per-period redemption cap of a coupon campaign (write through loyalty.set_campaign_budget); a campaign without a row has neither';
+COMMENT ON COLUMN loyalty.campaign_budget.discount_budget IS
+	'Total discount the campaign may grant, in its currency (null: no money budget)';
+COMMENT ON COLUMN loyalty.campaign_budget.period IS
+	'day, week (ISO, from Monday) or month, in the program time zone; null: no period cap';
+COMMENT ON COLUMN loyalty.campaign_budget.period_cap IS
+	'Redemptions allowed per period (null: none)';
+COMMENT ON COLUMN loyalty.campaign_budget.discount_used IS
+	'Discount of the campaign''s active redemptions net of partial returns: maintained by redeem, rollback and returns under this row''s lock, recounted when the budget is set';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.campaign_budget', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.campaign_budget'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.campaign_period_use (
+	campaign_id		bigint NOT NULL,
+	period_start	date NOT NULL,
+	uses			bigint NOT NULL DEFAULT 0,
+	PRIMARY KEY (campaign_id, period_start)
+);
+
+COMMENT ON TABLE loyalty.campaign_period_use IS
+	'Active redemptions of a campaign with a period cap, per period (first day of the day, ISO week or month in the program time zone); written under the lock of the campaign''s budget row';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.campaign_period_use', '');
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.campaign_period_use'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+/* functions */
+
+/*
+ * The first day of the period containing "at" in the program time zone
+ * (loyalty.settings, no row: UTC): the day itself, the Monday of its ISO
+ * week, or the first of its month.  Read at every call, so a change of the
+ * zone applies at once (redemptions already counted stay in the period
+ * they were counted in).
+ */
+CREATE FUNCTION loyalty._campaign_period_start(period text, at timestamptz)
+RETURNS date
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.date_trunc($1,
+		pg_catalog.timezone(coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC'::pg_catalog.text), $2))::pg_catalog.date
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_period_start(text, timestamptz) IS
+	'Internal: first day of the day / ISO week / month containing at, in the program time zone';
+
+CREATE FUNCTION loyalty._campaign_budget_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'coupon_campaign_changed'
+LANGUAGE C;
+
+COMMENT ON FUNCTION loyalty._campaign_budget_changed() IS
+	'Internal trigger: a campaign budget changed; invalidate the campaign caches of all backends';
+
+-- every column but the counter discount_used, which redemptions update
+CREATE TRIGGER campaign_budget_changed
+	AFTER INSERT OR DELETE OR TRUNCATE ON loyalty.campaign_budget
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._campaign_budget_changed();
+CREATE TRIGGER campaign_budget_config_changed
+	AFTER UPDATE OF campaign_id, discount_budget, period, period_cap ON loyalty.campaign_budget
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._campaign_budget_changed();
+
+/*
+ * Set (or, with every argument null, remove) a campaign's discount budget
+ * and period cap.  Behind the exclusive campaign gate, like update_campaign:
+ * redemptions in flight finish first, later ones see the new limits.  The
+ * counters are recounted from the ledger: discount_used from the active
+ * redemptions net of returns, the current period's uses from the
+ * redemptions made in it.  A budget below what is already granted is
+ * refused.
+ */
+CREATE FUNCTION loyalty.set_campaign_budget(campaign_id bigint,
+											discount_budget numeric DEFAULT NULL,
+											period text DEFAULT NULL,
+											period_cap bigint DEFAULT NULL)
+RETURNS loyalty.campaign_budget
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cur text;
+	decimals integer;
+	used numeric;
+	this_period date;
+	res loyalty.campaign_budget;
+BEGIN
+	IF campaign_id IS NULL THEN
+		RAISE EXCEPTION 'campaign_id must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF (period IS NULL) <> (period_cap IS NULL)
+	   OR period NOT IN ('day', 'week', 'month') OR period_cap < 0 THEN
+		RAISE EXCEPTION 'invalid campaign budget: a period cap needs period day, week or month and a period_cap of at least 0'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF discount_budget < 0 OR discount_budget >= 1e15 THEN
+		RAISE EXCEPTION 'invalid campaign budget: discount_budget must lie in [0, 10^15)'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM loyalty._campaign_gate(set_campaign_budget.campaign_id);
+	SELECT c.currency INTO cur FROM loyalty.campaign c
+	WHERE c.campaign_id = set_campaign_budget.campaign_id FOR NO KEY UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'campaign % does not exist', set_campaign_budget.campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	decimals := loyalty.currency_decimals(cur);
+	IF discount_budget OPERATOR(pg_catalog.<>) pg_catalog.trunc(discount_budget, decimals) THEN
+		RAISE EXCEPTION 'invalid campaign budget: discount_budget % has more decimals than % allows',
+			discount_budget, cur
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF discount_budget IS NULL AND period IS NULL THEN
+		DELETE FROM loyalty.campaign_budget b WHERE b.campaign_id = set_campaign_budget.campaign_id;
+		DELETE FROM loyalty.campaign_period_use p WHERE p.campaign_id = set_campaign_budget.campaign_id;
+		RETURN NULL;
+	END IF;
+
+	SELECT coalesce(sum(r.discount), 0) INTO used FROM loyalty.redemption r
+	WHERE r.campaign_id = set_campaign_budget.campaign_id;
+	IF used > discount_budget THEN
+		RAISE EXCEPTION 'invalid campaign budget: discount_budget % is below the % already granted',
+			discount_budget, used
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	DELETE FROM loyalty.campaign_period_use p WHERE p.campaign_id = set_campaign_budget.campaign_id;
+	IF period IS NOT NULL THEN
+		this_period := loyalty._campaign_period_start(period, now());
+		INSERT INTO loyalty.campaign_period_use (campaign_id, period_start, uses)
+		SELECT set_campaign_budget.campaign_id, this_period, coalesce(sum(r.uses), 0)
+		FROM loyalty.redemption r
+		WHERE r.campaign_id = set_campaign_budget.campaign_id
+		  AND (r.kind = 'redeem' AND loyalty._campaign_period_start(period, r.created_at) = this_period
+			   OR r.kind = 'reversal' AND loyalty._campaign_period_start(period,
+					(SELECT o.created_at FROM loyalty.redemption o WHERE o.redemption_id = r.reverses)) = this_period);
+	END IF;
+	INSERT INTO loyalty.campaign_budget AS b (campaign_id, discount_budget, period, period_cap, discount_used, updated_at)
+	VALUES (set_campaign_budget.campaign_id, set_campaign_budget.discount_budget,
+			set_campaign_budget.period, set_campaign_budget.period_cap, used, now())
+	ON CONFLICT ON CONSTRAINT campaign_budget_pkey DO UPDATE
+	SET discount_budget = excluded.discount_budget, period = excluded.period,
+		period_cap = excluded.period_cap, discount_used = excluded.discount_used,
+		updated_at = excluded.updated_at
+	RETURNING * INTO res;
+	RETURN res;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.set_campaign_budget(bigint, numeric, text, bigint) IS
+	'Set a campaign''s discount budget and redemption cap per day / week / month (arguments by name; omitted = none; all omitted removes both); effective for every redemption that starts after the commit';
+
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.set_campaign_budget(bigint, numeric, text, bigint)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* views */
+
+CREATE VIEW loyalty.campaign_budget_status AS
+SELECT b.campaign_id,
+	   c.name,
+	   c.currency,
+	   b.discount_budget,
+	   b.discount_used,
+	   b.discount_budget - b.discount_used AS discount_left,
+	   b.period,
+	   b.period_cap,
+	   p.period_start,
+	   coalesce(u.uses, 0)::bigint AS period_uses,
+	   CASE WHEN b.period_cap IS NOT NULL THEN pg_catalog.int8larger(b.period_cap - coalesce(u.uses, 0), 0) END AS period_left
+FROM loyalty.campaign_budget b
+JOIN loyalty.campaign c ON c.campaign_id = b.campaign_id
+LEFT JOIN LATERAL (SELECT loyalty._campaign_period_start(b.period, pg_catalog.now()) AS period_start) p ON true
+LEFT JOIN loyalty.campaign_period_use u
+	   ON u.campaign_id = b.campaign_id AND u.period_start = p.period_start;
+
+COMMENT ON VIEW loyalty.campaign_budget_status IS
+	'Campaign budgets now: money granted and left, redemptions in the current period and left (live reservations not included)';
+COMMENT ON COLUMN loyalty.campaign_budget_status.campaign_id IS 'The coupon campaign (loyalty.campaign)';
+COMMENT ON COLUMN loyalty.campaign_budget_status.name IS 'Campaign name';
+COMMENT ON COLUMN loyalty.campaign_budget_status.currency IS 'Currency of the budget (the campaign''s)';
+COMMENT ON COLUMN loyalty.campaign_budget_status.discount_budget IS 'Total discount the campaign may grant (null: no money budget)';
+COMMENT ON COLUMN loyalty.campaign_budget_status.discount_used IS 'Discount of active redemptions, net of partial returns';
+COMMENT ON COLUMN loyalty.campaign_budget_status.discount_left IS 'discount_budget - discount_used (live reservations may hold part of it)';
+COMMENT ON COLUMN loyalty.campaign_budget_status.period IS 'day, week or month (program time zone); null: no period cap';
+COMMENT ON COLUMN loyalty.campaign_budget_status.period_cap IS 'Redemptions allowed per period';
+COMMENT ON COLUMN loyalty.campaign_budget_status.period_start IS 'First day of the current period';
+COMMENT ON COLUMN loyalty.campaign_budget_status.period_uses IS 'Active redemptions made in the current period';
+COMMENT ON COLUMN loyalty.campaign_budget_status.period_left IS 'Redemptions left in the current period (live reservations may hold some)';
+
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.campaign_budget_status'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+/* ---------------------------------------------------------------------------
+ * coupon_qualify.sql: what the coupon module gives loyalty.qualify (issue
+ * 15, item 7; the function itself is in src/points/points_qualify.sql, as
+ * it also lists points rewards)
+ * ------------------------------------------------------------------------ */
+
+/* indexes */
+
+-- qualify lists a campaign's public (vanity) codes without reading the
+-- millions of generated codes
+CREATE INDEX coupon_public_idx ON loyalty.coupon (campaign_id)
+	WHERE customer_id IS NULL AND loyalty.coupon_code_kind(code) = 'vanity';
+
+COMMENT ON INDEX loyalty.coupon_public_idx IS
+	'Public (vanity, unbound) codes by campaign: the public offers loyalty.qualify lists';
+
+/* functions */
+
+CREATE FUNCTION loyalty._validate_campaign(campaign_id bigint, customer_id text,
+										   order_context jsonb, order_ref text,
+										   OUT valid boolean, OUT reason text,
+										   OUT discount numeric)
+RETURNS record
+AS 'MODULE_PATHNAME', 'coupon_validate_campaign'
+LANGUAGE C STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION loyalty._validate_campaign(bigint, text, jsonb, text) IS
+	'Internal: validate_coupon for a code of the campaign not issued yet (bound to the customer, single use): qualify''s points rewards';
+
+/* ---------------------------------------------------------------------------
+ * points_qualify.sql: loyalty.qualify (issue 15, item 7)
+ *
+ * Every offer a customer could use on a cart: the codes bound to the
+ * customer (published by campaigns, "sorry" coupons, codes bought with
+ * points), the public codes, and the points rewards (a coupon for points),
+ * each with the discount it would give and, when it does not apply, the
+ * reason.  Read-only.  Each code is checked by validate_coupon itself and
+ * each reward by the same checks for a code not issued yet
+ * (_validate_campaign), so qualify answers exactly what a redeem would
+ * answer now.  Lives in the points family because it reads the rewards
+ * and the balance.
+ * ------------------------------------------------------------------------ */
+
+/* functions */
+
+CREATE FUNCTION loyalty.qualify(customer_id text, order_context jsonb, order_ref text DEFAULT NULL)
+RETURNS TABLE (offer text, code text, campaign_id bigint, campaign text, applies boolean,
+			   reason text, discount numeric, points bigint)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH live AS (
+		SELECT c.campaign_id, c.name FROM loyalty.campaign c
+		WHERE c.ends_at IS NULL OR c.ends_at OPERATOR(pg_catalog.>) pg_catalog.now()
+	), cand AS (
+		SELECT 'bound_code'::pg_catalog.text AS offer, k.code::pg_catalog.text AS code,
+			   k.campaign_id, NULL::pg_catalog.int8 AS points
+		FROM loyalty.coupon k
+		WHERE k.customer_id OPERATOR(pg_catalog.=) $1 AND k.voided_at IS NULL
+		  AND (k.max_uses IS NULL OR k.uses OPERATOR(pg_catalog.<) k.max_uses)
+		UNION ALL
+		SELECT 'public_code', k.code::pg_catalog.text, k.campaign_id, NULL
+		FROM loyalty.coupon k
+		WHERE k.customer_id IS NULL
+		  AND loyalty.coupon_code_kind(k.code) OPERATOR(pg_catalog.=) 'vanity'
+		  AND k.voided_at IS NULL
+		  AND (k.max_uses IS NULL OR k.uses OPERATOR(pg_catalog.<) k.max_uses)
+		UNION ALL
+		SELECT 'points_reward', NULL, r.campaign_id, r.points
+		FROM loyalty.points_reward r WHERE r.active
+	), balance AS (
+		SELECT b.available FROM loyalty.points_balance($1) b
+	)
+	SELECT cand.offer, cand.code, cand.campaign_id, live.name,
+		   v.valid AND (cand.points IS NULL OR balance.available OPERATOR(pg_catalog.>=) cand.points),
+		   CASE WHEN NOT v.valid OR v.reason IS NOT NULL THEN v.reason
+				WHEN cand.points IS NOT NULL AND balance.available OPERATOR(pg_catalog.<) cand.points
+				THEN 'insufficient_points' END,
+		   v.discount, cand.points
+	FROM cand
+	JOIN live ON live.campaign_id OPERATOR(pg_catalog.=) cand.campaign_id
+	CROSS JOIN balance
+	CROSS JOIN LATERAL (
+		SELECT x.valid, x.reason, x.discount
+		FROM loyalty.validate_coupon(cand.code, $1, $2, $3) x WHERE cand.code IS NOT NULL
+		UNION ALL
+		SELECT x.valid, x.reason, x.discount
+		FROM loyalty._validate_campaign(cand.campaign_id, $1, $2, $3) x WHERE cand.code IS NULL
+	) v
+	ORDER BY 5 DESC, 7 DESC NULLS LAST, 1, 2, 3
+$$;
+
+COMMENT ON FUNCTION loyalty.qualify(text, jsonb, text) IS
+	'Every offer the customer could use on this cart (bound codes, public codes, points rewards) with the discount it would give, or why not; read-only; order_ref (by name) makes the order''s coupons count for stacking';
+
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.qualify(text, jsonb, text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* ---------------------------------------------------------------------------
+ * kpi_campaign.sql: campaign KPIs per marketing campaign and variant
+ * (issue 15, item 8; doc/campaign_kpi.md)
+ *
+ * The audience of a campaign is its experiment's assigned customers
+ * (treated variants and hold-out alike), or without an experiment every
+ * customer offered or filtered out.  Offers and filter reasons come from
+ * the publication logs, redemptions and discount cost from the coupon
+ * ledger, the revenue of redeemed orders from the coupon orders, and the
+ * outcomes (orders and spend in the N days before and after each member's
+ * offer) from the live RFM day buckets (loyalty.customer_stats.days): the
+ * orders table is never scanned.  (jit and merge joins off: the planner's
+ * row estimates of these joins of aggregated logs are far too high, so it
+ * would compile the query (seconds) and sort every side for merge joins,
+ * where hash joins take a third of the time; bench/campaign_kpi.bench.sh.)
+ * Lift: incremental spend per member of
+ * each treated variant against the hold-out, with a 95% Welch interval,
+ * CUPED-adjusted by the pre-period spend (loyalty.lift_interval).
+ * ------------------------------------------------------------------------ */
+
+/* indexes: the KPIs read one campaign's rows of the campaign logs */
+
+CREATE INDEX campaign_publication_campaign_idx ON loyalty.campaign_publication (marketing_campaign_id);
+COMMENT ON INDEX loyalty.campaign_publication_campaign_idx IS
+	'Publications of one marketing campaign (campaign KPIs)';
+CREATE INDEX campaign_filtered_campaign_idx ON loyalty.campaign_filtered (marketing_campaign_id);
+COMMENT ON INDEX loyalty.campaign_filtered_campaign_idx IS
+	'Filtered-out customers of one marketing campaign (campaign KPIs, funnel)';
+CREATE INDEX experiment_assignment_experiment_idx ON loyalty.experiment_assignment (experiment_id);
+COMMENT ON INDEX loyalty.experiment_assignment_experiment_idx IS
+	'Assignments of one experiment (campaign KPIs: audience per variant)';
+
+/* functions */
+
+CREATE FUNCTION loyalty.day_buckets_window(days loyalty.day_buckets, from_day date, to_day date,
+										   OUT orders bigint, OUT spend numeric)
+RETURNS record
+AS 'MODULE_PATHNAME', 'kpi_day_buckets_window'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty.day_buckets_window(loyalty.day_buckets, date, date) IS
+	'Orders and exact spend of the days from_day..to_day (inclusive) of one customer''s live day buckets';
+
+SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.day_buckets_window(loyalty.day_buckets, date, date)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+CREATE FUNCTION loyalty._kpi_windows(days loyalty.day_buckets, ref_day date, window_days integer)
+RETURNS numeric[]
+AS 'MODULE_PATHNAME', 'kpi_member_windows'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._kpi_windows(loyalty.day_buckets, date, integer) IS
+	'Internal: {orders, spend} of the window_days days before ref_day and of the window_days days from it, from one customer''s day buckets (null buckets: zeros)';
+
+/*
+ * One row per member of a marketing campaign's audience with what the KPIs
+ * aggregate.  ref_day: the day of the member's offer (assignment,
+ * publication or filtering) in the program time zone; the outcome window
+ * is ref_day .. ref_day + window_days - 1, the pre-period the window_days
+ * days before.
+ */
+CREATE FUNCTION loyalty._campaign_members(marketing_campaign_id bigint, window_days integer)
+RETURNS TABLE (customer_id text, variant text, holdout boolean, ref_day date, offered boolean,
+			   filtered_reason text, redeemed boolean, redemptions bigint, discount numeric,
+			   redeemed_revenue numeric, redeemed_margin numeric, windows numeric[])
+LANGUAGE sql STABLE
+AS $$
+	WITH mc AS (
+		SELECT m.marketing_campaign_id, m.experiment_id, m.coupon_campaign_id,
+			   coalesce((SELECT s.timezone FROM loyalty.settings s), 'UTC'::pg_catalog.text) AS tz
+		FROM loyalty.marketing_campaign m WHERE m.marketing_campaign_id OPERATOR(pg_catalog.=) $1
+	), pub AS (
+		SELECT p.customer_id, min(p.published_at) AS published_at
+		FROM loyalty.campaign_publication p
+		WHERE p.marketing_campaign_id OPERATOR(pg_catalog.=) $1
+		GROUP BY p.customer_id
+	), filt AS (
+		SELECT DISTINCT ON (f.customer_id) f.customer_id, f.reason, f.variant, f.filtered_at
+		FROM loyalty.campaign_filtered f
+		WHERE f.marketing_campaign_id OPERATOR(pg_catalog.=) $1
+		ORDER BY f.customer_id, f.filtered_at DESC
+	), members AS (
+		SELECT a.customer_id, a.variant, a.holdout, a.assigned_at AS ref_at
+		FROM mc JOIN loyalty.experiment_assignment a ON a.experiment_id OPERATOR(pg_catalog.=) mc.experiment_id
+		UNION ALL
+		SELECT coalesce(pub.customer_id, filt.customer_id), NULL, false,
+			   coalesce(pub.published_at, filt.filtered_at)
+		FROM mc, pub FULL JOIN filt ON filt.customer_id OPERATOR(pg_catalog.=) pub.customer_id
+		WHERE mc.experiment_id IS NULL
+	), coupons AS (
+		-- the coupon campaigns the campaign and its variants offer
+		SELECT mc.coupon_campaign_id AS campaign_id FROM mc WHERE mc.coupon_campaign_id IS NOT NULL
+		UNION
+		SELECT v.coupon_campaign_id FROM mc JOIN loyalty.experiment_variant v
+			ON v.experiment_id OPERATOR(pg_catalog.=) mc.experiment_id
+		WHERE v.coupon_campaign_id IS NOT NULL
+	), red AS (
+		-- active redemptions of those campaigns by the audience, net of
+		-- rollbacks and partial returns, with their orders
+		SELECT r.customer_id, r.created_at, r.uses, r.discount, r.kind, o.amount,
+			   coalesce((o.context OPERATOR(pg_catalog.->>) 'margin')::pg_catalog.numeric,
+						o.amount OPERATOR(pg_catalog.-) (o.context OPERATOR(pg_catalog.->>) 'cost')::pg_catalog.numeric) AS margin
+		FROM loyalty.redemption r
+		JOIN loyalty.coupon_order o ON o.order_ref OPERATOR(pg_catalog.=) r.order_ref
+		WHERE r.campaign_id IN (SELECT c.campaign_id FROM coupons c)
+		  AND o.state OPERATOR(pg_catalog.<>) 'rolled_back'
+	), red_by AS (
+		SELECT red.customer_id, min(red.created_at) FILTER (WHERE red.kind OPERATOR(pg_catalog.=) 'redeem') AS first_at,
+			   sum(red.uses) AS redemptions, sum(red.discount) AS discount,
+			   sum(red.amount) FILTER (WHERE red.kind OPERATOR(pg_catalog.=) 'redeem') AS revenue,
+			   sum(red.margin OPERATOR(pg_catalog.-) red.discount) FILTER (WHERE red.kind OPERATOR(pg_catalog.=) 'redeem') AS margin
+		FROM red GROUP BY red.customer_id
+	)
+	SELECT m.customer_id::pg_catalog.text, m.variant, m.holdout, d.ref_day,
+		   pub.customer_id IS NOT NULL,
+		   CASE WHEN pub.customer_id IS NULL THEN filt.reason END,
+		   coalesce(rb.redemptions OPERATOR(pg_catalog.>) 0 AND rb.first_at OPERATOR(pg_catalog.>=) pub.published_at, false),
+		   coalesce(rb.redemptions, 0)::pg_catalog.int8, coalesce(rb.discount, 0),
+		   coalesce(rb.revenue, 0), rb.margin,
+		   loyalty._kpi_windows(s.days, d.ref_day, $2)
+	FROM mc
+	CROSS JOIN members m
+	CROSS JOIN LATERAL (SELECT pg_catalog.timezone(mc.tz, m.ref_at)::pg_catalog.date AS ref_day) d
+	LEFT JOIN pub ON pub.customer_id OPERATOR(pg_catalog.=) m.customer_id
+	LEFT JOIN filt ON filt.customer_id OPERATOR(pg_catalog.=) m.customer_id
+	LEFT JOIN red_by rb ON rb.customer_id OPERATOR(pg_catalog.=) m.customer_id AND pub.customer_id IS NOT NULL
+	LEFT JOIN loyalty.customer_stats s ON s.customer_id OPERATOR(pg_catalog.=) m.customer_id
+$$;
+
+COMMENT ON FUNCTION loyalty._campaign_members(bigint, integer) IS
+	'Internal (inlined into the KPI queries, so not SECURITY DEFINER): the audience of a marketing campaign, one row per member: variant, hold-out, offered or filtered (reason), redemptions, discount, revenue and margin of redeemed orders, {orders, spend} before and from the offer (live day buckets)';
+
+
+CREATE FUNCTION loyalty.campaign_members(marketing_campaign_id bigint, window_days integer DEFAULT 30)
+RETURNS TABLE (customer_id text, variant text, holdout boolean, ref_day date, offered boolean,
+			   filtered_reason text, redeemed boolean, redemptions bigint, discount numeric,
+			   redeemed_revenue numeric, redeemed_margin numeric,
+			   orders_before bigint, spend_before numeric, orders_after bigint, spend_after numeric)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET enable_mergejoin = off
+AS $$
+	SELECT m.customer_id, m.variant, m.holdout, m.ref_day, m.offered, m.filtered_reason, m.redeemed,
+		   m.redemptions, m.discount, m.redeemed_revenue, m.redeemed_margin,
+		   m.windows[1]::pg_catalog.int8, m.windows[2], m.windows[3]::pg_catalog.int8, m.windows[4]
+	FROM loyalty._campaign_members($1, $2) m
+$$;
+
+COMMENT ON FUNCTION loyalty.campaign_members(bigint, integer) IS
+	'The audience of a marketing campaign, one row per member: variant, hold-out, offered or filtered (reason), redemptions, discount, revenue and margin of redeemed orders, orders and spend in the window_days before and from the offer (live day buckets)';
+
+SELECT loyalty._register_function('analyst'::pg_catalog.text, 'loyalty.campaign_members(bigint, integer)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * The KPI report of one marketing campaign: one row per variant (one row
+ * with variant NULL without an experiment).  Lift of a treated variant:
+ * mean spend in the window per member minus the hold-out's, 95% Welch
+ * interval, CUPED-adjusted by the pre-period spend when cuped.  ROI =
+ * (incremental margin - discount cost) / discount cost, the incremental
+ * margin being the incremental revenue times margin_rate (by name; default:
+ * the margin share of the redeemed orders when they carry a cost or margin,
+ * else none).
+ */
+CREATE FUNCTION loyalty.campaign_kpi(marketing_campaign_id bigint, window_days integer DEFAULT 30,
+									 cuped boolean DEFAULT true, margin_rate numeric DEFAULT NULL)
+RETURNS TABLE (variant text, holdout boolean, audience bigint, offered bigint, filtered bigint,
+			   redeemed bigint, redemption_rate double precision, discount_cost numeric,
+			   redeemed_revenue numeric, redeemed_margin numeric, repurchase_rate double precision,
+			   avg_basket_before numeric, avg_basket_after numeric,
+			   revenue_per_member double precision, incremental_revenue_per_member double precision,
+			   lift_lower double precision, lift_upper double precision, lift_df double precision,
+			   incremental_revenue double precision, roi double precision)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET enable_mergejoin = off
+AS $$
+BEGIN
+	IF marketing_campaign_id IS NULL OR window_days IS NULL OR cuped IS NULL THEN
+		RAISE EXCEPTION 'marketing_campaign_id, window_days and cuped must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF window_days NOT BETWEEN 1 AND 3660 THEN
+		RAISE EXCEPTION 'window_days must lie between 1 and 3660'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF margin_rate < 0 OR margin_rate > 1 THEN
+		RAISE EXCEPTION 'margin_rate must lie between 0 and 1'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM loyalty.marketing_campaign m
+				   WHERE m.marketing_campaign_id = campaign_kpi.marketing_campaign_id) THEN
+		RAISE EXCEPTION 'marketing campaign % does not exist', campaign_kpi.marketing_campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+	WITH m AS MATERIALIZED (
+		SELECT x.variant, x.holdout, x.offered, x.filtered_reason, x.redeemed, x.discount,
+			   x.redeemed_revenue, x.redeemed_margin, x.windows[1] AS orders_before,
+			   x.windows[2] AS spend_before, x.windows[3] AS orders_after, x.windows[4] AS spend_after
+		FROM loyalty._campaign_members(campaign_kpi.marketing_campaign_id, campaign_kpi.window_days) x
+	), v AS (
+		SELECT m.variant, bool_or(m.holdout) AS holdout, count(*) AS audience,
+			   count(*) FILTER (WHERE m.offered) AS offered,
+			   count(*) FILTER (WHERE m.filtered_reason IS NOT NULL) AS filtered,
+			   count(*) FILTER (WHERE m.redeemed) AS redeemed,
+			   sum(m.discount) AS discount_cost, sum(m.redeemed_revenue) AS revenue,
+			   sum(m.redeemed_margin) AS margin,
+			   count(*) FILTER (WHERE m.redeemed AND m.redeemed_margin IS NOT NULL) AS with_margin,
+			   count(*) FILTER (WHERE m.orders_after > 0) AS repurchasers,
+			   sum(m.spend_before) AS spend_before, sum(m.orders_before) AS orders_before,
+			   sum(m.spend_after) AS spend_after, sum(m.orders_after) AS orders_after
+		FROM m GROUP BY m.variant
+	), lift AS (
+		-- each treated variant against the hold-out, in one pass
+		SELECT x.variant,
+			   loyalty.lift_interval(x.spend_after::double precision, x.treated,
+									 CASE WHEN campaign_kpi.cuped THEN x.spend_before::double precision END) AS e
+		FROM (SELECT m.variant, true AS treated, m.spend_after, m.spend_before FROM m WHERE NOT m.holdout
+			  UNION ALL
+			  SELECT t.variant, false, m.spend_after, m.spend_before
+			  FROM m CROSS JOIN (SELECT v.variant FROM v WHERE NOT v.holdout) t
+			  WHERE m.holdout) x
+		GROUP BY x.variant
+	)
+	SELECT v.variant, v.holdout, v.audience, v.offered, v.filtered, v.redeemed,
+		   CASE WHEN v.offered > 0 THEN v.redeemed::double precision / v.offered END,
+		   v.discount_cost, v.revenue,
+		   CASE WHEN v.with_margin = v.redeemed AND v.redeemed > 0 THEN v.margin END,
+		   v.repurchasers::double precision / v.audience,
+		   CASE WHEN v.orders_before > 0 THEN round(v.spend_before / v.orders_before, 2) END,
+		   CASE WHEN v.orders_after > 0 THEN round(v.spend_after / v.orders_after, 2) END,
+		   (v.spend_after / v.audience)::double precision,
+		   (l.e).difference, (l.e).lower, (l.e).upper, (l.e).df,
+		   (l.e).difference * (l.e).n_treated,
+		   CASE WHEN v.discount_cost > 0 AND (l.e).difference IS NOT NULL THEN
+				((l.e).difference * (l.e).n_treated
+				 * coalesce(campaign_kpi.margin_rate,
+							CASE WHEN v.with_margin = v.redeemed AND v.revenue > 0
+								 THEN (v.margin + v.discount_cost) / v.revenue END)::double precision
+				 - v.discount_cost::double precision) / v.discount_cost::double precision END
+	FROM v LEFT JOIN lift l ON l.variant IS NOT DISTINCT FROM v.variant
+	ORDER BY v.holdout DESC, v.variant;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.campaign_kpi(bigint, integer, boolean, numeric) IS
+	'KPI report of a marketing campaign per variant: audience, offered, filtered, redeemed, redemption rate, discount cost, revenue and margin of redeemed orders, repurchase rate and average basket before / after within window_days, incremental revenue per member vs the hold-out with a 95% Welch interval (CUPED on pre-period spend), ROI; optional arguments by name';
+
+SELECT loyalty._register_function('analyst'::pg_catalog.text, 'loyalty.campaign_kpi(bigint, integer, boolean, numeric)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* views */
+
+CREATE VIEW loyalty.campaign_funnel AS
+SELECT m.marketing_campaign_id, m.name, s.variant, s.step, s.reason, s.customers
+FROM loyalty.marketing_campaign m
+CROSS JOIN LATERAL (
+	SELECT p.variant, 'offered'::text AS step, NULL::text AS reason, count(*) AS customers
+	FROM loyalty.campaign_publication p
+	WHERE p.marketing_campaign_id = m.marketing_campaign_id
+	GROUP BY p.variant
+	UNION ALL
+	SELECT f.variant, 'filtered', f.reason, count(*)
+	FROM loyalty.campaign_filtered f
+	WHERE f.marketing_campaign_id = m.marketing_campaign_id
+	  AND NOT EXISTS (SELECT 1 FROM loyalty.campaign_publication p
+					  WHERE p.customer_id = f.customer_id
+						AND p.marketing_campaign_id = f.marketing_campaign_id
+						AND p.occurrence = f.occurrence)
+	GROUP BY f.variant, f.reason
+) s;
+
+COMMENT ON VIEW loyalty.campaign_funnel IS
+	'The audience funnel of every marketing campaign: customers offered, and filtered out by reason (no_consent, frequency_cap, holdout, ...), per variant';
+COMMENT ON COLUMN loyalty.campaign_funnel.marketing_campaign_id IS 'The marketing campaign';
+COMMENT ON COLUMN loyalty.campaign_funnel.name IS 'Its name';
+COMMENT ON COLUMN loyalty.campaign_funnel.variant IS 'Experiment variant (null: no experiment)';
+COMMENT ON COLUMN loyalty.campaign_funnel.step IS 'offered, or filtered (never offered for that occurrence)';
+COMMENT ON COLUMN loyalty.campaign_funnel.reason IS 'Why filtered out (null for offered)';
+COMMENT ON COLUMN loyalty.campaign_funnel.customers IS 'Customers (per occurrence) at this step';
+
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.campaign_funnel'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE VIEW loyalty.campaign_kpis AS
+SELECT m.marketing_campaign_id, m.name, k.*
+FROM loyalty.marketing_campaign m
+CROSS JOIN LATERAL loyalty.campaign_kpi(m.marketing_campaign_id) k;
+
+COMMENT ON VIEW loyalty.campaign_kpis IS
+	'KPI report of every marketing campaign per variant with the defaults of loyalty.campaign_kpi (30-day window, CUPED, margin share of redeemed orders); filter on marketing_campaign_id';
+COMMENT ON COLUMN loyalty.campaign_kpis.marketing_campaign_id IS 'The marketing campaign';
+COMMENT ON COLUMN loyalty.campaign_kpis.name IS 'Its name';
+COMMENT ON COLUMN loyalty.campaign_kpis.variant IS 'Experiment variant (null: no experiment)';
+COMMENT ON COLUMN loyalty.campaign_kpis.holdout IS 'The hold-out (control) group: offered nothing';
+COMMENT ON COLUMN loyalty.campaign_kpis.audience IS 'Members: assigned to the variant, or offered or filtered without an experiment';
+COMMENT ON COLUMN loyalty.campaign_kpis.offered IS 'Members offered something';
+COMMENT ON COLUMN loyalty.campaign_kpis.filtered IS 'Members filtered out and never offered (reasons: loyalty.campaign_funnel)';
+COMMENT ON COLUMN loyalty.campaign_kpis.redeemed IS 'Offered members with an active redemption of the offered coupon campaign since the offer';
+COMMENT ON COLUMN loyalty.campaign_kpis.redemption_rate IS 'redeemed / offered';
+COMMENT ON COLUMN loyalty.campaign_kpis.discount_cost IS 'Discount granted to the members by the offered coupon campaigns, net of rollbacks and returns';
+COMMENT ON COLUMN loyalty.campaign_kpis.redeemed_revenue IS 'Order amount of the redeemed orders';
+COMMENT ON COLUMN loyalty.campaign_kpis.redeemed_margin IS 'Margin of the redeemed orders after discount (order context "margin", or amount - "cost"); null unless every redeemed order carries one';
+COMMENT ON COLUMN loyalty.campaign_kpis.repurchase_rate IS 'Share of members with an order in the window from the offer';
+COMMENT ON COLUMN loyalty.campaign_kpis.avg_basket_before IS 'Spend per order in the window before the offer';
+COMMENT ON COLUMN loyalty.campaign_kpis.avg_basket_after IS 'Spend per order in the window from the offer';
+COMMENT ON COLUMN loyalty.campaign_kpis.revenue_per_member IS 'Spend per member in the window from the offer';
+COMMENT ON COLUMN loyalty.campaign_kpis.incremental_revenue_per_member IS 'Spend per member minus the hold-out''s (CUPED-adjusted); null for the hold-out and without one';
+COMMENT ON COLUMN loyalty.campaign_kpis.lift_lower IS 'Lower end of the 95% Welch interval of incremental_revenue_per_member';
+COMMENT ON COLUMN loyalty.campaign_kpis.lift_upper IS 'Upper end of the 95% Welch interval of incremental_revenue_per_member';
+COMMENT ON COLUMN loyalty.campaign_kpis.lift_df IS 'Welch-Satterthwaite degrees of freedom of the interval';
+COMMENT ON COLUMN loyalty.campaign_kpis.incremental_revenue IS 'incremental_revenue_per_member times the members of the variant';
+COMMENT ON COLUMN loyalty.campaign_kpis.roi IS '(incremental margin - discount cost) / discount cost; null without a margin share';
+
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.campaign_kpis'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+-- coupon_return_lines gives the campaigns' discount budgets back what a
+-- partial return takes back
+CREATE OR REPLACE FUNCTION loyalty.coupon_return_lines(customer_id text, order_ref text,
+											return_ref text, lines jsonb)
+RETURNS numeric
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o record;
+	req jsonb;
+	prev record;
+	items jsonb;
+	nitems integer;
+	total numeric := 0;
+	red record;
+	taken numeric;
+	now_ts timestamptz := clock_timestamp();
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR return_ref IS NULL OR lines IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref, return_ref and lines must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF octet_length(return_ref) NOT BETWEEN 1 AND 256 OR octet_length(order_ref) NOT BETWEEN 1 AND 256
+	   OR octet_length(customer_id) NOT BETWEEN 1 AND 256 THEN
+		RAISE EXCEPTION 'invalid customer_id, order_ref or return_ref'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Each must have 1 to 256 bytes.';
+	END IF;
+	SELECT t.customer_id, t.state, t.context INTO o FROM loyalty.coupon_order t
+	WHERE t.order_ref = coupon_return_lines.order_ref FOR NO KEY UPDATE;
+	IF NOT FOUND OR o.customer_id <> coupon_return_lines.customer_id THEN
+		RAISE EXCEPTION 'order % of customer % has no coupons', order_ref, customer_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	items := o.context -> 'items';
+	IF jsonb_typeof(items) IS DISTINCT FROM 'array' THEN
+		RAISE EXCEPTION 'order % has no lines', order_ref
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Its order context has no "items" (a plain amount, or an order recorded by 0.2.0).';
+	END IF;
+	nitems := jsonb_array_length(items);
+	IF jsonb_typeof(lines) <> 'array' OR jsonb_array_length(lines) = 0 THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'lines must be a non-empty JSON array of {"line": n, "quantity": q} (or "sku" instead of "line").';
+	END IF;
+
+	-- the request as {"line": quantity}, checked
+	IF EXISTS (SELECT 1 FROM jsonb_array_elements(lines) e
+			   WHERE jsonb_typeof(e) <> 'object'
+				  OR NOT CASE
+						 WHEN e ? 'line' THEN
+							 jsonb_typeof(e -> 'line') = 'number'
+							 AND (e ->> 'line')::numeric BETWEEN 1 AND nitems
+							 AND (e ->> 'line')::numeric = trunc((e ->> 'line')::numeric)
+						 ELSE
+							 jsonb_typeof(e -> 'sku') = 'string'
+							 AND (SELECT count(*) FROM jsonb_array_elements(items) i
+								  WHERE i ->> 'sku' = e ->> 'sku') = 1
+						 END
+				  OR NOT coalesce(jsonb_typeof(e -> 'quantity') = 'number'
+								  AND (e ->> 'quantity')::numeric BETWEEN 1 AND 1000000
+								  AND (e ->> 'quantity')::numeric = trunc((e ->> 'quantity')::numeric), false)) THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('Each element needs "line" (1 to %s) or a "sku" that exactly one line has, and a whole "quantity" of at least 1.', nitems);
+	END IF;
+	SELECT jsonb_object_agg(q.line, q.quantity ORDER BY q.line) INTO req
+	FROM (SELECT r.line, sum(r.quantity) AS quantity
+		  FROM (SELECT CASE WHEN e ? 'line' THEN (e ->> 'line')::integer
+							ELSE (SELECT i.n::integer FROM jsonb_array_elements(items) WITH ORDINALITY i(v, n)
+								  WHERE i.v ->> 'sku' = e ->> 'sku')
+					   END AS line,
+					   (e ->> 'quantity')::bigint AS quantity
+				FROM jsonb_array_elements(lines) e) r
+		  GROUP BY r.line) q;
+
+	-- a repeat of the return
+	SELECT r.quantities, r.amount INTO prev FROM loyalty.coupon_return r
+	WHERE r.customer_id = coupon_return_lines.customer_id
+	  AND r.order_ref = coupon_return_lines.order_ref AND r.return_ref = coupon_return_lines.return_ref;
+	IF FOUND THEN
+		IF prev.quantities = req THEN
+			RETURN prev.amount;
+		END IF;
+		RAISE EXCEPTION 'return % of order % cannot be recorded: return_conflict', return_ref, order_ref
+			USING ERRCODE = 'LY024',
+				  DETAIL = jsonb_build_object('reason', 'return_conflict', 'order_ref', order_ref,
+											 'return_ref', return_ref)::text,
+				  HINT = 'This return reference was used for other lines of the order.';
+	END IF;
+	IF o.state = 'rolled_back' THEN
+		RAISE EXCEPTION 'order % cannot take a return: order_rolled_back', order_ref
+			USING ERRCODE = 'LY021',
+				  DETAIL = jsonb_build_object('reason', 'order_rolled_back', 'code', NULL,
+											 'order_ref', order_ref)::text,
+				  HINT = 'This order was rolled back; its whole discount was given back.';
+	END IF;
+
+	-- never more units back than the line has
+	PERFORM 1 FROM jsonb_each_text(req) j
+	WHERE j.value::bigint + coalesce((SELECT sum((r.quantities ->> j.key)::bigint) FROM loyalty.coupon_return r
+									  WHERE r.customer_id = coupon_return_lines.customer_id
+										AND r.order_ref = coupon_return_lines.order_ref), 0)
+		  > ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint;
+	IF FOUND THEN
+		RAISE EXCEPTION 'invalid return lines'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'More units would be returned than a line of the order has.';
+	END IF;
+
+	INSERT INTO loyalty.coupon_return (customer_id, order_ref, return_ref, quantities, amount, created_at)
+	VALUES (customer_id, order_ref, return_ref, req, 0, now_ts);
+
+	FOR red IN
+		SELECT r.coupon_id, r.campaign_id, r.currency, r.line_discounts
+		FROM loyalty.redemption r
+		WHERE r.order_ref = coupon_return_lines.order_ref AND r.kind = 'redeem'
+		  AND r.line_discounts IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)
+		ORDER BY r.coupon_id
+	LOOP
+		INSERT INTO loyalty.coupon_return_line (customer_id, order_ref, return_ref, coupon_id, line, quantity, discount)
+		SELECT customer_id, order_ref, return_ref, red.coupon_id, x.line, x.quantity, x.taken
+		FROM (SELECT j.key::integer AS line, j.value::bigint AS quantity,
+					 round(red.line_discounts[j.key::integer] * (p.before + j.value::bigint)
+						   / ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint,
+						   loyalty.currency_decimals(red.currency))
+					 - round(red.line_discounts[j.key::integer] * p.before
+							 / ((items -> (j.key::integer - 1)) ->> 'quantity')::bigint,
+							 loyalty.currency_decimals(red.currency)) AS taken
+			  FROM jsonb_each_text(req) j
+			  CROSS JOIN LATERAL (SELECT coalesce(sum((r.quantities ->> j.key)::bigint), 0) AS before
+								  FROM loyalty.coupon_return r
+								  WHERE r.customer_id = coupon_return_lines.customer_id
+									AND r.order_ref = coupon_return_lines.order_ref
+									AND r.return_ref <> coupon_return_lines.return_ref) p) x
+		WHERE x.taken > 0;
+		SELECT coalesce(sum(rl.discount), 0) INTO taken FROM loyalty.coupon_return_line rl
+		WHERE rl.customer_id = coupon_return_lines.customer_id
+		  AND rl.order_ref = coupon_return_lines.order_ref AND rl.return_ref = coupon_return_lines.return_ref
+		  AND rl.coupon_id = red.coupon_id;
+		IF taken > 0 THEN
+			INSERT INTO loyalty.redemption (kind, coupon_id, campaign_id, customer_id, order_ref,
+											uses, discount, on_shipping, currency, created_at)
+			VALUES ('return', red.coupon_id, red.campaign_id, customer_id, order_ref,
+					0, -taken, false, red.currency, now_ts);
+			total := total + taken;
+		END IF;
+	END LOOP;
+	-- the discount budgets of the campaigns get back what was taken back
+	-- (lock order step 4b, coupon_store.c; doc/budgets.md)
+	IF total > 0 THEN
+		PERFORM 1 FROM loyalty.campaign_budget b
+		WHERE b.campaign_id IN (SELECT r.campaign_id FROM loyalty.redemption r
+								WHERE r.order_ref = coupon_return_lines.order_ref AND r.kind = 'redeem')
+		ORDER BY b.campaign_id FOR NO KEY UPDATE;
+		IF FOUND THEN
+			UPDATE loyalty.campaign_budget b SET discount_used = b.discount_used - t.taken
+			FROM (SELECT r.campaign_id, sum(rl.discount) AS taken
+				  FROM loyalty.coupon_return_line rl
+				  JOIN loyalty.redemption r
+					ON r.order_ref = rl.order_ref AND r.coupon_id = rl.coupon_id AND r.kind = 'redeem'
+				  WHERE rl.customer_id = coupon_return_lines.customer_id
+					AND rl.order_ref = coupon_return_lines.order_ref
+					AND rl.return_ref = coupon_return_lines.return_ref
+				  GROUP BY r.campaign_id) t
+			WHERE b.campaign_id = t.campaign_id;
+		END IF;
+	END IF;
+	UPDATE loyalty.coupon_return r SET amount = total
+	WHERE r.customer_id = coupon_return_lines.customer_id
+	  AND r.order_ref = coupon_return_lines.order_ref AND r.return_ref = coupon_return_lines.return_ref;
+	UPDATE loyalty.coupon_order t SET updated_at = now_ts WHERE t.order_ref = coupon_return_lines.order_ref;
+	RETURN total;
+END;
+$$;
+
+-- END issue 15 offer15
+
 /* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
  * every object (grants.sql of the install script, then reapply_grants).
