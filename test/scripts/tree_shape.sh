@@ -26,7 +26,7 @@ cd "$root"
 list_only=${TREE_SHAPE_LIST:-0}
 [ "${1:-}" = "--list" ] && list_only=1
 max_lines=${LOYALTY_MAX_FUNCTION_LINES:-200}
-families="common rfm rfm_live coupon points campaign"
+families="common rfm rfm_live coupon points"
 tmp=$(mktemp -d /tmp/loyalty-shape.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 offences=0
