@@ -59,7 +59,7 @@ SELECT CASE $1
 		 WHERE s.row_count > 0 AND s.last_order <= $2 - pg_catalog.make_interval(days => ($1->>''days'')::int)
 		   AND NOT EXISTS (SELECT 1 FROM loyalty.customer_stats_delta d WHERE d.customer_id = s.customer_id)'
 	WHEN 'query' THEN
-		'SELECT DISTINCT k COLLATE "C", ''''::text FROM pg_catalog.unnest($3) k WHERE k IS NOT NULL'
+		'SELECT k COLLATE "C", ''''::text FROM pg_catalog.unnest($3) k'
 	WHEN 'customers' THEN
 		'SELECT DISTINCT k COLLATE "C", ''''::text FROM pg_catalog.jsonb_array_elements_text($1->''customers'') k'
 	WHEN 'welcome' THEN
@@ -125,6 +125,11 @@ BEGIN
 		SELECT e.salt INTO salt FROM loyalty.experiment e WHERE e.experiment_id = m.experiment_id;
 	END IF;
 	today := loyalty._campaign_local_date(as_of);
+	IF m.audience_kind = 'query' THEN
+		-- distinct and not null here, so that the audience's unnest is
+		-- planned with its true size (a DISTINCT over it would be guessed)
+		keys := ARRAY(SELECT DISTINCT k COLLATE "C" FROM pg_catalog.unnest(keys) k WHERE k IS NOT NULL);
+	END IF;
 
 	IF pg_catalog.to_regclass('pg_temp._loyalty_stage') IS NULL THEN
 		CREATE TEMPORARY TABLE _loyalty_stage (
@@ -237,13 +242,19 @@ BEGIN
 			rounds := 0;
 			LOOP
 				rounds := rounds + 1;
-				SELECT count(*) INTO n FROM pg_temp._loyalty_stage s
-				WHERE s.reason IS NULL AND s.offer_kind = 'code' AND s.coupon_campaign_id = g.coupon_campaign_id
-				  AND s.code_pattern = g.code_pattern
-				  AND NOT EXISTS (SELECT 1 FROM loyalty.campaign_publication q
-								  WHERE q.customer_id = s.customer_id
-									AND q.marketing_campaign_id = m.marketing_campaign_id
-									AND q.occurrence = s.occurrence);
+				IF rounds = 1 THEN
+					SELECT count(*) INTO n FROM pg_temp._loyalty_stage s
+					WHERE s.reason IS NULL AND s.offer_kind = 'code' AND s.coupon_campaign_id = g.coupon_campaign_id
+					  AND s.code_pattern = g.code_pattern;
+				ELSE
+					SELECT count(*) INTO n FROM pg_temp._loyalty_stage s
+					WHERE s.reason IS NULL AND s.offer_kind = 'code' AND s.coupon_campaign_id = g.coupon_campaign_id
+					  AND s.code_pattern = g.code_pattern
+					  AND NOT EXISTS (SELECT 1 FROM loyalty.campaign_publication q
+									  WHERE q.customer_id = s.customer_id
+										AND q.marketing_campaign_id = m.marketing_campaign_id
+										AND q.occurrence = s.occurrence);
+				END IF;
 				EXIT WHEN n = 0;
 				IF rounds > 20 THEN
 					RAISE EXCEPTION 'could not generate enough distinct codes of pattern %', g.code_pattern
@@ -251,7 +262,9 @@ BEGIN
 							  DETAIL = 'The pattern''s codes are nearly all taken.',
 							  HINT = 'Use a pattern with more random characters (#).';
 				END IF;
-				PERFORM loyalty._publish_codes(m, g.coupon_campaign_id, g.code_pattern, n, as_of, rounds > 1);
+				-- the first, plain round publishes all or nothing
+				EXIT WHEN loyalty._publish_codes(m, g.coupon_campaign_id, g.code_pattern, n, as_of, rounds > 1)
+						  AND rounds = 1;
 			END LOOP;
 		ELSE
 			PERFORM loyalty._publish_other(m, g.offer_kind, g.coupon_campaign_id, g.public_code, g.bonus_points, as_of);
@@ -276,7 +289,7 @@ COMMENT ON FUNCTION loyalty._publish(bigint, timestamptz, text[], boolean) IS
  */
 CREATE FUNCTION loyalty._publish_codes(m loyalty.marketing_campaign, coupon_campaign_id bigint,
 									   code_pattern text, n bigint, as_of timestamptz, skip_taken boolean)
-RETURNS void
+RETURNS boolean
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -311,9 +324,9 @@ BEGIN
 				   as_of
 			FROM p;
 		EXCEPTION WHEN unique_violation THEN
-			NULL;	-- a code was taken: the caller's next round skips taken codes
+			RETURN false;	-- a code was taken: the caller's next round skips taken codes
 		END;
-		RETURN;
+		RETURN true;
 	END IF;
 
 	WITH src AS MATERIALIZED (
@@ -348,11 +361,12 @@ BEGIN
 			   'occurrence', p.occurrence, 'variant', p.variant, 'offer_kind', 'code', 'code', p.code::text),
 		   as_of
 	FROM p;
+	RETURN false;
 END;
 $$;
 
 COMMENT ON FUNCTION loyalty._publish_codes(loyalty.marketing_campaign, bigint, text, bigint, timestamptz, boolean) IS
-	'Internal: publish bound codes of one coupon campaign and pattern to the staged customers (codes, publications, outbox in one statement)';
+	'Internal: publish bound codes of one coupon campaign and pattern to the staged customers (codes, publications, outbox in one statement); true when a plain round published them all';
 
 /* Public codes, bonus points or a message only, to the staged customers of one offer. */
 CREATE FUNCTION loyalty._publish_other(m loyalty.marketing_campaign, offer_kind text, coupon_campaign_id bigint,
