@@ -190,6 +190,11 @@ BEGIN
 		  m.experiment_id, m.channel, m.quiet_period, m.marketing_campaign_id,
 		  m.offer_kind, m.coupon_campaign_id, m.code_pattern, m.public_code, m.bonus_points, salt;
 
+	-- a temporary table has no statistics until analysed (autovacuum never
+	-- sees it): without them every statement below plans the stage as a
+	-- handful of rows and joins it by nested loops, minutes at 100,000s
+	ANALYZE pg_temp._loyalty_stage;
+
 	-- frequency caps: prior publications in the window plus this run's, per customer
 	IF EXISTS (SELECT 1 FROM loyalty.frequency_cap f WHERE f.channel IS NULL OR f.channel = m.channel) THEN
 		WITH r AS (

@@ -7713,6 +7713,11 @@ BEGIN
 		  m.experiment_id, m.channel, m.quiet_period, m.marketing_campaign_id,
 		  m.offer_kind, m.coupon_campaign_id, m.code_pattern, m.public_code, m.bonus_points, salt;
 
+	-- a temporary table has no statistics until analysed (autovacuum never
+	-- sees it): without them every statement below plans the stage as a
+	-- handful of rows and joins it by nested loops, minutes at 100,000s
+	ANALYZE pg_temp._loyalty_stage;
+
 	-- frequency caps: prior publications in the window plus this run's, per customer
 	IF EXISTS (SELECT 1 FROM loyalty.frequency_cap f WHERE f.channel IS NULL OR f.channel = m.channel) THEN
 		WITH r AS (
@@ -9045,7 +9050,8 @@ BEGIN
 				  DETAIL = 'Each must have 1 to 256 bytes.';
 	END IF;
 	SELECT t.customer_id, t.state, t.context INTO o FROM loyalty.coupon_order t
-	WHERE t.order_ref = coupon_return_lines.order_ref FOR NO KEY UPDATE;
+	WHERE t.customer_id = coupon_return_lines.customer_id
+	  AND t.order_ref = coupon_return_lines.order_ref FOR NO KEY UPDATE;
 	IF NOT FOUND OR o.customer_id <> coupon_return_lines.customer_id THEN
 		RAISE EXCEPTION 'order % of customer % has no coupons', order_ref, customer_id
 			USING ERRCODE = 'invalid_parameter_value';
@@ -9133,9 +9139,11 @@ BEGIN
 	FOR red IN
 		SELECT r.coupon_id, r.campaign_id, r.currency, r.line_discounts
 		FROM loyalty.redemption r
-		WHERE r.order_ref = coupon_return_lines.order_ref AND r.kind = 'redeem'
+		WHERE r.customer_id = coupon_return_lines.customer_id
+		  AND r.order_ref = coupon_return_lines.order_ref AND r.kind = 'redeem'
 		  AND r.line_discounts IS NOT NULL
-		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x WHERE x.reverses = r.redemption_id)
+		  AND NOT EXISTS (SELECT 1 FROM loyalty.redemption x
+						  WHERE x.customer_id = r.customer_id AND x.reverses = r.redemption_id)
 		ORDER BY r.coupon_id
 	LOOP
 		INSERT INTO loyalty.coupon_return_line (customer_id, order_ref, return_ref, coupon_id, line, quantity, discount)
@@ -9189,7 +9197,8 @@ BEGIN
 	UPDATE loyalty.coupon_return r SET amount = total
 	WHERE r.customer_id = coupon_return_lines.customer_id
 	  AND r.order_ref = coupon_return_lines.order_ref AND r.return_ref = coupon_return_lines.return_ref;
-	UPDATE loyalty.coupon_order t SET updated_at = now_ts WHERE t.order_ref = coupon_return_lines.order_ref;
+	UPDATE loyalty.coupon_order t SET updated_at = now_ts
+	WHERE t.customer_id = coupon_return_lines.customer_id AND t.order_ref = coupon_return_lines.order_ref;
 	RETURN total;
 END;
 $$;
