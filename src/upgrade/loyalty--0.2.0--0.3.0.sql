@@ -6131,7 +6131,7 @@ WITH reversed AS (
 											AND e.entry_id IN (SELECT x.entry_id FROM reversed x)), 0)
 		   - coalesce(sum((e.detail ->> 'taken')::bigint)
 						  FILTER (WHERE e.kind = 'return'
-									AND NOT e.reverses[1] IN (SELECT x.entry_id FROM reversed x))), 0)
+									AND NOT e.reverses[1] IN (SELECT x.entry_id FROM reversed x)), 0)
 			   AS lifetime
 	FROM loyalty.points_ledger e
 	GROUP BY e.customer_id
