@@ -74,3 +74,7 @@ SELECT (loyalty.points_spend('d5', 'd5-s', 100, at => '2026-01-02')).available;
 SELECT points, available, pending, debt FROM loyalty.points_reverse('d5', 'd5-e', at => '2026-01-03');
 SELECT pg_temp.acct('d5'), qualifying FROM loyalty.points_account WHERE customer_id = 'd5';
 SELECT * FROM loyalty.check_integrity();
+
+-- clean up: the ledger cannot be emptied, so start the extension afresh
+DROP EXTENSION loyalty;
+CREATE EXTENSION loyalty;
