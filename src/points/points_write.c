@@ -211,6 +211,11 @@ static const char credit_sql[] =
 /*
  * A plain spend: FIFO consumption of available lots and nothing else.  The
  * consumption is computed from the lots as they are under the account lock.
+ * It does not write the account's lifetime or qualifying totals, so a
+ * change that takes back an earning (nreverses > 0: reverse_points,
+ * points_return_for_order) never takes it, even when it has no lot moves,
+ * no qualifying points and no amount (a non-qualifying earning spent
+ * entirely before its reversal: the lifetime total must still drop).
  */
 static const char spend_sql[] =
 "WITH pick AS ("
@@ -377,7 +382,7 @@ PointsWrite(PointsAccount *acct, PointsChange *chg, int64 *consumed)
 			!chg->tier_changed && chg->nreverses == 0 && chg->detail == NULL)
 			plan = LoyaltyPlanGet(&write_plans, P_CREDIT);
 		else if (chg->nmoves == 0 && chg->nlots == 0 && chg->nusage == 0 && !chg->has_amount &&
-				 chg->qualifying == 0 && !chg->tier_changed)
+				 chg->qualifying == 0 && !chg->tier_changed && chg->nreverses == 0)
 			plan = LoyaltyPlanGet(&write_plans, P_SPEND);
 		else
 		{

@@ -6111,6 +6111,35 @@ COMMENT ON COLUMN loyalty.mission_stats.points_cost IS 'Reward points of the com
 SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.mission_stats'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.mission_stats'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
+-- Issue 11, points (reversal into debt): earlier versions wrote a reversal
+-- that had no lot to take back, no qualifying points and no amount (a
+-- non-qualifying earning, e.g. a referral reward, spent entirely before it
+-- was reversed) with the plain-spend statement, which leaves the account's
+-- lifetime_earned unchanged: the account kept the reversed points in its
+-- lifetime total (check_integrity: "totals differ from ledger").  Only that
+-- total was wrong (balances, debt, lots and ledger were right): it is
+-- recomputed from the ledger, as check_integrity() derives it (earned, less
+-- reversed earnings, less what partial returns of unreversed ones took),
+-- for the accounts where the two differ.  Data only, no catalog change.
+WITH reversed AS (
+	SELECT unnest(r.reverses) AS entry_id
+	FROM loyalty.points_ledger r WHERE r.kind = 'reverse'
+), derived AS (
+	SELECT e.customer_id,
+		   coalesce(sum(e.points) FILTER (WHERE e.kind = 'earn'), 0)
+		   - coalesce(sum(e.points) FILTER (WHERE e.kind = 'earn'
+											AND e.entry_id IN (SELECT x.entry_id FROM reversed x)), 0)
+		   - coalesce(sum((e.detail ->> 'taken')::bigint)
+						  FILTER (WHERE e.kind = 'return'
+									AND NOT e.reverses[1] IN (SELECT x.entry_id FROM reversed x)), 0)
+			   AS lifetime
+	FROM loyalty.points_ledger e
+	GROUP BY e.customer_id
+)
+UPDATE loyalty.points_account a SET lifetime_earned = d.lifetime
+FROM derived d
+WHERE d.customer_id = a.customer_id AND a.lifetime_earned <> d.lifetime;
+
 /* ---------------------------------------------------------------------------
  * Issue 14, Citus-ready coupon schema: every per-customer coupon table keyed
  * by (customer_id, ...) with customer_id text COLLATE "C" (the collation of
