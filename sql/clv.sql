@@ -98,23 +98,37 @@ SELECT * FROM loyalty.clv_summary('clv_orders', 'nobody', 'ordered_at', 'amount'
 SELECT * FROM loyalty.clv_summary('clv_orders', 'customer', 'ordered_at', 'amount', NULL);
 
 -- 4. Data that cannot be fitted: reason-coded errors, nothing stored.
-\set VERBOSITY verbose
+-- each error as its SQLSTATE, message, DETAIL and HINT (the same on every
+-- PostgreSQL version: psql's verbose mode would print source locations)
+CREATE FUNCTION pg_temp.fit_error(statement text,
+	OUT code text, OUT message text, OUT detail text, OUT hint text)
+LANGUAGE plpgsql AS $f$
+BEGIN
+	EXECUTE statement;
+	message := 'no error';
+EXCEPTION WHEN OTHERS THEN
+	GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
+		detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+END
+$f$;
+\x on
 -- no customer at all
-SELECT loyalty.clv_fit('none', 'clv_orders', 'customer', 'ordered_at', 'amount', '2020-01-01');
+SELECT * FROM pg_temp.fit_error($$SELECT loyalty.clv_fit('none', 'clv_orders', 'customer', 'ordered_at', 'amount', '2020-01-01')$$);
 -- a single customer
-SELECT loyalty.clv_fit('single', 'clv_orders', 'customer', 'ordered_at', 'amount', '2026-06-01 12:00+00');
+SELECT * FROM pg_temp.fit_error($$SELECT loyalty.clv_fit('single', 'clv_orders', 'customer', 'ordered_at', 'amount', '2026-06-01 12:00+00')$$);
 -- all customers identical
 CREATE TABLE clv_same (c text, t timestamptz, amount numeric);
 INSERT INTO clv_same SELECT 'c' || i, '2026-01-01 10:00+00', 10 FROM generate_series(1, 50) i;
 INSERT INTO clv_same SELECT 'c' || i, '2026-02-01 10:00+00', 12 FROM generate_series(1, 50) i;
-SELECT loyalty.clv_fit('same', 'clv_same', 'c', 't', 'amount', '2026-03-01');
+SELECT * FROM pg_temp.fit_error($$SELECT loyalty.clv_fit('same', 'clv_same', 'c', 't', 'amount', '2026-03-01')$$);
 -- nobody came back
 CREATE TABLE clv_once (c text, t timestamptz, amount numeric);
 INSERT INTO clv_once SELECT 'c' || i, '2026-01-01 10:00+00'::timestamptz + i * interval '1 day', 10 FROM generate_series(1, 50) i;
-SELECT loyalty.clv_fit('once', 'clv_once', 'c', 't', 'amount', '2026-03-01');
+SELECT * FROM pg_temp.fit_error($$SELECT loyalty.clv_fit('once', 'clv_once', 'c', 't', 'amount', '2026-03-01')$$);
 -- repeat buyers, but no positive spend to fit Gamma-Gamma
 INSERT INTO clv_once SELECT 'c' || i, '2026-02-20 10:00+00'::timestamptz + i * interval '1 hour', 0 FROM generate_series(1, 10) i;
-SELECT loyalty.clv_fit('nospend', 'clv_once', 'c', 't', 'amount', '2026-03-01');
+SELECT * FROM pg_temp.fit_error($$SELECT loyalty.clv_fit('nospend', 'clv_once', 'c', 't', 'amount', '2026-03-01')$$);
+\x off
 \set VERBOSITY default
 SELECT count(*) AS models_stored FROM loyalty.clv_model WHERE model_name IN ('none', 'single', 'same', 'once', 'nospend');
 -- statistics not made by clv_stats, and invalid summaries
