@@ -8191,6 +8191,16 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	/*
+	 * Rows loaded by COPY are a restore (pg_restore, psql of a plain dump;
+	 * no role but the owner can write this table): their events were queued
+	 * when the changes happened and come back with loyalty.outbox's own
+	 * rows.  Queuing them again would take ids from a sequence not restored
+	 * yet and collide with those rows (pg_restore -j).
+	 */
+	IF pg_catalog.current_query() OPERATOR(pg_catalog.~*) '^\s*copy\s'::pg_catalog.text THEN
+		RETURN NULL;
+	END IF;
 	INSERT INTO loyalty.outbox (customer_id, kind, event_key, channel, payload, created_at)
 	VALUES (NEW.customer_id, 'tier_change', NEW.history_id::pg_catalog.text, NULL,
 			pg_catalog.jsonb_build_object('from_tier', NEW.from_tier, 'to_tier', NEW.to_tier,

@@ -27,12 +27,12 @@ END $$;
 CREATE TRIGGER mission_seen AFTER INSERT ON shop.orders
 	FOR EACH ROW WHEN (NEW.status = 'completed') EXECUTE FUNCTION shop.mission_seen();
 
-SELECT string_agg(c.customer_id::text, ' ' ORDER BY c.customer_id) AS pair
-FROM (SELECT c.customer_id FROM shop.customers c
-	  WHERE NOT EXISTS (SELECT 1 FROM shop.orders o WHERE o.customer_id = c.customer_id)
-	    AND NOT EXISTS (SELECT 1 FROM points_account a WHERE a.customer_id = c.customer_id::text)
-	  ORDER BY c.customer_id LIMIT 2) c \gset
-SELECT split_part(:'pair', ' ', 1) AS keeper, split_part(:'pair', ' ', 2) AS skipper \gset
+-- two customers who sign up now (earlier parts gave every sample customer
+-- orders, points or offers already)
+INSERT INTO shop.customers (customer_id, email, city, signup_at, marketing_consent)
+SELECT x.m + i, 'mission-' || i || '@example.com', 'Lyon', '2026-08-01', true
+FROM (SELECT max(customer_id) AS m FROM shop.customers) x, generate_series(1, 2) i;
+SELECT max(customer_id) - 1 AS keeper, max(customer_id) AS skipper FROM shop.customers \gset
 
 INSERT INTO shop.orders (order_id, customer_id, ordered_at, status, shipping, amount)
 SELECT (SELECT max(order_id) FROM shop.orders) + row_number() OVER (ORDER BY v.at, v.c), v.c, v.at, 'completed', 4.90, v.amount
