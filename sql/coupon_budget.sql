@@ -86,7 +86,11 @@ SELECT loyalty.redeem_coupon('BUDGETDAY', 'c1', 'd1', 10);
 SELECT loyalty.redeem_coupon('BUDGETDAY', 'c2', 'd2', 10);
 SELECT * FROM loyalty.validate_coupon('BUDGETDAY', 'c3', 10);
 SELECT pg_temp.try($$SELECT loyalty.redeem_coupon('BUDGETDAY', 'c3', 'd3', 10)$$);
-SELECT period, period_cap, period_start = current_date AS today, period_uses, period_left
+-- "today" is the program's day (loyalty.settings; an earlier test may have
+-- left a zone behind), not the session's
+SELECT period, period_cap,
+	   period_start = (pg_catalog.now() AT TIME ZONE coalesce((SELECT timezone FROM loyalty.settings), 'UTC'))::date AS today,
+	   period_uses, period_left
 FROM loyalty.campaign_budget_status WHERE campaign_id = :cd;
 SELECT loyalty.rollback_redemption('d1');
 SELECT loyalty.redeem_coupon('BUDGETDAY', 'c3', 'd3', 10);
