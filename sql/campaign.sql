@@ -74,7 +74,7 @@ SELECT customer_id, reason FROM loyalty.campaign_filtered ORDER BY 1;
 
 -- outbox: one offer event per publication
 SELECT customer_id, kind, event_key, channel, payload ? 'code' AS has_code
-FROM loyalty.outbox ORDER BY outbox_id;
+FROM loyalty.outbox ORDER BY customer_id, outbox_id;
 
 -- public code and points offers; explicit array audience
 SELECT loyalty.create_marketing_campaign('mc public', 'customers', '{"customers": ["a", "b", "zz"]}',
@@ -113,7 +113,10 @@ SELECT * FROM loyalty.preview_audience(:mc_q, '2026-11-08');
 -- a bad query fails as the caller's query
 SELECT loyalty.create_marketing_campaign('mc query bad', 'query',
 	'{"query": "SELECT order_id FROM mc_orders"}', 'none') AS mc_qb \gset
+-- (terse: the DETAIL's wording is PostgreSQL's and differs between versions)
+\set VERBOSITY terse
 SELECT * FROM loyalty.preview_audience(:mc_qb, '2026-11-08');
+\set VERBOSITY default
 
 -- tier and dormant audiences
 SELECT loyalty.create_marketing_campaign('mc dormant', 'dormant', '{"days": 180}', 'none') AS mc_d \gset
