@@ -142,30 +142,32 @@ InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags)
 #endif
 
 /*
- * Run a prepared, parameterless SPI query and hand every result row to a
- * DestReceiver without copying it.  PostgreSQL 14 added the dest option of
- * SPI_execute_plan_extended (the query may then run in parallel); before
- * that the rows are fetched through a cursor in batches and stored into a
- * slot one by one.
+ * Run a prepared SPI query (parameter values in params, or NULL) and hand
+ * every result row to a DestReceiver without copying it.  PostgreSQL 14
+ * added the dest option of SPI_execute_plan_extended (the query may then
+ * run in parallel); before that the rows are fetched through a cursor in
+ * batches and stored into a slot one by one.
  */
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 
 static inline void
-LoyaltySPIExecuteToDest(SPIPlanPtr plan, bool read_only, DestReceiver *dest)
+LoyaltySPIExecuteToDestParams(SPIPlanPtr plan, ParamListInfo params, bool read_only,
+							  DestReceiver *dest)
 {
 #if PG_VERSION_NUM >= 140000
 	SPIExecuteOptions options;
 	int			rc;
 
 	memset(&options, 0, sizeof(options));
+	options.params = params;
 	options.read_only = read_only;
 	options.dest = dest;
 	rc = SPI_execute_plan_extended(plan, &options);
 	if (rc != SPI_OK_SELECT && rc != SPI_OK_UTILITY)
 		elog(ERROR, "SPI_execute_plan_extended failed: %s", SPI_result_code_string(rc));
 #else
-	Portal		portal = SPI_cursor_open(NULL, plan, NULL, NULL, read_only);
+	Portal		portal = SPI_cursor_open_with_paramlist(NULL, plan, params, read_only);
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(portal->tupDesc, &TTSOpsHeapTuple);
 
 	dest->rStartup(dest, CMD_SELECT, portal->tupDesc);
@@ -188,6 +190,13 @@ LoyaltySPIExecuteToDest(SPIPlanPtr plan, bool read_only, DestReceiver *dest)
 	ExecDropSingleTupleTableSlot(slot);
 	SPI_cursor_close(portal);
 #endif
+}
+
+/* The same for a parameterless query. */
+static inline void
+LoyaltySPIExecuteToDest(SPIPlanPtr plan, bool read_only, DestReceiver *dest)
+{
+	LoyaltySPIExecuteToDestParams(plan, NULL, read_only, dest);
 }
 
 /*

@@ -26,6 +26,7 @@
 #include "access/htup_details.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_statistic.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
@@ -34,10 +35,12 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "nodes/params.h"
 #include "rfm.h"
 #include "segment.h"
 #include "storage/lmgr.h"
 #include "tcop/dest.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -148,6 +151,7 @@ typedef struct RfmScan
 	struct pg_tz *tz;			/* program zone (NULL: UTC) */
 	RfmFrequencyUnit unit;		/* what frequency counts */
 	int			natts;			/* columns scanned: 3, or 4 with the order id */
+	LoyaltyAmountKind sum_kind; /* pushed-down aggregation: type of the sums */
 	HTAB	   *seen;			/* orders / days counted (unit not rows) */
 
 	/* rows ignored, reported by a NOTICE */
@@ -1014,6 +1018,202 @@ RfmSegmentationOutput(FunctionCallInfo fcinfo, RfmScan *scan,
 	}
 }
 
+/* ------------------------------------------------------------------------
+ * Citus: the per-customer aggregation pushed down to the workers
+ *
+ * Over a table distributed by the customer column, the row-by-row scan
+ * above would ship every order to the coordinator.  Instead one grouped
+ * query runs next to each shard (Citus pushes an aggregation grouped by
+ * the distribution column down whole) and returns one row per customer
+ * holding exactly what RfmScanReceive would have accumulated from its
+ * rows: the last non-refund order up to as_of, the non-refund orders and
+ * the sum of amounts in the window, and the rows it would have skipped or
+ * refused.  Only for a timestamptz order time (the bounds are compared in
+ * the column's own type) and rows counted as orders; otherwise the rows
+ * are read as on a single node.
+ * ------------------------------------------------------------------------ */
+
+/* Columns of the pushed-down query. */
+enum
+{
+	RFM_AGG_KEY,				/* customer key */
+	RFM_AGG_LAST,				/* last non-refund order up to as_of */
+	RFM_AGG_FREQUENCY,			/* non-refund orders in the window */
+	RFM_AGG_SUM,				/* sum of the amounts in the window */
+	RFM_AGG_NO_TIME,			/* rows without a (finite) time */
+	RFM_AGG_DATED,				/* rows with a finite time up to as_of */
+	RFM_AGG_ROWS,				/* every row */
+	RFM_AGG_NOT_FINITE,			/* dated rows with a NaN or infinite amount */
+	RFM_AGG_NATTS
+};
+
+/*
+ * Whether relid is a Citus table hash-distributed by the column named
+ * column.  Read from Citus's catalog when it exists (loyalty does not
+ * depend on Citus); false without it or when the caller may not read it.
+ * Runs inside the caller's SPI connection, with the caller's rights.
+ */
+static bool
+RfmCitusDistributedBy(Oid relid, const char *column)
+{
+	Oid			dist = get_relname_relid("pg_dist_partition", PG_CATALOG_NAMESPACE);
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1];
+	bool		isnull;
+	Datum		d;
+
+	if (!OidIsValid(dist) ||
+		pg_class_aclcheck(dist, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		return false;
+	args[0] = ObjectIdGetDatum(relid);
+	if (SPI_execute_with_args("SELECT pg_catalog.column_to_column_name(p.logicalrelid, p.partkey)"
+							  "  FROM pg_catalog.pg_dist_partition p"
+							  " WHERE p.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass"
+							  "   AND p.partmethod OPERATOR(pg_catalog.=) 'h'",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_dist_partition");
+	if (SPI_processed == 0)
+		return false;
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return !isnull && strcmp(TextDatumGetCString(d), column) == 0;
+}
+
+/*
+ * The grouped query over relation rel (customer c, time t, amount a, all
+ * quoted), as_of $1 and window start $2: every operator and aggregate
+ * schema-qualified.  A refund is an amount below zero, as RfmDecodeAmount
+ * says; '0' takes the amount column's type.
+ */
+static void
+RfmPushdownQuery(StringInfo q, const char *rel, const char *c, const char *t,
+				 const char *a, LoyaltyAmountKind kind)
+{
+	const char *finite;
+	const char *order;
+	const char *window;
+	const char *dated;
+
+	finite = psprintf("pg_catalog.isfinite(%s)", t);
+	dated = psprintf("%s OPERATOR(pg_catalog.<=) $1 AND %s", t, finite);
+	window = psprintf("%s AND %s OPERATOR(pg_catalog.>=) $2", dated, t);
+	order = psprintf("(%s IS NULL OR %s OPERATOR(pg_catalog.>=) '0')", a, a);
+	appendStringInfo(q, "SELECT %s,", c);
+	appendStringInfo(q, " pg_catalog.max(%s) FILTER (WHERE %s AND %s),", t, dated, order);
+	appendStringInfo(q, " pg_catalog.count(*) FILTER (WHERE %s AND %s),", window, order);
+	appendStringInfo(q, " pg_catalog.sum(%s) FILTER (WHERE %s),", a, window);
+	appendStringInfo(q, " pg_catalog.count(*) FILTER (WHERE %s IS NULL OR NOT %s),", t, finite);
+	appendStringInfo(q, " pg_catalog.count(*) FILTER (WHERE %s),", dated);
+	appendStringInfo(q, " pg_catalog.count(*),");
+	switch (kind)
+	{
+		case LOYALTY_AMOUNT_NUMERIC:
+#if PG_VERSION_NUM >= 140000
+		case LOYALTY_AMOUNT_FLOAT4:
+		case LOYALTY_AMOUNT_FLOAT8:
+			appendStringInfo(q, " pg_catalog.count(*) FILTER (WHERE %s AND %s OPERATOR(pg_catalog.=)"
+							 " ANY ('{NaN,Infinity,-Infinity}'))", dated, a);
+#else
+			appendStringInfo(q, " pg_catalog.count(*) FILTER (WHERE %s AND %s OPERATOR(pg_catalog.=) 'NaN')",
+							 dated, a);
+#endif
+			break;
+#if PG_VERSION_NUM < 140000
+		case LOYALTY_AMOUNT_FLOAT4:
+		case LOYALTY_AMOUNT_FLOAT8:
+			appendStringInfo(q, " pg_catalog.count(*) FILTER (WHERE %s AND %s OPERATOR(pg_catalog.=)"
+							 " ANY ('{NaN,Infinity,-Infinity}'))", dated, a);
+			break;
+#endif
+		default:
+			appendStringInfoString(q, " 0::pg_catalog.int8");
+			break;
+	}
+	appendStringInfo(q, " FROM %s GROUP BY %s", rel, c);
+}
+
+/* DestReceiver startup of the pushed-down query: its shape, and the sums' type. */
+static void
+RfmAggStartup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+	RfmScan    *scan = (RfmScan *) self;
+	bool		ok;
+
+	if (typeinfo->natts != RFM_AGG_NATTS ||
+		TupleDescAttr(typeinfo, RFM_AGG_KEY)->atttypid != scan->coltypes[0] ||
+		TupleDescAttr(typeinfo, RFM_AGG_LAST)->atttypid != TIMESTAMPTZOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the orders relation changed while rfm_segmentation read it")));
+	scan->sum_kind = LoyaltyAmountKindOf(TupleDescAttr(typeinfo, RFM_AGG_SUM)->atttypid, &ok);
+	if (!ok)
+		elog(ERROR, "rfm_segmentation: unexpected type of the pushed-down sums");
+}
+
+/*
+ * One customer's aggregates from the workers: what RfmScanReceive would
+ * have made of its rows (a customer appears once; a second row for an
+ * equal key merges as more rows would).
+ */
+static bool
+RfmAggReceive(TupleTableSlot *slot, DestReceiver *self)
+{
+	RfmScan    *scan = (RfmScan *) self;
+	Datum	   *v;
+	bool	   *nl;
+	Datum		key;
+	RfmCustomer *c;
+	bool		found;
+	MemoryContext old;
+
+	slot_getallattrs(slot);
+	v = slot->tts_values;
+	nl = slot->tts_isnull;
+	if (nl[RFM_AGG_KEY])
+	{
+		scan->no_customer += DatumGetInt64(v[RFM_AGG_ROWS]);
+		return true;
+	}
+	scan->no_time += DatumGetInt64(v[RFM_AGG_NO_TIME]);
+	if (DatumGetInt64(v[RFM_AGG_NOT_FINITE]) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("order amount must be a finite number"),
+				 errdetail("NaN and infinite amounts cannot be summed as money.")));
+	if (DatumGetInt64(v[RFM_AGG_DATED]) == 0)
+		return true;			/* no order up to as_of: not a customer yet */
+
+	old = MemoryContextSwitchTo(scan->rowcxt);
+	key = v[RFM_AGG_KEY];
+	if (scan->key_typlen == -1)
+		key = PointerGetDatum(pg_detoast_datum_packed((struct varlena *) DatumGetPointer(key)));
+	c = rfmcust_insert(scan->table, key, &found);
+	if (!found)
+	{
+		c->key = RfmKeyCopy(scan, key);
+		c->last_order = RFM_NO_LAST_ORDER;
+		c->frequency = 0;
+		c->sum.i = 0;
+		c->scale = 0;
+		c->sum_kind = RFM_SUM_INT64;
+	}
+	scan->recent = NULL;
+	if (!nl[RFM_AGG_LAST] && DatumGetTimestampTz(v[RFM_AGG_LAST]) > c->last_order)
+		c->last_order = DatumGetTimestampTz(v[RFM_AGG_LAST]);
+	c->frequency += DatumGetInt64(v[RFM_AGG_FREQUENCY]);
+	if (!nl[RFM_AGG_SUM])
+	{
+		RfmAmount	amount;
+
+		RfmDecodeAmount(scan->sum_kind, v[RFM_AGG_SUM], &amount);
+		RfmCustomerAdd(scan, c, &amount);
+	}
+	scan->nrows += DatumGetInt64(v[RFM_AGG_DATED]);
+	MemoryContextSwitchTo(old);
+	if (!scan->rowcxt->isReset)
+		MemoryContextReset(scan->rowcxt);
+	return true;
+}
+
 /*
  * loyalty.rfm_segmentation(orders, customer_column, ordered_at_column,
  * amount_column, as_of, bins, window_length, monetary_mode,
@@ -1040,6 +1240,10 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 	RfmScore   *scores;
 	Size		scan_bytes;
 	AttrNumber	order_attnum = InvalidAttrNumber;
+	bool		pushdown;
+	MemoryContext qold;
+	ParamListInfo params = NULL;
+	Oid			ptypes[2] = {TIMESTAMPTZOID, TIMESTAMPTZOID};
 
 	memset(&scoring, 0, sizeof(scoring));
 	memset(&scan, 0, sizeof(scan));
@@ -1091,31 +1295,61 @@ rfm_segmentation(PG_FUNCTION_ARGS)
 		scan.seen = hash_create("rfm_segmentation orders", 1024, &ctl,
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
-
-	/*
-	 * The scan: identifiers quoted, no value in the text (as_of and the
-	 * window are applied in C).  The plan is not kept: it names one relation
-	 * and its planning cost is nothing next to the scan.
-	 */
-	initStringInfo(&query);
-	appendStringInfo(&query, "SELECT %s, %s, %s",
-					 quote_identifier(get_attname(relid, attnums[0], false)),
-					 quote_identifier(get_attname(relid, attnums[1], false)),
-					 quote_identifier(get_attname(relid, attnums[2], false)));
-	/* the order id as text: its type's output, the caller's own cast */
-	if (scan.unit == RFM_COUNT_ORDERS)
-		appendStringInfo(&query, ", %s::pg_catalog.text",
-						 quote_identifier(get_attname(relid, order_attnum, false)));
-	appendStringInfo(&query, " FROM %s", RfmRelationName(relid));
 	MemoryContextSwitchTo(old);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = SPI_prepare_cursor(query.data, 0, NULL, CURSOR_OPT_PARALLEL_OK);
+	pushdown = scan.unit == RFM_COUNT_ROWS && scan.time_kind == LOYALTY_TIME_TIMESTAMPTZ &&
+		RfmCitusDistributedBy(relid, get_attname(relid, attnums[0], false));
+
+	/*
+	 * The scan: identifiers quoted, no value in the text (as_of and the
+	 * window are applied in C, or passed as parameters to the pushed-down
+	 * aggregation).  The plan is not kept: it names one relation and its
+	 * planning cost is nothing next to the scan.
+	 */
+	qold = MemoryContextSwitchTo(workcxt);
+	initStringInfo(&query);
+	if (pushdown)
+	{
+		RfmPushdownQuery(&query, RfmRelationName(relid),
+						 quote_identifier(get_attname(relid, attnums[0], false)),
+						 quote_identifier(get_attname(relid, attnums[1], false)),
+						 quote_identifier(get_attname(relid, attnums[2], false)),
+						 scan.amount_kind);
+		scan.pub.receiveSlot = RfmAggReceive;
+		scan.pub.rStartup = RfmAggStartup;
+		params = makeParamList(2);
+		params->params[0].value = TimestampTzGetDatum(scan.period.as_of);
+		params->params[1].value = TimestampTzGetDatum(scan.period.start);
+		for (int k = 0; k < 2; k++)
+		{
+			params->params[k].ptype = TIMESTAMPTZOID;
+			params->params[k].isnull = false;
+			params->params[k].pflags = PARAM_FLAG_CONST;
+		}
+	}
+	else
+	{
+		appendStringInfo(&query, "SELECT %s, %s, %s",
+						 quote_identifier(get_attname(relid, attnums[0], false)),
+						 quote_identifier(get_attname(relid, attnums[1], false)),
+						 quote_identifier(get_attname(relid, attnums[2], false)));
+		/* the order id as text: its type's output, the caller's own cast */
+		if (scan.unit == RFM_COUNT_ORDERS)
+			appendStringInfo(&query, ", %s::pg_catalog.text",
+							 quote_identifier(get_attname(relid, order_attnum, false)));
+		appendStringInfo(&query, " FROM %s", RfmRelationName(relid));
+	}
+	MemoryContextSwitchTo(qold);
+
+	plan = SPI_prepare_cursor(query.data, pushdown ? 2 : 0, ptypes, CURSOR_OPT_PARALLEL_OK);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare_cursor(\"%s\") failed: %s",
 			 query.data, SPI_result_code_string(SPI_result));
-	LoyaltySPIExecuteToDest(plan, true, (DestReceiver *) &scan);
+	if (pushdown)
+		elog(DEBUG1, "rfm_segmentation: per-customer aggregation pushed down to the Citus workers");
+	LoyaltySPIExecuteToDestParams(plan, params, true, (DestReceiver *) &scan);
 	SPI_freeplan(plan);
 	SPI_finish();
 

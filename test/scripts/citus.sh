@@ -14,8 +14,11 @@
 #   4. a points storm (8 clients earning and spending for 5 customers)
 #      ending with an empty loyalty.check_integrity();
 #   5. batch RFM over the distributed orders table equals batch RFM over a
-#      local copy of the same rows; live tracking of a distributed table is
-#      refused (0A000), never silently wrong.
+#      local copy of the same rows, with the per-customer aggregation pushed
+#      down to the workers (edge cases: refunds, unpriced and undated rows,
+#      infinite times, rows after as_of, NaN refused), and row by row for a
+#      table distributed by another column; live tracking of a distributed
+#      table is refused (0A000), never silently wrong.
 # The cluster is its own (test/citus_cluster.sh), removed on exit.  Runs when
 # the Citus build is cached (bash test/citus_build.sh, about 4 minutes, once
 # per machine), or builds it when LOYALTY_CITUS_BUILD=1; otherwise it says
@@ -162,6 +165,54 @@ batch() {
 local_rfm=$(batch orders_local)
 expect "batch RFM: 300 customers scored" "${local_rfm%% *}" 300
 expect "batch RFM: distributed equals local" "$(batch orders)" "$local_rfm"
+# the per-customer aggregation runs on the workers (a table distributed by
+# the customer column): the same results as the row-by-row scan of a local
+# copy, with refunds, unpriced rows, rows without or with infinite times,
+# rows after as_of, a refund-only customer, for two as_of and both monetary
+# modes; and a table distributed by another column is read row by row
+q <<-'EOF'
+	CREATE TABLE rfm_edge (order_ref text NOT NULL, customer_id text COLLATE "C" NOT NULL,
+						   ordered_at timestamptz, amount numeric(12,2));
+	SELECT create_distributed_table('rfm_edge', 'customer_id', colocate_with => 'orders');
+	INSERT INTO rfm_edge
+	SELECT 'e-' || g, 'c' || (g % 300),
+		   '2026-01-01'::timestamptz + (g % 330) * interval '1 day' + (g % 7) * interval '1 hour',
+		   CASE WHEN g % 17 = 0 THEN -(g % 50) WHEN g % 23 = 0 THEN NULL ELSE (g % 97) + 0.5 END
+	FROM generate_series(1, 5000) g;
+	INSERT INTO rfm_edge VALUES ('x1', 'c1', NULL, 3), ('x2', 'c2', 'infinity', 4), ('x3', 'c3', '-infinity', 4),
+		('x4', 'late', '2027-01-01', 10), ('x5', 'refund-only', '2026-11-01', -5),
+		('x6', 'c4', '2026-12-01 00:00+00', 7);
+	CREATE TABLE rfm_edge_local AS SELECT * FROM rfm_edge;
+	CREATE TABLE rfm_edge_by_ref AS SELECT * FROM rfm_edge;
+	SELECT create_distributed_table('rfm_edge_by_ref', 'order_ref', colocate_with => 'none');
+EOF
+rfm_of() {	# rfm_of TABLE AS_OF MODE: count and digest of rfm_segmentation's rows
+	q -c "SET client_min_messages = warning" -c "SELECT count(*) || ' ' || md5(string_agg(x::text, '|' ORDER BY x::text))
+		FROM loyalty.rfm_segmentation('$1'::regclass, 'customer_id', 'ordered_at', 'amount',
+									  as_of => '$2', monetary_mode => '$3') x"
+}
+for as_of in '2026-12-01' '2026-06-15 12:00+02'; do
+	for mode in total average; do
+		want=$(rfm_of rfm_edge_local "$as_of" $mode)
+		expect "batch RFM pushed down, as_of $as_of, $mode: equals the local scan" \
+			"$(rfm_of rfm_edge "$as_of" $mode)" "$want"
+		expect "batch RFM over a table distributed by another column, as_of $as_of, $mode" \
+			"$(rfm_of rfm_edge_by_ref "$as_of" $mode)" "$want"
+	done
+done
+expect "batch RFM: the refund-only customer is scored, the late one not" \
+	"$(rfm_of rfm_edge_local 2026-12-01 total | cut -d' ' -f1)" 301
+pushed() {
+	q -c "SET client_min_messages = debug1" -c "SELECT count(*) FROM loyalty.rfm_segmentation('$1'::regclass,
+		'customer_id', 'ordered_at', 'amount', as_of => '2026-12-01')" 2>&1 | grep -c "pushed down to the Citus workers" || true
+}
+expect "batch RFM: aggregation pushed down for a table distributed by customer" "$(pushed rfm_edge)" 1
+expect "batch RFM: row by row for a table distributed by another column" "$(pushed rfm_edge_by_ref)" 0
+q -c "INSERT INTO rfm_edge VALUES ('x7', 'nan', '2026-03-01', 'NaN')" >/dev/null
+got=$(q -c "SELECT count(*) FROM loyalty.rfm_segmentation('rfm_edge'::regclass, 'customer_id', 'ordered_at',
+	'amount', as_of => '2026-12-01')" 2>&1 || true)
+case "$got" in *"order amount must be a finite number"*) echo "ok: batch RFM pushed down refuses a NaN amount" ;;
+	*) fail "pushed-down NaN amount: $got" ;; esac
 got=$(q -c "SELECT loyalty.track_orders('orders', 'customer_id', 'ordered_at', 'amount')" 2>&1 || true)
 case "$got" in *"does not support Citus table"*) echo "ok: tracking a distributed table is refused" ;;
 	*) fail "track_orders on a distributed table: $got" ;; esac
