@@ -593,6 +593,29 @@ PubWriteMember(PubState *st, PubOffer *o, PubMember *m)
 }
 
 /*
+ * Whether the campaign published anything yet: a first run skips the
+ * publication log lookups (nothing to find; the caller holds the
+ * publication lock, so nothing appears meanwhile).
+ */
+static bool
+PubCampaignPublished(int64 mc)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(mc)};
+	bool		found;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("SELECT 1 FROM loyalty.campaign_publication"
+							  " WHERE marketing_campaign_id OPERATOR(pg_catalog.=) $1 LIMIT 1",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading the publication log failed");
+	found = SPI_processed > 0;
+	SPI_finish();
+	return found;
+}
+
+/*
  * Log the no-consent members in loyalty.campaign_filtered with the
  * statements' upsert: a row per (customer, campaign, occurrence), its
  * reason and time changed only when the reason changed.
@@ -693,6 +716,7 @@ campaign_publish_codes_direct(PG_FUNCTION_ARGS)
 			   *focc;
 	int			nfiltered = 0;
 	bool	   *publish;
+	bool		published_before;
 	char	   *pattern;
 	CouponCodeError err;
 	MemoryContext rowcxt,
@@ -725,6 +749,7 @@ campaign_publish_codes_direct(PG_FUNCTION_ARGS)
 	fcust = palloc(sizeof(Datum) * Max(n, 1));
 	focc = palloc(sizeof(Datum) * Max(n, 1));
 	publish = palloc(sizeof(bool) * Max(n, 1));
+	published_before = PubCampaignPublished(o.mc);
 	st.snapshot = RegisterSnapshot(GetActiveSnapshot());
 
 	/* classify: already offered, no consent, else published */
@@ -738,7 +763,7 @@ campaign_publish_codes_direct(PG_FUNCTION_ARGS)
 		pkey[0] = PointerGetDatum(members[i].customer);
 		pkey[1] = Int64GetDatum(o.mc);
 		pkey[2] = PointerGetDatum(members[i].occurrence);
-		if (PubLookupFetch(&st, &st.offered, pub_procs, pkey, 3))
+		if (published_before && PubLookupFetch(&st, &st.offered, pub_procs, pkey, 3))
 		{
 			counts[1]++;
 			continue;

@@ -143,13 +143,9 @@ BEGIN
 		SELECT e.salt INTO salt FROM loyalty.experiment e WHERE e.experiment_id = m.experiment_id;
 	END IF;
 	today := loyalty._campaign_local_date(as_of);
-	IF m.audience_kind = 'query' THEN
-		-- distinct and not null here, so that the audience's unnest is
-		-- planned with its true size (a DISTINCT over it would be guessed)
-		keys := ARRAY(SELECT DISTINCT k COLLATE "C" FROM pg_catalog.unnest(keys) k WHERE k IS NOT NULL);
-	END IF;
 
-	-- a code campaign with nothing to decide but consent: one pass in C,
+	-- a code campaign with nothing to decide but consent: one pass in C
+	-- (which sorts the audience and drops NULL and repeated keys itself),
 	-- unless the tables are not as it needs them (NULL) or a generated
 	-- code was taken (the statements below then regenerate in rounds)
 	IF NOT dry_run AND m.offer_kind = 'code' AND m.experiment_id IS NULL AND m.quiet_period IS NULL
@@ -177,6 +173,12 @@ BEGIN
 				WHERE v.customers > 0 ORDER BY 1;
 			RETURN;
 		END IF;
+	END IF;
+
+	IF m.audience_kind = 'query' THEN
+		-- distinct and not null here, so that the audience's unnest is
+		-- planned with its true size (a DISTINCT over it would be guessed)
+		keys := ARRAY(SELECT DISTINCT k COLLATE "C" FROM pg_catalog.unnest(keys) k WHERE k IS NOT NULL);
 	END IF;
 
 	IF pg_catalog.to_regclass('pg_temp._loyalty_stage') IS NULL THEN
