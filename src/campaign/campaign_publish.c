@@ -93,6 +93,9 @@
 #include "compat.h"
 #include "coupon_code.h"
 
+/* Rows buffered per table and written with one table_multi_insert(). */
+#define PUB_BATCH	1000
+
 /* Random codes drawn per CouponRandomBytes() call. */
 #define PUBLISH_RANDOM_BATCH 4096
 
@@ -146,7 +149,10 @@ typedef struct PubTable
 {
 	Relation	rel;
 	ResultRelInfo *rri;
-	TupleTableSlot *slot;
+	TupleTableSlot *slot;		/* the row being filled: slots[nbuf] */
+	TupleTableSlot *slots[PUB_BATCH];	/* rows buffered, created on use */
+	int			nbuf;
+	MemoryContext cxt;			/* where the slots live (the run's) */
 	AttrNumber	col[NPUBCOLS];	/* attribute numbers, in the list's order */
 	Oid			seq;			/* identity sequence, or InvalidOid */
 } PubTable;
@@ -372,7 +378,7 @@ PubTableStart(PubState *st, PubTable *w)
 	w->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(w->rri, w->rel, 0, NULL, 0);
 	ExecOpenIndices(w->rri, false);
-	w->slot = table_slot_create(w->rel, NULL);
+	w->cxt = CurrentMemoryContext;
 }
 
 /* Release a written table (the locks stay). */
@@ -381,7 +387,8 @@ PubTableClose(PubTable *w)
 {
 	if (w->rri != NULL)
 	{
-		ExecDropSingleTupleTableSlot(w->slot);
+		for (int i = 0; i < PUB_BATCH && w->slots[i] != NULL; i++)
+			ExecDropSingleTupleTableSlot(w->slots[i]);
 		ExecCloseIndices(w->rri);
 	}
 	if (w->rel != NULL)
@@ -389,27 +396,57 @@ PubTableClose(PubTable *w)
 }
 
 /*
- * Write the values of the writer's slot as a new row, as the executor's
- * INSERT does: constraints, heap, an entry in every index.
+ * Write the buffered rows as the executor's INSERT does, COPY's way: the
+ * heap rows of the batch at once (table_multi_insert: one WAL record per
+ * page), then an entry in every index for each (unique checks, partial
+ * index predicates).
  */
 static void
-PubTableInsert(PubState *st, PubTable *w)
+PubTableFlush(PubState *st, PubTable *w)
+{
+	if (w->nbuf == 0)
+		return;
+	table_multi_insert(w->rel, w->slots, w->nbuf, st->cid, 0, NULL);
+	for (int i = 0; i < w->nbuf; i++)
+	{
+		if (w->rri->ri_NumIndices > 0)
+			list_free(LoyaltyExecInsertIndexTuples(w->rri, w->slots[i], st->estate, true));
+		ResetPerTupleExprContext(st->estate);
+		ExecClearTuple(w->slots[i]);
+	}
+	w->nbuf = 0;
+}
+
+/*
+ * Add the filled row to the table's batch: its NOT NULL and CHECK
+ * constraints checked now, its values copied into the slot.
+ */
+static void
+PubTableAdd(PubState *st, PubTable *w)
 {
 	ExecStoreVirtualTuple(w->slot);
 	if (w->rel->rd_att->constr != NULL)
 		ExecConstraints(w->rri, w->slot, st->estate);
-	table_tuple_insert(w->rel, w->slot, st->cid, 0, NULL);
-	if (w->rri->ri_NumIndices > 0)
-		list_free(LoyaltyExecInsertIndexTuples(w->rri, w->slot, st->estate, true));
+	ExecMaterializeSlot(w->slot);
 	ResetPerTupleExprContext(st->estate);
+	w->nbuf++;
 }
 
-/* Clear a writer's slot to all NULLs, to be filled column by column. */
+/* Start filling the next row of the table's batch, all columns NULL. */
 static void
 PubTableClear(PubTable *w)
 {
 	int			natts = RelationGetDescr(w->rel)->natts;
 
+	Assert(w->nbuf < PUB_BATCH);
+	if (w->slots[w->nbuf] == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(w->cxt);
+
+		w->slots[w->nbuf] = table_slot_create(w->rel, NULL);
+		MemoryContextSwitchTo(old);
+	}
+	w->slot = w->slots[w->nbuf];
 	ExecClearTuple(w->slot);
 	memset(w->slot->tts_isnull, true, sizeof(bool) * natts);
 }
@@ -544,7 +581,16 @@ PubNextCode(PubOffer *o)
 	return CouponCodeFromValue(&v);
 }
 
-/* Write one member's coupon, publication and outbox rows. */
+/* Write the three tables' batches, in the statements' order. */
+static void
+PubFlushAll(PubState *st)
+{
+	PubTableFlush(st, &st->coupon);
+	PubTableFlush(st, &st->pub);
+	PubTableFlush(st, &st->outbox);
+}
+
+/* Add one member's coupon, publication and outbox rows to the batches. */
 static void
 PubWriteMember(PubState *st, PubOffer *o, PubMember *m)
 {
@@ -565,7 +611,7 @@ PubWriteMember(PubState *st, PubOffer *o, PubMember *m)
 	PUBSET(&st->coupon, CP_RESERVATIONS, Int64GetDatum(0));
 	PUBSET(&st->coupon, CP_CREATED, at);
 	PUBSET(&st->coupon, CP_CAP_UNIT, BoolGetDatum(false));
-	PubTableInsert(st, &st->coupon);
+	PubTableAdd(st, &st->coupon);
 
 	PubTableClear(&st->pub);
 	PUBSET(&st->pub, PP_CUSTOMER, customer);
@@ -576,7 +622,7 @@ PubWriteMember(PubState *st, PubOffer *o, PubMember *m)
 	PUBSET(&st->pub, PP_OFFER_KIND, CStringGetTextDatum("code"));
 	PUBSET(&st->pub, PP_COUPON_CAMPAIGN, Int64GetDatum(o->coupon_campaign));
 	PUBSET(&st->pub, PP_CODE, codeval);
-	PubTableInsert(st, &st->pub);
+	PubTableAdd(st, &st->pub);
 
 	key = psprintf(INT64_FORMAT ":%.*s", o->mc, (int) VARSIZE_ANY_EXHDR(m->occurrence),
 				   VARDATA_ANY(m->occurrence));
@@ -589,7 +635,7 @@ PubWriteMember(PubState *st, PubOffer *o, PubMember *m)
 	PUBSET(&st->outbox, OP_PAYLOAD,
 		   JsonbPGetDatum(PubPayload(o->mc, m->occurrence, CouponCodeDisplay(code), CouponCodeDisplayLen(code))));
 	PUBSET(&st->outbox, OP_CREATED, at);
-	PubTableInsert(st, &st->outbox);
+	PubTableAdd(st, &st->outbox);
 }
 
 /*
@@ -800,7 +846,10 @@ campaign_publish_codes_direct(PG_FUNCTION_ARGS)
 		PubWriteMember(&st, &o, &members[i]);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(rowcxt);
+		if (st.coupon.nbuf == PUB_BATCH)
+			PubFlushAll(&st);
 	}
+	PubFlushAll(&st);
 
 	UnregisterSnapshot(st.snapshot);
 	PubClose(&st);
