@@ -20,8 +20,9 @@
  *	  statements log it);
  *	- every other customer gets a random code of the pattern (coupon_code,
  *	  check characters), and its coupon row, publication row and outbox row
- *	  are written below the executor: heap insert, the table's NOT NULL and
- *	  CHECK constraints (ExecConstraints), an entry in every index
+ *	  are written below the executor as COPY writes: the table's NOT NULL
+ *	  and CHECK constraints (ExecConstraints), the heap rows in batches
+ *	  (table_multi_insert), then an entry in every index for each row
  *	  (ExecInsertIndexTuples: unique checks, partial index predicates).  In
  *	  customer order, the indexes keyed by customer are appended to at
  *	  their right edge;
