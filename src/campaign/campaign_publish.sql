@@ -90,6 +90,22 @@ COMMENT ON FUNCTION loyalty._audience_sql(text) IS
 
 /* functions: publication */
 
+/*
+ * The one-pass writer of a bound-code campaign without experiment, caps or
+ * quiet period (campaign_publish.c): classifies (already offered, no
+ * consent) and writes codes, publications, outbox rows below the executor;
+ * NULL when the tables are not as it needs them (the statements then run).
+ */
+CREATE FUNCTION loyalty._publish_codes_direct(marketing_campaign_id bigint, coupon_campaign_id bigint,
+											  code_pattern text, channel text, as_of timestamptz,
+											  customers text[], occurrences text[])
+RETURNS bigint[]
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'campaign_publish_codes_direct';
+
+COMMENT ON FUNCTION loyalty._publish_codes_direct(bigint, bigint, text, text, timestamptz, text[], text[]) IS
+	'Internal: publish bound codes to an audience in one pass (occurrences NULL: all empty); returns {published, already_offered, no_consent}, NULL when the direct write does not apply; the caller holds the publication lock';
+
 CREATE FUNCTION loyalty._publish(marketing_campaign_id bigint, as_of timestamptz, keys text[], dry_run boolean)
 RETURNS TABLE (outcome text, customers bigint)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -103,6 +119,8 @@ DECLARE
 	n bigint;
 	rounds integer;
 	today date;
+	occurrences text[];
+	counts bigint[];
 BEGIN
 	IF marketing_campaign_id IS NULL OR as_of IS NULL OR dry_run IS NULL THEN
 		RAISE EXCEPTION 'marketing_campaign_id and as_of must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -125,6 +143,38 @@ BEGIN
 		SELECT e.salt INTO salt FROM loyalty.experiment e WHERE e.experiment_id = m.experiment_id;
 	END IF;
 	today := loyalty._campaign_local_date(as_of);
+
+	-- a code campaign with nothing to decide but consent: one pass in C
+	-- (which sorts the audience and drops NULL and repeated keys itself),
+	-- unless the tables are not as it needs them (NULL) or a generated
+	-- code was taken (the statements below then regenerate in rounds)
+	IF NOT dry_run AND m.offer_kind = 'code' AND m.experiment_id IS NULL AND m.quiet_period IS NULL
+	   AND NOT EXISTS (SELECT 1 FROM loyalty.frequency_cap f WHERE f.channel IS NULL OR f.channel = m.channel)
+	   AND EXISTS (SELECT 1 FROM loyalty.campaign k WHERE k.campaign_id = m.coupon_campaign_id
+				   AND NOT k.paused AND (k.ends_at IS NULL OR k.ends_at > as_of)) THEN
+		IF m.audience_kind <> 'query' THEN
+			EXECUTE 'SELECT pg_catalog.array_agg(a.customer_id), pg_catalog.array_agg(a.occurrence) FROM ('
+					|| loyalty._audience_sql(m.audience_kind) || ') AS a (customer_id, occurrence)'
+			INTO keys, occurrences
+			USING m.audience, as_of, NULL::text[], today;
+		END IF;
+		BEGIN
+			counts := loyalty._publish_codes_direct(m.marketing_campaign_id, m.coupon_campaign_id,
+													m.code_pattern, m.channel, as_of,
+													coalesce(keys, '{}'::text[]), occurrences);
+		EXCEPTION WHEN unique_violation THEN
+			counts := NULL;
+		END;
+		IF counts IS NOT NULL THEN
+			RETURN QUERY
+				SELECT v.outcome, v.customers
+				FROM (VALUES ('already_offered'::text, counts[2]), ('no_consent', counts[3]),
+							 ('published', counts[1])) v (outcome, customers)
+				WHERE v.customers > 0 ORDER BY 1;
+			RETURN;
+		END IF;
+	END IF;
+
 	IF m.audience_kind = 'query' THEN
 		-- distinct and not null here, so that the audience's unnest is
 		-- planned with its true size (a DISTINCT over it would be guessed)

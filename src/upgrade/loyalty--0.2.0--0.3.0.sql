@@ -9244,6 +9244,248 @@ $$;
 
 -- END issue 15 offer15
 
+-- Issue 15, campaign publication (one-pass writer, bar: publish <= 1.5x an
+-- INSERT ... SELECT of md5 codes): loyalty._publish_codes_direct (C,
+-- campaign_publish.c) and loyalty._publish taking it for a bound-code
+-- campaign without experiment, caps or quiet period.
+
+CREATE FUNCTION loyalty._publish_codes_direct(marketing_campaign_id bigint, coupon_campaign_id bigint,
+											  code_pattern text, channel text, as_of timestamptz,
+											  customers text[], occurrences text[])
+RETURNS bigint[]
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'campaign_publish_codes_direct';
+
+COMMENT ON FUNCTION loyalty._publish_codes_direct(bigint, bigint, text, text, timestamptz, text[], text[]) IS
+	'Internal: publish bound codes to an audience in one pass (occurrences NULL: all empty); returns {published, already_offered, no_consent}, NULL when the direct write does not apply; the caller holds the publication lock';
+
+CREATE OR REPLACE FUNCTION loyalty._publish(marketing_campaign_id bigint, as_of timestamptz, keys text[], dry_run boolean)
+RETURNS TABLE (outcome text, customers bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	m loyalty.marketing_campaign;
+	salt text;
+	g record;
+	n bigint;
+	rounds integer;
+	today date;
+	occurrences text[];
+	counts bigint[];
+BEGIN
+	IF marketing_campaign_id IS NULL OR as_of IS NULL OR dry_run IS NULL THEN
+		RAISE EXCEPTION 'marketing_campaign_id and as_of must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT dry_run THEN
+		PERFORM loyalty._publish_lock();
+	END IF;
+	SELECT * INTO m FROM loyalty.marketing_campaign c WHERE c.marketing_campaign_id = _publish.marketing_campaign_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'marketing campaign % does not exist', marketing_campaign_id USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT dry_run AND (m.paused OR m.starts_at > as_of OR m.ends_at <= as_of) THEN
+		RAISE EXCEPTION 'marketing campaign % is not active', marketing_campaign_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = pg_catalog.json_build_object('reason',
+							   CASE WHEN m.paused THEN 'paused' WHEN m.starts_at > as_of THEN 'not_started' ELSE 'ended' END,
+							   'marketing_campaign_id', marketing_campaign_id, 'as_of', as_of)::pg_catalog.text;
+	END IF;
+	IF m.experiment_id IS NOT NULL THEN
+		SELECT e.salt INTO salt FROM loyalty.experiment e WHERE e.experiment_id = m.experiment_id;
+	END IF;
+	today := loyalty._campaign_local_date(as_of);
+
+	-- a code campaign with nothing to decide but consent: one pass in C
+	-- (which sorts the audience and drops NULL and repeated keys itself),
+	-- unless the tables are not as it needs them (NULL) or a generated
+	-- code was taken (the statements below then regenerate in rounds)
+	IF NOT dry_run AND m.offer_kind = 'code' AND m.experiment_id IS NULL AND m.quiet_period IS NULL
+	   AND NOT EXISTS (SELECT 1 FROM loyalty.frequency_cap f WHERE f.channel IS NULL OR f.channel = m.channel)
+	   AND EXISTS (SELECT 1 FROM loyalty.campaign k WHERE k.campaign_id = m.coupon_campaign_id
+				   AND NOT k.paused AND (k.ends_at IS NULL OR k.ends_at > as_of)) THEN
+		IF m.audience_kind <> 'query' THEN
+			EXECUTE 'SELECT pg_catalog.array_agg(a.customer_id), pg_catalog.array_agg(a.occurrence) FROM ('
+					|| loyalty._audience_sql(m.audience_kind) || ') AS a (customer_id, occurrence)'
+			INTO keys, occurrences
+			USING m.audience, as_of, NULL::text[], today;
+		END IF;
+		BEGIN
+			counts := loyalty._publish_codes_direct(m.marketing_campaign_id, m.coupon_campaign_id,
+													m.code_pattern, m.channel, as_of,
+													coalesce(keys, '{}'::text[]), occurrences);
+		EXCEPTION WHEN unique_violation THEN
+			counts := NULL;
+		END;
+		IF counts IS NOT NULL THEN
+			RETURN QUERY
+				SELECT v.outcome, v.customers
+				FROM (VALUES ('already_offered'::text, counts[2]), ('no_consent', counts[3]),
+							 ('published', counts[1])) v (outcome, customers)
+				WHERE v.customers > 0 ORDER BY 1;
+			RETURN;
+		END IF;
+	END IF;
+
+	IF m.audience_kind = 'query' THEN
+		-- distinct and not null here, so that the audience's unnest is
+		-- planned with its true size (a DISTINCT over it would be guessed)
+		keys := ARRAY(SELECT DISTINCT k COLLATE "C" FROM pg_catalog.unnest(keys) k WHERE k IS NOT NULL);
+	END IF;
+
+	IF pg_catalog.to_regclass('pg_temp._loyalty_stage') IS NULL THEN
+		CREATE TEMPORARY TABLE _loyalty_stage (
+			customer_id text COLLATE "C" NOT NULL,
+			occurrence text NOT NULL,
+			variant text,
+			holdout boolean NOT NULL,
+			reason text,
+			offer_kind text,
+			coupon_campaign_id bigint,
+			code_pattern text,
+			public_code text,
+			bonus_points bigint
+		) ON COMMIT DROP;
+	ELSE
+		TRUNCATE pg_temp._loyalty_stage;
+	END IF;
+
+	-- the audience, classified: already offered, consent, quiet period, then
+	-- the hold-out, so that the hold-out is drawn from the customers who
+	-- would have been offered (the control group of the treated ones)
+	EXECUTE
+		'WITH vb AS (
+			SELECT v.variant, v.holdout, v.offer_kind, v.coupon_campaign_id, v.code_pattern, v.public_code,
+				   v.bonus_points,
+				   (sum(v.weight) OVER w - v.weight)::float8 / sum(v.weight) OVER () AS lo,
+				   (sum(v.weight) OVER w)::float8 / sum(v.weight) OVER () AS hi
+			FROM loyalty.experiment_variant v WHERE v.experiment_id = $5
+			WINDOW w AS (ORDER BY v.position))
+		 INSERT INTO pg_temp._loyalty_stage
+		 SELECT a.customer_id, a.occurrence, v.variant, coalesce(v.holdout, false),
+				CASE WHEN p.customer_id IS NOT NULL THEN ''already_offered''
+					 WHEN c.granted IS NOT TRUE THEN ''no_consent''
+					 WHEN $7 IS NOT NULL AND EXISTS (
+						SELECT 1 FROM loyalty.campaign_publication q
+						WHERE q.customer_id = a.customer_id AND q.marketing_campaign_id = $8
+						  AND q.published_at > $2 - $7) THEN ''quiet_period''
+					 WHEN v.holdout THEN ''holdout''
+				END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.offer_kind ELSE $9 END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.coupon_campaign_id ELSE $10 END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.code_pattern ELSE $11 END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.public_code ELSE $12 END,
+				CASE WHEN v.offer_kind IS NOT NULL THEN v.bonus_points ELSE $13 END
+		 FROM (' || loyalty._audience_sql(m.audience_kind) || ') AS a (customer_id, occurrence)
+		 LEFT JOIN loyalty.campaign_publication p
+			ON p.customer_id = a.customer_id AND p.marketing_campaign_id = $8 AND p.occurrence = a.occurrence
+		 LEFT JOIN loyalty.consent c ON c.customer_id = a.customer_id AND c.channel = $6
+		 LEFT JOIN loyalty.experiment_assignment ea
+			ON $5 IS NOT NULL AND ea.customer_id = a.customer_id AND ea.experiment_id = $5
+		 LEFT JOIN LATERAL (
+			SELECT vb.* FROM vb
+			WHERE CASE WHEN ea.variant IS NOT NULL THEN vb.variant = ea.variant
+					   ELSE loyalty.experiment_bucket($14, a.customer_id) >= vb.lo
+							AND loyalty.experiment_bucket($14, a.customer_id) < vb.hi END
+			LIMIT 1) v ON $5 IS NOT NULL'
+	USING m.audience, as_of, CASE WHEN m.audience_kind = 'query' THEN keys END, today,
+		  m.experiment_id, m.channel, m.quiet_period, m.marketing_campaign_id,
+		  m.offer_kind, m.coupon_campaign_id, m.code_pattern, m.public_code, m.bonus_points, salt;
+
+	-- a temporary table has no statistics until analysed (autovacuum never
+	-- sees it): without them every statement below plans the stage as a
+	-- handful of rows and joins it by nested loops, minutes at 100,000s
+	ANALYZE pg_temp._loyalty_stage;
+
+	-- frequency caps: prior publications in the window plus this run's, per customer
+	IF EXISTS (SELECT 1 FROM loyalty.frequency_cap f WHERE f.channel IS NULL OR f.channel = m.channel) THEN
+		WITH r AS (
+			SELECT s.ctid AS row_id, s.customer_id,
+				   pg_catalog.row_number() OVER (PARTITION BY s.customer_id ORDER BY s.occurrence) AS rn
+			FROM pg_temp._loyalty_stage s WHERE s.reason IS NULL OR s.reason = 'holdout'
+		), capped AS (
+			SELECT DISTINCT r.row_id FROM r
+			JOIN loyalty.frequency_cap f ON f.channel IS NULL OR f.channel = m.channel
+			WHERE r.rn + (SELECT count(*) FROM loyalty.campaign_publication q
+						  WHERE q.customer_id = r.customer_id
+							AND q.published_at > as_of - f.period AND q.published_at <= as_of
+							AND (f.channel IS NULL OR q.channel = f.channel)) > f.max_offers
+		)
+		UPDATE pg_temp._loyalty_stage s SET reason = 'frequency_cap'
+		FROM capped WHERE s.ctid = capped.row_id;
+	END IF;
+
+	-- an offer whose coupon campaign is paused or over cannot be given
+	UPDATE pg_temp._loyalty_stage s SET reason = 'offer_unavailable'
+	FROM loyalty.campaign k
+	WHERE s.reason IS NULL AND s.offer_kind IN ('code', 'public_code') AND k.campaign_id = s.coupon_campaign_id
+	  AND (k.paused OR k.ends_at <= as_of);
+
+	IF dry_run THEN
+		RETURN QUERY
+			SELECT coalesce(s.reason, 'published'), count(*) FROM pg_temp._loyalty_stage s GROUP BY 1 ORDER BY 1;
+		RETURN;
+	END IF;
+
+	IF m.experiment_id IS NOT NULL THEN
+		INSERT INTO loyalty.experiment_assignment (customer_id, experiment_id, variant, holdout, assigned_at)
+		SELECT DISTINCT ON (s.customer_id) s.customer_id, m.experiment_id, s.variant, s.holdout, as_of
+		FROM pg_temp._loyalty_stage s WHERE s.variant IS NOT NULL
+		ON CONFLICT ON CONSTRAINT experiment_assignment_pkey DO NOTHING;
+	END IF;
+
+	INSERT INTO loyalty.campaign_filtered AS f (customer_id, marketing_campaign_id, occurrence, reason, variant, filtered_at)
+	SELECT s.customer_id, m.marketing_campaign_id, s.occurrence, s.reason, s.variant, as_of
+	FROM pg_temp._loyalty_stage s WHERE s.reason IS NOT NULL AND s.reason <> 'already_offered'
+	ON CONFLICT ON CONSTRAINT campaign_filtered_pkey DO UPDATE
+		SET reason = excluded.reason, variant = excluded.variant, filtered_at = excluded.filtered_at
+		WHERE f.reason <> excluded.reason;
+
+	FOR g IN
+		SELECT DISTINCT s.offer_kind, s.coupon_campaign_id, s.code_pattern, s.public_code, s.bonus_points
+		FROM pg_temp._loyalty_stage s WHERE s.reason IS NULL
+	LOOP
+		IF g.offer_kind = 'code' THEN
+			rounds := 0;
+			LOOP
+				rounds := rounds + 1;
+				IF rounds = 1 THEN
+					SELECT count(*) INTO n FROM pg_temp._loyalty_stage s
+					WHERE s.reason IS NULL AND s.offer_kind = 'code' AND s.coupon_campaign_id = g.coupon_campaign_id
+					  AND s.code_pattern = g.code_pattern;
+				ELSE
+					SELECT count(*) INTO n FROM pg_temp._loyalty_stage s
+					WHERE s.reason IS NULL AND s.offer_kind = 'code' AND s.coupon_campaign_id = g.coupon_campaign_id
+					  AND s.code_pattern = g.code_pattern
+					  AND NOT EXISTS (SELECT 1 FROM loyalty.campaign_publication q
+									  WHERE q.customer_id = s.customer_id
+										AND q.marketing_campaign_id = m.marketing_campaign_id
+										AND q.occurrence = s.occurrence);
+				END IF;
+				EXIT WHEN n = 0;
+				IF rounds > 20 THEN
+					RAISE EXCEPTION 'could not generate enough distinct codes of pattern %', g.code_pattern
+						USING ERRCODE = 'program_limit_exceeded',
+							  DETAIL = 'The pattern''s codes are nearly all taken.',
+							  HINT = 'Use a pattern with more random characters (#).';
+				END IF;
+				-- the first, plain round publishes all or nothing
+				EXIT WHEN loyalty._publish_codes(m, g.coupon_campaign_id, g.code_pattern, n, as_of, rounds > 1)
+						  AND rounds = 1;
+			END LOOP;
+		ELSE
+			PERFORM loyalty._publish_other(m, g.offer_kind, g.coupon_campaign_id, g.public_code, g.bonus_points, as_of);
+		END IF;
+	END LOOP;
+
+	RETURN QUERY
+		SELECT coalesce(s.reason, 'published'), count(*) FROM pg_temp._loyalty_stage s GROUP BY 1 ORDER BY 1;
+END;
+$$;
+
+-- END issue 15, campaign publication (one-pass writer)
+
 /* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
  * every object (grants.sql of the install script, then reapply_grants).
