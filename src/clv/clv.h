@@ -18,6 +18,8 @@
 
 #include "loyalty.h"
 
+#include <math.h>
+
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 
@@ -86,6 +88,33 @@ typedef struct ClvFitResult
 /* clv_stats.c */
 extern void ClvStatsCompact(ClvStats *s);
 extern ClvStats *ClvStatsFromBytea(bytea *b);
+
+/*
+ * P(alive) pieces (clv_math.c explains the form): the term of the
+ * log-odds of having dropped out that depends on the frequency x only,
+ * and P(alive) of a repeat buyer (x > 0) given that term, as
+ * 1 / (1 + exp(log-odds)) evaluated so that it never overflows.  Inline:
+ * scoring a million customers is mostly this arithmetic.
+ */
+static inline double
+ClvPAliveXTerm(const ClvBgnbd *m, double x)
+{
+	return log(m->a / (m->b + x - 1.0));
+}
+
+static inline double
+ClvPAliveWithTerm(const ClvBgnbd *m, double xterm, double x, double tx, double T)
+{
+	double		lo = xterm + (m->r + x) * log1p((T - tx) / (m->alpha + tx));
+
+	if (lo > 0)
+	{
+		double		e = exp(-lo);
+
+		return e / (1.0 + e);
+	}
+	return 1.0 / (1.0 + exp(lo));
+}
 
 /* clv_math.c */
 extern double ClvDigamma(double x);

@@ -21,13 +21,21 @@
 #include "utils/builtins.h"
 #include "utils/numeric.h"
 
+/*
+ * Frequencies whose P(alive) term log(a / (b + x - 1)) a cached model keeps
+ * (32 kB per call site): most customers buy on fewer days than this.
+ */
+#define CLV_XTERMS 4096
+
 /* A stored model's parameters, cached per call site. */
 typedef struct ClvModel
 {
 	char		name[NAMEDATALEN * 2];
+	size_t		name_len;
 	ClvBgnbd	bg;
 	ClvGammaGamma gg;
 	double		per_month;		/* time units per month (lifetimes': 30 d, 4.345 w) */
+	double		xterm[CLV_XTERMS];	/* ClvPAliveXTerm of x = 1..CLV_XTERMS-1 */
 } ClvModel;
 
 /* Read model `name` from loyalty.clv_model; LV007 if there is none. */
@@ -66,7 +74,10 @@ ClvModelLoad(const char *name, ClvModel *m)
 	m->gg.v = DatumGetFloat8(LoyaltyColDatum(row, 7, &isnull));
 	unit = LoyaltyColText(row, 8);
 	m->per_month = strcmp(unit, "weeks") == 0 ? 4.345 : 30.0;
+	for (int x = 1; x < CLV_XTERMS; x++)
+		m->xterm[x] = ClvPAliveXTerm(&m->bg, (double) x);
 	strlcpy(m->name, name, sizeof(m->name));
+	m->name_len = strlen(m->name);
 	SPI_finish();
 }
 
@@ -81,7 +92,7 @@ ClvModelArg(FunctionCallInfo fcinfo)
 	LoyaltyArgNotNull(fcinfo, 0, "model_name");
 	arg = PG_GETARG_TEXT_PP(0);
 	/* the common case, once per row: the model of the previous row */
-	if (m != NULL && VARSIZE_ANY_EXHDR(arg) == strlen(m->name) &&
+	if (m != NULL && VARSIZE_ANY_EXHDR(arg) == m->name_len &&
 		memcmp(VARDATA_ANY(arg), m->name, VARSIZE_ANY_EXHDR(arg)) == 0)
 		return m;
 	name = text_to_cstring(arg);
@@ -92,6 +103,7 @@ ClvModelArg(FunctionCallInfo fcinfo)
 	if (m == NULL)
 		m = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(ClvModel));
 	m->name[0] = '\0';
+	m->name_len = 0;
 	ClvModelLoad(name, m);
 	fcinfo->flinfo->fn_extra = m;
 	return m;
@@ -138,7 +150,11 @@ ClvSpendArg(FunctionCallInfo fcinfo, int argno)
 	return DatumGetFloat8(DirectFunctionCall1(numeric_float8, PG_GETARG_DATUM(argno)));
 }
 
-/* clv_p_alive(model_name, frequency, recency, age): P(alive). */
+/*
+ * clv_p_alive(model_name, frequency, recency, age): P(alive).  The term of
+ * the frequency comes from the model's cache (the same value ClvPAlive
+ * computes), which leaves one log1p and one exp per customer.
+ */
 PG_FUNCTION_INFO_V1(clv_p_alive);
 Datum
 clv_p_alive(PG_FUNCTION_ARGS)
@@ -150,6 +166,10 @@ clv_p_alive(PG_FUNCTION_ARGS)
 
 	if (!ClvSummaryArgs(fcinfo, &x, &tx, &T))
 		PG_RETURN_NULL();
+	if (x <= 0)
+		PG_RETURN_FLOAT8(1.0);
+	if (x < CLV_XTERMS)
+		PG_RETURN_FLOAT8(ClvPAliveWithTerm(&m->bg, m->xterm[(int) x], x, tx, T));
 	PG_RETURN_FLOAT8(ClvPAlive(&m->bg, x, tx, T));
 }
 
