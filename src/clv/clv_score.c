@@ -32,6 +32,7 @@ typedef struct ClvModel
 {
 	char		name[NAMEDATALEN * 2];
 	size_t		name_len;
+	bool		name_const;		/* the call site passes the name as a constant */
 	ClvBgnbd	bg;
 	ClvGammaGamma gg;
 	double		per_month;		/* time units per month (lifetimes': 30 d, 4.345 w) */
@@ -81,7 +82,26 @@ ClvModelLoad(const char *name, ClvModel *m)
 	SPI_finish();
 }
 
-/* The model named by argument 0, from this call site's cache if it is there. */
+/*
+ * Whether the call site passes argument 0 as a constant (a Const node, not
+ * a Param: a PL/pgSQL simple expression keeps its call site while its
+ * parameters change).
+ */
+static bool
+ClvArgIsConst(FmgrInfo *flinfo)
+{
+	Node	   *expr = flinfo->fn_expr;
+
+	return expr != NULL && IsA(expr, FuncExpr) &&
+		list_length(((FuncExpr *) expr)->args) > 0 &&
+		IsA(linitial(((FuncExpr *) expr)->args), Const);
+}
+
+/*
+ * The model named by argument 0, from this call site's cache if it is
+ * there: without comparing the name again when it is a constant (the usual
+ * call: scoring a whole table with one model).
+ */
 static const ClvModel *
 ClvModelArg(FunctionCallInfo fcinfo)
 {
@@ -89,6 +109,8 @@ ClvModelArg(FunctionCallInfo fcinfo)
 	char	   *name;
 	text	   *arg;
 
+	if (m != NULL && m->name_const)
+		return m;
 	LoyaltyArgNotNull(fcinfo, 0, "model_name");
 	arg = PG_GETARG_TEXT_PP(0);
 	/* the common case, once per row: the model of the previous row */
@@ -105,6 +127,7 @@ ClvModelArg(FunctionCallInfo fcinfo)
 	m->name[0] = '\0';
 	m->name_len = 0;
 	ClvModelLoad(name, m);
+	m->name_const = ClvArgIsConst(fcinfo->flinfo);
 	fcinfo->flinfo->fn_extra = m;
 	return m;
 }
