@@ -92,8 +92,7 @@ extern ClvStats *ClvStatsFromBytea(bytea *b);
 /*
  * P(alive) pieces (clv_math.c explains the form): the term of the
  * log-odds of having dropped out that depends on the frequency x only,
- * and P(alive) of a repeat buyer (x > 0) given that term, as
- * 1 / (1 + exp(log-odds)) evaluated so that it never overflows.  Inline:
+ * and P(alive) of a repeat buyer (x > 0) given that term.  Inline:
  * scoring a million customers is mostly this arithmetic.
  */
 static inline double
@@ -102,11 +101,13 @@ ClvPAliveXTerm(const ClvBgnbd *m, double x)
 	return log(m->a / (m->b + x - 1.0));
 }
 
+/*
+ * P(alive) = 1 / (1 + exp(lo)) from the log-odds lo of having dropped out,
+ * evaluated so that it never overflows.
+ */
 static inline double
-ClvPAliveWithTerm(const ClvBgnbd *m, double xterm, double x, double tx, double T)
+ClvPAliveFromLogOdds(double lo)
 {
-	double		lo = xterm + (m->r + x) * log1p((T - tx) / (m->alpha + tx));
-
 	if (lo > 0)
 	{
 		double		e = exp(-lo);
@@ -114,6 +115,12 @@ ClvPAliveWithTerm(const ClvBgnbd *m, double xterm, double x, double tx, double T
 		return e / (1.0 + e);
 	}
 	return 1.0 / (1.0 + exp(lo));
+}
+
+static inline double
+ClvPAliveWithTerm(const ClvBgnbd *m, double xterm, double x, double tx, double T)
+{
+	return ClvPAliveFromLogOdds(xterm + (m->r + x) * log1p((T - tx) / (m->alpha + tx)));
 }
 
 /* clv_math.c */
