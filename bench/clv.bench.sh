@@ -6,7 +6,8 @@
 #   2. P(alive) of every customer from the stored model
 #      (loyalty.clv_p_alive) against the same closed form written in plain
 #      SQL over the same summary table (parameters joined from clv_model),
-#      both summed so that only the scoring is timed;            bar <= 0.5
+#      both summed so that only the scoring is timed, in one session
+#      (psql's \timing, no process start or connection);       bar <= 0.5
 #      12-month CLV (loyalty.clv_value) of every customer reported beside;
 #   3. memory: the backend's peak resident size while clv_stats aggregates
 #      the summaries repeated 4 and 16 times (same distinct triples, 4x the
@@ -54,6 +55,24 @@ psql -X -q -v ON_ERROR_STOP=1 -c "SET client_min_messages = warning" \
 	-c "CREATE TABLE bench.clv_summary AS SELECT * FROM loyalty.clv_summary('bench.orders', 'customer_id', 'ordered_at', 'amount', $clv_as_of)" \
 	-c "VACUUM ANALYZE bench.clv_summary"
 
+# best of CLV_BENCH_ROUNDS interleaved runs of each statement in ONE session
+# (clv_best[i], microseconds), timed by psql's \timing: the statement's round trip, no
+# process start and connection, which on a loaded machine take 0.3-0.5 s a
+# psql call and swamped the scoring of 100,000 customers (bench/README.md)
+clv_best_in_session() {
+	local n=$# i=0 us
+	clv_best=()
+	while read -r us; do
+		if [ -z "${clv_best[$((i % n))]:-}" ] || [ "$us" -lt "${clv_best[$((i % n))]}" ]; then
+			clv_best[$((i % n))]=$us
+		fi
+		i=$((i + 1))
+	done < <({ echo '\timing on'
+			   for round in $(seq "${CLV_BENCH_ROUNDS:-3}"); do printf '%s\n' "$@"; done; } \
+			 | psql -X -q -v ON_ERROR_STOP=1 -o /dev/null \
+			 | awk '/^Time: / { printf "%d\n", $2 * 1000 }')
+}
+
 clv_score_sql="SELECT sum(loyalty.clv_p_alive('bench', s.frequency, s.recency, s.age)) FROM bench.clv_summary s;"
 clv_plain_sql="SELECT sum(CASE WHEN s.frequency = 0 THEN 1.0::float8
 	ELSE 1.0 / (1.0 + exp(least(700.0, ln(m.a) - ln(m.b + s.frequency - 1)
@@ -61,9 +80,9 @@ clv_plain_sql="SELECT sum(CASE WHEN s.frequency = 0 THEN 1.0::float8
 FROM bench.clv_summary s
 CROSS JOIN (SELECT r, alpha, a, b FROM loyalty.clv_model WHERE model_name = 'bench') m;"
 clv_value_sql="SELECT sum(loyalty.clv_value('bench', s.frequency, s.recency, s.age, s.monetary_value)) FROM bench.clv_summary s;"
-clv_best_of "$clv_score_sql" "$clv_plain_sql" "$clv_value_sql"
-bench_report "P(alive) per customer: clv_p_alive vs plain-SQL closed form" "${clv_best[0]}" "${clv_best[1]}" ms "0.5"
-bench_report "12-month CLV per customer (clv_value) vs the same P(alive) SQL" "${clv_best[2]}" "${clv_best[1]}" ms
+clv_best_in_session "$clv_score_sql" "$clv_plain_sql" "$clv_value_sql"
+bench_report "P(alive) per customer: clv_p_alive vs plain-SQL closed form" "${clv_best[0]}" "${clv_best[1]}" us "0.5"
+bench_report "12-month CLV per customer (clv_value) vs the same P(alive) SQL" "${clv_best[2]}" "${clv_best[1]}" us
 psql -X -q -c "SELECT count(*) AS customers_scored FROM bench.clv_summary"
 
 # peak resident size of a fresh backend aggregating k copies of the summaries

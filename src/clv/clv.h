@@ -18,6 +18,8 @@
 
 #include "loyalty.h"
 
+#include <math.h>
+
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 
@@ -86,6 +88,40 @@ typedef struct ClvFitResult
 /* clv_stats.c */
 extern void ClvStatsCompact(ClvStats *s);
 extern ClvStats *ClvStatsFromBytea(bytea *b);
+
+/*
+ * P(alive) pieces (clv_math.c explains the form): the term of the
+ * log-odds of having dropped out that depends on the frequency x only,
+ * and P(alive) of a repeat buyer (x > 0) given that term.  Inline:
+ * scoring a million customers is mostly this arithmetic.
+ */
+static inline double
+ClvPAliveXTerm(const ClvBgnbd *m, double x)
+{
+	return log(m->a / (m->b + x - 1.0));
+}
+
+/*
+ * P(alive) = 1 / (1 + exp(lo)) from the log-odds lo of having dropped out,
+ * evaluated so that it never overflows.
+ */
+static inline double
+ClvPAliveFromLogOdds(double lo)
+{
+	if (lo > 0)
+	{
+		double		e = exp(-lo);
+
+		return e / (1.0 + e);
+	}
+	return 1.0 / (1.0 + exp(lo));
+}
+
+static inline double
+ClvPAliveWithTerm(const ClvBgnbd *m, double xterm, double x, double tx, double T)
+{
+	return ClvPAliveFromLogOdds(xterm + (m->r + x) * log1p((T - tx) / (m->alpha + tx)));
+}
 
 /* clv_math.c */
 extern double ClvDigamma(double x);

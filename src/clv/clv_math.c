@@ -193,34 +193,16 @@ ClvGammaGammaLogLik(const ClvPair *pr, int64 n, const double *lp, double *grad)
  * log(a / (b + x - 1)) + (r + x) log((alpha + T) / (alpha + t_x)), with two
  * logarithms instead of four (scoring a million customers is mostly this
  * arithmetic): the second as log1p((T - t_x) / (alpha + t_x)), which is
- * also exact for a recent buyer (T close to t_x).
- */
-static inline double
-ClvDeadLogOdds(const ClvBgnbd *m, double x, double tx, double T)
-{
-	return log(m->a / (m->b + x - 1.0)) +
-		(m->r + x) * log1p((T - tx) / (m->alpha + tx));
-}
-
-/*
- * P(alive | x, t_x, T): 1 for a customer without repeat purchase, else
- * 1 / (1 + exp(log-odds)), evaluated so that it never overflows.
+ * also exact for a recent buyer (T close to t_x).  The first term depends
+ * on x only (ClvPAliveXTerm), so scorers keep it per model and frequency
+ * and call ClvPAliveWithTerm (clv.h).
  */
 double
 ClvPAlive(const ClvBgnbd *m, double x, double tx, double T)
 {
-	double		lo;
-
 	if (x <= 0)
 		return 1.0;
-	lo = ClvDeadLogOdds(m, x, tx, T);
-	if (lo > 0)
-	{
-		double		e = exp(-lo);
-
-		return e / (1.0 + e);
-	}
-	return 1.0 / (1.0 + exp(lo));
+	return ClvPAliveWithTerm(m, ClvPAliveXTerm(m, x), x, tx, T);
 }
 
 /*

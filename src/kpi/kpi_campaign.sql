@@ -16,7 +16,9 @@
  * where hash joins take a third of the time; bench/campaign_kpi.bench.sh.)
  * Lift: incremental spend per member of
  * each treated variant against the hold-out, with a 95% Welch interval,
- * CUPED-adjusted by the pre-period spend (loyalty.lift_interval).
+ * CUPED-adjusted by the pre-period spend (loyalty.lift_interval's
+ * statistics, collected per variant in the one pass of the other totals:
+ * loyalty._lift_moments and _lift_estimate).
  * ------------------------------------------------------------------------ */
 
 /* indexes: the KPIs read one campaign's rows of the campaign logs */
@@ -195,12 +197,9 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	RETURN QUERY
-	WITH m AS MATERIALIZED (
-		SELECT x.variant, x.holdout, x.offered, x.filtered_reason, x.redeemed, x.discount,
-			   x.redeemed_revenue, x.redeemed_margin, x.windows[1] AS orders_before,
-			   x.windows[2] AS spend_before, x.windows[3] AS orders_after, x.windows[4] AS spend_after
-		FROM loyalty._campaign_members(campaign_kpi.marketing_campaign_id, campaign_kpi.window_days) x
-	), v AS (
+	-- one pass over the members: the per-variant totals and the moments of
+	-- the lift (treated rows and hold-out rows apart), paired afterwards
+	WITH v AS (
 		SELECT m.variant, bool_or(m.holdout) AS holdout, count(*) AS audience,
 			   count(*) FILTER (WHERE m.offered) AS offered,
 			   count(*) FILTER (WHERE m.filtered_reason IS NOT NULL) AS filtered,
@@ -210,19 +209,23 @@ BEGIN
 			   count(*) FILTER (WHERE m.redeemed AND m.redeemed_margin IS NOT NULL) AS with_margin,
 			   count(*) FILTER (WHERE m.orders_after > 0) AS repurchasers,
 			   sum(m.spend_before) AS spend_before, sum(m.orders_before) AS orders_before,
-			   sum(m.spend_after) AS spend_after, sum(m.orders_after) AS orders_after
-		FROM m GROUP BY m.variant
+			   sum(m.spend_after) AS spend_after, sum(m.orders_after) AS orders_after,
+			   loyalty._lift_moments(m.spend_after::double precision,
+									 CASE WHEN campaign_kpi.cuped THEN m.spend_before::double precision END)
+				   FILTER (WHERE NOT m.holdout) AS treated_moments,
+			   loyalty._lift_moments(m.spend_after::double precision,
+									 CASE WHEN campaign_kpi.cuped THEN m.spend_before::double precision END)
+				   FILTER (WHERE m.holdout) AS control_moments
+		FROM (SELECT x.variant, x.holdout, x.offered, x.filtered_reason, x.redeemed, x.discount,
+					 x.redeemed_revenue, x.redeemed_margin, x.windows[1] AS orders_before,
+					 x.windows[2] AS spend_before, x.windows[3] AS orders_after, x.windows[4] AS spend_after
+			  FROM loyalty._campaign_members(campaign_kpi.marketing_campaign_id, campaign_kpi.window_days) x) m
+		GROUP BY m.variant
 	), lift AS (
-		-- each treated variant against the hold-out, in one pass
-		SELECT x.variant,
-			   loyalty.lift_interval(x.spend_after::double precision, x.treated,
-									 CASE WHEN campaign_kpi.cuped THEN x.spend_before::double precision END) AS e
-		FROM (SELECT m.variant, true AS treated, m.spend_after, m.spend_before FROM m WHERE NOT m.holdout
-			  UNION ALL
-			  SELECT t.variant, false, m.spend_after, m.spend_before
-			  FROM m CROSS JOIN (SELECT v.variant FROM v WHERE NOT v.holdout) t
-			  WHERE m.holdout) x
-		GROUP BY x.variant
+		-- each treated variant against the hold-out, from the moments above
+		SELECT v.variant, loyalty._lift_estimate(v.treated_moments, c.controls) AS e
+		FROM v CROSS JOIN (SELECT array_agg(h.control_moments) AS controls FROM v h) c
+		WHERE NOT v.holdout
 	)
 	SELECT v.variant, v.holdout, v.audience, v.offered, v.filtered, v.redeemed,
 		   CASE WHEN v.offered > 0 THEN v.redeemed::double precision / v.offered END,

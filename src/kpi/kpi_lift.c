@@ -28,6 +28,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "libpq/pqformat.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 
 /* Running moments of one group. */
@@ -108,26 +109,24 @@ LiftState(FunctionCallInfo fcinfo, const char *caller)
 	return (KpiLiftState *) MemoryContextAllocZero(aggcxt, sizeof(KpiLiftState));
 }
 
-PG_FUNCTION_INFO_V1(kpi_lift_transfn);
-
 /*
- * Transition: lift_interval(outcome, treated, covariate).  Rows with a null
- * outcome or a null group are left out (as avg() leaves out nulls); a null
- * covariate marks a row without one (CUPED needs it on every row).
+ * Add the outcome in argument yarg and the covariate in argument xarg to
+ * group g of the state: a null outcome leaves the row out (as avg() leaves
+ * out nulls), a null covariate marks a row without one (CUPED needs it on
+ * every row).
  */
-Datum
-kpi_lift_transfn(PG_FUNCTION_ARGS)
+static void
+LiftAdd(KpiLiftState *s, int g, FunctionCallInfo fcinfo, int yarg, int xarg)
 {
-	KpiLiftState *s = LiftState(fcinfo, "kpi_lift_transfn");
 	double		y;
 	double		x = 0.0;
 
-	if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
-		PG_RETURN_POINTER(s);
-	y = PG_GETARG_FLOAT8(1);
-	if (!PG_ARGISNULL(3))
+	if (PG_ARGISNULL(yarg))
+		return;
+	y = PG_GETARG_FLOAT8(yarg);
+	if (!PG_ARGISNULL(xarg))
 	{
-		x = PG_GETARG_FLOAT8(3);
+		x = PG_GETARG_FLOAT8(xarg);
 		s->with_covariate++;
 	}
 	if (!isfinite(y) || !isfinite(x))
@@ -135,7 +134,41 @@ kpi_lift_transfn(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("lift_interval values must be finite"),
 				 errdetail("An outcome or covariate was infinite or NaN.")));
-	MomentsAdd(&s->group[PG_GETARG_BOOL(2) ? 1 : 0], y, x);
+	MomentsAdd(&s->group[g], y, x);
+}
+
+PG_FUNCTION_INFO_V1(kpi_lift_transfn);
+
+/*
+ * Transition: lift_interval(outcome, treated, covariate).  Rows with a null
+ * outcome or a null group are left out; see LiftAdd.
+ */
+Datum
+kpi_lift_transfn(PG_FUNCTION_ARGS)
+{
+	KpiLiftState *s = LiftState(fcinfo, "kpi_lift_transfn");
+
+	if (PG_ARGISNULL(2))
+		PG_RETURN_POINTER(s);
+	LiftAdd(s, PG_GETARG_BOOL(2) ? 1 : 0, fcinfo, 1, 3);
+	PG_RETURN_POINTER(s);
+}
+
+PG_FUNCTION_INFO_V1(kpi_lift_moments_transfn);
+
+/*
+ * Transition of loyalty._lift_moments(outcome, covariate): the moments of
+ * one group (kept as the treated group of the state), so that a query can
+ * collect them per variant in the same pass as its other aggregates and
+ * pair each treated variant with the hold-out afterwards
+ * (loyalty._lift_estimate) instead of scanning the rows again.
+ */
+Datum
+kpi_lift_moments_transfn(PG_FUNCTION_ARGS)
+{
+	KpiLiftState *s = LiftState(fcinfo, "kpi_lift_moments_transfn");
+
+	LiftAdd(s, 1, fcinfo, 1, 2);
 	PG_RETURN_POINTER(s);
 }
 
@@ -195,23 +228,44 @@ MomentsRecv(StringInfo buf, KpiMoments *m)
 	m->c_xy = pq_getmsgfloat8(buf);
 }
 
+/* A state as bytes (kpi_lift_serialize, loyalty._lift_moments). */
+static bytea *
+LiftSerialize(const KpiLiftState *s)
+{
+	StringInfoData buf;
+
+	pq_begintypsend(&buf);
+	MomentsSend(&buf, &s->group[0]);
+	MomentsSend(&buf, &s->group[1]);
+	pq_sendint64(&buf, s->with_covariate);
+	return pq_endtypsend(&buf);
+}
+
+/* Rebuild a state from LiftSerialize's bytes into *s. */
+static void
+LiftDeserialize(bytea *bytes, KpiLiftState *s)
+{
+	StringInfoData buf;
+
+	buf.data = VARDATA_ANY(bytes);
+	buf.len = VARSIZE_ANY_EXHDR(bytes);
+	buf.maxlen = buf.len;
+	buf.cursor = 0;
+	MomentsRecv(&buf, &s->group[0]);
+	MomentsRecv(&buf, &s->group[1]);
+	s->with_covariate = pq_getmsgint64(&buf);
+	pq_getmsgend(&buf);
+}
+
 PG_FUNCTION_INFO_V1(kpi_lift_serialize);
 
 /* Serialize a state to bytea for transfer between parallel workers. */
 Datum
 kpi_lift_serialize(PG_FUNCTION_ARGS)
 {
-	KpiLiftState *s;
-	StringInfoData buf;
-
 	if (!AggCheckCallContext(fcinfo, NULL))
 		elog(ERROR, "kpi_lift_serialize called in non-aggregate context");
-	s = (KpiLiftState *) PG_GETARG_POINTER(0);
-	pq_begintypsend(&buf);
-	MomentsSend(&buf, &s->group[0]);
-	MomentsSend(&buf, &s->group[1]);
-	pq_sendint64(&buf, s->with_covariate);
-	PG_RETURN_BYTEA_P(pq_endtypsend(&buf));
+	PG_RETURN_BYTEA_P(LiftSerialize((KpiLiftState *) PG_GETARG_POINTER(0)));
 }
 
 PG_FUNCTION_INFO_V1(kpi_lift_deserialize);
@@ -221,23 +275,29 @@ Datum
 kpi_lift_deserialize(PG_FUNCTION_ARGS)
 {
 	MemoryContext aggcxt;
-	bytea	   *bytes;
-	StringInfoData buf;
 	KpiLiftState *s;
 
 	if (!AggCheckCallContext(fcinfo, &aggcxt))
 		elog(ERROR, "kpi_lift_deserialize called in non-aggregate context");
-	bytes = PG_GETARG_BYTEA_PP(0);
-	buf.data = VARDATA_ANY(bytes);
-	buf.len = VARSIZE_ANY_EXHDR(bytes);
-	buf.maxlen = buf.len;
-	buf.cursor = 0;
 	s = MemoryContextAllocZero(aggcxt, sizeof(KpiLiftState));
-	MomentsRecv(&buf, &s->group[0]);
-	MomentsRecv(&buf, &s->group[1]);
-	s->with_covariate = pq_getmsgint64(&buf);
-	pq_getmsgend(&buf);
+	LiftDeserialize(PG_GETARG_BYTEA_PP(0), s);
 	PG_RETURN_POINTER(s);
+}
+
+PG_FUNCTION_INFO_V1(kpi_lift_moments_final);
+
+/*
+ * Final of loyalty._lift_moments: the state's bytes (null without rows),
+ * read back by loyalty._lift_estimate.
+ */
+Datum
+kpi_lift_moments_final(PG_FUNCTION_ARGS)
+{
+	if (!AggCheckCallContext(fcinfo, NULL))
+		elog(ERROR, "kpi_lift_moments_final called in non-aggregate context");
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	PG_RETURN_BYTEA_P(LiftSerialize((KpiLiftState *) PG_GETARG_POINTER(0)));
 }
 
 /*
@@ -319,6 +379,24 @@ LiftEstimate(const KpiLiftState *s, Datum *values, bool *nulls)
 	}
 }
 
+/* The loyalty.lift_estimate row of a state, for this function's result. */
+static Datum
+LiftEstimateDatum(FunctionCallInfo fcinfo, const KpiLiftState *s)
+{
+	TupleDesc	tupdesc;
+	Datum		values[KPI_LIFT_NATTS];
+	bool		nulls[KPI_LIFT_NATTS];
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "function returning loyalty.lift_estimate called in a context that cannot accept it");
+	tupdesc = BlessTupleDesc(tupdesc);
+	if (tupdesc->natts != KPI_LIFT_NATTS)
+		elog(ERROR, "loyalty.lift_estimate has %d columns, expected %d",
+			 tupdesc->natts, KPI_LIFT_NATTS);
+	LiftEstimate(s, values, nulls);
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+}
+
 PG_FUNCTION_INFO_V1(kpi_lift_final);
 
 /*
@@ -328,22 +406,50 @@ PG_FUNCTION_INFO_V1(kpi_lift_final);
 Datum
 kpi_lift_final(PG_FUNCTION_ARGS)
 {
-	KpiLiftState *s;
-	TupleDesc	tupdesc;
-	Datum		values[KPI_LIFT_NATTS];
-	bool		nulls[KPI_LIFT_NATTS];
-
 	if (!AggCheckCallContext(fcinfo, NULL))
 		elog(ERROR, "kpi_lift_final called in non-aggregate context");
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
-	s = (KpiLiftState *) PG_GETARG_POINTER(0);
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "kpi_lift_final must return a composite type");
-	tupdesc = BlessTupleDesc(tupdesc);
-	if (tupdesc->natts != KPI_LIFT_NATTS)
-		elog(ERROR, "loyalty.lift_estimate has %d columns, expected %d",
-			 tupdesc->natts, KPI_LIFT_NATTS);
-	LiftEstimate(s, values, nulls);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+	PG_RETURN_DATUM(LiftEstimateDatum(fcinfo, (KpiLiftState *) PG_GETARG_POINTER(0)));
+}
+
+PG_FUNCTION_INFO_V1(kpi_lift_from_moments);
+
+/*
+ * loyalty._lift_estimate(treated bytea, controls bytea[]): the estimate of
+ * lift_interval from the moments of the treated group and of the control
+ * groups (loyalty._lift_moments; the controls merged, null elements and a
+ * null array are no rows).  The same state as lift_interval over the same
+ * rows in the same order, hence the same figures; null treated: null.
+ */
+Datum
+kpi_lift_from_moments(PG_FUNCTION_ARGS)
+{
+	KpiLiftState s;
+	KpiLiftState part;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	memset(&s, 0, sizeof(s));
+	LiftDeserialize(PG_GETARG_BYTEA_PP(0), &part);
+	s.group[1] = part.group[1];
+	s.with_covariate = part.with_covariate;
+	if (!PG_ARGISNULL(1))
+	{
+		ArrayType  *controls = PG_GETARG_ARRAYTYPE_P(1);
+		ArrayIterator it = array_create_iterator(controls, 0, NULL);
+		Datum		d;
+		bool		isnull;
+
+		while (array_iterate(it, &d, &isnull))
+		{
+			if (isnull)
+				continue;
+			LiftDeserialize(DatumGetByteaPP(d), &part);
+			MomentsMerge(&s.group[0], &part.group[1]);
+			s.with_covariate += part.with_covariate;
+		}
+		array_free_iterator(it);
+	}
+	PG_RETURN_DATUM(LiftEstimateDatum(fcinfo, &s));
 }

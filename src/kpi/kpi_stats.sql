@@ -119,3 +119,42 @@ COMMENT ON AGGREGATE loyalty.lift_interval(double precision, boolean, double pre
 	'Treated minus control mean of outcome with a 95% Welch t interval; a covariate (pre-period value, on every row or on none) makes it CUPED-adjusted';
 
 SELECT loyalty._register_function('all'::pg_catalog.text, 'loyalty.lift_interval(double precision, boolean, double precision)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/* the moments of one group, paired afterwards (loyalty.campaign_kpi) */
+
+CREATE FUNCTION loyalty._lift_moments_trans(internal, double precision, double precision)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'kpi_lift_moments_transfn'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._lift_moments_trans(internal, double precision, double precision) IS
+	'Internal: transition function of loyalty._lift_moments';
+
+CREATE FUNCTION loyalty._lift_moments_final(internal)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kpi_lift_moments_final'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._lift_moments_final(internal) IS
+	'Internal: final function of loyalty._lift_moments (the moments as bytes)';
+
+CREATE AGGREGATE loyalty._lift_moments(outcome double precision, covariate double precision) (
+	SFUNC = loyalty._lift_moments_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._lift_moments_final,
+	COMBINEFUNC = loyalty._lift_combine,
+	SERIALFUNC = loyalty._lift_serial,
+	DESERIALFUNC = loyalty._lift_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty._lift_moments(double precision, double precision) IS
+	'Internal: count, means, second moments and co-moment of outcome and covariate of one group (Welford), as bytes for loyalty._lift_estimate: lets a query collect them per variant in the pass of its other aggregates';
+
+CREATE FUNCTION loyalty._lift_estimate(treated bytea, controls bytea[])
+RETURNS loyalty.lift_estimate
+AS 'MODULE_PATHNAME', 'kpi_lift_from_moments'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._lift_estimate(bytea, bytea[]) IS
+	'Internal: loyalty.lift_interval''s estimate from loyalty._lift_moments of the treated group and of the control groups (merged); null treated: null';

@@ -9486,6 +9486,137 @@ $$;
 
 -- END issue 15, campaign publication (one-pass writer)
 
+-- Issue 15, campaign KPIs (the KPI bar): loyalty.campaign_kpi computes the
+-- per-variant totals and the moments of the lift in one pass over the
+-- members (loyalty._lift_moments per variant, paired by
+-- loyalty._lift_estimate) instead of materialising the members and scanning
+-- them again for loyalty.lift_interval.  Same figures.
+
+/* the moments of one group, paired afterwards (loyalty.campaign_kpi) */
+
+CREATE FUNCTION loyalty._lift_moments_trans(internal, double precision, double precision)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'kpi_lift_moments_transfn'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._lift_moments_trans(internal, double precision, double precision) IS
+	'Internal: transition function of loyalty._lift_moments';
+
+CREATE FUNCTION loyalty._lift_moments_final(internal)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'kpi_lift_moments_final'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._lift_moments_final(internal) IS
+	'Internal: final function of loyalty._lift_moments (the moments as bytes)';
+
+CREATE AGGREGATE loyalty._lift_moments(outcome double precision, covariate double precision) (
+	SFUNC = loyalty._lift_moments_trans,
+	STYPE = internal,
+	FINALFUNC = loyalty._lift_moments_final,
+	COMBINEFUNC = loyalty._lift_combine,
+	SERIALFUNC = loyalty._lift_serial,
+	DESERIALFUNC = loyalty._lift_deserial,
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE loyalty._lift_moments(double precision, double precision) IS
+	'Internal: count, means, second moments and co-moment of outcome and covariate of one group (Welford), as bytes for loyalty._lift_estimate: lets a query collect them per variant in the pass of its other aggregates';
+
+CREATE FUNCTION loyalty._lift_estimate(treated bytea, controls bytea[])
+RETURNS loyalty.lift_estimate
+AS 'MODULE_PATHNAME', 'kpi_lift_from_moments'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION loyalty._lift_estimate(bytea, bytea[]) IS
+	'Internal: loyalty.lift_interval''s estimate from loyalty._lift_moments of the treated group and of the control groups (merged); null treated: null';
+
+CREATE OR REPLACE FUNCTION loyalty.campaign_kpi(marketing_campaign_id bigint, window_days integer DEFAULT 30,
+									 cuped boolean DEFAULT true, margin_rate numeric DEFAULT NULL)
+RETURNS TABLE (variant text, holdout boolean, audience bigint, offered bigint, filtered bigint,
+			   redeemed bigint, redemption_rate double precision, discount_cost numeric,
+			   redeemed_revenue numeric, redeemed_margin numeric, repurchase_rate double precision,
+			   avg_basket_before numeric, avg_basket_after numeric,
+			   revenue_per_member double precision, incremental_revenue_per_member double precision,
+			   lift_lower double precision, lift_upper double precision, lift_df double precision,
+			   incremental_revenue double precision, roi double precision)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET enable_mergejoin = off
+AS $$
+BEGIN
+	IF marketing_campaign_id IS NULL OR window_days IS NULL OR cuped IS NULL THEN
+		RAISE EXCEPTION 'marketing_campaign_id, window_days and cuped must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF window_days NOT BETWEEN 1 AND 3660 THEN
+		RAISE EXCEPTION 'window_days must lie between 1 and 3660'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF margin_rate < 0 OR margin_rate > 1 THEN
+		RAISE EXCEPTION 'margin_rate must lie between 0 and 1'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM loyalty.marketing_campaign m
+				   WHERE m.marketing_campaign_id = campaign_kpi.marketing_campaign_id) THEN
+		RAISE EXCEPTION 'marketing campaign % does not exist', campaign_kpi.marketing_campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+	-- one pass over the members: the per-variant totals and the moments of
+	-- the lift (treated rows and hold-out rows apart), paired afterwards
+	WITH v AS (
+		SELECT m.variant, bool_or(m.holdout) AS holdout, count(*) AS audience,
+			   count(*) FILTER (WHERE m.offered) AS offered,
+			   count(*) FILTER (WHERE m.filtered_reason IS NOT NULL) AS filtered,
+			   count(*) FILTER (WHERE m.redeemed) AS redeemed,
+			   sum(m.discount) AS discount_cost, sum(m.redeemed_revenue) AS revenue,
+			   sum(m.redeemed_margin) AS margin,
+			   count(*) FILTER (WHERE m.redeemed AND m.redeemed_margin IS NOT NULL) AS with_margin,
+			   count(*) FILTER (WHERE m.orders_after > 0) AS repurchasers,
+			   sum(m.spend_before) AS spend_before, sum(m.orders_before) AS orders_before,
+			   sum(m.spend_after) AS spend_after, sum(m.orders_after) AS orders_after,
+			   loyalty._lift_moments(m.spend_after::double precision,
+									 CASE WHEN campaign_kpi.cuped THEN m.spend_before::double precision END)
+				   FILTER (WHERE NOT m.holdout) AS treated_moments,
+			   loyalty._lift_moments(m.spend_after::double precision,
+									 CASE WHEN campaign_kpi.cuped THEN m.spend_before::double precision END)
+				   FILTER (WHERE m.holdout) AS control_moments
+		FROM (SELECT x.variant, x.holdout, x.offered, x.filtered_reason, x.redeemed, x.discount,
+					 x.redeemed_revenue, x.redeemed_margin, x.windows[1] AS orders_before,
+					 x.windows[2] AS spend_before, x.windows[3] AS orders_after, x.windows[4] AS spend_after
+			  FROM loyalty._campaign_members(campaign_kpi.marketing_campaign_id, campaign_kpi.window_days) x) m
+		GROUP BY m.variant
+	), lift AS (
+		-- each treated variant against the hold-out, from the moments above
+		SELECT v.variant, loyalty._lift_estimate(v.treated_moments, c.controls) AS e
+		FROM v CROSS JOIN (SELECT array_agg(h.control_moments) AS controls FROM v h) c
+		WHERE NOT v.holdout
+	)
+	SELECT v.variant, v.holdout, v.audience, v.offered, v.filtered, v.redeemed,
+		   CASE WHEN v.offered > 0 THEN v.redeemed::double precision / v.offered END,
+		   v.discount_cost, v.revenue,
+		   CASE WHEN v.with_margin = v.redeemed AND v.redeemed > 0 THEN v.margin END,
+		   v.repurchasers::double precision / v.audience,
+		   CASE WHEN v.orders_before > 0 THEN round(v.spend_before / v.orders_before, 2) END,
+		   CASE WHEN v.orders_after > 0 THEN round(v.spend_after / v.orders_after, 2) END,
+		   (v.spend_after / v.audience)::double precision,
+		   (l.e).difference, (l.e).lower, (l.e).upper, (l.e).df,
+		   (l.e).difference * (l.e).n_treated,
+		   CASE WHEN v.discount_cost > 0 AND (l.e).difference IS NOT NULL THEN
+				((l.e).difference * (l.e).n_treated
+				 * coalesce(campaign_kpi.margin_rate,
+							CASE WHEN v.with_margin = v.redeemed AND v.revenue > 0
+								 THEN (v.margin + v.discount_cost) / v.revenue END)::double precision
+				 - v.discount_cost::double precision) / v.discount_cost::double precision END
+	FROM v LEFT JOIN lift l ON l.variant IS NOT DISTINCT FROM v.variant
+	ORDER BY v.holdout DESC, v.variant;
+END;
+$$;
+
+-- END issue 15, campaign KPIs (the KPI bar)
+
 /* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
  * every object (grants.sql of the install script, then reapply_grants).
