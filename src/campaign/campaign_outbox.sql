@@ -22,13 +22,22 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	/*
+	 * Not on a Citus shard placement (outbox_102008: the table is
+	 * distributed): a NOTIFY there makes the worker's part of the
+	 * distributed transaction impossible to PREPARE, and nobody listens
+	 * on a worker.  On Citus consumers poll (doc/citus.md).
+	 */
+	IF TG_TABLE_NAME OPERATOR(pg_catalog.<>) 'outbox'::pg_catalog.name THEN
+		RETURN NULL;
+	END IF;
 	PERFORM pg_catalog.pg_notify('loyalty_outbox'::pg_catalog.text, ''::pg_catalog.text);
 	RETURN NULL;
 END;
 $$;
 
 COMMENT ON FUNCTION loyalty._outbox_notify() IS
-	'Internal trigger: NOTIFY loyalty_outbox (delivered at commit) when events were queued';
+	'Internal trigger: NOTIFY loyalty_outbox (delivered at commit) when events were queued; nothing on a Citus shard placement';
 
 CREATE TRIGGER outbox_notify
 	AFTER INSERT ON loyalty.outbox
