@@ -9244,6 +9244,7 @@ $$;
 
 -- END issue 15 offer15
 
+
 -- Issue 14, Citus (newer families): citus_setup also distributes the
 -- campaign, referral and mission per-customer tables (colocated with
 -- customer_stats), makes their configuration tables and clv_model reference
@@ -9252,7 +9253,9 @@ $$;
 -- statements Citus could not plan (mixing distributed tables with tables on
 -- the coordinator in one statement, a function reading a table inside a
 -- statement on a distributed table, parameters of an SQL function) are
--- split or moved to PL/pgSQL (doc/citus.md).  Same results on one node.
+-- split or moved to PL/pgSQL; campaign_kpi refuses distributed campaign
+-- tables (0A000) instead of reporting no audience (doc/citus.md).  Same
+-- results on one node.
 
 CREATE OR REPLACE FUNCTION loyalty.citus_setup(distribute_functions boolean DEFAULT false)
 RETURNS TABLE (object text, action text, result text)
@@ -9679,6 +9682,100 @@ BEGIN
 	  AND (m.activation = 'automatic'
 		   OR EXISTS (SELECT 1 FROM loyalty.mission_optin o WHERE o.customer_id = $1 AND o.mission_id = m.mission_id))
 	ORDER BY m.mission_id;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION loyalty.campaign_kpi(marketing_campaign_id bigint, window_days integer DEFAULT 30,
+									 cuped boolean DEFAULT true, margin_rate numeric DEFAULT NULL)
+RETURNS TABLE (variant text, holdout boolean, audience bigint, offered bigint, filtered bigint,
+			   redeemed bigint, redemption_rate double precision, discount_cost numeric,
+			   redeemed_revenue numeric, redeemed_margin numeric, repurchase_rate double precision,
+			   avg_basket_before numeric, avg_basket_after numeric,
+			   revenue_per_member double precision, incremental_revenue_per_member double precision,
+			   lift_lower double precision, lift_upper double precision, lift_df double precision,
+			   incremental_revenue double precision, roi double precision)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET enable_mergejoin = off
+AS $$
+BEGIN
+	IF marketing_campaign_id IS NULL OR window_days IS NULL OR cuped IS NULL THEN
+		RAISE EXCEPTION 'marketing_campaign_id, window_days and cuped must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF window_days NOT BETWEEN 1 AND 3660 THEN
+		RAISE EXCEPTION 'window_days must lie between 1 and 3660'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF margin_rate < 0 OR margin_rate > 1 THEN
+		RAISE EXCEPTION 'margin_rate must lie between 0 and 1'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM loyalty.marketing_campaign m
+				   WHERE m.marketing_campaign_id = campaign_kpi.marketing_campaign_id) THEN
+		RAISE EXCEPTION 'marketing campaign % does not exist', campaign_kpi.marketing_campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	/*
+	 * On Citus the members query (an SQL function called from here) runs
+	 * on the coordinator's empty shells of the distributed tables and
+	 * would report no audience: refused until it is written for Citus.
+	 */
+	IF loyalty._citus_is_distributed('loyalty.campaign_publication'::pg_catalog.regclass) THEN
+		RAISE EXCEPTION 'campaign_kpi does not support Citus tables yet'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'The campaign tables are distributed; the KPI query would read the coordinator''s empty shells of them.',
+				  HINT = 'See doc/citus.md for what works on Citus.';
+	END IF;
+	RETURN QUERY
+	WITH m AS MATERIALIZED (
+		SELECT x.variant, x.holdout, x.offered, x.filtered_reason, x.redeemed, x.discount,
+			   x.redeemed_revenue, x.redeemed_margin, x.windows[1] AS orders_before,
+			   x.windows[2] AS spend_before, x.windows[3] AS orders_after, x.windows[4] AS spend_after
+		FROM loyalty._campaign_members(campaign_kpi.marketing_campaign_id, campaign_kpi.window_days) x
+	), v AS (
+		SELECT m.variant, bool_or(m.holdout) AS holdout, count(*) AS audience,
+			   count(*) FILTER (WHERE m.offered) AS offered,
+			   count(*) FILTER (WHERE m.filtered_reason IS NOT NULL) AS filtered,
+			   count(*) FILTER (WHERE m.redeemed) AS redeemed,
+			   sum(m.discount) AS discount_cost, sum(m.redeemed_revenue) AS revenue,
+			   sum(m.redeemed_margin) AS margin,
+			   count(*) FILTER (WHERE m.redeemed AND m.redeemed_margin IS NOT NULL) AS with_margin,
+			   count(*) FILTER (WHERE m.orders_after > 0) AS repurchasers,
+			   sum(m.spend_before) AS spend_before, sum(m.orders_before) AS orders_before,
+			   sum(m.spend_after) AS spend_after, sum(m.orders_after) AS orders_after
+		FROM m GROUP BY m.variant
+	), lift AS (
+		-- each treated variant against the hold-out, in one pass
+		SELECT x.variant,
+			   loyalty.lift_interval(x.spend_after::double precision, x.treated,
+									 CASE WHEN campaign_kpi.cuped THEN x.spend_before::double precision END) AS e
+		FROM (SELECT m.variant, true AS treated, m.spend_after, m.spend_before FROM m WHERE NOT m.holdout
+			  UNION ALL
+			  SELECT t.variant, false, m.spend_after, m.spend_before
+			  FROM m CROSS JOIN (SELECT v.variant FROM v WHERE NOT v.holdout) t
+			  WHERE m.holdout) x
+		GROUP BY x.variant
+	)
+	SELECT v.variant, v.holdout, v.audience, v.offered, v.filtered, v.redeemed,
+		   CASE WHEN v.offered > 0 THEN v.redeemed::double precision / v.offered END,
+		   v.discount_cost, v.revenue,
+		   CASE WHEN v.with_margin = v.redeemed AND v.redeemed > 0 THEN v.margin END,
+		   v.repurchasers::double precision / v.audience,
+		   CASE WHEN v.orders_before > 0 THEN round(v.spend_before / v.orders_before, 2) END,
+		   CASE WHEN v.orders_after > 0 THEN round(v.spend_after / v.orders_after, 2) END,
+		   (v.spend_after / v.audience)::double precision,
+		   (l.e).difference, (l.e).lower, (l.e).upper, (l.e).df,
+		   (l.e).difference * (l.e).n_treated,
+		   CASE WHEN v.discount_cost > 0 AND (l.e).difference IS NOT NULL THEN
+				((l.e).difference * (l.e).n_treated
+				 * coalesce(campaign_kpi.margin_rate,
+							CASE WHEN v.with_margin = v.redeemed AND v.revenue > 0
+								 THEN (v.margin + v.discount_cost) / v.revenue END)::double precision
+				 - v.discount_cost::double precision) / v.discount_cost::double precision END
+	FROM v LEFT JOIN lift l ON l.variant IS NOT DISTINCT FROM v.variant
+	ORDER BY v.holdout DESC, v.variant;
 END;
 $$;
 

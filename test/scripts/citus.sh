@@ -18,9 +18,9 @@
 #      refused (0A000), never silently wrong;
 #   6-8. (after 1b: citus_setup distributed the campaign, referral and
 #      mission tables) a marketing campaign published (consent, bound codes,
-#      offer events; outbox_claim refused with 0A000), a referral (code,
-#      join, self-referral refused, rewards, refund), a mission (completion,
-#      reward once), check_integrity() empty.
+#      offer events; outbox_claim and the campaign KPIs refused with 0A000),
+#      a referral (code, join, self-referral refused, rewards, refund), a
+#      mission (completion, reward once), check_integrity() empty.
 # The cluster is its own (test/citus_cluster.sh), removed on exit.  Runs when
 # the Citus build is cached (bash test/citus_build.sh, about 4 minutes, once
 # per machine), or builds it when LOYALTY_CITUS_BUILD=1; otherwise it says
@@ -229,6 +229,14 @@ expect "campaign: the bound code works for its customer only" \
 got=$(q -v VERBOSITY=verbose -c "SELECT count(*) FROM loyalty.outbox_claim(100)" 2>&1 || true)
 case "$got" in *0A000*) echo "ok: outbox_claim on the distributed outbox is refused (0A000)" ;;
 	*) fail "outbox_claim on Citus: $got" ;; esac
+# the KPI queries are not written for Citus yet: refused (0A000), never an
+# empty report read from the coordinator's shells
+for kq in "loyalty.campaign_members($mc)" "loyalty.campaign_kpi($mc)" loyalty.campaign_kpis \
+	loyalty.campaign_funnel; do
+	got=$(q -v VERBOSITY=verbose -c "SELECT count(*) FROM $kq" 2>&1 || true)
+	case "$got" in *0A000*) echo "ok: $kq on Citus is refused (0A000)" ;;
+		*) fail "$kq on Citus: $got" ;; esac
+done
 
 # 7. a referral on the cluster: code, join, first purchase rewards both sides
 # through the points ledger, self-referral refused, refund takes both back
