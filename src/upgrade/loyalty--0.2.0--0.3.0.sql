@@ -9245,6 +9245,7 @@ $$;
 -- END issue 15 offer15
 
 
+
 -- Issue 14, Citus (newer families): citus_setup also distributes the
 -- campaign, referral and mission per-customer tables (colocated with
 -- customer_stats), makes their configuration tables and clv_model reference
@@ -9253,7 +9254,8 @@ $$;
 -- statements Citus could not plan (mixing distributed tables with tables on
 -- the coordinator in one statement, a function reading a table inside a
 -- statement on a distributed table, parameters of an SQL function) are
--- split or moved to PL/pgSQL; campaign_kpi refuses distributed campaign
+-- split or moved to PL/pgSQL; outbox_claim locks event by event on a
+-- distributed outbox; campaign_kpi refuses distributed campaign
 -- tables (0A000) instead of reporting no audience (doc/citus.md).  Same
 -- results on one node.
 
@@ -9419,6 +9421,56 @@ $$;
 
 COMMENT ON FUNCTION loyalty._outbox_notify() IS
 	'Internal trigger: NOTIFY loyalty_outbox (delivered at commit) when events were queued; nothing on a Citus shard placement';
+
+CREATE OR REPLACE FUNCTION loyalty.outbox_claim(batch_size integer DEFAULT 100)
+RETURNS SETOF loyalty.outbox
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cand record;
+	claimed integer := 0;
+BEGIN
+	IF batch_size IS NULL OR batch_size < 1 THEN
+		RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT loyalty._citus_is_distributed('loyalty.outbox'::pg_catalog.regclass) THEN
+		RETURN QUERY
+			SELECT o.* FROM loyalty.outbox o
+			WHERE o.acked_at IS NULL
+			ORDER BY o.outbox_id
+			LIMIT batch_size
+			FOR UPDATE SKIP LOCKED;
+		RETURN;
+	END IF;
+	/*
+	 * Citus (the outbox distributed by customer) locks rows only in a
+	 * single-shard statement: the oldest pending events are read without
+	 * a lock, then each is locked by its key, SKIP LOCKED, until the batch
+	 * is full.  Candidates are read four times the batch (plus 100) ahead:
+	 * events claimed by other consumers beyond that wait for the next call.
+	 */
+	FOR cand IN
+		SELECT o.customer_id, o.outbox_id FROM loyalty.outbox o
+		WHERE o.acked_at IS NULL
+		ORDER BY o.outbox_id
+		LIMIT batch_size * 4 + 100
+	LOOP
+		RETURN QUERY
+			SELECT o.* FROM loyalty.outbox o
+			WHERE o.customer_id = cand.customer_id AND o.outbox_id = cand.outbox_id
+			  AND o.acked_at IS NULL
+			FOR UPDATE SKIP LOCKED;
+		IF FOUND THEN
+			claimed := claimed + 1;
+			EXIT WHEN claimed >= batch_size;
+		END IF;
+	END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.outbox_claim(integer) IS
+	'Claim up to batch_size pending outbox events, oldest first, locked until the end of the transaction (FOR UPDATE SKIP LOCKED: concurrent consumers get disjoint batches; on Citus locked one by one); acknowledge them with outbox_ack in the same transaction';
 
 CREATE OR REPLACE FUNCTION loyalty._referral_orders(customer_id text)
 RETURNS bigint
