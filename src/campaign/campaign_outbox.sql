@@ -22,13 +22,22 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	/*
+	 * Not on a Citus shard placement (outbox_102008: the table is
+	 * distributed): a NOTIFY there makes the worker's part of the
+	 * distributed transaction impossible to PREPARE, and nobody listens
+	 * on a worker.  On Citus consumers poll (doc/citus.md).
+	 */
+	IF TG_TABLE_NAME OPERATOR(pg_catalog.<>) 'outbox'::pg_catalog.name THEN
+		RETURN NULL;
+	END IF;
 	PERFORM pg_catalog.pg_notify('loyalty_outbox'::pg_catalog.text, ''::pg_catalog.text);
 	RETURN NULL;
 END;
 $$;
 
 COMMENT ON FUNCTION loyalty._outbox_notify() IS
-	'Internal trigger: NOTIFY loyalty_outbox (delivered at commit) when events were queued';
+	'Internal trigger: NOTIFY loyalty_outbox (delivered at commit) when events were queued; nothing on a Citus shard placement';
 
 CREATE TRIGGER outbox_notify
 	AFTER INSERT ON loyalty.outbox
@@ -110,21 +119,50 @@ RETURNS SETOF loyalty.outbox
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	cand record;
+	claimed integer := 0;
 BEGIN
 	IF batch_size IS NULL OR batch_size < 1 THEN
 		RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	RETURN QUERY
-		SELECT o.* FROM loyalty.outbox o
+	IF NOT loyalty._citus_is_distributed('loyalty.outbox'::pg_catalog.regclass) THEN
+		RETURN QUERY
+			SELECT o.* FROM loyalty.outbox o
+			WHERE o.acked_at IS NULL
+			ORDER BY o.outbox_id
+			LIMIT batch_size
+			FOR UPDATE SKIP LOCKED;
+		RETURN;
+	END IF;
+	/*
+	 * Citus (the outbox distributed by customer) locks rows only in a
+	 * single-shard statement: the oldest pending events are read without
+	 * a lock, then each is locked by its key, SKIP LOCKED, until the batch
+	 * is full.  Candidates are read four times the batch (plus 100) ahead:
+	 * events claimed by other consumers beyond that wait for the next call.
+	 */
+	FOR cand IN
+		SELECT o.customer_id, o.outbox_id FROM loyalty.outbox o
 		WHERE o.acked_at IS NULL
 		ORDER BY o.outbox_id
-		LIMIT batch_size
-		FOR UPDATE SKIP LOCKED;
+		LIMIT batch_size * 4 + 100
+	LOOP
+		RETURN QUERY
+			SELECT o.* FROM loyalty.outbox o
+			WHERE o.customer_id = cand.customer_id AND o.outbox_id = cand.outbox_id
+			  AND o.acked_at IS NULL
+			FOR UPDATE SKIP LOCKED;
+		IF FOUND THEN
+			claimed := claimed + 1;
+			EXIT WHEN claimed >= batch_size;
+		END IF;
+	END LOOP;
 END;
 $$;
 
 COMMENT ON FUNCTION loyalty.outbox_claim(integer) IS
-	'Claim up to batch_size pending outbox events, oldest first, locked until the end of the transaction (FOR UPDATE SKIP LOCKED: concurrent consumers get disjoint batches); acknowledge them with outbox_ack in the same transaction';
+	'Claim up to batch_size pending outbox events, oldest first, locked until the end of the transaction (FOR UPDATE SKIP LOCKED: concurrent consumers get disjoint batches; on Citus locked one by one); acknowledge them with outbox_ack in the same transaction';
 
 SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.outbox_claim(integer)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 

@@ -20,9 +20,11 @@
  *	  whose primary key or a unique index does not include customer_id, or
  *	  whose customer_id is not text COLLATE "C", cannot be distributed and
  *	  colocated: it is reported, not changed;
- *	- the owner tables of caller references (coupon_order_owner,
- *	  points_reference) are distributed by the reference, each in its own
- *	  colocation group: a reference is global, not per customer;
+ *	- the owner tables of global keys (coupon_order_owner and
+ *	  points_reference by the caller's reference, referral_code_key by the
+ *	  code, referral_claim by the identifier's digest) are distributed by
+ *	  that key, each in its own colocation group: such a key is global, not
+ *	  per customer;
  *	- with distribute_functions => true, the per-customer API functions are
  *	  distributed by their customer_id argument, colocated with
  *	  customer_stats (no force_delegation: a call inside a transaction
@@ -39,18 +41,25 @@ DECLARE
 	ref_tables text[] := ARRAY['settings', 'tracked_table', 'rfm_config', 'segment_snapshot',
 		'segment_summary', 'campaign', 'campaign_rule',
 		'eligibility_kind', 'coupon', 'points_program', 'tier', 'earning_rule',
-		'points_reward'];
+		'points_reward', 'clv_model', 'experiment', 'experiment_variant',
+		'marketing_campaign', 'frequency_cap', 'referral_program', 'referral_reward_tier',
+		'mission'];
 	customer_tables text[] := ARRAY['customer_stats', 'customer_stats_delta',
 		'segment_change', 'coupon_order', 'redemption', 'reservation', 'coupon_return',
 		'coupon_return_line', 'points_account', 'points_lot', 'points_ledger',
 		'points_qualifying', 'points_rule_usage', 'tier_history', 'points_exchange',
-		'coupon_bonus'];
+		'coupon_bonus', 'campaign_publication', 'campaign_filtered',
+		'experiment_assignment', 'consent', 'consent_history', 'customer_dates', 'cart',
+		'outbox', 'referral_code', 'referral', 'referral_period', 'mission_optin',
+		'mission_customer', 'mission_attempt', 'mission_contribution'];
 	points_config text[] := ARRAY['points_program', 'tier', 'earning_rule', 'points_reward'];
 	-- their triggers read and write the whole segment map by the tables'
 	-- names: on a placement that is a distributed query inside Citus's copy
 	-- (it deadlocks); not reference tables yet
 	local_tables text[] := ARRAY['segment', 'segment_rule'];
-	owner_tables text[] := ARRAY['coupon_order_owner:order_ref', 'points_reference:reference'];
+	-- global keys: a reference, a referral code, an identifier's digest
+	owner_tables text[] := ARRAY['coupon_order_owner:order_ref', 'points_reference:reference',
+		'referral_code_key:code', 'referral_claim:digest'];
 	functions text[] := ARRAY['coupon_validate', 'coupon_reserve', 'coupon_redeem',
 		'coupon_rollback', 'coupon_release', 'coupon_order_lines', 'coupon_return_lines',
 		'coupon_update_order', 'customer_rfm'];

@@ -196,6 +196,17 @@ BEGIN
 		RAISE EXCEPTION 'marketing campaign % does not exist', campaign_kpi.marketing_campaign_id
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	/*
+	 * On Citus the members query (an SQL function called from here) runs
+	 * on the coordinator's empty shells of the distributed tables and
+	 * would report no audience: refused until it is written for Citus.
+	 */
+	IF loyalty._citus_is_distributed('loyalty.campaign_publication'::pg_catalog.regclass) THEN
+		RAISE EXCEPTION 'campaign_kpi does not support Citus tables yet'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'The campaign tables are distributed; the KPI query would read the coordinator''s empty shells of them.',
+				  HINT = 'See doc/citus.md for what works on Citus.';
+	END IF;
 	RETURN QUERY
 	-- one pass over the members: the per-variant totals and the moments of
 	-- the lift (treated rows and hold-out rows apart), paired afterwards

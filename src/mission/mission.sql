@@ -529,9 +529,14 @@ SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.mission_refun
 CREATE FUNCTION loyalty.mission_progress(customer_id text, at timestamptz DEFAULT pg_catalog.now())
 RETURNS TABLE (mission_id text, description text, attempt integer, progress numeric, target numeric,
 			   status text, ends_at timestamptz, days_left integer, message text)
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
+BEGIN
+	-- PL/pgSQL, not SQL: Citus plans a query with parameters of an SQL
+	-- function on distributed tables only in PL/pgSQL
+	RETURN QUERY
 	SELECT m.mission_id, m.description, a.attempt,
 		   COALESCE(p.progress, 0), m.target, COALESCE(p.status, 'not_started'),
 		   p.ends_at,
@@ -556,7 +561,8 @@ AS $$
 	WHERE m.active AND (m.ends_at IS NULL OR $2 < m.ends_at)
 	  AND (m.activation = 'automatic'
 		   OR EXISTS (SELECT 1 FROM loyalty.mission_optin o WHERE o.customer_id = $1 AND o.mission_id = m.mission_id))
-	ORDER BY m.mission_id
+	ORDER BY m.mission_id;
+END;
 $$;
 
 COMMENT ON FUNCTION loyalty.mission_progress(text, timestamptz) IS

@@ -374,18 +374,26 @@ COMMENT ON FUNCTION loyalty._referral_zone() IS 'Internal: the program time zone
  */
 CREATE FUNCTION loyalty._referral_orders(customer_id text)
 RETURNS bigint
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT GREATEST(
-		COALESCE((SELECT s.order_count FROM loyalty.customer_stats s
-				  WHERE s.customer_id OPERATOR(pg_catalog.=) $1), 0::bigint)
-		OPERATOR(pg_catalog.+)
-		COALESCE((SELECT pg_catalog.sum(d.order_count)::bigint FROM loyalty.customer_stats_delta d
-				  WHERE d.customer_id OPERATOR(pg_catalog.=) $1), 0::bigint),
-		(SELECT pg_catalog.count(*) FROM loyalty.points_ledger e
-		 WHERE e.customer_id OPERATOR(pg_catalog.=) $1 AND e.kind OPERATOR(pg_catalog.=) 'earn'
-		   AND e.amount IS NOT NULL))
+DECLARE
+	tracked bigint;
+	pending bigint;
+	earned bigint;
+BEGIN
+	-- one table per statement: on Citus the statistics are distributed and
+	-- a statement may not mix them with tables kept on the coordinator
+	SELECT s.order_count INTO tracked FROM loyalty.customer_stats s
+	WHERE s.customer_id OPERATOR(pg_catalog.=) _referral_orders.customer_id;
+	SELECT pg_catalog.sum(d.order_count)::bigint INTO pending FROM loyalty.customer_stats_delta d
+	WHERE d.customer_id OPERATOR(pg_catalog.=) _referral_orders.customer_id;
+	SELECT pg_catalog.count(*) INTO earned FROM loyalty.points_ledger e
+	WHERE e.customer_id OPERATOR(pg_catalog.=) _referral_orders.customer_id
+	  AND e.kind OPERATOR(pg_catalog.=) 'earn' AND e.amount IS NOT NULL;
+	RETURN GREATEST(COALESCE(tracked, 0::bigint) OPERATOR(pg_catalog.+) COALESCE(pending, 0::bigint),
+					earned);
+END;
 $$;
 
 COMMENT ON FUNCTION loyalty._referral_orders(text) IS
@@ -579,6 +587,7 @@ DECLARE
 	standing text;
 	in_period integer;
 	claim record;
+	zone text;
 BEGIN
 	IF p_customer IS NULL OR p_reference IS NULL OR code IS NULL OR at IS NULL THEN
 		RAISE EXCEPTION 'customer_id, reference, code and at must not be null'
@@ -647,9 +656,12 @@ BEGIN
 								  'cap', 'lifetime', 'limit', prog.cap_lifetime, 'converted', rc.converted)::text;
 	END IF;
 	IF prog.cap_per_period IS NOT NULL THEN
+		-- the zone first: on Citus a function reading a table may not run
+		-- inside a statement on a distributed table
+		zone := loyalty._referral_zone();
 		SELECT p.converted INTO in_period FROM loyalty.referral_period p
 		WHERE p.customer_id = owner.customer_id AND p.program = prog.program
-		  AND p.period_start = pg_catalog.date_trunc(prog.cap_period, pg_catalog.timezone(loyalty._referral_zone(), at))::date;
+		  AND p.period_start = pg_catalog.date_trunc(prog.cap_period, pg_catalog.timezone(zone, at))::date;
 		IF COALESCE(in_period, 0) >= prog.cap_per_period THEN
 			RAISE EXCEPTION 'the referrer of code "%" reached the referral cap', code
 				USING ERRCODE = 'LR007',
@@ -846,6 +858,7 @@ DECLARE
 	ref loyalty.referral;
 	period date;
 	side record;
+	zone text;
 BEGIN
 	IF p_customer IS NULL OR order_ref IS NULL OR at IS NULL THEN
 		RAISE EXCEPTION 'customer_id, order_ref and at must not be null'
@@ -875,7 +888,8 @@ BEGIN
 	WHERE c.customer_id = ref.referrer_id AND c.program = ref.program FOR UPDATE;
 	UPDATE loyalty.referral_code c SET converted = c.converted - 1
 	WHERE c.customer_id = ref.referrer_id AND c.program = ref.program;
-	SELECT pg_catalog.date_trunc(p.cap_period, pg_catalog.timezone(loyalty._referral_zone(), ref.converted_at))::date
+	zone := loyalty._referral_zone();
+	SELECT pg_catalog.date_trunc(p.cap_period, pg_catalog.timezone(zone, ref.converted_at))::date
 	INTO period FROM loyalty.referral_program p WHERE p.program = ref.program;
 	UPDATE loyalty.referral_period p SET converted = p.converted - 1
 	WHERE p.customer_id = ref.referrer_id AND p.program = ref.program AND p.period_start = period;

@@ -9617,6 +9617,595 @@ $$;
 
 -- END issue 15, campaign KPIs (the KPI bar)
 
+-- Issue 14, Citus (newer families): citus_setup also distributes the
+-- campaign, referral and mission per-customer tables (colocated with
+-- customer_stats), makes their configuration tables and clv_model reference
+-- tables and distributes referral_code_key by code and referral_claim by
+-- digest; the outbox's NOTIFY trigger does nothing on a shard placement; the
+-- statements Citus could not plan (mixing distributed tables with tables on
+-- the coordinator in one statement, a function reading a table inside a
+-- statement on a distributed table, parameters of an SQL function) are
+-- split or moved to PL/pgSQL; outbox_claim locks event by event on a
+-- distributed outbox; campaign_kpi refuses distributed campaign
+-- tables (0A000) instead of reporting no audience (doc/citus.md).  Same
+-- results on one node.
+
+CREATE OR REPLACE FUNCTION loyalty.citus_setup(distribute_functions boolean DEFAULT false)
+RETURNS TABLE (object text, action text, result text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ref_tables text[] := ARRAY['settings', 'tracked_table', 'rfm_config', 'segment_snapshot',
+		'segment_summary', 'campaign', 'campaign_rule',
+		'eligibility_kind', 'coupon', 'points_program', 'tier', 'earning_rule',
+		'points_reward', 'clv_model', 'experiment', 'experiment_variant',
+		'marketing_campaign', 'frequency_cap', 'referral_program', 'referral_reward_tier',
+		'mission'];
+	customer_tables text[] := ARRAY['customer_stats', 'customer_stats_delta',
+		'segment_change', 'coupon_order', 'redemption', 'reservation', 'coupon_return',
+		'coupon_return_line', 'points_account', 'points_lot', 'points_ledger',
+		'points_qualifying', 'points_rule_usage', 'tier_history', 'points_exchange',
+		'coupon_bonus', 'campaign_publication', 'campaign_filtered',
+		'experiment_assignment', 'consent', 'consent_history', 'customer_dates', 'cart',
+		'outbox', 'referral_code', 'referral', 'referral_period', 'mission_optin',
+		'mission_customer', 'mission_attempt', 'mission_contribution'];
+	points_config text[] := ARRAY['points_program', 'tier', 'earning_rule', 'points_reward'];
+	-- their triggers read and write the whole segment map by the tables'
+	-- names: on a placement that is a distributed query inside Citus's copy
+	-- (it deadlocks); not reference tables yet
+	local_tables text[] := ARRAY['segment', 'segment_rule'];
+	-- global keys: a reference, a referral code, an identifier's digest
+	owner_tables text[] := ARRAY['coupon_order_owner:order_ref', 'points_reference:reference',
+		'referral_code_key:code', 'referral_claim:digest'];
+	functions text[] := ARRAY['coupon_validate', 'coupon_reserve', 'coupon_redeem',
+		'coupon_rollback', 'coupon_release', 'coupon_order_lines', 'coupon_return_lines',
+		'coupon_update_order', 'customer_rfm'];
+	t text;
+	rel regclass;
+	col text;
+	fn regprocedure;
+	points_ok boolean := true;	-- every points table can be distributed
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+		RAISE EXCEPTION 'citus_setup needs the citus extension'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'CREATE EXTENSION citus on the coordinator (shared_preload_libraries = ''citus''), add the workers, then run loyalty.citus_setup().';
+	END IF;
+	PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+	-- the points family moves as a whole: one statement of a points call
+	-- may not mix tables on the coordinator with distributed or reference ones
+	points_ok := NOT EXISTS (
+		SELECT 1 FROM unnest(customer_tables) AS x(t)
+		WHERE (x.t LIKE 'points%' OR x.t IN ('tier_history', 'coupon_bonus'))
+		  AND pg_catalog.to_regclass('loyalty.' || x.t) IS NOT NULL
+		  AND NOT loyalty._citus_is_distributed(pg_catalog.to_regclass('loyalty.' || x.t))
+		  AND loyalty._citus_not_distributable(pg_catalog.to_regclass('loyalty.' || x.t)) IS NOT NULL);
+
+	FOREACH t IN ARRAY ref_tables LOOP
+		rel := pg_catalog.to_regclass('loyalty.' || t);
+		CONTINUE WHEN rel IS NULL;
+		object := rel::text;
+		action := 'reference table';
+		IF loyalty._citus_is_distributed(rel) THEN
+			result := 'already';
+		ELSIF t = ANY (points_config) AND NOT points_ok THEN
+			result := 'not done: a points table cannot be distributed; the points tables stay on the coordinator together';
+		ELSE
+			-- the coordinator's own rows of a configuration table (a few)
+			-- stay on disk, invisible: rfm_config refuses TRUNCATE
+			EXECUTE 'SELECT pg_catalog.create_reference_table($1)' USING rel;
+			result := 'done';
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+
+	FOREACH t IN ARRAY local_tables LOOP
+		rel := pg_catalog.to_regclass('loyalty.' || t);
+		CONTINUE WHEN rel IS NULL OR loyalty._citus_is_distributed(rel);
+		object := rel::text;
+		action := 'reference table';
+		result := 'not done: its triggers read the table by name, which deadlocks in Citus''s copy; it stays on the coordinator';
+		RETURN NEXT;
+	END LOOP;
+
+	FOREACH t IN ARRAY customer_tables LOOP
+		rel := pg_catalog.to_regclass('loyalty.' || t);
+		CONTINUE WHEN rel IS NULL;
+		object := rel::text;
+		action := 'distributed by customer_id, colocated with loyalty.customer_stats';
+		result := NULL;
+		IF loyalty._citus_is_distributed(rel) THEN
+			result := 'already';
+		ELSIF loyalty._citus_not_distributable(rel) IS NOT NULL THEN
+			result := 'not done: ' || loyalty._citus_not_distributable(rel);
+		ELSIF (t LIKE 'points%' OR t IN ('tier_history', 'coupon_bonus')) AND NOT points_ok THEN
+			result := 'not done: another points table cannot be distributed; the points tables stay on the coordinator together';
+		END IF;
+		IF result IS NULL THEN
+			EXECUTE 'SELECT pg_catalog.create_distributed_table($1, $2, colocate_with => $3)'
+				USING rel, 'customer_id'::text,
+					  CASE WHEN t = 'customer_stats' THEN 'default' ELSE 'loyalty.customer_stats' END;
+			EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING rel;
+			result := 'done';
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+
+	FOREACH t IN ARRAY owner_tables LOOP
+		rel := pg_catalog.to_regclass('loyalty.' || split_part(t, ':', 1));
+		CONTINUE WHEN rel IS NULL;
+		col := split_part(t, ':', 2);
+		object := rel::text;
+		action := format('distributed by %s in its own colocation group', col);
+		IF loyalty._citus_is_distributed(rel) THEN
+			result := 'already';
+		ELSIF rel = 'loyalty.points_reference'::regclass AND NOT points_ok THEN
+			-- one statement of a points call may not mix it with local tables
+			result := 'not done: a points table cannot be distributed; the points tables stay on the coordinator together';
+		ELSE
+			EXECUTE 'SELECT pg_catalog.create_distributed_table($1, $2, colocate_with => ''none'')'
+				USING rel, col;
+			EXECUTE 'SELECT pg_catalog.truncate_local_data_after_distributing_table($1)' USING rel;
+			result := 'done';
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+
+	IF distribute_functions THEN
+		FOR fn IN
+			SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+			WHERE p.pronamespace = 'loyalty'::regnamespace AND p.proname = ANY (functions)
+			  AND p.proargnames[1] = 'customer_id'
+			ORDER BY 1
+		LOOP
+			object := fn::text;
+			action := 'function distributed by customer_id';
+			EXECUTE 'SELECT pg_catalog.create_distributed_function($1, ''customer_id'', colocate_with => ''loyalty.customer_stats'')'
+				USING fn;
+			result := 'done';
+			RETURN NEXT;
+		END LOOP;
+	END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION loyalty._outbox_notify()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	/*
+	 * Not on a Citus shard placement (outbox_102008: the table is
+	 * distributed): a NOTIFY there makes the worker's part of the
+	 * distributed transaction impossible to PREPARE, and nobody listens
+	 * on a worker.  On Citus consumers poll (doc/citus.md).
+	 */
+	IF TG_TABLE_NAME OPERATOR(pg_catalog.<>) 'outbox'::pg_catalog.name THEN
+		RETURN NULL;
+	END IF;
+	PERFORM pg_catalog.pg_notify('loyalty_outbox'::pg_catalog.text, ''::pg_catalog.text);
+	RETURN NULL;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._outbox_notify() IS
+	'Internal trigger: NOTIFY loyalty_outbox (delivered at commit) when events were queued; nothing on a Citus shard placement';
+
+CREATE OR REPLACE FUNCTION loyalty.outbox_claim(batch_size integer DEFAULT 100)
+RETURNS SETOF loyalty.outbox
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	cand record;
+	claimed integer := 0;
+BEGIN
+	IF batch_size IS NULL OR batch_size < 1 THEN
+		RAISE EXCEPTION 'batch_size must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT loyalty._citus_is_distributed('loyalty.outbox'::pg_catalog.regclass) THEN
+		RETURN QUERY
+			SELECT o.* FROM loyalty.outbox o
+			WHERE o.acked_at IS NULL
+			ORDER BY o.outbox_id
+			LIMIT batch_size
+			FOR UPDATE SKIP LOCKED;
+		RETURN;
+	END IF;
+	/*
+	 * Citus (the outbox distributed by customer) locks rows only in a
+	 * single-shard statement: the oldest pending events are read without
+	 * a lock, then each is locked by its key, SKIP LOCKED, until the batch
+	 * is full.  Candidates are read four times the batch (plus 100) ahead:
+	 * events claimed by other consumers beyond that wait for the next call.
+	 */
+	FOR cand IN
+		SELECT o.customer_id, o.outbox_id FROM loyalty.outbox o
+		WHERE o.acked_at IS NULL
+		ORDER BY o.outbox_id
+		LIMIT batch_size * 4 + 100
+	LOOP
+		RETURN QUERY
+			SELECT o.* FROM loyalty.outbox o
+			WHERE o.customer_id = cand.customer_id AND o.outbox_id = cand.outbox_id
+			  AND o.acked_at IS NULL
+			FOR UPDATE SKIP LOCKED;
+		IF FOUND THEN
+			claimed := claimed + 1;
+			EXIT WHEN claimed >= batch_size;
+		END IF;
+	END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.outbox_claim(integer) IS
+	'Claim up to batch_size pending outbox events, oldest first, locked until the end of the transaction (FOR UPDATE SKIP LOCKED: concurrent consumers get disjoint batches; on Citus locked one by one); acknowledge them with outbox_ack in the same transaction';
+
+CREATE OR REPLACE FUNCTION loyalty._referral_orders(customer_id text)
+RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	tracked bigint;
+	pending bigint;
+	earned bigint;
+BEGIN
+	-- one table per statement: on Citus the statistics are distributed and
+	-- a statement may not mix them with tables kept on the coordinator
+	SELECT s.order_count INTO tracked FROM loyalty.customer_stats s
+	WHERE s.customer_id OPERATOR(pg_catalog.=) _referral_orders.customer_id;
+	SELECT pg_catalog.sum(d.order_count)::bigint INTO pending FROM loyalty.customer_stats_delta d
+	WHERE d.customer_id OPERATOR(pg_catalog.=) _referral_orders.customer_id;
+	SELECT pg_catalog.count(*) INTO earned FROM loyalty.points_ledger e
+	WHERE e.customer_id OPERATOR(pg_catalog.=) _referral_orders.customer_id
+	  AND e.kind OPERATOR(pg_catalog.=) 'earn' AND e.amount IS NOT NULL;
+	RETURN GREATEST(COALESCE(tracked, 0::bigint) OPERATOR(pg_catalog.+) COALESCE(pending, 0::bigint),
+					earned);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION loyalty.referral_join(customer_id text, reference text, code text,
+									  at timestamptz DEFAULT pg_catalog.now(),
+									  email text DEFAULT NULL, phone text DEFAULT NULL,
+									  device_hash text DEFAULT NULL, payment_hash text DEFAULT NULL,
+									  OUT program text, OUT referrer_id text, OUT status text, OUT joined_at timestamptz)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	p_customer text := customer_id;
+	p_reference text := reference;
+	p_code loyalty.coupon_code;
+	bad text;
+	owner loyalty.referral_code_key;
+	prog loyalty.referral_program;
+	ref loyalty.referral;
+	rc loyalty.referral_code;
+	standing text;
+	in_period integer;
+	claim record;
+	zone text;
+BEGIN
+	IF p_customer IS NULL OR p_reference IS NULL OR code IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, reference, code and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, p_customer);
+	PERFORM loyalty._points_check_key('reference'::text, p_reference);
+	IF at > pg_catalog.now() + '5 minutes'::interval THEN
+		RAISE EXCEPTION 'at must not lie in the future'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A business time may be at most 5 minutes ahead of the server clock.';
+	END IF;
+
+	bad := loyalty.coupon_code_check(code);
+	IF bad IS NULL THEN
+		p_code := code::loyalty.coupon_code;
+		SELECT k.* INTO owner FROM loyalty.referral_code_key k WHERE k.code OPERATOR(loyalty.=) p_code;
+	END IF;
+	IF bad IS NOT NULL OR owner.code IS NULL THEN
+		RAISE EXCEPTION 'unknown referral code "%"', code
+			USING ERRCODE = 'LR001',
+				  DETAIL = pg_catalog.json_build_object('reason', 'unknown_code', 'code', code,
+								  'check', COALESCE(bad, 'not_found'))::text,
+				  HINT = 'Check the code for typos.';
+	END IF;
+
+	-- a repeat returns the first join, whatever changed since
+	SELECT r.* INTO ref FROM loyalty.referral r WHERE r.customer_id = p_customer;
+	IF FOUND THEN
+		IF ref.reference = p_reference AND ref.code OPERATOR(loyalty.=) p_code THEN
+			program := ref.program; referrer_id := ref.referrer_id; status := ref.status; joined_at := ref.joined_at;
+			RETURN;
+		END IF;
+		RAISE EXCEPTION 'customer "%" was already referred', p_customer
+			USING ERRCODE = 'LR004',
+				  DETAIL = pg_catalog.json_build_object('reason', 'already_referred', 'program', ref.program,
+								  'same_referrer', ref.referrer_id = owner.customer_id)::text,
+				  HINT = 'A customer can join a referral program once.';
+	END IF;
+
+	prog := loyalty._referral_program(owner.program);
+	IF owner.customer_id = p_customer THEN
+		RAISE EXCEPTION 'customer "%" cannot use their own referral code', p_customer
+			USING ERRCODE = 'LR003',
+				  DETAIL = pg_catalog.json_build_object('reason', 'self_referral', 'by', 'customer_id')::text;
+	END IF;
+	IF prog.new_customers_only AND loyalty._referral_orders(p_customer) > 0 THEN
+		RAISE EXCEPTION 'customer "%" is not a new customer', p_customer
+			USING ERRCODE = 'LR005',
+				  DETAIL = pg_catalog.json_build_object('reason', 'not_new_customer', 'program', prog.program)::text,
+				  HINT = 'Only customers without orders can join with a referral code.';
+	END IF;
+	standing := loyalty._referral_standing(owner.customer_id, prog);
+	IF standing IS NOT NULL THEN
+		RAISE EXCEPTION 'the referrer of code "%" is not in good standing', code
+			USING ERRCODE = 'LR006',
+				  DETAIL = pg_catalog.json_build_object('reason', 'referrer_not_in_good_standing', 'program', prog.program,
+								  'rule', standing)::text;
+	END IF;
+	SELECT c.* INTO STRICT rc FROM loyalty.referral_code c
+	WHERE c.customer_id = owner.customer_id AND c.program = prog.program;
+	IF prog.cap_lifetime IS NOT NULL AND rc.converted >= prog.cap_lifetime THEN
+		RAISE EXCEPTION 'the referrer of code "%" reached the referral cap', code
+			USING ERRCODE = 'LR007',
+				  DETAIL = pg_catalog.json_build_object('reason', 'referrer_cap_reached', 'program', prog.program,
+								  'cap', 'lifetime', 'limit', prog.cap_lifetime, 'converted', rc.converted)::text;
+	END IF;
+	IF prog.cap_per_period IS NOT NULL THEN
+		-- the zone first: on Citus a function reading a table may not run
+		-- inside a statement on a distributed table
+		zone := loyalty._referral_zone();
+		SELECT p.converted INTO in_period FROM loyalty.referral_period p
+		WHERE p.customer_id = owner.customer_id AND p.program = prog.program
+		  AND p.period_start = pg_catalog.date_trunc(prog.cap_period, pg_catalog.timezone(zone, at))::date;
+		IF COALESCE(in_period, 0) >= prog.cap_per_period THEN
+			RAISE EXCEPTION 'the referrer of code "%" reached the referral cap', code
+				USING ERRCODE = 'LR007',
+					  DETAIL = pg_catalog.json_build_object('reason', 'referrer_cap_reached', 'program', prog.program,
+									  'cap', 'period', 'limit', prog.cap_per_period, 'converted', in_period)::text;
+		END IF;
+	END IF;
+
+	INSERT INTO loyalty.referral AS r (customer_id, reference, program, referrer_id, code, joined_at)
+	VALUES (p_customer, p_reference, prog.program, owner.customer_id, owner.code, at)
+	ON CONFLICT ON CONSTRAINT referral_pkey DO NOTHING;
+	IF NOT FOUND THEN
+		-- a concurrent join of this referee committed first
+		SELECT r.* INTO ref FROM loyalty.referral r WHERE r.customer_id = p_customer;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'could not serialize access due to a concurrent join'
+				USING ERRCODE = 'serialization_failure',
+					  DETAIL = 'Another transaction joined this customer after this transaction''s snapshot.';
+		END IF;
+		IF ref.reference = p_reference AND ref.code OPERATOR(loyalty.=) p_code THEN
+			program := ref.program; referrer_id := ref.referrer_id; status := ref.status; joined_at := ref.joined_at;
+			RETURN;
+		END IF;
+		RAISE EXCEPTION 'customer "%" was already referred', p_customer
+			USING ERRCODE = 'LR004',
+				  DETAIL = pg_catalog.json_build_object('reason', 'already_referred', 'program', ref.program,
+								  'same_referrer', ref.referrer_id = owner.customer_id)::text,
+				  HINT = 'A customer can join a referral program once.';
+	END IF;
+
+	claim := loyalty._referral_claim(p_customer, email, phone, device_hash, payment_hash);
+	IF claim.owner = owner.customer_id THEN
+		RAISE EXCEPTION 'customer "%" cannot use their own referral code', p_customer
+			USING ERRCODE = 'LR003',
+				  DETAIL = pg_catalog.json_build_object('reason', 'self_referral', 'by', claim.kind)::text;
+	ELSIF claim.owner IS NOT NULL THEN
+		RAISE EXCEPTION 'the % given is already used by another customer', claim.kind
+			USING ERRCODE = 'LR008',
+				  DETAIL = pg_catalog.json_build_object('reason', 'identifier_reused', 'kind', claim.kind)::text;
+	END IF;
+
+	program := prog.program; referrer_id := owner.customer_id; status := 'joined'; joined_at := at;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION loyalty.referral_refund(customer_id text, order_ref text,
+										at timestamptz DEFAULT pg_catalog.now(),
+										OUT status text, OUT referrer_id text,
+										OUT referrer_points bigint, OUT referee_points bigint)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	p_customer text := customer_id;
+	ref loyalty.referral;
+	period date;
+	side record;
+	zone text;
+BEGIN
+	IF p_customer IS NULL OR order_ref IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, p_customer);
+	PERFORM loyalty._points_check_key('order_ref'::text, order_ref);
+
+	SELECT r.* INTO ref FROM loyalty.referral r WHERE r.customer_id = p_customer FOR UPDATE;
+	IF NOT FOUND THEN
+		status := 'not_referred';
+		RETURN;
+	END IF;
+	referrer_id := ref.referrer_id;
+	referrer_points := ref.referrer_points; referee_points := ref.referee_points;
+	IF ref.order_ref IS DISTINCT FROM order_ref OR ref.status NOT IN ('converted', 'revoked') THEN
+		status := 'not_qualifying_order';
+		referrer_points := NULL; referee_points := NULL;
+		RETURN;
+	END IF;
+	status := 'revoked';
+	IF ref.status = 'revoked' THEN
+		RETURN;
+	END IF;
+
+	PERFORM 1 FROM loyalty.referral_code c
+	WHERE c.customer_id = ref.referrer_id AND c.program = ref.program FOR UPDATE;
+	UPDATE loyalty.referral_code c SET converted = c.converted - 1
+	WHERE c.customer_id = ref.referrer_id AND c.program = ref.program;
+	zone := loyalty._referral_zone();
+	SELECT pg_catalog.date_trunc(p.cap_period, pg_catalog.timezone(zone, ref.converted_at))::date
+	INTO period FROM loyalty.referral_program p WHERE p.program = ref.program;
+	UPDATE loyalty.referral_period p SET converted = p.converted - 1
+	WHERE p.customer_id = ref.referrer_id AND p.program = ref.program AND p.period_start = period;
+	UPDATE loyalty.referral r SET status = 'revoked', revoked_at = at WHERE r.customer_id = p_customer;
+
+	FOR side IN SELECT * FROM (VALUES (p_customer, 'referee'::text, ref.referee_points),
+									  (ref.referrer_id, 'referrer'::text, ref.referrer_points)) AS s(who, role, pts)
+				WHERE s.pts > 0 ORDER BY s.who COLLATE "C"
+	LOOP
+		PERFORM loyalty.points_reverse(side.who, loyalty._referral_reference(p_customer, side.role), at => at);
+	END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION loyalty.mission_progress(customer_id text, at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (mission_id text, description text, attempt integer, progress numeric, target numeric,
+			   status text, ends_at timestamptz, days_left integer, message text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	-- PL/pgSQL, not SQL: Citus plans a query with parameters of an SQL
+	-- function on distributed tables only in PL/pgSQL
+	RETURN QUERY
+	SELECT m.mission_id, m.description, a.attempt,
+		   COALESCE(p.progress, 0), m.target, COALESCE(p.status, 'not_started'),
+		   p.ends_at,
+		   CASE WHEN p.ends_at IS NOT NULL
+				THEN GREATEST(0, pg_catalog.ceil(pg_catalog.date_part('epoch', p.ends_at - $2) / 86400)::integer) END,
+		   pg_catalog.format('%s of %s %s%s',
+				  COALESCE(p.progress, 0)::text, m.target::text,
+				  CASE m.kind WHEN 'orders' THEN 'orders' WHEN 'spend' THEN 'spent'
+							  WHEN 'streak' THEN 'months in a row' ELSE m.event || 's' END,
+				  CASE WHEN p.status = 'completed' THEN ', completed'
+					   WHEN p.ends_at IS NOT NULL
+					   THEN pg_catalog.format(', %s days left',
+							   GREATEST(0, pg_catalog.ceil(pg_catalog.date_part('epoch', p.ends_at - $2) / 86400)::integer))
+					   ELSE '' END)
+	FROM loyalty.mission m
+	LEFT JOIN LATERAL (SELECT x.* FROM loyalty.mission_attempt x
+					   WHERE x.customer_id = $1 AND x.mission_id = m.mission_id
+					   ORDER BY x.attempt DESC LIMIT 1) a ON true
+	LEFT JOIN LATERAL (SELECT a.progress, a.ends_at,
+							  CASE WHEN a.status = 'active' AND a.ends_at <= $2 THEN 'expired' ELSE a.status END AS status) p
+		   ON a.attempt IS NOT NULL
+	WHERE m.active AND (m.ends_at IS NULL OR $2 < m.ends_at)
+	  AND (m.activation = 'automatic'
+		   OR EXISTS (SELECT 1 FROM loyalty.mission_optin o WHERE o.customer_id = $1 AND o.mission_id = m.mission_id))
+	ORDER BY m.mission_id;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION loyalty.campaign_kpi(marketing_campaign_id bigint, window_days integer DEFAULT 30,
+									 cuped boolean DEFAULT true, margin_rate numeric DEFAULT NULL)
+RETURNS TABLE (variant text, holdout boolean, audience bigint, offered bigint, filtered bigint,
+			   redeemed bigint, redemption_rate double precision, discount_cost numeric,
+			   redeemed_revenue numeric, redeemed_margin numeric, repurchase_rate double precision,
+			   avg_basket_before numeric, avg_basket_after numeric,
+			   revenue_per_member double precision, incremental_revenue_per_member double precision,
+			   lift_lower double precision, lift_upper double precision, lift_df double precision,
+			   incremental_revenue double precision, roi double precision)
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET jit = off
+SET enable_mergejoin = off
+AS $$
+BEGIN
+	IF marketing_campaign_id IS NULL OR window_days IS NULL OR cuped IS NULL THEN
+		RAISE EXCEPTION 'marketing_campaign_id, window_days and cuped must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF window_days NOT BETWEEN 1 AND 3660 THEN
+		RAISE EXCEPTION 'window_days must lie between 1 and 3660'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF margin_rate < 0 OR margin_rate > 1 THEN
+		RAISE EXCEPTION 'margin_rate must lie between 0 and 1'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM loyalty.marketing_campaign m
+				   WHERE m.marketing_campaign_id = campaign_kpi.marketing_campaign_id) THEN
+		RAISE EXCEPTION 'marketing campaign % does not exist', campaign_kpi.marketing_campaign_id
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	/*
+	 * On Citus the members query (an SQL function called from here) runs
+	 * on the coordinator's empty shells of the distributed tables and
+	 * would report no audience: refused until it is written for Citus.
+	 */
+	IF loyalty._citus_is_distributed('loyalty.campaign_publication'::pg_catalog.regclass) THEN
+		RAISE EXCEPTION 'campaign_kpi does not support Citus tables yet'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'The campaign tables are distributed; the KPI query would read the coordinator''s empty shells of them.',
+				  HINT = 'See doc/citus.md for what works on Citus.';
+	END IF;
+	RETURN QUERY
+	-- one pass over the members: the per-variant totals and the moments of
+	-- the lift (treated rows and hold-out rows apart), paired afterwards
+	WITH v AS (
+		SELECT m.variant, bool_or(m.holdout) AS holdout, count(*) AS audience,
+			   count(*) FILTER (WHERE m.offered) AS offered,
+			   count(*) FILTER (WHERE m.filtered_reason IS NOT NULL) AS filtered,
+			   count(*) FILTER (WHERE m.redeemed) AS redeemed,
+			   sum(m.discount) AS discount_cost, sum(m.redeemed_revenue) AS revenue,
+			   sum(m.redeemed_margin) AS margin,
+			   count(*) FILTER (WHERE m.redeemed AND m.redeemed_margin IS NOT NULL) AS with_margin,
+			   count(*) FILTER (WHERE m.orders_after > 0) AS repurchasers,
+			   sum(m.spend_before) AS spend_before, sum(m.orders_before) AS orders_before,
+			   sum(m.spend_after) AS spend_after, sum(m.orders_after) AS orders_after,
+			   loyalty._lift_moments(m.spend_after::double precision,
+									 CASE WHEN campaign_kpi.cuped THEN m.spend_before::double precision END)
+				   FILTER (WHERE NOT m.holdout) AS treated_moments,
+			   loyalty._lift_moments(m.spend_after::double precision,
+									 CASE WHEN campaign_kpi.cuped THEN m.spend_before::double precision END)
+				   FILTER (WHERE m.holdout) AS control_moments
+		FROM (SELECT x.variant, x.holdout, x.offered, x.filtered_reason, x.redeemed, x.discount,
+					 x.redeemed_revenue, x.redeemed_margin, x.windows[1] AS orders_before,
+					 x.windows[2] AS spend_before, x.windows[3] AS orders_after, x.windows[4] AS spend_after
+			  FROM loyalty._campaign_members(campaign_kpi.marketing_campaign_id, campaign_kpi.window_days) x) m
+		GROUP BY m.variant
+	), lift AS (
+		-- each treated variant against the hold-out, from the moments above
+		SELECT v.variant, loyalty._lift_estimate(v.treated_moments, c.controls) AS e
+		FROM v CROSS JOIN (SELECT array_agg(h.control_moments) AS controls FROM v h) c
+		WHERE NOT v.holdout
+	)
+	SELECT v.variant, v.holdout, v.audience, v.offered, v.filtered, v.redeemed,
+		   CASE WHEN v.offered > 0 THEN v.redeemed::double precision / v.offered END,
+		   v.discount_cost, v.revenue,
+		   CASE WHEN v.with_margin = v.redeemed AND v.redeemed > 0 THEN v.margin END,
+		   v.repurchasers::double precision / v.audience,
+		   CASE WHEN v.orders_before > 0 THEN round(v.spend_before / v.orders_before, 2) END,
+		   CASE WHEN v.orders_after > 0 THEN round(v.spend_after / v.orders_after, 2) END,
+		   (v.spend_after / v.audience)::double precision,
+		   (l.e).difference, (l.e).lower, (l.e).upper, (l.e).df,
+		   (l.e).difference * (l.e).n_treated,
+		   CASE WHEN v.discount_cost > 0 AND (l.e).difference IS NOT NULL THEN
+				((l.e).difference * (l.e).n_treated
+				 * coalesce(campaign_kpi.margin_rate,
+							CASE WHEN v.with_margin = v.redeemed AND v.revenue > 0
+								 THEN (v.margin + v.discount_cost) / v.revenue END)::double precision
+				 - v.discount_cost::double precision) / v.discount_cost::double precision END
+	FROM v LEFT JOIN lift l ON l.variant IS NOT DISTINCT FROM v.variant
+	ORDER BY v.holdout DESC, v.variant;
+END;
+$$;
+
+-- END issue 14 Citus (newer families)
+
+
 /* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
  * every object (grants.sql of the install script, then reapply_grants).

@@ -18,7 +18,12 @@
 #      down to the workers (edge cases: refunds, unpriced and undated rows,
 #      infinite times, rows after as_of, NaN refused), and row by row for a
 #      table distributed by another column; live tracking of a distributed
-#      table is refused (0A000), never silently wrong.
+#      table is refused (0A000), never silently wrong;
+#   6-8. (after 1b: citus_setup distributed the campaign, referral and
+#      mission tables) a marketing campaign published (consent, bound codes,
+#      offer events, claimed and acknowledged; the campaign KPIs refused
+#      with 0A000), a referral (code, join, self-referral refused, rewards,
+#      refund), a mission (completion, reward once), check_integrity() empty.
 # The cluster is its own (test/citus_cluster.sh), removed on exit.  Runs when
 # the Citus build is cached (bash test/citus_build.sh, about 4 minutes, once
 # per machine), or builds it when LOYALTY_CITUS_BUILD=1; otherwise it says
@@ -73,6 +78,35 @@ expect "rfm_config: every placement has the one row" \
 expect "order owners distributed by order_ref" \
 	"$(q -c "SELECT column_to_column_name(logicalrelid, partkey) FROM pg_dist_partition
 		WHERE logicalrelid = 'loyalty.coupon_order_owner'::regclass")" order_ref
+
+# 1b. the newer families: campaign, referral and mission per-customer tables
+# distributed and colocated, their configuration tables reference tables,
+# the global keys of referrals distributed by the key
+expect "campaign, referral and mission per-customer tables distributed, colocated" \
+	"$(q -c "SELECT count(*) FROM unnest(ARRAY[
+		'loyalty.campaign_publication', 'loyalty.campaign_filtered', 'loyalty.experiment_assignment',
+		'loyalty.consent', 'loyalty.consent_history', 'loyalty.customer_dates', 'loyalty.cart',
+		'loyalty.outbox', 'loyalty.referral_code', 'loyalty.referral', 'loyalty.referral_period',
+		'loyalty.mission_optin', 'loyalty.mission_customer', 'loyalty.mission_attempt',
+		'loyalty.mission_contribution']::regclass[]) c
+	JOIN pg_dist_partition p ON p.logicalrelid = c
+	WHERE p.partmethod = 'h' AND column_to_column_name(c, p.partkey) = 'customer_id'
+	  AND p.colocationid = (SELECT colocationid FROM pg_dist_partition
+		WHERE logicalrelid = 'loyalty.customer_stats'::regclass)")" 15
+expect "campaign, referral, mission and CLV configuration tables are reference tables" \
+	"$(q -c "SELECT count(*) FROM pg_dist_partition WHERE partmethod = 'n' AND logicalrelid IN
+		('loyalty.experiment'::regclass, 'loyalty.experiment_variant'::regclass,
+		 'loyalty.marketing_campaign'::regclass, 'loyalty.frequency_cap'::regclass,
+		 'loyalty.referral_program'::regclass, 'loyalty.referral_reward_tier'::regclass,
+		 'loyalty.mission'::regclass, 'loyalty.clv_model'::regclass)")" 8
+expect "referral codes distributed by code, identifier claims by digest" \
+	"$(q -c "SELECT string_agg(column_to_column_name(logicalrelid, partkey), ',' ORDER BY logicalrelid::text)
+		FROM pg_dist_partition WHERE logicalrelid IN ('loyalty.referral_code_key'::regclass,
+		'loyalty.referral_claim'::regclass)")" "digest,code"
+expect "citus_setup again: the newer families' tables are all done already" \
+	"$(q -c "SELECT count(*) FILTER (WHERE result <> 'already') || '/' || count(*)
+		FROM loyalty.citus_setup()
+		WHERE object ~ '^loyalty\.(campaign_publication|campaign_filtered|experiment.*|consent.*|customer_dates|cart|outbox|referral.*|mission.*|marketing_campaign|frequency_cap|clv_model)$'" 2>/dev/null)" "0/25"
 
 # 2. the README checkout
 q >/dev/null <<-'EOF'
@@ -216,4 +250,98 @@ case "$got" in *"order amount must be a finite number"*) echo "ok: batch RFM pus
 got=$(q -c "SELECT loyalty.track_orders('orders', 'customer_id', 'ordered_at', 'amount')" 2>&1 || true)
 case "$got" in *"does not support Citus table"*) echo "ok: tracking a distributed table is refused" ;;
 	*) fail "track_orders on a distributed table: $got" ;; esac
+# 6. a marketing campaign published on the cluster: consent filters, one
+# bound code per customer, one offer event each, nothing twice
+q >/dev/null <<-'EOF'
+	SELECT loyalty.create_campaign('mc coupons', 'percent', percent_off => 10, max_discount => 20) AS cc \gset
+	SELECT loyalty.set_consent('mc-a', 'email', true, 'signup form', '2026-01-01');
+	SELECT loyalty.set_consent('mc-b', 'email', true, 'signup form', '2026-01-01');
+	SELECT loyalty.set_consent('mc-c', 'email', false, 'unsubscribe link', '2026-01-01');
+	SELECT loyalty.create_marketing_campaign('mc list', 'customers', '{"customers": ["mc-a", "mc-b", "mc-c"]}',
+		'code', coupon_campaign_id => :cc, code_pattern => 'MC-####-####');
+EOF
+mc=$(q -c "SELECT marketing_campaign_id FROM loyalty.marketing_campaign WHERE name = 'mc list'")
+expect "campaign: published to the consenting customers" \
+	"$(q -c "SELECT string_agg(outcome || ':' || customers, ',' ORDER BY outcome)
+		FROM loyalty.publish_marketing_campaign($mc, '2026-11-02')")" "no_consent:1,published:2"
+expect "campaign: publishing again offers nothing twice" \
+	"$(q -c "SELECT string_agg(outcome || ':' || customers, ',' ORDER BY outcome)
+		FROM loyalty.publish_marketing_campaign($mc, '2026-11-03')")" "already_offered:2,no_consent:1"
+expect "campaign: publications, filtered, offer events" \
+	"$(q -c "SELECT (SELECT string_agg(customer_id, ',' ORDER BY customer_id) FROM loyalty.campaign_publication
+			WHERE code IS NOT NULL) || '/' ||
+		(SELECT string_agg(customer_id || ':' || reason, ',') FROM loyalty.campaign_filtered) || '/' ||
+		(SELECT count(*) FROM loyalty.outbox WHERE kind = 'offer')")" "mc-a,mc-b/mc-c:no_consent/2"
+code=$(q -c "SELECT code FROM loyalty.campaign_publication WHERE customer_id = 'mc-a'")
+expect "campaign: the bound code works for its customer only" \
+	"$(q -c "SELECT (loyalty.coupon_validate('mc-a', '$code', '{\"amount\": 100}')).reason IS NULL")/$(q -c "SELECT
+		(loyalty.coupon_validate('mc-b', '$code', '{\"amount\": 100}')).reason")" "t/wrong_customer"
+# the outbox consumer: claims the events oldest first (locked one by one on
+# the shards), a second consumer skips them while the first holds them,
+# acknowledged events are never claimed again
+got=$(q <<-'EOF'
+	BEGIN;
+	SELECT string_agg(customer_id || ':' || kind, ',' ORDER BY outbox_id) FROM loyalty.outbox_claim(1);
+	\set other `psql -X -q -At -c 'SELECT count(*) FROM loyalty.outbox_claim(100)'`
+	SELECT :'other';
+	SELECT loyalty.outbox_ack(array_agg(outbox_id)) FROM loyalty.outbox_claim(100);
+	COMMIT;
+	SELECT count(*) FROM loyalty.outbox_claim(100);
+	SELECT count(*) FROM loyalty.outbox WHERE acked_at IS NOT NULL;
+EOF
+)
+first=$(q -c "SELECT customer_id || ':offer' FROM loyalty.outbox ORDER BY outbox_id LIMIT 1")
+expect "outbox: claim, a concurrent consumer, ack, nothing claimed again" "$(echo $got)" "$first 1 2 0 2"
+# the KPI queries are not written for Citus yet: refused (0A000), never an
+# empty report read from the coordinator's shells
+for kq in "loyalty.campaign_members($mc)" "loyalty.campaign_kpi($mc)" loyalty.campaign_kpis \
+	loyalty.campaign_funnel; do
+	got=$(q -v VERBOSITY=verbose -c "SELECT count(*) FROM $kq" 2>&1 || true)
+	case "$got" in *0A000*) echo "ok: $kq on Citus is refused (0A000)" ;;
+		*) fail "$kq on Citus: $got" ;; esac
+done
+
+# 7. a referral on the cluster: code, join, first purchase rewards both sides
+# through the points ledger, self-referral refused, refund takes both back
+q >/dev/null <<-'EOF'
+	INSERT INTO loyalty.referral_program (program, referrer_points, referee_points, return_window_days,
+		min_order_amount, cap_per_period, cap_lifetime, point_value)
+	VALUES ('friends', 100, 50, 0, 20, 3, 4, 0.01);
+EOF
+rcode=$(q -c "SELECT loyalty.referral_code('ref-ann', 'friends', email => 'ann@example.com')")
+expect "referral: the code is the referrer's, idempotently" \
+	"$(q -c "SELECT loyalty.referral_code('ref-ann', 'friends')")" "$rcode"
+expect "referral: a friend joins" \
+	"$(q -c "SELECT status || ':' || referrer_id FROM loyalty.referral_join('ref-fred', 'j-1', '$rcode',
+		email => 'fred@example.com')")" "joined:ref-ann"
+got=$(q -c "SELECT * FROM loyalty.referral_join('ref-ann2', 'j-2', '$rcode', email => 'Ann@Example.com')" 2>&1 || true)
+case "$got" in *self_referral*) echo "ok: referral: self-referral by identifier refused across shards" ;;
+	*) fail "referral self-referral: $got" ;; esac
+expect "referral: the first purchase rewards both sides" \
+	"$(q -c "SELECT status || ':' || referrer_points || ':' || referee_points
+		FROM loyalty.referral_order('ref-fred', 'fo-1', 50)")" "converted:100:50"
+expect "referral: points of both sides" \
+	"$(q -c "SELECT string_agg(customer_id || ':' || available, ',' ORDER BY customer_id)
+		FROM loyalty.points_account WHERE customer_id IN ('ref-ann', 'ref-fred')")" "ref-ann:100,ref-fred:50"
+expect "referral: a refund takes both rewards back" \
+	"$(q -c "SELECT status FROM loyalty.referral_refund('ref-fred', 'fo-1')")/$(q -c "SELECT
+		string_agg(customer_id || ':' || available, ',' ORDER BY customer_id)
+		FROM loyalty.points_account WHERE customer_id IN ('ref-ann', 'ref-fred')")" "revoked/ref-ann:0,ref-fred:0"
+
+# 8. a mission on the cluster: two orders complete it and reward points once
+q >/dev/null <<-'EOF'
+	INSERT INTO loyalty.mission (mission_id, description, kind, target, period, period_days,
+		recurrence, activation, reward_points, pending_days)
+	VALUES ('two-orders', '2 orders in 30 days', 'orders', 2, 'days', 30, 'once', 'automatic', 300, 0);
+	SELECT * FROM loyalty.mission_order('mi-1', 'mo-1', 80, at => '2026-01-05');
+	SELECT * FROM loyalty.mission_order('mi-1', 'mo-2', 70, at => '2026-01-10');
+	SELECT * FROM loyalty.mission_order('mi-1', 'mo-2', 70, at => '2026-01-10');
+EOF
+expect "mission: completed, progress shown" \
+	"$(q -c "SELECT message FROM loyalty.mission_progress('mi-1', at => '2026-01-11')
+		WHERE mission_id = 'two-orders'")" "2 of 2 orders, completed"
+expect "mission: rewarded once" \
+	"$(q -c "SELECT available FROM loyalty.points_account WHERE customer_id = 'mi-1'")" 300
+expect "campaigns, referrals, missions: check_integrity() is empty" \
+	"$(q -c "SELECT count(*) FROM loyalty.check_integrity()")" 0
 echo "citus: all checks passed"
