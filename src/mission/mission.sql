@@ -632,51 +632,6 @@ COMMENT ON FUNCTION loyalty.mission_refund(text, text, timestamptz) IS
 SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.mission_refund(text, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
- * Progress of a customer on every open mission ("2 of 3 orders, 12 days
- * left"): the current attempt, or 0 of the target when none started.
- * The customer's tracked orders not yet counted are folded first (not in a
- * read-only transaction: there the progress is that of the last fold).
- */
-CREATE FUNCTION loyalty.mission_progress(customer_id text, at timestamptz DEFAULT pg_catalog.now())
-RETURNS TABLE (mission_id text, description text, attempt integer, progress numeric, target numeric,
-			   status text, ends_at timestamptz, days_left integer, message text)
-LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT loyalty._mission_fold($1)
-	WHERE NOT pg_catalog.current_setting('transaction_read_only')::boolean;
-	SELECT m.mission_id, m.description, a.attempt,
-		   COALESCE(p.progress, 0), m.target, COALESCE(p.status, 'not_started'),
-		   p.ends_at,
-		   CASE WHEN p.ends_at IS NOT NULL
-				THEN GREATEST(0, pg_catalog.ceil(pg_catalog.date_part('epoch', p.ends_at - $2) / 86400)::integer) END,
-		   pg_catalog.format('%s of %s %s%s',
-				  COALESCE(p.progress, 0)::text, m.target::text,
-				  CASE m.kind WHEN 'orders' THEN 'orders' WHEN 'spend' THEN 'spent'
-							  WHEN 'streak' THEN 'months in a row' ELSE m.event || 's' END,
-				  CASE WHEN p.status = 'completed' THEN ', completed'
-					   WHEN p.ends_at IS NOT NULL
-					   THEN pg_catalog.format(', %s days left',
-							   GREATEST(0, pg_catalog.ceil(pg_catalog.date_part('epoch', p.ends_at - $2) / 86400)::integer))
-					   ELSE '' END)
-	FROM loyalty.mission m
-	LEFT JOIN LATERAL (SELECT x.* FROM loyalty.mission_attempt x
-					   WHERE x.customer_id = $1 AND x.mission_id = m.mission_id
-					   ORDER BY x.attempt DESC LIMIT 1) a ON true
-	LEFT JOIN LATERAL (SELECT a.progress, a.ends_at,
-							  CASE WHEN a.status = 'active' AND a.ends_at <= $2 THEN 'expired' ELSE a.status END AS status) p
-		   ON a.attempt IS NOT NULL
-	WHERE m.active AND (m.ends_at IS NULL OR $2 < m.ends_at)
-	  AND (m.activation = 'automatic'
-		   OR EXISTS (SELECT 1 FROM loyalty.mission_optin o WHERE o.customer_id = $1 AND o.mission_id = m.mission_id))
-	ORDER BY m.mission_id
-$$;
-
-COMMENT ON FUNCTION loyalty.mission_progress(text, timestamptz) IS
-	'Progress of a customer on every open mission (automatic, or opted in): attempt, progress of target, status, days left, and a message such as "2 of 3 orders, 12 days left"';
-SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.mission_progress(text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
-
-/*
  * The reference a tracked order counts under: tracked:<order time, UTC,
  * to the microsecond>:<amount>#<n>, n telling apart equal orders of the
  * customer (a tracked table names no order id).
@@ -783,6 +738,51 @@ COMMENT ON FUNCTION loyalty.mission_fold(text) IS
 	'Count the tracked orders not yet counted for missions (completions, rewards, refunds), of one customer or of all (customer_id => NULL); returns the tracked rows folded';
 SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.mission_fold(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.mission_fold(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * Progress of a customer on every open mission ("2 of 3 orders, 12 days
+ * left"): the current attempt, or 0 of the target when none started.
+ * The customer's tracked orders not yet counted are folded first (not in a
+ * read-only transaction: there the progress is that of the last fold).
+ */
+CREATE FUNCTION loyalty.mission_progress(customer_id text, at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (mission_id text, description text, attempt integer, progress numeric, target numeric,
+			   status text, ends_at timestamptz, days_left integer, message text)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT loyalty._mission_fold($1)
+	WHERE NOT pg_catalog.current_setting('transaction_read_only')::boolean;
+	SELECT m.mission_id, m.description, a.attempt,
+		   COALESCE(p.progress, 0), m.target, COALESCE(p.status, 'not_started'),
+		   p.ends_at,
+		   CASE WHEN p.ends_at IS NOT NULL
+				THEN GREATEST(0, pg_catalog.ceil(pg_catalog.date_part('epoch', p.ends_at - $2) / 86400)::integer) END,
+		   pg_catalog.format('%s of %s %s%s',
+				  COALESCE(p.progress, 0)::text, m.target::text,
+				  CASE m.kind WHEN 'orders' THEN 'orders' WHEN 'spend' THEN 'spent'
+							  WHEN 'streak' THEN 'months in a row' ELSE m.event || 's' END,
+				  CASE WHEN p.status = 'completed' THEN ', completed'
+					   WHEN p.ends_at IS NOT NULL
+					   THEN pg_catalog.format(', %s days left',
+							   GREATEST(0, pg_catalog.ceil(pg_catalog.date_part('epoch', p.ends_at - $2) / 86400)::integer))
+					   ELSE '' END)
+	FROM loyalty.mission m
+	LEFT JOIN LATERAL (SELECT x.* FROM loyalty.mission_attempt x
+					   WHERE x.customer_id = $1 AND x.mission_id = m.mission_id
+					   ORDER BY x.attempt DESC LIMIT 1) a ON true
+	LEFT JOIN LATERAL (SELECT a.progress, a.ends_at,
+							  CASE WHEN a.status = 'active' AND a.ends_at <= $2 THEN 'expired' ELSE a.status END AS status) p
+		   ON a.attempt IS NOT NULL
+	WHERE m.active AND (m.ends_at IS NULL OR $2 < m.ends_at)
+	  AND (m.activation = 'automatic'
+		   OR EXISTS (SELECT 1 FROM loyalty.mission_optin o WHERE o.customer_id = $1 AND o.mission_id = m.mission_id))
+	ORDER BY m.mission_id
+$$;
+
+COMMENT ON FUNCTION loyalty.mission_progress(text, timestamptz) IS
+	'Progress of a customer on every open mission (automatic, or opted in): attempt, progress of target, status, days left, and a message such as "2 of 3 orders, 12 days left"';
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.mission_progress(text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* views */
 
