@@ -196,7 +196,7 @@ CREATE TABLE loyalty.mission_order_delta (
 	ordered_at		timestamptz NOT NULL,
 	amount			numeric NOT NULL,
 	categories		text[],
-	sign			smallint NOT NULL CHECK (sign IN (-1, 1)),
+	sign			smallint NOT NULL,
 	logged_at		timestamptz NOT NULL
 );
 

@@ -8,7 +8,11 @@
  *		call, or mission_fold runs.
  *
  * Design: the checkout path appends, readers fold (as the live statistics
- * do, rfm_track.c).  Per counted row the trigger inserts one row (customer,
+ * do, rfm_track.c).  This file is the one writer of the table's rows (the
+ * fold only deletes them); it inserts below the executor (table_tuple_insert)
+ * only into the table as installed: a heap without index, trigger, rule,
+ * row level security or CHECK constraint, every NOT NULL column given a
+ * value; otherwise through SQL.  Per counted row the trigger inserts one row (customer,
  * order time, amount, categories when a mission filters on them, +1 / -1,
  * statement time) into an unindexed table: it reads no mission row, locks
  * nothing another transaction holds, updates no shared row, so a tracked
@@ -32,7 +36,12 @@
  */
 #include "loyalty.h"
 
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/tupdesc.h"
+#include "access/xact.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_class.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -45,6 +54,8 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/tuplestore.h"
 
@@ -68,11 +79,19 @@ typedef struct MissionDemand
 	bool		valid;
 	Oid			mission_relid;	/* loyalty.mission */
 	Oid			source_relid;	/* loyalty.mission_order_source */
+	Oid			delta_relid;	/* loyalty.mission_order_delta */
+	bool		direct;			/* plain enough for the executor-free insert */
+	int			natts;			/* its attributes, and the 0-based */
+	int			pos[6];			/* positions of MISSION_DELTA_COLS */
 	bool		feed;			/* an active mission counts orders */
 	bool		categories;		/* one of them filters on a category */
 	int			nsources;
 	MissionSource *sources;		/* in demand_cxt */
 } MissionDemand;
+
+/* The columns the feed writes, in this order. */
+static const char *const mission_delta_cols[6] = {"customer_id", "ordered_at", "amount",
+"categories", "sign", "logged_at"};
 
 /* One transition row read as an order. */
 typedef struct MissionOrderRow
@@ -104,6 +123,7 @@ static SPIPlanPtr demand_plan = NULL;
 static SPIPlanPtr source_plan = NULL;
 static SPIPlanPtr append_plan = NULL;
 
+static void MissionDeltaShape(void);
 static void MissionFeedOrders(Relation rel, RfmTrackCols *cols,
 							  Tuplestorestate *oldtable,
 							  Tuplestorestate *newtable, bool paired);
@@ -114,7 +134,8 @@ MissionRelcacheCallback(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid ||
 		(OidIsValid(demand.mission_relid) && relid == demand.mission_relid) ||
-		(OidIsValid(demand.source_relid) && relid == demand.source_relid))
+		(OidIsValid(demand.source_relid) && relid == demand.source_relid) ||
+		(OidIsValid(demand.delta_relid) && relid == demand.delta_relid))
 		demand.valid = false;
 }
 
@@ -168,8 +189,9 @@ MissionDemandLoad(void)
 	demand.sources = NULL;
 	demand.mission_relid = OidIsValid(nsp) ? get_relname_relid("mission", nsp) : InvalidOid;
 	demand.source_relid = OidIsValid(nsp) ? get_relname_relid("mission_order_source", nsp) : InvalidOid;
+	demand.delta_relid = OidIsValid(nsp) ? get_relname_relid("mission_order_delta", nsp) : InvalidOid;
 	if (!OidIsValid(demand.mission_relid) || !OidIsValid(demand.source_relid) ||
-		!OidIsValid(get_relname_relid("mission_order_delta", nsp)))
+		!OidIsValid(demand.delta_relid))
 		return;
 	LockRelationOid(demand.mission_relid, AccessShareLock);
 	LockRelationOid(demand.source_relid, AccessShareLock);
@@ -215,6 +237,7 @@ MissionDemandLoad(void)
 	}
 	UnregisterSnapshot(snap);
 	SPI_finish();
+	MissionDeltaShape();
 	demand.valid = true;
 }
 
@@ -319,32 +342,94 @@ MissionSameOrder(MissionCategoryCol *cc, MissionOrderRow *a, MissionOrderRow *b)
 		: datumIsEqual(a->category, b->category, cc->typbyval, cc->typlen);
 }
 
-/* Append one order (+1) or its removal (-1) to loyalty.mission_order_delta. */
+/*
+ * Whether the executor-free insert may write loyalty.mission_order_delta:
+ * a heap table as installed (no index, trigger, rule, row level security
+ * or CHECK constraint; its NOT NULL columns always get a value), with the
+ * columns the feed writes.  Anything else, say an index or a trigger
+ * someone added, goes through SQL.  Reads the relation once per cache load.
+ */
 static void
-MissionAppend(MissionOrderRow *row, int sign)
+MissionDeltaShape(void)
+{
+	Relation	rel = table_open(demand.delta_relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	List	   *indexes = RelationGetIndexList(rel);
+	int			k;
+
+	demand.natts = desc->natts;
+	demand.direct = indexes == NIL &&
+		rel->rd_rel->relam == HEAP_TABLE_AM_OID &&
+		rel->rd_rel->relkind == RELKIND_RELATION &&
+		rel->trigdesc == NULL && rel->rd_rules == NULL &&
+		!rel->rd_rel->relrowsecurity &&
+		(desc->constr == NULL || desc->constr->num_check == 0);
+	for (k = 0; k < 6; k++)
+	{
+		demand.pos[k] = SPI_fnumber(desc, mission_delta_cols[k]) - 1;
+		if (demand.pos[k] < 0)
+			demand.direct = false;
+	}
+	list_free(indexes);
+	table_close(rel, AccessShareLock);
+}
+
+/*
+ * Append one order (+1) or its removal (-1) to loyalty.mission_order_delta:
+ * below the executor into the table as installed (MissionDeltaShape), as
+ * rfm_track.c appends customer_stats_delta; otherwise through SQL.
+ */
+static void
+MissionAppend(Relation delta, MissionOrderRow *row, int sign)
 {
 	static const Oid types[6] = {TEXTOID, TIMESTAMPTZOID, NUMERICOID, TEXTARRAYOID,
 	INT2OID, TIMESTAMPTZOID};
 	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	bool		isnull[6] = {false, false, false, false, false, false};
+	int			k;
 
 	if (!row->counts)
 		return;
-	LoyaltyKeepPlan(&append_plan,
-					"INSERT INTO loyalty.mission_order_delta"
-					" (customer_id, ordered_at, amount, categories, sign, logged_at)"
-					" VALUES ($1, $2, $3, $4, $5, $6)",
-					6, types, 0);
 	values[0] = CStringGetTextDatum(row->key);
 	values[1] = TimestampTzGetDatum(row->t);
 	values[2] = NumericGetDatum(row->amount);
 	values[3] = row->categories;
-	if (row->categories == (Datum) 0)
-		nulls[3] = 'n';
+	isnull[3] = (row->categories == (Datum) 0);
 	values[4] = Int16GetDatum((int16) sign);
 	values[5] = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
-	if (SPI_execute_plan(append_plan, values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not append to loyalty.mission_order_delta");
+	if (delta != NULL)
+	{
+		TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(delta), &TTSOpsVirtual);
+
+		ExecClearTuple(slot);
+		for (k = 0; k < demand.natts; k++)
+		{
+			slot->tts_values[k] = (Datum) 0;
+			slot->tts_isnull[k] = true;
+		}
+		for (k = 0; k < 6; k++)
+		{
+			slot->tts_values[demand.pos[k]] = values[k];
+			slot->tts_isnull[demand.pos[k]] = isnull[k];
+		}
+		ExecStoreVirtualTuple(slot);
+		table_tuple_insert(delta, slot, GetCurrentCommandId(true), 0, NULL);
+		ExecDropSingleTupleTableSlot(slot);
+	}
+	else
+	{
+		char		nulls[6];
+
+		for (k = 0; k < 6; k++)
+			nulls[k] = isnull[k] ? 'n' : ' ';
+		LoyaltyKeepPlan(&append_plan,
+						"INSERT INTO loyalty.mission_order_delta"
+						" (customer_id, ordered_at, amount, categories, sign, logged_at)"
+						" VALUES ($1, $2, $3, $4, $5, $6)",
+						6, types, 0);
+		if (SPI_execute_plan(append_plan, values, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not append to loyalty.mission_order_delta");
+	}
 }
 
 /*
@@ -365,6 +450,7 @@ MissionFeedOrders(Relation rel, RfmTrackCols *cols, Tuplestorestate *oldtable,
 				old;
 	bool		ohas,
 				nhas;
+	Relation	delta = NULL;
 
 	if (!demand.valid)
 		MissionDemandLoad();
@@ -373,7 +459,10 @@ MissionFeedOrders(Relation rel, RfmTrackCols *cols, Tuplestorestate *oldtable,
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "loyalty mission feed rows",
 								ALLOCSET_SMALL_SIZES);
 	MissionCategoryColumn(rel, &cc);
-	SPI_connect();
+	if (demand.direct)
+		delta = table_open(demand.delta_relid, RowExclusiveLock);
+	else
+		SPI_connect();
 	if (oldtable)
 	{
 		os = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsMinimalTuple);
@@ -401,9 +490,9 @@ MissionFeedOrders(Relation rel, RfmTrackCols *cols, Tuplestorestate *oldtable,
 		if (!(paired && ohas && nhas && MissionSameOrder(&cc, &orow, &nrow)))
 		{
 			if (ohas)
-				MissionAppend(&orow, -1);
+				MissionAppend(delta, &orow, -1);
 			if (nhas)
-				MissionAppend(&nrow, +1);
+				MissionAppend(delta, &nrow, +1);
 		}
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(cxt);
@@ -412,6 +501,9 @@ MissionFeedOrders(Relation rel, RfmTrackCols *cols, Tuplestorestate *oldtable,
 		ExecDropSingleTupleTableSlot(os);
 	if (ns)
 		ExecDropSingleTupleTableSlot(ns);
-	SPI_finish();
+	if (delta != NULL)
+		table_close(delta, NoLock);
+	else
+		SPI_finish();
 	MemoryContextDelete(cxt);
 }
