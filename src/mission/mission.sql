@@ -212,7 +212,11 @@ COMMENT ON COLUMN loyalty.mission_order_delta.logged_at IS 'Start of the stateme
 SELECT pg_catalog.pg_extension_config_dump('loyalty.mission_order_delta'::pg_catalog.regclass, ''::pg_catalog.text);
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.mission_order_delta'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
-/* Every change of the configuration tables read by the order feed reaches every session's cache. */
+/*
+ * Every change of the configuration tables read by the order feed
+ * (missions, their category columns, referral programs) reaches every
+ * session's cache.
+ */
 CREATE FUNCTION loyalty._mission_config_changed()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'mission_config_changed'
@@ -227,8 +231,12 @@ CREATE TRIGGER mission_config_changed
 CREATE TRIGGER mission_order_source_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.mission_order_source
 	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._mission_config_changed();
+CREATE TRIGGER referral_program_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.referral_program
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._mission_config_changed();
 ALTER TABLE loyalty.mission ENABLE ALWAYS TRIGGER mission_config_changed;
 ALTER TABLE loyalty.mission_order_source ENABLE ALWAYS TRIGGER mission_order_source_changed;
+ALTER TABLE loyalty.referral_program ENABLE ALWAYS TRIGGER referral_program_changed;
 
 /* functions */
 
@@ -651,11 +659,13 @@ COMMENT ON FUNCTION loyalty._mission_tracked_ref(timestamptz, numeric) IS
 /*
  * Fold the customer's tracked orders not yet counted (the rows of
  * loyalty.mission_order_delta this snapshot sees, deleted as they are
- * read) into the missions, in the order they were written: an order counts
- * as mission_order would count it (at its order time, reference
- * tracked:<time>:<amount>#n, a new n per equal order); a removed order
- * (-1) takes back the latest counted equal order as mission_refund would,
- * at the time of the statement that removed it.  Rows of transactions in
+ * read) into the missions and the customer's referral, in the order they
+ * were written: an order counts as mission_order would count it (at its
+ * order time, reference tracked:<time>:<amount>#n, a new n per equal
+ * order) and, for a referee not converted yet, as referral_order; a
+ * removed order (-1) takes back the latest counted equal order as
+ * mission_refund would, and the referral's qualifying order as
+ * referral_refund, at the time of the statement that removed it.  Rows of transactions in
  * flight wait for the next fold.  Under the customer's mission lock.
  * Returns the rows folded.
  */
@@ -670,6 +680,7 @@ DECLARE
 	last_at timestamptz;
 	base text;
 	k integer;
+	oref text;
 	n integer := 0;
 BEGIN
 	SELECT pg_catalog.max(x.ordered_at) INTO last_at
@@ -688,12 +699,22 @@ BEGIN
 			SELECT COALESCE(pg_catalog.max(pg_catalog.substr(c.source_ref, pg_catalog.length(base) + 1)::integer), 0) + 1
 			INTO k FROM loyalty.mission_contribution c
 			WHERE c.customer_id = customer_id AND pg_catalog.starts_with(c.source_ref, base);
+			-- a referee's first qualifying purchase (referral family; first:
+			-- the referral row is locked before the points accounts)
+			IF EXISTS (SELECT 1 FROM loyalty.referral r WHERE r.customer_id = customer_id AND r.status = 'joined') THEN
+				PERFORM loyalty.referral_order(customer_id, base || k, d.amount, at => d.ordered_at);
+			END IF;
 			PERFORM loyalty._mission_order_apply(customer_id, base || k, d.amount, d.ordered_at, d.categories);
 		ELSE
 			SELECT pg_catalog.max(pg_catalog.substr(c.source_ref, pg_catalog.length(base) + 1)::integer)
 			INTO k FROM loyalty.mission_contribution c
 			WHERE c.customer_id = customer_id AND pg_catalog.starts_with(c.source_ref, base)
 			  AND c.rolled_back_at IS NULL;
+			SELECT r.order_ref INTO oref FROM loyalty.referral r
+			WHERE r.customer_id = customer_id AND r.status = 'converted' AND pg_catalog.starts_with(r.order_ref, base);
+			IF FOUND THEN
+				PERFORM loyalty.referral_refund(customer_id, oref, at => d.logged_at);
+			END IF;
 			IF k IS NOT NULL THEN
 				PERFORM loyalty._mission_refund_apply(customer_id, base || k, d.logged_at);
 			END IF;

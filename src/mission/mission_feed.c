@@ -23,10 +23,11 @@
  * are appended with -1: the fold takes the order back (a refund).
  *
  * What the missions need is cached per backend: whether an active mission
- * counts orders (none: the hook returns at once, the feed costs nothing),
+ * counts orders or a referral program is active (neither: the hook returns
+ * at once, the feed costs nothing),
  * whether one filters on a category, and the category column of each
  * tracked table (loyalty.mission_order_source).  A statement trigger on
- * both configuration tables announces every change
+ * the three configuration tables announces every change
  * (CacheInvalidateRelcacheByRelid, as segment.c does); the cache is loaded
  * with the latest snapshot after locking the tables, so it never keeps a
  * configuration older than the last commit the statement's lock saw.
@@ -80,6 +81,7 @@ typedef struct MissionDemand
 	Oid			mission_relid;	/* loyalty.mission */
 	Oid			source_relid;	/* loyalty.mission_order_source */
 	Oid			delta_relid;	/* loyalty.mission_order_delta */
+	Oid			referral_relid; /* loyalty.referral_program */
 	bool		direct;			/* plain enough for the executor-free insert */
 	int			natts;			/* its attributes, and the 0-based */
 	int			pos[6];			/* positions of MISSION_DELTA_COLS */
@@ -135,7 +137,8 @@ MissionRelcacheCallback(Datum arg, Oid relid)
 	if (relid == InvalidOid ||
 		(OidIsValid(demand.mission_relid) && relid == demand.mission_relid) ||
 		(OidIsValid(demand.source_relid) && relid == demand.source_relid) ||
-		(OidIsValid(demand.delta_relid) && relid == demand.delta_relid))
+		(OidIsValid(demand.delta_relid) && relid == demand.delta_relid) ||
+		(OidIsValid(demand.referral_relid) && relid == demand.referral_relid))
 		demand.valid = false;
 }
 
@@ -190,11 +193,13 @@ MissionDemandLoad(void)
 	demand.mission_relid = OidIsValid(nsp) ? get_relname_relid("mission", nsp) : InvalidOid;
 	demand.source_relid = OidIsValid(nsp) ? get_relname_relid("mission_order_source", nsp) : InvalidOid;
 	demand.delta_relid = OidIsValid(nsp) ? get_relname_relid("mission_order_delta", nsp) : InvalidOid;
+	demand.referral_relid = OidIsValid(nsp) ? get_relname_relid("referral_program", nsp) : InvalidOid;
 	if (!OidIsValid(demand.mission_relid) || !OidIsValid(demand.source_relid) ||
-		!OidIsValid(demand.delta_relid))
+		!OidIsValid(demand.delta_relid) || !OidIsValid(demand.referral_relid))
 		return;
 	LockRelationOid(demand.mission_relid, AccessShareLock);
 	LockRelationOid(demand.source_relid, AccessShareLock);
+	LockRelationOid(demand.referral_relid, AccessShareLock);
 	if (demand_cxt == NULL)
 		demand_cxt = AllocSetContextCreate(TopMemoryContext, "loyalty mission feed",
 										   ALLOCSET_SMALL_SIZES);
@@ -203,9 +208,10 @@ MissionDemandLoad(void)
 	SPI_connect();
 	snap = RegisterSnapshot(GetLatestSnapshot());
 	LoyaltyKeepPlan(&demand_plan,
-					"SELECT pg_catalog.bool_or(m.category IS NOT NULL)"
-					"  FROM loyalty.mission m"
-					" WHERE m.active AND m.kind OPERATOR(pg_catalog.<>) 'event'",
+					"SELECT (SELECT pg_catalog.bool_or(m.category IS NOT NULL)"
+					"          FROM loyalty.mission m"
+					"         WHERE m.active AND m.kind OPERATOR(pg_catalog.<>) 'event'),"
+					"       EXISTS (SELECT FROM loyalty.referral_program p WHERE p.active)",
 					0, NULL, 0);
 	if (SPI_execute_snapshot(demand_plan, NULL, NULL, snap, InvalidSnapshot,
 							 true, false, 0) != SPI_OK_SELECT)
@@ -213,6 +219,9 @@ MissionDemandLoad(void)
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	demand.feed = !isnull;
 	demand.categories = !isnull && DatumGetBool(d);
+	/* an active referral program: a referee's first purchase */
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+		demand.feed = true;
 	if (demand.categories)
 	{
 		LoyaltyKeepPlan(&source_plan,
