@@ -1,32 +1,34 @@
 /*
  * mission_feed.c
- *		The order feed of missions: the orders of every tracked statement
- *		(the tracking trigger's transition tables, rfm_live's order feed
- *		hook) appended to loyalty.mission_order_delta while at least one
- *		active mission counts orders, folded into progress by mission.sql
- *		(_mission_fold) when progress is read, an order is reported by a
- *		call, or mission_fold runs.
+ *		The order feed of missions and referrals: the orders of every
+ *		tracked statement (the tracking trigger's transition tables,
+ *		rfm_live's order feed hook) appended to loyalty.mission_order_delta
+ *		while at least one active mission counts orders or a referral
+ *		program is active (a referee's first qualifying purchase), folded by
+ *		mission.sql (_mission_fold) when progress is read, an order or a
+ *		refund is reported by a call, or mission_fold runs.
  *
  * Design: the checkout path appends, readers fold (as the live statistics
  * do, rfm_track.c).  This file is the one writer of the table's rows (the
  * fold only deletes them); it inserts below the executor (table_tuple_insert)
  * only into the table as installed: a heap without index, trigger, rule,
  * row level security or CHECK constraint, every NOT NULL column given a
- * value; otherwise through SQL.  Per counted row the trigger inserts one row (customer,
- * order time, amount, categories when a mission filters on them, +1 / -1,
- * statement time) into an unindexed table: it reads no mission row, locks
- * nothing another transaction holds, updates no shared row, so a tracked
- * statement never waits for another order of the customer and cannot fail
- * with a serialization failure or a deadlock of its own at any isolation
- * level.  The removed rows of a DELETE, and the old rows of an UPDATE whose
- * order changed (customer, time, amount, counted status or categories),
- * are appended with -1: the fold takes the order back (a refund).
+ * value; otherwise through SQL.  Per counted row the trigger inserts one
+ * row (customer, order time, amount, categories when a mission filters on
+ * them, +1 / -1, statement time) into an unindexed table: it reads no
+ * mission or referral row, locks nothing another transaction holds,
+ * updates no shared row, so a tracked statement never waits for another
+ * order of the customer and cannot fail with a serialization failure or a
+ * deadlock of its own at any isolation level.  The removed rows of a
+ * DELETE, and the old rows of an UPDATE whose order changed (customer,
+ * time, amount, counted status or categories), are appended with -1: the
+ * fold takes the order back (a refund).
  *
- * What the missions need is cached per backend: whether an active mission
+ * What the feed needs is cached per backend: whether an active mission
  * counts orders or a referral program is active (neither: the hook returns
- * at once, the feed costs nothing),
- * whether one filters on a category, and the category column of each
- * tracked table (loyalty.mission_order_source).  A statement trigger on
+ * at once, the feed costs nothing), whether a mission filters on a
+ * category, and the category column of each tracked table
+ * (loyalty.mission_order_source).  A statement trigger on
  * the three configuration tables announces every change
  * (CacheInvalidateRelcacheByRelid, as segment.c does); the cache is loaded
  * with the latest snapshot after locking the tables, so it never keeps a
