@@ -12,6 +12,7 @@
 
 #include "coupon.h"
 #include "loyalty_cache.h"
+#include "mission.h"
 #include "points.h"
 #include "rfm_live.h"
 #include "segment.h"
@@ -33,6 +34,7 @@ _PG_init(void)
 	RfmLiveInit();
 	CouponInit();
 	PointsInit();
+	MissionInit();
 	MarkGUCPrefixReserved(LOYALTY_GUC_PREFIX);
 }
 

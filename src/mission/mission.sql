@@ -11,15 +11,22 @@
  * back, and a completed attempt whose progress falls below the target
  * before its reward settles is undone (reward taken back).
  *
- * Progress comes from the orders the app reports (mission_order, in the
- * checkout transaction or from the app's own order trigger) and from
- * mission_event; each contribution is kept per (customer, mission, source
- * reference), which makes every call idempotent and every refund exact.
+ * Progress comes from the orders of tracked tables (loyalty.track_orders:
+ * the tracking statement trigger appends them to mission_order_delta while
+ * an active mission counts orders, mission_feed.c; they are folded when
+ * progress is read, when the app reports an order or a refund of the
+ * customer, or by mission_fold), from the orders the app reports
+ * (mission_order) and from mission_event; each contribution is kept per
+ * (customer, mission, source reference), which makes every call idempotent
+ * and every refund exact.
  *
  * Citus: every per-customer table is keyed by (customer_id COLLATE "C",
- * mission_id, ...); the mission catalogue is a configuration table without
- * triggers (a reference table).  Locks: the customer's attempt rows of a
- * mission, in mission_id order, then the points account.
+ * mission_id, ...) but mission_order_delta (customer_id, no key, as
+ * customer_stats_delta); the mission catalogue and mission_order_source are
+ * configuration tables whose only trigger announces a change to the
+ * sessions' caches (it refuses nothing).  Locks: the customer's mission
+ * row, the attempt rows of a mission, in mission_id order, then the
+ * points account; the tracking trigger takes none of them.
  * ------------------------------------------------------------------------ */
 
 /* tables */
@@ -163,6 +170,73 @@ COMMENT ON COLUMN loyalty.mission_contribution.rolled_back_at IS 'When a refund 
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.mission_contribution'::pg_catalog.regclass, ''::pg_catalog.text);
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.mission_contribution'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+CREATE TABLE loyalty.mission_order_source (
+	orders			regclass PRIMARY KEY,
+	category_column	name NOT NULL
+);
+
+COMMENT ON TABLE loyalty.mission_order_source IS
+	'Tracked orders tables whose orders carry categories for missions (configuration): the column holding an order''s category (a scalar) or categories (an array); can be a Citus reference table';
+COMMENT ON COLUMN loyalty.mission_order_source.orders IS 'A tracked orders table (loyalty.track_orders)';
+COMMENT ON COLUMN loyalty.mission_order_source.category_column IS 'Its column read as the order''s categories (missing: the order has none)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.mission_order_source'::pg_catalog.regclass, ''::pg_catalog.text);
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.mission_order_source'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
+
+/*
+ * The orders of tracked statements, appended by the tracking trigger
+ * while an active mission counts orders (mission_feed.c) and folded into
+ * the attempts by _mission_fold.  No key and no index, as
+ * loyalty.customer_stats_delta: the checkout path only appends; a fold
+ * deletes the rows its snapshot sees.
+ */
+CREATE TABLE loyalty.mission_order_delta (
+	customer_id		text COLLATE "C" NOT NULL,
+	ordered_at		timestamptz NOT NULL,
+	amount			numeric NOT NULL,
+	categories		text[],
+	sign			smallint NOT NULL,
+	logged_at		timestamptz NOT NULL
+);
+
+COMMENT ON TABLE loyalty.mission_order_delta IS
+	'Orders of tracked statements not yet counted for missions (appended by the tracking trigger, folded by mission_progress, mission_order, mission_refund and mission_fold)';
+COMMENT ON COLUMN loyalty.mission_order_delta.customer_id IS 'The customer';
+COMMENT ON COLUMN loyalty.mission_order_delta.ordered_at IS 'The order''s time (its tracked time column)';
+COMMENT ON COLUMN loyalty.mission_order_delta.amount IS 'The order''s amount (0 when null)';
+COMMENT ON COLUMN loyalty.mission_order_delta.categories IS 'The order''s categories (loyalty.mission_order_source), NULL when no active mission filters on one';
+COMMENT ON COLUMN loyalty.mission_order_delta.sign IS '1: an order; -1: an order removed (deleted, or its counted status, customer, time, amount or categories changed): a refund';
+COMMENT ON COLUMN loyalty.mission_order_delta.logged_at IS 'Start of the statement that wrote it: the fold''s order, and the time of a refund';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.mission_order_delta'::pg_catalog.regclass, ''::pg_catalog.text);
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.mission_order_delta'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+/*
+ * Every change of the configuration tables read by the order feed
+ * (missions, their category columns, referral programs) reaches every
+ * session's cache.
+ */
+CREATE FUNCTION loyalty._mission_config_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'mission_config_changed'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION loyalty._mission_config_changed() IS
+	'Internal: drop the order feed''s cached mission configuration in every session when it changes';
+
+CREATE TRIGGER mission_config_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.mission
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._mission_config_changed();
+CREATE TRIGGER mission_order_source_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.mission_order_source
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._mission_config_changed();
+CREATE TRIGGER referral_program_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.referral_program
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._mission_config_changed();
+ALTER TABLE loyalty.mission ENABLE ALWAYS TRIGGER mission_config_changed;
+ALTER TABLE loyalty.mission_order_source ENABLE ALWAYS TRIGGER mission_order_source_changed;
+ALTER TABLE loyalty.referral_program ENABLE ALWAYS TRIGGER referral_program_changed;
 
 /* functions */
 
@@ -372,14 +446,14 @@ SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.mission_join(
 /*
  * An order of the customer counts for every open mission of kind orders,
  * spend or streak it qualifies for (category among the order's categories,
- * amount >= min_amount), in mission_id order.  Returns the attempts it
- * counted for.  Idempotent on order_ref.
+ * amount >= min_amount), in mission_id order: the attempts it counted for.
+ * Idempotent on order_ref.  Shared by mission_order and the fold of
+ * tracked orders.
  */
-CREATE FUNCTION loyalty.mission_order(customer_id text, order_ref text, amount numeric,
-									  at timestamptz DEFAULT pg_catalog.now(),
-									  categories text[] DEFAULT NULL)
+CREATE FUNCTION loyalty._mission_order_apply(customer_id text, order_ref text, amount numeric,
+											 at timestamptz, categories text[])
 RETURNS TABLE (mission_id text, attempt integer, progress numeric, target numeric, status text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -388,12 +462,6 @@ DECLARE
 	a loyalty.mission_attempt;
 	locked boolean := false;
 BEGIN
-	IF customer_id IS NULL OR order_ref IS NULL OR amount IS NULL OR at IS NULL THEN
-		RAISE EXCEPTION 'customer_id, order_ref, amount and at must not be null'
-			USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	PERFORM loyalty._points_check_key('customer_id'::text, customer_id);
-	PERFORM loyalty._points_check_key('order_ref'::text, order_ref);
 	FOR m IN SELECT x.* FROM loyalty.mission x
 			 WHERE x.active AND x.kind IN ('orders', 'spend', 'streak')
 			   AND (x.starts_at IS NULL OR x.starts_at <= at) AND (x.ends_at IS NULL OR at < x.ends_at)
@@ -412,6 +480,34 @@ BEGIN
 			RETURN NEXT;
 		END IF;
 	END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._mission_order_apply(text, text, numeric, timestamptz, text[]) IS
+	'Internal: count an order for the customer''s open order, spend and streak missions (mission_order and the fold of tracked orders)';
+
+/*
+ * An order the app reports: the customer's tracked orders not yet counted
+ * are folded first (they came before it), then the order counts
+ * (_mission_order_apply).  Idempotent on order_ref.
+ */
+CREATE FUNCTION loyalty.mission_order(customer_id text, order_ref text, amount numeric,
+									  at timestamptz DEFAULT pg_catalog.now(),
+									  categories text[] DEFAULT NULL)
+RETURNS TABLE (mission_id text, attempt integer, progress numeric, target numeric, status text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR amount IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref, amount and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, customer_id);
+	PERFORM loyalty._points_check_key('order_ref'::text, order_ref);
+	PERFORM loyalty._mission_fold(customer_id);
+	RETURN QUERY SELECT * FROM loyalty._mission_order_apply(customer_id, order_ref, amount, at, categories);
 END;
 $$;
 
@@ -466,12 +562,12 @@ SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.mission_event
  * taken back from its attempt.  A completed attempt that falls below its
  * target before its reward settles (at < pending_until) is undone: the
  * reward is reversed and the attempt is active again (its period is kept).
- * After the reward settled the completion stands.  Idempotent.
+ * After the reward settled the completion stands.  Idempotent.  Shared by
+ * mission_refund and the fold of tracked orders.
  */
-CREATE FUNCTION loyalty.mission_refund(customer_id text, order_ref text,
-									   at timestamptz DEFAULT pg_catalog.now())
+CREATE FUNCTION loyalty._mission_refund_apply(customer_id text, order_ref text, at timestamptz)
 RETURNS TABLE (mission_id text, attempt integer, progress numeric, target numeric, status text)
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
@@ -479,11 +575,6 @@ DECLARE
 	c record;
 	a loyalty.mission_attempt;
 BEGIN
-	IF customer_id IS NULL OR order_ref IS NULL OR at IS NULL THEN
-		RAISE EXCEPTION 'customer_id, order_ref and at must not be null'
-			USING ERRCODE = 'null_value_not_allowed';
-	END IF;
-	PERFORM loyalty._points_check_key('customer_id'::text, customer_id);
 	IF EXISTS (SELECT 1 FROM loyalty.mission_contribution k
 			   WHERE k.customer_id = customer_id AND k.source_ref = order_ref AND k.rolled_back_at IS NULL) THEN
 		PERFORM loyalty._mission_lock(customer_id, at);
@@ -518,22 +609,176 @@ BEGIN
 END;
 $$;
 
+COMMENT ON FUNCTION loyalty._mission_refund_apply(text, text, timestamptz) IS
+	'Internal: take back what an order or event reference added to missions, undoing a completion whose reward is still pending (mission_refund and the fold of tracked orders)';
+
+/*
+ * A refund the app reports: the customer's tracked orders not yet counted
+ * are folded first, then the reference is taken back
+ * (_mission_refund_apply).  Idempotent.
+ */
+CREATE FUNCTION loyalty.mission_refund(customer_id text, order_ref text,
+									   at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (mission_id text, attempt integer, progress numeric, target numeric, status text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, customer_id);
+	PERFORM loyalty._mission_fold(customer_id);
+	RETURN QUERY SELECT * FROM loyalty._mission_refund_apply(customer_id, order_ref, at);
+END;
+$$;
+
 COMMENT ON FUNCTION loyalty.mission_refund(text, text, timestamptz) IS
 	'Take back what an order (or event reference) added to missions; a completion whose reward is still pending is undone (reward reversed); idempotent';
 SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.mission_refund(text, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /*
+ * The reference a tracked order counts under: tracked:<order time, UTC,
+ * to the microsecond>:<amount>#<n>, n telling apart equal orders of the
+ * customer (a tracked table names no order id).
+ */
+CREATE FUNCTION loyalty._mission_tracked_ref(at timestamptz, amount numeric)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.concat('tracked:', pg_catalog.to_char(pg_catalog.timezone('UTC', $1), 'YYYYMMDDHH24MISSUS'),
+							 ':', $2::text)
+$$;
+
+COMMENT ON FUNCTION loyalty._mission_tracked_ref(timestamptz, numeric) IS
+	'Internal: the reference prefix of a tracked order in mission contributions (tracked:<UTC time>:<amount>, then #n)';
+
+/*
+ * Fold the customer's tracked orders not yet counted (the rows of
+ * loyalty.mission_order_delta this snapshot sees, deleted as they are
+ * read) into the missions and the customer's referral, in the order they
+ * were written: an order counts as mission_order would count it (at its
+ * order time, reference tracked:<time>:<amount>#n, a new n per equal
+ * order) and, for a referee not converted yet, as referral_order; a
+ * removed order (-1) takes back the latest counted equal order as
+ * mission_refund would, and the referral's qualifying order as
+ * referral_refund, at the time of the statement that removed it.  Rows of transactions in
+ * flight wait for the next fold.  Under the customer's mission lock.
+ * Returns the rows folded.
+ */
+CREATE FUNCTION loyalty._mission_fold(customer_id text)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	d record;
+	last_at timestamptz;
+	base text;
+	k integer;
+	oref text;
+	n integer := 0;
+BEGIN
+	SELECT pg_catalog.max(x.ordered_at) INTO last_at
+	FROM loyalty.mission_order_delta x WHERE x.customer_id = customer_id;
+	IF last_at IS NULL THEN
+		RETURN 0;
+	END IF;
+	PERFORM loyalty._mission_lock(customer_id, last_at);
+	FOR d IN WITH taken AS (DELETE FROM loyalty.mission_order_delta x WHERE x.customer_id = customer_id
+							RETURNING x.ordered_at, x.amount, x.categories, x.sign, x.logged_at)
+			 SELECT t.* FROM taken t ORDER BY t.logged_at, t.sign, t.ordered_at, t.amount
+	LOOP
+		n := n + 1;
+		base := loyalty._mission_tracked_ref(d.ordered_at, d.amount) || '#';
+		IF d.sign > 0 THEN
+			SELECT COALESCE(pg_catalog.max(pg_catalog.substr(c.source_ref, pg_catalog.length(base) + 1)::integer), 0) + 1
+			INTO k FROM loyalty.mission_contribution c
+			WHERE c.customer_id = customer_id AND pg_catalog.starts_with(c.source_ref, base);
+			-- a referee's first qualifying purchase (referral family; first:
+			-- the referral row is locked before the points accounts)
+			IF EXISTS (SELECT 1 FROM loyalty.referral r WHERE r.customer_id = customer_id AND r.status = 'joined') THEN
+				PERFORM loyalty.referral_order(customer_id, base || k, d.amount, at => d.ordered_at);
+			END IF;
+			PERFORM loyalty._mission_order_apply(customer_id, base || k, d.amount, d.ordered_at, d.categories);
+		ELSE
+			SELECT pg_catalog.max(pg_catalog.substr(c.source_ref, pg_catalog.length(base) + 1)::integer)
+			INTO k FROM loyalty.mission_contribution c
+			WHERE c.customer_id = customer_id AND pg_catalog.starts_with(c.source_ref, base)
+			  AND c.rolled_back_at IS NULL;
+			SELECT r.order_ref INTO oref FROM loyalty.referral r
+			WHERE r.customer_id = customer_id AND r.status = 'converted' AND pg_catalog.starts_with(r.order_ref, base);
+			IF FOUND THEN
+				PERFORM loyalty.referral_refund(customer_id, oref, at => d.logged_at);
+			END IF;
+			IF k IS NOT NULL THEN
+				PERFORM loyalty._mission_refund_apply(customer_id, base || k, d.logged_at);
+			END IF;
+		END IF;
+	END LOOP;
+	RETURN n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._mission_fold(text) IS
+	'Internal: count the customer''s tracked orders not yet counted for missions (and take back the removed ones), in the order they were written';
+
+/*
+ * Fold the tracked orders not yet counted for missions: of one customer,
+ * or (customer_id => NULL, the default) of every customer, one after the
+ * other in customer order.  What a periodic job runs so that completions
+ * and their pending rewards follow the orders without waiting for a
+ * reader; mission_progress, mission_order and mission_refund fold their
+ * customer themselves.  Returns the tracked rows folded.
+ */
+CREATE FUNCTION loyalty.mission_fold(customer_id text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c text;
+	n bigint := 0;
+BEGIN
+	IF customer_id IS NOT NULL THEN
+		RETURN loyalty._mission_fold(customer_id);
+	END IF;
+	FOR c IN SELECT DISTINCT x.customer_id FROM loyalty.mission_order_delta x ORDER BY 1 LOOP
+		n := n + loyalty._mission_fold(c);
+	END LOOP;
+	RETURN n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.mission_fold(text) IS
+	'Count the tracked orders not yet counted for missions (completions, rewards, refunds), of one customer or of all (customer_id => NULL); returns the tracked rows folded';
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.mission_fold(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.mission_fold(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
  * Progress of a customer on every open mission ("2 of 3 orders, 12 days
  * left"): the current attempt, or 0 of the target when none started.
+ * The customer's tracked orders not yet counted are folded first (not in a
+ * read-only transaction: there the progress is that of the last fold).
  */
 CREATE FUNCTION loyalty.mission_progress(customer_id text, at timestamptz DEFAULT pg_catalog.now())
 RETURNS TABLE (mission_id text, description text, attempt integer, progress numeric, target numeric,
 			   status text, ends_at timestamptz, days_left integer, message text)
-LANGUAGE plpgsql STABLE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
+	-- the customer's pending tracked orders folded first (not possible in
+	-- a read-only transaction: then the progress as last folded)
+	IF NOT pg_catalog.current_setting('transaction_read_only')::boolean THEN
+		PERFORM loyalty._mission_fold($1);
+	END IF;
 	-- PL/pgSQL, not SQL: Citus plans a query with parameters of an SQL
 	-- function on distributed tables only in PL/pgSQL
 	RETURN QUERY

@@ -7,9 +7,10 @@
  * idempotently.  A friend (the referee) joins with a code: one referrer per
  * referee, ever.  The referee's first qualifying purchase, reported by
  * referral_order (from the app's checkout or from a trigger of its own on
- * the orders table), rewards both sides with points through the points
- * ledger, pending until the return window closes; referral_refund takes
- * both rewards back when that order is refunded.
+ * the orders table) or seen by the order tracking, rewards both sides with
+ * points through the points ledger and coupons, pending until the return
+ * window closes; referral_refund takes the rewards back when that order is
+ * refunded.
  *
  * Abuse rules, each refused with a reason (SQLSTATE LR0nn, DETAIL a JSON
  * object with "reason" first): self-referral by customer key and by the
@@ -28,7 +29,18 @@
  * inside the call's distributed transaction, exactly as points_reference.
  * Caps are counters on the referrer's own rows (referral_code.converted,
  * referral_period), never a count across shards.  The configuration tables
- * have no triggers and can be reference tables.
+ * can be reference tables (referral_program's only trigger, added by
+ * mission.sql, announces a change to the order feed's cache and refuses
+ * nothing).
+ *
+ * Rewards: points (pending until the return window closes), and coupons
+ * of the coupon family bound to the referrer or the referee
+ * (referral_coupon: pending until the window closes, issued by
+ * referral_settle) and the referee's first-order discount (a code bound
+ * to the referee, issued at the join); a refund cancels the pending ones
+ * and voids the codes.  The first qualifying purchase is reported by
+ * referral_order, or seen by the order tracking (the tracking trigger's
+ * order feed, folded by mission.sql's _mission_fold).
  *
  * Locks, always in this order: the referee's referral row, then the
  * referrer's referral_code row, then identifier claims sorted by (kind,
@@ -54,7 +66,11 @@ CREATE TABLE loyalty.referral_program (
 	cap_period			text NOT NULL DEFAULT 'month'
 		CONSTRAINT referral_program_cap_period_check CHECK (cap_period IN ('day', 'week', 'month', 'quarter', 'year')),
 	point_value			numeric CHECK (point_value >= 0),
-	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now()
+	created_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	referrer_campaign_id	bigint,
+	referee_campaign_id		bigint,
+	first_order_campaign_id	bigint,
+	coupon_pattern		text NOT NULL DEFAULT 'RWD-####-####'
 );
 
 COMMENT ON TABLE loyalty.referral_program IS
@@ -74,6 +90,10 @@ COMMENT ON COLUMN loyalty.referral_program.cap_per_period IS 'At most this many 
 COMMENT ON COLUMN loyalty.referral_program.cap_period IS 'Calendar period of cap_per_period in the program time zone: day, week, month, quarter or year';
 COMMENT ON COLUMN loyalty.referral_program.point_value IS 'Money value of one point, for the cost and ROI of loyalty.referral_kpi (NULL: unknown)';
 COMMENT ON COLUMN loyalty.referral_program.created_at IS 'When the program was created';
+COMMENT ON COLUMN loyalty.referral_program.referrer_campaign_id IS 'Coupon campaign of a code bound to the referrer per successful referral, issued when the return window closes (NULL: none)';
+COMMENT ON COLUMN loyalty.referral_program.referee_campaign_id IS 'Coupon campaign of a code bound to the referee on the first qualifying purchase, issued when the return window closes (NULL: none)';
+COMMENT ON COLUMN loyalty.referral_program.first_order_campaign_id IS 'Coupon campaign of the referee''s first-order discount: a single-use code bound to the referee, issued at the join (NULL: none; give the campaign new_customers_only)';
+COMMENT ON COLUMN loyalty.referral_program.coupon_pattern IS 'Pattern of the coupon reward codes (loyalty.random_codes)';
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.referral_program'::pg_catalog.regclass, ''::pg_catalog.text);
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.referral_program'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
@@ -227,6 +247,52 @@ CREATE INDEX referral_claim_customer_idx ON loyalty.referral_claim (customer_id)
 
 SELECT pg_catalog.pg_extension_config_dump('loyalty.referral_claim'::pg_catalog.regclass, ''::pg_catalog.text);
 SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.referral_claim'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+/*
+ * Coupon rewards of referrals (doc/referrals.md#coupon-rewards): a code
+ * bound to the referrer or the referee per conversion, pending until the
+ * return window closes (issued then by referral_settle), and the
+ * first-order discount issued to the referee at the join.  Keyed by the
+ * holder (customer_id).
+ */
+CREATE TABLE loyalty.referral_coupon (
+	customer_id		text COLLATE "C" NOT NULL,
+	referee_id		text COLLATE "C" NOT NULL,
+	role			text NOT NULL
+		CONSTRAINT referral_coupon_role_check CHECK (role IN ('referrer', 'referee', 'first_order')),
+	program			text COLLATE "C" NOT NULL,
+	campaign_id		bigint NOT NULL,
+	status			text NOT NULL DEFAULT 'pending'
+		CONSTRAINT referral_coupon_status_check CHECK (status IN ('pending', 'issued', 'cancelled', 'voided')),
+	available_at	timestamptz,
+	coupon_id		bigint,
+	code			text,
+	created_at		timestamptz NOT NULL,
+	issued_at		timestamptz,
+	cancelled_at	timestamptz,
+	PRIMARY KEY (customer_id, referee_id, role)
+);
+
+CREATE INDEX referral_coupon_pending_idx ON loyalty.referral_coupon (available_at) WHERE status = 'pending';
+
+COMMENT ON TABLE loyalty.referral_coupon IS
+	'Coupon rewards of referrals: a code bound to the referrer or the referee, pending until the return window closes, and the referee''s first-order discount';
+COMMENT ON COLUMN loyalty.referral_coupon.customer_id IS 'The holder of the code (the referrer or the referee)';
+COMMENT ON COLUMN loyalty.referral_coupon.referee_id IS 'The referral (its referee)';
+COMMENT ON COLUMN loyalty.referral_coupon.role IS 'referrer or referee (a reward of the conversion), first_order (the referee''s discount on the first order, issued at the join)';
+COMMENT ON COLUMN loyalty.referral_coupon.program IS 'The program';
+COMMENT ON COLUMN loyalty.referral_coupon.campaign_id IS 'The coupon campaign of the code';
+COMMENT ON COLUMN loyalty.referral_coupon.status IS 'pending (the return window is open: no code yet), issued (code bound to the holder), cancelled (the qualifying order was refunded while pending), voided (the code was voided by a refund)';
+COMMENT ON COLUMN loyalty.referral_coupon.available_at IS 'End of the return window: referral_settle issues the code from then (NULL: at once)';
+COMMENT ON COLUMN loyalty.referral_coupon.coupon_id IS 'The code issued (loyalty.coupon)';
+COMMENT ON COLUMN loyalty.referral_coupon.code IS 'Its text';
+COMMENT ON COLUMN loyalty.referral_coupon.created_at IS 'Business time of the join or conversion';
+COMMENT ON COLUMN loyalty.referral_coupon.issued_at IS 'Business time the code was issued';
+COMMENT ON COLUMN loyalty.referral_coupon.cancelled_at IS 'Business time of the refund that cancelled or voided it';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.referral_coupon'::pg_catalog.regclass, ''::pg_catalog.text);
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.referral_coupon'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.referral_coupon'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
 
 /* functions */
 
@@ -703,6 +769,10 @@ BEGIN
 				  DETAIL = pg_catalog.json_build_object('reason', 'identifier_reused', 'kind', claim.kind)::text;
 	END IF;
 
+	-- the first-order discount: a code bound to the referee, at once
+	IF prog.first_order_campaign_id IS NOT NULL THEN
+		PERFORM loyalty._referral_coupon_add(p_customer, p_customer, 'first_order', prog, at, NULL);
+	END IF;
 	program := prog.program; referrer_id := owner.customer_id; status := 'joined'; joined_at := at;
 END;
 $$;
@@ -829,6 +899,13 @@ BEGIN
 									at => at, reason => 'referral ' || side.role || ' reward (' || prog.program || ')',
 									pending_until => pending_until, qualifying => false);
 	END LOOP;
+	-- coupon rewards: pending until the return window closes (referral_settle)
+	IF prog.referee_campaign_id IS NOT NULL THEN
+		PERFORM loyalty._referral_coupon_add(p_customer, p_customer, 'referee', prog, at, pending_until);
+	END IF;
+	IF prog.referrer_campaign_id IS NOT NULL THEN
+		PERFORM loyalty._referral_coupon_add(ref.referrer_id, p_customer, 'referrer', prog, at, pending_until);
+	END IF;
 	status := 'converted';
 END;
 $$;
@@ -901,12 +978,182 @@ BEGIN
 	LOOP
 		PERFORM loyalty.points_reverse(side.who, loyalty._referral_reference(p_customer, side.role), at => at);
 	END LOOP;
+	PERFORM loyalty._referral_coupon_revoke(p_customer, ref.referrer_id, at);
 END;
 $$;
 
 COMMENT ON FUNCTION loyalty.referral_refund(text, text, timestamptz) IS
 	'The referee''s qualifying order was refunded: take both rewards back and uncount the referral from the referrer''s caps; status revoked, not_qualifying_order or not_referred; idempotent';
 SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.referral_refund(text, text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * Issue the code of a pending coupon reward (locked here): one
+ * single-use code of the campaign bound to the holder (generate_codes, as
+ * exchange_points).  Nothing when it is no longer pending.
+ */
+CREATE FUNCTION loyalty._referral_coupon_issue(holder text, referee text, reward_role text, at timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	rcp loyalty.referral_coupon;
+	pattern text;
+	before bigint[];
+	issued record;
+BEGIN
+	SELECT c.* INTO rcp FROM loyalty.referral_coupon c
+	WHERE c.customer_id = holder AND c.referee_id = referee AND c.role = reward_role FOR UPDATE;
+	IF NOT FOUND OR rcp.status <> 'pending' THEN
+		RETURN false;
+	END IF;
+	SELECT p.coupon_pattern INTO pattern FROM loyalty.referral_program p WHERE p.program = rcp.program;
+	before := ARRAY(SELECT c.coupon_id FROM loyalty.coupon c
+					WHERE c.campaign_id = rcp.campaign_id AND c.customer_id = holder);
+	PERFORM loyalty.generate_codes(rcp.campaign_id, 1, COALESCE(pattern, 'RWD-####-####'), ARRAY[holder]);
+	SELECT c.coupon_id, c.code::text AS code INTO STRICT issued
+	FROM loyalty.coupon c
+	WHERE c.campaign_id = rcp.campaign_id AND c.customer_id = holder
+	  AND c.coupon_id <> ALL (before) AND loyalty._points_inserted_here(c.xmin);
+	UPDATE loyalty.referral_coupon c
+	SET status = 'issued', coupon_id = issued.coupon_id, code = issued.code, issued_at = at
+	WHERE c.customer_id = holder AND c.referee_id = referee AND c.role = reward_role;
+	RETURN true;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._referral_coupon_issue(text, text, text, timestamptz) IS
+	'Internal: issue the code of a pending referral coupon reward (bound to its holder)';
+
+/*
+ * Record a coupon reward of the program for a holder (idempotent), issued
+ * at once when available_at is NULL or passed, else pending until then.
+ */
+CREATE FUNCTION loyalty._referral_coupon_add(holder text, referee text, reward_role text,
+											 prog loyalty.referral_program, at timestamptz, available_at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO loyalty.referral_coupon (customer_id, referee_id, role, program, campaign_id, available_at, created_at)
+	VALUES (holder, referee, reward_role, prog.program,
+			CASE reward_role WHEN 'referrer' THEN prog.referrer_campaign_id
+							 WHEN 'referee' THEN prog.referee_campaign_id
+							 ELSE prog.first_order_campaign_id END,
+			available_at, at)
+	ON CONFLICT ON CONSTRAINT referral_coupon_pkey DO NOTHING;
+	IF available_at IS NULL OR available_at <= at THEN
+		PERFORM loyalty._referral_coupon_issue(holder, referee, reward_role, at);
+	END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._referral_coupon_add(text, text, text, loyalty.referral_program, timestamptz, timestamptz) IS
+	'Internal: record a referral coupon reward (pending until available_at, or issued at once)';
+
+/*
+ * A referral revoked by a refund: its pending coupon rewards are
+ * cancelled (no code is ever issued), issued reward codes not used yet are
+ * voided, and the referee's first-order discount code is voided (used or
+ * not: a redemption rolled back must not free it for another order).
+ */
+CREATE FUNCTION loyalty._referral_coupon_revoke(referee text, referrer text, at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	rcp record;
+BEGIN
+	FOR rcp IN SELECT c.customer_id, c.role, c.status, c.coupon_id
+			   FROM loyalty.referral_coupon c
+			   WHERE c.customer_id IN (referee, referrer) AND c.referee_id = referee
+				 AND c.status IN ('pending', 'issued')
+			   ORDER BY c.customer_id, c.role FOR UPDATE
+	LOOP
+		IF rcp.status = 'pending' THEN
+			UPDATE loyalty.referral_coupon c SET status = 'cancelled', cancelled_at = at
+			WHERE c.customer_id = rcp.customer_id AND c.referee_id = referee AND c.role = rcp.role;
+		ELSE
+			UPDATE loyalty.coupon k SET voided_at = at
+			WHERE k.coupon_id = rcp.coupon_id AND k.voided_at IS NULL
+			  AND (rcp.role = 'first_order' OR k.uses = 0);
+			IF FOUND THEN
+				UPDATE loyalty.referral_coupon c SET status = 'voided', cancelled_at = at
+				WHERE c.customer_id = rcp.customer_id AND c.referee_id = referee AND c.role = rcp.role;
+			END IF;
+		END IF;
+	END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._referral_coupon_revoke(text, text, timestamptz) IS
+	'Internal: a refunded referral cancels its pending coupon rewards and voids its unused reward codes and the first-order discount code';
+
+/*
+ * Issue the coupon rewards whose return window closed by at: of one
+ * holder, or (customer_id => NULL, the default) of everyone.  What a
+ * periodic job runs; referral_coupons settles its customer itself.
+ * Returns the codes issued.
+ */
+CREATE FUNCTION loyalty.referral_settle(customer_id text DEFAULT NULL, at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	rcp record;
+	n bigint := 0;
+BEGIN
+	IF at IS NULL THEN
+		RAISE EXCEPTION 'at must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	FOR rcp IN SELECT c.customer_id, c.referee_id, c.role FROM loyalty.referral_coupon c
+			   WHERE c.status = 'pending' AND c.available_at <= at
+				 AND (customer_id IS NULL OR c.customer_id = customer_id)
+			   ORDER BY c.customer_id, c.referee_id, c.role
+	LOOP
+		IF loyalty._referral_coupon_issue(rcp.customer_id, rcp.referee_id, rcp.role, at) THEN
+			n := n + 1;
+		END IF;
+	END LOOP;
+	RETURN n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.referral_settle(text, timestamptz) IS
+	'Issue the referral coupon rewards whose return window closed by at, of one customer or of all (customer_id => NULL); returns the codes issued';
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.referral_settle(text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.referral_settle(text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * The customer's referral coupons (as referrer or referee), after issuing
+ * those whose return window closed by at: pending ones (no code yet, and
+ * when it comes), issued codes, cancelled and voided ones.
+ */
+CREATE FUNCTION loyalty.referral_coupons(customer_id text, at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (referee_id text, role text, program text, status text, available_at timestamptz, code text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	IF $1 IS NULL OR $2 IS NULL THEN
+		RAISE EXCEPTION 'customer_id and at must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, $1);
+	PERFORM loyalty.referral_settle($1, $2);
+	RETURN QUERY SELECT c.referee_id::text, c.role, c.program::text, c.status, c.available_at, c.code
+				 FROM loyalty.referral_coupon c WHERE c.customer_id = $1
+				 ORDER BY c.created_at, c.referee_id, c.role;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.referral_coupons(text, timestamptz) IS
+	'The customer''s referral coupons (as referrer or referee) after issuing those whose return window closed: role, status (pending, issued, cancelled, voided), available_at and code';
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.referral_coupons(text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
 
 /* views */
 

@@ -35,6 +35,7 @@
 #include "utils/date.h"
 #include "utils/hsearch.h"
 #include "utils/numeric.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "loyalty_args.h"
@@ -211,5 +212,24 @@ typedef struct RfmFoldAdd
 
 extern int64 RfmFoldDeltasSplit(int64 *customers, RfmFoldAdd **adds, int *nadds);
 extern bool RfmDeltasTracked(void);
+
+/*
+ * The order feed: a family above (missions) that wants the orders of every
+ * tracked statement sets rfm_order_feed_hook from its initialiser.  The
+ * tracking trigger calls it once per statement, as loyalty's owner, with
+ * the statement's transition tables (either may be NULL; for an UPDATE
+ * the old and new rows come in pairs, in the same order), after its own
+ * work.  RfmReadOrder reads one transition row the way the statistics
+ * count it.
+ */
+struct Tuplestorestate;
+struct TupleTableSlot;
+typedef void (*RfmOrderFeedHook) (Relation rel, RfmTrackCols *cols,
+								  struct Tuplestorestate *oldtable,
+								  struct Tuplestorestate *newtable,
+								  bool paired);
+extern PGDLLIMPORT RfmOrderFeedHook rfm_order_feed_hook;
+extern bool RfmReadOrder(RfmTrackCols *cols, struct TupleTableSlot *slot,
+						 char **key, TimestampTz *t, Numeric *amount);
 
 #endif							/* LOYALTY_RFM_LIVE_H */

@@ -89,6 +89,9 @@
 
 PG_FUNCTION_INFO_V1(rfm_track_trigger);
 
+/* The order feed of the families above (rfm_live.h); NULL: none. */
+RfmOrderFeedHook rfm_order_feed_hook = NULL;
+
 /* Rows read per cursor fetch while back-filling. */
 #define RFM_BACKFILL_BATCH 10000
 
@@ -712,6 +715,65 @@ RfmDeltaAddTuplestore(RfmDelta *delta, RfmTrackCols *cols, Tuplestorestate *ts,
 					   sign);
 	}
 	ExecDropSingleTupleTableSlot(slot);
+}
+
+/*
+ * Read one transition row as the statistics count it (RfmDeltaAddRow's
+ * filters: a customer, a finite order time, a counted status), for the
+ * order feed: the customer as text, the order time and the amount as
+ * numeric (0 when null; negative for a refund row).  False: the row does
+ * not count.  Allocates in the current memory context.
+ */
+bool
+RfmReadOrder(RfmTrackCols *cols, TupleTableSlot *slot, char **key,
+			 TimestampTz *t, Numeric *amount)
+{
+	Datum		cust,
+				time,
+				value;
+	bool		cn,
+				tn,
+				an;
+
+	cust = slot_getattr(slot, cols->cust, &cn);
+	time = slot_getattr(slot, cols->time, &tn);
+	if (cn || tn || !RfmRowTime(cols, time, t))
+		return false;
+	if (cols->status != InvalidAttrNumber)
+	{
+		bool		sn;
+		Datum		status = slot_getattr(slot, cols->status, &sn);
+
+		if (!RfmStatusCounts(cols, status, sn))
+			return false;
+	}
+	value = slot_getattr(slot, cols->amount, &an);
+	if (an)
+		*amount = DatumGetNumeric(DirectFunctionCall1(int4_numeric, Int32GetDatum(0)));
+	else
+		switch (cols->amount_kind)
+		{
+			case LOYALTY_AMOUNT_NUMERIC:
+				*amount = DatumGetNumericCopy(value);
+				break;
+			case LOYALTY_AMOUNT_INT2:
+				*amount = DatumGetNumeric(DirectFunctionCall1(int2_numeric, value));
+				break;
+			case LOYALTY_AMOUNT_INT4:
+				*amount = DatumGetNumeric(DirectFunctionCall1(int4_numeric, value));
+				break;
+			case LOYALTY_AMOUNT_INT8:
+				*amount = DatumGetNumeric(DirectFunctionCall1(int8_numeric, value));
+				break;
+			case LOYALTY_AMOUNT_FLOAT4:
+				*amount = DatumGetNumeric(DirectFunctionCall1(float4_numeric, value));
+				break;
+			case LOYALTY_AMOUNT_FLOAT8:
+				*amount = DatumGetNumeric(DirectFunctionCall1(float8_numeric, value));
+				break;
+		}
+	*key = OutputFunctionCall(&cols->cust_out, cust);
+	return true;
 }
 
 /* qsort comparator: customers in byte order (COLLATE "C"). */
@@ -1791,6 +1853,10 @@ rfm_track_trigger(PG_FUNCTION_ARGS)
 		SPI_finish();
 	}
 	MemoryContextDelete(delta->cxt);
+	/* the orders, for the families above that asked (missions) */
+	if (rfm_order_feed_hook != NULL)
+		rfm_order_feed_hook(rel, &cols, td->tg_oldtable, td->tg_newtable,
+							TRIGGER_FIRED_BY_UPDATE(td->tg_event));
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	return PointerGetDatum(NULL);
 }

@@ -10206,6 +10206,994 @@ $$;
 -- END issue 14 Citus (newer families)
 
 
+-- Issue 17, missions (tracked orders) and referral rewards: mission progress
+-- from the tracking statement trigger (src/rfm_live order feed hook,
+-- src/mission/mission_feed.c): loyalty.mission_order_source and
+-- loyalty.mission_order_delta, the configuration trigger, the fold
+-- (_mission_fold, mission_fold), and mission_order / mission_refund /
+-- mission_progress folding first; referral coupon rewards (referral_program's
+-- coupon columns, loyalty.referral_coupon, referral_settle, referral_coupons)
+-- and the referee's first purchase seen by the tracking (through the fold).
+-- ---------------------------------------------------------------------------
+
+-- referral rewards: coupon columns of the programs (appended, as a fresh
+-- install's table ends with them)
+ALTER TABLE loyalty.referral_program
+	ADD COLUMN referrer_campaign_id bigint,
+	ADD COLUMN referee_campaign_id bigint,
+	ADD COLUMN first_order_campaign_id bigint,
+	ADD COLUMN coupon_pattern text NOT NULL DEFAULT 'RWD-####-####';
+COMMENT ON COLUMN loyalty.referral_program.referrer_campaign_id IS 'Coupon campaign of a code bound to the referrer per successful referral, issued when the return window closes (NULL: none)';
+COMMENT ON COLUMN loyalty.referral_program.referee_campaign_id IS 'Coupon campaign of a code bound to the referee on the first qualifying purchase, issued when the return window closes (NULL: none)';
+COMMENT ON COLUMN loyalty.referral_program.first_order_campaign_id IS 'Coupon campaign of the referee''s first-order discount: a single-use code bound to the referee, issued at the join (NULL: none; give the campaign new_customers_only)';
+COMMENT ON COLUMN loyalty.referral_program.coupon_pattern IS 'Pattern of the coupon reward codes (loyalty.random_codes)';
+
+/*
+ * Coupon rewards of referrals (doc/referrals.md#coupon-rewards): a code
+ * bound to the referrer or the referee per conversion, pending until the
+ * return window closes (issued then by referral_settle), and the
+ * first-order discount issued to the referee at the join.  Keyed by the
+ * holder (customer_id).
+ */
+CREATE TABLE loyalty.referral_coupon (
+	customer_id		text COLLATE "C" NOT NULL,
+	referee_id		text COLLATE "C" NOT NULL,
+	role			text NOT NULL
+		CONSTRAINT referral_coupon_role_check CHECK (role IN ('referrer', 'referee', 'first_order')),
+	program			text COLLATE "C" NOT NULL,
+	campaign_id		bigint NOT NULL,
+	status			text NOT NULL DEFAULT 'pending'
+		CONSTRAINT referral_coupon_status_check CHECK (status IN ('pending', 'issued', 'cancelled', 'voided')),
+	available_at	timestamptz,
+	coupon_id		bigint,
+	code			text,
+	created_at		timestamptz NOT NULL,
+	issued_at		timestamptz,
+	cancelled_at	timestamptz,
+	PRIMARY KEY (customer_id, referee_id, role)
+);
+
+CREATE INDEX referral_coupon_pending_idx ON loyalty.referral_coupon (available_at) WHERE status = 'pending';
+
+COMMENT ON TABLE loyalty.referral_coupon IS
+	'Coupon rewards of referrals: a code bound to the referrer or the referee, pending until the return window closes, and the referee''s first-order discount';
+COMMENT ON COLUMN loyalty.referral_coupon.customer_id IS 'The holder of the code (the referrer or the referee)';
+COMMENT ON COLUMN loyalty.referral_coupon.referee_id IS 'The referral (its referee)';
+COMMENT ON COLUMN loyalty.referral_coupon.role IS 'referrer or referee (a reward of the conversion), first_order (the referee''s discount on the first order, issued at the join)';
+COMMENT ON COLUMN loyalty.referral_coupon.program IS 'The program';
+COMMENT ON COLUMN loyalty.referral_coupon.campaign_id IS 'The coupon campaign of the code';
+COMMENT ON COLUMN loyalty.referral_coupon.status IS 'pending (the return window is open: no code yet), issued (code bound to the holder), cancelled (the qualifying order was refunded while pending), voided (the code was voided by a refund)';
+COMMENT ON COLUMN loyalty.referral_coupon.available_at IS 'End of the return window: referral_settle issues the code from then (NULL: at once)';
+COMMENT ON COLUMN loyalty.referral_coupon.coupon_id IS 'The code issued (loyalty.coupon)';
+COMMENT ON COLUMN loyalty.referral_coupon.code IS 'Its text';
+COMMENT ON COLUMN loyalty.referral_coupon.created_at IS 'Business time of the join or conversion';
+COMMENT ON COLUMN loyalty.referral_coupon.issued_at IS 'Business time the code was issued';
+COMMENT ON COLUMN loyalty.referral_coupon.cancelled_at IS 'Business time of the refund that cancelled or voided it';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.referral_coupon'::pg_catalog.regclass, ''::pg_catalog.text);
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.referral_coupon'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+SELECT loyalty._register_relation('analyst'::pg_catalog.text, 'loyalty.referral_coupon'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+/*
+ * Issue the code of a pending coupon reward (locked here): one
+ * single-use code of the campaign bound to the holder (generate_codes, as
+ * exchange_points).  Nothing when it is no longer pending.
+ */
+CREATE FUNCTION loyalty._referral_coupon_issue(holder text, referee text, reward_role text, at timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	rcp loyalty.referral_coupon;
+	pattern text;
+	before bigint[];
+	issued record;
+BEGIN
+	SELECT c.* INTO rcp FROM loyalty.referral_coupon c
+	WHERE c.customer_id = holder AND c.referee_id = referee AND c.role = reward_role FOR UPDATE;
+	IF NOT FOUND OR rcp.status <> 'pending' THEN
+		RETURN false;
+	END IF;
+	SELECT p.coupon_pattern INTO pattern FROM loyalty.referral_program p WHERE p.program = rcp.program;
+	before := ARRAY(SELECT c.coupon_id FROM loyalty.coupon c
+					WHERE c.campaign_id = rcp.campaign_id AND c.customer_id = holder);
+	PERFORM loyalty.generate_codes(rcp.campaign_id, 1, COALESCE(pattern, 'RWD-####-####'), ARRAY[holder]);
+	SELECT c.coupon_id, c.code::text AS code INTO STRICT issued
+	FROM loyalty.coupon c
+	WHERE c.campaign_id = rcp.campaign_id AND c.customer_id = holder
+	  AND c.coupon_id <> ALL (before) AND loyalty._points_inserted_here(c.xmin);
+	UPDATE loyalty.referral_coupon c
+	SET status = 'issued', coupon_id = issued.coupon_id, code = issued.code, issued_at = at
+	WHERE c.customer_id = holder AND c.referee_id = referee AND c.role = reward_role;
+	RETURN true;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._referral_coupon_issue(text, text, text, timestamptz) IS
+	'Internal: issue the code of a pending referral coupon reward (bound to its holder)';
+
+/*
+ * Record a coupon reward of the program for a holder (idempotent), issued
+ * at once when available_at is NULL or passed, else pending until then.
+ */
+CREATE FUNCTION loyalty._referral_coupon_add(holder text, referee text, reward_role text,
+											 prog loyalty.referral_program, at timestamptz, available_at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO loyalty.referral_coupon (customer_id, referee_id, role, program, campaign_id, available_at, created_at)
+	VALUES (holder, referee, reward_role, prog.program,
+			CASE reward_role WHEN 'referrer' THEN prog.referrer_campaign_id
+							 WHEN 'referee' THEN prog.referee_campaign_id
+							 ELSE prog.first_order_campaign_id END,
+			available_at, at)
+	ON CONFLICT ON CONSTRAINT referral_coupon_pkey DO NOTHING;
+	IF available_at IS NULL OR available_at <= at THEN
+		PERFORM loyalty._referral_coupon_issue(holder, referee, reward_role, at);
+	END IF;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._referral_coupon_add(text, text, text, loyalty.referral_program, timestamptz, timestamptz) IS
+	'Internal: record a referral coupon reward (pending until available_at, or issued at once)';
+
+/*
+ * A referral revoked by a refund: its pending coupon rewards are
+ * cancelled (no code is ever issued), issued reward codes not used yet are
+ * voided, and the referee's first-order discount code is voided (used or
+ * not: a redemption rolled back must not free it for another order).
+ */
+CREATE FUNCTION loyalty._referral_coupon_revoke(referee text, referrer text, at timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	rcp record;
+BEGIN
+	FOR rcp IN SELECT c.customer_id, c.role, c.status, c.coupon_id
+			   FROM loyalty.referral_coupon c
+			   WHERE c.customer_id IN (referee, referrer) AND c.referee_id = referee
+				 AND c.status IN ('pending', 'issued')
+			   ORDER BY c.customer_id, c.role FOR UPDATE
+	LOOP
+		IF rcp.status = 'pending' THEN
+			UPDATE loyalty.referral_coupon c SET status = 'cancelled', cancelled_at = at
+			WHERE c.customer_id = rcp.customer_id AND c.referee_id = referee AND c.role = rcp.role;
+		ELSE
+			UPDATE loyalty.coupon k SET voided_at = at
+			WHERE k.coupon_id = rcp.coupon_id AND k.voided_at IS NULL
+			  AND (rcp.role = 'first_order' OR k.uses = 0);
+			IF FOUND THEN
+				UPDATE loyalty.referral_coupon c SET status = 'voided', cancelled_at = at
+				WHERE c.customer_id = rcp.customer_id AND c.referee_id = referee AND c.role = rcp.role;
+			END IF;
+		END IF;
+	END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._referral_coupon_revoke(text, text, timestamptz) IS
+	'Internal: a refunded referral cancels its pending coupon rewards and voids its unused reward codes and the first-order discount code';
+
+/*
+ * Issue the coupon rewards whose return window closed by at: of one
+ * holder, or (customer_id => NULL, the default) of everyone.  What a
+ * periodic job runs; referral_coupons settles its customer itself.
+ * Returns the codes issued.
+ */
+CREATE FUNCTION loyalty.referral_settle(customer_id text DEFAULT NULL, at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	rcp record;
+	n bigint := 0;
+BEGIN
+	IF at IS NULL THEN
+		RAISE EXCEPTION 'at must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	FOR rcp IN SELECT c.customer_id, c.referee_id, c.role FROM loyalty.referral_coupon c
+			   WHERE c.status = 'pending' AND c.available_at <= at
+				 AND (customer_id IS NULL OR c.customer_id = customer_id)
+			   ORDER BY c.customer_id, c.referee_id, c.role
+	LOOP
+		IF loyalty._referral_coupon_issue(rcp.customer_id, rcp.referee_id, rcp.role, at) THEN
+			n := n + 1;
+		END IF;
+	END LOOP;
+	RETURN n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.referral_settle(text, timestamptz) IS
+	'Issue the referral coupon rewards whose return window closed by at, of one customer or of all (customer_id => NULL); returns the codes issued';
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.referral_settle(text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.referral_settle(text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * The customer's referral coupons (as referrer or referee), after issuing
+ * those whose return window closed by at: pending ones (no code yet, and
+ * when it comes), issued codes, cancelled and voided ones.
+ */
+CREATE FUNCTION loyalty.referral_coupons(customer_id text, at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (referee_id text, role text, program text, status text, available_at timestamptz, code text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	IF $1 IS NULL OR $2 IS NULL THEN
+		RAISE EXCEPTION 'customer_id and at must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, $1);
+	PERFORM loyalty.referral_settle($1, $2);
+	RETURN QUERY SELECT c.referee_id::text, c.role, c.program::text, c.status, c.available_at, c.code
+				 FROM loyalty.referral_coupon c WHERE c.customer_id = $1
+				 ORDER BY c.created_at, c.referee_id, c.role;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.referral_coupons(text, timestamptz) IS
+	'The customer''s referral coupons (as referrer or referee) after issuing those whose return window closed: role, status (pending, issued, cancelled, voided), available_at and code';
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.referral_coupons(text, timestamptz)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * A friend joins with a code.  One referrer per referee, ever: the
+ * referral row's primary key is the referee, so of two joins racing for one
+ * referee the second waits and then repeats the first (same reference and
+ * code) or is refused (LR004 already_referred).  The checks, in this order:
+ * the code (LR001), the program (LR002), self-referral by customer key
+ * (LR003), already referred (LR004, before every other check so that a
+ * repeat returns the join even when the rules changed since), new customers
+ * only (LR005), the referrer's good standing (LR006), the referrer's caps
+ * (LR007), then the identifiers: one claimed by the referrer is a
+ * self-referral (LR003), one claimed by any other customer is reused (LR008).
+ * A refusal leaves nothing behind (no claim, no row).
+ */
+CREATE OR REPLACE FUNCTION loyalty.referral_join(customer_id text, reference text, code text,
+									  at timestamptz DEFAULT pg_catalog.now(),
+									  email text DEFAULT NULL, phone text DEFAULT NULL,
+									  device_hash text DEFAULT NULL, payment_hash text DEFAULT NULL,
+									  OUT program text, OUT referrer_id text, OUT status text, OUT joined_at timestamptz)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	p_customer text := customer_id;
+	p_reference text := reference;
+	p_code loyalty.coupon_code;
+	bad text;
+	owner loyalty.referral_code_key;
+	prog loyalty.referral_program;
+	ref loyalty.referral;
+	rc loyalty.referral_code;
+	standing text;
+	in_period integer;
+	claim record;
+	zone text;
+BEGIN
+	IF p_customer IS NULL OR p_reference IS NULL OR code IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, reference, code and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, p_customer);
+	PERFORM loyalty._points_check_key('reference'::text, p_reference);
+	IF at > pg_catalog.now() + '5 minutes'::interval THEN
+		RAISE EXCEPTION 'at must not lie in the future'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A business time may be at most 5 minutes ahead of the server clock.';
+	END IF;
+
+	bad := loyalty.coupon_code_check(code);
+	IF bad IS NULL THEN
+		p_code := code::loyalty.coupon_code;
+		SELECT k.* INTO owner FROM loyalty.referral_code_key k WHERE k.code OPERATOR(loyalty.=) p_code;
+	END IF;
+	IF bad IS NOT NULL OR owner.code IS NULL THEN
+		RAISE EXCEPTION 'unknown referral code "%"', code
+			USING ERRCODE = 'LR001',
+				  DETAIL = pg_catalog.json_build_object('reason', 'unknown_code', 'code', code,
+								  'check', COALESCE(bad, 'not_found'))::text,
+				  HINT = 'Check the code for typos.';
+	END IF;
+
+	-- a repeat returns the first join, whatever changed since
+	SELECT r.* INTO ref FROM loyalty.referral r WHERE r.customer_id = p_customer;
+	IF FOUND THEN
+		IF ref.reference = p_reference AND ref.code OPERATOR(loyalty.=) p_code THEN
+			program := ref.program; referrer_id := ref.referrer_id; status := ref.status; joined_at := ref.joined_at;
+			RETURN;
+		END IF;
+		RAISE EXCEPTION 'customer "%" was already referred', p_customer
+			USING ERRCODE = 'LR004',
+				  DETAIL = pg_catalog.json_build_object('reason', 'already_referred', 'program', ref.program,
+								  'same_referrer', ref.referrer_id = owner.customer_id)::text,
+				  HINT = 'A customer can join a referral program once.';
+	END IF;
+
+	prog := loyalty._referral_program(owner.program);
+	IF owner.customer_id = p_customer THEN
+		RAISE EXCEPTION 'customer "%" cannot use their own referral code', p_customer
+			USING ERRCODE = 'LR003',
+				  DETAIL = pg_catalog.json_build_object('reason', 'self_referral', 'by', 'customer_id')::text;
+	END IF;
+	IF prog.new_customers_only AND loyalty._referral_orders(p_customer) > 0 THEN
+		RAISE EXCEPTION 'customer "%" is not a new customer', p_customer
+			USING ERRCODE = 'LR005',
+				  DETAIL = pg_catalog.json_build_object('reason', 'not_new_customer', 'program', prog.program)::text,
+				  HINT = 'Only customers without orders can join with a referral code.';
+	END IF;
+	standing := loyalty._referral_standing(owner.customer_id, prog);
+	IF standing IS NOT NULL THEN
+		RAISE EXCEPTION 'the referrer of code "%" is not in good standing', code
+			USING ERRCODE = 'LR006',
+				  DETAIL = pg_catalog.json_build_object('reason', 'referrer_not_in_good_standing', 'program', prog.program,
+								  'rule', standing)::text;
+	END IF;
+	SELECT c.* INTO STRICT rc FROM loyalty.referral_code c
+	WHERE c.customer_id = owner.customer_id AND c.program = prog.program;
+	IF prog.cap_lifetime IS NOT NULL AND rc.converted >= prog.cap_lifetime THEN
+		RAISE EXCEPTION 'the referrer of code "%" reached the referral cap', code
+			USING ERRCODE = 'LR007',
+				  DETAIL = pg_catalog.json_build_object('reason', 'referrer_cap_reached', 'program', prog.program,
+								  'cap', 'lifetime', 'limit', prog.cap_lifetime, 'converted', rc.converted)::text;
+	END IF;
+	IF prog.cap_per_period IS NOT NULL THEN
+		-- the zone first: on Citus a function reading a table may not run
+		-- inside a statement on a distributed table
+		zone := loyalty._referral_zone();
+		SELECT p.converted INTO in_period FROM loyalty.referral_period p
+		WHERE p.customer_id = owner.customer_id AND p.program = prog.program
+		  AND p.period_start = pg_catalog.date_trunc(prog.cap_period, pg_catalog.timezone(zone, at))::date;
+		IF COALESCE(in_period, 0) >= prog.cap_per_period THEN
+			RAISE EXCEPTION 'the referrer of code "%" reached the referral cap', code
+				USING ERRCODE = 'LR007',
+					  DETAIL = pg_catalog.json_build_object('reason', 'referrer_cap_reached', 'program', prog.program,
+									  'cap', 'period', 'limit', prog.cap_per_period, 'converted', in_period)::text;
+		END IF;
+	END IF;
+
+	INSERT INTO loyalty.referral AS r (customer_id, reference, program, referrer_id, code, joined_at)
+	VALUES (p_customer, p_reference, prog.program, owner.customer_id, owner.code, at)
+	ON CONFLICT ON CONSTRAINT referral_pkey DO NOTHING;
+	IF NOT FOUND THEN
+		-- a concurrent join of this referee committed first
+		SELECT r.* INTO ref FROM loyalty.referral r WHERE r.customer_id = p_customer;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'could not serialize access due to a concurrent join'
+				USING ERRCODE = 'serialization_failure',
+					  DETAIL = 'Another transaction joined this customer after this transaction''s snapshot.';
+		END IF;
+		IF ref.reference = p_reference AND ref.code OPERATOR(loyalty.=) p_code THEN
+			program := ref.program; referrer_id := ref.referrer_id; status := ref.status; joined_at := ref.joined_at;
+			RETURN;
+		END IF;
+		RAISE EXCEPTION 'customer "%" was already referred', p_customer
+			USING ERRCODE = 'LR004',
+				  DETAIL = pg_catalog.json_build_object('reason', 'already_referred', 'program', ref.program,
+								  'same_referrer', ref.referrer_id = owner.customer_id)::text,
+				  HINT = 'A customer can join a referral program once.';
+	END IF;
+
+	claim := loyalty._referral_claim(p_customer, email, phone, device_hash, payment_hash);
+	IF claim.owner = owner.customer_id THEN
+		RAISE EXCEPTION 'customer "%" cannot use their own referral code', p_customer
+			USING ERRCODE = 'LR003',
+				  DETAIL = pg_catalog.json_build_object('reason', 'self_referral', 'by', claim.kind)::text;
+	ELSIF claim.owner IS NOT NULL THEN
+		RAISE EXCEPTION 'the % given is already used by another customer', claim.kind
+			USING ERRCODE = 'LR008',
+				  DETAIL = pg_catalog.json_build_object('reason', 'identifier_reused', 'kind', claim.kind)::text;
+	END IF;
+
+	-- the first-order discount: a code bound to the referee, at once
+	IF prog.first_order_campaign_id IS NOT NULL THEN
+		PERFORM loyalty._referral_coupon_add(p_customer, p_customer, 'first_order', prog, at, NULL);
+	END IF;
+	program := prog.program; referrer_id := owner.customer_id; status := 'joined'; joined_at := at;
+END;
+$$;
+
+/*
+ * The referee's purchase: the first one of at least min_order_amount
+ * converts the referral and rewards both sides, pending until the return
+ * window closes (at + return_window_days).  Never raises for a purchase
+ * that does not qualify (it is called from checkouts and order triggers):
+ * the status says what happened.  not_referred: the customer joined no
+ * program; below_minimum: the amount is too small (a later order may
+ * qualify); program_inactive: no conversion while the program is off;
+ * converted: rewarded (this order; a repeat returns the first result);
+ * refused: the referrer's cap or standing refused the rewards (reason), for
+ * good; revoked: the qualifying order was refunded; already_converted:
+ * another order converted the referral.
+ * The referrer's code row is locked (FOR UPDATE) while the cap is checked
+ * and counted, so two conversions of one referrer serialise and a cap is
+ * never exceeded; points are credited in customer_id order (no deadlock
+ * between mutual referrals).
+ */
+CREATE OR REPLACE FUNCTION loyalty.referral_order(customer_id text, order_ref text, amount numeric,
+									   at timestamptz DEFAULT pg_catalog.now(),
+									   OUT status text, OUT reason text, OUT referrer_id text,
+									   OUT referrer_points bigint, OUT referee_points bigint,
+									   OUT pending_until timestamptz)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	p_customer text := customer_id;
+	ref loyalty.referral;
+	prog loyalty.referral_program;
+	rc loyalty.referral_code;
+	period date;
+	in_period integer;
+	refusal text;
+	n_rank integer;
+	side record;
+BEGIN
+	IF p_customer IS NULL OR order_ref IS NULL OR amount IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref, amount and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, p_customer);
+	PERFORM loyalty._points_check_key('order_ref'::text, order_ref);
+
+	SELECT r.* INTO ref FROM loyalty.referral r WHERE r.customer_id = p_customer FOR UPDATE;
+	IF NOT FOUND THEN
+		status := 'not_referred';
+		RETURN;
+	END IF;
+	referrer_id := ref.referrer_id;
+	IF ref.status <> 'joined' THEN
+		status := CASE WHEN ref.order_ref = order_ref OR ref.status <> 'converted' THEN ref.status
+					   ELSE 'already_converted' END;
+		reason := ref.reason;
+		referrer_points := ref.referrer_points; referee_points := ref.referee_points;
+		pending_until := ref.pending_until;
+		RETURN;
+	END IF;
+	SELECT p.* INTO prog FROM loyalty.referral_program p WHERE p.program = ref.program;
+	IF NOT FOUND OR NOT prog.active THEN
+		status := 'program_inactive';
+		RETURN;
+	END IF;
+	IF amount < prog.min_order_amount THEN
+		status := 'below_minimum';
+		reason := 'min_order_amount';
+		RETURN;
+	END IF;
+
+	SELECT c.* INTO STRICT rc FROM loyalty.referral_code c
+	WHERE c.customer_id = ref.referrer_id AND c.program = ref.program FOR UPDATE;
+	period := pg_catalog.date_trunc(prog.cap_period, pg_catalog.timezone(loyalty._referral_zone(), at))::date;
+	SELECT p.converted INTO in_period FROM loyalty.referral_period p
+	WHERE p.customer_id = ref.referrer_id AND p.program = ref.program AND p.period_start = period;
+	IF prog.cap_lifetime IS NOT NULL AND rc.converted >= prog.cap_lifetime THEN
+		refusal := 'referrer_cap_lifetime';
+	ELSIF prog.cap_per_period IS NOT NULL AND COALESCE(in_period, 0) >= prog.cap_per_period THEN
+		refusal := 'referrer_cap_period';
+	ELSIF loyalty._referral_standing(ref.referrer_id, prog) IS NOT NULL THEN
+		refusal := 'referrer_not_in_good_standing';
+	END IF;
+	IF refusal IS NOT NULL THEN
+		UPDATE loyalty.referral r
+		SET status = 'refused', reason = refusal, order_ref = referral_order.order_ref,
+			order_amount = amount, converted_at = at
+		WHERE r.customer_id = p_customer;
+		status := 'refused'; reason := refusal;
+		RETURN;
+	END IF;
+
+	n_rank := rc.converted + 1;
+	referrer_points := COALESCE((SELECT t.referrer_points FROM loyalty.referral_reward_tier t
+								 WHERE t.program = prog.program AND t.from_count <= n_rank
+								 ORDER BY t.from_count DESC LIMIT 1), prog.referrer_points);
+	referee_points := prog.referee_points;
+	pending_until := at + pg_catalog.make_interval(days => prog.return_window_days);
+
+	UPDATE loyalty.referral_code c SET converted = c.converted + 1
+	WHERE c.customer_id = ref.referrer_id AND c.program = ref.program;
+	INSERT INTO loyalty.referral_period AS p (customer_id, program, period_start, converted)
+	VALUES (ref.referrer_id, ref.program, period, 1)
+	ON CONFLICT ON CONSTRAINT referral_period_pkey DO UPDATE SET converted = p.converted + 1;
+	UPDATE loyalty.referral r
+	SET status = 'converted', order_ref = referral_order.order_ref, order_amount = amount,
+		converted_at = at, pending_until = referral_order.pending_until, rank = n_rank,
+		referrer_points = referral_order.referrer_points, referee_points = referral_order.referee_points
+	WHERE r.customer_id = p_customer;
+
+	-- both rewards, pending until the return window closes, in customer_id order
+	FOR side IN SELECT * FROM (VALUES (p_customer, 'referee'::text, referee_points),
+									  (ref.referrer_id, 'referrer'::text, referrer_points)) AS s(who, role, pts)
+				WHERE s.pts > 0 ORDER BY s.who COLLATE "C"
+	LOOP
+		PERFORM loyalty.points_earn(side.who, loyalty._referral_reference(p_customer, side.role), side.pts,
+									at => at, reason => 'referral ' || side.role || ' reward (' || prog.program || ')',
+									pending_until => pending_until, qualifying => false);
+	END LOOP;
+	-- coupon rewards: pending until the return window closes (referral_settle)
+	IF prog.referee_campaign_id IS NOT NULL THEN
+		PERFORM loyalty._referral_coupon_add(p_customer, p_customer, 'referee', prog, at, pending_until);
+	END IF;
+	IF prog.referrer_campaign_id IS NOT NULL THEN
+		PERFORM loyalty._referral_coupon_add(ref.referrer_id, p_customer, 'referrer', prog, at, pending_until);
+	END IF;
+	status := 'converted';
+END;
+$$;
+
+/*
+ * The referee's qualifying order was refunded: both rewards are taken back
+ * (points_reverse: pending points cancelled, spent ones recorded as debt)
+ * and the referral no longer counts for the referrer's caps and rank.
+ * status: revoked (this call or a repeat), not_qualifying_order (another
+ * order, or no conversion yet), not_referred.
+ */
+CREATE OR REPLACE FUNCTION loyalty.referral_refund(customer_id text, order_ref text,
+										at timestamptz DEFAULT pg_catalog.now(),
+										OUT status text, OUT referrer_id text,
+										OUT referrer_points bigint, OUT referee_points bigint)
+RETURNS record
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	p_customer text := customer_id;
+	ref loyalty.referral;
+	period date;
+	side record;
+	zone text;
+BEGIN
+	IF p_customer IS NULL OR order_ref IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, p_customer);
+	PERFORM loyalty._points_check_key('order_ref'::text, order_ref);
+
+	SELECT r.* INTO ref FROM loyalty.referral r WHERE r.customer_id = p_customer FOR UPDATE;
+	IF NOT FOUND THEN
+		status := 'not_referred';
+		RETURN;
+	END IF;
+	referrer_id := ref.referrer_id;
+	referrer_points := ref.referrer_points; referee_points := ref.referee_points;
+	IF ref.order_ref IS DISTINCT FROM order_ref OR ref.status NOT IN ('converted', 'revoked') THEN
+		status := 'not_qualifying_order';
+		referrer_points := NULL; referee_points := NULL;
+		RETURN;
+	END IF;
+	status := 'revoked';
+	IF ref.status = 'revoked' THEN
+		RETURN;
+	END IF;
+
+	PERFORM 1 FROM loyalty.referral_code c
+	WHERE c.customer_id = ref.referrer_id AND c.program = ref.program FOR UPDATE;
+	UPDATE loyalty.referral_code c SET converted = c.converted - 1
+	WHERE c.customer_id = ref.referrer_id AND c.program = ref.program;
+	zone := loyalty._referral_zone();
+	SELECT pg_catalog.date_trunc(p.cap_period, pg_catalog.timezone(zone, ref.converted_at))::date
+	INTO period FROM loyalty.referral_program p WHERE p.program = ref.program;
+	UPDATE loyalty.referral_period p SET converted = p.converted - 1
+	WHERE p.customer_id = ref.referrer_id AND p.program = ref.program AND p.period_start = period;
+	UPDATE loyalty.referral r SET status = 'revoked', revoked_at = at WHERE r.customer_id = p_customer;
+
+	FOR side IN SELECT * FROM (VALUES (p_customer, 'referee'::text, ref.referee_points),
+									  (ref.referrer_id, 'referrer'::text, ref.referrer_points)) AS s(who, role, pts)
+				WHERE s.pts > 0 ORDER BY s.who COLLATE "C"
+	LOOP
+		PERFORM loyalty.points_reverse(side.who, loyalty._referral_reference(p_customer, side.role), at => at);
+	END LOOP;
+	PERFORM loyalty._referral_coupon_revoke(p_customer, ref.referrer_id, at);
+END;
+$$;
+
+CREATE TABLE loyalty.mission_order_source (
+	orders			regclass PRIMARY KEY,
+	category_column	name NOT NULL
+);
+
+COMMENT ON TABLE loyalty.mission_order_source IS
+	'Tracked orders tables whose orders carry categories for missions (configuration): the column holding an order''s category (a scalar) or categories (an array); can be a Citus reference table';
+COMMENT ON COLUMN loyalty.mission_order_source.orders IS 'A tracked orders table (loyalty.track_orders)';
+COMMENT ON COLUMN loyalty.mission_order_source.category_column IS 'Its column read as the order''s categories (missing: the order has none)';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.mission_order_source'::pg_catalog.regclass, ''::pg_catalog.text);
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.mission_order_source'::pg_catalog.regclass, 'SELECT, INSERT, UPDATE, DELETE'::pg_catalog.text);
+
+/*
+ * The orders of tracked statements, appended by the tracking trigger
+ * while an active mission counts orders (mission_feed.c) and folded into
+ * the attempts by _mission_fold.  No key and no index, as
+ * loyalty.customer_stats_delta: the checkout path only appends; a fold
+ * deletes the rows its snapshot sees.
+ */
+CREATE TABLE loyalty.mission_order_delta (
+	customer_id		text COLLATE "C" NOT NULL,
+	ordered_at		timestamptz NOT NULL,
+	amount			numeric NOT NULL,
+	categories		text[],
+	sign			smallint NOT NULL,
+	logged_at		timestamptz NOT NULL
+);
+
+COMMENT ON TABLE loyalty.mission_order_delta IS
+	'Orders of tracked statements not yet counted for missions (appended by the tracking trigger, folded by mission_progress, mission_order, mission_refund and mission_fold)';
+COMMENT ON COLUMN loyalty.mission_order_delta.customer_id IS 'The customer';
+COMMENT ON COLUMN loyalty.mission_order_delta.ordered_at IS 'The order''s time (its tracked time column)';
+COMMENT ON COLUMN loyalty.mission_order_delta.amount IS 'The order''s amount (0 when null)';
+COMMENT ON COLUMN loyalty.mission_order_delta.categories IS 'The order''s categories (loyalty.mission_order_source), NULL when no active mission filters on one';
+COMMENT ON COLUMN loyalty.mission_order_delta.sign IS '1: an order; -1: an order removed (deleted, or its counted status, customer, time, amount or categories changed): a refund';
+COMMENT ON COLUMN loyalty.mission_order_delta.logged_at IS 'Start of the statement that wrote it: the fold''s order, and the time of a refund';
+
+SELECT pg_catalog.pg_extension_config_dump('loyalty.mission_order_delta'::pg_catalog.regclass, ''::pg_catalog.text);
+SELECT loyalty._register_relation('admin'::pg_catalog.text, 'loyalty.mission_order_delta'::pg_catalog.regclass, 'SELECT'::pg_catalog.text);
+
+/*
+ * Every change of the configuration tables read by the order feed
+ * (missions, their category columns, referral programs) reaches every
+ * session's cache.
+ */
+CREATE FUNCTION loyalty._mission_config_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'mission_config_changed'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION loyalty._mission_config_changed() IS
+	'Internal: drop the order feed''s cached mission configuration in every session when it changes';
+
+CREATE TRIGGER mission_config_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.mission
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._mission_config_changed();
+CREATE TRIGGER mission_order_source_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.mission_order_source
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._mission_config_changed();
+CREATE TRIGGER referral_program_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON loyalty.referral_program
+	FOR EACH STATEMENT EXECUTE FUNCTION loyalty._mission_config_changed();
+ALTER TABLE loyalty.mission ENABLE ALWAYS TRIGGER mission_config_changed;
+ALTER TABLE loyalty.mission_order_source ENABLE ALWAYS TRIGGER mission_order_source_changed;
+ALTER TABLE loyalty.referral_program ENABLE ALWAYS TRIGGER referral_program_changed;
+
+/*
+ * An order of the customer counts for every open mission of kind orders,
+ * spend or streak it qualifies for (category among the order's categories,
+ * amount >= min_amount), in mission_id order: the attempts it counted for.
+ * Idempotent on order_ref.  Shared by mission_order and the fold of
+ * tracked orders.
+ */
+CREATE FUNCTION loyalty._mission_order_apply(customer_id text, order_ref text, amount numeric,
+											 at timestamptz, categories text[])
+RETURNS TABLE (mission_id text, attempt integer, progress numeric, target numeric, status text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	m loyalty.mission;
+	a loyalty.mission_attempt;
+	locked boolean := false;
+BEGIN
+	FOR m IN SELECT x.* FROM loyalty.mission x
+			 WHERE x.active AND x.kind IN ('orders', 'spend', 'streak')
+			   AND (x.starts_at IS NULL OR x.starts_at <= at) AND (x.ends_at IS NULL OR at < x.ends_at)
+			   AND amount >= x.min_amount
+			   AND (x.category IS NULL OR x.category = ANY (categories))
+			 ORDER BY x.mission_id
+	LOOP
+		IF NOT locked THEN
+			PERFORM loyalty._mission_lock(customer_id, at);
+			locked := true;
+		END IF;
+		a := loyalty._mission_count(customer_id, m, order_ref, amount, at);
+		IF a.attempt IS NOT NULL THEN
+			mission_id := m.mission_id; attempt := a.attempt; progress := a.progress;
+			target := m.target; status := a.status;
+			RETURN NEXT;
+		END IF;
+	END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._mission_order_apply(text, text, numeric, timestamptz, text[]) IS
+	'Internal: count an order for the customer''s open order, spend and streak missions (mission_order and the fold of tracked orders)';
+
+/*
+ * An order the app reports: the customer's tracked orders not yet counted
+ * are folded first (they came before it), then the order counts
+ * (_mission_order_apply).  Idempotent on order_ref.
+ */
+CREATE OR REPLACE FUNCTION loyalty.mission_order(customer_id text, order_ref text, amount numeric,
+									  at timestamptz DEFAULT pg_catalog.now(),
+									  categories text[] DEFAULT NULL)
+RETURNS TABLE (mission_id text, attempt integer, progress numeric, target numeric, status text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR amount IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref, amount and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, customer_id);
+	PERFORM loyalty._points_check_key('order_ref'::text, order_ref);
+	PERFORM loyalty._mission_fold(customer_id);
+	RETURN QUERY SELECT * FROM loyalty._mission_order_apply(customer_id, order_ref, amount, at, categories);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.mission_order(text, text, numeric, timestamptz, text[]) IS
+	'Count an order for the customer''s open order, spend and streak missions (categories => the order''s categories); completion credits the reward; idempotent on order_ref';
+
+/*
+ * A refund (or a withdrawn event): every contribution of the reference is
+ * taken back from its attempt.  A completed attempt that falls below its
+ * target before its reward settles (at < pending_until) is undone: the
+ * reward is reversed and the attempt is active again (its period is kept).
+ * After the reward settled the completion stands.  Idempotent.  Shared by
+ * mission_refund and the fold of tracked orders.
+ */
+CREATE FUNCTION loyalty._mission_refund_apply(customer_id text, order_ref text, at timestamptz)
+RETURNS TABLE (mission_id text, attempt integer, progress numeric, target numeric, status text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c record;
+	a loyalty.mission_attempt;
+BEGIN
+	IF EXISTS (SELECT 1 FROM loyalty.mission_contribution k
+			   WHERE k.customer_id = customer_id AND k.source_ref = order_ref AND k.rolled_back_at IS NULL) THEN
+		PERFORM loyalty._mission_lock(customer_id, at);
+	END IF;
+	FOR c IN SELECT k.mission_id, k.attempt, k.delta, m.target AS m_target
+			 FROM loyalty.mission_contribution k JOIN loyalty.mission m ON m.mission_id = k.mission_id
+			 WHERE k.customer_id = customer_id AND k.source_ref = order_ref AND k.rolled_back_at IS NULL
+			 ORDER BY k.mission_id
+	LOOP
+		SELECT x.* INTO a FROM loyalty.mission_attempt x
+		WHERE x.customer_id = customer_id AND x.mission_id = c.mission_id AND x.attempt = c.attempt FOR UPDATE;
+		UPDATE loyalty.mission_contribution k SET rolled_back_at = at
+		WHERE k.customer_id = customer_id AND k.mission_id = c.mission_id AND k.source_ref = order_ref;
+		a.progress := a.progress - c.delta;
+		IF a.status = 'completed' AND a.progress < c.m_target AND at < a.pending_until THEN
+			IF a.reward_points > 0 THEN
+				PERFORM loyalty.points_reverse(customer_id,
+											   loyalty._mission_reference(customer_id, c.mission_id, a.attempt, a.undone), at => at);
+			END IF;
+			a.status := 'active';
+			a.undone := a.undone + 1;
+			a.completed_at := NULL; a.completed_by := NULL; a.reward_points := NULL; a.pending_until := NULL;
+		END IF;
+		UPDATE loyalty.mission_attempt x
+		SET progress = a.progress, status = a.status, undone = a.undone, completed_at = a.completed_at,
+			completed_by = a.completed_by, reward_points = a.reward_points, pending_until = a.pending_until
+		WHERE x.customer_id = customer_id AND x.mission_id = c.mission_id AND x.attempt = c.attempt;
+		mission_id := c.mission_id; attempt := a.attempt; progress := a.progress;
+		target := c.m_target; status := a.status;
+		RETURN NEXT;
+	END LOOP;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._mission_refund_apply(text, text, timestamptz) IS
+	'Internal: take back what an order or event reference added to missions, undoing a completion whose reward is still pending (mission_refund and the fold of tracked orders)';
+
+/*
+ * A refund the app reports: the customer's tracked orders not yet counted
+ * are folded first, then the reference is taken back
+ * (_mission_refund_apply).  Idempotent.
+ */
+CREATE OR REPLACE FUNCTION loyalty.mission_refund(customer_id text, order_ref text,
+									   at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (mission_id text, attempt integer, progress numeric, target numeric, status text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+BEGIN
+	IF customer_id IS NULL OR order_ref IS NULL OR at IS NULL THEN
+		RAISE EXCEPTION 'customer_id, order_ref and at must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	PERFORM loyalty._points_check_key('customer_id'::text, customer_id);
+	PERFORM loyalty._mission_fold(customer_id);
+	RETURN QUERY SELECT * FROM loyalty._mission_refund_apply(customer_id, order_ref, at);
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.mission_refund(text, text, timestamptz) IS
+	'Take back what an order (or event reference) added to missions; a completion whose reward is still pending is undone (reward reversed); idempotent';
+
+/*
+ * The reference a tracked order counts under: tracked:<order time, UTC,
+ * to the microsecond>:<amount>#<n>, n telling apart equal orders of the
+ * customer (a tracked table names no order id).
+ */
+CREATE FUNCTION loyalty._mission_tracked_ref(at timestamptz, amount numeric)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT pg_catalog.concat('tracked:', pg_catalog.to_char(pg_catalog.timezone('UTC', $1), 'YYYYMMDDHH24MISSUS'),
+							 ':', $2::text)
+$$;
+
+COMMENT ON FUNCTION loyalty._mission_tracked_ref(timestamptz, numeric) IS
+	'Internal: the reference prefix of a tracked order in mission contributions (tracked:<UTC time>:<amount>, then #n)';
+
+/*
+ * Fold the customer's tracked orders not yet counted (the rows of
+ * loyalty.mission_order_delta this snapshot sees, deleted as they are
+ * read) into the missions and the customer's referral, in the order they
+ * were written: an order counts as mission_order would count it (at its
+ * order time, reference tracked:<time>:<amount>#n, a new n per equal
+ * order) and, for a referee not converted yet, as referral_order; a
+ * removed order (-1) takes back the latest counted equal order as
+ * mission_refund would, and the referral's qualifying order as
+ * referral_refund, at the time of the statement that removed it.  Rows of transactions in
+ * flight wait for the next fold.  Under the customer's mission lock.
+ * Returns the rows folded.
+ */
+CREATE FUNCTION loyalty._mission_fold(customer_id text)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	d record;
+	last_at timestamptz;
+	base text;
+	k integer;
+	oref text;
+	n integer := 0;
+BEGIN
+	SELECT pg_catalog.max(x.ordered_at) INTO last_at
+	FROM loyalty.mission_order_delta x WHERE x.customer_id = customer_id;
+	IF last_at IS NULL THEN
+		RETURN 0;
+	END IF;
+	PERFORM loyalty._mission_lock(customer_id, last_at);
+	FOR d IN WITH taken AS (DELETE FROM loyalty.mission_order_delta x WHERE x.customer_id = customer_id
+							RETURNING x.ordered_at, x.amount, x.categories, x.sign, x.logged_at)
+			 SELECT t.* FROM taken t ORDER BY t.logged_at, t.sign, t.ordered_at, t.amount
+	LOOP
+		n := n + 1;
+		base := loyalty._mission_tracked_ref(d.ordered_at, d.amount) || '#';
+		IF d.sign > 0 THEN
+			SELECT COALESCE(pg_catalog.max(pg_catalog.substr(c.source_ref, pg_catalog.length(base) + 1)::integer), 0) + 1
+			INTO k FROM loyalty.mission_contribution c
+			WHERE c.customer_id = customer_id AND pg_catalog.starts_with(c.source_ref, base);
+			-- a referee's first qualifying purchase (referral family; first:
+			-- the referral row is locked before the points accounts)
+			IF EXISTS (SELECT 1 FROM loyalty.referral r WHERE r.customer_id = customer_id AND r.status = 'joined') THEN
+				PERFORM loyalty.referral_order(customer_id, base || k, d.amount, at => d.ordered_at);
+			END IF;
+			PERFORM loyalty._mission_order_apply(customer_id, base || k, d.amount, d.ordered_at, d.categories);
+		ELSE
+			SELECT pg_catalog.max(pg_catalog.substr(c.source_ref, pg_catalog.length(base) + 1)::integer)
+			INTO k FROM loyalty.mission_contribution c
+			WHERE c.customer_id = customer_id AND pg_catalog.starts_with(c.source_ref, base)
+			  AND c.rolled_back_at IS NULL;
+			SELECT r.order_ref INTO oref FROM loyalty.referral r
+			WHERE r.customer_id = customer_id AND r.status = 'converted' AND pg_catalog.starts_with(r.order_ref, base);
+			IF FOUND THEN
+				PERFORM loyalty.referral_refund(customer_id, oref, at => d.logged_at);
+			END IF;
+			IF k IS NOT NULL THEN
+				PERFORM loyalty._mission_refund_apply(customer_id, base || k, d.logged_at);
+			END IF;
+		END IF;
+	END LOOP;
+	RETURN n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty._mission_fold(text) IS
+	'Internal: count the customer''s tracked orders not yet counted for missions (and take back the removed ones), in the order they were written';
+
+/*
+ * Fold the tracked orders not yet counted for missions: of one customer,
+ * or (customer_id => NULL, the default) of every customer, one after the
+ * other in customer order.  What a periodic job runs so that completions
+ * and their pending rewards follow the orders without waiting for a
+ * reader; mission_progress, mission_order and mission_refund fold their
+ * customer themselves.  Returns the tracked rows folded.
+ */
+CREATE FUNCTION loyalty.mission_fold(customer_id text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+	c text;
+	n bigint := 0;
+BEGIN
+	IF customer_id IS NOT NULL THEN
+		RETURN loyalty._mission_fold(customer_id);
+	END IF;
+	FOR c IN SELECT DISTINCT x.customer_id FROM loyalty.mission_order_delta x ORDER BY 1 LOOP
+		n := n + loyalty._mission_fold(c);
+	END LOOP;
+	RETURN n;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.mission_fold(text) IS
+	'Count the tracked orders not yet counted for missions (completions, rewards, refunds), of one customer or of all (customer_id => NULL); returns the tracked rows folded';
+SELECT loyalty._register_function('app'::pg_catalog.text, 'loyalty.mission_fold(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+SELECT loyalty._register_function('admin'::pg_catalog.text, 'loyalty.mission_fold(text)'::pg_catalog.regprocedure, 'EXECUTE'::pg_catalog.text);
+
+/*
+ * Progress of a customer on every open mission ("2 of 3 orders, 12 days
+ * left"): the current attempt, or 0 of the target when none started.
+ * The customer's tracked orders not yet counted are folded first (not in a
+ * read-only transaction: there the progress is that of the last fold).
+ */
+CREATE OR REPLACE FUNCTION loyalty.mission_progress(customer_id text, at timestamptz DEFAULT pg_catalog.now())
+RETURNS TABLE (mission_id text, description text, attempt integer, progress numeric, target numeric,
+			   status text, ends_at timestamptz, days_left integer, message text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	-- the customer's pending tracked orders folded first (not possible in
+	-- a read-only transaction: then the progress as last folded)
+	IF NOT pg_catalog.current_setting('transaction_read_only')::boolean THEN
+		PERFORM loyalty._mission_fold($1);
+	END IF;
+	-- PL/pgSQL, not SQL: Citus plans a query with parameters of an SQL
+	-- function on distributed tables only in PL/pgSQL
+	RETURN QUERY
+	SELECT m.mission_id, m.description, a.attempt,
+		   COALESCE(p.progress, 0), m.target, COALESCE(p.status, 'not_started'),
+		   p.ends_at,
+		   CASE WHEN p.ends_at IS NOT NULL
+				THEN GREATEST(0, pg_catalog.ceil(pg_catalog.date_part('epoch', p.ends_at - $2) / 86400)::integer) END,
+		   pg_catalog.format('%s of %s %s%s',
+				  COALESCE(p.progress, 0)::text, m.target::text,
+				  CASE m.kind WHEN 'orders' THEN 'orders' WHEN 'spend' THEN 'spent'
+							  WHEN 'streak' THEN 'months in a row' ELSE m.event || 's' END,
+				  CASE WHEN p.status = 'completed' THEN ', completed'
+					   WHEN p.ends_at IS NOT NULL
+					   THEN pg_catalog.format(', %s days left',
+							   GREATEST(0, pg_catalog.ceil(pg_catalog.date_part('epoch', p.ends_at - $2) / 86400)::integer))
+					   ELSE '' END)
+	FROM loyalty.mission m
+	LEFT JOIN LATERAL (SELECT x.* FROM loyalty.mission_attempt x
+					   WHERE x.customer_id = $1 AND x.mission_id = m.mission_id
+					   ORDER BY x.attempt DESC LIMIT 1) a ON true
+	LEFT JOIN LATERAL (SELECT a.progress, a.ends_at,
+							  CASE WHEN a.status = 'active' AND a.ends_at <= $2 THEN 'expired' ELSE a.status END AS status) p
+		   ON a.attempt IS NOT NULL
+	WHERE m.active AND (m.ends_at IS NULL OR $2 < m.ends_at)
+	  AND (m.activation = 'automatic'
+		   OR EXISTS (SELECT 1 FROM loyalty.mission_optin o WHERE o.customer_id = $1 AND o.mission_id = m.mission_id))
+	ORDER BY m.mission_id;
+END;
+$$;
+
+COMMENT ON FUNCTION loyalty.mission_progress(text, timestamptz) IS
+	'Progress of a customer on every open mission (automatic, or opted in): attempt, progress of target, status, days left, and a message such as "2 of 3 orders, 12 days left"';
+
+-- END issue 17 missions (tracked orders)
+
 /* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
  * every object (grants.sql of the install script, then reapply_grants).

@@ -1,12 +1,15 @@
 -- Demo part 75: missions on the sample shop.
 --
 -- Two missions: order 3 months in a row (a streak, 300 points) and spend
--- 150 in a month (each month, 50 points, pending 14 days).  The shop's own
--- order trigger reports every new order to loyalty.mission_order.  Two
--- newcomers order from August to November 2026: one keeps the streak, the
--- other misses September and starts over; the refund of the order that
--- completed both of October's missions undoes the monthly one (its reward
--- was still pending) and leaves the streak's (already settled).
+-- 150 in a month (each month, 50 points, pending 14 days).  shop.orders is
+-- tracked (part 20): the tracking trigger feeds the new orders to the
+-- missions, no call and no trigger of the shop's own; reading progress
+-- folds them.  Two newcomers order from August to November 2026: one keeps
+-- the streak, the other misses September and starts over; the refund of
+-- the order that completed both of October's missions, reported on
+-- 2026-10-15 under the tracked order's reference, undoes the monthly one
+-- (its reward was still pending) and leaves the streak's (already
+-- settled).
 \pset footer off
 SET search_path = loyalty, public;
 
@@ -18,14 +21,7 @@ INSERT INTO mission (mission_id, description, kind, target, period, recurrence, 
 VALUES ('spend-150', 'Spend 150 in a month', 'spend', 150, 'month', 'each_period', 50, 14);
 
 \echo
-\echo '--- the shop reports each new order from its own trigger ---'
-CREATE FUNCTION shop.mission_seen() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-	PERFORM loyalty.mission_order(NEW.customer_id::text, NEW.order_id::text, NEW.amount, at => NEW.ordered_at);
-	RETURN NULL;
-END $$;
-CREATE TRIGGER mission_seen AFTER INSERT ON shop.orders
-	FOR EACH ROW WHEN (NEW.status = 'completed') EXECUTE FUNCTION shop.mission_seen();
+\echo '--- no trigger of the shop''s own: the tracked orders feed the missions ---'
 
 -- two customers who sign up now (earlier parts gave every sample customer
 -- orders, points or offers already)
@@ -59,8 +55,9 @@ WHERE customer_id = :'keeper' ORDER BY entry_id;
 
 \echo
 \echo '--- the October order (160) is returned on 2026-10-15: October''s spend is undone, the streak stands ---'
-SELECT o.order_id AS oct_order FROM shop.orders o
-WHERE o.customer_id = :'keeper'::bigint AND o.ordered_at = '2026-10-08 12:00+00' \gset
+SELECT DISTINCT k.source_ref AS oct_order FROM mission_contribution k
+WHERE k.customer_id = :'keeper' AND k.at = '2026-10-08 12:00+00' \gset
+\echo 'the tracked order''s reference:' :'oct_order'
 SELECT * FROM mission_refund(:'keeper', :'oct_order', at => '2026-10-15');
 SELECT customer_id, kind, points, reference FROM points_ledger WHERE customer_id = :'keeper' ORDER BY entry_id;
 
