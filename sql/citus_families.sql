@@ -10,18 +10,26 @@ SELECT t, loyalty._citus_not_distributable(('loyalty.' || t)::regclass) AS not_d
 FROM unnest(ARRAY['campaign_publication', 'campaign_filtered', 'experiment_assignment', 'consent',
 				  'consent_history', 'customer_dates', 'cart', 'outbox', 'referral_code', 'referral',
 				  'referral_period', 'mission_optin', 'mission_customer', 'mission_attempt',
-				  'mission_contribution']) AS t;
+				  'mission_contribution', 'mission_order_delta', 'referral_coupon']) AS t;
 -- the global keys: every unique index includes the distribution column
 SELECT loyalty._citus_keyed_by('loyalty.referral_code_key'::regclass, 'code') AS code_key_by_code,
 	   loyalty._citus_keyed_by('loyalty.referral_claim'::regclass, 'digest') AS claim_by_digest;
 -- the code is distributable: it has a hash operator class
 SELECT count(*) AS hash_opclasses FROM pg_opclass c JOIN pg_am a ON a.oid = c.opcmethod
 WHERE c.opcintype = 'loyalty.coupon_code'::regtype AND a.amname = 'hash' AND c.opcdefault;
--- configuration tables become reference tables: no trigger of loyalty's on them
+-- configuration tables become reference tables: no trigger of loyalty's on
+-- them, but for the statement triggers that only invalidate the order
+-- feed's cache (they refuse nothing and read no table: harmless on a
+-- placement)
 SELECT t, (SELECT count(*) FROM pg_trigger g
-		   WHERE g.tgrelid = ('loyalty.' || t)::regclass AND NOT g.tgisinternal) AS triggers
+		   WHERE g.tgrelid = ('loyalty.' || t)::regclass AND NOT g.tgisinternal
+			 AND g.tgfoid <> 'loyalty._mission_config_changed()'::regprocedure) AS triggers,
+		  (SELECT count(*) FROM pg_trigger g
+		   WHERE g.tgrelid = ('loyalty.' || t)::regclass AND NOT g.tgisinternal
+			 AND NOT (g.tgtype::integer & 1 = 0 AND g.tgtype::integer & 2 = 0)) AS row_or_before_triggers
 FROM unnest(ARRAY['experiment', 'experiment_variant', 'marketing_campaign', 'frequency_cap',
-				  'referral_program', 'referral_reward_tier', 'mission', 'clv_model']) AS t;
+				  'referral_program', 'referral_reward_tier', 'mission', 'mission_order_source',
+				  'clv_model']) AS t;
 -- no foreign key from these tables (a distributed table may reference only
 -- a reference table or a colocated one)
 SELECT count(*) AS foreign_keys FROM pg_constraint

@@ -43,7 +43,7 @@ DECLARE
 		'eligibility_kind', 'coupon', 'points_program', 'tier', 'earning_rule',
 		'points_reward', 'clv_model', 'experiment', 'experiment_variant',
 		'marketing_campaign', 'frequency_cap', 'referral_program', 'referral_reward_tier',
-		'mission'];
+		'mission', 'mission_order_source'];
 	customer_tables text[] := ARRAY['customer_stats', 'customer_stats_delta',
 		'segment_change', 'coupon_order', 'redemption', 'reservation', 'coupon_return',
 		'coupon_return_line', 'points_account', 'points_lot', 'points_ledger',
@@ -51,7 +51,8 @@ DECLARE
 		'coupon_bonus', 'campaign_publication', 'campaign_filtered',
 		'experiment_assignment', 'consent', 'consent_history', 'customer_dates', 'cart',
 		'outbox', 'referral_code', 'referral', 'referral_period', 'mission_optin',
-		'mission_customer', 'mission_attempt', 'mission_contribution'];
+		'mission_customer', 'mission_attempt', 'mission_contribution', 'mission_order_delta',
+		'referral_coupon'];
 	points_config text[] := ARRAY['points_program', 'tier', 'earning_rule', 'points_reward'];
 	-- their triggers read and write the whole segment map by the tables'
 	-- names: on a placement that is a distributed query inside Citus's copy

@@ -1065,12 +1065,18 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	rcp record;
+	who text;
 BEGIN
+	-- one customer at a time, in key order: a locking read of one
+	-- customer's rows is what Citus can run on a distributed table
+	FOR who IN SELECT DISTINCT x.k COLLATE "C" FROM unnest(ARRAY[referee, referrer]) AS x(k)
+			   WHERE x.k IS NOT NULL ORDER BY 1
+	LOOP
 	FOR rcp IN SELECT c.customer_id, c.role, c.status, c.coupon_id
 			   FROM loyalty.referral_coupon c
-			   WHERE c.customer_id IN (referee, referrer) AND c.referee_id = referee
+			   WHERE c.customer_id = who AND c.referee_id = referee
 				 AND c.status IN ('pending', 'issued')
-			   ORDER BY c.customer_id, c.role FOR UPDATE
+			   ORDER BY c.role FOR UPDATE
 	LOOP
 		IF rcp.status = 'pending' THEN
 			UPDATE loyalty.referral_coupon c SET status = 'cancelled', cancelled_at = at
@@ -1084,6 +1090,7 @@ BEGIN
 				WHERE c.customer_id = rcp.customer_id AND c.referee_id = referee AND c.role = rcp.role;
 			END IF;
 		END IF;
+	END LOOP;
 	END LOOP;
 END;
 $$;

@@ -9641,7 +9641,7 @@ DECLARE
 		'eligibility_kind', 'coupon', 'points_program', 'tier', 'earning_rule',
 		'points_reward', 'clv_model', 'experiment', 'experiment_variant',
 		'marketing_campaign', 'frequency_cap', 'referral_program', 'referral_reward_tier',
-		'mission'];
+		'mission', 'mission_order_source'];
 	customer_tables text[] := ARRAY['customer_stats', 'customer_stats_delta',
 		'segment_change', 'coupon_order', 'redemption', 'reservation', 'coupon_return',
 		'coupon_return_line', 'points_account', 'points_lot', 'points_ledger',
@@ -9649,7 +9649,8 @@ DECLARE
 		'coupon_bonus', 'campaign_publication', 'campaign_filtered',
 		'experiment_assignment', 'consent', 'consent_history', 'customer_dates', 'cart',
 		'outbox', 'referral_code', 'referral', 'referral_period', 'mission_optin',
-		'mission_customer', 'mission_attempt', 'mission_contribution'];
+		'mission_customer', 'mission_attempt', 'mission_contribution', 'mission_order_delta',
+		'referral_coupon'];
 	points_config text[] := ARRAY['points_program', 'tier', 'earning_rule', 'points_reward'];
 	-- their triggers read and write the whole segment map by the tables'
 	-- names: on a placement that is a distributed query inside Citus's copy
@@ -10346,19 +10347,25 @@ COMMENT ON FUNCTION loyalty._referral_coupon_add(text, text, text, loyalty.refer
  * voided, and the referee's first-order discount code is voided (used or
  * not: a redemption rolled back must not free it for another order).
  */
-CREATE FUNCTION loyalty._referral_coupon_revoke(referee text, referrer text, at timestamptz)
+CREATE OR REPLACE FUNCTION loyalty._referral_coupon_revoke(referee text, referrer text, at timestamptz)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	rcp record;
+	who text;
 BEGIN
+	-- one customer at a time, in key order: a locking read of one
+	-- customer's rows is what Citus can run on a distributed table
+	FOR who IN SELECT DISTINCT x.k COLLATE "C" FROM unnest(ARRAY[referee, referrer]) AS x(k)
+			   WHERE x.k IS NOT NULL ORDER BY 1
+	LOOP
 	FOR rcp IN SELECT c.customer_id, c.role, c.status, c.coupon_id
 			   FROM loyalty.referral_coupon c
-			   WHERE c.customer_id IN (referee, referrer) AND c.referee_id = referee
+			   WHERE c.customer_id = who AND c.referee_id = referee
 				 AND c.status IN ('pending', 'issued')
-			   ORDER BY c.customer_id, c.role FOR UPDATE
+			   ORDER BY c.role FOR UPDATE
 	LOOP
 		IF rcp.status = 'pending' THEN
 			UPDATE loyalty.referral_coupon c SET status = 'cancelled', cancelled_at = at
@@ -10372,6 +10379,7 @@ BEGIN
 				WHERE c.customer_id = rcp.customer_id AND c.referee_id = referee AND c.role = rcp.role;
 			END IF;
 		END IF;
+	END LOOP;
 	END LOOP;
 END;
 $$;

@@ -88,17 +88,19 @@ expect "campaign, referral and mission per-customer tables distributed, colocate
 		'loyalty.consent', 'loyalty.consent_history', 'loyalty.customer_dates', 'loyalty.cart',
 		'loyalty.outbox', 'loyalty.referral_code', 'loyalty.referral', 'loyalty.referral_period',
 		'loyalty.mission_optin', 'loyalty.mission_customer', 'loyalty.mission_attempt',
-		'loyalty.mission_contribution']::regclass[]) c
+		'loyalty.mission_contribution', 'loyalty.mission_order_delta',
+		'loyalty.referral_coupon']::regclass[]) c
 	JOIN pg_dist_partition p ON p.logicalrelid = c
 	WHERE p.partmethod = 'h' AND column_to_column_name(c, p.partkey) = 'customer_id'
 	  AND p.colocationid = (SELECT colocationid FROM pg_dist_partition
-		WHERE logicalrelid = 'loyalty.customer_stats'::regclass)")" 15
+		WHERE logicalrelid = 'loyalty.customer_stats'::regclass)")" 17
 expect "campaign, referral, mission and CLV configuration tables are reference tables" \
 	"$(q -c "SELECT count(*) FROM pg_dist_partition WHERE partmethod = 'n' AND logicalrelid IN
 		('loyalty.experiment'::regclass, 'loyalty.experiment_variant'::regclass,
 		 'loyalty.marketing_campaign'::regclass, 'loyalty.frequency_cap'::regclass,
 		 'loyalty.referral_program'::regclass, 'loyalty.referral_reward_tier'::regclass,
-		 'loyalty.mission'::regclass, 'loyalty.clv_model'::regclass)")" 8
+		 'loyalty.mission'::regclass, 'loyalty.mission_order_source'::regclass,
+		 'loyalty.clv_model'::regclass)")" 9
 expect "referral codes distributed by code, identifier claims by digest" \
 	"$(q -c "SELECT string_agg(column_to_column_name(logicalrelid, partkey), ',' ORDER BY logicalrelid::text)
 		FROM pg_dist_partition WHERE logicalrelid IN ('loyalty.referral_code_key'::regclass,
@@ -106,7 +108,7 @@ expect "referral codes distributed by code, identifier claims by digest" \
 expect "citus_setup again: the newer families' tables are all done already" \
 	"$(q -c "SELECT count(*) FILTER (WHERE result <> 'already') || '/' || count(*)
 		FROM loyalty.citus_setup()
-		WHERE object ~ '^loyalty\.(campaign_publication|campaign_filtered|experiment.*|consent.*|customer_dates|cart|outbox|referral.*|mission.*|marketing_campaign|frequency_cap|clv_model)$'" 2>/dev/null)" "0/25"
+		WHERE object ~ '^loyalty\.(campaign_publication|campaign_filtered|experiment.*|consent.*|customer_dates|cart|outbox|referral.*|mission.*|marketing_campaign|frequency_cap|clv_model)$'" 2>/dev/null)" "0/28"
 
 # 2. the README checkout
 q >/dev/null <<-'EOF'
