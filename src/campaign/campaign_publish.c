@@ -93,6 +93,7 @@
 
 #include "compat.h"
 #include "coupon_code.h"
+#include "loyalty_numeric.h"
 
 /* Rows buffered per table and written with one table_multi_insert(). */
 #define PUB_BATCH	1000
@@ -527,7 +528,7 @@ PubPayload(int64 mc, text *occurrence, const char *code, int codelen)
 	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
 	PUBKEY("marketing_campaign_id");
 	v.type = jbvNumeric;
-	v.val.numeric = int64_to_numeric(mc);
+	v.val.numeric = LoyaltyNumericFromInt64(mc);
 	pushJsonbValue(&ps, WJB_VALUE, &v);
 	PUBKEY("occurrence");
 	v.type = jbvString;
