@@ -58,6 +58,16 @@ SELECT loyalty.referral_settle(at => '2026-03-20') AS issued_again;
 SELECT * FROM rewards WHERE role <> 'first_order' ORDER BY holder, role;
 SELECT code AS ann_reward FROM loyalty.referral_coupon WHERE customer_id = 'ann' AND role = 'referrer' \gset
 SELECT valid, reason, discount FROM loyalty.coupon_validate('ann', :'ann_reward', '{"amount": 50}');
+-- a reward code redeemed: its discount is part of the program's cost
+-- (referral_kpi), and a rolled-back order gives it back
+SAVEPOINT kpi;
+UPDATE loyalty.referral_program SET point_value = 0.01 WHERE program = 'pals';
+SELECT points_cost, coupon_cost, cost FROM loyalty.referral_kpi WHERE program = 'pals';
+SELECT loyalty.redeem_coupon(:'ann_reward', 'ann', 'ann-kpi-1', 50::numeric) AS discount;
+SELECT points_cost, coupon_cost, cost FROM loyalty.referral_kpi WHERE program = 'pals';
+SELECT loyalty.rollback_redemption('ann-kpi-1') AS rolled_back;
+SELECT points_cost, coupon_cost, cost FROM loyalty.referral_kpi WHERE program = 'pals';
+ROLLBACK TO SAVEPOINT kpi;
 -- referral_coupons settles its customer itself
 SELECT loyalty.referral_join('kim', 'signup-kim', :'ann_code', at => '2026-03-02') IS NOT NULL AS kim_joined;
 SELECT status FROM loyalty.referral_order('kim', 'k-1', 30, at => '2026-03-06');

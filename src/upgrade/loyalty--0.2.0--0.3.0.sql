@@ -11203,6 +11203,76 @@ COMMENT ON FUNCTION loyalty.mission_progress(text, timestamptz) IS
 -- END issue 17 missions (tracked orders)
 
 /* ---------------------------------------------------------------------------
+ * Issue 17, referral KPIs: the cost of a program counts the discounts its
+ * reward and first-order codes gave (net of reversals and returns), not
+ * only the points; a new last column coupon_cost.
+ * ------------------------------------------------------------------------ */
+-- Issue 17, referral KPIs (coupon rewards in the cost)
+
+CREATE OR REPLACE VIEW loyalty.referral_kpi AS
+WITH codes AS (
+	SELECT c.program, pg_catalog.count(*) AS codes FROM loyalty.referral_code c GROUP BY c.program
+), refs AS (
+	SELECT r.program,
+		   pg_catalog.count(*) AS joined,
+		   pg_catalog.count(*) FILTER (WHERE r.status = 'converted') AS converted,
+		   pg_catalog.count(*) FILTER (WHERE r.status = 'converted' AND r.pending_until > pg_catalog.now()) AS pending,
+		   pg_catalog.count(*) FILTER (WHERE r.status = 'refused') AS refused,
+		   pg_catalog.count(*) FILTER (WHERE r.status = 'revoked') AS revoked,
+		   COALESCE(pg_catalog.sum(r.referrer_points + r.referee_points) FILTER (WHERE r.status = 'converted'), 0)::bigint AS points_cost,
+		   COALESCE(pg_catalog.sum(r.order_amount) FILTER (WHERE r.status = 'converted'), 0) AS qualifying_revenue,
+		   pg_catalog.sum(s.spend_total) AS referred_revenue
+	FROM loyalty.referral r
+	LEFT JOIN loyalty.customer_stats s ON s.customer_id = r.customer_id
+	GROUP BY r.program
+), coupons AS (
+	-- the discounts given by the reward and first-order codes, net of
+	-- reversals and returns (the redemption ledger's signed rows)
+	SELECT rc.program, pg_catalog.sum(d.discount) AS coupon_cost
+	FROM loyalty.referral_coupon rc
+	JOIN loyalty.redemption d ON d.customer_id = rc.customer_id AND d.coupon_id = rc.coupon_id
+	GROUP BY rc.program
+)
+SELECT p.program,
+	   COALESCE(c.codes, 0) AS codes,
+	   COALESCE(r.joined, 0) AS invites_used,
+	   COALESCE(r.converted, 0) AS conversions,
+	   CASE WHEN r.joined > 0 THEN pg_catalog.round(r.converted::numeric / r.joined, 4) END AS conversion_rate,
+	   COALESCE(r.pending, 0) AS pending,
+	   COALESCE(r.refused, 0) AS refused,
+	   COALESCE(r.revoked, 0) AS revoked,
+	   COALESCE(r.points_cost, 0) AS points_cost,
+	   x.cost,
+	   COALESCE(r.qualifying_revenue, 0) AS qualifying_revenue,
+	   r.referred_revenue,
+	   CASE WHEN x.cost > 0
+			THEN pg_catalog.round((COALESCE(r.referred_revenue, r.qualifying_revenue) - x.cost) / x.cost, 4) END AS roi,
+	   COALESCE(k.coupon_cost, 0) AS coupon_cost
+FROM loyalty.referral_program p
+LEFT JOIN codes c ON c.program = p.program
+LEFT JOIN refs r ON r.program = p.program
+LEFT JOIN coupons k ON k.program = p.program
+CROSS JOIN LATERAL (SELECT CASE WHEN COALESCE(r.points_cost, 0) = 0 THEN COALESCE(k.coupon_cost, 0)
+								ELSE r.points_cost * p.point_value + COALESCE(k.coupon_cost, 0) END AS cost) x;
+
+COMMENT ON VIEW loyalty.referral_kpi IS
+	'Referral KPIs per program: codes, invites used (joins), conversions, conversion rate, pending, refused, revoked, points cost and money cost (points and reward codes), qualifying revenue, revenue of referred customers, ROI';
+COMMENT ON COLUMN loyalty.referral_kpi.program IS 'The program';
+COMMENT ON COLUMN loyalty.referral_kpi.codes IS 'Referral codes created';
+COMMENT ON COLUMN loyalty.referral_kpi.invites_used IS 'Friends who joined with a code';
+COMMENT ON COLUMN loyalty.referral_kpi.conversions IS 'Referrals rewarded and not revoked';
+COMMENT ON COLUMN loyalty.referral_kpi.conversion_rate IS 'conversions / invites_used';
+COMMENT ON COLUMN loyalty.referral_kpi.pending IS 'Conversions whose rewards are still pending (return window open)';
+COMMENT ON COLUMN loyalty.referral_kpi.refused IS 'Purchases refused by a cap or the referrer''s standing';
+COMMENT ON COLUMN loyalty.referral_kpi.revoked IS 'Conversions whose qualifying order was refunded';
+COMMENT ON COLUMN loyalty.referral_kpi.points_cost IS 'Points of both sides'' rewards not revoked';
+COMMENT ON COLUMN loyalty.referral_kpi.cost IS 'points_cost * point_value plus coupon_cost (NULL when points were given and point_value is unknown)';
+COMMENT ON COLUMN loyalty.referral_kpi.coupon_cost IS 'Discounts given by the program''s reward and first-order codes, net of reversals and returns';
+COMMENT ON COLUMN loyalty.referral_kpi.qualifying_revenue IS 'Amount of the qualifying orders not revoked';
+COMMENT ON COLUMN loyalty.referral_kpi.referred_revenue IS 'Tracked spend of all referees (loyalty.customer_stats as of the last fold; NULL when none is tracked)';
+COMMENT ON COLUMN loyalty.referral_kpi.roi IS '(referred_revenue, else qualifying_revenue, - cost) / cost';
+
+/* ---------------------------------------------------------------------------
  * Last: nothing for PUBLIC, then the recorded access levels re-applied to
  * every object (grants.sql of the install script, then reapply_grants).
  * ------------------------------------------------------------------------ */
