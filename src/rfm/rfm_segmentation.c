@@ -261,6 +261,28 @@ RfmKeyCopy(RfmScan *scan, Datum key)
 	return PointerGetDatum(dst);
 }
 
+/*
+ * The customer's entry in the scan's table, created empty (no order yet)
+ * the first time its key is seen.  An insertion may move other entries.
+ */
+static inline RfmCustomer *
+RfmCustomerEnter(RfmScan *scan, Datum key)
+{
+	bool		found;
+	RfmCustomer *c = rfmcust_insert(scan->table, key, &found);
+
+	if (!found)
+	{
+		c->key = RfmKeyCopy(scan, key);
+		c->last_order = RFM_NO_LAST_ORDER;
+		c->frequency = 0;
+		c->sum.i = 0;
+		c->scale = 0;
+		c->sum_kind = RFM_SUM_INT64;
+	}
+	return c;
+}
+
 /* A customer's sum as an RfmMoney (a copy, or the overflowed one). */
 static void
 RfmCustomerSum(const RfmCustomer *c, RfmMoney *out)
@@ -468,18 +490,7 @@ RfmScanReceive(TupleTableSlot *slot, DestReceiver *self)
 	c = scan->recent;
 	if (c == NULL || !RfmKeyEqual(scan, c->key, key))
 	{
-		bool		found;
-
-		c = rfmcust_insert(scan->table, key, &found);
-		if (!found)
-		{
-			c->key = RfmKeyCopy(scan, key);
-			c->last_order = RFM_NO_LAST_ORDER;
-			c->frequency = 0;
-			c->sum.i = 0;
-			c->scale = 0;
-			c->sum_kind = RFM_SUM_INT64;
-		}
+		c = RfmCustomerEnter(scan, key);
 		scan->recent = c;
 	}
 
@@ -1162,7 +1173,6 @@ RfmAggReceive(TupleTableSlot *slot, DestReceiver *self)
 	bool	   *nl;
 	Datum		key;
 	RfmCustomer *c;
-	bool		found;
 	MemoryContext old;
 
 	slot_getallattrs(slot);
@@ -1186,16 +1196,7 @@ RfmAggReceive(TupleTableSlot *slot, DestReceiver *self)
 	key = v[RFM_AGG_KEY];
 	if (scan->key_typlen == -1)
 		key = PointerGetDatum(pg_detoast_datum_packed((struct varlena *) DatumGetPointer(key)));
-	c = rfmcust_insert(scan->table, key, &found);
-	if (!found)
-	{
-		c->key = RfmKeyCopy(scan, key);
-		c->last_order = RFM_NO_LAST_ORDER;
-		c->frequency = 0;
-		c->sum.i = 0;
-		c->scale = 0;
-		c->sum_kind = RFM_SUM_INT64;
-	}
+	c = RfmCustomerEnter(scan, key);
 	scan->recent = NULL;
 	if (!nl[RFM_AGG_LAST] && DatumGetTimestampTz(v[RFM_AGG_LAST]) > c->last_order)
 		c->last_order = DatumGetTimestampTz(v[RFM_AGG_LAST]);
